@@ -1,0 +1,270 @@
+//! Per-topic configuration, named and defaulted as Kafka names and defaults
+//! them (`segment.bytes`, `retention.ms`, `flush.messages`, …) so that admin
+//! tools and DescribeConfigs map one-to-one. Owns validation of values; never
+//! touches files.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{LogError, Result};
+use crate::units::parse_millis;
+
+/// Kafka's `segment.bytes` default: 1 GiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+/// Kafka's `segment.ms` default: 7 days.
+pub const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Kafka's `retention.ms` default: 7 days.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Kafka's `index.interval.bytes` default.
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Kafka's `max.message.bytes` default (the largest accepted batch).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1_048_588;
+
+/// Topic configuration as stored in `topic.json`. `-1` means "unlimited" for
+/// the retention settings, as in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TopicConfig {
+    #[serde(rename = "segment.bytes")]
+    pub segment_bytes: u64,
+    #[serde(rename = "segment.ms")]
+    pub segment_ms: u64,
+    #[serde(rename = "retention.ms")]
+    pub retention_ms: i64,
+    #[serde(rename = "retention.bytes")]
+    pub retention_bytes: i64,
+    /// Flush after this many records (1 = every append). `None` = never by count.
+    #[serde(rename = "flush.messages")]
+    pub flush_messages: Option<u64>,
+    /// Flush when the oldest unflushed record is this old. `None` = never by time.
+    #[serde(rename = "flush.ms")]
+    pub flush_ms: Option<u64>,
+    #[serde(rename = "index.interval.bytes")]
+    pub index_interval_bytes: u32,
+    #[serde(rename = "max.message.bytes")]
+    pub max_message_bytes: u32,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_ms: DEFAULT_SEGMENT_MS,
+            retention_ms: DEFAULT_RETENTION_MS,
+            retention_bytes: -1,
+            flush_messages: None,
+            flush_ms: None,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Checks every value once, at topic creation or load.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(LogError::InvalidConfig(m));
+        // Index entries store 32-bit file positions, as Kafka's do.
+        if self.segment_bytes < 1024 || self.segment_bytes > i32::MAX as u64 {
+            return bad(format!(
+                "segment.bytes must be between 1024 and {} (2 GiB - 1), got {}",
+                i32::MAX,
+                self.segment_bytes
+            ));
+        }
+        if self.segment_ms == 0 {
+            return bad("segment.ms must be positive".into());
+        }
+        if self.retention_ms < -1 {
+            return bad(format!(
+                "retention.ms must be -1 (unlimited) or >= 0, got {}",
+                self.retention_ms
+            ));
+        }
+        if self.retention_bytes < -1 {
+            return bad(format!(
+                "retention.bytes must be -1 (unlimited) or >= 0, got {}",
+                self.retention_bytes
+            ));
+        }
+        if self.flush_messages == Some(0) {
+            return bad("flush.messages must be at least 1".into());
+        }
+        if self.flush_ms == Some(0) {
+            return bad("flush.ms must be positive".into());
+        }
+        if self.index_interval_bytes == 0 {
+            return bad("index.interval.bytes must be positive".into());
+        }
+        if self.max_message_bytes < 64 {
+            return bad("max.message.bytes must be at least 64".into());
+        }
+        Ok(())
+    }
+
+    pub fn flush_policy(&self) -> FlushPolicy {
+        match (self.flush_messages, self.flush_ms) {
+            (Some(1), _) => FlushPolicy::EveryAppend,
+            (Some(n), _) => FlushPolicy::Messages(n),
+            (None, Some(ms)) => FlushPolicy::Interval(Duration::from_millis(ms)),
+            (None, None) => FlushPolicy::Os,
+        }
+    }
+
+    pub fn set_flush_policy(&mut self, policy: FlushPolicy) {
+        (self.flush_messages, self.flush_ms) = match policy {
+            FlushPolicy::EveryAppend => (Some(1), None),
+            FlushPolicy::Messages(n) => (Some(n), None),
+            FlushPolicy::Interval(d) => (None, Some(d.as_millis() as u64)),
+            FlushPolicy::Os => (None, None),
+        };
+    }
+
+    /// The configs as Kafka name → value strings, e.g. for `topic describe`.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: Option<u64>| v.map_or("9223372036854775807".to_string(), |v| v.to_string());
+        vec![
+            ("segment.bytes", self.segment_bytes.to_string()),
+            ("segment.ms", self.segment_ms.to_string()),
+            ("retention.ms", self.retention_ms.to_string()),
+            ("retention.bytes", self.retention_bytes.to_string()),
+            ("flush.messages", opt(self.flush_messages)),
+            ("flush.ms", opt(self.flush_ms)),
+            ("index.interval.bytes", self.index_interval_bytes.to_string()),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+        ]
+    }
+}
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// fsync before an append returns (Kafka `flush.messages=1`). Appends that
+    /// arrive while a flush runs share the next one (group commit).
+    EveryAppend,
+    /// fsync once this many records have accumulated.
+    Messages(u64),
+    /// fsync when the oldest unflushed data is this old.
+    Interval(Duration),
+    /// Leave write-back to the operating system (Kafka's default).
+    Os,
+}
+
+impl FromStr for FlushPolicy {
+    type Err = String;
+
+    /// `always` | `os` | `messages:N` | `interval:DURATION` (e.g. `interval:1s`).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let usage = "expected always, os, messages:N or interval:DURATION (e.g. interval:500ms)";
+        match s {
+            "always" | "every-append" => return Ok(FlushPolicy::EveryAppend),
+            "os" | "never" => return Ok(FlushPolicy::Os),
+            _ => {}
+        }
+        match s.split_once(':') {
+            Some(("messages", n)) => match n.trim().parse::<u64>() {
+                Ok(0) | Err(_) => Err(format!("bad flush policy {s:?}: N must be a positive integer")),
+                Ok(1) => Ok(FlushPolicy::EveryAppend),
+                Ok(n) => Ok(FlushPolicy::Messages(n)),
+            },
+            Some(("interval", d)) => match parse_millis(d)? {
+                0 => Err(format!("bad flush policy {s:?}: the interval must be positive")),
+                ms => Ok(FlushPolicy::Interval(Duration::from_millis(ms))),
+            },
+            _ => Err(format!("bad flush policy {s:?}: {usage}")),
+        }
+    }
+}
+
+impl fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushPolicy::EveryAppend => f.write_str("always"),
+            FlushPolicy::Messages(n) => write!(f, "messages:{n}"),
+            FlushPolicy::Interval(d) => write!(f, "interval:{}ms", d.as_millis()),
+            FlushPolicy::Os => f.write_str("os"),
+        }
+    }
+}
+
+/// Kafka's topic-name rules: 1..=249 characters from `[a-zA-Z0-9._-]`, and
+/// not `.` or `..` (they would escape the data directory).
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(LogError::InvalidTopicName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(LogError::InvalidTopicName {
+            name: name.to_string(),
+            reason: format!("character {c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for ok in ["a", "clicks", "my_topic.v2-x", &"x".repeat(249)] {
+            validate_topic_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn flush_policies_parse_and_round_trip_through_kafka_configs() {
+        for (text, policy) in [
+            ("always", FlushPolicy::EveryAppend),
+            ("os", FlushPolicy::Os),
+            ("messages:500", FlushPolicy::Messages(500)),
+            ("interval:1s", FlushPolicy::Interval(Duration::from_secs(1))),
+        ] {
+            let parsed: FlushPolicy = text.parse().unwrap();
+            assert_eq!(parsed, policy);
+            let mut cfg = TopicConfig::default();
+            cfg.set_flush_policy(parsed);
+            assert_eq!(cfg.flush_policy(), policy);
+        }
+        assert!("sometimes".parse::<FlushPolicy>().is_err());
+        assert!("messages:0".parse::<FlushPolicy>().is_err());
+    }
+
+    #[test]
+    fn validation_rejects_nonsense() {
+        let cfg = TopicConfig {
+            segment_bytes: 10,
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_err());
+        let cfg = TopicConfig {
+            retention_ms: -5,
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_err());
+        TopicConfig::default().validate().unwrap();
+    }
+}

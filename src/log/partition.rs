@@ -1,0 +1,708 @@
+//! One partition: an ordered list of segments in a directory, with the
+//! partition's offsets (log start, high-water mark) and its append path.
+//!
+//! Owns offset assignment, rolling, flushing, reading, time lookup,
+//! retention and recovery of its directory. It never decodes records except
+//! to answer a timestamp lookup inside one batch.
+//!
+//! Locking: appends take the partition's `writer` mutex (so partitions never
+//! contend with each other); fsyncs take `flush_lock`, after the writer lock
+//! is released, so appends that arrive during an fsync are covered by the
+//! next one (group commit). Readers take no partition lock beyond a brief
+//! read of the segment list and only see bytes below `visible`.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use super::batch::{self, ValidBatch};
+use super::config::{FlushPolicy, TopicConfig};
+use super::error::{LogError, Result};
+use super::index::IndexBuilder;
+use super::segment::{self, Segment, TailRecovery};
+
+pub(crate) type SharedConfig = Arc<RwLock<Arc<TopicConfig>>>;
+
+/// What an append stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub record_count: i64,
+    pub log_start_offset: i64,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadInfo {
+    /// Bytes of whole batches appended to the caller's buffer.
+    pub bytes: usize,
+    /// Offset after the last returned batch (the next offset to ask for).
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start_offset: i64,
+}
+
+/// A snapshot of a partition for `topic describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub segments: usize,
+    pub size_bytes: u64,
+}
+
+struct Writer {
+    active: Arc<Segment>,
+    next_offset: i64,
+    builder: IndexBuilder,
+    scratch: Vec<ValidBatch>,
+}
+
+pub struct Partition {
+    topic: String,
+    id: u32,
+    dir: PathBuf,
+    config: SharedConfig,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    log_start: AtomicI64,
+    high_watermark: AtomicI64,
+    /// Offsets below this are known to be on disk.
+    flushed_offset: AtomicI64,
+    /// Wall-clock ms of the oldest unflushed append (0 when all is flushed).
+    dirty_since_ms: AtomicI64,
+    writer: Mutex<Writer>,
+    flush_lock: Mutex<()>,
+    offline: RwLock<Option<String>>,
+    deleted: AtomicBool,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io("syncing directory", dir, e))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a partition lock leaves the data consistent
+    // (counters only move after successful writes), so keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Recovery-point file: the last (segment, byte position) known to be on disk.
+/// Recovery validates batches after it. Format: `v1 <segment base> <position>`.
+const RECOVERY_POINT: &str = "recovery-point";
+
+fn read_recovery_point(dir: &Path) -> Option<(i64, u64)> {
+    let text = fs::read_to_string(dir.join(RECOVERY_POINT)).ok()?;
+    let mut parts = text.split_whitespace();
+    if parts.next()? != "v1" {
+        return None;
+    }
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+impl Partition {
+    /// Creates the directory and first segment of a new partition.
+    pub(crate) fn create(topic: &str, id: u32, dir: PathBuf, config: SharedConfig) -> Result<Self> {
+        fs::create_dir_all(&dir).map_err(|e| LogError::io("creating partition directory", &dir, e))?;
+        let seg = Arc::new(Segment::create(&dir, 0, now_ms())?);
+        sync_dir(&dir)?;
+        let interval = config.read().unwrap_or_else(|p| p.into_inner()).index_interval_bytes;
+        Ok(Self::assemble(topic, id, dir, config, vec![seg], IndexBuilder::new(interval)))
+    }
+
+    /// Opens an existing partition directory, recovering its last segment.
+    pub(crate) fn open(
+        topic: &str,
+        id: u32,
+        dir: PathBuf,
+        config: SharedConfig,
+    ) -> Result<(Self, Option<TailRecovery>)> {
+        let interval = config.read().unwrap_or_else(|p| p.into_inner()).index_interval_bytes;
+        if !dir.exists() {
+            tracing::warn!(dir = %dir.display(), "partition directory missing; starting it empty");
+            return Ok((Self::create(topic, id, dir, config)?, None));
+        }
+        let mut bases = Vec::new();
+        let entries = fs::read_dir(&dir).map_err(|e| LogError::io("listing partition", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| LogError::io("listing partition", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(base) = segment::parse_log_file_name(&name) {
+                bases.push(base);
+            } else if name.ends_with(".tmp") {
+                // An index write or metadata write that crashed midway.
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+        if bases.is_empty() {
+            return Ok((Self::create(topic, id, dir, config)?, None));
+        }
+        let now = now_ms();
+        let hint = read_recovery_point(&dir);
+        let last = *bases.last().expect("non-empty");
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut tail = None;
+        let mut builder = IndexBuilder::new(interval);
+        for &base in &bases {
+            let validate_from = (base == last).then(|| match hint {
+                Some((hint_base, pos)) if hint_base == base => pos,
+                _ => 0,
+            });
+            let (seg, recovery, b) = Segment::open(&dir, base, interval, validate_from, now)?;
+            if let Some(prev) = segments.last().map(|s: &Arc<Segment>| s.next_offset())
+                && prev != base
+            {
+                tracing::warn!(
+                    partition = %dir.display(),
+                    "segment {base} does not follow the previous segment's end {prev}"
+                );
+            }
+            if base == last {
+                tail = Some(recovery);
+                builder = b;
+            }
+            segments.push(Arc::new(seg));
+        }
+        Ok((Self::assemble(topic, id, dir, config, segments, builder), tail))
+    }
+
+    fn assemble(
+        topic: &str,
+        id: u32,
+        dir: PathBuf,
+        config: SharedConfig,
+        segments: Vec<Arc<Segment>>,
+        builder: IndexBuilder,
+    ) -> Self {
+        let active = segments.last().expect("a partition always has a segment").clone();
+        let next = active.next_offset();
+        let start = segments[0].base_offset;
+        Partition {
+            topic: topic.to_string(),
+            id,
+            dir,
+            config,
+            log_start: AtomicI64::new(start),
+            high_watermark: AtomicI64::new(next),
+            flushed_offset: AtomicI64::new(next),
+            dirty_since_ms: AtomicI64::new(0),
+            segments: RwLock::new(segments),
+            writer: Mutex::new(Writer {
+                active,
+                next_offset: next,
+                builder,
+                scratch: Vec::new(),
+            }),
+            flush_lock: Mutex::new(()),
+            offline: RwLock::new(None),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start.load(Ordering::Acquire)
+    }
+
+    /// Offset after the last record readers may see (Kafka's high-water mark,
+    /// the "log end offset" of a single-replica partition).
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    fn config(&self) -> Arc<TopicConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(LogError::UnknownTopic(self.topic.clone()));
+        }
+        if let Some(reason) = self.offline.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Err(LogError::PartitionOffline {
+                topic: self.topic.clone(),
+                partition: self.id,
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn take_offline(&self, err: &LogError) {
+        tracing::error!(topic = %self.topic, partition = self.id, "taking partition offline: {err}");
+        *self.offline.write().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    /// Appends one or more whole RecordBatch v2 batches (a producer's records
+    /// blob). The store assigns consecutive offsets by rewriting each batch's
+    /// base offset in `records`, then writes the bytes as they are. Nothing is
+    /// stored unless every batch passes validation.
+    pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo> {
+        self.append_at(records, now_ms())
+    }
+
+    /// [`Partition::append`] with an explicit wall clock (for time-based rolls).
+    pub fn append_at(&self, records: &mut [u8], now_ms: i64) -> Result<AppendInfo> {
+        self.check_writable()?;
+        let config = self.config();
+        let mut w = lock(&self.writer);
+        let mut batches = std::mem::take(&mut w.scratch);
+        // Validation (CRC over every byte) runs before anything is written.
+        let validated = batch::validate_for_append(records, config.max_message_bytes as usize, &mut batches);
+        if let Err(source) = validated {
+            w.scratch = batches;
+            return Err(LogError::InvalidBatch {
+                topic: self.topic.clone(),
+                partition: self.id,
+                source,
+            });
+        }
+        let result = self.append_locked(&mut w, records, &batches, &config, now_ms);
+        w.scratch = batches;
+        let (info, active, needs_sync) = result?;
+        drop(w);
+        if needs_sync {
+            self.sync_segment(&active)?;
+        }
+        Ok(info)
+    }
+
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        records: &mut [u8],
+        batches: &[ValidBatch],
+        config: &TopicConfig,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, Arc<Segment>, bool)> {
+        let offsets: i64 = batches.iter().map(|b| b.header.offset_count()).sum();
+        let len = records.len() as u64;
+        let active = &w.active;
+        let full = active.written() + len > config.segment_bytes;
+        let aged = now_ms - active.created_ms() >= config.segment_ms as i64;
+        // Relative offsets in the index are 32-bit.
+        let offsets_overflow = w.next_offset + offsets - active.base_offset > u32::MAX as i64;
+        if active.written() > 0 && (full || aged || offsets_overflow) {
+            self.roll(w, now_ms)?;
+        }
+        let base_offset = w.next_offset;
+        let mut next = base_offset;
+        let mut max_ts = i64::MIN;
+        for b in batches {
+            batch::set_base_offset(&mut records[b.start..], next);
+            next += b.header.offset_count();
+            max_ts = max_ts.max(b.header.max_timestamp);
+        }
+        let active = w.active.clone();
+        let pos = match active.append(records) {
+            Ok(pos) => pos,
+            Err((err, rolled_back)) => {
+                if !rolled_back {
+                    self.take_offline(&err);
+                }
+                return Err(err);
+            }
+        };
+        {
+            let mut index = active.index_mut();
+            let mut offset = base_offset;
+            for b in batches {
+                w.builder.on_batch(
+                    &mut index,
+                    (offset - active.base_offset) as u32,
+                    (pos + b.start as u64) as u32,
+                    b.header.total_len() as u64,
+                    b.header.max_timestamp,
+                );
+                offset += b.header.offset_count();
+            }
+        }
+        active.on_appended(next, max_ts);
+        w.next_offset = next;
+        let policy = config.flush_policy();
+        let needs_sync = match policy {
+            FlushPolicy::EveryAppend => true,
+            FlushPolicy::Messages(n) => (next - self.flushed_offset.load(Ordering::Acquire)) as u64 >= n,
+            FlushPolicy::Interval(_) | FlushPolicy::Os => false,
+        };
+        if policy != FlushPolicy::EveryAppend {
+            // Under every other policy consumers may read unflushed data, as
+            // in Kafka; only "every append" waits for the disk first.
+            active.publish(active.written());
+            self.high_watermark.fetch_max(next, Ordering::AcqRel);
+        }
+        let _ = self
+            .dirty_since_ms
+            .compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire);
+        let info = AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            record_count: batches.iter().map(|b| b.header.records_count as i64).sum(),
+            log_start_offset: self.log_start_offset(),
+        };
+        Ok((info, active, needs_sync))
+    }
+
+    /// fsyncs `seg` up to what has been written, then publishes it. Appends
+    /// that land while another thread syncs are covered by one later fsync.
+    fn sync_segment(&self, seg: &Arc<Segment>) -> Result<()> {
+        let _flush = lock(&self.flush_lock);
+        let (still_active, next) = {
+            let w = lock(&self.writer);
+            (Arc::ptr_eq(&w.active, seg), w.next_offset)
+        };
+        if !still_active {
+            // A roll synced and published the whole segment already.
+            return Ok(());
+        }
+        let upto = seg.written();
+        if seg.flushed() >= upto && seg.visible() >= upto {
+            return Ok(());
+        }
+        match seg.sync() {
+            Ok(upto) => {
+                seg.publish(upto);
+                self.high_watermark.fetch_max(next, Ordering::AcqRel);
+                self.flushed_offset.fetch_max(next, Ordering::AcqRel);
+                if self.flushed_offset.load(Ordering::Acquire) >= lock(&self.writer).next_offset {
+                    self.dirty_since_ms.store(0, Ordering::Release);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // After a failed fsync the page cache can no longer be
+                // trusted to reach the disk (PostgreSQL's "fsyncgate"): stop
+                // acknowledging writes until recovery has run.
+                self.take_offline(&err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Forces everything appended so far to disk.
+    pub fn flush(&self) -> Result<()> {
+        let active = lock(&self.writer).active.clone();
+        self.sync_segment(&active)
+    }
+
+    /// Flushes if `flush.ms` says the oldest unflushed data is due.
+    pub(crate) fn flush_if_due(&self, now_ms: i64) -> Result<()> {
+        let since = self.dirty_since_ms.load(Ordering::Acquire);
+        if since == 0 {
+            return Ok(());
+        }
+        if let FlushPolicy::Interval(d) = self.config().flush_policy()
+            && now_ms - since >= d.as_millis() as i64
+        {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (fsynced, fully visible, index persisted) and
+    /// starts a new one at the next offset.
+    fn roll(&self, w: &mut Writer, now_ms: i64) -> Result<()> {
+        let old = w.active.clone();
+        let upto = old.sync().inspect_err(|e| self.take_offline(e))?;
+        old.publish(upto);
+        self.high_watermark.fetch_max(w.next_offset, Ordering::AcqRel);
+        self.flushed_offset.fetch_max(w.next_offset, Ordering::AcqRel);
+        if let Err(e) = old.persist_index() {
+            // The index is rebuilt from the log when missing: not fatal.
+            tracing::warn!("could not persist index of {}: {e}", old.log_path().display());
+        }
+        let seg = Arc::new(Segment::create(&self.dir, w.next_offset, now_ms)?);
+        sync_dir(&self.dir)?;
+        let interval = self.config().index_interval_bytes;
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(seg.clone());
+        w.active = seg;
+        w.builder = IndexBuilder::new(interval);
+        // Everything before the new segment is on disk now.
+        self.store_recovery_point(w.active.base_offset, 0)
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`,
+    /// appending them to `out`: at most `max_bytes`, except that the first
+    /// batch is always returned whole so a consumer can make progress (as
+    /// Kafka does since KIP-74). Returns nothing at the high-water mark.
+    pub fn read_into(&self, offset: i64, max_bytes: usize, out: &mut Vec<u8>) -> Result<ReadInfo> {
+        let hw = self.high_watermark();
+        let log_start = self.log_start_offset();
+        let mut info = ReadInfo {
+            bytes: 0,
+            next_offset: offset,
+            high_watermark: hw,
+            log_start_offset: log_start,
+        };
+        if offset < log_start || offset > hw {
+            return Err(self.out_of_range(offset));
+        }
+        let segments = self.segments_snapshot();
+        let first = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        for seg in &segments[first..] {
+            if info.next_offset >= hw || (info.bytes >= max_bytes && info.bytes > 0) {
+                break;
+            }
+            let limit = seg.visible();
+            let Some(found) = seg.locate(info.next_offset, limit)? else {
+                continue;
+            };
+            let first_len = found.header.total_len() as u64;
+            let budget = (max_bytes - info.bytes.min(max_bytes)) as u64;
+            let want = (limit - found.position).min(budget.max(if info.bytes == 0 { first_len } else { 0 }));
+            if want == 0 {
+                break;
+            }
+            let start = out.len();
+            out.resize(start + want as usize, 0);
+            if let Err(e) = seg.read_at(found.position, &mut out[start..]) {
+                out.truncate(start);
+                return Err(e);
+            }
+            // Keep only whole batches below the high-water mark.
+            let mut pos = 0usize;
+            let region = &out[start..];
+            while region.len() - pos >= batch::HEADER_LEN {
+                let (base, total) = batch::peek_frame(&region[pos..]).map_err(|e| LogError::CorruptSegment {
+                    file: seg.log_path().to_path_buf(),
+                    position: found.position + pos as u64,
+                    reason: e.to_string(),
+                })?;
+                if base >= hw || pos + total > region.len() {
+                    break;
+                }
+                let last = batch::BatchHeader::parse(&region[pos..])
+                    .map(|h| h.last_offset())
+                    .map_err(|e| LogError::CorruptSegment {
+                        file: seg.log_path().to_path_buf(),
+                        position: found.position + pos as u64,
+                        reason: e.to_string(),
+                    })?;
+                info.next_offset = last + 1;
+                pos += total;
+            }
+            out.truncate(start + pos);
+            info.bytes += pos;
+            if (pos as u64) < want {
+                break;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Like [`Partition::read_into`], into a fresh buffer.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<(Bytes, ReadInfo)> {
+        let mut buf = Vec::new();
+        let info = self.read_into(offset, max_bytes, &mut buf)?;
+        Ok((Bytes::from(buf), info))
+    }
+
+    fn out_of_range(&self, offset: i64) -> LogError {
+        LogError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            partition: self.id,
+            offset,
+            log_start: self.log_start_offset(),
+            log_end: self.high_watermark(),
+        }
+    }
+
+    /// Checks that `offset` is within `[log start, high-water mark]`.
+    pub fn check_offset(&self, offset: i64) -> Result<()> {
+        if offset < self.log_start_offset() || offset > self.high_watermark() {
+            return Err(self.out_of_range(offset));
+        }
+        Ok(())
+    }
+
+    /// The segment file and byte position of the batch holding `offset`,
+    /// so an error about that batch can name where it lies.
+    pub fn locate(&self, offset: i64) -> Result<Option<(PathBuf, u64)>> {
+        let segments = self.segments_snapshot();
+        let idx = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let Some(seg) = segments.get(idx) else {
+            return Ok(None);
+        };
+        Ok(seg
+            .locate(offset, seg.visible())?
+            .map(|b| (seg.log_path().to_path_buf(), b.position)))
+    }
+
+    /// The first offset whose record timestamp is at or after `ts` (ms), with
+    /// that timestamp, as Kafka's ListOffsets answers; `None` if no record is
+    /// that recent.
+    pub fn offset_for_time(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
+        for seg in self.segments_snapshot() {
+            if seg.max_timestamp() < ts || seg.base_offset >= hw {
+                continue;
+            }
+            let limit = seg.visible();
+            let Some(found) = seg.locate_time(ts, limit)? else {
+                continue;
+            };
+            if found.header.base_offset >= hw {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; found.header.total_len()];
+            seg.read_at(found.position, &mut buf)?;
+            let mut bytes = Bytes::from(buf);
+            // Only this one batch is decoded (and decompressed if need be).
+            let exact = RecordBatchDecoder::decode(&mut bytes).ok().and_then(|set| {
+                set.records
+                    .iter()
+                    .find(|r| r.timestamp >= ts)
+                    .map(|r| (r.offset, r.timestamp))
+            });
+            let start = self.log_start_offset();
+            return Ok(Some(match exact {
+                Some((offset, t)) => (offset.max(start), t),
+                None => (found.header.base_offset.max(start), found.header.max_timestamp),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole segments past `retention.ms` (by their newest record)
+    /// or beyond `retention.bytes`, oldest first, and advances the log start.
+    /// An expired active segment is rolled first so it can go too.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let config = self.config();
+        let mut w = lock(&self.writer);
+        let segments = self.segments_snapshot();
+        let mut remaining: u64 = segments.iter().map(|s| s.written()).sum();
+        let mut delete = 0;
+        for seg in &segments {
+            let by_time = config.retention_ms >= 0 && seg.max_timestamp() < now_ms - config.retention_ms;
+            let by_size = config.retention_bytes >= 0
+                && remaining.saturating_sub(seg.written()) >= config.retention_bytes as u64
+                && seg.written() > 0;
+            if !(by_time || by_size) || seg.written() == 0 {
+                break;
+            }
+            remaining -= seg.written();
+            delete += 1;
+        }
+        if delete == 0 {
+            return Ok(RetentionOutcome {
+                log_start_offset: self.log_start_offset(),
+                ..Default::default()
+            });
+        }
+        if delete == segments.len() {
+            self.roll(&mut w, now_ms)?;
+        }
+        let removed: Vec<Arc<Segment>> = {
+            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let removed = list.drain(..delete).collect();
+            self.log_start.store(list[0].base_offset, Ordering::Release);
+            removed
+        };
+        drop(w);
+        let mut outcome = RetentionOutcome {
+            log_start_offset: self.log_start_offset(),
+            ..Default::default()
+        };
+        for seg in removed {
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += seg.written();
+            seg.delete_files()?;
+        }
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.id,
+            segments = outcome.segments_deleted,
+            bytes = outcome.bytes_deleted,
+            log_start = outcome.log_start_offset,
+            "retention deleted old segments"
+        );
+        Ok(outcome)
+    }
+
+    /// Records how far the active segment is known to be on disk, so that
+    /// recovery after a crash validates only what comes after.
+    pub(crate) fn write_recovery_point(&self) -> Result<()> {
+        let (base, pos) = {
+            let w = lock(&self.writer);
+            (w.active.base_offset, w.active.flushed())
+        };
+        self.store_recovery_point(base, pos)
+    }
+
+    fn store_recovery_point(&self, base: i64, pos: u64) -> Result<()> {
+        let path = self.dir.join(RECOVERY_POINT);
+        let tmp = self.dir.join(format!("{RECOVERY_POINT}.tmp"));
+        let write = || -> io::Result<()> {
+            fs::write(&tmp, format!("v1 {base} {pos}\n"))?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| LogError::io("writing recovery point", &path, e))
+    }
+
+    /// Clean shutdown: flush, persist the active index, and record that the
+    /// whole log is on disk so the next open validates nothing.
+    pub(crate) fn close(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.flush()?;
+        lock(&self.writer).active.persist_index()?;
+        self.write_recovery_point()
+    }
+
+    pub fn info(&self) -> PartitionInfo {
+        let segments = self.segments_snapshot();
+        PartitionInfo {
+            partition: self.id,
+            log_start_offset: self.log_start_offset(),
+            high_watermark: self.high_watermark(),
+            segments: segments.len(),
+            size_bytes: segments.iter().map(|s| s.written()).sum(),
+        }
+    }
+}
