@@ -23,7 +23,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "gib" | "gi" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" | "ti" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {text:?} (use KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
     let bytes = value * mult as f64;
     if !(0.0..=u64::MAX as f64).contains(&bytes) || bytes.fract() != 0.0 {
@@ -41,7 +45,11 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
     }
     humantime::parse_duration(t)
         .map(|d| d.as_millis() as u64)
-        .map_err(|e| format!("{text:?} is not a duration ({e}; try 500ms, 5s, 7d or a number of milliseconds)"))
+        .map_err(|e| {
+            format!(
+                "{text:?} is not a duration ({e}; try 500ms, 5s, 7d or a number of milliseconds)"
+            )
+        })
 }
 
 /// Formats bytes with a binary unit, e.g. `1.5 GiB`.
@@ -53,7 +61,11 @@ pub fn format_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

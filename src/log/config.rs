@@ -133,7 +133,10 @@ impl TopicConfig {
             ("retention.bytes", self.retention_bytes.to_string()),
             ("flush.messages", opt(self.flush_messages)),
             ("flush.ms", opt(self.flush_ms)),
-            ("index.interval.bytes", self.index_interval_bytes.to_string()),
+            (
+                "index.interval.bytes",
+                self.index_interval_bytes.to_string(),
+            ),
             ("max.message.bytes", self.max_message_bytes.to_string()),
         ]
     }
@@ -167,12 +170,16 @@ impl FromStr for FlushPolicy {
         }
         match s.split_once(':') {
             Some(("messages", n)) => match n.trim().parse::<u64>() {
-                Ok(0) | Err(_) => Err(format!("bad flush policy {s:?}: N must be a positive integer")),
+                Ok(0) | Err(_) => Err(format!(
+                    "bad flush policy {s:?}: N must be a positive integer"
+                )),
                 Ok(1) => Ok(FlushPolicy::EveryAppend),
                 Ok(n) => Ok(FlushPolicy::Messages(n)),
             },
             Some(("interval", d)) => match parse_millis(d)? {
-                0 => Err(format!("bad flush policy {s:?}: the interval must be positive")),
+                0 => Err(format!(
+                    "bad flush policy {s:?}: the interval must be positive"
+                )),
                 ms => Ok(FlushPolicy::Interval(Duration::from_millis(ms))),
             },
             _ => Err(format!("bad flush policy {s:?}: {usage}")),
@@ -215,7 +222,9 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     {
         return Err(LogError::InvalidTopicName {
             name: name.to_string(),
-            reason: format!("character {c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"),
+            reason: format!(
+                "character {c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"
+            ),
         });
     }
     Ok(())
@@ -231,7 +240,10 @@ mod tests {
             validate_topic_name(ok).unwrap();
         }
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
-            assert!(validate_topic_name(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                validate_topic_name(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -68,7 +68,7 @@ pub enum LogError {
     },
 
     #[error(
-        "no space left on device while writing {file}; the append was rolled back and nothing was stored"
+        "no space left on device (or file size limit reached) while writing {file}; the append was rolled back and nothing was stored"
     )]
     DiskFull { file: PathBuf },
 
@@ -111,6 +111,8 @@ impl LogError {
 
 /// ENOSPC, EDQUOT and EFBIG all mean "this write cannot grow the file".
 pub(crate) fn is_disk_full(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
-        || matches!(e.kind(), io::ErrorKind::FileTooLarge)
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.kind(), io::ErrorKind::FileTooLarge)
 }

@@ -35,12 +35,9 @@ pub struct SparseIndex {
 }
 
 impl SparseIndex {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     pub fn last(&self) -> Option<IndexEntry> {
@@ -49,9 +46,13 @@ impl SparseIndex {
 
     /// Appends a point. Points must arrive in log order.
     pub fn push(&mut self, entry: IndexEntry) {
-        debug_assert!(self.entries.last().is_none_or(|l| l.rel_offset < entry.rel_offset
-            && l.position < entry.position
-            && l.max_ts_before <= entry.max_ts_before));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|l| l.rel_offset < entry.rel_offset
+                    && l.position < entry.position
+                    && l.max_ts_before <= entry.max_ts_before)
+        );
         self.entries.push(entry);
     }
 
@@ -59,19 +60,29 @@ impl SparseIndex {
     /// (0 when none is): a reader scans forward from there.
     pub fn position_for_offset(&self, rel_offset: u32) -> u32 {
         let n = self.entries.partition_point(|e| e.rel_offset <= rel_offset);
-        if n == 0 { 0 } else { self.entries[n - 1].position }
+        if n == 0 {
+            0
+        } else {
+            self.entries[n - 1].position
+        }
     }
 
     /// Position from which to scan for the first record at or after `ts`:
     /// everything before it is known to be older than `ts`.
     pub fn position_for_timestamp(&self, ts: i64) -> u32 {
         let n = self.entries.partition_point(|e| e.max_ts_before < ts);
-        if n == 0 { 0 } else { self.entries[n - 1].position }
+        if n == 0 {
+            0
+        } else {
+            self.entries[n - 1].position
+        }
     }
 
     /// Drops points at or beyond `position` (after the log was truncated).
     pub fn truncate_to_position(&mut self, position: u64) {
-        let keep = self.entries.partition_point(|e| (e.position as u64) < position);
+        let keep = self
+            .entries
+            .partition_point(|e| (e.position as u64) < position);
         self.entries.truncate(keep);
     }
 
@@ -92,7 +103,7 @@ impl SparseIndex {
     /// of `log_size` bytes: sizes not whole entries, the two files disagreeing,
     /// entries out of order, or positions past the end of the log.
     pub fn decode(offsets: &[u8], times: &[u8], log_size: u64) -> Result<Self, String> {
-        if offsets.len() % 8 != 0 || times.len() % 12 != 0 {
+        if !offsets.len().is_multiple_of(8) || !times.len().is_multiple_of(12) {
             return Err(format!(
                 "sizes {} and {} are not whole entries",
                 offsets.len(),
@@ -114,7 +125,9 @@ impl SparseIndex {
                 ));
             }
             if position as u64 >= log_size {
-                return Err(format!("entry points at byte {position}, past the log's {log_size} bytes"));
+                return Err(format!(
+                    "entry points at byte {position}, past the log's {log_size} bytes"
+                ));
             }
             if let Some(prev) = entries.last()
                 && !(prev.rel_offset < rel_offset
@@ -225,7 +238,10 @@ mod tests {
         assert_eq!(back.entries, idx.entries);
         assert!(SparseIndex::decode(&o[..o.len() - 3], &t, 600).is_err());
         assert!(SparseIndex::decode(&o, &t[..12], 600).is_err());
-        assert!(SparseIndex::decode(&o, &t, 300).is_err(), "positions past the log end");
+        assert!(
+            SparseIndex::decode(&o, &t, 300).is_err(),
+            "positions past the log end"
+        );
         let mut swapped = o.clone();
         swapped[..8].copy_from_slice(&o[8..16]);
         swapped[8..16].copy_from_slice(&o[..8]);

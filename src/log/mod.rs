@@ -111,15 +111,24 @@ impl Topic {
     }
 
     pub fn config(&self) -> Arc<TopicConfig> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn partition_count(&self) -> usize {
-        self.partitions.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn partition(&self, id: i32) -> Result<Arc<Partition>> {
@@ -198,7 +207,8 @@ impl LogStore {
     pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<LogStore> {
         let root = root.as_ref().to_path_buf();
         for dir in [root.join("topics"), root.join("trash")] {
-            fs::create_dir_all(&dir).map_err(|e| LogError::io("creating data directory", &dir, e))?;
+            fs::create_dir_all(&dir)
+                .map_err(|e| LogError::io("creating data directory", &dir, e))?;
         }
         let lock = acquire_lock(&root)?;
         // Finish deletions and creations that a crash interrupted.
@@ -210,7 +220,8 @@ impl LogStore {
         }
         let topics_dir = root.join("topics");
         let mut topics = BTreeMap::new();
-        let entries = fs::read_dir(&topics_dir).map_err(|e| LogError::io("listing topics", &topics_dir, e))?;
+        let entries = fs::read_dir(&topics_dir)
+            .map_err(|e| LogError::io("listing topics", &topics_dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| LogError::io("listing topics", &topics_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -239,7 +250,9 @@ impl LogStore {
             let handle = std::thread::Builder::new()
                 .name("sluice-log-maintenance".into())
                 .spawn(move || maintenance_loop(weak))
-                .map_err(|e| LogError::io("starting maintenance thread for", PathBuf::from("."), e))?;
+                .map_err(|e| {
+                    LogError::io("starting maintenance thread for", PathBuf::from("."), e)
+                })?;
             *mutex(&inner.maintenance) = Some(handle);
         }
         Ok(LogStore { inner })
@@ -258,7 +271,12 @@ impl LogStore {
 
     /// Creates a topic with `partitions` partitions. The topic appears whole
     /// or not at all, even across a crash.
-    pub fn create_topic(&self, name: &str, partitions: i64, config: TopicConfig) -> Result<Arc<Topic>> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i64,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
         self.check_open()?;
         validate_topic_name(name)?;
         if partitions <= 0 || partitions > MAX_PARTITIONS {
@@ -273,7 +291,8 @@ impl LogStore {
         let staging = topics_dir.join(format!(".creating-{}", Uuid::new_v4()));
         let final_dir = topics_dir.join(name);
         let result = (|| {
-            fs::create_dir_all(&staging).map_err(|e| LogError::io("creating topic directory", &staging, e))?;
+            fs::create_dir_all(&staging)
+                .map_err(|e| LogError::io("creating topic directory", &staging, e))?;
             let shared: SharedConfig = Arc::new(RwLock::new(Arc::new(config.clone())));
             let meta = TopicMeta {
                 version: 1,
@@ -288,7 +307,8 @@ impl LogStore {
             }
             let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
             write_atomically(&staging.join("topic.json"), &json)?;
-            fs::rename(&staging, &final_dir).map_err(|e| LogError::io("publishing topic directory", &final_dir, e))?;
+            fs::rename(&staging, &final_dir)
+                .map_err(|e| LogError::io("publishing topic directory", &final_dir, e))?;
             sync_dir(&topics_dir)?;
             open_topic(&final_dir)
         })();
@@ -314,10 +334,16 @@ impl LogStore {
         for p in topic.partitions() {
             p.mark_deleted();
         }
-        let trash = self.inner.root.join("trash").join(format!("{name}-{}", topic.id));
-        fs::rename(&topic.dir, &trash).map_err(|e| LogError::io("moving topic to trash", &topic.dir, e))?;
+        let trash = self
+            .inner
+            .root
+            .join("trash")
+            .join(format!("{name}-{}", topic.id));
+        fs::rename(&topic.dir, &trash)
+            .map_err(|e| LogError::io("moving topic to trash", &topic.dir, e))?;
         sync_dir(&self.inner.root.join("topics"))?;
-        fs::remove_dir_all(&trash).map_err(|e| LogError::io("removing deleted topic", &trash, e))?;
+        fs::remove_dir_all(&trash)
+            .map_err(|e| LogError::io("removing deleted topic", &trash, e))?;
         Ok(())
     }
 
@@ -334,10 +360,16 @@ impl LogStore {
         for p in current as u32..total as u32 {
             let dir = topic.dir.join(p.to_string());
             let _ = fs::remove_dir_all(&dir);
-            created.push(Arc::new(Partition::create(name, p, dir, topic.config.clone())?));
+            created.push(Arc::new(Partition::create(
+                name,
+                p,
+                dir,
+                topic.config.clone(),
+            )?));
         }
         sync_dir(&topic.dir)?;
-        let json = serde_json::to_vec_pretty(&topic.meta(total as u32)).expect("topic metadata serializes");
+        let json = serde_json::to_vec_pretty(&topic.meta(total as u32))
+            .expect("topic metadata serializes");
         write_atomically(&topic.dir.join("topic.json"), &json)?;
         write_lock(&topic.partitions).extend(created);
         Ok(())
@@ -449,7 +481,9 @@ fn maintenance_loop(weak: Weak<Inner>) {
             if *guard {
                 return;
             }
-            let (guard, _) = cv.wait_timeout(guard, tick).unwrap_or_else(|p| p.into_inner());
+            let (guard, _) = cv
+                .wait_timeout(guard, tick)
+                .unwrap_or_else(|p| p.into_inner());
             if *guard {
                 return;
             }
@@ -482,7 +516,8 @@ fn maintenance_loop(weak: Weak<Inner>) {
 
 fn open_topic(dir: &Path) -> Result<Topic> {
     let meta_path = dir.join("topic.json");
-    let bytes = fs::read(&meta_path).map_err(|e| LogError::io("reading topic metadata", &meta_path, e))?;
+    let bytes =
+        fs::read(&meta_path).map_err(|e| LogError::io("reading topic metadata", &meta_path, e))?;
     let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| LogError::CorruptSegment {
         file: meta_path.clone(),
         position: e.column() as u64,
@@ -492,7 +527,8 @@ fn open_topic(dir: &Path) -> Result<Topic> {
     let shared: SharedConfig = Arc::new(RwLock::new(Arc::new(meta.config.clone())));
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
     for p in 0..meta.partitions {
-        let (partition, recovery) = Partition::open(&meta.name, p, dir.join(p.to_string()), shared.clone())?;
+        let (partition, recovery) =
+            Partition::open(&meta.name, p, dir.join(p.to_string()), shared.clone())?;
         if let Some(r) = recovery
             && r.truncated_bytes > 0
         {
@@ -546,8 +582,6 @@ fn acquire_lock(root: &Path) -> Result<File> {
         .map_err(|e| LogError::io("writing lock file", &path, e))?;
     Ok(file)
 }
-
-
 
 #[cfg(test)]
 mod tests;

@@ -125,11 +125,22 @@ fn read_recovery_point(dir: &Path) -> Option<(i64, u64)> {
 impl Partition {
     /// Creates the directory and first segment of a new partition.
     pub(crate) fn create(topic: &str, id: u32, dir: PathBuf, config: SharedConfig) -> Result<Self> {
-        fs::create_dir_all(&dir).map_err(|e| LogError::io("creating partition directory", &dir, e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| LogError::io("creating partition directory", &dir, e))?;
         let seg = Arc::new(Segment::create(&dir, 0, now_ms())?);
         sync_dir(&dir)?;
-        let interval = config.read().unwrap_or_else(|p| p.into_inner()).index_interval_bytes;
-        Ok(Self::assemble(topic, id, dir, config, vec![seg], IndexBuilder::new(interval)))
+        let interval = config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .index_interval_bytes;
+        Ok(Self::assemble(
+            topic,
+            id,
+            dir,
+            config,
+            vec![seg],
+            IndexBuilder::new(interval),
+        ))
     }
 
     /// Opens an existing partition directory, recovering its last segment.
@@ -139,7 +150,10 @@ impl Partition {
         dir: PathBuf,
         config: SharedConfig,
     ) -> Result<(Self, Option<TailRecovery>)> {
-        let interval = config.read().unwrap_or_else(|p| p.into_inner()).index_interval_bytes;
+        let interval = config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .index_interval_bytes;
         if !dir.exists() {
             tracing::warn!(dir = %dir.display(), "partition directory missing; starting it empty");
             return Ok((Self::create(topic, id, dir, config)?, None));
@@ -168,7 +182,7 @@ impl Partition {
         let mut tail = None;
         let mut builder = IndexBuilder::new(interval);
         for &base in &bases {
-            let validate_from = (base == last).then(|| match hint {
+            let validate_from = (base == last).then_some(match hint {
                 Some((hint_base, pos)) if hint_base == base => pos,
                 _ => 0,
             });
@@ -187,7 +201,10 @@ impl Partition {
             }
             segments.push(Arc::new(seg));
         }
-        Ok((Self::assemble(topic, id, dir, config, segments, builder), tail))
+        Ok((
+            Self::assemble(topic, id, dir, config, segments, builder),
+            tail,
+        ))
     }
 
     fn assemble(
@@ -198,7 +215,10 @@ impl Partition {
         segments: Vec<Arc<Segment>>,
         builder: IndexBuilder,
     ) -> Self {
-        let active = segments.last().expect("a partition always has a segment").clone();
+        let active = segments
+            .last()
+            .expect("a partition always has a segment")
+            .clone();
         let next = active.next_offset();
         let start = segments[0].base_offset;
         Partition {
@@ -247,18 +267,29 @@ impl Partition {
     }
 
     fn config(&self) -> Arc<TopicConfig> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
-        self.segments.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn check_writable(&self) -> Result<()> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(LogError::UnknownTopic(self.topic.clone()));
         }
-        if let Some(reason) = self.offline.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(reason) = self
+            .offline
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             return Err(LogError::PartitionOffline {
                 topic: self.topic.clone(),
                 partition: self.id,
@@ -292,7 +323,8 @@ impl Partition {
         let mut w = lock(&self.writer);
         let mut batches = std::mem::take(&mut w.scratch);
         // Validation (CRC over every byte) runs before anything is written.
-        let validated = batch::validate_for_append(records, config.max_message_bytes as usize, &mut batches);
+        let validated =
+            batch::validate_for_append(records, config.max_message_bytes as usize, &mut batches);
         if let Err(source) = validated {
             w.scratch = batches;
             return Err(LogError::InvalidBatch {
@@ -366,7 +398,9 @@ impl Partition {
         let policy = config.flush_policy();
         let needs_sync = match policy {
             FlushPolicy::EveryAppend => true,
-            FlushPolicy::Messages(n) => (next - self.flushed_offset.load(Ordering::Acquire)) as u64 >= n,
+            FlushPolicy::Messages(n) => {
+                (next - self.flushed_offset.load(Ordering::Acquire)) as u64 >= n
+            }
             FlushPolicy::Interval(_) | FlushPolicy::Os => false,
         };
         if policy != FlushPolicy::EveryAppend {
@@ -375,9 +409,12 @@ impl Partition {
             active.publish(active.written());
             self.high_watermark.fetch_max(next, Ordering::AcqRel);
         }
-        let _ = self
-            .dirty_since_ms
-            .compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.dirty_since_ms.compare_exchange(
+            0,
+            now_ms.max(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         let info = AppendInfo {
             base_offset,
             last_offset: next - 1,
@@ -449,16 +486,24 @@ impl Partition {
         let old = w.active.clone();
         let upto = old.sync().inspect_err(|e| self.take_offline(e))?;
         old.publish(upto);
-        self.high_watermark.fetch_max(w.next_offset, Ordering::AcqRel);
-        self.flushed_offset.fetch_max(w.next_offset, Ordering::AcqRel);
+        self.high_watermark
+            .fetch_max(w.next_offset, Ordering::AcqRel);
+        self.flushed_offset
+            .fetch_max(w.next_offset, Ordering::AcqRel);
         if let Err(e) = old.persist_index() {
             // The index is rebuilt from the log when missing: not fatal.
-            tracing::warn!("could not persist index of {}: {e}", old.log_path().display());
+            tracing::warn!(
+                "could not persist index of {}: {e}",
+                old.log_path().display()
+            );
         }
         let seg = Arc::new(Segment::create(&self.dir, w.next_offset, now_ms)?);
         sync_dir(&self.dir)?;
         let interval = self.config().index_interval_bytes;
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(seg.clone());
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(seg.clone());
         w.active = seg;
         w.builder = IndexBuilder::new(interval);
         // Everything before the new segment is on disk now.
@@ -482,7 +527,9 @@ impl Partition {
             return Err(self.out_of_range(offset));
         }
         let segments = self.segments_snapshot();
-        let first = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let first = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
         for seg in &segments[first..] {
             if info.next_offset >= hw || (info.bytes >= max_bytes && info.bytes > 0) {
                 break;
@@ -493,7 +540,11 @@ impl Partition {
             };
             let first_len = found.header.total_len() as u64;
             let budget = (max_bytes - info.bytes.min(max_bytes)) as u64;
-            let want = (limit - found.position).min(budget.max(if info.bytes == 0 { first_len } else { 0 }));
+            let want = (limit - found.position).min(budget.max(if info.bytes == 0 {
+                first_len
+            } else {
+                0
+            }));
             if want == 0 {
                 break;
             }
@@ -507,11 +558,12 @@ impl Partition {
             let mut pos = 0usize;
             let region = &out[start..];
             while region.len() - pos >= batch::HEADER_LEN {
-                let (base, total) = batch::peek_frame(&region[pos..]).map_err(|e| LogError::CorruptSegment {
-                    file: seg.log_path().to_path_buf(),
-                    position: found.position + pos as u64,
-                    reason: e.to_string(),
-                })?;
+                let (base, total) =
+                    batch::peek_frame(&region[pos..]).map_err(|e| LogError::CorruptSegment {
+                        file: seg.log_path().to_path_buf(),
+                        position: found.position + pos as u64,
+                        reason: e.to_string(),
+                    })?;
                 if base >= hw || pos + total > region.len() {
                     break;
                 }
@@ -563,7 +615,9 @@ impl Partition {
     /// so an error about that batch can name where it lies.
     pub fn locate(&self, offset: i64) -> Result<Option<(PathBuf, u64)>> {
         let segments = self.segments_snapshot();
-        let idx = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let idx = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
         let Some(seg) = segments.get(idx) else {
             return Ok(None);
         };
@@ -601,7 +655,10 @@ impl Partition {
             let start = self.log_start_offset();
             return Ok(Some(match exact {
                 Some((offset, t)) => (offset.max(start), t),
-                None => (found.header.base_offset.max(start), found.header.max_timestamp),
+                None => (
+                    found.header.base_offset.max(start),
+                    found.header.max_timestamp,
+                ),
             }));
         }
         Ok(None)
@@ -617,7 +674,8 @@ impl Partition {
         let mut remaining: u64 = segments.iter().map(|s| s.written()).sum();
         let mut delete = 0;
         for seg in &segments {
-            let by_time = config.retention_ms >= 0 && seg.max_timestamp() < now_ms - config.retention_ms;
+            let by_time =
+                config.retention_ms >= 0 && seg.max_timestamp() < now_ms - config.retention_ms;
             let by_size = config.retention_bytes >= 0
                 && remaining.saturating_sub(seg.written()) >= config.retention_bytes as u64
                 && seg.written() > 0;

@@ -194,7 +194,11 @@ impl Segment {
         // Re-scan headers from the last kept point so the rebuilt points'
         // timestamps account for every batch before them.
         let (scan_from, expected_offset, resumed_ts) = match index.last() {
-            Some(e) => (e.position as u64, base_offset + e.rel_offset as i64, e.max_ts_before),
+            Some(e) => (
+                e.position as u64,
+                base_offset + e.rel_offset as i64,
+                e.max_ts_before,
+            ),
             None => (0, base_offset, NO_TIMESTAMP),
         };
         let mut seg = Segment {
@@ -261,7 +265,11 @@ impl Segment {
             }
         }
         let max_ts = builder.max_timestamp();
-        let max_ts = if max_ts == NO_TIMESTAMP && end_pos > 0 { mtime_ms } else { max_ts };
+        let max_ts = if max_ts == NO_TIMESTAMP && end_pos > 0 {
+            mtime_ms
+        } else {
+            max_ts
+        };
         seg.written.store(end_pos, Ordering::Release);
         seg.flushed.store(end_pos, Ordering::Release);
         seg.visible.store(end_pos, Ordering::Release);
@@ -284,15 +292,24 @@ impl Segment {
         mut f: impl FnMut(&ScannedBatch),
     ) -> Result<(u64, i64, Option<String>)> {
         let mut pos = from;
-        let mut reader = io::BufReader::with_capacity(1 << 20, FileReader {
-            file: &self.file,
-            pos: from,
-        });
+        let mut reader = io::BufReader::with_capacity(
+            1 << 20,
+            FileReader {
+                file: &self.file,
+                pos: from,
+            },
+        );
         let mut buf = vec![0u8; HEADER_LEN];
         while pos < to {
             let remaining = to - pos;
             if remaining < HEADER_LEN as u64 {
-                return Ok((pos, expected_offset, Some(format!("{remaining} trailing bytes, less than a batch header"))));
+                return Ok((
+                    pos,
+                    expected_offset,
+                    Some(format!(
+                        "{remaining} trailing bytes, less than a batch header"
+                    )),
+                ));
             }
             buf.resize(HEADER_LEN, 0);
             reader
@@ -304,16 +321,33 @@ impl Segment {
             };
             let len = header.total_len() as u64;
             if len > remaining {
-                return Ok((pos, expected_offset, Some(format!("batch of {len} bytes runs past the end of the file ({remaining} left)"))));
+                return Ok((
+                    pos,
+                    expected_offset,
+                    Some(format!(
+                        "batch of {len} bytes runs past the end of the file ({remaining} left)"
+                    )),
+                ));
             }
             if header.base_offset != expected_offset {
-                return Ok((pos, expected_offset, Some(format!(
-                    "batch starts at offset {}, expected {expected_offset}",
-                    header.base_offset
-                ))));
+                return Ok((
+                    pos,
+                    expected_offset,
+                    Some(format!(
+                        "batch starts at offset {}, expected {expected_offset}",
+                        header.base_offset
+                    )),
+                ));
             }
             if header.last_offset_delta < 0 {
-                return Ok((pos, expected_offset, Some(format!("negative last offset delta {}", header.last_offset_delta))));
+                return Ok((
+                    pos,
+                    expected_offset,
+                    Some(format!(
+                        "negative last offset delta {}",
+                        header.last_offset_delta
+                    )),
+                ));
             }
             let body = len as usize - HEADER_LEN;
             if pos >= crc_from {
@@ -346,7 +380,8 @@ impl Segment {
         let pos = self.written();
         match self.write_at(bytes, pos) {
             Ok(()) => {
-                self.written.store(pos + bytes.len() as u64, Ordering::Release);
+                self.written
+                    .store(pos + bytes.len() as u64, Ordering::Release);
                 Ok(pos)
             }
             Err(e) => {
@@ -377,7 +412,9 @@ impl Segment {
     pub fn sync(&self) -> Result<u64> {
         let upto = self.written();
         (|| -> io::Result<()> {
-            fail::fail_point!("segment::sync", |_| Err(io::Error::other("injected fsync failure")));
+            fail::fail_point!("segment::sync", |_| Err(io::Error::other(
+                "injected fsync failure"
+            )));
             self.file.sync_data()
         })()
         .map_err(|e| LogError::io("syncing", &self.log_path, e))?;
@@ -472,7 +509,11 @@ impl Segment {
     }
 }
 
-fn load_index_files(dir: &Path, stem: &str, log_size: u64) -> std::result::Result<SparseIndex, String> {
+fn load_index_files(
+    dir: &Path,
+    stem: &str,
+    log_size: u64,
+) -> std::result::Result<SparseIndex, String> {
     let read = |ext: &str| {
         let path = dir.join(format!("{stem}.{ext}"));
         fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))

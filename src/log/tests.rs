@@ -66,7 +66,12 @@ fn values(bytes: Bytes) -> Vec<(i64, String)> {
         .unwrap()
         .into_iter()
         .flat_map(|s| s.records)
-        .map(|r| (r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()))
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -76,8 +81,12 @@ fn appends_get_consecutive_offsets_and_read_back() {
     let store = LogStore::open(dir.path(), quiet()).unwrap();
     store.create_topic("t", 2, TopicConfig::default()).unwrap();
     let p = store.partition("t", 1).unwrap();
-    let a = p.append(&mut encoded("a", 3, 1000, Compression::None)).unwrap();
-    let b = p.append(&mut encoded("b", 2, 2000, Compression::Zstd)).unwrap();
+    let a = p
+        .append(&mut encoded("a", 3, 1000, Compression::None))
+        .unwrap();
+    let b = p
+        .append(&mut encoded("b", 2, 2000, Compression::Zstd))
+        .unwrap();
     assert_eq!((a.base_offset, a.last_offset), (0, 2));
     assert_eq!((b.base_offset, b.last_offset), (3, 4));
     assert_eq!(p.high_watermark(), 5);
@@ -85,7 +94,10 @@ fn appends_get_consecutive_offsets_and_read_back() {
     let (bytes, info) = p.read(0, 1 << 20).unwrap();
     assert_eq!(info.next_offset, 5);
     let got = values(bytes);
-    assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
     assert_eq!(got[4].1, "b-1");
     // A read from the middle starts with the batch holding that offset.
     let (bytes, _) = p.read(4, 1 << 20).unwrap();
@@ -102,7 +114,10 @@ fn max_bytes_returns_whole_batches_and_at_least_one() {
     let store = LogStore::open(dir.path(), quiet()).unwrap();
     store.create_topic("t", 1, TopicConfig::default()).unwrap();
     let p = store.partition("t", 0).unwrap();
-    let batch_len = p.append(&mut raw_batch(1, 0, 0, &[7; 100])).map(|_| 161).unwrap();
+    let batch_len = p
+        .append(&mut raw_batch(1, 0, 0, &[7; 100]))
+        .map(|_| 161)
+        .unwrap();
     for _ in 0..9 {
         p.append(&mut raw_batch(1, 0, 0, &[7; 100])).unwrap();
     }
@@ -110,7 +125,11 @@ fn max_bytes_returns_whole_batches_and_at_least_one() {
     assert_eq!(bytes.len(), 3 * batch_len);
     assert_eq!(info.next_offset, 3);
     let (bytes, info) = p.read(0, 1).unwrap();
-    assert_eq!(bytes.len(), batch_len, "the first batch comes whole even past max_bytes");
+    assert_eq!(
+        bytes.len(),
+        batch_len,
+        "the first batch comes whole even past max_bytes"
+    );
     assert_eq!(info.next_offset, 1);
 }
 
@@ -121,9 +140,14 @@ fn segments_roll_by_size_and_reads_cross_them() {
     store.create_topic("t", 1, small_segments()).unwrap();
     let p = store.partition("t", 0).unwrap();
     for i in 0..100 {
-        p.append(&mut encoded(&format!("r{i}"), 5, i * 10, Compression::None)).unwrap();
+        p.append(&mut encoded(&format!("r{i}"), 5, i * 10, Compression::None))
+            .unwrap();
     }
-    assert!(p.info().segments >= 3, "4 KiB segments must roll: {:?}", p.info());
+    assert!(
+        p.info().segments >= 3,
+        "4 KiB segments must roll: {:?}",
+        p.info()
+    );
     let (bytes, info) = p.read(0, 1 << 30).unwrap();
     assert_eq!(info.next_offset, 500);
     let got = values(bytes);
@@ -155,9 +179,11 @@ fn segments_roll_by_age() {
     let p = store.partition("t", 0).unwrap();
     let now = partition::now_ms();
     p.append_at(&mut raw_batch(1, now, now, b"x"), now).unwrap();
-    p.append_at(&mut raw_batch(1, now, now, b"x"), now + 10).unwrap();
+    p.append_at(&mut raw_batch(1, now, now, b"x"), now + 10)
+        .unwrap();
     assert_eq!(p.info().segments, 1);
-    p.append_at(&mut raw_batch(1, now, now, b"x"), now + 5000).unwrap();
+    p.append_at(&mut raw_batch(1, now, now, b"x"), now + 5000)
+        .unwrap();
     assert_eq!(p.info().segments, 2);
 }
 
@@ -183,7 +209,8 @@ fn reopening_after_a_clean_close_keeps_everything() {
         assert_eq!(p.high_watermark(), 80);
         let (bytes, _) = p.read(0, 1 << 30).unwrap();
         assert_eq!(values(bytes).len(), 80);
-        p.append(&mut encoded("w", 1, 0, Compression::None)).unwrap();
+        p.append(&mut encoded("w", 1, 0, Compression::None))
+            .unwrap();
         assert_eq!(p.high_watermark(), 81);
     }
 }
@@ -206,7 +233,8 @@ fn a_torn_tail_is_cut_off_on_recovery() {
         store.create_topic("t", 1, TopicConfig::default()).unwrap();
         let p = store.partition("t", 0).unwrap();
         for _ in 0..5 {
-            p.append(&mut encoded("ok", 10, 0, Compression::None)).unwrap();
+            p.append(&mut encoded("ok", 10, 0, Compression::None))
+                .unwrap();
         }
         let seg = last_segment(&p);
         let good_len = fs::metadata(&seg).unwrap().len();
@@ -221,7 +249,12 @@ fn a_torn_tail_is_cut_off_on_recovery() {
     let p = store.partition("t", 0).unwrap();
     assert_eq!(p.high_watermark(), 50);
     assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
-    assert_eq!(p.append(&mut encoded("new", 1, 0, Compression::None)).unwrap().base_offset, 50);
+    assert_eq!(
+        p.append(&mut encoded("new", 1, 0, Compression::None))
+            .unwrap()
+            .base_offset,
+        50
+    );
 }
 
 #[test]
@@ -247,7 +280,11 @@ fn a_corrupt_batch_after_the_recovery_point_is_cut_with_what_follows() {
     };
     let store = LogStore::open(dir.path(), quiet()).unwrap();
     let p = store.partition("t", 0).unwrap();
-    assert_eq!(p.high_watermark(), 20, "batches 3 and 4 are cut at the CRC failure");
+    assert_eq!(
+        p.high_watermark(),
+        20,
+        "batches 3 and 4 are cut at the CRC failure"
+    );
     assert!(fs::metadata(&seg).unwrap().len() > 0);
 }
 
@@ -259,7 +296,8 @@ fn damage_to_fsynced_data_is_refused_with_file_and_position() {
         store.create_topic("t", 1, small_segments()).unwrap();
         let p = store.partition("t", 0).unwrap();
         for _ in 0..50 {
-            p.append(&mut encoded("x", 10, 0, Compression::None)).unwrap();
+            p.append(&mut encoded("x", 10, 0, Compression::None))
+                .unwrap();
         }
         store.close().unwrap();
         p.dir().join("00000000000000000000.log")
@@ -270,9 +308,14 @@ fn damage_to_fsynced_data_is_refused_with_file_and_position() {
     bytes[len + 16] = 9; // magic
     fs::write(&first, bytes).unwrap();
     fs::remove_file(first.with_extension("index")).unwrap();
-    let err = LogStore::open(dir.path(), quiet()).err().expect("must refuse");
+    let err = LogStore::open(dir.path(), quiet())
+        .err()
+        .expect("must refuse");
     let msg = err.to_string();
-    assert!(msg.contains("00000000000000000000.log") && msg.contains(&format!("byte {len}")), "{msg}");
+    assert!(
+        msg.contains("00000000000000000000.log") && msg.contains(&format!("byte {len}")),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -283,7 +326,8 @@ fn missing_or_damaged_indexes_are_rebuilt() {
         store.create_topic("t", 1, small_segments()).unwrap();
         let p = store.partition("t", 0).unwrap();
         for i in 0..80 {
-            p.append(&mut encoded("x", 5, i, Compression::None)).unwrap();
+            p.append(&mut encoded("x", 5, i, Compression::None))
+                .unwrap();
         }
         store.close().unwrap();
         p.dir().to_path_buf()
@@ -320,7 +364,8 @@ fn offsets_for_times_find_the_first_record_at_or_after() {
     let p = store.partition("t", 0).unwrap();
     // Batch i holds 10 records at timestamps 1000*i + 0..10.
     for i in 0..40 {
-        p.append(&mut encoded("x", 10, 1000 * i, Compression::Snappy)).unwrap();
+        p.append(&mut encoded("x", 10, 1000 * i, Compression::Snappy))
+            .unwrap();
     }
     assert_eq!(p.offset_for_time(0).unwrap(), Some((0, 0)));
     assert_eq!(p.offset_for_time(5005).unwrap(), Some((55, 5005)));
@@ -341,7 +386,8 @@ fn retention_by_size_and_time_deletes_whole_old_segments() {
     let p = store.partition("sized", 0).unwrap();
     let now = partition::now_ms();
     for _ in 0..300 {
-        p.append(&mut encoded("x", 5, now, Compression::None)).unwrap();
+        p.append(&mut encoded("x", 5, now, Compression::None))
+            .unwrap();
     }
     let before = p.info();
     let out = p.enforce_retention(now).unwrap();
@@ -353,7 +399,11 @@ fn retention_by_size_and_time_deletes_whole_old_segments() {
     assert!(after.log_start_offset > 0);
     assert_eq!(after.high_watermark, before.high_watermark);
     let err = p.read(0, 100).unwrap_err();
-    assert!(err.to_string().contains(&format!("{}..=1500", after.log_start_offset)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{}..=1500", after.log_start_offset)),
+        "{err}"
+    );
 
     // Time: everything older than retention.ms goes, including the active
     // segment, which is rolled so the log start can reach the end.
@@ -364,13 +414,19 @@ fn retention_by_size_and_time_deletes_whole_old_segments() {
     store.create_topic("timed", 1, cfg).unwrap();
     let p = store.partition("timed", 0).unwrap();
     for _ in 0..50 {
-        p.append(&mut encoded("x", 5, now - 120_000, Compression::None)).unwrap();
+        p.append(&mut encoded("x", 5, now - 120_000, Compression::None))
+            .unwrap();
     }
     p.enforce_retention(now).unwrap();
     let info = p.info();
     assert_eq!(info.log_start_offset, 250);
     assert_eq!(info.high_watermark, 250);
-    assert_eq!(p.append(&mut encoded("x", 1, now, Compression::None)).unwrap().base_offset, 250);
+    assert_eq!(
+        p.append(&mut encoded("x", 1, now, Compression::None))
+            .unwrap()
+            .base_offset,
+        250
+    );
 }
 
 #[test]
@@ -390,8 +446,14 @@ fn bad_input_gets_named_errors() {
         store.create_topic("t", 1, TopicConfig::default()),
         Err(LogError::TopicExists(_))
     ));
-    assert!(matches!(store.topic("nope"), Err(LogError::UnknownTopic(_))));
-    assert!(matches!(store.partition("t", 3), Err(LogError::UnknownPartition { .. })));
+    assert!(matches!(
+        store.topic("nope"),
+        Err(LogError::UnknownTopic(_))
+    ));
+    assert!(matches!(
+        store.partition("t", 3),
+        Err(LogError::UnknownPartition { .. })
+    ));
     let p = store.partition("t", 0).unwrap();
     p.append(&mut raw_batch(2, 0, 0, b"ab")).unwrap();
     let err = p.read(7, 10).unwrap_err();
@@ -413,7 +475,11 @@ fn a_second_open_of_the_same_directory_is_refused() {
     let _store = LogStore::open(dir.path(), quiet()).unwrap();
     let err = LogStore::open(dir.path(), quiet()).err().unwrap();
     assert!(matches!(err, LogError::DirectoryInUse { .. }));
-    assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -426,11 +492,21 @@ fn topics_can_be_deleted_and_grown_durably() {
         store.add_partitions("b", 5).unwrap();
         let a = store.partition("a", 0).unwrap();
         store.delete_topic("a").unwrap();
-        assert!(matches!(a.append(&mut raw_batch(1, 0, 0, b"x")), Err(LogError::UnknownTopic(_))));
-        assert!(matches!(store.add_partitions("b", 3), Err(LogError::InvalidPartitionCount(3))));
+        assert!(matches!(
+            a.append(&mut raw_batch(1, 0, 0, b"x")),
+            Err(LogError::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            store.add_partitions("b", 3),
+            Err(LogError::InvalidPartitionCount(3))
+        ));
     }
     let store = LogStore::open(dir.path(), quiet()).unwrap();
-    let names: Vec<_> = store.topics().iter().map(|t| t.name().to_string()).collect();
+    let names: Vec<_> = store
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
     assert_eq!(names, vec!["b"]);
     assert_eq!(store.topic("b").unwrap().partition_count(), 5);
 }

@@ -1,0 +1,123 @@
+//! The `sluice` command line: argument definitions (clap derive) and one
+//! file per subcommand. This is the edge where library errors get context a
+//! person can act on; nothing here owns data or formats on disk.
+
+mod bench;
+mod consume;
+mod demo;
+mod produce;
+mod topic;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::log::{LogStore, StoreOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Micro-batch stream processing with a bundled, Kafka-compatible log store",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log level filter for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the embedded log store keeps its data.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Data directory of the embedded log store (created if missing).
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce records from stdin, a file, or a growing log file (tail -F).
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(consume::ConsumeArgs),
+    /// Self-contained demos on the embedded store; no servers to start.
+    #[command(subcommand)]
+    Demo(demo::DemoCommand),
+    /// Benchmarks, measured side by side with a reference on the same disk.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Topic(cmd) => topic::run(cmd),
+        Command::Produce(args) => produce::run(args),
+        Command::Consume(args) => consume::run(args),
+        Command::Demo(cmd) => demo::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Diagnostics go to stderr so that stdout carries only data.
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub(crate) fn open_store(dir: &Path, background: bool) -> anyhow::Result<LogStore> {
+    LogStore::open(
+        dir,
+        StoreOptions {
+            background,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("cannot open the log store in {}", dir.display()))
+}
+
+/// A flag set by SIGINT or SIGTERM, for commands that run until stopped.
+pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone())
+            .context("cannot install signal handler")?;
+    }
+    Ok(flag)
+}
+
+/// Parses a timestamp flag: milliseconds since the epoch, or an RFC 3339
+/// date-time such as `2026-11-21T10:00:00Z`.
+pub(crate) fn parse_timestamp_ms(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text.trim())
+        .map_err(|e| format!("{text:?} is not a timestamp ({e}); use milliseconds since the epoch or 2026-11-21T10:00:00Z"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .map_err(|_| format!("{text:?} is before 1970"))
+        })
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

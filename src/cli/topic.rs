@@ -1,0 +1,185 @@
+//! `sluice topic create|list|describe|delete|retention`.
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::{StoreArgs, open_store};
+use crate::log::{FlushPolicy, TopicConfig};
+use crate::units::{format_bytes, parse_bytes, parse_millis};
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions.
+        #[arg(long, short = 'p', allow_negative_numbers = true)]
+        partitions: i64,
+        /// Delete segments older than this (ms, or 7d, 12h…; -1 keeps forever). Default 7 days.
+        #[arg(long, allow_hyphen_values = true)]
+        retention_ms: Option<String>,
+        /// Delete old segments beyond this many bytes per partition (1GiB…; -1 = unlimited, the default).
+        #[arg(long, allow_hyphen_values = true)]
+        retention_bytes: Option<String>,
+        /// Roll to a new segment at this size (default 1GiB).
+        #[arg(long)]
+        segment_bytes: Option<String>,
+        /// Roll to a new segment after this long (default 7d).
+        #[arg(long)]
+        segment_ms: Option<String>,
+        /// When appends reach the disk: always (fsync before acknowledging),
+        /// messages:N, interval:DURATION, or os (the default, as in Kafka).
+        #[arg(long)]
+        flush: Option<FlushPolicy>,
+        /// Succeed without changes if the topic already exists.
+        #[arg(long)]
+        if_not_exists: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List topics.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show a topic's partitions (log start/end offsets, segments, bytes) and configs.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a topic and all its data.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Apply retention now (it also runs every 5 minutes while a store is open).
+    Retention {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn signed_size(text: &str) -> Result<i64, String> {
+    if text.trim() == "-1" {
+        return Ok(-1);
+    }
+    parse_bytes(text).map(|b| b as i64)
+}
+
+fn signed_millis(text: &str) -> Result<i64, String> {
+    if text.trim() == "-1" {
+        return Ok(-1);
+    }
+    parse_millis(text).map(|b| b as i64)
+}
+
+pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            segment_ms,
+            flush,
+            if_not_exists,
+            store,
+        } => {
+            let mut config = TopicConfig::default();
+            let flag = |f: &str, e: String| anyhow::anyhow!("--{f}: {e}");
+            if let Some(v) = retention_ms {
+                config.retention_ms = signed_millis(&v).map_err(|e| flag("retention-ms", e))?;
+            }
+            if let Some(v) = retention_bytes {
+                config.retention_bytes = signed_size(&v).map_err(|e| flag("retention-bytes", e))?;
+            }
+            if let Some(v) = segment_bytes {
+                config.segment_bytes = parse_bytes(&v).map_err(|e| flag("segment-bytes", e))?;
+            }
+            if let Some(v) = segment_ms {
+                config.segment_ms = parse_millis(&v).map_err(|e| flag("segment-ms", e))?;
+            }
+            if let Some(policy) = flush {
+                config.set_flush_policy(policy);
+            }
+            let store = open_store(&store.data_dir, false)?;
+            if if_not_exists && store.topic(&name).is_ok() {
+                return Ok(());
+            }
+            store
+                .create_topic(&name, partitions, config)
+                .with_context(|| format!("cannot create topic {name:?}"))?;
+            println!("Created topic {name} with {partitions} partition(s).");
+            Ok(())
+        }
+        TopicCommand::List { store } => {
+            let store = open_store(&store.data_dir, false)?;
+            for t in store.topics() {
+                println!("{}", t.name());
+            }
+            Ok(())
+        }
+        TopicCommand::Describe { name, store } => {
+            let store = open_store(&store.data_dir, false)?;
+            let topic = store.topic(&name)?;
+            let config = topic.config();
+            println!(
+                "Topic: {}  Id: {}  Partitions: {}  Flush: {}",
+                topic.name(),
+                topic.id(),
+                topic.partition_count(),
+                config.flush_policy()
+            );
+            let configs: Vec<String> = config
+                .entries()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("Configs: {}", configs.join(" "));
+            println!(
+                "{:>9}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}",
+                "Partition", "LogStart", "LogEnd", "Records", "Segments", "Size"
+            );
+            for p in topic.partitions() {
+                let i = p.info();
+                println!(
+                    "{:>9}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}",
+                    i.partition,
+                    i.log_start_offset,
+                    i.high_watermark,
+                    i.high_watermark - i.log_start_offset,
+                    i.segments,
+                    format_bytes(i.size_bytes)
+                );
+            }
+            Ok(())
+        }
+        TopicCommand::Delete { name, store } => {
+            let store = open_store(&store.data_dir, false)?;
+            store
+                .delete_topic(&name)
+                .with_context(|| format!("cannot delete topic {name:?}"))?;
+            println!("Deleted topic {name}.");
+            Ok(())
+        }
+        TopicCommand::Retention { store } => {
+            let store = open_store(&store.data_dir, false)?;
+            let deleted = store.enforce_retention()?;
+            if deleted.is_empty() {
+                println!("Nothing to delete.");
+            }
+            for (topic, partition, o) in deleted {
+                println!(
+                    "{topic}-{partition}: deleted {} segment(s), {}; log start is now {}",
+                    o.segments_deleted,
+                    format_bytes(o.bytes_deleted),
+                    o.log_start_offset
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Sluice: a micro-batch stream-processing engine with a bundled,
+//! Kafka-compatible log store, in one Rust library and one binary.
+//!
+//! # Layout
+//! - [`log`] — the bundled log store: topics, partitions, segments of Kafka
+//!   RecordBatch v2 bytes with a sparse offset/time index, retention, flush
+//!   policies and crash recovery. Synchronous; the only owner of data files.
+//! - [`producer`] — client-side producing used by the CLI: Kafka's murmur2
+//!   partitioner, RecordBatch v2 encoding (with compression), line sources
+//!   including a `tail -F` follower.
+//! - [`corpus`] — a seeded text generator (Zipf-distributed words) for demos
+//!   and benchmarks.
+//! - [`units`] — human sizes and durations for flags and configs.
+//! - [`cli`] — the `sluice` command line: one file per subcommand. `main.rs`
+//!   only parses arguments and reports errors.
+//!
+//! `ARCHITECTURE.md` at the repository root describes the data flow and the
+//! on-disk format in more detail.
+
+pub mod cli;
+pub mod corpus;
+pub mod log;
+pub mod producer;
+pub mod units;

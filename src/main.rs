@@ -1,0 +1,26 @@
+//! The `sluice` binary: parses the command line and reports errors. All the
+//! work happens in the library (`sluice::cli` and below).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Hitting a file-size limit must fail the write (EFBIG), which the log
+    // store rolls back and reports, rather than kill the process (as
+    // PostgreSQL does too).
+    // SAFETY: setting a signal's disposition to SIG_IGN before any threads
+    // start has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let cli = sluice::cli::Cli::parse();
+    sluice::cli::init_tracing(&cli.log);
+    match sluice::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
