@@ -70,7 +70,6 @@ struct Writer {
     active: Arc<Segment>,
     next_offset: i64,
     builder: IndexBuilder,
-    scratch: Vec<ValidBatch>,
 }
 
 pub struct Partition {
@@ -235,7 +234,6 @@ impl Partition {
                 active,
                 next_offset: next,
                 builder,
-                scratch: Vec::new(),
             }),
             flush_lock: Mutex::new(()),
             offline: RwLock::new(None),
@@ -320,22 +318,18 @@ impl Partition {
     pub fn append_at(&self, records: &mut [u8], now_ms: i64) -> Result<AppendInfo> {
         self.check_writable()?;
         let config = self.config();
-        let mut w = lock(&self.writer);
-        let mut batches = std::mem::take(&mut w.scratch);
-        // Validation (CRC over every byte) runs before anything is written.
-        let validated =
-            batch::validate_for_append(records, config.max_message_bytes as usize, &mut batches);
-        if let Err(source) = validated {
-            w.scratch = batches;
-            return Err(LogError::InvalidBatch {
+        // Validation reads every byte (CRC-32C), so it runs before the writer
+        // lock: producers to one partition only serialize on the write itself.
+        let mut batches = Vec::with_capacity(1);
+        batch::validate_for_append(records, config.max_message_bytes as usize, &mut batches)
+            .map_err(|source| LogError::InvalidBatch {
                 topic: self.topic.clone(),
                 partition: self.id,
                 source,
-            });
-        }
-        let result = self.append_locked(&mut w, records, &batches, &config, now_ms);
-        w.scratch = batches;
-        let (info, active, needs_sync) = result?;
+            })?;
+        let mut w = lock(&self.writer);
+        let (info, active, needs_sync) =
+            self.append_locked(&mut w, records, &batches, &config, now_ms)?;
         drop(w);
         if needs_sync {
             self.sync_segment(&active)?;
