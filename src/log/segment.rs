@@ -102,6 +102,22 @@ impl Segment {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The in-memory state of a segment with no batches yet.
+    fn empty(base_offset: i64, log_path: PathBuf, file: File, created_ms: i64) -> Segment {
+        Segment {
+            base_offset,
+            log_path,
+            file,
+            written: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            visible: AtomicU64::new(0),
+            next_offset: AtomicI64::new(base_offset),
+            max_timestamp: AtomicI64::new(NO_TIMESTAMP),
+            created_ms,
+            index: RwLock::new(SparseIndex::default()),
+        }
+    }
+
     /// Creates an empty segment file. A leftover file of the same name (from a
     /// roll that crashed before its first append) is reused if empty.
     pub fn create(dir: &Path, base_offset: i64, now_ms: i64) -> Result<Segment> {
@@ -124,18 +140,7 @@ impl Segment {
                 reason: "a new segment's file already exists and is not empty".into(),
             });
         }
-        Ok(Segment {
-            base_offset,
-            log_path,
-            file,
-            written: AtomicU64::new(0),
-            flushed: AtomicU64::new(0),
-            visible: AtomicU64::new(0),
-            next_offset: AtomicI64::new(base_offset),
-            max_timestamp: AtomicI64::new(NO_TIMESTAMP),
-            created_ms: now_ms,
-            index: RwLock::new(SparseIndex::default()),
-        })
+        Ok(Segment::empty(base_offset, log_path, file, now_ms))
     }
 
     /// Opens an existing segment.
@@ -201,18 +206,7 @@ impl Segment {
             ),
             None => (0, base_offset, NO_TIMESTAMP),
         };
-        let mut seg = Segment {
-            base_offset,
-            log_path,
-            file,
-            written: AtomicU64::new(0),
-            flushed: AtomicU64::new(0),
-            visible: AtomicU64::new(0),
-            next_offset: AtomicI64::new(base_offset),
-            max_timestamp: AtomicI64::new(NO_TIMESTAMP),
-            created_ms: mtime_ms.min(now_ms),
-            index: RwLock::new(SparseIndex::default()),
-        };
+        let mut seg = Segment::empty(base_offset, log_path, file, mtime_ms.min(now_ms));
         let mut builder = IndexBuilder::resume(index_interval, 0, resumed_ts);
         let (end_pos, next_offset, error) =
             seg.scan(scan_from, file_len, expected_offset, crc_from, |b| {
