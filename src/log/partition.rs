@@ -422,6 +422,9 @@ impl Partition {
     /// that land while another thread syncs are covered by one later fsync.
     fn sync_segment(&self, seg: &Arc<Segment>) -> Result<()> {
         let _flush = lock(&self.flush_lock);
+        // After a failed fsync, a later one that succeeds proves nothing about
+        // the pages the kernel dropped: never publish or checkpoint them.
+        self.check_writable()?;
         let (still_active, next) = {
             let w = lock(&self.writer);
             (Arc::ptr_eq(&w.active, seg), w.next_offset)
@@ -463,7 +466,8 @@ impl Partition {
     /// Flushes if `flush.ms` says the oldest unflushed data is due.
     pub(crate) fn flush_if_due(&self, now_ms: i64) -> Result<()> {
         let since = self.dirty_since_ms.load(Ordering::Acquire);
-        if since == 0 {
+        if since == 0 || self.check_writable().is_err() {
+            // Offline partitions were reported once when they went offline.
             return Ok(());
         }
         if let FlushPolicy::Interval(d) = self.config().flush_policy()
@@ -668,8 +672,8 @@ impl Partition {
         let mut remaining: u64 = segments.iter().map(|s| s.written()).sum();
         let mut delete = 0;
         for seg in &segments {
-            let by_time =
-                config.retention_ms >= 0 && seg.max_timestamp() < now_ms - config.retention_ms;
+            let by_time = config.retention_ms >= 0
+                && seg.retention_timestamp(now_ms) < now_ms - config.retention_ms;
             let by_size = config.retention_bytes >= 0
                 && remaining.saturating_sub(seg.written()) >= config.retention_bytes as u64
                 && seg.written() > 0;
@@ -739,7 +743,14 @@ impl Partition {
     /// Clean shutdown: flush, persist the active index, and record that the
     /// whole log is on disk so the next open validates nothing.
     pub(crate) fn close(&self) -> Result<()> {
-        if self.deleted.load(Ordering::Acquire) {
+        let offline = self
+            .offline
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if self.deleted.load(Ordering::Acquire) || offline {
+            // An offline partition keeps its old recovery point, so the next
+            // open validates everything written since.
             return Ok(());
         }
         self.flush()?;

@@ -90,6 +90,22 @@ impl Segment {
         self.max_timestamp.load(Ordering::Acquire)
     }
 
+    /// The time retention.ms counts from: the newest record timestamp, or,
+    /// when the records carry none (-1), the file's last modification, as
+    /// in Kafka.
+    pub fn retention_timestamp(&self, now_ms: i64) -> i64 {
+        let max_ts = self.max_timestamp();
+        if max_ts != NO_TIMESTAMP {
+            return max_ts;
+        }
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now_ms, |d| d.as_millis() as i64)
+    }
+
     pub fn created_ms(&self) -> i64 {
         self.created_ms
     }
@@ -259,11 +275,6 @@ impl Segment {
             }
         }
         let max_ts = builder.max_timestamp();
-        let max_ts = if max_ts == NO_TIMESTAMP && end_pos > 0 {
-            mtime_ms
-        } else {
-            max_ts
-        };
         seg.written.store(end_pos, Ordering::Release);
         seg.flushed.store(end_pos, Ordering::Release);
         seg.visible.store(end_pos, Ordering::Release);
