@@ -24,6 +24,33 @@
 //! record count, by age, or leave it to the OS (as Kafka does). On open, each
 //! partition's last segment is validated batch by batch after its recovery
 //! point and a torn or corrupt tail is cut off; damaged indexes are rebuilt.
+//!
+//! ```
+//! use sluice::log::{LogStore, StoreOptions, TopicConfig};
+//! use sluice::producer::{BatchBuilder, Compression};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = LogStore::open(dir.path(), StoreOptions::default())?;
+//! store.create_topic("clicks", 4, TopicConfig::default())?;
+//!
+//! // A producer's RecordBatch v2, stored as it is; the store assigns offsets.
+//! let mut batch = BatchBuilder::new(Compression::Lz4);
+//! batch.push(Some(b"user-1"), b"/home", 1_700_000_000_000);
+//! batch.push(Some(b"user-2"), b"/cart", 1_700_000_000_005);
+//! let partition = store.partition("clicks", 0)?;
+//! let appended = partition.append(&mut batch.finish()?)?;
+//! assert_eq!((appended.base_offset, appended.last_offset), (0, 1));
+//!
+//! // Reads return whole batches from the one holding the offset.
+//! let (bytes, info) = partition.read(1, 1 << 20)?;
+//! assert_eq!(info.next_offset, 2);
+//! assert!(!bytes.is_empty());
+//! assert_eq!(partition.offset_for_time(1_700_000_000_001)?, Some((1, 1_700_000_000_005)));
+//! store.close()?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod batch;
 mod config;
