@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+pub(crate) use crate::log::now_ms;
 use crate::log::{LogStore, StoreOptions};
 
 #[derive(Debug, Parser)]
@@ -114,10 +115,4 @@ pub(crate) fn parse_timestamp_ms(text: &str) -> Result<i64, String> {
                 .map(|d| d.as_millis() as i64)
                 .map_err(|_| format!("{text:?} is before 1970"))
         })
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

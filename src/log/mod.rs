@@ -77,7 +77,8 @@ pub use error::{LogError, Result};
 pub use partition::{AppendInfo, Partition, PartitionInfo, ReadInfo, RetentionOutcome};
 pub use segment::TailRecovery;
 
-use partition::{SharedConfig, now_ms, sync_dir};
+pub(crate) use partition::now_ms;
+use partition::{SharedConfig, sync_dir};
 
 /// Most partitions one topic may have; a guard against typos like `--partitions 10000000`.
 pub const MAX_PARTITIONS: i64 = 10_000;
@@ -138,28 +139,19 @@ impl Topic {
     }
 
     pub fn config(&self) -> Arc<TopicConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read_lock(&self.config).clone()
     }
 
     pub fn partition_count(&self) -> usize {
-        self.partitions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        read_lock(&self.partitions).len()
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read_lock(&self.partitions).clone()
     }
 
     pub fn partition(&self, id: i32) -> Result<Arc<Partition>> {
-        let parts = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        let parts = read_lock(&self.partitions);
         usize::try_from(id)
             .ok()
             .and_then(|i| parts.get(i).cloned())
@@ -202,15 +194,18 @@ pub struct LogStore {
     inner: Arc<Inner>,
 }
 
-fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+// A panic while holding one of the store's locks leaves the data consistent
+// (counters only move after successful writes), so poisoned locks are used
+// as they are rather than taking the store down.
+pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-fn mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

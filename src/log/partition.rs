@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -25,6 +25,7 @@ use super::config::{FlushPolicy, TopicConfig};
 use super::error::{LogError, Result};
 use super::index::IndexBuilder;
 use super::segment::{self, Segment, TailRecovery};
+use super::{mutex, read_lock, write_lock};
 
 pub(crate) type SharedConfig = Arc<RwLock<Arc<TopicConfig>>>;
 
@@ -102,12 +103,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| LogError::io("syncing directory", dir, e))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a partition lock leaves the data consistent
-    // (counters only move after successful writes), so keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Recovery-point file: the last (segment, byte position) known to be on disk.
 /// Recovery validates batches after it. Format: `v1 <segment base> <position>`.
 const RECOVERY_POINT: &str = "recovery-point";
@@ -128,10 +123,7 @@ impl Partition {
             .map_err(|e| LogError::io("creating partition directory", &dir, e))?;
         let seg = Arc::new(Segment::create(&dir, 0, now_ms())?);
         sync_dir(&dir)?;
-        let interval = config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .index_interval_bytes;
+        let interval = read_lock(&config).index_interval_bytes;
         Ok(Self::assemble(
             topic,
             id,
@@ -149,10 +141,7 @@ impl Partition {
         dir: PathBuf,
         config: SharedConfig,
     ) -> Result<(Self, Option<TailRecovery>)> {
-        let interval = config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .index_interval_bytes;
+        let interval = read_lock(&config).index_interval_bytes;
         if !dir.exists() {
             tracing::warn!(dir = %dir.display(), "partition directory missing; starting it empty");
             return Ok((Self::create(topic, id, dir, config)?, None));
@@ -265,29 +254,18 @@ impl Partition {
     }
 
     fn config(&self) -> Arc<TopicConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read_lock(&self.config).clone()
     }
 
     fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
-        self.segments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read_lock(&self.segments).clone()
     }
 
     fn check_writable(&self) -> Result<()> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(LogError::UnknownTopic(self.topic.clone()));
         }
-        if let Some(reason) = self
-            .offline
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        if let Some(reason) = read_lock(&self.offline).as_ref() {
             return Err(LogError::PartitionOffline {
                 topic: self.topic.clone(),
                 partition: self.id,
@@ -299,7 +277,7 @@ impl Partition {
 
     fn take_offline(&self, err: &LogError) {
         tracing::error!(topic = %self.topic, partition = self.id, "taking partition offline: {err}");
-        *self.offline.write().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+        *write_lock(&self.offline) = Some(err.to_string());
     }
 
     pub(crate) fn mark_deleted(&self) {
@@ -327,7 +305,7 @@ impl Partition {
                 partition: self.id,
                 source,
             })?;
-        let mut w = lock(&self.writer);
+        let mut w = mutex(&self.writer);
         let (info, active, needs_sync) =
             self.append_locked(&mut w, records, &batches, &config, now_ms)?;
         drop(w);
@@ -421,12 +399,12 @@ impl Partition {
     /// fsyncs `seg` up to what has been written, then publishes it. Appends
     /// that land while another thread syncs are covered by one later fsync.
     fn sync_segment(&self, seg: &Arc<Segment>) -> Result<()> {
-        let _flush = lock(&self.flush_lock);
+        let _flush = mutex(&self.flush_lock);
         // After a failed fsync, a later one that succeeds proves nothing about
         // the pages the kernel dropped: never publish or checkpoint them.
         self.check_writable()?;
         let (still_active, next) = {
-            let w = lock(&self.writer);
+            let w = mutex(&self.writer);
             (Arc::ptr_eq(&w.active, seg), w.next_offset)
         };
         if !still_active {
@@ -442,7 +420,7 @@ impl Partition {
                 seg.publish(upto);
                 self.high_watermark.fetch_max(next, Ordering::AcqRel);
                 self.flushed_offset.fetch_max(next, Ordering::AcqRel);
-                if self.flushed_offset.load(Ordering::Acquire) >= lock(&self.writer).next_offset {
+                if self.flushed_offset.load(Ordering::Acquire) >= mutex(&self.writer).next_offset {
                     self.dirty_since_ms.store(0, Ordering::Release);
                 }
                 Ok(())
@@ -459,7 +437,7 @@ impl Partition {
 
     /// Forces everything appended so far to disk.
     pub fn flush(&self) -> Result<()> {
-        let active = lock(&self.writer).active.clone();
+        let active = mutex(&self.writer).active.clone();
         self.sync_segment(&active)
     }
 
@@ -498,10 +476,7 @@ impl Partition {
         let seg = Arc::new(Segment::create(&self.dir, w.next_offset, now_ms)?);
         sync_dir(&self.dir)?;
         let interval = self.config().index_interval_bytes;
-        self.segments
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(seg.clone());
+        write_lock(&self.segments).push(seg.clone());
         w.active = seg;
         w.builder = IndexBuilder::new(interval);
         // Everything before the new segment is on disk now.
@@ -556,23 +531,18 @@ impl Partition {
             let mut pos = 0usize;
             let region = &out[start..];
             while region.len() - pos >= batch::HEADER_LEN {
-                let (base, total) =
-                    batch::peek_frame(&region[pos..]).map_err(|e| LogError::CorruptSegment {
+                let header = batch::BatchHeader::parse(&region[pos..]).map_err(|e| {
+                    LogError::CorruptSegment {
                         file: seg.log_path().to_path_buf(),
                         position: found.position + pos as u64,
                         reason: e.to_string(),
-                    })?;
-                if base >= hw || pos + total > region.len() {
+                    }
+                })?;
+                let total = header.total_len();
+                if header.base_offset >= hw || pos + total > region.len() {
                     break;
                 }
-                let last = batch::BatchHeader::parse(&region[pos..])
-                    .map(|h| h.last_offset())
-                    .map_err(|e| LogError::CorruptSegment {
-                        file: seg.log_path().to_path_buf(),
-                        position: found.position + pos as u64,
-                        reason: e.to_string(),
-                    })?;
-                info.next_offset = last + 1;
+                info.next_offset = header.last_offset() + 1;
                 pos += total;
             }
             out.truncate(start + pos);
@@ -667,7 +637,7 @@ impl Partition {
     /// An expired active segment is rolled first so it can go too.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let config = self.config();
-        let mut w = lock(&self.writer);
+        let mut w = mutex(&self.writer);
         let segments = self.segments_snapshot();
         let mut remaining: u64 = segments.iter().map(|s| s.written()).sum();
         let mut delete = 0;
@@ -693,7 +663,7 @@ impl Partition {
             self.roll(&mut w, now_ms)?;
         }
         let removed: Vec<Arc<Segment>> = {
-            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let mut list = write_lock(&self.segments);
             let removed = list.drain(..delete).collect();
             self.log_start.store(list[0].base_offset, Ordering::Release);
             removed
@@ -723,7 +693,7 @@ impl Partition {
     /// recovery after a crash validates only what comes after.
     pub(crate) fn write_recovery_point(&self) -> Result<()> {
         let (base, pos) = {
-            let w = lock(&self.writer);
+            let w = mutex(&self.writer);
             (w.active.base_offset, w.active.flushed())
         };
         self.store_recovery_point(base, pos)
@@ -743,18 +713,14 @@ impl Partition {
     /// Clean shutdown: flush, persist the active index, and record that the
     /// whole log is on disk so the next open validates nothing.
     pub(crate) fn close(&self) -> Result<()> {
-        let offline = self
-            .offline
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
+        let offline = read_lock(&self.offline).is_some();
         if self.deleted.load(Ordering::Acquire) || offline {
             // An offline partition keeps its old recovery point, so the next
             // open validates everything written since.
             return Ok(());
         }
         self.flush()?;
-        lock(&self.writer).active.persist_index()?;
+        mutex(&self.writer).active.persist_index()?;
         self.write_recovery_point()
     }
 

@@ -20,6 +20,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::batch::{self, BatchHeader, HEADER_LEN};
 use super::error::{LogError, Result};
 use super::index::{IndexBuilder, NO_TIMESTAMP, SparseIndex};
+use super::{read_lock, write_lock};
 
 pub(crate) fn file_stem(base_offset: i64) -> String {
     format!("{base_offset:020}")
@@ -111,11 +112,11 @@ impl Segment {
     }
 
     pub fn index(&self) -> RwLockReadGuard<'_, SparseIndex> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        read_lock(&self.index)
     }
 
     pub fn index_mut(&self) -> RwLockWriteGuard<'_, SparseIndex> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        write_lock(&self.index)
     }
 
     /// The in-memory state of a segment with no batches yet.
