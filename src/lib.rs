@@ -17,6 +17,7 @@
 //! `ARCHITECTURE.md` at the repository root describes the data flow and the
 //! on-disk format in more detail.
 
+pub mod alloc;
 pub mod broker;
 pub mod cli;
 pub mod corpus;

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// See `sluice::alloc`: a hostile length prefix must not abort the broker.
+#[global_allocator]
+static ALLOCATOR: sluice::alloc::LazyHugeAlloc = sluice::alloc::LazyHugeAlloc;
+
 fn main() -> ExitCode {
     // Hitting a file-size limit must fail the write (EFBIG), which the log
     // store rolls back and reports, rather than kill the process (as
@@ -15,7 +19,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = sluice::cli::Cli::parse();
-    sluice::cli::init_tracing(&cli.log);
+    sluice::cli::init_tracing(&cli.log_filter());
     match sluice::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

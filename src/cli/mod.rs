@@ -3,6 +3,7 @@
 //! person can act on; nothing here owns data or formats on disk.
 
 mod bench;
+mod broker;
 mod consume;
 mod demo;
 mod produce;
@@ -26,9 +27,10 @@ use crate::log::{LogStore, StoreOptions};
     propagate_version = true
 )]
 pub struct Cli {
-    /// Log level filter for diagnostics on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log level filter for diagnostics on stderr (error, warn, info, debug,
+    /// trace). Default: info for `broker`, warn otherwise.
+    #[arg(long, global = true, env = "SLUICE_LOG")]
+    pub log: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -51,6 +53,8 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// Serve the data directory to Kafka clients over the Kafka protocol.
+    Broker(broker::BrokerArgs),
     /// Self-contained demos on the embedded store; no servers to start.
     #[command(subcommand)]
     Demo(demo::DemoCommand),
@@ -59,12 +63,25 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Cli {
+    /// The diagnostics filter: `--log`, or the command's default (a broker
+    /// reports its metrics at info level).
+    pub fn log_filter(&self) -> String {
+        match (&self.log, &self.command) {
+            (Some(filter), _) => filter.clone(),
+            (None, Command::Broker(_)) => "info".into(),
+            (None, _) => "warn".into(),
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topic(cmd) => topic::run(cmd),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
+        Command::Broker(args) => broker::run(args),
         Command::Demo(cmd) => demo::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }

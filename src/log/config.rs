@@ -123,6 +123,57 @@ impl TopicConfig {
         };
     }
 
+    /// Sets one config by its Kafka name, as CreateTopics and
+    /// `--config name=value` give it. Unknown names and configs Sluice does
+    /// not implement are refused by name rather than silently ignored.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let bad = |why: &str| LogError::InvalidConfig(format!("{name}={value:?}: {why}"));
+        let int = |v: &str| v.trim().parse::<i64>().map_err(|_| bad("not an integer"));
+        let unsigned = |v: &str| {
+            int(v).and_then(|n| u64::try_from(n).map_err(|_| bad("must not be negative")))
+        };
+        // Kafka spells "never" as Long.MAX_VALUE for the flush settings.
+        let flush_limit = |v: &str| {
+            unsigned(v).map(|n| (n < i64::MAX as u64).then_some(n))
+        };
+        match name {
+            "segment.bytes" => self.segment_bytes = unsigned(value)?,
+            "segment.ms" => self.segment_ms = unsigned(value)?,
+            "retention.ms" => self.retention_ms = int(value)?,
+            "retention.bytes" => self.retention_bytes = int(value)?,
+            "flush.messages" => self.flush_messages = flush_limit(value)?,
+            "flush.ms" => self.flush_ms = flush_limit(value)?,
+            "index.interval.bytes" => {
+                self.index_interval_bytes =
+                    u32::try_from(unsigned(value)?).map_err(|_| bad("too large"))?
+            }
+            "max.message.bytes" => {
+                self.max_message_bytes =
+                    u32::try_from(unsigned(value)?).map_err(|_| bad("too large"))?
+            }
+            "cleanup.policy" if value.trim() == "delete" => {}
+            "cleanup.policy" => {
+                return Err(bad(
+                    "only cleanup.policy=delete is supported (no log compaction yet)",
+                ));
+            }
+            // Single-node store: these are trivially satisfied.
+            "min.insync.replicas" | "unclean.leader.election.enable" => {}
+            _ => {
+                return Err(LogError::InvalidConfig(format!(
+                    "unknown or unsupported topic config {name:?} (supported: {})",
+                    Self::default()
+                        .entries()
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The configs as Kafka name → value strings, e.g. for `topic describe`.
     pub fn entries(&self) -> Vec<(&'static str, String)> {
         let opt = |v: Option<u64>| v.map_or("9223372036854775807".to_string(), |v| v.to_string());
