@@ -92,34 +92,42 @@ pub(crate) fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
         )
 }
 
-pub(crate) async fn handle(shared: &Arc<Shared>, mut frame: Bytes, peer: SocketAddr) -> Outcome {
+/// Why a frame is not a request this broker will serve.
+#[derive(Debug)]
+pub enum Rejection {
+    /// ApiVersions at a version we lack: answered at v0 with UNSUPPORTED_VERSION.
+    ApiVersionsUnsupported { correlation_id: i32 },
+    /// Anything else: the reason the connection is closed.
+    Close(String),
+}
+
+/// Decodes one request frame (without its size prefix): header, version
+/// check, body. Pure and panic-free, so it can be fuzzed directly.
+pub fn decode_request(mut frame: Bytes) -> Result<(i16, RequestHeader, RequestKind), Rejection> {
     if frame.len() < 8 {
-        return Outcome::Close(format!(
+        return Err(Rejection::Close(format!(
             "truncated request header ({} bytes; at least 8 needed)",
             frame.len()
-        ));
+        )));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    shared.metrics.request(key);
     let Ok(api) = ApiKey::try_from(key) else {
-        return Outcome::Close(format!("unknown API key {key}"));
+        return Err(Rejection::Close(format!("unknown API key {key}")));
     };
     let Some((min, max)) = supported_range(api) else {
-        return Outcome::Close(format!(
+        return Err(Rejection::Close(format!(
             "API {api:?} (key {key}) is not implemented by sluice broker (see ApiVersions)"
-        ));
+        )));
     };
     if version < min || version > max {
         if api == ApiKey::ApiVersions {
-            shared.metrics.error(key);
-            let resp = api_versions_response(ResponseError::UnsupportedVersion.code());
-            return encode(api, 0, correlation_id, ResponseKind::ApiVersions(resp));
+            return Err(Rejection::ApiVersionsUnsupported { correlation_id });
         }
-        return Outcome::Close(format!(
+        return Err(Rejection::Close(format!(
             "{api:?} v{version} is not supported (this broker serves v{min}..=v{max}); the client should have negotiated with ApiVersions"
-        ));
+        )));
     }
     let header_version = api.request_header_version(version);
     // The decoder is third-party code fed with untrusted bytes: a panic in
@@ -129,16 +137,38 @@ pub(crate) async fn handle(shared: &Arc<Shared>, mut frame: Bytes, peer: SocketA
         let body = RequestKind::decode(api, &mut frame, version)?;
         anyhow::Ok((header, body))
     }));
-    let (header, body) = match decoded {
-        Ok(Ok(decoded)) => decoded,
-        Ok(Err(e)) => {
-            return Outcome::Close(format!("malformed {api:?} v{version} request: {e:#}"));
+    match decoded {
+        Ok(Ok((header, body))) => Ok((version, header, body)),
+        Ok(Err(e)) => Err(Rejection::Close(format!(
+            "malformed {api:?} v{version} request: {e:#}"
+        ))),
+        Err(_) => Err(Rejection::Close(format!(
+            "malformed {api:?} v{version} request (the decoder panicked)"
+        ))),
+    }
+}
+
+pub(crate) async fn handle(shared: &Arc<Shared>, frame: Bytes, peer: SocketAddr) -> Outcome {
+    if frame.len() >= 2 {
+        shared.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
+    }
+    let (version, header, body) = match decode_request(frame) {
+        Ok(decoded) => decoded,
+        Err(Rejection::ApiVersionsUnsupported { correlation_id }) => {
+            shared.metrics.error(ApiKey::ApiVersions as i16);
+            let resp = api_versions_response(ResponseError::UnsupportedVersion.code());
+            return encode(
+                ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                ResponseKind::ApiVersions(resp),
+            );
         }
-        Err(_) => {
-            return Outcome::Close(format!(
-                "malformed {api:?} v{version} request (the decoder panicked)"
-            ));
-        }
+        Err(Rejection::Close(reason)) => return Outcome::Close(reason),
+    };
+    let key = header.request_api_key;
+    let Ok(api) = ApiKey::try_from(key) else {
+        return Outcome::Close(format!("unknown API key {key}"));
     };
     let client = header
         .client_id
@@ -151,7 +181,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, mut frame: Bytes, peer: SocketA
             if response_has_error(&resp) {
                 shared.metrics.error(key);
             }
-            encode(api, version, correlation_id, resp)
+            encode(api, version, header.correlation_id, resp)
         }
         Ok(None) => Outcome::Silent,
         Err(reason) => Outcome::Close(reason),

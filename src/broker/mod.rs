@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use dispatch::supported_versions;
+pub use dispatch::{Rejection, decode_request, supported_versions};
 pub use error::BrokerError;
 pub use server::{Broker, ShutdownHandle};
 

@@ -7,6 +7,7 @@ mod broker;
 mod consume;
 mod demo;
 mod produce;
+mod remote;
 mod topic;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,7 @@ pub fn init_tracing(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

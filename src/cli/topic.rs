@@ -1,9 +1,10 @@
-//! `sluice topic create|list|describe|delete|retention`.
+//! `sluice topic create|list|describe|alter|delete|retention`, on a data
+//! directory or, with `--bootstrap host:port`, on a running broker.
 
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{StoreArgs, open_store};
+use super::{StoreArgs, open_store, remote};
 use crate::log::{FlushPolicy, TopicConfig};
 use crate::units::{format_bytes, parse_bytes, parse_millis};
 
@@ -34,23 +35,47 @@ pub enum TopicCommand {
         /// Succeed without changes if the topic already exists.
         #[arg(long)]
         if_not_exists: bool,
+        /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
+        #[arg(long, env = "SLUICE_BOOTSTRAP")]
+        bootstrap: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// List topics.
     List {
+        /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
+        #[arg(long, env = "SLUICE_BOOTSTRAP")]
+        bootstrap: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// Show a topic's partitions (log start/end offsets, segments, bytes) and configs.
     Describe {
         name: String,
+        /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
+        #[arg(long, env = "SLUICE_BOOTSTRAP")]
+        bootstrap: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Add partitions to a topic (partitions can only be added, as in Kafka).
+    Alter {
+        name: String,
+        /// The new total number of partitions.
+        #[arg(long, short = 'p')]
+        partitions: i64,
+        /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
+        #[arg(long, env = "SLUICE_BOOTSTRAP")]
+        bootstrap: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// Delete a topic and all its data.
     Delete {
         name: String,
+        /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
+        #[arg(long, env = "SLUICE_BOOTSTRAP")]
+        bootstrap: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -86,6 +111,7 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             segment_ms,
             flush,
             if_not_exists,
+            bootstrap,
             store,
         } => {
             let mut config = TopicConfig::default();
@@ -105,6 +131,9 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             if let Some(policy) = flush {
                 config.set_flush_policy(policy);
             }
+            if let Some(bootstrap) = bootstrap {
+                return remote::create(&bootstrap, &name, partitions, &config, if_not_exists);
+            }
             let store = open_store(&store.data_dir, false)?;
             if if_not_exists && store.topic(&name).is_ok() {
                 return Ok(());
@@ -115,14 +144,24 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             println!("Created topic {name} with {partitions} partition(s).");
             Ok(())
         }
-        TopicCommand::List { store } => {
+        TopicCommand::List { bootstrap, store } => {
+            if let Some(bootstrap) = bootstrap {
+                return remote::list(&bootstrap);
+            }
             let store = open_store(&store.data_dir, false)?;
             for t in store.topics() {
                 println!("{}", t.name());
             }
             Ok(())
         }
-        TopicCommand::Describe { name, store } => {
+        TopicCommand::Describe {
+            name,
+            bootstrap,
+            store,
+        } => {
+            if let Some(bootstrap) = bootstrap {
+                return remote::describe(&bootstrap, &name);
+            }
             let store = open_store(&store.data_dir, false)?;
             let topic = store.topic(&name)?;
             let config = topic.config();
@@ -157,7 +196,30 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TopicCommand::Delete { name, store } => {
+        TopicCommand::Alter {
+            name,
+            partitions,
+            bootstrap,
+            store,
+        } => {
+            if let Some(bootstrap) = bootstrap {
+                return remote::add_partitions(&bootstrap, &name, partitions);
+            }
+            let store = open_store(&store.data_dir, false)?;
+            store
+                .add_partitions(&name, partitions)
+                .with_context(|| format!("cannot grow topic {name:?} to {partitions} partitions"))?;
+            println!("Topic {name} now has {partitions} partitions.");
+            Ok(())
+        }
+        TopicCommand::Delete {
+            name,
+            bootstrap,
+            store,
+        } => {
+            if let Some(bootstrap) = bootstrap {
+                return remote::delete(&bootstrap, &name);
+            }
             let store = open_store(&store.data_dir, false)?;
             store
                 .delete_topic(&name)

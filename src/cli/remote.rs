@@ -1,0 +1,188 @@
+//! `sluice topic … --bootstrap host:port`: the topic commands against a
+//! running broker (`sluice broker` or any Kafka cluster) instead of a data
+//! directory, through librdkafka's admin API (`rdkafka`).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+
+use crate::log::TopicConfig;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// librdkafka logs every failed connection attempt many times over; a
+/// one-shot command reports the final error once, with a hint, instead.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
+    fn error(&self, _error: rdkafka::error::KafkaError, _reason: &str) {}
+}
+
+impl ConsumerContext for Quiet {}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("socket.timeout.ms", "10000")
+        .set("log_level", "3");
+    c
+}
+
+fn admin(bootstrap: &str) -> anyhow::Result<AdminClient<Quiet>> {
+    client_config(bootstrap)
+        .create_with_context(Quiet)
+        .with_context(|| format!("cannot create a Kafka admin client for {bootstrap}"))
+}
+
+fn options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(TIMEOUT))
+}
+
+fn unreachable_hint(bootstrap: &str) -> String {
+    format!("is a broker running at {bootstrap}? (start one with `sluice broker`)")
+}
+
+pub fn create(
+    bootstrap: &str,
+    name: &str,
+    partitions: i64,
+    config: &TopicConfig,
+    if_not_exists: bool,
+) -> anyhow::Result<()> {
+    let partitions = i32::try_from(partitions).context("--partitions is out of range")?;
+    // Only what differs from the defaults is sent, so a real Kafka cluster
+    // applies its own broker defaults to the rest.
+    let defaults = TopicConfig::default().entries();
+    let entries: Vec<(&str, String)> = config
+        .entries()
+        .into_iter()
+        .filter(|(k, v)| !defaults.iter().any(|(dk, dv)| dk == k && dv == v))
+        .collect();
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in &entries {
+        topic = topic.set(k, v);
+    }
+    let admin = admin(bootstrap)?;
+    let results = runtime()?
+        .block_on(admin.create_topics([&topic], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    for r in results {
+        match r {
+            Ok(_) => println!("Created topic {name} with {partitions} partition(s)."),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) if if_not_exists => {}
+            Err((t, code)) => bail!("cannot create topic {t:?}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn delete(bootstrap: &str, name: &str) -> anyhow::Result<()> {
+    let admin = admin(bootstrap)?;
+    let results = runtime()?
+        .block_on(admin.delete_topics(&[name], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    for r in results {
+        if let Err((t, code)) = r {
+            bail!("cannot delete topic {t:?}: {code}");
+        }
+    }
+    println!("Deleted topic {name}.");
+    Ok(())
+}
+
+pub fn add_partitions(bootstrap: &str, name: &str, total: i64) -> anyhow::Result<()> {
+    let total = usize::try_from(total).context("--partitions must be positive")?;
+    let admin = admin(bootstrap)?;
+    let results = runtime()?
+        .block_on(admin.create_partitions([&NewPartitions::new(name, total)], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    for r in results {
+        if let Err((t, code)) = r {
+            bail!("cannot grow topic {t:?} to {total} partitions: {code}");
+        }
+    }
+    println!("Topic {name} now has {total} partitions.");
+    Ok(())
+}
+
+fn consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer<Quiet>> {
+    client_config(bootstrap)
+        .set("group.id", "sluice-cli")
+        .create_with_context(Quiet)
+        .with_context(|| format!("cannot create a Kafka client for {bootstrap}"))
+}
+
+pub fn list(bootstrap: &str) -> anyhow::Result<()> {
+    let md = consumer(bootstrap)?
+        .fetch_metadata(None, TIMEOUT)
+        .with_context(|| unreachable_hint(bootstrap))?;
+    let mut names: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
+    names.sort_unstable();
+    for n in names {
+        println!("{n}");
+    }
+    Ok(())
+}
+
+pub fn describe(bootstrap: &str, name: &str) -> anyhow::Result<()> {
+    let consumer = consumer(bootstrap)?;
+    let md = consumer
+        .fetch_metadata(Some(name), TIMEOUT)
+        .with_context(|| unreachable_hint(bootstrap))?;
+    let Some(topic) = md.topics().iter().find(|t| t.name() == name) else {
+        bail!("unknown topic {name:?} at {bootstrap}");
+    };
+    if let Some(e) = topic.error() {
+        bail!("cannot describe topic {name:?}: {:?}", e);
+    }
+    println!(
+        "Topic: {name}  Partitions: {}  (broker {bootstrap})",
+        topic.partitions().len()
+    );
+    let admin = admin(bootstrap)?;
+    let configs = runtime()?
+        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    for c in configs.into_iter().flatten() {
+        let mut entries: Vec<String> = c
+            .entries
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value.as_deref().unwrap_or("")))
+            .collect();
+        entries.sort();
+        println!("Configs: {}", entries.join(" "));
+    }
+    println!(
+        "{:>9}  {:>12}  {:>12}  {:>12}  {:>6}",
+        "Partition", "LogStart", "LogEnd", "Records", "Leader"
+    );
+    for p in topic.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(name, p.id(), TIMEOUT)
+            .with_context(|| format!("cannot read the offsets of {name}-{}", p.id()))?;
+        println!(
+            "{:>9}  {:>12}  {:>12}  {:>12}  {:>6}",
+            p.id(),
+            low,
+            high,
+            high - low,
+            p.leader()
+        );
+    }
+    Ok(())
+}
