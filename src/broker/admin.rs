@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -136,7 +138,12 @@ pub(crate) async fn metadata(
             Some(t) => t.is_empty() && version == 0,
         };
         if all {
-            return s.store.topics().iter().map(|t| topic_metadata(t, version)).collect();
+            return s
+                .store
+                .topics()
+                .iter()
+                .map(|t| topic_metadata(t, version))
+                .collect();
         }
         let auto = version < 4 || req.allow_auto_topic_creation;
         req.topics
@@ -307,9 +314,15 @@ pub(crate) async fn delete_topics(
     let responses = blocking(shared, move |s| {
         // v6 names topics (by name or id) in `topics`; older versions in `topic_names`.
         let targets: Vec<(Option<TopicName>, Uuid)> = if version >= 6 {
-            req.topics.into_iter().map(|t| (t.name, t.topic_id)).collect()
+            req.topics
+                .into_iter()
+                .map(|t| (t.name, t.topic_id))
+                .collect()
         } else {
-            req.topic_names.into_iter().map(|n| (Some(n), Uuid::nil())).collect()
+            req.topic_names
+                .into_iter()
+                .map(|n| (Some(n), Uuid::nil()))
+                .collect()
         };
         targets
             .into_iter()
@@ -332,7 +345,9 @@ pub(crate) async fn delete_topics(
                 };
                 let topic_name = topic.name().to_string();
                 if version >= 6 {
-                    r = r.with_name(Some(name_of(&topic_name))).with_topic_id(topic.id());
+                    r = r
+                        .with_name(Some(name_of(&topic_name)))
+                        .with_topic_id(topic.id());
                 }
                 match s.store.delete_topic(&topic_name) {
                     Ok(()) => {

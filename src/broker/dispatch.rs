@@ -20,10 +20,12 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
 };
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::server::Shared;
-use super::{admin, fetch, produce};
+use super::splice::SplicingBuf;
+use super::{admin, fetch, groups, produce};
 
 /// What the connection does after a request.
 pub(crate) enum Outcome {
@@ -40,20 +42,12 @@ pub(crate) enum Outcome {
 /// `kafka-protocol` crate can decode (Kafka 4.0's baseline).
 pub fn supported_versions() -> Vec<(ApiKey, i16, i16)> {
     use ApiKey::*;
-    let ours: [(ApiKey, i16, i16); 19] = [
+    let ours = [
         (Produce, 3, 11),
         (Fetch, 4, 16),
         (ListOffsets, 1, 6),
         (Metadata, 0, 12),
-        (OffsetCommit, 0, 8),
-        (OffsetFetch, 0, 7),
         (FindCoordinator, 0, 4),
-        (JoinGroup, 0, 7),
-        (Heartbeat, 0, 4),
-        (LeaveGroup, 0, 4),
-        (SyncGroup, 0, 5),
-        (DescribeGroups, 0, 5),
-        (ListGroups, 0, 4),
         (ApiVersions, 0, 3),
         (CreateTopics, 2, 7),
         (DeleteTopics, 1, 6),
@@ -62,6 +56,7 @@ pub fn supported_versions() -> Vec<(ApiKey, i16, i16)> {
         (CreatePartitions, 0, 3),
     ];
     ours.into_iter()
+        .chain(groups::supported_versions())
         .map(|(api, min, max)| {
             let crate_range = api.valid_versions();
             (api, min.max(crate_range.min), max.min(crate_range.max))
@@ -150,7 +145,9 @@ pub fn decode_request(mut frame: Bytes) -> Result<(i16, RequestHeader, RequestKi
 
 pub(crate) async fn handle(shared: &Arc<Shared>, frame: Bytes, peer: SocketAddr) -> Outcome {
     if frame.len() >= 2 {
-        shared.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
+        shared
+            .metrics
+            .request(i16::from_be_bytes([frame[0], frame[1]]));
     }
     let (version, header, body) = match decode_request(frame) {
         Ok(decoded) => decoded,
@@ -206,12 +203,8 @@ async fn route(
         Rq::CreatePartitions(r) => {
             Rs::CreatePartitions(admin::create_partitions(shared, r, version).await)
         }
-        Rq::DescribeConfigs(r) => {
-            Rs::DescribeConfigs(admin::describe_configs(shared, r, version))
-        }
-        Rq::FindCoordinator(r) => {
-            Rs::FindCoordinator(admin::find_coordinator(shared, r, version))
-        }
+        Rq::DescribeConfigs(r) => Rs::DescribeConfigs(admin::describe_configs(shared, r, version)),
+        Rq::FindCoordinator(r) => Rs::FindCoordinator(admin::find_coordinator(shared, r, version)),
         Rq::Produce(r) => match produce::produce(shared, r, version).await {
             Some(resp) => Rs::Produce(resp),
             None => return Ok(None),
@@ -221,7 +214,10 @@ async fn route(
         }
         Rq::Fetch(r) => Rs::Fetch(fetch::fetch(shared, r, version).await?),
         Rq::ListOffsets(r) => Rs::ListOffsets(fetch::list_offsets(shared, r, version).await),
-        Rq::JoinGroup(r) => Rs::JoinGroup(g.join_group(r, version, client, &peer.ip().to_string()).await),
+        Rq::JoinGroup(r) => Rs::JoinGroup(
+            g.join_group(r, version, client, &peer.ip().to_string())
+                .await,
+        ),
         Rq::SyncGroup(r) => Rs::SyncGroup(g.sync_group(r, version).await),
         Rq::Heartbeat(r) => Rs::Heartbeat(g.heartbeat(r, version)),
         Rq::LeaveGroup(r) => Rs::LeaveGroup(g.leave_group(r, version)),
@@ -271,19 +267,51 @@ fn response_has_error(resp: &ResponseKind) -> bool {
 }
 
 fn encode(api: ApiKey, version: i16, correlation_id: i32, resp: ResponseKind) -> Outcome {
-    let mut buf = BytesMut::with_capacity(256);
-    buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let encoded = header
-        .encode(&mut buf, api.response_header_version(version))
-        .and_then(|_| resp.encode(&mut buf, version));
-    if let Err(e) = encoded {
-        // A bug on our side (a field set that this version lacks): say so
-        // loudly; the client sees a closed connection and retries.
-        tracing::error!("cannot encode {api:?} v{version} response: {e:#}");
-        return Outcome::Close(format!("internal error encoding {api:?} v{version} response"));
+    let header_version = api.response_header_version(version);
+    let chunks = match resp {
+        // Stored record batches are spliced into the frame by reference.
+        ResponseKind::Fetch(f) => {
+            let sources = f
+                .responses
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .filter_map(|p| p.records.clone())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let mut buf = SplicingBuf::new(sources);
+            buf.put_i32(0);
+            header
+                .encode(&mut buf, header_version)
+                .and_then(|_| f.encode(&mut buf, version))
+                .map(|_| {
+                    let len = (buf.offset() - 4) as i32;
+                    buf.patch(0, &len.to_be_bytes());
+                    buf.into_chunks()
+                })
+        }
+        other => {
+            let mut buf = BytesMut::with_capacity(256);
+            buf.put_i32(0);
+            header
+                .encode(&mut buf, header_version)
+                .and_then(|_| other.encode(&mut buf, version))
+                .map(|_| {
+                    let len = (buf.len() - 4) as i32;
+                    buf[..4].copy_from_slice(&len.to_be_bytes());
+                    vec![buf.freeze()]
+                })
+        }
+    };
+    match chunks {
+        Ok(chunks) => Outcome::Respond(chunks),
+        Err(e) => {
+            // A bug on our side (a field set that this version lacks): say
+            // so loudly; the client sees a closed connection and retries.
+            tracing::error!("cannot encode {api:?} v{version} response: {e:#}");
+            Outcome::Close(format!(
+                "internal error encoding {api:?} v{version} response"
+            ))
+        }
     }
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Outcome::Respond(vec![buf.freeze()])
 }

@@ -54,12 +54,15 @@ pub(crate) async fn fetch(
             let topic = if by_id {
                 topics.iter().find(|x| x.id() == t.topic_id).cloned()
             } else {
-                topics.iter().find(|x| x.name() == t.topic.as_str()).cloned()
+                topics
+                    .iter()
+                    .find(|x| x.name() == t.topic.as_str())
+                    .cloned()
             };
             Target {
-                name: topic
-                    .as_ref()
-                    .map_or(t.topic.clone(), |x| TopicName(StrBytes::from_string(x.name().into()))),
+                name: topic.as_ref().map_or(t.topic.clone(), |x| {
+                    TopicName(StrBytes::from_string(x.name().into()))
+                }),
                 id: t.topic_id,
                 topic,
                 partitions: t

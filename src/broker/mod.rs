@@ -33,6 +33,7 @@ mod metrics;
 mod produce;
 mod producers;
 mod server;
+mod splice;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

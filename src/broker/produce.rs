@@ -70,25 +70,27 @@ pub(crate) async fn produce(
     let responses = topics
         .into_iter()
         .map(|(name, parts)| {
-            TopicProduceResponse::default().with_name(name).with_partition_responses(
-                parts
-                    .into_iter()
-                    .map(|p| {
-                        let mut r = PartitionProduceResponse::default()
-                            .with_index(p.index)
-                            .with_error_code(p.error_code)
-                            .with_base_offset(p.base_offset)
-                            .with_log_append_time_ms(-1);
-                        if version >= 5 {
-                            r = r.with_log_start_offset(p.log_start_offset);
-                        }
-                        if version >= 8 {
-                            r = r.with_error_message(p.message.map(StrBytes::from_string));
-                        }
-                        r
-                    })
-                    .collect(),
-            )
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(
+                    parts
+                        .into_iter()
+                        .map(|p| {
+                            let mut r = PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_error_code(p.error_code)
+                                .with_base_offset(p.base_offset)
+                                .with_log_append_time_ms(-1);
+                            if version >= 5 {
+                                r = r.with_log_start_offset(p.log_start_offset);
+                            }
+                            if version >= 8 {
+                                r = r.with_error_message(p.message.map(StrBytes::from_string));
+                            }
+                            r
+                        })
+                        .collect(),
+                )
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
@@ -126,7 +128,11 @@ fn append_all(shared: &Shared, req: ProduceRequest) -> TopicOutcomes {
             let topic_handle = match &resolved {
                 Ok(t) => t,
                 Err(e) => {
-                    parts.push(PartitionOutcome::error(index, code_for(e), topic_error_message(e)));
+                    parts.push(PartitionOutcome::error(
+                        index,
+                        code_for(e),
+                        topic_error_message(e),
+                    ));
                     continue;
                 }
             };

@@ -119,7 +119,10 @@ impl PartitionProducers {
                 base_offset: b.base_offset,
             };
         }
-        let expected = e.batches.back().map_or(h.base_sequence, |b| next_seq(b.last_seq));
+        let expected = e
+            .batches
+            .back()
+            .map_or(h.base_sequence, |b| next_seq(b.last_seq));
         if h.base_sequence != expected {
             return SeqCheck::Reject {
                 code: ResponseError::OutOfOrderSequenceNumber.code(),
@@ -236,7 +239,10 @@ impl ProducerStates {
     }
 
     pub fn expire(&self, now_ms: i64) {
-        let all: Vec<_> = crate::log::mutex(&self.partitions).values().cloned().collect();
+        let all: Vec<_> = crate::log::mutex(&self.partitions)
+            .values()
+            .cloned()
+            .collect();
         for p in all {
             crate::log::mutex(&p).expire(now_ms);
         }
@@ -339,9 +345,13 @@ mod tests {
         assert_eq!(s.check(&b1), SeqCheck::Append);
         s.record(&b1, 110, 0);
         // A gap is refused.
-        assert!(matches!(s.check(&header(7, 0, 16, 1)), SeqCheck::Reject { code, .. } if code == ResponseError::OutOfOrderSequenceNumber.code()));
+        assert!(
+            matches!(s.check(&header(7, 0, 16, 1)), SeqCheck::Reject { code, .. } if code == ResponseError::OutOfOrderSequenceNumber.code())
+        );
         // An older epoch is fenced; a newer one must start at 0.
-        assert!(matches!(s.check(&header(7, -1, 15, 1)), SeqCheck::Reject { code, .. } if code == ResponseError::InvalidProducerEpoch.code()));
+        assert!(
+            matches!(s.check(&header(7, -1, 15, 1)), SeqCheck::Reject { code, .. } if code == ResponseError::InvalidProducerEpoch.code())
+        );
         assert!(matches!(
             s.check(&header(7, 1, 15, 1)),
             SeqCheck::Reject { .. }

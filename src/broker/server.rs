@@ -62,12 +62,13 @@ pub struct Broker {
 impl Broker {
     /// Opens the data directory (running log recovery) and binds the listener.
     pub async fn bind(config: BrokerConfig) -> Result<Broker, BrokerError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local = listener.local_addr().map_err(|source| BrokerError::Bind {
             addr: config.listen,
             source,
@@ -143,7 +144,9 @@ impl Broker {
         let mut connections = JoinSet::new();
         tracing::info!(
             "sluice broker listening on {} (advertised as {}:{}), data in {}",
-            listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            listener
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string()),
             shared.advertised_host,
             shared.advertised_port,
             shared.config.data_dir.display()
@@ -273,6 +276,39 @@ async fn read_frame(
     Ok(Some(buf.freeze()))
 }
 
+/// Writes a frame given in pieces with vectored writes.
+async fn write_chunks(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut chunks: Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut n = write.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let c = &mut chunks[first];
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                bytes::Buf::advance(c, n);
+                n = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    Ok(())
+}
+
 use bytes::BufMut;
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -311,16 +347,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             .fetch_add(frame.len() as u64 + 4, Relaxed);
         match dispatch::handle(&shared, frame, peer).await {
             Outcome::Respond(chunks) => {
-                let mut ok = true;
-                for chunk in chunks {
-                    shared.metrics.bytes_out.fetch_add(chunk.len() as u64, Relaxed);
-                    if let Err(e) = write.write_all(&chunk).await {
-                        tracing::debug!("writing to {peer} failed: {e}");
-                        ok = false;
-                        break;
-                    }
-                }
-                if !ok {
+                let len: usize = chunks.iter().map(|c| c.len()).sum();
+                shared.metrics.bytes_out.fetch_add(len as u64, Relaxed);
+                if let Err(e) = write_chunks(&mut write, chunks).await {
+                    tracing::debug!("writing to {peer} failed: {e}");
                     break;
                 }
             }
