@@ -431,6 +431,9 @@ const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 
+/// Says where a config's value comes from (Kafka's ConfigSource).
+type SourceOf = Box<dyn Fn(&str, &str) -> i8>;
+
 fn config_type(name: &str) -> i8 {
     match name {
         "index.interval.bytes" | "max.message.bytes" | "num.partitions" => TYPE_INT,
@@ -452,7 +455,7 @@ pub(crate) fn describe_configs(
             let base = DescribeConfigsResult::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
-            let (entries, source_of): (Vec<(String, String)>, Box<dyn Fn(&str, &str) -> i8>) =
+            let (entries, source_of): (Vec<(String, String)>, SourceOf) =
                 match res.resource_type {
                     RESOURCE_TOPIC => match shared.store.topic(res.resource_name.as_str()) {
                         Ok(t) => {

@@ -210,12 +210,14 @@ impl PartitionProducers {
     }
 }
 
+type SharedProducers = Arc<Mutex<PartitionProducers>>;
+
 /// Per-partition producer state, created (and rebuilt from the log) the
 /// first time an idempotent producer writes to the partition. Keyed by topic
 /// id so a deleted and re-created topic starts clean.
 #[derive(Default)]
 pub(crate) struct ProducerStates {
-    partitions: Mutex<HashMap<(Uuid, u32), Arc<Mutex<PartitionProducers>>>>,
+    partitions: Mutex<HashMap<(Uuid, u32), SharedProducers>>,
 }
 
 impl ProducerStates {
@@ -224,7 +226,7 @@ impl ProducerStates {
         topic_id: Uuid,
         partition: &Partition,
         now_ms: i64,
-    ) -> crate::log::Result<Arc<Mutex<PartitionProducers>>> {
+    ) -> crate::log::Result<SharedProducers> {
         let key = (topic_id, partition.id());
         if let Some(s) = crate::log::mutex(&self.partitions).get(&key) {
             return Ok(s.clone());
