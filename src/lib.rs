@@ -5,6 +5,10 @@
 //! - [`log`] — the bundled log store: topics, partitions, segments of Kafka
 //!   RecordBatch v2 bytes with a sparse offset/time index, retention, flush
 //!   policies and crash recovery. Synchronous; the only owner of data files.
+//! - [`broker`] — `sluice broker`: the log store over the Kafka wire protocol
+//!   (tokio), with idempotent producers and consumer groups.
+//! - [`alloc`] — the binary's global allocator (lazy reservation of huge
+//!   allocations, so a hostile length prefix cannot abort the broker).
 //! - [`producer`] — client-side producing used by the CLI: Kafka's murmur2
 //!   partitioner, RecordBatch v2 encoding (with compression), line sources
 //!   including a `tail -F` follower.
