@@ -81,9 +81,8 @@ unsafe impl GlobalAlloc for LazyHugeAlloc {
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         if old_lazy && new_lazy {
-            let p = unsafe {
-                libc::mremap(ptr.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE)
-            };
+            let p =
+                unsafe { libc::mremap(ptr.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE) };
             return if p == libc::MAP_FAILED {
                 std::ptr::null_mut()
             } else {

@@ -17,9 +17,7 @@ use common::broker::{BrokerOpts, TestBroker};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 const TOPIC: &str = "crash";
@@ -72,7 +70,13 @@ fn parse_seq(payload: &[u8]) -> u64 {
 
 fn create_topic(broker: &TestBroker) {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["topic", "create", TOPIC, "--partitions", &PARTITIONS.to_string()])
+        .args([
+            "topic",
+            "create",
+            TOPIC,
+            "--partitions",
+            &PARTITIONS.to_string(),
+        ])
         .arg("--bootstrap")
         .arg(broker.bootstrap())
         .status()

@@ -70,7 +70,11 @@ fn valid_requests() -> Vec<Bytes> {
                     .with_max_wait_ms(10)
                     .with_topics(vec![
                         FetchTopic::default()
-                            .with_topic(if version < 13 { topic.clone() } else { Default::default() })
+                            .with_topic(if version < 13 {
+                                topic.clone()
+                            } else {
+                                Default::default()
+                            })
                             .with_partitions(vec![FetchPartition::default()]),
                     ])
                     .encode(&mut buf, version)
@@ -88,7 +92,11 @@ fn valid_requests() -> Vec<Bytes> {
 #[test]
 fn valid_requests_decode() {
     let requests = valid_requests();
-    assert!(requests.len() > 20, "too few seed requests: {}", requests.len());
+    assert!(
+        requests.len() > 20,
+        "too few seed requests: {}",
+        requests.len()
+    );
     for r in requests {
         let decoded = decode_request(r.clone());
         assert!(decoded.is_ok(), "seed request did not decode: {decoded:?}");

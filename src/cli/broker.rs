@@ -53,8 +53,8 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
     config.advertised_host = args.advertised_host;
     config.auto_create_topics = args.auto_create_topics;
     config.default_partitions = args.default_partitions;
-    config.max_request_bytes = usize::try_from(args.max_request_bytes)
-        .context("--max-request-bytes is too large")?;
+    config.max_request_bytes =
+        usize::try_from(args.max_request_bytes).context("--max-request-bytes is too large")?;
     config.groups.initial_rebalance_delay = args.group_initial_rebalance_delay;
     config.groups.min_session_timeout = args.group_min_session_timeout;
     config.metrics_interval = args.metrics_interval.max(Duration::from_millis(100));
@@ -81,7 +81,10 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}

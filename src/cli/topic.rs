@@ -206,9 +206,9 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                 return remote::add_partitions(&bootstrap, &name, partitions);
             }
             let store = open_store(&store.data_dir, false)?;
-            store
-                .add_partitions(&name, partitions)
-                .with_context(|| format!("cannot grow topic {name:?} to {partitions} partitions"))?;
+            store.add_partitions(&name, partitions).with_context(|| {
+                format!("cannot grow topic {name:?} to {partitions} partitions")
+            })?;
             println!("Topic {name} now has {partitions} partitions.");
             Ok(())
         }

@@ -133,9 +133,7 @@ impl TopicConfig {
             int(v).and_then(|n| u64::try_from(n).map_err(|_| bad("must not be negative")))
         };
         // Kafka spells "never" as Long.MAX_VALUE for the flush settings.
-        let flush_limit = |v: &str| {
-            unsigned(v).map(|n| (n < i64::MAX as u64).then_some(n))
-        };
+        let flush_limit = |v: &str| unsigned(v).map(|n| (n < i64::MAX as u64).then_some(n));
         match name {
             "segment.bytes" => self.segment_bytes = unsigned(value)?,
             "segment.ms" => self.segment_ms = unsigned(value)?,

@@ -259,7 +259,10 @@ impl Partition {
 
     /// Base offsets of the segments, oldest first (the last is the active one).
     pub fn segment_bases(&self) -> Vec<i64> {
-        read_lock(&self.segments).iter().map(|s| s.base_offset).collect()
+        read_lock(&self.segments)
+            .iter()
+            .map(|s| s.base_offset)
+            .collect()
     }
 
     fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
