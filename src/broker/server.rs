@@ -138,6 +138,7 @@ impl Broker {
             shutdown_tx,
         } = self;
         let mut shutdown = shared.shutdown.clone();
+        let started = shared.metrics.snapshot();
         let mut background = JoinSet::new();
         background.spawn(shared.groups.clone().run_timers(shared.shutdown.clone()));
         background.spawn(maintenance(shared.clone()));
@@ -190,7 +191,7 @@ impl Broker {
         })
         .await
         .map_err(|e| BrokerError::Task(e.to_string()))??;
-        shared.metrics.log_since(&Default::default(), "totals");
+        shared.metrics.log_since(&started, "totals since start");
         drop(shutdown_tx);
         tracing::info!("broker stopped cleanly");
         Ok(())
