@@ -423,3 +423,53 @@ fn kafka_python_group_resumes_from_committed_offsets() {
     let values: BTreeSet<String> = all.into_iter().map(|r| r.2).collect();
     assert_eq!(values, (0..150).map(|i| format!("record {i}")).collect());
 }
+
+fn sluice_topic(broker: &TestBroker, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("topic")
+        .args(args)
+        .arg("--bootstrap")
+        .arg(broker.bootstrap());
+    run_bounded(&mut cmd, CMD_TIMEOUT)
+}
+
+#[test]
+fn sluice_topic_commands_talk_to_a_running_broker() {
+    let broker = TestBroker::start();
+    let out = sluice_topic(
+        &broker,
+        &["create", "remote", "-p", "3", "--retention-ms", "1h"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Kafka clients see it too.
+    assert_eq!(topic_partitions(&kcat_metadata(&broker), "remote"), Some(3));
+
+    let again = sluice_topic(&broker, &["create", "remote", "-p", "3"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    let quiet = sluice_topic(&broker, &["create", "remote", "-p", "3", "--if-not-exists"]);
+    assert!(quiet.status.success(), "{quiet:?}");
+
+    let grown = sluice_topic(&broker, &["alter", "remote", "--partitions", "5"]);
+    assert!(grown.status.success(), "{grown:?}");
+    let list = String::from_utf8_lossy(&sluice_topic(&broker, &["list"]).stdout).to_string();
+    assert_eq!(list.lines().collect::<Vec<_>>(), ["remote"]);
+    let describe = sluice_topic(&broker, &["describe", "remote"]);
+    let text = String::from_utf8_lossy(&describe.stdout);
+    assert!(text.contains("Partitions: 5"), "{text}");
+    assert!(text.contains("retention.ms=3600000"), "{text}");
+
+    let deleted = sluice_topic(&broker, &["delete", "remote"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert_eq!(topic_partitions(&kcat_metadata(&broker), "remote"), None);
+
+    // No broker there: a clear error, not a hang or a log flood.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["topic", "list", "--bootstrap", "127.0.0.1:1"]);
+    let out = run_bounded(&mut cmd, CMD_TIMEOUT);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a broker running at 127.0.0.1:1"), "{err}");
+    assert!(err.lines().count() <= 2, "one error line expected:\n{err}");
+}
