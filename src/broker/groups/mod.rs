@@ -371,25 +371,18 @@ impl GroupCoordinator {
         if self.is_closed() {
             return fail(ResponseError::CoordinatorNotAvailable);
         }
-        let group_id = req.group_id.0.as_str();
         let member_id = req.member_id.as_str();
-        if group_id.is_empty() {
-            return fail(ResponseError::InvalidGroupId);
-        }
         let mut groups = mutex(&self.groups);
-        let Some(group) = groups.get_mut(group_id) else {
-            return fail(ResponseError::UnknownMemberId);
-        };
-        if let Err(e) = check_member(
-            group,
+        let group = match current_member_group(
+            &mut groups,
+            req.group_id.0.as_str(),
             member_id,
             req.group_instance_id.as_ref().map(|s| s.as_str()),
+            req.generation_id,
         ) {
-            return fail(e);
-        }
-        if req.generation_id != group.generation {
-            return fail(ResponseError::IllegalGeneration);
-        }
+            Ok(group) => group,
+            Err(e) => return fail(e),
+        };
         // v5 clients say which protocol they think the group runs.
         if req
             .protocol_type
@@ -428,26 +421,19 @@ impl GroupCoordinator {
         if self.is_closed() {
             return Some(ResponseError::CoordinatorNotAvailable);
         }
-        let group_id = req.group_id.0.as_str();
         let member_id = req.member_id.as_str();
-        if group_id.is_empty() {
-            return Some(ResponseError::InvalidGroupId);
-        }
         let now = Instant::now();
         let mut groups = mutex(&self.groups);
-        let Some(group) = groups.get_mut(group_id) else {
-            return Some(ResponseError::UnknownMemberId);
-        };
-        if let Err(e) = check_member(
-            group,
+        let group = match current_member_group(
+            &mut groups,
+            req.group_id.0.as_str(),
             member_id,
             req.group_instance_id.as_ref().map(|s| s.as_str()),
+            req.generation_id,
         ) {
-            return Some(e);
-        }
-        if req.generation_id != group.generation {
-            return Some(ResponseError::IllegalGeneration);
-        }
+            Ok(group) => group,
+            Err(e) => return Some(e),
+        };
         let state = group.state;
         if let Some(m) = group.member_mut(member_id) {
             m.touch(now);
@@ -1066,6 +1052,28 @@ impl GroupCoordinator {
 
 /// Kafka's `validateCurrentMember`: the member must be in the group, and a
 /// static member's instance id must be the one it joined with.
+/// The group of a member that claims to be in `generation` (SyncGroup,
+/// Heartbeat), or the error Kafka answers when it is not.
+fn current_member_group<'a>(
+    groups: &'a mut HashMap<String, Group>,
+    group_id: &str,
+    member_id: &str,
+    instance_id: Option<&str>,
+    generation: i32,
+) -> Result<&'a mut Group, ResponseError> {
+    if group_id.is_empty() {
+        return Err(ResponseError::InvalidGroupId);
+    }
+    let group = groups
+        .get_mut(group_id)
+        .ok_or(ResponseError::UnknownMemberId)?;
+    check_member(group, member_id, instance_id)?;
+    if generation != group.generation {
+        return Err(ResponseError::IllegalGeneration);
+    }
+    Ok(group)
+}
+
 fn check_member(
     group: &Group,
     member_id: &str,
