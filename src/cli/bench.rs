@@ -5,6 +5,9 @@
 //! would send them, so the numbers are the store's own cost: CRC check,
 //! offset assignment, write, index, flush.
 
+#[path = "bench_broker.rs"]
+mod bench_broker;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -43,6 +46,9 @@ pub enum BenchCommand {
         #[arg(long)]
         no_dd: bool,
     },
+    /// Produce and consume throughput of `sluice broker` over the Kafka
+    /// protocol (librdkafka), side by side with tansu when given.
+    Broker(bench_broker::BrokerBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -64,6 +70,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             flush_per_batch_bytes,
             no_dd,
         ),
+        BenchCommand::Broker(args) => bench_broker::run(args),
     }
 }
 
