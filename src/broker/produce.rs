@@ -285,7 +285,11 @@ pub(crate) async fn init_producer_id(
     req: InitProducerIdRequest,
     _version: i16,
 ) -> InitProducerIdResponse {
-    if req.transactional_id.as_ref().is_some_and(|t| t.0.is_empty()) {
+    if req
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| t.0.is_empty())
+    {
         // Kafka: an empty transactional id is not a valid one.
         return InitProducerIdResponse::default()
             .with_error_code(ResponseError::InvalidRequest.code())
