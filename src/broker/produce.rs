@@ -101,7 +101,8 @@ type TopicOutcomes = Vec<(kafka_protocol::messages::TopicName, Vec<PartitionOutc
 fn append_all(shared: &Shared, req: ProduceRequest) -> TopicOutcomes {
     let acks = req.acks;
     let transactional = req.transactional_id.is_some();
-    let mut written: Vec<Arc<Partition>> = Vec::new();
+    // acks=all: (topic slot, partition slot) in `out` of each stored append.
+    let mut written: Vec<(usize, usize, Arc<Partition>)> = Vec::new();
     let mut out = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.clone();
@@ -148,8 +149,10 @@ fn append_all(shared: &Shared, req: ProduceRequest) -> TopicOutcomes {
             match result {
                 Ok((base_offset, records_in)) => {
                     shared.metrics.records_in.fetch_add(records_in, Relaxed);
-                    if acks == -1 && records_in > 0 {
-                        written.push(partition.clone());
+                    // A retried duplicate is flushed too: its original may
+                    // not have reached the disk before a crash.
+                    if acks == -1 {
+                        written.push((out.len(), parts.len(), partition.clone()));
                     }
                     parts.push(PartitionOutcome {
                         index,
@@ -170,16 +173,10 @@ fn append_all(shared: &Shared, req: ProduceRequest) -> TopicOutcomes {
     shared.data_ready.notify_waiters();
     // acks=all: answer only once the bytes are on disk. One fsync per
     // partition per request; concurrent producers share them.
-    for p in written {
+    for (topic_slot, part_slot, p) in written {
         if let Err(e) = p.flush() {
-            let (code, message) = (code_for(&e), e.to_string());
-            for (_, parts) in out.iter_mut() {
-                for part in parts.iter_mut() {
-                    if part.error_code == 0 && part.index == p.id() as i32 {
-                        *part = PartitionOutcome::error(part.index, code, message.clone());
-                    }
-                }
-            }
+            let part = &mut out[topic_slot].1[part_slot];
+            *part = PartitionOutcome::error(part.index, code_for(&e), e.to_string());
         }
     }
     out
@@ -214,7 +211,7 @@ fn append_one(
     let mut blob = records.to_vec();
     if first.producer_id < 0 {
         let info = partition.append(&mut blob).map_err(log_err)?;
-        return Ok((info.base_offset, count_records(&blob)));
+        return Ok((info.base_offset, info.record_count as u64));
     }
     // Idempotent producer: check sequences and append as one step.
     let now = now_ms();
@@ -246,7 +243,7 @@ fn append_one(
         state.record(h, offset, now);
         offset += h.offset_count();
     }
-    Ok((info.base_offset, count_records(&blob)))
+    Ok((info.base_offset, info.record_count as u64))
 }
 
 fn batch_headers(blob: &[u8]) -> Result<Vec<BatchHeader>, (i16, String)> {
@@ -263,21 +260,6 @@ fn batch_headers(blob: &[u8]) -> Result<Vec<BatchHeader>, (i16, String)> {
         headers.push(h);
     }
     Ok(headers)
-}
-
-fn count_records(blob: &[u8]) -> u64 {
-    let mut pos = 0;
-    let mut n = 0u64;
-    while pos < blob.len() {
-        match BatchHeader::parse(&blob[pos..]) {
-            Ok(h) => {
-                n += h.records_count.max(0) as u64;
-                pos += h.total_len();
-            }
-            Err(_) => break,
-        }
-    }
-    n
 }
 
 pub(crate) async fn init_producer_id(

@@ -15,7 +15,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +22,7 @@ use kafka_protocol::error::ResponseError;
 use uuid::Uuid;
 
 use super::error::BrokerError;
-use crate::log::{BatchHeader, Partition};
+use crate::log::{BatchHeader, Partition, write_atomically};
 
 /// Kafka keeps the last five batches per producer (`max.in.flight` ≤ 5).
 const CACHED_BATCHES: usize = 5;
@@ -297,20 +296,6 @@ impl ProducerIds {
         next.0 += 1;
         Ok(id)
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new
-/// contents, never a mix.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -21,9 +21,9 @@ use super::dispatch::{self, Outcome};
 use super::error::BrokerError;
 use super::groups::GroupCoordinator;
 use super::metrics::Metrics;
-use super::producers::{ProducerIds, ProducerStates, write_atomically};
+use super::producers::{ProducerIds, ProducerStates};
 use super::{BrokerConfig, NODE_ID};
-use crate::log::{LogStore, StoreOptions};
+use crate::log::{LogStore, StoreOptions, write_atomically};
 
 /// State shared by every connection.
 pub(crate) struct Shared {
@@ -309,8 +309,6 @@ async fn write_chunks(
     }
     Ok(())
 }
-
-use bytes::BufMut;
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     shared.metrics.connections_open.fetch_add(1, Relaxed);

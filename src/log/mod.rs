@@ -210,8 +210,12 @@ pub(crate) fn mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Writes a file so that a crash leaves either the old or the new contents.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
+/// Replaces `path` with `data` so that a crash leaves the old or the new
+/// contents, never a mix (temp file, fsync, rename, fsync of the directory).
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let write = || -> io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
