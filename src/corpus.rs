@@ -148,6 +148,25 @@ impl CorpusGenerator {
         n
     }
 
+    /// Appends the line numbered `index` of an endless, randomly accessible
+    /// stream of lines: the same (generator, index) always gives the same
+    /// line, in any order of calls. Replayable sources use this so a re-run
+    /// batch sees exactly the lines of its first run.
+    pub fn line_at(&self, index: u64, out: &mut Vec<u8>) -> usize {
+        let mut rng = SmallRng::seed_from_u64(
+            self.seed ^ index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let n = rng.random_range(MIN_WORDS_PER_LINE..=MAX_WORDS_PER_LINE);
+        for i in 0..n {
+            if i > 0 {
+                out.push(b' ');
+            }
+            let rank = self.sampler.sample(&mut rng);
+            out.extend_from_slice(self.words[rank].as_bytes());
+        }
+        n
+    }
+
     /// Writes newline-terminated lines to `out` until at least
     /// `target_bytes` bytes were written (overshooting by less than one
     /// line), and returns `(lines, words)` written.

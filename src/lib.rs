@@ -12,6 +12,18 @@
 //! - [`producer`] — client-side producing used by the CLI: Kafka's murmur2
 //!   partitioner, RecordBatch v2 encoding (with compression), line sources
 //!   including a `tail -F` follower.
+//! - [`source`] — direct-mode sources: partitions read by explicit offset
+//!   ranges into Arrow batches with Kafka's columns (embedded store
+//!   in-process, rdkafka, generator, socket, file directory).
+//! - [`plan`] — the DStream API (`map`, `reduce_by_key`, `window`,
+//!   `map_with_state`, …) and per-batch execution: narrow operators fused
+//!   per partition, wide operators shuffled by key hash.
+//! - [`driver`] — `StreamingContext` and the batch loop: plan ranges →
+//!   checkpoint them → run tasks → one atomic commit → progress; rate
+//!   control and backpressure.
+//! - [`checkpoint`] — the job's RocksDB database: versioned schema, planned
+//!   and committed batches, operator state, result tables.
+//! - [`sink`] — console output and RocksDB result tables.
 //! - [`corpus`] — a seeded text generator (Zipf-distributed words) for demos
 //!   and benchmarks.
 //! - [`units`] — human sizes and durations for flags and configs.
@@ -23,8 +35,13 @@
 
 pub mod alloc;
 pub mod broker;
+pub mod checkpoint;
 pub mod cli;
 pub mod corpus;
+pub mod driver;
 pub mod log;
+pub mod plan;
 pub mod producer;
+pub mod sink;
+pub mod source;
 pub mod units;

@@ -7,6 +7,10 @@
 
 #[path = "bench_broker.rs"]
 mod bench_broker;
+#[path = "bench_corpus.rs"]
+mod bench_corpus;
+#[path = "bench_wordcount.rs"]
+mod bench_wordcount;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +53,14 @@ pub enum BenchCommand {
     /// Produce and consume throughput of `sluice broker` over the Kafka
     /// protocol (librdkafka), side by side with tansu when given.
     Broker(bench_broker::BrokerBenchArgs),
+    /// Write a seeded text corpus (the word-count benchmarks' input) to a file.
+    Corpus(bench_corpus::CorpusArgs),
+    /// End-to-end word count over a pre-loaded corpus: words/s and peak RSS,
+    /// in-process source and through `sluice broker`.
+    Wordcount(bench_wordcount::WordcountBenchArgs),
+    /// Per-batch overhead: the shortest batch interval that keeps up with a
+    /// 100,000 records/s input.
+    Latency(bench_wordcount::LatencyBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -71,6 +83,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             no_dd,
         ),
         BenchCommand::Broker(args) => bench_broker::run(args),
+        BenchCommand::Corpus(args) => bench_corpus::run(args),
+        BenchCommand::Wordcount(args) => bench_wordcount::run(args),
+        BenchCommand::Latency(args) => bench_wordcount::latency(args),
     }
 }
 

@@ -21,6 +21,10 @@ use crate::units::format_bytes;
 
 #[derive(Debug, Subcommand)]
 pub enum DemoCommand {
+    /// A live word count on the embedded store: generated text (or --file,
+    /// or stdin with --file -) into a 4-partition topic, counted in
+    /// 1-second batches, exactly once. Ctrl-C stops; run again to resume.
+    Wordcount(Box<super::wordcount::DemoWordcountArgs>),
     /// Produce generated lines into a topic of the embedded store, then
     /// consume them back and count records and words per partition.
     Log {
@@ -45,6 +49,7 @@ pub enum DemoCommand {
 
 pub fn run(cmd: DemoCommand) -> anyhow::Result<()> {
     match cmd {
+        DemoCommand::Wordcount(args) => super::wordcount::demo(*args),
         DemoCommand::Log {
             lines,
             topic,

@@ -6,9 +6,12 @@ mod bench;
 mod broker;
 mod consume;
 mod demo;
+mod job;
 mod produce;
 mod remote;
+mod state;
 mod topic;
+mod wordcount;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +62,11 @@ pub enum Command {
     /// Self-contained demos on the embedded store; no servers to start.
     #[command(subcommand)]
     Demo(demo::DemoCommand),
+    /// Count the words of a topic with a streaming job (exactly once).
+    Wordcount(wordcount::WordcountArgs),
+    /// Read a job's result tables from its checkpoint.
+    #[command(subcommand)]
+    State(state::StateCommand),
     /// Benchmarks, measured side by side with a reference on the same disk.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -84,6 +92,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(args),
         Command::Broker(args) => broker::run(args),
         Command::Demo(cmd) => demo::run(cmd),
+        Command::Wordcount(args) => wordcount::run(args),
+        Command::State(cmd) => state::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,0 +1,85 @@
+//! Flags shared by every command that runs a streaming job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::driver::progress::ProgressSink;
+use crate::driver::{JobConfig, OnDataLoss};
+use crate::source::StartingPosition;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// Job name: names its checkpoint (checkpoints/<job>/) and result table.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Checkpoint directory (default: checkpoints/<job>).
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Batch interval, e.g. 1s, 200ms.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Where a new job starts: earliest, latest, timestamp:MS|RFC3339,
+    /// offsets:P=O,P=O.
+    #[arg(long, default_value = "earliest")]
+    pub starting: StartingPosition,
+    /// Most records per second per partition (Spark's maxRatePerPartition).
+    #[arg(long)]
+    pub max_rate_per_partition: Option<f64>,
+    /// Adapt the rate to the processing speed (PID controller).
+    #[arg(long)]
+    pub backpressure: bool,
+    /// With --backpressure: total records/s until the first measurement.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub initial_rate: f64,
+    /// Most records per partition in one batch (bounds a batch's memory).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_records_per_batch: u64,
+    /// When retention deleted unread records: fail (default) or skip.
+    #[arg(long, value_enum, default_value_t = OnDataLoss::Fail)]
+    pub on_data_loss: OnDataLoss,
+    /// Tasks per shuffle (default: number of cores).
+    #[arg(long)]
+    pub parallelism: Option<usize>,
+    /// Drop all operator state (keeps offsets and result tables).
+    #[arg(long)]
+    pub reset_state: bool,
+    /// Drain what is there at start-up, then stop.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Stop after this many batches.
+    #[arg(long)]
+    pub max_batches: Option<u64>,
+    /// Also write each batch's progress as a JSON line to this file.
+    #[arg(long)]
+    pub progress_json: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl JobArgs {
+    pub fn config(&self, default_name: &str) -> JobConfig {
+        let mut c = JobConfig::new(
+            self.job.clone().unwrap_or_else(|| default_name.into()),
+            self.interval,
+        );
+        c.checkpoint_dir = self.checkpoint_dir.clone();
+        c.starting_position = self.starting.clone();
+        c.max_rate_per_partition = self.max_rate_per_partition;
+        c.backpressure = self.backpressure;
+        c.initial_rate = self.initial_rate;
+        c.max_records_per_batch = Some(self.max_records_per_batch);
+        c.on_data_loss = self.on_data_loss;
+        if let Some(p) = self.parallelism {
+            c.parallelism = p;
+        }
+        c.reset_state = self.reset_state;
+        c.until_caught_up = self.until_caught_up;
+        c.max_batches = self.max_batches;
+        c.progress = ProgressSink {
+            lines: !self.quiet,
+            json: self.progress_json.clone(),
+        };
+        c
+    }
+}

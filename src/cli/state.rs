@@ -1,0 +1,158 @@
+//! `sluice state get|scan`: read a job's result tables from its checkpoint,
+//! while the job runs (a read-only view of the last commit) or after.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::checkpoint::Checkpoint;
+use crate::sink::table::TableReader;
+
+#[derive(Debug, clap::Args)]
+pub struct TableArgs {
+    /// The job whose checkpoint to read.
+    #[arg(long)]
+    pub job: String,
+    /// Checkpoint directory (default: checkpoints/<job>).
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Result table (default: the job's only table, or the one named like the job).
+    #[arg(long)]
+    pub table: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print the value of one key.
+    Get {
+        #[command(flatten)]
+        table: TableArgs,
+        key: String,
+    },
+    /// Print entries in key order, or the largest values with --top.
+    Scan {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The N entries with the largest numeric values.
+        #[arg(long)]
+        top: Option<usize>,
+        /// At most this many entries (key order).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn open(args: &TableArgs) -> anyhow::Result<(Checkpoint, String)> {
+    let path = args
+        .checkpoint_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("checkpoints").join(&args.job));
+    let checkpoint = Checkpoint::open_read_only(&path, &args.job)
+        .with_context(|| format!("cannot read the checkpoint of job {}", args.job))?;
+    let table = match &args.table {
+        Some(t) => t.clone(),
+        None => {
+            let tables = checkpoint.tables()?;
+            match tables
+                .iter()
+                .find(|t| t.name == args.job)
+                .or(if tables.len() == 1 {
+                    tables.first()
+                } else {
+                    None
+                }) {
+                Some(t) => t.name.clone(),
+                None => anyhow::bail!(
+                    "job {} has {} result tables; choose one with --table ({})",
+                    args.job,
+                    tables.len(),
+                    tables
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    Ok((checkpoint, table))
+}
+
+pub fn run(cmd: StateCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        StateCommand::Get { table, key } => {
+            let (checkpoint, name) = open(&table)?;
+            let reader = TableReader::open(&checkpoint, &name)?;
+            match reader.get(&key)? {
+                Some(v) => writeln!(out, "{}", v.text)?,
+                None => anyhow::bail!("no key {key:?} in table {name:?}"),
+            }
+        }
+        StateCommand::Scan {
+            table,
+            prefix,
+            top,
+            limit,
+        } => {
+            let (checkpoint, name) = open(&table)?;
+            let reader = TableReader::open(&checkpoint, &name)?;
+            if let Some(n) = top {
+                // Keep the n largest in a bounded heap: tables can be big.
+                let mut heap = std::collections::BinaryHeap::new();
+                reader.scan(prefix.as_deref(), |k, v| {
+                    let score = v.number.unwrap_or(f64::NEG_INFINITY);
+                    heap.push(std::cmp::Reverse((OrdF64(score), k.text, v.text)));
+                    if heap.len() > n {
+                        heap.pop();
+                    }
+                    true
+                })?;
+                let mut rows: Vec<_> = heap.into_iter().map(|r| r.0).collect();
+                rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                for (_, k, v) in rows {
+                    writeln!(out, "{k}\t{v}")?;
+                }
+            } else {
+                let mut left = limit.unwrap_or(usize::MAX);
+                let mut failed = None;
+                reader.scan(prefix.as_deref(), |k, v| {
+                    if left == 0 {
+                        return false;
+                    }
+                    left -= 1;
+                    if let Err(e) = writeln!(out, "{}\t{}", k.text, v.text) {
+                        failed = Some(e);
+                        return false;
+                    }
+                    true
+                })?;
+                if let Some(e) = failed
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}

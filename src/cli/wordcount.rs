@@ -1,0 +1,276 @@
+//! `sluice wordcount` and `sluice demo wordcount`: word count as a
+//! streaming job, with counts in the result table `<job>` of the job's
+//! checkpoint.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::job::JobArgs;
+use super::produce::EmbeddedProducer;
+use super::{StoreArgs, now_ms, open_store, stop_flag};
+use crate::corpus::CorpusGenerator;
+use crate::driver::StreamingContext;
+use crate::log::TopicConfig;
+use crate::plan::{DStream, Emitter};
+use crate::producer::{Compression, UnkeyedStrategy};
+use crate::source::Record;
+
+#[derive(Debug, clap::Args)]
+pub struct WordcountArgs {
+    /// Topic to count the words of (record values, split on whitespace).
+    #[arg(long)]
+    pub topic: String,
+    /// Read through a Kafka broker (host:port) instead of the embedded store.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub brokers: Option<String>,
+    /// Data directory of the embedded store.
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Commit offsets to this consumer group (for lag monitors only; the
+    /// job's own offsets live in its checkpoint). Kafka source only.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Print each batch's top words.
+    #[arg(long, default_value_t = 0)]
+    pub top: usize,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// The word-count job: split values on whitespace, count per batch, fold
+/// into the result table `table`. Returns the per-batch counts.
+pub(crate) fn wordcount(lines: &DStream<Record>, table: &str) -> DStream<(String, u64)> {
+    let counts = lines
+        .flat_map(|record, out: &mut Emitter<(String, u64)>| {
+            for word in record.value_str().split_ascii_whitespace() {
+                out.push((word, 1u64));
+            }
+        })
+        .reduce_by_key(|a, b| a + b);
+    counts.merge_into_table(table, |total, n| total + n);
+    counts
+}
+
+/// Prints the batch's most frequent words.
+fn print_top(counts: &DStream<(String, u64)>, n: usize) {
+    counts.foreach_batch(move |info, chunks| {
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        for c in chunks {
+            let reader = <(String, u64) as crate::plan::Data>::reader(c.columns())?;
+            for i in 0..c.num_rows() {
+                let (w, k) = <(String, u64) as crate::plan::Data>::get(&reader, i);
+                rows.push((k, w.to_owned()));
+            }
+        }
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut text = crate::sink::console::header(info.batch_id, info.batch_time_ms);
+        text.push('\n');
+        for (count, word) in rows.iter().take(n) {
+            text.push_str(&format!("{word:>12}  {count}\n"));
+        }
+        if rows.is_empty() {
+            text.push_str("(no words in this batch)\n");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        Ok(())
+    });
+}
+
+pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
+    let mut config = args.job.config("wordcount");
+    config.stop = Some(stop_flag()?);
+    let table = config.name.clone();
+    let ctx = StreamingContext::new(config);
+    let lines = match &args.brokers {
+        Some(brokers) => ctx.source(
+            crate::source::kafka::KafkaSource::new(
+                args.topic.clone(),
+                brokers,
+                &args.topic,
+                args.group.clone(),
+                Vec::new(),
+            )
+            .with_context(|| format!("cannot read topic {} from {brokers}", args.topic))?,
+        ),
+        None => {
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./data"));
+            let store = Arc::new(open_store(&dir, false)?);
+            ctx.embedded(store, &args.topic)
+                .with_context(|| format!("cannot read topic {} in {}", args.topic, dir.display()))?
+        }
+    };
+    let counts = wordcount(&lines, &table);
+    if args.top > 0 {
+        print_top(&counts, args.top);
+    }
+    let summary = ctx.run().context("the word-count job stopped")?;
+    eprintln!(
+        "counts are in result table {table:?}: sluice state scan --job {table} --top 10 (last batch {})",
+        summary.last_batch_id
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoWordcountArgs {
+    /// Count the lines of this file instead of generated text ("-": stdin).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Generated lines per second (all partitions).
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Topic in the embedded store (4 partitions).
+    #[arg(long, default_value = "demo-wordcount")]
+    pub topic: String,
+    /// Words shown per batch.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// The README's first command: a live word count over the embedded store,
+/// fed by the text generator (or a file, or stdin).
+pub fn demo(args: DemoWordcountArgs) -> anyhow::Result<()> {
+    let stop = stop_flag()?;
+    let store = Arc::new(open_store(&args.store.data_dir, true)?);
+    if store.topic(&args.topic).is_err() {
+        store
+            .create_topic(&args.topic, 4, TopicConfig::default())
+            .with_context(|| format!("cannot create topic {}", args.topic))?;
+    }
+    let mut config = args.job.config("wordcount");
+    config.stop = Some(stop.clone());
+    let bounded_input = args.file.is_some();
+    if bounded_input {
+        // Produce first, then drain: the job ends when it has counted all.
+        produce_file(
+            &store,
+            &args.topic,
+            args.file.as_deref().unwrap_or(std::path::Path::new("-")),
+        )?;
+        config.until_caught_up = true;
+    }
+    let table = config.name.clone();
+    eprintln!(
+        "word count over topic {} in {} · checkpoint {} · Ctrl-C stops; run again to resume",
+        args.topic,
+        args.store.data_dir.display(),
+        config.checkpoint_path().display()
+    );
+    let feeder = if bounded_input {
+        None
+    } else {
+        let (store, topic, stop, rate, seed) = (
+            store.clone(),
+            args.topic.clone(),
+            stop.clone(),
+            args.rate,
+            args.seed,
+        );
+        Some(std::thread::spawn(move || {
+            feed_generated(&store, &topic, &stop, rate, seed)
+        }))
+    };
+    if let Some(d) = args.duration {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let ctx = StreamingContext::new(config);
+    let lines = ctx.embedded(store.clone(), &args.topic)?;
+    let counts = wordcount(&lines, &table);
+    print_top(&counts, args.top);
+    let result = ctx.run();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(f) = feeder {
+        f.join()
+            .map_err(|_| anyhow::anyhow!("the generator thread panicked"))??;
+    }
+    store.close().context("cannot close the log store")?;
+    result.context("the word-count job stopped")?;
+    eprintln!("totals: sluice state scan --job {table} --top 10");
+    Ok(())
+}
+
+fn feed_generated(
+    store: &crate::log::LogStore,
+    topic: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    rate: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut generator = CorpusGenerator::new(seed ^ now_ms() as u64);
+    let mut producer = EmbeddedProducer::new(
+        store,
+        topic,
+        Compression::None,
+        UnkeyedStrategy::RoundRobin,
+        None,
+        500,
+    )?;
+    let mut line = Vec::with_capacity(256);
+    let tick = Duration::from_millis(100);
+    let per_tick = (rate / 10).max(1);
+    while !stop.load(Ordering::Relaxed) {
+        let started = std::time::Instant::now();
+        for _ in 0..per_tick {
+            line.clear();
+            generator.next_line(&mut line);
+            producer.send(None, &line, now_ms())?;
+        }
+        producer.flush()?;
+        if let Some(rest) = tick.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    producer.flush()
+}
+
+fn produce_file(
+    store: &crate::log::LogStore,
+    topic: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut producer = EmbeddedProducer::new(
+        store,
+        topic,
+        Compression::None,
+        UnkeyedStrategy::RoundRobin,
+        None,
+        1000,
+    )?;
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ))
+    };
+    for line in reader.split(b'\n') {
+        let line = line.context("cannot read input")?;
+        producer.send(None, &line, now_ms())?;
+    }
+    producer.flush()?;
+    store.flush().context("cannot flush the log store")?;
+    eprintln!("produced {} lines into {topic}", producer.records);
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Keyed state across batches: `update_state_by_key` and `map_with_state`.
+//!
+//! State lives in the operator's column family `state.<name>`:
+//! `b's' + key → (deadline_ms, state)` and, with a timeout, an index
+//! `b't' + deadline_ms + key → ()` so timed-out keys are found without
+//! scanning all state. Reads see the last committed batch; writes join the
+//! batch's atomic commit, so a replayed batch starts from the same state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use hashbrown::HashTable;
+use rocksdb::ColumnFamily;
+
+use super::data::{Data, Emitter, Key, decode_all, hash_one};
+use super::exec::{BatchCx, NodeInfo, Wide};
+use super::wide::{bucket_of, partition_by_key, rayon_map};
+use super::{DStream, Result};
+use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
+
+const VALUE: u8 = b's';
+const TIMEOUT: u8 = b't';
+const NO_DEADLINE: i64 = i64::MAX;
+
+/// A key's state as seen by a `map_with_state` function.
+#[derive(Debug)]
+pub struct State<S> {
+    value: Option<S>,
+    timing_out: bool,
+    changed: bool,
+}
+
+impl<S> State<S> {
+    pub fn exists(&self) -> bool {
+        self.value.is_some()
+    }
+    pub fn get(&self) -> Option<&S> {
+        self.value.as_ref()
+    }
+    /// Sets the state (not allowed while timing out: the key is dropped).
+    pub fn update(&mut self, value: S) {
+        if !self.timing_out {
+            self.value = Some(value);
+            self.changed = true;
+        }
+    }
+    pub fn remove(&mut self) {
+        self.value = None;
+        self.changed = true;
+    }
+    /// True when called because the key was idle past the timeout.
+    pub fn is_timing_out(&self) -> bool {
+        self.timing_out
+    }
+}
+
+fn value_key<K: Data>(k: K::View<'_>) -> Vec<u8> {
+    let mut key = vec![VALUE];
+    K::encode(k, true, &mut key);
+    key
+}
+
+fn index_key(deadline: i64, encoded_value_key: &[u8]) -> Vec<u8> {
+    let mut key = vec![TIMEOUT];
+    i64::encode(deadline, false, &mut key);
+    key.extend_from_slice(&encoded_value_key[1..]);
+    key
+}
+
+fn cf<'a>(cx: &'a BatchCx, info: &NodeInfo) -> Result<&'a ColumnFamily> {
+    Ok(cx
+        .checkpoint
+        .cf(&format!("{STATE_CF_PREFIX}{}", info.name()))?)
+}
+
+fn load<S: Data>(cx: &BatchCx, cf: &ColumnFamily, key: &[u8]) -> Result<Option<(i64, S)>> {
+    match cx.checkpoint.db().get_cf(cf, key)? {
+        Some(bytes) => Ok(Some(decode_all::<(i64, S)>(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
+    stream: &DStream<(K, V)>,
+    timeout: Option<Duration>,
+    f: impl for<'a, 'e> Fn(K::View<'a>, Option<V::View<'a>>, &mut State<S>, &'e mut Emitter<M>)
+    + Send
+    + Sync
+    + 'static,
+) -> DStream<M> {
+    let parent = stream.node.clone();
+    let timeout_ms = timeout.map(|t| t.as_millis() as i64);
+    stream.derive("map_with_state", move |info| {
+        Arc::new(Wide {
+            state: Some(OperatorMeta {
+                name: String::new(),
+                kind: "map_with_state".into(),
+                key_type: K::type_name(),
+                state_type: S::type_name(),
+            }),
+            info,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let cf = cf(cx, info)?;
+                let buckets = partition_by_key::<K>(cx, &parent)?;
+                // Keys whose deadline passed, by bucket.
+                let mut expired: Vec<Vec<(Vec<u8>, K)>> = vec![Vec::new(); buckets.len()];
+                if timeout_ms.is_some() {
+                    for item in cx.checkpoint.db().prefix_iterator_cf(cf, [TIMEOUT]) {
+                        let (key, _) = item?;
+                        if key.first() != Some(&TIMEOUT) {
+                            break;
+                        }
+                        let mut rest = &key[1..];
+                        let deadline = i64::decode(&mut rest, false)?;
+                        if deadline > cx.batch_time_ms {
+                            break;
+                        }
+                        let k = decode_all::<K>(rest)?;
+                        let b = bucket_of(hash_one::<K>(k.view()), buckets.len());
+                        let mut vk = vec![VALUE];
+                        vk.extend_from_slice(rest);
+                        expired[b].push((vk, k));
+                    }
+                }
+                let work: Vec<_> = buckets.into_iter().zip(expired).collect();
+                rayon_map(work, |(chunks, expired)| {
+                    let mut out = Emitter::<M>::with_capacity(1024);
+                    // Encoded key -> (old deadline, current state, changed).
+                    let mut slots: HashMap<Vec<u8>, (Option<i64>, Option<S>, bool)> =
+                        HashMap::new();
+                    for c in &chunks {
+                        let rows = <(K, V)>::reader(c.columns())?;
+                        for i in 0..c.num_rows() {
+                            let (k, v) = <(K, V)>::get(&rows, i);
+                            let key = value_key::<K>(k);
+                            if !slots.contains_key(&key) {
+                                let stored = load::<S>(cx, cf, &key)?;
+                                let (deadline, value) = match stored {
+                                    Some((d, s)) => (Some(d), Some(s)),
+                                    None => (None, None),
+                                };
+                                slots.insert(key.clone(), (deadline, value, false));
+                            }
+                            let Some(slot) = slots.get_mut(&key) else {
+                                continue;
+                            };
+                            let mut state = State {
+                                value: slot.1.take(),
+                                timing_out: false,
+                                changed: false,
+                            };
+                            f(k, Some(v), &mut state, &mut out);
+                            slot.1 = state.value;
+                            slot.2 |= state.changed;
+                        }
+                    }
+                    for (key, k) in &expired {
+                        if slots.contains_key(key) {
+                            continue; // touched this batch: its deadline moved
+                        }
+                        if let Some((deadline, s)) = load::<S>(cx, cf, key)? {
+                            let mut state = State {
+                                value: Some(s),
+                                timing_out: true,
+                                changed: false,
+                            };
+                            f(k.view(), None, &mut state, &mut out);
+                            slots.insert(key.clone(), (Some(deadline), None, true));
+                        }
+                    }
+                    let new_deadline =
+                        timeout_ms.map_or(NO_DEADLINE, |t| cx.batch_time_ms.saturating_add(t));
+                    cx.write(|w| {
+                        for (key, (old_deadline, value, changed)) in &slots {
+                            if !changed && timeout_ms.is_none() {
+                                continue;
+                            }
+                            if let Some(d) = old_deadline.filter(|d| *d != NO_DEADLINE) {
+                                w.delete_cf(cf, index_key(d, key));
+                            }
+                            match value {
+                                Some(s) => {
+                                    let mut bytes = Vec::new();
+                                    <(i64, S)>::encode((new_deadline, s.view()), true, &mut bytes);
+                                    w.put_cf(cf, key, bytes);
+                                    if new_deadline != NO_DEADLINE {
+                                        w.put_cf(cf, index_key(new_deadline, key), []);
+                                    }
+                                }
+                                None => w.delete_cf(cf, key),
+                            }
+                        }
+                    });
+                    if out.len() == 0 {
+                        return Ok(Vec::new());
+                    }
+                    Ok(vec![RecordBatch::try_new(
+                        info.schema.clone(),
+                        out.finish(),
+                    )?])
+                })
+            },
+        })
+    })
+}
+
+pub(crate) fn update_state_by_key<K: Key, V: Data, S: Data>(
+    stream: &DStream<(K, V)>,
+    f: impl for<'a> Fn(&[V::View<'a>], Option<S>) -> Option<S> + Send + Sync + 'static,
+) -> DStream<(K, S)> {
+    let parent = stream.node.clone();
+    stream.derive("update_state_by_key", move |info| {
+        Arc::new(Wide {
+            state: Some(OperatorMeta {
+                name: String::new(),
+                kind: "update_state_by_key".into(),
+                key_type: K::type_name(),
+                state_type: S::type_name(),
+            }),
+            info,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let cf = cf(cx, info)?;
+                let buckets = partition_by_key::<K>(cx, &parent)?;
+                // Spark's semantics: every key with state is updated every
+                // batch, so the whole state is read once per batch.
+                let mut existing: Vec<Vec<(K, S)>> = vec![Vec::new(); buckets.len()];
+                for item in cx.checkpoint.db().prefix_iterator_cf(cf, [VALUE]) {
+                    let (key, value) = item?;
+                    if key.first() != Some(&VALUE) {
+                        break;
+                    }
+                    let k = decode_all::<K>(&key[1..])?;
+                    let (_, s) = decode_all::<(i64, S)>(&value)?;
+                    existing[bucket_of(hash_one::<K>(k.view()), buckets.len())].push((k, s));
+                }
+                let work: Vec<_> = buckets.into_iter().zip(existing).collect();
+                rayon_map(work, |(chunks, existing)| {
+                    let readers = chunks
+                        .iter()
+                        .map(|c| <(K, V)>::reader(c.columns()))
+                        .collect::<Result<Vec<_>>>()?;
+                    // Group this batch's values by key, in arrival order.
+                    let mut index: HashTable<(u64, usize)> = HashTable::new();
+                    let mut groups: Vec<(K::View<'_>, Vec<V::View<'_>>)> = Vec::new();
+                    for (c, r) in chunks.iter().zip(&readers) {
+                        for i in 0..c.num_rows() {
+                            let (k, v) = <(K, V)>::get(r, i);
+                            let h = hash_one::<K>(k);
+                            match index.find(h, |&(eh, g)| eh == h && K::eq_view(groups[g].0, k)) {
+                                Some(&(_, g)) => groups[g].1.push(v),
+                                None => {
+                                    index.insert_unique(h, (h, groups.len()), |e| e.0);
+                                    groups.push((k, vec![v]));
+                                }
+                            }
+                        }
+                    }
+                    let mut previous: HashMap<Vec<u8>, S> = existing
+                        .into_iter()
+                        .map(|(k, s)| (value_key::<K>(k.view()), s))
+                        .collect();
+                    let capacity = groups.len() + previous.len();
+                    let (mut keys_out, mut states_out) = (
+                        Emitter::<K>::with_capacity(capacity),
+                        Emitter::<S>::with_capacity(capacity),
+                    );
+                    let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+                    {
+                        let mut settle = |k: K::View<'_>, key: Vec<u8>, new: Option<S>| match new {
+                            Some(s) => {
+                                keys_out.push_view(k);
+                                states_out.push_view(s.view());
+                                let mut bytes = Vec::new();
+                                <(i64, S)>::encode((NO_DEADLINE, s.view()), true, &mut bytes);
+                                writes.push((key, Some(bytes)));
+                            }
+                            None => writes.push((key, None)),
+                        };
+                        for (k, values) in &groups {
+                            let key = value_key::<K>(*k);
+                            let old = previous.remove(&key);
+                            let new = f(values, old);
+                            settle(*k, key, new);
+                        }
+                        let mut rest: Vec<_> = previous.into_iter().collect();
+                        rest.sort_by(|a, b| a.0.cmp(&b.0));
+                        for (key, s) in rest {
+                            let k = decode_all::<K>(&key[1..])?;
+                            let new = f(&[], Some(s));
+                            settle(k.view(), key, new);
+                        }
+                    }
+                    cx.write(|w| {
+                        for (key, value) in &writes {
+                            match value {
+                                Some(v) => w.put_cf(cf, key, v),
+                                None => w.delete_cf(cf, key),
+                            }
+                        }
+                    });
+                    if keys_out.len() == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let mut columns = keys_out.finish();
+                    columns.extend(states_out.finish());
+                    Ok(vec![RecordBatch::try_new(info.schema.clone(), columns)?])
+                })
+            },
+        })
+    })
+}

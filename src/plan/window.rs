@@ -1,0 +1,271 @@
+//! Sliding windows over batches.
+//!
+//! Window length and slide are whole numbers of batch intervals, and
+//! windows are numbered by batch id, not wall-clock time, so a replayed
+//! batch computes the same window. A window operator stores each batch's
+//! input (Arrow IPC) in its state column family under the batch id and
+//! deletes it once it leaves the window; output appears every `slide`
+//! (batches whose id is a multiple of the slide).
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use rocksdb::{ColumnFamily, Direction, IteratorMode};
+
+use super::data::{Data, Key, decode_all, encode_to_vec};
+use super::exec::{BatchCx, NodeInfo, Wide};
+use super::wide::Aggregate;
+use super::{DStream, PlanError, Result};
+use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
+
+/// Buffer keys: b'w' + batch id; running aggregates: b'a' + key.
+const BUFFER: u8 = b'w';
+const RUNNING: u8 = b'a';
+
+fn buffer_key(batch_id: u64) -> Vec<u8> {
+    let mut k = vec![BUFFER];
+    k.extend_from_slice(&batch_id.to_be_bytes());
+    k
+}
+
+/// `(length, slide)` in batches, or an error naming the problem.
+fn in_batches(
+    interval_ms: i64,
+    length: Duration,
+    slide: Duration,
+) -> std::result::Result<(u64, u64), String> {
+    let (len, sl) = (length.as_millis() as i64, slide.as_millis() as i64);
+    if interval_ms <= 0 || len <= 0 || sl <= 0 || len % interval_ms != 0 || sl % interval_ms != 0 {
+        return Err(format!(
+            "window length {length:?} and slide {slide:?} must be positive multiples of the batch interval ({interval_ms} ms)"
+        ));
+    }
+    if sl > len {
+        return Err(format!(
+            "window slide {slide:?} is longer than its length {length:?}"
+        ));
+    }
+    Ok(((len / interval_ms) as u64, (sl / interval_ms) as u64))
+}
+
+fn state_cf<'a>(cx: &'a BatchCx, info: &NodeInfo) -> Result<&'a ColumnFamily> {
+    Ok(cx
+        .checkpoint
+        .cf(&format!("{STATE_CF_PREFIX}{}", info.name()))?)
+}
+
+pub(crate) fn encode_ipc(schema: &SchemaRef, chunks: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, schema)?;
+    for c in chunks {
+        writer.write(c)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+pub(crate) fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    StreamReader::try_new(Cursor::new(bytes), None)?
+        .map(|b| b.map_err(PlanError::from))
+        .collect()
+}
+
+/// Stored batches with ids in `[first, last]`, oldest first.
+fn stored_batches(
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    first: u64,
+    last: u64,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    let start = buffer_key(first);
+    for item in cx
+        .checkpoint
+        .db()
+        .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+    {
+        let (key, value) = item?;
+        if key.first() != Some(&BUFFER) || key.len() != 9 {
+            break;
+        }
+        let id = u64::from_be_bytes(key[1..9].try_into().unwrap_or_default());
+        if id > last {
+            break;
+        }
+        out.extend(decode_ipc(&value)?);
+    }
+    Ok(out)
+}
+
+/// Stores this batch's chunks and forgets the ones that left the window.
+fn buffer_batch(
+    cx: &BatchCx,
+    info: &NodeInfo,
+    schema: &SchemaRef,
+    chunks: &[RecordBatch],
+    keep: u64,
+) -> Result<()> {
+    let cf = state_cf(cx, info)?;
+    let bytes = encode_ipc(schema, chunks)?;
+    let oldest_kept = (cx.batch_id + 1).saturating_sub(keep);
+    cx.write(|w| {
+        w.put_cf(cf, buffer_key(cx.batch_id), bytes);
+        w.delete_range_cf(cf, buffer_key(0), buffer_key(oldest_kept));
+    });
+    Ok(())
+}
+
+pub(crate) fn window<T: Data>(
+    stream: &DStream<T>,
+    length: Duration,
+    slide: Duration,
+) -> DStream<T> {
+    let (len_b, slide_b) = match in_batches(stream.interval_ms(), length, slide) {
+        Ok(v) => v,
+        Err(e) => {
+            stream.invalid(e);
+            (1, 1)
+        }
+    };
+    let parent = stream.node.clone();
+    stream.derive("window", move |info| {
+        Arc::new(Wide {
+            state: Some(OperatorMeta {
+                name: String::new(),
+                kind: format!("window({len_b},{slide_b})"),
+                key_type: "batch".into(),
+                state_type: T::type_name(),
+            }),
+            info,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let current = cx.collect(&parent)?;
+                buffer_batch(cx, info, &info.schema, &current, len_b.saturating_sub(1))?;
+                if !cx.batch_id.is_multiple_of(slide_b) {
+                    return Ok(vec![Vec::new()]);
+                }
+                let first = (cx.batch_id + 1).saturating_sub(len_b);
+                let mut all = stored_batches(cx, state_cf(cx, info)?, first, cx.batch_id - 1)?;
+                all.extend(current);
+                Ok(vec![all])
+            },
+        })
+    })
+}
+
+pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
+    stream: &DStream<(K, V)>,
+    f: impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + Clone + 'static,
+    inverse: Option<super::InverseFn<V>>,
+    length: Duration,
+    slide: Duration,
+) -> DStream<(K, V)> {
+    let Some(inverse) = inverse else {
+        return stream
+            .reduce_by_key(f.clone())
+            .window(length, slide)
+            .reduce_by_key(f);
+    };
+    let (len_b, slide_b) = match in_batches(stream.interval_ms(), length, slide) {
+        Ok(v) => v,
+        Err(e) => {
+            stream.invalid(e);
+            (1, 1)
+        }
+    };
+    let partial = stream.reduce_by_key(f.clone());
+    let parent = partial.node.clone();
+    partial.derive("reduce_by_key_and_window", move |info| {
+        Arc::new(Wide {
+            state: Some(OperatorMeta {
+                name: String::new(),
+                kind: format!("reduce_by_key_and_window({len_b},{slide_b})"),
+                key_type: K::type_name(),
+                state_type: V::type_name(),
+            }),
+            info,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let cf = state_cf(cx, info)?;
+                let current = cx.collect(&parent)?;
+                buffer_batch(cx, info, &info.schema, &current, len_b)?;
+                let leaving = match cx.batch_id.checked_sub(len_b) {
+                    Some(id) if id > 0 => stored_batches(cx, cf, id, id)?,
+                    _ => Vec::new(),
+                };
+                let db = cx.checkpoint.db();
+                let running_key = |k: K::View<'_>| {
+                    let mut key = vec![RUNNING];
+                    K::encode(k, true, &mut key);
+                    key
+                };
+                // key -> (new running value or None when it reached "nothing")
+                let mut updated: std::collections::BTreeMap<Vec<u8>, V> = Default::default();
+                let mut apply = |chunks: &[RecordBatch], add: bool| -> Result<()> {
+                    for c in chunks {
+                        let rows = <(K, V)>::reader(c.columns())?;
+                        for i in 0..c.num_rows() {
+                            let (k, v) = <(K, V)>::get(&rows, i);
+                            let key = running_key(k);
+                            let old = match updated.remove(&key) {
+                                Some(v) => Some(v),
+                                None => match db.get_cf(cf, &key)? {
+                                    Some(bytes) => Some(decode_all::<V>(&bytes)?),
+                                    None => None,
+                                },
+                            };
+                            let new = match (old, add) {
+                                (Some(o), true) => f(o.view(), v),
+                                (None, true) => V::to_owned_value(v),
+                                (Some(o), false) => inverse(o.view(), v),
+                                (None, false) => {
+                                    return Err(PlanError::Operator {
+                                        operator: info.name(),
+                                        message: "a batch left the window with a key that has no running value (state was reset mid-window?)".into(),
+                                    });
+                                }
+                            };
+                            updated.insert(key, new);
+                        }
+                    }
+                    Ok(())
+                };
+                apply(&current, true)?;
+                apply(&leaving, false)?;
+                cx.write(|w| {
+                    for (k, v) in &updated {
+                        w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
+                    }
+                });
+                if !cx.batch_id.is_multiple_of(slide_b) {
+                    return Ok(vec![Vec::new()]);
+                }
+                // Emit every key's running value: stored ones overlaid with
+                // this batch's updates.
+                let mut agg = Aggregate::<K, V>::new();
+                let keep_new = |_a: V::View<'_>, b: V::View<'_>| V::to_owned_value(b);
+                for item in db.prefix_iterator_cf(cf, [RUNNING]) {
+                    let (key, value) = item?;
+                    if key.first() != Some(&RUNNING) {
+                        break;
+                    }
+                    if updated.contains_key(key.as_ref()) {
+                        continue;
+                    }
+                    let k = decode_all::<K>(&key[1..])?;
+                    let v = decode_all::<V>(&value)?;
+                    agg.add(k.view(), v.view(), &keep_new);
+                }
+                for (key, v) in &updated {
+                    let k = decode_all::<K>(&key[1..])?;
+                    agg.add(k.view(), v.view(), &keep_new);
+                }
+                Ok(vec![agg.into_buckets(1, &info.schema)?.into_iter().flatten().collect()])
+            },
+        })
+    })
+}

@@ -1,0 +1,243 @@
+//! Exactly-once under crashes: `sluice wordcount` over a known corpus of
+//! more than 1,000,000 words is SIGKILLed at random moments and restarted
+//! until it has drained the topic; the result table must then equal the
+//! counts computed directly from the corpus, word for word. Once with the
+//! in-process source (embedded store), once with the rdkafka source
+//! against `sluice broker`.
+//!
+//! Env: `SLUICE_ENGINE_KILLS` (default 20), `SLUICE_CRASH_SEED`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::broker::{TestBroker, wait_timeout};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sluice::corpus::CorpusGenerator;
+use sluice::log::{LogStore, TopicConfig};
+use sluice::producer::{BatchBuilder, Compression};
+
+const TOPIC: &str = "corpus";
+const PARTITIONS: usize = 4;
+const WORDS_WANTED: u64 = 1_000_000;
+
+fn kills() -> usize {
+    std::env::var("SLUICE_ENGINE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn seed() -> u64 {
+    std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// Writes the corpus into a 4-partition topic (lines round-robin, small
+/// batches so ranges cut through them) and returns the expected counts.
+fn load_corpus(data_dir: &Path) -> HashMap<String, u64> {
+    let store = LogStore::open(data_dir, common::quiet()).unwrap();
+    let topic = store
+        .create_topic(TOPIC, PARTITIONS as i64, TopicConfig::default())
+        .unwrap();
+    let mut generator = CorpusGenerator::new(7);
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    let mut builders: Vec<BatchBuilder> = (0..PARTITIONS)
+        .map(|_| BatchBuilder::new(Compression::None))
+        .collect();
+    let (mut words, mut line_no) = (0u64, 0usize);
+    let mut line = Vec::new();
+    while words < WORDS_WANTED {
+        line.clear();
+        words += generator.next_line(&mut line) as u64;
+        for w in std::str::from_utf8(&line).unwrap().split_whitespace() {
+            *expected.entry(w.to_owned()).or_default() += 1;
+        }
+        let p = line_no % PARTITIONS;
+        builders[p].push(None, &line, 1_000 + line_no as i64);
+        if builders[p].len() == 97 {
+            let mut bytes = builders[p].finish().unwrap();
+            topic
+                .partition(p as i32)
+                .unwrap()
+                .append(&mut bytes)
+                .unwrap();
+            builders[p] = BatchBuilder::new(if line_no % 3 == 0 {
+                Compression::Lz4
+            } else {
+                Compression::None
+            });
+        }
+        line_no += 1;
+    }
+    for (p, b) in builders.iter_mut().enumerate() {
+        if !b.is_empty() {
+            let mut bytes = b.finish().unwrap();
+            topic
+                .partition(p as i32)
+                .unwrap()
+                .append(&mut bytes)
+                .unwrap();
+        }
+    }
+    store.close().unwrap();
+    expected
+}
+
+fn read_table(checkpoint: &Path) -> HashMap<String, u64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["state", "scan", "--job", "wc", "--checkpoint-dir"])
+        .arg(checkpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "state scan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (w, n) = l.split_once('\t').unwrap();
+            (w.to_owned(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Runs the job, killing it `kills()` times at random moments, then lets
+/// it finish. Returns how many kills landed while it was running.
+fn run_with_kills(job_args: &[String], checkpoint: &Path, work: &Path) -> usize {
+    let seed = seed();
+    eprintln!("SLUICE_CRASH_SEED={seed}");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut landed = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for attempt in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish in 10 minutes"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(job_args)
+            .arg("--checkpoint-dir")
+            .arg(checkpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join(format!("run-{attempt}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let log_path = work.join(format!("run-{attempt}.log"));
+        if landed < kills() {
+            let after = Duration::from_millis(rng.random_range(20..250));
+            match wait_timeout(&mut child, after) {
+                Some(status) => {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    assert!(status.success(), "run {attempt} failed: {log}");
+                    return landed; // drained before the next kill
+                }
+                None => {
+                    let _ = child.kill(); // SIGKILL
+                    let _ = child.wait();
+                    landed += 1;
+                }
+            }
+        } else {
+            let status =
+                wait_timeout(&mut child, Duration::from_secs(300)).expect("final run hangs");
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(status.success(), "final run failed: {log}");
+            return landed;
+        }
+    }
+    unreachable!()
+}
+
+fn job_args(source: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "wordcount",
+        "--topic",
+        TOPIC,
+        "--job",
+        "wc",
+        "--until-caught-up",
+        "--interval",
+        "50ms",
+        "--max-records-per-batch",
+        "200",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(source.iter().map(|s| s.to_string()));
+    args
+}
+
+fn assert_counts(expected: &HashMap<String, u64>, got: &HashMap<String, u64>) {
+    let total_expected: u64 = expected.values().sum();
+    let total_got: u64 = got.values().sum();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "distinct words differ (got {total_got} words, expected {total_expected})"
+    );
+    for (word, n) in expected {
+        assert_eq!(got.get(word), Some(n), "count of {word:?}");
+    }
+    assert!(total_expected >= WORDS_WANTED);
+}
+
+#[test]
+fn wordcount_is_exactly_once_under_sigkill_in_process_source() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let expected = load_corpus(&data);
+    let checkpoint = work.path().join("checkpoint");
+    let data_arg = data.to_string_lossy().to_string();
+    let landed = run_with_kills(
+        &job_args(&["--data-dir", &data_arg]),
+        &checkpoint,
+        work.path(),
+    );
+    eprintln!("{landed} kills landed");
+    assert!(
+        landed >= kills(),
+        "only {landed} kills landed before the job finished"
+    );
+    assert_counts(&expected, &read_table(&checkpoint));
+}
+
+#[test]
+fn wordcount_is_exactly_once_under_sigkill_rdkafka_source() {
+    let work = tempfile::tempdir().unwrap();
+    let mut broker = TestBroker::start();
+    // Load the corpus into the broker's data directory while it is down.
+    broker.kill();
+    let expected = load_corpus(&broker.data_dir());
+    broker.restart();
+    let checkpoint = work.path().join("checkpoint");
+    let bootstrap = broker.bootstrap();
+    let landed = run_with_kills(
+        &job_args(&["--brokers", &bootstrap]),
+        &checkpoint,
+        work.path(),
+    );
+    eprintln!("{landed} kills landed");
+    assert!(
+        landed >= kills(),
+        "only {landed} kills landed before the job finished"
+    );
+    assert_counts(&expected, &read_table(&checkpoint));
+}
