@@ -184,7 +184,8 @@ fn run_once(
         let _ = b.wait();
     }
     if !status.success() {
-        bail!("sluice wordcount failed ({status}); rerun it by hand to see why");
+        let log = std::fs::read_to_string(work.join("wordcount.log")).unwrap_or_default();
+        bail!("sluice wordcount failed ({status}): {}", log.trim());
     }
     let _ = std::fs::remove_dir_all(&checkpoint);
     Ok((secs, rss))

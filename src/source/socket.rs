@@ -405,9 +405,10 @@ impl Source for SocketSource {
         false
     }
 
-    /// Offsets continue from the committed one: lines already buffered
-    /// (received since the source started) are numbered from there. Only
-    /// before the first read; the buffer's earlier contents are gone anyway.
+    /// Offsets continue from the committed one: the lines buffered since
+    /// this source started are numbered from there. Meant to come before
+    /// the driver plans with `partitions`; once a range was read it is
+    /// ignored, since renumbering lines already read would break ranges.
     fn resume(&self, committed: &[(i32, i64)]) {
         let Some(&(_, offset)) = committed.iter().find(|(p, _)| *p == 0) else {
             return;
