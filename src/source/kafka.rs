@@ -558,6 +558,10 @@ impl Source for KafkaSource {
         &self.name
     }
 
+    fn committed(&self, next: &[(i32, i64)]) {
+        self.commit_offsets(next);
+    }
+
     fn partitions(&self) -> Result<Vec<PartitionInfo>, SourceError> {
         self.drain_events();
         // A fresh Metadata request every time: partitions added while the

@@ -1,0 +1,245 @@
+//! The engine from the command line and its edge cases: graceful stop on
+//! SIGTERM, `demo wordcount --file`, `state get|scan`, and the data-loss
+//! policy when retention deleted records a job had not read.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::broker::wait_timeout;
+use sluice::driver::{DriverError, JobConfig, OnDataLoss, StreamingContext};
+use sluice::log::{LogStore, TopicConfig};
+use sluice::plan::Emitter;
+use sluice::producer::{BatchBuilder, Compression};
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn append_lines(store: &LogStore, topic: &str, lines: &[String]) {
+    let topic = store.topic(topic).unwrap();
+    let n = topic.partition_count();
+    for (i, chunk) in lines.chunks(10).enumerate() {
+        let mut b = BatchBuilder::new(Compression::None);
+        for l in chunk {
+            b.push(None, l.as_bytes(), 1_000);
+        }
+        let mut bytes = b.finish().unwrap();
+        topic
+            .partition((i % n) as i32)
+            .unwrap()
+            .append(&mut bytes)
+            .unwrap();
+    }
+}
+
+fn scan(checkpoint: &Path, job: &str) -> HashMap<String, u64> {
+    let out = sluice()
+        .args(["state", "scan", "--job", job, "--checkpoint-dir"])
+        .arg(checkpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_finishes_the_batch_commits_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        store.create_topic("t", 2, TopicConfig::default()).unwrap();
+        let lines: Vec<String> = (0..500).map(|i| format!("x y{} z", i % 5)).collect();
+        append_lines(&store, "t", &lines);
+        store.close().unwrap();
+    }
+    let checkpoint = dir.path().join("cp");
+    let mut child = sluice()
+        .args([
+            "wordcount",
+            "--topic",
+            "t",
+            "--job",
+            "wc",
+            "--interval",
+            "200ms",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--checkpoint-dir")
+        .arg(&checkpoint)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    // Wait for two committed batches, then ask it to stop.
+    let mut batches = 0;
+    while batches < 2 {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "job exited early");
+        if line.starts_with("batch ") {
+            batches += 1;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(20)).expect("job did not stop on SIGTERM");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "exit {status}: {rest}");
+    assert!(rest.contains("stopped after"), "{rest}");
+    let counts = scan(&checkpoint, "wc");
+    assert_eq!(counts.get("x"), Some(&500));
+    assert_eq!(counts.get("y3"), Some(&100));
+}
+
+#[test]
+fn demo_wordcount_counts_a_file_and_state_get_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "the cat\nthe dog the end\n\nünïcode the\n").unwrap();
+    let run = || {
+        let out = sluice()
+            .current_dir(dir.path())
+            .args([
+                "demo",
+                "wordcount",
+                "--file",
+                "input.txt",
+                "--interval",
+                "100ms",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = run();
+    assert!(printed.contains("-------- Batch 1 · "), "{printed}");
+    let get = |key: &str| {
+        let out = sluice()
+            .current_dir(dir.path())
+            .args(["state", "get", "--job", "wordcount", key])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(get("the").1, "4");
+    assert_eq!(get("ünïcode").1, "1");
+    let (ok, _, err) = get("absent");
+    assert!(!ok && err.contains("no key \"absent\""), "{err}");
+    // Again: the file is produced a second time and the job resumes, so
+    // every count doubles (nothing re-read, nothing lost).
+    run();
+    assert_eq!(get("the").1, "8");
+    let top = sluice()
+        .current_dir(dir.path())
+        .args(["state", "scan", "--job", "wordcount", "--top", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&top.stdout).trim(), "the\t8");
+    let missing = sluice()
+        .current_dir(dir.path())
+        .args(["state", "scan", "--job", "nosuchjob"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no checkpoint for job \"nosuchjob\"")
+    );
+}
+
+fn counting_job(
+    store: &Arc<LogStore>,
+    checkpoint: &Path,
+    policy: OnDataLoss,
+) -> Result<u64, DriverError> {
+    let mut config = JobConfig::new("lossy", Duration::from_millis(10));
+    config.checkpoint_dir = Some(checkpoint.to_path_buf());
+    config.until_caught_up = true;
+    config.on_data_loss = policy;
+    config.progress.lines = false;
+    let ctx = StreamingContext::new(config);
+    let lines = ctx.embedded(store.clone(), "t").unwrap();
+    lines
+        .flat_map(|r, out: &mut Emitter<(String, u64)>| {
+            out.push(("lines", r.value.map_or(0, |_| 1u64)))
+        })
+        .reduce_by_key(|a, b| a + b)
+        .merge_into_table("lines", |a, b| a + b);
+    ctx.run().map(|s| s.records)
+}
+
+#[test]
+fn retention_below_the_committed_offset_fails_or_skips_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    let config = TopicConfig {
+        segment_bytes: 2048,
+        retention_bytes: 4096,
+        retention_ms: -1,
+        ..TopicConfig::default()
+    };
+    store.create_topic("t", 1, config).unwrap();
+    let checkpoint = dir.path().join("cp");
+    let batch: Vec<String> = (0..40)
+        .map(|i| format!("line {i} with some padding text"))
+        .collect();
+    append_lines(&store, "t", &batch);
+    assert_eq!(
+        counting_job(&store, &checkpoint, OnDataLoss::Fail).unwrap(),
+        40
+    );
+    // Much more data, then retention deletes old segments the job never read.
+    for _ in 0..10 {
+        append_lines(&store, "t", &batch);
+    }
+    store.enforce_retention().unwrap();
+    let log_start = store.partition("t", 0).unwrap().log_start_offset();
+    assert!(
+        log_start > 40,
+        "retention should have deleted unread records (log start {log_start})"
+    );
+    let err = counting_job(&store, &checkpoint, OnDataLoss::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data lost in t partition 0: offsets 40..")
+            && err.contains("--on-data-loss skip"),
+        "{err}"
+    );
+    let read = counting_job(&store, &checkpoint, OnDataLoss::Skip).unwrap();
+    assert_eq!(read as i64, 440 - log_start);
+    let cp = sluice::checkpoint::Checkpoint::open_read_only(&checkpoint, "lossy").unwrap();
+    let committed = cp.committed().unwrap().unwrap();
+    assert_eq!(committed.lost_records as i64, log_start - 40);
+    assert_eq!(committed.offsets["t"][&0], 440);
+}
