@@ -238,9 +238,19 @@ where
         self.parent.partitions(cx)
     }
     fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
-        cx.run_node(&self.parent, p, &mut |chunk| match (self.f)(&chunk)? {
-            Some(mapped) => out(mapped),
-            None => Ok(()),
+        cx.run_node(&self.parent, p, &mut |chunk| {
+            // Name the operator (by its current name) in its own errors.
+            let mapped = (self.f)(&chunk).map_err(|e| match e {
+                PlanError::Operator { .. } => e,
+                other => PlanError::Operator {
+                    operator: self.info.name(),
+                    message: other.to_string(),
+                },
+            })?;
+            match mapped {
+                Some(mapped) => out(mapped),
+                None => Ok(()),
+            }
         })
     }
 }

@@ -272,18 +272,14 @@ impl<T: Data> DStream<T> {
         let parent = self.node.clone();
         self.derive("transform", move |info| {
             let schema = info.schema.clone();
-            let name = info.name();
             exec::narrow(info, parent, move |chunk: &RecordBatch| {
                 let out = f(chunk)?;
                 if out.schema().fields() != schema.fields() {
-                    return Err(PlanError::Operator {
-                        operator: name.clone(),
-                        message: format!(
-                            "transform returned columns {:?}, expected {:?}",
-                            out.schema().fields(),
-                            schema.fields()
-                        ),
-                    });
+                    return Err(PlanError::Schema(format!(
+                        "transform returned columns {:?}, expected {:?}",
+                        out.schema().fields(),
+                        schema.fields()
+                    )));
                 }
                 Ok((out.num_rows() > 0).then_some(out))
             })

@@ -626,7 +626,6 @@ fn transform_with_wrong_schema_fails_naming_the_operator() {
 /// The same, for a transform given a name with `named`: the error must name
 /// the operator by the name the job gave it.
 #[test]
-#[ignore = "engine bug: DStream::transform captures info.name() when the node is built, so after .named(\"lengths\") its schema error still says \"operator transform-1\""]
 fn transform_with_wrong_schema_names_the_given_name() {
     let parts: Parts = vec![vec![(None, "ant bee".into())]];
     let err = run_job(&parts, 1, |_, src| {
@@ -994,7 +993,6 @@ fn window_rejects_bad_durations() {
 /// A window length that is not a whole number of batch intervals (1.5 ms
 /// with a 1 ms interval) is refused rather than silently rounded.
 #[test]
-#[ignore = "engine bug: window::in_batches truncates durations with as_millis(), so a 1.5 ms window over 1 ms batches is accepted as a 1 ms window instead of refused"]
 fn window_rejects_length_not_multiple_of_interval() {
     let parts: Parts = vec![vec![(None, "ant".into())]];
     let result = run_job(&parts, 1, |_, src| {

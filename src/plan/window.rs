@@ -39,8 +39,9 @@ fn in_batches(
     length: Duration,
     slide: Duration,
 ) -> std::result::Result<(u64, u64), String> {
-    let (len, sl) = (length.as_millis() as i64, slide.as_millis() as i64);
-    if interval_ms <= 0 || len <= 0 || sl <= 0 || len % interval_ms != 0 || sl % interval_ms != 0 {
+    let interval_ns = interval_ms.max(0) as u128 * 1_000_000;
+    let (len, sl) = (length.as_nanos(), slide.as_nanos());
+    if interval_ns == 0 || len == 0 || sl == 0 || len % interval_ns != 0 || sl % interval_ns != 0 {
         return Err(format!(
             "window length {length:?} and slide {slide:?} must be positive multiples of the batch interval ({interval_ms} ms)"
         ));
@@ -50,7 +51,7 @@ fn in_batches(
             "window slide {slide:?} is longer than its length {length:?}"
         ));
     }
-    Ok(((len / interval_ms) as u64, (sl / interval_ms) as u64))
+    Ok(((len / interval_ns) as u64, (sl / interval_ns) as u64))
 }
 
 fn state_cf<'a>(cx: &'a BatchCx, info: &NodeInfo) -> Result<&'a ColumnFamily> {

@@ -2,8 +2,12 @@
 //! `table.<name>`, written in the batch's atomic commit, and read back for
 //! `sluice state get|scan` by the type names the checkpoint records.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Hot values kept in memory per merge task (a cache of committed values;
+/// RocksDB stays the truth).
+const CACHE_ENTRIES_PER_TASK: usize = 1 << 20;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
 use crate::plan::data::{CodecError, Data, Key, decode_all, encode_to_vec};
@@ -15,6 +19,7 @@ where
 {
     let node = stream.node.clone();
     node.info().add_consumer();
+    let caches: OnceLock<Vec<Mutex<HashMap<Vec<u8>, V>>>> = OnceLock::new();
     let table = table.to_owned();
     let cf_name = format!("{TABLE_CF_PREFIX}{table}");
     let meta = OperatorMeta {
@@ -59,34 +64,69 @@ where
             // Merging reads the committed value: each key must be handled
             // by one task, so the pairs are shuffled by key first.
             let buckets = crate::plan::wide_partition_by_key::<K>(cx, &node)?;
+            let caches = caches.get_or_init(|| {
+                (0..cx.parallelism)
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect()
+            });
             let db = cx.checkpoint.db();
-            crate::plan::wide_rayon_map(buckets, |chunks| {
-                let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
-                for c in &chunks {
-                    let rows = <(K, V)>::reader(c.columns())?;
-                    for i in 0..c.num_rows() {
-                        let (k, v) = <(K, V)>::get(&rows, i);
-                        let key = encode_to_vec::<K>(k);
-                        let new = match merged.get(&key) {
-                            Some(old) => merge(old.view(), v),
-                            None => match db.get_cf(cf, &key)? {
-                                Some(bytes) => {
-                                    let old = decode_all::<V>(&bytes)?;
-                                    merge(old.view(), v)
-                                }
+            crate::plan::wide_rayon_map(
+                buckets.into_iter().enumerate().collect(),
+                |(b, chunks)| {
+                    // Keys go to the same bucket every batch, so this task owns
+                    // its bucket's cache of hot values.
+                    let mut cache = crate::log::mutex(&caches[b % caches.len()]);
+                    let mut misses: Vec<Vec<u8>> = Vec::new();
+                    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+                    for c in &chunks {
+                        let rows = K::reader(c.columns())?;
+                        for i in 0..c.num_rows() {
+                            let key = encode_to_vec::<K>(K::get(&rows, i));
+                            if !cache.contains_key(&key) && seen.insert(key.clone()) {
+                                misses.push(key);
+                            }
+                        }
+                    }
+                    let mut loaded: HashMap<Vec<u8>, V> = HashMap::with_capacity(misses.len());
+                    for (key, found) in misses
+                        .iter()
+                        .zip(db.batched_multi_get_cf(cf, &misses, false))
+                    {
+                        if let Some(bytes) = found? {
+                            loaded.insert(key.clone(), decode_all::<V>(&bytes)?);
+                        }
+                    }
+                    let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
+                    for c in &chunks {
+                        let rows = <(K, V)>::reader(c.columns())?;
+                        for i in 0..c.num_rows() {
+                            let (k, v) = <(K, V)>::get(&rows, i);
+                            let key = encode_to_vec::<K>(k);
+                            let old = merged
+                                .get(&key)
+                                .or_else(|| cache.get(&key))
+                                .or_else(|| loaded.get(&key));
+                            let new = match old {
+                                Some(old) => merge(old.view(), v),
                                 None => V::to_owned_value(v),
-                            },
-                        };
-                        merged.insert(key, new);
+                            };
+                            merged.insert(key, new);
+                        }
                     }
-                }
-                cx.write(|w| {
-                    for (k, v) in &merged {
-                        w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
+                    cx.write(|w| {
+                        for (k, v) in &merged {
+                            w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
+                        }
+                    });
+                    // The batch either commits these values or the job stops
+                    // (and the cache with it), so caching them now is safe.
+                    if cache.len() + merged.len() > CACHE_ENTRIES_PER_TASK {
+                        cache.clear();
                     }
-                });
-                Ok(())
-            })?;
+                    cache.extend(merged);
+                    Ok(())
+                },
+            )?;
             Ok(())
         }),
     }));
