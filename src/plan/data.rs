@@ -65,6 +65,14 @@ pub trait Data: Send + Sync + Clone + Debug + Default + 'static {
     /// Hashes a view for shuffles and hash tables (never persisted).
     fn hash_view(view: Self::View<'_>, state: &mut impl std::hash::Hasher);
     fn eq_view(a: Self::View<'_>, b: Self::View<'_>) -> bool;
+    /// A 16-byte value equal for two rows exactly when their values are
+    /// equal, when the type has one for this row (Arrow's inline views of
+    /// strings up to 12 bytes). Lets aggregations skip hashing and
+    /// comparing bytes.
+    #[inline]
+    fn inline_key(_reader: &Self::Reader<'_>, _row: usize) -> Option<u128> {
+        None
+    }
 }
 
 /// A type usable as a key: hashing and equality are total (no floats).
@@ -477,6 +485,13 @@ impl Data for String {
     #[inline]
     fn eq_view(a: &str, b: &str) -> bool {
         a == b
+    }
+    #[inline]
+    fn inline_key(reader: &Self::Reader<'_>, row: usize) -> Option<u128> {
+        // The low 32 bits are the length; up to 12 bytes the rest is the
+        // string itself, zero-padded, so equal views mean equal strings.
+        let view = reader.views()[row];
+        ((view as u32) <= 12).then_some(view)
     }
 }
 impl Key for String {}

@@ -16,12 +16,45 @@ pub(crate) const OUT_CHUNK: usize = 64 * 1024;
 /// A hash aggregation of `(K, V)` rows into owned keys and values.
 pub(crate) struct Aggregate<K: Key, V: Data> {
     table: HashTable<(u64, K, V)>,
+    /// Keys with a 16-byte inline form (short strings), found by comparing
+    /// and mixing that form instead of hashing and comparing the bytes.
+    short: HashTable<(u128, K, V)>,
+}
+
+/// A cheap, fixed mix of an inline key for the in-memory table only (the
+/// shuffle still uses the key's full hash).
+#[inline]
+fn mix(v: u128) -> u64 {
+    let folded = (v as u64) ^ ((v >> 64) as u64).rotate_left(29);
+    (folded ^ (folded >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl<K: Key, V: Data> Aggregate<K, V> {
     pub fn new() -> Self {
         Aggregate {
             table: HashTable::new(),
+            short: HashTable::new(),
+        }
+    }
+
+    #[inline]
+    fn add_short(
+        &mut self,
+        inline: u128,
+        key: K::View<'_>,
+        value: V::View<'_>,
+        f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
+    ) {
+        let h = mix(inline);
+        match self.short.find_mut(h, |(k, _, _)| *k == inline) {
+            Some((_, _, acc)) => *acc = f(acc.view(), value),
+            None => {
+                self.short.insert_unique(
+                    h,
+                    (inline, K::to_owned_value(key), V::to_owned_value(value)),
+                    |(k, _, _)| mix(*k),
+                );
+            }
         }
     }
 
@@ -56,7 +89,10 @@ impl<K: Key, V: Data> Aggregate<K, V> {
         let rows = <(K, V)>::reader(chunk.columns())?;
         for i in 0..chunk.num_rows() {
             let (k, v) = <(K, V)>::get(&rows, i);
-            self.add(k, v, f);
+            match K::inline_key(&rows.0, i) {
+                Some(inline) => self.add_short(inline, k, v, f),
+                None => self.add(k, v, f),
+            }
         }
         Ok(())
     }
@@ -67,11 +103,16 @@ impl<K: Key, V: Data> Aggregate<K, V> {
         buckets: usize,
         schema: &SchemaRef,
     ) -> Result<Vec<Option<RecordBatch>>> {
+        let entries = self.table.len() + self.short.len();
         let mut builders: Vec<Emitter<(K, V)>> = (0..buckets)
-            .map(|_| Emitter::with_capacity(self.table.len() / buckets + 1))
+            .map(|_| Emitter::with_capacity(entries / buckets + 1))
             .collect();
         for (hash, k, v) in &self.table {
             builders[bucket_of(*hash, buckets)].push_view((k.view(), v.view()));
+        }
+        for (_, k, v) in &self.short {
+            let hash = hash_one::<K>(k.view());
+            builders[bucket_of(hash, buckets)].push_view((k.view(), v.view()));
         }
         builders
             .into_iter()
