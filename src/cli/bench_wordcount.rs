@@ -146,7 +146,8 @@ fn run_once(
     .arg("--checkpoint-dir")
     .arg(&checkpoint)
     .stdin(Stdio::null())
-    .stdout(Stdio::null());
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(work.join("wordcount.log"))?);
     match source {
         "embedded" => {
             cmd.arg("--data-dir").arg(&loaded.data_dir);

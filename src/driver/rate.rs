@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(pid.compute(1000.0, 10_000, 500.0, 0.0), Some(20_000.0));
         // Slower processing lowers the rate; a scheduling delay lowers it more.
         let r1 = pid.compute(2000.0, 10_000, 1000.0, 0.0).unwrap();
-        assert!(r1 < 20_000.0 && r1 >= 10_000.0, "{r1}");
+        assert!((10_000.0..20_000.0).contains(&r1), "{r1}");
         let r2 = pid.compute(3000.0, 10_000, 1000.0, 2000.0).unwrap();
         assert!(r2 < r1, "{r2} < {r1}");
         assert!(

@@ -24,6 +24,9 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch, UInt64Array};
 use proptest::prelude::*;
 
+/// `(key, (events, (timing_out, state_existed)))` rows of the timeout test.
+type TimeoutRow = (Option<String>, (u64, (bool, bool)));
+
 use super::{BatchInfo, DStream, Data, Emitter, PlanError, State, schema_of};
 use crate::driver::{DriverError, JobConfig, RunSummary, StreamingContext};
 use crate::source::record::RecordColumns;
@@ -1172,7 +1175,7 @@ proptest! {
             let keyed = src.map(|r| (r.key_str().map(str::to_owned), r.value_str().len() as u64));
             let out = keyed.map_with_state(
                 Some(ms(timeout)),
-                |key, value: Option<u64>, state: &mut State<u64>, out: &mut Emitter<(Option<String>, (u64, (bool, bool)))>| {
+                |key, value: Option<u64>, state: &mut State<u64>, out: &mut Emitter<TimeoutRow>| {
                     match value {
                         Some(_) => {
                             let n = state.get().copied().unwrap_or(0) + 1;

@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// RocksDB stays the truth).
 const CACHE_ENTRIES_PER_TASK: usize = 1 << 20;
 
+/// One merge task's cache: encoded key → committed value.
+type HotValues<V> = Mutex<HashMap<Vec<u8>, V>>;
+
 use crate::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
 use crate::plan::data::{CodecError, Data, Key, decode_all, encode_to_vec};
 use crate::plan::{BatchCx, DStream, Output, PlanError};
@@ -19,7 +22,7 @@ where
 {
     let node = stream.node.clone();
     node.info().add_consumer();
-    let caches: OnceLock<Vec<Mutex<HashMap<Vec<u8>, V>>>> = OnceLock::new();
+    let caches: OnceLock<Vec<HotValues<V>>> = OnceLock::new();
     let table = table.to_owned();
     let cf_name = format!("{TABLE_CF_PREFIX}{table}");
     let meta = OperatorMeta {
