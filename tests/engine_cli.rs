@@ -243,3 +243,166 @@ fn retention_below_the_committed_offset_fails_or_skips_and_counts() {
     assert_eq!(committed.lost_records as i64, log_start - 40);
     assert_eq!(committed.offsets["t"][&0], 440);
 }
+
+#[test]
+fn rate_limit_bounds_batches_and_new_partitions_are_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    store.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let lines: Vec<String> = (0..300).map(|i| format!("w{}", i % 7)).collect();
+    append_lines(&store, "t", &lines);
+    let progress = dir.path().join("progress.jsonl");
+    let mut config = JobConfig::new("rated", Duration::from_millis(20));
+    config.checkpoint_dir = Some(dir.path().join("cp"));
+    config.max_rate_per_partition = Some(2_500.0); // 50 records per 20 ms batch
+    config.max_batches = Some(40);
+    config.progress.lines = false;
+    config.progress.json = Some(progress.clone());
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ctx = StreamingContext::new(config);
+    let records = ctx.embedded(store.clone(), "t").unwrap();
+    let seen = sizes.clone();
+    records.count().foreach_batch(move |_, chunks| {
+        let reader = <u64 as sluice::plan::Data>::reader(chunks[0].columns())?;
+        seen.lock()
+            .unwrap()
+            .push(<u64 as sluice::plan::Data>::get(&reader, 0));
+        Ok(())
+    });
+    // A partition added while the job runs is read from its start.
+    let adder = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            store.add_partitions("t", 2).unwrap();
+            let topic = store.topic("t").unwrap();
+            let mut b = BatchBuilder::new(Compression::None);
+            for _ in 0..30 {
+                b.push(None, b"late", 1);
+            }
+            let mut bytes = b.finish().unwrap();
+            topic.partition(1).unwrap().append(&mut bytes).unwrap();
+        })
+    };
+    let summary = ctx.run().unwrap();
+    adder.join().unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(
+        sizes.iter().all(|&n| n <= 100),
+        "a batch exceeded the rate: {sizes:?}"
+    );
+    assert_eq!(summary.records, 330, "{sizes:?}");
+    let text = std::fs::read_to_string(&progress).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["partitions"].as_array().unwrap().len(), 2);
+    for field in [
+        "batch_id",
+        "input_rows",
+        "input_rows_per_s",
+        "processing_ms",
+        "scheduling_delay_ms",
+        "total_delay_ms",
+        "state_bytes",
+    ] {
+        assert!(last.get(field).is_some(), "progress lacks {field}: {last}");
+    }
+}
+
+#[test]
+fn wordcount_reads_a_socket_like_spark_socket_text_stream() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let sender = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        for _ in 0..100 {
+            conn.write_all(b"a b a\n").unwrap();
+        }
+        conn.flush().unwrap();
+        // Keep the connection open until the job has stopped.
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let checkpoint = dir.path().join("cp");
+    let mut child = sluice()
+        .args([
+            "wordcount",
+            "--socket",
+            &addr,
+            "--job",
+            "sock",
+            "--interval",
+            "100ms",
+            "--checkpoint-dir",
+        ])
+        .arg(&checkpoint)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut rows, mut line, mut notes) = (0u64, String::new(), String::new());
+    while rows < 100 {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "job exited early");
+        if let Some(rest) = line.strip_prefix("batch ") {
+            let n = rest
+                .split(" · ")
+                .nth(2)
+                .and_then(|r| r.split(' ').next())
+                .unwrap()
+                .replace(',', "");
+            rows += n.parse::<u64>().unwrap();
+        } else {
+            notes.push_str(&line);
+        }
+    }
+    assert!(
+        notes.contains("cannot replay a batch after a crash"),
+        "{notes}"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("job did not stop");
+    assert!(status.success());
+    let counts = scan(&checkpoint, "sock");
+    assert_eq!(counts.get("a"), Some(&200));
+    assert_eq!(counts.get("b"), Some(&100));
+    sender.join().unwrap();
+}
+
+#[test]
+fn backpressure_starts_at_the_initial_rate_then_follows_processing_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    store.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let lines: Vec<String> = (0..20_000).map(|i| format!("w{}", i % 7)).collect();
+    append_lines(&store, "t", &lines);
+    let mut config = JobConfig::new("pid", Duration::from_millis(100));
+    config.checkpoint_dir = Some(dir.path().join("cp"));
+    config.backpressure = true;
+    config.initial_rate = 1_000.0; // 100 records in the first 100 ms batch
+    config.max_batches = Some(4);
+    config.progress.lines = false;
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ctx = StreamingContext::new(config);
+    let seen = sizes.clone();
+    ctx.embedded(store.clone(), "t")
+        .unwrap()
+        .count()
+        .foreach_batch(move |_, chunks| {
+            let reader = <u64 as sluice::plan::Data>::reader(chunks[0].columns())?;
+            seen.lock()
+                .unwrap()
+                .push(<u64 as sluice::plan::Data>::get(&reader, 0));
+            Ok(())
+        });
+    ctx.run().unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(
+        sizes[0], 100,
+        "the first batch must not flood the job: {sizes:?}"
+    );
+    // Counting a few hundred records takes far less than the interval, so
+    // the controller raises the rate.
+    assert!(sizes[1] > sizes[0], "{sizes:?}");
+}

@@ -23,8 +23,18 @@ use crate::source::Record;
 #[derive(Debug, clap::Args)]
 pub struct WordcountArgs {
     /// Topic to count the words of (record values, split on whitespace).
-    #[arg(long)]
-    pub topic: String,
+    #[arg(long, required_unless_present_any = ["socket", "files"])]
+    pub topic: Option<String>,
+    /// Count lines arriving on a TCP socket instead (Spark's
+    /// socketTextStream, e.g. `nc -lk 9999`). Not replayable: lines that
+    /// arrived but were not committed are lost if the job crashes.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["topic", "files", "brokers", "data_dir"])]
+    pub socket: Option<String>,
+    /// Count the lines of new files in a directory instead (Spark's
+    /// textFileStream; write files elsewhere and rename them in). Not
+    /// replayable across restarts.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["topic", "socket", "brokers", "data_dir"])]
+    pub files: Option<PathBuf>,
     /// Read through a Kafka broker (host:port) instead of the embedded store.
     #[arg(long, conflicts_with = "data_dir")]
     pub brokers: Option<String>,
@@ -87,25 +97,38 @@ pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
     config.stop = Some(stop_flag()?);
     let table = config.name.clone();
     let ctx = StreamingContext::new(config);
-    let lines = match &args.brokers {
-        Some(brokers) => ctx.source(
-            crate::source::kafka::KafkaSource::new(
-                args.topic.clone(),
-                brokers,
-                &args.topic,
-                args.group.clone(),
-                Vec::new(),
-            )
-            .with_context(|| format!("cannot read topic {} from {brokers}", args.topic))?,
-        ),
-        None => {
-            let dir = args
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("./data"));
-            let store = Arc::new(open_store(&dir, false)?);
-            ctx.embedded(store, &args.topic)
-                .with_context(|| format!("cannot read topic {} in {}", args.topic, dir.display()))?
+    let lines = if let Some(addr) = &args.socket {
+        ctx.source(
+            crate::source::socket::SocketSource::new("socket", addr.clone())
+                .with_context(|| format!("cannot read lines from {addr}"))?,
+        )
+    } else if let Some(dir) = &args.files {
+        ctx.source(
+            crate::source::files::FileSource::new("files", dir.clone())
+                .with_context(|| format!("cannot watch {}", dir.display()))?,
+        )
+    } else {
+        let topic = args.topic.clone().unwrap_or_default();
+        match &args.brokers {
+            Some(brokers) => ctx.source(
+                crate::source::kafka::KafkaSource::new(
+                    topic.clone(),
+                    brokers,
+                    &topic,
+                    args.group.clone(),
+                    Vec::new(),
+                )
+                .with_context(|| format!("cannot read topic {topic} from {brokers}"))?,
+            ),
+            None => {
+                let dir = args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("./data"));
+                let store = Arc::new(open_store(&dir, false)?);
+                ctx.embedded(store, &topic)
+                    .with_context(|| format!("cannot read topic {topic} in {}", dir.display()))?
+            }
         }
     };
     let counts = wordcount(&lines, &table);
