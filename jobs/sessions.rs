@@ -1,7 +1,7 @@
 //! Per-user sessions with `map_with_state` and a timeout: records are
 //! events keyed by user id; a user's session ends after `--gap` without
-//! events. Each batch updates the live event count of open sessions
-//! (table `open_sessions`) and, when a session times out, adds one to the
+//! events. Each batch updates the event count of each user's latest session
+//! (table `latest_session`) and, when a session times out, adds one to the
 //! user's completed sessions (table `sessions`).
 //!
 //! ```text
@@ -35,7 +35,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let ctx = StreamingContext::new(JobConfig::new(&args.job, Duration::from_secs(1)));
+    let mut config = JobConfig::new(&args.job, Duration::from_secs(1));
+    config.stop = Some(sluice::driver::stop_on_signals()?); // Ctrl-C: finish the batch, commit
+    let ctx = StreamingContext::new(config);
     let store = Arc::new(LogStore::open(&args.data_dir, StoreOptions::default())?);
     let events = ctx.embedded(store, &args.topic)?;
 
@@ -65,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     sessions
         .filter(|(_, (_, ended))| !ended)
         .map(|(user, (events, _))| (user.to_owned(), events))
-        .save_to_table("open_sessions");
+        .save_to_table("latest_session");
     sessions
         .filter(|(_, (_, ended))| ended)
         .map(|(user, _)| (user.to_owned(), 1u64))

@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = JobConfig::new(&args.job, Duration::from_secs(1));
     config.until_caught_up = args.until_caught_up;
+    config.stop = Some(sluice::driver::stop_on_signals()?); // Ctrl-C: finish the batch, commit
     let ctx = StreamingContext::new(config);
 
     let lines = match &args.brokers {

@@ -123,12 +123,7 @@ pub(crate) fn open_store(dir: &Path, background: bool) -> anyhow::Result<LogStor
 
 /// A flag set by SIGINT or SIGTERM, for commands that run until stopped.
 pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, flag.clone())
-            .context("cannot install signal handler")?;
-    }
-    Ok(flag)
+    crate::driver::stop_on_signals().context("cannot install signal handler")
 }
 
 /// Parses a timestamp flag: milliseconds since the epoch, or an RFC 3339

@@ -131,6 +131,16 @@ pub enum DriverError {
     Other(String),
 }
 
+/// A stop flag set by SIGINT or SIGTERM, for [`JobConfig::stop`]: the
+/// running batch finishes and commits, then `run` returns.
+pub fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(flag)
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
