@@ -241,7 +241,15 @@ fn feed_generated(
     rate: u64,
     seed: u64,
 ) -> anyhow::Result<()> {
-    let mut generator = CorpusGenerator::new(seed ^ now_ms() as u64);
+    // The same vocabulary on every run; the line stream continues where
+    // the topic ends, so a resumed demo keeps counting the same words.
+    let generator = CorpusGenerator::new(seed);
+    let mut index: u64 = store
+        .topic(topic)?
+        .partitions()
+        .iter()
+        .map(|p| p.high_watermark() as u64)
+        .sum();
     let mut producer = EmbeddedProducer::new(
         store,
         topic,
@@ -257,7 +265,8 @@ fn feed_generated(
         let started = std::time::Instant::now();
         for _ in 0..per_tick {
             line.clear();
-            generator.next_line(&mut line);
+            generator.line_at(index, &mut line);
+            index += 1;
             producer.send(None, &line, now_ms())?;
         }
         producer.flush()?;
