@@ -466,7 +466,8 @@ impl Driver {
             .collect();
         if !non_replayable.is_empty() {
             progress.note(&format!(
-                "sources {} cannot replay a batch after a crash: their records are delivered at most once",
+                "{} {} cannot replay a batch after a crash: records that arrived but were not committed are lost then (at most once)",
+                if non_replayable.len() == 1 { "source" } else { "sources" },
                 non_replayable.join(", ")
             ));
         }
