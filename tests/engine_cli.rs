@@ -38,6 +38,16 @@ fn append_lines(store: &LogStore, topic: &str, lines: &[String]) {
     }
 }
 
+/// A store in `dir` with topic `t` of `partitions` holding `lines`.
+fn store_with(dir: &Path, partitions: i64, lines: &[String]) -> Arc<LogStore> {
+    let store = Arc::new(LogStore::open(dir.join("data"), common::quiet()).unwrap());
+    store
+        .create_topic("t", partitions, TopicConfig::default())
+        .unwrap();
+    append_lines(&store, "t", lines);
+    store
+}
+
 fn scan(checkpoint: &Path, job: &str) -> HashMap<String, u64> {
     let out = sluice()
         .args(["state", "scan", "--job", job, "--checkpoint-dir"])
@@ -247,10 +257,8 @@ fn retention_below_the_committed_offset_fails_or_skips_and_counts() {
 #[test]
 fn rate_limit_bounds_batches_and_new_partitions_are_picked_up() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
-    store.create_topic("t", 1, TopicConfig::default()).unwrap();
     let lines: Vec<String> = (0..300).map(|i| format!("w{}", i % 7)).collect();
-    append_lines(&store, "t", &lines);
+    let store = store_with(dir.path(), 1, &lines);
     let progress = dir.path().join("progress.jsonl");
     let mut config = JobConfig::new("rated", Duration::from_millis(20));
     config.checkpoint_dir = Some(dir.path().join("cp"));
@@ -373,10 +381,8 @@ fn wordcount_reads_a_socket_like_spark_socket_text_stream() {
 #[test]
 fn backpressure_starts_at_the_initial_rate_then_follows_processing_speed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
-    store.create_topic("t", 1, TopicConfig::default()).unwrap();
     let lines: Vec<String> = (0..20_000).map(|i| format!("w{}", i % 7)).collect();
-    append_lines(&store, "t", &lines);
+    let store = store_with(dir.path(), 1, &lines);
     let mut config = JobConfig::new("pid", Duration::from_millis(100));
     config.checkpoint_dir = Some(dir.path().join("cp"));
     config.backpressure = true;

@@ -199,24 +199,26 @@ fn assert_counts(expected: &HashMap<String, u64>, got: &HashMap<String, u64>) {
     assert!(total_expected >= WORDS_WANTED);
 }
 
-#[test]
-fn wordcount_is_exactly_once_under_sigkill_in_process_source() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("data");
-    let expected = load_corpus(&data);
-    let checkpoint = work.path().join("checkpoint");
-    let data_arg = data.to_string_lossy().to_string();
-    let landed = run_with_kills(
-        &job_args(&["--data-dir", &data_arg]),
-        &checkpoint,
-        work.path(),
-    );
+/// Kills and restarts the job over `source` until drained, then checks the
+/// result table against the corpus.
+fn check_exactly_once(source: &[&str], expected: &HashMap<String, u64>, work: &Path) {
+    let checkpoint = work.join("checkpoint");
+    let landed = run_with_kills(&job_args(source), &checkpoint, work);
     eprintln!("{landed} kills landed");
     assert!(
         landed >= kills(),
         "only {landed} kills landed before the job finished"
     );
-    assert_counts(&expected, &read_table(&checkpoint));
+    assert_counts(expected, &read_table(&checkpoint));
+}
+
+#[test]
+fn wordcount_is_exactly_once_under_sigkill_in_process_source() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let expected = load_corpus(&data);
+    let data_arg = data.to_string_lossy().to_string();
+    check_exactly_once(&["--data-dir", &data_arg], &expected, work.path());
 }
 
 #[test]
@@ -227,17 +229,6 @@ fn wordcount_is_exactly_once_under_sigkill_rdkafka_source() {
     broker.kill();
     let expected = load_corpus(&broker.data_dir());
     broker.restart();
-    let checkpoint = work.path().join("checkpoint");
     let bootstrap = broker.bootstrap();
-    let landed = run_with_kills(
-        &job_args(&["--brokers", &bootstrap]),
-        &checkpoint,
-        work.path(),
-    );
-    eprintln!("{landed} kills landed");
-    assert!(
-        landed >= kills(),
-        "only {landed} kills landed before the job finished"
-    );
-    assert_counts(&expected, &read_table(&checkpoint));
+    check_exactly_once(&["--brokers", &bootstrap], &expected, work.path());
 }

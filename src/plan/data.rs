@@ -125,6 +125,20 @@ impl<U: Data> Emitter<U> {
         self.len
     }
 
+    /// The collected rows as one batch of `schema`, or none if empty.
+    pub(crate) fn into_batches(
+        self,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<Vec<arrow::array::RecordBatch>, arrow::error::ArrowError> {
+        if self.len == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(vec![arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            self.finish(),
+        )?])
+    }
+
     pub(crate) fn finish(self) -> Vec<ArrayRef> {
         let mut out = Vec::with_capacity(U::WIDTH);
         U::finish(self.builder, &mut out);

@@ -193,13 +193,7 @@ pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
                             }
                         }
                     });
-                    if out.len() == 0 {
-                        return Ok(Vec::new());
-                    }
-                    Ok(vec![RecordBatch::try_new(
-                        info.schema.clone(),
-                        out.finish(),
-                    )?])
+                    Ok(out.into_batches(&info.schema)?)
                 })
             },
         })

@@ -365,13 +365,7 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
                             }
                         }
                     }
-                    if out.len() == 0 {
-                        return Ok(Vec::new());
-                    }
-                    Ok(vec![RecordBatch::try_new(
-                        info.schema.clone(),
-                        out.finish(),
-                    )?])
+                    Ok(out.into_batches(&info.schema)?)
                 })
             },
         })
