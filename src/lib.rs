@@ -24,6 +24,8 @@
 //! - [`checkpoint`] — the job's RocksDB database: versioned schema, planned
 //!   and committed batches, operator state, result tables.
 //! - [`sink`] — console output and RocksDB result tables.
+//! - [`sql`] — SQL jobs over streams on DataFusion: `CREATE STREAM`/`SINK`,
+//!   `INSERT INTO … SELECT`, `GROUP BY` state merged across batches.
 //! - [`corpus`] — a seeded text generator (Zipf-distributed words) for demos
 //!   and benchmarks.
 //! - [`units`] — human sizes and durations for flags and configs.
@@ -44,4 +46,5 @@ pub mod plan;
 pub mod producer;
 pub mod sink;
 pub mod source;
+pub mod sql;
 pub mod units;

@@ -9,6 +9,7 @@ mod demo;
 mod job;
 mod produce;
 mod remote;
+mod sql;
 mod state;
 mod topic;
 mod wordcount;
@@ -64,6 +65,10 @@ pub enum Command {
     Demo(demo::DemoCommand),
     /// Count the words of a topic with a streaming job (exactly once).
     Wordcount(wordcount::WordcountArgs),
+    /// Run a streaming SQL query over topics (results per batch).
+    Sql(sql::SqlArgs),
+    /// Run a SQL job file (CREATE STREAM / CREATE SINK / INSERT INTO …).
+    Run(sql::RunArgs),
     /// Read a job's result tables from its checkpoint.
     #[command(subcommand)]
     State(state::StateCommand),
@@ -94,6 +99,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(cmd) => demo::run(cmd),
         Command::Wordcount(args) => wordcount::run(args),
         Command::State(cmd) => state::run(cmd),
+        Command::Sql(args) => sql::sql(args),
+        Command::Run(args) => sql::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

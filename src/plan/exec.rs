@@ -66,6 +66,8 @@ pub struct Output {
     pub name: String,
     /// The result table it writes, if it is a table sink.
     pub table: Option<OperatorMeta>,
+    /// The operator state it keeps (column family `state.<name>`), if any.
+    pub state: Option<OperatorMeta>,
     pub run: OutputFn,
 }
 

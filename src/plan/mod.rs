@@ -105,7 +105,12 @@ impl Graph {
 
     /// Stateful operators and result tables, by their current names.
     pub fn metas(&self) -> (Vec<OperatorMeta>, Vec<OperatorMeta>) {
-        let state = self.nodes.iter().filter_map(|n| n.state_meta()).collect();
+        let state = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.state_meta())
+            .chain(self.outputs.iter().filter_map(|o| o.state.clone()))
+            .collect();
         let tables = self
             .outputs
             .iter()
@@ -356,10 +361,31 @@ impl<T: Data> DStream<T> {
         lock_graph(&self.graph).outputs.push(Arc::new(Output {
             name,
             table: None,
+            state: None,
             run: Box::new(move |cx: &BatchCx| {
                 let chunks = cx.collect(&node)?;
                 f(&cx.info(), &chunks)
             }),
+        }));
+    }
+
+    /// An output that sees the batch context: it may read its state (CF
+    /// `state.<state.name>`) and add writes to the batch's atomic commit.
+    /// The SQL layer runs its queries through this.
+    pub(crate) fn output_with_context(
+        &self,
+        name: String,
+        state: Option<OperatorMeta>,
+        table: Option<OperatorMeta>,
+        f: impl Fn(&BatchCx, Vec<RecordBatch>) -> Result<()> + Send + Sync + 'static,
+    ) {
+        let node = self.node.clone();
+        node.info().add_consumer();
+        lock_graph(&self.graph).outputs.push(Arc::new(Output {
+            name,
+            table,
+            state,
+            run: Box::new(move |cx: &BatchCx| f(cx, cx.collect(&node)?)),
         }));
     }
 

@@ -30,6 +30,7 @@ pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
         .push(Arc::new(Output {
             name,
             table: None,
+            state: None,
             run: Box::new(move |cx: &BatchCx| {
                 let chunks = cx.collect(&node)?;
                 let mut text = header(cx.batch_id, cx.batch_time_ms);

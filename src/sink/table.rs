@@ -49,6 +49,7 @@ where
     graph.outputs.push(Arc::new(Output {
         name: format!("table:{table}"),
         table: Some(meta),
+        state: None,
         run: Box::new(move |cx: &BatchCx| {
             let cf = cx.checkpoint.cf(&cf_name)?;
             let Some(merge) = &merge else {

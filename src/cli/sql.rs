@@ -1,0 +1,99 @@
+//! `sluice sql "…"` and `sluice run jobs/NAME.sql`: SQL jobs over streams.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::job::JobArgs;
+use super::{open_store, stop_flag};
+use crate::driver::StreamingContext;
+use crate::sql::script::StreamDecl;
+use crate::sql::{Script, Topics};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Where {
+    /// Data directory of the embedded store.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Read topics through a Kafka broker (host:port) instead.
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    /// A query (or a script of statements separated by `;`). Topics of the
+    /// embedded store are streams with a `value` text column and Kafka's
+    /// `_topic`, `_partition`, `_offset`, `_timestamp`, `_key` columns.
+    pub query: String,
+    #[command(flatten)]
+    pub place: Where,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The SQL job file; the job is named after its stem unless --job.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub place: Where,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+fn run_script(
+    mut script: Script,
+    default_job: &str,
+    place: &Where,
+    job: &JobArgs,
+) -> anyhow::Result<()> {
+    let mut config = job.config(default_job);
+    config.stop = Some(stop_flag()?);
+    let topics = match &place.brokers {
+        Some(b) => Topics::Brokers(b.clone()),
+        None => {
+            let store = Arc::new(open_store(&place.data_dir, false)?);
+            // Topics not declared with CREATE STREAM are text streams.
+            for topic in store.topics() {
+                let name = topic.name().to_owned();
+                if !script.streams.iter().any(|s| s.name == name) {
+                    script.streams.push(StreamDecl {
+                        name: name.clone(),
+                        columns: Vec::new(),
+                        options: [("topic".to_string(), name)].into_iter().collect(),
+                    });
+                }
+            }
+            Topics::Embedded(store)
+        }
+    };
+    let ctx = StreamingContext::new(config);
+    crate::sql::build(&ctx, &script, &topics)?;
+    ctx.run().context("the SQL job stopped")?;
+    Ok(())
+}
+
+pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    let script = Script::parse(&args.query)?;
+    // The same query resumes its own checkpoint; another query gets another.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    args.query.trim().hash(&mut h);
+    let job = format!("sql-{:08x}", h.finish() as u32);
+    run_script(script, &job, &args.place, &args.job)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let script = Script::parse(&text).with_context(|| format!("in {}", args.file.display()))?;
+    let stem = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("sql")
+        .to_owned();
+    run_script(script, &stem, &args.place, &args.job)
+}

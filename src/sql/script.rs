@@ -1,0 +1,351 @@
+//! SQL job files: statements, and the DDL DataFusion does not know.
+//!
+//! ```sql
+//! CREATE STREAM lines (line TEXT) WITH (topic = 'lines', format = 'text');
+//! CREATE SINK counts WITH (type = 'table');
+//! INSERT INTO counts SELECT word, count(*) AS n FROM … GROUP BY word;
+//! ```
+//!
+//! `CREATE STREAM` is parsed by DataFusion's SQL parser as a `CREATE TABLE`
+//! (same column and `WITH` syntax as Flink SQL); `CREATE SINK` and
+//! `INSERT INTO` are split off here; the query text goes to DataFusion
+//! unchanged so its errors keep their line and column.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::sql::sqlparser::ast::{
+    ColumnDef, CreateTableOptions, Expr, SqlOption, Statement, Value,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use super::SqlError;
+
+/// A declared stream: a topic and how its values decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamDecl {
+    pub name: String,
+    /// Declared columns (for `json`: the value's fields; for `text`: at
+    /// most one, the value as text).
+    pub columns: Vec<Field>,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A declared sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkDecl {
+    pub name: String,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A query and where its results go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryDecl {
+    /// `None` for an ad-hoc `SELECT` (printed to the console).
+    pub sink: Option<String>,
+    pub sql: String,
+    /// 1-based line of the query in the script (error messages).
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Script {
+    pub streams: Vec<StreamDecl>,
+    pub sinks: Vec<SinkDecl>,
+    pub queries: Vec<QueryDecl>,
+}
+
+/// Splits a script at top-level semicolons (not inside quotes or
+/// comments), keeping each statement's starting line.
+fn split_statements(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let (mut current, mut start_line, mut line) = (String::new(), 1usize, 1usize);
+    let mut chars = text.chars().peekable();
+    let (mut in_single, mut in_double) = (false, false);
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        if !in_single && !in_double && c == '-' && chars.peek() == Some(&'-') {
+            // Line comment: skip to the end of the line.
+            for c2 in chars.by_ref() {
+                if c2 == '\n' {
+                    line += 1;
+                    current.push('\n');
+                    break;
+                }
+            }
+            continue;
+        }
+        match c {
+            '\'' if !in_double => in_single = !in_single,
+            '"' if !in_single => in_double = !in_double,
+            ';' if !in_single && !in_double => {
+                if !current.trim().is_empty() {
+                    out.push((start_line, std::mem::take(&mut current)));
+                }
+                current.clear();
+                start_line = line;
+                continue;
+            }
+            _ => {}
+        }
+        if current.trim().is_empty() && !c.is_whitespace() {
+            start_line = line;
+        }
+        current.push(c);
+    }
+    if !current.trim().is_empty() {
+        out.push((start_line, current));
+    }
+    out
+}
+
+fn options(list: &[SqlOption], line: usize) -> Result<BTreeMap<String, String>, SqlError> {
+    let mut out = BTreeMap::new();
+    for o in list {
+        match o {
+            SqlOption::KeyValue { key, value } => {
+                let v = match value {
+                    Expr::Value(v) => match &v.value {
+                        Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                        Value::Number(n, _) => n.clone(),
+                        Value::Boolean(b) => b.to_string(),
+                        other => other.to_string(),
+                    },
+                    Expr::Identifier(i) => i.value.clone(),
+                    other => other.to_string(),
+                };
+                out.insert(key.value.to_lowercase(), v);
+            }
+            other => {
+                return Err(SqlError::Syntax {
+                    line,
+                    message: format!("unsupported option {other}: use key = 'value'"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn column(def: &ColumnDef, line: usize) -> Result<Field, SqlError> {
+    use datafusion::sql::sqlparser::ast::DataType as S;
+    let data_type = match &def.data_type {
+        S::Text | S::Varchar(_) | S::String(_) | S::Char(_) => DataType::Utf8,
+        S::BigInt(_) | S::Int8(_) | S::Int64 => DataType::Int64,
+        S::Int(_) | S::Integer(_) | S::Int4(_) | S::Int32 => DataType::Int32,
+        S::Double(_) | S::DoublePrecision | S::Float8 | S::Float64 | S::Real | S::Float(_) => {
+            DataType::Float64
+        }
+        S::Boolean | S::Bool => DataType::Boolean,
+        S::Timestamp(_, _) => {
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None)
+        }
+        S::Bytea | S::Blob(_) | S::Binary(_) | S::Varbinary(_) => DataType::Binary,
+        other => {
+            return Err(SqlError::Syntax {
+                line,
+                message: format!(
+                    "column {} has type {other}, which streams do not support yet (use TEXT, BIGINT, INT, DOUBLE, BOOLEAN, TIMESTAMP or BYTEA)",
+                    def.name
+                ),
+            });
+        }
+    };
+    Ok(Field::new(def.name.value.clone(), data_type, true))
+}
+
+/// `CREATE SINK name WITH (k = 'v', …)`.
+fn parse_sink(text: &str, line: usize) -> Result<SinkDecl, SqlError> {
+    // Reuse the CREATE TABLE parser for the option list.
+    let rewritten = format!(
+        "CREATE TABLE {}",
+        text.trim_start()["CREATE SINK".len()..].trim()
+    );
+    let stmt = Parser::parse_sql(&GenericDialect {}, &rewritten)
+        .map_err(|e| SqlError::Syntax {
+            line,
+            message: format!("{e}; expected CREATE SINK name WITH (type = 'console' | 'table', …)"),
+        })?
+        .pop();
+    match stmt {
+        Some(Statement::CreateTable(t)) => {
+            let list = match &t.table_options {
+                CreateTableOptions::With(list) => list.clone(),
+                CreateTableOptions::None => Vec::new(),
+                _ => Vec::new(),
+            };
+            Ok(SinkDecl {
+                name: t.name.to_string(),
+                options: options(&list, line)?,
+            })
+        }
+        _ => Err(SqlError::Syntax {
+            line,
+            message: "expected CREATE SINK name WITH (type = 'console' | 'table')".into(),
+        }),
+    }
+}
+
+fn starts_with_words(text: &str, words: &[&str]) -> bool {
+    let mut rest = text.trim_start();
+    for w in words {
+        let Some(head) = rest.get(..w.len()) else {
+            return false;
+        };
+        if !head.eq_ignore_ascii_case(w) {
+            return false;
+        }
+        rest = &rest[w.len()..];
+        if !rest.starts_with(char::is_whitespace) && !rest.is_empty() && !rest.starts_with('(') {
+            return false;
+        }
+        rest = rest.trim_start();
+    }
+    true
+}
+
+impl Script {
+    /// Parses a SQL job script.
+    pub fn parse(text: &str) -> Result<Script, SqlError> {
+        let mut script = Script::default();
+        for (line, stmt) in split_statements(text) {
+            let trimmed = stmt.trim();
+            if starts_with_words(trimmed, &["CREATE", "STREAM"]) {
+                if trimmed.to_ascii_uppercase().contains("WATERMARK FOR") {
+                    return Err(SqlError::Unsupported {
+                        line,
+                        message: "WATERMARK clauses (event time) are not supported yet".into(),
+                    });
+                }
+                let rewritten = format!("CREATE TABLE{}", &trimmed["CREATE STREAM".len()..]);
+                let parsed = Parser::parse_sql(&GenericDialect {}, &rewritten).map_err(|e| {
+                    SqlError::Syntax {
+                        line,
+                        message: e.to_string(),
+                    }
+                })?;
+                let Some(Statement::CreateTable(t)) = parsed.into_iter().next() else {
+                    return Err(SqlError::Syntax {
+                        line,
+                        message:
+                            "expected CREATE STREAM name (columns) WITH (topic = '…', format = '…')"
+                                .into(),
+                    });
+                };
+                let list = match &t.table_options {
+                    CreateTableOptions::With(list) => list.clone(),
+                    _ => Vec::new(),
+                };
+                script.streams.push(StreamDecl {
+                    name: t.name.to_string(),
+                    columns: t
+                        .columns
+                        .iter()
+                        .map(|c| column(c, line))
+                        .collect::<Result<_, _>>()?,
+                    options: options(&list, line)?,
+                });
+            } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
+                script.sinks.push(parse_sink(trimmed, line)?);
+            } else if starts_with_words(trimmed, &["INSERT", "INTO"]) {
+                let rest = trimmed["INSERT".len()..].trim_start()["INTO".len()..].trim_start();
+                let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                let (sink, query) = rest.split_at(name_end);
+                script.queries.push(QueryDecl {
+                    sink: Some(sink.to_owned()),
+                    sql: query.trim().to_owned(),
+                    line,
+                });
+            } else if starts_with_words(trimmed, &["SELECT"])
+                || starts_with_words(trimmed, &["WITH"])
+            {
+                script.queries.push(QueryDecl {
+                    sink: None,
+                    sql: trimmed.to_owned(),
+                    line,
+                });
+            } else {
+                return Err(SqlError::Syntax {
+                    line,
+                    message: format!(
+                        "unexpected statement {:?}: a job has CREATE STREAM, CREATE SINK, INSERT INTO sink SELECT … and SELECT statements",
+                        trimmed
+                            .split_whitespace()
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                });
+            }
+        }
+        if script.queries.is_empty() {
+            return Err(SqlError::Syntax {
+                line: 1,
+                message: "the job has no query: add INSERT INTO sink SELECT … or SELECT …".into(),
+            });
+        }
+        for q in &script.queries {
+            if let Some(sink) = &q.sink
+                && !script.sinks.iter().any(|s| &s.name == sink)
+            {
+                return Err(SqlError::Syntax {
+                    line: q.line,
+                    message: format!(
+                        "INSERT INTO {sink}: no sink {sink} was created (CREATE SINK {sink} WITH (type = 'table'))"
+                    ),
+                });
+            }
+        }
+        Ok(script)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_job() {
+        let script = Script::parse(
+            "-- word count\nCREATE STREAM lines (line TEXT) WITH (topic = 'lines', format = 'text');\n\
+             CREATE SINK counts WITH (type = 'table');\n\
+             INSERT INTO counts\nSELECT word, count(*) AS n FROM (SELECT unnest(string_to_array(line, ' ')) AS word FROM lines) GROUP BY word;\n",
+        )
+        .unwrap();
+        assert_eq!(script.streams[0].name, "lines");
+        assert_eq!(script.streams[0].options["topic"], "lines");
+        assert_eq!(script.streams[0].columns[0].name(), "line");
+        assert_eq!(script.sinks[0].options["type"], "table");
+        assert_eq!(script.queries[0].sink.as_deref(), Some("counts"));
+        assert_eq!(script.queries[0].line, 4);
+        assert!(script.queries[0].sql.starts_with("SELECT word"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err =
+            Script::parse("CREATE SINK s WITH (type = 'table');\n\nINSERT INTO nope SELECT 1;")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("line 3") && err.to_string().contains("no sink nope"),
+            "{err}"
+        );
+        let err = Script::parse("SELECT 1;\nDROP TABLE x;").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = Script::parse(
+            "CREATE STREAM s (a TEXT, WATERMARK FOR a AS a) WITH (topic='t');SELECT 1",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn semicolons_in_strings_do_not_split() {
+        let parts = split_statements("SELECT ';' AS a; SELECT 2");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].1.trim(), "SELECT ';' AS a");
+    }
+}

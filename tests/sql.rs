@@ -1,0 +1,219 @@
+//! SQL jobs: results after the stream is consumed equal the same query run
+//! once as a batch query in DataFusion over all the input (differential
+//! testing), across batch sizes and a restart; and queries that cannot run
+//! incrementally are refused at submission with a message.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::SessionContext;
+use sluice::checkpoint::Checkpoint;
+use sluice::driver::{JobConfig, StreamingContext};
+use sluice::log::{LogStore, TopicConfig};
+use sluice::producer::{BatchBuilder, Compression};
+use sluice::sink::table::TableReader;
+use sluice::sql::{Script, Topics};
+
+const WORDCOUNT: &str = include_str!("../jobs/wordcount.sql");
+
+fn lines() -> Vec<String> {
+    let mut g = sluice::corpus::CorpusGenerator::new(3)
+        .with_vocabulary(300)
+        .unwrap();
+    let mut out: Vec<String> = (0..400)
+        .map(|_| {
+            let mut l = Vec::new();
+            g.next_line(&mut l);
+            String::from_utf8(l).unwrap()
+        })
+        .collect();
+    out.push("  two  spaces ".into());
+    out.push(String::new());
+    out
+}
+
+fn load(store: &LogStore, lines: &[String]) {
+    let topic = store
+        .create_topic("lines", 3, TopicConfig::default())
+        .unwrap();
+    for (i, chunk) in lines.chunks(9).enumerate() {
+        let mut b = BatchBuilder::new(Compression::None);
+        for l in chunk {
+            b.push(None, l.as_bytes(), 1);
+        }
+        let mut bytes = b.finish().unwrap();
+        topic
+            .partition((i % 3) as i32)
+            .unwrap()
+            .append(&mut bytes)
+            .unwrap();
+    }
+}
+
+/// The same query, once, over all lines.
+fn batch_reference(lines: &[String]) -> BTreeMap<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(lines.to_vec()))])
+            .unwrap();
+        ctx.register_batch("lines", batch).unwrap();
+        let query = WORDCOUNT
+            .split("INSERT INTO counts")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches(';');
+        let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
+        let mut map = BTreeMap::new();
+        for b in out {
+            let words = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let words = words.as_string::<i32>();
+            let counts = b
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                map.insert(words.value(i).to_owned(), counts.value(i).to_string());
+            }
+        }
+        map
+    })
+}
+
+fn run(store: &Arc<LogStore>, checkpoint: &Path, batch_records: u64, max_batches: Option<u64>) {
+    let mut config = JobConfig::new("wordcount", Duration::from_millis(1));
+    config.checkpoint_dir = Some(checkpoint.to_path_buf());
+    config.until_caught_up = true;
+    config.max_records_per_batch = Some(batch_records);
+    config.max_batches = max_batches;
+    config.progress.lines = false;
+    let ctx = StreamingContext::new(config);
+    sluice::sql::build(
+        &ctx,
+        &Script::parse(WORDCOUNT).unwrap(),
+        &Topics::Embedded(store.clone()),
+    )
+    .unwrap();
+    ctx.run().unwrap();
+}
+
+fn table(checkpoint: &Path) -> BTreeMap<String, String> {
+    let cp = Checkpoint::open_read_only(checkpoint, "wordcount").unwrap();
+    let reader = TableReader::open(&cp, "counts").unwrap();
+    let mut out = BTreeMap::new();
+    reader
+        .scan(None, |k, v| {
+            out.insert(k.text, v.text);
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn sql_wordcount_equals_one_batch_query_across_batch_sizes_and_a_restart() {
+    let input = lines();
+    let expected = batch_reference(&input);
+    assert!(expected.len() > 50);
+    for batch_records in [1, 7, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+        load(&store, &input);
+        let checkpoint = dir.path().join("cp");
+        if batch_records == 7 {
+            // Stop half way, then resume on the same checkpoint.
+            run(&store, &checkpoint, batch_records, Some(10));
+        }
+        run(&store, &checkpoint, batch_records, None);
+        assert_eq!(table(&checkpoint), expected, "batch size {batch_records}");
+    }
+}
+
+fn refused(sql: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    load(&store, &["a b".to_string()]);
+    let ctx = StreamingContext::new(JobConfig::new("refused", Duration::from_millis(1)));
+    let script = format!("CREATE STREAM lines (line TEXT) WITH (topic = 'lines');\n{sql}");
+    match Script::parse(&script) {
+        Err(e) => e.to_string(),
+        Ok(script) => sluice::sql::build(&ctx, &script, &Topics::Embedded(store))
+            .unwrap_err()
+            .to_string(),
+    }
+}
+
+#[test]
+fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
+    let e = refused("SELECT line FROM lines ORDER BY line;");
+    assert!(
+        e.contains("line 2") && e.contains("ORDER BY over an unbounded stream"),
+        "{e}"
+    );
+    let e = refused("SELECT line FROM lines LIMIT 3;");
+    assert!(e.contains("LIMIT over an unbounded stream"), "{e}");
+    let e = refused("SELECT count(DISTINCT line) FROM lines;");
+    assert!(e.contains("approx_distinct"), "{e}");
+    let e = refused("SELECT nosuchcolumn FROM lines;");
+    assert!(
+        e.contains("line 2") && e.to_lowercase().contains("nosuchcolumn"),
+        "{e}"
+    );
+    let e = refused("INSERT INTO nowhere SELECT line FROM lines;");
+    assert!(e.contains("no sink nowhere"), "{e}");
+    let e = refused("SELEC line FROM lines;");
+    assert!(e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn stateless_query_and_json_stream_with_bad_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    let topic = store
+        .create_topic("clicks", 1, TopicConfig::default())
+        .unwrap();
+    let mut b = BatchBuilder::new(Compression::None);
+    for v in [
+        r#"{"user": "a", "ms": 5}"#,
+        "not json",
+        r#"{"user": "b", "ms": 7}"#,
+        r#"{"user": "a", "ms": 1}"#,
+    ] {
+        b.push(None, v.as_bytes(), 1);
+    }
+    let mut bytes = b.finish().unwrap();
+    topic.partition(0).unwrap().append(&mut bytes).unwrap();
+    let script = Script::parse(
+        "CREATE STREAM clicks (user TEXT, ms BIGINT) WITH (topic = 'clicks', format = 'json');\n\
+         CREATE SINK per_user WITH (type = 'table');\n\
+         INSERT INTO per_user SELECT user, sum(ms) AS total, count(*) AS n FROM clicks GROUP BY user;",
+    )
+    .unwrap();
+    let mut config = JobConfig::new("clicks", Duration::from_millis(1));
+    config.checkpoint_dir = Some(dir.path().join("cp"));
+    config.until_caught_up = true;
+    config.max_records_per_batch = Some(2);
+    config.progress.lines = false;
+    let ctx = StreamingContext::new(config);
+    sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
+    ctx.run().unwrap();
+    let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "clicks").unwrap();
+    let reader = TableReader::open(&cp, "per_user").unwrap();
+    let mut rows = Vec::new();
+    reader
+        .scan(None, |k, v| {
+            rows.push(format!("{}={}", k.text, v.text));
+            true
+        })
+        .unwrap();
+    assert_eq!(rows, vec!["a=(6, 2)", "b=(7, 1)"]);
+}
