@@ -53,6 +53,19 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
 }
 
 /// Formats bytes with a binary unit, e.g. `1.5 GiB`.
+/// A count with thousands separators: 1234567.8 → "1,234,568".
+pub fn format_count(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;

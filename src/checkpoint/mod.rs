@@ -186,6 +186,8 @@ pub fn decide_resume(
 pub struct Checkpoint {
     db: DB,
     path: PathBuf,
+    /// Column families besides `default`, as opened.
+    column_families: Vec<String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -233,6 +235,7 @@ impl Checkpoint {
         let checkpoint = Checkpoint {
             db,
             path: path.to_path_buf(),
+            column_families: names,
         };
         match checkpoint.get_json::<SchemaRecord>(KEY_SCHEMA)? {
             Some(s) if s.version > SCHEMA_VERSION => Err(CheckpointError::NewerSchema {
@@ -283,6 +286,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             db,
             path: path.to_path_buf(),
+            column_families: names.into_iter().filter(|n| n != "default").collect(),
         })
     }
 
@@ -404,8 +408,7 @@ impl Checkpoint {
     }
 
     fn reset_state(&mut self) -> Result<()> {
-        let names = DB::list_cf(&Options::default(), &self.path)
-            .map_err(self.rocks("cannot list column families"))?;
+        let names = self.column_families.clone();
         for name in names.iter().filter(|n| n.starts_with(STATE_CF_PREFIX)) {
             self.db
                 .drop_cf(name)
@@ -443,9 +446,8 @@ impl Checkpoint {
 
     /// Approximate bytes of live state and tables (progress reports).
     pub fn state_size_bytes(&self) -> u64 {
-        let names = DB::list_cf(&Options::default(), &self.path).unwrap_or_default();
-        names
-            .iter()
+        std::iter::once("default")
+            .chain(self.column_families.iter().map(String::as_str))
             .filter_map(|n| self.db.cf_handle(n))
             .filter_map(|cf| {
                 self.db

@@ -215,7 +215,7 @@ impl Sample {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -349,7 +349,7 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
                                 println!(
                                     "{label} {:<16} {:>12} rec/s {:>8.1} MB/s  broker {:>6.2} s/M  client {:>6.2} s/M{}",
                                     PHASES[pi],
-                                    thousands(s.records_per_sec()),
+                                    crate::units::format_count(s.records_per_sec()),
                                     s.mb_per_sec(),
                                     s.broker_cpu_per_million(),
                                     s.client_cpu_per_million(),
@@ -1216,7 +1216,7 @@ fn forward_lines(
     });
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -1271,19 +1271,6 @@ fn size_label(size: usize) -> String {
     } else {
         format!("{size} B")
     }
-}
-
-/// 1234567.8 → "1,234,568".
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn read_machine() -> (usize, String, String) {
@@ -1353,7 +1340,11 @@ fn print_header(
         "workload:  {} ; {} partitions, round-robin, no keys; acks {} ; median of {runs} runs{}",
         workloads
             .iter()
-            .map(|w| format!("{} × {}", thousands(w.records as f64), size_label(w.size)))
+            .map(|w| format!(
+                "{} × {}",
+                crate::units::format_count(w.records as f64),
+                size_label(w.size)
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         args.partitions,
@@ -1442,7 +1433,7 @@ fn print_table(
                             size_label(w.size),
                             a,
                             phase,
-                            thousands(s.records_per_sec),
+                            crate::units::format_count(s.records_per_sec),
                             s.mb_per_sec,
                             s.broker_cpu_per_million,
                             s.client_cpu_per_million,

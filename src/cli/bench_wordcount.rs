@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::bench_broker::{free_port, median};
 use crate::corpus::CorpusGenerator;
 use crate::log::{LogStore, StoreOptions, TopicConfig};
 use crate::producer::{BatchBuilder, Compression};
@@ -117,12 +118,6 @@ fn wait_with_rss(child: Child) -> anyhow::Result<(std::process::ExitStatus, u64)
     ))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn run_once(
     exe: &Path,
     loaded: &Loaded,
@@ -190,11 +185,6 @@ fn run_once(
     }
     let _ = std::fs::remove_dir_all(&checkpoint);
     Ok((secs, rss))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(args: WordcountBenchArgs) -> anyhow::Result<()> {

@@ -205,7 +205,6 @@ struct Driver {
     pool: rayon::ThreadPool,
     rate: RateLimiter,
     targets: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
-    started_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     fresh_job: bool,
 }
 
@@ -284,7 +283,6 @@ impl Driver {
                 .then_some((interval_ms, config.initial_rate)),
         );
         let mut driver = Driver {
-            started_offsets: offsets.clone(),
             config,
             graph,
             checkpoint,
@@ -328,10 +326,10 @@ impl Driver {
 
     /// The first offset for a partition the job has no offset for.
     fn start_offset(&self, source: &dyn Source, info: &PartitionInfo) -> Result<i64, DriverError> {
-        // Partitions added after the job started are read from the start,
-        // whatever the job's starting position (as Spark does).
-        let known_source = self.started_offsets.contains_key(source.name());
-        if known_source || !self.fresh_job {
+        // Once a job has committed, a partition without an offset was added
+        // since: it is read from the start, whatever the job's starting
+        // position (as Spark does).
+        if !self.fresh_job {
             return Ok(info.log_start);
         }
         Ok(match &self.config.starting_position {

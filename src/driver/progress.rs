@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{DriverError, RunSummary};
-use crate::units::format_bytes;
+use crate::units::{format_bytes, format_count};
 
 /// One partition's part in a batch.
 #[derive(Debug, Clone, Serialize)]
@@ -90,18 +90,6 @@ pub(crate) struct Progress {
     tty: bool,
 }
 
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn bar(fraction: f64) -> String {
     let filled = (fraction * 20.0).round() as usize;
     format!(
@@ -120,17 +108,17 @@ pub fn format_line(p: &BatchProgress) -> String {
         "batch {} · {} · {} rows ({}/s) · processing {:.0} ms · delay {:.0} ms · lag {} · state {}",
         p.batch_id,
         time.get(11..).unwrap_or(&time),
-        thousands(p.input_rows),
-        thousands(p.input_rows_per_s as u64),
+        format_count(p.input_rows as f64),
+        format_count(p.input_rows_per_s),
         p.processing_ms,
         p.scheduling_delay_ms,
-        thousands(lag.max(0) as u64),
+        format_count(lag as f64),
         format_bytes(p.state_bytes),
     );
     if p.lost_records > 0 {
         line.push_str(&format!(
             " · LOST {} (retention)",
-            thousands(p.lost_records)
+            format_count(p.lost_records as f64)
         ));
     }
     if p.replayed {
@@ -172,9 +160,9 @@ impl Progress {
             eprintln!(
                 "stopped after {} batches: {} records in {:.1}s ({}/s), last committed batch {}",
                 summary.batches,
-                thousands(summary.records),
+                format_count(summary.records as f64),
                 secs,
-                thousands((summary.records as f64 / secs) as u64),
+                format_count(summary.records as f64 / secs),
                 summary.last_batch_id
             );
         }

@@ -69,6 +69,17 @@ fn index_key(deadline: i64, encoded_value_key: &[u8]) -> Vec<u8> {
     key
 }
 
+/// What the checkpoint records for a keyed-state operator (the name is
+/// filled in from the node's current name).
+fn keyed_state<K: Data, S: Data>(kind: &str) -> OperatorMeta {
+    OperatorMeta {
+        name: String::new(),
+        kind: kind.into(),
+        key_type: K::type_name(),
+        state_type: S::type_name(),
+    }
+}
+
 fn cf<'a>(cx: &'a BatchCx, info: &NodeInfo) -> Result<&'a ColumnFamily> {
     Ok(cx
         .checkpoint
@@ -94,12 +105,7 @@ pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
     let timeout_ms = timeout.map(|t| t.as_millis() as i64);
     stream.derive("map_with_state", move |info| {
         Arc::new(Wide {
-            state: Some(OperatorMeta {
-                name: String::new(),
-                kind: "map_with_state".into(),
-                key_type: K::type_name(),
-                state_type: S::type_name(),
-            }),
+            state: Some(keyed_state::<K, S>("map_with_state")),
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let cf = cf(cx, info)?;
@@ -207,12 +213,7 @@ pub(crate) fn update_state_by_key<K: Key, V: Data, S: Data>(
     let parent = stream.node.clone();
     stream.derive("update_state_by_key", move |info| {
         Arc::new(Wide {
-            state: Some(OperatorMeta {
-                name: String::new(),
-                kind: "update_state_by_key".into(),
-                key_type: K::type_name(),
-                state_type: S::type_name(),
-            }),
+            state: Some(keyed_state::<K, S>("update_state_by_key")),
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let cf = cf(cx, info)?;

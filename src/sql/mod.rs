@@ -19,7 +19,7 @@ pub mod script;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -141,13 +141,7 @@ impl StreamShape {
         for chunk in chunks {
             let values = chunk.column(record::VALUE).as_binary_view();
             let (mut columns, chunk) = match self.format {
-                Format::Text => {
-                    let text: StringArray = values
-                        .iter()
-                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                        .collect();
-                    (vec![Arc::new(text) as ArrayRef], chunk.clone())
-                }
+                Format::Text => (vec![lossy_text(values)], chunk.clone()),
                 Format::Json => match self.decode_json(values)? {
                     (columns, None) => (columns, chunk.clone()),
                     (columns, Some(kept)) => {
@@ -161,18 +155,13 @@ impl StreamShape {
             };
             let topic =
                 datafusion::arrow::compute::cast(chunk.column(record::TOPIC), &DataType::Utf8)?;
-            let key: StringArray = chunk
-                .column(record::KEY)
-                .as_binary_view()
-                .iter()
-                .map(|k| k.map(|b| String::from_utf8_lossy(b).into_owned()))
-                .collect();
+            let key = lossy_text(chunk.column(record::KEY).as_binary_view());
             columns.extend([
                 topic,
                 chunk.column(record::PARTITION).clone(),
                 chunk.column(record::OFFSET).clone(),
                 chunk.column(record::TIMESTAMP).clone(),
-                Arc::new(key) as ArrayRef,
+                key,
             ]);
             out.push(RecordBatch::try_new(self.schema.clone(), columns)?);
         }
@@ -233,6 +222,19 @@ impl StreamShape {
         }
         Ok((columns_of(good.flush()?), Some(kept.into())))
     }
+}
+
+/// Bytes as text, invalid UTF-8 replaced; valid values (nearly all) are
+/// copied into the column without a temporary string each.
+fn lossy_text(values: &datafusion::arrow::array::BinaryViewArray) -> ArrayRef {
+    let mut out = datafusion::arrow::array::StringBuilder::with_capacity(
+        values.len(),
+        values.total_buffer_bytes_used(),
+    );
+    for v in values.iter() {
+        out.append_option(v.map(String::from_utf8_lossy));
+    }
+    Arc::new(out.finish())
 }
 
 /// How a SQL job reaches its topics.
