@@ -16,20 +16,22 @@
 
 mod incremental;
 pub mod script;
+mod sinks;
+mod stream;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX, TABLE_CF_PREFIX};
+use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
 use crate::driver::StreamingContext;
 use crate::log::LogStore;
 use crate::plan::{BatchCx, PlanError};
-use crate::source::record;
 pub use script::Script;
+use sinks::{Sink, table_meta};
+use stream::StreamShape;
 
 /// Errors of SQL jobs, with the line of the statement.
 #[derive(Debug, thiserror::Error)]
@@ -57,184 +59,6 @@ impl From<SqlError> for PlanError {
             other => PlanError::Invalid(other.to_string()),
         }
     }
-}
-
-/// How a stream's record values decode into its columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    /// The value as UTF-8 text (invalid bytes replaced).
-    Text,
-    /// The value is a JSON object with the declared fields.
-    Json,
-}
-
-/// Kafka's metadata columns, available in every stream.
-fn metadata_fields() -> Vec<Field> {
-    vec![
-        Field::new("_topic", DataType::Utf8, false),
-        Field::new("_partition", DataType::Int32, false),
-        Field::new("_offset", DataType::Int64, false),
-        Field::new(
-            "_timestamp",
-            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("_key", DataType::Utf8, true),
-    ]
-}
-
-/// A stream's decoder: its schema and format.
-#[derive(Debug, Clone)]
-struct StreamShape {
-    name: String,
-    format: Format,
-    value_fields: Vec<Field>,
-    schema: SchemaRef,
-}
-
-impl StreamShape {
-    fn new(decl: &script::StreamDecl, line: usize) -> Result<StreamShape, SqlError> {
-        let format = match decl.options.get("format").map(String::as_str) {
-            None | Some("text") | Some("raw") => Format::Text,
-            Some("json") => Format::Json,
-            Some(other) => {
-                return Err(SqlError::Unsupported {
-                    line,
-                    message: format!(
-                        "stream {}: format {other:?} is not supported (use 'text' or 'json')",
-                        decl.name
-                    ),
-                });
-            }
-        };
-        let value_fields = match format {
-            Format::Text => match decl.columns.as_slice() {
-                [] => vec![Field::new("value", DataType::Utf8, true)],
-                [one] if one.data_type() == &DataType::Utf8 => vec![one.clone()],
-                _ => {
-                    return Err(SqlError::Unsupported {
-                        line,
-                        message: format!(
-                            "stream {}: a text stream has one TEXT column (the record value); use format = 'json' for several columns",
-                            decl.name
-                        ),
-                    });
-                }
-            },
-            Format::Json => decl.columns.clone(),
-        };
-        let mut fields = value_fields.clone();
-        fields.extend(metadata_fields());
-        Ok(StreamShape {
-            name: decl.name.clone(),
-            format,
-            value_fields,
-            schema: Arc::new(Schema::new(fields)),
-        })
-    }
-
-    /// Decodes source chunks (Kafka columns) into the stream's columns.
-    /// Records that do not decode are skipped and counted.
-    fn decode(&self, chunks: &[RecordBatch]) -> Result<(RecordBatch, u64), SqlError> {
-        let mut out = Vec::with_capacity(chunks.len());
-        let mut bad = 0u64;
-        for chunk in chunks {
-            let values = chunk.column(record::VALUE).as_binary_view();
-            let (mut columns, chunk) = match self.format {
-                Format::Text => (vec![lossy_text(values)], chunk.clone()),
-                Format::Json => match self.decode_json(values)? {
-                    (columns, None) => (columns, chunk.clone()),
-                    (columns, Some(kept)) => {
-                        bad += kept.false_count() as u64;
-                        (
-                            columns,
-                            datafusion::arrow::compute::filter_record_batch(chunk, &kept)?,
-                        )
-                    }
-                },
-            };
-            let topic =
-                datafusion::arrow::compute::cast(chunk.column(record::TOPIC), &DataType::Utf8)?;
-            let key = lossy_text(chunk.column(record::KEY).as_binary_view());
-            columns.extend([
-                topic,
-                chunk.column(record::PARTITION).clone(),
-                chunk.column(record::OFFSET).clone(),
-                chunk.column(record::TIMESTAMP).clone(),
-                key,
-            ]);
-            out.push(RecordBatch::try_new(self.schema.clone(), columns)?);
-        }
-        let batch = datafusion::arrow::compute::concat_batches(&self.schema, &out)?;
-        Ok((batch, bad))
-    }
-
-    /// JSON values → the declared columns, and which records were kept
-    /// (`None`: all). A chunk decodes in one pass; only when that fails is
-    /// it decoded record by record to skip the bad ones.
-    fn decode_json(
-        &self,
-        values: &datafusion::arrow::array::BinaryViewArray,
-    ) -> Result<
-        (
-            Vec<ArrayRef>,
-            Option<datafusion::arrow::array::BooleanArray>,
-        ),
-        SqlError,
-    > {
-        let value_schema = Arc::new(Schema::new(self.value_fields.clone()));
-        let decoder =
-            || datafusion::arrow::json::ReaderBuilder::new(value_schema.clone()).build_decoder();
-        let columns_of = |batch: Option<RecordBatch>| {
-            batch.map_or_else(
-                || {
-                    RecordBatch::new_empty(value_schema.clone())
-                        .columns()
-                        .to_vec()
-                },
-                |b| b.columns().to_vec(),
-            )
-        };
-        let mut all = decoder()?;
-        let whole = values.iter().try_for_each(|v| {
-            all.decode(v.unwrap_or(b"null"))?;
-            all.decode(b"\n").map(|_| ())
-        });
-        if whole.is_ok()
-            && let Ok(batch) = all.flush()
-            && batch.as_ref().map_or(0, |b| b.num_rows()) == values.len()
-        {
-            return Ok((columns_of(batch), None));
-        }
-        let mut good = decoder()?;
-        let mut kept = Vec::with_capacity(values.len());
-        for v in values.iter() {
-            let bytes = v.unwrap_or(b"null");
-            let mut one = decoder()?;
-            let ok = one.decode(bytes).is_ok()
-                && one.decode(b"\n").is_ok()
-                && matches!(one.flush(), Ok(Some(b)) if b.num_rows() == 1);
-            if ok {
-                good.decode(bytes)?;
-                good.decode(b"\n")?;
-            }
-            kept.push(ok);
-        }
-        Ok((columns_of(good.flush()?), Some(kept.into())))
-    }
-}
-
-/// Bytes as text, invalid UTF-8 replaced; valid values (nearly all) are
-/// copied into the column without a temporary string each.
-fn lossy_text(values: &datafusion::arrow::array::BinaryViewArray) -> ArrayRef {
-    let mut out = datafusion::arrow::array::StringBuilder::with_capacity(
-        values.len(),
-        values.total_buffer_bytes_used(),
-    );
-    for v in values.iter() {
-        out.append_option(v.map(String::from_utf8_lossy));
-    }
-    Arc::new(out.finish())
 }
 
 /// How a SQL job reaches its topics.
@@ -387,138 +211,6 @@ fn contains_word(sql: &str, word: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(word))
 }
 
-enum Sink {
-    Console,
-    /// Keyed by the first column; the other columns are the value.
-    Table(String, OperatorMeta),
-}
-
-/// Our codec's type name for an Arrow type, if a table can store it.
-fn type_name(dt: &DataType, nullable: bool) -> Option<String> {
-    let base = match dt {
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "string",
-        DataType::Int64 => "i64",
-        DataType::UInt64 => "u64",
-        DataType::Int32 => "i32",
-        DataType::UInt32 => "u32",
-        DataType::Float64 => "f64",
-        DataType::Boolean => "bool",
-        DataType::Binary | DataType::BinaryView | DataType::LargeBinary => "bytes",
-        _ => return None,
-    };
-    Some(if nullable {
-        format!("option<{base}>")
-    } else {
-        base.to_owned()
-    })
-}
-
-fn table_meta(name: &str, schema: &SchemaRef, line: usize) -> Result<OperatorMeta, SqlError> {
-    let bad = |f: &Field| SqlError::Unsupported {
-        line,
-        message: format!(
-            "table sink {name}: column {} of type {} cannot be stored in a table yet",
-            f.name(),
-            f.data_type()
-        ),
-    };
-    let fields = schema.fields();
-    let Some((key, values)) = fields.split_first() else {
-        return Err(SqlError::Plan {
-            line,
-            message: "the query has no columns".into(),
-        });
-    };
-    let key_type = type_name(key.data_type(), false).ok_or_else(|| bad(key))?;
-    let mut value_types = values
-        .iter()
-        .map(|f| type_name(f.data_type(), f.is_nullable()).ok_or_else(|| bad(f)))
-        .collect::<Result<Vec<_>, _>>()?;
-    if value_types.is_empty() {
-        value_types.push("bool".into());
-    }
-    let state_type = value_types
-        .iter()
-        .rev()
-        .cloned()
-        .reduce(|acc, t| format!("({t},{acc})"))
-        .unwrap_or_default();
-    Ok(OperatorMeta {
-        name: name.to_owned(),
-        kind: "table".into(),
-        key_type,
-        state_type,
-    })
-}
-
-/// Encodes one cell with the codec of `plan::data` (see `type_name`).
-fn encode_cell(
-    array: &ArrayRef,
-    row: usize,
-    optional: bool,
-    last: bool,
-    out: &mut Vec<u8>,
-) -> bool {
-    use crate::plan::data::Data;
-    use datafusion::arrow::array::{
-        BooleanArray, Float64Array, Int32Array, Int64Array, UInt32Array, UInt64Array,
-    };
-    if optional {
-        if array.is_null(row) {
-            out.push(0);
-            return true;
-        }
-        out.push(1);
-    } else if array.is_null(row) {
-        return false;
-    }
-    let any = array.as_any();
-    match array.data_type() {
-        DataType::Utf8 => String::encode(array.as_string::<i32>().value(row), last, out),
-        DataType::LargeUtf8 => String::encode(array.as_string::<i64>().value(row), last, out),
-        DataType::Utf8View => String::encode(array.as_string_view().value(row), last, out),
-        DataType::Binary => Vec::<u8>::encode(array.as_binary::<i32>().value(row), last, out),
-        DataType::LargeBinary => Vec::<u8>::encode(array.as_binary::<i64>().value(row), last, out),
-        DataType::BinaryView => Vec::<u8>::encode(array.as_binary_view().value(row), last, out),
-        DataType::Int64 => i64::encode(
-            any.downcast_ref::<Int64Array>().map_or(0, |a| a.value(row)),
-            last,
-            out,
-        ),
-        DataType::UInt64 => u64::encode(
-            any.downcast_ref::<UInt64Array>()
-                .map_or(0, |a| a.value(row)),
-            last,
-            out,
-        ),
-        DataType::Int32 => i32::encode(
-            any.downcast_ref::<Int32Array>().map_or(0, |a| a.value(row)),
-            last,
-            out,
-        ),
-        DataType::UInt32 => u32::encode(
-            any.downcast_ref::<UInt32Array>()
-                .map_or(0, |a| a.value(row)),
-            last,
-            out,
-        ),
-        DataType::Float64 => f64::encode(
-            any.downcast_ref::<Float64Array>()
-                .map_or(0.0, |a| a.value(row)),
-            last,
-            out,
-        ),
-        DataType::Boolean => bool::encode(
-            any.downcast_ref::<BooleanArray>()
-                .is_some_and(|a| a.value(row)),
-            last,
-            out,
-        ),
-        _ => return false,
-    }
-    true
-}
-
 struct QueryRunner {
     sql: String,
     line: usize,
@@ -556,50 +248,6 @@ impl QueryRunner {
                 .map_err(PlanError::from)?;
             incremental::run_batch(&session, &plan, &agg, cx, cf).await
         })?;
-        match &self.sink {
-            Sink::Console => {
-                let rows: usize = output.iter().map(|b| b.num_rows()).sum();
-                if rows > 0 {
-                    let table = datafusion::arrow::util::pretty::pretty_format_batches(&output)?;
-                    println!(
-                        "{}\n{table}",
-                        crate::sink::console::header(cx.batch_id, cx.batch_time_ms)
-                    );
-                }
-            }
-            Sink::Table(name, _) => {
-                let cf = cx
-                    .checkpoint
-                    .cf(&format!("{TABLE_CF_PREFIX}{name}"))
-                    .map_err(PlanError::from)?;
-                let mut puts = Vec::new();
-                for b in &output {
-                    let schema = b.schema();
-                    for row in 0..b.num_rows() {
-                        let mut key = Vec::new();
-                        if !encode_cell(b.column(0), row, false, true, &mut key) {
-                            continue; // NULL keys are not stored
-                        }
-                        let mut value = Vec::new();
-                        let n = b.num_columns();
-                        if n == 1 {
-                            value.push(1); // a key-only table stores `true`
-                        }
-                        for c in 1..n {
-                            encode_cell(
-                                b.column(c),
-                                row,
-                                schema.field(c).is_nullable(),
-                                c == n - 1,
-                                &mut value,
-                            );
-                        }
-                        puts.push((key, value));
-                    }
-                }
-                cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
-            }
-        }
-        Ok(())
+        self.sink.write(cx, &output)
     }
 }
