@@ -545,7 +545,7 @@ impl Driver {
                     source,
                 });
             }
-            let writes = cx.into_writes();
+            let (writes, counters) = cx.finish();
             for (source, ranges) in &planned.ranges {
                 let entry = self.offsets.entry(source.clone()).or_default();
                 for r in ranges {
@@ -599,6 +599,7 @@ impl Driver {
                 partitions: parts,
                 state_bytes: self.checkpoint.state_size_bytes(),
                 lost_records: self.lost_records,
+                counters,
                 replayed,
                 estimated_rate: self.rate.estimated_rate(),
                 caught_up_fraction: self.targets.as_ref().map(|_| {

@@ -34,6 +34,9 @@ pub struct BatchProgress {
     pub partitions: Vec<PartitionProgress>,
     pub state_bytes: u64,
     pub lost_records: u64,
+    /// Counts operators reported for this batch (e.g. `late records`,
+    /// `bad records`).
+    pub counters: std::collections::BTreeMap<String, u64>,
     /// Re-run after a restart with the ranges planned before the crash.
     pub replayed: bool,
     pub estimated_rate: Option<f64>,
@@ -124,6 +127,9 @@ pub fn format_line(p: &BatchProgress) -> String {
     if p.replayed {
         line.push_str(" · replayed after restart");
     }
+    for (name, n) in &p.counters {
+        line.push_str(&format!(" · {} {name}", format_count(*n as f64)));
+    }
     if let Some(f) = p.caught_up_fraction {
         line.push_str(&format!(" · {}", bar(f)));
     }
@@ -192,6 +198,7 @@ mod tests {
             }],
             state_bytes: 2048,
             lost_records: 0,
+            counters: [("late records".to_string(), 3)].into_iter().collect(),
             replayed: false,
             estimated_rate: None,
             caught_up_fraction: Some(0.5),
@@ -201,5 +208,6 @@ mod tests {
         assert!(line.contains("40,000 rows (400,000/s)"), "{line}");
         assert!(line.contains("lag 1,234"), "{line}");
         assert!(line.contains("50%"), "{line}");
+        assert!(line.contains("· 3 late records"), "{line}");
     }
 }

@@ -94,6 +94,9 @@ pub struct BatchCx<'a> {
     /// Shuffle width: tasks per wide operator.
     pub parallelism: usize,
     writes: Mutex<WriteBatch>,
+    /// Per-batch counts operators report (late records, bad records, …),
+    /// shown in the batch's progress.
+    counters: Mutex<std::collections::BTreeMap<String, u64>>,
     memo: Mutex<HashMap<(usize, usize), Memo>>,
     wide: Mutex<HashMap<usize, WideMemo>>,
 }
@@ -113,6 +116,7 @@ impl<'a> BatchCx<'a> {
             checkpoint,
             parallelism: parallelism.max(1),
             writes: Mutex::new(WriteBatch::default()),
+            counters: Mutex::new(std::collections::BTreeMap::new()),
             memo: Mutex::new(HashMap::new()),
             wide: Mutex::new(HashMap::new()),
         }
@@ -130,10 +134,26 @@ impl<'a> BatchCx<'a> {
         f(&mut crate::log::mutex(&self.writes))
     }
 
-    pub fn into_writes(self) -> WriteBatch {
-        self.writes
+    /// Adds `n` to the batch's counter `name` (shown in progress).
+    pub fn count(&self, name: &str, n: u64) {
+        if n > 0 {
+            *crate::log::mutex(&self.counters)
+                .entry(name.to_owned())
+                .or_default() += n;
+        }
+    }
+
+    /// The batch's writes and counters, once every output has run.
+    pub fn finish(self) -> (WriteBatch, std::collections::BTreeMap<String, u64>) {
+        let writes = self
+            .writes
             .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let counters = self
+            .counters
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (writes, counters)
     }
 
     /// Runs partition `p` of `node`, from its kept output if it has

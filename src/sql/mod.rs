@@ -30,7 +30,7 @@ use crate::driver::StreamingContext;
 use crate::log::LogStore;
 use crate::plan::{BatchCx, PlanError};
 pub use script::Script;
-use sinks::{Sink, table_meta};
+use sinks::Sink;
 use stream::StreamShape;
 
 /// Errors of SQL jobs, with the line of the statement.
@@ -170,26 +170,10 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                         line,
                         message: format!("no sink {name}"),
                     })?;
-                match decl.options.get("type").map(String::as_str) {
-                    None | Some("console") => Sink::Console,
-                    Some("table") => {
-                        Sink::Table(name.clone(), table_meta(name, &plan.schema(), line)?)
-                    }
-                    Some(other) => {
-                        return Err(SqlError::Unsupported {
-                            line,
-                            message: format!(
-                                "sink {name}: type {other:?} is not supported yet (use 'console' or 'table')"
-                            ),
-                        });
-                    }
-                }
+                Sink::new(decl, &plan.schema(), topics, line)?
             }
         };
-        let table = match &sink {
-            Sink::Table(_, meta) => Some(meta.clone()),
-            Sink::Console => None,
-        };
+        let table = sink.table_meta();
         let runner = Arc::new(QueryRunner {
             sql: query.sql.clone(),
             line,

@@ -7,7 +7,8 @@
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 
-use super::SqlError;
+use super::script::SinkDecl;
+use super::{SqlError, Topics};
 use crate::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use crate::plan::{BatchCx, PlanError};
 
@@ -15,6 +16,43 @@ pub(crate) enum Sink {
     Console,
     /// Keyed by the first column; the other columns are the value.
     Table(String, OperatorMeta),
+    /// Discards the rows (benchmarks measure the query alone, as Flink's
+    /// `blackhole` connector).
+    Blackhole,
+}
+
+impl Sink {
+    /// The sink a `CREATE SINK` declares, for a query whose output has
+    /// `schema`.
+    pub(crate) fn new(
+        decl: &SinkDecl,
+        schema: &SchemaRef,
+        _topics: &Topics,
+        line: usize,
+    ) -> Result<Sink, SqlError> {
+        let name = &decl.name;
+        Ok(match decl.options.get("type").map(String::as_str) {
+            None | Some("console") => Sink::Console,
+            Some("table") => Sink::Table(name.clone(), table_meta(name, schema, line)?),
+            Some("blackhole") => Sink::Blackhole,
+            Some(other) => {
+                return Err(SqlError::Unsupported {
+                    line,
+                    message: format!(
+                        "sink {name}: type {other:?} is not supported (use 'console', 'table' or 'blackhole')"
+                    ),
+                });
+            }
+        })
+    }
+
+    /// The result table this sink writes, for the checkpoint's registry.
+    pub(crate) fn table_meta(&self) -> Option<OperatorMeta> {
+        match self {
+            Sink::Table(_, meta) => Some(meta.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Our codec's type name for an Arrow type, if a table can store it.
@@ -37,11 +75,7 @@ fn type_name(dt: &DataType, nullable: bool) -> Option<String> {
     })
 }
 
-pub(crate) fn table_meta(
-    name: &str,
-    schema: &SchemaRef,
-    line: usize,
-) -> Result<OperatorMeta, SqlError> {
+fn table_meta(name: &str, schema: &SchemaRef, line: usize) -> Result<OperatorMeta, SqlError> {
     let bad = |f: &Field| SqlError::Unsupported {
         line,
         message: format!(
@@ -151,6 +185,7 @@ impl Sink {
     /// Writes one batch's result rows.
     pub(crate) fn write(&self, cx: &BatchCx, output: &[RecordBatch]) -> Result<(), SqlError> {
         match self {
+            Sink::Blackhole => {}
             Sink::Console => {
                 let rows: usize = output.iter().map(|b| b.num_rows()).sum();
                 if rows > 0 {
