@@ -64,6 +64,7 @@ fn run_script(
                         name: name.clone(),
                         columns: Vec::new(),
                         options: [("topic".to_string(), name)].into_iter().collect(),
+                        watermark: None,
                     });
                 }
             }

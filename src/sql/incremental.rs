@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::concat;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -32,12 +32,112 @@ use rocksdb::ColumnFamily;
 use super::SqlError;
 use crate::plan::BatchCx;
 
+/// Which rows of an aggregation each batch emits (Spark's output modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputMode {
+    /// The groups that changed in the batch.
+    Update,
+    /// Only finalized rows: windows the watermark has closed, once each.
+    Append,
+    /// Every group, every batch.
+    Complete,
+}
+
+impl OutputMode {
+    pub(crate) fn parse(text: &str) -> Result<OutputMode, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "update" => Ok(OutputMode::Update),
+            "append" => Ok(OutputMode::Append),
+            "complete" => Ok(OutputMode::Complete),
+            other => Err(format!(
+                "output mode {other:?} is not one of 'update', 'append', 'complete'"
+            )),
+        }
+    }
+}
+
+/// The window of a windowed aggregation: which group column holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WindowColumn {
+    /// Index among the group columns.
+    pub column: usize,
+    /// Added to the column's value to get the window's end (0 for
+    /// `window_end`, the size for `window_start`).
+    pub to_end_ms: i64,
+}
+
 /// The aggregation found in a plan.
 pub(crate) struct Aggregation {
     /// The node whose output is replaced by the merged values.
     top: Arc<dyn ExecutionPlan>,
     /// Its partial phase over the batch's rows.
     partial: Arc<AggregateExec>,
+    /// Set when it groups by a window.
+    pub window: Option<WindowColumn>,
+}
+
+/// State keys: a tag byte, then (windowed) the window end, then the
+/// group in Arrow's row format. The tag keeps the query's own metadata
+/// (the watermark) apart from its groups.
+const GROUP_TAG: u8 = 1;
+const META_TAG: u8 = 0;
+
+/// The state key of a stream's watermark progress.
+pub(crate) fn watermark_key(stream: &str) -> Vec<u8> {
+    let mut key = vec![META_TAG];
+    key.extend_from_slice(b"watermark/");
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+fn end_bytes(end_ms: i64) -> [u8; 8] {
+    ((end_ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Finds the window among the group columns of a partial aggregate: a
+/// column marked by a window function, or named `window_end` /
+/// `window_start`.
+fn window_column(partial: &AggregateExec) -> Result<Option<WindowColumn>, String> {
+    use super::window::{WINDOW_META, WINDOW_SIZE_META};
+    let schema = partial.schema();
+    let groups = partial.group_expr().expr().len();
+    let mut start = None;
+    for i in 0..groups {
+        let field = schema.field(i);
+        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+            continue;
+        }
+        let role =
+            field
+                .metadata()
+                .get(WINDOW_META)
+                .map(String::as_str)
+                .or(match field.name().as_str() {
+                    "window_end" => Some("end"),
+                    "window_start" => Some("start"),
+                    _ => None,
+                });
+        match role {
+            Some("end") => {
+                return Ok(Some(WindowColumn {
+                    column: i,
+                    to_end_ms: 0,
+                }));
+            }
+            Some("start") => start = Some((i, field.metadata().get(WINDOW_SIZE_META).cloned())),
+            _ => {}
+        }
+    }
+    match start {
+        None => Ok(None),
+        Some((i, Some(size))) => Ok(Some(WindowColumn {
+            column: i,
+            to_end_ms: size.parse().map_err(|_| format!("bad window size {size}"))?,
+        })),
+        Some((_, None)) => Err(
+            "GROUP BY window_start without window_end: add window_end to the GROUP BY so windows can be closed".into(),
+        ),
+    }
 }
 
 fn is_passthrough(plan: &dyn ExecutionPlan) -> bool {
@@ -119,9 +219,11 @@ pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregatio
                     );
                 }
             }
+            let window = window_column(&partial)?;
             found = Some(Aggregation {
                 top: node.clone(),
                 partial: Arc::new(partial),
+                window,
             });
             for child in node.children() {
                 stack.push((child.clone(), true));
@@ -196,46 +298,167 @@ fn replace(
     Ok(datafusion::physical_plan::execution_plan::replace_children_if_necessary(plan, children)?)
 }
 
-/// Runs one batch of an aggregating query; returns the rows of the groups
-/// that changed, after the rest of the plan.
+/// Merges stored states with accumulators and evaluates them: the final
+/// values of `n` groups whose states are `states` (columns in the
+/// partial schema's order).
+fn evaluate(agg: &Aggregation, states: &[ArrayRef], n: usize) -> Result<Vec<ArrayRef>, SqlError> {
+    let identity: Vec<usize> = (0..n).collect();
+    let mut values = Vec::new();
+    let mut col = 0;
+    for expr in agg.partial.aggr_expr() {
+        let width = expr.state_fields()?.len();
+        let mut acc = accumulator(expr)?;
+        acc.merge_batch(&states[col..col + width], &identity, n)?;
+        values.push(acc.evaluate(EmitTo::All)?);
+        col += width;
+    }
+    Ok(values)
+}
+
+/// Everything a batch needs to read and write the state of one
+/// aggregation.
+struct Codec {
+    keys: RowConverter,
+    states: RowConverter,
+    groups: usize,
+}
+
+impl Codec {
+    fn new(agg: &Aggregation) -> Result<Codec, SqlError> {
+        let schema = agg.partial.schema();
+        let groups = agg.partial.group_expr().expr().len();
+        let fields = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| SortField::new(schema.field(i).data_type().clone()))
+                .collect::<Vec<_>>()
+        };
+        Ok(Codec {
+            keys: RowConverter::new(fields(0..groups))?,
+            states: RowConverter::new(fields(groups..schema.fields().len()))?,
+            groups,
+        })
+    }
+
+    fn prefix_len(agg: &Aggregation) -> usize {
+        1 + if agg.window.is_some() { 8 } else { 0 }
+    }
+
+    /// Group columns and final values of stored `(key, state)` pairs.
+    fn decode(&self, agg: &Aggregation, pairs: &[StoredGroup]) -> Result<Vec<ArrayRef>, SqlError> {
+        let skip = Codec::prefix_len(agg);
+        let key_parser = self.keys.parser();
+        let mut columns = self
+            .keys
+            .convert_rows(pairs.iter().map(|(k, _)| key_parser.parse(&k[skip..])))?;
+        let state_parser = self.states.parser();
+        let states = self
+            .states
+            .convert_rows(pairs.iter().map(|(_, v)| state_parser.parse(v)))?;
+        columns.extend(evaluate(agg, &states, pairs.len())?);
+        Ok(columns)
+    }
+}
+
+/// A stored group: its key and its state.
+type StoredGroup = (Box<[u8]>, Box<[u8]>);
+
+/// Stored groups in `[from, until)` (key order) not among `skip`.
+fn scan(
+    db: &rocksdb::DB,
+    cf: &ColumnFamily,
+    from: &[u8],
+    until: &[u8],
+    skip: &hashbrown::HashSet<Vec<u8>>,
+) -> Result<Vec<StoredGroup>, SqlError> {
+    let mut out = Vec::new();
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(until.to_vec());
+    let iter = db.iterator_cf_opt(
+        cf,
+        opts,
+        rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+    );
+    for item in iter {
+        let (k, v) = item?;
+        if !skip.contains(k.as_ref()) {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one batch of an aggregating query: merges the batch's partial
+/// aggregates into the stored state, closes the windows `watermark` has
+/// passed (evicting their state) and returns the rows `mode` emits, after
+/// the rest of the plan.
 pub(crate) async fn run_batch(
     ctx: &SessionContext,
     plan: &Arc<dyn ExecutionPlan>,
     agg: &Aggregation,
+    mode: OutputMode,
+    watermark: Option<i64>,
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
 ) -> Result<Vec<RecordBatch>, SqlError> {
     let partial: Arc<dyn ExecutionPlan> = agg.partial.clone();
     let batches = collect(partial.clone(), ctx.task_ctx()).await?;
     let schema = partial.schema();
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if rows == 0 {
-        return Ok(Vec::new());
-    }
+    let codec = Codec::new(agg)?;
+    let groups = codec.groups;
+    let db = cx.checkpoint.db();
+    // The partial phase ran over one partition: one row per group.
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
     let columns: Vec<ArrayRef> = (0..schema.fields().len())
         .map(|i| {
             let parts: Vec<&dyn datafusion::arrow::array::Array> =
                 batches.iter().map(|b| b.column(i).as_ref()).collect();
-            concat(&parts)
+            if parts.is_empty() {
+                Ok(datafusion::arrow::array::new_empty_array(
+                    schema.field(i).data_type(),
+                ))
+            } else {
+                concat(&parts)
+            }
         })
         .collect::<Result<_, _>>()?;
-    let groups = agg.partial.group_expr().expr().len();
-    let key_fields: Vec<SortField> = (0..groups)
-        .map(|i| SortField::new(schema.field(i).data_type().clone()))
+    let rows = codec.keys.convert_columns(&columns[..groups])?;
+    // Window end per group (windowed aggregations).
+    let ends: Option<Vec<i64>> = match agg.window {
+        None => None,
+        Some(w) => {
+            let as_ms = datafusion::arrow::compute::cast(
+                &columns[w.column],
+                &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            )?;
+            let as_ms = as_ms
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+                .ok_or_else(|| SqlError::Plan {
+                    line: 0,
+                    message: "window column is not a timestamp".into(),
+                })?;
+            Some(
+                (0..n)
+                    .map(|i| as_ms.value(i).saturating_add(w.to_end_ms))
+                    .collect(),
+            )
+        }
+    };
+    let key_list: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut key = Vec::with_capacity(9 + rows.row(i).as_ref().len());
+            key.push(GROUP_TAG);
+            if let Some(ends) = &ends {
+                key.extend_from_slice(&end_bytes(ends[i]));
+            }
+            key.extend_from_slice(rows.row(i).as_ref());
+            key
+        })
         .collect();
-    let state_fields: Vec<SortField> = (groups..schema.fields().len())
-        .map(|i| SortField::new(schema.field(i).data_type().clone()))
-        .collect();
-    let key_converter = RowConverter::new(key_fields)?;
-    let state_converter = RowConverter::new(state_fields)?;
-    let keys = key_converter.convert_columns(&columns[..groups])?;
 
-    // The partial phase ran over one partition: one row per group.
-    let n = rows;
-    let db = cx.checkpoint.db();
     let mut old_indices: Vec<usize> = Vec::new();
     let mut old_bytes: Vec<Vec<u8>> = Vec::new();
-    let key_list: Vec<Vec<u8>> = (0..n).map(|i| keys.row(i).as_ref().to_vec()).collect();
+    let mut existed = vec![false; n];
     for (i, found) in db
         .batched_multi_get_cf(cf, &key_list, false)
         .into_iter()
@@ -244,19 +467,21 @@ pub(crate) async fn run_batch(
         if let Some(bytes) = found? {
             old_indices.push(i);
             old_bytes.push(bytes.to_vec());
+            existed[i] = true;
         }
     }
-    let parser = state_converter.parser();
+    let parser = codec.states.parser();
     let old_states = if old_bytes.is_empty() {
         Vec::new()
     } else {
-        state_converter.convert_rows(old_bytes.iter().map(|b| parser.parse(b)))?
+        codec
+            .states
+            .convert_rows(old_bytes.iter().map(|b| parser.parse(b)))?
     };
     let mut group_indices: Vec<usize> = (0..n).collect();
     group_indices.extend(&old_indices);
 
     let mut merged_states: Vec<ArrayRef> = Vec::new();
-    let mut values: Vec<ArrayRef> = Vec::new();
     let mut col = groups;
     for expr in agg.partial.aggr_expr() {
         let width = expr.state_fields()?.len();
@@ -272,28 +497,78 @@ pub(crate) async fn run_batch(
             .collect::<Result<_, _>>()?;
         let mut acc = accumulator(expr)?;
         acc.merge_batch(&inputs, &group_indices, n)?;
-        let state = acc.state(EmitTo::All)?;
-        let mut final_acc = accumulator(expr)?;
-        let identity: Vec<usize> = (0..n).collect();
-        final_acc.merge_batch(&state, &identity, n)?;
-        values.push(final_acc.evaluate(EmitTo::All)?);
-        merged_states.extend(state);
+        merged_states.extend(acc.state(EmitTo::All)?);
         col += width;
     }
-    let state_rows = state_converter.convert_columns(&merged_states)?;
+    let values = evaluate(agg, &merged_states, n)?;
+    let closed = |i: usize| match (&ends, watermark) {
+        (Some(ends), Some(w)) => ends[i] <= w,
+        _ => false,
+    };
+    let state_rows = codec.states.convert_columns(&merged_states)?;
     cx.write(|w| {
         for (i, key) in key_list.iter().enumerate() {
-            w.put_cf(cf, key, state_rows.row(i).as_ref());
+            if closed(i) {
+                // Finalized in this batch: nothing more can arrive.
+                if existed[i] {
+                    w.delete_cf(cf, key);
+                }
+            } else {
+                w.put_cf(cf, key, state_rows.row(i).as_ref());
+            }
         }
     });
 
-    // The aggregate's output for the changed groups, then the rest of the plan.
-    let top_schema: SchemaRef = agg.top.schema();
+    // Rows of this batch's groups that the mode emits.
+    let emit_now: Vec<u32> = (0..n)
+        .filter(|&i| match mode {
+            OutputMode::Update | OutputMode::Complete => true,
+            OutputMode::Append => closed(i),
+        })
+        .map(|i| i as u32)
+        .collect();
     let mut out_columns: Vec<ArrayRef> = columns[..groups].to_vec();
     out_columns.extend(values);
-    let merged = RecordBatch::try_new(top_schema.clone(), out_columns)?;
+    let indices = datafusion::arrow::array::UInt32Array::from(emit_now);
+    let mut parts: Vec<Vec<ArrayRef>> = vec![
+        out_columns
+            .iter()
+            .map(|c| datafusion::arrow::compute::take(c.as_ref(), &indices, None))
+            .collect::<Result<_, _>>()?,
+    ];
+
+    // Stored groups this batch did not touch: closed windows (evicted;
+    // emitted in append mode) and, in complete mode, everything.
+    let touched: hashbrown::HashSet<Vec<u8>> = key_list.into_iter().collect();
+    let group_start = [GROUP_TAG];
+    let group_end = [GROUP_TAG + 1];
+    if let (Some(_), Some(w)) = (&agg.window, watermark)
+        && mode != OutputMode::Complete
+    {
+        let mut until = vec![GROUP_TAG];
+        until.extend_from_slice(&end_bytes(w.saturating_add(1)));
+        let finished = scan(db, cf, &group_start, &until, &touched)?;
+        cx.write(|b| finished.iter().for_each(|(k, _)| b.delete_cf(cf, k)));
+        if mode == OutputMode::Append && !finished.is_empty() {
+            parts.push(codec.decode(agg, &finished)?);
+        }
+    }
+    if mode == OutputMode::Complete {
+        let all = scan(db, cf, &group_start, &group_end, &touched)?;
+        if !all.is_empty() {
+            parts.push(codec.decode(agg, &all)?);
+        }
+    }
+    let top_schema: SchemaRef = agg.top.schema();
+    let merged: Vec<RecordBatch> = parts
+        .into_iter()
+        .map(|columns| RecordBatch::try_new(top_schema.clone(), columns))
+        .collect::<Result<_, _>>()?;
+    if merged.iter().all(|b| b.num_rows() == 0) {
+        return Ok(Vec::new());
+    }
     let source: Arc<dyn ExecutionPlan> =
-        MemorySourceConfig::try_new_exec(&[vec![merged]], top_schema, None)?;
+        MemorySourceConfig::try_new_exec(&[merged], top_schema, None)?;
     let rest = replace(plan.clone(), &agg.top, &source)?;
     let out = collect(rest, ctx.task_ctx()).await?;
     Ok(out)

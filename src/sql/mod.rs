@@ -18,6 +18,7 @@ mod incremental;
 pub mod script;
 mod sinks;
 mod stream;
+mod window;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
 use crate::driver::StreamingContext;
 use crate::log::LogStore;
 use crate::plan::{BatchCx, PlanError};
+use incremental::OutputMode;
 pub use script::Script;
 use sinks::Sink;
 use stream::StreamShape;
@@ -124,11 +126,11 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                 })?,
             ),
         };
+        let watermark = window::declared(stream_decl, &shape.schema, line)?;
         // Plan once over an empty batch: refuses what cannot run
         // incrementally before any record is read.
-        let session =
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        session.register_batch(&shape.name, RecordBatch::new_empty(shape.schema.clone()))?;
+        let empty = RecordBatch::new_empty(shape.schema.clone());
+        let (session, window_uses) = session_over(&shape.name, empty)?;
         let (logical, plan) = runtime
             .block_on(async {
                 let df = session.sql(&query.sql).await?;
@@ -146,6 +148,39 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             .map_err(|message| SqlError::Unsupported { line, message })?;
         let aggregation = incremental::analyze(&plan)
             .map_err(|message| SqlError::Unsupported { line, message })?;
+        let sink_decl =
+            match &query.sink {
+                None => None,
+                Some(name) => Some(script.sinks.iter().find(|s| &s.name == name).ok_or_else(
+                    || SqlError::Plan {
+                        line,
+                        message: format!("no sink {name}"),
+                    },
+                )?),
+            };
+        let mode_text = match sink_decl {
+            Some(decl) => decl.options.get("mode").cloned(),
+            None => script.console_mode.clone(),
+        };
+        let mode = match &mode_text {
+            None => OutputMode::Update,
+            Some(text) => {
+                OutputMode::parse(text).map_err(|message| SqlError::Plan { line, message })?
+            }
+        };
+        check_windows(
+            &crate::log::mutex(&window_uses),
+            &shape.name,
+            watermark.as_ref(),
+            line,
+        )?;
+        check_mode(
+            mode,
+            aggregation.as_ref(),
+            watermark.as_ref(),
+            &shape.name,
+            line,
+        )?;
         let operator = query
             .sink
             .clone()
@@ -154,24 +189,18 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             let (key_type, state_type) = incremental::state_signature(a);
             OperatorMeta {
                 name: operator.clone(),
-                kind: "sql aggregate".into(),
+                kind: if a.window.is_some() {
+                    "sql window aggregate".into()
+                } else {
+                    "sql aggregate".into()
+                },
                 key_type,
                 state_type,
             }
         });
-        let sink = match &query.sink {
+        let sink = match sink_decl {
             None => Sink::Console,
-            Some(name) => {
-                let decl = script
-                    .sinks
-                    .iter()
-                    .find(|s| &s.name == name)
-                    .ok_or_else(|| SqlError::Plan {
-                        line,
-                        message: format!("no sink {name}"),
-                    })?;
-                Sink::new(decl, &plan.schema(), topics, line)?
-            }
+            Some(decl) => Sink::new(decl, &plan.schema(), topics, line)?,
         };
         let table = sink.table_meta();
         let runner = Arc::new(QueryRunner {
@@ -181,6 +210,9 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             runtime: runtime.clone(),
             operator: operator.clone(),
             aggregating: aggregation.is_some(),
+            mode,
+            watermark,
+            topic,
             sink,
         });
         records.output_with_context(operator, state, table, move |cx, chunks| {
@@ -195,6 +227,74 @@ fn contains_word(sql: &str, word: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(word))
 }
 
+/// A session with the batch's rows of `stream` as a table and the window
+/// functions over them.
+#[allow(clippy::type_complexity)]
+fn session_over(
+    stream: &str,
+    batch: RecordBatch,
+) -> Result<
+    (
+        SessionContext,
+        Arc<std::sync::Mutex<Vec<window::WindowUse>>>,
+    ),
+    SqlError,
+> {
+    let session = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let streams: std::collections::HashMap<String, RecordBatch> =
+        [(stream.to_owned(), batch.clone())].into_iter().collect();
+    session.register_batch(stream, batch)?;
+    let uses = window::register(&session, Arc::new(streams));
+    Ok((session, uses))
+}
+
+/// Windows must be over the stream's event-time column, or the
+/// watermark cannot close them.
+fn check_windows(
+    uses: &[window::WindowUse],
+    stream: &str,
+    watermark: Option<&window::Watermark>,
+    line: usize,
+) -> Result<(), SqlError> {
+    for u in uses.iter().filter(|u| u.stream == stream) {
+        if let Some(w) = watermark
+            && w.column != u.column
+        {
+            return Err(SqlError::Unsupported {
+                line,
+                message: format!(
+                    "the window is over {stream}.{}, but the stream's watermark is on {}: window by the event-time column {} so the watermark can close windows",
+                    u.column, w.column, w.column
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What each output mode needs, checked before any record is read.
+fn check_mode(
+    mode: OutputMode,
+    aggregation: Option<&incremental::Aggregation>,
+    watermark: Option<&window::Watermark>,
+    stream: &str,
+    line: usize,
+) -> Result<(), SqlError> {
+    let refuse = |message: String| Err(SqlError::Unsupported { line, message });
+    match (mode, aggregation) {
+        (OutputMode::Complete, None) => refuse(
+            "complete mode needs an aggregation (GROUP BY): a query without one has no result to repeat; use mode = 'append' or 'update'".into(),
+        ),
+        (OutputMode::Append, Some(a)) if a.window.is_none() => refuse(
+            "append mode emits only final rows, and a GROUP BY without a window never finalizes: group by window_start, window_end of TUMBLE(…) or HOP(…), or use mode = 'update'".into(),
+        ),
+        (OutputMode::Append, Some(_)) if watermark.is_none() => refuse(format!(
+            "append mode needs a watermark to know when a window is final: declare WATERMARK FOR ts AS ts - INTERVAL '5' SECOND in CREATE STREAM {stream}, or use mode = 'update'"
+        )),
+        _ => Ok(()),
+    }
+}
+
 struct QueryRunner {
     sql: String,
     line: usize,
@@ -202,21 +302,40 @@ struct QueryRunner {
     runtime: Arc<tokio::runtime::Runtime>,
     operator: String,
     aggregating: bool,
+    mode: OutputMode,
+    watermark: Option<window::Watermark>,
+    /// The stream's topic (its source's name in planned batches).
+    topic: String,
     sink: Sink,
 }
 
 impl QueryRunner {
     fn run(&self, cx: &BatchCx, chunks: &[RecordBatch]) -> Result<(), SqlError> {
-        let (batch, _bad) = self.shape.decode(chunks)?;
-        let session =
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        session.register_batch(&self.shape.name, batch)?;
+        let (mut batch, _bad) = self.shape.decode(chunks)?;
+        let state_cf = if self.aggregating {
+            Some(
+                cx.checkpoint
+                    .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
+                    .map_err(PlanError::from)?,
+            )
+        } else {
+            None
+        };
+        // Stateful queries drop late records and move the watermark.
+        let mut watermark = None;
+        if let (Some(spec), Some(cf)) = (&self.watermark, state_cf) {
+            let (kept, late, now) = self.advance_watermark(spec, cx, cf, &batch)?;
+            batch = kept;
+            cx.count("late records", late);
+            watermark = now;
+        }
+        let (session, _) = session_over(&self.shape.name, batch)?;
         let output = self.runtime.block_on(async {
             let plan: Arc<dyn ExecutionPlan> =
                 session.sql(&self.sql).await?.create_physical_plan().await?;
-            if !self.aggregating {
+            let Some(cf) = state_cf else {
                 return Ok::<_, SqlError>(collect(plan, session.task_ctx()).await?);
-            }
+            };
             let agg = incremental::analyze(&plan)
                 .map_err(|message| SqlError::Unsupported {
                     line: self.line,
@@ -226,12 +345,74 @@ impl QueryRunner {
                     line: self.line,
                     message: "the query lost its aggregation between batches".into(),
                 })?;
-            let cf = cx
-                .checkpoint
-                .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
-                .map_err(PlanError::from)?;
-            incremental::run_batch(&session, &plan, &agg, cx, cf).await
+            incremental::run_batch(&session, &plan, &agg, self.mode, watermark, cx, cf).await
         })?;
         self.sink.write(cx, &output)
+    }
+
+    /// Drops the batch's records behind the stored watermark, then
+    /// advances it with the rest; stores the progress in the batch's
+    /// commit. Returns the kept rows, how many were late, and the new
+    /// watermark.
+    fn advance_watermark(
+        &self,
+        spec: &window::Watermark,
+        cx: &BatchCx,
+        cf: &rocksdb::ColumnFamily,
+        batch: &RecordBatch,
+    ) -> Result<(RecordBatch, u64, Option<i64>), SqlError> {
+        use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+        use datafusion::arrow::datatypes::{
+            DataType, Int32Type, TimeUnit, TimestampMillisecondType,
+        };
+        let key = incremental::watermark_key(&self.shape.name);
+        let mut state: window::WatermarkState = match cx.checkpoint.db().get_cf(cf, &key)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SqlError::Plan {
+                line: self.line,
+                message: format!("stored watermark of {} is unreadable: {e}", self.shape.name),
+            })?,
+            None => window::WatermarkState::default(),
+        };
+        let before = state.watermark;
+        let times = datafusion::arrow::compute::cast(
+            batch.column(batch.schema().index_of(&spec.column)?),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let times = times.as_primitive::<TimestampMillisecondType>();
+        let partitions = batch.column(batch.schema().index_of("_partition")?);
+        let partitions = partitions.as_primitive::<Int32Type>();
+        let mut seen: std::collections::BTreeMap<i32, i64> = Default::default();
+        let mut late = 0u64;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                if times.is_null(i) {
+                    return Some(true);
+                }
+                let t = times.value(i);
+                let max = seen.entry(partitions.value(i)).or_insert(t);
+                *max = (*max).max(t);
+                let on_time = before.is_none_or(|w| t >= w);
+                late += u64::from(!on_time);
+                Some(on_time)
+            })
+            .collect();
+        let planned: Vec<i32> = cx
+            .planned
+            .ranges
+            .get(&self.topic)
+            .map(|r| r.iter().map(|r| r.partition).collect())
+            .unwrap_or_default();
+        let now = state.advance(spec, cx.batch_time_ms, &planned, &seen);
+        let bytes = serde_json::to_vec(&state).map_err(|e| SqlError::Plan {
+            line: self.line,
+            message: format!("cannot store the watermark: {e}"),
+        })?;
+        cx.write(|w| w.put_cf(cf, &key, bytes));
+        let kept = if late == 0 {
+            batch.clone()
+        } else {
+            datafusion::arrow::compute::filter_record_batch(batch, &keep)?
+        };
+        Ok((kept, late, now))
     }
 }

@@ -30,6 +30,8 @@ pub struct StreamDecl {
     /// most one, the value as text).
     pub columns: Vec<Field>,
     pub options: BTreeMap<String, String>,
+    /// `WATERMARK FOR column AS expression`: the column and the expression.
+    pub watermark: Option<(String, String)>,
 }
 
 /// A declared sink.
@@ -54,6 +56,9 @@ pub struct Script {
     pub streams: Vec<StreamDecl>,
     pub sinks: Vec<SinkDecl>,
     pub queries: Vec<QueryDecl>,
+    /// Output mode of bare `SELECT`s (`sluice sql --mode`); a sink's own
+    /// `mode` option sets it for `INSERT INTO`.
+    pub console_mode: Option<String>,
 }
 
 /// Splits a script at top-level semicolons (not inside quotes or
@@ -207,6 +212,97 @@ fn starts_with_words(text: &str, words: &[&str]) -> bool {
     true
 }
 
+/// Cuts a `WATERMARK FOR column AS expression` clause out of a `CREATE
+/// STREAM` column list (the SQL parser does not know it) and returns the
+/// statement without it, the column and the expression.
+#[allow(clippy::type_complexity)]
+fn take_watermark(stmt: &str, line: usize) -> Result<(String, Option<(String, String)>), SqlError> {
+    let upper = stmt.to_ascii_uppercase();
+    // Top-level positions: depth of parentheses outside quotes.
+    let bytes = stmt.as_bytes();
+    let (mut depth, mut quoted) = (0i32, false);
+    let mut clause_start = None;
+    let mut last_comma = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'\'' {
+            quoted = !quoted;
+        } else if !quoted {
+            match c {
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if let Some(start) = clause_start
+                        && depth == 0
+                    {
+                        return finish(stmt, start, last_comma, i, line);
+                    }
+                }
+                b',' if depth == 1 => {
+                    if let Some(start) = clause_start {
+                        return finish(stmt, start, last_comma, i, line);
+                    }
+                    last_comma = Some(i);
+                }
+                _ if depth == 1
+                    && clause_start.is_none()
+                    && upper[i..].starts_with("WATERMARK")
+                    && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) =>
+                {
+                    clause_start = Some(i);
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    if clause_start.is_some() {
+        return Err(SqlError::Syntax {
+            line,
+            message: "WATERMARK clause not closed: expected WATERMARK FOR ts AS ts - INTERVAL '5' SECOND inside the column list".into(),
+        });
+    }
+    Ok((stmt.to_owned(), None))
+}
+
+fn finish(
+    stmt: &str,
+    start: usize,
+    last_comma: Option<usize>,
+    end: usize,
+    line: usize,
+) -> Result<(String, Option<(String, String)>), SqlError> {
+    let clause = stmt[start..end].trim();
+    let usage = || SqlError::Syntax {
+        line,
+        message: format!("{clause:?}: expected WATERMARK FOR ts AS ts - INTERVAL '5' SECOND"),
+    };
+    let words: Vec<&str> = clause.splitn(4, char::is_whitespace).collect();
+    let [w, f, column, rest] = words.as_slice() else {
+        return Err(usage());
+    };
+    let rest = rest.trim_start();
+    if !w.eq_ignore_ascii_case("WATERMARK")
+        || !f.eq_ignore_ascii_case("FOR")
+        || rest.len() < 3
+        || !rest[..2].eq_ignore_ascii_case("AS")
+    {
+        return Err(usage());
+    }
+    let expr = rest[2..].trim().to_owned();
+    // Remove the clause with the comma that separated it.
+    let cut_from = last_comma.unwrap_or(start);
+    let mut out = String::with_capacity(stmt.len());
+    out.push_str(&stmt[..cut_from]);
+    if last_comma.is_none() && stmt[end..].starts_with(',') {
+        out.push_str(&stmt[end + 1..]);
+    } else {
+        out.push_str(&stmt[end..]);
+    }
+    Ok((out, Some((column.trim_matches('"').to_owned(), expr))))
+}
+
 impl Script {
     /// Parses a SQL job script.
     pub fn parse(text: &str) -> Result<Script, SqlError> {
@@ -214,13 +310,8 @@ impl Script {
         for (line, stmt) in split_statements(text) {
             let trimmed = stmt.trim();
             if starts_with_words(trimmed, &["CREATE", "STREAM"]) {
-                if trimmed.to_ascii_uppercase().contains("WATERMARK FOR") {
-                    return Err(SqlError::Unsupported {
-                        line,
-                        message: "WATERMARK clauses (event time) are not supported yet".into(),
-                    });
-                }
-                let rewritten = format!("CREATE TABLE{}", &trimmed["CREATE STREAM".len()..]);
+                let (without, watermark) = take_watermark(trimmed, line)?;
+                let rewritten = format!("CREATE TABLE{}", &without["CREATE STREAM".len()..]);
                 let parsed = Parser::parse_sql(&GenericDialect {}, &rewritten).map_err(|e| {
                     SqlError::Syntax {
                         line,
@@ -247,6 +338,7 @@ impl Script {
                         .map(|c| column(c, line))
                         .collect::<Result<_, _>>()?,
                     options: options(&list, line)?,
+                    watermark,
                 });
             } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
                 script.sinks.push(parse_sink(trimmed, line)?);
@@ -335,11 +427,33 @@ mod tests {
         );
         let err = Script::parse("SELECT 1;\nDROP TABLE x;").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
-        let err = Script::parse(
-            "CREATE STREAM s (a TEXT, WATERMARK FOR a AS a) WITH (topic='t');SELECT 1",
+        let err =
+            Script::parse("CREATE STREAM s (a TEXT, WATERMARK a AS a) WITH (topic='t');SELECT 1")
+                .unwrap_err();
+        assert!(err.to_string().contains("expected WATERMARK FOR"), "{err}");
+    }
+
+    #[test]
+    fn watermark_clause_is_cut_out_of_the_column_list() {
+        let script = Script::parse(
+            "CREATE STREAM clicks (url TEXT, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH (topic = 'clicks', format = 'json');\nSELECT url FROM clicks",
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        .unwrap();
+        let s = &script.streams[0];
+        assert_eq!(s.columns.len(), 2);
+        assert_eq!(
+            s.watermark,
+            Some(("ts".into(), "ts - INTERVAL '5' SECOND".into()))
+        );
+        let script = Script::parse(
+            "CREATE STREAM c (WATERMARK FOR ts AS ts, ts TIMESTAMP) WITH (topic = 'c');SELECT 1",
+        )
+        .unwrap();
+        assert_eq!(script.streams[0].columns.len(), 1);
+        assert_eq!(
+            script.streams[0].watermark,
+            Some(("ts".into(), "ts".into()))
+        );
     }
 
     #[test]

@@ -1,0 +1,393 @@
+//! Event-time windows in SQL jobs: window results equal a batch query
+//! over all input (update mode), append mode emits each window once after
+//! the watermark passes it, late records are dropped and counted, and
+//! closed windows leave no state behind.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::prelude::SessionContext;
+use sluice::checkpoint::Checkpoint;
+use sluice::driver::{JobConfig, StreamingContext};
+use sluice::log::{LogStore, TopicConfig};
+use sluice::producer::{BatchBuilder, Compression};
+use sluice::sink::table::TableReader;
+use sluice::sql::{Script, Topics};
+
+/// Clicks as (partition, url, event time ms).
+fn append_clicks(store: &LogStore, partitions: i32, clicks: &[(i32, &str, i64)]) {
+    let topic = match store.topic("clicks") {
+        Ok(t) => t,
+        Err(_) => store
+            .create_topic("clicks", partitions.into(), TopicConfig::default())
+            .unwrap(),
+    };
+    for (p, url, ts) in clicks {
+        let mut b = BatchBuilder::new(Compression::None);
+        let value = format!(r#"{{"url": "{url}", "ts": {ts}}}"#);
+        b.push(None, value.as_bytes(), 1);
+        let mut bytes = b.finish().unwrap();
+        topic.partition(*p).unwrap().append(&mut bytes).unwrap();
+    }
+}
+
+const STREAM: &str = "CREATE STREAM clicks (url TEXT, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH (topic = 'clicks', format = 'json');\n";
+
+/// Seeded clicks over two minutes of event time, a few seconds out of
+/// order within each partition.
+fn clicks() -> Vec<(i32, &'static str, i64)> {
+    let urls = ["/home", "/cart", "/buy", "/help"];
+    let mut state = 42u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as i64
+    };
+    (0..600)
+        .map(|i| {
+            let jitter = next() % 3_000;
+            let url = urls[(next() % 4) as usize];
+            ((i % 3) as i32, url, i * 200 + jitter)
+        })
+        .collect()
+}
+
+/// `url|window_start → count` by a plain DataFusion batch query, windows
+/// computed with `date_bin` (independent of Sluice's window function).
+fn reference(clicks: &[(i32, &str, i64)], size: &str) -> BTreeMap<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("url", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(
+                    clicks.iter().map(|c| c.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(TimestampMillisecondArray::from(
+                    clicks.iter().map(|c| c.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap();
+        ctx.register_batch("clicks", batch).unwrap();
+        let sql = format!(
+            "SELECT concat(url, '|', CAST(date_bin(INTERVAL '{size}', ts, TIMESTAMP '1970-01-01 00:00:00') AS VARCHAR)) AS k, count(*) AS n FROM clicks GROUP BY 1"
+        );
+        let mut out = BTreeMap::new();
+        for b in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
+            let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let k = k.as_string::<i32>();
+            let n = b
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                out.insert(k.value(i).to_string(), n.value(i).to_string());
+            }
+        }
+        out
+    })
+}
+
+fn run_in_process(store: &Arc<LogStore>, checkpoint: &Path, script: &str, batch: u64) {
+    let mut config = JobConfig::new("windows", Duration::from_millis(1));
+    config.checkpoint_dir = Some(checkpoint.to_path_buf());
+    config.until_caught_up = true;
+    config.max_records_per_batch = Some(batch);
+    config.progress.lines = false;
+    let ctx = StreamingContext::new(config);
+    sluice::sql::build(
+        &ctx,
+        &Script::parse(script).unwrap(),
+        &Topics::Embedded(store.clone()),
+    )
+    .unwrap();
+    ctx.run().unwrap();
+}
+
+fn table(checkpoint: &Path, name: &str) -> BTreeMap<String, String> {
+    let cp = Checkpoint::open_read_only(checkpoint, "windows").unwrap();
+    let reader = TableReader::open(&cp, name).unwrap();
+    let mut out = BTreeMap::new();
+    reader
+        .scan(None, |k, v| {
+            out.insert(k.text, v.text);
+            true
+        })
+        .unwrap();
+    out
+}
+
+/// Keys in the query's state that are window groups (tag byte 1).
+fn window_groups_in_state(checkpoint: &Path, operator: &str) -> usize {
+    let cp = Checkpoint::open_read_only(checkpoint, "windows").unwrap();
+    let cf = cp.cf(&format!("state.{operator}")).unwrap();
+    cp.db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .filter(|item| item.as_ref().is_ok_and(|(k, _)| k.first() == Some(&1)))
+        .count()
+}
+
+#[test]
+fn tumbling_and_hopping_windows_equal_a_batch_query_across_batch_sizes() {
+    let input = clicks();
+    for (window, size) in [
+        ("TUMBLE(clicks, ts, INTERVAL '10' SECOND)", "10 seconds"),
+        // Every row in 3 windows; counting per window_start of a 15 s
+        // window sliding by 5 s = three 5 s buckets summed, checked below.
+        (
+            "HOP(clicks, ts, INTERVAL '5' SECOND, INTERVAL '15' SECOND)",
+            "5 seconds",
+        ),
+    ] {
+        let script = format!(
+            "{STREAM}CREATE SINK per_window WITH (type = 'table');\n\
+             INSERT INTO per_window SELECT concat(url, '|', CAST(window_start AS VARCHAR)) AS k, count(*) AS n\n\
+             FROM {window} GROUP BY url, window_start, window_end;"
+        );
+        let buckets = reference(&input, size);
+        let expected: BTreeMap<String, String> = if window.starts_with("HOP") {
+            // A 15 s hopping window starting at s covers the 5 s buckets
+            // s, s+5 and s+10.
+            let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+            for (k, n) in &buckets {
+                let (url, start) = k.split_once('|').unwrap();
+                let start = chrono_ms(start);
+                for back in [0, 5_000, 10_000] {
+                    *sums
+                        .entry(format!("{url}|{}", ms_text(start - back)))
+                        .or_default() += n.parse::<i64>().unwrap();
+                }
+            }
+            sums.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+        } else {
+            buckets
+        };
+        for batch in [1, 7, 10_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+            append_clicks(&store, 3, &input);
+            let cp = dir.path().join("cp");
+            run_in_process(&store, &cp, &script, batch);
+            let got = table(&cp, "per_window");
+            // The jitter (< 3 s) stays inside the watermark's delay (5 s)
+            // and partitions advance together, so no record is late and
+            // every batch size gives the batch query's answer.
+            assert_eq!(got, expected, "{window}, batch size {batch}");
+        }
+    }
+}
+
+/// `1970-01-01T00:00:10` → ms.
+fn chrono_ms(text: &str) -> i64 {
+    let t = text.replace(' ', "T");
+    let (date, time) = t.split_once('T').unwrap();
+    assert_eq!(date, "1970-01-01", "test windows stay on day one");
+    let mut parts = time.split(':');
+    let h: i64 = parts.next().unwrap().parse().unwrap();
+    let m: i64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    ((h * 3600 + m * 60) * 1000) + (s * 1000.0) as i64
+}
+
+fn ms_text(ms: i64) -> String {
+    let s = ms.div_euclid(1000);
+    let text = format!(
+        "1970-01-01T{:02}:{:02}:{:02}",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    );
+    if ms < 0 {
+        format!("1969-12-31T23:59:{:02}", 60 + s)
+    } else {
+        text
+    }
+}
+
+fn sluice(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "sluice {args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+/// Data rows of the console's tables: `| a | b |` → "a,b".
+fn console_rows(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|r| !r.starts_with("url,"))
+        .collect()
+}
+
+#[test]
+fn append_mode_emits_each_window_once_drops_late_records_and_evicts_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cp = dir.path().join("cp");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+             INSERT INTO out SELECT url, window_start, count(*) AS n\n\
+             FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end;"
+        ),
+    )
+    .unwrap();
+    let run = || {
+        sluice(&[
+            "run",
+            job.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+            "--job",
+            "windows",
+            "--until-caught-up",
+            "--interval",
+            "1ms",
+        ])
+    };
+    let phase = |clicks: &[(i32, &str, i64)]| {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        append_clicks(&store, 1, clicks);
+    };
+    // Phase 1: 0–29 s. The watermark ends at 29 − 5 = 24 s: windows
+    // [0, 10) and [10, 20) close.
+    phase(&[
+        (0, "a", 1_000),
+        (0, "b", 2_000),
+        (0, "a", 9_999),
+        (0, "a", 12_000),
+        (0, "a", 25_000),
+        (0, "b", 29_000),
+    ]);
+    let (out1, _) = run();
+    let rows1 = console_rows(&out1);
+    assert_eq!(
+        rows1,
+        vec![
+            "a,1970-01-01T00:00:00,2",
+            "b,1970-01-01T00:00:00,1",
+            "a,1970-01-01T00:00:10,1",
+        ],
+        "{out1}"
+    );
+    // Phase 2: 5 s and 23 s are behind the watermark (24 s): late,
+    // dropped, counted. 26 s joins [20, 30); 41 s moves the watermark to
+    // 36 s, closing [20, 30).
+    phase(&[
+        (0, "a", 5_000),
+        (0, "a", 23_000),
+        (0, "a", 26_000),
+        (0, "c", 41_000),
+    ]);
+    let (out2, err2) = run();
+    assert_eq!(
+        console_rows(&out2),
+        vec!["a,1970-01-01T00:00:20,2", "b,1970-01-01T00:00:20,1"],
+        "{out2}"
+    );
+    assert!(err2.contains("2 late records"), "{err2}");
+    // Phase 3: a click far ahead closes [40, 50); only its own window
+    // stays in state.
+    phase(&[(0, "z", 1_000_000)]);
+    let (out3, _) = run();
+    assert_eq!(
+        console_rows(&out3),
+        vec!["c,1970-01-01T00:00:40,1"],
+        "{out3}"
+    );
+    assert_eq!(window_groups_in_state(&cp, "insert-out"), 1);
+    // A restart with nothing new emits nothing again.
+    let (out4, _) = run();
+    assert!(console_rows(&out4).is_empty(), "{out4}");
+}
+
+#[test]
+fn window_and_mode_mistakes_are_refused_at_submission() {
+    let refuse = |stream: &str, sink: &str, query: &str| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+        append_clicks(&store, 1, &[(0, "a", 1)]);
+        let ctx = StreamingContext::new(JobConfig::new("refused", Duration::from_millis(1)));
+        let script = format!("{stream}CREATE SINK out WITH (type = 'console'{sink});\n{query}");
+        match Script::parse(&script) {
+            Err(e) => e.to_string(),
+            Ok(script) => sluice::sql::build(&ctx, &script, &Topics::Embedded(store))
+                .unwrap_err()
+                .to_string(),
+        }
+    };
+    let no_watermark =
+        "CREATE STREAM clicks (url TEXT, ts TIMESTAMP) WITH (topic = 'clicks', format = 'json');\n";
+    let tumble = "INSERT INTO out SELECT url, window_end, count(*) FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end;";
+    let e = refuse(no_watermark, ", mode = 'append'", tumble);
+    assert!(e.contains("append mode needs a watermark"), "{e}");
+    let e = refuse(
+        STREAM,
+        ", mode = 'append'",
+        "INSERT INTO out SELECT url, count(*) FROM clicks GROUP BY url;",
+    );
+    assert!(e.contains("never finalizes"), "{e}");
+    let e = refuse(
+        STREAM,
+        ", mode = 'complete'",
+        "INSERT INTO out SELECT url FROM clicks;",
+    );
+    assert!(e.contains("complete mode needs an aggregation"), "{e}");
+    let e = refuse(STREAM, ", mode = 'sometimes'", tumble);
+    assert!(e.contains("'update', 'append', 'complete'"), "{e}");
+    let e = refuse(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT url, count(*) FROM TUMBLE(clicks, url, INTERVAL '10' SECOND) GROUP BY url, window_end;",
+    );
+    assert!(e.contains("windows need a TIMESTAMP column"), "{e}");
+    let e = refuse(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT count(*) FROM HOP(clicks, ts, INTERVAL '20' SECOND, INTERVAL '10' SECOND) GROUP BY window_end;",
+    );
+    assert!(e.contains("longer than the size"), "{e}");
+    let e = refuse(
+        "CREATE STREAM clicks (url TEXT, ts TIMESTAMP, WATERMARK FOR url AS url) WITH (topic = 'clicks', format = 'json');\n",
+        "",
+        tumble,
+    );
+    assert!(e.contains("must be a TIMESTAMP"), "{e}");
+    let e = refuse(
+        "CREATE STREAM clicks (url TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts + 5) WITH (topic = 'clicks', format = 'json');\n",
+        "",
+        tumble,
+    );
+    assert!(e.contains("expected ts or ts - INTERVAL"), "{e}");
+}
