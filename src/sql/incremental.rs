@@ -220,14 +220,15 @@ pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregatio
                 }
             }
             let window = window_column(&partial)?;
+            // Below the aggregation: what its partial phase reads.
+            for child in partial.children() {
+                stack.push((child.clone(), true));
+            }
             found = Some(Aggregation {
                 top: node.clone(),
                 partial: Arc::new(partial),
                 window,
             });
-            for child in node.children() {
-                stack.push((child.clone(), true));
-            }
             continue;
         }
         for child in node.children() {
@@ -406,7 +407,6 @@ pub(crate) async fn run_batch(
     let codec = Codec::new(agg)?;
     let groups = codec.groups;
     let db = cx.checkpoint.db();
-    // The partial phase ran over one partition: one row per group.
     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
     let columns: Vec<ArrayRef> = (0..schema.fields().len())
         .map(|i| {
@@ -422,12 +422,36 @@ pub(crate) async fn run_batch(
         })
         .collect::<Result<_, _>>()?;
     let rows = codec.keys.convert_columns(&columns[..groups])?;
+    // Partitions of the partial phase may each have a row for a group:
+    // number the distinct groups, keeping each one's first row.
+    let partial_rows = n;
+    let mut group_of: Vec<usize> = Vec::with_capacity(partial_rows);
+    let mut first_row: Vec<u32> = Vec::new();
+    {
+        let mut seen: hashbrown::HashMap<&[u8], usize> =
+            hashbrown::HashMap::with_capacity(partial_rows);
+        for i in 0..partial_rows {
+            let next = first_row.len();
+            let g = *seen.entry(rows.row(i).data()).or_insert_with(|| {
+                first_row.push(i as u32);
+                next
+            });
+            group_of.push(g);
+        }
+    }
+    let n = first_row.len();
+    let first_row = datafusion::arrow::array::UInt32Array::from(first_row);
+    let group_columns: Vec<ArrayRef> = columns[..groups]
+        .iter()
+        .map(|c| datafusion::arrow::compute::take(c.as_ref(), &first_row, None))
+        .collect::<Result<_, _>>()?;
+    let rows = codec.keys.convert_columns(&group_columns)?;
     // Window end per group (windowed aggregations).
     let ends: Option<Vec<i64>> = match agg.window {
         None => None,
         Some(w) => {
             let as_ms = datafusion::arrow::compute::cast(
-                &columns[w.column],
+                &group_columns[w.column],
                 &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
             )?;
             let as_ms = as_ms
@@ -478,7 +502,7 @@ pub(crate) async fn run_batch(
             .states
             .convert_rows(old_bytes.iter().map(|b| parser.parse(b)))?
     };
-    let mut group_indices: Vec<usize> = (0..n).collect();
+    let mut group_indices: Vec<usize> = group_of;
     group_indices.extend(&old_indices);
 
     let mut merged_states: Vec<ArrayRef> = Vec::new();
@@ -527,7 +551,7 @@ pub(crate) async fn run_batch(
         })
         .map(|i| i as u32)
         .collect();
-    let mut out_columns: Vec<ArrayRef> = columns[..groups].to_vec();
+    let mut out_columns: Vec<ArrayRef> = group_columns;
     out_columns.extend(values);
     let indices = datafusion::arrow::array::UInt32Array::from(emit_now);
     let mut parts: Vec<Vec<ArrayRef>> = vec![

@@ -71,8 +71,12 @@ pub enum Topics {
 
 /// Builds the streaming job of a script on `ctx`.
 pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result<(), SqlError> {
+    // DataFusion runs a batch's partitions on these threads, one per core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = Arc::new(
-        tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sluice-sql")
             .enable_all()
             .build()
             .map_err(|e| SqlError::Plan {
@@ -130,7 +134,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
         // Plan once over an empty batch: refuses what cannot run
         // incrementally before any record is read.
         let empty = RecordBatch::new_empty(shape.schema.clone());
-        let (session, window_uses) = session_over(&shape.name, empty)?;
+        let (session, window_uses) = session_over(&shape.name, vec![empty; threads])?;
         let (logical, plan) = runtime
             .block_on(async {
                 let df = session.sql(&query.sql).await?;
@@ -213,6 +217,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             mode,
             watermark,
             topic,
+            slices: threads,
             sink,
         });
         records.output_with_context(operator, state, table, move |cx, chunks| {
@@ -232,7 +237,7 @@ fn contains_word(sql: &str, word: &str) -> bool {
 #[allow(clippy::type_complexity)]
 fn session_over(
     stream: &str,
-    batch: RecordBatch,
+    parts: Vec<RecordBatch>,
 ) -> Result<
     (
         SessionContext,
@@ -240,10 +245,23 @@ fn session_over(
     ),
     SqlError,
 > {
-    let session = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let streams: std::collections::HashMap<String, RecordBatch> =
-        [(stream.to_owned(), batch.clone())].into_iter().collect();
-    session.register_batch(stream, batch)?;
+    let partitions = parts.len().max(1);
+    let session =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    let schema = parts
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| SqlError::Plan {
+            line: 0,
+            message: format!("stream {stream}: no partitions to scan"),
+        })?;
+    let table = datafusion::datasource::MemTable::try_new(
+        schema,
+        parts.iter().map(|b| vec![b.clone()]).collect(),
+    )?;
+    session.register_table(stream, Arc::new(table))?;
+    let streams: std::collections::HashMap<String, Vec<RecordBatch>> =
+        [(stream.to_owned(), parts)].into_iter().collect();
     let uses = window::register(&session, Arc::new(streams));
     Ok((session, uses))
 }
@@ -306,12 +324,26 @@ struct QueryRunner {
     watermark: Option<window::Watermark>,
     /// The stream's topic (its source's name in planned batches).
     topic: String,
+    /// Slices a batch is cut into (DataFusion partitions).
+    slices: usize,
     sink: Sink,
 }
 
 impl QueryRunner {
     fn run(&self, cx: &BatchCx, chunks: &[RecordBatch]) -> Result<(), SqlError> {
-        let (mut batch, _bad) = self.shape.decode(chunks)?;
+        // Decode in slices, in parallel; each slice is a partition of the
+        // table DataFusion scans.
+        use rayon::prelude::*;
+        let per_slice = chunks.len().div_ceil(self.slices).max(1);
+        let decoded: Vec<(RecordBatch, u64)> = if chunks.is_empty() {
+            vec![self.shape.decode(chunks)?]
+        } else {
+            chunks
+                .par_chunks(per_slice)
+                .map(|slice| self.shape.decode(slice))
+                .collect::<Result<_, _>>()?
+        };
+        let mut parts: Vec<RecordBatch> = decoded.into_iter().map(|(b, _bad)| b).collect();
         let state_cf = if self.aggregating {
             Some(
                 cx.checkpoint
@@ -324,12 +356,12 @@ impl QueryRunner {
         // Stateful queries drop late records and move the watermark.
         let mut watermark = None;
         if let (Some(spec), Some(cf)) = (&self.watermark, state_cf) {
-            let (kept, late, now) = self.advance_watermark(spec, cx, cf, &batch)?;
-            batch = kept;
+            let (kept, late, now) = self.advance_watermark(spec, cx, cf, &parts)?;
+            parts = kept;
             cx.count("late records", late);
             watermark = now;
         }
-        let (session, _) = session_over(&self.shape.name, batch)?;
+        let (session, _) = session_over(&self.shape.name, parts)?;
         let output = self.runtime.block_on(async {
             let plan: Arc<dyn ExecutionPlan> =
                 session.sql(&self.sql).await?.create_physical_plan().await?;
@@ -359,8 +391,8 @@ impl QueryRunner {
         spec: &window::Watermark,
         cx: &BatchCx,
         cf: &rocksdb::ColumnFamily,
-        batch: &RecordBatch,
-    ) -> Result<(RecordBatch, u64, Option<i64>), SqlError> {
+        parts: &[RecordBatch],
+    ) -> Result<(Vec<RecordBatch>, u64, Option<i64>), SqlError> {
         use datafusion::arrow::array::{Array, AsArray, BooleanArray};
         use datafusion::arrow::datatypes::{
             DataType, Int32Type, TimeUnit, TimestampMillisecondType,
@@ -374,28 +406,38 @@ impl QueryRunner {
             None => window::WatermarkState::default(),
         };
         let before = state.watermark;
-        let times = datafusion::arrow::compute::cast(
-            batch.column(batch.schema().index_of(&spec.column)?),
-            &DataType::Timestamp(TimeUnit::Millisecond, None),
-        )?;
-        let times = times.as_primitive::<TimestampMillisecondType>();
-        let partitions = batch.column(batch.schema().index_of("_partition")?);
-        let partitions = partitions.as_primitive::<Int32Type>();
         let mut seen: std::collections::BTreeMap<i32, i64> = Default::default();
         let mut late = 0u64;
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| {
-                if times.is_null(i) {
-                    return Some(true);
-                }
-                let t = times.value(i);
-                let max = seen.entry(partitions.value(i)).or_insert(t);
-                *max = (*max).max(t);
-                let on_time = before.is_none_or(|w| t >= w);
-                late += u64::from(!on_time);
-                Some(on_time)
-            })
-            .collect();
+        let mut kept = Vec::with_capacity(parts.len());
+        for batch in parts {
+            let times = datafusion::arrow::compute::cast(
+                batch.column(batch.schema().index_of(&spec.column)?),
+                &DataType::Timestamp(TimeUnit::Millisecond, None),
+            )?;
+            let times = times.as_primitive::<TimestampMillisecondType>();
+            let partitions = batch.column(batch.schema().index_of("_partition")?);
+            let partitions = partitions.as_primitive::<Int32Type>();
+            let mut late_here = 0u64;
+            let keep: BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    if times.is_null(i) {
+                        return Some(true);
+                    }
+                    let t = times.value(i);
+                    let max = seen.entry(partitions.value(i)).or_insert(t);
+                    *max = (*max).max(t);
+                    let on_time = before.is_none_or(|w| t >= w);
+                    late_here += u64::from(!on_time);
+                    Some(on_time)
+                })
+                .collect();
+            late += late_here;
+            kept.push(if late_here == 0 {
+                batch.clone()
+            } else {
+                datafusion::arrow::compute::filter_record_batch(batch, &keep)?
+            });
+        }
         let planned: Vec<i32> = cx
             .planned
             .ranges
@@ -408,11 +450,6 @@ impl QueryRunner {
             message: format!("cannot store the watermark: {e}"),
         })?;
         cx.write(|w| w.put_cf(cf, &key, bytes));
-        let kept = if late == 0 {
-            batch.clone()
-        } else {
-            datafusion::arrow::compute::filter_record_batch(batch, &keep)?
-        };
         Ok((kept, late, now))
     }
 }

@@ -162,11 +162,11 @@ pub(crate) struct WindowUse {
 }
 
 /// `TUMBLE(stream, ts, size)` / `HOP(stream, ts, slide, size)` over the
-/// batch's rows of `stream`.
+/// batch's rows of `stream` (one batch per partition of the scan).
 #[derive(Debug)]
 pub(crate) struct WindowFunction {
     kind: Kind,
-    streams: Arc<HashMap<String, RecordBatch>>,
+    streams: Arc<HashMap<String, Vec<RecordBatch>>>,
     uses: Arc<Mutex<Vec<WindowUse>>>,
 }
 
@@ -174,7 +174,7 @@ pub(crate) struct WindowFunction {
 /// where their uses are recorded.
 pub(crate) fn register(
     session: &datafusion::prelude::SessionContext,
-    streams: Arc<HashMap<String, RecordBatch>>,
+    streams: Arc<HashMap<String, Vec<RecordBatch>>>,
 ) -> Arc<Mutex<Vec<WindowUse>>> {
     let uses = Arc::new(Mutex::new(Vec::new()));
     for (kind, names) in [
@@ -225,10 +225,13 @@ impl TableFunctionImpl for WindowFunction {
         };
         let stream = name_of(&args[0])
             .ok_or_else(|| plan_err(format!("{usage}: the first argument names a stream")))?;
-        let batch = self
+        let parts = self
             .streams
             .get(&stream)
             .ok_or_else(|| plan_err(format!("{usage}: no stream {stream}")))?;
+        let batch = parts
+            .first()
+            .ok_or_else(|| plan_err(format!("{usage}: stream {stream} has no partitions")))?;
         let column = name_of(&args[1])
             .ok_or_else(|| plan_err(format!("{usage}: the second argument names a column")))?;
         let intervals = args[2..]
@@ -266,10 +269,13 @@ impl TableFunctionImpl for WindowFunction {
             column: column.clone(),
             size_ms: size,
         });
-        let windowed = assign(batch, index, slide, size)?;
+        let windowed = parts
+            .iter()
+            .map(|b| assign(b, index, slide, size).map(|w| vec![w]))
+            .collect::<DfResult<Vec<_>>>()?;
         Ok(Arc::new(MemTable::try_new(
-            windowed.schema(),
-            vec![vec![windowed]],
+            windowed[0][0].schema(),
+            windowed,
         )?))
     }
 }
