@@ -25,8 +25,10 @@ pub struct WordcountBenchArgs {
     /// Corpus sizes, comma-separated.
     #[arg(long, default_value = "100MB,500MB", value_delimiter = ',', value_parser = parse_bytes)]
     pub sizes: Vec<u64>,
-    /// Sources to measure: embedded, broker.
-    #[arg(long, default_value = "embedded,broker", value_delimiter = ',')]
+    /// What to measure: embedded (the Rust job, in-process source), broker
+    /// (the Rust job through `sluice broker` + rdkafka), sql
+    /// (jobs/wordcount.sql through `sluice run`, in-process source).
+    #[arg(long, default_value = "embedded,broker,sql", value_delimiter = ',')]
     pub sources: Vec<String>,
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -129,22 +131,25 @@ fn run_once(
     let _ = std::fs::remove_dir_all(&checkpoint);
     let mut broker = None;
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "wordcount",
-        "--topic",
-        "corpus",
-        "--job",
-        "bench",
-        "--until-caught-up",
-        "--quiet",
-    ])
-    .arg("--checkpoint-dir")
-    .arg(&checkpoint)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(work.join("wordcount.log"))?);
+    if source == "sql" {
+        // The shipped job, reading the corpus topic.
+        let job = work.join("wordcount.sql");
+        std::fs::write(
+            &job,
+            include_str!("../../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'"),
+        )?;
+        cmd.arg("run").arg(&job);
+    } else {
+        cmd.args(["wordcount", "--topic", "corpus"]);
+    }
+    cmd.args(["--job", "bench", "--until-caught-up", "--quiet"])
+        .arg("--checkpoint-dir")
+        .arg(&checkpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("wordcount.log"))?);
     match source {
-        "embedded" => {
+        "embedded" | "sql" => {
             cmd.arg("--data-dir").arg(&loaded.data_dir);
         }
         "broker" => {
@@ -169,7 +174,7 @@ fn run_once(
             }
             cmd.args(["--brokers", &listen]);
         }
-        other => bail!("unknown source {other:?}: use embedded or broker"),
+        other => bail!("unknown source {other:?}: use embedded, broker or sql"),
     }
     let started = Instant::now();
     let child = cmd.spawn().context("cannot start sluice wordcount")?;
@@ -196,6 +201,7 @@ pub fn run(args: WordcountBenchArgs) -> anyhow::Result<()> {
     );
     for &size in &args.sizes {
         let loaded = load_corpus(&args.dir, size, args.seed)?;
+        let mut rates: Vec<(String, f64)> = Vec::new();
         for source in &args.sources {
             let mut secs = Vec::new();
             let mut rss = Vec::new();
@@ -213,6 +219,16 @@ pub fn run(args: WordcountBenchArgs) -> anyhow::Result<()> {
                 s,
                 loaded.words as f64 / s,
                 format_bytes(median(rss) as u64)
+            );
+            rates.push((source.clone(), loaded.words as f64 / s));
+        }
+        let rate = |name: &str| rates.iter().find(|(n, _)| n == name).map(|(_, r)| *r);
+        if let (Some(rust), Some(sql)) = (rate("embedded"), rate("sql")) {
+            println!(
+                "{:>8}  SQL job at {:.2}x the Rust job's words/s (Rust {:.2}x faster)",
+                format_bytes(loaded.bytes),
+                sql / rust,
+                rust / sql
             );
         }
     }
