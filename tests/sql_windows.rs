@@ -394,3 +394,89 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
     );
     assert!(e.contains("expected ts or ts - INTERVAL"), "{e}");
 }
+
+#[test]
+fn clicks_per_url_job_prints_each_minute_once_with_the_batch_querys_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Ten minutes of clicks with text timestamps, then one far ahead so
+    // every minute closes.
+    let mut lines = Vec::new();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..600i64 {
+        let url = ["/home", "/cart", "/buy"][(i % 3) as usize];
+        let ms = i * 1_000 + (i * 7919) % 900;
+        let text = format!(
+            "2026-11-21 10:{:02}:{:02}.{:03}",
+            ms / 60_000,
+            (ms / 1000) % 60,
+            ms % 1000
+        );
+        lines.push(format!(
+            r#"{{"user_id": {}, "url": "{url}", "ts": "{text}"}}"#,
+            i % 17
+        ));
+        *expected
+            .entry(format!("2026-11-21T10:{:02}:00,{url}", ms / 60_000))
+            .or_default() += 1;
+    }
+    {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        let topic = store
+            .create_topic("clicks", 2, TopicConfig::default())
+            .unwrap();
+        for (i, chunk) in lines.chunks(50).enumerate() {
+            let mut b = BatchBuilder::new(Compression::None);
+            for l in chunk {
+                b.push(None, l.as_bytes(), 1);
+            }
+            let mut bytes = b.finish().unwrap();
+            topic
+                .partition((i % 2) as i32)
+                .unwrap()
+                .append(&mut bytes)
+                .unwrap();
+        }
+        // The watermark is the slowest partition's: end both far ahead.
+        for p in 0..2 {
+            let mut b = BatchBuilder::new(Compression::None);
+            b.push(
+                None,
+                br#"{"user_id": 1, "url": "/end", "ts": "2026-11-21 11:00:00"}"#,
+                1,
+            );
+            let mut bytes = b.finish().unwrap();
+            topic.partition(p).unwrap().append(&mut bytes).unwrap();
+        }
+    }
+    let job = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/clicks_per_url.sql");
+    let (out, _) = sluice(&[
+        "run",
+        job,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--checkpoint-dir",
+        dir.path().join("cp").to_str().unwrap(),
+        "--until-caught-up",
+        "--interval",
+        "1ms",
+        "--max-records-per-batch",
+        "40",
+    ]);
+    // Rows: window_start, window_end, url, clicks, users.
+    let mut got: BTreeMap<String, i64> = BTreeMap::new();
+    for row in console_rows(&out) {
+        let cols: Vec<&str> = row.split(',').collect();
+        if cols[0] == "window_start" {
+            continue;
+        }
+        let key = format!("{},{}", cols[0], cols[2]);
+        assert!(
+            got.insert(key.clone(), cols[3].parse().unwrap()).is_none(),
+            "{key} printed twice:\n{out}"
+        );
+        let users: i64 = cols[4].parse().unwrap();
+        assert!((1..=17).contains(&users), "{row}");
+    }
+    assert_eq!(got, expected, "{out}");
+}
