@@ -3,7 +3,8 @@
 //! until it has drained the topic; the result table must then equal the
 //! counts computed directly from the corpus, word for word. Once with the
 //! in-process source (embedded store), once with the rdkafka source
-//! against `sluice broker`.
+//! against `sluice broker`, and once as the SQL job `jobs/wordcount.sql`
+//! (`sluice run`), whose aggregate state is DataFusion's accumulators'.
 //!
 //! Env: `SLUICE_ENGINE_KILLS` (default 20), `SLUICE_CRASH_SEED`.
 
@@ -95,9 +96,17 @@ fn load_corpus(data_dir: &Path) -> HashMap<String, u64> {
     expected
 }
 
-fn read_table(checkpoint: &Path) -> HashMap<String, u64> {
+fn read_table(checkpoint: &Path, table: &str) -> HashMap<String, u64> {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["state", "scan", "--job", "wc", "--checkpoint-dir"])
+        .args([
+            "state",
+            "scan",
+            "--job",
+            "wc",
+            "--table",
+            table,
+            "--checkpoint-dir",
+        ])
         .arg(checkpoint)
         .output()
         .unwrap();
@@ -164,23 +173,22 @@ fn run_with_kills(job_args: &[String], checkpoint: &Path, work: &Path) -> usize 
     unreachable!()
 }
 
-fn job_args(source: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "wordcount",
-        "--topic",
-        TOPIC,
-        "--job",
-        "wc",
-        "--until-caught-up",
-        "--interval",
-        "50ms",
-        "--max-records-per-batch",
-        "200",
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+fn job_args(job: &[&str], source: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = job.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "--job",
+            "wc",
+            "--until-caught-up",
+            "--interval",
+            "50ms",
+            "--max-records-per-batch",
+            "200",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     args.extend(source.iter().map(|s| s.to_string()));
     args
 }
@@ -201,15 +209,21 @@ fn assert_counts(expected: &HashMap<String, u64>, got: &HashMap<String, u64>) {
 
 /// Kills and restarts the job over `source` until drained, then checks the
 /// result table against the corpus.
-fn check_exactly_once(source: &[&str], expected: &HashMap<String, u64>, work: &Path) {
+fn check_exactly_once(
+    job: &[&str],
+    table: &str,
+    source: &[&str],
+    expected: &HashMap<String, u64>,
+    work: &Path,
+) {
     let checkpoint = work.join("checkpoint");
-    let landed = run_with_kills(&job_args(source), &checkpoint, work);
+    let landed = run_with_kills(&job_args(job, source), &checkpoint, work);
     eprintln!("{landed} kills landed");
     assert!(
         landed >= kills(),
         "only {landed} kills landed before the job finished"
     );
-    assert_counts(expected, &read_table(&checkpoint));
+    assert_counts(expected, &read_table(&checkpoint, table));
 }
 
 #[test]
@@ -218,7 +232,35 @@ fn wordcount_is_exactly_once_under_sigkill_in_process_source() {
     let data = work.path().join("data");
     let expected = load_corpus(&data);
     let data_arg = data.to_string_lossy().to_string();
-    check_exactly_once(&["--data-dir", &data_arg], &expected, work.path());
+    check_exactly_once(
+        &["wordcount", "--topic", TOPIC],
+        "wc",
+        &["--data-dir", &data_arg],
+        &expected,
+        work.path(),
+    );
+}
+
+#[test]
+fn sql_wordcount_is_exactly_once_under_sigkill() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let expected = load_corpus(&data);
+    let data_arg = data.to_string_lossy().to_string();
+    let job = work.path().join("wordcount.sql");
+    std::fs::write(
+        &job,
+        include_str!("../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'"),
+    )
+    .unwrap();
+    let job = job.to_string_lossy().to_string();
+    check_exactly_once(
+        &["run", &job],
+        "counts",
+        &["--data-dir", &data_arg],
+        &expected,
+        work.path(),
+    );
 }
 
 #[test]
@@ -230,5 +272,11 @@ fn wordcount_is_exactly_once_under_sigkill_rdkafka_source() {
     let expected = load_corpus(&broker.data_dir());
     broker.restart();
     let bootstrap = broker.bootstrap();
-    check_exactly_once(&["--brokers", &bootstrap], &expected, work.path());
+    check_exactly_once(
+        &["wordcount", "--topic", TOPIC],
+        "wc",
+        &["--brokers", &bootstrap],
+        &expected,
+        work.path(),
+    );
 }
