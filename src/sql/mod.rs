@@ -18,6 +18,7 @@ mod incremental;
 pub mod script;
 mod sinks;
 mod stream;
+mod table;
 mod window;
 
 use std::sync::Arc;
@@ -84,6 +85,13 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                 message: format!("cannot start the query runtime: {e}"),
             })?,
     );
+    let tables: Arc<Vec<table::StaticTable>> = Arc::new(
+        script
+            .tables
+            .iter()
+            .map(|t| table::load(t, &runtime))
+            .collect::<Result<_, _>>()?,
+    );
     for (n, query) in script.queries.iter().enumerate() {
         let line = query.line;
         let stream_decl = script
@@ -134,7 +142,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
         // Plan once over an empty batch: refuses what cannot run
         // incrementally before any record is read.
         let empty = RecordBatch::new_empty(shape.schema.clone());
-        let (session, window_uses) = session_over(&shape.name, vec![empty; threads])?;
+        let (session, window_uses) = session_over(&shape.name, vec![empty; threads], &tables)?;
         let (logical, plan) = runtime
             .block_on(async {
                 let df = session.sql(&query.sql).await?;
@@ -218,6 +226,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             watermark,
             topic,
             slices: threads,
+            tables: tables.clone(),
             sink,
         });
         records.output_with_context(operator, state, table, move |cx, chunks| {
@@ -238,6 +247,7 @@ fn contains_word(sql: &str, word: &str) -> bool {
 fn session_over(
     stream: &str,
     parts: Vec<RecordBatch>,
+    tables: &[table::StaticTable],
 ) -> Result<
     (
         SessionContext,
@@ -260,6 +270,9 @@ fn session_over(
         parts.iter().map(|b| vec![b.clone()]).collect(),
     )?;
     session.register_table(stream, Arc::new(table))?;
+    for t in tables {
+        session.register_table(&t.name, t.table.clone())?;
+    }
     let streams: std::collections::HashMap<String, Vec<RecordBatch>> =
         [(stream.to_owned(), parts)].into_iter().collect();
     let uses = window::register(&session, Arc::new(streams));
@@ -326,6 +339,8 @@ struct QueryRunner {
     topic: String,
     /// Slices a batch is cut into (DataFusion partitions).
     slices: usize,
+    /// Static tables the query may join.
+    tables: Arc<Vec<table::StaticTable>>,
     sink: Sink,
 }
 
@@ -361,7 +376,7 @@ impl QueryRunner {
             cx.count("late records", late);
             watermark = now;
         }
-        let (session, _) = session_over(&self.shape.name, parts)?;
+        let (session, _) = session_over(&self.shape.name, parts, &self.tables)?;
         let output = self.runtime.block_on(async {
             let plan: Arc<dyn ExecutionPlan> =
                 session.sql(&self.sql).await?.create_physical_plan().await?;

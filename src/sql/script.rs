@@ -34,6 +34,17 @@ pub struct StreamDecl {
     pub watermark: Option<(String, String)>,
 }
 
+/// A static table (`CREATE TABLE … WITH (path, format)`), loaded once
+/// when the job starts, that queries join with their streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDecl {
+    pub name: String,
+    /// Declared columns (may be empty for Parquet, which has a schema).
+    pub columns: Vec<Field>,
+    pub options: BTreeMap<String, String>,
+    pub line: usize,
+}
+
 /// A declared sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkDecl {
@@ -56,6 +67,7 @@ pub struct Script {
     pub streams: Vec<StreamDecl>,
     pub sinks: Vec<SinkDecl>,
     pub queries: Vec<QueryDecl>,
+    pub tables: Vec<TableDecl>,
     /// Output mode of bare `SELECT`s (`sluice sql --mode`); a sink's own
     /// `mode` option sets it for `INSERT INTO`.
     pub console_mode: Option<String>,
@@ -340,6 +352,33 @@ impl Script {
                     options: options(&list, line)?,
                     watermark,
                 });
+            } else if starts_with_words(trimmed, &["CREATE", "TABLE"]) {
+                let parsed = Parser::parse_sql(&GenericDialect {}, trimmed).map_err(|e| {
+                    SqlError::Syntax {
+                        line,
+                        message: e.to_string(),
+                    }
+                })?;
+                let Some(Statement::CreateTable(t)) = parsed.into_iter().next() else {
+                    return Err(SqlError::Syntax {
+                        line,
+                        message: "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet')".into(),
+                    });
+                };
+                let list = match &t.table_options {
+                    CreateTableOptions::With(list) => list.clone(),
+                    _ => Vec::new(),
+                };
+                script.tables.push(TableDecl {
+                    name: t.name.to_string(),
+                    columns: t
+                        .columns
+                        .iter()
+                        .map(|c| column(c, line))
+                        .collect::<Result<_, _>>()?,
+                    options: options(&list, line)?,
+                    line,
+                });
             } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
                 script.sinks.push(parse_sink(trimmed, line)?);
             } else if starts_with_words(trimmed, &["INSERT", "INTO"]) {
@@ -363,7 +402,7 @@ impl Script {
                 return Err(SqlError::Syntax {
                     line,
                     message: format!(
-                        "unexpected statement {:?}: a job has CREATE STREAM, CREATE SINK, INSERT INTO sink SELECT … and SELECT statements",
+                        "unexpected statement {:?}: a job has CREATE STREAM, CREATE TABLE, CREATE SINK, INSERT INTO sink SELECT … and SELECT statements",
                         trimmed
                             .split_whitespace()
                             .take(3)
