@@ -217,3 +217,55 @@ fn stateless_query_and_json_stream_with_bad_records() {
         .unwrap();
     assert_eq!(rows, vec!["a=(6, 2)", "b=(7, 1)"]);
 }
+
+#[test]
+fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
+    // arrow-json's decoder stops at its batch size (1,024 rows by
+    // default); a chunk of 3,000 records must still decode every one.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    let topic = store
+        .create_topic("big", 1, TopicConfig::default())
+        .unwrap();
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..3_000 {
+        b.push(
+            None,
+            format!(r#"{{"k": "k{}", "v": {i}}}"#, i % 3).as_bytes(),
+            1,
+        );
+    }
+    let mut bytes = b.finish().unwrap();
+    topic.partition(0).unwrap().append(&mut bytes).unwrap();
+    let script = Script::parse(
+        "CREATE STREAM big (k TEXT, v BIGINT) WITH (topic = 'big', format = 'json');\n\
+         CREATE SINK t WITH (type = 'table');\n\
+         INSERT INTO t SELECT k, count(*) AS n, sum(v) AS total FROM big GROUP BY k;",
+    )
+    .unwrap();
+    let mut config = JobConfig::new("big", Duration::from_millis(1));
+    config.checkpoint_dir = Some(dir.path().join("cp"));
+    config.until_caught_up = true;
+    config.progress.lines = false;
+    let ctx = StreamingContext::new(config);
+    sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
+    ctx.run().unwrap();
+    let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "big").unwrap();
+    let reader = TableReader::open(&cp, "t").unwrap();
+    let mut rows = Vec::new();
+    reader
+        .scan(None, |k, v| {
+            rows.push(format!("{}={}", k.text, v.text));
+            true
+        })
+        .unwrap();
+    let total = |r: i64| (0..3_000i64).filter(|i| i % 3 == r).sum::<i64>();
+    assert_eq!(
+        rows,
+        vec![
+            format!("k0=(1000, {})", total(0)),
+            format!("k1=(1000, {})", total(1)),
+            format!("k2=(1000, {})", total(2)),
+        ]
+    );
+}

@@ -131,3 +131,232 @@ fn enrich_clicks_job_equals_a_batch_join() {
         assert_eq!(got, expected, "batch size {batch}");
     }
 }
+
+const ORDERS_PAYMENTS: &str = "CREATE STREAM orders (id BIGINT, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)\n  WITH (topic = 'orders', format = 'json');\n\
+CREATE STREAM payments (order_id BIGINT, amount BIGINT, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)\n  WITH (topic = 'payments', format = 'json');\n\
+CREATE SINK paid WITH (type = 'table');\n";
+
+const PAID_QUERY: &str = "SELECT o.id, p.amount FROM orders o JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND";
+
+fn append_json(store: &LogStore, topic: &str, rows: &[String]) {
+    let t = store
+        .create_topic(topic, 2, TopicConfig::default())
+        .unwrap();
+    for (i, chunk) in rows.chunks(5).enumerate() {
+        let mut b = BatchBuilder::new(Compression::None);
+        for r in chunk {
+            b.push(None, r.as_bytes(), 1);
+        }
+        let mut bytes = b.finish().unwrap();
+        t.partition((i % 2) as i32)
+            .unwrap()
+            .append(&mut bytes)
+            .unwrap();
+    }
+}
+
+#[test]
+fn interval_join_of_two_streams_equals_a_batch_join_and_evicts_its_state() {
+    // Orders every 100 ms; most are paid 0–12 s later (those after 10 s do
+    // not match); payments arrive in event-time order.
+    let orders: Vec<(i64, i64)> = (0..600i64).map(|id| (id, id * 100)).collect();
+    let mut payments: Vec<(i64, i64, i64)> = orders
+        .iter()
+        .filter(|(id, _)| id % 3 != 0)
+        .map(|(id, ts)| (*id, id * 10, ts + (id % 7) * 2_000))
+        .collect();
+    payments.sort_by_key(|p| p.2);
+    let order_rows: Vec<String> = orders
+        .iter()
+        .map(|(id, ts)| format!(r#"{{"id": {id}, "ts": {ts}}}"#))
+        .collect();
+    let payment_rows: Vec<String> = payments
+        .iter()
+        .map(|(id, amount, ts)| format!(r#"{{"order_id": {id}, "amount": {amount}, "ts": {ts}}}"#))
+        .collect();
+    // The same join, once, in DataFusion.
+    let expected: BTreeMap<String, String> = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ctx = SessionContext::new();
+            let o: Vec<String> = orders
+                .iter()
+                .map(|(id, ts)| format!("({id}, to_timestamp_millis({ts}))"))
+                .collect();
+            let p: Vec<String> = payments
+                .iter()
+                .map(|(id, a, ts)| format!("({id}, {a}, to_timestamp_millis({ts}))"))
+                .collect();
+            ctx.sql(&format!(
+                "CREATE VIEW orders AS SELECT * FROM (VALUES {}) AS t(id, ts)",
+                o.join(",")
+            ))
+            .await
+            .unwrap();
+            ctx.sql(&format!(
+                "CREATE VIEW payments AS SELECT * FROM (VALUES {}) AS t(order_id, amount, ts)",
+                p.join(",")
+            ))
+            .await
+            .unwrap();
+            let mut out = BTreeMap::new();
+            for b in ctx.sql(PAID_QUERY).await.unwrap().collect().await.unwrap() {
+                for i in 0..b.num_rows() {
+                    let id = b
+                        .column(0)
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .value(i);
+                    let amount = b
+                        .column(1)
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .value(i);
+                    out.insert(id.to_string(), amount.to_string());
+                }
+            }
+            out
+        });
+    assert!(
+        expected.len() > 200 && expected.len() < 400,
+        "{}",
+        expected.len()
+    );
+    for batch in ["1", "7", "10000"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let store = LogStore::open(&data, common::quiet()).unwrap();
+            append_json(&store, "orders", &order_rows);
+            append_json(&store, "payments", &payment_rows);
+        }
+        let job = dir.path().join("paid.sql");
+        std::fs::write(
+            &job,
+            format!("{ORDERS_PAYMENTS}INSERT INTO paid {PAID_QUERY};"),
+        )
+        .unwrap();
+        let cp = dir.path().join("cp");
+        sluice(
+            dir.path(),
+            &[
+                "run",
+                job.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--checkpoint-dir",
+                cp.to_str().unwrap(),
+                "--until-caught-up",
+                "--interval",
+                "1ms",
+                "--max-records-per-batch",
+                batch,
+            ],
+        );
+        let table = sluice(
+            dir.path(),
+            &[
+                "state",
+                "scan",
+                "--job",
+                "paid",
+                "--table",
+                "paid",
+                "--checkpoint-dir",
+                cp.to_str().unwrap(),
+            ],
+        );
+        let got: BTreeMap<String, String> = table
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once('\t').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        assert_eq!(got, expected, "batch size {batch}");
+        // Buffered rows are evicted as the watermarks pass them: of the
+        // 1,000 rows, only the last ~12 s of orders (the bound plus the
+        // delay) and ~2 s of payments remain. (A single batch of
+        // everything evicts in the batch after.)
+        let cp = sluice::checkpoint::Checkpoint::open_read_only(&cp, "paid").unwrap();
+        let cf = cp.cf("state.insert-paid").unwrap();
+        let buffered: usize = cp
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|item| item.unwrap())
+            .filter(|(k, _)| k.first() == Some(&2))
+            .map(|(_, v)| {
+                datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(v), None)
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        if batch != "10000" {
+            assert!(
+                (100..=250).contains(&buffered),
+                "batch size {batch}: {buffered} rows buffered"
+            );
+        }
+    }
+}
+
+#[test]
+fn stream_joins_that_cannot_be_bounded_are_refused() {
+    let refuse = |query: &str, streams: &str| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let store = LogStore::open(&data, common::quiet()).unwrap();
+            append_json(&store, "orders", &[r#"{"id": 1, "ts": 1}"#.to_string()]);
+            append_json(
+                &store,
+                "payments",
+                &[r#"{"order_id": 1, "amount": 1, "ts": 1}"#.to_string()],
+            );
+        }
+        let job = dir.path().join("bad.sql");
+        std::fs::write(&job, format!("{streams}{query};")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "run",
+                job.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--until-caught-up",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = refuse(
+        "INSERT INTO paid SELECT o.id, p.amount FROM orders o JOIN payments p ON o.id = p.order_id",
+        ORDERS_PAYMENTS,
+    );
+    assert!(e.contains("needs a time bound on both sides"), "{e}");
+    let e = refuse(
+        "INSERT INTO paid SELECT o.id, p.amount FROM orders o JOIN payments p ON o.id = p.order_id AND p.ts >= o.ts",
+        ORDERS_PAYMENTS,
+    );
+    assert!(e.contains("needs a time bound on both sides"), "{e}");
+    let e = refuse(
+        &format!("INSERT INTO paid SELECT o.id, count(*) FROM ({PAID_QUERY}) GROUP BY o.id"),
+        ORDERS_PAYMENTS,
+    );
+    assert!(e.contains("aggregation over a join of two streams"), "{e}");
+    let e = refuse(
+        "INSERT INTO paid SELECT o.id, p.amount FROM orders o LEFT JOIN payments p ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND",
+        ORDERS_PAYMENTS,
+    );
+    assert!(e.contains("use an inner JOIN"), "{e}");
+    let no_watermark = ORDERS_PAYMENTS.replace(
+        ",\n  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)\n  WITH (topic = 'payments'",
+        ")\n  WITH (topic = 'payments'",
+    );
+    let e = refuse(&format!("INSERT INTO paid {PAID_QUERY}"), &no_watermark);
+    assert!(
+        e.contains("declare WATERMARK FOR … in CREATE STREAM payments"),
+        "{e}"
+    );
+}

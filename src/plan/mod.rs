@@ -369,23 +369,35 @@ impl<T: Data> DStream<T> {
         }));
     }
 
-    /// An output that sees the batch context: it may read its state (CF
+    /// An output over several streams that sees the batch context: it
+    /// gets each input's chunks, may read its state (CF
     /// `state.<state.name>`) and add writes to the batch's atomic commit.
     /// The SQL layer runs its queries through this.
     pub(crate) fn output_with_context(
-        &self,
+        inputs: &[DStream<T>],
         name: String,
         state: Option<OperatorMeta>,
         table: Option<OperatorMeta>,
-        f: impl Fn(&BatchCx, Vec<RecordBatch>) -> Result<()> + Send + Sync + 'static,
+        f: impl Fn(&BatchCx, Vec<Vec<RecordBatch>>) -> Result<()> + Send + Sync + 'static,
     ) {
-        let node = self.node.clone();
-        node.info().add_consumer();
-        lock_graph(&self.graph).outputs.push(Arc::new(Output {
+        let Some(first) = inputs.first() else {
+            return;
+        };
+        let nodes: Vec<Arc<dyn Node>> = inputs.iter().map(|i| i.node.clone()).collect();
+        for node in &nodes {
+            node.info().add_consumer();
+        }
+        lock_graph(&first.graph).outputs.push(Arc::new(Output {
             name,
             table,
             state,
-            run: Box::new(move |cx: &BatchCx| f(cx, cx.collect(&node)?)),
+            run: Box::new(move |cx: &BatchCx| {
+                let chunks = nodes
+                    .iter()
+                    .map(|node| cx.collect(node))
+                    .collect::<Result<Vec<_>>>()?;
+                f(cx, chunks)
+            }),
         }));
     }
 

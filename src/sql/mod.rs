@@ -15,6 +15,7 @@
 //! (the driver does), and never touches segment files.
 
 mod incremental;
+mod join;
 pub mod script;
 mod sinks;
 mod stream;
@@ -30,7 +31,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
 use crate::driver::StreamingContext;
 use crate::log::LogStore;
-use crate::plan::{BatchCx, PlanError};
+use crate::plan::{BatchCx, DStream, PlanError};
+use crate::source::Record;
 use incremental::OutputMode;
 pub use script::Script;
 use sinks::Sink;
@@ -92,13 +94,17 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             .map(|t| table::load(t, &runtime))
             .collect::<Result<_, _>>()?,
     );
+    // One source per topic, shared by the queries that read it.
+    let mut sources: std::collections::HashMap<String, DStream<Record>> = Default::default();
     for (n, query) in script.queries.iter().enumerate() {
         let line = query.line;
-        let stream_decl = script
+        let decls: Vec<&script::StreamDecl> = script
             .streams
             .iter()
-            .find(|s| contains_word(&query.sql, &s.name))
-            .ok_or_else(|| SqlError::Plan {
+            .filter(|s| contains_word(&query.sql, &s.name))
+            .collect();
+        if decls.is_empty() {
+            return Err(SqlError::Plan {
                 line,
                 message: format!(
                     "the query reads no declared stream (streams: {})",
@@ -109,44 +115,61 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            })?;
-        let shape = StreamShape::new(stream_decl, line)?;
-        let topic = stream_decl
-            .options
-            .get("topic")
-            .cloned()
-            .unwrap_or_else(|| shape.name.clone());
-        let records = match topics {
-            Topics::Embedded(store) => {
-                ctx.embedded(store.clone(), &topic)
-                    .map_err(|e| SqlError::Plan {
+            });
+        }
+        if decls.len() > 2 {
+            return Err(SqlError::Unsupported {
+                line,
+                message: format!(
+                    "the query reads {} streams; joins of more than two streams are not incremental yet",
+                    decls.len()
+                ),
+            });
+        }
+        let mut inputs = Vec::new();
+        let mut records = Vec::new();
+        for decl in &decls {
+            let shape = StreamShape::new(decl, line)?;
+            let topic = decl
+                .options
+                .get("topic")
+                .cloned()
+                .unwrap_or_else(|| shape.name.clone());
+            let stream = match sources.get(&topic) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = open_source(ctx, topics, &topic).map_err(|message| SqlError::Plan {
                         line,
-                        message: format!("stream {}: {e}", shape.name),
-                    })?
-            }
-            Topics::Brokers(brokers) => ctx.source(
-                crate::source::kafka::KafkaSource::new(
-                    topic.clone(),
-                    brokers.clone(),
-                    &topic,
-                    None,
-                    Vec::new(),
-                )
-                .map_err(|e| SqlError::Plan {
-                    line,
-                    message: format!("stream {}: {e}", shape.name),
-                })?,
-            ),
-        };
-        let watermark = window::declared(stream_decl, &shape.schema, line)?;
-        // Plan once over an empty batch: refuses what cannot run
+                        message: format!("stream {}: {message}", shape.name),
+                    })?;
+                    sources.insert(topic.clone(), s.clone());
+                    s
+                }
+            };
+            records.push(stream);
+            let watermark = window::declared(decl, &shape.schema, line)?;
+            inputs.push(StreamInput {
+                shape,
+                watermark,
+                topic,
+            });
+        }
+        // Plan once over empty batches: refuses what cannot run
         // incrementally before any record is read.
-        let empty = RecordBatch::new_empty(shape.schema.clone());
-        let (session, window_uses) = session_over(&shape.name, vec![empty; threads], &tables)?;
+        let empty: Vec<(String, Vec<RecordBatch>)> = inputs
+            .iter()
+            .map(|i| {
+                (
+                    i.shape.name.clone(),
+                    vec![RecordBatch::new_empty(i.shape.schema.clone()); threads],
+                )
+            })
+            .collect();
+        let (session, window_uses) = session_over(empty, &tables)?;
         let (logical, plan) = runtime
             .block_on(async {
                 let df = session.sql(&query.sql).await?;
-                let logical = df.logical_plan().clone();
+                let logical = session.state().optimize(df.logical_plan())?;
                 Ok::<_, datafusion::error::DataFusionError>((
                     logical,
                     df.create_physical_plan().await?,
@@ -160,6 +183,38 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             .map_err(|message| SqlError::Unsupported { line, message })?;
         let aggregation = incremental::analyze(&plan)
             .map_err(|message| SqlError::Unsupported { line, message })?;
+        let join = match inputs.as_slice() {
+            [a, b] => {
+                if aggregation.is_some() {
+                    return Err(SqlError::Unsupported {
+                        line,
+                        message: "an aggregation over a join of two streams is not incremental yet: write the join's rows to a sink and aggregate them in another job".into(),
+                    });
+                }
+                let (Some(wa), Some(wb)) = (&a.watermark, &b.watermark) else {
+                    let missing = if a.watermark.is_none() {
+                        &a.shape.name
+                    } else {
+                        &b.shape.name
+                    };
+                    return Err(SqlError::Unsupported {
+                        line,
+                        message: format!(
+                            "a join of two streams keeps rows until the other stream's watermark passes them: declare WATERMARK FOR … in CREATE STREAM {missing}"
+                        ),
+                    });
+                };
+                Some(
+                    join::derive(
+                        &logical,
+                        [a.shape.name.clone(), b.shape.name.clone()],
+                        [wa.column.clone(), wb.column.clone()],
+                    )
+                    .map_err(|message| SqlError::Unsupported { line, message })?,
+                )
+            }
+            _ => None,
+        };
         let sink_decl =
             match &query.sink {
                 None => None,
@@ -180,36 +235,51 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                 OutputMode::parse(text).map_err(|message| SqlError::Plan { line, message })?
             }
         };
-        check_windows(
-            &crate::log::mutex(&window_uses),
-            &shape.name,
-            watermark.as_ref(),
-            line,
-        )?;
+        for input in &inputs {
+            check_windows(
+                &crate::log::mutex(&window_uses),
+                &input.shape.name,
+                input.watermark.as_ref(),
+                line,
+            )?;
+        }
         check_mode(
             mode,
             aggregation.as_ref(),
-            watermark.as_ref(),
-            &shape.name,
+            inputs[0].watermark.as_ref(),
+            &inputs[0].shape.name,
             line,
         )?;
         let operator = query
             .sink
             .clone()
             .map_or_else(|| format!("query-{}", n + 1), |s| format!("insert-{s}"));
-        let state = aggregation.as_ref().map(|a| {
-            let (key_type, state_type) = incremental::state_signature(a);
-            OperatorMeta {
-                name: operator.clone(),
-                kind: if a.window.is_some() {
-                    "sql window aggregate".into()
-                } else {
-                    "sql aggregate".into()
-                },
-                key_type,
-                state_type,
+        let state = match (&aggregation, &join) {
+            (Some(a), _) => {
+                let (key_type, state_type) = incremental::state_signature(a);
+                Some(OperatorMeta {
+                    name: operator.clone(),
+                    kind: if a.window.is_some() {
+                        "sql window aggregate".into()
+                    } else {
+                        "sql aggregate".into()
+                    },
+                    key_type,
+                    state_type,
+                })
             }
-        });
+            (None, Some(j)) => Some(OperatorMeta {
+                name: operator.clone(),
+                kind: "sql interval join".into(),
+                key_type: format!("({},{})", j.streams[0], j.streams[1]),
+                state_type: format!(
+                    "({:?},{:?})",
+                    inputs[0].shape.schema.fields(),
+                    inputs[1].shape.schema.fields()
+                ),
+            }),
+            (None, None) => None,
+        };
         let sink = match sink_decl {
             None => Sink::Console,
             Some(decl) => Sink::new(decl, &plan.schema(), topics, line)?,
@@ -218,22 +288,44 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
         let runner = Arc::new(QueryRunner {
             sql: query.sql.clone(),
             line,
-            shape,
+            inputs,
             runtime: runtime.clone(),
             operator: operator.clone(),
             aggregating: aggregation.is_some(),
+            join,
             mode,
-            watermark,
-            topic,
             slices: threads,
             tables: tables.clone(),
             sink,
         });
-        records.output_with_context(operator, state, table, move |cx, chunks| {
-            runner.run(cx, &chunks).map_err(PlanError::from)
+        DStream::output_with_context(&records, operator, state, table, move |cx, chunks| {
+            runner.run(cx, chunks).map_err(PlanError::from)
         });
     }
     Ok(())
+}
+
+/// The source of a topic.
+fn open_source(
+    ctx: &StreamingContext,
+    topics: &Topics,
+    topic: &str,
+) -> Result<DStream<Record>, String> {
+    match topics {
+        Topics::Embedded(store) => ctx
+            .embedded(store.clone(), topic)
+            .map_err(|e| e.to_string()),
+        Topics::Brokers(brokers) => Ok(ctx.source(
+            crate::source::kafka::KafkaSource::new(
+                topic.to_owned(),
+                brokers.clone(),
+                topic,
+                None,
+                Vec::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+    }
 }
 
 fn contains_word(sql: &str, word: &str) -> bool {
@@ -241,12 +333,11 @@ fn contains_word(sql: &str, word: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(word))
 }
 
-/// A session with the batch's rows of `stream` as a table and the window
-/// functions over them.
+/// A session with the batch's rows of each stream as a table (one
+/// partition per slice), the static tables, and the window functions.
 #[allow(clippy::type_complexity)]
 fn session_over(
-    stream: &str,
-    parts: Vec<RecordBatch>,
+    streams: Vec<(String, Vec<RecordBatch>)>,
     tables: &[table::StaticTable],
 ) -> Result<
     (
@@ -255,27 +346,32 @@ fn session_over(
     ),
     SqlError,
 > {
-    let partitions = parts.len().max(1);
+    let partitions = streams
+        .iter()
+        .map(|(_, p)| p.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let session =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
-    let schema = parts
-        .first()
-        .map(|b| b.schema())
-        .ok_or_else(|| SqlError::Plan {
-            line: 0,
-            message: format!("stream {stream}: no partitions to scan"),
-        })?;
-    let table = datafusion::datasource::MemTable::try_new(
-        schema,
-        parts.iter().map(|b| vec![b.clone()]).collect(),
-    )?;
-    session.register_table(stream, Arc::new(table))?;
+    for (name, parts) in &streams {
+        let schema = parts
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| SqlError::Plan {
+                line: 0,
+                message: format!("stream {name}: no partitions to scan"),
+            })?;
+        let table = datafusion::datasource::MemTable::try_new(
+            schema,
+            parts.iter().map(|b| vec![b.clone()]).collect(),
+        )?;
+        session.register_table(name, Arc::new(table))?;
+    }
     for t in tables {
         session.register_table(&t.name, t.table.clone())?;
     }
-    let streams: std::collections::HashMap<String, Vec<RecordBatch>> =
-        [(stream.to_owned(), parts)].into_iter().collect();
-    let uses = window::register(&session, Arc::new(streams));
+    let uses = window::register(&session, Arc::new(streams.into_iter().collect()));
     Ok((session, uses))
 }
 
@@ -326,17 +422,23 @@ fn check_mode(
     }
 }
 
-struct QueryRunner {
-    sql: String,
-    line: usize,
+/// One stream a query reads.
+struct StreamInput {
     shape: StreamShape,
-    runtime: Arc<tokio::runtime::Runtime>,
-    operator: String,
-    aggregating: bool,
-    mode: OutputMode,
     watermark: Option<window::Watermark>,
     /// The stream's topic (its source's name in planned batches).
     topic: String,
+}
+
+struct QueryRunner {
+    sql: String,
+    line: usize,
+    inputs: Vec<StreamInput>,
+    runtime: Arc<tokio::runtime::Runtime>,
+    operator: String,
+    aggregating: bool,
+    join: Option<join::IntervalJoin>,
+    mode: OutputMode,
     /// Slices a batch is cut into (DataFusion partitions).
     slices: usize,
     /// Static tables the query may join.
@@ -345,21 +447,28 @@ struct QueryRunner {
 }
 
 impl QueryRunner {
-    fn run(&self, cx: &BatchCx, chunks: &[RecordBatch]) -> Result<(), SqlError> {
-        // Decode in slices, in parallel; each slice is a partition of the
-        // table DataFusion scans.
+    /// Decodes one stream's chunks in slices, in parallel; each slice is
+    /// a partition of the table DataFusion scans.
+    fn decode(
+        &self,
+        input: &StreamInput,
+        chunks: &[RecordBatch],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
         use rayon::prelude::*;
         let per_slice = chunks.len().div_ceil(self.slices).max(1);
         let decoded: Vec<(RecordBatch, u64)> = if chunks.is_empty() {
-            vec![self.shape.decode(chunks)?]
+            vec![input.shape.decode(chunks)?]
         } else {
             chunks
                 .par_chunks(per_slice)
-                .map(|slice| self.shape.decode(slice))
+                .map(|slice| input.shape.decode(slice))
                 .collect::<Result<_, _>>()?
         };
-        let mut parts: Vec<RecordBatch> = decoded.into_iter().map(|(b, _bad)| b).collect();
-        let state_cf = if self.aggregating {
+        Ok(decoded.into_iter().map(|(b, _bad)| b).collect())
+    }
+
+    fn run(&self, cx: &BatchCx, chunks: Vec<Vec<RecordBatch>>) -> Result<(), SqlError> {
+        let state_cf = if self.aggregating || self.join.is_some() {
             Some(
                 cx.checkpoint
                     .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
@@ -368,15 +477,27 @@ impl QueryRunner {
         } else {
             None
         };
-        // Stateful queries drop late records and move the watermark.
-        let mut watermark = None;
-        if let (Some(spec), Some(cf)) = (&self.watermark, state_cf) {
-            let (kept, late, now) = self.advance_watermark(spec, cx, cf, &parts)?;
-            parts = kept;
-            cx.count("late records", late);
-            watermark = now;
+        let mut streams = Vec::with_capacity(self.inputs.len());
+        let mut watermarks = Vec::with_capacity(self.inputs.len());
+        for (input, chunks) in self.inputs.iter().zip(&chunks) {
+            let mut parts = self.decode(input, chunks)?;
+            // Stateful queries drop late records and move the watermark.
+            let mut watermark = None;
+            if let (Some(spec), Some(cf)) = (&input.watermark, state_cf) {
+                let (kept, late, now) = self.advance_watermark(input, spec, cx, cf, &parts)?;
+                parts = kept;
+                cx.count("late records", late);
+                watermark = now;
+            }
+            streams.push((input.shape.name.clone(), parts));
+            watermarks.push(watermark);
         }
-        let (session, _) = session_over(&self.shape.name, parts, &self.tables)?;
+        if let (Some(j), Some(cf)) = (&self.join, state_cf) {
+            let output = self.run_join(cx, cf, j, streams, &watermarks)?;
+            return self.sink.write(cx, &output);
+        }
+        let watermark = watermarks.first().copied().flatten();
+        let (session, _) = session_over(streams, &self.tables)?;
         let output = self.runtime.block_on(async {
             let plan: Arc<dyn ExecutionPlan> =
                 session.sql(&self.sql).await?.create_physical_plan().await?;
@@ -397,12 +518,100 @@ impl QueryRunner {
         self.sink.write(cx, &output)
     }
 
+    /// The new matches of an interval join: this batch's rows of each
+    /// stream against everything buffered of the other (and the other's
+    /// new rows once), then buffers the new rows and evicts those the
+    /// bound and the watermarks have put out of reach.
+    fn run_join(
+        &self,
+        cx: &BatchCx,
+        cf: &rocksdb::ColumnFamily,
+        j: &join::IntervalJoin,
+        streams: Vec<(String, Vec<RecordBatch>)>,
+        watermarks: &[Option<i64>],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let db = cx.checkpoint.db();
+        let [(n0, new0), (n1, new1)]: [(String, Vec<RecordBatch>); 2] =
+            streams.try_into().map_err(|_| SqlError::Plan {
+                line: self.line,
+                message: "a join reads two streams".into(),
+            })?;
+        let schema0 = self.inputs[0].shape.schema.clone();
+        let schema1 = self.inputs[1].shape.schema.clone();
+        let old0 = join::or_empty(join::load(db, cf, 0)?, &schema0);
+        let old1 = join::load(db, cf, 1)?;
+        let mut all1 = old1;
+        all1.extend(new1.iter().cloned());
+        let runs = [
+            vec![
+                (n0.clone(), new0.clone()),
+                (n1.clone(), join::or_empty(all1, &schema1)),
+            ],
+            vec![(n0, old0), (n1, new1.clone())],
+        ];
+        let mut output = Vec::new();
+        for streams in runs {
+            let (session, _) = session_over(streams, &self.tables)?;
+            output.extend(self.runtime.block_on(async {
+                let plan = session.sql(&self.sql).await?.create_physical_plan().await?;
+                collect(plan, session.task_ctx()).await
+            })?);
+        }
+        // Buffer the new rows, each slice under its newest event time.
+        let newest =
+            |rows: &[RecordBatch], column: &str| -> Result<Vec<(RecordBatch, i64)>, SqlError> {
+                rows.iter()
+                    .map(|b| {
+                        let times = datafusion::arrow::compute::cast(
+                            b.column(b.schema().index_of(column)?),
+                            &datafusion::arrow::datatypes::DataType::Int64,
+                        )?;
+                        let max = datafusion::arrow::compute::max(
+                            times
+                                .as_any()
+                                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                                .ok_or_else(|| SqlError::Plan {
+                                    line: self.line,
+                                    message: format!("{column} is not a time"),
+                                })?,
+                        )
+                        .unwrap_or(i64::MIN);
+                        Ok((b.clone(), max))
+                    })
+                    .collect()
+            };
+        let slices0 = newest(&new0, &j.columns[0])?;
+        let slices1 = newest(&new1, &j.columns[1])?;
+        let mut writes = Vec::new();
+        join::store(&mut writes, 0, cx.batch_id, &slices0)?;
+        join::store(&mut writes, 1, cx.batch_id, &slices1)?;
+        // A row of stream 0 at t0 can still match a stream-1 row to come
+        // (t1 ≥ W1) only if t0 ≥ W1 + lo; one of stream 1 only if
+        // t1 ≥ W0 − hi.
+        if let Some(w1) = watermarks[1] {
+            join::evict(db, &mut writes, cf, 0, w1.saturating_add(j.lo_ms))?;
+        }
+        if let Some(w0) = watermarks[0] {
+            join::evict(db, &mut writes, cf, 1, w0.saturating_sub(j.hi_ms))?;
+        }
+        cx.write(|w| {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => w.put_cf(cf, key, v),
+                    None => w.delete_cf(cf, key),
+                }
+            }
+        });
+        Ok(output)
+    }
+
     /// Drops the batch's records behind the stored watermark, then
     /// advances it with the rest; stores the progress in the batch's
     /// commit. Returns the kept rows, how many were late, and the new
     /// watermark.
     fn advance_watermark(
         &self,
+        input: &StreamInput,
         spec: &window::Watermark,
         cx: &BatchCx,
         cf: &rocksdb::ColumnFamily,
@@ -412,11 +621,14 @@ impl QueryRunner {
         use datafusion::arrow::datatypes::{
             DataType, Int32Type, TimeUnit, TimestampMillisecondType,
         };
-        let key = incremental::watermark_key(&self.shape.name);
+        let key = incremental::watermark_key(&input.shape.name);
         let mut state: window::WatermarkState = match cx.checkpoint.db().get_cf(cf, &key)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SqlError::Plan {
                 line: self.line,
-                message: format!("stored watermark of {} is unreadable: {e}", self.shape.name),
+                message: format!(
+                    "stored watermark of {} is unreadable: {e}",
+                    input.shape.name
+                ),
             })?,
             None => window::WatermarkState::default(),
         };
@@ -456,7 +668,7 @@ impl QueryRunner {
         let planned: Vec<i32> = cx
             .planned
             .ranges
-            .get(&self.topic)
+            .get(&input.topic)
             .map(|r| r.iter().map(|r| r.partition).collect())
             .unwrap_or_default();
         let now = state.advance(spec, cx.batch_time_ms, &planned, &seen);

@@ -136,8 +136,13 @@ impl StreamShape {
         SqlError,
     > {
         let value_schema = Arc::new(Schema::new(self.value_fields.clone()));
-        let decoder =
-            || datafusion::arrow::json::ReaderBuilder::new(value_schema.clone()).build_decoder();
+        let decoder = || {
+            // One batch for the whole chunk: the decoder otherwise stops
+            // at its default batch size and drops the rest.
+            datafusion::arrow::json::ReaderBuilder::new(value_schema.clone())
+                .with_batch_size(values.len().max(1))
+                .build_decoder()
+        };
         let columns_of = |batch: Option<RecordBatch>| {
             batch.map_or_else(
                 || {
