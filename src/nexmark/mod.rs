@@ -18,6 +18,8 @@
 //!   events/s (the Flink suite's TPS) 10 M events span one second.
 //! - [`json`]: an event as one JSON object with RisingWave's snake_case
 //!   field names and `"YYYY-MM-DD HH:MM:SS.mmm"` (UTC) timestamps.
+//! - [`load`]: writing events `[from, to)` into the topics `person`,
+//!   `auction` and `bid`, generated and encoded on all cores.
 //!
 //! Because every event depends only on (config, n), a range can be cut
 //! into pieces generated on different threads, and `--append` continues a
@@ -37,6 +39,7 @@
 //! touch files except through [`crate::log`].
 
 pub mod json;
+pub mod load;
 mod rng;
 #[cfg(test)]
 mod tests;
