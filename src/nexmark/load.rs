@@ -76,7 +76,7 @@ pub enum LoadError {
         partitions: usize,
     },
     #[error(
-        "cannot append: the last {topic} record ({topic}-{partition} at offset {offset}) is not event {event} as this seed, rate and base time generate it; pass the --seed and --rate of the run that wrote the topics, or delete them to start over"
+        "cannot append: the last {topic} record ({topic}-{partition} at offset {offset}) is not event {event} as this seed, rate and base time generate it; pass the --seed, --rate and --base-time of the run that wrote the topics, or delete them to start over"
     )]
     Differs {
         topic: &'static str,
