@@ -26,6 +26,8 @@
 //! - [`sink`] — console output and RocksDB result tables.
 //! - [`sql`] — SQL jobs over streams on DataFusion: `CREATE STREAM`/`SINK`,
 //!   `INSERT INTO … SELECT`, `GROUP BY` state merged across batches.
+//! - [`nexmark`] — the Nexmark benchmark's events (people, auctions, bids)
+//!   from a seed and an event number, loaded into the store as JSON.
 //! - [`corpus`] — a seeded text generator (Zipf-distributed words) for demos
 //!   and benchmarks.
 //! - [`units`] — human sizes and durations for flags and configs.
@@ -42,6 +44,7 @@ pub mod cli;
 pub mod corpus;
 pub mod driver;
 pub mod log;
+pub mod nexmark;
 pub mod plan;
 pub mod producer;
 pub mod sink;

@@ -7,6 +7,7 @@ mod broker;
 mod consume;
 mod demo;
 mod job;
+mod nexmark;
 mod produce;
 mod remote;
 mod sql;
@@ -69,6 +70,9 @@ pub enum Command {
     Sql(sql::SqlArgs),
     /// Run a SQL job file (CREATE STREAM / CREATE SINK / INSERT INTO …).
     Run(sql::RunArgs),
+    /// The Nexmark benchmark: generate its events into topics.
+    #[command(subcommand)]
+    Nexmark(nexmark::NexmarkCommand),
     /// Read a job's result tables from its checkpoint.
     #[command(subcommand)]
     State(state::StateCommand),
@@ -102,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql::sql(args),
         Command::Run(args) => sql::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Nexmark(cmd) => nexmark::run(cmd),
     }
 }
 
