@@ -86,10 +86,6 @@ for q in "${queries[@]}"; do
       >/dev/null 2>"$work/stderr"; then
       echo "error: $q run $run failed:" >&2
       cat "$work/stderr" >&2
-      if grep -q 'all columns in a record batch must have the same length' "$work/stderr"; then
-        echo "hint: JSON chunks of more than 1024 records hit the SQL decoder's arrow-json batch size;" \
-          "until that is fixed, rerun with SLUICE_RUN_ARGS='--max-records-per-batch 1000'" >&2
-      fi
       exit 1
     fi
     read -r wall user sys rss_kb < <(tail -n 1 "$work/time")

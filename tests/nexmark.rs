@@ -56,18 +56,7 @@ fn run_job(file: &Path, data: &Path, checkpoint: &Path, extra: &[&str]) -> Strin
         .arg(data)
         .arg("--checkpoint-dir")
         .arg(checkpoint)
-        // WORKAROUND: sql::stream decodes a chunk of JSON records with one
-        // arrow-json Decoder and ignores how much of its input `decode`
-        // took; the decoder stops at its batch size (1024 rows), so chunks
-        // of more records fail with "all columns in a record batch must
-        // have the same length". Batches of at most 1000 records per
-        // partition keep every chunk below that until it is fixed.
-        .args([
-            "--until-caught-up",
-            "--quiet",
-            "--max-records-per-batch",
-            "1000",
-        ])
+        .args(["--until-caught-up", "--quiet"])
         .args(extra)
         .output()
         .unwrap();

@@ -98,10 +98,48 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
     let mut sources: std::collections::HashMap<String, DStream<Record>> = Default::default();
     for (n, query) in script.queries.iter().enumerate() {
         let line = query.line;
-        let decls: Vec<&script::StreamDecl> = script
+        // Plan once over empty batches of every declared stream: finds
+        // the streams the query reads, and refuses what cannot run
+        // incrementally before any record is read.
+        let shapes = script
             .streams
             .iter()
-            .filter(|s| contains_word(&query.sql, &s.name))
+            .map(|d| StreamShape::new(d, line))
+            .collect::<Result<Vec<_>, _>>()?;
+        let empty: Vec<(String, Vec<RecordBatch>)> = shapes
+            .iter()
+            .map(|shape| {
+                (
+                    shape.name.clone(),
+                    vec![RecordBatch::new_empty(shape.schema.clone()); threads],
+                )
+            })
+            .collect();
+        let (session, window_uses) = session_over(empty, &tables)?;
+        let (logical, plan) = runtime
+            .block_on(async {
+                let df = session.sql(&query.sql).await?;
+                let logical = session.state().optimize(df.logical_plan())?;
+                Ok::<_, datafusion::error::DataFusionError>((
+                    logical,
+                    df.create_physical_plan().await?,
+                ))
+            })
+            .map_err(|e| SqlError::Plan {
+                line,
+                message: format!("{e}"),
+            })?;
+        let mut read = scanned_tables(&logical);
+        read.extend(
+            crate::log::mutex(&window_uses)
+                .iter()
+                .map(|u| u.stream.clone()),
+        );
+        let decls: Vec<(&script::StreamDecl, StreamShape)> = script
+            .streams
+            .iter()
+            .zip(shapes)
+            .filter(|(d, _)| read.contains(&d.name))
             .collect();
         if decls.is_empty() {
             return Err(SqlError::Plan {
@@ -128,8 +166,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
         }
         let mut inputs = Vec::new();
         let mut records = Vec::new();
-        for decl in &decls {
-            let shape = StreamShape::new(decl, line)?;
+        for (decl, shape) in decls {
             let topic = decl
                 .options
                 .get("topic")
@@ -154,31 +191,6 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                 topic,
             });
         }
-        // Plan once over empty batches: refuses what cannot run
-        // incrementally before any record is read.
-        let empty: Vec<(String, Vec<RecordBatch>)> = inputs
-            .iter()
-            .map(|i| {
-                (
-                    i.shape.name.clone(),
-                    vec![RecordBatch::new_empty(i.shape.schema.clone()); threads],
-                )
-            })
-            .collect();
-        let (session, window_uses) = session_over(empty, &tables)?;
-        let (logical, plan) = runtime
-            .block_on(async {
-                let df = session.sql(&query.sql).await?;
-                let logical = session.state().optimize(df.logical_plan())?;
-                Ok::<_, datafusion::error::DataFusionError>((
-                    logical,
-                    df.create_physical_plan().await?,
-                ))
-            })
-            .map_err(|e| SqlError::Plan {
-                line,
-                message: format!("{e}"),
-            })?;
         incremental::check_logical(&logical)
             .map_err(|message| SqlError::Unsupported { line, message })?;
         let aggregation = incremental::analyze(&plan)
@@ -328,9 +340,17 @@ fn open_source(
     }
 }
 
-fn contains_word(sql: &str, word: &str) -> bool {
-    sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .any(|w| w.eq_ignore_ascii_case(word))
+/// Names of the tables a plan scans, subqueries included.
+fn scanned_tables(plan: &datafusion::logical_expr::LogicalPlan) -> std::collections::BTreeSet<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut out = std::collections::BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node {
+            out.insert(scan.table_name.table().to_owned());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 /// A session with the batch's rows of each stream as a table (one
