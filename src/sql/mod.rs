@@ -96,7 +96,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                         .join(", ")
                 ),
             })?;
-        let shape = StreamShape::new(stream_decl, line)?;
+        let shape = StreamShape::new(stream_decl, topics, line)?;
         let topic = stream_decl
             .options
             .get("topic")
@@ -207,7 +207,7 @@ struct QueryRunner {
 
 impl QueryRunner {
     fn run(&self, cx: &BatchCx, chunks: &[RecordBatch]) -> Result<(), SqlError> {
-        let (batch, _bad) = self.shape.decode(chunks)?;
+        let batch = self.shape.decode(cx, chunks)?;
         let session =
             SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         session.register_batch(&self.shape.name, batch)?;
