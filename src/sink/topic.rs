@@ -331,8 +331,15 @@ impl TopicWriter {
         records: &BTreeMap<i32, Vec<OutRecord>>,
     ) -> Result<WriteReport, SinkError> {
         let mut through = crate::log::mutex(&self.written_through);
-        let look = batch_id.checked_sub(1) != *through || through.is_none();
+        let look = through.is_none_or(|t| t.checked_add(1) != Some(batch_id));
         *through = None;
+        let ends = if look && !records.is_empty() {
+            self.reader.partitions().map_err(|e| {
+                self.error(format!("cannot read the end of topic {}: {e}", self.topic))
+            })?
+        } else {
+            Vec::new()
+        };
         let mut report = WriteReport::default();
         for (&partition, recs) in records {
             if partition < 0 || partition as u32 >= self.partitions {
@@ -343,7 +350,7 @@ impl TopicWriter {
             }
             let start = if look {
                 resume_at(
-                    self.last_marker(partition)?.as_ref(),
+                    self.last_marker(&ends, partition)?.as_ref(),
                     id,
                     batch_id,
                     recs.len(),
@@ -388,13 +395,14 @@ impl TopicWriter {
         SinkError::new(self.what.clone(), message)
     }
 
-    /// The marker of `partition`'s last record, if it has one.
-    fn last_marker(&self, partition: i32) -> Result<Option<Marker>, SinkError> {
-        let infos = self
-            .reader
-            .partitions()
-            .map_err(|e| self.error(format!("cannot read the end of topic {}: {e}", self.topic)))?;
-        let Some(info) = infos.iter().find(|i| i.partition == partition) else {
+    /// The marker of `partition`'s last record, if it has one; `ends` are
+    /// the topic's partitions as the write began.
+    fn last_marker(
+        &self,
+        ends: &[crate::source::PartitionInfo],
+        partition: i32,
+    ) -> Result<Option<Marker>, SinkError> {
+        let Some(info) = ends.iter().find(|i| i.partition == partition) else {
             return Ok(None);
         };
         if info.high_watermark <= info.log_start {

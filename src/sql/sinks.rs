@@ -536,14 +536,13 @@ fn json_lines(b: &RecordBatch) -> Result<Vec<Vec<u8>>, SqlError> {
         .map(<[u8]>::to_vec)
         .collect();
     if lines.len() != b.num_rows() {
-        return Err(SqlError::Plan {
-            line: 0,
-            message: format!(
-                "JSON encoding gave {} lines for {} rows",
-                lines.len(),
-                b.num_rows()
-            ),
-        });
+        return Err(SqlError::Arrow(
+            datafusion::arrow::error::ArrowError::JsonError(format!(
+                "encoding {} rows as JSON gave {} lines",
+                b.num_rows(),
+                lines.len()
+            )),
+        ));
     }
     Ok(lines)
 }
@@ -725,5 +724,141 @@ impl Sink {
             Sink::File(f) => f.write(cx, output)?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray, StringViewArray};
+
+    use super::*;
+    use crate::log::{LogStore, StoreOptions};
+
+    fn decl(options: &[(&str, &str)]) -> SinkDecl {
+        SinkDecl {
+            name: "s".into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sink_options_have_defaults() {
+        assert_eq!(SinkSpec::parse(&decl(&[])), Ok(SinkSpec::Console));
+        assert_eq!(
+            SinkSpec::parse(&decl(&[("type", "TOPIC")])),
+            Ok(SinkSpec::Topic {
+                topic: "s".into(),
+                format: RowFormat::Json,
+                key: None,
+                brokers: None,
+                partitions: 1,
+            })
+        );
+        assert_eq!(
+            SinkSpec::parse(&decl(&[("type", "file"), ("path", "out")])),
+            Ok(SinkSpec::File {
+                path: "out".into(),
+                format: FileFormat::Parquet,
+            })
+        );
+        assert!(
+            SinkSpec::parse(&decl(&[("type", "file"), ("path", "o")]))
+                .unwrap()
+                .single_writer()
+        );
+        assert!(!SinkSpec::Table.single_writer());
+    }
+
+    fn rows() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8View, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringViewArray::from(vec![Some("a"), Some("b"), None])),
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(StringArray::from(vec![Some("x"), None, Some("z")])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn sink(format: RowFormat, key: Option<usize>, value: usize) -> (TopicSink, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            LogStore::open(
+                dir.path(),
+                StoreOptions {
+                    background: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let writer =
+            TopicWriter::open(&TopicTarget::Embedded(store), "out", 4, "topic sink s").unwrap();
+        let sink = TopicSink {
+            name: "s".into(),
+            writer,
+            format,
+            key,
+            value,
+            id: OnceLock::new(),
+        };
+        (sink, dir)
+    }
+
+    #[test]
+    fn json_rows_have_every_column_and_explicit_nulls() {
+        let (sink, _dir) = sink(RowFormat::Json, Some(0), 0);
+        let records = sink.records(&[rows()], 77).unwrap();
+        let all: Vec<&OutRecord> = records.values().flatten().collect();
+        assert_eq!(all.len(), 3);
+        let by_key = |k: Option<&[u8]>| {
+            all.iter()
+                .find(|r| r.key.as_deref() == k)
+                .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+                .unwrap()
+        };
+        assert_eq!(by_key(Some(b"a")), r#"{"user":"a","n":1,"note":"x"}"#);
+        assert_eq!(by_key(Some(b"b")), r#"{"user":"b","n":null,"note":null}"#);
+        // A NULL key: no key, partition 0.
+        assert_eq!(records[&0].iter().filter(|r| r.key.is_none()).count(), 1);
+        for (p, recs) in &records {
+            for r in recs {
+                assert_eq!(r.timestamp_ms, 77);
+                assert_eq!(*p, partition_of(r.key.as_deref(), 4));
+            }
+        }
+    }
+
+    #[test]
+    fn text_rows_write_one_column_and_null_is_a_tombstone() {
+        let (sink, _dir) = sink(RowFormat::Text, None, 1);
+        let records = sink.records(&[rows()], 0).unwrap();
+        assert_eq!(records.len(), 1, "no key: partition 0 only");
+        let values: Vec<Option<Vec<u8>>> = records[&0].iter().map(|r| r.value.clone()).collect();
+        assert_eq!(values, [Some(b"1".to_vec()), None, Some(b"3".to_vec())]);
+    }
+
+    #[test]
+    fn files_get_plain_string_types() {
+        let plain = plain_types(&rows()).unwrap();
+        assert_eq!(plain.schema().field(0).data_type(), &DataType::Utf8);
+        assert_eq!(plain.column(0).as_string::<i32>().value(1), "b");
+        assert!(text_cells_supported(&Field::new("b", DataType::Binary, true)).is_ok());
+        let list = DataType::new_list(DataType::Int64, true);
+        assert_eq!(
+            text_cells_supported(&Field::new("l", list.clone(), true)),
+            Err(list.to_string())
+        );
     }
 }

@@ -632,3 +632,124 @@ fn lossy_text(values: &BinaryViewArray) -> ArrayRef {
     }
     Arc::new(out.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::Int64Type;
+
+    use super::*;
+
+    fn decl(columns: &[(&str, DataType)], options: &[(&str, &str)]) -> script::StreamDecl {
+        script::StreamDecl {
+            name: "s".into(),
+            columns: columns
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn stream_options_have_defaults() {
+        let spec = |o: &[(&str, &str)]| StreamSpec::parse(&decl(&[], o));
+        assert_eq!(
+            spec(&[]),
+            Ok(StreamSpec {
+                format: Format::Text,
+                on_error: OnError::Skip
+            })
+        );
+        assert_eq!(
+            spec(&[("format", "csv"), ("delimiter", "\\t")])
+                .unwrap()
+                .format,
+            Format::Csv { delimiter: b'\t' }
+        );
+        assert_eq!(
+            spec(&[("format", "json"), ("dead_letter_topic", "dlq")])
+                .unwrap()
+                .on_error,
+            OnError::DeadLetter("dlq".into()),
+            "a dead-letter topic alone means on_error = 'dead_letter'"
+        );
+        assert_eq!(
+            spec(&[("on_error", "FAIL")]).unwrap().on_error,
+            OnError::Fail
+        );
+    }
+
+    fn values(v: &[Option<&str>]) -> BinaryViewArray {
+        v.iter().map(|s| s.map(str::as_bytes)).collect()
+    }
+
+    #[test]
+    fn csv_values_decode_and_bad_ones_are_told_apart() {
+        let shape = StreamShape::new(
+            &decl(
+                &[("name", DataType::Utf8), ("n", DataType::Int64)],
+                &[("format", "csv")],
+            ),
+            &Topics::Brokers("unused:9092".into()),
+            1,
+        )
+        .unwrap();
+        // All good, one pass; a trailing line break is not an empty row.
+        let d = shape
+            .decode_csv(&values(&[Some("a,1"), Some("b,2\r\n")]), b',')
+            .unwrap();
+        assert!(d.kept.is_none() && d.bad.is_empty());
+        assert_eq!(d.columns[1].as_primitive::<Int64Type>().values(), &[1, 2]);
+
+        let d = shape
+            .decode_csv(
+                &values(&[
+                    Some("a,1"),
+                    Some("b,x"),
+                    Some("\"q,r\",3"),
+                    Some(""),
+                    None,
+                    Some("c,4,extra"),
+                    Some("d,5\ne,6"),
+                    Some(",7"),
+                ]),
+                b',',
+            )
+            .unwrap();
+        let kept: Vec<bool> = d.kept.unwrap().iter().map(Option::unwrap).collect();
+        assert_eq!(kept, [true, false, true, false, false, false, false, true]);
+        assert_eq!(
+            d.columns[0].as_string::<i32>().iter().collect::<Vec<_>>(),
+            [Some("a"), Some("q,r"), None]
+        );
+        let reasons: BTreeMap<usize, String> = d.bad.into_iter().collect();
+        assert!(reasons[&1].contains("parsing"), "{}", reasons[&1]);
+        assert_eq!(reasons[&3], "the value is empty");
+        assert!(reasons[&5].contains("fields"), "{}", reasons[&5]);
+        assert!(reasons[&6].contains("CSV rows, not one"), "{}", reasons[&6]);
+    }
+
+    #[test]
+    fn json_bad_values_say_why() {
+        let shape = StreamShape::new(
+            &decl(&[("n", DataType::Int64)], &[("format", "json")]),
+            &Topics::Brokers("unused:9092".into()),
+            1,
+        )
+        .unwrap();
+        let d = shape
+            .decode_json(&values(&[
+                Some(r#"{"n": 1}"#),
+                Some("{"),
+                Some(r#"{"n": "x"}"#),
+            ]))
+            .unwrap();
+        let kept: Vec<bool> = d.kept.unwrap().iter().map(Option::unwrap).collect();
+        assert_eq!(kept, [true, false, false]);
+        assert_eq!(d.bad.len(), 2);
+        assert!(d.bad[1].1.contains("'n'"), "{}", d.bad[1].1);
+    }
+}
