@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use common::broker::{TestBroker, run_bounded};
+use common::broker::{BrokerOpts, TestBroker, run_bounded};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
@@ -411,7 +411,9 @@ fn topic_sink_is_exactly_once_across_sigkills_after_the_write() {
 
 #[test]
 fn topic_sink_and_dead_letters_through_a_kafka_broker() {
-    let mut broker = TestBroker::start();
+    // Auto-creation on: the sink must still create its topic with its own
+    // partition count (2), not the broker's default (1).
+    let mut broker = TestBroker::start_with(BrokerOpts::auto_create());
     broker.kill();
     let mut input: Vec<String> = clicks(120);
     input.insert(30, "not json".into());
@@ -444,8 +446,10 @@ fn topic_sink_and_dead_letters_through_a_kafka_broker() {
         String::from_utf8_lossy(&out.stderr)
     );
     broker.stop_gracefully();
-    let rows = rows_checked(&read_topic(&broker.data_dir(), "out"), "kafka/out");
-    assert_eq!(rows, expected_click_rows(120));
+    let out = read_topic(&broker.data_dir(), "out");
+    assert_eq!(rows_checked(&out, "kafka/out"), expected_click_rows(120));
+    let partitions: BTreeSet<i32> = out.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions, BTreeSet::from([0, 1]));
     let dlq = read_topic(&broker.data_dir(), "clicks-dlq");
     let values: Vec<_> = dlq.iter().map(|r| r.value.clone().unwrap()).collect();
     assert_eq!(values, ["not json", r#"{"user":"u1","ms":"NaN"}"#]);

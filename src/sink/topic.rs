@@ -280,6 +280,9 @@ impl TopicWriter {
                     .set("acks", "all")
                     .set("linger.ms", "5")
                     .set("message.timeout.ms", "60000")
+                    // A missing topic is created below with the sink's
+                    // partition count, not the broker's default.
+                    .set("allow.auto.create.topics", "false")
                     .create_with_context(DeliveryErrors {
                         what: what.to_owned(),
                         first: Mutex::new(None),
