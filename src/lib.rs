@@ -23,9 +23,13 @@
 //!   control and backpressure.
 //! - [`checkpoint`] — the job's RocksDB database: versioned schema, planned
 //!   and committed batches, operator state, result tables.
-//! - [`sink`] — console output and RocksDB result tables.
-//! - [`sql`] — SQL jobs over streams on DataFusion: `CREATE STREAM`/`SINK`,
-//!   `INSERT INTO … SELECT`, `GROUP BY` state merged across batches.
+//! - [`sink`] — console output, RocksDB result tables, and the topic and
+//!   file sinks that write outside the checkpoint idempotently per batch id.
+//! - [`sql`] — SQL jobs over streams on DataFusion: `CREATE STREAM` (text,
+//!   JSON, CSV; bad records skipped, failed on or dead-lettered; watermarks),
+//!   `CREATE TABLE` (static tables), `CREATE SINK` (console, table, topic,
+//!   file, blackhole), `INSERT INTO … SELECT`, `GROUP BY` state merged across
+//!   batches, event-time windows, interval joins.
 //! - [`nexmark`] — the Nexmark benchmark's events (people, auctions, bids)
 //!   from a seed and an event number, loaded into the store as JSON.
 //! - [`corpus`] — a seeded text generator (Zipf-distributed words) for demos

@@ -18,6 +18,11 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // Crash tests configure failpoints of the binary with FAILPOINTS
+    // (e.g. `sink::topic::after_write=return(3)`); only in builds with the
+    // `failpoints` feature.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = sluice::cli::Cli::parse();
     sluice::cli::init_tracing(&cli.log_filter());
     match sluice::cli::run(cli) {

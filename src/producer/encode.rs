@@ -63,7 +63,7 @@ pub fn parse_compression(s: &str) -> Result<Compression, ParseCompressionError> 
 #[derive(Debug)]
 struct Pending {
     key: Option<Range<usize>>,
-    value: Range<usize>,
+    value: Option<Range<usize>>,
     timestamp_ms: i64,
     headers: Vec<(String, Option<Range<usize>>)>,
 }
@@ -133,11 +133,22 @@ impl BatchBuilder {
         timestamp_ms: i64,
         headers: &[(&str, Option<&[u8]>)],
     ) {
+        self.push_record(key, Some(value), timestamp_ms, headers);
+    }
+
+    /// Adds a record whose value may be null (a tombstone), with headers.
+    pub fn push_record(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: i64,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
         let first_ts = *self.first_timestamp.get_or_insert(timestamp_ms);
         let offset_delta = self.pending.len() as i64;
 
         let key = key.map(|k| self.copy_in(k));
-        let value = self.copy_in(value);
+        let value = value.map(|v| self.copy_in(v));
         let mut header_bytes = varint_len(headers.len() as i64);
         let headers = headers
             .iter()
@@ -157,8 +168,9 @@ impl BatchBuilder {
             + key
                 .as_ref()
                 .map_or(1, |k| varint_len(k.len() as i64) + k.len())
-            + varint_len(value.len() as i64)
-            + value.len()
+            + value
+                .as_ref()
+                .map_or(1, |v| varint_len(v.len() as i64) + v.len())
             + header_bytes;
         self.size_bytes += varint_len(body as i64) + body;
 
@@ -274,7 +286,7 @@ fn to_record(arena: &Bytes, offset: i64, p: Pending) -> Record {
         sequence: (offset as i32).wrapping_sub(1),
         timestamp: p.timestamp_ms,
         key: p.key.map(|r| arena.slice(r)),
-        value: Some(arena.slice(p.value)),
+        value: p.value.map(|r| arena.slice(r)),
         headers,
     }
 }
@@ -388,6 +400,7 @@ mod tests {
             1_000_000,
             &[("h", Some(b"hv")), ("n", None)],
         );
+        b.push_record(Some(b"gone"), None, 7, &[]);
         let estimate = b.size_bytes();
         let bytes = b.finish().expect("encode");
         assert_eq!(estimate, bytes.len());
@@ -407,6 +420,18 @@ mod tests {
             Some(&Some(Bytes::from_static(b"abc")))
         );
         assert_eq!(h.get(&StrBytes::from_static_str("empty")), Some(&None));
+    }
+
+    #[test]
+    fn null_values_are_tombstones() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push_record(Some(b"k"), None, 1, &[("h", Some(b"v"))]);
+        b.push(None, b"", 2);
+        let mut bytes = b.finish().expect("encode").freeze();
+        let set = RecordBatchDecoder::decode(&mut bytes).expect("decode");
+        assert_eq!(set.records[0].value, None);
+        assert_eq!(set.records[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(set.records[1].value.as_deref(), Some(&b""[..]));
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
         let shapes = script
             .streams
             .iter()
-            .map(|d| StreamShape::new(d, line))
+            .map(|d| StreamShape::new(d, topics, line))
             .collect::<Result<Vec<_>, _>>()?;
         let empty: Vec<(String, Vec<RecordBatch>)> = shapes
             .iter()
@@ -341,7 +341,9 @@ fn open_source(
 }
 
 /// Names of the tables a plan scans, subqueries included.
-fn scanned_tables(plan: &datafusion::logical_expr::LogicalPlan) -> std::collections::BTreeSet<String> {
+fn scanned_tables(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> std::collections::BTreeSet<String> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     let mut out = std::collections::BTreeSet::new();
     let _ = plan.apply_with_subqueries(|node| {
@@ -467,26 +469,6 @@ struct QueryRunner {
 }
 
 impl QueryRunner {
-    /// Decodes one stream's chunks in slices, in parallel; each slice is
-    /// a partition of the table DataFusion scans.
-    fn decode(
-        &self,
-        input: &StreamInput,
-        chunks: &[RecordBatch],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
-        use rayon::prelude::*;
-        let per_slice = chunks.len().div_ceil(self.slices).max(1);
-        let decoded: Vec<(RecordBatch, u64)> = if chunks.is_empty() {
-            vec![input.shape.decode(chunks)?]
-        } else {
-            chunks
-                .par_chunks(per_slice)
-                .map(|slice| input.shape.decode(slice))
-                .collect::<Result<_, _>>()?
-        };
-        Ok(decoded.into_iter().map(|(b, _bad)| b).collect())
-    }
-
     fn run(&self, cx: &BatchCx, chunks: Vec<Vec<RecordBatch>>) -> Result<(), SqlError> {
         let state_cf = if self.aggregating || self.join.is_some() {
             Some(
@@ -500,7 +482,9 @@ impl QueryRunner {
         let mut streams = Vec::with_capacity(self.inputs.len());
         let mut watermarks = Vec::with_capacity(self.inputs.len());
         for (input, chunks) in self.inputs.iter().zip(&chunks) {
-            let mut parts = self.decode(input, chunks)?;
+            // Decoded in parallel slices: each is a partition of the table
+            // DataFusion scans.
+            let mut parts = input.shape.decode(cx, chunks, self.slices)?;
             // Stateful queries drop late records and move the watermark.
             let mut watermark = None;
             if let (Some(spec), Some(cf)) = (&input.watermark, state_cf) {

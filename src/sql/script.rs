@@ -184,7 +184,9 @@ fn parse_sink(text: &str, line: usize) -> Result<SinkDecl, SqlError> {
     let stmt = Parser::parse_sql(&GenericDialect {}, &rewritten)
         .map_err(|e| SqlError::Syntax {
             line,
-            message: format!("{e}; expected CREATE SINK name WITH (type = 'console' | 'table', …)"),
+            message: format!(
+                "{e}; expected CREATE SINK name WITH (type = 'console' | 'table' | 'topic' | 'file', …)"
+            ),
         })?
         .pop();
     match stmt {
@@ -201,7 +203,9 @@ fn parse_sink(text: &str, line: usize) -> Result<SinkDecl, SqlError> {
         }
         _ => Err(SqlError::Syntax {
             line,
-            message: "expected CREATE SINK name WITH (type = 'console' | 'table')".into(),
+            message:
+                "expected CREATE SINK name WITH (type = 'console' | 'table' | 'topic' | 'file', …)"
+                    .into(),
         }),
     }
 }
@@ -342,7 +346,7 @@ impl Script {
                     CreateTableOptions::With(list) => list.clone(),
                     _ => Vec::new(),
                 };
-                script.streams.push(StreamDecl {
+                let decl = StreamDecl {
                     name: t.name.to_string(),
                     columns: t
                         .columns
@@ -351,7 +355,10 @@ impl Script {
                         .collect::<Result<_, _>>()?,
                     options: options(&list, line)?,
                     watermark,
-                });
+                };
+                super::stream::StreamSpec::parse(&decl)
+                    .map_err(|message| SqlError::Unsupported { line, message })?;
+                script.streams.push(decl);
             } else if starts_with_words(trimmed, &["CREATE", "TABLE"]) {
                 let parsed = Parser::parse_sql(&GenericDialect {}, trimmed).map_err(|e| {
                     SqlError::Syntax {
@@ -380,7 +387,10 @@ impl Script {
                     line,
                 });
             } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
-                script.sinks.push(parse_sink(trimmed, line)?);
+                let decl = parse_sink(trimmed, line)?;
+                super::sinks::SinkSpec::parse(&decl)
+                    .map_err(|message| SqlError::Unsupported { line, message })?;
+                script.sinks.push(decl);
             } else if starts_with_words(trimmed, &["INSERT", "INTO"]) {
                 let rest = trimmed["INSERT".len()..].trim_start()["INTO".len()..].trim_start();
                 let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
@@ -426,6 +436,27 @@ impl Script {
                     line: q.line,
                     message: format!(
                         "INSERT INTO {sink}: no sink {sink} was created (CREATE SINK {sink} WITH (type = 'table'))"
+                    ),
+                });
+            }
+        }
+        // A topic or file sink tags what it writes with its batch ids, so
+        // a second query writing the same batch would be taken for a
+        // replay and dropped.
+        for decl in &script.sinks {
+            let single = super::sinks::SinkSpec::parse(decl).is_ok_and(|s| s.single_writer());
+            let lines: Vec<usize> = script
+                .queries
+                .iter()
+                .filter(|q| q.sink.as_deref() == Some(decl.name.as_str()))
+                .map(|q| q.line)
+                .collect();
+            if single && let [first, second, ..] = lines[..] {
+                return Err(SqlError::Unsupported {
+                    line: second,
+                    message: format!(
+                        "sink {} is written by the queries at lines {first} and {second}: a topic or file sink takes one query (it writes each batch once); give each query its own sink, or combine them with UNION ALL",
+                        decl.name
                     ),
                 });
             }
