@@ -7,6 +7,6 @@ CREATE SINK counts WITH (type = 'table');
 
 INSERT INTO counts
 SELECT word, count(*) AS n
-FROM (SELECT unnest(string_to_array(line, ' ')) AS word FROM lines)
+FROM (SELECT unnest(split(line, ' ')) AS word FROM lines)
 WHERE word <> ''
 GROUP BY word;

@@ -72,8 +72,10 @@ fn batch_reference(lines: &[String]) -> BTreeMap<String, String> {
             .nth(1)
             .unwrap()
             .trim()
-            .trim_end_matches(';');
-        let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
+            .trim_end_matches(';')
+            // DataFusion's own string_to_array checks Sluice's split.
+            .replace("split(line", "string_to_array(line");
+        let out = ctx.sql(&query).await.unwrap().collect().await.unwrap();
         let mut map = BTreeMap::new();
         for b in out {
             let words = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();

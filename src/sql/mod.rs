@@ -14,6 +14,7 @@
 //! This module owns the SQL surface; it never chooses offsets or commits
 //! (the driver does), and never touches segment files.
 
+mod functions;
 mod incremental;
 mod join;
 pub mod script;
@@ -393,6 +394,7 @@ fn session_over(
     for t in tables {
         session.register_table(&t.name, t.table.clone())?;
     }
+    session.register_udf(functions::split());
     let uses = window::register(&session, Arc::new(streams.into_iter().collect()));
     Ok((session, uses))
 }

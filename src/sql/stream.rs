@@ -203,8 +203,11 @@ impl StreamShape {
         let spec = StreamSpec::parse(decl).map_err(unsupported)?;
         let value_fields = match spec.format {
             Format::Text => match decl.columns.as_slice() {
-                [] => vec![Field::new("value", DataType::Utf8, true)],
-                [one] if one.data_type() == &DataType::Utf8 => vec![one.clone()],
+                // Text values are views into the records' bytes (no copy).
+                [] => vec![Field::new("value", DataType::Utf8View, true)],
+                [one] if one.data_type() == &DataType::Utf8 => {
+                    vec![Field::new(one.name(), DataType::Utf8View, true)]
+                }
                 _ => {
                     return Err(unsupported(format!(
                         "stream {}: a text stream has one TEXT column (the record value); use format = 'json' or 'csv' for several columns",
@@ -299,7 +302,7 @@ impl StreamShape {
             let values = chunk.column(record::VALUE).as_binary_view();
             let decoded = match self.format {
                 Format::Text => Decoded {
-                    columns: vec![lossy_text(values)],
+                    columns: vec![text_view(values)],
                     kept: None,
                     bad: Vec::new(),
                 },
@@ -658,6 +661,21 @@ fn feed_csv_row(
 
 /// Bytes as text, invalid UTF-8 replaced; valid values (nearly all) are
 /// copied into the column without a temporary string each.
+/// Bytes as text views sharing the records' buffers when they are valid
+/// UTF-8 (nearly always); otherwise a copy with invalid bytes replaced.
+fn text_view(values: &BinaryViewArray) -> ArrayRef {
+    match values.clone().to_string_view() {
+        Ok(text) => Arc::new(text),
+        Err(_) => {
+            let mut out = datafusion::arrow::array::StringViewBuilder::with_capacity(values.len());
+            for v in values.iter() {
+                out.append_option(v.map(String::from_utf8_lossy));
+            }
+            Arc::new(out.finish())
+        }
+    }
+}
+
 fn lossy_text(values: &BinaryViewArray) -> ArrayRef {
     let mut out = datafusion::arrow::array::StringBuilder::with_capacity(
         values.len(),
