@@ -28,6 +28,10 @@ pub struct SqlArgs {
     /// embedded store are streams with a `value` text column and Kafka's
     /// `_topic`, `_partition`, `_offset`, `_timestamp`, `_key` columns.
     pub query: String,
+    /// Output mode of the query: update (changed groups each batch),
+    /// append (final rows only: closed windows), complete (every group).
+    #[arg(long)]
+    pub mode: Option<String>,
     #[command(flatten)]
     pub place: Where,
     #[command(flatten)]
@@ -78,7 +82,8 @@ fn run_script(
 }
 
 pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
-    let script = Script::parse(&args.query)?;
+    let mut script = Script::parse(&args.query)?;
+    script.console_mode = args.mode.clone();
     // The same query resumes its own checkpoint; another query gets another.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     args.query.trim().hash(&mut h);
