@@ -367,6 +367,12 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
         "INSERT INTO out SELECT url FROM clicks;",
     );
     assert!(e.contains("complete mode needs an aggregation"), "{e}");
+    let e = refuse(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT window_end, max(n) FROM (SELECT url, count(*) AS n, window_start, window_end FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end) GROUP BY window_end;",
+    );
+    assert!(e.contains("complete only in append mode"), "{e}");
     let e = refuse(STREAM, ", mode = 'sometimes'", tumble);
     assert!(e.contains("'update', 'append', 'complete'"), "{e}");
     let e = refuse(
@@ -478,5 +484,71 @@ fn clicks_per_url_job_prints_each_minute_once_with_the_batch_querys_counts() {
         let users: i64 = cols[4].parse().unwrap();
         assert!((1..=17).contains(&users), "{row}");
     }
+    assert_eq!(got, expected, "{out}");
+}
+
+#[test]
+fn an_aggregation_over_closed_windows_sees_each_window_whole() {
+    // Top URL per 10 s window, as Nexmark q5: count per (url, window) is
+    // merged across batches; the outer max runs on closed windows only.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = clicks();
+    {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        append_clicks(&store, 3, &input);
+        // Close every window: each partition far ahead.
+        append_clicks(
+            &store,
+            3,
+            &[
+                (0, "/end", 10_000_000),
+                (1, "/end", 10_000_000),
+                (2, "/end", 10_000_000),
+            ],
+        );
+    }
+    let job = dir.path().join("top.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+             INSERT INTO out SELECT window_start, max(n) AS top FROM (\n\
+               SELECT url, count(*) AS n, window_start, window_end\n\
+               FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end\n\
+             ) GROUP BY window_start, window_end;"
+        ),
+    )
+    .unwrap();
+    let (out, _) = sluice(&[
+        "run",
+        job.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--checkpoint-dir",
+        dir.path().join("cp").to_str().unwrap(),
+        "--until-caught-up",
+        "--interval",
+        "1ms",
+        "--max-records-per-batch",
+        "13",
+    ]);
+    let mut per_window: BTreeMap<i64, BTreeMap<&str, i64>> = BTreeMap::new();
+    for (_, url, ts) in &input {
+        *per_window
+            .entry(ts.div_euclid(10_000) * 10_000)
+            .or_default()
+            .entry(url)
+            .or_default() += 1;
+    }
+    let mut expected: Vec<String> = per_window
+        .iter()
+        .map(|(start, urls)| format!("{},{}", ms_text(*start), urls.values().max().unwrap()))
+        .collect();
+    expected.sort();
+    let got: Vec<String> = console_rows(&out)
+        .into_iter()
+        .filter(|r| !r.starts_with("window_start"))
+        .collect();
     assert_eq!(got, expected, "{out}");
 }

@@ -74,6 +74,8 @@ pub(crate) struct Aggregation {
     partial: Arc<AggregateExec>,
     /// Set when it groups by a window.
     pub window: Option<WindowColumn>,
+    /// Other aggregations run above it (over its closed windows).
+    pub nested: bool,
 }
 
 /// State keys: a tag byte, then (windowed) the window end, then the
@@ -150,7 +152,8 @@ fn is_passthrough(plan: &dyn ExecutionPlan) -> bool {
 /// Finds the single aggregation of `plan` and refuses what cannot run
 /// incrementally. `None`: a stateless query.
 pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregation>, String> {
-    let mut found: Option<Aggregation> = None;
+    // Aggregations from the top down.
+    let mut found: Vec<Aggregation> = Vec::new();
     let mut stack: Vec<(Arc<dyn ExecutionPlan>, bool)> = vec![(plan.clone(), false)];
     while let Some((node, below_aggregate)) = stack.pop() {
         let name = node.name().to_owned();
@@ -169,9 +172,6 @@ pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregatio
             }
         }
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            if below_aggregate {
-                return Err("nested aggregations (e.g. COUNT(DISTINCT …)) are not incremental yet: use approx_distinct(…)".into());
-            }
             if !agg.group_expr().is_single() {
                 return Err("GROUPING SETS, CUBE and ROLLUP are not incremental yet".into());
             }
@@ -224,10 +224,11 @@ pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregatio
             for child in partial.children() {
                 stack.push((child.clone(), true));
             }
-            found = Some(Aggregation {
+            found.push(Aggregation {
                 top: node.clone(),
                 partial: Arc::new(partial),
                 window,
+                nested: false,
             });
             continue;
         }
@@ -235,7 +236,24 @@ pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregatio
             stack.push((child.clone(), below_aggregate));
         }
     }
-    Ok(found)
+    let Some(mut inner) = found.pop() else {
+        return Ok(None);
+    };
+    if !found.is_empty() {
+        // An aggregation over a windowed one in append mode sees each
+        // window whole, in the batch that closes it: the outer ones run
+        // per batch over the closed windows' rows.
+        if inner.window.is_none() {
+            return Err("nested aggregations (e.g. COUNT(DISTINCT …)) are not incremental yet: use approx_distinct(…), or aggregate a windowed aggregation in append mode".into());
+        }
+        for outer in &found {
+            if outer.window.is_none() {
+                return Err("an aggregation over a windowed aggregation must group by its window_start or window_end, so each group is complete when the window closes".into());
+            }
+        }
+        inner.nested = true;
+    }
+    Ok(Some(inner))
 }
 
 /// Refuses, from the logical plan, what the physical plan may hide (a

@@ -436,6 +436,9 @@ fn check_mode(
         (OutputMode::Complete, None) => refuse(
             "complete mode needs an aggregation (GROUP BY): a query without one has no result to repeat; use mode = 'append' or 'update'".into(),
         ),
+        (mode, Some(a)) if a.nested && mode != OutputMode::Append => refuse(
+            "an aggregation over a windowed aggregation sees each window complete only in append mode: set mode = 'append' on the sink".into(),
+        ),
         (OutputMode::Append, Some(a)) if a.window.is_none() => refuse(
             "append mode emits only final rows, and a GROUP BY without a window never finalizes: group by window_start, window_end of TUMBLE(…) or HOP(…), or use mode = 'update'".into(),
         ),
