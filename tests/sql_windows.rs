@@ -552,3 +552,39 @@ fn an_aggregation_over_closed_windows_sees_each_window_whole() {
         .collect();
     assert_eq!(got, expected, "{out}");
 }
+
+#[test]
+fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let explain = |job: &str| {
+        sluice(&[
+            "explain",
+            &format!("{}/jobs/{job}", env!("CARGO_MANIFEST_DIR")),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .0
+    };
+    let q5 = explain("nexmark/q5.sql");
+    for part in [
+        "reads stream bid ← topic bid (json), watermark date_time − 4000 ms",
+        "[per slice: partial aggregate]",
+        "[shuffle: partial aggregates meet by group key]",
+        "[merge: partial states of all slices + stored state, by group key]",
+        "[per batch, over the emitted groups]",
+        "state: CF state.insert-nexmark_q5",
+        "(auction, window_start, window_end)",
+        "emitted once and deleted",
+        "append mode",
+    ] {
+        assert!(q5.contains(part), "missing {part:?} in:\n{q5}");
+    }
+    let join = explain("paid_orders.sql");
+    assert!(
+        join.contains("bounds orders.ts − payments.ts to [-10000 ms, 0 ms]"),
+        "{join}"
+    );
+    let wc = explain("wordcount.sql");
+    assert!(wc.contains("eviction: none (not windowed)"), "{wc}");
+}

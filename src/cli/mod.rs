@@ -70,6 +70,9 @@ pub enum Command {
     Sql(sql::SqlArgs),
     /// Run a SQL job file (CREATE STREAM / CREATE SINK / INSERT INTO …).
     Run(sql::RunArgs),
+    /// Show a SQL job's incremental plan: what runs per slice, where the
+    /// shuffle is, which state is kept and how it is evicted.
+    Explain(sql::ExplainArgs),
     /// The Nexmark benchmark: generate its events into topics.
     #[command(subcommand)]
     Nexmark(nexmark::NexmarkCommand),
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::State(cmd) => state::run(cmd),
         Command::Sql(args) => sql::sql(args),
         Command::Run(args) => sql::run(args),
+        Command::Explain(args) => sql::explain(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Nexmark(cmd) => nexmark::run(cmd),
     }

@@ -48,19 +48,13 @@ pub struct RunArgs {
     pub job: JobArgs,
 }
 
-fn run_script(
-    mut script: Script,
-    default_job: &str,
-    place: &Where,
-    job: &JobArgs,
-) -> anyhow::Result<()> {
-    let mut config = job.config(default_job);
-    config.stop = Some(stop_flag()?);
-    let topics = match &place.brokers {
+/// Where the script's topics are; topics of the embedded store that no
+/// `CREATE STREAM` declares become text streams.
+fn topics_for(script: &mut Script, place: &Where) -> anyhow::Result<Topics> {
+    Ok(match &place.brokers {
         Some(b) => Topics::Brokers(b.clone()),
         None => {
             let store = Arc::new(open_store(&place.data_dir, false)?);
-            // Topics not declared with CREATE STREAM are text streams.
             for topic in store.topics() {
                 let name = topic.name().to_owned();
                 if !script.streams.iter().any(|s| s.name == name) {
@@ -74,10 +68,41 @@ fn run_script(
             }
             Topics::Embedded(store)
         }
-    };
+    })
+}
+
+fn run_script(
+    mut script: Script,
+    default_job: &str,
+    place: &Where,
+    job: &JobArgs,
+) -> anyhow::Result<()> {
+    let mut config = job.config(default_job);
+    config.stop = Some(stop_flag()?);
+    let topics = topics_for(&mut script, place)?;
     let ctx = StreamingContext::new(config);
     crate::sql::build(&ctx, &script, &topics)?;
     ctx.run().context("the SQL job stopped")?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The SQL job file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub place: Where,
+}
+
+/// `sluice explain FILE`: the incremental plan of each query.
+pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mut script = Script::parse(&text).with_context(|| format!("in {}", args.file.display()))?;
+    let topics = topics_for(&mut script, &args.place)?;
+    let plan = crate::sql::explain(&script, &topics)
+        .with_context(|| format!("in {}", args.file.display()))?;
+    print!("{plan}");
     Ok(())
 }
 

@@ -78,6 +78,18 @@ pub(crate) struct Aggregation {
     pub nested: bool,
 }
 
+impl Aggregation {
+    /// The node whose output the merged state replaces.
+    pub(crate) fn top(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.top
+    }
+
+    /// The partial phase: runs over each slice of the batch.
+    pub(crate) fn partial(&self) -> &Arc<AggregateExec> {
+        &self.partial
+    }
+}
+
 /// State keys: a tag byte, then (windowed) the window end, then the
 /// group in Arrow's row format. The tag keeps the query's own metadata
 /// (the watermark) apart from its groups.

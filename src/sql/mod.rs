@@ -14,6 +14,7 @@
 //! This module owns the SQL surface; it never chooses offsets or commits
 //! (the driver does), and never touches segment files.
 
+mod explain;
 mod functions;
 mod incremental;
 mod join;
@@ -75,6 +76,25 @@ pub enum Topics {
 
 /// Builds the streaming job of a script on `ctx`.
 pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result<(), SqlError> {
+    build_or_explain(Some(ctx), script, topics, None)
+}
+
+/// The incremental plan of every query of `script`: what runs per slice,
+/// where partial results meet, which state is kept and how it is evicted.
+/// Plans exactly as [`build`] does (so it refuses the same queries) but
+/// opens no source and writes nothing.
+pub fn explain(script: &Script, topics: &Topics) -> Result<String, SqlError> {
+    let mut out = String::new();
+    build_or_explain(None, script, topics, Some(&mut out))?;
+    Ok(out)
+}
+
+fn build_or_explain(
+    ctx: Option<&StreamingContext>,
+    script: &Script,
+    topics: &Topics,
+    mut explanation: Option<&mut String>,
+) -> Result<(), SqlError> {
     // DataFusion runs a batch's partitions on these threads, one per core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = Arc::new(
@@ -173,18 +193,21 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
                 .get("topic")
                 .cloned()
                 .unwrap_or_else(|| shape.name.clone());
-            let stream = match sources.get(&topic) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = open_source(ctx, topics, &topic).map_err(|message| SqlError::Plan {
-                        line,
-                        message: format!("stream {}: {message}", shape.name),
-                    })?;
-                    sources.insert(topic.clone(), s.clone());
-                    s
-                }
-            };
-            records.push(stream);
+            if let Some(ctx) = ctx {
+                let stream = match sources.get(&topic) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s =
+                            open_source(ctx, topics, &topic).map_err(|message| SqlError::Plan {
+                                line,
+                                message: format!("stream {}: {message}", shape.name),
+                            })?;
+                        sources.insert(topic.clone(), s.clone());
+                        s
+                    }
+                };
+                records.push(stream);
+            }
             let watermark = window::declared(decl, &shape.schema, line)?;
             inputs.push(StreamInput {
                 shape,
@@ -293,6 +316,50 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
             }),
             (None, None) => None,
         };
+        if let Some(out) = explanation.as_deref_mut() {
+            let formats: Vec<String> = inputs
+                .iter()
+                .map(|i| {
+                    script
+                        .streams
+                        .iter()
+                        .find(|d| d.name == i.shape.name)
+                        .and_then(|d| d.options.get("format").cloned())
+                        .unwrap_or_else(|| "text".into())
+                })
+                .collect();
+            let read = scanned_tables(&logical);
+            explain::describe(
+                out,
+                &explain::Query {
+                    number: n + 1,
+                    line,
+                    sink: sink_decl,
+                    mode,
+                    operator: &operator,
+                    inputs: inputs
+                        .iter()
+                        .zip(&formats)
+                        .map(|(i, f)| explain::Input {
+                            name: &i.shape.name,
+                            topic: &i.topic,
+                            format: f,
+                            watermark: i.watermark.as_ref(),
+                        })
+                        .collect(),
+                    tables: tables
+                        .iter()
+                        .filter(|t| read.contains(&t.name))
+                        .map(|t| t.name.as_str())
+                        .collect(),
+                    plan: &plan,
+                    aggregation: aggregation.as_ref(),
+                    join: join.as_ref(),
+                    slices: threads,
+                },
+            );
+            continue;
+        }
         let sink = match sink_decl {
             None => Sink::Console,
             Some(decl) => Sink::new(decl, &plan.schema(), topics, line)?,

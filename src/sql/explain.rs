@@ -1,0 +1,202 @@
+//! `sluice explain`: the incremental plan of each query of a job — what
+//! runs in parallel per slice of a batch, where partial results meet (the
+//! shuffle), which state is kept and how it is evicted.
+//!
+//! This module only describes; it never plans, runs or writes.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use datafusion::physical_plan::{ExecutionPlan, displayable};
+
+use super::incremental::{Aggregation, OutputMode};
+use super::join::IntervalJoin;
+use super::script::SinkDecl;
+use super::window::Watermark;
+
+/// What a query reads, for the description.
+pub(crate) struct Input<'a> {
+    pub name: &'a str,
+    pub topic: &'a str,
+    pub format: &'a str,
+    pub watermark: Option<&'a Watermark>,
+}
+
+/// Everything explained about one query.
+pub(crate) struct Query<'a> {
+    pub number: usize,
+    pub line: usize,
+    pub sink: Option<&'a SinkDecl>,
+    pub mode: OutputMode,
+    pub operator: &'a str,
+    pub inputs: Vec<Input<'a>>,
+    pub tables: Vec<&'a str>,
+    pub plan: &'a Arc<dyn ExecutionPlan>,
+    pub aggregation: Option<&'a Aggregation>,
+    pub join: Option<&'a IntervalJoin>,
+    pub slices: usize,
+}
+
+fn within(node: &Arc<dyn ExecutionPlan>, root: &Arc<dyn ExecutionPlan>) -> bool {
+    Arc::ptr_eq(node, root) || root.children().iter().any(|c| within(node, c))
+}
+
+/// Appends the description of `q` to `out`.
+pub(crate) fn describe(out: &mut String, q: &Query) {
+    let sink = match q.sink {
+        None => "the console".to_string(),
+        Some(s) => format!(
+            "sink {} ({})",
+            s.name,
+            s.options.get("type").map_or("console", String::as_str)
+        ),
+    };
+    let mode = match q.mode {
+        OutputMode::Update => "update",
+        OutputMode::Append => "append",
+        OutputMode::Complete => "complete",
+    };
+    let _ = writeln!(
+        out,
+        "query {} (line {}) → {sink}, {mode} mode",
+        q.number, q.line
+    );
+    for i in &q.inputs {
+        let watermark = i.watermark.map_or_else(
+            || "no watermark".to_string(),
+            |w| {
+                format!(
+                    "watermark {} − {} ms, idle partitions ignored after {} ms",
+                    w.column, w.delay_ms, w.idle_timeout_ms
+                )
+            },
+        );
+        let _ = writeln!(
+            out,
+            "  reads stream {} ← topic {} ({}), {watermark}",
+            i.name, i.topic, i.format
+        );
+    }
+    for t in &q.tables {
+        let _ = writeln!(out, "  joins static table {t} (loaded once at start)");
+    }
+    let _ = writeln!(
+        out,
+        "  each batch: the records are decoded in {} parallel slices; {}",
+        q.slices,
+        if q.aggregation.is_some() || q.join.is_some() {
+            "records behind a stream's watermark are dropped and counted (late records)"
+        } else {
+            "every record passes (stateless)"
+        }
+    );
+    let _ = writeln!(out, "  plan:");
+    render(out, q, q.plan, 2);
+    match (q.aggregation, q.join) {
+        (Some(a), _) => {
+            let groups = a.partial().group_expr().expr().len();
+            let schema = a.partial().schema();
+            let names: Vec<&str> = (0..groups)
+                .map(|i| schema.field(i).name().as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  state: CF state.{} — per group ({}) the accumulators' partial state, merged with each batch's partial aggregates and committed with the offsets",
+                q.operator,
+                names.join(", ")
+            );
+            match a.window {
+                Some(w) => {
+                    let _ = writeln!(
+                        out,
+                        "  eviction: groups keyed by window end ({}{}); windows the watermark passes are {} and deleted in one range scan",
+                        names[w.column],
+                        if w.to_end_ms > 0 {
+                            format!(" + {} ms", w.to_end_ms)
+                        } else {
+                            String::new()
+                        },
+                        if q.mode == OutputMode::Append {
+                            "emitted once"
+                        } else {
+                            "final"
+                        }
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  eviction: none (not windowed): state grows with the number of groups"
+                    );
+                }
+            }
+            if a.nested {
+                let _ = writeln!(
+                    out,
+                    "  above the windowed aggregation, the plan runs per batch over the windows that closed in it"
+                );
+            }
+        }
+        (None, Some(j)) => {
+            let _ = writeln!(
+                out,
+                "  state: CF state.{} — each stream's on-time rows (Arrow IPC per slice, keyed by newest event time); each batch runs the query twice: new {} × all {}, then buffered {} × new {}",
+                q.operator, j.streams[0], j.streams[1], j.streams[0], j.streams[1]
+            );
+            let _ = writeln!(
+                out,
+                "  eviction: the ON clause bounds {}.{} − {}.{} to [{} ms, {} ms]; {} rows older than {}'s watermark {:+} ms and {} rows older than {}'s watermark {:+} ms can match nothing more and are deleted",
+                j.streams[0],
+                j.columns[0],
+                j.streams[1],
+                j.columns[1],
+                j.lo_ms,
+                j.hi_ms,
+                j.streams[0],
+                j.streams[1],
+                j.lo_ms,
+                j.streams[1],
+                j.streams[0],
+                -j.hi_ms
+            );
+        }
+        (None, None) => {
+            let _ = writeln!(out, "  state: none");
+        }
+    }
+    let _ = writeln!(out);
+}
+
+fn render(out: &mut String, q: &Query, node: &Arc<dyn ExecutionPlan>, depth: usize) {
+    let where_ = match q.aggregation {
+        None if q.join.is_some() => "per batch, over new × buffered rows",
+        None => "per slice, in parallel",
+        Some(a) => {
+            let partial_input = &a.partial().children()[0];
+            if Arc::ptr_eq(node, a.top()) {
+                "merge: partial states of all slices + stored state, by group key"
+            } else if node.name() == "AggregateExec"
+                && within(node, a.top())
+                && !within(node, partial_input)
+            {
+                "per slice: partial aggregate"
+            } else if within(node, partial_input) {
+                "per slice, in parallel"
+            } else if within(node, a.top()) {
+                "shuffle: partial aggregates meet by group key"
+            } else {
+                "per batch, over the emitted groups"
+            }
+        }
+    };
+    let line = displayable(node.as_ref()).one_line().to_string();
+    let _ = writeln!(
+        out,
+        "{}{}   [{where_}]",
+        "  ".repeat(depth),
+        line.trim_end()
+    );
+    for child in node.children() {
+        render(out, q, child, depth + 1);
+    }
+}
