@@ -167,9 +167,15 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
     assert!(e.contains("approx_distinct"), "{e}");
     let e = refused("SELECT nosuchcolumn FROM lines;");
     assert!(
-        e.contains("line 2") && e.to_lowercase().contains("nosuchcolumn"),
+        e.contains("line 2, column 8") && e.to_lowercase().contains("nosuchcolumn"),
         "{e}"
     );
+    // INSERT INTO … with the query on later lines: the query's own line
+    // and column.
+    let e = refused(
+        "CREATE SINK s WITH (type = 'console');\nINSERT INTO s\nSELECT line,\n       nosuchcolumn FROM lines;",
+    );
+    assert!(e.contains("line 5, column 8"), "{e}");
     let e = refused("INSERT INTO nowhere SELECT line FROM lines;");
     assert!(e.contains("no sink nowhere"), "{e}");
     let e = refused("SELEC line FROM lines;");

@@ -49,6 +49,12 @@ pub enum SqlError {
     Unsupported { line: usize, message: String },
     #[error("line {line}: {message}")]
     Plan { line: usize, message: String },
+    #[error("line {line}, column {column}: {message}")]
+    At {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
@@ -146,10 +152,7 @@ fn build_or_explain(
                     df.create_physical_plan().await?,
                 ))
             })
-            .map_err(|e| SqlError::Plan {
-                line,
-                message: format!("{e}"),
-            })?;
+            .map_err(|e| located(&e, query))?;
         let mut read = scanned_tables(&logical);
         read.extend(
             crate::log::mutex(&window_uses)
@@ -408,6 +411,35 @@ fn open_source(
     }
 }
 
+/// A planning error at the script's line and column when DataFusion or
+/// the SQL parser says where in the query it is.
+fn located(e: &datafusion::error::DataFusionError, query: &script::QueryDecl) -> SqlError {
+    let message = e.to_string();
+    let at = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .map(|span| (span.start.line as usize, span.start.column as usize))
+        .or_else(|| {
+            // sqlparser: "… at Line: 2, Column: 8".
+            let rest = &message[message.find("Line: ")? + 6..];
+            let (l, rest) = rest.split_once(", Column: ")?;
+            let c: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((l.parse().ok()?, c.parse().ok()?))
+        })
+        .filter(|(l, _)| *l >= 1);
+    match at {
+        Some((l, c)) => SqlError::At {
+            line: query.line + l - 1,
+            column: if l == 1 { query.column + c - 1 } else { c },
+            message,
+        },
+        None => SqlError::Plan {
+            line: query.line,
+            message,
+        },
+    }
+}
+
 /// Names of the tables a plan scans, subqueries included.
 fn scanned_tables(
     plan: &datafusion::logical_expr::LogicalPlan,
@@ -442,8 +474,10 @@ fn session_over(
         .max()
         .unwrap_or(1)
         .max(1);
-    let session =
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    let mut config = SessionConfig::new().with_target_partitions(partitions);
+    // Errors say where in the query they are.
+    config.options_mut().sql_parser.collect_spans = true;
+    let session = SessionContext::new_with_config(config);
     for (name, parts) in &streams {
         let schema = parts
             .first()

@@ -60,6 +60,18 @@ pub struct QueryDecl {
     pub sql: String,
     /// 1-based line of the query in the script (error messages).
     pub line: usize,
+    /// 1-based column where the query starts on that line.
+    pub column: usize,
+}
+
+/// Line and column (1-based) where `part`, a suffix of `stmt`, starts,
+/// given the line `stmt` starts on (columns on that first line count from
+/// the statement's first character).
+fn position(stmt: &str, part: &str, line: usize) -> (usize, usize) {
+    let before = &stmt[..stmt.len() - part.len()];
+    let lines = before.matches('\n').count();
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line + lines, column)
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -395,10 +407,13 @@ impl Script {
                 let rest = trimmed["INSERT".len()..].trim_start()["INTO".len()..].trim_start();
                 let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
                 let (sink, query) = rest.split_at(name_end);
+                let query = query.trim();
+                let (line, column) = position(trimmed, query, line);
                 script.queries.push(QueryDecl {
                     sink: Some(sink.to_owned()),
-                    sql: query.trim().to_owned(),
+                    sql: query.to_owned(),
                     line,
+                    column,
                 });
             } else if starts_with_words(trimmed, &["SELECT"])
                 || starts_with_words(trimmed, &["WITH"])
@@ -407,6 +422,7 @@ impl Script {
                     sink: None,
                     sql: trimmed.to_owned(),
                     line,
+                    column: 1,
                 });
             } else {
                 return Err(SqlError::Syntax {
@@ -482,7 +498,8 @@ mod tests {
         assert_eq!(script.streams[0].columns[0].name(), "line");
         assert_eq!(script.sinks[0].options["type"], "table");
         assert_eq!(script.queries[0].sink.as_deref(), Some("counts"));
-        assert_eq!(script.queries[0].line, 4);
+        // The query's own position: SELECT starts line 5.
+        assert_eq!((script.queries[0].line, script.queries[0].column), (5, 1));
         assert!(script.queries[0].sql.starts_with("SELECT word"));
     }
 
