@@ -248,7 +248,9 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
     let script = Script::parse(
         "CREATE STREAM big (k TEXT, v BIGINT) WITH (topic = 'big', format = 'json');\n\
          CREATE SINK t WITH (type = 'table');\n\
-         INSERT INTO t SELECT k, count(*) AS n, sum(v) AS total FROM big GROUP BY k;",
+         INSERT INTO t SELECT k, count(*) AS n, sum(v) AS total FROM big GROUP BY k;\n\
+         CREATE SINK everything WITH (type = 'table');\n\
+         INSERT INTO everything SELECT 'all' AS k, count(*) AS n FROM big;",
     )
     .unwrap();
     let mut config = JobConfig::new("big", Duration::from_millis(1));
@@ -276,4 +278,14 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
             format!("k2=(1000, {})", total(2)),
         ]
     );
+    // A global aggregate (no GROUP BY) is one group.
+    let reader = TableReader::open(&cp, "everything").unwrap();
+    let mut rows = Vec::new();
+    reader
+        .scan(None, |k, v| {
+            rows.push(format!("{}={}", k.text, v.text));
+            true
+        })
+        .unwrap();
+    assert_eq!(rows, vec!["all=3000"]);
 }

@@ -588,3 +588,67 @@ fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
     let wc = explain("wordcount.sql");
     assert!(wc.contains("eviction: none (not windowed)"), "{wc}");
 }
+
+#[test]
+fn select_distinct_deduplicates_and_forgets_keys_behind_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cp = dir.path().join("cp");
+    let job = dir.path().join("dedup.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{STREAM}CREATE SINK out WITH (type = 'console');\n\
+             INSERT INTO out SELECT DISTINCT url, ts FROM clicks;"
+        ),
+    )
+    .unwrap();
+    let run = || {
+        sluice(&[
+            "run",
+            job.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+            "--job",
+            "windows",
+            "--until-caught-up",
+            "--interval",
+            "1ms",
+            "--max-records-per-batch",
+            "2",
+        ])
+        .0
+    };
+    let phase = |clicks: &[(i32, &str, i64)]| {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        append_clicks(&store, 1, clicks);
+    };
+    // Duplicates within a batch, across batches and across a restart.
+    phase(&[
+        (0, "a", 1_000),
+        (0, "a", 1_000),
+        (0, "b", 1_000),
+        (0, "a", 2_000),
+        (0, "a", 1_000),
+        (0, "b", 3_000),
+    ]);
+    let first = console_rows(&run());
+    assert_eq!(
+        first,
+        vec![
+            "a,1970-01-01T00:00:01",
+            "a,1970-01-01T00:00:02",
+            "b,1970-01-01T00:00:01",
+            "b,1970-01-01T00:00:03",
+        ]
+    );
+    phase(&[(0, "b", 3_000), (0, "c", 20_000), (0, "b", 3_000)]);
+    let second = console_rows(&run());
+    // b@3s is a duplicate (and, after c@20s, behind the watermark: late).
+    assert_eq!(second, vec!["c,1970-01-01T00:00:20"]);
+    // Keys behind the watermark (20 s − 5 s) were forgotten: only c@20s
+    // is still kept.
+    assert_eq!(window_groups_in_state(&cp, "insert-out"), 1);
+}

@@ -110,8 +110,14 @@ fn end_bytes(end_ms: i64) -> [u8; 8] {
 
 /// Finds the window among the group columns of a partial aggregate: a
 /// column marked by a window function, or named `window_end` /
-/// `window_start`.
-fn window_column(partial: &AggregateExec) -> Result<Option<WindowColumn>, String> {
+/// `window_start`; failing those, the stream's event-time column itself
+/// (`event_time`): a group keyed by an event time gets no row once the
+/// watermark has passed it (`SELECT DISTINCT id, ts`: deduplication
+/// bounded by the watermark).
+fn window_column(
+    partial: &AggregateExec,
+    event_time: Option<&str>,
+) -> Result<Option<WindowColumn>, String> {
     use super::window::{WINDOW_META, WINDOW_SIZE_META};
     let schema = partial.schema();
     let groups = partial.group_expr().expr().len();
@@ -143,7 +149,19 @@ fn window_column(partial: &AggregateExec) -> Result<Option<WindowColumn>, String
         }
     }
     match start {
-        None => Ok(None),
+        None => Ok(event_time.and_then(|name| {
+            (0..groups)
+                .find(|&i| {
+                    let f = schema.field(i);
+                    f.name() == name && matches!(f.data_type(), DataType::Timestamp(_, _))
+                })
+                // Closed once the watermark is past it: records at the
+                // watermark itself are still on time.
+                .map(|column| WindowColumn {
+                    column,
+                    to_end_ms: 1,
+                })
+        })),
         Some((i, Some(size))) => Ok(Some(WindowColumn {
             column: i,
             to_end_ms: size.parse().map_err(|_| format!("bad window size {size}"))?,
@@ -163,7 +181,10 @@ fn is_passthrough(plan: &dyn ExecutionPlan) -> bool {
 
 /// Finds the single aggregation of `plan` and refuses what cannot run
 /// incrementally. `None`: a stateless query.
-pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregation>, String> {
+pub(crate) fn analyze(
+    plan: &Arc<dyn ExecutionPlan>,
+    event_time: Option<&str>,
+) -> Result<Option<Aggregation>, String> {
     // Aggregations from the top down.
     let mut found: Vec<Aggregation> = Vec::new();
     let mut stack: Vec<(Arc<dyn ExecutionPlan>, bool)> = vec![(plan.clone(), false)];
@@ -231,7 +252,7 @@ pub(crate) fn analyze(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Aggregatio
                     );
                 }
             }
-            let window = window_column(&partial)?;
+            let window = window_column(&partial, event_time)?;
             // Below the aggregation: what its partial phase reads.
             for child in partial.children() {
                 stack.push((child.clone(), true));
@@ -462,7 +483,9 @@ pub(crate) async fn run_batch(
             hashbrown::HashMap::with_capacity(partial_rows);
         for i in 0..partial_rows {
             let next = first_row.len();
-            let g = *seen.entry(rows.row(i).data()).or_insert_with(|| {
+            // A global aggregate (no GROUP BY) has one group, the empty key.
+            let key: &[u8] = if groups == 0 { &[] } else { rows.row(i).data() };
+            let g = *seen.entry(key).or_insert_with(|| {
                 first_row.push(i as u32);
                 next
             });
@@ -500,12 +523,13 @@ pub(crate) async fn run_batch(
     };
     let key_list: Vec<Vec<u8>> = (0..n)
         .map(|i| {
-            let mut key = Vec::with_capacity(9 + rows.row(i).as_ref().len());
+            let group: &[u8] = if groups == 0 { &[] } else { rows.row(i).data() };
+            let mut key = Vec::with_capacity(9 + group.len());
             key.push(GROUP_TAG);
             if let Some(ends) = &ends {
                 key.extend_from_slice(&end_bytes(ends[i]));
             }
-            key.extend_from_slice(rows.row(i).as_ref());
+            key.extend_from_slice(group);
             key
         })
         .collect();
@@ -568,14 +592,25 @@ pub(crate) async fn run_batch(
                     w.delete_cf(cf, key);
                 }
             } else {
-                w.put_cf(cf, key, state_rows.row(i).as_ref());
+                // No aggregate functions (DISTINCT): the key is the state.
+                let value: &[u8] = if merged_states.is_empty() {
+                    &[]
+                } else {
+                    state_rows.row(i).data()
+                };
+                w.put_cf(cf, key, value);
             }
         }
     });
 
     // Rows of this batch's groups that the mode emits.
+    // Without aggregate functions (`SELECT DISTINCT`, a bare GROUP BY) a
+    // group never changes once seen: update mode emits it only the first
+    // time, which deduplicates.
+    let distinct = agg.partial.aggr_expr().is_empty();
     let emit_now: Vec<u32> = (0..n)
         .filter(|&i| match mode {
+            OutputMode::Update if distinct => !existed[i],
             OutputMode::Update | OutputMode::Complete => true,
             OutputMode::Append => closed(i),
         })

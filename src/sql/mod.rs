@@ -220,7 +220,11 @@ fn build_or_explain(
         }
         incremental::check_logical(&logical)
             .map_err(|message| SqlError::Unsupported { line, message })?;
-        let aggregation = incremental::analyze(&plan)
+        let event_time = match inputs.as_slice() {
+            [only] => only.watermark.as_ref().map(|w| w.column.clone()),
+            _ => None,
+        };
+        let aggregation = incremental::analyze(&plan, event_time.as_deref())
             .map_err(|message| SqlError::Unsupported { line, message })?;
         let join = match inputs.as_slice() {
             [a, b] => {
@@ -614,7 +618,11 @@ impl QueryRunner {
             let Some(cf) = state_cf else {
                 return Ok::<_, SqlError>(collect(plan, session.task_ctx()).await?);
             };
-            let agg = incremental::analyze(&plan)
+            let event_time = match self.inputs.as_slice() {
+                [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
+                _ => None,
+            };
+            let agg = incremental::analyze(&plan, event_time)
                 .map_err(|message| SqlError::Unsupported {
                     line: self.line,
                     message,
