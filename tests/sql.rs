@@ -289,3 +289,76 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
         .unwrap();
     assert_eq!(rows, vec!["all=3000"]);
 }
+
+#[test]
+fn state_ttl_forgets_groups_not_updated_for_that_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
+    let append = |values: &[&str]| {
+        let mut b = BatchBuilder::new(Compression::None);
+        for v in values {
+            b.push(None, v.as_bytes(), 1);
+        }
+        let mut bytes = b.finish().unwrap();
+        topic.partition(0).unwrap().append(&mut bytes).unwrap();
+    };
+    let script = Script::parse(
+        "CREATE SINK n WITH (type = 'table', state_ttl = '3s');\n\
+         INSERT INTO n SELECT value, count(*) AS n FROM ev GROUP BY value;",
+    );
+    let script = {
+        let mut s = script.unwrap();
+        s.streams.push(sluice::sql::script::StreamDecl {
+            name: "ev".into(),
+            columns: Vec::new(),
+            options: [("topic".to_string(), "ev".to_string())]
+                .into_iter()
+                .collect(),
+            watermark: None,
+        });
+        s
+    };
+    let run = || {
+        let mut config = JobConfig::new("ttl", Duration::from_millis(1));
+        config.checkpoint_dir = Some(dir.path().join("cp"));
+        config.until_caught_up = true;
+        config.progress.lines = false;
+        let ctx = StreamingContext::new(config);
+        sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
+        ctx.run().unwrap();
+    };
+    let table = || {
+        let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();
+        let reader = TableReader::open(&cp, "n").unwrap();
+        let mut rows = Vec::new();
+        reader
+            .scan(None, |k, v| {
+                rows.push(format!("{}={}", k.text, v.text));
+                true
+            })
+            .unwrap();
+        rows
+    };
+    append(&["a", "a", "b"]);
+    run();
+    assert_eq!(table(), vec!["a=2", "b=1"]);
+    // Within the TTL the count goes on.
+    append(&["a"]);
+    run();
+    assert_eq!(table(), vec!["a=3", "b=1"]);
+    // After it, a starts afresh (the table keeps the last value written
+    // for b: the TTL bounds state, not results).
+    std::thread::sleep(Duration::from_millis(3_200));
+    append(&["a"]);
+    run();
+    assert_eq!(table(), vec!["a=1", "b=1"]);
+    let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();
+    let cf = cp.cf("state.insert-n").unwrap();
+    let groups = cp
+        .db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .filter(|item| item.as_ref().is_ok_and(|(k, _)| k.first() == Some(&1)))
+        .count();
+    assert_eq!(groups, 1, "b expired from state");
+}

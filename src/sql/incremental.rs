@@ -95,6 +95,9 @@ impl Aggregation {
 /// (the watermark) apart from its groups.
 const GROUP_TAG: u8 = 1;
 const META_TAG: u8 = 0;
+/// With a state TTL: `0x03` + last update's batch time (8 bytes, ordered)
+/// + group key → empty, so expired groups are one range scan away.
+const TTL_TAG: u8 = 3;
 
 /// The state key of a stream's watermark progress.
 pub(crate) fn watermark_key(stream: &str) -> Vec<u8> {
@@ -106,6 +109,14 @@ pub(crate) fn watermark_key(stream: &str) -> Vec<u8> {
 
 fn end_bytes(end_ms: i64) -> [u8; 8] {
     ((end_ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn ttl_key(time: i64, group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + group.len());
+    key.push(TTL_TAG);
+    key.extend_from_slice(&end_bytes(time));
+    key.extend_from_slice(group);
+    key
 }
 
 /// Finds the window among the group columns of a partial aggregate: a
@@ -373,10 +384,13 @@ struct Codec {
     keys: RowConverter,
     states: RowConverter,
     groups: usize,
+    /// Bytes before the state in a value (the last update's batch time,
+    /// with a state TTL).
+    value_skip: usize,
 }
 
 impl Codec {
-    fn new(agg: &Aggregation) -> Result<Codec, SqlError> {
+    fn new(agg: &Aggregation, ttl: Option<i64>) -> Result<Codec, SqlError> {
         let schema = agg.partial.schema();
         let groups = agg.partial.group_expr().expr().len();
         let fields = |range: std::ops::Range<usize>| {
@@ -388,6 +402,7 @@ impl Codec {
             keys: RowConverter::new(fields(0..groups))?,
             states: RowConverter::new(fields(groups..schema.fields().len()))?,
             groups,
+            value_skip: if ttl.is_some() { 8 } else { 0 },
         })
     }
 
@@ -403,9 +418,11 @@ impl Codec {
             .keys
             .convert_rows(pairs.iter().map(|(k, _)| key_parser.parse(&k[skip..])))?;
         let state_parser = self.states.parser();
-        let states = self
-            .states
-            .convert_rows(pairs.iter().map(|(_, v)| state_parser.parse(v)))?;
+        let states = self.states.convert_rows(
+            pairs
+                .iter()
+                .map(|(_, v)| state_parser.parse(&v[self.value_skip..])),
+        )?;
         columns.extend(evaluate(agg, &states, pairs.len())?);
         Ok(columns)
     }
@@ -439,6 +456,16 @@ fn scan(
     Ok(out)
 }
 
+/// What a batch of an aggregation emits and evicts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub mode: OutputMode,
+    /// The stream's watermark after this batch: windows it passed close.
+    pub watermark: Option<i64>,
+    /// Groups not updated for this long (batch time) are forgotten.
+    pub ttl: Option<i64>,
+}
+
 /// Runs one batch of an aggregating query: merges the batch's partial
 /// aggregates into the stored state, closes the windows `watermark` has
 /// passed (evicting their state) and returns the rows `mode` emits, after
@@ -447,15 +474,20 @@ pub(crate) async fn run_batch(
     ctx: &SessionContext,
     plan: &Arc<dyn ExecutionPlan>,
     agg: &Aggregation,
-    mode: OutputMode,
-    watermark: Option<i64>,
+    policy: Policy,
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
 ) -> Result<Vec<RecordBatch>, SqlError> {
+    let Policy {
+        mode,
+        watermark,
+        ttl,
+    } = policy;
     let partial: Arc<dyn ExecutionPlan> = agg.partial.clone();
     let batches = collect(partial.clone(), ctx.task_ctx()).await?;
     let schema = partial.schema();
-    let codec = Codec::new(agg)?;
+    let codec = Codec::new(agg, ttl)?;
+    let now = cx.batch_time_ms;
     let groups = codec.groups;
     let db = cx.checkpoint.db();
     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -537,14 +569,26 @@ pub(crate) async fn run_batch(
     let mut old_indices: Vec<usize> = Vec::new();
     let mut old_bytes: Vec<Vec<u8>> = Vec::new();
     let mut existed = vec![false; n];
+    // With a TTL: each existing group's last update (its index entry).
+    let mut last_update: Vec<Option<i64>> = vec![None; n];
     for (i, found) in db
         .batched_multi_get_cf(cf, &key_list, false)
         .into_iter()
         .enumerate()
     {
         if let Some(bytes) = found? {
+            if codec.value_skip == 8 && bytes.len() >= 8 {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&bytes[..8]);
+                let updated = (u64::from_be_bytes(t) ^ (1 << 63)) as i64;
+                last_update[i] = Some(updated);
+                if ttl.is_some_and(|ttl| updated <= now - ttl) {
+                    // Expired but not yet swept: the group starts afresh.
+                    continue;
+                }
+            }
             old_indices.push(i);
-            old_bytes.push(bytes.to_vec());
+            old_bytes.push(bytes[codec.value_skip.min(bytes.len())..].to_vec());
             existed[i] = true;
         }
     }
@@ -593,12 +637,22 @@ pub(crate) async fn run_batch(
                 }
             } else {
                 // No aggregate functions (DISTINCT): the key is the state.
-                let value: &[u8] = if merged_states.is_empty() {
+                let state: &[u8] = if merged_states.is_empty() {
                     &[]
                 } else {
                     state_rows.row(i).data()
                 };
-                w.put_cf(cf, key, value);
+                if ttl.is_some() {
+                    let mut value = end_bytes(now).to_vec();
+                    value.extend_from_slice(state);
+                    w.put_cf(cf, key, value);
+                    if let Some(old) = last_update[i] {
+                        w.delete_cf(cf, ttl_key(old, key));
+                    }
+                    w.put_cf(cf, ttl_key(now, key), []);
+                } else {
+                    w.put_cf(cf, key, state);
+                }
             }
         }
     });
@@ -641,6 +695,29 @@ pub(crate) async fn run_batch(
         if mode == OutputMode::Append && !finished.is_empty() {
             parts.push(codec.decode(agg, &finished)?);
         }
+    }
+    if let Some(ttl) = ttl {
+        // Groups not updated for the TTL (batch time) are forgotten, as
+        // Flink's state TTL: a later row starts them afresh.
+        let mut until = vec![TTL_TAG];
+        until.extend_from_slice(&end_bytes(now.saturating_sub(ttl).saturating_add(1)));
+        let expired = scan(db, cf, &[TTL_TAG], &until, &hashbrown::HashSet::new())?;
+        cx.write(|b| {
+            for (index, _) in &expired {
+                let key = &index[9..];
+                if !touched.contains(key) {
+                    b.delete_cf(cf, index);
+                    b.delete_cf(cf, key);
+                }
+            }
+        });
+        cx.count(
+            "expired groups",
+            expired
+                .iter()
+                .filter(|(index, _)| !touched.contains(&index[9..]))
+                .count() as u64,
+        );
     }
     if mode == OutputMode::Complete {
         let all = scan(db, cf, &group_start, &group_end, &touched)?;

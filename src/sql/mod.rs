@@ -278,6 +278,30 @@ fn build_or_explain(
                 OutputMode::parse(text).map_err(|message| SqlError::Plan { line, message })?
             }
         };
+        let state_ttl_ms = match sink_decl.and_then(|d| d.options.get("state_ttl")) {
+            None => None,
+            Some(text) => {
+                let ms = crate::units::parse_millis(text).map_err(|m| SqlError::Plan {
+                    line,
+                    message: format!("state_ttl: {m}"),
+                })?;
+                match &aggregation {
+                    Some(a) if a.window.is_none() && ms > 0 => Some(ms as i64),
+                    Some(_) => {
+                        return Err(SqlError::Unsupported {
+                            line,
+                            message: "state_ttl applies to aggregations without windows: a windowed aggregation's state is evicted by the watermark".into(),
+                        });
+                    }
+                    None => {
+                        return Err(SqlError::Unsupported {
+                            line,
+                            message: "state_ttl applies to aggregations (GROUP BY): this query keeps no state that a TTL could bound (an interval join's state is bounded by its ON clause)".into(),
+                        });
+                    }
+                }
+            }
+        };
         for input in &inputs {
             check_windows(
                 &crate::log::mutex(&window_uses),
@@ -381,6 +405,7 @@ fn build_or_explain(
             aggregating: aggregation.is_some(),
             join,
             mode,
+            state_ttl_ms,
             slices: threads,
             tables: tables.clone(),
             sink,
@@ -571,6 +596,8 @@ struct QueryRunner {
     aggregating: bool,
     join: Option<join::IntervalJoin>,
     mode: OutputMode,
+    /// Groups not updated for this long (batch time) are forgotten.
+    state_ttl_ms: Option<i64>,
     /// Slices a batch is cut into (DataFusion partitions).
     slices: usize,
     /// Static tables the query may join.
@@ -631,7 +658,12 @@ impl QueryRunner {
                     line: self.line,
                     message: "the query lost its aggregation between batches".into(),
                 })?;
-            incremental::run_batch(&session, &plan, &agg, self.mode, watermark, cx, cf).await
+            let policy = incremental::Policy {
+                mode: self.mode,
+                watermark,
+                ttl: self.state_ttl_ms,
+            };
+            incremental::run_batch(&session, &plan, &agg, policy, cx, cf).await
         })?;
         self.sink.write(cx, &output)
     }

@@ -125,7 +125,7 @@ pub(crate) enum SinkSpec {
 }
 
 const SINK_TYPES: [&str; 5] = ["console", "table", "blackhole", "topic", "file"];
-const TOPIC_OPTIONS: [&str; 7] = [
+const TOPIC_OPTIONS: [&str; 8] = [
     "type",
     "topic",
     "format",
@@ -133,8 +133,9 @@ const TOPIC_OPTIONS: [&str; 7] = [
     "brokers",
     "partitions",
     "mode",
+    "state_ttl",
 ];
-const FILE_OPTIONS: [&str; 4] = ["type", "path", "format", "mode"];
+const FILE_OPTIONS: [&str; 5] = ["type", "path", "format", "mode", "state_ttl"];
 
 impl SinkSpec {
     /// Checks a sink's options; the error names the sink, the option and
@@ -146,7 +147,7 @@ impl SinkSpec {
         let what = format!("{kind} sink {}", decl.name);
         match kind {
             "console" | "table" | "blackhole" => {
-                check_known(&what, o, &["type", "mode"])?;
+                check_known(&what, o, &["type", "mode", "state_ttl"])?;
                 Ok(match kind {
                     "console" => SinkSpec::Console,
                     "table" => SinkSpec::Table,
