@@ -515,9 +515,20 @@ fn session_over(
                 line: 0,
                 message: format!("stream {name}: no partitions to scan"),
             })?;
+        // Each partition streams its slice in cache-sized pieces (views of
+        // the same arrays), so the operators' outputs stay small.
+        const PIECE_ROWS: usize = 8192;
         let table = datafusion::datasource::MemTable::try_new(
             schema,
-            parts.iter().map(|b| vec![b.clone()]).collect(),
+            parts
+                .iter()
+                .map(|b| {
+                    (0..b.num_rows().max(1))
+                        .step_by(PIECE_ROWS)
+                        .map(|start| b.slice(start, PIECE_ROWS.min(b.num_rows() - start)))
+                        .collect()
+                })
+                .collect(),
         )?;
         session.register_table(name, Arc::new(table))?;
     }
