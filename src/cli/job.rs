@@ -31,9 +31,11 @@ pub struct JobArgs {
     /// With --backpressure: total records/s until the first measurement.
     #[arg(long, default_value_t = 10_000.0)]
     pub initial_rate: f64,
-    /// Most records per partition in one batch (bounds a batch's memory).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub max_records_per_batch: u64,
+    /// Most records per partition in one batch (bounds a batch's memory;
+    /// default 1,000,000, and 50,000 for SQL jobs, which hold a batch's
+    /// decoded rows at once).
+    #[arg(long)]
+    pub max_records_per_batch: Option<u64>,
     /// When retention deleted unread records: fail (default) or skip.
     #[arg(long, value_enum, default_value_t = OnDataLoss::Fail)]
     pub on_data_loss: OnDataLoss,
@@ -68,7 +70,7 @@ impl JobArgs {
         c.max_rate_per_partition = self.max_rate_per_partition;
         c.backpressure = self.backpressure;
         c.initial_rate = self.initial_rate;
-        c.max_records_per_batch = Some(self.max_records_per_batch);
+        c.max_records_per_batch = Some(self.max_records_per_batch.unwrap_or(1_000_000));
         c.on_data_loss = self.on_data_loss;
         if let Some(p) = self.parallelism {
             c.parallelism = p;

@@ -12,6 +12,9 @@ use crate::driver::StreamingContext;
 use crate::sql::script::StreamDecl;
 use crate::sql::{Script, Topics};
 
+/// Default records per partition in a SQL job's batch.
+const SQL_MAX_RECORDS_PER_BATCH: u64 = 50_000;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Where {
     /// Data directory of the embedded store.
@@ -78,6 +81,11 @@ fn run_script(
     job: &JobArgs,
 ) -> anyhow::Result<()> {
     let mut config = job.config(default_job);
+    if job.max_records_per_batch.is_none() {
+        // A SQL batch is decoded whole before DataFusion runs it: smaller
+        // batches keep that under a few hundred MB.
+        config.max_records_per_batch = Some(SQL_MAX_RECORDS_PER_BATCH);
+    }
     config.stop = Some(stop_flag()?);
     let topics = topics_for(&mut script, place)?;
     let ctx = StreamingContext::new(config);

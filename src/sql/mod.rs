@@ -153,6 +153,7 @@ fn build_or_explain(
                 ))
             })
             .map_err(|e| located(&e, query))?;
+        let used = used_columns(&logical);
         let mut read = scanned_tables(&logical);
         read.extend(
             crate::log::mutex(&window_uses)
@@ -212,6 +213,11 @@ fn build_or_explain(
                 records.push(stream);
             }
             let watermark = window::declared(decl, &shape.schema, line)?;
+            let mut needed = used.clone();
+            if let Some(w) = &watermark {
+                needed.insert(w.column.clone());
+            }
+            let shape = shape.project(&needed);
             inputs.push(StreamInput {
                 shape,
                 watermark,
@@ -467,6 +473,30 @@ fn located(e: &datafusion::error::DataFusionError, query: &script::QueryDecl) ->
             message,
         },
     }
+}
+
+/// Names of the columns a plan's scans read (all of a table's when a scan
+/// has no projection), subqueries included.
+fn used_columns(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> std::collections::BTreeSet<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut out = std::collections::BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node {
+            let schema = scan.source.schema();
+            match &scan.projection {
+                Some(indices) => out.extend(
+                    indices
+                        .iter()
+                        .filter_map(|&i| schema.fields().get(i).map(|f| f.name().clone())),
+                ),
+                None => out.extend(schema.fields().iter().map(|f| f.name().clone())),
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 /// Names of the tables a plan scans, subqueries included.

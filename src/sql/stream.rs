@@ -192,6 +192,33 @@ struct Decoded {
 }
 
 impl StreamShape {
+    /// The same stream decoding only the JSON fields a query uses
+    /// (`used`; at least one): arrow-json skips the others' values, and
+    /// a query cannot see them. Other formats decode every field.
+    pub(crate) fn project(&self, used: &std::collections::BTreeSet<String>) -> StreamShape {
+        if self.format != Format::Json {
+            return self.clone();
+        }
+        let mut value_fields: Vec<Field> = self
+            .value_fields
+            .iter()
+            .filter(|f| used.contains(f.name()))
+            .cloned()
+            .collect();
+        if value_fields.is_empty()
+            && let Some(first) = self.value_fields.first()
+        {
+            value_fields.push(first.clone());
+        }
+        let mut fields = value_fields.clone();
+        fields.extend(metadata_fields());
+        StreamShape {
+            value_fields,
+            schema: Arc::new(Schema::new(fields)),
+            ..self.clone()
+        }
+    }
+
     /// The decoder of a declared stream; `topics` is where a dead-letter
     /// topic lives, `line` the line of the query reading the stream.
     pub(crate) fn new(
