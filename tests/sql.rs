@@ -108,6 +108,19 @@ fn run(store: &Arc<LogStore>, checkpoint: &Path, batch_records: u64, max_batches
     ctx.run().unwrap();
 }
 
+/// A result table's rows as `key=value`, in key order.
+fn table_rows(cp: &Checkpoint, table: &str) -> Vec<String> {
+    let reader = TableReader::open(cp, table).unwrap();
+    let mut rows = Vec::new();
+    reader
+        .scan(None, |k, v| {
+            rows.push(format!("{}={}", k.text, v.text));
+            true
+        })
+        .unwrap();
+    rows
+}
+
 fn table(checkpoint: &Path) -> BTreeMap<String, String> {
     let cp = Checkpoint::open_read_only(checkpoint, "wordcount").unwrap();
     let reader = TableReader::open(&cp, "counts").unwrap();
@@ -215,14 +228,7 @@ fn stateless_query_and_json_stream_with_bad_records() {
     sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
     ctx.run().unwrap();
     let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "clicks").unwrap();
-    let reader = TableReader::open(&cp, "per_user").unwrap();
-    let mut rows = Vec::new();
-    reader
-        .scan(None, |k, v| {
-            rows.push(format!("{}={}", k.text, v.text));
-            true
-        })
-        .unwrap();
+    let rows = table_rows(&cp, "per_user");
     assert_eq!(rows, vec!["a=(6, 2)", "b=(7, 1)"]);
 }
 
@@ -261,14 +267,7 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
     sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
     ctx.run().unwrap();
     let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "big").unwrap();
-    let reader = TableReader::open(&cp, "t").unwrap();
-    let mut rows = Vec::new();
-    reader
-        .scan(None, |k, v| {
-            rows.push(format!("{}={}", k.text, v.text));
-            true
-        })
-        .unwrap();
+    let rows = table_rows(&cp, "t");
     let total = |r: i64| (0..3_000i64).filter(|i| i % 3 == r).sum::<i64>();
     assert_eq!(
         rows,
@@ -279,14 +278,7 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
         ]
     );
     // A global aggregate (no GROUP BY) is one group.
-    let reader = TableReader::open(&cp, "everything").unwrap();
-    let mut rows = Vec::new();
-    reader
-        .scan(None, |k, v| {
-            rows.push(format!("{}={}", k.text, v.text));
-            true
-        })
-        .unwrap();
+    let rows = table_rows(&cp, "everything");
     assert_eq!(rows, vec!["all=3000"]);
 }
 
@@ -330,15 +322,7 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
     };
     let table = || {
         let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();
-        let reader = TableReader::open(&cp, "n").unwrap();
-        let mut rows = Vec::new();
-        reader
-            .scan(None, |k, v| {
-                rows.push(format!("{}={}", k.text, v.text));
-                true
-            })
-            .unwrap();
-        rows
+        table_rows(&cp, "n")
     };
     append(&["a", "a", "b"]);
     run();

@@ -138,7 +138,11 @@ fn run_once(
             &job,
             include_str!("../../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'"),
         )?;
-        cmd.arg("run").arg(&job);
+        // The Rust job's batch size (SQL jobs default to smaller batches
+        // to bound memory): the same batches, side by side.
+        cmd.arg("run")
+            .arg(&job)
+            .args(["--max-records-per-batch", "1000000"]);
     } else {
         cmd.args(["wordcount", "--topic", "corpus"]);
     }

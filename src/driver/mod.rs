@@ -121,8 +121,10 @@ pub enum DriverError {
         committed: i64,
         high_watermark: i64,
     },
-    #[error("batch {batch_id} failed: {source}")]
-    Batch { batch_id: u64, source: PlanError },
+    // Not `source`: the message already carries it, and a source would
+    // print it twice in an error chain.
+    #[error("batch {batch_id} failed: {error}")]
+    Batch { batch_id: u64, error: PlanError },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -539,10 +541,10 @@ impl Driver {
                 }
                 Ok(())
             });
-            if let Err(source) = result {
+            if let Err(error) = result {
                 return Err(DriverError::Batch {
                     batch_id: planned.batch_id,
-                    source,
+                    error,
                 });
             }
             let (writes, counters) = cx.finish();

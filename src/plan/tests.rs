@@ -615,7 +615,7 @@ fn transform_with_wrong_schema_fails_naming_the_operator() {
     match &err {
         DriverError::Batch {
             batch_id,
-            source: PlanError::Operator { operator, message },
+            error: PlanError::Operator { operator, message },
         } => {
             assert_eq!(*batch_id, 1, "{err}");
             assert_eq!(operator, "transform-1", "{err}");

@@ -331,6 +331,38 @@ fn finish(
     Ok((out, Some((column.trim_matches('"').to_owned(), expr))))
 }
 
+/// A `CREATE TABLE`'s name, columns and `WITH` options (streams and
+/// static tables share the syntax); `usage` is the error when it is not one.
+#[allow(clippy::type_complexity)]
+fn parse_create(
+    text: &str,
+    line: usize,
+    usage: &str,
+) -> Result<(String, Vec<Field>, BTreeMap<String, String>), SqlError> {
+    let parsed = Parser::parse_sql(&GenericDialect {}, text).map_err(|e| SqlError::Syntax {
+        line,
+        message: e.to_string(),
+    })?;
+    let Some(Statement::CreateTable(t)) = parsed.into_iter().next() else {
+        return Err(SqlError::Syntax {
+            line,
+            message: usage.into(),
+        });
+    };
+    let list = match &t.table_options {
+        CreateTableOptions::With(list) => list.clone(),
+        _ => Vec::new(),
+    };
+    Ok((
+        t.name.to_string(),
+        t.columns
+            .iter()
+            .map(|c| column(c, line))
+            .collect::<Result<_, _>>()?,
+        options(&list, line)?,
+    ))
+}
+
 impl Script {
     /// Parses a SQL job script.
     pub fn parse(text: &str) -> Result<Script, SqlError> {
@@ -340,62 +372,30 @@ impl Script {
             if starts_with_words(trimmed, &["CREATE", "STREAM"]) {
                 let (without, watermark) = take_watermark(trimmed, line)?;
                 let rewritten = format!("CREATE TABLE{}", &without["CREATE STREAM".len()..]);
-                let parsed = Parser::parse_sql(&GenericDialect {}, &rewritten).map_err(|e| {
-                    SqlError::Syntax {
-                        line,
-                        message: e.to_string(),
-                    }
-                })?;
-                let Some(Statement::CreateTable(t)) = parsed.into_iter().next() else {
-                    return Err(SqlError::Syntax {
-                        line,
-                        message:
-                            "expected CREATE STREAM name (columns) WITH (topic = '…', format = '…')"
-                                .into(),
-                    });
-                };
-                let list = match &t.table_options {
-                    CreateTableOptions::With(list) => list.clone(),
-                    _ => Vec::new(),
-                };
+                let (name, columns, options) = parse_create(
+                    &rewritten,
+                    line,
+                    "expected CREATE STREAM name (columns) WITH (topic = '…', format = '…')",
+                )?;
                 let decl = StreamDecl {
-                    name: t.name.to_string(),
-                    columns: t
-                        .columns
-                        .iter()
-                        .map(|c| column(c, line))
-                        .collect::<Result<_, _>>()?,
-                    options: options(&list, line)?,
+                    name,
+                    columns,
+                    options,
                     watermark,
                 };
                 super::stream::StreamSpec::parse(&decl)
                     .map_err(|message| SqlError::Unsupported { line, message })?;
                 script.streams.push(decl);
             } else if starts_with_words(trimmed, &["CREATE", "TABLE"]) {
-                let parsed = Parser::parse_sql(&GenericDialect {}, trimmed).map_err(|e| {
-                    SqlError::Syntax {
-                        line,
-                        message: e.to_string(),
-                    }
-                })?;
-                let Some(Statement::CreateTable(t)) = parsed.into_iter().next() else {
-                    return Err(SqlError::Syntax {
-                        line,
-                        message: "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet')".into(),
-                    });
-                };
-                let list = match &t.table_options {
-                    CreateTableOptions::With(list) => list.clone(),
-                    _ => Vec::new(),
-                };
+                let (name, columns, options) = parse_create(
+                    trimmed,
+                    line,
+                    "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet')",
+                )?;
                 script.tables.push(TableDecl {
-                    name: t.name.to_string(),
-                    columns: t
-                        .columns
-                        .iter()
-                        .map(|c| column(c, line))
-                        .collect::<Result<_, _>>()?,
-                    options: options(&list, line)?,
+                    name,
+                    columns,
+                    options,
                     line,
                 });
             } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
