@@ -456,16 +456,6 @@ fn scan(
     Ok(out)
 }
 
-/// The stored values of groups this process wrote, by state key: a
-/// batch's groups are looked up here before RocksDB (the committed value
-/// of a key is the last one this process wrote, since it is the only
-/// writer of the job's checkpoint). A failed batch ends the job, and its
-/// cache with it; a restart starts empty.
-pub(crate) type GroupCache = std::sync::Mutex<hashbrown::HashMap<Vec<u8>, Vec<u8>>>;
-
-/// Groups the cache holds at most (then it starts over).
-const CACHE_GROUPS: usize = 1 << 20;
-
 /// What a batch of an aggregation emits and evicts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
@@ -485,7 +475,6 @@ pub(crate) async fn run_batch(
     plan: &Arc<dyn ExecutionPlan>,
     agg: &Aggregation,
     policy: Policy,
-    cache: &GroupCache,
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
 ) -> Result<Vec<RecordBatch>, SqlError> {
@@ -582,27 +571,12 @@ pub(crate) async fn run_batch(
     let mut existed = vec![false; n];
     // With a TTL: each existing group's last update (its index entry).
     let mut last_update: Vec<Option<i64>> = vec![None; n];
-    // Stored values: from the cache of groups this process has written,
-    // else one multi-get for the rest.
-    let mut stored: Vec<Option<Vec<u8>>> = vec![None; n];
-    let mut misses: Vec<usize> = Vec::new();
+    for (i, found) in db
+        .batched_multi_get_cf(cf, &key_list, false)
+        .into_iter()
+        .enumerate()
     {
-        let cache = crate::log::mutex(cache);
-        for (i, key) in key_list.iter().enumerate() {
-            match cache.get(key) {
-                Some(value) => stored[i] = Some(value.clone()),
-                None => misses.push(i),
-            }
-        }
-    }
-    if !misses.is_empty() {
-        let keys: Vec<&Vec<u8>> = misses.iter().map(|&i| &key_list[i]).collect();
-        for (&i, found) in misses.iter().zip(db.batched_multi_get_cf(cf, &keys, false)) {
-            stored[i] = found?.map(|b| b.to_vec());
-        }
-    }
-    for (i, found) in stored.into_iter().enumerate() {
-        if let Some(bytes) = found {
+        if let Some(bytes) = found? {
             if codec.value_skip == 8 && bytes.len() >= 8 {
                 let mut t = [0u8; 8];
                 t.copy_from_slice(&bytes[..8]);
@@ -654,44 +628,34 @@ pub(crate) async fn run_batch(
         _ => false,
     };
     let state_rows = codec.states.convert_columns(&merged_states)?;
-    {
-        let mut cache_guard = crate::log::mutex(cache);
-        if cache_guard.len() + n > CACHE_GROUPS {
-            // Bounded: start over rather than track recency.
-            cache_guard.clear();
-        }
-        cx.write(|w| {
-            for (i, key) in key_list.iter().enumerate() {
-                if closed(i) {
-                    // Finalized in this batch: nothing more can arrive.
-                    if existed[i] {
-                        w.delete_cf(cf, key);
-                    }
-                    cache_guard.remove(key);
+    cx.write(|w| {
+        for (i, key) in key_list.iter().enumerate() {
+            if closed(i) {
+                // Finalized in this batch: nothing more can arrive.
+                if existed[i] {
+                    w.delete_cf(cf, key);
+                }
+            } else {
+                // No aggregate functions (DISTINCT): the key is the state.
+                let state: &[u8] = if merged_states.is_empty() {
+                    &[]
                 } else {
-                    // No aggregate functions (DISTINCT): the key is the state.
-                    let state: &[u8] = if merged_states.is_empty() {
-                        &[]
-                    } else {
-                        state_rows.row(i).data()
-                    };
-                    if ttl.is_some() {
-                        let mut value = end_bytes(now).to_vec();
-                        value.extend_from_slice(state);
-                        w.put_cf(cf, key, &value);
-                        if let Some(old) = last_update[i] {
-                            w.delete_cf(cf, ttl_key(old, key));
-                        }
-                        w.put_cf(cf, ttl_key(now, key), []);
-                        cache_guard.insert(key.clone(), value);
-                    } else {
-                        w.put_cf(cf, key, state);
-                        cache_guard.insert(key.clone(), state.to_vec());
+                    state_rows.row(i).data()
+                };
+                if ttl.is_some() {
+                    let mut value = end_bytes(now).to_vec();
+                    value.extend_from_slice(state);
+                    w.put_cf(cf, key, value);
+                    if let Some(old) = last_update[i] {
+                        w.delete_cf(cf, ttl_key(old, key));
                     }
+                    w.put_cf(cf, ttl_key(now, key), []);
+                } else {
+                    w.put_cf(cf, key, state);
                 }
             }
-        });
-    }
+        }
+    });
 
     // Rows of this batch's groups that the mode emits.
     // Without aggregate functions (`SELECT DISTINCT`, a bare GROUP BY) a
@@ -728,10 +692,6 @@ pub(crate) async fn run_batch(
         until.extend_from_slice(&end_bytes(w.saturating_add(1)));
         let finished = scan(db, cf, &group_start, &until, &touched)?;
         cx.write(|b| finished.iter().for_each(|(k, _)| b.delete_cf(cf, k)));
-        let mut cache = crate::log::mutex(cache);
-        finished.iter().for_each(|(k, _)| {
-            cache.remove(k.as_ref());
-        });
         if mode == OutputMode::Append && !finished.is_empty() {
             parts.push(codec.decode(agg, &finished)?);
         }
@@ -748,7 +708,6 @@ pub(crate) async fn run_batch(
                 if !touched.contains(key) {
                     b.delete_cf(cf, index);
                     b.delete_cf(cf, key);
-                    crate::log::mutex(cache).remove(key);
                 }
             }
         });

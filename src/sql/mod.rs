@@ -412,7 +412,6 @@ fn build_or_explain(
             join,
             mode,
             state_ttl_ms,
-            cache: Default::default(),
             slices: threads,
             tables: tables.clone(),
             sink,
@@ -640,8 +639,6 @@ struct QueryRunner {
     mode: OutputMode,
     /// Groups not updated for this long (batch time) are forgotten.
     state_ttl_ms: Option<i64>,
-    /// Aggregate state this process wrote, read before RocksDB.
-    cache: incremental::GroupCache,
     /// Slices a batch is cut into (DataFusion partitions).
     slices: usize,
     /// Static tables the query may join.
@@ -707,7 +704,7 @@ impl QueryRunner {
                 watermark,
                 ttl: self.state_ttl_ms,
             };
-            incremental::run_batch(&session, &plan, &agg, policy, &self.cache, cx, cf).await
+            incremental::run_batch(&session, &plan, &agg, policy, cx, cf).await
         })?;
         self.sink.write(cx, &output)
     }
