@@ -92,20 +92,15 @@ fn batch_reference(lines: &[String]) -> BTreeMap<String, String> {
 }
 
 fn run(store: &Arc<LogStore>, checkpoint: &Path, batch_records: u64, max_batches: Option<u64>) {
-    let mut config = JobConfig::new("wordcount", Duration::from_millis(1));
-    config.checkpoint_dir = Some(checkpoint.to_path_buf());
-    config.until_caught_up = true;
-    config.max_records_per_batch = Some(batch_records);
-    config.max_batches = max_batches;
-    config.progress.lines = false;
-    let ctx = StreamingContext::new(config);
-    sluice::sql::build(
-        &ctx,
-        &Script::parse(WORDCOUNT).unwrap(),
-        &Topics::Embedded(store.clone()),
-    )
-    .unwrap();
-    ctx.run().unwrap();
+    let script = Script::parse(WORDCOUNT).unwrap();
+    common::run_sql(
+        store,
+        checkpoint,
+        "wordcount",
+        &script,
+        Some(batch_records),
+        max_batches,
+    );
 }
 
 /// A result table's rows as `key=value`, in key order.
@@ -219,14 +214,14 @@ fn stateless_query_and_json_stream_with_bad_records() {
          INSERT INTO per_user SELECT user, sum(ms) AS total, count(*) AS n FROM clicks GROUP BY user;",
     )
     .unwrap();
-    let mut config = JobConfig::new("clicks", Duration::from_millis(1));
-    config.checkpoint_dir = Some(dir.path().join("cp"));
-    config.until_caught_up = true;
-    config.max_records_per_batch = Some(2);
-    config.progress.lines = false;
-    let ctx = StreamingContext::new(config);
-    sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
-    ctx.run().unwrap();
+    common::run_sql(
+        &store,
+        &dir.path().join("cp"),
+        "clicks",
+        &script,
+        Some(2),
+        None,
+    );
     let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "clicks").unwrap();
     let rows = table_rows(&cp, "per_user");
     assert_eq!(rows, vec!["a=(6, 2)", "b=(7, 1)"]);
@@ -259,13 +254,7 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
          INSERT INTO everything SELECT 'all' AS k, count(*) AS n FROM big;",
     )
     .unwrap();
-    let mut config = JobConfig::new("big", Duration::from_millis(1));
-    config.checkpoint_dir = Some(dir.path().join("cp"));
-    config.until_caught_up = true;
-    config.progress.lines = false;
-    let ctx = StreamingContext::new(config);
-    sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
-    ctx.run().unwrap();
+    common::run_sql(&store, &dir.path().join("cp"), "big", &script, None, None);
     let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "big").unwrap();
     let rows = table_rows(&cp, "t");
     let total = |r: i64| (0..3_000i64).filter(|i| i % 3 == r).sum::<i64>();
@@ -312,13 +301,7 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
         s
     };
     let run = || {
-        let mut config = JobConfig::new("ttl", Duration::from_millis(1));
-        config.checkpoint_dir = Some(dir.path().join("cp"));
-        config.until_caught_up = true;
-        config.progress.lines = false;
-        let ctx = StreamingContext::new(config);
-        sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())).unwrap();
-        ctx.run().unwrap();
+        common::run_sql(&store, &dir.path().join("cp"), "ttl", &script, None, None);
     };
     let table = || {
         let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();

@@ -13,14 +13,7 @@ use sluice::log::{LogStore, TopicConfig};
 use sluice::producer::{BatchBuilder, Compression};
 
 fn sluice(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "sluice {args:?}: {stderr}");
-    String::from_utf8_lossy(&out.stdout).to_string()
+    common::sluice_ok(dir, args).0
 }
 
 #[test]

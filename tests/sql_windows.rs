@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,22 +102,6 @@ fn reference(clicks: &[(i32, &str, i64)], size: &str) -> BTreeMap<String, String
     })
 }
 
-fn run_in_process(store: &Arc<LogStore>, checkpoint: &Path, script: &str, batch: u64) {
-    let mut config = JobConfig::new("windows", Duration::from_millis(1));
-    config.checkpoint_dir = Some(checkpoint.to_path_buf());
-    config.until_caught_up = true;
-    config.max_records_per_batch = Some(batch);
-    config.progress.lines = false;
-    let ctx = StreamingContext::new(config);
-    sluice::sql::build(
-        &ctx,
-        &Script::parse(script).unwrap(),
-        &Topics::Embedded(store.clone()),
-    )
-    .unwrap();
-    ctx.run().unwrap();
-}
-
 fn table(checkpoint: &Path, name: &str) -> BTreeMap<String, String> {
     let cp = Checkpoint::open_read_only(checkpoint, "windows").unwrap();
     let reader = TableReader::open(&cp, name).unwrap();
@@ -182,7 +165,14 @@ fn tumbling_and_hopping_windows_equal_a_batch_query_across_batch_sizes() {
             let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
             append_clicks(&store, 3, &input);
             let cp = dir.path().join("cp");
-            run_in_process(&store, &cp, &script, batch);
+            common::run_sql(
+                &store,
+                &cp,
+                "windows",
+                &Script::parse(&script).unwrap(),
+                Some(batch),
+                None,
+            );
             let got = table(&cp, "per_window");
             // The jitter (< 3 s) stays inside the watermark's delay (5 s)
             // and partitions advance together, so no record is late and
@@ -220,14 +210,25 @@ fn ms_text(ms: i64) -> String {
 }
 
 fn sluice(args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "sluice {args:?}: {stderr}");
-    (stdout, stderr)
+    common::sluice_ok(Path::new("."), args)
+}
+
+/// `sluice run JOB` until caught up (1 ms batches) over `data`, with its
+/// checkpoint in `cp`, plus `extra` flags; (stdout, stderr).
+fn run_job(job: &Path, data: &Path, cp: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "run",
+        job.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--checkpoint-dir",
+        cp.to_str().unwrap(),
+        "--until-caught-up",
+        "--interval",
+        "1ms",
+    ];
+    args.extend_from_slice(extra);
+    sluice(&args)
 }
 
 /// Data rows of the console's tables: `| a | b |` → "a,b".
@@ -264,21 +265,7 @@ fn append_mode_emits_each_window_once_drops_late_records_and_evicts_state() {
         ),
     )
     .unwrap();
-    let run = || {
-        sluice(&[
-            "run",
-            job.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--checkpoint-dir",
-            cp.to_str().unwrap(),
-            "--job",
-            "windows",
-            "--until-caught-up",
-            "--interval",
-            "1ms",
-        ])
-    };
+    let run = || run_job(&job, &data, &cp, &["--job", "windows"]);
     let phase = |clicks: &[(i32, &str, i64)]| {
         let store = LogStore::open(&data, common::quiet()).unwrap();
         append_clicks(&store, 1, clicks);
@@ -455,20 +442,16 @@ fn clicks_per_url_job_prints_each_minute_once_with_the_batch_querys_counts() {
             topic.partition(p).unwrap().append(&mut bytes).unwrap();
         }
     }
-    let job = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/clicks_per_url.sql");
-    let (out, _) = sluice(&[
-        "run",
+    let job = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/jobs/clicks_per_url.sql"
+    ));
+    let (out, _) = run_job(
         job,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--checkpoint-dir",
-        dir.path().join("cp").to_str().unwrap(),
-        "--until-caught-up",
-        "--interval",
-        "1ms",
-        "--max-records-per-batch",
-        "40",
-    ]);
+        &data,
+        &dir.path().join("cp"),
+        &["--max-records-per-batch", "40"],
+    );
     // Rows: window_start, window_end, url, clicks, users.
     let mut got: BTreeMap<String, i64> = BTreeMap::new();
     for row in console_rows(&out) {
@@ -520,19 +503,12 @@ fn an_aggregation_over_closed_windows_sees_each_window_whole() {
         ),
     )
     .unwrap();
-    let (out, _) = sluice(&[
-        "run",
-        job.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--checkpoint-dir",
-        dir.path().join("cp").to_str().unwrap(),
-        "--until-caught-up",
-        "--interval",
-        "1ms",
-        "--max-records-per-batch",
-        "13",
-    ]);
+    let (out, _) = run_job(
+        &job,
+        &data,
+        &dir.path().join("cp"),
+        &["--max-records-per-batch", "13"],
+    );
     let mut per_window: BTreeMap<i64, BTreeMap<&str, i64>> = BTreeMap::new();
     for (_, url, ts) in &input {
         *per_window
@@ -604,21 +580,12 @@ fn select_distinct_deduplicates_and_forgets_keys_behind_the_watermark() {
     )
     .unwrap();
     let run = || {
-        sluice(&[
-            "run",
-            job.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--checkpoint-dir",
-            cp.to_str().unwrap(),
-            "--job",
-            "windows",
-            "--until-caught-up",
-            "--interval",
-            "1ms",
-            "--max-records-per-batch",
-            "2",
-        ])
+        run_job(
+            &job,
+            &data,
+            &cp,
+            &["--job", "windows", "--max-records-per-batch", "2"],
+        )
         .0
     };
     let phase = |clicks: &[(i32, &str, i64)]| {

@@ -121,6 +121,14 @@ fn build_or_explain(
             .map(|t| table::load(t, &runtime))
             .collect::<Result<_, _>>()?,
     );
+    // Every declared stream's decoder, once (a dead-letter topic's writer
+    // is opened here); each query takes the ones it reads.
+    let first_line = script.queries.first().map_or(1, |q| q.line);
+    let shapes = script
+        .streams
+        .iter()
+        .map(|d| StreamShape::new(d, topics, first_line))
+        .collect::<Result<Vec<_>, _>>()?;
     // One source per topic, shared by the queries that read it.
     let mut sources: std::collections::HashMap<String, DStream<Record>> = Default::default();
     for (n, query) in script.queries.iter().enumerate() {
@@ -128,11 +136,6 @@ fn build_or_explain(
         // Plan once over empty batches of every declared stream: finds
         // the streams the query reads, and refuses what cannot run
         // incrementally before any record is read.
-        let shapes = script
-            .streams
-            .iter()
-            .map(|d| StreamShape::new(d, topics, line))
-            .collect::<Result<Vec<_>, _>>()?;
         let empty: Vec<(String, Vec<RecordBatch>)> = shapes
             .iter()
             .map(|shape| {
@@ -163,7 +166,7 @@ fn build_or_explain(
         let decls: Vec<(&script::StreamDecl, StreamShape)> = script
             .streams
             .iter()
-            .zip(shapes)
+            .zip(shapes.iter().cloned())
             .filter(|(d, _)| read.contains(&d.name))
             .collect();
         if decls.is_empty() {
@@ -365,7 +368,6 @@ fn build_or_explain(
                         .unwrap_or_else(|| "text".into())
                 })
                 .collect();
-            let read = scanned_tables(&logical);
             explain::describe(
                 out,
                 &explain::Query {

@@ -1,7 +1,7 @@
-//! Helpers shared by the log-store integration tests (`log_props`,
-//! `log_crash`, `log_failpoints`): store options, batch encoding through the
-//! producer's `BatchBuilder`, and a full, strictly checked read of a
-//! partition back into `(offset, key, value, timestamp)` records.
+//! Helpers shared by the integration tests: store options, batch encoding
+//! through the producer's `BatchBuilder`, a full, strictly checked read of
+//! a partition back into `(offset, key, value, timestamp)` records, and
+//! running the `sluice` binary.
 
 #![allow(dead_code)]
 
@@ -256,4 +256,43 @@ pub fn log_bytes(dir: &Path) -> u64 {
         .iter()
         .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum()
+}
+
+/// Runs the `sluice` binary in `dir` and requires success; (stdout,
+/// stderr).
+pub fn sluice_ok(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "sluice {args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+/// Runs a SQL job in process over the embedded `store` until caught up (1
+/// ms batches, no progress lines): job `job`, checkpoint `checkpoint`, at
+/// most `batch_records` records per partition per batch (None: the
+/// engine's default) and `max_batches` batches.
+pub fn run_sql(
+    store: &std::sync::Arc<sluice::log::LogStore>,
+    checkpoint: &Path,
+    job: &str,
+    script: &sluice::sql::Script,
+    batch_records: Option<u64>,
+    max_batches: Option<u64>,
+) {
+    let mut config = sluice::driver::JobConfig::new(job, std::time::Duration::from_millis(1));
+    config.checkpoint_dir = Some(checkpoint.to_path_buf());
+    config.until_caught_up = true;
+    if batch_records.is_some() {
+        config.max_records_per_batch = batch_records;
+    }
+    config.max_batches = max_batches;
+    config.progress.lines = false;
+    let ctx = sluice::driver::StreamingContext::new(config);
+    sluice::sql::build(&ctx, script, &sluice::sql::Topics::Embedded(store.clone())).unwrap();
+    ctx.run().unwrap();
 }
