@@ -107,7 +107,9 @@ pub(crate) fn watermark_key(stream: &str) -> Vec<u8> {
     key
 }
 
-fn end_bytes(end_ms: i64) -> [u8; 8] {
+/// A time as 8 bytes whose byte order is time order (sign bit flipped,
+/// big-endian): state keys sorted by window end, event or update time.
+pub(crate) fn end_bytes(end_ms: i64) -> [u8; 8] {
     ((end_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 

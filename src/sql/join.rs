@@ -212,10 +212,6 @@ pub(crate) fn derive(
     })
 }
 
-fn ordered(ms: i64) -> [u8; 8] {
-    ((ms as u64) ^ (1 << 63)).to_be_bytes()
-}
-
 /// Rows of stream `side` buffered by earlier batches.
 pub(crate) fn load(db: &DB, cf: &ColumnFamily, side: u8) -> Result<Vec<RecordBatch>, SqlError> {
     let prefix = [JOIN_TAG, side];
@@ -249,7 +245,7 @@ pub(crate) fn store(
             continue;
         }
         let mut key = vec![JOIN_TAG, side];
-        key.extend_from_slice(&ordered(*newest));
+        key.extend_from_slice(&super::incremental::end_bytes(*newest));
         key.extend_from_slice(&batch_id.to_be_bytes());
         key.extend_from_slice(&(i as u32).to_be_bytes());
         let mut bytes = Vec::new();
@@ -273,7 +269,7 @@ pub(crate) fn evict(
     until: i64,
 ) -> Result<(), SqlError> {
     let mut upper = vec![JOIN_TAG, side];
-    upper.extend_from_slice(&ordered(until));
+    upper.extend_from_slice(&super::incremental::end_bytes(until));
     let mut opts = rocksdb::ReadOptions::default();
     opts.set_iterate_upper_bound(upper);
     for item in db.iterator_cf_opt(
