@@ -386,6 +386,246 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
         tumble,
     );
     assert!(e.contains("expected ts or ts - INTERVAL"), "{e}");
+    let session = "INSERT INTO out SELECT url, window_start, window_end, count(*) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;";
+    let e = refuse(STREAM, "", session);
+    assert!(e.contains("session windows grow and merge"), "{e}");
+    assert!(e.contains("mode = 'append'"), "{e}");
+    let e = refuse(
+        STREAM,
+        ", mode = 'append'",
+        "INSERT INTO out SELECT url, count(*) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_end;",
+    );
+    assert!(
+        e.contains("GROUP BY both window_start and window_end"),
+        "{e}"
+    );
+    let e = refuse(no_watermark, ", mode = 'append'", session);
+    assert!(e.contains("append mode needs a watermark"), "{e}");
+}
+
+/// Session clicks: (partition, user, event time ms). Bursts per user with
+/// pauses of random length, so some gaps are shorter than the session gap
+/// and some longer; up to 2 s out of order within a partition, so a late
+/// (but on-time) click can bridge two sessions already stored.
+fn session_clicks() -> Vec<(i32, &'static str, i64)> {
+    let users = ["u1", "u2", "u3", "u4", "u5", "u6"];
+    let mut state = 7u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as i64
+    };
+    let mut clicks: Vec<(i32, &str, i64)> = (0..480)
+        .map(|i| {
+            let user = users[(next() % 6) as usize];
+            (((i / 7) % 3) as i32, user, i * 300 + next() % 2_000)
+        })
+        .collect();
+    // Far ahead on every partition: the watermark passes every session
+    // above, which all close; these stay open.
+    for p in 0..3 {
+        clicks.push((p, "flush", 10_000_000));
+    }
+    clicks
+}
+
+/// `user|start|end → count,first,last` of sessions with `gap_ms` whose end
+/// the final watermark (flush − 5 s) has passed: a click joins a session
+/// if it comes before the session's end (last click + gap).
+fn session_reference(clicks: &[(i32, &str, i64)], gap_ms: i64) -> BTreeMap<String, String> {
+    let mut by_user: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (_, user, ts) in clicks {
+        by_user.entry(user).or_default().push(*ts);
+    }
+    let watermark = 10_000_000 - 5_000;
+    let mut out = BTreeMap::new();
+    for (user, mut times) in by_user {
+        times.sort();
+        let mut sessions: Vec<Vec<i64>> = Vec::new();
+        for t in times {
+            match sessions.last_mut() {
+                Some(s) if t < s.last().unwrap() + gap_ms => s.push(t),
+                _ => sessions.push(vec![t]),
+            }
+        }
+        for s in sessions {
+            let (first, last) = (s[0], *s.last().unwrap());
+            if last + gap_ms <= watermark {
+                out.insert(
+                    format!("{user}|{first}|{}", last + gap_ms),
+                    format!("{},{first},{last}", s.len()),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_click_between_two_stored_sessions_merges_them_and_the_session_is_emitted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cp = dir.path().join("cp");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+             INSERT INTO out SELECT url, window_start, window_end, count(*) AS n\n\
+             FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;"
+        ),
+    )
+    .unwrap();
+    let run = || run_job(&job, &data, &cp, &["--job", "windows"]);
+    let phase = |clicks: &[(i32, &str, i64)]| {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        append_clicks(&store, 1, clicks);
+    };
+    // Two sessions of u: [1, 4) s and [6, 9) s; the watermark (1 s)
+    // closes neither.
+    phase(&[(0, "u", 1_000), (0, "u", 6_000)]);
+    let (out1, _) = run();
+    assert!(console_rows(&out1).is_empty(), "{out1}");
+    // 3.5 s falls in the first and reaches the second: one session
+    // [1, 9) s. 0.5 s is behind the watermark: late.
+    phase(&[(0, "u", 3_500), (0, "u", 500)]);
+    let (out2, err2) = run();
+    assert!(console_rows(&out2).is_empty(), "{out2}");
+    assert!(err2.contains("1 late records"), "{err2}");
+    // 20 s moves the watermark to 15 s: the merged session closes.
+    phase(&[(0, "v", 20_000)]);
+    let (out3, _) = run();
+    assert_eq!(
+        console_rows(&out3),
+        vec!["u,1970-01-01T00:00:01,1970-01-01T00:00:09,3"],
+        "{out3}"
+    );
+    let (out4, _) = run();
+    assert!(console_rows(&out4).is_empty(), "{out4}");
+}
+
+#[test]
+fn user_sessions_job_prints_each_session_once_with_the_references_counts() {
+    // Five users clicking every few seconds, with pauses longer than the
+    // job's 10-minute gap now and then; each partition in time order.
+    let users = ["1", "2", "3", "4", "5"];
+    let mut state = 11u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as i64
+    };
+    let mut t = 0i64;
+    let mut clicks: Vec<(i32, &str, i64)> = (0..400)
+        .map(|i| {
+            t += if next() % 40 == 0 {
+                12 * 60_000
+            } else {
+                1_000 + next() % 4_000
+            };
+            (i / 5 % 3, users[(next() % 5) as usize], t)
+        })
+        .collect();
+    assert!(t < 9_000_000, "the clicks must end before the flush");
+    for p in 0..3 {
+        clicks.push((p, "0", 10_000_000));
+    }
+    let expected: BTreeMap<String, String> = session_reference(&clicks, 600_000)
+        .into_iter()
+        .map(|(k, v)| (k, v.split(',').next().unwrap().to_string()))
+        .collect();
+    assert!(expected.len() > 10, "{expected:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        let topic = store
+            .create_topic("clicks", 3, TopicConfig::default())
+            .unwrap();
+        for (p, user, ts) in &clicks {
+            let mut b = BatchBuilder::new(Compression::None);
+            let value = format!(
+                r#"{{"user_id": {user}, "url": "/p{}", "ts": {ts}}}"#,
+                ts % 7
+            );
+            b.push(None, value.as_bytes(), 1);
+            let mut bytes = b.finish().unwrap();
+            topic.partition(*p).unwrap().append(&mut bytes).unwrap();
+        }
+    }
+    let job = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/jobs/user_sessions.sql"
+    ));
+    let (out, _) = run_job(
+        job,
+        &data,
+        &dir.path().join("cp"),
+        &["--max-records-per-batch", "25"],
+    );
+    // Rows: user_id, window_start, window_end, clicks, pages.
+    let mut got: BTreeMap<String, String> = BTreeMap::new();
+    for row in console_rows(&out) {
+        let cols: Vec<&str> = row.split(',').collect();
+        if cols[0] == "user_id" {
+            continue;
+        }
+        let key = format!("{}|{}|{}", cols[0], chrono_ms(cols[1]), chrono_ms(cols[2]));
+        let pages: i64 = cols[4].parse().unwrap();
+        assert!((1..=7).contains(&pages), "{row}");
+        assert!(
+            got.insert(key.clone(), cols[3].to_string()).is_none(),
+            "{key} printed twice:\n{out}"
+        );
+    }
+    assert_eq!(got, expected, "{out}");
+}
+
+#[test]
+fn session_windows_equal_a_reference_across_batch_sizes_and_a_restart() {
+    let input = session_clicks();
+    let expected = session_reference(&input, 3_000);
+    // The data has both: several sessions per user, and sessions of
+    // more than one click.
+    assert!(expected.len() > 30, "{}", expected.len());
+    assert!(expected.values().any(|v| !v.starts_with("1,")));
+    let script = format!(
+        "{}CREATE SINK sessions WITH (type = 'table', mode = 'append');\n\
+         INSERT INTO sessions SELECT concat(url, '|', CAST(CAST(window_start AS BIGINT) AS VARCHAR), '|', CAST(CAST(window_end AS BIGINT) AS VARCHAR)) AS k,\n\
+         concat(CAST(count(*) AS VARCHAR), ',', CAST(CAST(min(ts) AS BIGINT) AS VARCHAR), ',', CAST(CAST(max(ts) AS BIGINT) AS VARCHAR)) AS v\n\
+         FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;",
+        STREAM
+    );
+    let script = Script::parse(&script).unwrap();
+    // (records per partition per batch, batches before a restart)
+    for (batch, stop_after) in [(1, None), (7, None), (10_000, None), (7, Some(9))] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+        append_clicks(&store, 3, &input);
+        let cp = dir.path().join("cp");
+        if stop_after.is_some() {
+            common::run_sql(&store, &cp, "windows", &script, Some(batch), stop_after);
+        }
+        common::run_sql(&store, &cp, "windows", &script, Some(batch), None);
+        let got = table(&cp, "sessions");
+        assert_eq!(
+            got, expected,
+            "batch size {batch}, restart after {stop_after:?}"
+        );
+        // Only the flush clicks' sessions (one user, overlapping: one
+        // session) remain, with their entry in the index by end.
+        let cpr = Checkpoint::open_read_only(&cp, "windows").unwrap();
+        let cf = cpr.cf("state.insert-sessions").unwrap();
+        let tags: Vec<u8> = cpr
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|item| item.unwrap().0[0])
+            .filter(|tag| *tag != 0)
+            .collect();
+        assert_eq!(tags, vec![1, 5], "batch size {batch}");
+    }
 }
 
 #[test]

@@ -106,6 +106,13 @@ pub(crate) fn describe(out: &mut String, q: &Query) {
                 names.join(", ")
             );
             match a.window {
+                Some(w) if w.session.is_some() => {
+                    let gap = w.session.map_or(0, |s| s.gap_ms);
+                    let _ = writeln!(
+                        out,
+                        "  sessions: per key, windows closer than the gap ({gap} ms) merge into one session (state keyed by key and session start, indexed by session end); sessions the watermark passes are emitted once and deleted"
+                    );
+                }
                 Some(w) => {
                     let _ = writeln!(
                         out,

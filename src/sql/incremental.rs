@@ -64,6 +64,17 @@ pub(crate) struct WindowColumn {
     /// Added to the column's value to get the window's end (0 for
     /// `window_end`, the size for `window_start`).
     pub to_end_ms: i64,
+    /// Set for session windows, whose bounds are merged per key.
+    pub session: Option<SessionColumns>,
+}
+
+/// The group columns holding a session window's bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionColumns {
+    pub start: usize,
+    pub end: usize,
+    /// A session ends this long after its last record.
+    pub gap_ms: i64,
 }
 
 /// The aggregation found in a plan.
@@ -93,7 +104,7 @@ impl Aggregation {
 /// State keys: a tag byte, then (windowed) the window end, then the
 /// group in Arrow's row format. The tag keeps the query's own metadata
 /// (the watermark) apart from its groups.
-const GROUP_TAG: u8 = 1;
+pub(crate) const GROUP_TAG: u8 = 1;
 const META_TAG: u8 = 0;
 /// With a state TTL: `0x03` + last update's batch time (8 bytes, ordered)
 /// + group key → empty, so expired groups are one range scan away.
@@ -131,38 +142,58 @@ fn window_column(
     partial: &AggregateExec,
     event_time: Option<&str>,
 ) -> Result<Option<WindowColumn>, String> {
-    use super::window::{WINDOW_META, WINDOW_SIZE_META};
+    use super::window::{WINDOW_KIND_META, WINDOW_META, WINDOW_SIZE_META};
     let schema = partial.schema();
     let groups = partial.group_expr().expr().len();
     let mut start = None;
+    let mut end = None;
+    let mut session_gap = None;
     for i in 0..groups {
         let field = schema.field(i);
         if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
             continue;
         }
-        let role =
-            field
-                .metadata()
-                .get(WINDOW_META)
-                .map(String::as_str)
-                .or(match field.name().as_str() {
-                    "window_end" => Some("end"),
-                    "window_start" => Some("start"),
-                    _ => None,
-                });
+        let meta = field.metadata();
+        let role = meta
+            .get(WINDOW_META)
+            .map(String::as_str)
+            .or(match field.name().as_str() {
+                "window_end" => Some("end"),
+                "window_start" => Some("start"),
+                _ => None,
+            });
+        if role.is_some() && meta.get(WINDOW_KIND_META).is_some_and(|k| k == "session") {
+            session_gap = meta.get(WINDOW_SIZE_META).cloned();
+        }
         match role {
-            Some("end") => {
-                return Ok(Some(WindowColumn {
-                    column: i,
-                    to_end_ms: 0,
-                }));
+            Some("end") if end.is_none() => end = Some(i),
+            Some("start") if start.is_none() => {
+                start = Some((i, meta.get(WINDOW_SIZE_META).cloned()))
             }
-            Some("start") => start = Some((i, field.metadata().get(WINDOW_SIZE_META).cloned())),
             _ => {}
         }
     }
-    match start {
-        None => Ok(event_time.and_then(|name| {
+    if let Some(gap) = session_gap {
+        let (Some((start, _)), Some(end)) = (start, end) else {
+            return Err("a session window's bounds move as records arrive: GROUP BY both window_start and window_end of SESSION(…)".into());
+        };
+        return Ok(Some(WindowColumn {
+            column: end,
+            to_end_ms: 0,
+            session: Some(SessionColumns {
+                start,
+                end,
+                gap_ms: gap.parse().map_err(|_| format!("bad session gap {gap}"))?,
+            }),
+        }));
+    }
+    match (end, start) {
+        (Some(column), _) => Ok(Some(WindowColumn {
+            column,
+            to_end_ms: 0,
+            session: None,
+        })),
+        (None, None) => Ok(event_time.and_then(|name| {
             (0..groups)
                 .find(|&i| {
                     let f = schema.field(i);
@@ -173,13 +204,15 @@ fn window_column(
                 .map(|column| WindowColumn {
                     column,
                     to_end_ms: 1,
+                    session: None,
                 })
         })),
-        Some((i, Some(size))) => Ok(Some(WindowColumn {
+        (None, Some((i, Some(size)))) => Ok(Some(WindowColumn {
             column: i,
             to_end_ms: size.parse().map_err(|_| format!("bad window size {size}"))?,
+            session: None,
         })),
-        Some((_, None)) => Err(
+        (None, Some((_, None))) => Err(
             "GROUP BY window_start without window_end: add window_end to the GROUP BY so windows can be closed".into(),
         ),
     }
@@ -334,7 +367,9 @@ pub(crate) fn state_signature(agg: &Aggregation) -> (String, String) {
     )
 }
 
-fn accumulator(expr: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>, SqlError> {
+pub(crate) fn accumulator(
+    expr: &Arc<AggregateFunctionExpr>,
+) -> Result<Box<dyn GroupsAccumulator>, SqlError> {
     if expr.groups_accumulator_supported() {
         return Ok(expr.create_groups_accumulator()?);
     }
@@ -366,7 +401,11 @@ fn replace(
 /// Merges stored states with accumulators and evaluates them: the final
 /// values of `n` groups whose states are `states` (columns in the
 /// partial schema's order).
-fn evaluate(agg: &Aggregation, states: &[ArrayRef], n: usize) -> Result<Vec<ArrayRef>, SqlError> {
+pub(crate) fn evaluate(
+    agg: &Aggregation,
+    states: &[ArrayRef],
+    n: usize,
+) -> Result<Vec<ArrayRef>, SqlError> {
     let identity: Vec<usize> = (0..n).collect();
     let mut values = Vec::new();
     let mut col = 0;
@@ -485,27 +524,15 @@ pub(crate) async fn run_batch(
         watermark,
         ttl,
     } = policy;
-    let partial: Arc<dyn ExecutionPlan> = agg.partial.clone();
-    let batches = collect(partial.clone(), ctx.task_ctx()).await?;
-    let schema = partial.schema();
+    if let Some(bounds) = agg.window.and_then(|w| w.session) {
+        return super::session::run_batch(ctx, plan, agg, bounds, watermark, cx, cf).await;
+    }
+    let columns = partial_columns(ctx, agg).await?;
     let codec = Codec::new(agg, ttl)?;
     let now = cx.batch_time_ms;
     let groups = codec.groups;
     let db = cx.checkpoint.db();
-    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let columns: Vec<ArrayRef> = (0..schema.fields().len())
-        .map(|i| {
-            let parts: Vec<&dyn datafusion::arrow::array::Array> =
-                batches.iter().map(|b| b.column(i).as_ref()).collect();
-            if parts.is_empty() {
-                Ok(datafusion::arrow::array::new_empty_array(
-                    schema.field(i).data_type(),
-                ))
-            } else {
-                concat(&parts)
-            }
-        })
-        .collect::<Result<_, _>>()?;
+    let n = columns.first().map_or(0, |c| c.len());
     let rows = codec.keys.convert_columns(&columns[..groups])?;
     // Partitions of the partial phase may each have a row for a group:
     // number the distinct groups, keeping each one's first row.
@@ -727,6 +754,41 @@ pub(crate) async fn run_batch(
             parts.push(codec.decode(agg, &all)?);
         }
     }
+    run_rest(ctx, plan, agg, parts).await
+}
+
+/// The partial phase over the batch's rows, as one set of columns
+/// (group columns, then the accumulators' states).
+pub(crate) async fn partial_columns(
+    ctx: &SessionContext,
+    agg: &Aggregation,
+) -> Result<Vec<ArrayRef>, SqlError> {
+    let partial: Arc<dyn ExecutionPlan> = agg.partial.clone();
+    let batches = collect(partial.clone(), ctx.task_ctx()).await?;
+    let schema = partial.schema();
+    Ok((0..schema.fields().len())
+        .map(|i| {
+            let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                batches.iter().map(|b| b.column(i).as_ref()).collect();
+            if parts.is_empty() {
+                Ok(datafusion::arrow::array::new_empty_array(
+                    schema.field(i).data_type(),
+                ))
+            } else {
+                concat(&parts)
+            }
+        })
+        .collect::<Result<_, _>>()?)
+}
+
+/// Runs the plan above the aggregation over `parts` (each the
+/// aggregation's output columns: groups, then final values).
+pub(crate) async fn run_rest(
+    ctx: &SessionContext,
+    plan: &Arc<dyn ExecutionPlan>,
+    agg: &Aggregation,
+    parts: Vec<Vec<ArrayRef>>,
+) -> Result<Vec<RecordBatch>, SqlError> {
     let top_schema: SchemaRef = agg.top.schema();
     let merged: Vec<RecordBatch> = parts
         .into_iter()

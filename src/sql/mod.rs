@@ -19,6 +19,7 @@ mod functions;
 mod incremental;
 mod join;
 pub mod script;
+mod session;
 mod sinks;
 mod stream;
 mod table;
@@ -609,11 +610,18 @@ fn check_mode(
         (OutputMode::Complete, None) => refuse(
             "complete mode needs an aggregation (GROUP BY): a query without one has no result to repeat; use mode = 'append' or 'update'".into(),
         ),
+        (mode, Some(a))
+            if a.window.is_some_and(|w| w.session.is_some()) && mode != OutputMode::Append =>
+        {
+            refuse(
+                "session windows grow and merge as records arrive, so a row emitted before a session closes would stay behind under bounds that no longer exist: set mode = 'append' on the sink (sessions are emitted once, when the watermark passes their end)".into(),
+            )
+        }
         (mode, Some(a)) if a.nested && mode != OutputMode::Append => refuse(
             "an aggregation over a windowed aggregation sees each window complete only in append mode: set mode = 'append' on the sink".into(),
         ),
         (OutputMode::Append, Some(a)) if a.window.is_none() => refuse(
-            "append mode emits only final rows, and a GROUP BY without a window never finalizes: group by window_start, window_end of TUMBLE(…) or HOP(…), or use mode = 'update'".into(),
+            "append mode emits only final rows, and a GROUP BY without a window never finalizes: group by window_start, window_end of TUMBLE(…), HOP(…) or SESSION(…), or use mode = 'update'".into(),
         ),
         (OutputMode::Append, Some(_)) if watermark.is_none() => refuse(format!(
             "append mode needs a watermark to know when a window is final: declare WATERMARK FOR ts AS ts - INTERVAL '5' SECOND in CREATE STREAM {stream}, or use mode = 'update'"

@@ -8,6 +8,12 @@
 //! keyed by the window's end, so windows the watermark has passed are
 //! found by one range scan, emitted (append mode) and evicted.
 //!
+//! `SESSION(stream, ts, gap)` gives each row the window `[ts, ts + gap)`;
+//! an aggregation grouping by it merges, per value of its other group
+//! keys, the windows that overlap into one session (Spark's
+//! `session_window`, Flink's session windows): a session ends `gap` after
+//! its last record (see `super::session`).
+//!
 //! A stream's watermark (`WATERMARK FOR ts AS ts - INTERVAL '5' SECOND`)
 //! is the smallest, over its active partitions, of the largest event time
 //! seen, minus the delay; a partition without records for the stream's
@@ -36,8 +42,10 @@ use serde::{Deserialize, Serialize};
 
 /// Field metadata marking a window column (value: `start` or `end`).
 pub(crate) const WINDOW_META: &str = "sluice.window";
-/// Field metadata: the window's size in milliseconds.
+/// Field metadata: the window's size in milliseconds (a session's gap).
 pub(crate) const WINDOW_SIZE_META: &str = "sluice.window.size_ms";
+/// Field metadata on session windows' columns (value: `session`).
+pub(crate) const WINDOW_KIND_META: &str = "sluice.window.kind";
 
 /// A stream's declared watermark.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +158,7 @@ pub(crate) fn parse_watermark(
 enum Kind {
     Tumble,
     Hop,
+    Session,
 }
 
 /// A use of a window function seen while planning: which stream and
@@ -180,6 +189,7 @@ pub(crate) fn register(
     for (kind, names) in [
         (Kind::Tumble, ["tumble", "TUMBLE", "Tumble"]),
         (Kind::Hop, ["hop", "HOP", "Hop"]),
+        (Kind::Session, ["session", "SESSION", "Session"]),
     ] {
         let f = Arc::new(WindowFunction {
             kind,
@@ -204,6 +214,7 @@ impl WindowFunction {
             Kind::Hop => {
                 "HOP(stream, time_column, INTERVAL '10' SECOND (slide), INTERVAL '1' MINUTE (size))"
             }
+            Kind::Session => "SESSION(stream, time_column, INTERVAL '30' MINUTE (gap))",
         }
     }
 }
@@ -211,7 +222,7 @@ impl WindowFunction {
 impl TableFunctionImpl for WindowFunction {
     fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
         let usage = self.usage();
-        let want = if self.kind == Kind::Tumble { 3 } else { 4 };
+        let want = if self.kind == Kind::Hop { 4 } else { 3 };
         if args.len() != want {
             return Err(plan_err(format!(
                 "{usage}: expected {want} arguments, got {}",
@@ -243,7 +254,7 @@ impl TableFunctionImpl for WindowFunction {
             })
             .collect::<DfResult<Vec<i64>>>()?;
         let (slide, size) = match self.kind {
-            Kind::Tumble => (intervals[0], intervals[0]),
+            Kind::Tumble | Kind::Session => (intervals[0], intervals[0]),
             Kind::Hop => (intervals[0], intervals[1]),
         };
         if slide > size {
@@ -271,7 +282,14 @@ impl TableFunctionImpl for WindowFunction {
         });
         let windowed = parts
             .iter()
-            .map(|b| assign(b, index, slide, size).map(|w| vec![w]))
+            .map(|b| {
+                if self.kind == Kind::Session {
+                    assign_session(b, index, size)
+                } else {
+                    assign(b, index, slide, size)
+                }
+                .map(|w| vec![w])
+            })
             .collect::<DfResult<Vec<_>>>()?;
         Ok(Arc::new(MemTable::try_new(
             windowed[0][0].schema(),
@@ -280,34 +298,88 @@ impl TableFunctionImpl for WindowFunction {
     }
 }
 
-fn window_field(name: &str, role: &str, size_ms: i64) -> Field {
+fn window_field(name: &str, role: &str, size_ms: i64, session: bool) -> Field {
+    let mut metadata: std::collections::HashMap<String, String> = [
+        (WINDOW_META.to_string(), role.to_string()),
+        (WINDOW_SIZE_META.to_string(), size_ms.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    if session {
+        metadata.insert(WINDOW_KIND_META.to_string(), "session".to_string());
+    }
     Field::new(
         name,
         DataType::Timestamp(TimeUnit::Millisecond, None),
         false,
     )
-    .with_metadata(
-        [
-            (WINDOW_META.to_string(), role.to_string()),
-            (WINDOW_SIZE_META.to_string(), size_ms.to_string()),
-        ]
-        .into_iter()
-        .collect(),
-    )
+    .with_metadata(metadata)
+}
+
+/// The rows of `batch` with the window `[time, time + gap)` each: the
+/// aggregation merges overlapping ones into sessions. Rows without a
+/// time fall in no window.
+fn assign_session(batch: &RecordBatch, time: usize, gap: i64) -> DfResult<RecordBatch> {
+    let times = millis(batch.column(time))?;
+    let keep: Vec<u32> = (0..batch.num_rows() as u32)
+        .filter(|&i| !times.is_null(i as usize))
+        .collect();
+    let all = keep.len() == batch.num_rows();
+    let indices = UInt32Array::from(keep);
+    let pick = |c: &ArrayRef| -> DfResult<ArrayRef> {
+        if all {
+            Ok(c.clone())
+        } else {
+            Ok(take(c.as_ref(), &indices, None)?)
+        }
+    };
+    let mut columns: Vec<ArrayRef> = batch.columns().iter().map(pick).collect::<DfResult<_>>()?;
+    let starts = pick(&(Arc::new(times) as ArrayRef))?;
+    let starts = starts
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or_else(|| plan_err("session start is not a timestamp".into()))?;
+    let ends: TimestampMillisecondArray = starts.unary(|t| t.saturating_add(gap));
+    columns.push(Arc::new(starts.clone()));
+    columns.push(Arc::new(ends));
+    with_window_columns(batch, columns, gap, true)
+}
+
+fn with_window_columns(
+    batch: &RecordBatch,
+    columns: Vec<ArrayRef>,
+    size: i64,
+    session: bool,
+) -> DfResult<RecordBatch> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(window_field("window_start", "start", size, session));
+    fields.push(window_field("window_end", "end", size, session));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// A time column as milliseconds.
+fn millis(column: &ArrayRef) -> DfResult<TimestampMillisecondArray> {
+    let times = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    times
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .cloned()
+        .ok_or_else(|| plan_err("window time column did not cast to milliseconds".into()))
 }
 
 /// The rows of `batch` once per window of `size` every `slide` containing
 /// their time, with `window_start` and `window_end`. Rows without a time
 /// fall in no window.
 fn assign(batch: &RecordBatch, time: usize, slide: i64, size: i64) -> DfResult<RecordBatch> {
-    let times = cast(
-        batch.column(time),
-        &DataType::Timestamp(TimeUnit::Millisecond, None),
-    )?;
-    let times = times
-        .as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
-        .ok_or_else(|| plan_err("window time column did not cast to milliseconds".into()))?;
+    let times = millis(batch.column(time))?;
     let per_row = ((size + slide - 1) / slide) as usize;
     let mut indices = Vec::with_capacity(batch.num_rows() * per_row);
     let mut starts = Vec::with_capacity(batch.num_rows() * per_row);
@@ -334,18 +406,7 @@ fn assign(batch: &RecordBatch, time: usize, slide: i64, size: i64) -> DfResult<R
     let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
     columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
     columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(window_field("window_start", "start", size));
-    fields.push(window_field("window_end", "end", size));
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?)
+    with_window_columns(batch, columns, size, false)
 }
 
 /// A stream's watermark progress, stored with the query's state.
