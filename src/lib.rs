@@ -27,9 +27,10 @@
 //!   file sinks that write outside the checkpoint idempotently per batch id.
 //! - [`sql`] — SQL jobs over streams on DataFusion: `CREATE STREAM` (text,
 //!   JSON, CSV; bad records skipped, failed on or dead-lettered; watermarks),
-//!   `CREATE TABLE` (static tables), `CREATE SINK` (console, table, topic,
-//!   file, blackhole), `INSERT INTO … SELECT`, `GROUP BY` state merged across
-//!   batches, event-time windows, interval joins.
+//!   `CREATE TABLE` (files, or result tables re-read each batch),
+//!   `CREATE SINK` (console, table, topic, file, blackhole), `INSERT INTO …
+//!   SELECT`, `GROUP BY` state merged across batches, event-time windows
+//!   (tumbling, hopping, session), interval joins.
 //! - [`nexmark`] — the Nexmark benchmark's events (people, auctions, bids)
 //!   from a seed and an event number, loaded into the store as JSON.
 //! - [`corpus`] — a seeded text generator (Zipf-distributed words) for demos

@@ -370,15 +370,15 @@ impl<T: Data> DStream<T> {
     }
 
     /// An output over several streams that sees the batch context: it
-    /// gets each input's chunks, may read its state (CF
-    /// `state.<state.name>`) and add writes to the batch's atomic commit.
-    /// The SQL layer runs its queries through this.
+    /// reads each input's chunks (whole, or one by one as they are read),
+    /// may read its state (CF `state.<state.name>`) and add writes to the
+    /// batch's atomic commit. The SQL layer runs its queries through this.
     pub(crate) fn output_with_context(
         inputs: &[DStream<T>],
         name: String,
         state: Option<OperatorMeta>,
         table: Option<OperatorMeta>,
-        f: impl Fn(&BatchCx, Vec<Vec<RecordBatch>>) -> Result<()> + Send + Sync + 'static,
+        f: impl Fn(&BatchCx, &OutputInputs) -> Result<()> + Send + Sync + 'static,
     ) {
         let Some(first) = inputs.first() else {
             return;
@@ -391,19 +391,39 @@ impl<T: Data> DStream<T> {
             name,
             table,
             state,
-            run: Box::new(move |cx: &BatchCx| {
-                let chunks = nodes
-                    .iter()
-                    .map(|node| cx.collect(node))
-                    .collect::<Result<Vec<_>>>()?;
-                f(cx, chunks)
-            }),
+            run: Box::new(move |cx: &BatchCx| f(cx, &OutputInputs { cx, nodes: &nodes })),
         }));
     }
 
     /// Prints the first `n` elements of every batch under a header.
     pub fn print(&self, n: usize) {
         crate::sink::console::print::<T>(self, n)
+    }
+}
+
+/// The inputs of an output with context, read on demand.
+pub(crate) struct OutputInputs<'c, 'a> {
+    cx: &'c BatchCx<'a>,
+    nodes: &'c [Arc<dyn Node>],
+}
+
+impl OutputInputs<'_, '_> {
+    /// Every chunk of input `i` in this batch.
+    pub(crate) fn collect(&self, i: usize) -> Result<Vec<RecordBatch>> {
+        self.cx.collect(&self.nodes[i])
+    }
+
+    /// Reads input `i`'s partitions in parallel, handing each chunk to
+    /// `each(partition, chunk)` as it is read (in offset order within a
+    /// partition), so a batch need not be held whole.
+    pub(crate) fn for_each_chunk(
+        &self,
+        i: usize,
+        each: impl Fn(usize, RecordBatch) -> Result<()> + Sync,
+    ) -> Result<()> {
+        self.cx
+            .for_each_partition(&self.nodes[i], |p, run| run(&mut |chunk| each(p, chunk)))
+            .map(|_| ())
     }
 }
 

@@ -30,7 +30,10 @@ pub(crate) struct Query<'a> {
     pub mode: OutputMode,
     pub operator: &'a str,
     pub inputs: Vec<Input<'a>>,
-    pub tables: Vec<&'a str>,
+    /// Tables joined: name, how they are read.
+    pub tables: Vec<(&'a str, &'static str)>,
+    /// The batch streams through the query (`super::pipeline`).
+    pub streaming: bool,
     pub plan: &'a Arc<dyn ExecutionPlan>,
     pub aggregation: Option<&'a Aggregation>,
     pub join: Option<&'a IntervalJoin>,
@@ -77,12 +80,17 @@ pub(crate) fn describe(out: &mut String, q: &Query) {
             i.name, i.topic, i.format
         );
     }
-    for t in &q.tables {
-        let _ = writeln!(out, "  joins static table {t} (loaded once at start)");
+    for (t, reading) in &q.tables {
+        let _ = writeln!(out, "  joins table {t} ({reading})");
     }
     let _ = writeln!(
         out,
-        "  each batch: the records are decoded in {} parallel slices; {}",
+        "  each batch: {} {} parallel slices; {}",
+        if q.streaming {
+            "read as it arrives, 1 MiB chunks through bounded channels decoded in"
+        } else {
+            "the records are decoded whole, in"
+        },
         q.slices,
         if q.aggregation.is_some() || q.join.is_some() {
             "records behind a stream's watermark are dropped and counted (late records)"

@@ -18,6 +18,7 @@ mod explain;
 mod functions;
 mod incremental;
 mod join;
+mod pipeline;
 pub mod script;
 mod session;
 mod sinks;
@@ -34,7 +35,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
 use crate::driver::StreamingContext;
 use crate::log::LogStore;
-use crate::plan::{BatchCx, DStream, PlanError};
+use crate::plan::{BatchCx, DStream, OutputInputs, PlanError};
 use crate::source::Record;
 use incremental::OutputMode;
 pub use script::Script;
@@ -115,13 +116,6 @@ fn build_or_explain(
                 message: format!("cannot start the query runtime: {e}"),
             })?,
     );
-    let tables: Arc<Vec<table::StaticTable>> = Arc::new(
-        script
-            .tables
-            .iter()
-            .map(|t| table::load(t, &runtime))
-            .collect::<Result<_, _>>()?,
-    );
     // Every declared stream's decoder, once (a dead-letter topic's writer
     // is opened here); each query takes the ones it reads.
     let first_line = script.queries.first().map_or(1, |q| q.line);
@@ -130,6 +124,39 @@ fn build_or_explain(
         .iter()
         .map(|d| StreamShape::new(d, topics, first_line))
         .collect::<Result<Vec<_>, _>>()?;
+    // Files are read now, result tables per batch; a result table of this
+    // job takes its columns from the query that writes it, planned over
+    // empty batches as every query is below.
+    let own_job = ctx.map(|c| table::OwnJob {
+        name: c.config().name.clone(),
+        checkpoint: c.config().checkpoint_path(),
+    });
+    let tables: Arc<Vec<table::StaticTable>> = Arc::new(table::load_all(
+        script,
+        &runtime,
+        topics,
+        own_job.as_ref(),
+        |writer, known| {
+            let empty = shapes
+                .iter()
+                .map(|shape| {
+                    (
+                        shape.name.clone(),
+                        vec![RecordBatch::new_empty(shape.schema.clone()); threads],
+                    )
+                })
+                .collect();
+            let (session, _) = session_over(empty, known)?;
+            runtime
+                .block_on(async {
+                    let df = session.sql(&writer.sql).await?;
+                    Ok::<_, datafusion::error::DataFusionError>(
+                        df.create_physical_plan().await?.schema(),
+                    )
+                })
+                .map_err(|e| located(&e, writer))
+        },
+    )?);
     // One source per topic, shared by the queries that read it.
     let mut sources: std::collections::HashMap<String, DStream<Record>> = Default::default();
     for (n, query) in script.queries.iter().enumerate() {
@@ -327,6 +354,20 @@ fn build_or_explain(
             &inputs[0].shape.name,
             line,
         )?;
+        // A query that reads its one stream once, with nothing to apply
+        // to the whole batch first (windows, join buffers, late records
+        // before an aggregation, dead letters written per batch), reads
+        // the batch as it arrives.
+        let streaming = match inputs.as_slice() {
+            [only] => {
+                join.is_none()
+                    && crate::log::mutex(&window_uses).is_empty()
+                    && scan_count(&logical, &only.shape.name) == 1
+                    && !matches!(only.shape.on_error, stream::OnError::DeadLetter(_))
+                    && !(aggregation.is_some() && only.watermark.is_some())
+            }
+            _ => false,
+        };
         let operator = query
             .sink
             .clone()
@@ -390,8 +431,9 @@ fn build_or_explain(
                     tables: tables
                         .iter()
                         .filter(|t| read.contains(&t.name))
-                        .map(|t| t.name.as_str())
+                        .map(|t| (t.name.as_str(), t.reading))
                         .collect(),
+                    streaming,
                     plan: &plan,
                     aggregation: aggregation.as_ref(),
                     join: join.as_ref(),
@@ -416,11 +458,12 @@ fn build_or_explain(
             mode,
             state_ttl_ms,
             slices: threads,
+            streaming,
             tables: tables.clone(),
             sink,
         });
-        DStream::output_with_context(&records, operator, state, table, move |cx, chunks| {
-            runner.run(cx, chunks).map_err(PlanError::from)
+        DStream::output_with_context(&records, operator, state, table, move |cx, inputs| {
+            runner.run(cx, inputs).map_err(PlanError::from)
         });
     }
     Ok(())
@@ -500,6 +543,21 @@ fn used_columns(
         Ok(TreeNodeRecursion::Continue)
     });
     out
+}
+
+/// How many times the plan scans `table` (subqueries included).
+fn scan_count(plan: &datafusion::logical_expr::LogicalPlan, table: &str) -> usize {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut n = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node
+            && scan.table_name.table() == table
+        {
+            n += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    n
 }
 
 /// Names of the tables a plan scans, subqueries included.
@@ -651,13 +709,16 @@ struct QueryRunner {
     state_ttl_ms: Option<i64>,
     /// Slices a batch is cut into (DataFusion partitions).
     slices: usize,
+    /// The batch flows through the query as it is read (`pipeline`)
+    /// instead of being decoded whole first.
+    streaming: bool,
     /// Static tables the query may join.
     tables: Arc<Vec<table::StaticTable>>,
     sink: Sink,
 }
 
 impl QueryRunner {
-    fn run(&self, cx: &BatchCx, chunks: Vec<Vec<RecordBatch>>) -> Result<(), SqlError> {
+    fn run(&self, cx: &BatchCx, inputs: &OutputInputs) -> Result<(), SqlError> {
         let state_cf = if self.aggregating || self.join.is_some() {
             Some(
                 cx.checkpoint
@@ -667,6 +728,12 @@ impl QueryRunner {
         } else {
             None
         };
+        if self.streaming {
+            return self.run_streaming(cx, inputs, state_cf);
+        }
+        let chunks = (0..self.inputs.len())
+            .map(|i| inputs.collect(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut streams = Vec::with_capacity(self.inputs.len());
         let mut watermarks = Vec::with_capacity(self.inputs.len());
         for (input, chunks) in self.inputs.iter().zip(&chunks) {
@@ -696,19 +763,7 @@ impl QueryRunner {
             let Some(cf) = state_cf else {
                 return Ok::<_, SqlError>(collect(plan, session.task_ctx()).await?);
             };
-            let event_time = match self.inputs.as_slice() {
-                [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
-                _ => None,
-            };
-            let agg = incremental::analyze(&plan, event_time)
-                .map_err(|message| SqlError::Unsupported {
-                    line: self.line,
-                    message,
-                })?
-                .ok_or_else(|| SqlError::Plan {
-                    line: self.line,
-                    message: "the query lost its aggregation between batches".into(),
-                })?;
+            let agg = self.aggregation_of(&plan)?;
             let policy = incremental::Policy {
                 mode: self.mode,
                 watermark,
@@ -717,6 +772,63 @@ impl QueryRunner {
             incremental::run_batch(&session, &plan, &agg, policy, cx, cf).await
         })?;
         self.sink.write(cx, &output)
+    }
+
+    /// Runs the query over its one stream as the batch is read: see
+    /// `pipeline`.
+    fn run_streaming(
+        &self,
+        cx: &BatchCx,
+        inputs: &OutputInputs,
+        state_cf: Option<&rocksdb::ColumnFamily>,
+    ) -> Result<(), SqlError> {
+        let input = &self.inputs[0];
+        let streamed = pipeline::streamed(&input.shape, self.slices)?;
+        // Planned over empty slices (for the partition count), then the
+        // stream's name points at the channels.
+        let empty = vec![RecordBatch::new_empty(input.shape.schema.clone()); self.slices];
+        let (session, _) = session_over(vec![(input.shape.name.clone(), empty)], &self.tables)?;
+        session.deregister_table(input.shape.name.as_str())?;
+        session.register_table(input.shape.name.as_str(), streamed.table.clone())?;
+        let (output, bad) = streamed.run(inputs, 0, move || {
+            // The session goes with this closure: once it returns nothing
+            // holds the channels, so a reader waiting on them stops.
+            self.runtime.block_on(async move {
+                let plan: Arc<dyn ExecutionPlan> =
+                    session.sql(&self.sql).await?.create_physical_plan().await?;
+                let Some(cf) = state_cf else {
+                    return Ok::<_, SqlError>(collect(plan, session.task_ctx()).await?);
+                };
+                let agg = self.aggregation_of(&plan)?;
+                let policy = incremental::Policy {
+                    mode: self.mode,
+                    watermark: None,
+                    ttl: self.state_ttl_ms,
+                };
+                incremental::run_batch(&session, &plan, &agg, policy, cx, cf).await
+            })
+        })?;
+        cx.count("bad records", bad);
+        self.sink.write(cx, &output)
+    }
+
+    fn aggregation_of(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+    ) -> Result<incremental::Aggregation, SqlError> {
+        let event_time = match self.inputs.as_slice() {
+            [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
+            _ => None,
+        };
+        incremental::analyze(plan, event_time)
+            .map_err(|message| SqlError::Unsupported {
+                line: self.line,
+                message,
+            })?
+            .ok_or_else(|| SqlError::Plan {
+                line: self.line,
+                message: "the query lost its aggregation between batches".into(),
+            })
     }
 
     /// The new matches of an interval join: this batch's rows of each

@@ -34,12 +34,14 @@ pub struct StreamDecl {
     pub watermark: Option<(String, String)>,
 }
 
-/// A static table (`CREATE TABLE … WITH (path, format)`), loaded once
-/// when the job starts, that queries join with their streams.
+/// A table queries join with their streams: a file (`CREATE TABLE …
+/// WITH (path, format)`), loaded once when the job starts, or a result
+/// table (`WITH (type = 'result', table, job)`), read per batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableDecl {
     pub name: String,
-    /// Declared columns (may be empty for Parquet, which has a schema).
+    /// Declared columns (may be empty for Parquet and result tables,
+    /// which have a schema).
     pub columns: Vec<Field>,
     pub options: BTreeMap<String, String>,
     pub line: usize,
@@ -390,14 +392,17 @@ impl Script {
                 let (name, columns, options) = parse_create(
                     trimmed,
                     line,
-                    "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet')",
+                    "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet') or CREATE TABLE name WITH (type = 'result', table = '…')",
                 )?;
-                script.tables.push(TableDecl {
+                let decl = TableDecl {
                     name,
                     columns,
                     options,
                     line,
-                });
+                };
+                super::table::TableSpec::parse(&decl)
+                    .map_err(|message| SqlError::Unsupported { line, message })?;
+                script.tables.push(decl);
             } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
                 let decl = parse_sink(trimmed, line)?;
                 super::sinks::SinkSpec::parse(&decl)

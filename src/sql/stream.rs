@@ -326,45 +326,62 @@ impl StreamShape {
         let mut out = Vec::with_capacity(chunks.len());
         let mut bad: Vec<Bad> = Vec::new();
         for (c, chunk) in chunks.iter().enumerate() {
-            let values = chunk.column(record::VALUE).as_binary_view();
-            let decoded = match self.format {
-                Format::Text => Decoded {
-                    columns: vec![text_view(values)],
-                    kept: None,
-                    bad: Vec::new(),
-                },
-                Format::Json => self.decode_json(values)?,
-                Format::Csv { delimiter } => self.decode_csv(values, delimiter)?,
-            };
-            if self.on_error == OnError::Fail
-                && let Some((row, reason)) = decoded.bad.first()
-            {
-                return Err(self.failure(chunk, *row, reason));
-            }
-            bad.extend(decoded.bad.into_iter().map(|(row, reason)| Bad {
+            let (batch, rejected) = self.decode_chunk(chunk)?;
+            bad.extend(rejected.into_iter().map(|(row, reason)| Bad {
                 chunk: first + c,
                 row,
                 reason,
             }));
-            let chunk = match &decoded.kept {
-                None => chunk.clone(),
-                Some(kept) => datafusion::arrow::compute::filter_record_batch(chunk, kept)?,
-            };
-            let mut columns = decoded.columns;
-            let topic =
-                datafusion::arrow::compute::cast(chunk.column(record::TOPIC), &DataType::Utf8)?;
-            let key = lossy_text(chunk.column(record::KEY).as_binary_view());
-            columns.extend([
-                topic,
-                chunk.column(record::PARTITION).clone(),
-                chunk.column(record::OFFSET).clone(),
-                chunk.column(record::TIMESTAMP).clone(),
-                key,
-            ]);
-            out.push(RecordBatch::try_new(self.schema.clone(), columns)?);
+            out.push(batch);
         }
         let batch = datafusion::arrow::compute::concat_batches(&self.schema, &out)?;
         Ok((batch, bad))
+    }
+
+    /// Decodes one chunk of records into the stream's rows; the records
+    /// that did not decode, by row, with why (with `on_error = 'fail'`,
+    /// the first is an error).
+    pub(crate) fn decode_chunk(
+        &self,
+        chunk: &RecordBatch,
+    ) -> Result<(RecordBatch, Vec<(usize, String)>), SqlError> {
+        let values = chunk.column(record::VALUE).as_binary_view();
+        let decoded = match self.format {
+            Format::Text => Decoded {
+                columns: vec![text_view(values)],
+                kept: None,
+                bad: Vec::new(),
+            },
+            Format::Json => self.decode_json(values)?,
+            Format::Csv { delimiter } => self.decode_csv(values, delimiter)?,
+        };
+        if self.on_error == OnError::Fail
+            && let Some((row, reason)) = decoded.bad.first()
+        {
+            return Err(self.failure(chunk, *row, reason));
+        }
+        let kept_chunk;
+        let chunk = match &decoded.kept {
+            None => chunk,
+            Some(kept) => {
+                kept_chunk = datafusion::arrow::compute::filter_record_batch(chunk, kept)?;
+                &kept_chunk
+            }
+        };
+        let mut columns = decoded.columns;
+        let topic = datafusion::arrow::compute::cast(chunk.column(record::TOPIC), &DataType::Utf8)?;
+        let key = lossy_text(chunk.column(record::KEY).as_binary_view());
+        columns.extend([
+            topic,
+            chunk.column(record::PARTITION).clone(),
+            chunk.column(record::OFFSET).clone(),
+            chunk.column(record::TIMESTAMP).clone(),
+            key,
+        ]);
+        Ok((
+            RecordBatch::try_new(self.schema.clone(), columns)?,
+            decoded.bad,
+        ))
     }
 
     fn format_name(&self) -> &'static str {

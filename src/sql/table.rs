@@ -1,31 +1,298 @@
-//! Static tables for stream–table joins: `CREATE TABLE products (id
-//! BIGINT, name TEXT) WITH (path = 'products.csv', format = 'csv')`.
+//! Tables that queries join with their streams (Spark's stream–static
+//! join), declared with `CREATE TABLE`:
 //!
-//! A table is read once, when the job starts, into memory; every batch's
-//! query sees the same rows, so a stream joins it like a dimension table
-//! (Spark's stream–static join). Changing the file takes a restart.
+//! * **File tables**: `CREATE TABLE products (id BIGINT, name TEXT) WITH
+//!   (path = 'products.csv', format = 'csv' | 'json' | 'parquet', header =
+//!   'true')` is read once, when the job starts, into memory; every batch's
+//!   query sees the same rows, so a stream joins it like a dimension table.
+//!   Changing the file takes a restart.
+//! * **Result tables**: `CREATE TABLE totals [(columns)] WITH (type =
+//!   'result', table = 'per_user' [, job = 'other' [, checkpoint_dir =
+//!   'dir']])` is a RocksDB result table that a `table` sink writes, read
+//!   again in every batch that queries it, as of the last batch committed
+//!   by the job that writes it (Spark's stream–static join against a Delta
+//!   table). Without `job` it is this job's own table, written by a query
+//!   of the same script: the batch's own writes are not committed while
+//!   its queries run, so a batch sees what the batches before it wrote.
+//!   With `job` it is another job's, read from its checkpoint
+//!   (`checkpoint_dir`, default `checkpoints/<job>`) while that job may be
+//!   running ([`result`]).
 //!
-//! This module owns loading those files; it never reads streams or
-//! writes state.
+//! Options are checked when the script is parsed, the files and the other
+//! job's checkpoint when the job is submitted, before any record is read.
+//!
+//! This module owns declaring and loading tables; it never reads streams
+//! and never writes to a checkpoint.
 
+mod result;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 
-use super::SqlError;
-use super::script::TableDecl;
+use super::script::{QueryDecl, Script, TableDecl};
+use super::sinks::{Sink, SinkSpec, check_known, choice};
+use super::{SqlError, Topics};
 
-/// A loaded table.
+/// A table a query may join: a file's rows, or a result table read per
+/// batch.
+#[derive(Clone)]
 pub(crate) struct StaticTable {
     pub name: String,
-    pub table: Arc<MemTable>,
+    pub table: Arc<dyn TableProvider>,
+    /// How its rows are read, for `sluice explain`.
+    pub reading: &'static str,
 }
 
-/// Reads the table `decl` declares.
-pub(crate) fn load(
+/// How a file table's file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileFormat {
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// A `CREATE TABLE`'s options, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TableSpec {
+    File {
+        path: String,
+        format: FileFormat,
+        header: bool,
+    },
+    Result {
+        /// The result table's name in the checkpoint.
+        table: String,
+        /// The job that writes it; `None`: this job.
+        job: Option<String>,
+        /// Where that job keeps its checkpoint (its `--checkpoint-dir`).
+        checkpoint_dir: Option<PathBuf>,
+    },
+}
+
+const TABLE_TYPES: [&str; 2] = ["file", "result"];
+const FILE_OPTIONS: [&str; 4] = ["type", "path", "format", "header"];
+const RESULT_OPTIONS: [&str; 4] = ["type", "table", "job", "checkpoint_dir"];
+
+/// A non-empty text option, trimmed.
+fn text_option(
+    what: &str,
     decl: &TableDecl,
+    key: &str,
+    accepted: &str,
+) -> Result<Option<String>, String> {
+    match decl.options.get(key).map(|v| v.trim()) {
+        None => Ok(None),
+        Some("") => Err(format!(
+            "{what}: {key} = '' is empty (accepted: {accepted})"
+        )),
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
+impl TableSpec {
+    /// Checks a table's options; the error names the table, the option and
+    /// what is accepted.
+    pub(crate) fn parse(decl: &TableDecl) -> Result<TableSpec, String> {
+        let o = &decl.options;
+        let what = format!("table {}", decl.name);
+        let kind = choice(&what, o, "type", &TABLE_TYPES, Some("file"))?.unwrap_or("file");
+        if kind == "result" {
+            let what = format!("result table {}", decl.name);
+            check_known(&what, o, &RESULT_OPTIONS)?;
+            let table = text_option(&what, decl, "table", "the name of a table sink")?
+                .unwrap_or_else(|| decl.name.clone());
+            let job = text_option(
+                &what,
+                decl,
+                "job",
+                "the name of the job that writes the table",
+            )?;
+            let checkpoint_dir = text_option(
+                &what,
+                decl,
+                "checkpoint_dir",
+                "the directory the other job keeps its checkpoint in",
+            )?
+            .map(PathBuf::from);
+            if checkpoint_dir.is_some() && job.is_none() {
+                return Err(format!(
+                    "{what}: checkpoint_dir says where another job keeps its checkpoint: name that job with job = '…' (this job's own tables are read from its own checkpoint)"
+                ));
+            }
+            return Ok(TableSpec::Result {
+                table,
+                job,
+                checkpoint_dir,
+            });
+        }
+        check_known(&what, o, &FILE_OPTIONS)?;
+        let path = text_option(&what, decl, "path", "a file or a directory of files")?
+            .ok_or_else(|| {
+                format!(
+                    "{what}: needs path = 'file or directory' (or type = 'result' for a table a table sink writes)"
+                )
+            })?;
+        let format = match o.get("format") {
+            Some(f) => f.trim().to_ascii_lowercase(),
+            None => Path::new(&path)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase(),
+        };
+        let format = match format.as_str() {
+            "csv" => FileFormat::Csv,
+            "json" | "jsonl" | "ndjson" => FileFormat::Json,
+            "parquet" => FileFormat::Parquet,
+            other => {
+                return Err(format!(
+                    "{what}: format {other:?} is not supported: use 'csv', 'json' or 'parquet'"
+                ));
+            }
+        };
+        let header = match o.get("header").map(|h| h.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(h) if h == "true" => true,
+            Some(h) if h == "false" => false,
+            Some(other) => {
+                return Err(format!("{what}: header = {other:?}: use 'true' or 'false'"));
+            }
+        };
+        if format != FileFormat::Parquet && decl.columns.is_empty() {
+            return Err(format!(
+                "{what}: a {} table declares its columns: CREATE TABLE {} (id BIGINT, name TEXT) WITH (…)",
+                if format == FileFormat::Csv {
+                    "csv"
+                } else {
+                    "json"
+                },
+                decl.name
+            ));
+        }
+        Ok(TableSpec::File {
+            path,
+            format,
+            header,
+        })
+    }
+}
+
+/// The job being built, which owns the result tables declared without
+/// `job` (absent when only explaining a script).
+pub(crate) struct OwnJob {
+    pub name: String,
+    pub checkpoint: PathBuf,
+}
+
+/// Loads every table of `script`: files are read now; result tables are
+/// checked now (the other job's checkpoint and table, or this job's table
+/// sink) and read per batch. A result table of this job takes its columns
+/// from the query that writes it, whose output schema `writer_schema`
+/// plans over the tables loaded so far.
+pub(crate) fn load_all(
+    script: &Script,
+    runtime: &tokio::runtime::Runtime,
+    topics: &Topics,
+    own: Option<&OwnJob>,
+    mut writer_schema: impl FnMut(&QueryDecl, &[StaticTable]) -> Result<SchemaRef, SqlError>,
+) -> Result<Vec<StaticTable>, SqlError> {
+    let mut loaded: Vec<(usize, StaticTable)> = Vec::new();
+    let mut own_tables = Vec::new();
+    for (n, decl) in script.tables.iter().enumerate() {
+        let spec = TableSpec::parse(decl).map_err(|message| SqlError::Unsupported {
+            line: decl.line,
+            message,
+        })?;
+        match spec {
+            TableSpec::File {
+                path,
+                format,
+                header,
+            } => loaded.push((n, load_file(decl, &path, format, header, runtime)?)),
+            TableSpec::Result {
+                table,
+                job,
+                checkpoint_dir,
+            } => match job {
+                Some(job) if own.is_none_or(|o| o.name != job) => {
+                    let path =
+                        checkpoint_dir.unwrap_or_else(|| PathBuf::from("checkpoints").join(&job));
+                    loaded.push((n, result::other_job(decl, &table, &job, &path)?));
+                }
+                _ if checkpoint_dir.is_some() => {
+                    return Err(SqlError::Unsupported {
+                        line: decl.line,
+                        message: format!(
+                            "result table {}: job = '{}' is this job, whose tables are read from its own checkpoint: leave checkpoint_dir out",
+                            decl.name,
+                            own.map_or("", |o| o.name.as_str())
+                        ),
+                    });
+                }
+                _ => own_tables.push((n, decl, table)),
+            },
+        }
+    }
+    for (n, decl, table) in own_tables {
+        let refuse = |message: String| SqlError::Unsupported {
+            line: decl.line,
+            message: format!("result table {}: {message}", decl.name),
+        };
+        let table_sinks: Vec<&str> = script
+            .sinks
+            .iter()
+            .filter(|s| SinkSpec::parse(s).is_ok_and(|spec| spec == SinkSpec::Table))
+            .map(|s| s.name.as_str())
+            .collect();
+        let Some(sink) = script.sinks.iter().find(|s| s.name == table) else {
+            return Err(refuse(format!(
+                "this job has no table sink {table} (its table sinks: {}); name one with table = '…', or add job = '…' to read another job's table",
+                if table_sinks.is_empty() {
+                    "none".to_owned()
+                } else {
+                    table_sinks.join(", ")
+                }
+            )));
+        };
+        if !table_sinks.contains(&table.as_str()) {
+            return Err(refuse(format!(
+                "sink {table} is not a table sink, so it keeps no table to read: declare it CREATE SINK {table} WITH (type = 'table')"
+            )));
+        }
+        let Some(writer) = script
+            .queries
+            .iter()
+            .find(|q| q.sink.as_deref() == Some(table.as_str()))
+        else {
+            return Err(refuse(format!(
+                "no query writes table sink {table}: add INSERT INTO {table} SELECT …"
+            )));
+        };
+        let known: Vec<StaticTable> = loaded.iter().map(|(_, t)| t.clone()).collect();
+        let schema = writer_schema(writer, &known)?;
+        let meta = Sink::new(sink, &schema, topics, writer.line)?
+            .table_meta()
+            .ok_or_else(|| refuse(format!("sink {table} stores no table")))?;
+        loaded.push((
+            n,
+            result::own_job(decl, &table, &meta, &schema, own.map(|o| &o.checkpoint))?,
+        ));
+    }
+    loaded.sort_by_key(|(n, _)| *n);
+    Ok(loaded.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Reads the file table `decl` declares.
+fn load_file(
+    decl: &TableDecl,
+    path: &str,
+    format: FileFormat,
+    header: bool,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<StaticTable, SqlError> {
     let line = decl.line;
@@ -33,44 +300,15 @@ pub(crate) fn load(
         line,
         message: format!("table {}: {message}", decl.name),
     };
-    let path = decl
-        .options
-        .get("path")
-        .ok_or_else(|| err("needs path = 'file or directory'".into()))?;
-    let format = decl.options.get("format").map_or_else(
-        || {
-            std::path::Path::new(path)
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase()
-        },
-        |f| f.to_ascii_lowercase(),
-    );
-    if !std::path::Path::new(path).exists() {
+    if !Path::new(path).exists() {
         return Err(err(format!("{path} does not exist")));
     }
-    let header = match decl.options.get("header").map(String::as_str) {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => return Err(err(format!("header = {other:?}: use 'true' or 'false'"))),
-    };
     let schema = Schema::new(decl.columns.clone());
-    let needs_columns = |format: &str| {
-        if decl.columns.is_empty() {
-            Err(err(format!(
-                "a {format} table declares its columns: CREATE TABLE {} (id BIGINT, name TEXT) WITH (…)",
-                decl.name
-            )))
-        } else {
-            Ok(())
-        }
-    };
     // A file is read whatever its extension; a directory by the format's.
-    let is_file = std::path::Path::new(path).is_file();
+    let is_file = Path::new(path).is_file();
     let extension = |default: &'static str| -> String {
         if is_file {
-            std::path::Path::new(path)
+            Path::new(path)
                 .extension()
                 .and_then(|e| e.to_str())
                 .map_or(String::new(), |e| format!(".{e}"))
@@ -78,38 +316,34 @@ pub(crate) fn load(
             default.to_owned()
         }
     };
-    let (csv_ext, json_ext, parquet_ext) =
-        (extension(".csv"), extension(".json"), extension(".parquet"));
     let ctx = SessionContext::new();
     let batches = runtime
         .block_on(async {
-            let frame = match format.as_str() {
-                "csv" => {
-                    needs_columns("csv")?;
+            let frame = match format {
+                FileFormat::Csv => {
                     ctx.read_csv(
                         path,
                         CsvReadOptions::new()
                             .has_header(header)
                             .schema(&schema)
-                            .file_extension(&csv_ext),
+                            .file_extension(&extension(".csv")),
                     )
                     .await?
                 }
-                "json" | "jsonl" | "ndjson" => {
-                    needs_columns("json")?;
+                FileFormat::Json => {
                     ctx.read_json(
                         path,
                         JsonReadOptions::default()
                             .schema(&schema)
-                            .file_extension(&json_ext),
+                            .file_extension(&extension(".json")),
                     )
                     .await?
                 }
-                "parquet" => {
+                FileFormat::Parquet => {
                     let frame = ctx
                         .read_parquet(
                             path,
-                            ParquetReadOptions::default().file_extension(&parquet_ext),
+                            ParquetReadOptions::default().file_extension(&extension(".parquet")),
                         )
                         .await?;
                     if decl.columns.is_empty() {
@@ -120,18 +354,10 @@ pub(crate) fn load(
                         frame.select_columns(&names)?
                     }
                 }
-                other => {
-                    return Err(err(format!(
-                        "format {other:?} is not supported: use 'csv', 'json' or 'parquet'"
-                    )));
-                }
             };
-            Ok::<_, SqlError>(frame.collect().await?)
+            frame.collect().await
         })
-        .map_err(|e| match e {
-            SqlError::DataFusion(d) => err(format!("cannot read {path}: {d}")),
-            other => other,
-        })?;
+        .map_err(|e| err(format!("cannot read {path}: {e}")))?;
     let schema = batches
         .first()
         .map(|b| b.schema())
@@ -139,5 +365,73 @@ pub(crate) fn load(
     Ok(StaticTable {
         name: decl.name.clone(),
         table: Arc::new(MemTable::try_new(schema, vec![batches])?),
+        reading: "a file, loaded once at start",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn decl(columns: bool, options: &[(&str, &str)]) -> TableDecl {
+        TableDecl {
+            name: "t".into(),
+            columns: if columns {
+                vec![datafusion::arrow::datatypes::Field::new(
+                    "id",
+                    datafusion::arrow::datatypes::DataType::Int64,
+                    true,
+                )]
+            } else {
+                Vec::new()
+            },
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn table_options_have_defaults_and_are_checked() {
+        assert_eq!(
+            TableSpec::parse(&decl(true, &[("path", "u.CSV")])),
+            Ok(TableSpec::File {
+                path: "u.CSV".into(),
+                format: FileFormat::Csv,
+                header: true,
+            })
+        );
+        assert_eq!(
+            TableSpec::parse(&decl(false, &[("type", "Result")])),
+            Ok(TableSpec::Result {
+                table: "t".into(),
+                job: None,
+                checkpoint_dir: None,
+            })
+        );
+        let refused =
+            |options: &[(&str, &str)]| TableSpec::parse(&decl(true, options)).expect_err("refused");
+        assert!(refused(&[("type", "kafka")]).contains("(accepted: 'file', 'result')"));
+        assert!(
+            refused(&[("type", "result"), ("path", "x")])
+                .contains("unknown option \"path\" (accepted: type, table, job, checkpoint_dir)")
+        );
+        assert!(refused(&[("path", "x.csv"), ("table", "x")]).contains("unknown option \"table\""));
+        assert!(refused(&[("type", "result"), ("job", " ")]).contains("job = '' is empty"));
+        assert!(
+            refused(&[("type", "result"), ("checkpoint_dir", "cp")])
+                .contains("name that job with job = '…'")
+        );
+        assert!(refused(&[("path", "x.txt")]).contains("format \"txt\" is not supported"));
+        assert!(refused(&[("path", "x.csv"), ("header", "yes")]).contains("use 'true' or 'false'"));
+        assert!(
+            TableSpec::parse(&decl(false, &[("path", "x.csv")]))
+                .expect_err("no columns")
+                .contains("a csv table declares its columns")
+        );
+    }
 }
