@@ -132,9 +132,12 @@ CREATE SINK paid WITH (type = 'table');\n";
 const PAID_QUERY: &str = "SELECT o.id, p.amount FROM orders o JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND";
 
 fn append_json(store: &LogStore, topic: &str, rows: &[String]) {
-    let t = store
-        .create_topic(topic, 2, TopicConfig::default())
-        .unwrap();
+    let t = match store.topic(topic) {
+        Ok(t) => t,
+        Err(_) => store
+            .create_topic(topic, 2, TopicConfig::default())
+            .unwrap(),
+    };
     for (i, chunk) in rows.chunks(5).enumerate() {
         let mut b = BatchBuilder::new(Compression::None);
         for r in chunk {
@@ -352,4 +355,139 @@ fn stream_joins_that_cannot_be_bounded_are_refused() {
         e.contains("declare WATERMARK FOR … in CREATE STREAM payments"),
         "{e}"
     );
+    assert!(e.contains("or set state_ttl = '1h' on the sink"), "{e}");
+    let with_ttl = ORDERS_PAYMENTS.replace(
+        "CREATE SINK paid WITH (type = 'table');",
+        "CREATE SINK paid WITH (type = 'table', state_ttl = '1h');",
+    );
+    let e = refuse(&format!("INSERT INTO paid {PAID_QUERY}"), &with_ttl);
+    assert!(e.contains("already bounded by its ON clause"), "{e}");
+    let e = refuse(
+        "INSERT INTO paid SELECT o.id, p.amount FROM orders o LEFT JOIN payments p ON o.id = p.order_id",
+        &with_ttl,
+    );
+    assert!(e.contains("use an inner JOIN"), "{e}");
+}
+
+const UNBOUNDED_STREAMS: &str = "CREATE STREAM orders (id BIGINT) WITH (topic = 'orders', format = 'json');\n\
+CREATE STREAM payments (order_id BIGINT, amount BIGINT) WITH (topic = 'payments', format = 'json');\n";
+
+/// Runs `job` until caught up with `batch` records per partition per
+/// batch; the result table `paid` as `id → amount`.
+fn run_paid(dir: &std::path::Path, job: &std::path::Path, batch: &str) -> BTreeMap<String, String> {
+    let data = dir.join("data");
+    let cp = dir.join("cp");
+    sluice(
+        dir,
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+            "--until-caught-up",
+            "--interval",
+            "1ms",
+            "--max-records-per-batch",
+            batch,
+        ],
+    );
+    let table = sluice(
+        dir,
+        &[
+            "state",
+            "scan",
+            "--job",
+            "paid",
+            "--table",
+            "paid",
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+        ],
+    );
+    table
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_join_without_time_bound_runs_with_a_state_ttl_and_forgets_rows_after_it() {
+    // Every order paid once, payments arriving in any order relative to
+    // the orders (no event time at all): what Flink's regular join with a
+    // state TTL covers.
+    let order_rows: Vec<String> = (0..300).map(|id| format!(r#"{{"id": {id}}}"#)).collect();
+    let payment_rows: Vec<String> = (0..300)
+        .rev()
+        .filter(|id| id % 4 != 0)
+        .map(|id| format!(r#"{{"order_id": {id}, "amount": {}}}"#, id * 3))
+        .collect();
+    let expected: BTreeMap<String, String> = (0..300)
+        .filter(|id| id % 4 != 0)
+        .map(|id| (id.to_string(), (id * 3).to_string()))
+        .collect();
+    let query = "INSERT INTO paid SELECT o.id, p.amount FROM orders o JOIN payments p ON o.id = p.order_id;";
+    for batch in ["1", "7", "10000"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(dir.path().join("data"), common::quiet()).unwrap();
+            append_json(&store, "orders", &order_rows);
+            append_json(&store, "payments", &payment_rows);
+        }
+        let job = dir.path().join("paid.sql");
+        std::fs::write(
+            &job,
+            format!("{UNBOUNDED_STREAMS}CREATE SINK paid WITH (type = 'table', state_ttl = '1h');\n{query}"),
+        )
+        .unwrap();
+        assert_eq!(
+            run_paid(dir.path(), &job, batch),
+            expected,
+            "batch size {batch}"
+        );
+    }
+    // With a TTL of 1 ms, rows are gone by the next batch: payments that
+    // arrive in a later run find no order.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path().join("data"), common::quiet()).unwrap();
+        append_json(&store, "orders", &order_rows);
+        append_json(&store, "payments", &[]);
+    }
+    let job = dir.path().join("paid.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{UNBOUNDED_STREAMS}CREATE SINK paid WITH (type = 'table', state_ttl = '1ms');\n{query}"
+        ),
+    )
+    .unwrap();
+    assert!(run_paid(dir.path(), &job, "7").is_empty());
+    {
+        let store = LogStore::open(dir.path().join("data"), common::quiet()).unwrap();
+        append_json(&store, "payments", &payment_rows);
+    }
+    assert!(run_paid(dir.path(), &job, "7").is_empty());
+    // Only the last batch's rows are still buffered (≤ 7 per partition of
+    // each stream).
+    let cp =
+        sluice::checkpoint::Checkpoint::open_read_only(&dir.path().join("cp"), "paid").unwrap();
+    let cf = cp.cf("state.insert-paid").unwrap();
+    let buffered: usize = cp
+        .db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|item| item.unwrap())
+        .filter(|(k, _)| k.first() == Some(&2))
+        .map(|(_, v)| {
+            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(v), None)
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum::<usize>()
+        })
+        .sum();
+    assert!(buffered <= 14, "{buffered} rows buffered");
 }

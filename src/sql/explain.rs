@@ -158,22 +158,29 @@ pub(crate) fn describe(out: &mut String, q: &Query) {
                 "  state: CF state.{} — each stream's on-time rows (Arrow IPC per slice, keyed by newest event time); each batch runs the query twice: new {} × all {}, then buffered {} × new {}",
                 q.operator, j.streams[0], j.streams[1], j.streams[0], j.streams[1]
             );
-            let _ = writeln!(
-                out,
-                "  eviction: the ON clause bounds {}.{} − {}.{} to [{} ms, {} ms]; {} rows older than {}'s watermark {:+} ms and {} rows older than {}'s watermark {:+} ms can match nothing more and are deleted",
-                j.streams[0],
-                j.columns[0],
-                j.streams[1],
-                j.columns[1],
-                j.lo_ms,
-                j.hi_ms,
-                j.streams[0],
-                j.streams[1],
-                j.lo_ms,
-                j.streams[1],
-                j.streams[0],
-                -j.hi_ms
-            );
+            if let Some(ttl) = j.ttl_ms {
+                let _ = writeln!(
+                    out,
+                    "  eviction: state_ttl — rows are kept {ttl} ms (batch time) after the batch that brought them, then deleted; rows of the two streams that arrive further apart never match"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  eviction: the ON clause bounds {}.{} − {}.{} to [{} ms, {} ms]; {} rows older than {}'s watermark {:+} ms and {} rows older than {}'s watermark {:+} ms can match nothing more and are deleted",
+                    j.streams[0],
+                    j.columns[0],
+                    j.streams[1],
+                    j.columns[1],
+                    j.lo_ms,
+                    j.hi_ms,
+                    j.streams[0],
+                    j.streams[1],
+                    j.lo_ms,
+                    j.streams[1],
+                    j.streams[0],
+                    -j.hi_ms
+                );
+            }
         }
         (None, None) => {
             let _ = writeln!(out, "  state: none");

@@ -367,10 +367,14 @@ pub(crate) fn state_signature(agg: &Aggregation) -> (String, String) {
     )
 }
 
+/// `expr`'s accumulator over many groups; for a global aggregate (no
+/// GROUP BY) the plain one, as DataFusion uses there: its answers over
+/// no rows differ (`avg` of nothing is NULL, not 0 / 0).
 pub(crate) fn accumulator(
     expr: &Arc<AggregateFunctionExpr>,
+    global: bool,
 ) -> Result<Box<dyn GroupsAccumulator>, SqlError> {
-    if expr.groups_accumulator_supported() {
+    if expr.groups_accumulator_supported() && !global {
         return Ok(expr.create_groups_accumulator()?);
     }
     let expr = expr.clone();
@@ -411,7 +415,7 @@ pub(crate) fn evaluate(
     let mut col = 0;
     for expr in agg.partial.aggr_expr() {
         let width = expr.state_fields()?.len();
-        let mut acc = accumulator(expr)?;
+        let mut acc = accumulator(expr, agg.partial.group_expr().expr().is_empty())?;
         acc.merge_batch(&states[col..col + width], &identity, n)?;
         values.push(acc.evaluate(EmitTo::All)?);
         col += width;
@@ -646,7 +650,7 @@ pub(crate) async fn run_batch(
                 }
             })
             .collect::<Result<_, _>>()?;
-        let mut acc = accumulator(expr)?;
+        let mut acc = accumulator(expr, agg.partial.group_expr().expr().is_empty())?;
         acc.merge_batch(&inputs, &group_indices, n)?;
         merged_states.extend(acc.state(EmitTo::All)?);
         col += width;

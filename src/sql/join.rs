@@ -9,7 +9,11 @@
 //! row can no longer match anything to come; such rows are evicted, so
 //! state stays bounded on endless streams. Both streams need a watermark,
 //! and the bound must limit the time difference on both sides; otherwise
-//! the join is refused when the job is submitted.
+//! the join is refused when the job is submitted — unless the sink sets
+//! `state_ttl`: then any inner join of the two streams runs (Flink's
+//! regular join with state TTL), each buffered row is kept for the TTL
+//! (batch time) after the batch that brought it, and rows of the two
+//! streams further apart than that in arrival never match.
 //!
 //! This module owns the bound's derivation and the buffered rows' layout;
 //! the caller runs the queries and commits.
@@ -29,18 +33,22 @@ pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>);
 
 use super::SqlError;
 
-/// Buffered rows: `0x02`, side, newest event time in the blob (8 bytes,
-/// ordered), batch id, slice.
+/// Buffered rows: `0x02`, side, newest event time in the blob (with a
+/// state TTL: the batch time that brought them) (8 bytes, ordered), batch
+/// id, slice.
 const JOIN_TAG: u8 = 2;
 
 /// The two joined streams, their event-time columns, and the bound on
-/// `t0 − t1` (milliseconds) the join condition sets.
+/// `t0 − t1` (milliseconds) the join condition sets; or, without a bound,
+/// how long rows are kept.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct IntervalJoin {
     pub streams: [String; 2],
     pub columns: [String; 2],
     pub lo_ms: i64,
     pub hi_ms: i64,
+    /// Set for a join bounded by the sink's `state_ttl` instead.
+    pub ttl_ms: Option<i64>,
 }
 
 /// The streams a plan scans (table names of its scans among `streams`).
@@ -105,20 +113,36 @@ fn conjuncts(expr: &Expr, out: &mut Vec<Expr>) {
     }
 }
 
-/// Finds the join of `streams` in an optimized plan and the bound its
-/// condition puts on `t0 − t1`.
-pub(crate) fn derive(
+/// A join of `streams` kept for `ttl_ms` of batch time, whatever its
+/// condition (it must still be an inner join of the two).
+pub(crate) fn with_ttl(
     plan: &LogicalPlan,
     streams: [String; 2],
-    columns: [String; 2],
+    ttl_ms: i64,
 ) -> Result<IntervalJoin, String> {
+    find(plan, &streams)?;
+    Ok(IntervalJoin {
+        streams,
+        columns: Default::default(),
+        lo_ms: i64::MIN,
+        hi_ms: i64::MAX,
+        ttl_ms: Some(ttl_ms),
+    })
+}
+
+/// The inner join of the two streams in `plan`, and which stream is its
+/// left side.
+fn find<'p>(
+    plan: &'p LogicalPlan,
+    streams: &[String; 2],
+) -> Result<(&'p datafusion::logical_expr::Join, usize), String> {
     let mut found = None;
     let mut stack = vec![plan];
     while let Some(node) = stack.pop() {
         if let LogicalPlan::Join(join) = node {
             let (mut left, mut right) = (Vec::new(), Vec::new());
-            scanned(&join.left, &streams, &mut left);
-            scanned(&join.right, &streams, &mut right);
+            scanned(&join.left, streams, &mut left);
+            scanned(&join.right, streams, &mut right);
             if left.len() == 1 && right.len() == 1 && left[0] != right[0] {
                 if join.join_type != datafusion::logical_expr::JoinType::Inner {
                     return Err(format!(
@@ -132,12 +156,22 @@ pub(crate) fn derive(
         }
         stack.extend(node.inputs());
     }
-    let Some((join, left_stream)) = found else {
-        return Err(format!(
+    found.ok_or_else(|| {
+        format!(
             "the query reads streams {} and {} but does not join them: join them with a time bound (… ON a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts)",
             streams[0], streams[1]
-        ));
-    };
+        )
+    })
+}
+
+/// Finds the join of `streams` in an optimized plan and the bound its
+/// condition puts on `t0 − t1`.
+pub(crate) fn derive(
+    plan: &LogicalPlan,
+    streams: [String; 2],
+    columns: [String; 2],
+) -> Result<IntervalJoin, String> {
+    let (join, left_stream) = find(plan, &streams)?;
     let mut parts = Vec::new();
     if let Some(filter) = &join.filter {
         conjuncts(filter, &mut parts);
@@ -193,7 +227,7 @@ pub(crate) fn derive(
     }
     if lo == i64::MIN || hi == i64::MAX {
         return Err(format!(
-            "a join of streams {} and {} needs a time bound on both sides so its state can be evicted: add {}.{} BETWEEN {}.{} - INTERVAL '10' SECOND AND {}.{} + INTERVAL '10' SECOND to the ON clause",
+            "a join of streams {} and {} needs a time bound on both sides so its state can be evicted: add {}.{} BETWEEN {}.{} - INTERVAL '10' SECOND AND {}.{} + INTERVAL '10' SECOND to the ON clause, or set state_ttl = '1h' on the sink to keep rows for a fixed time",
             streams[0],
             streams[1],
             streams[0],
@@ -209,12 +243,22 @@ pub(crate) fn derive(
         columns,
         lo_ms: lo,
         hi_ms: hi,
+        ttl_ms: None,
     })
 }
 
-/// Rows of stream `side` buffered by earlier batches.
-pub(crate) fn load(db: &DB, cf: &ColumnFamily, side: u8) -> Result<Vec<RecordBatch>, SqlError> {
-    let prefix = [JOIN_TAG, side];
+/// Rows of stream `side` buffered by earlier batches, from those keyed
+/// at `from` on (all: `i64::MIN`).
+pub(crate) fn load(
+    db: &DB,
+    cf: &ColumnFamily,
+    side: u8,
+    from: i64,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let mut prefix = vec![JOIN_TAG, side];
+    if from > i64::MIN {
+        prefix.extend_from_slice(&super::incremental::end_bytes(from));
+    }
     let mut opts = rocksdb::ReadOptions::default();
     opts.set_iterate_upper_bound(vec![JOIN_TAG, side + 1]);
     let mut out = Vec::new();
@@ -233,7 +277,7 @@ pub(crate) fn load(db: &DB, cf: &ColumnFamily, side: u8) -> Result<Vec<RecordBat
 }
 
 /// Buffers this batch's rows of stream `side`, one entry per slice keyed
-/// by its newest event time.
+/// by its newest event time (with a TTL: the batch time).
 pub(crate) fn store(
     writes: &mut Vec<Change>,
     side: u8,
@@ -259,8 +303,9 @@ pub(crate) fn store(
     Ok(())
 }
 
-/// Deletes the buffered rows of stream `side` whose newest event time is
-/// before `until`: nothing to come can match them.
+/// Deletes the buffered rows of stream `side` whose newest event time
+/// (with a TTL: batch time) is before `until`: nothing to come can match
+/// them.
 pub(crate) fn evict(
     db: &DB,
     writes: &mut Vec<Change>,

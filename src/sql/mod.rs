@@ -174,18 +174,23 @@ fn build_or_explain(
             })
             .collect();
         let (session, window_uses) = session_over(empty, &tables)?;
-        let (logical, plan) = runtime
+        let (unoptimized, logical, plan) = runtime
             .block_on(async {
                 let df = session.sql(&query.sql).await?;
-                let logical = session.state().optimize(df.logical_plan())?;
+                let unoptimized = df.logical_plan().clone();
+                let logical = session.state().optimize(&unoptimized)?;
                 Ok::<_, datafusion::error::DataFusionError>((
+                    unoptimized,
                     logical,
                     df.create_physical_plan().await?,
                 ))
             })
             .map_err(|e| located(&e, query))?;
         let used = used_columns(&logical);
-        let mut read = scanned_tables(&logical);
+        // From the query as written: a filter no row can pass leaves no
+        // scan in the optimized plan, yet the query reads its stream.
+        let optimized_reads = scanned_tables(&logical);
+        let mut read = scanned_tables(&unoptimized);
         read.extend(
             crate::log::mutex(&window_uses)
                 .iter()
@@ -248,7 +253,13 @@ fn build_or_explain(
             if let Some(w) = &watermark {
                 needed.insert(w.column.clone());
             }
-            let shape = shape.project(&needed);
+            // A stream the optimizer removed (no row can pass) is planned
+            // again each batch from the query's text: keep every column.
+            let shape = if optimized_reads.contains(&decl.name) {
+                shape.project(&needed)
+            } else {
+                shape
+            };
             inputs.push(StreamInput {
                 shape,
                 watermark,
@@ -263,38 +274,6 @@ fn build_or_explain(
         };
         let aggregation = incremental::analyze(&plan, event_time.as_deref())
             .map_err(|message| SqlError::Unsupported { line, message })?;
-        let join = match inputs.as_slice() {
-            [a, b] => {
-                if aggregation.is_some() {
-                    return Err(SqlError::Unsupported {
-                        line,
-                        message: "an aggregation over a join of two streams is not incremental yet: write the join's rows to a sink and aggregate them in another job".into(),
-                    });
-                }
-                let (Some(wa), Some(wb)) = (&a.watermark, &b.watermark) else {
-                    let missing = if a.watermark.is_none() {
-                        &a.shape.name
-                    } else {
-                        &b.shape.name
-                    };
-                    return Err(SqlError::Unsupported {
-                        line,
-                        message: format!(
-                            "a join of two streams keeps rows until the other stream's watermark passes them: declare WATERMARK FOR … in CREATE STREAM {missing}"
-                        ),
-                    });
-                };
-                Some(
-                    join::derive(
-                        &logical,
-                        [a.shape.name.clone(), b.shape.name.clone()],
-                        [wa.column.clone(), wb.column.clone()],
-                    )
-                    .map_err(|message| SqlError::Unsupported { line, message })?,
-                )
-            }
-            _ => None,
-        };
         let sink_decl =
             match &query.sink {
                 None => None,
@@ -315,28 +294,75 @@ fn build_or_explain(
                 OutputMode::parse(text).map_err(|message| SqlError::Plan { line, message })?
             }
         };
-        let state_ttl_ms = match sink_decl.and_then(|d| d.options.get("state_ttl")) {
+        let ttl_ms = match sink_decl.and_then(|d| d.options.get("state_ttl")) {
             None => None,
-            Some(text) => {
-                let ms = crate::units::parse_millis(text).map_err(|m| SqlError::Plan {
-                    line,
-                    message: format!("state_ttl: {m}"),
-                })?;
-                match &aggregation {
-                    Some(a) if a.window.is_none() && ms > 0 => Some(ms as i64),
-                    Some(_) => {
-                        return Err(SqlError::Unsupported {
-                            line,
-                            message: "state_ttl applies to aggregations without windows: a windowed aggregation's state is evicted by the watermark".into(),
-                        });
-                    }
-                    None => {
-                        return Err(SqlError::Unsupported {
-                            line,
-                            message: "state_ttl applies to aggregations (GROUP BY): this query keeps no state that a TTL could bound (an interval join's state is bounded by its ON clause)".into(),
-                        });
-                    }
+            Some(text) => Some(
+                crate::units::parse_millis(text)
+                    .map_err(|m| SqlError::Plan {
+                        line,
+                        message: format!("state_ttl: {m}"),
+                    })?
+                    .max(1) as i64,
+            ),
+        };
+        let join = match inputs.as_slice() {
+            [a, b] => {
+                if aggregation.is_some() {
+                    return Err(SqlError::Unsupported {
+                        line,
+                        message: "an aggregation over a join of two streams is not incremental yet: write the join's rows to a sink and aggregate them in another job".into(),
+                    });
                 }
+                let names = [a.shape.name.clone(), b.shape.name.clone()];
+                let bounded = match (&a.watermark, &b.watermark) {
+                    (Some(wa), Some(wb)) => join::derive(
+                        &logical,
+                        names.clone(),
+                        [wa.column.clone(), wb.column.clone()],
+                    ),
+                    _ => {
+                        let missing = if a.watermark.is_none() {
+                            &a.shape.name
+                        } else {
+                            &b.shape.name
+                        };
+                        Err(format!(
+                            "a join of two streams keeps rows until the other stream's watermark passes them: declare WATERMARK FOR … in CREATE STREAM {missing}, or set state_ttl = '1h' on the sink to keep rows for a fixed time"
+                        ))
+                    }
+                };
+                let unsupported = |message: String| SqlError::Unsupported { line, message };
+                Some(match (bounded, ttl_ms) {
+                    (Ok(j), None) => j,
+                    (Ok(_), Some(_)) => {
+                        return Err(unsupported(
+                            "state_ttl: this interval join's state is already bounded by its ON clause and the watermarks: remove state_ttl".into(),
+                        ));
+                    }
+                    (Err(message), None) => return Err(unsupported(message)),
+                    (Err(_), Some(ms)) => {
+                        join::with_ttl(&logical, names, ms).map_err(unsupported)?
+                    }
+                })
+            }
+            _ => None,
+        };
+        let state_ttl_ms = match (ttl_ms, &aggregation) {
+            (None, _) => None,
+            (Some(ms), Some(a)) if a.window.is_none() => Some(ms),
+            (Some(_), Some(_)) => {
+                return Err(SqlError::Unsupported {
+                    line,
+                    message: "state_ttl applies to aggregations without windows: a windowed aggregation's state is evicted by the watermark".into(),
+                });
+            }
+            // Carried by the join.
+            (Some(_), None) if join.is_some() => None,
+            (Some(_), None) => {
+                return Err(SqlError::Unsupported {
+                    line,
+                    message: "state_ttl applies to aggregations (GROUP BY) and joins of two streams: this query keeps no state that a TTL could bound".into(),
+                });
             }
         };
         for input in &inputs {
@@ -597,7 +623,20 @@ fn session_over(
     let mut config = SessionConfig::new().with_target_partitions(partitions);
     // Errors say where in the query they are.
     config.options_mut().sql_parser.collect_spans = true;
-    let session = SessionContext::new_with_config(config);
+    // A batch's table knows its exact row count, so DataFusion would answer
+    // count(*), min and max from statistics: one batch's answer, with no
+    // aggregate left in the plan to keep state for.
+    let rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new()
+        .rules
+        .into_iter()
+        .filter(|rule| rule.name() != "aggregate_statistics")
+        .collect();
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rules(rules)
+        .build();
+    let session = SessionContext::new_with_state(state);
     for (name, parts) in &streams {
         let schema = parts
             .first()
@@ -851,8 +890,13 @@ impl QueryRunner {
             })?;
         let schema0 = self.inputs[0].shape.schema.clone();
         let schema1 = self.inputs[1].shape.schema.clone();
-        let old0 = join::or_empty(join::load(db, cf, 0)?, &schema0);
-        let old1 = join::load(db, cf, 1)?;
+        // With a TTL, rows brought by batches more than the TTL ago match
+        // nothing (they are deleted below).
+        let from = j.ttl_ms.map_or(i64::MIN, |ttl| {
+            cx.batch_time_ms.saturating_sub(ttl).saturating_add(1)
+        });
+        let old0 = join::or_empty(join::load(db, cf, 0, from)?, &schema0);
+        let old1 = join::load(db, cf, 1, from)?;
         let mut all1 = old1;
         all1.extend(new1.iter().cloned());
         let runs = [
@@ -893,19 +937,31 @@ impl QueryRunner {
                     })
                     .collect()
             };
-        let slices0 = newest(&new0, &j.columns[0])?;
-        let slices1 = newest(&new1, &j.columns[1])?;
         let mut writes = Vec::new();
-        join::store(&mut writes, 0, cx.batch_id, &slices0)?;
-        join::store(&mut writes, 1, cx.batch_id, &slices1)?;
-        // A row of stream 0 at t0 can still match a stream-1 row to come
-        // (t1 ≥ W1) only if t0 ≥ W1 + lo; one of stream 1 only if
-        // t1 ≥ W0 − hi.
-        if let Some(w1) = watermarks[1] {
-            join::evict(db, &mut writes, cf, 0, w1.saturating_add(j.lo_ms))?;
-        }
-        if let Some(w0) = watermarks[0] {
-            join::evict(db, &mut writes, cf, 1, w0.saturating_sub(j.hi_ms))?;
+        if j.ttl_ms.is_some() {
+            // Kept for the TTL after the batch that brought them.
+            let now = cx.batch_time_ms;
+            let arrived = |rows: &[RecordBatch]| -> Vec<(RecordBatch, i64)> {
+                rows.iter().map(|b| (b.clone(), now)).collect()
+            };
+            join::store(&mut writes, 0, cx.batch_id, &arrived(&new0))?;
+            join::store(&mut writes, 1, cx.batch_id, &arrived(&new1))?;
+            join::evict(db, &mut writes, cf, 0, from)?;
+            join::evict(db, &mut writes, cf, 1, from)?;
+        } else {
+            let slices0 = newest(&new0, &j.columns[0])?;
+            let slices1 = newest(&new1, &j.columns[1])?;
+            join::store(&mut writes, 0, cx.batch_id, &slices0)?;
+            join::store(&mut writes, 1, cx.batch_id, &slices1)?;
+            // A row of stream 0 at t0 can still match a stream-1 row to
+            // come (t1 ≥ W1) only if t0 ≥ W1 + lo; one of stream 1 only if
+            // t1 ≥ W0 − hi.
+            if let Some(w1) = watermarks[1] {
+                join::evict(db, &mut writes, cf, 0, w1.saturating_add(j.lo_ms))?;
+            }
+            if let Some(w0) = watermarks[0] {
+                join::evict(db, &mut writes, cf, 1, w0.saturating_sub(j.hi_ms))?;
+            }
         }
         cx.write(|w| {
             for (key, value) in writes {

@@ -255,7 +255,7 @@ pub(crate) async fn run_batch(
                 }
             })
             .collect::<Result<_, _>>()?;
-        let mut acc = incremental::accumulator(expr)?;
+        let mut acc = incremental::accumulator(expr, false)?;
         acc.merge_batch(&inputs, &group_indices, touched.len())?;
         merged.extend(acc.state(EmitTo::All)?);
         col += width;
