@@ -173,6 +173,18 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
     assert!(e.contains("LIMIT over an unbounded stream"), "{e}");
     let e = refused("SELECT count(DISTINCT line) FROM lines;");
     assert!(e.contains("approx_distinct"), "{e}");
+    let e = refused(
+        "SELECT line FROM (SELECT line, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1;",
+    );
+    assert!(
+        e.contains("OVER (…) window functions are not incremental")
+            && e.contains("first_value(col ORDER BY ts)"),
+        "{e}"
+    );
+    let e = refused("SELECT count(*) FROM (SELECT line, count(*) AS n FROM lines GROUP BY line);");
+    assert!(e.contains("nested aggregations"), "{e}");
+    let e = refused("SELECT line, count(*) FROM lines GROUP BY ROLLUP(line);");
+    assert!(e.contains("GROUPING SETS, CUBE and ROLLUP"), "{e}");
     let e = refused("SELECT nosuchcolumn FROM lines;");
     assert!(
         e.contains("line 2, column 8") && e.to_lowercase().contains("nosuchcolumn"),
@@ -328,4 +340,86 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
         .filter(|item| item.as_ref().is_ok_and(|(k, _)| k.first() == Some(&1)))
         .count();
     assert_eq!(groups, 1, "b expired from state");
+}
+
+#[test]
+fn first_row_per_key_by_event_time_equals_the_batch_query_across_batch_sizes() {
+    // Visits of 20 users in no particular order: each user's first page by
+    // event time, whichever batch brings it (deduplication keeping the
+    // first row per key, as Flink's ROW_NUMBER() … = 1 over event time).
+    let visits: Vec<(i64, String, i64)> = (0..300i64)
+        .map(|i| {
+            let scrambled = (i * 7919) % 300;
+            (
+                scrambled % 20,
+                format!("/p{}", i % 13),
+                1_000 + scrambled * 37,
+            )
+        })
+        .collect();
+    let query = "SELECT CAST(user_id AS VARCHAR) AS k, first_value(page ORDER BY ts) AS page FROM visits GROUP BY user_id";
+    let expected: BTreeMap<String, String> = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ctx = SessionContext::new();
+            let rows: Vec<String> = visits
+                .iter()
+                .map(|(u, p, ts)| format!("({u}, '{p}', to_timestamp_millis({ts}))"))
+                .collect();
+            ctx.sql(&format!(
+                "CREATE VIEW visits AS SELECT * FROM (VALUES {}) AS t(user_id, page, ts)",
+                rows.join(",")
+            ))
+            .await
+            .unwrap();
+            let mut out = BTreeMap::new();
+            for b in ctx.sql(query).await.unwrap().collect().await.unwrap() {
+                let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                let v = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+                for i in 0..b.num_rows() {
+                    out.insert(
+                        k.as_string::<i32>().value(i).to_string(),
+                        v.as_string::<i32>().value(i).to_string(),
+                    );
+                }
+            }
+            out
+        });
+    assert_eq!(expected.len(), 20);
+    let script = Script::parse(&format!(
+        "CREATE STREAM visits (user_id BIGINT, page TEXT, ts TIMESTAMP) WITH (topic = 'visits', format = 'json');\n\
+         CREATE SINK first WITH (type = 'table');\n\
+         INSERT INTO first {query};"
+    ))
+    .unwrap();
+    for batch in [1, 7, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+        let topic = store
+            .create_topic("visits", 2, TopicConfig::default())
+            .unwrap();
+        for (i, (u, p, ts)) in visits.iter().enumerate() {
+            let mut b = BatchBuilder::new(Compression::None);
+            let value = format!(r#"{{"user_id": {u}, "page": "{p}", "ts": {ts}}}"#);
+            b.push(None, value.as_bytes(), 1);
+            let mut bytes = b.finish().unwrap();
+            topic
+                .partition((i % 2) as i32)
+                .unwrap()
+                .append(&mut bytes)
+                .unwrap();
+        }
+        let cp = dir.path().join("cp");
+        common::run_sql(&store, &cp, "first", &script, Some(batch), None);
+        let cp = Checkpoint::open_read_only(&cp, "first").unwrap();
+        let got: BTreeMap<String, String> = table_rows(&cp, "first")
+            .into_iter()
+            .map(|row| {
+                let (k, v) = row.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        assert_eq!(got, expected, "batch size {batch}");
+    }
 }

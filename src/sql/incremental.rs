@@ -245,7 +245,7 @@ pub(crate) fn analyze(
                     return Err("LIMIT over an unbounded stream is not incremental: remove it (the console shows the first rows of every batch)".into());
                 }
                 "BoundedWindowAggExec" | "WindowAggExec" => {
-                    return Err("OVER (…) window functions are not incremental yet".into());
+                    return Err("OVER (…) window functions are not incremental yet: for the first row per key (ROW_NUMBER() … = 1), GROUP BY the key with first_value(col ORDER BY ts)".into());
                 }
                 _ => {}
             }
@@ -270,6 +270,11 @@ pub(crate) fn analyze(
                 }
                 _ => agg.clone(),
             };
+            // ROLLUP's final phase groups by plain columns; its partial
+            // phase holds the grouping sets.
+            if !partial.group_expr().is_single() {
+                return Err("GROUPING SETS, CUBE and ROLLUP are not incremental yet".into());
+            }
             let partial = AggregateExec::try_new(
                 AggregateMode::Partial,
                 partial.group_expr().clone(),
