@@ -337,10 +337,13 @@ fn stream_joins_that_cannot_be_bounded_are_refused() {
     );
     assert!(e.contains("needs a time bound on both sides"), "{e}");
     let e = refuse(
-        &format!("INSERT INTO paid SELECT o.id, count(*) FROM ({PAID_QUERY}) GROUP BY o.id"),
+        "INSERT INTO paid SELECT o.window_end, count(*) FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) o JOIN payments p ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND GROUP BY o.window_start, o.window_end",
         ORDERS_PAYMENTS,
     );
-    assert!(e.contains("aggregation over a join of two streams"), "{e}");
+    assert!(
+        e.contains("windowed aggregation over a join of two streams"),
+        "{e}"
+    );
     let e = refuse(
         "INSERT INTO paid SELECT o.id, p.amount FROM orders o LEFT JOIN payments p ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND",
         ORDERS_PAYMENTS,
@@ -490,4 +493,88 @@ fn a_join_without_time_bound_runs_with_a_state_ttl_and_forgets_rows_after_it() {
         })
         .sum();
     assert!(buffered <= 14, "{buffered} rows buffered");
+}
+
+#[test]
+fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
+    // Orders every 100 ms, paid 0–12 s later (after 10 s: no match).
+    let orders: Vec<(i64, i64)> = (0..400i64).map(|id| (id, id * 100)).collect();
+    let mut payments: Vec<(i64, i64, i64)> = orders
+        .iter()
+        .filter(|(id, _)| id % 5 != 0)
+        .map(|(id, ts)| (*id, id % 9, ts + (id % 7) * 2_000))
+        .collect();
+    payments.sort_by_key(|p| p.2);
+    let query = "SELECT CAST(o.id % 10 AS VARCHAR) AS k, CAST(sum(p.amount) AS VARCHAR) || ',' || CAST(count(*) AS VARCHAR) AS v\n  FROM orders o JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND\n  GROUP BY o.id % 10";
+    let expected: BTreeMap<String, String> = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ctx = SessionContext::new();
+            let o: Vec<String> = orders
+                .iter()
+                .map(|(id, ts)| format!("({id}, to_timestamp_millis({ts}))"))
+                .collect();
+            let p: Vec<String> = payments
+                .iter()
+                .map(|(id, a, ts)| format!("({id}, {a}, to_timestamp_millis({ts}))"))
+                .collect();
+            ctx.sql(&format!(
+                "CREATE VIEW orders AS SELECT * FROM (VALUES {}) AS t(id, ts)",
+                o.join(",")
+            ))
+            .await
+            .unwrap();
+            ctx.sql(&format!(
+                "CREATE VIEW payments AS SELECT * FROM (VALUES {}) AS t(order_id, amount, ts)",
+                p.join(",")
+            ))
+            .await
+            .unwrap();
+            let mut out = BTreeMap::new();
+            for b in ctx.sql(query).await.unwrap().collect().await.unwrap() {
+                let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                let v = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+                for i in 0..b.num_rows() {
+                    out.insert(
+                        k.as_string::<i32>().value(i).to_string(),
+                        v.as_string::<i32>().value(i).to_string(),
+                    );
+                }
+            }
+            out
+        });
+    // Orders with id % 5 == 0 are never paid: keys 0 and 5 have no row.
+    assert_eq!(expected.len(), 8);
+    for batch in ["1", "7", "10000"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(dir.path().join("data"), common::quiet()).unwrap();
+            append_json(
+                &store,
+                "orders",
+                &orders
+                    .iter()
+                    .map(|(id, ts)| format!(r#"{{"id": {id}, "ts": {ts}}}"#))
+                    .collect::<Vec<_>>(),
+            );
+            append_json(
+                &store,
+                "payments",
+                &payments
+                    .iter()
+                    .map(|(id, a, ts)| {
+                        format!(r#"{{"order_id": {id}, "amount": {a}, "ts": {ts}}}"#)
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let job = dir.path().join("paid.sql");
+        std::fs::write(&job, format!("{ORDERS_PAYMENTS}INSERT INTO paid {query};")).unwrap();
+        assert_eq!(
+            run_paid(dir.path(), &job, batch),
+            expected,
+            "batch size {batch}"
+        );
+    }
 }

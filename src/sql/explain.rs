@@ -151,37 +151,15 @@ pub(crate) fn describe(out: &mut String, q: &Query) {
                     "  above the windowed aggregation, the plan runs per batch over the windows that closed in it"
                 );
             }
-        }
-        (None, Some(j)) => {
-            let _ = writeln!(
-                out,
-                "  state: CF state.{} — each stream's on-time rows (Arrow IPC per slice, keyed by newest event time); each batch runs the query twice: new {} × all {}, then buffered {} × new {}",
-                q.operator, j.streams[0], j.streams[1], j.streams[0], j.streams[1]
-            );
-            if let Some(ttl) = j.ttl_ms {
+            if let Some(j) = q.join {
                 let _ = writeln!(
                     out,
-                    "  eviction: state_ttl — rows are kept {ttl} ms (batch time) after the batch that brought them, then deleted; rows of the two streams that arrive further apart never match"
+                    "  the aggregation runs over the join's new matches of each batch (both runs' partial aggregates merged once)"
                 );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "  eviction: the ON clause bounds {}.{} − {}.{} to [{} ms, {} ms]; {} rows older than {}'s watermark {:+} ms and {} rows older than {}'s watermark {:+} ms can match nothing more and are deleted",
-                    j.streams[0],
-                    j.columns[0],
-                    j.streams[1],
-                    j.columns[1],
-                    j.lo_ms,
-                    j.hi_ms,
-                    j.streams[0],
-                    j.streams[1],
-                    j.lo_ms,
-                    j.streams[1],
-                    j.streams[0],
-                    -j.hi_ms
-                );
+                describe_join(out, q, j);
             }
         }
+        (None, Some(j)) => describe_join(out, q, j),
         (None, None) => {
             let _ = writeln!(out, "  state: none");
         }
@@ -220,5 +198,37 @@ fn render(out: &mut String, q: &Query, node: &Arc<dyn ExecutionPlan>, depth: usi
     );
     for child in node.children() {
         render(out, q, child, depth + 1);
+    }
+}
+
+/// The state an interval (or TTL-bounded) join keeps and its eviction.
+fn describe_join(out: &mut String, q: &Query, j: &IntervalJoin) {
+    let _ = writeln!(
+        out,
+        "  state: CF state.{} — each stream's on-time rows (Arrow IPC per slice, keyed by newest event time); each batch runs the query twice: new {} × all {}, then buffered {} × new {}",
+        q.operator, j.streams[0], j.streams[1], j.streams[0], j.streams[1]
+    );
+    if let Some(ttl) = j.ttl_ms {
+        let _ = writeln!(
+            out,
+            "  eviction: state_ttl — rows are kept {ttl} ms (batch time) after the batch that brought them, then deleted; rows of the two streams that arrive further apart never match"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  eviction: the ON clause bounds {}.{} − {}.{} to [{} ms, {} ms]; {} rows older than {}'s watermark {:+} ms and {} rows older than {}'s watermark {:+} ms can match nothing more and are deleted",
+            j.streams[0],
+            j.columns[0],
+            j.streams[1],
+            j.columns[1],
+            j.lo_ms,
+            j.hi_ms,
+            j.streams[0],
+            j.streams[1],
+            j.lo_ms,
+            j.streams[1],
+            j.streams[0],
+            -j.hi_ms
+        );
     }
 }

@@ -528,15 +528,29 @@ pub(crate) async fn run_batch(
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
 ) -> Result<Vec<RecordBatch>, SqlError> {
+    if let Some(bounds) = agg.window.and_then(|w| w.session) {
+        return super::session::run_batch(ctx, plan, agg, bounds, policy.watermark, cx, cf).await;
+    }
+    let columns = partial_columns(ctx, agg).await?;
+    merge_batch(ctx, plan, agg, policy, cx, cf, columns).await
+}
+
+/// [`run_batch`] from partial aggregates already computed (`columns`:
+/// group columns, then states; a group may have several rows).
+pub(crate) async fn merge_batch(
+    ctx: &SessionContext,
+    plan: &Arc<dyn ExecutionPlan>,
+    agg: &Aggregation,
+    policy: Policy,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    columns: Vec<ArrayRef>,
+) -> Result<Vec<RecordBatch>, SqlError> {
     let Policy {
         mode,
         watermark,
         ttl,
     } = policy;
-    if let Some(bounds) = agg.window.and_then(|w| w.session) {
-        return super::session::run_batch(ctx, plan, agg, bounds, watermark, cx, cf).await;
-    }
-    let columns = partial_columns(ctx, agg).await?;
     let codec = Codec::new(agg, ttl)?;
     let now = cx.batch_time_ms;
     let groups = codec.groups;

@@ -28,7 +28,7 @@ mod window;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -307,10 +307,13 @@ fn build_or_explain(
         };
         let join = match inputs.as_slice() {
             [a, b] => {
-                if aggregation.is_some() {
+                if aggregation
+                    .as_ref()
+                    .is_some_and(|a| a.window.is_some() || a.nested)
+                {
                     return Err(SqlError::Unsupported {
                         line,
-                        message: "an aggregation over a join of two streams is not incremental yet: write the join's rows to a sink and aggregate them in another job".into(),
+                        message: "a windowed aggregation over a join of two streams is not incremental yet: aggregate without a window (GROUP BY keys, merged across batches), or write the join's rows to a sink and window them in another job".into(),
                     });
                 }
                 let names = [a.shape.name.clone(), b.shape.name.clone()];
@@ -334,6 +337,8 @@ fn build_or_explain(
                 let unsupported = |message: String| SqlError::Unsupported { line, message };
                 Some(match (bounded, ttl_ms) {
                     (Ok(j), None) => j,
+                    // Over the join, the TTL bounds the aggregation's groups.
+                    (Ok(j), Some(_)) if aggregation.is_some() => j,
                     (Ok(_), Some(_)) => {
                         return Err(unsupported(
                             "state_ttl: this interval join's state is already bounded by its ON clause and the watermarks: remove state_ttl".into(),
@@ -405,6 +410,11 @@ fn build_or_explain(
                     name: operator.clone(),
                     kind: if a.window.is_some() {
                         "sql window aggregate".into()
+                    } else if let Some(j) = &join {
+                        format!(
+                            "sql aggregate over join of {} and {}",
+                            j.streams[0], j.streams[1]
+                        )
                     } else {
                         "sql aggregate".into()
                     },
@@ -907,12 +917,42 @@ impl QueryRunner {
             vec![(n0, old0), (n1, new1.clone())],
         ];
         let mut output = Vec::new();
+        // An aggregation over the join: each run's partial aggregates,
+        // merged once with the stored groups.
+        let mut partials: Vec<Vec<ArrayRef>> = Vec::new();
+        let mut last = None;
         for streams in runs {
             let (session, _) = session_over(streams, &self.tables)?;
-            output.extend(self.runtime.block_on(async {
-                let plan = session.sql(&self.sql).await?.create_physical_plan().await?;
-                collect(plan, session.task_ctx()).await
-            })?);
+            let plan = self
+                .runtime
+                .block_on(async { session.sql(&self.sql).await?.create_physical_plan().await })?;
+            if self.aggregating {
+                let agg = self.aggregation_of(&plan)?;
+                partials.push(
+                    self.runtime
+                        .block_on(incremental::partial_columns(&session, &agg))?,
+                );
+                last = Some((session, plan, agg));
+            } else {
+                output.extend(self.runtime.block_on(collect(plan, session.task_ctx()))?);
+            }
+        }
+        if let Some((session, plan, agg)) = last {
+            let columns = (0..partials[0].len())
+                .map(|i| {
+                    let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                        partials.iter().map(|p| p[i].as_ref()).collect();
+                    datafusion::arrow::compute::concat(&parts)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let policy = incremental::Policy {
+                mode: self.mode,
+                watermark: None,
+                ttl: self.state_ttl_ms,
+            };
+            output = self.runtime.block_on(incremental::merge_batch(
+                &session, &plan, &agg, policy, cx, cf, columns,
+            ))?;
         }
         // Buffer the new rows, each slice under its newest event time.
         let newest =
