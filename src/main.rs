@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    sluice::alloc::tune_system_allocator();
     // Crash tests configure failpoints of the binary with FAILPOINTS
     // (e.g. `sink::topic::after_write=return(3)`); only in builds with the
     // `failpoints` feature.

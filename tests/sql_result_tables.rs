@@ -404,7 +404,7 @@ fn refusal(store: &Arc<LogStore>, dir: &Path, job: &str, text: &str) -> String {
     config.checkpoint_dir = Some(dir.join(format!("cp-{job}")));
     let ctx = StreamingContext::new(config);
     match sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())) {
-        Ok(()) => panic!("accepted:\n{text}"),
+        Ok(_) => panic!("accepted:\n{text}"),
         Err(e) => e.to_string(),
     }
 }

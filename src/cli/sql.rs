@@ -81,15 +81,16 @@ fn run_script(
     job: &JobArgs,
 ) -> anyhow::Result<()> {
     let mut config = job.config(default_job);
-    if job.max_records_per_batch.is_none() {
-        // A SQL batch is decoded whole before DataFusion runs it: smaller
-        // batches keep that under a few hundred MB.
-        config.max_records_per_batch = Some(SQL_MAX_RECORDS_PER_BATCH);
-    }
     config.stop = Some(stop_flag()?);
     let topics = topics_for(&mut script, place)?;
-    let ctx = StreamingContext::new(config);
-    crate::sql::build(&ctx, &script, &topics)?;
+    let mut ctx = StreamingContext::new(config);
+    let built = crate::sql::build(&ctx, &script, &topics)?;
+    if job.max_records_per_batch.is_none() && built.holds_whole_batches {
+        // A query holds a whole batch (decoded, or its output): smaller
+        // batches keep that under a few hundred MB. Aggregations that
+        // read their batch as it arrives keep the engine's default.
+        ctx.config_mut().max_records_per_batch = Some(SQL_MAX_RECORDS_PER_BATCH);
+    }
     ctx.run().context("the SQL job stopped")?;
     Ok(())
 }

@@ -82,8 +82,17 @@ pub enum Topics {
     Brokers(String),
 }
 
+/// What building a script found out about its queries.
+#[derive(Debug, Clone, Copy)]
+pub struct Built {
+    /// Some query holds a whole batch in memory: its decoded rows (windows,
+    /// joins, dead letters) or its output rows (a query without
+    /// aggregation). Batches of such a job are best kept small.
+    pub holds_whole_batches: bool,
+}
+
 /// Builds the streaming job of a script on `ctx`.
-pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result<(), SqlError> {
+pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result<Built, SqlError> {
     build_or_explain(Some(ctx), script, topics, None)
 }
 
@@ -102,7 +111,10 @@ fn build_or_explain(
     script: &Script,
     topics: &Topics,
     mut explanation: Option<&mut String>,
-) -> Result<(), SqlError> {
+) -> Result<Built, SqlError> {
+    let mut built = Built {
+        holds_whole_batches: false,
+    };
     // DataFusion runs a batch's partitions on these threads, one per core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = Arc::new(
@@ -399,6 +411,7 @@ fn build_or_explain(
             }
             _ => false,
         };
+        built.holds_whole_batches |= !streaming || aggregation.is_none();
         let operator = query
             .sink
             .clone()
@@ -502,7 +515,7 @@ fn build_or_explain(
             runner.run(cx, inputs).map_err(PlanError::from)
         });
     }
-    Ok(())
+    Ok(built)
 }
 
 /// The source of a topic.
