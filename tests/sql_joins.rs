@@ -131,6 +131,53 @@ CREATE SINK paid WITH (type = 'table');\n";
 
 const PAID_QUERY: &str = "SELECT o.id, p.amount FROM orders o JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND";
 
+/// `query` run once by DataFusion over all the orders `(id, ts)` and
+/// payments `(order_id, amount, ts)`: first column → second, as text.
+fn batch_join(
+    orders: &[(i64, i64)],
+    payments: &[(i64, i64, i64)],
+    query: &str,
+) -> BTreeMap<String, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ctx = SessionContext::new();
+            let o: Vec<String> = orders
+                .iter()
+                .map(|(id, ts)| format!("({id}, to_timestamp_millis({ts}))"))
+                .collect();
+            let p: Vec<String> = payments
+                .iter()
+                .map(|(id, a, ts)| format!("({id}, {a}, to_timestamp_millis({ts}))"))
+                .collect();
+            ctx.sql(&format!(
+                "CREATE VIEW orders AS SELECT * FROM (VALUES {}) AS t(id, ts)",
+                o.join(",")
+            ))
+            .await
+            .unwrap();
+            ctx.sql(&format!(
+                "CREATE VIEW payments AS SELECT * FROM (VALUES {}) AS t(order_id, amount, ts)",
+                p.join(",")
+            ))
+            .await
+            .unwrap();
+            let mut out = BTreeMap::new();
+            for b in ctx.sql(query).await.unwrap().collect().await.unwrap() {
+                let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                let v = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+                for i in 0..b.num_rows() {
+                    out.insert(
+                        k.as_string::<i32>().value(i).to_string(),
+                        v.as_string::<i32>().value(i).to_string(),
+                    );
+                }
+            }
+            out
+        })
+}
+
 fn append_json(store: &LogStore, topic: &str, rows: &[String]) {
     let t = match store.topic(topic) {
         Ok(t) => t,
@@ -171,47 +218,7 @@ fn interval_join_of_two_streams_equals_a_batch_join_and_evicts_its_state() {
         .map(|(id, amount, ts)| format!(r#"{{"order_id": {id}, "amount": {amount}, "ts": {ts}}}"#))
         .collect();
     // The same join, once, in DataFusion.
-    let expected: BTreeMap<String, String> = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let ctx = SessionContext::new();
-            let o: Vec<String> = orders
-                .iter()
-                .map(|(id, ts)| format!("({id}, to_timestamp_millis({ts}))"))
-                .collect();
-            let p: Vec<String> = payments
-                .iter()
-                .map(|(id, a, ts)| format!("({id}, {a}, to_timestamp_millis({ts}))"))
-                .collect();
-            ctx.sql(&format!(
-                "CREATE VIEW orders AS SELECT * FROM (VALUES {}) AS t(id, ts)",
-                o.join(",")
-            ))
-            .await
-            .unwrap();
-            ctx.sql(&format!(
-                "CREATE VIEW payments AS SELECT * FROM (VALUES {}) AS t(order_id, amount, ts)",
-                p.join(",")
-            ))
-            .await
-            .unwrap();
-            let mut out = BTreeMap::new();
-            for b in ctx.sql(PAID_QUERY).await.unwrap().collect().await.unwrap() {
-                for i in 0..b.num_rows() {
-                    let id = b
-                        .column(0)
-                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                        .value(i);
-                    let amount = b
-                        .column(1)
-                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                        .value(i);
-                    out.insert(id.to_string(), amount.to_string());
-                }
-            }
-            out
-        });
+    let expected = batch_join(&orders, &payments, PAID_QUERY);
     assert!(
         expected.len() > 200 && expected.len() < 400,
         "{}",
@@ -506,44 +513,7 @@ fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
         .collect();
     payments.sort_by_key(|p| p.2);
     let query = "SELECT CAST(o.id % 10 AS VARCHAR) AS k, CAST(sum(p.amount) AS VARCHAR) || ',' || CAST(count(*) AS VARCHAR) AS v\n  FROM orders o JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND\n  GROUP BY o.id % 10";
-    let expected: BTreeMap<String, String> = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let ctx = SessionContext::new();
-            let o: Vec<String> = orders
-                .iter()
-                .map(|(id, ts)| format!("({id}, to_timestamp_millis({ts}))"))
-                .collect();
-            let p: Vec<String> = payments
-                .iter()
-                .map(|(id, a, ts)| format!("({id}, {a}, to_timestamp_millis({ts}))"))
-                .collect();
-            ctx.sql(&format!(
-                "CREATE VIEW orders AS SELECT * FROM (VALUES {}) AS t(id, ts)",
-                o.join(",")
-            ))
-            .await
-            .unwrap();
-            ctx.sql(&format!(
-                "CREATE VIEW payments AS SELECT * FROM (VALUES {}) AS t(order_id, amount, ts)",
-                p.join(",")
-            ))
-            .await
-            .unwrap();
-            let mut out = BTreeMap::new();
-            for b in ctx.sql(query).await.unwrap().collect().await.unwrap() {
-                let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-                let v = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
-                for i in 0..b.num_rows() {
-                    out.insert(
-                        k.as_string::<i32>().value(i).to_string(),
-                        v.as_string::<i32>().value(i).to_string(),
-                    );
-                }
-            }
-            out
-        });
+    let expected = batch_join(&orders, &payments, query);
     // Orders with id % 5 == 0 are never paid: keys 0 and 5 have no row.
     assert_eq!(expected.len(), 8);
     for batch in ["1", "7", "10000"] {

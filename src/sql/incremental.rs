@@ -407,6 +407,39 @@ fn replace(
     Ok(datafusion::physical_plan::execution_plan::replace_children_if_necessary(plan, children)?)
 }
 
+/// The merged states of `n` groups: the partial states in `columns`
+/// (after the group columns) and then `old_states` (stored, state columns
+/// only), each row going to its group in `group_indices`.
+pub(crate) fn merge_states(
+    agg: &Aggregation,
+    columns: &[ArrayRef],
+    old_states: &[ArrayRef],
+    group_indices: &[usize],
+    n: usize,
+) -> Result<Vec<ArrayRef>, SqlError> {
+    let groups = agg.partial.group_expr().expr().len();
+    let mut merged = Vec::new();
+    let mut col = groups;
+    for expr in agg.partial.aggr_expr() {
+        let width = expr.state_fields()?.len();
+        let inputs: Vec<ArrayRef> = (0..width)
+            .map(|k| {
+                let new = &columns[col + k];
+                if old_states.is_empty() {
+                    Ok(new.clone())
+                } else {
+                    concat(&[new.as_ref(), old_states[col - groups + k].as_ref()])
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut acc = accumulator(expr, groups == 0)?;
+        acc.merge_batch(&inputs, group_indices, n)?;
+        merged.extend(acc.state(EmitTo::All)?);
+        col += width;
+    }
+    Ok(merged)
+}
+
 /// Merges stored states with accumulators and evaluates them: the final
 /// values of `n` groups whose states are `states` (columns in the
 /// partial schema's order).
@@ -655,25 +688,7 @@ pub(crate) async fn merge_batch(
     let mut group_indices: Vec<usize> = group_of;
     group_indices.extend(&old_indices);
 
-    let mut merged_states: Vec<ArrayRef> = Vec::new();
-    let mut col = groups;
-    for expr in agg.partial.aggr_expr() {
-        let width = expr.state_fields()?.len();
-        let inputs: Vec<ArrayRef> = (0..width)
-            .map(|k| {
-                let new = &columns[col + k];
-                if old_states.is_empty() {
-                    Ok(new.clone())
-                } else {
-                    concat(&[new.as_ref(), old_states[col - groups + k].as_ref()])
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        let mut acc = accumulator(expr, agg.partial.group_expr().expr().is_empty())?;
-        acc.merge_batch(&inputs, &group_indices, n)?;
-        merged_states.extend(acc.state(EmitTo::All)?);
-        col += width;
-    }
+    let merged_states = merge_states(agg, &columns, &old_states, &group_indices, n)?;
     let values = evaluate(agg, &merged_states, n)?;
     let closed = |i: usize| match (&ends, watermark) {
         (Some(ends), Some(w)) => ends[i] <= w,

@@ -23,10 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray};
-use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::logical_expr::EmitTo;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
@@ -241,25 +240,8 @@ pub(crate) async fn run_batch(
     };
     let mut group_indices = session_of_row;
     group_indices.extend(absorbed.iter().map(|(_, t)| *t));
-    let mut merged: Vec<ArrayRef> = Vec::new();
-    let mut col = groups;
-    for expr in agg.partial().aggr_expr() {
-        let width = expr.state_fields()?.len();
-        let inputs: Vec<ArrayRef> = (0..width)
-            .map(|k| {
-                let new = &columns[col + k];
-                if old_states.is_empty() {
-                    Ok(new.clone())
-                } else {
-                    concat(&[new.as_ref(), old_states[col - groups + k].as_ref()])
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        let mut acc = incremental::accumulator(expr, false)?;
-        acc.merge_batch(&inputs, &group_indices, touched.len())?;
-        merged.extend(acc.state(EmitTo::All)?);
-        col += width;
-    }
+    let merged =
+        incremental::merge_states(agg, &columns, &old_states, &group_indices, touched.len())?;
     let merged_rows = if touched.is_empty() || merged.is_empty() {
         None
     } else {
