@@ -17,22 +17,23 @@
 //! batch-sized buffer (1 MiB read chunks, decoded columns): with its default
 //! dynamic threshold such buffers come from `mmap` and go back with
 //! `munmap`, and the page faults of refilling them cost the SQL jobs up to
-//! a third of their time in the kernel (Nexmark q0: 1.7 s → 0.4 s of system
-//! time, same user time, +10 MiB peak RSS).
+//! a third of their time in the kernel (Nexmark q0: 1.4 s → 0.4 s of system
+//! time, same user time, +10 MiB peak RSS; q5 −4 % CPU, +80 MiB). A 64 MiB
+//! threshold kept too much: q5 grew by 200 MiB and slowed by 7 %.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// Serves allocations up to 64 MiB from the heap, which keeps up to 256 MiB
-/// of freed memory instead of returning it at once, so buffers of one
-/// batch reuse the pages of the last. Call before starting threads. A
+/// Serves allocations up to 4 MiB from the heap, which keeps up to 32 MiB
+/// of freed memory at its top instead of returning it at once, so buffers
+/// of one batch reuse the pages of the last. Call before starting threads. A
 /// no-op off glibc.
 pub fn tune_system_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts glibc's allocator parameters; called
     // before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
 }
 
