@@ -1,0 +1,285 @@
+//! Every example SQL job in `jobs/`, run through `sluice run` as shipped:
+//! the result after the stream is consumed is the same with 1, 7 and
+//! 10,000 records per partition per batch, and when the job is SIGKILLed
+//! mid-stream and restarted (three kills at seeded moments). Each job's
+//! own test (tests/sql.rs, sql_windows.rs, sql_joins.rs) checks one batch
+//! size against an independent reference; this one holds every size and
+//! crashes to that answer.
+//!
+//! Table sinks are read back with `sluice state scan` and must be equal
+//! exactly. Console sinks print as they go, so a batch replayed after a
+//! kill prints again: there the rows printed across all runs, as a set,
+//! must equal the uninterrupted run's (nothing lost, nothing invented).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sluice::log::{LogStore, TopicConfig};
+use sluice::producer::{BatchBuilder, Compression};
+
+/// Records of a topic: (partition, value).
+type Rows = Vec<(i32, String)>;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn append(store: &LogStore, topic: &str, partitions: i32, rows: &[(i32, String)]) {
+    let t = match store.topic(topic) {
+        Ok(t) => t,
+        Err(_) => store
+            .create_topic(topic, partitions.into(), TopicConfig::default())
+            .unwrap(),
+    };
+    for (p, row) in rows {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(None, row.as_bytes(), 1);
+        let mut bytes = b.finish().unwrap();
+        t.partition(*p).unwrap().append(&mut bytes).unwrap();
+    }
+}
+
+/// A seeded generator (no extra crates).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// Clicks of users 0–99 (those of jobs/data/users.csv) on five pages,
+/// every 500 ms for five minutes, up to 3 s out of order within a
+/// partition; then a click far ahead on every partition, so every window
+/// and session of the stream closes.
+fn clicks() -> Rows {
+    let mut rng = Lcg(5);
+    let mut rows: Rows = (0..600u64)
+        .map(|i| {
+            let ts = i * 500 + rng.next(3_000);
+            let user = rng.next(100);
+            let url = ["/home", "/cart", "/buy", "/help", "/faq"][rng.next(5) as usize];
+            (
+                (i % 3) as i32,
+                format!(r#"{{"user_id": {user}, "url": "{url}", "ts": {ts}}}"#),
+            )
+        })
+        .collect();
+    for p in 0..3 {
+        rows.push((
+            p,
+            r#"{"user_id": 1, "url": "/end", "ts": 100000000}"#.to_string(),
+        ));
+    }
+    rows
+}
+
+/// Orders every 100 ms; two in three paid 0–12 s later.
+fn orders_and_payments() -> (Rows, Rows) {
+    let orders = (0..400i64)
+        .map(|id| {
+            (
+                (id % 2) as i32,
+                format!(r#"{{"id": {id}, "ts": {}}}"#, id * 100),
+            )
+        })
+        .collect();
+    let mut payments: Vec<(i64, String)> = (0..400i64)
+        .filter(|id| id % 3 != 0)
+        .map(|id| {
+            let ts = id * 100 + (id % 7) * 2_000;
+            (
+                ts,
+                format!(r#"{{"order_id": {id}, "amount": {}, "ts": {ts}}}"#, id * 10),
+            )
+        })
+        .collect();
+    payments.sort_by_key(|p| p.0);
+    let payments = payments
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, row))| ((i % 2) as i32, row))
+        .collect();
+    (orders, payments)
+}
+
+fn run_args<'a>(job: &'a str, data: &'a Path, cp: &'a Path, batch: &'a str) -> Vec<String> {
+    [
+        "run",
+        job,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--checkpoint-dir",
+        cp.to_str().unwrap(),
+        "--until-caught-up",
+        "--interval",
+        "1ms",
+        "--max-records-per-batch",
+        batch,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs the job to the end; its stdout.
+fn run_to_end(args: &[String]) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::sluice_ok(&root(), &refs).0
+}
+
+/// Runs the job, SIGKILLing it at three seeded moments, then to the end;
+/// the stdout of every run, and how many kills landed mid-run.
+fn run_with_kills(args: &[String], seed: u64) -> (String, usize) {
+    let mut rng = Lcg(seed);
+    let mut out = String::new();
+    let mut landed = 0;
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .current_dir(root())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150 + rng.next(350)));
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let output = child.wait_with_output().unwrap();
+        out.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    out.push_str(&run_to_end(args));
+    (out, landed)
+}
+
+/// Data rows of console tables (`| a | b |` → "a,b"), without headers.
+fn console_rows(stdout: &str, first_column: &str) -> BTreeSet<String> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|r| r.split(',').next() != Some(first_column))
+        .collect()
+}
+
+fn table(cp: &Path, job: &str, table: &str) -> BTreeSet<String> {
+    let (out, _) = common::sluice_ok(
+        &root(),
+        &[
+            "state",
+            "scan",
+            "--job",
+            job,
+            "--table",
+            table,
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+        ],
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+/// What an example job leaves: its table or the rows it printed.
+enum Output {
+    Table(&'static str),
+    Console(&'static str),
+}
+
+fn check_job(file: &str, topics: &[(&str, i32, Rows)], output: Output) {
+    let job = format!("jobs/{file}.sql");
+    let result = |dir: &Path, batch: &str, kills: Option<u64>| -> BTreeSet<String> {
+        let data = dir.join("data");
+        {
+            let store = LogStore::open(&data, common::quiet()).unwrap();
+            for (topic, partitions, rows) in topics {
+                append(&store, topic, *partitions, rows);
+            }
+        }
+        let cp = dir.join("cp");
+        let args = run_args(&job, &data, &cp, batch);
+        let stdout = match kills {
+            None => run_to_end(&args),
+            Some(seed) => {
+                let (stdout, landed) = run_with_kills(&args, seed);
+                eprintln!("{file}: {landed} of 3 kills landed mid-run");
+                assert!(landed >= 1, "{file}: every kill came after the job ended");
+                stdout
+            }
+        };
+        match output {
+            Output::Table(name) => table(&cp, file, name),
+            Output::Console(first_column) => console_rows(&stdout, first_column),
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = result(dir.path(), "10000", None);
+    assert!(expected.len() >= 5, "{file}: {expected:?}");
+    for batch in ["1", "7"] {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            result(dir.path(), batch, None),
+            expected,
+            "{file}, batch size {batch}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        result(dir.path(), "3", Some(file.len() as u64)),
+        expected,
+        "{file}, SIGKILLed and restarted"
+    );
+}
+
+#[test]
+fn clicks_per_url() {
+    check_job(
+        "clicks_per_url",
+        &[("clicks", 3, clicks())],
+        Output::Console("window_start"),
+    );
+}
+
+#[test]
+fn user_sessions() {
+    check_job(
+        "user_sessions",
+        &[("clicks", 3, clicks())],
+        Output::Console("user_id"),
+    );
+}
+
+#[test]
+fn enrich_clicks() {
+    check_job(
+        "enrich_clicks",
+        &[("clicks", 3, clicks())],
+        Output::Table("clicks_by_country"),
+    );
+}
+
+#[test]
+fn paid_orders() {
+    let (orders, payments) = orders_and_payments();
+    check_job(
+        "paid_orders",
+        &[("orders", 2, orders), ("payments", 2, payments)],
+        Output::Table("paid"),
+    );
+}
