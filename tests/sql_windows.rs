@@ -784,7 +784,7 @@ fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
     };
     let q5 = explain("nexmark/q5.sql");
     for part in [
-        "reads stream bid ← topic bid (json), watermark date_time − 4000 ms",
+        "reads stream bid ← topic bid (json, decoding auction, date_time), watermark date_time − 4000 ms",
         "[per slice: partial aggregate]",
         "[shuffle: partial aggregates meet by group key]",
         "[merge: partial states of all slices + stored state, by group key]",
