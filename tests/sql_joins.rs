@@ -238,43 +238,8 @@ fn interval_join_of_two_streams_equals_a_batch_join_and_evicts_its_state() {
             format!("{ORDERS_PAYMENTS}INSERT INTO paid {PAID_QUERY};"),
         )
         .unwrap();
+        let got = run_paid(dir.path(), &job, batch);
         let cp = dir.path().join("cp");
-        sluice(
-            dir.path(),
-            &[
-                "run",
-                job.to_str().unwrap(),
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--checkpoint-dir",
-                cp.to_str().unwrap(),
-                "--until-caught-up",
-                "--interval",
-                "1ms",
-                "--max-records-per-batch",
-                batch,
-            ],
-        );
-        let table = sluice(
-            dir.path(),
-            &[
-                "state",
-                "scan",
-                "--job",
-                "paid",
-                "--table",
-                "paid",
-                "--checkpoint-dir",
-                cp.to_str().unwrap(),
-            ],
-        );
-        let got: BTreeMap<String, String> = table
-            .lines()
-            .map(|l| {
-                let (k, v) = l.split_once('\t').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
         assert_eq!(got, expected, "batch size {batch}");
         // Buffered rows are evicted as the watermarks pass them: of the
         // 1,000 rows, only the last ~12 s of orders (the bound plus the
