@@ -178,6 +178,23 @@ fn batch_join(
         })
 }
 
+/// Rows the `paid` job's join keeps buffered (state keys tagged 2).
+fn buffered_rows(checkpoint: &std::path::Path) -> usize {
+    let cp = sluice::checkpoint::Checkpoint::open_read_only(checkpoint, "paid").unwrap();
+    let cf = cp.cf("state.insert-paid").unwrap();
+    cp.db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|item| item.unwrap())
+        .filter(|(k, _)| k.first() == Some(&2))
+        .map(|(_, v)| {
+            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(v), None)
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 fn append_json(store: &LogStore, topic: &str, rows: &[String]) {
     let t = match store.topic(topic) {
         Ok(t) => t,
@@ -245,20 +262,7 @@ fn interval_join_of_two_streams_equals_a_batch_join_and_evicts_its_state() {
         // 1,000 rows, only the last ~12 s of orders (the bound plus the
         // delay) and ~2 s of payments remain. (A single batch of
         // everything evicts in the batch after.)
-        let cp = sluice::checkpoint::Checkpoint::open_read_only(&cp, "paid").unwrap();
-        let cf = cp.cf("state.insert-paid").unwrap();
-        let buffered: usize = cp
-            .db()
-            .iterator_cf(cf, rocksdb::IteratorMode::Start)
-            .map(|item| item.unwrap())
-            .filter(|(k, _)| k.first() == Some(&2))
-            .map(|(_, v)| {
-                datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(v), None)
-                    .unwrap()
-                    .map(|b| b.unwrap().num_rows())
-                    .sum::<usize>()
-            })
-            .sum();
+        let buffered = buffered_rows(&cp);
         if batch != "10000" {
             assert!(
                 (100..=250).contains(&buffered),
@@ -449,21 +453,7 @@ fn a_join_without_time_bound_runs_with_a_state_ttl_and_forgets_rows_after_it() {
     assert!(run_paid(dir.path(), &job, "7").is_empty());
     // Only the last batch's rows are still buffered (≤ 7 per partition of
     // each stream).
-    let cp =
-        sluice::checkpoint::Checkpoint::open_read_only(&dir.path().join("cp"), "paid").unwrap();
-    let cf = cp.cf("state.insert-paid").unwrap();
-    let buffered: usize = cp
-        .db()
-        .iterator_cf(cf, rocksdb::IteratorMode::Start)
-        .map(|item| item.unwrap())
-        .filter(|(k, _)| k.first() == Some(&2))
-        .map(|(_, v)| {
-            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(v), None)
-                .unwrap()
-                .map(|b| b.unwrap().num_rows())
-                .sum::<usize>()
-        })
-        .sum();
+    let buffered = buffered_rows(&dir.path().join("cp"));
     assert!(buffered <= 14, "{buffered} rows buffered");
 }
 

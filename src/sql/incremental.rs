@@ -124,6 +124,13 @@ pub(crate) fn end_bytes(end_ms: i64) -> [u8; 8] {
     ((end_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// The time [`end_bytes`] encoded (the first 8 bytes of `bytes`).
+pub(crate) fn time_from_bytes(bytes: &[u8]) -> i64 {
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&bytes[..8]);
+    (u64::from_be_bytes(t) ^ (1 << 63)) as i64
+}
+
 fn ttl_key(time: i64, group: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + group.len());
     key.push(TTL_TAG);
@@ -663,9 +670,7 @@ pub(crate) async fn merge_batch(
     {
         if let Some(bytes) = found? {
             if codec.value_skip == 8 && bytes.len() >= 8 {
-                let mut t = [0u8; 8];
-                t.copy_from_slice(&bytes[..8]);
-                let updated = (u64::from_be_bytes(t) ^ (1 << 63)) as i64;
+                let updated = time_from_bytes(&bytes);
                 last_update[i] = Some(updated);
                 if ttl.is_some_and(|ttl| updated <= now - ttl) {
                     // Expired but not yet swept: the group starts afresh.

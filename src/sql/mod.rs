@@ -203,12 +203,15 @@ fn build_or_explain(
         // scan in the optimized plan, yet the query reads its stream.
         // Streams the optimized plan still reads: by a scan, or through a
         // window function (whose scan has the function's name).
-        let optimized_reads = scanned_tables(&logical);
+        let optimized_scans = scans(&logical);
+        let optimized_reads: std::collections::BTreeSet<String> =
+            optimized_scans.iter().cloned().collect();
         let windowed: std::collections::BTreeSet<String> = crate::log::mutex(&window_uses)
             .iter()
             .map(|u| u.stream.clone())
             .collect();
-        let mut read = scanned_tables(&unoptimized);
+        let mut read: std::collections::BTreeSet<String> =
+            scans(&unoptimized).into_iter().collect();
         read.extend(
             crate::log::mutex(&window_uses)
                 .iter()
@@ -413,7 +416,11 @@ fn build_or_explain(
             [only] => {
                 join.is_none()
                     && crate::log::mutex(&window_uses).is_empty()
-                    && scan_count(&logical, &only.shape.name) == 1
+                    && optimized_scans
+                        .iter()
+                        .filter(|t| **t == only.shape.name)
+                        .count()
+                        == 1
                     && !matches!(only.shape.on_error, stream::OnError::DeadLetter(_))
                     && !(aggregation.is_some() && only.watermark.is_some())
             }
@@ -613,30 +620,14 @@ fn used_columns(
     out
 }
 
-/// How many times the plan scans `table` (subqueries included).
-fn scan_count(plan: &datafusion::logical_expr::LogicalPlan, table: &str) -> usize {
+/// The table of every scan in a plan, subqueries included (a table
+/// scanned twice appears twice).
+fn scans(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String> {
     use datafusion::common::tree_node::TreeNodeRecursion;
-    let mut n = 0;
-    let _ = plan.apply_with_subqueries(|node| {
-        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node
-            && scan.table_name.table() == table
-        {
-            n += 1;
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    n
-}
-
-/// Names of the tables a plan scans, subqueries included.
-fn scanned_tables(
-    plan: &datafusion::logical_expr::LogicalPlan,
-) -> std::collections::BTreeSet<String> {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    let mut out = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node {
-            out.insert(scan.table_name.table().to_owned());
+            out.push(scan.table_name.table().to_owned());
         }
         Ok(TreeNodeRecursion::Continue)
     });

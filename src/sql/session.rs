@@ -31,17 +31,13 @@ use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
 
 use super::SqlError;
-use super::incremental::{self, Aggregation, GROUP_TAG, SessionColumns, end_bytes};
+use super::incremental::{
+    self, Aggregation, GROUP_TAG, SessionColumns, end_bytes, time_from_bytes,
+};
 use crate::plan::BatchCx;
 
 /// Index of open sessions by end: `0x05 end key start` → empty.
 const SESSION_END_TAG: u8 = 5;
-
-fn time_of(bytes: &[u8]) -> i64 {
-    let mut t = [0u8; 8];
-    t.copy_from_slice(&bytes[..8]);
-    (u64::from_be_bytes(t) ^ (1 << 63)) as i64
-}
 
 /// `0x01 key start`: where a session's state lives.
 fn session_key(key: &[u8], start: i64) -> Vec<u8> {
@@ -163,8 +159,8 @@ pub(crate) async fn run_batch(
             }
             stored.push(Stored {
                 key: k.to_vec(),
-                start: time_of(&k[prefix.len()..]),
-                end: time_of(v),
+                start: time_from_bytes(&k[prefix.len()..]),
+                end: time_from_bytes(v),
                 state: v[8..].to_vec(),
             });
             iter.next();
@@ -316,8 +312,8 @@ pub(crate) async fn run_batch(
             }
             closed.push(Closed {
                 group: key[1..key.len() - 8].to_vec(),
-                start: time_of(&key[key.len() - 8..]),
-                end: time_of(&value),
+                start: time_from_bytes(&key[key.len() - 8..]),
+                end: time_from_bytes(&value),
                 state: value[8..].to_vec(),
             });
         }
