@@ -1,5 +1,6 @@
-//! Human-friendly sizes ("1GiB", "512k") and durations ("7d", "500ms") for
-//! configs and flags. Owns parsing and printing only; never decides defaults.
+//! Human-friendly sizes ("1GiB", "512k"), durations ("7d", "500ms") and
+//! timestamps ("2026-11-21T10:00:00Z") for configs, flags and output. Owns
+//! parsing and printing only; never decides defaults.
 
 /// Parses a byte size: a plain number of bytes, or a number with a suffix
 /// (k/KB = 1000, KiB = 1024, likewise M/MiB, G/GiB, T/TiB; case-insensitive).
@@ -79,6 +80,28 @@ pub fn format_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Parses a timestamp flag: milliseconds since the epoch, or an RFC 3339
+/// date-time such as `2026-11-21T10:00:00Z`.
+pub fn parse_timestamp_ms(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text.trim())
+        .map_err(|e| format!("{text:?} is not a timestamp ({e}); use milliseconds since the epoch or 2026-11-21T10:00:00Z"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .map_err(|_| format!("{text:?} is before 1970"))
+        })
+}
+
+/// Formats a batch time as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn format_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use sluice::log::{LogStore, TopicConfig};
-use sluice::plan::data::Data;
+use sluice::data::Data;
 use sluice::producer::{BatchBuilder, Compression};
 use sluice::sink::file::{ManifestEntry, read_manifest};
 use sluice::source::embedded::EmbeddedSource;

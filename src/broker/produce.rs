@@ -26,7 +26,8 @@ use super::admin::{resolve_for_write, topic_error_message};
 use super::error::code_for;
 use super::producers::SeqCheck;
 use super::server::Shared;
-use crate::log::{BatchHeader, LogError, Partition, now_ms};
+use crate::common::now_ms;
+use crate::log::{BatchHeader, LogError, Partition};
 
 struct PartitionOutcome {
     index: i32,
@@ -219,7 +220,7 @@ fn append_one(
         .producer_states
         .for_partition(topic_id, partition, now)
         .map_err(log_err)?;
-    let mut state = crate::log::mutex(&state);
+    let mut state = crate::common::mutex(&state);
     let headers = batch_headers(&blob)?;
     for (i, h) in headers.iter().enumerate() {
         match state.check(h) {

@@ -227,25 +227,25 @@ impl ProducerStates {
         now_ms: i64,
     ) -> crate::log::Result<SharedProducers> {
         let key = (topic_id, partition.id());
-        if let Some(s) = crate::log::mutex(&self.partitions).get(&key) {
+        if let Some(s) = crate::common::mutex(&self.partitions).get(&key) {
             return Ok(s.clone());
         }
         // Rebuilding reads the log: do it outside the map lock. Two racing
         // rebuilds produce the same state; the first one inserted wins.
         let rebuilt = Arc::new(Mutex::new(PartitionProducers::rebuild(partition, now_ms)?));
-        Ok(crate::log::mutex(&self.partitions)
+        Ok(crate::common::mutex(&self.partitions)
             .entry(key)
             .or_insert(rebuilt)
             .clone())
     }
 
     pub fn expire(&self, now_ms: i64) {
-        let all: Vec<_> = crate::log::mutex(&self.partitions)
+        let all: Vec<_> = crate::common::mutex(&self.partitions)
             .values()
             .cloned()
             .collect();
         for p in all {
-            crate::log::mutex(&p).expire(now_ms);
+            crate::common::mutex(&p).expire(now_ms);
         }
     }
 }
@@ -281,7 +281,7 @@ impl ProducerIds {
     }
 
     pub fn allocate(&self) -> Result<i64, BrokerError> {
-        let mut next = crate::log::mutex(&self.next);
+        let mut next = crate::common::mutex(&self.next);
         if next.0 >= next.1 {
             let end = next.1 + ID_BLOCK;
             write_atomically(&self.path, format!("v1 {end}\n").as_bytes()).map_err(|e| {

@@ -208,7 +208,7 @@ async fn maintenance(shared: Arc<Shared>) {
         last = shared.metrics.log_since(&last, "last interval");
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            s.producer_states.expire(crate::log::now_ms());
+            s.producer_states.expire(crate::common::now_ms());
         })
         .await;
     }

@@ -12,7 +12,7 @@
 //! | default CF                | `batch.committed`   | [`CommittedBatch`]                  |
 //! | default CF                | `operator.<name>`   | [`OperatorMeta`]                    |
 //! | default CF                | `table.<name>`      | [`OperatorMeta`] of the table       |
-//! | CF `state.<operator>`     | encoded key         | encoded state (see `plan::data`)    |
+//! | CF `state.<operator>`     | encoded key         | encoded state (see `data`)    |
 //! | CF `table.<name>`         | encoded key         | encoded value                       |
 //!
 //! The exactly-once protocol (PRODUCT.md): the driver writes
@@ -123,7 +123,7 @@ pub struct CommittedBatch {
 }
 
 /// What a stateful operator or result table stores, by type name (see
-/// `plan::data::Data::type_name`). Changing any field is incompatible.
+/// `data::Data::type_name`). Changing any field is incompatible.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorMeta {
     pub name: String,
@@ -253,7 +253,7 @@ impl Checkpoint {
                 let record = SchemaRecord {
                     version: SCHEMA_VERSION,
                     job: job.to_owned(),
-                    created_ms: crate::log::now_ms(),
+                    created_ms: crate::common::now_ms(),
                 };
                 checkpoint.put_json_synced(KEY_SCHEMA, &record)?;
                 Ok(checkpoint)

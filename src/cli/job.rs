@@ -5,6 +5,24 @@ use std::time::Duration;
 
 use crate::driver::progress::ProgressSink;
 use crate::driver::{JobConfig, OnDataLoss};
+
+/// `--on-data-loss`: the CLI's spelling of [`OnDataLoss`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataLossFlag {
+    /// Stop with an error naming the partition and the lost range.
+    Fail,
+    /// Jump to the earliest offset still there and count the loss.
+    Skip,
+}
+
+impl From<DataLossFlag> for OnDataLoss {
+    fn from(flag: DataLossFlag) -> OnDataLoss {
+        match flag {
+            DataLossFlag::Fail => OnDataLoss::Fail,
+            DataLossFlag::Skip => OnDataLoss::Skip,
+        }
+    }
+}
 use crate::source::StartingPosition;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -37,8 +55,8 @@ pub struct JobArgs {
     #[arg(long)]
     pub max_records_per_batch: Option<u64>,
     /// When retention deleted unread records: fail (default) or skip.
-    #[arg(long, value_enum, default_value_t = OnDataLoss::Fail)]
-    pub on_data_loss: OnDataLoss,
+    #[arg(long, value_enum, default_value_t = DataLossFlag::Fail)]
+    pub on_data_loss: DataLossFlag,
     /// Tasks per shuffle (default: number of cores).
     #[arg(long)]
     pub parallelism: Option<usize>,
@@ -71,7 +89,7 @@ impl JobArgs {
         c.backpressure = self.backpressure;
         c.initial_rate = self.initial_rate;
         c.max_records_per_batch = Some(self.max_records_per_batch.unwrap_or(1_000_000));
-        c.on_data_loss = self.on_data_loss;
+        c.on_data_loss = self.on_data_loss.into();
         if let Some(p) = self.parallelism {
             c.parallelism = p;
         }

@@ -22,7 +22,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-pub(crate) use crate::log::now_ms;
+pub(crate) use crate::common::now_ms;
+pub(crate) use crate::units::parse_timestamp_ms;
 use crate::log::{LogStore, StoreOptions};
 
 #[derive(Debug, Parser)]
@@ -142,17 +143,3 @@ pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     crate::driver::stop_on_signals().context("cannot install signal handler")
 }
 
-/// Parses a timestamp flag: milliseconds since the epoch, or an RFC 3339
-/// date-time such as `2026-11-21T10:00:00Z`.
-pub(crate) fn parse_timestamp_ms(text: &str) -> Result<i64, String> {
-    if let Ok(ms) = text.trim().parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(text.trim())
-        .map_err(|e| format!("{text:?} is not a timestamp ({e}); use milliseconds since the epoch or 2026-11-21T10:00:00Z"))
-        .and_then(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .map_err(|_| format!("{text:?} is before 1970"))
-        })
-}

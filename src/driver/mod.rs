@@ -14,6 +14,10 @@
 pub mod progress;
 pub mod rate;
 
+// Every DStream operator through real jobs of this driver.
+#[cfg(test)]
+mod plan_tests;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +35,7 @@ use progress::{BatchProgress, PartitionProgress, ProgressSink};
 use rate::RateLimiter;
 
 /// What to do when retention deleted records the job has not read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnDataLoss {
     /// Stop with an error naming the partition and the lost range.
     #[default]
@@ -213,7 +217,7 @@ struct Driver {
 impl Driver {
     fn start(config: JobConfig, graph: SharedGraph) -> Result<Driver, DriverError> {
         let (sources, metas, tables) = {
-            let g = crate::log::mutex(&graph);
+            let g = crate::common::mutex(&graph);
             if !g.errors.is_empty() {
                 return Err(DriverError::InvalidJob {
                     job: config.name.clone(),
@@ -350,7 +354,7 @@ impl Driver {
         &mut self,
         batch_id: u64,
     ) -> Result<(PlannedBatch, Vec<PartitionProgress>), DriverError> {
-        let now = crate::log::now_ms();
+        let now = crate::common::now_ms();
         let interval = self.interval_ms();
         let mut planned = PlannedBatch {
             batch_id,
@@ -456,7 +460,7 @@ impl Driver {
         let mut summary = RunSummary::default();
         let interval = self.config.batch_interval;
         let mut next_start = Instant::now();
-        let outputs = crate::log::mutex(&self.graph).outputs.clone();
+        let outputs = crate::common::mutex(&self.graph).outputs.clone();
         let mut progress = self.config.progress.open()?;
         let non_replayable: Vec<String> = self
             .sources

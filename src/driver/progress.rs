@@ -106,7 +106,7 @@ fn bar(fraction: f64) -> String {
 /// The compact line for one batch.
 pub fn format_line(p: &BatchProgress) -> String {
     let lag: i64 = p.partitions.iter().map(|x| x.lag).sum();
-    let time = crate::sink::console::format_time(p.batch_time_ms);
+    let time = crate::units::format_time(p.batch_time_ms);
     let mut line = format!(
         "batch {} · {} · {} rows ({}/s) · processing {:.0} ms · delay {:.0} ms · lag {} · state {}",
         p.batch_id,

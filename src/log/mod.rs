@@ -77,8 +77,8 @@ pub use error::{LogError, Result};
 pub use partition::{AppendInfo, Partition, PartitionInfo, ReadInfo, RetentionOutcome};
 pub use segment::TailRecovery;
 
-pub(crate) use partition::now_ms;
 use partition::{SharedConfig, sync_dir};
+use crate::common::{mutex, read_lock, write_lock};
 
 /// Most partitions one topic may have; a guard against typos like `--partitions 10000000`.
 pub const MAX_PARTITIONS: i64 = 10_000;
@@ -192,21 +192,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
-}
-
-// A panic while holding one of the store's locks leaves the data consistent
-// (counters only move after successful writes), so poisoned locks are used
-// as they are rather than taking the store down.
-pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Writes a file so that a crash leaves either the old or the new contents.

@@ -25,7 +25,7 @@ use super::config::{FlushPolicy, TopicConfig};
 use super::error::{LogError, Result};
 use super::index::IndexBuilder;
 use super::segment::{self, Segment, TailRecovery};
-use super::{mutex, read_lock, write_lock};
+use crate::common::{mutex, now_ms, read_lock, write_lock};
 
 pub(crate) type SharedConfig = Arc<RwLock<Arc<TopicConfig>>>;
 
@@ -89,12 +89,6 @@ pub struct Partition {
     flush_lock: Mutex<()>,
     offline: RwLock<Option<String>>,
     deleted: AtomicBool,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

@@ -20,7 +20,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::batch::{self, BatchHeader, HEADER_LEN};
 use super::error::{LogError, Result};
 use super::index::{IndexBuilder, NO_TIMESTAMP, SparseIndex};
-use super::{read_lock, write_lock};
+use crate::common::{read_lock, write_lock};
 
 pub(crate) fn file_stem(base_offset: i64) -> String {
     format!("{base_offset:020}")

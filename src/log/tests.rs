@@ -177,7 +177,7 @@ fn segments_roll_by_age() {
     };
     store.create_topic("t", 1, cfg).unwrap();
     let p = store.partition("t", 0).unwrap();
-    let now = partition::now_ms();
+    let now = crate::common::now_ms();
     p.append_at(&mut raw_batch(1, now, now, b"x"), now).unwrap();
     p.append_at(&mut raw_batch(1, now, now, b"x"), now + 10)
         .unwrap();
@@ -384,7 +384,7 @@ fn retention_by_size_and_time_deletes_whole_old_segments() {
     };
     store.create_topic("sized", 1, cfg).unwrap();
     let p = store.partition("sized", 0).unwrap();
-    let now = partition::now_ms();
+    let now = crate::common::now_ms();
     for _ in 0..300 {
         p.append(&mut encoded("x", 5, now, Compression::None))
             .unwrap();

@@ -13,7 +13,10 @@ use rocksdb::WriteBatch;
 
 use super::{PlanError, Result};
 use crate::checkpoint::{Checkpoint, OperatorMeta, PlannedBatch};
-use crate::source::{ChunkSink, Source};
+use crate::source::{ReadStopped, Source};
+
+/// Receives the chunks of one partition of a node's output, in order.
+pub type ChunkSink<'a> = dyn FnMut(RecordBatch) -> Result<()> + 'a;
 
 /// Name, schema and consumer count of a node.
 pub struct NodeInfo {
@@ -35,10 +38,10 @@ impl NodeInfo {
         }
     }
     pub fn name(&self) -> String {
-        crate::log::mutex(&self.name).clone()
+        crate::common::mutex(&self.name).clone()
     }
     pub fn rename(&self, name: &str) {
-        *crate::log::mutex(&self.name) = name.to_owned();
+        *crate::common::mutex(&self.name) = name.to_owned();
     }
     pub fn add_consumer(&self) {
         self.consumers.fetch_add(1, Ordering::Relaxed);
@@ -131,13 +134,13 @@ impl<'a> BatchCx<'a> {
 
     /// Adds writes to the batch's atomic commit.
     pub fn write(&self, f: impl FnOnce(&mut WriteBatch)) {
-        f(&mut crate::log::mutex(&self.writes))
+        f(&mut crate::common::mutex(&self.writes))
     }
 
     /// Adds `n` to the batch's counter `name` (shown in progress).
     pub fn count(&self, name: &str, n: u64) {
         if n > 0 {
-            *crate::log::mutex(&self.counters)
+            *crate::common::mutex(&self.counters)
                 .entry(name.to_owned())
                 .or_default() += n;
         }
@@ -162,7 +165,7 @@ impl<'a> BatchCx<'a> {
         if !node.info().shared() {
             return node.run(self, p, out);
         }
-        let cell = crate::log::mutex(&self.memo)
+        let cell = crate::common::mutex(&self.memo)
             .entry((node.info().id, p))
             .or_default()
             .clone();
@@ -195,7 +198,7 @@ impl<'a> BatchCx<'a> {
         node: &NodeInfo,
         compute: impl FnOnce() -> Result<Vec<Vec<RecordBatch>>>,
     ) -> Result<Arc<Vec<Vec<RecordBatch>>>> {
-        let cell = crate::log::mutex(&self.wide)
+        let cell = crate::common::mutex(&self.wide)
             .entry(node.id)
             .or_default()
             .clone();
@@ -340,10 +343,31 @@ impl Node for SourceNode {
             return Ok(());
         };
         if range.from < range.until {
-            self.source
-                .read(range.partition, range.from, range.until, out)?;
+            read_range(&*self.source, range.partition, range.from, range.until, out)?;
         }
         Ok(())
+    }
+}
+
+/// Reads `[from, until)` of a source partition into `out`. When `out`
+/// fails, the source is told to stop and `out`'s own error is returned.
+pub fn read_range(
+    source: &dyn Source,
+    partition: i32,
+    from: i64,
+    until: i64,
+    out: &mut ChunkSink<'_>,
+) -> Result<()> {
+    let mut refused = None;
+    let read = source.read(partition, from, until, &mut |chunk| {
+        out(chunk).map_err(|e| {
+            refused = Some(e);
+            ReadStopped
+        })
+    });
+    match (refused, read) {
+        (Some(e), _) => Err(e),
+        (None, read) => Ok(read?),
     }
 }
 

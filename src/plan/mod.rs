@@ -28,8 +28,8 @@
 //! This module plans and executes per batch; it never chooses offsets,
 //! never commits and never sleeps (the driver does).
 
-pub mod data;
 mod exec;
+mod output;
 mod stateful;
 mod wide;
 mod window;
@@ -41,8 +41,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
-pub use data::{Data, Emit, Emitter, Key};
-pub use exec::{BatchCx, BatchInfo};
+pub use crate::data::{Data, Emit, Emitter, Key};
+pub use exec::{BatchCx, BatchInfo, ChunkSink, read_range};
 pub(crate) use exec::{Node, NodeInfo, Output};
 pub use stateful::State;
 
@@ -65,9 +65,15 @@ pub enum PlanError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
-    Codec(#[from] data::CodecError),
+    Codec(#[from] crate::data::CodecError),
     #[error("state store: {0}")]
     Rocks(#[from] rocksdb::Error),
+}
+
+impl From<crate::data::SchemaError> for PlanError {
+    fn from(e: crate::data::SchemaError) -> PlanError {
+        PlanError::Schema(e.0)
+    }
 }
 
 pub type Result<T, E = PlanError> = std::result::Result<T, E>;
@@ -123,7 +129,7 @@ impl Graph {
 pub(crate) type SharedGraph = Arc<Mutex<Graph>>;
 
 fn lock_graph(g: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
-    crate::log::mutex(g)
+    crate::common::mutex(g)
 }
 
 /// The schema of a stream of `T`.
@@ -397,7 +403,7 @@ impl<T: Data> DStream<T> {
 
     /// Prints the first `n` elements of every batch under a header.
     pub fn print(&self, n: usize) {
-        crate::sink::console::print::<T>(self, n)
+        output::print::<T>(self, n)
     }
 }
 
@@ -544,7 +550,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
     /// Upserts this batch's pairs into the result table `table` of the
     /// job's checkpoint, in the batch's atomic commit.
     pub fn save_to_table(&self, table: &str) {
-        crate::sink::table::save(self, table, None::<fn(V::View<'_>, V::View<'_>) -> V>)
+        output::save(self, table, None::<fn(V::View<'_>, V::View<'_>) -> V>)
     }
 
     /// Folds this batch's pairs into the result table: a key's new value is
@@ -555,7 +561,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         table: &str,
         merge: impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
     ) {
-        crate::sink::table::save(self, table, Some(merge))
+        output::save(self, table, Some(merge))
     }
 }
 
@@ -568,6 +574,3 @@ pub(crate) fn source_stream(graph_ref: &SharedGraph, source: Arc<dyn Source>) ->
     let info = NodeInfo::new(format!("source:{name}"), crate::source::source_schema());
     DStream::from_node(graph_ref.clone(), exec::source(info, source))
 }
-
-#[cfg(test)]
-mod tests;

@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use hashbrown::HashTable;
 use rocksdb::ColumnFamily;
 
-use super::data::{Data, Emitter, Key, decode_all, hash_one};
+use crate::data::{Data, Emitter, Key, decode_all, hash_one};
 use super::exec::{BatchCx, NodeInfo, Wide};
 use super::wide::{bucket_of, partition_by_key, rayon_map};
 use super::{DStream, Result};

@@ -6,7 +6,7 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use hashbrown::HashTable;
 
-use super::data::{Data, Emitter, Key, hash_one};
+use crate::data::{Data, Emitter, Key, hash_one};
 use super::exec::{BatchCx, Node, NodeInfo, Wide};
 use super::{DStream, Result};
 
@@ -140,7 +140,7 @@ pub(crate) fn shuffle(
     cx: &BatchCx,
     parent: &Arc<dyn Node>,
     map_side: impl Fn(
-        &mut dyn FnMut(&mut crate::source::ChunkSink<'_>) -> Result<()>,
+        &mut dyn FnMut(&mut super::ChunkSink<'_>) -> Result<()>,
     ) -> Result<Vec<Option<RecordBatch>>>
     + Sync,
 ) -> Result<Vec<Vec<RecordBatch>>> {
@@ -170,7 +170,7 @@ pub(crate) fn partition_by_key<K: Key>(
             for i in 0..chunk.num_rows() {
                 indices[bucket_of(hash_one::<K>(K::get(&keys, i)), buckets)].push(i as u32);
             }
-            let mut pieces = crate::log::mutex(&pieces);
+            let mut pieces = crate::common::mutex(&pieces);
             for (b, idx) in indices.into_iter().enumerate() {
                 if idx.is_empty() {
                     continue;

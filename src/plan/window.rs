@@ -17,7 +17,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use rocksdb::{ColumnFamily, Direction, IteratorMode};
 
-use super::data::{Data, Key, decode_all, encode_to_vec};
+use crate::data::{Data, Key, decode_all, encode_to_vec};
 use super::exec::{BatchCx, NodeInfo, Wide};
 use super::wide::Aggregate;
 use super::{DStream, PlanError, Result};

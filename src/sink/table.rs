@@ -1,139 +1,24 @@
 //! Result tables: key/value results in the checkpoint's column family
-//! `table.<name>`, written in the batch's atomic commit, and read back for
-//! `sluice state get|scan` by the type names the checkpoint records.
-
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
-
-/// Hot values kept in memory per merge task (a cache of committed values;
-/// RocksDB stays the truth).
-const CACHE_ENTRIES_PER_TASK: usize = 1 << 20;
-
-/// One merge task's cache: encoded key → committed value.
-type HotValues<V> = Mutex<HashMap<Vec<u8>, V>>;
+//! `table.<name>`, written in the batch's atomic commit (the plan's
+//! `save_to_table`/`merge_into_table` outputs stage the writes), and read
+//! back for `sluice state get|scan` by the type names the checkpoint
+//! records.
 
 use crate::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
-use crate::plan::data::{CodecError, Data, Key, decode_all, encode_to_vec};
-use crate::plan::{BatchCx, DStream, Output, PlanError};
+use crate::data::{CodecError, Data, encode_to_vec};
 
-pub(crate) fn save<K: Key, V: Data, F>(stream: &DStream<(K, V)>, table: &str, merge: Option<F>)
-where
-    F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
-{
-    let node = stream.node.clone();
-    node.info().add_consumer();
-    let caches: OnceLock<Vec<HotValues<V>>> = OnceLock::new();
-    let table = table.to_owned();
-    let cf_name = format!("{TABLE_CF_PREFIX}{table}");
-    let meta = OperatorMeta {
-        name: table.clone(),
-        kind: if merge.is_some() {
-            "merge table"
-        } else {
-            "table"
-        }
-        .into(),
-        key_type: K::type_name(),
-        state_type: V::type_name(),
-    };
-    let mut graph = crate::log::mutex(&stream.graph);
-    if graph
-        .outputs
-        .iter()
-        .any(|o| o.table.as_ref().is_some_and(|t| t.name == table))
-    {
-        graph
-            .errors
-            .push(format!("two outputs write result table {table:?}"));
-    }
-    graph.outputs.push(Arc::new(Output {
-        name: format!("table:{table}"),
-        table: Some(meta),
-        state: None,
-        run: Box::new(move |cx: &BatchCx| {
-            let cf = cx.checkpoint.cf(&cf_name)?;
-            let Some(merge) = &merge else {
-                let chunks = cx.collect(&node)?;
-                let mut puts = Vec::new();
-                for c in &chunks {
-                    let rows = <(K, V)>::reader(c.columns())?;
-                    for i in 0..c.num_rows() {
-                        let (k, v) = <(K, V)>::get(&rows, i);
-                        puts.push((encode_to_vec::<K>(k), encode_to_vec::<V>(v)));
-                    }
-                }
-                cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
-                return Ok(());
-            };
-            // Merging reads the committed value: each key must be handled
-            // by one task, so the pairs are shuffled by key first.
-            let buckets = crate::plan::wide_partition_by_key::<K>(cx, &node)?;
-            let caches = caches.get_or_init(|| {
-                (0..cx.parallelism)
-                    .map(|_| Mutex::new(HashMap::new()))
-                    .collect()
-            });
-            let db = cx.checkpoint.db();
-            crate::plan::wide_rayon_map(
-                buckets.into_iter().enumerate().collect(),
-                |(b, chunks)| {
-                    // Keys go to the same bucket every batch, so this task owns
-                    // its bucket's cache of hot values.
-                    let mut cache = crate::log::mutex(&caches[b % caches.len()]);
-                    let mut misses: Vec<Vec<u8>> = Vec::new();
-                    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-                    for c in &chunks {
-                        let rows = K::reader(c.columns())?;
-                        for i in 0..c.num_rows() {
-                            let key = encode_to_vec::<K>(K::get(&rows, i));
-                            if !cache.contains_key(&key) && seen.insert(key.clone()) {
-                                misses.push(key);
-                            }
-                        }
-                    }
-                    let mut loaded: HashMap<Vec<u8>, V> = HashMap::with_capacity(misses.len());
-                    for (key, found) in misses
-                        .iter()
-                        .zip(db.batched_multi_get_cf(cf, &misses, false))
-                    {
-                        if let Some(bytes) = found? {
-                            loaded.insert(key.clone(), decode_all::<V>(&bytes)?);
-                        }
-                    }
-                    let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
-                    for c in &chunks {
-                        let rows = <(K, V)>::reader(c.columns())?;
-                        for i in 0..c.num_rows() {
-                            let (k, v) = <(K, V)>::get(&rows, i);
-                            let key = encode_to_vec::<K>(k);
-                            let old = merged
-                                .get(&key)
-                                .or_else(|| cache.get(&key))
-                                .or_else(|| loaded.get(&key));
-                            let new = match old {
-                                Some(old) => merge(old.view(), v),
-                                None => V::to_owned_value(v),
-                            };
-                            merged.insert(key, new);
-                        }
-                    }
-                    cx.write(|w| {
-                        for (k, v) in &merged {
-                            w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
-                        }
-                    });
-                    // The batch either commits these values or the job stops
-                    // (and the cache with it), so caching them now is safe.
-                    if cache.len() + merged.len() > CACHE_ENTRIES_PER_TASK {
-                        cache.clear();
-                    }
-                    cache.extend(merged);
-                    Ok(())
-                },
-            )?;
-            Ok(())
-        }),
-    }));
+/// Reading a result table failed; each names what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The table or key does not exist or cannot be typed as asked.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("state store: {0}")]
+    Rocks(#[from] rocksdb::Error),
 }
 
 /// A stored value rendered for people, with a number to sort by when it
@@ -238,7 +123,7 @@ pub struct TableReader<'a> {
 }
 
 impl<'a> TableReader<'a> {
-    pub fn open(checkpoint: &'a Checkpoint, table: &str) -> Result<Self, PlanError> {
+    pub fn open(checkpoint: &'a Checkpoint, table: &str) -> Result<Self, TableError> {
         let tables = checkpoint.tables()?;
         let meta = tables
             .iter()
@@ -246,7 +131,7 @@ impl<'a> TableReader<'a> {
             .cloned()
             .ok_or_else(|| {
                 let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-                PlanError::Invalid(format!(
+                TableError::Invalid(format!(
                     "no result table {table:?} in {} (tables: {})",
                     checkpoint.path().display(),
                     if names.is_empty() {
@@ -266,7 +151,7 @@ impl<'a> TableReader<'a> {
 
     /// The value of one key, given as text (string keys) or as the key's
     /// display form for numeric keys.
-    pub fn get(&self, key: &str) -> Result<Option<Shown>, PlanError> {
+    pub fn get(&self, key: &str) -> Result<Option<Shown>, TableError> {
         let encoded = encode_text_key(&self.meta.key_type, key)?;
         match self.checkpoint.db().get_cf(self.cf()?, encoded)? {
             Some(bytes) => Ok(Some(show(&self.meta.state_type, &bytes)?)),
@@ -280,7 +165,7 @@ impl<'a> TableReader<'a> {
         &self,
         prefix: Option<&str>,
         mut each: impl FnMut(Shown, Shown) -> bool,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), TableError> {
         let start = match prefix {
             Some(p) => encode_text_key(&self.meta.key_type, p)?,
             None => Vec::new(),
@@ -306,8 +191,8 @@ impl<'a> TableReader<'a> {
 }
 
 /// Encodes a key typed on the command line.
-fn encode_text_key(key_type: &str, text: &str) -> Result<Vec<u8>, PlanError> {
-    let bad = || PlanError::Invalid(format!("{text:?} is not a key of type {key_type}"));
+fn encode_text_key(key_type: &str, text: &str) -> Result<Vec<u8>, TableError> {
+    let bad = || TableError::Invalid(format!("{text:?} is not a key of type {key_type}"));
     Ok(match key_type {
         "string" => text.as_bytes().to_vec(),
         "bytes" => text.as_bytes().to_vec(),
@@ -316,7 +201,7 @@ fn encode_text_key(key_type: &str, text: &str) -> Result<Vec<u8>, PlanError> {
         "i64" => encode_to_vec::<i64>(text.parse().map_err(|_| bad())?),
         "i32" => encode_to_vec::<i32>(text.parse().map_err(|_| bad())?),
         _ => {
-            return Err(PlanError::Invalid(format!(
+            return Err(TableError::Invalid(format!(
                 "keys of type {key_type} cannot be typed on the command line; use `sluice state scan`"
             )));
         }

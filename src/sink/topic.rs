@@ -47,7 +47,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::{SinkError, WriterId, crash_point};
 use crate::log::{LogError, LogStore, TopicConfig};
-use crate::plan::data::Data;
+use crate::data::Data;
 use crate::producer::{BATCH_HEADER_BYTES, BatchBuilder, Compression, partition_for_key};
 use crate::source::embedded::EmbeddedSource;
 use crate::source::kafka::KafkaSource;
@@ -180,7 +180,7 @@ impl ProducerContext for DeliveryErrors {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, msg)) = result {
             use rdkafka::message::Message;
-            let mut first = crate::log::mutex(&self.first);
+            let mut first = crate::common::mutex(&self.first);
             if first.is_none() {
                 *first = Some(format!("partition {}: {e}", msg.partition()));
             }
@@ -333,7 +333,7 @@ impl TopicWriter {
         batch_id: u64,
         records: &BTreeMap<i32, Vec<OutRecord>>,
     ) -> Result<WriteReport, SinkError> {
-        let mut through = crate::log::mutex(&self.written_through);
+        let mut through = crate::common::mutex(&self.written_through);
         let look = through.is_none_or(|t| t.checked_add(1) != Some(batch_id));
         *through = None;
         let ends = if look && !records.is_empty() {
@@ -378,7 +378,7 @@ impl TopicWriter {
         }
         if let Backend::Kafka { producer, brokers } = &self.backend {
             let flushed = producer.flush(FLUSH_TIMEOUT);
-            if let Some(e) = crate::log::mutex(&producer.context().first).take() {
+            if let Some(e) = crate::common::mutex(&producer.context().first).take() {
                 return Err(self.error(format!(
                     "{brokers} did not take batch {batch_id}'s records: {e}"
                 )));

@@ -253,7 +253,7 @@ fn decode_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::data::Data;
+    use crate::data::Data;
     use crate::source::record::Record;
     use kafka_protocol::records::{
         Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,

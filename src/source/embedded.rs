@@ -11,7 +11,6 @@ use super::decode::decode_block;
 use super::record::RecordColumns;
 use super::{ChunkSink, PartitionInfo, Source, SourceError, source_schema};
 use crate::log::LogStore;
-use crate::plan::PlanError;
 
 /// Bytes read per chunk: big enough to amortise a read, small enough that
 /// a chunk's columns stay in cache while operators run over them.
@@ -70,7 +69,7 @@ impl Source for EmbeddedSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         let p = self
             .store
             .partition(&self.topic, partition)

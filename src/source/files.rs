@@ -48,7 +48,6 @@ use arrow::array::RecordBatch;
 
 use super::record::RecordColumns;
 use super::{ChunkSink, PartitionInfo, Source, SourceError, source_schema};
-use crate::plan::PlanError;
 
 const CHUNK_ROWS: usize = 8192;
 /// A byte position is remembered every this many lines, so a read deep
@@ -175,7 +174,7 @@ impl FileSource {
                 read_started: false,
             }),
         };
-        source.scan(&mut crate::log::mutex(&source.scanner))?;
+        source.scan(&mut crate::common::mutex(&source.scanner))?;
         Ok(source)
     }
 
@@ -257,7 +256,7 @@ impl FileSource {
             }));
             scanner.next += lines;
         }
-        let mut index = crate::log::mutex(&self.index);
+        let mut index = crate::common::mutex(&self.index);
         index.files.extend(indexed);
         index.high_watermark = scanner.next;
         Ok(())
@@ -272,7 +271,7 @@ impl FileSource {
         until: i64,
         columns: &mut RecordColumns,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         let changed = |what: String| {
             self.partition_error(format!(
                 "{}: {what} (was the file changed after it was indexed? files must be complete when renamed into place)",
@@ -346,8 +345,8 @@ impl Source for FileSource {
             return;
         };
         let committed = committed.max(0);
-        let mut scanner = crate::log::mutex(&self.scanner);
-        let mut index = crate::log::mutex(&self.index);
+        let mut scanner = crate::common::mutex(&self.scanner);
+        let mut index = crate::common::mutex(&self.index);
         if index.read_started {
             tracing::warn!(source = %self.name, "resume({committed}) after the first read is ignored");
             return;
@@ -369,8 +368,8 @@ impl Source for FileSource {
     }
 
     fn partitions(&self) -> Result<Vec<PartitionInfo>, SourceError> {
-        self.scan(&mut crate::log::mutex(&self.scanner))?;
-        let index = crate::log::mutex(&self.index);
+        self.scan(&mut crate::common::mutex(&self.scanner))?;
+        let index = crate::common::mutex(&self.index);
         Ok(vec![PartitionInfo {
             partition: 0,
             log_start: index.log_start,
@@ -383,7 +382,7 @@ impl Source for FileSource {
         if partition != 0 {
             return Err(self.partition_error("a file source has only partition 0".into()));
         }
-        let index = crate::log::mutex(&self.index);
+        let index = crate::common::mutex(&self.index);
         Ok(index
             .files
             .iter()
@@ -397,7 +396,7 @@ impl Source for FileSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         if partition != 0 {
             return Err(self
                 .partition_error(format!(
@@ -409,7 +408,7 @@ impl Source for FileSource {
             return Ok(());
         }
         let files: Vec<Arc<IndexedFile>> = {
-            let mut index = crate::log::mutex(&self.index);
+            let mut index = crate::common::mutex(&self.index);
             index.read_started = true;
             if from < index.log_start || until > index.high_watermark {
                 return Err(self
@@ -461,7 +460,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::plan::data::Data;
+    use crate::data::Data;
     use crate::source::Record;
 
     const T0: u64 = 1_700_000_000;
@@ -474,7 +473,7 @@ mod tests {
             .unwrap();
     }
 
-    fn collect(source: &FileSource, from: i64, until: i64) -> Result<Vec<Record>, PlanError> {
+    fn collect(source: &FileSource, from: i64, until: i64) -> Result<Vec<Record>, SourceError> {
         let mut rows = Vec::new();
         source.read(0, from, until, &mut |batch: RecordBatch| {
             assert_eq!(batch.schema(), source_schema());

@@ -15,7 +15,6 @@ use arrow::array::RecordBatch;
 use super::record::RecordColumns;
 use super::{ChunkSink, PartitionInfo, Source, SourceError, source_schema};
 use crate::corpus::CorpusGenerator;
-use crate::plan::PlanError;
 
 /// Timestamps are synthetic too (2026-01-01T00:00:00Z plus one millisecond
 /// per offset), so a replayed range is identical in every column.
@@ -78,7 +77,7 @@ impl Source for GeneratorSource {
     }
 
     fn resume(&self, committed: &[(i32, i64)]) {
-        let mut base = crate::log::mutex(&self.base);
+        let mut base = crate::common::mutex(&self.base);
         for &(p, offset) in committed {
             if let Some(b) = base.get_mut(p as usize) {
                 *b = (*b).max(offset);
@@ -87,7 +86,7 @@ impl Source for GeneratorSource {
     }
 
     fn partitions(&self) -> Result<Vec<PartitionInfo>, SourceError> {
-        let base = crate::log::mutex(&self.base);
+        let base = crate::common::mutex(&self.base);
         let elapsed = self.started.elapsed().as_secs_f64();
         Ok((0..self.partitions)
             .map(|p| {
@@ -114,7 +113,7 @@ impl Source for GeneratorSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         let mut line = Vec::with_capacity(256);
         let mut offset = from;
         while offset < until {

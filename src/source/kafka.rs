@@ -27,7 +27,6 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::record::RecordColumns;
 use super::{ChunkSink, PartitionInfo, Source, SourceError, source_schema};
-use crate::plan::PlanError;
 
 /// Metadata, watermark and time lookups: long enough for a loaded cluster,
 /// short enough that a dead one fails a planning round visibly.
@@ -291,7 +290,7 @@ impl KafkaSource {
 
     /// A reader for `partition`: the cached one, or a new one.
     fn take_reader(&self, partition: i32) -> Result<Reader, SourceError> {
-        if let Some(r) = crate::log::mutex(&self.readers).remove(&partition) {
+        if let Some(r) = crate::common::mutex(&self.readers).remove(&partition) {
             return Ok(r);
         }
         let consumer = self
@@ -314,7 +313,7 @@ impl KafkaSource {
     /// Puts a reader back after a successful read. If another task cached
     /// one for the same partition meanwhile (a retried task), one is kept.
     fn return_reader(&self, partition: i32, reader: Reader) {
-        let mut readers = crate::log::mutex(&self.readers);
+        let mut readers = crate::common::mutex(&self.readers);
         readers.entry(partition).or_insert(reader);
     }
 
@@ -335,7 +334,7 @@ impl KafkaSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         if reader.next != Some(from) {
             // assign() replaces the whole assignment and discards what the
             // consumer had prefetched for an earlier position.
@@ -649,7 +648,7 @@ impl Source for KafkaSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         if from >= until {
             return Ok(());
         }
@@ -808,7 +807,7 @@ mod tests {
         use super::*;
         use crate::broker::{Broker, BrokerConfig, ShutdownHandle};
         use crate::log::{LogStore, StoreOptions, TopicConfig};
-        use crate::plan::data::Data;
+        use crate::data::Data;
         use crate::source::Record;
 
         struct InProcessBroker {

@@ -56,7 +56,7 @@ impl std::str::FromStr for StartingPosition {
             "latest" => Ok(Self::Latest),
             _ => {
                 if let Some(ms) = s.strip_prefix("timestamp:") {
-                    return crate::cli::parse_timestamp_ms(ms).map(Self::Timestamp);
+                    return crate::units::parse_timestamp_ms(ms).map(Self::Timestamp);
                 }
                 if let Some(list) = s.strip_prefix("offsets:") {
                     return list
@@ -102,10 +102,21 @@ pub enum SourceError {
     Decode(#[from] decode::DecodeError),
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Stopped(#[from] ReadStopped),
 }
 
+/// The receiver of a range's chunks refused one (it failed, or needs no
+/// more): the source stops reading and returns it. The receiver keeps its
+/// own reason; the source never needs to know it.
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of the range stopped the read")]
+pub struct ReadStopped;
+
 /// Receives the chunks of one task's range, in offset order.
-pub type ChunkSink<'a> = dyn FnMut(RecordBatch) -> Result<(), crate::plan::PlanError> + 'a;
+pub type ChunkSink<'a> = dyn FnMut(RecordBatch) -> Result<(), ReadStopped> + 'a;
 
 /// A partitioned, offset-addressed input. See the module docs.
 pub trait Source: Send + Sync {
@@ -135,5 +146,5 @@ pub trait Source: Send + Sync {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), crate::plan::PlanError>;
+    ) -> Result<(), SourceError>;
 }

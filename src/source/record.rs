@@ -1,6 +1,7 @@
 //! The source schema: every source delivers records as Arrow columns with
 //! Kafka's shape — topic, partition, offset, timestamp, key, value, headers —
-//! and [`Record`] is that row as a [`Data`] type for the DStream API.
+//! and [`Record`] is that row (its encoding as a DStream element lives with
+//! the other data types, in `data::record`).
 
 use std::sync::{Arc, LazyLock};
 
@@ -12,8 +13,6 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
-use crate::plan::PlanError;
-use crate::plan::data::{CodecError, Data};
 
 pub const TOPIC: usize = 0;
 pub const PARTITION: usize = 1;
@@ -23,7 +22,7 @@ pub const KEY: usize = 4;
 pub const VALUE: usize = 5;
 pub const HEADERS: usize = 6;
 
-fn header_fields() -> Fields {
+pub(crate) fn header_fields() -> Fields {
     Fields::from(vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("value", DataType::Binary, true),
@@ -38,7 +37,7 @@ fn headers_type() -> DataType {
     )))
 }
 
-fn record_fields() -> Vec<Field> {
+pub(crate) fn record_fields() -> Vec<Field> {
     vec![
         Field::new("topic", DataType::Utf8View, false),
         Field::new("partition", DataType::Int32, false),
@@ -82,13 +81,13 @@ pub struct RecordRef<'a> {
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    headers: HeadersRef<'a>,
+    pub(crate) headers: HeadersRef<'a>,
 }
 
 /// Where a record's headers live: in a batch's list column, or in an owned
 /// [`Record`].
 #[derive(Clone, Copy)]
-enum HeadersRef<'a> {
+pub(crate) enum HeadersRef<'a> {
     Column(&'a ListArray, usize),
     Owned(&'a [(String, Option<Vec<u8>>)]),
 }
@@ -141,16 +140,6 @@ impl std::fmt::Debug for RecordRef<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
-pub struct RecordReader<'a> {
-    topic: &'a StringViewArray,
-    partition: &'a Int32Array,
-    offset: &'a Int64Array,
-    timestamp: &'a TimestampMillisecondArray,
-    key: &'a BinaryViewArray,
-    value: &'a BinaryViewArray,
-    headers: &'a ListArray,
-}
 
 /// Builds source columns row by row (generator, socket, file and rdkafka
 /// sources; the embedded source writes views straight into its blocks).
@@ -256,117 +245,3 @@ impl RecordColumns {
     }
 }
 
-fn column<'a, A: 'static>(
-    columns: &'a [ArrayRef],
-    i: usize,
-    name: &str,
-) -> Result<&'a A, PlanError> {
-    columns
-        .get(i)
-        .and_then(|c| c.as_any().downcast_ref::<A>())
-        .ok_or_else(|| {
-            PlanError::Schema(format!("source column {name} missing or of the wrong type"))
-        })
-}
-
-impl Data for Record {
-    type View<'a> = RecordRef<'a>;
-    type Reader<'a> = RecordReader<'a>;
-    type Builder = RecordColumns;
-    const WIDTH: usize = 7;
-
-    fn type_name() -> String {
-        "record".into()
-    }
-    fn fields(_name: &str, out: &mut Vec<Field>) {
-        out.extend(record_fields());
-    }
-    fn reader(columns: &[ArrayRef]) -> Result<RecordReader<'_>, PlanError> {
-        Ok(RecordReader {
-            topic: column(columns, TOPIC, "topic")?,
-            partition: column(columns, PARTITION, "partition")?,
-            offset: column(columns, OFFSET, "offset")?,
-            timestamp: column(columns, TIMESTAMP, "timestamp")?,
-            key: column(columns, KEY, "key")?,
-            value: column(columns, VALUE, "value")?,
-            headers: column(columns, HEADERS, "headers")?,
-        })
-    }
-    #[inline]
-    fn get<'a>(r: &Self::Reader<'a>, row: usize) -> Self::View<'a> {
-        RecordRef {
-            topic: r.topic.value(row),
-            partition: r.partition.value(row),
-            offset: r.offset.value(row),
-            timestamp: r.timestamp.value(row),
-            key: (!r.key.is_null(row)).then(|| r.key.value(row)),
-            value: (!r.value.is_null(row)).then(|| r.value.value(row)),
-            headers: HeadersRef::Column(r.headers, row),
-        }
-    }
-    fn builder(capacity: usize) -> RecordColumns {
-        RecordColumns::with_capacity(capacity)
-    }
-    fn push(b: &mut RecordColumns, r: RecordRef<'_>) {
-        b.begin_row(r.topic, r.partition, r.offset, r.timestamp);
-        b.key.append_option(r.key);
-        b.value.append_option(r.value);
-        for (k, v) in r.headers() {
-            b.push_header(k, v);
-        }
-        b.end_row();
-    }
-    fn finish(builder: RecordColumns, out: &mut Vec<ArrayRef>) {
-        out.extend(builder.finish());
-    }
-    fn view(&self) -> RecordRef<'_> {
-        RecordRef {
-            topic: &self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            timestamp: self.timestamp,
-            key: self.key.as_deref(),
-            value: self.value.as_deref(),
-            headers: HeadersRef::Owned(&self.headers),
-        }
-    }
-    fn to_owned_value(r: RecordRef<'_>) -> Record {
-        Record {
-            topic: r.topic.to_owned(),
-            partition: r.partition,
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key.map(<[u8]>::to_vec),
-            value: r.value.map(<[u8]>::to_vec),
-            headers: r
-                .headers()
-                .map(|(k, v)| (k.to_owned(), v.map(<[u8]>::to_vec)))
-                .collect(),
-        }
-    }
-    fn encode(r: RecordRef<'_>, last: bool, out: &mut Vec<u8>) {
-        <(String, (i32, i64))>::encode((r.topic, (r.partition, r.offset)), false, out);
-        i64::encode(r.timestamp, false, out);
-        <Option<Vec<u8>>>::encode(r.key, false, out);
-        <Option<Vec<u8>>>::encode(r.value, last, out);
-    }
-    fn decode(input: &mut &[u8], last: bool) -> Result<Record, CodecError> {
-        let (topic, (partition, offset)) = <(String, (i32, i64))>::decode(input, false)?;
-        Ok(Record {
-            topic,
-            partition,
-            offset,
-            timestamp: i64::decode(input, false)?,
-            key: <Option<Vec<u8>>>::decode(input, false)?,
-            value: <Option<Vec<u8>>>::decode(input, last)?,
-            headers: Vec::new(),
-        })
-    }
-    fn hash_view(r: RecordRef<'_>, state: &mut impl std::hash::Hasher) {
-        use std::hash::Hash;
-        (r.topic, r.partition, r.offset).hash(state)
-    }
-    fn eq_view(a: RecordRef<'_>, b: RecordRef<'_>) -> bool {
-        (a.topic, a.partition, a.offset) == (b.topic, b.partition, b.offset)
-    }
-}

@@ -29,13 +29,14 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::common::now_ms;
 
 use arrow::array::RecordBatch;
 
 use super::record::RecordColumns;
 use super::{ChunkSink, PartitionInfo, Source, SourceError, source_schema};
-use crate::plan::PlanError;
 
 const CHUNK_ROWS: usize = 8192;
 /// How often the blocked reader thread looks at the stop flag.
@@ -143,7 +144,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Buffer> {
-        crate::log::mutex(&self.buffer)
+        crate::common::mutex(&self.buffer)
     }
 
     fn stopping(&self) -> bool {
@@ -237,12 +238,6 @@ impl Drop for SocketSource {
             let _ = t.join();
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Sleeps `d`, waking early when the source is dropped.
@@ -451,7 +446,7 @@ impl Source for SocketSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         if partition != 0 {
             return Err(self
                 .partition_error(format!(
@@ -523,10 +518,10 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::plan::data::Data;
+    use crate::data::Data;
     use crate::source::Record;
 
-    fn collect(source: &dyn Source, from: i64, until: i64) -> Result<Vec<Record>, PlanError> {
+    fn collect(source: &dyn Source, from: i64, until: i64) -> Result<Vec<Record>, SourceError> {
         let mut rows = Vec::new();
         source.read(0, from, until, &mut |batch: RecordBatch| {
             assert_eq!(batch.schema(), source_schema());

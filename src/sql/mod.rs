@@ -206,14 +206,14 @@ fn build_or_explain(
         let optimized_scans = scans(&logical);
         let optimized_reads: std::collections::BTreeSet<String> =
             optimized_scans.iter().cloned().collect();
-        let windowed: std::collections::BTreeSet<String> = crate::log::mutex(&window_uses)
+        let windowed: std::collections::BTreeSet<String> = crate::common::mutex(&window_uses)
             .iter()
             .map(|u| u.stream.clone())
             .collect();
         let mut read: std::collections::BTreeSet<String> =
             scans(&unoptimized).into_iter().collect();
         read.extend(
-            crate::log::mutex(&window_uses)
+            crate::common::mutex(&window_uses)
                 .iter()
                 .map(|u| u.stream.clone()),
         );
@@ -395,7 +395,7 @@ fn build_or_explain(
         };
         for input in &inputs {
             check_windows(
-                &crate::log::mutex(&window_uses),
+                &crate::common::mutex(&window_uses),
                 &input.shape.name,
                 input.watermark.as_ref(),
                 line,
@@ -415,7 +415,7 @@ fn build_or_explain(
         let streaming = match inputs.as_slice() {
             [only] => {
                 join.is_none()
-                    && crate::log::mutex(&window_uses).is_empty()
+                    && crate::common::mutex(&window_uses).is_empty()
                     && optimized_scans
                         .iter()
                         .filter(|t| **t == only.shape.name)

@@ -65,7 +65,7 @@ impl PartitionStream for ChannelPartition {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let schema = self.decoding.shape.schema.clone();
-        let chunks = crate::log::mutex(&self.chunks).take();
+        let chunks = crate::common::mutex(&self.chunks).take();
         let decoding = self.decoding.clone();
         let pieces: std::collections::VecDeque<RecordBatch> = Default::default();
         let stream = futures::stream::unfold(
@@ -95,7 +95,7 @@ impl PartitionStream for ChannelPartition {
                         }
                         Err(e) => {
                             let message = e.to_string();
-                            crate::log::mutex(&decoding.failure).get_or_insert(e);
+                            crate::common::mutex(&decoding.failure).get_or_insert(e);
                             // Ends this partition after the error; dropping
                             // the receiver stops the reader.
                             pieces.clear();
@@ -200,7 +200,7 @@ impl Streamed {
                 });
             }
         };
-        if let Some(failure) = crate::log::mutex(&decoding.failure).take() {
+        if let Some(failure) = crate::common::mutex(&decoding.failure).take() {
             return Err(failure);
         }
         if let Err(e) = read

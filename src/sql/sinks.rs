@@ -614,7 +614,7 @@ fn table_meta(name: &str, schema: &SchemaRef, line: usize) -> Result<OperatorMet
     })
 }
 
-/// Encodes one cell with the codec of `plan::data` (see `type_name`).
+/// Encodes one cell with the codec of `data` (see `type_name`).
 fn encode_cell(
     array: &ArrayRef,
     row: usize,
@@ -622,7 +622,7 @@ fn encode_cell(
     last: bool,
     out: &mut Vec<u8>,
 ) -> bool {
-    use crate::plan::data::Data;
+    use crate::data::Data;
     use datafusion::arrow::array::{
         BooleanArray, Float64Array, Int32Array, Int64Array, UInt32Array, UInt64Array,
     };

@@ -32,7 +32,7 @@ use datafusion::arrow::error::ArrowError;
 
 use super::sinks::{check_known, choice, topic_option};
 use super::{SqlError, Topics, script};
-use crate::plan::data::Data;
+use crate::data::Data;
 use crate::plan::{BatchCx, PlanError};
 use crate::sink::WriterId;
 use crate::sink::topic::{OutRecord, TopicTarget, TopicWriter, partition_of};

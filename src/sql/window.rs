@@ -275,7 +275,7 @@ impl TableFunctionImpl for WindowFunction {
                 batch.schema().field(index).data_type()
             )));
         }
-        crate::log::mutex(&self.uses).push(WindowUse {
+        crate::common::mutex(&self.uses).push(WindowUse {
             stream: stream.clone(),
             column: column.clone(),
             size_ms: size,

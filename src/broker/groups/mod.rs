@@ -62,7 +62,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::log::{mutex, now_ms};
+use crate::common::{mutex, now_ms};
 
 pub use error::GroupError;
 use group::{Group, GroupState, JoinWaiter, Member, join_error, sync_error};

@@ -26,7 +26,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::log::mutex;
+use crate::common::mutex;
 
 use super::GroupError;
 

@@ -9,7 +9,7 @@
 //! submitting a job (and `sluice explain`) never needs the table's rows.
 //!
 //! Columns are typed by the type names the checkpoint records for the
-//! table (see `plan::data`): the key's columns, then the value's (a pair is
+//! table (see `data`): the key's columns, then the value's (a pair is
 //! two columns, an `option<…>` nullable ones).
 //!
 //! Cost: a batch that runs a query scanning the table reads the whole
@@ -52,7 +52,7 @@ use rocksdb::{DB, IteratorMode, Options};
 
 use super::StaticTable;
 use crate::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
-use crate::plan::data::{CodecError, Data};
+use crate::data::{CodecError, Data};
 use crate::sink::WriterId;
 use crate::sql::SqlError;
 use crate::sql::script::TableDecl;
@@ -160,7 +160,7 @@ fn provider(
     }
 }
 
-/// A stored type (a `plan::data` type name).
+/// A stored type (a `data` type name).
 #[derive(Debug, Clone, PartialEq)]
 enum Ty {
     Leaf(Leaf),
@@ -666,7 +666,7 @@ impl Reader {
         projection: &[usize],
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>, ReadError> {
-        let mut state = crate::log::mutex(&self.state);
+        let mut state = crate::common::mutex(&self.state);
         // Reopened after a failure: the instance may be what failed.
         let secondary = match state.db.take() {
             Some(s) => s,
@@ -923,7 +923,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::CommittedBatch;
-    use crate::plan::data::encode_to_vec;
+    use crate::data::encode_to_vec;
 
     #[test]
     fn type_names_become_columns() {

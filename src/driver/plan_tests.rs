@@ -27,8 +27,8 @@ use proptest::prelude::*;
 /// `(key, (events, (timing_out, state_existed)))` rows of the timeout test.
 type TimeoutRow = (Option<String>, (u64, (bool, bool)));
 
-use super::{BatchInfo, DStream, Data, Emitter, PlanError, State, schema_of};
-use crate::driver::{DriverError, JobConfig, RunSummary, StreamingContext};
+use super::{DriverError, JobConfig, RunSummary, StreamingContext};
+use crate::plan::{BatchInfo, DStream, Data, Emitter, PlanError, State, schema_of};
 use crate::source::record::RecordColumns;
 use crate::source::{ChunkSink, PartitionInfo, Record, Source, SourceError, source_schema};
 
@@ -87,7 +87,7 @@ impl Source for VecSource {
         from: i64,
         until: i64,
         out: &mut ChunkSink<'_>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), SourceError> {
         let rows = &self.parts[partition as usize];
         let mut columns = RecordColumns::with_capacity((until - from).max(0) as usize);
         for offset in from..until {

@@ -17,6 +17,10 @@
 //! [`Data::type_name`] that the checkpoint records to refuse an incompatible
 //! change.
 
+mod record;
+
+pub use record::RecordReader;
+
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
@@ -28,7 +32,6 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field};
 
-use super::PlanError;
 
 /// Fixed seeds: shuffles and aggregations must hash the same way in every
 /// run so a re-run batch sends every key to the same task.
@@ -51,7 +54,7 @@ pub trait Data: Send + Sync + Clone + Debug + Default + 'static {
     fn type_name() -> String;
     /// Appends this type's fields, named after `name`.
     fn fields(name: &str, out: &mut Vec<Field>);
-    fn reader(columns: &[ArrayRef]) -> Result<Self::Reader<'_>, PlanError>;
+    fn reader(columns: &[ArrayRef]) -> Result<Self::Reader<'_>, SchemaError>;
     fn get<'a>(reader: &Self::Reader<'a>, row: usize) -> Self::View<'a>;
     fn builder(capacity: usize) -> Self::Builder;
     fn push(builder: &mut Self::Builder, value: Self::View<'_>);
@@ -146,6 +149,12 @@ impl<U: Data> Emitter<U> {
     }
 }
 
+/// Columns that are not the shape a [`Data`] type reads (a job wired to the
+/// wrong stream, or a checkpoint's table read as another type).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("schema mismatch: {0}")]
+pub struct SchemaError(pub String);
+
 /// A stored key or value that does not decode as the recorded type.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot decode a stored {type_name}: {reason}")]
@@ -176,11 +185,11 @@ pub(crate) fn hash_one<T: Data>(view: T::View<'_>) -> u64 {
     std::hash::Hasher::finish(&h)
 }
 
-fn downcast<'a, A: 'static>(columns: &'a [ArrayRef], type_name: &str) -> Result<&'a A, PlanError> {
+fn downcast<'a, A: 'static>(columns: &'a [ArrayRef], type_name: &str) -> Result<&'a A, SchemaError> {
     columns
         .first()
         .and_then(|c| c.as_any().downcast_ref::<A>())
-        .ok_or_else(|| PlanError::Schema(format!("expected a column of {type_name}")))
+        .ok_or_else(|| SchemaError(format!("expected a column of {type_name}")))
 }
 
 macro_rules! int_data {
@@ -196,7 +205,7 @@ macro_rules! int_data {
             fn fields(name: &str, out: &mut Vec<Field>) {
                 out.push(Field::new(name, $dt, false));
             }
-            fn reader(columns: &[ArrayRef]) -> Result<&[$t], PlanError> {
+            fn reader(columns: &[ArrayRef]) -> Result<&[$t], SchemaError> {
                 Ok(downcast::<$array>(columns, $name)?.values())
             }
             #[inline]
@@ -280,7 +289,7 @@ impl Data for f64 {
     fn fields(name: &str, out: &mut Vec<Field>) {
         out.push(Field::new(name, DataType::Float64, false));
     }
-    fn reader(columns: &[ArrayRef]) -> Result<&[f64], PlanError> {
+    fn reader(columns: &[ArrayRef]) -> Result<&[f64], SchemaError> {
         Ok(downcast::<Float64Array>(columns, "f64")?.values())
     }
     fn get<'a>(reader: &Self::Reader<'a>, row: usize) -> Self::View<'a> {
@@ -349,7 +358,7 @@ impl Data for bool {
     fn fields(name: &str, out: &mut Vec<Field>) {
         out.push(Field::new(name, DataType::Boolean, false));
     }
-    fn reader(columns: &[ArrayRef]) -> Result<&BooleanArray, PlanError> {
+    fn reader(columns: &[ArrayRef]) -> Result<&BooleanArray, SchemaError> {
         downcast::<BooleanArray>(columns, "bool")
     }
     fn get<'a>(reader: &Self::Reader<'a>, row: usize) -> Self::View<'a> {
@@ -460,7 +469,7 @@ impl Data for String {
     fn fields(name: &str, out: &mut Vec<Field>) {
         out.push(Field::new(name, DataType::Utf8View, false));
     }
-    fn reader(columns: &[ArrayRef]) -> Result<&StringViewArray, PlanError> {
+    fn reader(columns: &[ArrayRef]) -> Result<&StringViewArray, SchemaError> {
         downcast::<StringViewArray>(columns, "string")
     }
     #[inline]
@@ -534,7 +543,7 @@ impl Data for Vec<u8> {
     fn fields(name: &str, out: &mut Vec<Field>) {
         out.push(Field::new(name, DataType::BinaryView, false));
     }
-    fn reader(columns: &[ArrayRef]) -> Result<&BinaryViewArray, PlanError> {
+    fn reader(columns: &[ArrayRef]) -> Result<&BinaryViewArray, SchemaError> {
         downcast::<BinaryViewArray>(columns, "bytes")
     }
     #[inline]
@@ -600,9 +609,9 @@ impl<A: Data, B: Data> Data for (A, B) {
         A::fields(&a, out);
         B::fields(&b, out);
     }
-    fn reader(columns: &[ArrayRef]) -> Result<Self::Reader<'_>, PlanError> {
+    fn reader(columns: &[ArrayRef]) -> Result<Self::Reader<'_>, SchemaError> {
         if columns.len() < A::WIDTH + B::WIDTH {
-            return Err(PlanError::Schema(format!(
+            return Err(SchemaError(format!(
                 "expected the columns of {}",
                 Self::type_name()
             )));
@@ -677,7 +686,7 @@ impl<T: Data> Data for Option<T> {
         ));
         T::fields(name, out);
     }
-    fn reader(columns: &[ArrayRef]) -> Result<Self::Reader<'_>, PlanError> {
+    fn reader(columns: &[ArrayRef]) -> Result<Self::Reader<'_>, SchemaError> {
         let present = downcast::<BooleanArray>(columns, "option")?;
         Ok((present, T::reader(&columns[1..])?))
     }
