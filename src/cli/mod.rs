@@ -2,7 +2,6 @@
 //! file per subcommand. This is the edge where library errors get context a
 //! person can act on; nothing here owns data or formats on disk.
 
-mod bench;
 mod broker;
 mod consume;
 mod demo;
@@ -14,6 +13,8 @@ mod sql;
 mod state;
 mod topic;
 mod wordcount;
+
+pub use wordcount::wordcount;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,9 +81,6 @@ pub enum Command {
     /// Read a job's result tables from its checkpoint.
     #[command(subcommand)]
     State(state::StateCommand),
-    /// Benchmarks, measured side by side with a reference on the same disk.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 impl Cli {
@@ -110,7 +108,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql::sql(args),
         Command::Run(args) => sql::run(args),
         Command::Explain(args) => sql::explain(args),
-        Command::Bench(cmd) => bench::run(cmd),
         Command::Nexmark(cmd) => nexmark::run(cmd),
     }
 }

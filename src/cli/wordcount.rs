@@ -54,7 +54,7 @@ pub struct WordcountArgs {
 
 /// The word-count job: split values on whitespace, count per batch, fold
 /// into the result table `table`. Returns the per-batch counts.
-pub(crate) fn wordcount(lines: &DStream<Record>, table: &str) -> DStream<(String, u64)> {
+pub fn wordcount(lines: &DStream<Record>, table: &str) -> DStream<(String, u64)> {
     let counts = lines
         .flat_map(|record, out: &mut Emitter<(String, u64)>| {
             for word in record.value_str().split_ascii_whitespace() {

@@ -187,8 +187,8 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{
         DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
     };
 
@@ -315,7 +315,7 @@ mod tests {
             Field::new("date_time", ts.clone(), true),
             Field::new("expires", ts, true),
         ]));
-        let mut decoder = datafusion::arrow::json::ReaderBuilder::new(schema)
+        let mut decoder = arrow::json::ReaderBuilder::new(schema)
             .build_decoder()
             .unwrap();
         let auctions: Vec<_> = (1..200)

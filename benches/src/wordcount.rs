@@ -1,0 +1,313 @@
+//! `sluice-bench wordcount`: end-to-end word count over a pre-loaded corpus
+//! (4-partition topic), drained from offset 0 with `--until-caught-up`,
+//! through the in-process source and through `sluice broker` + rdkafka.
+//! Each run is a child process, so its peak RSS is its own (`wait4`).
+//!
+//! `sluice-bench latency`: the per-batch overhead — for each batch interval,
+//! whether a 100,000 records/s generated input keeps up with every batch
+//! finishing within its interval (end-to-end latency under two intervals).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::util::{free_port, median};
+use sluice::corpus::CorpusGenerator;
+use sluice::log::{LogStore, StoreOptions, TopicConfig};
+use sluice::producer::{BatchBuilder, Compression};
+use sluice::units::{format_bytes, parse_bytes};
+
+#[derive(Debug, clap::Args)]
+pub struct WordcountBenchArgs {
+    /// Corpus sizes, comma-separated.
+    #[arg(long, default_value = "100MB,500MB", value_delimiter = ',', value_parser = parse_bytes)]
+    pub sizes: Vec<u64>,
+    /// What to measure: embedded (the Rust job, in-process source), broker
+    /// (the Rust job through `sluice broker` + rdkafka), sql
+    /// (jobs/wordcount.sql through `sluice run`, in-process source).
+    #[arg(long, default_value = "embedded,broker,sql", value_delimiter = ',')]
+    pub sources: Vec<String>,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Work directory (corpus topics and checkpoints).
+    #[arg(long, default_value = "./bench-data/wordcount")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+struct Loaded {
+    data_dir: PathBuf,
+    words: u64,
+    bytes: u64,
+}
+
+fn load_corpus(dir: &Path, size: u64, seed: u64) -> anyhow::Result<Loaded> {
+    let data_dir = dir.join(format!("corpus-{size}-{seed}"));
+    let marker = data_dir.join("words");
+    if let Ok(text) = std::fs::read_to_string(&marker)
+        && let Some((words, bytes)) = text.trim().split_once(' ')
+    {
+        return Ok(Loaded {
+            data_dir,
+            words: words.parse()?,
+            bytes: bytes.parse()?,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let store = LogStore::open(
+        &data_dir,
+        StoreOptions {
+            background: false,
+            ..Default::default()
+        },
+    )?;
+    let topic = store.create_topic("corpus", 4, TopicConfig::default())?;
+    let partitions = topic.partitions();
+    let mut generator = CorpusGenerator::new(seed);
+    let mut builders: Vec<BatchBuilder> = (0..4)
+        .map(|_| BatchBuilder::new(Compression::None))
+        .collect();
+    let (mut written, mut words, mut line_no) = (0u64, 0u64, 0usize);
+    let mut line = Vec::with_capacity(256);
+    while written < size {
+        line.clear();
+        words += generator.next_line(&mut line) as u64;
+        written += line.len() as u64 + 1;
+        let p = line_no % 4;
+        builders[p].push(None, &line, 0);
+        if builders[p].len() == 1000 {
+            let mut bytes = builders[p].finish()?;
+            partitions[p].append(&mut bytes)?;
+            builders[p] = BatchBuilder::new(Compression::None);
+        }
+        line_no += 1;
+    }
+    for (p, b) in builders.iter_mut().enumerate() {
+        if !b.is_empty() {
+            let mut bytes = b.finish()?;
+            partitions[p].append(&mut bytes)?;
+        }
+    }
+    store.close()?;
+    std::fs::write(&marker, format!("{words} {written}"))?;
+    Ok(Loaded {
+        data_dir,
+        words,
+        bytes: written,
+    })
+}
+
+/// Waits for a child, returning its exit status and peak RSS in bytes.
+fn wait_with_rss(child: Child) -> anyhow::Result<(std::process::ExitStatus, u64)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain wait4 on our own child; `usage` is a valid out-pointer.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    std::mem::forget(child); // reaped above
+    use std::os::unix::process::ExitStatusExt;
+    Ok((
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as u64 * 1024,
+    ))
+}
+
+fn run_once(
+    exe: &Path,
+    loaded: &Loaded,
+    source: &str,
+    work: &Path,
+    run: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let checkpoint = work.join(format!("checkpoint-{source}-{run}"));
+    let _ = std::fs::remove_dir_all(&checkpoint);
+    let mut broker = None;
+    let mut cmd = Command::new(exe);
+    if source == "sql" {
+        // The shipped job, reading the corpus topic.
+        let job = work.join("wordcount.sql");
+        std::fs::write(
+            &job,
+            include_str!("../../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'"),
+        )?;
+        // The Rust job's batch size (SQL jobs default to smaller batches
+        // to bound memory): the same batches, side by side.
+        cmd.arg("run")
+            .arg(&job)
+            .args(["--max-records-per-batch", "1000000"]);
+    } else {
+        cmd.args(["wordcount", "--topic", "corpus"]);
+    }
+    cmd.args(["--job", "bench", "--until-caught-up", "--quiet"])
+        .arg("--checkpoint-dir")
+        .arg(&checkpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("wordcount.log"))?);
+    match source {
+        "embedded" | "sql" => {
+            cmd.arg("--data-dir").arg(&loaded.data_dir);
+        }
+        "broker" => {
+            let port = free_port()?;
+            let listen = format!("127.0.0.1:{port}");
+            let child = Command::new(exe)
+                .args(["broker", "--listen", &listen, "--metrics-interval", "0s"])
+                .arg("--data-dir")
+                .arg(&loaded.data_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start sluice broker")?;
+            broker = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(&listen).is_err() {
+                if Instant::now() > deadline {
+                    bail!("sluice broker did not start listening on {listen}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            cmd.args(["--brokers", &listen]);
+        }
+        other => bail!("unknown source {other:?}: use embedded, broker or sql"),
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().context("cannot start sluice wordcount")?;
+    let (status, rss) = wait_with_rss(child)?;
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(mut b) = broker {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    if !status.success() {
+        let log = std::fs::read_to_string(work.join("wordcount.log")).unwrap_or_default();
+        bail!("sluice wordcount failed ({status}): {}", log.trim());
+    }
+    let _ = std::fs::remove_dir_all(&checkpoint);
+    Ok((secs, rss))
+}
+
+pub fn run(args: WordcountBenchArgs) -> anyhow::Result<()> {
+    let exe = crate::util::sluice_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    println!(
+        "{:>8}  {:>9}  {:>12}  {:>8}  {:>14}  {:>10}",
+        "corpus", "source", "words", "seconds", "words/s", "peak RSS"
+    );
+    for &size in &args.sizes {
+        let loaded = load_corpus(&args.dir, size, args.seed)?;
+        let mut rates: Vec<(String, f64)> = Vec::new();
+        for source in &args.sources {
+            let mut secs = Vec::new();
+            let mut rss = Vec::new();
+            for run in 0..args.runs.max(1) {
+                let (s, r) = run_once(&exe, &loaded, source, &args.dir, run)?;
+                secs.push(s);
+                rss.push(r as f64);
+            }
+            let s = median(secs);
+            println!(
+                "{:>8}  {:>9}  {:>12}  {:>8.2}  {:>14.0}  {:>10}",
+                format_bytes(loaded.bytes),
+                source,
+                loaded.words,
+                s,
+                loaded.words as f64 / s,
+                format_bytes(median(rss) as u64)
+            );
+            rates.push((source.clone(), loaded.words as f64 / s));
+        }
+        let rate = |name: &str| rates.iter().find(|(n, _)| n == name).map(|(_, r)| *r);
+        if let (Some(rust), Some(sql)) = (rate("embedded"), rate("sql")) {
+            println!(
+                "{:>8}  SQL job at {:.2}x the Rust job's words/s (Rust {:.2}x faster)",
+                format_bytes(loaded.bytes),
+                sql / rust,
+                rust / sql
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyBenchArgs {
+    /// Total input rate, records per second (4 partitions).
+    #[arg(long, default_value_t = 100_000)]
+    pub rate: u64,
+    /// Batch intervals to try, longest first.
+    #[arg(long, default_value = "1s,500ms,200ms,100ms,50ms,20ms", value_delimiter = ',', value_parser = humantime::parse_duration)]
+    pub intervals: Vec<Duration>,
+    /// How long each interval runs.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "./bench-data/latency")]
+    pub dir: PathBuf,
+}
+
+pub fn latency(args: LatencyBenchArgs) -> anyhow::Result<()> {
+    use sluice::driver::{JobConfig, StreamingContext};
+    use sluice::source::generator::GeneratorSource;
+    println!(
+        "{:>9}  {:>8}  {:>12}  {:>14}  {:>14}  {:>10}",
+        "interval", "batches", "records/s", "p50 delay ms", "max delay ms", "keeps up"
+    );
+    for &interval in &args.intervals {
+        let work = args.dir.join(format!("{}ms", interval.as_millis()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let progress_file = work.join("progress.jsonl");
+        let mut config = JobConfig::new("latency", interval);
+        config.checkpoint_dir = Some(work.join("checkpoint"));
+        config.starting_position = sluice::source::StartingPosition::Latest;
+        config.progress.lines = false;
+        config.progress.json = Some(progress_file.clone());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        config.stop = Some(stop.clone());
+        let ctx = StreamingContext::new(config);
+        let lines = ctx.source(GeneratorSource::new(
+            "generated",
+            7,
+            4,
+            Some(args.rate as f64 / 4.0),
+            None,
+        )?);
+        sluice::cli::wordcount(&lines, "latency");
+        let duration = args.duration;
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let summary = ctx.run()?;
+        let _ = timer.join();
+        let mut delays: Vec<f64> = std::fs::read_to_string(&progress_file)?
+            .lines()
+            .skip(2) // warm-up
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("total_delay_ms").and_then(|d| d.as_f64()))
+            .collect();
+        delays.sort_by(f64::total_cmp);
+        let p50 = delays.get(delays.len() / 2).copied().unwrap_or(f64::NAN);
+        let max = delays.last().copied().unwrap_or(f64::NAN);
+        let keeps_up = !delays.is_empty() && max < interval.as_millis() as f64;
+        println!(
+            "{:>9}  {:>8}  {:>12.0}  {:>14.1}  {:>14.1}  {:>10}",
+            humantime::format_duration(interval).to_string(),
+            summary.batches,
+            summary.records as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+            p50,
+            max,
+            if keeps_up { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}

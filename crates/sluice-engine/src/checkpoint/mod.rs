@@ -1,0 +1,575 @@
+//! The job's checkpoint: one RocksDB database per job
+//! (`checkpoints/<job>/`) holding offsets, the planned batch, operator
+//! state and result tables, so that one synced write batch commits a
+//! batch's results, state and next offsets together.
+//!
+//! Schema (version [`SCHEMA_VERSION`]; documented in ARCHITECTURE.md):
+//!
+//! | where                     | key                 | value (JSON unless noted)           |
+//! |---------------------------|---------------------|-------------------------------------|
+//! | default CF                | `schema`            | `{version, job, created_ms}`        |
+//! | default CF                | `batch.planned`     | [`PlannedBatch`]                    |
+//! | default CF                | `batch.committed`   | [`CommittedBatch`]                  |
+//! | default CF                | `operator.<name>`   | [`OperatorMeta`]                    |
+//! | default CF                | `table.<name>`      | [`OperatorMeta`] of the table       |
+//! | CF `state.<operator>`     | encoded key         | encoded state (see `data`)    |
+//! | CF `table.<name>`         | encoded key         | encoded value                       |
+//!
+//! The exactly-once protocol (PRODUCT.md): the driver writes
+//! `batch.planned` (synced) before any task runs, then commits results,
+//! state and `batch.committed` (with the next offsets) in one synced
+//! `WriteBatch`. What to do at start-up is decided by the pure function
+//! [`decide_resume`].
+//!
+//! This module owns the database and its schema; it never interprets
+//! operator state (the `state` and `plan` modules do).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamily, DB, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+/// Version of the layout above. Bumped on any incompatible change; a
+/// checkpoint written by a newer version is refused, never rewritten.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const KEY_SCHEMA: &[u8] = b"schema";
+const KEY_PLANNED: &[u8] = b"batch.planned";
+const KEY_COMMITTED: &[u8] = b"batch.committed";
+const OPERATOR_PREFIX: &str = "operator.";
+const TABLE_PREFIX: &str = "table.";
+/// Column family prefix of operator state.
+pub const STATE_CF_PREFIX: &str = "state.";
+/// Column family prefix of result tables.
+pub const TABLE_CF_PREFIX: &str = "table.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {context}: {source}")]
+    Rocks {
+        path: PathBuf,
+        context: &'static str,
+        source: rocksdb::Error,
+    },
+    #[error(
+        "checkpoint {path} has schema version {found}, this build understands up to {supported}; use a newer sluice or start a new job"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("checkpoint {path} belongs to job {found:?}, not {expected:?}")]
+    OtherJob {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "operator {operator:?} changed incompatibly: the checkpoint holds {stored}, the job now declares {now}. Rename the operator to start it fresh, or rerun with --reset-state to drop all operator state (offsets and result tables are kept)"
+    )]
+    IncompatibleOperator {
+        operator: String,
+        stored: String,
+        now: String,
+    },
+    #[error(
+        "result table {table:?} holds {stored}, the job now writes {now}; write to a table with another name, or start the job with a new checkpoint"
+    )]
+    IncompatibleTable {
+        table: String,
+        stored: String,
+        now: String,
+    },
+    #[error("checkpoint {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("no checkpoint for job {job:?} in {path}")]
+    Missing { job: String, path: PathBuf },
+}
+
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// One partition's planned range `[from, until)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub partition: i32,
+    pub from: i64,
+    pub until: i64,
+}
+
+/// A batch whose ranges are fixed before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedBatch {
+    pub batch_id: u64,
+    pub batch_time_ms: i64,
+    /// Ranges per source name.
+    pub ranges: BTreeMap<String, Vec<Range>>,
+    /// Records skipped because retention deleted them (on-data-loss=skip).
+    #[serde(default)]
+    pub lost: BTreeMap<String, Vec<Range>>,
+}
+
+/// The last batch whose results, state and offsets are committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedBatch {
+    pub batch_id: u64,
+    pub batch_time_ms: i64,
+    /// Next offset to read, per source and partition.
+    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Records lost to retention so far (on-data-loss=skip), cumulative.
+    #[serde(default)]
+    pub lost_records: u64,
+}
+
+/// What a stateful operator or result table stores, by type name (see
+/// `data::Data::type_name`). Changing any field is incompatible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorMeta {
+    pub name: String,
+    pub kind: String,
+    pub key_type: String,
+    pub state_type: String,
+}
+
+impl OperatorMeta {
+    fn signature(&self) -> String {
+        format!(
+            "{} keyed by {} with state {}",
+            self.kind, self.key_type, self.state_type
+        )
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SchemaRecord {
+    version: u32,
+    job: String,
+    created_ms: i64,
+}
+
+/// What the driver does first, from what the checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// A new job: no batch committed yet, nothing planned.
+    Fresh,
+    /// A batch was planned but not committed: run it again, same ranges
+    /// and batch time.
+    Replay(PlannedBatch),
+    /// Plan batch `committed.batch_id + 1` from the committed offsets.
+    Next(CommittedBatch),
+}
+
+/// The start-up decision of the exactly-once protocol, without I/O.
+pub fn decide_resume(
+    committed: Option<CommittedBatch>,
+    planned: Option<PlannedBatch>,
+) -> std::result::Result<Resume, String> {
+    match (committed, planned) {
+        (None, None) => Ok(Resume::Fresh),
+        (None, Some(p)) if p.batch_id == 1 => Ok(Resume::Replay(p)),
+        (None, Some(p)) => Err(format!(
+            "batch {} is planned but no earlier batch was ever committed",
+            p.batch_id
+        )),
+        (Some(c), None) => Ok(Resume::Next(c)),
+        (Some(c), Some(p)) if p.batch_id == c.batch_id + 1 => Ok(Resume::Replay(p)),
+        (Some(c), Some(p)) if p.batch_id <= c.batch_id => Ok(Resume::Next(c)),
+        (Some(c), Some(p)) => Err(format!(
+            "batch {} is planned but only batch {} is committed",
+            p.batch_id, c.batch_id
+        )),
+    }
+}
+
+/// An open checkpoint database.
+pub struct Checkpoint {
+    db: DB,
+    path: PathBuf,
+    /// Column families besides `default`, as opened.
+    column_families: Vec<String>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // One job per database; keep RocksDB's own threads and logs small.
+    opts.increase_parallelism(2);
+    opts.set_keep_log_file_num(3);
+    opts.set_max_log_file_size(8 << 20);
+    opts
+}
+
+impl Checkpoint {
+    /// Opens (or creates) the checkpoint of `job` in `path`, with a column
+    /// family for every name in `column_families` (created if missing).
+    pub fn open(path: &Path, job: &str, column_families: &[String]) -> Result<Checkpoint> {
+        std::fs::create_dir_all(path).map_err(|e| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("cannot create the directory: {e}"),
+        })?;
+        let rocks = |context| {
+            move |source| CheckpointError::Rocks {
+                path: path.to_path_buf(),
+                context,
+                source,
+            }
+        };
+        let mut names: Vec<String> = DB::list_cf(&Options::default(), path).unwrap_or_default();
+        for cf in column_families {
+            if !names.contains(cf) {
+                names.push(cf.clone());
+            }
+        }
+        names.retain(|n| n != "default");
+        let db = DB::open_cf(&db_options(), path, &names).map_err(rocks("cannot open"))?;
+        let checkpoint = Checkpoint {
+            db,
+            path: path.to_path_buf(),
+            column_families: names,
+        };
+        match checkpoint.get_json::<SchemaRecord>(KEY_SCHEMA)? {
+            Some(s) if s.version > SCHEMA_VERSION => Err(CheckpointError::NewerSchema {
+                path: path.to_path_buf(),
+                found: s.version,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(s) if s.job != job => Err(CheckpointError::OtherJob {
+                path: path.to_path_buf(),
+                found: s.job,
+                expected: job.to_owned(),
+            }),
+            Some(_) => Ok(checkpoint),
+            None => {
+                let record = SchemaRecord {
+                    version: SCHEMA_VERSION,
+                    job: job.to_owned(),
+                    created_ms: sluice_log::common::now_ms(),
+                };
+                checkpoint.put_json_synced(KEY_SCHEMA, &record)?;
+                Ok(checkpoint)
+            }
+        }
+    }
+
+    /// Opens an existing checkpoint without writing (the CLI's `state`
+    /// commands; works while the job runs).
+    pub fn open_read_only(path: &Path, job: &str) -> Result<Checkpoint> {
+        if !path.join("CURRENT").exists() {
+            return Err(CheckpointError::Missing {
+                job: job.to_owned(),
+                path: path.to_path_buf(),
+            });
+        }
+        let names =
+            DB::list_cf(&Options::default(), path).map_err(|source| CheckpointError::Rocks {
+                path: path.to_path_buf(),
+                context: "cannot list column families",
+                source,
+            })?;
+        let db = DB::open_cf_for_read_only(&Options::default(), path, &names, false).map_err(
+            |source| CheckpointError::Rocks {
+                path: path.to_path_buf(),
+                context: "cannot open read-only",
+                source,
+            },
+        )?;
+        Ok(Checkpoint {
+            db,
+            path: path.to_path_buf(),
+            column_families: names.into_iter().filter(|n| n != "default").collect(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    fn rocks(&self, context: &'static str) -> impl FnOnce(rocksdb::Error) -> CheckpointError + '_ {
+        move |source| CheckpointError::Rocks {
+            path: self.path.clone(),
+            context,
+            source,
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> CheckpointError {
+        CheckpointError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get(key).map_err(self.rocks("cannot read"))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| self.corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
+        }
+    }
+
+    fn put_json_synced<T: Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(key, json(value));
+        self.write(batch)
+    }
+
+    /// Writes a batch durably (fsync of the WAL before returning).
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(self.rocks("cannot write"))
+    }
+
+    pub fn committed(&self) -> Result<Option<CommittedBatch>> {
+        self.get_json(KEY_COMMITTED)
+    }
+
+    pub fn planned(&self) -> Result<Option<PlannedBatch>> {
+        self.get_json(KEY_PLANNED)
+    }
+
+    /// Start-up decision; see [`decide_resume`].
+    pub fn resume(&self) -> Result<Resume> {
+        decide_resume(self.committed()?, self.planned()?).map_err(|r| self.corrupt(r))
+    }
+
+    /// Step 1 of the protocol: the batch's ranges and time, synced.
+    pub fn write_planned(&self, planned: &PlannedBatch) -> Result<()> {
+        self.put_json_synced(KEY_PLANNED, planned)
+    }
+
+    /// Step 3: adds `committed` to the batch's writes and syncs them all.
+    pub fn commit(&self, mut writes: WriteBatch, committed: &CommittedBatch) -> Result<()> {
+        writes.put(KEY_COMMITTED, json(committed));
+        self.write(writes)
+    }
+
+    pub fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| self.corrupt(format!("column family {name} is missing")))
+    }
+
+    /// Records the job's stateful operators and result tables, refusing an
+    /// incompatible change. With `reset_state`, operator state is dropped
+    /// first (offsets and result tables stay).
+    pub fn register(
+        &mut self,
+        metas: &[OperatorMeta],
+        tables: &[OperatorMeta],
+        reset_state: bool,
+    ) -> Result<()> {
+        if reset_state {
+            self.reset_state()?;
+        }
+        let mut batch = WriteBatch::default();
+        for (prefix, list) in [(OPERATOR_PREFIX, metas), (TABLE_PREFIX, tables)] {
+            for meta in list {
+                let key = format!("{prefix}{}", meta.name);
+                match self.get_json::<OperatorMeta>(key.as_bytes())? {
+                    Some(stored) if stored != *meta => {
+                        return Err(if prefix == TABLE_PREFIX {
+                            CheckpointError::IncompatibleTable {
+                                table: meta.name.clone(),
+                                stored: stored.signature(),
+                                now: meta.signature(),
+                            }
+                        } else {
+                            CheckpointError::IncompatibleOperator {
+                                operator: meta.name.clone(),
+                                stored: stored.signature(),
+                                now: meta.signature(),
+                            }
+                        });
+                    }
+                    Some(_) => {}
+                    None => batch.put(key.as_bytes(), json(meta)),
+                }
+            }
+        }
+        self.write(batch)
+    }
+
+    fn reset_state(&mut self) -> Result<()> {
+        let names = self.column_families.clone();
+        for name in names.iter().filter(|n| n.starts_with(STATE_CF_PREFIX)) {
+            self.db
+                .drop_cf(name)
+                .map_err(self.rocks("cannot drop state"))?;
+            self.db
+                .create_cf(name, &db_options())
+                .map_err(self.rocks("cannot recreate state"))?;
+        }
+        let mut batch = WriteBatch::default();
+        for item in self.db.prefix_iterator(OPERATOR_PREFIX.as_bytes()) {
+            let (key, _) = item.map_err(self.rocks("cannot scan operators"))?;
+            if !key.starts_with(OPERATOR_PREFIX.as_bytes()) {
+                break;
+            }
+            batch.delete(&key);
+        }
+        self.write(batch)
+    }
+
+    /// Registered result tables (for the CLI).
+    pub fn tables(&self) -> Result<Vec<OperatorMeta>> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(TABLE_PREFIX.as_bytes()) {
+            let (key, value) = item.map_err(self.rocks("cannot scan tables"))?;
+            if !key.starts_with(TABLE_PREFIX.as_bytes()) {
+                break;
+            }
+            out.push(
+                serde_json::from_slice(&value)
+                    .map_err(|e| self.corrupt(format!("table metadata: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Approximate bytes of live state and tables (progress reports).
+    pub fn state_size_bytes(&self) -> u64 {
+        std::iter::once("default")
+            .chain(self.column_families.iter().map(String::as_str))
+            .filter_map(|n| self.db.cf_handle(n))
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
+                    .zip(
+                        self.db
+                            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                            .ok()
+                            .flatten(),
+                    )
+                    .map(|(a, b)| a + b)
+            })
+            .sum()
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|e| unreachable!("checkpoint records serialize: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(id: u64) -> PlannedBatch {
+        PlannedBatch {
+            batch_id: id,
+            batch_time_ms: 1000 * id as i64,
+            ranges: BTreeMap::from([(
+                "t".into(),
+                vec![Range {
+                    partition: 0,
+                    from: 0,
+                    until: 10,
+                }],
+            )]),
+            lost: BTreeMap::new(),
+        }
+    }
+
+    fn committed(id: u64) -> CommittedBatch {
+        CommittedBatch {
+            batch_id: id,
+            batch_time_ms: 1000 * id as i64,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resume_decisions() {
+        assert_eq!(decide_resume(None, None), Ok(Resume::Fresh));
+        assert_eq!(
+            decide_resume(None, Some(planned(1))),
+            Ok(Resume::Replay(planned(1)))
+        );
+        assert!(decide_resume(None, Some(planned(2))).is_err());
+        assert_eq!(
+            decide_resume(Some(committed(3)), None),
+            Ok(Resume::Next(committed(3)))
+        );
+        assert_eq!(
+            decide_resume(Some(committed(3)), Some(planned(4))),
+            Ok(Resume::Replay(planned(4)))
+        );
+        assert_eq!(
+            decide_resume(Some(committed(3)), Some(planned(3))),
+            Ok(Resume::Next(committed(3)))
+        );
+        assert!(decide_resume(Some(committed(3)), Some(planned(5))).is_err());
+    }
+
+    #[test]
+    fn plan_commit_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfs = vec!["state.counts".to_string()];
+        {
+            let cp = Checkpoint::open(dir.path(), "job", &cfs).unwrap();
+            assert_eq!(cp.resume().unwrap(), Resume::Fresh);
+            cp.write_planned(&planned(1)).unwrap();
+            let mut writes = WriteBatch::default();
+            writes.put_cf(cp.cf("state.counts").unwrap(), b"k", b"v");
+            cp.commit(writes, &committed(1)).unwrap();
+            cp.write_planned(&planned(2)).unwrap();
+        }
+        let cp = Checkpoint::open(dir.path(), "job", &cfs).unwrap();
+        assert_eq!(cp.resume().unwrap(), Resume::Replay(planned(2)));
+        let cf = cp.cf("state.counts").unwrap();
+        assert_eq!(
+            cp.db().get_cf(cf, b"k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        drop(cp);
+        let err = Checkpoint::open(dir.path(), "other", &cfs).unwrap_err();
+        assert!(err.to_string().contains("belongs to job"), "{err}");
+    }
+
+    #[test]
+    fn incompatible_operator_is_refused_and_reset_state_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfs = vec!["state.sessions".to_string()];
+        let meta = |state: &str| OperatorMeta {
+            name: "sessions".into(),
+            kind: "map_with_state".into(),
+            key_type: "string".into(),
+            state_type: state.into(),
+        };
+        let mut cp = Checkpoint::open(dir.path(), "job", &cfs).unwrap();
+        cp.register(&[meta("u64")], &[], false).unwrap();
+        let mut w = WriteBatch::default();
+        w.put_cf(cp.cf("state.sessions").unwrap(), b"k", b"v");
+        cp.write(w).unwrap();
+        cp.register(&[meta("u64")], &[], false).unwrap();
+        let err = cp.register(&[meta("string")], &[], false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("operator \"sessions\" changed incompatibly"),
+            "{err}"
+        );
+        cp.register(&[meta("string")], &[], true).unwrap();
+        let cf = cp.cf("state.sessions").unwrap();
+        assert_eq!(cp.db().get_cf(cf, b"k").unwrap(), None);
+    }
+}

@@ -1,0 +1,637 @@
+//! The driver: the [`StreamingContext`] a job is built on, and the batch
+//! loop that keeps the exactly-once protocol.
+//!
+//! Every batch interval: plan a range `[from, until)` per source partition
+//! (rate limits, data-loss policy, new partitions) → write the planned
+//! batch to the checkpoint (synced) → run the job's outputs, one task per
+//! partition on a dedicated thread pool → commit results, state and the
+//! next offsets in one synced RocksDB write → report progress. After a
+//! crash, a planned but uncommitted batch is re-run with the same ranges
+//! and batch time ([`crate::checkpoint::decide_resume`]).
+//!
+//! The driver owns offsets and time; it never looks inside records.
+
+pub mod progress;
+pub mod rate;
+
+// Every DStream operator through real jobs of this driver.
+#[cfg(test)]
+mod plan_tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, CommittedBatch, PlannedBatch, Range, Resume, STATE_CF_PREFIX,
+    TABLE_CF_PREFIX,
+};
+use sluice_log::log::LogStore;
+use crate::plan::{BatchCx, DStream, Graph, PlanError, SharedGraph};
+use crate::source::{PartitionInfo, Record, Source, SourceError, StartingPosition};
+use progress::{BatchProgress, PartitionProgress, ProgressSink};
+use rate::RateLimiter;
+
+/// What to do when retention deleted records the job has not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDataLoss {
+    /// Stop with an error naming the partition and the lost range.
+    #[default]
+    Fail,
+    /// Jump to the earliest offset still there and count the loss.
+    Skip,
+}
+
+/// How a job runs. Defaults suit a long-running job.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub name: String,
+    pub batch_interval: Duration,
+    /// Default: `checkpoints/<name>`.
+    pub checkpoint_dir: Option<PathBuf>,
+    pub starting_position: StartingPosition,
+    /// Spark's `maxRatePerPartition`, records per second.
+    pub max_rate_per_partition: Option<f64>,
+    /// Adapt the rate to the processing speed (Spark's PID estimator).
+    pub backpressure: bool,
+    /// Total records/s before the controller has measured anything.
+    pub initial_rate: f64,
+    /// Hard cap per partition per batch, so a batch's memory stays bounded
+    /// whatever the backlog.
+    pub max_records_per_batch: Option<u64>,
+    pub on_data_loss: OnDataLoss,
+    /// Tasks per wide operator; default: the machine's cores.
+    pub parallelism: usize,
+    pub reset_state: bool,
+    /// Drain what is available at start-up, then stop (Spark's
+    /// availableNow trigger).
+    pub until_caught_up: bool,
+    /// Stop after this many batches (tests, demos).
+    pub max_batches: Option<u64>,
+    pub progress: ProgressSink,
+    /// Set by SIGINT/SIGTERM: finish the running batch, commit, stop.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl JobConfig {
+    pub fn new(name: impl Into<String>, batch_interval: Duration) -> Self {
+        JobConfig {
+            name: name.into(),
+            batch_interval,
+            checkpoint_dir: None,
+            starting_position: StartingPosition::Earliest,
+            max_rate_per_partition: None,
+            backpressure: false,
+            initial_rate: 10_000.0,
+            max_records_per_batch: Some(1_000_000),
+            on_data_loss: OnDataLoss::Fail,
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            reset_state: false,
+            until_caught_up: false,
+            max_batches: None,
+            progress: ProgressSink::default(),
+            stop: None,
+        }
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("checkpoints").join(&self.name))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("job {job} is invalid: {}", .errors.join("; "))]
+    InvalidJob { job: String, errors: Vec<String> },
+    #[error(
+        "data lost in {source_name} partition {partition}: offsets {from}..{log_start} were deleted by retention before the job read them. Restart with --on-data-loss skip to continue from offset {log_start}"
+    )]
+    DataLost {
+        source_name: String,
+        partition: i32,
+        from: i64,
+        log_start: i64,
+    },
+    #[error(
+        "{source_name} partition {partition} ends at offset {high_watermark}, but the job already read up to {committed}: the topic was truncated or recreated. Use a new job name or --on-data-loss skip"
+    )]
+    OffsetAhead {
+        source_name: String,
+        partition: i32,
+        committed: i64,
+        high_watermark: i64,
+    },
+    // Not `source`: the message already carries it, and a source would
+    // print it twice in an error chain.
+    #[error("batch {batch_id} failed: {error}")]
+    Batch { batch_id: u64, error: PlanError },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A stop flag set by SIGINT or SIGTERM, for [`JobConfig::stop`]: the
+/// running batch finishes and commits, then `run` returns.
+pub fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(flag)
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub records: u64,
+    pub elapsed: Duration,
+    pub last_batch_id: u64,
+}
+
+/// Builds a job: sources and the DStreams derived from them.
+pub struct StreamingContext {
+    config: JobConfig,
+    graph: SharedGraph,
+}
+
+impl StreamingContext {
+    pub fn new(config: JobConfig) -> Self {
+        let interval_ms = config.batch_interval.as_millis() as i64;
+        StreamingContext {
+            graph: Arc::new(Mutex::new(Graph::new(interval_ms))),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    pub fn config_mut(&mut self) -> &mut JobConfig {
+        &mut self.config
+    }
+
+    /// A stream of records from any direct-mode source.
+    pub fn source(&self, source: impl Source + 'static) -> DStream<Record> {
+        crate::plan::source_stream(&self.graph, Arc::new(source))
+    }
+
+    /// A stream of a topic of the bundled log store, read in-process.
+    pub fn embedded(
+        &self,
+        store: Arc<LogStore>,
+        topic: &str,
+    ) -> Result<DStream<Record>, SourceError> {
+        Ok(self.source(crate::source::embedded::EmbeddedSource::new(store, topic)?))
+    }
+
+    /// Runs the job until it is stopped (or caught up, or `max_batches`).
+    pub fn run(self) -> Result<RunSummary, DriverError> {
+        Driver::start(self.config, self.graph)?.run()
+    }
+}
+
+struct Driver {
+    config: JobConfig,
+    graph: SharedGraph,
+    checkpoint: Checkpoint,
+    sources: Vec<Arc<dyn Source>>,
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    lost_records: u64,
+    next_batch_id: u64,
+    replay: Option<PlannedBatch>,
+    pool: rayon::ThreadPool,
+    rate: RateLimiter,
+    targets: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
+    fresh_job: bool,
+}
+
+impl Driver {
+    fn start(config: JobConfig, graph: SharedGraph) -> Result<Driver, DriverError> {
+        let (sources, metas, tables) = {
+            let g = sluice_log::common::mutex(&graph);
+            if !g.errors.is_empty() {
+                return Err(DriverError::InvalidJob {
+                    job: config.name.clone(),
+                    errors: g.errors.clone(),
+                });
+            }
+            if g.outputs.is_empty() {
+                return Err(DriverError::InvalidJob {
+                    job: config.name.clone(),
+                    errors: vec![
+                        "it has no output: add print, foreach_batch or a result table".into(),
+                    ],
+                });
+            }
+            let (metas, tables) = g.metas();
+            (g.sources.clone(), metas, tables)
+        };
+        let mut names = std::collections::HashSet::new();
+        for s in &sources {
+            if !names.insert(s.name().to_owned()) {
+                return Err(DriverError::InvalidJob {
+                    job: config.name.clone(),
+                    errors: vec![format!("two sources are named {:?}", s.name())],
+                });
+            }
+        }
+        let cfs: Vec<String> = metas
+            .iter()
+            .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))
+            .chain(
+                tables
+                    .iter()
+                    .map(|t| format!("{TABLE_CF_PREFIX}{}", t.name)),
+            )
+            .collect();
+        let mut checkpoint = Checkpoint::open(&config.checkpoint_path(), &config.name, &cfs)?;
+        checkpoint.register(&metas, &tables, config.reset_state)?;
+        let (offsets, lost_records, next_batch_id, replay, fresh_job) = match checkpoint.resume()? {
+            Resume::Fresh => (BTreeMap::new(), 0, 1, None, true),
+            Resume::Next(c) => (c.offsets, c.lost_records, c.batch_id + 1, None, false),
+            Resume::Replay(p) => {
+                let committed = checkpoint.committed()?.unwrap_or_default();
+                (
+                    committed.offsets,
+                    committed.lost_records,
+                    p.batch_id,
+                    Some(p),
+                    committed.batch_id == 0,
+                )
+            }
+        };
+        for s in &sources {
+            if let Some(o) = offsets.get(s.name()) {
+                let list: Vec<(i32, i64)> = o.iter().map(|(p, o)| (*p, *o)).collect();
+                s.resume(&list);
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.parallelism.max(1))
+            .thread_name(|i| format!("sluice-task-{i}"))
+            .build()
+            .map_err(|e| DriverError::Other(format!("cannot start task threads: {e}")))?;
+        let interval_ms = config.batch_interval.as_millis() as i64;
+        let rate = RateLimiter::new(
+            config.max_rate_per_partition,
+            config.max_records_per_batch,
+            config
+                .backpressure
+                .then_some((interval_ms, config.initial_rate)),
+        );
+        let mut driver = Driver {
+            config,
+            graph,
+            checkpoint,
+            sources,
+            offsets,
+            lost_records,
+            next_batch_id,
+            replay,
+            pool,
+            rate,
+            targets: None,
+            fresh_job,
+        };
+        if driver.config.until_caught_up {
+            let mut targets = BTreeMap::new();
+            for s in &driver.sources {
+                let parts = s.partitions()?;
+                targets.insert(
+                    s.name().to_owned(),
+                    parts
+                        .iter()
+                        .map(|p| (p.partition, p.high_watermark))
+                        .collect(),
+                );
+            }
+            driver.targets = Some(targets);
+        }
+        Ok(driver)
+    }
+
+    fn stopping(&self) -> bool {
+        self.config
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    fn interval_ms(&self) -> i64 {
+        self.config.batch_interval.as_millis().max(1) as i64
+    }
+
+    /// The first offset for a partition the job has no offset for.
+    fn start_offset(&self, source: &dyn Source, info: &PartitionInfo) -> Result<i64, DriverError> {
+        // Once a job has committed, a partition without an offset was added
+        // since: it is read from the start, whatever the job's starting
+        // position (as Spark does).
+        if !self.fresh_job {
+            return Ok(info.log_start);
+        }
+        Ok(match &self.config.starting_position {
+            StartingPosition::Earliest => info.log_start,
+            StartingPosition::Latest => info.high_watermark,
+            StartingPosition::Timestamp(ts) => source.offset_for_time(info.partition, *ts)?,
+            StartingPosition::Offsets(list) => list
+                .iter()
+                .find(|(p, _)| *p == info.partition)
+                .map_or(info.log_start, |(_, o)| *o)
+                .clamp(info.log_start, info.high_watermark),
+        })
+    }
+
+    fn plan(
+        &mut self,
+        batch_id: u64,
+    ) -> Result<(PlannedBatch, Vec<PartitionProgress>), DriverError> {
+        let now = sluice_log::common::now_ms();
+        let interval = self.interval_ms();
+        let mut planned = PlannedBatch {
+            batch_id,
+            batch_time_ms: now - now.rem_euclid(interval),
+            ranges: BTreeMap::new(),
+            lost: BTreeMap::new(),
+        };
+        let mut parts_progress = Vec::new();
+        for source in self.sources.clone() {
+            let mut infos = source.partitions()?;
+            infos.sort_by_key(|i| i.partition);
+            let backlog = infos.len();
+            let limit = self.rate.limit(interval, backlog);
+            let mut ranges = Vec::new();
+            for info in &infos {
+                let committed = self
+                    .offsets
+                    .get(source.name())
+                    .and_then(|o| o.get(&info.partition))
+                    .copied();
+                let mut from = match committed {
+                    Some(o) => o,
+                    None => self.start_offset(source.as_ref(), info)?,
+                };
+                if from < info.log_start {
+                    if self.config.on_data_loss == OnDataLoss::Fail && source.replayable() {
+                        return Err(DriverError::DataLost {
+                            source_name: source.name().to_owned(),
+                            partition: info.partition,
+                            from,
+                            log_start: info.log_start,
+                        });
+                    }
+                    planned
+                        .lost
+                        .entry(source.name().to_owned())
+                        .or_default()
+                        .push(Range {
+                            partition: info.partition,
+                            from,
+                            until: info.log_start,
+                        });
+                    from = info.log_start;
+                }
+                if from > info.high_watermark {
+                    if self.config.on_data_loss == OnDataLoss::Fail && source.replayable() {
+                        return Err(DriverError::OffsetAhead {
+                            source_name: source.name().to_owned(),
+                            partition: info.partition,
+                            committed: from,
+                            high_watermark: info.high_watermark,
+                        });
+                    }
+                    from = info.high_watermark;
+                }
+                let mut until = info.high_watermark;
+                if let Some(targets) = &self.targets {
+                    let target = targets
+                        .get(source.name())
+                        .and_then(|t| t.get(&info.partition))
+                        .copied()
+                        .unwrap_or(from);
+                    until = until.min(target.max(from));
+                }
+                if let Some(limit) = limit {
+                    until = until.min(from.saturating_add(limit as i64));
+                }
+                ranges.push(Range {
+                    partition: info.partition,
+                    from,
+                    until,
+                });
+                parts_progress.push(PartitionProgress {
+                    source: source.name().to_owned(),
+                    partition: info.partition,
+                    from,
+                    until,
+                    lag: (info.high_watermark - until).max(0),
+                });
+            }
+            planned.ranges.insert(source.name().to_owned(), ranges);
+        }
+        Ok((planned, parts_progress))
+    }
+
+    fn caught_up(&self) -> bool {
+        let Some(targets) = &self.targets else {
+            return false;
+        };
+        targets.iter().all(|(source, parts)| {
+            parts.iter().all(|(p, target)| {
+                self.offsets
+                    .get(source)
+                    .and_then(|o| o.get(p))
+                    .is_some_and(|o| o >= target)
+                    || *target == 0
+            })
+        })
+    }
+
+    fn run(mut self) -> Result<RunSummary, DriverError> {
+        let started = Instant::now();
+        let mut summary = RunSummary::default();
+        let interval = self.config.batch_interval;
+        let mut next_start = Instant::now();
+        let outputs = sluice_log::common::mutex(&self.graph).outputs.clone();
+        let mut progress = self.config.progress.open()?;
+        let non_replayable: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|s| !s.replayable())
+            .map(|s| s.name().to_owned())
+            .collect();
+        if !non_replayable.is_empty() {
+            progress.note(&format!(
+                "{} {} cannot replay a batch after a crash: records that arrived but were not committed are lost then (at most once)",
+                if non_replayable.len() == 1 { "source" } else { "sources" },
+                non_replayable.join(", ")
+            ));
+        }
+        let total_target: i64 = self
+            .targets
+            .as_ref()
+            .map_or(0, |t| t.values().flat_map(|p| p.values()).sum::<i64>());
+        let start_total: i64 = self.offsets.values().flat_map(|p| p.values()).sum();
+        loop {
+            if self.stopping() {
+                break;
+            }
+            if self.replay.is_none()
+                && (self.caught_up()
+                    || self
+                        .config
+                        .max_batches
+                        .is_some_and(|m| summary.batches >= m))
+            {
+                break;
+            }
+            let scheduled = next_start;
+            let batch_started = Instant::now();
+            let (planned, mut parts, replayed) = match self.replay.take() {
+                Some(p) => {
+                    let parts = p
+                        .ranges
+                        .iter()
+                        .flat_map(|(s, r)| {
+                            r.iter().map(|r| PartitionProgress {
+                                source: s.clone(),
+                                partition: r.partition,
+                                from: r.from,
+                                until: r.until,
+                                lag: 0,
+                            })
+                        })
+                        .collect();
+                    (p, parts, true)
+                }
+                None => {
+                    let (p, parts) = self.plan(self.next_batch_id)?;
+                    self.checkpoint.write_planned(&p)?;
+                    (p, parts, false)
+                }
+            };
+            fail::fail_point!("driver::after_plan", |_| Err(DriverError::Other(
+                "failpoint".into()
+            )));
+            let records: u64 = planned
+                .ranges
+                .values()
+                .flat_map(|r| r.iter())
+                .map(|r| (r.until - r.from).max(0) as u64)
+                .sum();
+            let cx = BatchCx::new(
+                &planned,
+                &self.checkpoint,
+                self.interval_ms(),
+                self.config.parallelism,
+            );
+            let result: Result<(), PlanError> = self.pool.install(|| {
+                for output in &outputs {
+                    (output.run)(&cx).map_err(|e| match e {
+                        PlanError::Operator { .. } => e,
+                        other => PlanError::Operator {
+                            operator: output.name.clone(),
+                            message: other.to_string(),
+                        },
+                    })?;
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                return Err(DriverError::Batch {
+                    batch_id: planned.batch_id,
+                    error,
+                });
+            }
+            let (writes, counters) = cx.finish();
+            for (source, ranges) in &planned.ranges {
+                let entry = self.offsets.entry(source.clone()).or_default();
+                for r in ranges {
+                    entry.insert(r.partition, r.until);
+                }
+            }
+            let lost: u64 = planned
+                .lost
+                .values()
+                .flat_map(|r| r.iter())
+                .map(|r| (r.until - r.from).max(0) as u64)
+                .sum();
+            self.lost_records += lost;
+            let committed = CommittedBatch {
+                batch_id: planned.batch_id,
+                batch_time_ms: planned.batch_time_ms,
+                offsets: self.offsets.clone(),
+                lost_records: self.lost_records,
+            };
+            self.checkpoint.commit(writes, &committed)?;
+            self.next_batch_id = planned.batch_id + 1;
+            for s in &self.sources {
+                if let Some(o) = self.offsets.get(s.name()) {
+                    let list: Vec<(i32, i64)> = o.iter().map(|(p, o)| (*p, *o)).collect();
+                    s.committed(&list);
+                }
+            }
+            let processing = batch_started.elapsed();
+            let scheduling_delay = batch_started.saturating_duration_since(scheduled);
+            self.rate.on_batch_completed(
+                started.elapsed().as_secs_f64() * 1000.0,
+                records,
+                processing.as_secs_f64() * 1000.0,
+                scheduling_delay.as_secs_f64() * 1000.0,
+            );
+            if replayed {
+                // Lag is only known from a fresh look at the partitions.
+                for p in &mut parts {
+                    p.lag = 0;
+                }
+            }
+            let done_total: i64 = self.offsets.values().flat_map(|p| p.values()).sum();
+            progress.emit(&BatchProgress {
+                batch_id: planned.batch_id,
+                batch_time_ms: planned.batch_time_ms,
+                input_rows: records,
+                input_rows_per_s: records as f64 / processing.as_secs_f64().max(1e-6),
+                processing_ms: processing.as_secs_f64() * 1000.0,
+                scheduling_delay_ms: scheduling_delay.as_secs_f64() * 1000.0,
+                total_delay_ms: (scheduling_delay + processing).as_secs_f64() * 1000.0,
+                partitions: parts,
+                state_bytes: self.checkpoint.state_size_bytes(),
+                lost_records: self.lost_records,
+                counters,
+                replayed,
+                estimated_rate: self.rate.estimated_rate(),
+                caught_up_fraction: self.targets.as_ref().map(|_| {
+                    let want = (total_target - start_total).max(1) as f64;
+                    ((done_total - start_total) as f64 / want).clamp(0.0, 1.0)
+                }),
+            })?;
+            summary.batches += 1;
+            summary.records += records;
+            summary.last_batch_id = planned.batch_id;
+            next_start = scheduled + interval;
+            if self.targets.is_none() {
+                // Sleep until the next batch time, waking for a stop.
+                while Instant::now() < next_start && !self.stopping() {
+                    std::thread::sleep(
+                        (next_start - Instant::now()).min(Duration::from_millis(50)),
+                    );
+                }
+            }
+            if Instant::now() > next_start + interval {
+                // Far behind: schedule from now rather than bursting.
+                next_start = Instant::now();
+            }
+        }
+        summary.elapsed = started.elapsed();
+        progress.finish(&summary);
+        Ok(summary)
+    }
+}

@@ -1,0 +1,412 @@
+//! Per-batch execution: nodes push chunks of one partition into a sink;
+//! the batch context holds the batch's ranges, its pending RocksDB writes
+//! and the outputs of nodes computed once per batch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use rayon::prelude::*;
+use rocksdb::WriteBatch;
+
+use super::{PlanError, Result};
+use crate::checkpoint::{Checkpoint, OperatorMeta, PlannedBatch};
+use crate::source::{ReadStopped, Source};
+
+/// Receives the chunks of one partition of a node's output, in order.
+pub type ChunkSink<'a> = dyn FnMut(RecordBatch) -> Result<()> + 'a;
+
+/// Name, schema and consumer count of a node.
+pub struct NodeInfo {
+    name: Mutex<String>,
+    pub schema: SchemaRef,
+    consumers: AtomicUsize,
+    pub id: usize,
+}
+
+static NEXT_NODE_ID: AtomicUsize = AtomicUsize::new(1);
+
+impl NodeInfo {
+    pub fn new(name: String, schema: SchemaRef) -> Self {
+        NodeInfo {
+            name: Mutex::new(name),
+            schema,
+            consumers: AtomicUsize::new(0),
+            id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+    pub fn name(&self) -> String {
+        sluice_log::common::mutex(&self.name).clone()
+    }
+    pub fn rename(&self, name: &str) {
+        *sluice_log::common::mutex(&self.name) = name.to_owned();
+    }
+    pub fn add_consumer(&self) {
+        self.consumers.fetch_add(1, Ordering::Relaxed);
+    }
+    fn shared(&self) -> bool {
+        self.consumers.load(Ordering::Relaxed) > 1
+    }
+}
+
+/// A node of the job graph.
+pub trait Node: Send + Sync {
+    fn info(&self) -> &NodeInfo;
+    /// Partitions of this node's output in the current batch.
+    fn partitions(&self, cx: &BatchCx) -> Result<usize>;
+    /// Pushes partition `p`'s chunks into `out`.
+    fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()>;
+    /// The state this node keeps, if any (checked against the checkpoint).
+    fn state_meta(&self) -> Option<OperatorMeta> {
+        None
+    }
+}
+
+/// An output operation, run once per batch before the commit.
+pub struct Output {
+    pub name: String,
+    /// The result table it writes, if it is a table sink.
+    pub table: Option<OperatorMeta>,
+    /// The operator state it keeps (column family `state.<name>`), if any.
+    pub state: Option<OperatorMeta>,
+    pub run: OutputFn,
+}
+
+/// The body of an output operation.
+pub type OutputFn = Box<dyn Fn(&BatchCx) -> Result<()> + Send + Sync>;
+
+/// What user callbacks learn about the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchInfo {
+    pub batch_id: u64,
+    pub batch_time_ms: i64,
+}
+
+type Memo = Arc<OnceLock<std::result::Result<Arc<Vec<RecordBatch>>, String>>>;
+type WideMemo = Arc<OnceLock<std::result::Result<Arc<Vec<Vec<RecordBatch>>>, String>>>;
+
+/// Everything one batch's execution needs.
+pub struct BatchCx<'a> {
+    pub batch_id: u64,
+    pub batch_time_ms: i64,
+    pub interval_ms: i64,
+    pub planned: &'a PlannedBatch,
+    pub checkpoint: &'a Checkpoint,
+    /// Shuffle width: tasks per wide operator.
+    pub parallelism: usize,
+    writes: Mutex<WriteBatch>,
+    /// Per-batch counts operators report (late records, bad records, …),
+    /// shown in the batch's progress.
+    counters: Mutex<std::collections::BTreeMap<String, u64>>,
+    memo: Mutex<HashMap<(usize, usize), Memo>>,
+    wide: Mutex<HashMap<usize, WideMemo>>,
+}
+
+impl<'a> BatchCx<'a> {
+    pub fn new(
+        planned: &'a PlannedBatch,
+        checkpoint: &'a Checkpoint,
+        interval_ms: i64,
+        parallelism: usize,
+    ) -> Self {
+        BatchCx {
+            batch_id: planned.batch_id,
+            batch_time_ms: planned.batch_time_ms,
+            interval_ms,
+            planned,
+            checkpoint,
+            parallelism: parallelism.max(1),
+            writes: Mutex::new(WriteBatch::default()),
+            counters: Mutex::new(std::collections::BTreeMap::new()),
+            memo: Mutex::new(HashMap::new()),
+            wide: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn info(&self) -> BatchInfo {
+        BatchInfo {
+            batch_id: self.batch_id,
+            batch_time_ms: self.batch_time_ms,
+        }
+    }
+
+    /// Adds writes to the batch's atomic commit.
+    pub fn write(&self, f: impl FnOnce(&mut WriteBatch)) {
+        f(&mut sluice_log::common::mutex(&self.writes))
+    }
+
+    /// Adds `n` to the batch's counter `name` (shown in progress).
+    pub fn count(&self, name: &str, n: u64) {
+        if n > 0 {
+            *sluice_log::common::mutex(&self.counters)
+                .entry(name.to_owned())
+                .or_default() += n;
+        }
+    }
+
+    /// The batch's writes and counters, once every output has run.
+    pub fn finish(self) -> (WriteBatch, std::collections::BTreeMap<String, u64>) {
+        let writes = self
+            .writes
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let counters = self
+            .counters
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (writes, counters)
+    }
+
+    /// Runs partition `p` of `node`, from its kept output if it has
+    /// several consumers.
+    pub fn run_node(&self, node: &Arc<dyn Node>, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
+        if !node.info().shared() {
+            return node.run(self, p, out);
+        }
+        let cell = sluice_log::common::mutex(&self.memo)
+            .entry((node.info().id, p))
+            .or_default()
+            .clone();
+        let chunks = cell.get_or_init(|| {
+            let mut chunks = Vec::new();
+            node.run(self, p, &mut |c| {
+                chunks.push(c);
+                Ok(())
+            })
+            .map(|_| Arc::new(chunks))
+            .map_err(|e| e.to_string())
+        });
+        match chunks {
+            Ok(chunks) => {
+                for c in chunks.iter() {
+                    out(c.clone())?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(PlanError::Operator {
+                operator: node.info().name(),
+                message: e.clone(),
+            }),
+        }
+    }
+
+    /// Computes a wide node's whole output once per batch.
+    pub fn wide_output(
+        &self,
+        node: &NodeInfo,
+        compute: impl FnOnce() -> Result<Vec<Vec<RecordBatch>>>,
+    ) -> Result<Arc<Vec<Vec<RecordBatch>>>> {
+        let cell = sluice_log::common::mutex(&self.wide)
+            .entry(node.id)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| compute().map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|message| PlanError::Operator {
+                operator: node.name(),
+                message,
+            })
+    }
+
+    /// All of `node`'s output for this batch, partitions in order.
+    pub fn collect(&self, node: &Arc<dyn Node>) -> Result<Vec<RecordBatch>> {
+        let n = node.partitions(self)?;
+        let parts: Vec<Result<Vec<RecordBatch>>> = (0..n)
+            .into_par_iter()
+            .map(|p| {
+                let mut chunks = Vec::new();
+                self.run_node(node, p, &mut |c| {
+                    chunks.push(c);
+                    Ok(())
+                })?;
+                Ok(chunks)
+            })
+            .collect();
+        let mut all = Vec::new();
+        for part in parts {
+            all.extend(part?);
+        }
+        Ok(all)
+    }
+
+    /// Runs `task` over every partition of `node` in parallel; each task
+    /// receives that partition's chunks one by one.
+    pub fn for_each_partition<R: Send>(
+        &self,
+        node: &Arc<dyn Node>,
+        task: impl Fn(usize, &mut dyn FnMut(&mut ChunkSink<'_>) -> Result<()>) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        let n = node.partitions(self)?;
+        (0..n)
+            .into_par_iter()
+            .map(|p| task(p, &mut |sink| self.run_node(node, p, sink)))
+            .collect()
+    }
+}
+
+struct Narrow<F> {
+    info: NodeInfo,
+    parent: Arc<dyn Node>,
+    f: F,
+}
+
+impl<F> Node for Narrow<F>
+where
+    F: Fn(&RecordBatch) -> Result<Option<RecordBatch>> + Send + Sync,
+{
+    fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+    fn partitions(&self, cx: &BatchCx) -> Result<usize> {
+        self.parent.partitions(cx)
+    }
+    fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
+        cx.run_node(&self.parent, p, &mut |chunk| {
+            // Name the operator (by its current name) in its own errors.
+            let mapped = (self.f)(&chunk).map_err(|e| match e {
+                PlanError::Operator { .. } => e,
+                other => PlanError::Operator {
+                    operator: self.info.name(),
+                    message: other.to_string(),
+                },
+            })?;
+            match mapped {
+                Some(mapped) => out(mapped),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// A chunk-to-chunk operator fused into its parent's task.
+pub fn narrow(
+    info: NodeInfo,
+    parent: Arc<dyn Node>,
+    f: impl Fn(&RecordBatch) -> Result<Option<RecordBatch>> + Send + Sync + 'static,
+) -> Arc<dyn Node> {
+    Arc::new(Narrow { info, parent, f })
+}
+
+struct Union {
+    info: NodeInfo,
+    parents: Vec<Arc<dyn Node>>,
+}
+
+impl Node for Union {
+    fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+    fn partitions(&self, cx: &BatchCx) -> Result<usize> {
+        self.parents.iter().map(|p| p.partitions(cx)).sum()
+    }
+    fn run(&self, cx: &BatchCx, mut p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
+        for parent in &self.parents {
+            let n = parent.partitions(cx)?;
+            if p < n {
+                return cx.run_node(parent, p, out);
+            }
+            p -= n;
+        }
+        Ok(())
+    }
+}
+
+pub fn union(info: NodeInfo, parents: Vec<Arc<dyn Node>>) -> Arc<dyn Node> {
+    Arc::new(Union { info, parents })
+}
+
+struct SourceNode {
+    info: NodeInfo,
+    source: Arc<dyn Source>,
+}
+
+impl Node for SourceNode {
+    fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+    fn partitions(&self, cx: &BatchCx) -> Result<usize> {
+        Ok(cx
+            .planned
+            .ranges
+            .get(self.source.name())
+            .map_or(0, Vec::len))
+    }
+    fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
+        let Some(range) = cx
+            .planned
+            .ranges
+            .get(self.source.name())
+            .and_then(|r| r.get(p))
+        else {
+            return Ok(());
+        };
+        if range.from < range.until {
+            read_range(&*self.source, range.partition, range.from, range.until, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `[from, until)` of a source partition into `out`. When `out`
+/// fails, the source is told to stop and `out`'s own error is returned.
+pub fn read_range(
+    source: &dyn Source,
+    partition: i32,
+    from: i64,
+    until: i64,
+    out: &mut ChunkSink<'_>,
+) -> Result<()> {
+    let mut refused = None;
+    let read = source.read(partition, from, until, &mut |chunk| {
+        out(chunk).map_err(|e| {
+            refused = Some(e);
+            ReadStopped
+        })
+    });
+    match (refused, read) {
+        (Some(e), _) => Err(e),
+        (None, read) => Ok(read?),
+    }
+}
+
+pub fn source(info: NodeInfo, source: Arc<dyn Source>) -> Arc<dyn Node> {
+    Arc::new(SourceNode { info, source })
+}
+
+/// A node whose output is computed whole, once per batch.
+pub struct Wide<F> {
+    pub info: NodeInfo,
+    pub compute: F,
+    pub state: Option<OperatorMeta>,
+}
+
+impl<F> Node for Wide<F>
+where
+    F: Fn(&BatchCx, &NodeInfo) -> Result<Vec<Vec<RecordBatch>>> + Send + Sync,
+{
+    fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+    fn partitions(&self, cx: &BatchCx) -> Result<usize> {
+        Ok(cx
+            .wide_output(&self.info, || (self.compute)(cx, &self.info))?
+            .len())
+    }
+    fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
+        let parts = cx.wide_output(&self.info, || (self.compute)(cx, &self.info))?;
+        if let Some(chunks) = parts.get(p) {
+            for c in chunks {
+                out(c.clone())?;
+            }
+        }
+        Ok(())
+    }
+    fn state_meta(&self) -> Option<OperatorMeta> {
+        self.state.clone().map(|mut m| {
+            m.name = self.info.name();
+            m
+        })
+    }
+}

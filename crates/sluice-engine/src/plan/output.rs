@@ -1,0 +1,176 @@
+//! Outputs a stream registers with its graph: printing each batch and
+//! writing result tables. The plan decides what a batch writes and when
+//! (rows collected, pairs shuffled by key, merged with committed values);
+//! the sinks only format and write what they are handed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::{BatchCx, DStream, Output};
+use crate::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
+use crate::data::{Data, Key, decode_all, encode_to_vec};
+use crate::sink::console;
+
+/// Hot values kept in memory per merge task (a cache of committed values;
+/// RocksDB stays the truth).
+const CACHE_ENTRIES_PER_TASK: usize = 1 << 20;
+
+/// One merge task's cache: encoded key → committed value.
+type HotValues<V> = Mutex<HashMap<Vec<u8>, V>>;
+
+pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
+    let node = stream.node.clone();
+    node.info().add_consumer();
+    let name = format!("print-{}", node.info().name());
+    sluice_log::common::mutex(&stream.graph)
+        .outputs
+        .push(Arc::new(Output {
+            name,
+            table: None,
+            state: None,
+            run: Box::new(move |cx: &BatchCx| {
+                let chunks = cx.collect(&node)?;
+                let mut text = console::header(cx.batch_id, cx.batch_time_ms);
+                text.push('\n');
+                let mut shown = 0;
+                let total: usize = chunks.iter().map(|c| c.num_rows()).sum();
+                'outer: for c in &chunks {
+                    let reader = T::reader(c.columns())?;
+                    for i in 0..c.num_rows() {
+                        if shown == n {
+                            break 'outer;
+                        }
+                        text.push_str(&format!("{:?}\n", T::get(&reader, i)));
+                        shown += 1;
+                    }
+                }
+                if total > shown {
+                    text.push_str(&format!("… {} more\n", total - shown));
+                }
+                text.push('\n');
+                console::write(&text);
+                Ok(())
+            }),
+        }));
+}
+
+pub(crate) fn save<K: Key, V: Data, F>(stream: &DStream<(K, V)>, table: &str, merge: Option<F>)
+where
+    F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
+{
+    let node = stream.node.clone();
+    node.info().add_consumer();
+    let caches: OnceLock<Vec<HotValues<V>>> = OnceLock::new();
+    let table = table.to_owned();
+    let cf_name = format!("{TABLE_CF_PREFIX}{table}");
+    let meta = OperatorMeta {
+        name: table.clone(),
+        kind: if merge.is_some() {
+            "merge table"
+        } else {
+            "table"
+        }
+        .into(),
+        key_type: K::type_name(),
+        state_type: V::type_name(),
+    };
+    let mut graph = sluice_log::common::mutex(&stream.graph);
+    if graph
+        .outputs
+        .iter()
+        .any(|o| o.table.as_ref().is_some_and(|t| t.name == table))
+    {
+        graph
+            .errors
+            .push(format!("two outputs write result table {table:?}"));
+    }
+    graph.outputs.push(Arc::new(Output {
+        name: format!("table:{table}"),
+        table: Some(meta),
+        state: None,
+        run: Box::new(move |cx: &BatchCx| {
+            let cf = cx.checkpoint.cf(&cf_name)?;
+            let Some(merge) = &merge else {
+                let chunks = cx.collect(&node)?;
+                let mut puts = Vec::new();
+                for c in &chunks {
+                    let rows = <(K, V)>::reader(c.columns())?;
+                    for i in 0..c.num_rows() {
+                        let (k, v) = <(K, V)>::get(&rows, i);
+                        puts.push((encode_to_vec::<K>(k), encode_to_vec::<V>(v)));
+                    }
+                }
+                cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
+                return Ok(());
+            };
+            // Merging reads the committed value: each key must be handled
+            // by one task, so the pairs are shuffled by key first.
+            let buckets = super::wide_partition_by_key::<K>(cx, &node)?;
+            let caches = caches.get_or_init(|| {
+                (0..cx.parallelism)
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect()
+            });
+            let db = cx.checkpoint.db();
+            super::wide_rayon_map(
+                buckets.into_iter().enumerate().collect(),
+                |(b, chunks)| {
+                    // Keys go to the same bucket every batch, so this task owns
+                    // its bucket's cache of hot values.
+                    let mut cache = sluice_log::common::mutex(&caches[b % caches.len()]);
+                    let mut misses: Vec<Vec<u8>> = Vec::new();
+                    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+                    for c in &chunks {
+                        let rows = K::reader(c.columns())?;
+                        for i in 0..c.num_rows() {
+                            let key = encode_to_vec::<K>(K::get(&rows, i));
+                            if !cache.contains_key(&key) && seen.insert(key.clone()) {
+                                misses.push(key);
+                            }
+                        }
+                    }
+                    let mut loaded: HashMap<Vec<u8>, V> = HashMap::with_capacity(misses.len());
+                    for (key, found) in misses
+                        .iter()
+                        .zip(db.batched_multi_get_cf(cf, &misses, false))
+                    {
+                        if let Some(bytes) = found? {
+                            loaded.insert(key.clone(), decode_all::<V>(&bytes)?);
+                        }
+                    }
+                    let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
+                    for c in &chunks {
+                        let rows = <(K, V)>::reader(c.columns())?;
+                        for i in 0..c.num_rows() {
+                            let (k, v) = <(K, V)>::get(&rows, i);
+                            let key = encode_to_vec::<K>(k);
+                            let old = merged
+                                .get(&key)
+                                .or_else(|| cache.get(&key))
+                                .or_else(|| loaded.get(&key));
+                            let new = match old {
+                                Some(old) => merge(old.view(), v),
+                                None => V::to_owned_value(v),
+                            };
+                            merged.insert(key, new);
+                        }
+                    }
+                    cx.write(|w| {
+                        for (k, v) in &merged {
+                            w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
+                        }
+                    });
+                    // The batch either commits these values or the job stops
+                    // (and the cache with it), so caching them now is safe.
+                    if cache.len() + merged.len() > CACHE_ENTRIES_PER_TASK {
+                        cache.clear();
+                    }
+                    cache.extend(merged);
+                    Ok(())
+                },
+            )?;
+            Ok(())
+        }),
+    }));
+}
+

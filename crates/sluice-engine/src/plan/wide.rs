@@ -1,0 +1,403 @@
+//! Wide operators: shuffles by key hash, per-batch aggregation and joins.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::datatypes::SchemaRef;
+use hashbrown::HashTable;
+
+use crate::data::{Data, Emitter, Key, hash_one};
+use super::exec::{BatchCx, Node, NodeInfo, Wide};
+use super::{DStream, Result};
+
+/// Rows per output chunk of a wide operator.
+pub(crate) const OUT_CHUNK: usize = 64 * 1024;
+
+/// A hash aggregation of `(K, V)` rows into owned keys and values.
+pub(crate) struct Aggregate<K: Key, V: Data> {
+    table: HashTable<(u64, K, V)>,
+    /// Keys with a 16-byte inline form (short strings), found by comparing
+    /// and mixing that form instead of hashing and comparing the bytes.
+    short: HashTable<(u128, K, V)>,
+}
+
+/// A cheap, fixed mix of an inline key for the in-memory table only (the
+/// shuffle still uses the key's full hash).
+#[inline]
+fn mix(v: u128) -> u64 {
+    let folded = (v as u64) ^ ((v >> 64) as u64).rotate_left(29);
+    (folded ^ (folded >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl<K: Key, V: Data> Aggregate<K, V> {
+    pub fn new() -> Self {
+        Aggregate {
+            table: HashTable::new(),
+            short: HashTable::new(),
+        }
+    }
+
+    #[inline]
+    fn add_short(
+        &mut self,
+        inline: u128,
+        key: K::View<'_>,
+        value: V::View<'_>,
+        f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
+    ) {
+        let h = mix(inline);
+        match self.short.find_mut(h, |(k, _, _)| *k == inline) {
+            Some((_, _, acc)) => *acc = f(acc.view(), value),
+            None => {
+                self.short.insert_unique(
+                    h,
+                    (inline, K::to_owned_value(key), V::to_owned_value(value)),
+                    |(k, _, _)| mix(*k),
+                );
+            }
+        }
+    }
+
+    #[inline]
+    pub fn add(
+        &mut self,
+        key: K::View<'_>,
+        value: V::View<'_>,
+        f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
+    ) {
+        let hash = hash_one::<K>(key);
+        match self
+            .table
+            .find_mut(hash, |(h, k, _)| *h == hash && K::eq_view(k.view(), key))
+        {
+            Some((_, _, acc)) => *acc = f(acc.view(), value),
+            None => {
+                self.table.insert_unique(
+                    hash,
+                    (hash, K::to_owned_value(key), V::to_owned_value(value)),
+                    |(h, _, _)| *h,
+                );
+            }
+        }
+    }
+
+    pub fn add_chunk(
+        &mut self,
+        chunk: &RecordBatch,
+        f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
+    ) -> Result<()> {
+        let rows = <(K, V)>::reader(chunk.columns())?;
+        for i in 0..chunk.num_rows() {
+            let (k, v) = <(K, V)>::get(&rows, i);
+            match K::inline_key(&rows.0, i) {
+                Some(inline) => self.add_short(inline, k, v, f),
+                None => self.add(k, v, f),
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits the entries into `buckets` chunks by key hash.
+    pub fn into_buckets(
+        self,
+        buckets: usize,
+        schema: &SchemaRef,
+    ) -> Result<Vec<Option<RecordBatch>>> {
+        let entries = self.table.len() + self.short.len();
+        let mut builders: Vec<Emitter<(K, V)>> = (0..buckets)
+            .map(|_| Emitter::with_capacity(entries / buckets + 1))
+            .collect();
+        for (hash, k, v) in &self.table {
+            builders[bucket_of(*hash, buckets)].push_view((k.view(), v.view()));
+        }
+        for (_, k, v) in &self.short {
+            let hash = hash_one::<K>(k.view());
+            builders[bucket_of(hash, buckets)].push_view((k.view(), v.view()));
+        }
+        builders
+            .into_iter()
+            .map(|b| {
+                if b.len() == 0 {
+                    Ok(None)
+                } else {
+                    Ok(Some(RecordBatch::try_new(schema.clone(), b.finish())?))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Which of `buckets` a hash goes to (the high bits: the low bits already
+/// chose the hash-table slot in the map-side combine).
+#[inline]
+pub(crate) fn bucket_of(hash: u64, buckets: usize) -> usize {
+    ((hash >> 32) as usize * buckets) >> 32
+}
+
+/// The shuffle: each parent task runs `map_side` over its chunks, which
+/// returns one optional chunk per bucket; chunks are regrouped by bucket.
+pub(crate) fn shuffle(
+    cx: &BatchCx,
+    parent: &Arc<dyn Node>,
+    map_side: impl Fn(
+        &mut dyn FnMut(&mut super::ChunkSink<'_>) -> Result<()>,
+    ) -> Result<Vec<Option<RecordBatch>>>
+    + Sync,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let per_task = cx.for_each_partition(parent, |_, run| map_side(run))?;
+    let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
+    for task in per_task {
+        for (b, chunk) in task.into_iter().enumerate() {
+            if let Some(chunk) = chunk {
+                buckets[b].push(chunk);
+            }
+        }
+    }
+    Ok(buckets)
+}
+
+/// Splits rows by key hash without combining (joins, stateful operators).
+pub(crate) fn partition_by_key<K: Key>(
+    cx: &BatchCx,
+    parent: &Arc<dyn Node>,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let buckets = cx.parallelism;
+    shuffle(cx, parent, |run| {
+        let pieces: Mutex<Vec<Vec<RecordBatch>>> = Mutex::new(vec![Vec::new(); buckets]);
+        run(&mut |chunk| {
+            let keys = K::reader(chunk.columns())?;
+            let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
+            for i in 0..chunk.num_rows() {
+                indices[bucket_of(hash_one::<K>(K::get(&keys, i)), buckets)].push(i as u32);
+            }
+            let mut pieces = sluice_log::common::mutex(&pieces);
+            for (b, idx) in indices.into_iter().enumerate() {
+                if idx.is_empty() {
+                    continue;
+                }
+                let idx = UInt32Array::from(idx);
+                let columns = chunk
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c, &idx, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                pieces[b].push(RecordBatch::try_new(chunk.schema(), columns)?);
+            }
+            Ok(())
+        })?;
+        let pieces = pieces.into_inner().unwrap_or_else(|p| p.into_inner());
+        pieces
+            .into_iter()
+            .map(|chunks| {
+                if chunks.is_empty() {
+                    Ok(None)
+                } else {
+                    let schema = chunks[0].schema();
+                    Ok(Some(arrow::compute::concat_batches(&schema, &chunks)?))
+                }
+            })
+            .collect()
+    })
+}
+
+pub(crate) fn reduce_by_key<K: Key, V: Data>(
+    stream: &DStream<(K, V)>,
+    f: impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
+) -> DStream<(K, V)> {
+    let parent = stream.node.clone();
+    stream.derive("reduce_by_key", move |info| {
+        Arc::new(Wide {
+            info,
+            state: None,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let buckets = cx.parallelism;
+                let pieces = shuffle(cx, &parent, |run| {
+                    let mut agg = Aggregate::<K, V>::new();
+                    run(&mut |chunk| agg.add_chunk(&chunk, &f))?;
+                    agg.into_buckets(buckets, &info.schema)
+                })?;
+                rayon_map(pieces, |chunks| {
+                    let mut agg = Aggregate::<K, V>::new();
+                    for c in &chunks {
+                        agg.add_chunk(c, &f)?;
+                    }
+                    Ok(agg
+                        .into_buckets(1, &info.schema)?
+                        .into_iter()
+                        .flatten()
+                        .collect())
+                })
+            },
+        })
+    })
+}
+
+/// Runs `f` over each bucket in parallel, keeping bucket order.
+pub(crate) fn rayon_map<T: Send, R: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R> + Sync + Send,
+) -> Result<Vec<R>> {
+    use rayon::prelude::*;
+    items.into_par_iter().map(f).collect()
+}
+
+pub(crate) fn count<T: Data>(stream: &DStream<T>) -> DStream<u64> {
+    let parent = stream.node.clone();
+    stream.derive("count", move |info| {
+        Arc::new(Wide {
+            info,
+            state: None,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let counts = cx.for_each_partition(&parent, |_, run| {
+                    let mut n = 0u64;
+                    run(&mut |chunk| {
+                        n += chunk.num_rows() as u64;
+                        Ok(())
+                    })?;
+                    Ok(n)
+                })?;
+                let total: u64 = counts.iter().sum();
+                let batch = RecordBatch::try_new(
+                    info.schema.clone(),
+                    vec![Arc::new(arrow::array::UInt64Array::from(vec![total]))],
+                )?;
+                Ok(vec![vec![batch]])
+            },
+        })
+    })
+}
+
+pub(crate) fn reduce<T: Data>(
+    stream: &DStream<T>,
+    f: impl for<'a, 'b> Fn(T::View<'a>, T::View<'b>) -> T + Send + Sync + 'static,
+) -> DStream<T> {
+    let parent = stream.node.clone();
+    stream.derive("reduce", move |info| {
+        Arc::new(Wide {
+            info,
+            state: None,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let partials = cx.for_each_partition(&parent, |_, run| {
+                    let mut acc: Option<T> = None;
+                    run(&mut |chunk| {
+                        let reader = T::reader(chunk.columns())?;
+                        for i in 0..chunk.num_rows() {
+                            let v = T::get(&reader, i);
+                            acc = Some(match &acc {
+                                None => T::to_owned_value(v),
+                                Some(a) => f(a.view(), v),
+                            });
+                        }
+                        Ok(())
+                    })?;
+                    Ok(acc)
+                })?;
+                let mut total: Option<T> = None;
+                for p in partials.into_iter().flatten() {
+                    total = Some(match total {
+                        None => p,
+                        Some(t) => f(t.view(), p.view()),
+                    });
+                }
+                let Some(total) = total else {
+                    return Ok(vec![Vec::new()]);
+                };
+                let mut out = Emitter::<T>::with_capacity(1);
+                out.push_view(total.view());
+                Ok(vec![vec![RecordBatch::try_new(
+                    info.schema.clone(),
+                    out.finish(),
+                )?]])
+            },
+        })
+    })
+}
+
+/// Hash join per bucket: the right side is built into a table, the left
+/// side probes it in order.
+fn join_impl<K: Key, V: Data, W: Data, O: Data>(
+    left: &DStream<(K, V)>,
+    right: &DStream<(K, W)>,
+    kind: &'static str,
+    emit: impl for<'a> Fn(K::View<'a>, V::View<'a>, Option<W::View<'a>>, &mut Emitter<O>)
+    + Send
+    + Sync
+    + 'static,
+) -> DStream<O> {
+    right.node.info().add_consumer();
+    let (lp, rp) = (left.node.clone(), right.node.clone());
+    left.derive(kind, move |info| {
+        Arc::new(Wide {
+            info,
+            state: None,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                let l = partition_by_key::<K>(cx, &lp)?;
+                let r = partition_by_key::<K>(cx, &rp)?;
+                let pairs: Vec<_> = l.into_iter().zip(r).collect();
+                rayon_map(pairs, |(lchunks, rchunks)| {
+                    let readers = rchunks
+                        .iter()
+                        .map(|c| <(K, W)>::reader(c.columns()))
+                        .collect::<Result<Vec<_>>>()?;
+                    let mut table: HashTable<(u64, usize, usize)> = HashTable::new();
+                    for (ci, (c, reader)) in rchunks.iter().zip(&readers).enumerate() {
+                        for row in 0..c.num_rows() {
+                            let h = hash_one::<K>(<(K, W)>::get(reader, row).0);
+                            table.insert_unique(h, (h, ci, row), |e| e.0);
+                        }
+                    }
+                    let mut out = Emitter::<O>::with_capacity(OUT_CHUNK);
+                    for c in &lchunks {
+                        let lr = <(K, V)>::reader(c.columns())?;
+                        for row in 0..c.num_rows() {
+                            let (k, v) = <(K, V)>::get(&lr, row);
+                            let h = hash_one::<K>(k);
+                            let mut matched = false;
+                            for &(eh, ci, rrow) in table.iter_hash(h) {
+                                let (rk, w) = <(K, W)>::get(&readers[ci], rrow);
+                                if eh == h && K::eq_view(rk, k) {
+                                    matched = true;
+                                    emit(k, v, Some(w), &mut out);
+                                }
+                            }
+                            if !matched {
+                                emit(k, v, None, &mut out);
+                            }
+                        }
+                    }
+                    Ok(out.into_batches(&info.schema)?)
+                })
+            },
+        })
+    })
+}
+
+pub(crate) fn join<K: Key, V: Data, W: Data>(
+    left: &DStream<(K, V)>,
+    right: &DStream<(K, W)>,
+) -> DStream<(K, (V, W))> {
+    join_impl(
+        left,
+        right,
+        "join",
+        |k, v, w, out: &mut Emitter<(K, (V, W))>| {
+            if let Some(w) = w {
+                out.push_view((k, (v, w)));
+            }
+        },
+    )
+}
+
+pub(crate) fn left_outer_join<K: Key, V: Data, W: Data>(
+    left: &DStream<(K, V)>,
+    right: &DStream<(K, W)>,
+) -> DStream<(K, (V, Option<W>))> {
+    join_impl(
+        left,
+        right,
+        "left_outer_join",
+        |k, v, w, out: &mut Emitter<(K, (V, Option<W>))>| {
+            out.push_view((k, (v, w)));
+        },
+    )
+}

@@ -1,0 +1,866 @@
+//! Topic sink: a batch's records appended to a topic of the bundled store
+//! or of a Kafka broker, at most once per batch id.
+//!
+//! The driver runs outputs *before* its atomic commit, so after a crash
+//! the batch runs again over identical input and produces the same
+//! records. To keep a reader of the topic from seeing them twice, every
+//! record carries three headers:
+//!
+//! | header | value |
+//! |---|---|
+//! | `sluice.batch` | `<job>/<sink or stream>/<batch id>` |
+//! | `sluice.index` | `<i>/<n>`: the record's place among the batch's `n` records in this partition |
+//! | `sluice.run` | the creation time (ms) of the job's checkpoint, which tells a recreated job from the old one |
+//!
+//! Before the first batch a writer writes in a process (a replayed batch,
+//! or the batch after a clean stop), it reads the last record of each
+//! partition it is about to write ([`resume_at`]): a tag of the same job,
+//! sink and run for a later batch, or for this batch with every record
+//! present, skips the partition; a tag for this batch at record `i`
+//! writes the remaining records `i+1..n`; anything else writes them all.
+//! Partitions are written in ascending order, and a partition's records in
+//! the batch's order, so a crash between or inside partitions leaves a
+//! prefix that the replay completes. Later batches of the same process
+//! need no look: nothing but this process wrote since.
+//!
+//! The guarantee: a reader of the topic sees each result record exactly
+//! once, provided only this job's sink writes to the topic (another
+//! writer's record at the end of a partition hides the tag) and retention
+//! does not delete a partition's last record between a crash and the
+//! restart. Records with a key go to Kafka's murmur2 partition of the key
+//! among the partitions the topic had when the job started; records
+//! without a key go to partition 0.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{SinkError, WriterId, crash_point};
+use sluice_log::log::{LogError, LogStore, TopicConfig};
+use crate::data::Data;
+use sluice_log::producer::{BATCH_HEADER_BYTES, BatchBuilder, Compression, partition_for_key};
+use crate::source::embedded::EmbeddedSource;
+use crate::source::kafka::KafkaSource;
+use crate::source::{Record, Source};
+
+/// `<job>/<writer>/<batch id>` of the batch that wrote the record.
+pub const BATCH_HEADER: &str = "sluice.batch";
+/// `<i>/<n>`: the record is the i-th (from 0) of the batch's n records in
+/// its partition.
+pub const INDEX_HEADER: &str = "sluice.index";
+/// Creation time (ms) of the writing job's checkpoint.
+pub const RUN_HEADER: &str = "sluice.run";
+
+/// Metadata and admin requests to a broker.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the records of one batch may take to be acknowledged.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Where a topic lives.
+#[derive(Clone)]
+pub enum TopicTarget {
+    /// The job's own bundled store.
+    Embedded(Arc<LogStore>),
+    /// A Kafka-compatible broker (`host:port,…`), through librdkafka.
+    Kafka(String),
+}
+
+/// One record to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutRecord {
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: i64,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// The partition a record goes to: Kafka's murmur2 partition of its key,
+/// or partition 0 without a key (deterministic, so a replay writes the
+/// same records to the same partitions).
+pub fn partition_of(key: Option<&[u8]>, partitions: u32) -> i32 {
+    match key {
+        Some(k) if partitions > 0 => partition_for_key(k, partitions) as i32,
+        _ => 0,
+    }
+}
+
+/// What the last record of a partition says about who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// `<job>/<writer>`.
+    pub writer: String,
+    pub batch_id: u64,
+    pub run: Option<String>,
+    /// The record's index among its batch's records in the partition.
+    pub index: Option<u64>,
+}
+
+impl Marker {
+    /// The marker in a record's headers, if it has a well-formed one (the
+    /// last value wins when a header repeats).
+    pub fn from_headers<'a>(
+        headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> Option<Marker> {
+        let (mut tag, mut run, mut index) = (None, None, None);
+        for (k, v) in headers {
+            let text = v.and_then(|v| std::str::from_utf8(v).ok());
+            match k {
+                BATCH_HEADER => tag = text,
+                RUN_HEADER => run = text,
+                INDEX_HEADER => index = text,
+                _ => {}
+            }
+        }
+        let (writer, batch) = tag?.rsplit_once('/')?;
+        Some(Marker {
+            writer: writer.to_owned(),
+            batch_id: batch.parse().ok()?,
+            run: run.map(str::to_owned),
+            index: index
+                .and_then(|i| i.split('/').next())
+                .and_then(|i| i.parse().ok()),
+        })
+    }
+}
+
+/// Where writing batch `batch_id`'s `records` records into a partition
+/// starts, given the marker of the partition's last record: `records`
+/// means the partition already holds them all.
+pub fn resume_at(last: Option<&Marker>, me: &WriterId, batch_id: u64, records: usize) -> usize {
+    let Some(m) = last else { return 0 };
+    if m.writer != me.prefix() || m.run.as_deref() != Some(me.run.as_str()) {
+        return 0;
+    }
+    match m.batch_id.cmp(&batch_id) {
+        std::cmp::Ordering::Less => 0,
+        std::cmp::Ordering::Greater => records,
+        std::cmp::Ordering::Equal => m
+            .index
+            .map_or(records, |i| (i as usize).saturating_add(1))
+            .min(records),
+    }
+}
+
+/// What one batch's write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    pub written: usize,
+    /// Records a replayed batch found already in the topic.
+    pub skipped: usize,
+}
+
+/// Remembers the first delivery failure of a batch.
+struct DeliveryErrors {
+    what: String,
+    first: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryErrors {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(sink = %self.what, ?level, fac, "librdkafka: {message}");
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(sink = %self.what, "librdkafka: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for DeliveryErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            use rdkafka::message::Message;
+            let mut first = sluice_log::common::mutex(&self.first);
+            if first.is_none() {
+                *first = Some(format!("partition {}: {e}", msg.partition()));
+            }
+        }
+    }
+}
+
+enum Backend {
+    Embedded {
+        store: Arc<LogStore>,
+        /// Bytes of records per appended batch (below the topic's
+        /// `max.message.bytes`).
+        batch_bytes: usize,
+        max_record_bytes: usize,
+    },
+    Kafka {
+        brokers: String,
+        producer: BaseProducer<DeliveryErrors>,
+    },
+}
+
+/// Appends batches of records to one topic, idempotently per batch id (see
+/// the module docs).
+pub struct TopicWriter {
+    what: String,
+    topic: String,
+    partitions: u32,
+    /// Reads the last record of a partition.
+    reader: Box<dyn Source>,
+    backend: Backend,
+    /// The last batch this writer completed in this process.
+    written_through: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for TopicWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicWriter")
+            .field("what", &self.what)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl TopicWriter {
+    /// Opens `topic` at `target`, creating it with `partitions` partitions
+    /// if it does not exist. `what` names the writer in errors.
+    pub fn open(
+        target: &TopicTarget,
+        topic: &str,
+        partitions: u32,
+        what: &str,
+    ) -> Result<TopicWriter, SinkError> {
+        let err = |m: String| SinkError::new(what, m);
+        match target {
+            TopicTarget::Embedded(store) => {
+                let t = match store.topic(topic) {
+                    Ok(t) => t,
+                    Err(LogError::UnknownTopic(_)) => {
+                        match store.create_topic(topic, partitions as i64, TopicConfig::default()) {
+                            Ok(t) => {
+                                tracing::info!(
+                                    "{what}: created topic {topic} with {partitions} partition(s)"
+                                );
+                                t
+                            }
+                            Err(LogError::TopicExists(_)) => store
+                                .topic(topic)
+                                .map_err(|e| err(format!("cannot open topic {topic}: {e}")))?,
+                            Err(e) => return Err(err(format!("cannot create topic {topic}: {e}"))),
+                        }
+                    }
+                    Err(e) => return Err(err(format!("cannot open topic {topic}: {e}"))),
+                };
+                let max_batch = t.config().max_message_bytes as usize;
+                let reader = EmbeddedSource::new(store.clone(), topic)
+                    .map_err(|e| err(format!("cannot read topic {topic}: {e}")))?;
+                Ok(TopicWriter {
+                    what: what.to_owned(),
+                    topic: topic.to_owned(),
+                    partitions: t.partition_count() as u32,
+                    reader: Box::new(reader),
+                    backend: Backend::Embedded {
+                        store: store.clone(),
+                        batch_bytes: max_batch.saturating_sub(BATCH_HEADER_BYTES).min(1 << 20),
+                        max_record_bytes: max_batch.saturating_sub(BATCH_HEADER_BYTES + 64),
+                    },
+                    written_through: Mutex::new(None),
+                })
+            }
+            TopicTarget::Kafka(brokers) => {
+                let producer: BaseProducer<DeliveryErrors> = ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    // Retries never duplicate or reorder records within a
+                    // partition: what a crash leaves is a prefix.
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("linger.ms", "5")
+                    .set("message.timeout.ms", "60000")
+                    // A missing topic is created below with the sink's
+                    // partition count, not the broker's default.
+                    .set("allow.auto.create.topics", "false")
+                    .create_with_context(DeliveryErrors {
+                        what: what.to_owned(),
+                        first: Mutex::new(None),
+                    })
+                    .map_err(|e| {
+                        err(format!("cannot create a Kafka producer for {brokers}: {e}"))
+                    })?;
+                let partitions =
+                    kafka_partitions(&producer, brokers, topic, partitions).map_err(err)?;
+                let reader = KafkaSource::new(
+                    format!("sluice-sink-{topic}"),
+                    brokers.clone(),
+                    topic,
+                    None,
+                    Vec::new(),
+                )
+                .map_err(|e| err(e.to_string()))?
+                .with_read_timeout(KAFKA_TIMEOUT);
+                Ok(TopicWriter {
+                    what: what.to_owned(),
+                    topic: topic.to_owned(),
+                    partitions,
+                    reader: Box::new(reader),
+                    backend: Backend::Kafka {
+                        brokers: brokers.clone(),
+                        producer,
+                    },
+                    written_through: Mutex::new(None),
+                })
+            }
+        }
+    }
+
+    /// Partitions of the topic when it was opened.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes batch `batch_id`'s records, by partition, unless the topic
+    /// already holds them (a replay).
+    pub fn write(
+        &self,
+        id: &WriterId,
+        batch_id: u64,
+        records: &BTreeMap<i32, Vec<OutRecord>>,
+    ) -> Result<WriteReport, SinkError> {
+        let mut through = sluice_log::common::mutex(&self.written_through);
+        let look = through.is_none_or(|t| t.checked_add(1) != Some(batch_id));
+        *through = None;
+        let ends = if look && !records.is_empty() {
+            self.reader.partitions().map_err(|e| {
+                self.error(format!("cannot read the end of topic {}: {e}", self.topic))
+            })?
+        } else {
+            Vec::new()
+        };
+        let mut report = WriteReport::default();
+        for (&partition, recs) in records {
+            if partition < 0 || partition as u32 >= self.partitions {
+                return Err(self.error(format!(
+                    "partition {partition} does not exist (the topic has {})",
+                    self.partitions
+                )));
+            }
+            let start = if look {
+                resume_at(
+                    self.last_marker(&ends, partition)?.as_ref(),
+                    id,
+                    batch_id,
+                    recs.len(),
+                )
+            } else {
+                0
+            };
+            if start > 0 {
+                tracing::info!(
+                    "{}: batch {batch_id} replayed: partition {partition} of {} already holds {start} of its {} records",
+                    self.what,
+                    self.topic,
+                    recs.len()
+                );
+            }
+            report.skipped += start;
+            if start < recs.len() {
+                self.append(partition, id, batch_id, recs, start..recs.len())?;
+                report.written += recs.len() - start;
+            }
+            crash_point("sink::topic::after_partition", batch_id);
+        }
+        if let Backend::Kafka { producer, brokers } = &self.backend {
+            let flushed = producer.flush(FLUSH_TIMEOUT);
+            if let Some(e) = sluice_log::common::mutex(&producer.context().first).take() {
+                return Err(self.error(format!(
+                    "{brokers} did not take batch {batch_id}'s records: {e}"
+                )));
+            }
+            flushed.map_err(|e| {
+                self.error(format!(
+                    "{brokers} did not acknowledge batch {batch_id}'s records within {FLUSH_TIMEOUT:?}: {e}"
+                ))
+            })?;
+        }
+        crash_point("sink::topic::after_write", batch_id);
+        *through = Some(batch_id);
+        Ok(report)
+    }
+
+    fn error(&self, message: String) -> SinkError {
+        SinkError::new(self.what.clone(), message)
+    }
+
+    /// The marker of `partition`'s last record, if it has one; `ends` are
+    /// the topic's partitions as the write began.
+    fn last_marker(
+        &self,
+        ends: &[crate::source::PartitionInfo],
+        partition: i32,
+    ) -> Result<Option<Marker>, SinkError> {
+        let Some(info) = ends.iter().find(|i| i.partition == partition) else {
+            return Ok(None);
+        };
+        if info.high_watermark <= info.log_start {
+            return Ok(None);
+        }
+        let mut marker = None;
+        self.reader
+            .read(
+                partition,
+                info.high_watermark - 1,
+                info.high_watermark,
+                &mut |batch: RecordBatch| {
+                    let reader = Record::reader(batch.columns())?;
+                    if let Some(last) = batch.num_rows().checked_sub(1) {
+                        marker = Marker::from_headers(Record::get(&reader, last).headers());
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot read the last record of {} partition {partition}: {e}",
+                    self.topic
+                ))
+            })?;
+        Ok(marker)
+    }
+
+    fn append(
+        &self,
+        partition: i32,
+        id: &WriterId,
+        batch_id: u64,
+        recs: &[OutRecord],
+        range: std::ops::Range<usize>,
+    ) -> Result<(), SinkError> {
+        let tag = id.batch_tag(batch_id);
+        let n = recs.len();
+        match &self.backend {
+            Backend::Embedded {
+                store,
+                batch_bytes,
+                max_record_bytes,
+            } => {
+                let part = store.partition(&self.topic, partition).map_err(|e| {
+                    self.error(format!(
+                        "cannot open {} partition {partition}: {e}",
+                        self.topic
+                    ))
+                })?;
+                let mut builder = BatchBuilder::new(Compression::None);
+                let flush = |builder: &mut BatchBuilder| -> Result<(), SinkError> {
+                    if builder.is_empty() {
+                        return Ok(());
+                    }
+                    let mut bytes = builder
+                        .finish()
+                        .map_err(|e| self.error(format!("cannot encode records: {e}")))?;
+                    part.append(&mut bytes).map_err(|e| {
+                        self.error(format!(
+                            "cannot append to {} partition {partition}: {e}",
+                            self.topic
+                        ))
+                    })?;
+                    Ok(())
+                };
+                for (i, r) in recs.iter().enumerate().take(range.end).skip(range.start) {
+                    let index = format!("{i}/{n}");
+                    let mut headers: Vec<(&str, Option<&[u8]>)> = r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_deref()))
+                        .collect();
+                    headers.push((BATCH_HEADER, Some(tag.as_bytes())));
+                    headers.push((INDEX_HEADER, Some(index.as_bytes())));
+                    headers.push((RUN_HEADER, Some(id.run.as_bytes())));
+                    let size = r.key.as_ref().map_or(0, Vec::len)
+                        + r.value.as_ref().map_or(0, Vec::len)
+                        + headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+                            .sum::<usize>();
+                    if size > *max_record_bytes {
+                        return Err(self.error(format!(
+                            "a record of {size} bytes is larger than topic {}'s max.message.bytes allows ({max_record_bytes} bytes)",
+                            self.topic
+                        )));
+                    }
+                    if builder.size_bytes() + size + 32 > *batch_bytes {
+                        flush(&mut builder)?;
+                    }
+                    builder.push_record(
+                        r.key.as_deref(),
+                        r.value.as_deref(),
+                        r.timestamp_ms,
+                        &headers,
+                    );
+                }
+                flush(&mut builder)
+            }
+            Backend::Kafka { producer, .. } => {
+                for (i, r) in recs.iter().enumerate().take(range.end).skip(range.start) {
+                    let index = format!("{i}/{n}");
+                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 3);
+                    for (k, v) in &r.headers {
+                        headers = headers.insert(Header {
+                            key: k.as_str(),
+                            value: v.as_deref(),
+                        });
+                    }
+                    for (k, v) in [
+                        (BATCH_HEADER, tag.as_bytes()),
+                        (INDEX_HEADER, index.as_bytes()),
+                        (RUN_HEADER, id.run.as_bytes()),
+                    ] {
+                        headers = headers.insert(Header {
+                            key: k,
+                            value: Some(v),
+                        });
+                    }
+                    let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                        .partition(partition)
+                        .timestamp(r.timestamp_ms)
+                        .headers(headers);
+                    if let Some(k) = &r.key {
+                        record = record.key(k.as_slice());
+                    }
+                    if let Some(v) = &r.value {
+                        record = record.payload(v.as_slice());
+                    }
+                    let started = Instant::now();
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                r,
+                            )) if started.elapsed() < FLUSH_TIMEOUT => {
+                                record = r;
+                                producer.poll(Duration::from_millis(10));
+                            }
+                            Err((e, _)) => {
+                                return Err(self.error(format!(
+                                    "cannot send a record to {} partition {partition}: {e}",
+                                    self.topic
+                                )));
+                            }
+                        }
+                    }
+                }
+                producer.poll(Duration::ZERO);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The partition count of `topic` at `brokers`, creating the topic with
+/// `partitions` partitions (and the brokers' default replication) if it
+/// does not exist.
+fn kafka_partitions(
+    producer: &BaseProducer<DeliveryErrors>,
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+) -> Result<u32, String> {
+    let lookup = || -> Result<Option<u32>, String> {
+        let md = producer
+            .client()
+            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            .map_err(|e| {
+                format!("cannot read the metadata of topic {topic} from {brokers}: {e} (is the broker running?)")
+            })?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(None);
+        };
+        match t.error().map(RDKafkaErrorCode::from) {
+            None if !t.partitions().is_empty() => Ok(Some(t.partitions().len() as u32)),
+            None
+            | Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+            | Some(RDKafkaErrorCode::UnknownTopic)
+            | Some(RDKafkaErrorCode::LeaderNotAvailable) => Ok(None),
+            Some(code) => Err(format!("cannot read the metadata of topic {topic}: {code}")),
+        }
+    };
+    if let Some(n) = lookup()? {
+        return Ok(n);
+    }
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("cannot create a Kafka admin client for {brokers}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for the admin client: {e}"))?;
+    let new_topic = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1));
+    let results = runtime
+        .block_on(admin.create_topics(
+            [&new_topic],
+            &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT)),
+        ))
+        .map_err(|e| format!("cannot create topic {topic} at {brokers}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) => {
+                tracing::info!("created topic {topic} with {partitions} partition(s) at {brokers}")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(format!("cannot create topic {topic} at {brokers}: {code}"));
+            }
+        }
+    }
+    let deadline = Instant::now() + KAFKA_TIMEOUT;
+    loop {
+        if let Some(n) = lookup()? {
+            return Ok(n);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "topic {topic} was created at {brokers} but its partitions did not appear within {KAFKA_TIMEOUT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_log::log::StoreOptions;
+
+    fn me(name: &str, run: &str) -> WriterId {
+        WriterId {
+            job: "job".into(),
+            run: run.into(),
+            name: name.into(),
+        }
+    }
+
+    fn marker(writer: &str, batch_id: u64, run: &str, index: Option<u64>) -> Marker {
+        Marker {
+            writer: writer.into(),
+            batch_id,
+            run: Some(run.into()),
+            index,
+        }
+    }
+
+    #[test]
+    fn resume_point_decisions() {
+        let id = me("out", "7");
+        // Nothing there, another writer, another run of the job.
+        assert_eq!(resume_at(None, &id, 5, 3), 0);
+        assert_eq!(
+            resume_at(Some(&marker("job/other", 9, "7", Some(2))), &id, 5, 3),
+            0
+        );
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 9, "6", Some(2))), &id, 5, 3),
+            0
+        );
+        // An earlier batch: write all; a later one: skip all.
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 4, "7", Some(0))), &id, 5, 3),
+            0
+        );
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 6, "7", Some(0))), &id, 5, 3),
+            3
+        );
+        // This batch: complete it.
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 5, "7", Some(0))), &id, 5, 3),
+            1
+        );
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 5, "7", Some(2))), &id, 5, 3),
+            3
+        );
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 5, "7", Some(9))), &id, 5, 3),
+            3
+        );
+        assert_eq!(
+            resume_at(Some(&marker("job/out", 5, "7", None)), &id, 5, 3),
+            3
+        );
+    }
+
+    #[test]
+    fn markers_parse_from_headers() {
+        let h: Vec<(&str, Option<&[u8]>)> = vec![
+            ("user", Some(b"x")),
+            (BATCH_HEADER, Some(b"my/job/out/12")),
+            (INDEX_HEADER, Some(b"3/10")),
+            (RUN_HEADER, Some(b"99")),
+        ];
+        assert_eq!(
+            Marker::from_headers(h.into_iter()),
+            Some(Marker {
+                writer: "my/job/out".into(),
+                batch_id: 12,
+                run: Some("99".into()),
+                index: Some(3),
+            })
+        );
+        let bad: Vec<(&str, Option<&[u8]>)> = vec![(BATCH_HEADER, Some(b"no-batch"))];
+        assert_eq!(Marker::from_headers(bad.into_iter()), None);
+        assert_eq!(Marker::from_headers(std::iter::empty()), None);
+    }
+
+    fn records(n: usize, keyed: bool) -> Vec<OutRecord> {
+        (0..n)
+            .map(|i| OutRecord {
+                key: keyed.then(|| format!("k{i}").into_bytes()),
+                value: Some(format!("v{i}").into_bytes()),
+                timestamp_ms: 1000,
+                headers: vec![("h".into(), Some(b"x".to_vec()))],
+            })
+            .collect()
+    }
+
+    fn read_all(store: &Arc<LogStore>, topic: &str, partition: i32) -> Vec<(String, Marker)> {
+        let source = EmbeddedSource::new(store.clone(), topic).unwrap();
+        let hw = source.partitions().unwrap()[partition as usize].high_watermark;
+        let mut out = Vec::new();
+        source
+            .read(partition, 0, hw, &mut |b: RecordBatch| {
+                let reader = Record::reader(b.columns())?;
+                for i in 0..b.num_rows() {
+                    let r = Record::get(&reader, i);
+                    let headers: Vec<_> = r.headers().collect();
+                    assert_eq!(headers[0], ("h", Some(&b"x"[..])));
+                    out.push((
+                        r.value_str().to_owned(),
+                        Marker::from_headers(headers.into_iter()).unwrap(),
+                    ));
+                }
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn replays_complete_a_partial_batch_and_skip_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            background: false,
+            ..Default::default()
+        };
+        let store = Arc::new(LogStore::open(dir.path(), options).unwrap());
+        let target = TopicTarget::Embedded(store.clone());
+        let open = || TopicWriter::open(&target, "out", 2, "topic sink out").unwrap();
+        let id = me("out", "1");
+        let batch2 = BTreeMap::from([(0, records(4, false)), (1, records(1, false))]);
+
+        // Batch 1 whole, then a crash in batch 2 after 2 of partition 0's
+        // 4 records.
+        let first = open();
+        assert_eq!(first.partitions(), 2);
+        let batch1 = BTreeMap::from([(0, records(3, false)), (1, records(2, false))]);
+        first.write(&id, 1, &batch1).unwrap();
+        first.append(0, &id, 2, &batch2[&0], 0..2).unwrap();
+        drop(first);
+
+        // The restarted process completes partition 0 and writes partition 1.
+        let report = open().write(&id, 2, &batch2).unwrap();
+        assert_eq!(
+            report,
+            WriteReport {
+                written: 3,
+                skipped: 2
+            }
+        );
+        let p0: Vec<String> = read_all(&store, "out", 0)
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(p0, ["v0", "v1", "v2", "v0", "v1", "v2", "v3"]);
+        let p0_markers: Vec<Option<u64>> = read_all(&store, "out", 0)
+            .into_iter()
+            .map(|r| r.1.index)
+            .collect();
+        assert_eq!(
+            p0_markers,
+            [0, 1, 2, 0, 1, 2, 3].map(Some),
+            "indexes continue where the crash left off"
+        );
+
+        // The same batch again (a crash after the write): nothing written.
+        let again = open();
+        let report = again.write(&id, 2, &batch2).unwrap();
+        assert_eq!(
+            report,
+            WriteReport {
+                written: 0,
+                skipped: 5
+            }
+        );
+        // The next batch of the same process does not look.
+        let report = again
+            .write(&id, 3, &BTreeMap::from([(1, records(1, false))]))
+            .unwrap();
+        assert_eq!(
+            report,
+            WriteReport {
+                written: 1,
+                skipped: 0
+            }
+        );
+        let p1 = read_all(&store, "out", 1);
+        assert_eq!(
+            p1.iter().map(|r| r.1.batch_id).collect::<Vec<_>>(),
+            [1, 1, 2, 3]
+        );
+        assert_eq!(p1[2].1.writer, "job/out");
+
+        // A recreated job (another run of the checkpoint) at batch 1 writes.
+        let report = open()
+            .write(
+                &me("out", "2"),
+                1,
+                &BTreeMap::from([(1, records(1, false))]),
+            )
+            .unwrap();
+        assert_eq!(report.written, 1);
+
+        // The topic exists now: a writer asking for 5 partitions gets 2.
+        assert_eq!(
+            TopicWriter::open(&target, "out", 5, "x")
+                .unwrap()
+                .partitions(),
+            2
+        );
+        let err = TopicWriter::open(&target, "bad name!", 1, "topic sink s").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("topic sink s: cannot create topic bad name!"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keyed_records_spread_by_murmur2_and_unkeyed_go_to_partition_0() {
+        assert_eq!(partition_of(None, 4), 0);
+        assert_eq!(
+            partition_of(Some(b"k1"), 4),
+            partition_for_key(b"k1", 4) as i32
+        );
+        let spread: std::collections::BTreeSet<i32> = (0..50)
+            .map(|i| partition_of(Some(format!("key{i}").as_bytes()), 4))
+            .collect();
+        assert_eq!(spread.len(), 4);
+    }
+}

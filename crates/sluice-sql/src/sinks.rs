@@ -1,0 +1,873 @@
+//! Sinks of SQL queries: where each batch's result rows go, and the
+//! checking of `CREATE SINK` options.
+//!
+//! A `table` sink joins the batch's atomic commit (a RocksDB result table
+//! read by `sluice state`); `console` prints; `topic` appends one record
+//! per row to a topic of the bundled store or a Kafka broker and `file`
+//! writes Parquet/JSON/CSV files with a manifest, both idempotently per
+//! batch id ([`sluice_engine::sink::topic`], [`sluice_engine::sink::file`]). This module
+//! owns the row → sink encoding; it never plans queries or chooses offsets.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::script::SinkDecl;
+use super::{SqlError, Topics};
+use sluice_engine::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
+use sluice_engine::plan::{BatchCx, PlanError};
+use sluice_engine::sink::file::{FileFormat, FileOutcome, FileWriter};
+use sluice_engine::sink::topic::{OutRecord, TopicTarget, TopicWriter, partition_of};
+use sluice_engine::sink::{SinkError, WriterId};
+
+pub(crate) enum Sink {
+    Console,
+    /// Keyed by the first column; the other columns are the value.
+    Table(String, OperatorMeta),
+    /// Discards the rows (benchmarks measure the query alone, as Flink's
+    /// `blackhole` connector).
+    Blackhole,
+    /// One record per row in a topic.
+    Topic(Box<TopicSink>),
+    /// Files per batch plus a manifest entry.
+    File(FileSink),
+}
+
+/// Fails with a message naming `what`, the unknown option and the
+/// accepted ones, if `options` has a key not in `accepted`.
+pub(super) fn check_known(
+    what: &str,
+    options: &BTreeMap<String, String>,
+    accepted: &[&str],
+) -> Result<(), String> {
+    match options.keys().find(|k| !accepted.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(format!(
+            "{what}: unknown option {k:?} (accepted: {})",
+            accepted.join(", ")
+        )),
+    }
+}
+
+/// The value of option `key` among `accepted` (case-insensitive), or
+/// `default` when it is not given.
+pub(super) fn choice<'a>(
+    what: &str,
+    options: &BTreeMap<String, String>,
+    key: &str,
+    accepted: &[&'a str],
+    default: Option<&'a str>,
+) -> Result<Option<&'a str>, String> {
+    let Some(value) = options.get(key) else {
+        return Ok(default);
+    };
+    accepted
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(value.trim()))
+        .map(|a| Some(*a))
+        .ok_or_else(|| {
+            format!(
+                "{what}: {key} = {value:?} is not supported (accepted: {})",
+                accepted
+                    .iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// A topic name option (`default` when absent), checked with Kafka's rules.
+pub(super) fn topic_option(
+    what: &str,
+    options: &BTreeMap<String, String>,
+    key: &str,
+    default: Option<&str>,
+) -> Result<Option<String>, String> {
+    let Some(topic) = options.get(key).map(String::as_str).or(default) else {
+        return Ok(None);
+    };
+    sluice_log::log::validate_topic_name(topic).map_err(|e| {
+        format!("{what}: {key} = {topic:?} is not a topic name: {e} (accepted: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-')")
+    })?;
+    Ok(Some(topic.to_owned()))
+}
+
+/// How a topic sink encodes a row as a record value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowFormat {
+    /// A JSON object with every column.
+    Json,
+    /// One column's value as text.
+    Text,
+}
+
+/// A `CREATE SINK`'s options, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SinkSpec {
+    Console,
+    Table,
+    Blackhole,
+    Topic {
+        topic: String,
+        format: RowFormat,
+        key: Option<String>,
+        brokers: Option<String>,
+        partitions: u32,
+    },
+    File {
+        path: PathBuf,
+        format: FileFormat,
+    },
+}
+
+const SINK_TYPES: [&str; 5] = ["console", "table", "blackhole", "topic", "file"];
+const TOPIC_OPTIONS: [&str; 8] = [
+    "type",
+    "topic",
+    "format",
+    "key",
+    "brokers",
+    "partitions",
+    "mode",
+    "state_ttl",
+];
+const FILE_OPTIONS: [&str; 5] = ["type", "path", "format", "mode", "state_ttl"];
+
+impl SinkSpec {
+    /// Checks a sink's options; the error names the sink, the option and
+    /// what is accepted.
+    pub(crate) fn parse(decl: &SinkDecl) -> Result<SinkSpec, String> {
+        let o = &decl.options;
+        let what = format!("sink {}", decl.name);
+        let kind = choice(&what, o, "type", &SINK_TYPES, Some("console"))?.unwrap_or("console");
+        let what = format!("{kind} sink {}", decl.name);
+        match kind {
+            "console" | "table" | "blackhole" => {
+                check_known(&what, o, &["type", "mode", "state_ttl"])?;
+                Ok(match kind {
+                    "console" => SinkSpec::Console,
+                    "table" => SinkSpec::Table,
+                    _ => SinkSpec::Blackhole,
+                })
+            }
+            "topic" => {
+                check_known(&what, o, &TOPIC_OPTIONS)?;
+                let topic = topic_option(&what, o, "topic", Some(&decl.name))?.unwrap_or_default();
+                let format = match choice(&what, o, "format", &["json", "text"], Some("json"))? {
+                    Some("text") => RowFormat::Text,
+                    _ => RowFormat::Json,
+                };
+                let key = match o.get("key").map(|k| k.trim()) {
+                    Some("") => {
+                        return Err(format!(
+                            "{what}: key = '' names no column (accepted: the name of one of the query's columns)"
+                        ));
+                    }
+                    k => k.map(str::to_owned),
+                };
+                let brokers = match o.get("brokers").map(|b| b.trim()) {
+                    Some("") => {
+                        return Err(format!(
+                            "{what}: brokers = '' is empty (accepted: host:port[,host:port…]; leave it out to use the job's store or --brokers)"
+                        ));
+                    }
+                    b => b.map(str::to_owned),
+                };
+                let partitions = match o.get("partitions") {
+                    None => 1,
+                    Some(p) => p
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=sluice_log::log::MAX_PARTITIONS as u32).contains(n))
+                        .ok_or_else(|| {
+                            format!(
+                                "{what}: partitions = {p:?} is not a partition count (accepted: a whole number from 1 to {}; used when the sink creates the topic)",
+                                sluice_log::log::MAX_PARTITIONS
+                            )
+                        })?,
+                };
+                Ok(SinkSpec::Topic {
+                    topic,
+                    format,
+                    key,
+                    brokers,
+                    partitions,
+                })
+            }
+            _ => {
+                check_known(&what, o, &FILE_OPTIONS)?;
+                let path = match o.get("path").map(|p| p.trim()) {
+                    None | Some("") => {
+                        return Err(format!(
+                            "{what}: option path is required (accepted: a directory, e.g. path = 'out/clicks')"
+                        ));
+                    }
+                    Some(p) => PathBuf::from(p),
+                };
+                let format = match choice(
+                    &what,
+                    o,
+                    "format",
+                    &["parquet", "json", "csv"],
+                    Some("parquet"),
+                )? {
+                    Some("json") => FileFormat::Json,
+                    Some("csv") => FileFormat::Csv,
+                    _ => FileFormat::Parquet,
+                };
+                Ok(SinkSpec::File { path, format })
+            }
+        }
+    }
+
+    /// Whether the sink writes outside the checkpoint per batch id, so that
+    /// only one query may write to it.
+    pub(crate) fn single_writer(&self) -> bool {
+        matches!(self, SinkSpec::Topic { .. } | SinkSpec::File { .. })
+    }
+}
+
+impl Sink {
+    /// The sink a `CREATE SINK` declares, for a query whose output has
+    /// `schema`; `line` is the query's.
+    pub(crate) fn new(
+        decl: &SinkDecl,
+        schema: &SchemaRef,
+        topics: &Topics,
+        line: usize,
+    ) -> Result<Sink, SqlError> {
+        let name = &decl.name;
+        let unsupported = |message: String| SqlError::Unsupported { line, message };
+        Ok(match SinkSpec::parse(decl).map_err(unsupported)? {
+            SinkSpec::Console => Sink::Console,
+            SinkSpec::Table => Sink::Table(name.clone(), table_meta(name, schema, line)?),
+            SinkSpec::Blackhole => Sink::Blackhole,
+            SinkSpec::Topic {
+                topic,
+                format,
+                key,
+                brokers,
+                partitions,
+            } => {
+                let what = format!("topic sink {name}");
+                let columns = || {
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let key = match key {
+                    None => None,
+                    Some(k) => Some(schema.index_of(&k).map_err(|_| {
+                        unsupported(format!(
+                            "{what}: key = {k:?} is not a column of the query (columns: {})",
+                            columns()
+                        ))
+                    })?),
+                };
+                if let Some(k) = key {
+                    text_cells_supported(schema.field(k)).map_err(|t| {
+                        unsupported(format!(
+                            "{what}: key column {} has type {t}, which cannot be a record key (use a text, number, boolean, timestamp or binary column)",
+                            schema.field(k).name()
+                        ))
+                    })?;
+                }
+                let value = match format {
+                    RowFormat::Json => 0,
+                    RowFormat::Text => {
+                        let rest: Vec<usize> = (0..schema.fields().len())
+                            .filter(|&i| Some(i) != key)
+                            .collect();
+                        let [v] = rest[..] else {
+                            return Err(unsupported(format!(
+                                "{what}: format = 'text' writes one column as the record value, but the query has columns {}{}: select one column (besides the key), or use format = 'json'",
+                                columns(),
+                                key.map(|k| format!(" (key: {})", schema.field(k).name()))
+                                    .unwrap_or_default()
+                            )));
+                        };
+                        text_cells_supported(schema.field(v)).map_err(|t| {
+                            unsupported(format!(
+                                "{what}: column {} has type {t}, which format = 'text' cannot write (use format = 'json')",
+                                schema.field(v).name()
+                            ))
+                        })?;
+                        v
+                    }
+                };
+                let target = match (&brokers, topics) {
+                    (Some(b), _) => TopicTarget::Kafka(b.clone()),
+                    (None, Topics::Brokers(b)) => TopicTarget::Kafka(b.clone()),
+                    (None, Topics::Embedded(store)) => TopicTarget::Embedded(store.clone()),
+                };
+                let writer =
+                    TopicWriter::open(&target, &topic, partitions, &what).map_err(|e| {
+                        SqlError::Plan {
+                            line,
+                            message: e.to_string(),
+                        }
+                    })?;
+                Sink::Topic(Box::new(TopicSink {
+                    name: name.clone(),
+                    writer,
+                    format,
+                    key,
+                    value,
+                    id: OnceLock::new(),
+                }))
+            }
+            SinkSpec::File { path, format } => {
+                let what = format!("file sink {name}");
+                if format == FileFormat::Csv
+                    && let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested())
+                {
+                    return Err(unsupported(format!(
+                        "{what}: column {} has type {}, which CSV cannot hold (use format = 'parquet' or 'json')",
+                        f.name(),
+                        f.data_type()
+                    )));
+                }
+                let writer =
+                    FileWriter::open(&path, format, &what).map_err(|e| SqlError::Plan {
+                        line,
+                        message: e.to_string(),
+                    })?;
+                Sink::File(FileSink {
+                    name: name.clone(),
+                    writer,
+                    id: OnceLock::new(),
+                })
+            }
+        })
+    }
+
+    /// The result table this sink writes, for the checkpoint's registry.
+    pub(crate) fn table_meta(&self) -> Option<OperatorMeta> {
+        match self {
+            Sink::Table(_, meta) => Some(meta.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The writer identity of sink `name` in the job of `cx`, read once.
+fn writer_id<'a>(
+    cell: &'a OnceLock<WriterId>,
+    cx: &BatchCx,
+    name: &str,
+) -> Result<&'a WriterId, SinkError> {
+    if let Some(id) = cell.get() {
+        return Ok(id);
+    }
+    let id = WriterId::of(cx.checkpoint, name)?;
+    Ok(cell.get_or_init(|| id))
+}
+
+/// A sink's failure, attributed to the query's output operator.
+fn sink_failed(sink: &str, e: impl std::fmt::Display) -> SqlError {
+    SqlError::Engine(PlanError::Operator {
+        operator: format!("insert-{sink}"),
+        message: e.to_string(),
+    })
+}
+
+/// Writes each result row as a record of a topic.
+pub(crate) struct TopicSink {
+    name: String,
+    writer: TopicWriter,
+    format: RowFormat,
+    /// The key column, if any.
+    key: Option<usize>,
+    /// The value column with [`RowFormat::Text`].
+    value: usize,
+    id: OnceLock<WriterId>,
+}
+
+impl TopicSink {
+    /// The batch's records by partition, in row order.
+    fn records(
+        &self,
+        output: &[RecordBatch],
+        timestamp_ms: i64,
+    ) -> Result<BTreeMap<i32, Vec<OutRecord>>, SqlError> {
+        let mut out: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
+        for b in output.iter().filter(|b| b.num_rows() > 0) {
+            let keys = match self.key {
+                Some(k) => text_cells(b.column(k))?,
+                None => vec![None; b.num_rows()],
+            };
+            let values = match self.format {
+                RowFormat::Json => json_lines(b)?.into_iter().map(Some).collect(),
+                RowFormat::Text => text_cells(b.column(self.value))?,
+            };
+            for (key, value) in keys.into_iter().zip(values) {
+                out.entry(partition_of(key.as_deref(), self.writer.partitions()))
+                    .or_default()
+                    .push(OutRecord {
+                        key,
+                        value,
+                        timestamp_ms,
+                        headers: Vec::new(),
+                    });
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, cx: &BatchCx, output: &[RecordBatch]) -> Result<(), SqlError> {
+        let records = self.records(output, cx.batch_time_ms)?;
+        let id = writer_id(&self.id, cx, &self.name).map_err(|e| sink_failed(&self.name, e))?;
+        let report = self
+            .writer
+            .write(id, cx.batch_id, &records)
+            .map_err(|e| sink_failed(&self.name, e))?;
+        cx.count(
+            &format!("already in topic {}", self.writer.topic()),
+            report.skipped as u64,
+        );
+        Ok(())
+    }
+}
+
+/// Writes each batch's rows as files listed in a manifest.
+pub(crate) struct FileSink {
+    name: String,
+    writer: FileWriter,
+    id: OnceLock<WriterId>,
+}
+
+impl FileSink {
+    fn write(&self, cx: &BatchCx, output: &[RecordBatch]) -> Result<(), SqlError> {
+        let id = writer_id(&self.id, cx, &self.name).map_err(|e| sink_failed(&self.name, e))?;
+        let batches = output
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(plain_types)
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcome = self
+            .writer
+            .write(id, cx.batch_id, cx.batch_time_ms, &batches)
+            .map_err(|e| sink_failed(&self.name, e))?;
+        if outcome == FileOutcome::AlreadyWritten {
+            cx.count(
+                &format!("batch already in {}", self.writer.dir().display()),
+                1,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The batch with view types as their plain equivalents (`Utf8View` →
+/// `Utf8`, `BinaryView` → `Binary`), which every reader of files knows.
+fn plain_types(b: &RecordBatch) -> Result<RecordBatch, SqlError> {
+    let plain = |dt: &DataType| match dt {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    };
+    if !b
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| plain(f.data_type()) != *f.data_type())
+    {
+        return Ok(b.clone());
+    }
+    let fields: Vec<Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
+        .collect();
+    let columns = b
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Whether a column can be written as text (a key, or a text value); the
+/// type's name if not.
+fn text_cells_supported(field: &Field) -> Result<(), String> {
+    let dt = field.data_type();
+    let ok = matches!(
+        dt,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    ) || (!dt.is_nested()
+        && datafusion::arrow::compute::can_cast_types(dt, &DataType::Utf8));
+    if ok { Ok(()) } else { Err(dt.to_string()) }
+}
+
+/// A column's cells as bytes: binary as is, anything else as its text.
+fn text_cells(array: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>, SqlError> {
+    let binary = match array.data_type() {
+        DataType::Binary => Some(array.as_binary::<i32>().iter().collect::<Vec<_>>()),
+        DataType::LargeBinary => Some(array.as_binary::<i64>().iter().collect()),
+        DataType::BinaryView => Some(array.as_binary_view().iter().collect()),
+        _ => None,
+    };
+    if let Some(cells) = binary {
+        return Ok(cells.into_iter().map(|c| c.map(<[u8]>::to_vec)).collect());
+    }
+    let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
+    Ok(text
+        .as_string::<i32>()
+        .iter()
+        .map(|c| c.map(|s| s.as_bytes().to_vec()))
+        .collect())
+}
+
+/// Each row as a JSON object with every column (nulls written as `null`).
+fn json_lines(b: &RecordBatch) -> Result<Vec<Vec<u8>>, SqlError> {
+    let mut w = datafusion::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, datafusion::arrow::json::writer::LineDelimited>(Vec::new());
+    w.write(b)?;
+    w.finish()?;
+    let bytes = w.into_inner();
+    let lines: Vec<Vec<u8>> = bytes
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if lines.len() != b.num_rows() {
+        return Err(SqlError::Arrow(
+            datafusion::arrow::error::ArrowError::JsonError(format!(
+                "encoding {} rows as JSON gave {} lines",
+                b.num_rows(),
+                lines.len()
+            )),
+        ));
+    }
+    Ok(lines)
+}
+
+/// Our codec's type name for an Arrow type, if a table can store it.
+fn type_name(dt: &DataType, nullable: bool) -> Option<String> {
+    let base = match dt {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "string",
+        DataType::Int64 => "i64",
+        DataType::UInt64 => "u64",
+        DataType::Int32 => "i32",
+        DataType::UInt32 => "u32",
+        DataType::Float64 => "f64",
+        DataType::Boolean => "bool",
+        DataType::Binary | DataType::BinaryView | DataType::LargeBinary => "bytes",
+        _ => return None,
+    };
+    Some(if nullable {
+        format!("option<{base}>")
+    } else {
+        base.to_owned()
+    })
+}
+
+fn table_meta(name: &str, schema: &SchemaRef, line: usize) -> Result<OperatorMeta, SqlError> {
+    let bad = |f: &Field| SqlError::Unsupported {
+        line,
+        message: format!(
+            "table sink {name}: column {} of type {} cannot be stored in a table yet",
+            f.name(),
+            f.data_type()
+        ),
+    };
+    let fields = schema.fields();
+    let Some((key, values)) = fields.split_first() else {
+        return Err(SqlError::Plan {
+            line,
+            message: "the query has no columns".into(),
+        });
+    };
+    let key_type = type_name(key.data_type(), false).ok_or_else(|| bad(key))?;
+    let mut value_types = values
+        .iter()
+        .map(|f| type_name(f.data_type(), f.is_nullable()).ok_or_else(|| bad(f)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if value_types.is_empty() {
+        value_types.push("bool".into());
+    }
+    let state_type = value_types
+        .iter()
+        .rev()
+        .cloned()
+        .reduce(|acc, t| format!("({t},{acc})"))
+        .unwrap_or_default();
+    Ok(OperatorMeta {
+        name: name.to_owned(),
+        kind: "table".into(),
+        key_type,
+        state_type,
+    })
+}
+
+/// Encodes one cell with the codec of `data` (see `type_name`).
+fn encode_cell(
+    array: &ArrayRef,
+    row: usize,
+    optional: bool,
+    last: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    use sluice_engine::data::Data;
+    use datafusion::arrow::array::{
+        BooleanArray, Float64Array, Int32Array, Int64Array, UInt32Array, UInt64Array,
+    };
+    if optional {
+        if array.is_null(row) {
+            out.push(0);
+            return true;
+        }
+        out.push(1);
+    } else if array.is_null(row) {
+        return false;
+    }
+    let any = array.as_any();
+    match array.data_type() {
+        DataType::Utf8 => String::encode(array.as_string::<i32>().value(row), last, out),
+        DataType::LargeUtf8 => String::encode(array.as_string::<i64>().value(row), last, out),
+        DataType::Utf8View => String::encode(array.as_string_view().value(row), last, out),
+        DataType::Binary => Vec::<u8>::encode(array.as_binary::<i32>().value(row), last, out),
+        DataType::LargeBinary => Vec::<u8>::encode(array.as_binary::<i64>().value(row), last, out),
+        DataType::BinaryView => Vec::<u8>::encode(array.as_binary_view().value(row), last, out),
+        DataType::Int64 => i64::encode(
+            any.downcast_ref::<Int64Array>().map_or(0, |a| a.value(row)),
+            last,
+            out,
+        ),
+        DataType::UInt64 => u64::encode(
+            any.downcast_ref::<UInt64Array>()
+                .map_or(0, |a| a.value(row)),
+            last,
+            out,
+        ),
+        DataType::Int32 => i32::encode(
+            any.downcast_ref::<Int32Array>().map_or(0, |a| a.value(row)),
+            last,
+            out,
+        ),
+        DataType::UInt32 => u32::encode(
+            any.downcast_ref::<UInt32Array>()
+                .map_or(0, |a| a.value(row)),
+            last,
+            out,
+        ),
+        DataType::Float64 => f64::encode(
+            any.downcast_ref::<Float64Array>()
+                .map_or(0.0, |a| a.value(row)),
+            last,
+            out,
+        ),
+        DataType::Boolean => bool::encode(
+            any.downcast_ref::<BooleanArray>()
+                .is_some_and(|a| a.value(row)),
+            last,
+            out,
+        ),
+        _ => return false,
+    }
+    true
+}
+
+impl Sink {
+    /// Writes one batch's result rows.
+    pub(crate) fn write(&self, cx: &BatchCx, output: &[RecordBatch]) -> Result<(), SqlError> {
+        match self {
+            Sink::Blackhole => {}
+            Sink::Console => {
+                let rows: usize = output.iter().map(|b| b.num_rows()).sum();
+                if rows > 0 {
+                    let table = datafusion::arrow::util::pretty::pretty_format_batches(output)?;
+                    println!(
+                        "{}\n{table}",
+                        sluice_engine::sink::console::header(cx.batch_id, cx.batch_time_ms)
+                    );
+                }
+            }
+            Sink::Table(name, _) => {
+                let cf = cx
+                    .checkpoint
+                    .cf(&format!("{TABLE_CF_PREFIX}{name}"))
+                    .map_err(PlanError::from)?;
+                let mut puts = Vec::new();
+                for b in output {
+                    let schema = b.schema();
+                    for row in 0..b.num_rows() {
+                        let mut key = Vec::new();
+                        if !encode_cell(b.column(0), row, false, true, &mut key) {
+                            continue; // NULL keys are not stored
+                        }
+                        let mut value = Vec::new();
+                        let n = b.num_columns();
+                        if n == 1 {
+                            value.push(1); // a key-only table stores `true`
+                        }
+                        for c in 1..n {
+                            encode_cell(
+                                b.column(c),
+                                row,
+                                schema.field(c).is_nullable(),
+                                c == n - 1,
+                                &mut value,
+                            );
+                        }
+                        puts.push((key, value));
+                    }
+                }
+                cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
+            }
+            Sink::Topic(t) => t.write(cx, output)?,
+            Sink::File(f) => f.write(cx, output)?,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray, StringViewArray};
+
+    use super::*;
+    use sluice_log::log::{LogStore, StoreOptions};
+
+    fn decl(options: &[(&str, &str)]) -> SinkDecl {
+        SinkDecl {
+            name: "s".into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sink_options_have_defaults() {
+        assert_eq!(SinkSpec::parse(&decl(&[])), Ok(SinkSpec::Console));
+        assert_eq!(
+            SinkSpec::parse(&decl(&[("type", "TOPIC")])),
+            Ok(SinkSpec::Topic {
+                topic: "s".into(),
+                format: RowFormat::Json,
+                key: None,
+                brokers: None,
+                partitions: 1,
+            })
+        );
+        assert_eq!(
+            SinkSpec::parse(&decl(&[("type", "file"), ("path", "out")])),
+            Ok(SinkSpec::File {
+                path: "out".into(),
+                format: FileFormat::Parquet,
+            })
+        );
+        assert!(
+            SinkSpec::parse(&decl(&[("type", "file"), ("path", "o")]))
+                .unwrap()
+                .single_writer()
+        );
+        assert!(!SinkSpec::Table.single_writer());
+    }
+
+    fn rows() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8View, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringViewArray::from(vec![Some("a"), Some("b"), None])),
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(StringArray::from(vec![Some("x"), None, Some("z")])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn sink(format: RowFormat, key: Option<usize>, value: usize) -> (TopicSink, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            LogStore::open(
+                dir.path(),
+                StoreOptions {
+                    background: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let writer =
+            TopicWriter::open(&TopicTarget::Embedded(store), "out", 4, "topic sink s").unwrap();
+        let sink = TopicSink {
+            name: "s".into(),
+            writer,
+            format,
+            key,
+            value,
+            id: OnceLock::new(),
+        };
+        (sink, dir)
+    }
+
+    #[test]
+    fn json_rows_have_every_column_and_explicit_nulls() {
+        let (sink, _dir) = sink(RowFormat::Json, Some(0), 0);
+        let records = sink.records(&[rows()], 77).unwrap();
+        let all: Vec<&OutRecord> = records.values().flatten().collect();
+        assert_eq!(all.len(), 3);
+        let by_key = |k: Option<&[u8]>| {
+            all.iter()
+                .find(|r| r.key.as_deref() == k)
+                .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+                .unwrap()
+        };
+        assert_eq!(by_key(Some(b"a")), r#"{"user":"a","n":1,"note":"x"}"#);
+        assert_eq!(by_key(Some(b"b")), r#"{"user":"b","n":null,"note":null}"#);
+        // A NULL key: no key, partition 0.
+        assert_eq!(records[&0].iter().filter(|r| r.key.is_none()).count(), 1);
+        for (p, recs) in &records {
+            for r in recs {
+                assert_eq!(r.timestamp_ms, 77);
+                assert_eq!(*p, partition_of(r.key.as_deref(), 4));
+            }
+        }
+    }
+
+    #[test]
+    fn text_rows_write_one_column_and_null_is_a_tombstone() {
+        let (sink, _dir) = sink(RowFormat::Text, None, 1);
+        let records = sink.records(&[rows()], 0).unwrap();
+        assert_eq!(records.len(), 1, "no key: partition 0 only");
+        let values: Vec<Option<Vec<u8>>> = records[&0].iter().map(|r| r.value.clone()).collect();
+        assert_eq!(values, [Some(b"1".to_vec()), None, Some(b"3".to_vec())]);
+    }
+
+    #[test]
+    fn files_get_plain_string_types() {
+        let plain = plain_types(&rows()).unwrap();
+        assert_eq!(plain.schema().field(0).data_type(), &DataType::Utf8);
+        assert_eq!(plain.column(0).as_string::<i32>().value(1), "b");
+        assert!(text_cells_supported(&Field::new("b", DataType::Binary, true)).is_ok());
+        let list = DataType::new_list(DataType::Int64, true);
+        assert_eq!(
+            text_cells_supported(&Field::new("l", list.clone(), true)),
+            Err(list.to_string())
+        );
+    }
+}
