@@ -21,8 +21,8 @@ use common::broker::{BrokerOpts, TestBroker, run_bounded};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-use sluice::log::{LogStore, TopicConfig};
 use sluice::data::Data;
+use sluice::log::{LogStore, TopicConfig};
 use sluice::producer::{BatchBuilder, Compression};
 use sluice::sink::file::{ManifestEntry, read_manifest};
 use sluice::source::embedded::EmbeddedSource;
@@ -103,7 +103,7 @@ fn read_topic(data: &Path, topic: &str) -> Vec<Rec> {
     for p in source.partitions().unwrap() {
         source
             .read(p.partition, p.log_start, p.high_watermark, &mut |b| {
-                let reader = Record::reader(b.columns())?;
+                let reader = Record::reader(b.columns()).expect("the source schema");
                 for i in 0..b.num_rows() {
                     let r = Record::get(&reader, i);
                     out.push(Rec {
