@@ -250,14 +250,7 @@ fn feed_generated(
         .iter()
         .map(|p| p.high_watermark() as u64)
         .sum();
-    let mut producer = EmbeddedProducer::new(
-        store,
-        topic,
-        Compression::None,
-        UnkeyedStrategy::RoundRobin,
-        None,
-        500,
-    )?;
+    let mut producer = round_robin_producer(store, topic, 500)?;
     let mut line = Vec::with_capacity(256);
     let tick = Duration::from_millis(100);
     let per_tick = (rate / 10).max(1);
@@ -282,14 +275,7 @@ fn produce_file(
     topic: &str,
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let mut producer = EmbeddedProducer::new(
-        store,
-        topic,
-        Compression::None,
-        UnkeyedStrategy::RoundRobin,
-        None,
-        1000,
-    )?;
+    let mut producer = round_robin_producer(store, topic, 1000)?;
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -305,4 +291,21 @@ fn produce_file(
     store.flush().context("cannot flush the log store")?;
     eprintln!("produced {} lines into {topic}", producer.records);
     Ok(())
+}
+
+/// The demo's producer: uncompressed batches of `batch_records`, lines
+/// spread round-robin over the partitions.
+fn round_robin_producer(
+    store: &crate::log::LogStore,
+    topic: &str,
+    batch_records: usize,
+) -> anyhow::Result<EmbeddedProducer> {
+    EmbeddedProducer::new(
+        store,
+        topic,
+        Compression::None,
+        UnkeyedStrategy::RoundRobin,
+        None,
+        batch_records,
+    )
 }
