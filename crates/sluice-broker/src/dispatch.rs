@@ -12,20 +12,20 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
-};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::server::Shared;
-use super::splice::SplicingBuf;
-use super::{admin, fetch, groups, produce};
+use crate::api::api_versions::{api_versions, supported_range};
+use crate::api::{
+    create_partitions, create_topics, delete_topics, describe_configs, fetch, find_coordinator,
+    init_producer_id, list_offsets, metadata, offset_commit, produce,
+};
+use crate::splice::SplicingBuf;
+use crate::state::Shared;
 
 /// What the connection does after a request.
 pub(crate) enum Outcome {
@@ -35,56 +35,6 @@ pub(crate) enum Outcome {
     Silent,
     /// Protocol violation: log the reason and close this connection.
     Close(String),
-}
-
-/// The API versions this broker implements, as `(api, min, max)`. This is
-/// exactly what ApiVersions advertises; the minimums are those the
-/// `kafka-protocol` crate can decode (Kafka 4.0's baseline).
-pub fn supported_versions() -> Vec<(ApiKey, i16, i16)> {
-    use ApiKey::*;
-    let ours = [
-        (Produce, 3, 11),
-        (Fetch, 4, 16),
-        (ListOffsets, 1, 6),
-        (Metadata, 0, 12),
-        (FindCoordinator, 0, 4),
-        (ApiVersions, 0, 3),
-        (CreateTopics, 2, 7),
-        (DeleteTopics, 1, 6),
-        (InitProducerId, 0, 4),
-        (DescribeConfigs, 1, 4),
-        (CreatePartitions, 0, 3),
-    ];
-    ours.into_iter()
-        .chain(groups::supported_versions())
-        .map(|(api, min, max)| {
-            let crate_range = api.valid_versions();
-            (api, min.max(crate_range.min), max.min(crate_range.max))
-        })
-        .collect()
-}
-
-fn supported_range(api: ApiKey) -> Option<(i16, i16)> {
-    supported_versions()
-        .into_iter()
-        .find(|(a, _, _)| *a == api)
-        .map(|(_, min, max)| (min, max))
-}
-
-pub(crate) fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
-    ApiVersionsResponse::default()
-        .with_error_code(error_code)
-        .with_api_keys(
-            supported_versions()
-                .into_iter()
-                .map(|(api, min, max)| {
-                    ApiVersion::default()
-                        .with_api_key(api as i16)
-                        .with_min_version(min)
-                        .with_max_version(max)
-                })
-                .collect(),
-        )
 }
 
 /// Why a frame is not a request this broker will serve.
@@ -143,7 +93,8 @@ pub fn decode_request(mut frame: Bytes) -> Result<(i16, RequestHeader, RequestKi
     }
 }
 
-pub(crate) async fn handle(shared: &Arc<Shared>, frame: Bytes, peer: SocketAddr) -> Outcome {
+/// Decodes, routes and encodes one request frame.
+pub(crate) async fn handle(shared: &Shared, frame: Bytes, peer: SocketAddr) -> Outcome {
     if frame.len() >= 2 {
         shared
             .metrics
@@ -153,7 +104,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, frame: Bytes, peer: SocketAddr)
         Ok(decoded) => decoded,
         Err(Rejection::ApiVersionsUnsupported { correlation_id }) => {
             shared.metrics.error(ApiKey::ApiVersions as i16);
-            let resp = api_versions_response(ResponseError::UnsupportedVersion.code());
+            let resp = api_versions(ResponseError::UnsupportedVersion.code());
             return encode(
                 ApiKey::ApiVersions,
                 0,
@@ -185,8 +136,10 @@ pub(crate) async fn handle(shared: &Arc<Shared>, frame: Bytes, peer: SocketAddr)
     }
 }
 
+/// Hands each handler the state it needs; `Ok(None)` sends nothing, `Err`
+/// closes the connection.
 async fn route(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     api: ApiKey,
     body: RequestKind,
     version: i16,
@@ -195,46 +148,59 @@ async fn route(
 ) -> Result<Option<ResponseKind>, String> {
     use RequestKind as Rq;
     use ResponseKind as Rs;
-    let g = &shared.groups;
+    let Shared {
+        config,
+        cluster,
+        topics,
+        groups,
+        producer_ids,
+        producer_states,
+        metrics,
+        shutdown,
+    } = shared;
     Ok(Some(match body {
-        Rq::ApiVersions(_) => Rs::ApiVersions(api_versions_response(0)),
-        Rq::Metadata(r) => Rs::Metadata(admin::metadata(shared, r, version).await),
-        Rq::CreateTopics(r) => Rs::CreateTopics(admin::create_topics(shared, r, version).await),
-        Rq::DeleteTopics(r) => Rs::DeleteTopics(admin::delete_topics(shared, r, version).await),
+        Rq::ApiVersions(_) => Rs::ApiVersions(api_versions(0)),
+        Rq::Metadata(r) => Rs::Metadata(metadata::metadata(topics, cluster, r, version).await),
+        Rq::CreateTopics(r) => {
+            Rs::CreateTopics(create_topics::create_topics(topics, r, version).await)
+        }
+        Rq::DeleteTopics(r) => {
+            Rs::DeleteTopics(delete_topics::delete_topics(topics, groups, r, version).await)
+        }
         Rq::CreatePartitions(r) => {
-            Rs::CreatePartitions(admin::create_partitions(shared, r, version).await)
+            Rs::CreatePartitions(create_partitions::create_partitions(topics, r, version).await)
         }
-        Rq::DescribeConfigs(r) => Rs::DescribeConfigs(admin::describe_configs(shared, r, version)),
-        Rq::FindCoordinator(r) => Rs::FindCoordinator(admin::find_coordinator(shared, r, version)),
-        Rq::Produce(r) => match produce::produce(shared, r, version).await {
-            Some(resp) => Rs::Produce(resp),
-            None => return Ok(None),
-        },
+        Rq::DescribeConfigs(r) => Rs::DescribeConfigs(describe_configs::describe_configs(
+            topics, cluster, config, r, version,
+        )),
+        Rq::FindCoordinator(r) => {
+            Rs::FindCoordinator(find_coordinator::find_coordinator(cluster, r, version))
+        }
+        Rq::Produce(r) => {
+            match produce::produce(topics, producer_states, metrics, r, version).await {
+                Some(resp) => Rs::Produce(resp),
+                None => return Ok(None),
+            }
+        }
         Rq::InitProducerId(r) => {
-            Rs::InitProducerId(produce::init_producer_id(shared, r, version).await)
+            Rs::InitProducerId(init_producer_id::init_producer_id(producer_ids, r, version).await)
         }
-        Rq::Fetch(r) => Rs::Fetch(fetch::fetch(shared, r, version).await?),
-        Rq::ListOffsets(r) => Rs::ListOffsets(fetch::list_offsets(shared, r, version).await),
+        Rq::Fetch(r) => Rs::Fetch(fetch::fetch(topics, shutdown, r, version).await?),
+        Rq::ListOffsets(r) => Rs::ListOffsets(list_offsets::list_offsets(topics, r, version).await),
         Rq::JoinGroup(r) => Rs::JoinGroup(
-            g.join_group(r, version, client, &peer.ip().to_string())
+            groups
+                .join_group(r, version, client, &peer.ip().to_string())
                 .await,
         ),
-        Rq::SyncGroup(r) => Rs::SyncGroup(g.sync_group(r, version).await),
-        Rq::Heartbeat(r) => Rs::Heartbeat(g.heartbeat(r, version)),
-        Rq::LeaveGroup(r) => Rs::LeaveGroup(g.leave_group(r, version)),
+        Rq::SyncGroup(r) => Rs::SyncGroup(groups.sync_group(r, version).await),
+        Rq::Heartbeat(r) => Rs::Heartbeat(groups.heartbeat(r, version)),
+        Rq::LeaveGroup(r) => Rs::LeaveGroup(groups.leave_group(r, version)),
         Rq::OffsetCommit(r) => {
-            let s = shared.clone();
-            let resp = tokio::task::spawn_blocking(move || {
-                let exists = |topic: &str, p: i32| s.store.partition(topic, p).is_ok();
-                s.groups.offset_commit(r, version, &exists)
-            })
-            .await
-            .map_err(|e| format!("offset commit task failed: {e}"))?;
-            Rs::OffsetCommit(resp)
+            Rs::OffsetCommit(offset_commit::offset_commit(groups, topics, r, version).await?)
         }
-        Rq::OffsetFetch(r) => Rs::OffsetFetch(g.offset_fetch(r, version)),
-        Rq::ListGroups(r) => Rs::ListGroups(g.list_groups(r, version)),
-        Rq::DescribeGroups(r) => Rs::DescribeGroups(g.describe_groups(r, version)),
+        Rq::OffsetFetch(r) => Rs::OffsetFetch(groups.offset_fetch(r, version)),
+        Rq::ListGroups(r) => Rs::ListGroups(groups.list_groups(r, version)),
+        Rq::DescribeGroups(r) => Rs::DescribeGroups(groups.describe_groups(r, version)),
         // decode_request only lets advertised APIs through.
         _ => return Err(format!("{api:?} is not implemented by sluice broker")),
     }))

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use kafka_protocol::error::ResponseError;
 
-use super::groups::GroupError;
+use crate::groups::GroupError;
 use sluice_log::log::{BatchError, LogError};
 
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use kafka_protocol::error::ResponseError;
 use uuid::Uuid;
 
-use super::error::BrokerError;
+use crate::error::BrokerError;
 use sluice_log::log::{BatchHeader, Partition, write_atomically};
 
 /// Kafka keeps the last five batches per producer (`max.in.flight` ≤ 5).

@@ -18,7 +18,8 @@ use kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 
-use super::GroupConfig;
+use super::config::GroupConfig;
+use crate::wire::str_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GroupState {
@@ -168,10 +169,6 @@ pub(crate) fn join_error(version: i16, error: ResponseError, member_id: &str) ->
 
 pub(crate) fn sync_error(error: ResponseError) -> SyncGroupResponse {
     SyncGroupResponse::default().with_error_code(error.code())
-}
-
-fn str_bytes(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_owned())
 }
 
 /// Sends a response to a waiter that may have gone away (the client
@@ -681,15 +678,7 @@ impl Group {
             })
             .map(|m| m.id.clone())
             .collect();
-        for id in silent {
-            self.remove_member_and_update_group(
-                &id,
-                ResponseError::UnknownMemberId,
-                now,
-                config,
-                "session timed out",
-            );
-        }
+        self.remove_members(silent, now, config, "session timed out");
 
         if self.state == GroupState::PreparingRebalance
             && self.join_deadline.is_some_and(|d| d <= now)
@@ -719,18 +708,35 @@ impl Group {
                 .filter(|m| m.pending_sync)
                 .map(|m| m.id.clone())
                 .collect();
-            for id in laggards {
-                self.remove_member_and_update_group(
-                    &id,
-                    ResponseError::UnknownMemberId,
-                    now,
-                    config,
-                    "did not send SyncGroup within the rebalance timeout",
-                );
-            }
+            self.remove_members(
+                laggards,
+                now,
+                config,
+                "did not send SyncGroup within the rebalance timeout",
+            );
         }
 
         self.next_deadline()
+    }
+
+    /// Removes members the coordinator gave up on; their waiting requests
+    /// are answered UNKNOWN_MEMBER_ID.
+    fn remove_members(
+        &mut self,
+        ids: Vec<String>,
+        now: Instant,
+        config: &GroupConfig,
+        reason: &str,
+    ) {
+        for id in ids {
+            self.remove_member_and_update_group(
+                &id,
+                ResponseError::UnknownMemberId,
+                now,
+                config,
+                reason,
+            );
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use sluice_log::common::mutex;
 
-use super::GroupError;
+use super::error::GroupError;
 
 const JOURNAL: &str = "offsets.journal";
 const JOURNAL_TMP: &str = "offsets.journal.tmp";

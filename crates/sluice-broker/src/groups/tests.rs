@@ -3,8 +3,12 @@
 //! that the version cannot carry fails here rather than on a client.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -14,9 +18,17 @@ use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
-use kafka_protocol::protocol::Encodable;
+use kafka_protocol::messages::{
+    ApiKey, DescribeGroupsRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 use tempfile::TempDir;
+use tokio::sync::watch;
 
+use super::describe::GROUP_AUTHORIZED_OPERATIONS;
+use super::offset_commit::MAX_METADATA_BYTES;
 use super::*;
 
 const NONE: i16 = 0;
@@ -351,6 +363,7 @@ async fn two_member_group(
     (a, b, g)
 }
 
+// Long: one scenario whose steps build on each other; split, it would not read as one story.
 #[tokio::test]
 async fn single_member_join_sync_heartbeat_commit_fetch() {
     let h = harness(config());
@@ -490,6 +503,7 @@ async fn single_member_join_sync_heartbeat_commit_fetch() {
     );
 }
 
+// Long: one scenario whose steps build on each other; split, it would not read as one story.
 #[tokio::test]
 async fn second_member_rebalances_and_leader_assignment_reaches_both() {
     let h = harness(config());
@@ -527,6 +541,10 @@ async fn second_member_rebalances_and_leader_assignment_reaches_both() {
     assert_eq!(rb.leader.as_str(), a);
     let b = rb.member_id.to_string();
     assert_ne!(a, b);
+    let b_rejoin = JoinArgs {
+        protocols: b_args.protocols.clone(),
+        ..args("g", &b)
+    };
     assert_eq!(ra.protocol_name.as_ref().map(|p| p.as_str()), Some("range"));
     // Only the leader gets the member list, with each member's metadata.
     assert!(rb.members.is_empty());
@@ -545,15 +563,7 @@ async fn second_member_rebalances_and_leader_assignment_reaches_both() {
 
     // A repeated join with unchanged metadata while CompletingRebalance
     // repeats the generation instead of starting another rebalance.
-    let again = join(
-        c,
-        &JoinArgs {
-            protocols: vec![("roundrobin", b"rr-b"), ("range", b"range-b")],
-            ..args("g", &b)
-        },
-        3,
-    )
-    .await;
+    let again = join(c, &b_rejoin, 3).await;
     assert_eq!((again.error_code, again.generation_id), (NONE, 2));
     // Committing before the assignment arrived: Kafka says rebalance.
     let errors = commit(c, commit_req("g", 2, &b, &[("orders", 0, 1, None)]), 8);
@@ -582,15 +592,7 @@ async fn second_member_rebalances_and_leader_assignment_reaches_both() {
 
     // A follower rejoining with unchanged metadata in Stable just gets the
     // current generation; the leader rejoining starts a rebalance.
-    let again = join(
-        c,
-        &JoinArgs {
-            protocols: vec![("roundrobin", b"rr-b"), ("range", b"range-b")],
-            ..args("g", &b)
-        },
-        3,
-    )
-    .await;
+    let again = join(c, &b_rejoin, 3).await;
     assert_eq!((again.error_code, again.generation_id), (NONE, 2));
     assert_eq!(describe(c, "g", 0).group_state.as_str(), "Stable");
     let leader_rejoin = spawn_join(c, &args("g", &a), 3);
@@ -603,19 +605,12 @@ async fn second_member_rebalances_and_leader_assignment_reaches_both() {
         heartbeat(c, "g", 2, &b),
         code(ResponseError::RebalanceInProgress)
     );
-    let rb = join(
-        c,
-        &JoinArgs {
-            protocols: vec![("roundrobin", b"rr-b"), ("range", b"range-b")],
-            ..args("g", &b)
-        },
-        3,
-    )
-    .await;
+    let rb = join(c, &b_rejoin, 3).await;
     let ra = leader_rejoin.await.expect("join task");
     assert_eq!((ra.generation_id, rb.generation_id), (3, 3));
 }
 
+// Long: one scenario whose steps build on each other; split, it would not read as one story.
 #[tokio::test]
 async fn leave_rebalances_the_remaining_member_and_the_last_leave_empties_the_group() {
     let h = harness(config());
@@ -1005,6 +1000,7 @@ async fn sync_and_heartbeat_errors() {
     }
 }
 
+// Long: one scenario whose steps build on each other; split, it would not read as one story.
 #[tokio::test]
 async fn offset_commit_errors() {
     let h = harness(config());
