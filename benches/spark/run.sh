@@ -3,7 +3,7 @@
 #
 #   benches/spark/run.sh SIZE...        e.g. benches/spark/run.sh 10MB 100MB
 #
-# For each SIZE: writes a corpus with `sluice bench corpus` (the release
+# For each SIZE: writes a corpus with `sluice-bench corpus` (the release
 # binary, so build it first), runs benches/spark/wordcount.py on it RUNS
 # times (a fresh JVM each time), and prints the median words/s and the peak
 # RSS. Per-run JSON lines go to stderr as they come, the summary to stdout.
@@ -25,7 +25,7 @@ PYSPARK_VERSION=4.1.1
 RUNS=${RUNS:-3}
 SEED=${SEED:-42}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-sluice=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}/release/sluice
+sluice_bench=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}/release/sluice-bench
 
 if (($# == 0)); then
   echo "usage: $0 SIZE... (e.g. 10MB 100MB)" >&2
@@ -33,9 +33,9 @@ if (($# == 0)); then
 fi
 
 # --- prerequisites -----------------------------------------------------------
-[ -x "$sluice" ] || {
-  echo "no release binary at $sluice: build it with" \
-    "CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target} cargo build --release" >&2
+[ -x "$sluice_bench" ] || {
+  echo "no release binary at $sluice_bench: build it with" \
+    "CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target} cargo build --release --bins" >&2
   exit 1
 }
 command -v java >/dev/null || { echo "java not found: Spark $PYSPARK_VERSION needs Java 17+" >&2; exit 1; }
@@ -71,7 +71,7 @@ echo "spark word count: pyspark $PYSPARK_VERSION, java $java_major, local[2], me
 for size in "$@"; do
   corpus="$tmp/corpus-$size"
   mkdir -p "$corpus"
-  gen=$("$sluice" bench corpus --size "$size" --seed "$SEED" --out "$corpus/corpus.txt")
+  gen=$("$sluice_bench" corpus --size "$size" --seed "$SEED" --out "$corpus/corpus.txt")
   words=$(awk '$1 == "words" { print $2 }' <<<"$gen")
   bytes=$(awk '$1 == "bytes" { print $2 }' <<<"$gen")
   echo "corpus $size: $bytes bytes, $words words" >&2

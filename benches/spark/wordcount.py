@@ -2,7 +2,7 @@
 """Word count with Apache Spark Structured Streaming: the reference side of
 Sluice's word-count benchmark.
 
-Reads every text file in DIR (made by `sluice bench corpus`) as a stream,
+Reads every text file in DIR (made by `sluice-bench corpus`) as a stream,
 splits lines on single spaces, counts per word, and drains the input once:
 
     spark.readStream.format("text").load(DIR)
@@ -22,7 +22,7 @@ Prints one JSON line on stdout:
     {"engine": "spark", "bytes": ..., "words": ..., "seconds": ...,
      "words_per_s": ..., ...}
 
-`words` is --words when given (the count `sluice bench corpus` printed), or
+`words` is --words when given (the count `sluice-bench corpus` printed), or
 else counted by a batch job after the timed query (untimed). --verify counts
 with the batch job even when --words is given and fails on a mismatch.
 
@@ -79,7 +79,7 @@ def dir_bytes(path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="directory holding the corpus file(s)")
-    p.add_argument("--words", type=int, help="total words in the corpus (from `sluice bench corpus`)")
+    p.add_argument("--words", type=int, help="total words in the corpus (from `sluice-bench corpus`)")
     p.add_argument("--verify", action="store_true", help="count the words with a batch job and compare")
     p.add_argument("--shuffle-partitions", type=int, default=SHUFFLE_PARTITIONS)
     p.add_argument("--work-dir", help="parent of the checkpoint directory (default: a temp dir)")

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -258,33 +258,7 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
             records: (args.records_1k / scale).max(1),
         },
     ];
-    let sluice_bin = match &args.broker_bin {
-        Some(p) => p.clone(),
-        None => crate::util::sluice_exe()?,
-    };
-    let mut brokers = vec![BrokerSpec {
-        name: "sluice",
-        kind: Kind::Sluice,
-        bin: sluice_bin,
-    }];
-    if let Some(tansu) = &args.tansu {
-        if !tansu.is_file() {
-            bail!(
-                "--tansu {}: no such file; build tansu first or leave out --tansu",
-                tansu.display()
-            );
-        }
-        brokers.push(BrokerSpec {
-            name: "tansu",
-            kind: Kind::Tansu,
-            bin: tansu.clone(),
-        });
-    }
-    for b in &brokers {
-        if !b.bin.is_file() {
-            bail!("{} binary {}: no such file", b.name, b.bin.display());
-        }
-    }
+    let brokers = brokers_under_test(&args)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -370,20 +344,49 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
     print_table(&brokers, &workloads, &args.acks, &results, runs);
     print_problems(&problems);
     let _ = std::fs::remove_dir(&args.dir);
-    let failures: Vec<&String> = failed.iter().flatten().collect();
+    let failures: Vec<&str> = failed.iter().flatten().map(String::as_str).collect();
     if !failures.is_empty() {
         bail!(
             "{} of {} brokers failed: {}",
             failures.len(),
             brokers.len(),
-            failures
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
+            failures.join("; ")
         );
     }
     Ok(())
+}
+
+/// Sluice (this build's, or `--broker-bin`) and tansu when `--tansu` names
+/// its binary.
+fn brokers_under_test(args: &BrokerBenchArgs) -> anyhow::Result<Vec<BrokerSpec>> {
+    let sluice_bin = match &args.broker_bin {
+        Some(p) => p.clone(),
+        None => crate::util::sluice_exe()?,
+    };
+    let mut brokers = vec![BrokerSpec {
+        name: "sluice",
+        kind: Kind::Sluice,
+        bin: sluice_bin,
+    }];
+    if let Some(tansu) = &args.tansu {
+        if !tansu.is_file() {
+            bail!(
+                "--tansu {}: no such file; build tansu first or leave out --tansu",
+                tansu.display()
+            );
+        }
+        brokers.push(BrokerSpec {
+            name: "tansu",
+            kind: Kind::Tansu,
+            bin: tansu.clone(),
+        });
+    }
+    for b in &brokers {
+        if !b.bin.is_file() {
+            bail!("{} binary {}: no such file", b.name, b.bin.display());
+        }
+    }
+    Ok(brokers)
 }
 
 /// One broker, one record size, one acks setting, one run: start the broker,

@@ -5,7 +5,7 @@
 //! would send them, so the numbers are the store's own cost: CRC check,
 //! offset assignment, write, index, flush.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use crate::util::open_store;
 use sluice::log::{FlushPolicy, LogStore, TopicConfig};
 use sluice::producer::uniform_batch;
-use sluice::units::{format_bytes, parse_bytes};
+use sluice::units::format_bytes;
 
 /// One timed pass.
 #[derive(Debug, Clone, Copy)]

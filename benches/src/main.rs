@@ -95,7 +95,6 @@ fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sluice::cli::init_tracing("warn");

@@ -15,7 +15,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use super::produce::EmbeddedProducer;
 use super::{StoreArgs, now_ms, open_store};
 use crate::corpus::CorpusGenerator;
-use crate::log::TopicConfig;
+use crate::log::{LogStore, Topic, TopicConfig};
 use crate::producer::{Compression, UnkeyedStrategy, parse_compression};
 use crate::units::format_bytes;
 
@@ -86,10 +86,40 @@ fn demo_log(
         .map(|p| p.high_watermark())
         .collect();
 
-    // Produce.
+    let words = produce_lines(&store, topic_name, lines, seed, compression)?;
+    let (total_records, total_words, counts) = read_back(&topic, &starts)?;
+    let mut top: Vec<(&Vec<u8>, &u64)> = counts.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let top: Vec<String> = top
+        .iter()
+        .take(8)
+        .map(|(w, c)| format!("{} {c}", String::from_utf8_lossy(w)))
+        .collect();
+    println!("Top words: {}", top.join(", "));
+    if total_records != lines || total_words != words {
+        bail!(
+            "read back {total_records} records / {total_words} words, but produced {lines} / {words}"
+        );
+    }
+    println!(
+        "OK: every produced record was read back exactly once. Try `sluice consume {topic_name} --max 5 --print-offset`, or run the demo again to append more."
+    );
+    store.close()?;
+    Ok(())
+}
+
+/// The demo's produce phase: `lines` seeded lines through the embedded
+/// producer, flushed. Returns the words written.
+fn produce_lines(
+    store: &LogStore,
+    topic_name: &str,
+    lines: u64,
+    seed: u64,
+    compression: Compression,
+) -> anyhow::Result<u64> {
     let mut generator = CorpusGenerator::new(seed);
     let mut producer = EmbeddedProducer::new(
-        &store,
+        store,
         topic_name,
         compression,
         UnkeyedStrategy::Sticky,
@@ -115,7 +145,14 @@ fn demo_log(
         lines as f64 / produce_secs
     );
 
-    // Consume back what this run produced, partition by partition.
+    Ok(words)
+}
+
+/// The demo's consume phase: every record this run produced, partition by
+/// partition from `starts`, with a row per partition. Returns the records,
+/// the words and the count of each word.
+#[allow(clippy::type_complexity)]
+fn read_back(topic: &Topic, starts: &[i64]) -> anyhow::Result<(u64, u64, HashMap<Vec<u8>, u64>)> {
     let started = Instant::now();
     let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut buf = Vec::with_capacity(1 << 20);
@@ -124,7 +161,7 @@ fn demo_log(
         "{:>9}  {:>10}  {:>10}  {:>12}",
         "Partition", "Offsets", "Records", "Words"
     );
-    for (p, &start) in topic.partitions().iter().zip(&starts) {
+    for (p, &start) in topic.partitions().iter().zip(starts) {
         let (mut position, mut records, mut part_words) = (start, 0u64, 0u64);
         while position < p.high_watermark() {
             buf.clear();
@@ -169,22 +206,5 @@ fn demo_log(
         "Consumed {total_records} records ({total_words} words) in {consume_secs:.2}s: {:.0} records/s",
         total_records as f64 / consume_secs
     );
-    let mut top: Vec<(&Vec<u8>, &u64)> = counts.iter().collect();
-    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let top: Vec<String> = top
-        .iter()
-        .take(8)
-        .map(|(w, c)| format!("{} {c}", String::from_utf8_lossy(w)))
-        .collect();
-    println!("Top words: {}", top.join(", "));
-    if total_records != lines || total_words != words {
-        bail!(
-            "read back {total_records} records / {total_words} words, but produced {lines} / {words}"
-        );
-    }
-    println!(
-        "OK: every produced record was read back exactly once. Try `sluice consume {topic_name} --max 5 --print-offset`, or run the demo again to append more."
-    );
-    store.close()?;
-    Ok(())
+    Ok((total_records, total_words, counts))
 }

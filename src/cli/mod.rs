@@ -24,8 +24,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 pub(crate) use crate::common::now_ms;
-pub(crate) use crate::units::parse_timestamp_ms;
 use crate::log::{LogStore, StoreOptions};
+pub(crate) use crate::units::parse_timestamp_ms;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,4 +139,3 @@ pub(crate) fn open_store(dir: &Path, background: bool) -> anyhow::Result<LogStor
 pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     crate::driver::stop_on_signals().context("cannot install signal handler")
 }
-

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{StoreArgs, open_store, remote};
-use crate::log::{FlushPolicy, TopicConfig};
+use crate::log::{FlushPolicy, LogStore, TopicConfig};
 use crate::units::{format_bytes, parse_bytes, parse_millis};
 
 #[derive(Debug, Subcommand)]
@@ -114,35 +114,18 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             bootstrap,
             store,
         } => {
-            let mut config = TopicConfig::default();
-            let flag = |f: &str, e: String| anyhow::anyhow!("--{f}: {e}");
-            if let Some(v) = retention_ms {
-                config.retention_ms = signed_millis(&v).map_err(|e| flag("retention-ms", e))?;
-            }
-            if let Some(v) = retention_bytes {
-                config.retention_bytes = signed_size(&v).map_err(|e| flag("retention-bytes", e))?;
-            }
-            if let Some(v) = segment_bytes {
-                config.segment_bytes = parse_bytes(&v).map_err(|e| flag("segment-bytes", e))?;
-            }
-            if let Some(v) = segment_ms {
-                config.segment_ms = parse_millis(&v).map_err(|e| flag("segment-ms", e))?;
-            }
-            if let Some(policy) = flush {
-                config.set_flush_policy(policy);
-            }
+            let config = topic_config(
+                retention_ms,
+                retention_bytes,
+                segment_bytes,
+                segment_ms,
+                flush,
+            )?;
             if let Some(bootstrap) = bootstrap {
                 return remote::create(&bootstrap, &name, partitions, &config, if_not_exists);
             }
             let store = open_store(&store.data_dir, false)?;
-            if if_not_exists && store.topic(&name).is_ok() {
-                return Ok(());
-            }
-            store
-                .create_topic(&name, partitions, config)
-                .with_context(|| format!("cannot create topic {name:?}"))?;
-            println!("Created topic {name} with {partitions} partition(s).");
-            Ok(())
+            create(&store, &name, partitions, config, if_not_exists)
         }
         TopicCommand::List { bootstrap, store } => {
             if let Some(bootstrap) = bootstrap {
@@ -162,39 +145,7 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             if let Some(bootstrap) = bootstrap {
                 return remote::describe(&bootstrap, &name);
             }
-            let store = open_store(&store.data_dir, false)?;
-            let topic = store.topic(&name)?;
-            let config = topic.config();
-            println!(
-                "Topic: {}  Id: {}  Partitions: {}  Flush: {}",
-                topic.name(),
-                topic.id(),
-                topic.partition_count(),
-                config.flush_policy()
-            );
-            let configs: Vec<String> = config
-                .entries()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            println!("Configs: {}", configs.join(" "));
-            println!(
-                "{:>9}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}",
-                "Partition", "LogStart", "LogEnd", "Records", "Segments", "Size"
-            );
-            for p in topic.partitions() {
-                let i = p.info();
-                println!(
-                    "{:>9}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}",
-                    i.partition,
-                    i.log_start_offset,
-                    i.high_watermark,
-                    i.high_watermark - i.log_start_offset,
-                    i.segments,
-                    format_bytes(i.size_bytes)
-                );
-            }
-            Ok(())
+            describe(&open_store(&store.data_dir, false)?, &name)
         }
         TopicCommand::Alter {
             name,
@@ -227,21 +178,106 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             println!("Deleted topic {name}.");
             Ok(())
         }
-        TopicCommand::Retention { store } => {
-            let store = open_store(&store.data_dir, false)?;
-            let deleted = store.enforce_retention()?;
-            if deleted.is_empty() {
-                println!("Nothing to delete.");
-            }
-            for (topic, partition, o) in deleted {
-                println!(
-                    "{topic}-{partition}: deleted {} segment(s), {}; log start is now {}",
-                    o.segments_deleted,
-                    format_bytes(o.bytes_deleted),
-                    o.log_start_offset
-                );
-            }
-            Ok(())
-        }
+        TopicCommand::Retention { store } => retention(&open_store(&store.data_dir, false)?),
     }
+}
+
+/// A topic's configs from the create flags (Kafka's defaults for the rest).
+fn topic_config(
+    retention_ms: Option<String>,
+    retention_bytes: Option<String>,
+    segment_bytes: Option<String>,
+    segment_ms: Option<String>,
+    flush: Option<FlushPolicy>,
+) -> anyhow::Result<TopicConfig> {
+    let mut config = TopicConfig::default();
+    let flag = |f: &str, e: String| anyhow::anyhow!("--{f}: {e}");
+    if let Some(v) = retention_ms {
+        config.retention_ms = signed_millis(&v).map_err(|e| flag("retention-ms", e))?;
+    }
+    if let Some(v) = retention_bytes {
+        config.retention_bytes = signed_size(&v).map_err(|e| flag("retention-bytes", e))?;
+    }
+    if let Some(v) = segment_bytes {
+        config.segment_bytes = parse_bytes(&v).map_err(|e| flag("segment-bytes", e))?;
+    }
+    if let Some(v) = segment_ms {
+        config.segment_ms = parse_millis(&v).map_err(|e| flag("segment-ms", e))?;
+    }
+    if let Some(policy) = flush {
+        config.set_flush_policy(policy);
+    }
+    Ok(config)
+}
+
+/// `topic create` on the embedded store.
+fn create(
+    store: &LogStore,
+    name: &str,
+    partitions: i64,
+    config: TopicConfig,
+    if_not_exists: bool,
+) -> anyhow::Result<()> {
+    if if_not_exists && store.topic(name).is_ok() {
+        return Ok(());
+    }
+    store
+        .create_topic(name, partitions, config)
+        .with_context(|| format!("cannot create topic {name:?}"))?;
+    println!("Created topic {name} with {partitions} partition(s).");
+    Ok(())
+}
+
+/// `topic describe` on the embedded store: configs, then one row per
+/// partition.
+fn describe(store: &LogStore, name: &str) -> anyhow::Result<()> {
+    let topic = store.topic(name)?;
+    let config = topic.config();
+    println!(
+        "Topic: {}  Id: {}  Partitions: {}  Flush: {}",
+        topic.name(),
+        topic.id(),
+        topic.partition_count(),
+        config.flush_policy()
+    );
+    let configs: Vec<String> = config
+        .entries()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("Configs: {}", configs.join(" "));
+    println!(
+        "{:>9}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}",
+        "Partition", "LogStart", "LogEnd", "Records", "Segments", "Size"
+    );
+    for p in topic.partitions() {
+        let i = p.info();
+        println!(
+            "{:>9}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}",
+            i.partition,
+            i.log_start_offset,
+            i.high_watermark,
+            i.high_watermark - i.log_start_offset,
+            i.segments,
+            format_bytes(i.size_bytes)
+        );
+    }
+    Ok(())
+}
+
+/// `topic retention`: applies retention now and says what it deleted.
+fn retention(store: &LogStore) -> anyhow::Result<()> {
+    let deleted = store.enforce_retention()?;
+    if deleted.is_empty() {
+        println!("Nothing to delete.");
+    }
+    for (topic, partition, o) in deleted {
+        println!(
+            "{topic}-{partition}: deleted {} segment(s), {}; log start is now {}",
+            o.segments_deleted,
+            format_bytes(o.bytes_deleted),
+            o.log_start_offset
+        );
+    }
+    Ok(())
 }

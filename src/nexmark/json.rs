@@ -188,9 +188,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{
-        DataType, Field, Schema, TimeUnit, TimestampMillisecondType,
-    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit, TimestampMillisecondType};
 
     use super::*;
     use crate::nexmark::{EventKind, Generator, NexmarkConfig};

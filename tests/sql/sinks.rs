@@ -104,7 +104,7 @@ fn read_topic(data: &Path, topic: &str) -> Vec<Rec> {
     for p in source.partitions().unwrap() {
         source
             .read(p.partition, p.log_start, p.high_watermark, &mut |b| {
-                let reader = Record::reader(b.columns())?;
+                let reader = Record::reader(b.columns()).expect("the source schema");
                 for i in 0..b.num_rows() {
                     let r = Record::get(&reader, i);
                     out.push(Rec {

@@ -165,7 +165,10 @@ impl PartitionProducers {
     }
 
     /// Rebuilds state from the newest batches of `partition`.
-    pub fn rebuild(partition: &Partition, now_ms: i64) -> sluice_log::log::Result<PartitionProducers> {
+    pub fn rebuild(
+        partition: &Partition,
+        now_ms: i64,
+    ) -> sluice_log::log::Result<PartitionProducers> {
         let mut state = PartitionProducers::default();
         let bases = partition.segment_bases();
         let hw = partition.high_watermark();

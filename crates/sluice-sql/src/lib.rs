@@ -32,14 +32,14 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use sluice_engine::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
-use sluice_engine::driver::StreamingContext;
-use sluice_log::log::LogStore;
-use sluice_engine::plan::{BatchCx, DStream, OutputInputs, PlanError};
-use sluice_engine::source::Record;
 use incremental::OutputMode;
 pub use script::Script;
 use sinks::Sink;
+use sluice_engine::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
+use sluice_engine::driver::StreamingContext;
+use sluice_engine::plan::{BatchCx, DStream, OutputInputs, PlanError};
+use sluice_engine::source::Record;
+use sluice_log::log::LogStore;
 use stream::StreamShape;
 
 /// Errors of SQL jobs, with the line of the statement.

@@ -622,10 +622,10 @@ fn encode_cell(
     last: bool,
     out: &mut Vec<u8>,
 ) -> bool {
-    use sluice_engine::data::Data;
     use datafusion::arrow::array::{
         BooleanArray, Float64Array, Int32Array, Int64Array, UInt32Array, UInt64Array,
     };
+    use sluice_engine::data::Data;
     if optional {
         if array.is_null(row) {
             out.push(0);

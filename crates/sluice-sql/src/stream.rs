@@ -438,7 +438,7 @@ impl StreamShape {
         };
         let mut readers = Vec::with_capacity(chunks.len());
         for chunk in chunks {
-            readers.push(Record::reader(chunk.columns())?);
+            readers.push(Record::reader(chunk.columns()).map_err(PlanError::from)?);
         }
         let mut records: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
         for b in bad {

@@ -32,7 +32,6 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field};
 
-
 /// Fixed seeds: shuffles and aggregations must hash the same way in every
 /// run so a re-run batch sends every key to the same task.
 pub(crate) fn hasher() -> foldhash::fast::FixedState {
@@ -185,7 +184,10 @@ pub(crate) fn hash_one<T: Data>(view: T::View<'_>) -> u64 {
     std::hash::Hasher::finish(&h)
 }
 
-fn downcast<'a, A: 'static>(columns: &'a [ArrayRef], type_name: &str) -> Result<&'a A, SchemaError> {
+fn downcast<'a, A: 'static>(
+    columns: &'a [ArrayRef],
+    type_name: &str,
+) -> Result<&'a A, SchemaError> {
     columns
         .first()
         .and_then(|c| c.as_any().downcast_ref::<A>())

@@ -32,9 +32,7 @@ fn column<'a, A: 'static>(
     columns
         .get(i)
         .and_then(|c| c.as_any().downcast_ref::<A>())
-        .ok_or_else(|| {
-            SchemaError(format!("source column {name} missing or of the wrong type"))
-        })
+        .ok_or_else(|| SchemaError(format!("source column {name} missing or of the wrong type")))
 }
 
 impl Data for Record {

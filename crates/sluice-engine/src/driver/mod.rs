@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{
-    Checkpoint, CheckpointError, CommittedBatch, PlannedBatch, Range, Resume, STATE_CF_PREFIX,
-    TABLE_CF_PREFIX,
+    Checkpoint, CheckpointError, CommittedBatch, OperatorMeta, PlannedBatch, Range, Resume,
+    STATE_CF_PREFIX, TABLE_CF_PREFIX,
 };
-use sluice_log::log::LogStore;
 use crate::plan::{BatchCx, DStream, Graph, PlanError, SharedGraph};
 use crate::source::{PartitionInfo, Record, Source, SourceError, StartingPosition};
 use progress::{BatchProgress, PartitionProgress, ProgressSink};
 use rate::RateLimiter;
+use sluice_log::log::LogStore;
 
 /// What to do when retention deleted records the job has not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,35 +215,11 @@ struct Driver {
 }
 
 impl Driver {
+    /// Checks the job, opens its checkpoint and resumes from it: the next
+    /// batch id, committed offsets, and a planned batch to replay if a crash
+    /// left one.
     fn start(config: JobConfig, graph: SharedGraph) -> Result<Driver, DriverError> {
-        let (sources, metas, tables) = {
-            let g = sluice_log::common::mutex(&graph);
-            if !g.errors.is_empty() {
-                return Err(DriverError::InvalidJob {
-                    job: config.name.clone(),
-                    errors: g.errors.clone(),
-                });
-            }
-            if g.outputs.is_empty() {
-                return Err(DriverError::InvalidJob {
-                    job: config.name.clone(),
-                    errors: vec![
-                        "it has no output: add print, foreach_batch or a result table".into(),
-                    ],
-                });
-            }
-            let (metas, tables) = g.metas();
-            (g.sources.clone(), metas, tables)
-        };
-        let mut names = std::collections::HashSet::new();
-        for s in &sources {
-            if !names.insert(s.name().to_owned()) {
-                return Err(DriverError::InvalidJob {
-                    job: config.name.clone(),
-                    errors: vec![format!("two sources are named {:?}", s.name())],
-                });
-            }
-        }
+        let (sources, metas, tables) = checked_job(&config, &graph)?;
         let cfs: Vec<String> = metas
             .iter()
             .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))
@@ -288,7 +264,12 @@ impl Driver {
                 .backpressure
                 .then_some((interval_ms, config.initial_rate)),
         );
-        let mut driver = Driver {
+        let targets = if config.until_caught_up {
+            Some(high_watermarks(&sources)?)
+        } else {
+            None
+        };
+        Ok(Driver {
             config,
             graph,
             checkpoint,
@@ -299,24 +280,9 @@ impl Driver {
             replay,
             pool,
             rate,
-            targets: None,
+            targets,
             fresh_job,
-        };
-        if driver.config.until_caught_up {
-            let mut targets = BTreeMap::new();
-            for s in &driver.sources {
-                let parts = s.partitions()?;
-                targets.insert(
-                    s.name().to_owned(),
-                    parts
-                        .iter()
-                        .map(|p| (p.partition, p.high_watermark))
-                        .collect(),
-                );
-            }
-            driver.targets = Some(targets);
-        }
-        Ok(driver)
+        })
     }
 
     fn stopping(&self) -> bool {
@@ -370,74 +336,95 @@ impl Driver {
             let limit = self.rate.limit(interval, backlog);
             let mut ranges = Vec::new();
             for info in &infos {
-                let committed = self
-                    .offsets
-                    .get(source.name())
-                    .and_then(|o| o.get(&info.partition))
-                    .copied();
-                let mut from = match committed {
-                    Some(o) => o,
-                    None => self.start_offset(source.as_ref(), info)?,
-                };
-                if from < info.log_start {
-                    if self.config.on_data_loss == OnDataLoss::Fail && source.replayable() {
-                        return Err(DriverError::DataLost {
-                            source_name: source.name().to_owned(),
-                            partition: info.partition,
-                            from,
-                            log_start: info.log_start,
-                        });
-                    }
+                let (range, lost) = self.plan_partition(source.as_ref(), info, limit)?;
+                if let Some(lost) = lost {
                     planned
                         .lost
                         .entry(source.name().to_owned())
                         .or_default()
-                        .push(Range {
-                            partition: info.partition,
-                            from,
-                            until: info.log_start,
-                        });
-                    from = info.log_start;
+                        .push(lost);
                 }
-                if from > info.high_watermark {
-                    if self.config.on_data_loss == OnDataLoss::Fail && source.replayable() {
-                        return Err(DriverError::OffsetAhead {
-                            source_name: source.name().to_owned(),
-                            partition: info.partition,
-                            committed: from,
-                            high_watermark: info.high_watermark,
-                        });
-                    }
-                    from = info.high_watermark;
-                }
-                let mut until = info.high_watermark;
-                if let Some(targets) = &self.targets {
-                    let target = targets
-                        .get(source.name())
-                        .and_then(|t| t.get(&info.partition))
-                        .copied()
-                        .unwrap_or(from);
-                    until = until.min(target.max(from));
-                }
-                if let Some(limit) = limit {
-                    until = until.min(from.saturating_add(limit as i64));
-                }
-                ranges.push(Range {
-                    partition: info.partition,
-                    from,
-                    until,
-                });
                 parts_progress.push(PartitionProgress {
                     source: source.name().to_owned(),
                     partition: info.partition,
-                    from,
-                    until,
-                    lag: (info.high_watermark - until).max(0),
+                    from: range.from,
+                    until: range.until,
+                    lag: (info.high_watermark - range.until).max(0),
                 });
+                ranges.push(range);
             }
             planned.ranges.insert(source.name().to_owned(), ranges);
         }
         Ok((planned, parts_progress))
+    }
+
+    /// One partition's range for the next batch: from the committed offset
+    /// (or the start position) up to the high-water mark, capped by the
+    /// rate limit and the caught-up target. Records retention deleted below
+    /// `from` fail the job or come back as the lost range.
+    fn plan_partition(
+        &self,
+        source: &dyn Source,
+        info: &PartitionInfo,
+        limit: Option<u64>,
+    ) -> Result<(Range, Option<Range>), DriverError> {
+        let mut lost = None;
+        let committed = self
+            .offsets
+            .get(source.name())
+            .and_then(|o| o.get(&info.partition))
+            .copied();
+        let mut from = match committed {
+            Some(o) => o,
+            None => self.start_offset(source, info)?,
+        };
+        if from < info.log_start {
+            if self.config.on_data_loss == OnDataLoss::Fail && source.replayable() {
+                return Err(DriverError::DataLost {
+                    source_name: source.name().to_owned(),
+                    partition: info.partition,
+                    from,
+                    log_start: info.log_start,
+                });
+            }
+            lost = Some(Range {
+                partition: info.partition,
+                from,
+                until: info.log_start,
+            });
+            from = info.log_start;
+        }
+        if from > info.high_watermark {
+            if self.config.on_data_loss == OnDataLoss::Fail && source.replayable() {
+                return Err(DriverError::OffsetAhead {
+                    source_name: source.name().to_owned(),
+                    partition: info.partition,
+                    committed: from,
+                    high_watermark: info.high_watermark,
+                });
+            }
+            from = info.high_watermark;
+        }
+        let mut until = info.high_watermark;
+        if let Some(targets) = &self.targets {
+            let target = targets
+                .get(source.name())
+                .and_then(|t| t.get(&info.partition))
+                .copied()
+                .unwrap_or(from);
+            until = until.min(target.max(from));
+        }
+        if let Some(limit) = limit {
+            until = until.min(from.saturating_add(limit as i64));
+        }
+        Ok((
+            Range {
+                partition: info.partition,
+                from,
+                until,
+            },
+            lost,
+        ))
     }
 
     fn caught_up(&self) -> bool {
@@ -455,13 +442,61 @@ impl Driver {
         })
     }
 
+    /// The batch loop: plan → execute → commit → report → pace, until
+    /// stopped, caught up or out of batches.
     fn run(mut self) -> Result<RunSummary, DriverError> {
-        let started = Instant::now();
-        let mut summary = RunSummary::default();
-        let interval = self.config.batch_interval;
-        let mut next_start = Instant::now();
+        let mut run = RunClock::new(&self);
         let outputs = sluice_log::common::mutex(&self.graph).outputs.clone();
         let mut progress = self.config.progress.open()?;
+        self.note_non_replayable(&mut progress);
+        let mut summary = RunSummary::default();
+        while !self.finished(&summary) {
+            let batch_started = Instant::now();
+            let (planned, parts, replayed) = self.next_batch()?;
+            fail::fail_point!("driver::after_plan", |_| Err(DriverError::Other(
+                "failpoint".into()
+            )));
+            let counters = self.execute_and_commit(&planned, &outputs)?;
+            let timing = run.batch_done(batch_started);
+            let records = planned_records(&planned.ranges);
+            self.rate.on_batch_completed(
+                timing.since_start_ms,
+                records,
+                timing.processing.as_secs_f64() * 1000.0,
+                timing.scheduling_delay.as_secs_f64() * 1000.0,
+            );
+            self.report(
+                &mut progress,
+                &run,
+                &planned,
+                parts,
+                replayed,
+                &timing,
+                counters,
+            )?;
+            summary.batches += 1;
+            summary.records += records;
+            summary.last_batch_id = planned.batch_id;
+            self.pace(&mut run);
+        }
+        summary.elapsed = run.started.elapsed();
+        progress.finish(&summary);
+        Ok(summary)
+    }
+
+    /// Whether the loop ends before another batch. A planned batch that a
+    /// crash left uncommitted always runs first.
+    fn finished(&self, summary: &RunSummary) -> bool {
+        self.stopping()
+            || (self.replay.is_none()
+                && (self.caught_up()
+                    || self
+                        .config
+                        .max_batches
+                        .is_some_and(|m| summary.batches >= m)))
+    }
+
+    fn note_non_replayable(&self, progress: &mut progress::Progress) {
         let non_replayable: Vec<String> = self
             .sources
             .iter()
@@ -475,163 +510,249 @@ impl Driver {
                 non_replayable.join(", ")
             ));
         }
-        let total_target: i64 = self
-            .targets
-            .as_ref()
-            .map_or(0, |t| t.values().flat_map(|p| p.values()).sum::<i64>());
-        let start_total: i64 = self.offsets.values().flat_map(|p| p.values()).sum();
-        loop {
-            if self.stopping() {
-                break;
-            }
-            if self.replay.is_none()
-                && (self.caught_up()
-                    || self
-                        .config
-                        .max_batches
-                        .is_some_and(|m| summary.batches >= m))
-            {
-                break;
-            }
-            let scheduled = next_start;
-            let batch_started = Instant::now();
-            let (planned, mut parts, replayed) = match self.replay.take() {
-                Some(p) => {
-                    let parts = p
-                        .ranges
-                        .iter()
-                        .flat_map(|(s, r)| {
-                            r.iter().map(|r| PartitionProgress {
-                                source: s.clone(),
-                                partition: r.partition,
-                                from: r.from,
-                                until: r.until,
-                                lag: 0,
-                            })
-                        })
-                        .collect();
-                    (p, parts, true)
-                }
-                None => {
-                    let (p, parts) = self.plan(self.next_batch_id)?;
-                    self.checkpoint.write_planned(&p)?;
-                    (p, parts, false)
-                }
-            };
-            fail::fail_point!("driver::after_plan", |_| Err(DriverError::Other(
-                "failpoint".into()
-            )));
-            let records: u64 = planned
+    }
+
+    /// Phase 1, plan: the batch a crash left planned but uncommitted (over
+    /// exactly its ranges), or a new one, written ahead to the checkpoint.
+    fn next_batch(&mut self) -> Result<(PlannedBatch, Vec<PartitionProgress>, bool), DriverError> {
+        if let Some(p) = self.replay.take() {
+            // Lag is only known from a fresh look at the partitions.
+            let parts = p
                 .ranges
-                .values()
-                .flat_map(|r| r.iter())
-                .map(|r| (r.until - r.from).max(0) as u64)
-                .sum();
-            let cx = BatchCx::new(
-                &planned,
-                &self.checkpoint,
-                self.interval_ms(),
-                self.config.parallelism,
-            );
-            let result: Result<(), PlanError> = self.pool.install(|| {
-                for output in &outputs {
-                    (output.run)(&cx).map_err(|e| match e {
-                        PlanError::Operator { .. } => e,
-                        other => PlanError::Operator {
-                            operator: output.name.clone(),
-                            message: other.to_string(),
-                        },
-                    })?;
-                }
-                Ok(())
+                .iter()
+                .flat_map(|(s, r)| {
+                    r.iter().map(|r| PartitionProgress {
+                        source: s.clone(),
+                        partition: r.partition,
+                        from: r.from,
+                        until: r.until,
+                        lag: 0,
+                    })
+                })
+                .collect();
+            return Ok((p, parts, true));
+        }
+        let (p, parts) = self.plan(self.next_batch_id)?;
+        self.checkpoint.write_planned(&p)?;
+        Ok((p, parts, false))
+    }
+
+    /// Phases 2 and 3, execute and commit: every output runs over the
+    /// planned ranges on the task pool, then results, state and the next
+    /// offsets go to the checkpoint in one atomic write.
+    fn execute_and_commit(
+        &mut self,
+        planned: &PlannedBatch,
+        outputs: &[Arc<crate::plan::Output>],
+    ) -> Result<BTreeMap<String, u64>, DriverError> {
+        let cx = BatchCx::new(
+            planned,
+            &self.checkpoint,
+            self.interval_ms(),
+            self.config.parallelism,
+        );
+        let result: Result<(), PlanError> = self.pool.install(|| {
+            for output in outputs {
+                (output.run)(&cx).map_err(|e| match e {
+                    PlanError::Operator { .. } => e,
+                    other => PlanError::Operator {
+                        operator: output.name.clone(),
+                        message: other.to_string(),
+                    },
+                })?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            return Err(DriverError::Batch {
+                batch_id: planned.batch_id,
+                error,
             });
-            if let Err(error) = result {
-                return Err(DriverError::Batch {
-                    batch_id: planned.batch_id,
-                    error,
-                });
-            }
-            let (writes, counters) = cx.finish();
-            for (source, ranges) in &planned.ranges {
-                let entry = self.offsets.entry(source.clone()).or_default();
-                for r in ranges {
-                    entry.insert(r.partition, r.until);
-                }
-            }
-            let lost: u64 = planned
-                .lost
-                .values()
-                .flat_map(|r| r.iter())
-                .map(|r| (r.until - r.from).max(0) as u64)
-                .sum();
-            self.lost_records += lost;
-            let committed = CommittedBatch {
-                batch_id: planned.batch_id,
-                batch_time_ms: planned.batch_time_ms,
-                offsets: self.offsets.clone(),
-                lost_records: self.lost_records,
-            };
-            self.checkpoint.commit(writes, &committed)?;
-            self.next_batch_id = planned.batch_id + 1;
-            for s in &self.sources {
-                if let Some(o) = self.offsets.get(s.name()) {
-                    let list: Vec<(i32, i64)> = o.iter().map(|(p, o)| (*p, *o)).collect();
-                    s.committed(&list);
-                }
-            }
-            let processing = batch_started.elapsed();
-            let scheduling_delay = batch_started.saturating_duration_since(scheduled);
-            self.rate.on_batch_completed(
-                started.elapsed().as_secs_f64() * 1000.0,
-                records,
-                processing.as_secs_f64() * 1000.0,
-                scheduling_delay.as_secs_f64() * 1000.0,
-            );
-            if replayed {
-                // Lag is only known from a fresh look at the partitions.
-                for p in &mut parts {
-                    p.lag = 0;
-                }
-            }
-            let done_total: i64 = self.offsets.values().flat_map(|p| p.values()).sum();
-            progress.emit(&BatchProgress {
-                batch_id: planned.batch_id,
-                batch_time_ms: planned.batch_time_ms,
-                input_rows: records,
-                input_rows_per_s: records as f64 / processing.as_secs_f64().max(1e-6),
-                processing_ms: processing.as_secs_f64() * 1000.0,
-                scheduling_delay_ms: scheduling_delay.as_secs_f64() * 1000.0,
-                total_delay_ms: (scheduling_delay + processing).as_secs_f64() * 1000.0,
-                partitions: parts,
-                state_bytes: self.checkpoint.state_size_bytes(),
-                lost_records: self.lost_records,
-                counters,
-                replayed,
-                estimated_rate: self.rate.estimated_rate(),
-                caught_up_fraction: self.targets.as_ref().map(|_| {
-                    let want = (total_target - start_total).max(1) as f64;
-                    ((done_total - start_total) as f64 / want).clamp(0.0, 1.0)
-                }),
-            })?;
-            summary.batches += 1;
-            summary.records += records;
-            summary.last_batch_id = planned.batch_id;
-            next_start = scheduled + interval;
-            if self.targets.is_none() {
-                // Sleep until the next batch time, waking for a stop.
-                while Instant::now() < next_start && !self.stopping() {
-                    std::thread::sleep(
-                        (next_start - Instant::now()).min(Duration::from_millis(50)),
-                    );
-                }
-            }
-            if Instant::now() > next_start + interval {
-                // Far behind: schedule from now rather than bursting.
-                next_start = Instant::now();
+        }
+        let (writes, counters) = cx.finish();
+        for (source, ranges) in &planned.ranges {
+            let entry = self.offsets.entry(source.clone()).or_default();
+            for r in ranges {
+                entry.insert(r.partition, r.until);
             }
         }
-        summary.elapsed = started.elapsed();
-        progress.finish(&summary);
-        Ok(summary)
+        self.lost_records += planned_records(&planned.lost);
+        let committed = CommittedBatch {
+            batch_id: planned.batch_id,
+            batch_time_ms: planned.batch_time_ms,
+            offsets: self.offsets.clone(),
+            lost_records: self.lost_records,
+        };
+        self.checkpoint.commit(writes, &committed)?;
+        self.next_batch_id = planned.batch_id + 1;
+        for s in &self.sources {
+            if let Some(o) = self.offsets.get(s.name()) {
+                let list: Vec<(i32, i64)> = o.iter().map(|(p, o)| (*p, *o)).collect();
+                s.committed(&list);
+            }
+        }
+        Ok(counters)
     }
+
+    /// Phase 4, report: one progress record for the committed batch.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        progress: &mut progress::Progress,
+        run: &RunClock,
+        planned: &PlannedBatch,
+        parts: Vec<PartitionProgress>,
+        replayed: bool,
+        timing: &BatchTiming,
+        counters: BTreeMap<String, u64>,
+    ) -> Result<(), DriverError> {
+        let records = planned_records(&planned.ranges);
+        let done_total: i64 = self.offsets.values().flat_map(|p| p.values()).sum();
+        progress.emit(&BatchProgress {
+            batch_id: planned.batch_id,
+            batch_time_ms: planned.batch_time_ms,
+            input_rows: records,
+            input_rows_per_s: records as f64 / timing.processing.as_secs_f64().max(1e-6),
+            processing_ms: timing.processing.as_secs_f64() * 1000.0,
+            scheduling_delay_ms: timing.scheduling_delay.as_secs_f64() * 1000.0,
+            total_delay_ms: (timing.scheduling_delay + timing.processing).as_secs_f64() * 1000.0,
+            partitions: parts,
+            state_bytes: self.checkpoint.state_size_bytes(),
+            lost_records: self.lost_records,
+            counters,
+            replayed,
+            estimated_rate: self.rate.estimated_rate(),
+            caught_up_fraction: self.targets.as_ref().map(|_| {
+                let want = (run.total_target - run.start_total).max(1) as f64;
+                ((done_total - run.start_total) as f64 / want).clamp(0.0, 1.0)
+            }),
+        })?;
+        Ok(())
+    }
+
+    /// Phase 5, pace: wait for the next batch time (a job catching up does
+    /// not wait), and when far behind, schedule from now rather than burst.
+    fn pace(&self, run: &mut RunClock) {
+        let interval = self.config.batch_interval;
+        run.next_start = run.scheduled + interval;
+        if self.targets.is_none() {
+            // Sleep until the next batch time, waking for a stop.
+            while Instant::now() < run.next_start && !self.stopping() {
+                std::thread::sleep(
+                    (run.next_start - Instant::now()).min(Duration::from_millis(50)),
+                );
+            }
+        }
+        if Instant::now() > run.next_start + interval {
+            run.next_start = Instant::now();
+        }
+    }
+}
+
+/// When the run started and when the next batch is due.
+struct RunClock {
+    started: Instant,
+    /// When the batch now running was due.
+    scheduled: Instant,
+    next_start: Instant,
+    /// Offsets summed over every partition: where `--until-caught-up` ends,
+    /// and where this run began (for the fraction done).
+    total_target: i64,
+    start_total: i64,
+}
+
+/// How long one batch took and how late it started.
+struct BatchTiming {
+    processing: Duration,
+    scheduling_delay: Duration,
+    since_start_ms: f64,
+}
+
+impl RunClock {
+    fn new(driver: &Driver) -> RunClock {
+        let now = Instant::now();
+        RunClock {
+            started: now,
+            scheduled: now,
+            next_start: now,
+            total_target: driver
+                .targets
+                .as_ref()
+                .map_or(0, |t| t.values().flat_map(|p| p.values()).sum::<i64>()),
+            start_total: driver.offsets.values().flat_map(|p| p.values()).sum(),
+        }
+    }
+
+    fn batch_done(&mut self, batch_started: Instant) -> BatchTiming {
+        self.scheduled = self.next_start;
+        BatchTiming {
+            processing: batch_started.elapsed(),
+            scheduling_delay: batch_started.saturating_duration_since(self.scheduled),
+            since_start_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// Records in a batch's ranges (or lost ranges).
+fn planned_records(ranges: &BTreeMap<String, Vec<Range>>) -> u64 {
+    ranges
+        .values()
+        .flat_map(|r| r.iter())
+        .map(|r| (r.until - r.from).max(0) as u64)
+        .sum()
+}
+
+/// The job's sources and the state and tables it keeps, once the graph is
+/// known to be runnable: no errors found while building it, at least one
+/// output, no two sources of one name.
+#[allow(clippy::type_complexity)]
+fn checked_job(
+    config: &JobConfig,
+    graph: &SharedGraph,
+) -> Result<(Vec<Arc<dyn Source>>, Vec<OperatorMeta>, Vec<OperatorMeta>), DriverError> {
+    let invalid = |errors: Vec<String>| DriverError::InvalidJob {
+        job: config.name.clone(),
+        errors,
+    };
+    let (sources, metas, tables) = {
+        let g = sluice_log::common::mutex(graph);
+        if !g.errors.is_empty() {
+            return Err(invalid(g.errors.clone()));
+        }
+        if g.outputs.is_empty() {
+            return Err(invalid(vec![
+                "it has no output: add print, foreach_batch or a result table".into(),
+            ]));
+        }
+        let (metas, tables) = g.metas();
+        (g.sources.clone(), metas, tables)
+    };
+    let mut names = std::collections::HashSet::new();
+    for s in &sources {
+        if !names.insert(s.name().to_owned()) {
+            return Err(invalid(vec![format!(
+                "two sources are named {:?}",
+                s.name()
+            )]));
+        }
+    }
+    Ok((sources, metas, tables))
+}
+
+/// Every partition's high-water mark now: where `--until-caught-up` stops.
+fn high_watermarks(
+    sources: &[Arc<dyn Source>],
+) -> Result<BTreeMap<String, BTreeMap<i32, i64>>, DriverError> {
+    let mut targets = BTreeMap::new();
+    for s in sources {
+        let parts = s.partitions()?;
+        targets.insert(
+            s.name().to_owned(),
+            parts
+                .iter()
+                .map(|p| (p.partition, p.high_watermark))
+                .collect(),
+        );
+    }
+    Ok(targets)
 }

@@ -97,7 +97,10 @@ impl Source for VecSource {
             columns.value.append_value(value);
             columns.end_row();
         }
-        out(RecordBatch::try_new(source_schema(), columns.finish())?)
+        Ok(out(RecordBatch::try_new(
+            source_schema(),
+            columns.finish(),
+        )?)?)
     }
 }
 

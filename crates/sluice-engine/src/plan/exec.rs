@@ -13,7 +13,7 @@ use rocksdb::WriteBatch;
 
 use super::{PlanError, Result};
 use crate::checkpoint::{Checkpoint, OperatorMeta, PlannedBatch};
-use crate::source::{ReadStopped, Source};
+use crate::source::{ReadError, Source, read_with};
 
 /// Receives the chunks of one partition of a node's output, in order.
 pub type ChunkSink<'a> = dyn FnMut(RecordBatch) -> Result<()> + 'a;
@@ -358,17 +358,10 @@ pub fn read_range(
     until: i64,
     out: &mut ChunkSink<'_>,
 ) -> Result<()> {
-    let mut refused = None;
-    let read = source.read(partition, from, until, &mut |chunk| {
-        out(chunk).map_err(|e| {
-            refused = Some(e);
-            ReadStopped
-        })
-    });
-    match (refused, read) {
-        (Some(e), _) => Err(e),
-        (None, read) => Ok(read?),
-    }
+    read_with(source, partition, from, until, out).map_err(|e| match e {
+        ReadError::Source(e) => e.into(),
+        ReadError::Consumer(e) => e,
+    })
 }
 
 pub fn source(info: NodeInfo, source: Arc<dyn Source>) -> Arc<dyn Node> {

@@ -379,7 +379,7 @@ impl<T: Data> DStream<T> {
     /// reads each input's chunks (whole, or one by one as they are read),
     /// may read its state (CF `state.<state.name>`) and add writes to the
     /// batch's atomic commit. The SQL layer runs its queries through this.
-    pub(crate) fn output_with_context(
+    pub fn output_with_context(
         inputs: &[DStream<T>],
         name: String,
         state: Option<OperatorMeta>,
@@ -408,21 +408,21 @@ impl<T: Data> DStream<T> {
 }
 
 /// The inputs of an output with context, read on demand.
-pub(crate) struct OutputInputs<'c, 'a> {
+pub struct OutputInputs<'c, 'a> {
     cx: &'c BatchCx<'a>,
     nodes: &'c [Arc<dyn Node>],
 }
 
 impl OutputInputs<'_, '_> {
     /// Every chunk of input `i` in this batch.
-    pub(crate) fn collect(&self, i: usize) -> Result<Vec<RecordBatch>> {
+    pub fn collect(&self, i: usize) -> Result<Vec<RecordBatch>> {
         self.cx.collect(&self.nodes[i])
     }
 
     /// Reads input `i`'s partitions in parallel, handing each chunk to
     /// `each(partition, chunk)` as it is read (in offset order within a
     /// partition), so a batch need not be held whole.
-    pub(crate) fn for_each_chunk(
+    pub fn for_each_chunk(
         &self,
         i: usize,
         each: impl Fn(usize, RecordBatch) -> Result<()> + Sync,
@@ -564,8 +564,6 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         output::save(self, table, Some(merge))
     }
 }
-
-pub(crate) use wide::{partition_by_key as wide_partition_by_key, rayon_map as wide_rayon_map};
 
 /// A source stream: records with Kafka's columns.
 pub(crate) fn source_stream(graph_ref: &SharedGraph, source: Arc<dyn Source>) -> DStream<Record> {

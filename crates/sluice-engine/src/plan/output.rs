@@ -6,7 +6,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::{BatchCx, DStream, Output};
+use super::wide::{partition_by_key, rayon_map};
+use super::{BatchCx, DStream, Node, Output};
 use crate::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use crate::data::{Data, Key, decode_all, encode_to_vec};
 use crate::sink::console;
@@ -54,6 +55,8 @@ pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
         }));
 }
 
+/// `save_to_table` (no `merge`: each batch's pairs overwrite) and
+/// `merge_into_table` (each key's value merged with its committed one).
 pub(crate) fn save<K: Key, V: Data, F>(stream: &DStream<(K, V)>, table: &str, merge: Option<F>)
 where
     F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
@@ -91,86 +94,117 @@ where
         run: Box::new(move |cx: &BatchCx| {
             let cf = cx.checkpoint.cf(&cf_name)?;
             let Some(merge) = &merge else {
-                let chunks = cx.collect(&node)?;
-                let mut puts = Vec::new();
-                for c in &chunks {
-                    let rows = <(K, V)>::reader(c.columns())?;
-                    for i in 0..c.num_rows() {
-                        let (k, v) = <(K, V)>::get(&rows, i);
-                        puts.push((encode_to_vec::<K>(k), encode_to_vec::<V>(v)));
-                    }
-                }
-                cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
-                return Ok(());
+                return overwrite::<K, V>(cx, &node, cf);
             };
             // Merging reads the committed value: each key must be handled
             // by one task, so the pairs are shuffled by key first.
-            let buckets = super::wide_partition_by_key::<K>(cx, &node)?;
+            let buckets = partition_by_key::<K>(cx, &node)?;
             let caches = caches.get_or_init(|| {
                 (0..cx.parallelism)
                     .map(|_| Mutex::new(HashMap::new()))
                     .collect()
             });
-            let db = cx.checkpoint.db();
-            super::wide_rayon_map(
-                buckets.into_iter().enumerate().collect(),
-                |(b, chunks)| {
-                    // Keys go to the same bucket every batch, so this task owns
-                    // its bucket's cache of hot values.
-                    let mut cache = sluice_log::common::mutex(&caches[b % caches.len()]);
-                    let mut misses: Vec<Vec<u8>> = Vec::new();
-                    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-                    for c in &chunks {
-                        let rows = K::reader(c.columns())?;
-                        for i in 0..c.num_rows() {
-                            let key = encode_to_vec::<K>(K::get(&rows, i));
-                            if !cache.contains_key(&key) && seen.insert(key.clone()) {
-                                misses.push(key);
-                            }
-                        }
-                    }
-                    let mut loaded: HashMap<Vec<u8>, V> = HashMap::with_capacity(misses.len());
-                    for (key, found) in misses
-                        .iter()
-                        .zip(db.batched_multi_get_cf(cf, &misses, false))
-                    {
-                        if let Some(bytes) = found? {
-                            loaded.insert(key.clone(), decode_all::<V>(&bytes)?);
-                        }
-                    }
-                    let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
-                    for c in &chunks {
-                        let rows = <(K, V)>::reader(c.columns())?;
-                        for i in 0..c.num_rows() {
-                            let (k, v) = <(K, V)>::get(&rows, i);
-                            let key = encode_to_vec::<K>(k);
-                            let old = merged
-                                .get(&key)
-                                .or_else(|| cache.get(&key))
-                                .or_else(|| loaded.get(&key));
-                            let new = match old {
-                                Some(old) => merge(old.view(), v),
-                                None => V::to_owned_value(v),
-                            };
-                            merged.insert(key, new);
-                        }
-                    }
-                    cx.write(|w| {
-                        for (k, v) in &merged {
-                            w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
-                        }
-                    });
-                    // The batch either commits these values or the job stops
-                    // (and the cache with it), so caching them now is safe.
-                    if cache.len() + merged.len() > CACHE_ENTRIES_PER_TASK {
-                        cache.clear();
-                    }
-                    cache.extend(merged);
-                    Ok(())
-                },
-            )?;
+            rayon_map(buckets.into_iter().enumerate().collect(), |(b, chunks)| {
+                // Keys go to the same bucket every batch, so this task owns
+                // its bucket's cache of hot values.
+                let mut cache = sluice_log::common::mutex(&caches[b % caches.len()]);
+                merge_bucket::<K, V, F>(cx, cf, &chunks, &mut cache, merge)
+            })?;
             Ok(())
         }),
     }));
 }
 
+/// Stages a put of every pair of the batch (the last one of a key wins).
+fn overwrite<K: Key, V: Data>(
+    cx: &BatchCx,
+    node: &Arc<dyn Node>,
+    cf: &rocksdb::ColumnFamily,
+) -> super::Result<()> {
+    let chunks = cx.collect(node)?;
+    let mut puts = Vec::new();
+    for c in &chunks {
+        let rows = <(K, V)>::reader(c.columns())?;
+        for i in 0..c.num_rows() {
+            let (k, v) = <(K, V)>::get(&rows, i);
+            puts.push((encode_to_vec::<K>(k), encode_to_vec::<V>(v)));
+        }
+    }
+    cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
+    Ok(())
+}
+
+/// One bucket of a merge: read the committed values the cache lacks,
+/// merge the batch's pairs into them, stage the writes, remember them.
+fn merge_bucket<K: Key, V: Data, F>(
+    cx: &BatchCx,
+    cf: &rocksdb::ColumnFamily,
+    chunks: &[arrow::array::RecordBatch],
+    cache: &mut HashMap<Vec<u8>, V>,
+    merge: &F,
+) -> super::Result<()>
+where
+    F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
+{
+    let loaded = committed_values::<K, V>(cx, cf, chunks, cache)?;
+    let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
+    for c in chunks {
+        let rows = <(K, V)>::reader(c.columns())?;
+        for i in 0..c.num_rows() {
+            let (k, v) = <(K, V)>::get(&rows, i);
+            let key = encode_to_vec::<K>(k);
+            let old = merged
+                .get(&key)
+                .or_else(|| cache.get(&key))
+                .or_else(|| loaded.get(&key));
+            let new = match old {
+                Some(old) => merge(old.view(), v),
+                None => V::to_owned_value(v),
+            };
+            merged.insert(key, new);
+        }
+    }
+    cx.write(|w| {
+        for (k, v) in &merged {
+            w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
+        }
+    });
+    // The batch either commits these values or the job stops (and the
+    // cache with it), so caching them now is safe.
+    if cache.len() + merged.len() > CACHE_ENTRIES_PER_TASK {
+        cache.clear();
+    }
+    cache.extend(merged);
+    Ok(())
+}
+
+/// The committed values of the batch's keys that `cache` does not hold,
+/// in one multi-get.
+fn committed_values<K: Key, V: Data>(
+    cx: &BatchCx,
+    cf: &rocksdb::ColumnFamily,
+    chunks: &[arrow::array::RecordBatch],
+    cache: &HashMap<Vec<u8>, V>,
+) -> super::Result<HashMap<Vec<u8>, V>> {
+    let mut misses: Vec<Vec<u8>> = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    for c in chunks {
+        let rows = K::reader(c.columns())?;
+        for i in 0..c.num_rows() {
+            let key = encode_to_vec::<K>(K::get(&rows, i));
+            if !cache.contains_key(&key) && seen.insert(key.clone()) {
+                misses.push(key);
+            }
+        }
+    }
+    let mut loaded: HashMap<Vec<u8>, V> = HashMap::with_capacity(misses.len());
+    for (key, found) in misses
+        .iter()
+        .zip(cx.checkpoint.db().batched_multi_get_cf(cf, &misses, false))
+    {
+        if let Some(bytes) = found? {
+            loaded.insert(key.clone(), decode_all::<V>(&bytes)?);
+        }
+    }
+    Ok(loaded)
+}

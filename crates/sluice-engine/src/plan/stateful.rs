@@ -14,11 +14,11 @@ use arrow::array::RecordBatch;
 use hashbrown::HashTable;
 use rocksdb::ColumnFamily;
 
-use crate::data::{Data, Emitter, Key, decode_all, hash_one};
 use super::exec::{BatchCx, NodeInfo, Wide};
 use super::wide::{bucket_of, partition_by_key, rayon_map};
 use super::{DStream, Result};
 use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
+use crate::data::{Data, Emitter, Key, decode_all, hash_one};
 
 const VALUE: u8 = b's';
 const TIMEOUT: u8 = b't';
@@ -93,6 +93,68 @@ fn load<S: Data>(cx: &BatchCx, cf: &ColumnFamily, key: &[u8]) -> Result<Option<(
     }
 }
 
+/// A key's state during one batch of `map_with_state`, by encoded key:
+/// (its stored deadline, its current state, whether it changed).
+type Slots<S> = HashMap<Vec<u8>, (Option<i64>, Option<S>, bool)>;
+
+/// Per bucket, keys with their value-row key.
+type ByBucket<K> = Vec<Vec<(Vec<u8>, K)>>;
+
+/// Keys whose deadline is at or before this batch's time, by the bucket
+/// their key hashes to (with the key's value-row key).
+fn expired_keys<K: Key>(cx: &BatchCx, cf: &ColumnFamily, buckets: usize) -> Result<ByBucket<K>> {
+    let mut expired: ByBucket<K> = vec![Vec::new(); buckets];
+    for item in cx.checkpoint.db().prefix_iterator_cf(cf, [TIMEOUT]) {
+        let (key, _) = item?;
+        if key.first() != Some(&TIMEOUT) {
+            break;
+        }
+        let mut rest = &key[1..];
+        let deadline = i64::decode(&mut rest, false)?;
+        if deadline > cx.batch_time_ms {
+            break;
+        }
+        let k = decode_all::<K>(rest)?;
+        let b = bucket_of(hash_one::<K>(k.view()), buckets);
+        let mut vk = vec![VALUE];
+        vk.extend_from_slice(rest);
+        expired[b].push((vk, k));
+    }
+    Ok(expired)
+}
+
+/// Stages the batch's state changes: new values with their new deadline
+/// (and its index entry), removals, and the old index entries' deletion.
+fn stage_slots<S: Data>(
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    slots: &Slots<S>,
+    timeout_ms: Option<i64>,
+) {
+    let new_deadline = timeout_ms.map_or(NO_DEADLINE, |t| cx.batch_time_ms.saturating_add(t));
+    cx.write(|w| {
+        for (key, (old_deadline, value, changed)) in slots {
+            if !changed && timeout_ms.is_none() {
+                continue;
+            }
+            if let Some(d) = old_deadline.filter(|d| *d != NO_DEADLINE) {
+                w.delete_cf(cf, index_key(d, key));
+            }
+            match value {
+                Some(s) => {
+                    let mut bytes = Vec::new();
+                    <(i64, S)>::encode((new_deadline, s.view()), true, &mut bytes);
+                    w.put_cf(cf, key, bytes);
+                    if new_deadline != NO_DEADLINE {
+                        w.put_cf(cf, index_key(new_deadline, key), []);
+                    }
+                }
+                None => w.delete_cf(cf, key),
+            }
+        }
+    });
+}
+
 pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
     stream: &DStream<(K, V)>,
     timeout: Option<Duration>,
@@ -110,32 +172,16 @@ pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let cf = cf(cx, info)?;
                 let buckets = partition_by_key::<K>(cx, &parent)?;
-                // Keys whose deadline passed, by bucket.
-                let mut expired: Vec<Vec<(Vec<u8>, K)>> = vec![Vec::new(); buckets.len()];
-                if timeout_ms.is_some() {
-                    for item in cx.checkpoint.db().prefix_iterator_cf(cf, [TIMEOUT]) {
-                        let (key, _) = item?;
-                        if key.first() != Some(&TIMEOUT) {
-                            break;
-                        }
-                        let mut rest = &key[1..];
-                        let deadline = i64::decode(&mut rest, false)?;
-                        if deadline > cx.batch_time_ms {
-                            break;
-                        }
-                        let k = decode_all::<K>(rest)?;
-                        let b = bucket_of(hash_one::<K>(k.view()), buckets.len());
-                        let mut vk = vec![VALUE];
-                        vk.extend_from_slice(rest);
-                        expired[b].push((vk, k));
-                    }
-                }
+                let expired = if timeout_ms.is_some() {
+                    expired_keys::<K>(cx, cf, buckets.len())?
+                } else {
+                    vec![Vec::new(); buckets.len()]
+                };
                 let work: Vec<_> = buckets.into_iter().zip(expired).collect();
                 rayon_map(work, |(chunks, expired)| {
                     let mut out = Emitter::<M>::with_capacity(1024);
                     // Encoded key -> (old deadline, current state, changed).
-                    let mut slots: HashMap<Vec<u8>, (Option<i64>, Option<S>, bool)> =
-                        HashMap::new();
+                    let mut slots: Slots<S> = HashMap::new();
                     for c in &chunks {
                         let rows = <(K, V)>::reader(c.columns())?;
                         for i in 0..c.num_rows() {
@@ -176,34 +222,58 @@ pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
                             slots.insert(key.clone(), (Some(deadline), None, true));
                         }
                     }
-                    let new_deadline =
-                        timeout_ms.map_or(NO_DEADLINE, |t| cx.batch_time_ms.saturating_add(t));
-                    cx.write(|w| {
-                        for (key, (old_deadline, value, changed)) in &slots {
-                            if !changed && timeout_ms.is_none() {
-                                continue;
-                            }
-                            if let Some(d) = old_deadline.filter(|d| *d != NO_DEADLINE) {
-                                w.delete_cf(cf, index_key(d, key));
-                            }
-                            match value {
-                                Some(s) => {
-                                    let mut bytes = Vec::new();
-                                    <(i64, S)>::encode((new_deadline, s.view()), true, &mut bytes);
-                                    w.put_cf(cf, key, bytes);
-                                    if new_deadline != NO_DEADLINE {
-                                        w.put_cf(cf, index_key(new_deadline, key), []);
-                                    }
-                                }
-                                None => w.delete_cf(cf, key),
-                            }
-                        }
-                    });
+                    stage_slots(cx, cf, &slots, timeout_ms);
                     Ok(out.into_batches(&info.schema)?)
                 })
             },
         })
     })
+}
+
+/// Every key's stored state, by the bucket its key hashes to. Spark's
+/// semantics: every key with state is updated every batch, so the whole
+/// state is read once per batch.
+fn stored_states<K: Key, S: Data>(
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    buckets: usize,
+) -> Result<Vec<Vec<(K, S)>>> {
+    let mut existing: Vec<Vec<(K, S)>> = vec![Vec::new(); buckets];
+    for item in cx.checkpoint.db().prefix_iterator_cf(cf, [VALUE]) {
+        let (key, value) = item?;
+        if key.first() != Some(&VALUE) {
+            break;
+        }
+        let k = decode_all::<K>(&key[1..])?;
+        let (_, s) = decode_all::<(i64, S)>(&value)?;
+        existing[bucket_of(hash_one::<K>(k.view()), buckets)].push((k, s));
+    }
+    Ok(existing)
+}
+
+/// This batch's values grouped by key, keys in order of first arrival and
+/// values in arrival order.
+#[allow(clippy::type_complexity)]
+fn group_by_key<'a, K: Key, V: Data>(
+    chunks: &[RecordBatch],
+    readers: &[<(K, V) as Data>::Reader<'a>],
+) -> Vec<(K::View<'a>, Vec<V::View<'a>>)> {
+    let mut index: HashTable<(u64, usize)> = HashTable::new();
+    let mut groups: Vec<(K::View<'a>, Vec<V::View<'a>>)> = Vec::new();
+    for (c, r) in chunks.iter().zip(readers) {
+        for i in 0..c.num_rows() {
+            let (k, v) = <(K, V)>::get(r, i);
+            let h = hash_one::<K>(k);
+            match index.find(h, |&(eh, g)| eh == h && K::eq_view(groups[g].0, k)) {
+                Some(&(_, g)) => groups[g].1.push(v),
+                None => {
+                    index.insert_unique(h, (h, groups.len()), |e| e.0);
+                    groups.push((k, vec![v]));
+                }
+            }
+        }
+    }
+    groups
 }
 
 pub(crate) fn update_state_by_key<K: Key, V: Data, S: Data>(
@@ -218,40 +288,14 @@ pub(crate) fn update_state_by_key<K: Key, V: Data, S: Data>(
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let cf = cf(cx, info)?;
                 let buckets = partition_by_key::<K>(cx, &parent)?;
-                // Spark's semantics: every key with state is updated every
-                // batch, so the whole state is read once per batch.
-                let mut existing: Vec<Vec<(K, S)>> = vec![Vec::new(); buckets.len()];
-                for item in cx.checkpoint.db().prefix_iterator_cf(cf, [VALUE]) {
-                    let (key, value) = item?;
-                    if key.first() != Some(&VALUE) {
-                        break;
-                    }
-                    let k = decode_all::<K>(&key[1..])?;
-                    let (_, s) = decode_all::<(i64, S)>(&value)?;
-                    existing[bucket_of(hash_one::<K>(k.view()), buckets.len())].push((k, s));
-                }
+                let existing = stored_states::<K, S>(cx, cf, buckets.len())?;
                 let work: Vec<_> = buckets.into_iter().zip(existing).collect();
                 rayon_map(work, |(chunks, existing)| {
                     let readers = chunks
                         .iter()
                         .map(|c| <(K, V)>::reader(c.columns()))
-                        .collect::<Result<Vec<_>>>()?;
-                    // Group this batch's values by key, in arrival order.
-                    let mut index: HashTable<(u64, usize)> = HashTable::new();
-                    let mut groups: Vec<(K::View<'_>, Vec<V::View<'_>>)> = Vec::new();
-                    for (c, r) in chunks.iter().zip(&readers) {
-                        for i in 0..c.num_rows() {
-                            let (k, v) = <(K, V)>::get(r, i);
-                            let h = hash_one::<K>(k);
-                            match index.find(h, |&(eh, g)| eh == h && K::eq_view(groups[g].0, k)) {
-                                Some(&(_, g)) => groups[g].1.push(v),
-                                None => {
-                                    index.insert_unique(h, (h, groups.len()), |e| e.0);
-                                    groups.push((k, vec![v]));
-                                }
-                            }
-                        }
-                    }
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    let groups = group_by_key::<K, V>(&chunks, &readers);
                     let mut previous: HashMap<Vec<u8>, S> = existing
                         .into_iter()
                         .map(|(k, s)| (value_key::<K>(k.view()), s))

@@ -6,9 +6,9 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use hashbrown::HashTable;
 
-use crate::data::{Data, Emitter, Key, hash_one};
 use super::exec::{BatchCx, Node, NodeInfo, Wide};
 use super::{DStream, Result};
+use crate::data::{Data, Emitter, Key, hash_one};
 
 /// Rows per output chunk of a wide operator.
 pub(crate) const OUT_CHUNK: usize = 64 * 1024;
@@ -338,7 +338,7 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
                     let readers = rchunks
                         .iter()
                         .map(|c| <(K, W)>::reader(c.columns()))
-                        .collect::<Result<Vec<_>>>()?;
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
                     let mut table: HashTable<(u64, usize, usize)> = HashTable::new();
                     for (ci, (c, reader)) in rchunks.iter().zip(&readers).enumerate() {
                         for row in 0..c.num_rows() {

@@ -17,11 +17,11 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use rocksdb::{ColumnFamily, Direction, IteratorMode};
 
-use crate::data::{Data, Key, decode_all, encode_to_vec};
 use super::exec::{BatchCx, NodeInfo, Wide};
 use super::wide::Aggregate;
 use super::{DStream, PlanError, Result};
 use crate::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
+use crate::data::{Data, Key, decode_all, encode_to_vec};
 
 /// Buffer keys: b'w' + batch id; running aggregates: b'a' + key.
 const BUFFER: u8 = b'w';
@@ -159,6 +159,44 @@ pub(crate) fn window<T: Data>(
     })
 }
 
+/// The key of a key's running value in `reduce_by_key_and_window`'s state.
+fn running_key<K: Key>(k: K::View<'_>) -> Vec<u8> {
+    let mut key = vec![RUNNING];
+    K::encode(k, true, &mut key);
+    key
+}
+
+/// Every key's running value: the stored ones overlaid with this batch's
+/// updates (which are not committed yet).
+fn emit_running<K: Key, V: Data>(
+    cx: &BatchCx,
+    cf: &rocksdb::ColumnFamily,
+    updated: &std::collections::BTreeMap<Vec<u8>, V>,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let mut agg = Aggregate::<K, V>::new();
+    let keep_new = |_a: V::View<'_>, b: V::View<'_>| V::to_owned_value(b);
+    for item in cx.checkpoint.db().prefix_iterator_cf(cf, [RUNNING]) {
+        let (key, value) = item?;
+        if key.first() != Some(&RUNNING) {
+            break;
+        }
+        if updated.contains_key(key.as_ref()) {
+            continue;
+        }
+        let k = decode_all::<K>(&key[1..])?;
+        let v = decode_all::<V>(&value)?;
+        agg.add(k.view(), v.view(), &keep_new);
+    }
+    for (key, v) in updated {
+        let k = decode_all::<K>(&key[1..])?;
+        agg.add(k.view(), v.view(), &keep_new);
+    }
+    Ok(vec![
+        agg.into_buckets(1, schema)?.into_iter().flatten().collect(),
+    ])
+}
+
 pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
     stream: &DStream<(K, V)>,
     f: impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + Clone + 'static,
@@ -199,11 +237,6 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
                     _ => Vec::new(),
                 };
                 let db = cx.checkpoint.db();
-                let running_key = |k: K::View<'_>| {
-                    let mut key = vec![RUNNING];
-                    K::encode(k, true, &mut key);
-                    key
-                };
                 // key -> (new running value or None when it reached "nothing")
                 let mut updated: std::collections::BTreeMap<Vec<u8>, V> = Default::default();
                 let mut apply = |chunks: &[RecordBatch], add: bool| -> Result<()> {
@@ -211,7 +244,7 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
                         let rows = <(K, V)>::reader(c.columns())?;
                         for i in 0..c.num_rows() {
                             let (k, v) = <(K, V)>::get(&rows, i);
-                            let key = running_key(k);
+                            let key = running_key::<K>(k);
                             let old = match updated.remove(&key) {
                                 Some(v) => Some(v),
                                 None => match db.get_cf(cf, &key)? {
@@ -245,27 +278,7 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
                 if !cx.batch_id.is_multiple_of(slide_b) {
                     return Ok(vec![Vec::new()]);
                 }
-                // Emit every key's running value: stored ones overlaid with
-                // this batch's updates.
-                let mut agg = Aggregate::<K, V>::new();
-                let keep_new = |_a: V::View<'_>, b: V::View<'_>| V::to_owned_value(b);
-                for item in db.prefix_iterator_cf(cf, [RUNNING]) {
-                    let (key, value) = item?;
-                    if key.first() != Some(&RUNNING) {
-                        break;
-                    }
-                    if updated.contains_key(key.as_ref()) {
-                        continue;
-                    }
-                    let k = decode_all::<K>(&key[1..])?;
-                    let v = decode_all::<V>(&value)?;
-                    agg.add(k.view(), v.view(), &keep_new);
-                }
-                for (key, v) in &updated {
-                    let k = decode_all::<K>(&key[1..])?;
-                    agg.add(k.view(), v.view(), &keep_new);
-                }
-                Ok(vec![agg.into_buckets(1, &info.schema)?.into_iter().flatten().collect()])
+                emit_running::<K, V>(cx, cf, &updated, &info.schema)
             },
         })
     })

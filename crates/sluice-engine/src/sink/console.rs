@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-
 /// The header line printed before a batch's rows.
 pub fn header(batch_id: u64, batch_time_ms: i64) -> String {
     format!(

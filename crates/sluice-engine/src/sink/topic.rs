@@ -46,12 +46,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{SinkError, WriterId, crash_point};
-use sluice_log::log::{LogError, LogStore, TopicConfig};
 use crate::data::Data;
-use sluice_log::producer::{BATCH_HEADER_BYTES, BatchBuilder, Compression, partition_for_key};
 use crate::source::embedded::EmbeddedSource;
 use crate::source::kafka::KafkaSource;
-use crate::source::{Record, Source};
+use crate::source::{ReadError, Record, Source, read_with};
+use sluice_log::log::{LogError, LogStore, TopicConfig};
+use sluice_log::producer::{BATCH_HEADER_BYTES, BatchBuilder, Compression, partition_for_key};
 
 /// `<job>/<writer>/<batch id>` of the batch that wrote the record.
 pub const BATCH_HEADER: &str = "sluice.batch";
@@ -234,86 +234,102 @@ impl TopicWriter {
         partitions: u32,
         what: &str,
     ) -> Result<TopicWriter, SinkError> {
-        let err = |m: String| SinkError::new(what, m);
         match target {
-            TopicTarget::Embedded(store) => {
-                let t = match store.topic(topic) {
-                    Ok(t) => t,
-                    Err(LogError::UnknownTopic(_)) => {
-                        match store.create_topic(topic, partitions as i64, TopicConfig::default()) {
-                            Ok(t) => {
-                                tracing::info!(
-                                    "{what}: created topic {topic} with {partitions} partition(s)"
-                                );
-                                t
-                            }
-                            Err(LogError::TopicExists(_)) => store
-                                .topic(topic)
-                                .map_err(|e| err(format!("cannot open topic {topic}: {e}")))?,
-                            Err(e) => return Err(err(format!("cannot create topic {topic}: {e}"))),
-                        }
-                    }
-                    Err(e) => return Err(err(format!("cannot open topic {topic}: {e}"))),
-                };
-                let max_batch = t.config().max_message_bytes as usize;
-                let reader = EmbeddedSource::new(store.clone(), topic)
-                    .map_err(|e| err(format!("cannot read topic {topic}: {e}")))?;
-                Ok(TopicWriter {
-                    what: what.to_owned(),
-                    topic: topic.to_owned(),
-                    partitions: t.partition_count() as u32,
-                    reader: Box::new(reader),
-                    backend: Backend::Embedded {
-                        store: store.clone(),
-                        batch_bytes: max_batch.saturating_sub(BATCH_HEADER_BYTES).min(1 << 20),
-                        max_record_bytes: max_batch.saturating_sub(BATCH_HEADER_BYTES + 64),
-                    },
-                    written_through: Mutex::new(None),
-                })
-            }
-            TopicTarget::Kafka(brokers) => {
-                let producer: BaseProducer<DeliveryErrors> = ClientConfig::new()
-                    .set("bootstrap.servers", brokers)
-                    // Retries never duplicate or reorder records within a
-                    // partition: what a crash leaves is a prefix.
-                    .set("enable.idempotence", "true")
-                    .set("acks", "all")
-                    .set("linger.ms", "5")
-                    .set("message.timeout.ms", "60000")
-                    // A missing topic is created below with the sink's
-                    // partition count, not the broker's default.
-                    .set("allow.auto.create.topics", "false")
-                    .create_with_context(DeliveryErrors {
-                        what: what.to_owned(),
-                        first: Mutex::new(None),
-                    })
-                    .map_err(|e| {
-                        err(format!("cannot create a Kafka producer for {brokers}: {e}"))
-                    })?;
-                let partitions =
-                    kafka_partitions(&producer, brokers, topic, partitions).map_err(err)?;
-                let reader = KafkaSource::new(
-                    format!("sluice-sink-{topic}"),
-                    brokers.clone(),
-                    topic,
-                    None,
-                    Vec::new(),
-                )
-                .map_err(|e| err(e.to_string()))?
-                .with_read_timeout(KAFKA_TIMEOUT);
-                Ok(TopicWriter {
-                    what: what.to_owned(),
-                    topic: topic.to_owned(),
-                    partitions,
-                    reader: Box::new(reader),
-                    backend: Backend::Kafka {
-                        brokers: brokers.clone(),
-                        producer,
-                    },
-                    written_through: Mutex::new(None),
-                })
-            }
+            TopicTarget::Embedded(store) => Self::open_embedded(store, topic, partitions, what),
+            TopicTarget::Kafka(brokers) => Self::open_kafka(brokers, topic, partitions, what),
         }
+    }
+
+    /// On the bundled store: the topic, created with `partitions` if it is
+    /// missing; batches sized below its `max.message.bytes`.
+    fn open_embedded(
+        store: &Arc<LogStore>,
+        topic: &str,
+        partitions: u32,
+        what: &str,
+    ) -> Result<TopicWriter, SinkError> {
+        let err = |m: String| SinkError::new(what, m);
+        let t = match store.topic(topic) {
+            Ok(t) => t,
+            Err(LogError::UnknownTopic(_)) => {
+                match store.create_topic(topic, partitions as i64, TopicConfig::default()) {
+                    Ok(t) => {
+                        tracing::info!(
+                            "{what}: created topic {topic} with {partitions} partition(s)"
+                        );
+                        t
+                    }
+                    Err(LogError::TopicExists(_)) => store
+                        .topic(topic)
+                        .map_err(|e| err(format!("cannot open topic {topic}: {e}")))?,
+                    Err(e) => return Err(err(format!("cannot create topic {topic}: {e}"))),
+                }
+            }
+            Err(e) => return Err(err(format!("cannot open topic {topic}: {e}"))),
+        };
+        let max_batch = t.config().max_message_bytes as usize;
+        let reader = EmbeddedSource::new(store.clone(), topic)
+            .map_err(|e| err(format!("cannot read topic {topic}: {e}")))?;
+        Ok(TopicWriter {
+            what: what.to_owned(),
+            topic: topic.to_owned(),
+            partitions: t.partition_count() as u32,
+            reader: Box::new(reader),
+            backend: Backend::Embedded {
+                store: store.clone(),
+                batch_bytes: max_batch.saturating_sub(BATCH_HEADER_BYTES).min(1 << 20),
+                max_record_bytes: max_batch.saturating_sub(BATCH_HEADER_BYTES + 64),
+            },
+            written_through: Mutex::new(None),
+        })
+    }
+
+    /// Through rdkafka: an idempotent producer (a crash leaves a prefix of
+    /// each partition's records) and a source to read back what is there.
+    fn open_kafka(
+        brokers: &str,
+        topic: &str,
+        partitions: u32,
+        what: &str,
+    ) -> Result<TopicWriter, SinkError> {
+        let err = |m: String| SinkError::new(what, m);
+        let producer: BaseProducer<DeliveryErrors> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // Retries never duplicate or reorder records within a
+            // partition: what a crash leaves is a prefix.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            // A missing topic is created below with the sink's
+            // partition count, not the broker's default.
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(DeliveryErrors {
+                what: what.to_owned(),
+                first: Mutex::new(None),
+            })
+            .map_err(|e| err(format!("cannot create a Kafka producer for {brokers}: {e}")))?;
+        let partitions = kafka_partitions(&producer, brokers, topic, partitions).map_err(err)?;
+        let reader = KafkaSource::new(
+            format!("sluice-sink-{topic}"),
+            brokers.to_owned(),
+            topic,
+            None,
+            Vec::new(),
+        )
+        .map_err(|e| err(e.to_string()))?
+        .with_read_timeout(KAFKA_TIMEOUT);
+        Ok(TopicWriter {
+            what: what.to_owned(),
+            topic: topic.to_owned(),
+            partitions,
+            reader: Box::new(reader),
+            backend: Backend::Kafka {
+                brokers: brokers.to_owned(),
+                producer,
+            },
+            written_through: Mutex::new(None),
+        })
     }
 
     /// Partitions of the topic when it was opened.
@@ -412,28 +428,34 @@ impl TopicWriter {
             return Ok(None);
         }
         let mut marker = None;
-        self.reader
-            .read(
-                partition,
-                info.high_watermark - 1,
-                info.high_watermark,
-                &mut |batch: RecordBatch| {
-                    let reader = Record::reader(batch.columns())?;
-                    if let Some(last) = batch.num_rows().checked_sub(1) {
-                        marker = Marker::from_headers(Record::get(&reader, last).headers());
-                    }
-                    Ok(())
-                },
-            )
-            .map_err(|e| {
-                self.error(format!(
-                    "cannot read the last record of {} partition {partition}: {e}",
-                    self.topic
-                ))
-            })?;
+        read_with(
+            &*self.reader,
+            partition,
+            info.high_watermark - 1,
+            info.high_watermark,
+            |batch: RecordBatch| {
+                let reader = Record::reader(batch.columns())?;
+                if let Some(last) = batch.num_rows().checked_sub(1) {
+                    marker = Marker::from_headers(Record::get(&reader, last).headers());
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e: ReadError<crate::data::SchemaError>| {
+            let why = match e {
+                ReadError::Source(e) => e.to_string(),
+                ReadError::Consumer(e) => e.to_string(),
+            };
+            self.error(format!(
+                "cannot read the last record of {} partition {partition}: {why}",
+                self.topic
+            ))
+        })?;
         Ok(marker)
     }
 
+    /// Writes `recs[range]` to `partition`, each tagged with the writer,
+    /// the batch and its index in the batch.
     fn append(
         &self,
         partition: i32,
@@ -442,125 +464,169 @@ impl TopicWriter {
         recs: &[OutRecord],
         range: std::ops::Range<usize>,
     ) -> Result<(), SinkError> {
-        let tag = id.batch_tag(batch_id);
-        let n = recs.len();
+        let tags = Tags {
+            batch: id.batch_tag(batch_id),
+            run: &id.run,
+            of: recs.len(),
+        };
         match &self.backend {
             Backend::Embedded {
                 store,
                 batch_bytes,
                 max_record_bytes,
-            } => {
-                let part = store.partition(&self.topic, partition).map_err(|e| {
-                    self.error(format!(
-                        "cannot open {} partition {partition}: {e}",
-                        self.topic
-                    ))
-                })?;
-                let mut builder = BatchBuilder::new(Compression::None);
-                let flush = |builder: &mut BatchBuilder| -> Result<(), SinkError> {
-                    if builder.is_empty() {
-                        return Ok(());
-                    }
-                    let mut bytes = builder
-                        .finish()
-                        .map_err(|e| self.error(format!("cannot encode records: {e}")))?;
-                    part.append(&mut bytes).map_err(|e| {
-                        self.error(format!(
-                            "cannot append to {} partition {partition}: {e}",
-                            self.topic
-                        ))
-                    })?;
-                    Ok(())
-                };
-                for (i, r) in recs.iter().enumerate().take(range.end).skip(range.start) {
-                    let index = format!("{i}/{n}");
-                    let mut headers: Vec<(&str, Option<&[u8]>)> = r
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_deref()))
-                        .collect();
-                    headers.push((BATCH_HEADER, Some(tag.as_bytes())));
-                    headers.push((INDEX_HEADER, Some(index.as_bytes())));
-                    headers.push((RUN_HEADER, Some(id.run.as_bytes())));
-                    let size = r.key.as_ref().map_or(0, Vec::len)
-                        + r.value.as_ref().map_or(0, Vec::len)
-                        + headers
-                            .iter()
-                            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
-                            .sum::<usize>();
-                    if size > *max_record_bytes {
-                        return Err(self.error(format!(
-                            "a record of {size} bytes is larger than topic {}'s max.message.bytes allows ({max_record_bytes} bytes)",
-                            self.topic
-                        )));
-                    }
-                    if builder.size_bytes() + size + 32 > *batch_bytes {
-                        flush(&mut builder)?;
-                    }
-                    builder.push_record(
-                        r.key.as_deref(),
-                        r.value.as_deref(),
-                        r.timestamp_ms,
-                        &headers,
-                    );
-                }
-                flush(&mut builder)
-            }
+            } => self.append_embedded(
+                store,
+                (*batch_bytes, *max_record_bytes),
+                partition,
+                &tags,
+                recs,
+                range,
+            ),
             Backend::Kafka { producer, .. } => {
-                for (i, r) in recs.iter().enumerate().take(range.end).skip(range.start) {
-                    let index = format!("{i}/{n}");
-                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 3);
-                    for (k, v) in &r.headers {
-                        headers = headers.insert(Header {
-                            key: k.as_str(),
-                            value: v.as_deref(),
-                        });
-                    }
-                    for (k, v) in [
-                        (BATCH_HEADER, tag.as_bytes()),
-                        (INDEX_HEADER, index.as_bytes()),
-                        (RUN_HEADER, id.run.as_bytes()),
-                    ] {
-                        headers = headers.insert(Header {
-                            key: k,
-                            value: Some(v),
-                        });
-                    }
-                    let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
-                        .partition(partition)
-                        .timestamp(r.timestamp_ms)
-                        .headers(headers);
-                    if let Some(k) = &r.key {
-                        record = record.key(k.as_slice());
-                    }
-                    if let Some(v) = &r.value {
-                        record = record.payload(v.as_slice());
-                    }
-                    let started = Instant::now();
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                                r,
-                            )) if started.elapsed() < FLUSH_TIMEOUT => {
-                                record = r;
-                                producer.poll(Duration::from_millis(10));
-                            }
-                            Err((e, _)) => {
-                                return Err(self.error(format!(
-                                    "cannot send a record to {} partition {partition}: {e}",
-                                    self.topic
-                                )));
-                            }
-                        }
-                    }
-                }
-                producer.poll(Duration::ZERO);
-                Ok(())
+                self.append_kafka(producer, partition, &tags, recs, range)
             }
         }
     }
+
+    /// Appends to the bundled store in batches of at most `batch_bytes`.
+    fn append_embedded(
+        &self,
+        store: &LogStore,
+        (batch_bytes, max_record_bytes): (usize, usize),
+        partition: i32,
+        tags: &Tags<'_>,
+        recs: &[OutRecord],
+        range: std::ops::Range<usize>,
+    ) -> Result<(), SinkError> {
+        let (tag, n) = (&tags.batch, tags.of);
+        let id_run = tags.run;
+        let part = store.partition(&self.topic, partition).map_err(|e| {
+            self.error(format!(
+                "cannot open {} partition {partition}: {e}",
+                self.topic
+            ))
+        })?;
+        let mut builder = BatchBuilder::new(Compression::None);
+        let flush = |builder: &mut BatchBuilder| -> Result<(), SinkError> {
+            if builder.is_empty() {
+                return Ok(());
+            }
+            let mut bytes = builder
+                .finish()
+                .map_err(|e| self.error(format!("cannot encode records: {e}")))?;
+            part.append(&mut bytes).map_err(|e| {
+                self.error(format!(
+                    "cannot append to {} partition {partition}: {e}",
+                    self.topic
+                ))
+            })?;
+            Ok(())
+        };
+        for (i, r) in recs.iter().enumerate().take(range.end).skip(range.start) {
+            let index = format!("{i}/{n}");
+            let mut headers: Vec<(&str, Option<&[u8]>)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            headers.push((BATCH_HEADER, Some(tag.as_bytes())));
+            headers.push((INDEX_HEADER, Some(index.as_bytes())));
+            headers.push((RUN_HEADER, Some(id_run.as_bytes())));
+            let size = r.key.as_ref().map_or(0, Vec::len)
+                + r.value.as_ref().map_or(0, Vec::len)
+                + headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+                    .sum::<usize>();
+            if size > max_record_bytes {
+                return Err(self.error(format!(
+                    "a record of {size} bytes is larger than topic {}'s max.message.bytes allows ({max_record_bytes} bytes)",
+                    self.topic
+                )));
+            }
+            if builder.size_bytes() + size + 32 > batch_bytes {
+                flush(&mut builder)?;
+            }
+            builder.push_record(
+                r.key.as_deref(),
+                r.value.as_deref(),
+                r.timestamp_ms,
+                &headers,
+            );
+        }
+        flush(&mut builder)
+    }
+
+    /// Sends through rdkafka, waiting out a full local queue.
+    fn append_kafka(
+        &self,
+        producer: &BaseProducer<DeliveryErrors>,
+        partition: i32,
+        tags: &Tags<'_>,
+        recs: &[OutRecord],
+        range: std::ops::Range<usize>,
+    ) -> Result<(), SinkError> {
+        let (tag, n) = (&tags.batch, tags.of);
+        let id_run = tags.run;
+        for (i, r) in recs.iter().enumerate().take(range.end).skip(range.start) {
+            let index = format!("{i}/{n}");
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 3);
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k.as_str(),
+                    value: v.as_deref(),
+                });
+            }
+            for (k, v) in [
+                (BATCH_HEADER, tag.as_bytes()),
+                (INDEX_HEADER, index.as_bytes()),
+                (RUN_HEADER, id_run.as_bytes()),
+            ] {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(partition)
+                .timestamp(r.timestamp_ms)
+                .headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_slice());
+            }
+            let started = Instant::now();
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                        if started.elapsed() < FLUSH_TIMEOUT =>
+                    {
+                        record = r;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        return Err(self.error(format!(
+                            "cannot send a record to {} partition {partition}: {e}",
+                            self.topic
+                        )));
+                    }
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        Ok(())
+    }
+}
+
+/// What every record of a batch carries: the batch tag, the writer's run
+/// and the batch's record count (for the index header).
+struct Tags<'a> {
+    batch: String,
+    run: &'a str,
+    of: usize,
 }
 
 /// The partition count of `topic` at `brokers`, creating the topic with
@@ -736,7 +802,7 @@ mod tests {
         let mut out = Vec::new();
         source
             .read(partition, 0, hw, &mut |b: RecordBatch| {
-                let reader = Record::reader(b.columns())?;
+                let reader = Record::reader(b.columns()).expect("the source schema");
                 for i in 0..b.num_rows() {
                     let r = Record::get(&reader, i);
                     let headers: Vec<_> = r.headers().collect();

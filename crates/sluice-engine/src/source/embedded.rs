@@ -88,8 +88,7 @@ impl Source for EmbeddedSource {
                         "offsets {position}..{until} were planned but the log ends at {}",
                         info.high_watermark
                     ),
-                }
-                .into());
+                });
             }
             let block = Buffer::from_vec(bytes);
             let mut columns = RecordColumns::with_capacity(16 * 1024);
@@ -107,8 +106,7 @@ impl Source for EmbeddedSource {
                     source_name: self.name.clone(),
                     partition,
                     message: format!("no progress reading at offset {position}"),
-                }
-                .into());
+                });
             }
             position = next;
             if !columns.is_empty() {

@@ -302,8 +302,7 @@ impl FileSource {
                     "line {} is missing: it had {} lines",
                     line_no + 1,
                     file.lines
-                ))
-                .into());
+                )));
             }
             if line_no >= start {
                 if line.last() == Some(&b'\n') {
@@ -398,11 +397,9 @@ impl Source for FileSource {
         out: &mut ChunkSink<'_>,
     ) -> Result<(), SourceError> {
         if partition != 0 {
-            return Err(self
-                .partition_error(format!(
-                    "a file source has only partition 0, not {partition}"
-                ))
-                .into());
+            return Err(self.partition_error(format!(
+                "a file source has only partition 0, not {partition}"
+            )));
         }
         if from >= until {
             return Ok(());
@@ -411,12 +408,10 @@ impl Source for FileSource {
             let mut index = sluice_log::common::mutex(&self.index);
             index.read_started = true;
             if from < index.log_start || until > index.high_watermark {
-                return Err(self
-                    .partition_error(format!(
-                        "offsets {from}..{until} are outside the indexed {}..{}",
-                        index.log_start, index.high_watermark
-                    ))
-                    .into());
+                return Err(self.partition_error(format!(
+                    "offsets {from}..{until} are outside the indexed {}..{}",
+                    index.log_start, index.high_watermark
+                )));
             }
             // Keep the current range only: files wholly below it are done.
             while index.files.front().is_some_and(|f| f.end() <= from) {
@@ -443,9 +438,9 @@ impl Source for FileSource {
             offset = end;
         }
         if offset < until {
-            return Err(self
-                .partition_error(format!("no indexed file holds offsets {offset}..{until}"))
-                .into());
+            return Err(
+                self.partition_error(format!("no indexed file holds offsets {offset}..{until}"))
+            );
         }
         if !columns.is_empty() {
             out(RecordBatch::try_new(source_schema(), columns.finish())?)?;
@@ -478,7 +473,7 @@ mod tests {
         source.read(0, from, until, &mut |batch: RecordBatch| {
             assert_eq!(batch.schema(), source_schema());
             assert!(batch.num_rows() > 0 && batch.num_rows() <= CHUNK_ROWS);
-            let reader = Record::reader(batch.columns())?;
+            let reader = Record::reader(batch.columns()).expect("the source schema");
             for i in 0..batch.num_rows() {
                 rows.push(Record::to_owned_value(Record::get(&reader, i)));
             }
@@ -580,7 +575,7 @@ mod tests {
         source
             .read(0, 10, 20_000, &mut |batch: RecordBatch| {
                 chunks += 1;
-                let reader = Record::reader(batch.columns())?;
+                let reader = Record::reader(batch.columns()).expect("the source schema");
                 for i in 0..batch.num_rows() {
                     let r = Record::get(&reader, i);
                     assert_eq!(r.offset, 10 + count);

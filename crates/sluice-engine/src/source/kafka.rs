@@ -336,132 +336,194 @@ impl KafkaSource {
         out: &mut ChunkSink<'_>,
     ) -> Result<(), SourceError> {
         if reader.next != Some(from) {
-            // assign() replaces the whole assignment and discards what the
-            // consumer had prefetched for an earlier position.
-            let mut tpl = TopicPartitionList::with_capacity(1);
-            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))
-                .and_then(|()| reader.consumer.assign(&tpl))
-                .map_err(|e| {
-                    self.partition_error(
-                        partition,
-                        format!("cannot start reading at offset {from}: {e}"),
-                    )
-                })?;
+            self.seek(reader, partition, from)?;
         }
         reader.next = None;
         let mut tracker = RangeTracker::new(from, until);
-        let mut columns = RecordColumns::with_capacity(CHUNK_ROWS.min((until - from) as usize));
-        let mut chunk_bytes = 0usize;
-        let mut last_progress = Instant::now();
-        let mut last_error: Option<String> = None;
+        let mut chunk = Chunk::new(until - from);
+        let mut stall = Stall {
+            last_progress: Instant::now(),
+            last_error: None,
+        };
         // Whether the consumer's queue holds exactly the records after the
         // range: false once a record past `until` has been taken from it.
         let mut queue_continues = true;
         while !tracker.done() {
-            let mut check_position = false;
-            match reader.consumer.poll(POLL_INTERVAL) {
+            let check_position = match reader.consumer.poll(POLL_INTERVAL) {
                 Some(Ok(msg)) => {
-                    if msg.partition() != partition {
-                        continue;
-                    }
-                    let offset = msg.offset();
-                    last_progress = Instant::now();
-                    match tracker.deliver(offset) {
-                        Step::Skip => {}
-                        Step::Past => queue_continues = false,
-                        Step::Keep => {
-                            let timestamp = msg.timestamp().to_millis().unwrap_or(-1);
-                            columns.begin_row(&self.topic, partition, offset, timestamp);
-                            columns.key.append_option(msg.key());
-                            columns.value.append_option(msg.payload());
-                            chunk_bytes += msg.key_len() + msg.payload_len();
-                            if let Some(headers) = msg.headers() {
-                                for h in headers.iter() {
-                                    columns.push_header(h.key, h.value);
-                                }
-                            }
-                            columns.end_row();
-                            if columns.len() >= CHUNK_ROWS || chunk_bytes >= CHUNK_BYTES {
-                                let full = std::mem::replace(
-                                    &mut columns,
-                                    RecordColumns::with_capacity(CHUNK_ROWS),
-                                );
-                                chunk_bytes = 0;
-                                out(RecordBatch::try_new(source_schema(), full.finish())?)?;
-                            }
+                    if msg.partition() == partition {
+                        stall.last_progress = Instant::now();
+                        match tracker.deliver(msg.offset()) {
+                            Step::Skip => {}
+                            Step::Past => queue_continues = false,
+                            Step::Keep => chunk.push(&self.topic, &msg, out)?,
                         }
                     }
+                    false
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
-                    check_position = true;
-                    // At the end of the partition with offsets still missing:
-                    // either they are gaps (then the position moved past them)
-                    // or the log is shorter than planned, which only a
-                    // truncated log explains. Ask the broker which.
-                    if let Some(p) = self.position(&reader.consumer, partition) {
-                        tracker.position(p);
-                    }
-                    if !tracker.done() {
-                        let (_, high) = self.watermarks(partition)?;
-                        if high < until {
-                            return Err(self
-                                .partition_error(
-                                    partition,
-                                    format!(
-                                        "offsets {from}..{until} of {} were planned but the partition ends at {high}",
-                                        self.topic
-                                    ),
-                                )
-                                .into());
-                        }
-                    }
+                    self.at_partition_end(reader, partition, &mut tracker, from, until)?;
+                    true
                 }
                 Some(Err(e)) => {
                     if is_fatal(&e) {
-                        return Err(self
-                            .partition_error(
-                                partition,
-                                format!(
-                                    "cannot read offsets {from}..{until} of {}: {e}",
-                                    self.topic
-                                ),
-                            )
-                            .into());
+                        return Err(self.partition_error(
+                            partition,
+                            format!("cannot read offsets {from}..{until} of {}: {e}", self.topic),
+                        ));
                     }
                     // Transport errors and the like: librdkafka retries on
                     // its own; the progress timeout bounds the wait.
-                    last_error = Some(e.to_string());
-                    check_position = true;
+                    stall.last_error = Some(e.to_string());
+                    true
                 }
-                None => check_position = true,
-            }
+                None => true,
+            };
             if check_position && !tracker.done() {
-                if let Some(p) = self.position(&reader.consumer, partition)
-                    && tracker.position(p)
-                {
-                    last_progress = Instant::now();
-                }
-                if !tracker.done() && last_progress.elapsed() >= self.read_timeout {
-                    return Err(self
-                        .partition_error(
-                            partition,
-                            format!(
-                                "reading offsets {from}..{until} of {} made no progress for {:?} (next offset {}){}",
-                                self.topic,
-                                self.read_timeout,
-                                tracker.next(),
-                                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
-                            ),
-                        )
-                        .into());
-                }
+                self.check_progress(reader, partition, &mut tracker, &mut stall, from, until)?;
             }
         }
-        if !columns.is_empty() {
-            out(RecordBatch::try_new(source_schema(), columns.finish())?)?;
-        }
+        chunk.flush(out)?;
         if queue_continues {
             reader.next = Some(until);
+        }
+        Ok(())
+    }
+
+    /// Points the reader at `from`. assign() replaces the whole assignment
+    /// and discards what the consumer had prefetched for an earlier position.
+    fn seek(&self, reader: &mut Reader, partition: i32, from: i64) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))
+            .and_then(|()| reader.consumer.assign(&tpl))
+            .map_err(|e| {
+                self.partition_error(
+                    partition,
+                    format!("cannot start reading at offset {from}: {e}"),
+                )
+            })
+    }
+
+    /// At the end of the partition with offsets still missing: either they
+    /// are gaps (then the position moved past them) or the log is shorter
+    /// than planned, which only a truncated log explains. Asks the broker
+    /// which.
+    fn at_partition_end(
+        &self,
+        reader: &Reader,
+        partition: i32,
+        tracker: &mut RangeTracker,
+        from: i64,
+        until: i64,
+    ) -> Result<(), SourceError> {
+        if let Some(p) = self.position(&reader.consumer, partition) {
+            tracker.position(p);
+        }
+        if !tracker.done() {
+            let (_, high) = self.watermarks(partition)?;
+            if high < until {
+                return Err(self.partition_error(
+                    partition,
+                    format!(
+                        "offsets {from}..{until} of {} were planned but the partition ends at {high}",
+                        self.topic
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the tracker to the consumer's position (gaps are skipped
+    /// there) and fails once nothing moved for the read timeout.
+    fn check_progress(
+        &self,
+        reader: &Reader,
+        partition: i32,
+        tracker: &mut RangeTracker,
+        stall: &mut Stall,
+        from: i64,
+        until: i64,
+    ) -> Result<(), SourceError> {
+        if let Some(p) = self.position(&reader.consumer, partition)
+            && tracker.position(p)
+        {
+            stall.last_progress = Instant::now();
+        }
+        if !tracker.done() && stall.last_progress.elapsed() >= self.read_timeout {
+            return Err(self.partition_error(
+                partition,
+                format!(
+                    "reading offsets {from}..{until} of {} made no progress for {:?} (next offset {}){}",
+                    self.topic,
+                    self.read_timeout,
+                    tracker.next(),
+                    stall
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// When a read last moved, and the last transient error on the way.
+struct Stall {
+    last_progress: Instant,
+    last_error: Option<String>,
+}
+
+/// The records of a read being gathered into Arrow chunks of bounded rows
+/// and bytes.
+struct Chunk {
+    columns: RecordColumns,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn new(expected_rows: i64) -> Chunk {
+        Chunk {
+            columns: RecordColumns::with_capacity(CHUNK_ROWS.min(expected_rows.max(0) as usize)),
+            bytes: 0,
+        }
+    }
+
+    fn push(
+        &mut self,
+        topic: &str,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        out: &mut ChunkSink<'_>,
+    ) -> Result<(), SourceError> {
+        let timestamp = msg.timestamp().to_millis().unwrap_or(-1);
+        let columns = &mut self.columns;
+        columns.begin_row(topic, msg.partition(), msg.offset(), timestamp);
+        columns.key.append_option(msg.key());
+        columns.value.append_option(msg.payload());
+        self.bytes += msg.key_len() + msg.payload_len();
+        if let Some(headers) = msg.headers() {
+            for h in headers.iter() {
+                columns.push_header(h.key, h.value);
+            }
+        }
+        columns.end_row();
+        if columns.len() >= CHUNK_ROWS || self.bytes >= CHUNK_BYTES {
+            let full = std::mem::replace(columns, RecordColumns::with_capacity(CHUNK_ROWS));
+            self.bytes = 0;
+            out(RecordBatch::try_new(source_schema(), full.finish())?)?;
+        }
+        Ok(())
+    }
+
+    /// Passes on what is left.
+    fn flush(self, out: &mut ChunkSink<'_>) -> Result<(), SourceError> {
+        if !self.columns.is_empty() {
+            out(RecordBatch::try_new(
+                source_schema(),
+                self.columns.finish(),
+            )?)?;
         }
         Ok(())
     }
@@ -653,9 +715,7 @@ impl Source for KafkaSource {
             return Ok(());
         }
         if from < 0 {
-            return Err(self
-                .partition_error(partition, format!("invalid range {from}..{until}"))
-                .into());
+            return Err(self.partition_error(partition, format!("invalid range {from}..{until}")));
         }
         let mut reader = self.take_reader(partition)?;
         // On any error the reader is dropped rather than cached: its queue
@@ -805,10 +865,10 @@ mod tests {
         use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
         use super::*;
-        use sluice_broker::{Broker, BrokerConfig, ShutdownHandle};
-        use sluice_log::log::{LogStore, StoreOptions, TopicConfig};
         use crate::data::Data;
         use crate::source::Record;
+        use sluice_broker::{Broker, BrokerConfig, ShutdownHandle};
+        use sluice_log::log::{LogStore, StoreOptions, TopicConfig};
 
         struct InProcessBroker {
             addr: SocketAddr,
@@ -902,7 +962,7 @@ mod tests {
             source
                 .read(partition, from, until, &mut |batch: RecordBatch| {
                     assert_eq!(batch.schema(), source_schema());
-                    let reader = Record::reader(batch.columns())?;
+                    let reader = Record::reader(batch.columns()).expect("the source schema");
                     for i in 0..batch.num_rows() {
                         let r = Record::get(&reader, i);
                         let headers: Vec<_> = r.headers().collect();

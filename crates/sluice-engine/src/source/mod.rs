@@ -118,6 +118,37 @@ pub struct ReadStopped;
 /// Receives the chunks of one task's range, in offset order.
 pub type ChunkSink<'a> = dyn FnMut(RecordBatch) -> Result<(), ReadStopped> + 'a;
 
+/// A read through [`read_with`] failed: in the source, or in the consumer
+/// of its chunks (with the consumer's own error).
+#[derive(Debug)]
+pub enum ReadError<E> {
+    Source(SourceError),
+    Consumer(E),
+}
+
+/// Reads `[from, until)` of `partition` into `each`, which may fail with
+/// an error of its own: the source is told to stop, and that error comes
+/// back as it was.
+pub fn read_with<E>(
+    source: &dyn Source,
+    partition: i32,
+    from: i64,
+    until: i64,
+    mut each: impl FnMut(RecordBatch) -> Result<(), E>,
+) -> Result<(), ReadError<E>> {
+    let mut refused = None;
+    let read = source.read(partition, from, until, &mut |chunk| {
+        each(chunk).map_err(|e| {
+            refused = Some(e);
+            ReadStopped
+        })
+    });
+    match (refused, read) {
+        (Some(e), _) => Err(ReadError::Consumer(e)),
+        (None, read) => read.map_err(ReadError::Source),
+    }
+}
+
 /// A partitioned, offset-addressed input. See the module docs.
 pub trait Source: Send + Sync {
     /// The name offsets are stored under in the checkpoint: keep it stable.

@@ -6,13 +6,12 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BinaryViewArray, BinaryViewBuilder,
-    Int32Array, Int32Builder, Int64Array, Int64Builder, ListArray, StringBuilder, StringViewArray,
-    StringViewBuilder, StructArray, TimestampMillisecondArray, TimestampMillisecondBuilder,
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BinaryViewBuilder, Int32Builder,
+    Int64Builder, ListArray, StringBuilder, StringViewBuilder, StructArray,
+    TimestampMillisecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-
 
 pub const TOPIC: usize = 0;
 pub const PARTITION: usize = 1;
@@ -140,7 +139,6 @@ impl std::fmt::Debug for RecordRef<'_> {
     }
 }
 
-
 /// Builds source columns row by row (generator, socket, file and rdkafka
 /// sources; the embedded source writes views straight into its blocks).
 pub struct RecordColumns {
@@ -244,4 +242,3 @@ impl RecordColumns {
         ]
     }
 }
-

@@ -77,8 +77,8 @@ pub use error::{LogError, Result};
 pub use partition::{AppendInfo, Partition, PartitionInfo, ReadInfo, RetentionOutcome};
 pub use segment::TailRecovery;
 
+use crate::common::{mutex, now_ms, read_lock, write_lock};
 use partition::{SharedConfig, sync_dir};
-use crate::common::{mutex, read_lock, write_lock};
 
 /// Most partitions one topic may have; a guard against typos like `--partitions 10000000`.
 pub const MAX_PARTITIONS: i64 = 10_000;
@@ -197,7 +197,7 @@ pub struct LogStore {
 /// Writes a file so that a crash leaves either the old or the new contents.
 /// Replaces `path` with `data` so that a crash leaves the old or the new
 /// contents, never a mix (temp file, fsync, rename, fsync of the directory).
-pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

@@ -241,39 +241,15 @@ impl Segment {
             index_rebuilt,
         };
         if let Some(reason) = error {
-            if validate_from.is_none() || end_pos < crc_from {
-                // Bytes that were fsynced are damaged: that is not a torn
-                // write, so refuse to open rather than silently cut data.
-                return Err(LogError::CorruptSegment {
-                    file: seg.log_path.clone(),
-                    position: end_pos,
-                    reason,
-                });
-            }
-            tracing::warn!(
-                segment = %seg.log_path.display(),
-                position = end_pos,
-                cut_bytes = file_len - end_pos,
-                "cutting off a torn or corrupt tail: {reason}"
-            );
-            seg.file
-                .set_len(end_pos)
-                .and_then(|()| seg.file.sync_all())
-                .map_err(|e| LogError::io("truncating torn tail of", &seg.log_path, e))?;
+            // Bytes that were fsynced are damaged: that is not a torn write,
+            // so refuse to open rather than silently cut data.
+            let trusted_damaged = validate_from.is_none() || end_pos < crc_from;
+            seg.cut_tail(end_pos, file_len, reason.clone(), trusted_damaged)?;
             recovery.truncated_bytes = file_len - end_pos;
             recovery.reason = Some(reason);
         }
-        // Age-based rolling counts from the first batch's timestamp, as in
-        // Kafka; without one, the file's modification time stands in.
         if end_pos >= HEADER_LEN as u64 {
-            let mut head = [0u8; HEADER_LEN];
-            seg.read_at(0, &mut head)?;
-            if let Ok(h) = BatchHeader::parse(&head)
-                && h.max_timestamp > 0
-                && h.max_timestamp <= now_ms
-            {
-                seg.created_ms = h.max_timestamp;
-            }
+            seg.date_from_first_batch(now_ms)?;
         }
         let max_ts = builder.max_timestamp();
         seg.written.store(end_pos, Ordering::Release);
@@ -283,6 +259,48 @@ impl Segment {
         seg.max_timestamp.store(max_ts, Ordering::Release);
         *seg.index_mut() = index;
         Ok((seg, recovery, builder))
+    }
+
+    /// Cuts the file at `end_pos`, where validation stopped for `reason`,
+    /// unless the damage lies in bytes that were fsynced.
+    fn cut_tail(
+        &mut self,
+        end_pos: u64,
+        file_len: u64,
+        reason: String,
+        trusted_damaged: bool,
+    ) -> Result<()> {
+        if trusted_damaged {
+            return Err(LogError::CorruptSegment {
+                file: self.log_path.clone(),
+                position: end_pos,
+                reason,
+            });
+        }
+        tracing::warn!(
+            segment = %self.log_path.display(),
+            position = end_pos,
+            cut_bytes = file_len - end_pos,
+            "cutting off a torn or corrupt tail: {reason}"
+        );
+        self.file
+            .set_len(end_pos)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| LogError::io("truncating torn tail of", &self.log_path, e))
+    }
+
+    /// Age-based rolling counts from the first batch's timestamp, as in
+    /// Kafka; without one, the file's modification time stands in.
+    fn date_from_first_batch(&mut self, now_ms: i64) -> Result<()> {
+        let mut head = [0u8; HEADER_LEN];
+        self.read_at(0, &mut head)?;
+        if let Ok(h) = BatchHeader::parse(&head)
+            && h.max_timestamp > 0
+            && h.max_timestamp <= now_ms
+        {
+            self.created_ms = h.max_timestamp;
+        }
+        Ok(())
     }
 
     /// Walks batches from `from` to `to`, calling `f` for each valid one.

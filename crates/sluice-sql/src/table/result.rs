@@ -51,11 +51,11 @@ use datafusion::physical_plan::{
 use rocksdb::{DB, IteratorMode, Options};
 
 use super::StaticTable;
+use crate::SqlError;
+use crate::script::TableDecl;
 use sluice_engine::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
 use sluice_engine::data::{CodecError, Data};
 use sluice_engine::sink::WriterId;
-use crate::SqlError;
-use crate::script::TableDecl;
 
 /// Rows per Arrow batch a scan produces.
 const BATCH_ROWS: usize = 8192;
