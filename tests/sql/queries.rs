@@ -11,11 +11,9 @@ use std::time::Duration;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use sluice::checkpoint::Checkpoint;
-use sluice::driver::{JobConfig, StreamingContext};
 use sluice::log::{LogStore, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
 use sluice::sink::table::TableReader;
-use sluice::sql::{Script, Topics};
+use sluice::sql::Script;
 
 use crate::common;
 use crate::common_sql::{self, Reference};

@@ -6,14 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::{RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use sluice::checkpoint::Checkpoint;
-use sluice::driver::{JobConfig, StreamingContext};
 use sluice::log::{LogStore, TopicConfig};
-use sluice::sql::{Script, Topics};
+use sluice::sql::Script;
 
 use crate::common::{self, Run};
 use crate::common_sql::{self, Reference};
