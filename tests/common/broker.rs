@@ -214,10 +214,8 @@ impl TestBroker {
     }
 
     fn command(&self, listen: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        c.env_remove("SLUICE_LOG")
-            .env_remove("SLUICE_DATA_DIR")
-            .arg("broker")
+        let mut c = super::sluice();
+        c.arg("broker")
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -408,10 +406,7 @@ pub fn require_kafka_python() {
 
 /// `tests/clients/NAME`, the kafka-python scripts.
 pub fn client_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("clients")
-        .join(name)
+    super::repo("tests/clients").join(name)
 }
 
 /// Runs a command with a time limit, capturing its output; panics when it

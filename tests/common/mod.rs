@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: store options, batch encoding
 //! through the producer's `BatchBuilder`, a full, strictly checked read of
-//! a partition back into `(offset, key, value, timestamp)` records, and
-//! running the `sluice` binary.
+//! a partition back into `(offset, key, value, timestamp)` records,
+//! appending to a topic, and the `sluice` command builder.
 
 #![allow(dead_code)]
 
@@ -9,10 +9,15 @@ pub mod broker;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
-use sluice::log::{BatchHeader, HEADER_LEN, Partition, StoreOptions, compute_crc, peek_frame};
+use sluice::log::{
+    BatchHeader, HEADER_LEN, LogStore, Partition, StoreOptions, Topic, TopicConfig, compute_crc,
+    peek_frame,
+};
 use sluice::producer::{BatchBuilder, Compression};
 
 /// Every codec Kafka producers use.
@@ -23,6 +28,29 @@ pub const COMPRESSIONS: [Compression; 5] = [
     Compression::Lz4,
     Compression::Zstd,
 ];
+
+/// The value of the environment variable `name` (the knobs for longer or
+/// reproducible runs), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `SLUICE_CRASH_SEED`, else a fresh seed from the clock (print it, so a
+/// failing run can be repeated).
+pub fn crash_seed() -> u64 {
+    std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
 
 /// Store options for tests: no maintenance thread, so nothing flushes,
 /// checkpoints or deletes behind the test's back.
@@ -165,6 +193,49 @@ pub fn decode_batches(bytes: &[u8], what: &str) -> Vec<ReadBatch> {
     out
 }
 
+/// The topic `name` of `store`, created with `partitions` partitions (and
+/// the default config) when it does not exist yet.
+pub fn topic(store: &LogStore, name: &str, partitions: i64) -> Arc<Topic> {
+    store
+        .topic(name)
+        .or_else(|_| store.create_topic(name, partitions, TopicConfig::default()))
+        .unwrap()
+}
+
+/// Appends ONE uncompressed batch of unkeyed `values`, each stamped
+/// `timestamp`, to partition `partition` of `topic`.
+pub fn append_values<V: AsRef<[u8]>>(
+    topic: &Topic,
+    partition: i32,
+    values: impl IntoIterator<Item = V>,
+    timestamp: i64,
+) {
+    let mut b = BatchBuilder::new(Compression::None);
+    for v in values {
+        b.push(None, v.as_ref(), timestamp);
+    }
+    let mut bytes = b.finish().unwrap();
+    topic
+        .partition(partition)
+        .unwrap()
+        .append(&mut bytes)
+        .unwrap();
+}
+
+/// Appends `values` in batches of `per_batch` (see [`append_values`]), the
+/// i-th batch to partition i modulo the topic's partition count.
+pub fn append_round_robin<V: AsRef<[u8]>>(
+    topic: &Topic,
+    per_batch: usize,
+    values: &[V],
+    timestamp: i64,
+) {
+    let n = topic.partition_count();
+    for (i, chunk) in values.chunks(per_batch).enumerate() {
+        append_values(topic, (i % n) as i32, chunk, timestamp);
+    }
+}
+
 /// Reads the whole partition from its log start to its high-water mark in
 /// chunks of `chunk` bytes, checking every batch (see [`decode_batches`]),
 /// that each read starts with the batch holding the requested offset, and
@@ -258,41 +329,129 @@ pub fn log_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Runs the `sluice` binary in `dir` and requires success; (stdout,
-/// stderr).
-pub fn sluice_ok(dir: &Path, args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "sluice {args:?}: {stderr}");
-    (stdout, stderr)
+/// `path` in the repository (job files, client scripts), wherever the
+/// test runs from.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Runs a SQL job in process over the embedded `store` until caught up (1
-/// ms batches, no progress lines): job `job`, checkpoint `checkpoint`, at
-/// most `batch_records` records per partition per batch (None: the
-/// engine's default) and `max_batches` batches.
-pub fn run_sql(
-    store: &std::sync::Arc<sluice::log::LogStore>,
-    checkpoint: &Path,
-    job: &str,
-    script: &sluice::sql::Script,
-    batch_records: Option<u64>,
-    max_batches: Option<u64>,
-) {
-    let mut config = sluice::driver::JobConfig::new(job, std::time::Duration::from_millis(1));
-    config.checkpoint_dir = Some(checkpoint.to_path_buf());
-    config.until_caught_up = true;
-    if batch_records.is_some() {
-        config.max_records_per_batch = batch_records;
+/// The `sluice` binary: the one way the tests start it. None of the
+/// caller's `SLUICE_*` or `FAILPOINTS` variables leak in; a test sets what
+/// it needs on the returned command.
+pub fn sluice() -> Command {
+    sluice_under(&[])
+}
+
+/// [`sluice`] run by a wrapper, e.g. `["prlimit", "--fsize=1048576"]`.
+pub fn sluice_under(wrapper: &[&str]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_sluice");
+    let mut c = match wrapper.split_first() {
+        None => Command::new(bin),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+    };
+    for var in [
+        "SLUICE_LOG",
+        "SLUICE_DATA_DIR",
+        "SLUICE_BOOTSTRAP",
+        "FAILPOINTS",
+    ] {
+        c.env_remove(var);
     }
-    config.max_batches = max_batches;
-    config.progress.lines = false;
-    let ctx = sluice::driver::StreamingContext::new(config);
-    sluice::sql::build(&ctx, script, &sluice::sql::Topics::Embedded(store.clone())).unwrap();
-    ctx.run().unwrap();
+    c
+}
+
+/// [`sluice`] over the data directory `data` (as `SLUICE_DATA_DIR`).
+pub fn sluice_in(data: &Path) -> Command {
+    let mut c = sluice();
+    c.env("SLUICE_DATA_DIR", data);
+    c
+}
+
+/// `sluice run JOB --data-dir DATA --checkpoint-dir CHECKPOINT
+/// --until-caught-up`: a job run to the end of its topics (add flags).
+pub fn sluice_run(job: &Path, data: &Path, checkpoint: &Path) -> Command {
+    let mut c = sluice();
+    c.arg("run")
+        .arg(job)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--checkpoint-dir")
+        .arg(checkpoint)
+        .arg("--until-caught-up");
+    c
+}
+
+/// `sluice state scan` of job `job` in `checkpoint` (its table `table`, or
+/// its only one): the (key, value) lines it prints, in its order.
+pub fn state_scan(checkpoint: &Path, job: &str, table: Option<&str>) -> Vec<(String, String)> {
+    let mut c = sluice();
+    c.args(["state", "scan", "--job", job]);
+    if let Some(table) = table {
+        c.args(["--table", table]);
+    }
+    c.arg("--checkpoint-dir")
+        .arg(checkpoint)
+        .ok()
+        .lines()
+        .map(|l| {
+            let (k, v) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("state scan printed {l:?}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Runs a command to its end (stdin closed, output captured) and checks
+/// how it ended; the messages name the command and show its stderr.
+pub trait Run {
+    /// Runs it; its output.
+    fn run(&mut self) -> Output;
+
+    /// Runs it and requires success; (stdout, stderr).
+    fn ok_both(&mut self) -> (String, String);
+
+    /// Runs it and requires success; stdout.
+    fn ok(&mut self) -> String {
+        self.ok_both().0
+    }
+
+    /// Runs it and requires failure; stderr.
+    fn fails(&mut self) -> String;
+}
+
+impl Run for Command {
+    fn run(&mut self) -> Output {
+        self.output()
+            .unwrap_or_else(|e| panic!("cannot run {self:?}: {e}"))
+    }
+
+    fn ok_both(&mut self) -> (String, String) {
+        let out = self.run();
+        assert!(
+            out.status.success(),
+            "{self:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (utf8(out.stdout, "stdout"), utf8(out.stderr, "stderr"))
+    }
+
+    fn fails(&mut self) -> String {
+        let out = self.run();
+        assert!(
+            !out.status.success(),
+            "{self:?} should have failed; stdout:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        utf8(out.stderr, "stderr")
+    }
+}
+
+fn utf8(bytes: Vec<u8>, what: &str) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what} is not UTF-8: {e}"))
 }

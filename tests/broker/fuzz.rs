@@ -22,10 +22,7 @@ use sluice::broker::{decode_request, supported_versions};
 static ALLOCATOR: sluice::alloc::LazyHugeAlloc = sluice::alloc::LazyHugeAlloc;
 
 fn cases() -> u32 {
-    std::env::var("SLUICE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+    crate::common::env_or("SLUICE_FUZZ_CASES", 20_000)
 }
 
 fn header_bytes(api: ApiKey, version: i16, correlation: i32) -> BytesMut {

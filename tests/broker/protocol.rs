@@ -6,8 +6,6 @@
 //! clients not stalling others, and a graceful SIGTERM that keeps every
 //! acknowledged record across a restart.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,8 +31,8 @@ use kafka_protocol::records::{
 };
 use sluice::producer::Compression;
 
-use common::broker::{BrokerOpts, TestBroker};
-use common::{Rec, decode_batches, encode_batch};
+use crate::common::broker::{BrokerOpts, TestBroker};
+use crate::common::{Rec, decode_batches, encode_batch};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -6,16 +6,18 @@
 //!
 //! Cases default to 48; `PROPTEST_CASES=N` overrides.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{COMPRESSIONS, Rec, Stored, decode_batches, encode_batch, quiet, read_all_with};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice::log::{FlushPolicy, LogStore, Partition, TopicConfig};
+
+use crate::common;
+use crate::common::{
+    COMPRESSIONS, Rec, Stored, decode_batches, encode_batch, quiet, read_all_with,
+};
 
 const TOPIC: &str = "props";
 
@@ -153,10 +155,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(48);
+    let cases = common::env_or("PROPTEST_CASES", 48);
     ProptestConfig {
         cases,
         // Only tests/*.rs may be written by this suite: print failures

@@ -6,8 +6,6 @@
 //! polling, and the admin API (create with configs, describe, grow, delete,
 //! refused replication factors).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::mpsc;
@@ -26,7 +24,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::broker::TestBroker;
+use crate::common;
+use crate::common::broker::TestBroker;
 
 /// Every wait in these tests ends by then.
 const DEADLINE: Duration = Duration::from_secs(30);

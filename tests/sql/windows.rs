@@ -3,37 +3,25 @@
 //! the watermark passes it, late records are dropped and counted, and
 //! closed windows leave no state behind.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use datafusion::arrow::array::{AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::prelude::SessionContext;
 use sluice::checkpoint::Checkpoint;
-use sluice::driver::{JobConfig, StreamingContext};
 use sluice::log::{LogStore, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
-use sluice::sink::table::TableReader;
-use sluice::sql::{Script, Topics};
+use sluice::sql::Script;
+
+use crate::common::{self, Run};
+use crate::common_sql::{self, Reference};
 
 /// Clicks as (partition, url, event time ms).
 fn append_clicks(store: &LogStore, partitions: i32, clicks: &[(i32, &str, i64)]) {
-    let topic = match store.topic("clicks") {
-        Ok(t) => t,
-        Err(_) => store
-            .create_topic("clicks", partitions.into(), TopicConfig::default())
-            .unwrap(),
-    };
+    let topic = common::topic(store, "clicks", partitions.into());
     for (p, url, ts) in clicks {
-        let mut b = BatchBuilder::new(Compression::None);
         let value = format!(r#"{{"url": "{url}", "ts": {ts}}}"#);
-        b.push(None, value.as_bytes(), 1);
-        let mut bytes = b.finish().unwrap();
-        topic.partition(*p).unwrap().append(&mut bytes).unwrap();
+        common::append_values(&topic, *p, [value], 1);
     }
 }
 
@@ -62,57 +50,29 @@ fn clicks() -> Vec<(i32, &'static str, i64)> {
 /// `url|window_start → count` by a plain DataFusion batch query, windows
 /// computed with `date_bin` (independent of Sluice's window function).
 fn reference(clicks: &[(i32, &str, i64)], size: &str) -> BTreeMap<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("url", DataType::Utf8, true),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from(
-                    clicks.iter().map(|c| c.1).collect::<Vec<_>>(),
-                )),
-                Arc::new(TimestampMillisecondArray::from(
-                    clicks.iter().map(|c| c.2).collect::<Vec<_>>(),
-                )),
-            ],
-        )
-        .unwrap();
-        ctx.register_batch("clicks", batch).unwrap();
-        let sql = format!(
-            "SELECT concat(url, '|', CAST(date_bin(INTERVAL '{size}', ts, TIMESTAMP '1970-01-01 00:00:00') AS VARCHAR)) AS k, count(*) AS n FROM clicks GROUP BY 1"
-        );
-        let mut out = BTreeMap::new();
-        for b in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
-            let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-            let k = k.as_string::<i32>();
-            let n = b
-                .column(1)
-                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            for i in 0..b.num_rows() {
-                out.insert(k.value(i).to_string(), n.value(i).to_string());
-            }
-        }
-        out
-    })
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("url", DataType::Utf8, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(
+                clicks.iter().map(|c| c.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMillisecondArray::from(
+                clicks.iter().map(|c| c.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    Reference::new().batch("clicks", batch).pairs(&format!(
+        "SELECT concat(url, '|', CAST(date_bin(INTERVAL '{size}', ts, TIMESTAMP '1970-01-01 00:00:00') AS VARCHAR)) AS k, count(*) AS n FROM clicks GROUP BY 1"
+    ))
 }
 
 fn table(checkpoint: &Path, name: &str) -> BTreeMap<String, String> {
-    let cp = Checkpoint::open_read_only(checkpoint, "windows").unwrap();
-    let reader = TableReader::open(&cp, name).unwrap();
-    let mut out = BTreeMap::new();
-    reader
-        .scan(None, |k, v| {
-            out.insert(k.text, v.text);
-            true
-        })
-        .unwrap();
-    out
+    common_sql::result_table(checkpoint, "windows", name)
 }
 
 /// Keys in the query's state that are window groups (tag byte 1).
@@ -165,7 +125,7 @@ fn tumbling_and_hopping_windows_equal_a_batch_query_across_batch_sizes() {
             let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
             append_clicks(&store, 3, &input);
             let cp = dir.path().join("cp");
-            common::run_sql(
+            common_sql::run_sql(
                 &store,
                 &cp,
                 "windows",
@@ -209,40 +169,55 @@ fn ms_text(ms: i64) -> String {
     }
 }
 
-fn sluice(args: &[&str]) -> (String, String) {
-    common::sluice_ok(Path::new("."), args)
-}
-
 /// `sluice run JOB` until caught up (1 ms batches) over `data`, with its
 /// checkpoint in `cp`, plus `extra` flags; (stdout, stderr).
 fn run_job(job: &Path, data: &Path, cp: &Path, extra: &[&str]) -> (String, String) {
-    let mut args = vec![
-        "run",
-        job.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--checkpoint-dir",
-        cp.to_str().unwrap(),
-        "--until-caught-up",
-        "--interval",
-        "1ms",
-    ];
-    args.extend_from_slice(extra);
-    sluice(&args)
+    common::sluice_run(job, data, cp)
+        .args(["--interval", "1ms"])
+        .args(extra)
+        .ok_both()
+}
+
+/// A console job (`STREAM` then `sql`) run in phases: clicks appended to
+/// one partition, then `sluice run` as job `windows` until caught up, its
+/// checkpoint kept from phase to phase.
+struct Phased {
+    dir: tempfile::TempDir,
+}
+
+impl Phased {
+    fn new(sql: &str) -> Phased {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("job.sql"), format!("{STREAM}{sql}")).unwrap();
+        Phased { dir }
+    }
+
+    fn cp(&self) -> PathBuf {
+        self.dir.path().join("cp")
+    }
+
+    fn append(&self, clicks: &[(i32, &str, i64)]) {
+        let store = LogStore::open(self.dir.path().join("data"), common::quiet()).unwrap();
+        append_clicks(&store, 1, clicks);
+    }
+
+    /// (stdout, stderr)
+    fn run(&self) -> (String, String) {
+        let dir = self.dir.path();
+        run_job(
+            &dir.join("job.sql"),
+            &dir.join("data"),
+            &self.cp(),
+            &["--job", "windows"],
+        )
+    }
 }
 
 /// Data rows of the console's tables: `| a | b |` → "a,b".
 fn console_rows(stdout: &str) -> Vec<String> {
-    let mut rows: Vec<String> = stdout
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+    let mut rows: Vec<String> = common_sql::console_cells(stdout)
+        .into_iter()
+        .map(|cells| cells.join(","))
         .filter(|r| !r.starts_with("url,"))
         .collect();
     // Partitions of a batch finish in any order.
@@ -252,24 +227,13 @@ fn console_rows(stdout: &str) -> Vec<String> {
 
 #[test]
 fn append_mode_emits_each_window_once_drops_late_records_and_evicts_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cp = dir.path().join("cp");
-    let job = dir.path().join("job.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+    let job = Phased::new(
+        "CREATE SINK out WITH (type = 'console', mode = 'append');\n\
              INSERT INTO out SELECT url, window_start, count(*) AS n\n\
-             FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end;"
-        ),
-    )
-    .unwrap();
-    let run = || run_job(&job, &data, &cp, &["--job", "windows"]);
-    let phase = |clicks: &[(i32, &str, i64)]| {
-        let store = LogStore::open(&data, common::quiet()).unwrap();
-        append_clicks(&store, 1, clicks);
-    };
+             FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end;",
+    );
+    let run = || job.run();
+    let phase = |clicks: &[(i32, &str, i64)]| job.append(clicks);
     // Phase 1: 0–29 s. The watermark ends at 29 − 5 = 24 s: windows
     // [0, 10) and [10, 20) close.
     phase(&[
@@ -316,7 +280,7 @@ fn append_mode_emits_each_window_once_drops_late_records_and_evicts_state() {
         vec!["c,1970-01-01T00:00:40,1"],
         "{out3}"
     );
-    assert_eq!(window_groups_in_state(&cp, "insert-out"), 1);
+    assert_eq!(window_groups_in_state(&job.cp(), "insert-out"), 1);
     // A restart with nothing new emits nothing again.
     let (out4, _) = run();
     assert!(console_rows(&out4).is_empty(), "{out4}");
@@ -328,79 +292,93 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
         append_clicks(&store, 1, &[(0, "a", 1)]);
-        let ctx = StreamingContext::new(JobConfig::new("refused", Duration::from_millis(1)));
-        let script = format!("{stream}CREATE SINK out WITH (type = 'console'{sink});\n{query}");
-        match Script::parse(&script) {
-            Err(e) => e.to_string(),
-            Ok(script) => sluice::sql::build(&ctx, &script, &Topics::Embedded(store))
-                .unwrap_err()
-                .to_string(),
+        common_sql::refused(
+            &store,
+            &format!("{stream}CREATE SINK out WITH (type = 'console'{sink});\n{query}"),
+        )
+    };
+    let refused = |stream: &str, sink: &str, query: &str, needles: &[&str]| {
+        let e = refuse(stream, sink, query);
+        for needle in needles {
+            assert!(e.contains(needle), "{e}");
         }
     };
     let no_watermark =
         "CREATE STREAM clicks (url TEXT, ts TIMESTAMP) WITH (topic = 'clicks', format = 'json');\n";
     let tumble = "INSERT INTO out SELECT url, window_end, count(*) FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end;";
-    let e = refuse(no_watermark, ", mode = 'append'", tumble);
-    assert!(e.contains("append mode needs a watermark"), "{e}");
-    let e = refuse(
+    refused(
+        no_watermark,
+        ", mode = 'append'",
+        tumble,
+        &["append mode needs a watermark"],
+    );
+    refused(
         STREAM,
         ", mode = 'append'",
         "INSERT INTO out SELECT url, count(*) FROM clicks GROUP BY url;",
+        &["never finalizes"],
     );
-    assert!(e.contains("never finalizes"), "{e}");
-    let e = refuse(
+    refused(
         STREAM,
         ", mode = 'complete'",
         "INSERT INTO out SELECT url FROM clicks;",
+        &["complete mode needs an aggregation"],
     );
-    assert!(e.contains("complete mode needs an aggregation"), "{e}");
-    let e = refuse(
+    refused(
         STREAM,
         "",
         "INSERT INTO out SELECT window_end, max(n) FROM (SELECT url, count(*) AS n, window_start, window_end FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end) GROUP BY window_end;",
+        &["complete only in append mode"],
     );
-    assert!(e.contains("complete only in append mode"), "{e}");
-    let e = refuse(STREAM, ", mode = 'sometimes'", tumble);
-    assert!(e.contains("'update', 'append', 'complete'"), "{e}");
-    let e = refuse(
+    refused(
+        STREAM,
+        ", mode = 'sometimes'",
+        tumble,
+        &["'update', 'append', 'complete'"],
+    );
+    refused(
         STREAM,
         "",
         "INSERT INTO out SELECT url, count(*) FROM TUMBLE(clicks, url, INTERVAL '10' SECOND) GROUP BY url, window_end;",
+        &["windows need a TIMESTAMP column"],
     );
-    assert!(e.contains("windows need a TIMESTAMP column"), "{e}");
-    let e = refuse(
+    refused(
         STREAM,
         "",
         "INSERT INTO out SELECT count(*) FROM HOP(clicks, ts, INTERVAL '20' SECOND, INTERVAL '10' SECOND) GROUP BY window_end;",
+        &["longer than the size"],
     );
-    assert!(e.contains("longer than the size"), "{e}");
-    let e = refuse(
+    refused(
         "CREATE STREAM clicks (url TEXT, ts TIMESTAMP, WATERMARK FOR url AS url) WITH (topic = 'clicks', format = 'json');\n",
         "",
         tumble,
+        &["must be a TIMESTAMP"],
     );
-    assert!(e.contains("must be a TIMESTAMP"), "{e}");
-    let e = refuse(
+    refused(
         "CREATE STREAM clicks (url TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts + 5) WITH (topic = 'clicks', format = 'json');\n",
         "",
         tumble,
+        &["expected ts or ts - INTERVAL"],
     );
-    assert!(e.contains("expected ts or ts - INTERVAL"), "{e}");
     let session = "INSERT INTO out SELECT url, window_start, window_end, count(*) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;";
-    let e = refuse(STREAM, "", session);
-    assert!(e.contains("session windows grow and merge"), "{e}");
-    assert!(e.contains("mode = 'append'"), "{e}");
-    let e = refuse(
+    refused(
+        STREAM,
+        "",
+        session,
+        &["session windows grow and merge", "mode = 'append'"],
+    );
+    refused(
         STREAM,
         ", mode = 'append'",
         "INSERT INTO out SELECT url, count(*) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_end;",
+        &["GROUP BY both window_start and window_end"],
     );
-    assert!(
-        e.contains("GROUP BY both window_start and window_end"),
-        "{e}"
+    refused(
+        no_watermark,
+        ", mode = 'append'",
+        session,
+        &["append mode needs a watermark"],
     );
-    let e = refuse(no_watermark, ", mode = 'append'", session);
-    assert!(e.contains("append mode needs a watermark"), "{e}");
 }
 
 /// Session clicks: (partition, user, event time ms). Bursts per user with
@@ -464,24 +442,13 @@ fn session_reference(clicks: &[(i32, &str, i64)], gap_ms: i64) -> BTreeMap<Strin
 
 #[test]
 fn a_click_between_two_stored_sessions_merges_them_and_the_session_is_emitted_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cp = dir.path().join("cp");
-    let job = dir.path().join("job.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+    let job = Phased::new(
+        "CREATE SINK out WITH (type = 'console', mode = 'append');\n\
              INSERT INTO out SELECT url, window_start, window_end, count(*) AS n\n\
-             FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;"
-        ),
-    )
-    .unwrap();
-    let run = || run_job(&job, &data, &cp, &["--job", "windows"]);
-    let phase = |clicks: &[(i32, &str, i64)]| {
-        let store = LogStore::open(&data, common::quiet()).unwrap();
-        append_clicks(&store, 1, clicks);
-    };
+             FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;",
+    );
+    let run = || job.run();
+    let phase = |clicks: &[(i32, &str, i64)]| job.append(clicks);
     // Two sessions of u: [1, 4) s and [6, 9) s; the watermark (1 s)
     // closes neither.
     phase(&[(0, "u", 1_000), (0, "u", 6_000)]);
@@ -545,22 +512,15 @@ fn user_sessions_job_prints_each_session_once_with_the_references_counts() {
             .create_topic("clicks", 3, TopicConfig::default())
             .unwrap();
         for (p, user, ts) in &clicks {
-            let mut b = BatchBuilder::new(Compression::None);
             let value = format!(
                 r#"{{"user_id": {user}, "url": "/p{}", "ts": {ts}}}"#,
                 ts % 7
             );
-            b.push(None, value.as_bytes(), 1);
-            let mut bytes = b.finish().unwrap();
-            topic.partition(*p).unwrap().append(&mut bytes).unwrap();
+            common::append_values(&topic, *p, [value], 1);
         }
     }
-    let job = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/jobs/user_sessions.sql"
-    ));
     let (out, _) = run_job(
-        job,
+        &common::repo("jobs/user_sessions.sql"),
         &data,
         &dir.path().join("cp"),
         &["--max-records-per-batch", "25"],
@@ -606,9 +566,9 @@ fn session_windows_equal_a_reference_across_batch_sizes_and_a_restart() {
         append_clicks(&store, 3, &input);
         let cp = dir.path().join("cp");
         if stop_after.is_some() {
-            common::run_sql(&store, &cp, "windows", &script, Some(batch), stop_after);
+            common_sql::run_sql(&store, &cp, "windows", &script, Some(batch), stop_after);
         }
-        common::run_sql(&store, &cp, "windows", &script, Some(batch), None);
+        common_sql::run_sql(&store, &cp, "windows", &script, Some(batch), None);
         let got = table(&cp, "sessions");
         assert_eq!(
             got, expected,
@@ -658,36 +618,15 @@ fn clicks_per_url_job_prints_each_minute_once_with_the_batch_querys_counts() {
         let topic = store
             .create_topic("clicks", 2, TopicConfig::default())
             .unwrap();
-        for (i, chunk) in lines.chunks(50).enumerate() {
-            let mut b = BatchBuilder::new(Compression::None);
-            for l in chunk {
-                b.push(None, l.as_bytes(), 1);
-            }
-            let mut bytes = b.finish().unwrap();
-            topic
-                .partition((i % 2) as i32)
-                .unwrap()
-                .append(&mut bytes)
-                .unwrap();
-        }
+        common::append_round_robin(&topic, 50, &lines, 1);
         // The watermark is the slowest partition's: end both far ahead.
         for p in 0..2 {
-            let mut b = BatchBuilder::new(Compression::None);
-            b.push(
-                None,
-                br#"{"user_id": 1, "url": "/end", "ts": "2026-11-21 11:00:00"}"#,
-                1,
-            );
-            let mut bytes = b.finish().unwrap();
-            topic.partition(p).unwrap().append(&mut bytes).unwrap();
+            let end = r#"{"user_id": 1, "url": "/end", "ts": "2026-11-21 11:00:00"}"#;
+            common::append_values(&topic, p, [end], 1);
         }
     }
-    let job = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/jobs/clicks_per_url.sql"
-    ));
     let (out, _) = run_job(
-        job,
+        &common::repo("jobs/clicks_per_url.sql"),
         &data,
         &dir.path().join("cp"),
         &["--max-records-per-batch", "40"],
@@ -774,13 +713,11 @@ fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let explain = |job: &str| {
-        sluice(&[
-            "explain",
-            &format!("{}/jobs/{job}", env!("CARGO_MANIFEST_DIR")),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .0
+        common::sluice()
+            .arg("explain")
+            .arg(common::repo(&format!("jobs/{job}")))
+            .args(["--data-dir", data.to_str().unwrap()])
+            .ok()
     };
     let q5 = explain("nexmark/q5.sql");
     for part in [

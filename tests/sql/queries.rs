@@ -3,24 +3,22 @@
 //! testing), across batch sizes and a restart; and queries that cannot run
 //! incrementally are refused at submission with a message.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::prelude::SessionContext;
 use sluice::checkpoint::Checkpoint;
-use sluice::driver::{JobConfig, StreamingContext};
 use sluice::log::{LogStore, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
 use sluice::sink::table::TableReader;
-use sluice::sql::{Script, Topics};
+use sluice::sql::Script;
 
-const WORDCOUNT: &str = include_str!("../jobs/wordcount.sql");
+use crate::common;
+use crate::common_sql::{self, Reference};
+
+const WORDCOUNT: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/wordcount.sql"));
 
 fn lines() -> Vec<String> {
     let mut g = sluice::corpus::CorpusGenerator::new(3)
@@ -42,58 +40,28 @@ fn load(store: &LogStore, lines: &[String]) {
     let topic = store
         .create_topic("lines", 3, TopicConfig::default())
         .unwrap();
-    for (i, chunk) in lines.chunks(9).enumerate() {
-        let mut b = BatchBuilder::new(Compression::None);
-        for l in chunk {
-            b.push(None, l.as_bytes(), 1);
-        }
-        let mut bytes = b.finish().unwrap();
-        topic
-            .partition((i % 3) as i32)
-            .unwrap()
-            .append(&mut bytes)
-            .unwrap();
-    }
+    common::append_round_robin(&topic, 9, lines, 1);
 }
 
 /// The same query, once, over all lines.
 fn batch_reference(lines: &[String]) -> BTreeMap<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(lines.to_vec()))])
-            .unwrap();
-        ctx.register_batch("lines", batch).unwrap();
-        let query = WORDCOUNT
-            .split("INSERT INTO counts")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .trim_end_matches(';')
-            // DataFusion's own string_to_array checks Sluice's split.
-            .replace("split(line", "string_to_array(line");
-        let out = ctx.sql(&query).await.unwrap().collect().await.unwrap();
-        let mut map = BTreeMap::new();
-        for b in out {
-            let words = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-            let words = words.as_string::<i32>();
-            let counts = b
-                .column(1)
-                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            for i in 0..b.num_rows() {
-                map.insert(words.value(i).to_owned(), counts.value(i).to_string());
-            }
-        }
-        map
-    })
+    let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(lines.to_vec()))]).unwrap();
+    let query = WORDCOUNT
+        .split("INSERT INTO counts")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches(';')
+        // DataFusion's own string_to_array checks Sluice's split.
+        .replace("split(line", "string_to_array(line");
+    Reference::new().batch("lines", batch).pairs(&query)
 }
 
 fn run(store: &Arc<LogStore>, checkpoint: &Path, batch_records: u64, max_batches: Option<u64>) {
     let script = Script::parse(WORDCOUNT).unwrap();
-    common::run_sql(
+    common_sql::run_sql(
         store,
         checkpoint,
         "wordcount",
@@ -117,16 +85,7 @@ fn table_rows(cp: &Checkpoint, table: &str) -> Vec<String> {
 }
 
 fn table(checkpoint: &Path) -> BTreeMap<String, String> {
-    let cp = Checkpoint::open_read_only(checkpoint, "wordcount").unwrap();
-    let reader = TableReader::open(&cp, "counts").unwrap();
-    let mut out = BTreeMap::new();
-    reader
-        .scan(None, |k, v| {
-            out.insert(k.text, v.text);
-            true
-        })
-        .unwrap();
-    out
+    common_sql::result_table(checkpoint, "wordcount", "counts")
 }
 
 #[test]
@@ -152,14 +111,10 @@ fn refused(sql: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
     load(&store, &["a b".to_string()]);
-    let ctx = StreamingContext::new(JobConfig::new("refused", Duration::from_millis(1)));
-    let script = format!("CREATE STREAM lines (line TEXT) WITH (topic = 'lines');\n{sql}");
-    match Script::parse(&script) {
-        Err(e) => e.to_string(),
-        Ok(script) => sluice::sql::build(&ctx, &script, &Topics::Embedded(store))
-            .unwrap_err()
-            .to_string(),
-    }
+    common_sql::refused(
+        &store,
+        &format!("CREATE STREAM lines (line TEXT) WITH (topic = 'lines');\n{sql}"),
+    )
 }
 
 #[test]
@@ -209,24 +164,20 @@ fn stateless_query_and_json_stream_with_bad_records() {
     let topic = store
         .create_topic("clicks", 1, TopicConfig::default())
         .unwrap();
-    let mut b = BatchBuilder::new(Compression::None);
-    for v in [
+    let values = [
         r#"{"user": "a", "ms": 5}"#,
         "not json",
         r#"{"user": "b", "ms": 7}"#,
         r#"{"user": "a", "ms": 1}"#,
-    ] {
-        b.push(None, v.as_bytes(), 1);
-    }
-    let mut bytes = b.finish().unwrap();
-    topic.partition(0).unwrap().append(&mut bytes).unwrap();
+    ];
+    common::append_values(&topic, 0, values, 1);
     let script = Script::parse(
         "CREATE STREAM clicks (user TEXT, ms BIGINT) WITH (topic = 'clicks', format = 'json');\n\
          CREATE SINK per_user WITH (type = 'table');\n\
          INSERT INTO per_user SELECT user, sum(ms) AS total, count(*) AS n FROM clicks GROUP BY user;",
     )
     .unwrap();
-    common::run_sql(
+    common_sql::run_sql(
         &store,
         &dir.path().join("cp"),
         "clicks",
@@ -248,16 +199,8 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
     let topic = store
         .create_topic("big", 1, TopicConfig::default())
         .unwrap();
-    let mut b = BatchBuilder::new(Compression::None);
-    for i in 0..3_000 {
-        b.push(
-            None,
-            format!(r#"{{"k": "k{}", "v": {i}}}"#, i % 3).as_bytes(),
-            1,
-        );
-    }
-    let mut bytes = b.finish().unwrap();
-    topic.partition(0).unwrap().append(&mut bytes).unwrap();
+    let values = (0..3_000).map(|i| format!(r#"{{"k": "k{}", "v": {i}}}"#, i % 3));
+    common::append_values(&topic, 0, values, 1);
     let script = Script::parse(
         "CREATE STREAM big (k TEXT, v BIGINT) WITH (topic = 'big', format = 'json');\n\
          CREATE SINK t WITH (type = 'table');\n\
@@ -266,7 +209,7 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
          INSERT INTO everything SELECT 'all' AS k, count(*) AS n FROM big;",
     )
     .unwrap();
-    common::run_sql(&store, &dir.path().join("cp"), "big", &script, None, None);
+    common_sql::run_sql(&store, &dir.path().join("cp"), "big", &script, None, None);
     let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "big").unwrap();
     let rows = table_rows(&cp, "t");
     let total = |r: i64| (0..3_000i64).filter(|i| i % 3 == r).sum::<i64>();
@@ -288,14 +231,7 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
     let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
-    let append = |values: &[&str]| {
-        let mut b = BatchBuilder::new(Compression::None);
-        for v in values {
-            b.push(None, v.as_bytes(), 1);
-        }
-        let mut bytes = b.finish().unwrap();
-        topic.partition(0).unwrap().append(&mut bytes).unwrap();
-    };
+    let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
     let script = Script::parse(
         "CREATE SINK n WITH (type = 'table', state_ttl = '3s');\n\
          INSERT INTO n SELECT value, count(*) AS n FROM ev GROUP BY value;",
@@ -313,7 +249,7 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
         s
     };
     let run = || {
-        common::run_sql(&store, &dir.path().join("cp"), "ttl", &script, None, None);
+        common_sql::run_sql(&store, &dir.path().join("cp"), "ttl", &script, None, None);
     };
     let table = || {
         let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();
@@ -358,34 +294,15 @@ fn first_row_per_key_by_event_time_equals_the_batch_query_across_batch_sizes() {
         })
         .collect();
     let query = "SELECT CAST(user_id AS VARCHAR) AS k, first_value(page ORDER BY ts) AS page FROM visits GROUP BY user_id";
-    let expected: BTreeMap<String, String> = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let ctx = SessionContext::new();
-            let rows: Vec<String> = visits
+    let expected = Reference::new()
+        .values(
+            "visits",
+            "user_id, page, ts",
+            visits
                 .iter()
-                .map(|(u, p, ts)| format!("({u}, '{p}', to_timestamp_millis({ts}))"))
-                .collect();
-            ctx.sql(&format!(
-                "CREATE VIEW visits AS SELECT * FROM (VALUES {}) AS t(user_id, page, ts)",
-                rows.join(",")
-            ))
-            .await
-            .unwrap();
-            let mut out = BTreeMap::new();
-            for b in ctx.sql(query).await.unwrap().collect().await.unwrap() {
-                let k = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-                let v = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
-                for i in 0..b.num_rows() {
-                    out.insert(
-                        k.as_string::<i32>().value(i).to_string(),
-                        v.as_string::<i32>().value(i).to_string(),
-                    );
-                }
-            }
-            out
-        });
+                .map(|(u, p, ts)| format!("({u}, '{p}', to_timestamp_millis({ts}))")),
+        )
+        .pairs(query);
     assert_eq!(expected.len(), 20);
     let script = Script::parse(&format!(
         "CREATE STREAM visits (user_id BIGINT, page TEXT, ts TIMESTAMP) WITH (topic = 'visits', format = 'json');\n\
@@ -400,18 +317,11 @@ fn first_row_per_key_by_event_time_equals_the_batch_query_across_batch_sizes() {
             .create_topic("visits", 2, TopicConfig::default())
             .unwrap();
         for (i, (u, p, ts)) in visits.iter().enumerate() {
-            let mut b = BatchBuilder::new(Compression::None);
             let value = format!(r#"{{"user_id": {u}, "page": "{p}", "ts": {ts}}}"#);
-            b.push(None, value.as_bytes(), 1);
-            let mut bytes = b.finish().unwrap();
-            topic
-                .partition((i % 2) as i32)
-                .unwrap()
-                .append(&mut bytes)
-                .unwrap();
+            common::append_values(&topic, (i % 2) as i32, [value], 1);
         }
         let cp = dir.path().join("cp");
-        common::run_sql(&store, &cp, "first", &script, Some(batch), None);
+        common_sql::run_sql(&store, &cp, "first", &script, Some(batch), None);
         let cp = Checkpoint::open_read_only(&cp, "first").unwrap();
         let got: BTreeMap<String, String> = table_rows(&cp, "first")
             .into_iter()

@@ -7,76 +7,52 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use sluice::nexmark::{Event, EventKind, Generator, NexmarkConfig};
+
+use crate::common::{self, Run, sluice};
+use crate::common_sql;
 
 const EVENTS: u64 = 20_000;
 const SEED: u64 = 7;
 
 fn jobs() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/nexmark")
+    common::repo("jobs/nexmark")
 }
 
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn generate(data: &Path, extra: &[&str]) -> Output {
-    sluice()
-        .args([
-            "nexmark",
-            "generate",
-            "--seed",
-            &SEED.to_string(),
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .output()
-        .unwrap()
+/// `sluice nexmark generate` with the test's seed.
+fn generate(data: &Path, extra: &[&str]) -> Command {
+    let mut c = sluice();
+    c.args([
+        "nexmark",
+        "generate",
+        "--seed",
+        &SEED.to_string(),
+        "--data-dir",
+    ])
+    .arg(data)
+    .args(extra);
+    c
 }
 
 /// Runs a job file to the end of the topics, returning stdout.
 fn run_job(file: &Path, data: &Path, checkpoint: &Path, extra: &[&str]) -> String {
-    let out = sluice()
-        .arg("run")
-        .arg(file)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--checkpoint-dir")
-        .arg(checkpoint)
-        .args(["--until-caught-up", "--quiet"])
+    common::sluice_run(file, data, checkpoint)
+        .arg("--quiet")
         .args(extra)
-        .output()
-        .unwrap();
-    ok(out, &format!("sluice run {}", file.display()))
+        .ok()
 }
 
 /// The rows of every table the console sink printed, as trimmed cells,
 /// without the header rows.
 fn console_rows(stdout: &str, header: &[&str]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
-    for line in stdout.lines().filter(|l| l.starts_with('|')) {
-        let cells: Vec<String> = line
-            .trim_matches('|')
-            .split('|')
-            .map(|c| c.trim().to_owned())
-            .collect();
+    for cells in common_sql::console_cells(stdout) {
         if cells.iter().map(String::as_str).eq(header.iter().copied()) {
             continue;
         }
-        assert_eq!(cells.len(), header.len(), "{line}");
+        assert_eq!(cells.len(), header.len(), "{cells:?}");
         rows.push(cells);
     }
     rows
@@ -117,10 +93,7 @@ fn nexmark_queries_over_generated_events_equal_the_generator() {
     let data = dir.path().join("data");
 
     // Load: the summary counts 1 : 3 : 46 per 50 events.
-    let stdout = ok(
-        generate(&data, &["--events", &EVENTS.to_string()]),
-        "generate",
-    );
+    let stdout = generate(&data, &["--events", &EVENTS.to_string()]).ok();
     assert!(
         stdout.contains("Created topics person, auction, bid"),
         "{stdout}"
@@ -134,9 +107,7 @@ fn nexmark_queries_over_generated_events_equal_the_generator() {
         );
     }
     // Loading again is refused, naming the topic and the way out.
-    let again = generate(&data, &["--events", "10"]);
-    assert!(!again.status.success());
-    let err = String::from_utf8_lossy(&again.stderr);
+    let err = generate(&data, &["--events", "10"]).fails();
     assert!(
         err.contains("topic person already holds 400 records"),
         "{err}"
@@ -244,18 +215,9 @@ fn nexmark_queries_over_generated_events_equal_the_generator() {
 fn append_continues_the_stream_and_checks_the_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let (whole, pieces) = (dir.path().join("whole"), dir.path().join("pieces"));
-    ok(
-        generate(&whole, &["--events", "3000", "--partitions", "3"]),
-        "generate",
-    );
-    ok(
-        generate(&pieces, &["--events", "1234", "--partitions", "3"]),
-        "generate",
-    );
-    let out = ok(
-        generate(&pieces, &["--events", "1766", "--append"]),
-        "append",
-    );
+    generate(&whole, &["--events", "3000", "--partitions", "3"]).ok();
+    generate(&pieces, &["--events", "1234", "--partitions", "3"]).ok();
+    let out = generate(&pieces, &["--events", "1766", "--append"]).ok();
     assert!(out.contains("Events 1234..3000"), "{out}");
 
     // Another seed cannot continue these topics.
@@ -271,16 +233,13 @@ fn append_continues_the_stream_and_checks_the_parameters() {
             "--data-dir",
         ])
         .arg(&pieces)
-        .output()
-        .unwrap();
-    assert!(!other.status.success());
-    let err = String::from_utf8_lossy(&other.stderr);
-    assert!(err.contains("--seed, --rate and --base-time"), "{err}");
+        .fails();
+    assert!(other.contains("--seed, --rate and --base-time"), "{other}");
 
     // Byte for byte the same records, as `sluice consume` prints them.
     for kind in EventKind::ALL {
         let consume = |data: &Path| {
-            let out = sluice()
+            sluice()
                 .args([
                     "consume",
                     kind.topic(),
@@ -289,9 +248,7 @@ fn append_continues_the_stream_and_checks_the_parameters() {
                 ])
                 .args(["--print-offset", "--data-dir"])
                 .arg(data)
-                .output()
-                .unwrap();
-            ok(out, "consume")
+                .ok()
         };
         let (a, b) = (consume(&whole), consume(&pieces));
         assert_eq!(a.lines().count() as u64, kind.count_in(3000), "{kind:?}");
@@ -305,22 +262,18 @@ fn json_streams_decode_only_the_fields_each_query_uses() {
     // projection and decoded every field (q5 40 % slower).
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    ok(generate(&data, &["--events", "100"]), "generate");
+    generate(&data, &["--events", "100"]).ok();
     for (query, decoded) in [
         ("q5", "decoding auction, date_time)"),
         ("q7", "decoding auction, bidder, price, date_time, extra)"),
         ("q2", "decoding auction, price)"),
     ] {
-        let out = ok(
-            sluice()
-                .arg("explain")
-                .arg(jobs().join(format!("{query}.sql")))
-                .arg("--data-dir")
-                .arg(&data)
-                .output()
-                .unwrap(),
-            "explain",
-        );
+        let out = sluice()
+            .arg("explain")
+            .arg(jobs().join(format!("{query}.sql")))
+            .arg("--data-dir")
+            .arg(&data)
+            .ok();
         assert!(out.contains(decoded), "{query}:\n{out}");
     }
 }

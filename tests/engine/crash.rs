@@ -8,41 +8,26 @@
 //!
 //! Env: `SLUICE_ENGINE_KILLS` (default 20), `SLUICE_CRASH_SEED`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::broker::{TestBroker, wait_timeout};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice::corpus::CorpusGenerator;
 use sluice::log::{LogStore, TopicConfig};
 use sluice::producer::{BatchBuilder, Compression};
 
+use crate::common;
+use crate::common::broker::{TestBroker, wait_timeout};
+
 const TOPIC: &str = "corpus";
 const PARTITIONS: usize = 4;
 const WORDS_WANTED: u64 = 1_000_000;
 
 fn kills() -> usize {
-    std::env::var("SLUICE_ENGINE_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
-
-fn seed() -> u64 {
-    std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
+    common::env_or("SLUICE_ENGINE_KILLS", 20)
 }
 
 /// Writes the corpus into a 4-partition topic (lines round-robin, small
@@ -97,38 +82,16 @@ fn load_corpus(data_dir: &Path) -> HashMap<String, u64> {
 }
 
 fn read_table(checkpoint: &Path, table: &str) -> HashMap<String, u64> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "state",
-            "scan",
-            "--job",
-            "wc",
-            "--table",
-            table,
-            "--checkpoint-dir",
-        ])
-        .arg(checkpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "state scan failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (w, n) = l.split_once('\t').unwrap();
-            (w.to_owned(), n.parse().unwrap())
-        })
+    common::state_scan(checkpoint, "wc", Some(table))
+        .into_iter()
+        .map(|(w, n)| (w, n.parse().unwrap()))
         .collect()
 }
 
 /// Runs the job, killing it `kills()` times at random moments, then lets
 /// it finish. Returns how many kills landed while it was running.
 fn run_with_kills(job_args: &[String], checkpoint: &Path, work: &Path) -> usize {
-    let seed = seed();
+    let seed = common::crash_seed();
     eprintln!("SLUICE_CRASH_SEED={seed}");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut landed = 0;
@@ -138,7 +101,7 @@ fn run_with_kills(job_args: &[String], checkpoint: &Path, work: &Path) -> usize 
             Instant::now() < deadline,
             "the job did not finish in 10 minutes"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = common::sluice()
             .args(job_args)
             .arg("--checkpoint-dir")
             .arg(checkpoint)
@@ -250,7 +213,8 @@ fn sql_wordcount_is_exactly_once_under_sigkill() {
     let job = work.path().join("wordcount.sql");
     std::fs::write(
         &job,
-        include_str!("../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'"),
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/wordcount.sql"))
+            .replace("topic = 'lines'", "topic = 'corpus'"),
     )
     .unwrap();
     let job = job.to_string_lossy().to_string();

@@ -2,7 +2,7 @@
 //! the result after the stream is consumed is the same with 1, 7 and
 //! 10,000 records per partition per batch, and when the job is SIGKILLed
 //! mid-stream and restarted (three kills at seeded moments). Each job's
-//! own test (tests/sql.rs, sql_windows.rs, sql_joins.rs) checks one batch
+//! own test (the queries, windows and joins modules) checks one batch
 //! size against an independent reference; this one holds every size and
 //! crashes to that answer.
 //!
@@ -11,35 +11,27 @@
 //! kill prints again: there the rows printed across all runs, as a set,
 //! must equal the uninterrupted run's (nothing lost, nothing invented).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sluice::log::{LogStore, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
+use sluice::log::LogStore;
+
+use crate::common::{self, Run};
+use crate::common_sql;
 
 /// Records of a topic: (partition, value).
 type Rows = Vec<(i32, String)>;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::repo("")
 }
 
 fn append(store: &LogStore, topic: &str, partitions: i32, rows: &[(i32, String)]) {
-    let t = match store.topic(topic) {
-        Ok(t) => t,
-        Err(_) => store
-            .create_topic(topic, partitions.into(), TopicConfig::default())
-            .unwrap(),
-    };
+    let t = common::topic(store, topic, partitions.into());
     for (p, row) in rows {
-        let mut b = BatchBuilder::new(Compression::None);
-        b.push(None, row.as_bytes(), 1);
-        let mut bytes = b.finish().unwrap();
-        t.partition(*p).unwrap().append(&mut bytes).unwrap();
+        common::append_values(&t, *p, [row], 1);
     }
 }
 
@@ -111,47 +103,23 @@ fn orders_and_payments() -> (Rows, Rows) {
     (orders, payments)
 }
 
-fn run_args<'a>(
-    job: &'a str,
-    data: &'a Path,
-    cp: &'a Path,
-    batch: &'a str,
-    interval: &'a str,
-) -> Vec<String> {
-    [
-        "run",
-        job,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--checkpoint-dir",
-        cp.to_str().unwrap(),
-        "--until-caught-up",
-        "--interval",
-        interval,
-        "--max-records-per-batch",
-        batch,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Runs the job to the end; its stdout.
-fn run_to_end(args: &[String]) -> String {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    common::sluice_ok(&root(), &refs).0
+/// `sluice run` of `job` (relative to the repository) until caught up,
+/// `batch` records per partition per batch every `interval`.
+fn run(job: &str, data: &Path, cp: &Path, batch: &str, interval: &str) -> Command {
+    let mut c = common::sluice_run(Path::new(job), data, cp);
+    c.current_dir(root())
+        .args(["--interval", interval, "--max-records-per-batch", batch]);
+    c
 }
 
 /// Runs the job, SIGKILLing it at three seeded moments, then to the end;
 /// the stdout of every run, and how many kills landed mid-run.
-fn run_with_kills(args: &[String], seed: u64) -> (String, usize) {
+fn run_with_kills(run: &mut Command, seed: u64) -> (String, usize) {
     let mut rng = Lcg(seed);
     let mut out = String::new();
     let mut landed = 0;
     for _ in 0..3 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .current_dir(root())
-            .args(args)
+        let mut child = run
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -165,41 +133,24 @@ fn run_with_kills(args: &[String], seed: u64) -> (String, usize) {
         let output = child.wait_with_output().unwrap();
         out.push_str(&String::from_utf8_lossy(&output.stdout));
     }
-    out.push_str(&run_to_end(args));
+    out.push_str(&run.stdout(Stdio::piped()).stderr(Stdio::piped()).ok());
     (out, landed)
 }
 
 /// Data rows of console tables (`| a | b |` → "a,b"), without headers.
 fn console_rows(stdout: &str, first_column: &str) -> BTreeSet<String> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+    common_sql::console_cells(stdout)
+        .into_iter()
+        .map(|cells| cells.join(","))
         .filter(|r| r.split(',').next() != Some(first_column))
         .collect()
 }
 
 fn table(cp: &Path, job: &str, table: &str) -> BTreeSet<String> {
-    let (out, _) = common::sluice_ok(
-        &root(),
-        &[
-            "state",
-            "scan",
-            "--job",
-            job,
-            "--table",
-            table,
-            "--checkpoint-dir",
-            cp.to_str().unwrap(),
-        ],
-    );
-    out.lines().map(str::to_string).collect()
+    common::state_scan(cp, job, Some(table))
+        .into_iter()
+        .map(|(k, v)| format!("{k}\t{v}"))
+        .collect()
 }
 
 /// What an example job leaves: its table or the rows it printed.
@@ -222,11 +173,11 @@ fn check_job(file: &str, topics: &[(&str, i32, Rows)], output: Output) {
         // Crash runs pace their batches (10 ms, one record per partition:
         // 2 s or more of batches), so the kills land mid-stream.
         let interval = if kills.is_some() { "10ms" } else { "1ms" };
-        let args = run_args(&job, &data, &cp, batch, interval);
+        let mut run = run(&job, &data, &cp, batch, interval);
         let stdout = match kills {
-            None => run_to_end(&args),
+            None => run.ok(),
             Some(seed) => {
-                let (stdout, landed) = run_with_kills(&args, seed);
+                let (stdout, landed) = run_with_kills(&mut run, seed);
                 eprintln!("{file}: {landed} of 3 kills landed mid-run");
                 assert!(landed >= 1, "{file}: every kill came after the job ended");
                 stdout

@@ -8,8 +8,6 @@
 //! every bad option is refused with the sink or stream, the option and
 //! what is accepted.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,16 +15,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use common::broker::{BrokerOpts, TestBroker, run_bounded};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use sluice::data::Data;
 use sluice::log::{LogStore, TopicConfig};
 use sluice::producer::{BatchBuilder, Compression};
 use sluice::sink::file::{ManifestEntry, read_manifest};
 use sluice::source::embedded::EmbeddedSource;
 use sluice::source::{Record, Source};
+
+use crate::common;
+use crate::common::broker::{BrokerOpts, TestBroker, run_bounded};
+use crate::common_sql::Reference;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -155,10 +156,8 @@ impl Work {
     fn command(&self, job: &str, sql: &str, where_: &[&str], failpoints: Option<&str>) -> Command {
         let file = self.path().join(format!("{job}.sql"));
         std::fs::write(&file, sql).unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut c = common::sluice();
         c.current_dir(self.path())
-            .env_remove("SLUICE_DATA_DIR")
-            .env_remove("FAILPOINTS")
             .arg("run")
             .arg(&file)
             .args(["--until-caught-up", "--interval", "10ms", "--quiet"])
@@ -179,6 +178,13 @@ impl Work {
 
     fn run(&self, job: &str, sql: &str) -> Output {
         run_bounded(&mut self.command(job, sql, &[], None), RUN_TIMEOUT)
+    }
+
+    /// Runs the job with the failpoint `fp`, which must SIGKILL it.
+    #[cfg(feature = "failpoints")]
+    fn run_killed(&self, job: &str, sql: &str, where_: &[&str], fp: &str) {
+        let out = run_bounded(&mut self.command(job, sql, where_, Some(fp)), RUN_TIMEOUT);
+        assert_killed(&out, fp);
     }
 
     fn run_ok(&self, job: &str, sql: &str) {
@@ -367,11 +373,7 @@ fn topic_sink_is_exactly_once_across_sigkills_after_the_write() {
         "sink::topic::after_partition=return(2)",
         "sink::topic::after_write=return(4)",
     ] {
-        let out = run_bounded(
-            &mut work.command("keyed", &keyed, &[], Some(fp)),
-            RUN_TIMEOUT,
-        );
-        assert_killed(&out, fp);
+        work.run_killed("keyed", &keyed, &[], fp);
     }
     // SIGKILLs at random moments.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
@@ -399,11 +401,7 @@ fn topic_sink_is_exactly_once_across_sigkills_after_the_write() {
         "sink::topic::after_partition=return(3)",
         "sink::topic::after_write=return(5)",
     ] {
-        let out = run_bounded(
-            &mut work.command("totals", &totals, &[], Some(fp)),
-            RUN_TIMEOUT,
-        );
-        assert_killed(&out, fp);
+        work.run_killed("totals", &totals, &[], fp);
     }
     work.run_ok("totals", &totals);
     check_totals(&read_topic(&work.data(), "totals"), "totals/totals", 400);
@@ -430,11 +428,7 @@ fn topic_sink_and_dead_letters_through_a_kafka_broker() {
         // Killed after batch 2's write through the broker: the replay reads
         // the partitions' last records back through rdkafka and skips.
         let fp = "sink::topic::after_write=return(2)";
-        let out = run_bounded(
-            &mut work.command("kafka", sql, &["--brokers", &bootstrap], Some(fp)),
-            RUN_TIMEOUT,
-        );
-        assert_killed(&out, fp);
+        work.run_killed("kafka", sql, &["--brokers", &bootstrap], fp);
     }
     let out = run_bounded(
         &mut work.command("kafka", sql, &["--brokers", &bootstrap], None),
@@ -470,12 +464,9 @@ fn read_listed(dir: &Path, manifest: &[ManifestEntry], format: &str) -> Vec<(Str
         .flat_map(|e| &e.files)
         .map(|f| dir.join(&f.path).to_string_lossy().into_owned())
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = rt.block_on(async {
-        let ctx = SessionContext::new();
+    let reference = Reference::new();
+    let batches: Vec<RecordBatch> = reference.block_on(async {
+        let ctx = reference.ctx();
         let df = match format {
             "parquet" => ctx.read_parquet(files, ParquetReadOptions::default()).await,
             "json" => {
@@ -562,8 +553,7 @@ fn file_sink_manifest_lists_each_batch_once_and_files_read_back() {
             "sink::file::before_manifest=return(2)",
             "sink::file::after_manifest=return(3)",
         ] {
-            let out = run_bounded(&mut work.command(&job, &sql, &[], Some(fp)), RUN_TIMEOUT);
-            assert_killed(&out, fp);
+            work.run_killed(&job, &sql, &[], fp);
         }
         work.run_ok(&job, &sql);
         let dir = work.path().join("out").join(format);
@@ -641,8 +631,7 @@ fn dead_letter_topic_receives_bad_records_with_their_headers() {
         // The dead letters of batch 1 are written before the sink's rows:
         // killed right after them, the replay must not write them again.
         let fp = "sink::topic::after_write=return(1)";
-        let out = run_bounded(&mut work.command("dlq", sql, &[], Some(fp)), RUN_TIMEOUT);
-        assert_killed(&out, fp);
+        work.run_killed("dlq", sql, &[], fp);
     }
     work.run_ok("dlq", sql);
     let bad = read_topic(&work.data(), "bad");

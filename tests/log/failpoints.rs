@@ -5,16 +5,15 @@
 //! Every test holds `fail::FailScenario` for its whole body, so the tests of
 //! this file run one at a time even on a multi-threaded test runner.
 
-#![cfg(feature = "failpoints")]
-
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::{COMPRESSIONS, Rec, encode_batch, last_segment, quiet, read_all, segment_files};
 use fail::FailScenario;
 use sluice::log::{FlushPolicy, LogError, LogStore, Partition, TopicConfig};
+
+use crate::common::{
+    COMPRESSIONS, Rec, encode_batch, last_segment, quiet, read_all, segment_files,
+};
 
 fn recs(tag: &str, n: usize, ts: i64) -> Vec<Rec> {
     (0..n)

@@ -8,18 +8,18 @@
 //! Env: `SLUICE_CRASH_ITERATIONS` (default 50), `SLUICE_CRASH_SEED` (default:
 //! from the clock; printed so a run can be repeated).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{COMPRESSIONS, Rec, Stored, encode_batch, log_bytes, quiet, read_all};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice::log::{FlushPolicy, LogError, LogStore, TopicConfig};
+
+use crate::common;
+use crate::common::{COMPRESSIONS, Rec, Stored, encode_batch, log_bytes, quiet, read_all};
 
 const TOPIC: &str = "crash";
 const PARTITIONS: usize = 2;
@@ -78,6 +78,13 @@ fn parse_id(value: &[u8]) -> Option<(u64, u64)> {
     let seq = it.next()?.strip_prefix('s')?.parse().ok()?;
     it.next()?;
     Some((run, seq))
+}
+
+/// The child's test name as the harness knows it: `crash::child_appender`,
+/// the module path without the binary's name.
+fn child_test() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::child_appender")
 }
 
 /// The child: appends until killed, printing `ACK <partition> <base offset>
@@ -145,12 +152,7 @@ struct ChildOutput {
 
 fn run_child(exe: &Path, dir: &Path, run: u64, seed: u64, kill_after: Duration) -> ChildOutput {
     let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "child_appender",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &child_test(), "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_RUN_ENV, run.to_string())
         .env(CHILD_SEED_ENV, seed.to_string())
@@ -383,19 +385,8 @@ fn sigkill_during_appends_loses_no_acknowledged_record() {
     if std::env::var_os(CHILD_DIR_ENV).is_some() {
         return;
     }
-    let iterations: u64 = std::env::var("SLUICE_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let iterations: u64 = common::env_or("SLUICE_CRASH_ITERATIONS", 50);
+    let seed = common::crash_seed();
     println!(
         "crash test: seed {seed} (SLUICE_CRASH_SEED={seed} repeats the kill times), {iterations} iterations"
     );

@@ -7,27 +7,24 @@
 //!
 //! Iterations: SLUICE_BROKER_CRASH_ITERATIONS (default 8 in CI).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::broker::{BrokerOpts, TestBroker};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::common;
+use crate::common::broker::{BrokerOpts, TestBroker};
+
 const TOPIC: &str = "crash";
 const PARTITIONS: i32 = 2;
 
 fn iterations() -> usize {
-    std::env::var("SLUICE_BROKER_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8)
+    common::env_or("SLUICE_BROKER_CRASH_ITERATIONS", 8)
 }
 
 /// Sequence numbers acknowledged per partition, and delivery failures.
@@ -69,7 +66,7 @@ fn parse_seq(payload: &[u8]) -> u64 {
 }
 
 fn create_topic(broker: &TestBroker) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let status = common::sluice()
         .args([
             "topic",
             "create",

@@ -2,40 +2,23 @@
 //! SIGTERM, `demo wordcount --file`, `state get|scan`, and the data-loss
 //! policy when retention deleted records a job had not read.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::broker::wait_timeout;
 use sluice::driver::{DriverError, JobConfig, OnDataLoss, StreamingContext};
 use sluice::log::{LogStore, TopicConfig};
 use sluice::plan::Emitter;
-use sluice::producer::{BatchBuilder, Compression};
 
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
+use crate::common;
+use crate::common::broker::wait_timeout;
+use crate::common::{Run, sluice};
 
 fn append_lines(store: &LogStore, topic: &str, lines: &[String]) {
-    let topic = store.topic(topic).unwrap();
-    let n = topic.partition_count();
-    for (i, chunk) in lines.chunks(10).enumerate() {
-        let mut b = BatchBuilder::new(Compression::None);
-        for l in chunk {
-            b.push(None, l.as_bytes(), 1_000);
-        }
-        let mut bytes = b.finish().unwrap();
-        topic
-            .partition((i % n) as i32)
-            .unwrap()
-            .append(&mut bytes)
-            .unwrap();
-    }
+    common::append_round_robin(&store.topic(topic).unwrap(), 10, lines, 1_000);
 }
 
 /// A store in `dir` with topic `t` of `partitions` holding `lines`.
@@ -48,24 +31,21 @@ fn store_with(dir: &Path, partitions: i64, lines: &[String]) -> Arc<LogStore> {
     store
 }
 
-fn scan(checkpoint: &Path, job: &str) -> HashMap<String, u64> {
-    let out = sluice()
-        .args(["state", "scan", "--job", job, "--checkpoint-dir"])
-        .arg(checkpoint)
-        .output()
+/// Starts `cmd` with stdout discarded; the child and its stderr, by line.
+fn spawn_reading_stderr(cmd: &mut Command) -> (Child, BufReader<ChildStderr>) {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (k, v) = l.split_once('\t').unwrap();
-            (k.to_owned(), v.parse().unwrap())
-        })
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    (child, stderr)
+}
+
+fn scan(checkpoint: &Path, job: &str) -> HashMap<String, u64> {
+    common::state_scan(checkpoint, job, None)
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap()))
         .collect()
 }
 
@@ -81,25 +61,22 @@ fn sigterm_finishes_the_batch_commits_and_exits_zero() {
         store.close().unwrap();
     }
     let checkpoint = dir.path().join("cp");
-    let mut child = sluice()
-        .args([
-            "wordcount",
-            "--topic",
-            "t",
-            "--job",
-            "wc",
-            "--interval",
-            "200ms",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--checkpoint-dir")
-        .arg(&checkpoint)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut stderr) = spawn_reading_stderr(
+        sluice()
+            .args([
+                "wordcount",
+                "--topic",
+                "t",
+                "--job",
+                "wc",
+                "--interval",
+                "200ms",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .arg("--checkpoint-dir")
+            .arg(&checkpoint),
+    );
     let mut line = String::new();
     // Wait for two committed batches, then ask it to stop.
     let mut batches = 0;
@@ -128,7 +105,7 @@ fn demo_wordcount_counts_a_file_and_state_get_reads_it() {
     let input = dir.path().join("input.txt");
     std::fs::write(&input, "the cat\nthe dog the end\n\nünïcode the\n").unwrap();
     let run = || {
-        let out = sluice()
+        sluice()
             .current_dir(dir.path())
             .args([
                 "demo",
@@ -138,15 +115,7 @@ fn demo_wordcount_counts_a_file_and_state_get_reads_it() {
                 "--interval",
                 "100ms",
             ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+            .ok()
     };
     let printed = run();
     assert!(printed.contains("-------- Batch 1 · "), "{printed}");
@@ -154,8 +123,7 @@ fn demo_wordcount_counts_a_file_and_state_get_reads_it() {
         let out = sluice()
             .current_dir(dir.path())
             .args(["state", "get", "--job", "wordcount", key])
-            .output()
-            .unwrap();
+            .run();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
@@ -173,18 +141,13 @@ fn demo_wordcount_counts_a_file_and_state_get_reads_it() {
     let top = sluice()
         .current_dir(dir.path())
         .args(["state", "scan", "--job", "wordcount", "--top", "1"])
-        .output()
-        .unwrap();
+        .run();
     assert_eq!(String::from_utf8_lossy(&top.stdout).trim(), "the\t8");
     let missing = sluice()
         .current_dir(dir.path())
         .args(["state", "scan", "--job", "nosuchjob"])
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
-    assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("no checkpoint for job \"nosuchjob\"")
-    );
+        .fails();
+    assert!(missing.contains("no checkpoint for job \"nosuchjob\""));
 }
 
 fn counting_job(
@@ -283,13 +246,7 @@ fn rate_limit_bounds_batches_and_new_partitions_are_picked_up() {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(150));
             store.add_partitions("t", 2).unwrap();
-            let topic = store.topic("t").unwrap();
-            let mut b = BatchBuilder::new(Compression::None);
-            for _ in 0..30 {
-                b.push(None, b"late", 1);
-            }
-            let mut bytes = b.finish().unwrap();
-            topic.partition(1).unwrap().append(&mut bytes).unwrap();
+            common::append_values(&store.topic("t").unwrap(), 1, [b"late"; 30], 1);
         })
     };
     let summary = ctx.run().unwrap();
@@ -332,23 +289,20 @@ fn wordcount_reads_a_socket_like_spark_socket_text_stream() {
         std::thread::sleep(Duration::from_secs(3));
     });
     let checkpoint = dir.path().join("cp");
-    let mut child = sluice()
-        .args([
-            "wordcount",
-            "--socket",
-            &addr,
-            "--job",
-            "sock",
-            "--interval",
-            "100ms",
-            "--checkpoint-dir",
-        ])
-        .arg(&checkpoint)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut stderr) = spawn_reading_stderr(
+        sluice()
+            .args([
+                "wordcount",
+                "--socket",
+                &addr,
+                "--job",
+                "sock",
+                "--interval",
+                "100ms",
+                "--checkpoint-dir",
+            ])
+            .arg(&checkpoint),
+    );
     let (mut rows, mut line, mut notes) = (0u64, String::new(), String::new());
     while rows < 100 {
         line.clear();

@@ -9,31 +9,19 @@ use std::time::{Duration, Instant};
 
 use sluice::producer::partition_for_key;
 
-fn sluice(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.env("SLUICE_DATA_DIR", data).env_remove("SLUICE_LOG");
-    c
-}
+use crate::common::{self, Run};
 
-fn run(data: &Path, args: &[&str]) -> Output {
-    sluice(data).args(args).output().expect("run sluice")
+fn sluice(data: &Path) -> Command {
+    common::sluice_in(data)
 }
 
 fn ok(data: &Path, args: &[&str]) -> String {
-    let out = run(data, args);
-    assert!(
-        out.status.success(),
-        "sluice {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    sluice(data).args(args).ok()
 }
 
 /// Runs a command that must fail and returns its stderr.
 fn fails(data: &Path, args: &[&str]) -> String {
-    let out = run(data, args);
-    assert!(!out.status.success(), "sluice {args:?} should have failed");
-    String::from_utf8(out.stderr).unwrap()
+    sluice(data).args(args).fails()
 }
 
 fn produce_stdin(data: &Path, args: &[&str], input: &str) -> Output {
@@ -365,9 +353,7 @@ fn a_full_disk_fails_the_append_and_loses_nothing_accepted() {
     fs::write(&file, lines.join("\n") + "\n").unwrap();
     // A 1 MiB file-size limit stands in for a full disk: writes past it
     // fail with EFBIG exactly where ENOSPC would.
-    let out = Command::new("prlimit")
-        .arg("--fsize=1048576")
-        .arg(env!("CARGO_BIN_EXE_sluice"))
+    let out = common::sluice_under(&["prlimit", "--fsize=1048576"])
         .args([
             "produce",
             "t",
@@ -377,8 +363,7 @@ fn a_full_disk_fails_the_append_and_loses_nothing_accepted() {
             "100",
         ])
         .env("SLUICE_DATA_DIR", d)
-        .output()
-        .unwrap();
+        .run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -5,8 +5,6 @@
 //! computed here from the input and the batches the driver plans (a fixed
 //! number of records per partition per batch), not by the engine.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use sluice::checkpoint::Checkpoint;
 use sluice::driver::{JobConfig, StreamingContext};
-use sluice::log::{LogStore, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
-use sluice::sink::table::TableReader;
+use sluice::log::LogStore;
 use sluice::sql::{Script, Topics};
+
+use crate::common;
+use crate::common_sql;
 
 const PARTITIONS: usize = 2;
 
@@ -29,21 +28,15 @@ type Rows = Vec<Vec<(i64, i64)>>;
 /// Appends `rows` (one JSON object per record, fields `a` and `b` named by
 /// `fields`) to `topic`, creating it with [`PARTITIONS`] partitions.
 fn append(store: &LogStore, topic: &str, fields: [&str; 2], rows: &Rows) {
-    let t = store
-        .topic(topic)
-        .or_else(|_| store.create_topic(topic, PARTITIONS as _, TopicConfig::default()))
-        .unwrap();
+    let t = common::topic(store, topic, PARTITIONS as _);
     for (p, rows) in rows.iter().enumerate() {
         if rows.is_empty() {
             continue;
         }
-        let mut b = BatchBuilder::new(Compression::None);
-        for (a, v) in rows {
-            let json = format!(r#"{{"{}": {a}, "{}": {v}}}"#, fields[0], fields[1]);
-            b.push(None, json.as_bytes(), 1);
-        }
-        let mut bytes = b.finish().unwrap();
-        t.partition(p as i32).unwrap().append(&mut bytes).unwrap();
+        let json = rows
+            .iter()
+            .map(|(a, v)| format!(r#"{{"{}": {a}, "{}": {v}}}"#, fields[0], fields[1]));
+        common::append_values(&t, p as i32, json, 1);
     }
 }
 
@@ -100,16 +93,7 @@ fn lens(rows: &Rows) -> Vec<usize> {
 /// Every entry of result table `table` of the job in `checkpoint`, as
 /// (key, value) text the way `sluice state scan` prints them.
 fn table(checkpoint: &Path, job: &str, table: &str) -> BTreeMap<String, String> {
-    let cp = Checkpoint::open_read_only(checkpoint, job).unwrap();
-    let reader = TableReader::open(&cp, table).unwrap();
-    let mut out = BTreeMap::new();
-    reader
-        .scan(None, |k, v| {
-            out.insert(k.text, v.text);
-            true
-        })
-        .unwrap();
-    out
+    common_sql::result_table(checkpoint, job, table)
 }
 
 const SAME_JOB: &str = "
@@ -180,7 +164,7 @@ fn a_query_joins_the_table_another_query_of_its_job_writes_as_of_the_last_commit
     append(&store, "clicks", ["id", "user_id"], &clicks1);
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
     let started = Instant::now();
-    common::run_sql(&store, &cp, "spend", &script, Some(N as u64), None);
+    common_sql::run_sql(&store, &cp, "spend", &script, Some(N as u64), None);
     let totals = expect_joined(
         &mut expected,
         &payments1,
@@ -192,7 +176,7 @@ fn a_query_joins_the_table_another_query_of_its_job_writes_as_of_the_last_commit
     // A restart continues from the committed table.
     append(&store, "payments", ["user_id", "amount"], &payments2);
     append(&store, "clicks", ["id", "user_id"], &clicks2);
-    common::run_sql(&store, &cp, "spend", &script, Some(N as u64), None);
+    common_sql::run_sql(&store, &cp, "spend", &script, Some(N as u64), None);
     let totals2 = expect_joined(
         &mut expected,
         &concat(&payments1, &payments2),
@@ -396,17 +380,9 @@ impl Running {
 
 /// The error building `text` as job `job` gives (parsing or submission).
 fn refusal(store: &Arc<LogStore>, dir: &Path, job: &str, text: &str) -> String {
-    let script = match Script::parse(text) {
-        Ok(s) => s,
-        Err(e) => return e.to_string(),
-    };
     let mut config = JobConfig::new(job, Duration::from_millis(1));
     config.checkpoint_dir = Some(dir.join(format!("cp-{job}")));
-    let ctx = StreamingContext::new(config);
-    match sluice::sql::build(&ctx, &script, &Topics::Embedded(store.clone())) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(e) => e.to_string(),
-    }
+    common_sql::refusal(store, config, text)
 }
 
 #[test]
@@ -427,7 +403,7 @@ fn result_tables_that_cannot_be_read_are_refused_before_any_record_is() {
     );
     // A writing job with a checkpoint to point at.
     let spend_cp = dir.path().join("spend");
-    common::run_sql(
+    common_sql::run_sql(
         &store,
         &spend_cp,
         "spend",

@@ -10,20 +10,14 @@ use sluice::checkpoint::Checkpoint;
 use sluice::driver::{DriverError, JobConfig, StreamingContext};
 use sluice::log::{LogStore, StoreOptions, TopicConfig};
 use sluice::plan::{Emitter, State};
-use sluice::producer::{BatchBuilder, Compression};
 use sluice::sink::table::TableReader;
+
+use crate::common;
 
 fn append(store: &LogStore, words: &[&str]) {
     let topic = store.topic("events").unwrap();
     for (i, w) in words.iter().enumerate() {
-        let mut b = BatchBuilder::new(Compression::None);
-        b.push(None, format!("  {w} ").as_bytes(), 1000 + i as i64);
-        let mut bytes = b.finish().unwrap();
-        topic
-            .partition((i % 2) as i32)
-            .unwrap()
-            .append(&mut bytes)
-            .unwrap();
+        common::append_values(&topic, (i % 2) as i32, [format!("  {w} ")], 1000 + i as i64);
     }
 }
 

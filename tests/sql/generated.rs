@@ -18,17 +18,14 @@
 //! Env: `SLUICE_GEN_SEED` (default fixed, so CI is reproducible; every
 //! assertion message names the seed), `SLUICE_GEN_QUERIES` (default 30).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::broker::wait_timeout;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
     StringArray, TimestampMillisecondArray,
@@ -36,12 +33,15 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int32Type, Int64Type, Schema, TimeUnit, UInt32Type, UInt64Type,
 };
-use datafusion::prelude::SessionContext;
 use sluice::checkpoint::Checkpoint;
 use sluice::log::{LogStore, TopicConfig};
 use sluice::producer::BatchBuilder;
 use sluice::sink::table::TableReader;
 use sluice::sql::{Script, Topics};
+
+use crate::common;
+use crate::common::broker::wait_timeout;
+use crate::common_sql::{self, Reference};
 
 const DEFAULT_SEED: u64 = 20_261_121;
 const DEFAULT_QUERIES: usize = 30;
@@ -82,20 +82,14 @@ const URLS: [&str; 8] = [
 ];
 
 fn seed() -> u64 {
-    std::env::var("SLUICE_GEN_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SEED)
+    common::env_or("SLUICE_GEN_SEED", DEFAULT_SEED)
 }
 
 fn query_count() -> usize {
-    std::env::var("SLUICE_GEN_QUERIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_QUERIES)
+    common::env_or("SLUICE_GEN_QUERIES", DEFAULT_QUERIES)
 }
 
-/// A linear congruential generator, as `clicks()` in sql_windows.rs.
+/// A linear congruential generator, as `clicks()` in windows.rs.
 struct Lcg(u64);
 
 impl Lcg {
@@ -1117,50 +1111,47 @@ fn generate(seed: u64, n: usize, clicks: &[Click]) -> (Vec<Query>, Vec<BTreeMap<
     let mut g = Gen {
         rng: Lcg::new(seed ^ 0x9e7),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        ctx.register_batch("clicks", input_batch(clicks)).unwrap();
-        let mut queries = Vec::new();
-        let mut expected = Vec::new();
-        // None: the next generated kind.
-        let wanted = std::iter::once(Some(sentinel()))
-            .chain((0..n).map(|_| None))
-            .chain(known_bugs().into_iter().map(Some));
-        for (i, fixed) in wanted.enumerate() {
-            let mut attempts = 0;
-            let (q, df) = loop {
-                let q = match &fixed {
-                    Some(q) => q.clone(),
-                    None => g.query(KINDS[(i - 1) % KINDS.len()]),
-                };
-                match ctx.sql(&q.reference_sql()).await {
-                    Ok(df) => break (q, df),
-                    Err(e) => {
-                        attempts += 1;
-                        assert!(
-                            attempts < 10 && fixed.is_none(),
-                            "SLUICE_GEN_SEED={seed}: DataFusion cannot plan {}: {e}",
-                            q.describe()
-                        );
-                    }
-                }
+    let reference = Reference::new();
+    reference.batch("clicks", input_batch(clicks));
+    let mut queries = Vec::new();
+    let mut expected = Vec::new();
+    // None: the next generated kind.
+    let wanted = std::iter::once(Some(sentinel()))
+        .chain((0..n).map(|_| None))
+        .chain(known_bugs().into_iter().map(Some));
+    for (i, fixed) in wanted.enumerate() {
+        let mut attempts = 0;
+        let (q, df) = loop {
+            let q = match &fixed {
+                Some(q) => q.clone(),
+                None => g.query(KINDS[(i - 1) % KINDS.len()]),
             };
-            let batches = df.collect().await.unwrap_or_else(|e| {
-                panic!(
-                    "SLUICE_GEN_SEED={seed}, q{i}: the batch query fails: {e}\n  {}",
-                    q.describe()
-                )
-            });
-            expected.push(as_table(&batches).unwrap_or_else(|e| {
+            match reference.plan(&q.reference_sql()) {
+                Ok(df) => break (q, df),
+                Err(e) => {
+                    attempts += 1;
+                    assert!(
+                        attempts < 10 && fixed.is_none(),
+                        "SLUICE_GEN_SEED={seed}: DataFusion cannot plan {}: {e}",
+                        q.describe()
+                    );
+                }
+            }
+        };
+        let batches = reference.collect(df).unwrap_or_else(|e| {
+            panic!(
+                "SLUICE_GEN_SEED={seed}, q{i}: the batch query fails: {e}\n  {}",
+                q.describe()
+            )
+        });
+        expected.push(
+            as_table(&batches).unwrap_or_else(|e| {
                 panic!("SLUICE_GEN_SEED={seed}, q{i}: {e}\n  {}", q.describe())
-            }));
-            queries.push(q);
-        }
-        (queries, expected)
-    })
+            }),
+        );
+        queries.push(q);
+    }
+    (queries, expected)
 }
 
 /// The job: the stream, then a table sink `q<i>` per query.
@@ -1237,19 +1228,8 @@ fn as_table(batches: &[RecordBatch]) -> Result<BTreeMap<String, String>, String>
 
 /// Every query's result table in the checkpoint.
 fn results(checkpoint: &Path, job: &str, n: usize) -> Vec<BTreeMap<String, String>> {
-    let cp = Checkpoint::open_read_only(checkpoint, job).unwrap();
     (0..n)
-        .map(|i| {
-            let reader = TableReader::open(&cp, &format!("q{i}")).unwrap();
-            let mut rows = BTreeMap::new();
-            reader
-                .scan(None, |k, v| {
-                    rows.insert(k.text, v.text);
-                    true
-                })
-                .unwrap();
-            rows
-        })
+        .map(|i| common_sql::result_table(checkpoint, job, &format!("q{i}")))
         .collect()
 }
 
@@ -1382,7 +1362,7 @@ impl Case {
         let total = self.clicks.len() as u64;
         let mut before = 0;
         for &stop in stops {
-            common::run_sql(&store, &cp, job, &script, Some(batch), Some(stop));
+            common_sql::run_sql(&store, &cp, job, &script, Some(batch), Some(stop));
             let now = counted(&cp, job);
             assert!(
                 before < now && now < total,
@@ -1391,7 +1371,7 @@ impl Case {
             );
             before = now;
         }
-        common::run_sql(&store, &cp, job, &script, Some(batch), None);
+        common_sql::run_sql(&store, &cp, job, &script, Some(batch), None);
         let what = if stops.is_empty() {
             format!("{batch} records per partition per batch")
         } else {
@@ -1438,7 +1418,7 @@ fn a_filter_no_row_can_pass_is_accepted_and_writes_nothing() {
         panic!("a query whose filter no row passes is refused: {e}");
     }
     let cp = dir.path().join("cp");
-    common::run_sql(&store, &cp, "generated", &script, Some(7), None);
+    common_sql::run_sql(&store, &cp, "generated", &script, Some(7), None);
     assert_eq!(results(&cp, "generated", 1), vec![BTreeMap::new()]);
 }
 
@@ -1495,16 +1475,8 @@ fn generated_queries_equal_the_batch_query_after_sigkills_of_sluice_run() {
     let random_kill_after = Duration::from_millis(rng.range(100, 900) as u64);
     let run = |attempt: usize, failpoints: Option<String>| {
         let log = case.dir.path().join(format!("run-{attempt}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.env_remove("FAILPOINTS")
-            .env_remove("SLUICE_DATA_DIR")
-            .arg("run")
-            .arg(&job)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--checkpoint-dir")
-            .arg(&cp)
-            .args(["--until-caught-up", "--interval", "1ms", "--quiet"])
+        let mut cmd = common::sluice_run(&job, &data, &cp);
+        cmd.args(["--interval", "1ms", "--quiet"])
             .args(["--max-records-per-batch", "5"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -3,8 +3,6 @@
 //! with its own protocol code), via the scripts in `tests/clients/`.
 //! A missing tool FAILS these tests with a hint to run `bash .ci/deps`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -17,7 +15,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use common::broker::{
+use crate::common;
+use crate::common::broker::{
     BrokerOpts, TestBroker, client_script, require_kafka_python, require_kcat, run_bounded,
     wait_timeout,
 };
@@ -425,7 +424,7 @@ fn kafka_python_group_resumes_from_committed_offsets() {
 }
 
 fn sluice_topic(broker: &TestBroker, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut cmd = common::sluice();
     cmd.arg("topic")
         .args(args)
         .arg("--bootstrap")
@@ -465,7 +464,7 @@ fn sluice_topic_commands_talk_to_a_running_broker() {
     assert_eq!(topic_partitions(&kcat_metadata(&broker), "remote"), None);
 
     // No broker there: a clear error, not a hang or a log flood.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut cmd = common::sluice();
     cmd.args(["topic", "list", "--bootstrap", "127.0.0.1:1"]);
     let out = run_bounded(&mut cmd, CMD_TIMEOUT);
     assert!(!out.status.success());

@@ -1,0 +1,12 @@
+//! The broker's integration tests: the Kafka wire protocol by hand, real
+//! clients (rdkafka, kcat, kafka-python), SIGKILL crashes and a fuzzer of
+//! the request decoder.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod clients;
+mod crash;
+mod fuzz;
+mod protocol;
+mod rdkafka;

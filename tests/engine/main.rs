@@ -1,0 +1,11 @@
+//! The engine and the `sluice` command line: jobs stopped by SIGTERM and
+//! SIGKILL, state and code evolution, and the store's commands (topics,
+//! produce, consume) end to end.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod crash;
+mod evolution;
+mod store_cli;
