@@ -26,8 +26,8 @@
 //! point and a torn or corrupt tail is cut off; damaged indexes are rebuilt.
 //!
 //! ```
-//! use sluice::log::{LogStore, StoreOptions, TopicConfig};
-//! use sluice::producer::{BatchBuilder, Compression};
+//! use sluice_log::log::{LogStore, StoreOptions, TopicConfig};
+//! use sluice_log::producer::{BatchBuilder, Compression};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
