@@ -29,7 +29,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
 
-use super::SqlError;
+use crate::error::SqlError;
 use sluice_engine::plan::BatchCx;
 
 /// Which rows of an aggregation each batch emits (Spark's output modes).

@@ -31,7 +31,7 @@ use rocksdb::{ColumnFamily, DB};
 /// A state change to apply in the batch's commit: put (`Some`) or delete.
 pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>);
 
-use super::SqlError;
+use crate::error::SqlError;
 
 /// Buffered rows: `0x02`, side, newest event time in the blob (with a
 /// state TTL: the batch time that brought them) (8 bytes, ordered), batch

@@ -14,6 +14,7 @@
 //! This module owns the SQL surface; it never chooses offsets or commits
 //! (the driver does), and never touches segment files.
 
+mod error;
 mod explain;
 mod functions;
 mod incremental;
@@ -24,6 +25,7 @@ mod session;
 mod sinks;
 mod stream;
 mod table;
+mod topics;
 mod window;
 
 use std::sync::Arc;
@@ -32,6 +34,8 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use error::SqlError;
+use error::located;
 use incremental::OutputMode;
 pub use script::Script;
 use sinks::Sink;
@@ -39,48 +43,9 @@ use sluice_engine::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
 use sluice_engine::driver::StreamingContext;
 use sluice_engine::plan::{BatchCx, DStream, OutputInputs, PlanError};
 use sluice_engine::source::Record;
-use sluice_log::log::LogStore;
 use stream::StreamShape;
-
-/// Errors of SQL jobs, with the line of the statement.
-#[derive(Debug, thiserror::Error)]
-pub enum SqlError {
-    #[error("line {line}: {message}")]
-    Syntax { line: usize, message: String },
-    #[error("line {line}: {message}")]
-    Unsupported { line: usize, message: String },
-    #[error("line {line}: {message}")]
-    Plan { line: usize, message: String },
-    #[error("line {line}, column {column}: {message}")]
-    At {
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error(transparent)]
-    DataFusion(#[from] datafusion::error::DataFusionError),
-    #[error(transparent)]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error("state store: {0}")]
-    Rocks(#[from] rocksdb::Error),
-    #[error(transparent)]
-    Engine(#[from] PlanError),
-}
-
-impl From<SqlError> for PlanError {
-    fn from(e: SqlError) -> PlanError {
-        match e {
-            SqlError::Engine(p) => p,
-            other => PlanError::Invalid(other.to_string()),
-        }
-    }
-}
-
-/// How a SQL job reaches its topics.
-pub enum Topics {
-    Embedded(Arc<LogStore>),
-    Brokers(String),
-}
+pub use topics::Topics;
+use topics::open_source;
 
 /// What building a script found out about its queries.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +131,7 @@ fn build_or_explain(
                         df.create_physical_plan().await?.schema(),
                     )
                 })
-                .map_err(|e| located(&e, writer))
+                .map_err(|e| located(&e, writer.line, writer.column))
         },
     )?);
     // One source per topic, shared by the queries that read it.
@@ -197,7 +162,7 @@ fn build_or_explain(
                     df.create_physical_plan().await?,
                 ))
             })
-            .map_err(|e| located(&e, query))?;
+            .map_err(|e| located(&e, query.line, query.column))?;
         let used = used_columns(&logical);
         // From the query as written: a filter no row can pass leaves no
         // scan in the optimized plan, yet the query reads its stream.
@@ -542,58 +507,6 @@ fn build_or_explain(
         });
     }
     Ok(built)
-}
-
-/// The source of a topic.
-fn open_source(
-    ctx: &StreamingContext,
-    topics: &Topics,
-    topic: &str,
-) -> Result<DStream<Record>, String> {
-    match topics {
-        Topics::Embedded(store) => ctx
-            .embedded(store.clone(), topic)
-            .map_err(|e| e.to_string()),
-        Topics::Brokers(brokers) => Ok(ctx.source(
-            sluice_engine::source::kafka::KafkaSource::new(
-                topic.to_owned(),
-                brokers.clone(),
-                topic,
-                None,
-                Vec::new(),
-            )
-            .map_err(|e| e.to_string())?,
-        )),
-    }
-}
-
-/// A planning error at the script's line and column when DataFusion or
-/// the SQL parser says where in the query it is.
-fn located(e: &datafusion::error::DataFusionError, query: &script::QueryDecl) -> SqlError {
-    let message = e.to_string();
-    let at = e
-        .diagnostic()
-        .and_then(|d| d.span)
-        .map(|span| (span.start.line as usize, span.start.column as usize))
-        .or_else(|| {
-            // sqlparser: "… at Line: 2, Column: 8".
-            let rest = &message[message.find("Line: ")? + 6..];
-            let (l, rest) = rest.split_once(", Column: ")?;
-            let c: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            Some((l.parse().ok()?, c.parse().ok()?))
-        })
-        .filter(|(l, _)| *l >= 1);
-    match at {
-        Some((l, c)) => SqlError::At {
-            line: query.line + l - 1,
-            column: if l == 1 { query.column + c - 1 } else { c },
-            message,
-        },
-        None => SqlError::Plan {
-            line: query.line,
-            message,
-        },
-    }
 }
 
 /// Names of the columns a plan's scans read (all of a table's when a scan

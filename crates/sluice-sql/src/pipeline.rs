@@ -26,8 +26,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use tokio::sync::mpsc;
 
-use super::SqlError;
 use super::stream::StreamShape;
+use crate::error::SqlError;
 use sluice_engine::plan::{OutputInputs, PlanError};
 
 /// Rows per piece handed to the query (as the in-memory scan's pieces).

@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use super::SqlError;
+use crate::error::SqlError;
 
 /// A declared stream: a topic and how its values decode.
 #[derive(Debug, Clone, PartialEq)]

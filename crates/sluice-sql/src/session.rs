@@ -30,10 +30,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
 
-use super::SqlError;
 use super::incremental::{
     self, Aggregation, GROUP_TAG, SessionColumns, end_bytes, time_from_bytes,
 };
+use crate::error::SqlError;
 use sluice_engine::plan::BatchCx;
 
 /// Index of open sessions by end: `0x05 end key start` → empty.

@@ -16,7 +16,8 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::script::SinkDecl;
-use super::{SqlError, Topics};
+use crate::error::SqlError;
+use crate::topics::Topics;
 use sluice_engine::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use sluice_engine::plan::{BatchCx, PlanError};
 use sluice_engine::sink::file::{FileFormat, FileOutcome, FileWriter};

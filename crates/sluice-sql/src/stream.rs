@@ -31,7 +31,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 
 use super::sinks::{check_known, choice, topic_option};
-use super::{SqlError, Topics, script};
+use crate::error::SqlError;
+use crate::script;
+use crate::topics::Topics;
 use sluice_engine::data::Data;
 use sluice_engine::plan::{BatchCx, PlanError};
 use sluice_engine::sink::WriterId;

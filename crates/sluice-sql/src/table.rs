@@ -36,7 +36,8 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, S
 
 use super::script::{QueryDecl, Script, TableDecl};
 use super::sinks::{Sink, SinkSpec, check_known, choice};
-use super::{SqlError, Topics};
+use crate::error::SqlError;
+use crate::topics::Topics;
 
 /// A table a query may join: a file's rows, or a result table read per
 /// batch.

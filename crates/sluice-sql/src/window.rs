@@ -68,8 +68,8 @@ pub(crate) fn declared(
     decl: &super::script::StreamDecl,
     schema: &SchemaRef,
     line: usize,
-) -> Result<Option<Watermark>, super::SqlError> {
-    let err = |message: String| super::SqlError::Plan { line, message };
+) -> Result<Option<Watermark>, crate::error::SqlError> {
+    let err = |message: String| crate::error::SqlError::Plan { line, message };
     let Some((column, expr)) = &decl.watermark else {
         if decl.options.contains_key("idle_timeout") {
             return Err(err(format!(

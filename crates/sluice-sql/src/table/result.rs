@@ -51,7 +51,7 @@ use datafusion::physical_plan::{
 use rocksdb::{DB, IteratorMode, Options};
 
 use super::StaticTable;
-use crate::SqlError;
+use crate::error::SqlError;
 use crate::script::TableDecl;
 use sluice_engine::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
 use sluice_engine::data::{CodecError, Data};
