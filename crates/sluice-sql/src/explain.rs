@@ -9,13 +9,17 @@ use std::sync::Arc;
 
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 
-use super::incremental::{Aggregation, OutputMode};
-use super::join::IntervalJoin;
-use super::script::SinkDecl;
-use super::window::Watermark;
+use crate::aggregation::Aggregation;
+use crate::incremental::OutputMode;
+use crate::join::IntervalJoin;
+use crate::planner::QueryPlan;
+use crate::script::{Script, SinkDecl};
+use crate::stream::Format;
+use crate::table::StaticTable;
+use crate::watermark::Watermark;
 
 /// What a query reads, for the description.
-pub(crate) struct Input<'a> {
+struct Input<'a> {
     pub name: &'a str,
     pub topic: &'a str,
     pub format: &'a str,
@@ -23,7 +27,7 @@ pub(crate) struct Input<'a> {
 }
 
 /// Everything explained about one query.
-pub(crate) struct Query<'a> {
+struct Query<'a> {
     pub number: usize,
     pub line: usize,
     pub sink: Option<&'a SinkDecl>,
@@ -32,7 +36,7 @@ pub(crate) struct Query<'a> {
     pub inputs: Vec<Input<'a>>,
     /// Tables joined: name, how they are read.
     pub tables: Vec<(&'a str, &'static str)>,
-    /// The batch streams through the query (`super::pipeline`).
+    /// The batch streams through the query (`crate::pipeline`).
     pub streaming: bool,
     pub plan: &'a Arc<dyn ExecutionPlan>,
     pub aggregation: Option<&'a Aggregation>,
@@ -40,12 +44,89 @@ pub(crate) struct Query<'a> {
     pub slices: usize,
 }
 
+/// Appends the description of a planned query to `out`; `tables` are
+/// the job's, `slices` how many parallel slices a batch is cut into.
+pub(crate) fn describe_plan(
+    out: &mut String,
+    plan: &QueryPlan,
+    script: &Script,
+    tables: &[StaticTable],
+    slices: usize,
+) {
+    let formats: Vec<String> = plan
+        .inputs
+        .iter()
+        .map(|i| {
+            let format = script
+                .streams
+                .iter()
+                .find(|d| d.name == i.shape.name)
+                .and_then(|d| d.options.get("format").cloned())
+                .unwrap_or_else(|| "text".into());
+            if i.shape.format == Format::Json {
+                let fields: Vec<&str> = i
+                    .shape
+                    .value_fields
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                format!("{format}, decoding {}", fields.join(", "))
+            } else {
+                format
+            }
+        })
+        .collect();
+    let query = Query {
+        number: plan.number,
+        line: plan.query.line,
+        sink: plan.sink,
+        mode: plan.mode,
+        operator: &plan.operator,
+        inputs: plan
+            .inputs
+            .iter()
+            .zip(&formats)
+            .map(|(i, f)| Input {
+                name: &i.shape.name,
+                topic: &i.topic,
+                format: f,
+                watermark: i.watermark.as_ref(),
+            })
+            .collect(),
+        tables: tables
+            .iter()
+            .filter(|t| plan.reads.contains(&t.name))
+            .map(|t| (t.name.as_str(), t.reading))
+            .collect(),
+        streaming: plan.streaming,
+        plan: &plan.plan,
+        aggregation: plan.aggregation.as_ref(),
+        join: plan.join.as_ref(),
+        slices,
+    };
+    describe(out, &query);
+}
+
 fn within(node: &Arc<dyn ExecutionPlan>, root: &Arc<dyn ExecutionPlan>) -> bool {
     Arc::ptr_eq(node, root) || root.children().iter().any(|c| within(node, c))
 }
 
-/// Appends the description of `q` to `out`.
-pub(crate) fn describe(out: &mut String, q: &Query) {
+fn describe(out: &mut String, q: &Query) {
+    describe_reads(out, q);
+    let _ = writeln!(out, "  plan:");
+    render(out, q, q.plan, 2);
+    match (q.aggregation, q.join) {
+        (Some(a), _) => describe_aggregation(out, q, a),
+        (None, Some(j)) => describe_join(out, q, j),
+        (None, None) => {
+            let _ = writeln!(out, "  state: none");
+        }
+    }
+    let _ = writeln!(out);
+}
+
+/// Where the query's rows come from and go, and how a batch is read.
+fn describe_reads(out: &mut String, q: &Query) {
     let sink = match q.sink {
         None => "the console".to_string(),
         Some(s) => format!(
@@ -98,73 +179,66 @@ pub(crate) fn describe(out: &mut String, q: &Query) {
             "every record passes (stateless)"
         }
     );
-    let _ = writeln!(out, "  plan:");
-    render(out, q, q.plan, 2);
-    match (q.aggregation, q.join) {
-        (Some(a), _) => {
-            let groups = a.partial().group_expr().expr().len();
-            let schema = a.partial().schema();
-            let names: Vec<&str> = (0..groups)
-                .map(|i| schema.field(i).name().as_str())
-                .collect();
+}
+
+/// The state an aggregation keeps and how it is evicted.
+fn describe_aggregation(out: &mut String, q: &Query, a: &Aggregation) {
+    let groups = a.partial().group_expr().expr().len();
+    let schema = a.partial().schema();
+    let names: Vec<&str> = (0..groups)
+        .map(|i| schema.field(i).name().as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "  state: CF state.{} — per group ({}) the accumulators' partial state, merged with each batch's partial aggregates and committed with the offsets",
+        q.operator,
+        names.join(", ")
+    );
+    match a.window {
+        Some(w) if w.session.is_some() => {
+            let gap = w.session.map_or(0, |s| s.gap_ms);
             let _ = writeln!(
                 out,
-                "  state: CF state.{} — per group ({}) the accumulators' partial state, merged with each batch's partial aggregates and committed with the offsets",
-                q.operator,
-                names.join(", ")
+                "  sessions: per key, windows closer than the gap ({gap} ms) merge into one session (state keyed by key and session start, indexed by session end); sessions the watermark passes are emitted once and deleted"
             );
-            match a.window {
-                Some(w) if w.session.is_some() => {
-                    let gap = w.session.map_or(0, |s| s.gap_ms);
-                    let _ = writeln!(
-                        out,
-                        "  sessions: per key, windows closer than the gap ({gap} ms) merge into one session (state keyed by key and session start, indexed by session end); sessions the watermark passes are emitted once and deleted"
-                    );
-                }
-                Some(w) => {
-                    let _ = writeln!(
-                        out,
-                        "  eviction: groups keyed by window end ({}{}); windows the watermark passes are {} and deleted in one range scan",
-                        names[w.column],
-                        if w.to_end_ms > 0 {
-                            format!(" + {} ms", w.to_end_ms)
-                        } else {
-                            String::new()
-                        },
-                        if q.mode == OutputMode::Append {
-                            "emitted once"
-                        } else {
-                            "final"
-                        }
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "  eviction: none (not windowed): state grows with the number of groups"
-                    );
-                }
-            }
-            if a.nested {
-                let _ = writeln!(
-                    out,
-                    "  above the windowed aggregation, the plan runs per batch over the windows that closed in it"
-                );
-            }
-            if let Some(j) = q.join {
-                let _ = writeln!(
-                    out,
-                    "  the aggregation runs over the join's new matches of each batch (both runs' partial aggregates merged once)"
-                );
-                describe_join(out, q, j);
-            }
         }
-        (None, Some(j)) => describe_join(out, q, j),
-        (None, None) => {
-            let _ = writeln!(out, "  state: none");
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "  eviction: groups keyed by window end ({}{}); windows the watermark passes are {} and deleted in one range scan",
+                names[w.column],
+                if w.to_end_ms > 0 {
+                    format!(" + {} ms", w.to_end_ms)
+                } else {
+                    String::new()
+                },
+                if q.mode == OutputMode::Append {
+                    "emitted once"
+                } else {
+                    "final"
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  eviction: none (not windowed): state grows with the number of groups"
+            );
         }
     }
-    let _ = writeln!(out);
+    if a.nested {
+        let _ = writeln!(
+            out,
+            "  above the windowed aggregation, the plan runs per batch over the windows that closed in it"
+        );
+    }
+    if let Some(j) = q.join {
+        let _ = writeln!(
+            out,
+            "  the aggregation runs over the join's new matches of each batch (both runs' partial aggregates merged once)"
+        );
+        describe_join(out, q, j);
+    }
 }
 
 fn render(out: &mut String, q: &Query, node: &Arc<dyn ExecutionPlan>, depth: usize) {

@@ -32,11 +32,7 @@ use rocksdb::{ColumnFamily, DB};
 pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>);
 
 use crate::error::SqlError;
-
-/// Buffered rows: `0x02`, side, newest event time in the blob (with a
-/// state TTL: the batch time that brought them) (8 bytes, ordered), batch
-/// id, slice.
-const JOIN_TAG: u8 = 2;
+use crate::state_keys;
 
 /// The two joined streams, their event-time columns, and the bound on
 /// `t0 − t1` (milliseconds) the join condition sets; or, without a bound,
@@ -255,12 +251,9 @@ pub(crate) fn load(
     side: u8,
     from: i64,
 ) -> Result<Vec<RecordBatch>, SqlError> {
-    let mut prefix = vec![JOIN_TAG, side];
-    if from > i64::MIN {
-        prefix.extend_from_slice(&super::incremental::end_bytes(from));
-    }
+    let prefix = state_keys::join_from(side, from);
     let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(vec![JOIN_TAG, side + 1]);
+    opts.set_iterate_upper_bound(state_keys::join_end(side));
     let mut out = Vec::new();
     for item in db.iterator_cf_opt(
         cf,
@@ -288,10 +281,7 @@ pub(crate) fn store(
         if rows.num_rows() == 0 {
             continue;
         }
-        let mut key = vec![JOIN_TAG, side];
-        key.extend_from_slice(&super::incremental::end_bytes(*newest));
-        key.extend_from_slice(&batch_id.to_be_bytes());
-        key.extend_from_slice(&(i as u32).to_be_bytes());
+        let key = state_keys::join_key(side, *newest, batch_id, i as u32);
         let mut bytes = Vec::new();
         {
             let mut w = StreamWriter::try_new(&mut bytes, &rows.schema())?;
@@ -313,14 +303,15 @@ pub(crate) fn evict(
     side: u8,
     until: i64,
 ) -> Result<(), SqlError> {
-    let mut upper = vec![JOIN_TAG, side];
-    upper.extend_from_slice(&super::incremental::end_bytes(until));
     let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(upper);
+    opts.set_iterate_upper_bound(state_keys::join_from(side, until));
     for item in db.iterator_cf_opt(
         cf,
         opts,
-        rocksdb::IteratorMode::From(&[JOIN_TAG, side], rocksdb::Direction::Forward),
+        rocksdb::IteratorMode::From(
+            &state_keys::join_from(side, i64::MIN),
+            rocksdb::Direction::Forward,
+        ),
     ) {
         let (key, _) = item?;
         writes.push((key.to_vec(), None));

@@ -1,4 +1,4 @@
-//! Event time: window table functions and watermarks.
+//! Event time: window table functions.
 //!
 //! Windows are table-valued functions in `FROM`, as in Flink SQL and
 //! RisingWave: `TUMBLE(stream, ts, size)` and `HOP(stream, ts, slide,
@@ -12,33 +12,25 @@
 //! an aggregation grouping by it merges, per value of its other group
 //! keys, the windows that overlap into one session (Spark's
 //! `session_window`, Flink's session windows): a session ends `gap` after
-//! its last record (see `super::session`).
+//! its last record (see `crate::session_window`).
 //!
-//! A stream's watermark (`WATERMARK FOR ts AS ts - INTERVAL '5' SECOND`)
-//! is the smallest, over its active partitions, of the largest event time
-//! seen, minus the delay; a partition without records for the stream's
-//! `idle_timeout` (batch time) stops holding it back. Records behind the
-//! watermark are late: stateful queries drop and count them. The
-//! watermark is part of the query's state, so a replayed batch sees the
-//! same one.
+//! Watermarks, which close windows, live in `crate::watermark`.
 //!
-//! This module owns window assignment and watermark arithmetic; it never
-//! reads or writes RocksDB itself (the caller stores [`WatermarkState`]).
+//! This module owns window assignment; it never reads or writes state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::{TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
-use serde::{Deserialize, Serialize};
 
 /// Field metadata marking a window column (value: `start` or `end`).
 pub(crate) const WINDOW_META: &str = "sluice.window";
@@ -46,53 +38,6 @@ pub(crate) const WINDOW_META: &str = "sluice.window";
 pub(crate) const WINDOW_SIZE_META: &str = "sluice.window.size_ms";
 /// Field metadata on session windows' columns (value: `session`).
 pub(crate) const WINDOW_KIND_META: &str = "sluice.window.kind";
-
-/// A stream's declared watermark.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Watermark {
-    /// The event-time column (a TIMESTAMP column or `_timestamp`).
-    pub column: String,
-    /// How far behind the largest event time the watermark trails.
-    pub delay_ms: i64,
-    /// A partition without records for this long stops holding the
-    /// watermark back.
-    pub idle_timeout_ms: i64,
-}
-
-/// Default `idle_timeout` of a stream with a watermark.
-pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: i64 = 30_000;
-
-/// The watermark a stream declares (`WATERMARK FOR …` and its
-/// `idle_timeout` option), checked against its columns.
-pub(crate) fn declared(
-    decl: &super::script::StreamDecl,
-    schema: &SchemaRef,
-    line: usize,
-) -> Result<Option<Watermark>, crate::error::SqlError> {
-    let err = |message: String| crate::error::SqlError::Plan { line, message };
-    let Some((column, expr)) = &decl.watermark else {
-        if decl.options.contains_key("idle_timeout") {
-            return Err(err(format!(
-                "stream {}: idle_timeout needs a WATERMARK FOR clause",
-                decl.name
-            )));
-        }
-        return Ok(None);
-    };
-    let delay_ms = parse_watermark(column, expr, schema)
-        .map_err(|m| err(format!("stream {}: {m}", decl.name)))?;
-    let idle_timeout_ms = match decl.options.get("idle_timeout") {
-        None => DEFAULT_IDLE_TIMEOUT_MS,
-        Some(text) => sluice_log::units::parse_millis(text)
-            .map_err(|m| err(format!("stream {}: idle_timeout: {m}", decl.name)))?
-            .max(1) as i64,
-    };
-    Ok(Some(Watermark {
-        column: column.clone(),
-        delay_ms,
-        idle_timeout_ms,
-    }))
-}
 
 /// Milliseconds of a literal interval (`INTERVAL '5' SECOND`).
 pub(crate) fn interval_ms(expr: &Expr) -> Option<i64> {
@@ -110,46 +55,6 @@ pub(crate) fn interval_ms(expr: &Expr) -> Option<i64> {
         ScalarValue::DurationMillisecond(Some(ms)) => Some(*ms),
         ScalarValue::DurationSecond(Some(s)) => Some(s * 1000),
         _ => None,
-    }
-}
-
-/// Parses `ts` or `ts - INTERVAL '…'` (the part after `AS`) against the
-/// stream's columns.
-pub(crate) fn parse_watermark(
-    column: &str,
-    expr_text: &str,
-    schema: &SchemaRef,
-) -> Result<i64, String> {
-    use datafusion::logical_expr::{BinaryExpr, Operator};
-    let field = schema
-        .field_with_name(column)
-        .map_err(|_| format!("WATERMARK FOR {column}: the stream has no column {column}"))?;
-    if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
-        return Err(format!(
-            "WATERMARK FOR {column}: {column} is {}, the event-time column must be a TIMESTAMP",
-            field.data_type()
-        ));
-    }
-    let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())
-        .map_err(|e| e.to_string())?;
-    let ctx = datafusion::prelude::SessionContext::new();
-    let expr = ctx
-        .parse_sql_expr(expr_text, &df_schema)
-        .map_err(|e| format!("WATERMARK FOR {column} AS {expr_text}: {e}"))?;
-    let expected = || {
-        format!(
-            "WATERMARK FOR {column} AS {expr_text}: expected {column} or {column} - INTERVAL '5' SECOND"
-        )
-    };
-    match &expr {
-        Expr::Column(c) if c.name == column => Ok(0),
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::Minus => {
-            match (left.as_ref(), interval_ms(right)) {
-                (Expr::Column(c), Some(ms)) if c.name == column && ms >= 0 => Ok(ms),
-                _ => Err(expected()),
-            }
-        }
-        _ => Err(expected()),
     }
 }
 
@@ -409,113 +314,9 @@ fn assign(batch: &RecordBatch, time: usize, slide: i64, size: i64) -> DfResult<R
     with_window_columns(batch, columns, size, false)
 }
 
-/// A stream's watermark progress, stored with the query's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct WatermarkState {
-    /// Records with an event time before this are late (ms; `None`: no
-    /// watermark yet).
-    pub watermark: Option<i64>,
-    /// Per partition: the largest event time seen and the batch time it
-    /// last had records.
-    pub partitions: BTreeMap<i32, PartitionTime>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub(crate) struct PartitionTime {
-    pub max_event_ms: Option<i64>,
-    pub last_active_ms: i64,
-}
-
-impl WatermarkState {
-    /// Takes in a batch: `planned` lists the stream's partitions this
-    /// batch, `seen` the largest event time per partition among its rows.
-    /// Returns the new watermark (never behind the previous one).
-    pub(crate) fn advance(
-        &mut self,
-        spec: &Watermark,
-        batch_time_ms: i64,
-        planned: &[i32],
-        seen: &BTreeMap<i32, i64>,
-    ) -> Option<i64> {
-        for p in planned {
-            self.partitions.entry(*p).or_insert(PartitionTime {
-                max_event_ms: None,
-                last_active_ms: batch_time_ms,
-            });
-        }
-        for (p, t) in seen {
-            let entry = self.partitions.entry(*p).or_insert(PartitionTime {
-                max_event_ms: None,
-                last_active_ms: batch_time_ms,
-            });
-            entry.max_event_ms = Some(entry.max_event_ms.map_or(*t, |m| m.max(*t)));
-            entry.last_active_ms = batch_time_ms;
-        }
-        let active: Vec<&PartitionTime> = self
-            .partitions
-            .values()
-            .filter(|p| batch_time_ms - p.last_active_ms < spec.idle_timeout_ms)
-            .collect();
-        let candidate = if active.is_empty() {
-            // Every partition is idle: the stream has caught up, so its
-            // largest event time is the best bound.
-            self.partitions
-                .values()
-                .filter_map(|p| p.max_event_ms)
-                .max()
-        } else if active.iter().all(|p| p.max_event_ms.is_some()) {
-            active.iter().filter_map(|p| p.max_event_ms).min()
-        } else {
-            // An active partition has not shown an event time yet.
-            None
-        };
-        if let Some(c) = candidate {
-            let w = c.saturating_sub(spec.delay_ms);
-            self.watermark = Some(self.watermark.map_or(w, |old| old.max(w)));
-        }
-        self.watermark
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> Watermark {
-        Watermark {
-            column: "ts".into(),
-            delay_ms: 5,
-            idle_timeout_ms: 1000,
-        }
-    }
-
-    #[test]
-    fn watermark_is_the_slowest_active_partition_minus_the_delay() {
-        let mut w = WatermarkState::default();
-        let seen: BTreeMap<i32, i64> = [(0, 100)].into_iter().collect();
-        // Partition 1 has shown nothing yet: no watermark.
-        assert_eq!(w.advance(&spec(), 0, &[0, 1], &seen), None);
-        let seen: BTreeMap<i32, i64> = [(0, 150), (1, 40)].into_iter().collect();
-        assert_eq!(w.advance(&spec(), 10, &[0, 1], &seen), Some(35));
-        // Never backwards, even if a partition's events are older.
-        let seen: BTreeMap<i32, i64> = [(1, 20)].into_iter().collect();
-        assert_eq!(w.advance(&spec(), 20, &[0, 1], &seen), Some(35));
-    }
-
-    #[test]
-    fn an_idle_partition_stops_holding_the_watermark_back() {
-        let mut w = WatermarkState::default();
-        let seen: BTreeMap<i32, i64> = [(0, 100), (1, 10)].into_iter().collect();
-        assert_eq!(w.advance(&spec(), 0, &[0, 1], &seen), Some(5));
-        // Partition 1 goes quiet; after the idle timeout only 0 counts.
-        let seen: BTreeMap<i32, i64> = [(0, 500)].into_iter().collect();
-        assert_eq!(w.advance(&spec(), 500, &[0, 1], &seen), Some(5));
-        assert_eq!(w.advance(&spec(), 1000, &[0, 1], &seen), Some(495));
-        // A partition never seen holds it back only until its timeout.
-        let seen: BTreeMap<i32, i64> = [(0, 900)].into_iter().collect();
-        assert_eq!(w.advance(&spec(), 1100, &[0, 1, 2], &seen), Some(495));
-        assert_eq!(w.advance(&spec(), 2100, &[0, 1, 2], &seen), Some(895));
-    }
 
     #[test]
     fn hopping_windows_repeat_each_row() {

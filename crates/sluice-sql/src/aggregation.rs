@@ -1,0 +1,322 @@
+//! What a query aggregates: the one `GROUP BY` of its physical plan that
+//! keeps state across batches, its partial phase, and the window among
+//! its group columns. Plans that cannot run incrementally (ORDER BY or
+//! LIMIT over a stream, grouping sets, DISTINCT aggregates, nested
+//! aggregations outside append mode) are refused here, with what to do.
+//!
+//! This module only reads plans; it never runs them or touches state.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+
+use crate::error::SqlError;
+use crate::window::{WINDOW_KIND_META, WINDOW_META, WINDOW_SIZE_META};
+
+/// The window of a windowed aggregation: which group column holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WindowColumn {
+    /// Index among the group columns.
+    pub column: usize,
+    /// Added to the column's value to get the window's end (0 for
+    /// `window_end`, the size for `window_start`).
+    pub to_end_ms: i64,
+    /// Set for session windows, whose bounds are merged per key.
+    pub session: Option<SessionColumns>,
+}
+
+/// The group columns holding a session window's bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionColumns {
+    pub start: usize,
+    pub end: usize,
+    /// A session ends this long after its last record.
+    pub gap_ms: i64,
+}
+
+/// The aggregation found in a plan.
+pub(crate) struct Aggregation {
+    /// The node whose output is replaced by the merged values.
+    pub(crate) top: Arc<dyn ExecutionPlan>,
+    /// Its partial phase over the batch's rows.
+    pub(crate) partial: Arc<AggregateExec>,
+    /// Set when it groups by a window.
+    pub window: Option<WindowColumn>,
+    /// Other aggregations run above it (over its closed windows).
+    pub nested: bool,
+}
+
+impl Aggregation {
+    /// The node whose output the merged state replaces.
+    pub(crate) fn top(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.top
+    }
+
+    /// The partial phase: runs over each slice of the batch.
+    pub(crate) fn partial(&self) -> &Arc<AggregateExec> {
+        &self.partial
+    }
+}
+
+/// Finds the window among the group columns of a partial aggregate: a
+/// column marked by a window function, or named `window_end` /
+/// `window_start`; failing those, the stream's event-time column itself
+/// (`event_time`): a group keyed by an event time gets no row once the
+/// watermark has passed it (`SELECT DISTINCT id, ts`: deduplication
+/// bounded by the watermark).
+fn window_column(
+    partial: &AggregateExec,
+    event_time: Option<&str>,
+) -> Result<Option<WindowColumn>, String> {
+    let schema = partial.schema();
+    let groups = partial.group_expr().expr().len();
+    let mut start = None;
+    let mut end = None;
+    let mut session_gap = None;
+    for i in 0..groups {
+        let field = schema.field(i);
+        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+            continue;
+        }
+        let meta = field.metadata();
+        let role = meta
+            .get(WINDOW_META)
+            .map(String::as_str)
+            .or(match field.name().as_str() {
+                "window_end" => Some("end"),
+                "window_start" => Some("start"),
+                _ => None,
+            });
+        if role.is_some() && meta.get(WINDOW_KIND_META).is_some_and(|k| k == "session") {
+            session_gap = meta.get(WINDOW_SIZE_META).cloned();
+        }
+        match role {
+            Some("end") if end.is_none() => end = Some(i),
+            Some("start") if start.is_none() => {
+                start = Some((i, meta.get(WINDOW_SIZE_META).cloned()))
+            }
+            _ => {}
+        }
+    }
+    if let Some(gap) = session_gap {
+        let (Some((start, _)), Some(end)) = (start, end) else {
+            return Err("a session window's bounds move as records arrive: GROUP BY both window_start and window_end of SESSION(…)".into());
+        };
+        return Ok(Some(WindowColumn {
+            column: end,
+            to_end_ms: 0,
+            session: Some(SessionColumns {
+                start,
+                end,
+                gap_ms: gap.parse().map_err(|_| format!("bad session gap {gap}"))?,
+            }),
+        }));
+    }
+    match (end, start) {
+        (Some(column), _) => Ok(Some(WindowColumn {
+            column,
+            to_end_ms: 0,
+            session: None,
+        })),
+        (None, None) => Ok(event_time.and_then(|name| {
+            (0..groups)
+                .find(|&i| {
+                    let f = schema.field(i);
+                    f.name() == name && matches!(f.data_type(), DataType::Timestamp(_, _))
+                })
+                // Closed once the watermark is past it: records at the
+                // watermark itself are still on time.
+                .map(|column| WindowColumn {
+                    column,
+                    to_end_ms: 1,
+                    session: None,
+                })
+        })),
+        (None, Some((i, Some(size)))) => Ok(Some(WindowColumn {
+            column: i,
+            to_end_ms: size.parse().map_err(|_| format!("bad window size {size}"))?,
+            session: None,
+        })),
+        (None, Some((_, None))) => Err(
+            "GROUP BY window_start without window_end: add window_end to the GROUP BY so windows can be closed".into(),
+        ),
+    }
+}
+
+fn is_passthrough(plan: &dyn ExecutionPlan) -> bool {
+    matches!(
+        plan.name(),
+        "RepartitionExec" | "CoalescePartitionsExec" | "CoalesceBatchesExec"
+    )
+}
+
+/// Finds the single aggregation of `plan` and refuses what cannot run
+/// incrementally. `None`: a stateless query.
+pub(crate) fn analyze(
+    plan: &Arc<dyn ExecutionPlan>,
+    event_time: Option<&str>,
+) -> Result<Option<Aggregation>, String> {
+    // Aggregations from the top down.
+    let mut found: Vec<Aggregation> = Vec::new();
+    let mut stack: Vec<(Arc<dyn ExecutionPlan>, bool)> = vec![(plan.clone(), false)];
+    while let Some((node, below_aggregate)) = stack.pop() {
+        if !below_aggregate {
+            refuse_unbounded(node.name())?;
+        }
+        if let Some(agg) = node.downcast_ref::<AggregateExec>() {
+            let aggregation = aggregation_at(&node, agg, event_time)?;
+            // Below the aggregation: what its partial phase reads.
+            for child in aggregation.partial.children() {
+                stack.push((child.clone(), true));
+            }
+            found.push(aggregation);
+            continue;
+        }
+        for child in node.children() {
+            stack.push((child.clone(), below_aggregate));
+        }
+    }
+    innermost(found)
+}
+
+/// The aggregation of a batch's plan: planned anew over the batch's
+/// tables, it must be the one found when the job was planned.
+pub(crate) fn expect(
+    plan: &Arc<dyn ExecutionPlan>,
+    event_time: Option<&str>,
+    line: usize,
+) -> Result<Aggregation, SqlError> {
+    analyze(plan, event_time)
+        .map_err(|message| SqlError::Unsupported { line, message })?
+        .ok_or_else(|| SqlError::Plan {
+            line,
+            message: "the query lost its aggregation between batches".into(),
+        })
+}
+
+/// Operators above every aggregation that need the whole, endless input.
+fn refuse_unbounded(operator: &str) -> Result<(), String> {
+    match operator {
+        "SortExec" | "SortPreservingMergeExec" => Err("ORDER BY over an unbounded stream never finishes: sort each batch's output in the sink, or aggregate first".into()),
+        "GlobalLimitExec" | "LocalLimitExec" => Err("LIMIT over an unbounded stream is not incremental: remove it (the console shows the first rows of every batch)".into()),
+        "BoundedWindowAggExec" | "WindowAggExec" => Err("OVER (…) window functions are not incremental yet: for the first row per key (ROW_NUMBER() … = 1), GROUP BY the key with first_value(col ORDER BY ts)".into()),
+        _ => Ok(()),
+    }
+}
+
+/// The aggregation whose top node is `node` (`agg`): its partial phase,
+/// checked to be storable and mergeable.
+fn aggregation_at(
+    node: &Arc<dyn ExecutionPlan>,
+    agg: &AggregateExec,
+    event_time: Option<&str>,
+) -> Result<Aggregation, String> {
+    const GROUPING_SETS: &str = "GROUPING SETS, CUBE and ROLLUP are not incremental yet";
+    if !agg.group_expr().is_single() {
+        return Err(GROUPING_SETS.into());
+    }
+    // Final ← (repartition/coalesce)* ← Partial is one aggregation.
+    let partial = match agg.mode() {
+        AggregateMode::Final | AggregateMode::FinalPartitioned => {
+            let mut child = agg.input().clone();
+            while is_passthrough(child.as_ref()) {
+                child = child.children()[0].clone();
+            }
+            let Some(p) = child.downcast_ref::<AggregateExec>() else {
+                return Err("unexpected plan: a final aggregate without a partial one".into());
+            };
+            p.clone()
+        }
+        _ => agg.clone(),
+    };
+    // ROLLUP's final phase groups by plain columns; its partial
+    // phase holds the grouping sets.
+    if !partial.group_expr().is_single() {
+        return Err(GROUPING_SETS.into());
+    }
+    let partial = AggregateExec::try_new(
+        AggregateMode::Partial,
+        partial.group_expr().clone(),
+        partial.aggr_expr().to_vec(),
+        partial.filter_expr().to_vec(),
+        partial.input().clone(),
+        partial.input_schema(),
+    )
+    .map_err(|e| e.to_string())?;
+    // Check the states can be stored.
+    for f in partial.schema().fields() {
+        if RowConverter::new(vec![SortField::new(f.data_type().clone())]).is_err() {
+            return Err(format!(
+                "aggregate state {} of type {} cannot be stored",
+                f.name(),
+                f.data_type()
+            ));
+        }
+    }
+    if partial.aggr_expr().iter().any(|expr| expr.is_distinct()) {
+        return Err("DISTINCT aggregates are not incremental yet: use approx_distinct(…)".into());
+    }
+    let window = window_column(&partial, event_time)?;
+    Ok(Aggregation {
+        top: node.clone(),
+        partial: Arc::new(partial),
+        window,
+        nested: false,
+    })
+}
+
+/// Of the aggregations found top down, the innermost: the one whose
+/// state is kept. Those above it must each see whole windows.
+fn innermost(mut found: Vec<Aggregation>) -> Result<Option<Aggregation>, String> {
+    let Some(mut inner) = found.pop() else {
+        return Ok(None);
+    };
+    if !found.is_empty() {
+        // An aggregation over a windowed one in append mode sees each
+        // window whole, in the batch that closes it: the outer ones run
+        // per batch over the closed windows' rows.
+        if inner.window.is_none() {
+            return Err("nested aggregations (e.g. COUNT(DISTINCT …)) are not incremental yet: use approx_distinct(…), or aggregate a windowed aggregation in append mode".into());
+        }
+        if found.iter().any(|outer| outer.window.is_none()) {
+            return Err("an aggregation over a windowed aggregation must group by its window_start or window_end, so each group is complete when the window closes".into());
+        }
+        inner.nested = true;
+    }
+    Ok(Some(inner))
+}
+
+/// Refuses, from the logical plan, what the physical plan may hide (a
+/// LIMIT pushed into the scan, a sort removed as redundant).
+pub(crate) fn check_logical(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(), String> {
+    use datafusion::logical_expr::LogicalPlan;
+    match plan {
+        LogicalPlan::Limit(_) => {
+            return Err("LIMIT over an unbounded stream is not incremental: remove it (the console shows the first rows of every batch)".into());
+        }
+        LogicalPlan::Sort(_) => {
+            return Err("ORDER BY over an unbounded stream never finishes: sort each batch's output in the sink, or aggregate first".into());
+        }
+        _ => {}
+    }
+    plan.inputs().into_iter().try_for_each(check_logical)
+}
+
+/// Type signature of the stored state, for the checkpoint's registry.
+pub(crate) fn state_signature(agg: &Aggregation) -> (String, String) {
+    let schema = agg.partial.schema();
+    let groups = agg.partial.group_expr().expr().len();
+    let names = |range: std::ops::Range<usize>| {
+        range
+            .map(|i| schema.field(i).data_type().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (
+        format!("({})", names(0..groups)),
+        format!("({})", names(groups..schema.fields().len())),
+    )
+}

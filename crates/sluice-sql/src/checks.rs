@@ -1,0 +1,177 @@
+//! The checks of a query's options against its plan, made when the job
+//! is submitted: output mode, `state_ttl`, the join's bound, windows over
+//! the watermark's column. Each refusal says what to change.
+//!
+//! This module only decides; it never plans, runs or stores anything.
+
+use datafusion::logical_expr::LogicalPlan;
+
+use crate::aggregation::Aggregation;
+use crate::error::SqlError;
+use crate::incremental::OutputMode;
+use crate::join::{self, IntervalJoin};
+use crate::script::SinkDecl;
+use crate::watermark::Watermark;
+use crate::window::WindowUse;
+
+/// The output mode: the sink's `mode` option, or for the console the
+/// script's (`sluice sql --mode`); update when neither says.
+pub(crate) fn output_mode(
+    sink: Option<&SinkDecl>,
+    console_mode: Option<&str>,
+    line: usize,
+) -> Result<OutputMode, SqlError> {
+    let text = match sink {
+        Some(decl) => decl.options.get("mode").map(String::as_str),
+        None => console_mode,
+    };
+    match text {
+        None => Ok(OutputMode::Update),
+        Some(text) => OutputMode::parse(text).map_err(|message| SqlError::Plan { line, message }),
+    }
+}
+
+/// The sink's `state_ttl` in milliseconds (at least 1).
+pub(crate) fn state_ttl(sink: Option<&SinkDecl>, line: usize) -> Result<Option<i64>, SqlError> {
+    let Some(text) = sink.and_then(|d| d.options.get("state_ttl")) else {
+        return Ok(None);
+    };
+    let ms = sluice_log::units::parse_millis(text).map_err(|m| SqlError::Plan {
+        line,
+        message: format!("state_ttl: {m}"),
+    })?;
+    Ok(Some(ms.max(1) as i64))
+}
+
+/// One of the two joined streams: its name and watermark.
+pub(crate) struct JoinSide<'a> {
+    pub name: &'a str,
+    pub watermark: Option<&'a Watermark>,
+}
+
+/// What bounds a join of two streams' state: its ON clause and both
+/// watermarks, or else the sink's `state_ttl`.
+pub(crate) fn join_bound(
+    logical: &LogicalPlan,
+    sides: [JoinSide; 2],
+    aggregation: Option<&Aggregation>,
+    ttl_ms: Option<i64>,
+    line: usize,
+) -> Result<IntervalJoin, SqlError> {
+    let unsupported = |message: String| SqlError::Unsupported { line, message };
+    if aggregation.is_some_and(|a| a.window.is_some() || a.nested) {
+        return Err(unsupported(
+            "a windowed aggregation over a join of two streams is not incremental yet: aggregate without a window (GROUP BY keys, merged across batches), or write the join's rows to a sink and window them in another job".into(),
+        ));
+    }
+    let [a, b] = sides;
+    let names = [a.name.to_owned(), b.name.to_owned()];
+    let bounded = match (a.watermark, b.watermark) {
+        (Some(wa), Some(wb)) => join::derive(
+            logical,
+            names.clone(),
+            [wa.column.clone(), wb.column.clone()],
+        ),
+        _ => {
+            let missing = if a.watermark.is_none() {
+                a.name
+            } else {
+                b.name
+            };
+            Err(format!(
+                "a join of two streams keeps rows until the other stream's watermark passes them: declare WATERMARK FOR … in CREATE STREAM {missing}, or set state_ttl = '1h' on the sink to keep rows for a fixed time"
+            ))
+        }
+    };
+    match (bounded, ttl_ms) {
+        (Ok(j), None) => Ok(j),
+        // Over the join, the TTL bounds the aggregation's groups.
+        (Ok(j), Some(_)) if aggregation.is_some() => Ok(j),
+        (Ok(_), Some(_)) => Err(unsupported(
+            "state_ttl: this interval join's state is already bounded by its ON clause and the watermarks: remove state_ttl".into(),
+        )),
+        (Err(message), None) => Err(unsupported(message)),
+        (Err(_), Some(ms)) => join::with_ttl(logical, names, ms).map_err(unsupported),
+    }
+}
+
+/// The TTL of an aggregation's groups: `state_ttl` applies to
+/// aggregations without windows (a window's state is evicted by the
+/// watermark); over a join without aggregation the join carries it.
+pub(crate) fn aggregation_ttl(
+    ttl_ms: Option<i64>,
+    aggregation: Option<&Aggregation>,
+    joined: bool,
+    line: usize,
+) -> Result<Option<i64>, SqlError> {
+    match (ttl_ms, aggregation) {
+        (None, _) => Ok(None),
+        (Some(ms), Some(a)) if a.window.is_none() => Ok(Some(ms)),
+        (Some(_), Some(_)) => Err(SqlError::Unsupported {
+            line,
+            message: "state_ttl applies to aggregations without windows: a windowed aggregation's state is evicted by the watermark".into(),
+        }),
+        (Some(_), None) if joined => Ok(None),
+        (Some(_), None) => Err(SqlError::Unsupported {
+            line,
+            message: "state_ttl applies to aggregations (GROUP BY) and joins of two streams: this query keeps no state that a TTL could bound".into(),
+        }),
+    }
+}
+
+/// Windows must be over the stream's event-time column, or the
+/// watermark cannot close them.
+pub(crate) fn check_windows(
+    uses: &[WindowUse],
+    stream: &str,
+    watermark: Option<&Watermark>,
+    line: usize,
+) -> Result<(), SqlError> {
+    for u in uses.iter().filter(|u| u.stream == stream) {
+        if let Some(w) = watermark
+            && w.column != u.column
+        {
+            return Err(SqlError::Unsupported {
+                line,
+                message: format!(
+                    "the window is over {stream}.{}, but the stream's watermark is on {}: window by the event-time column {} so the watermark can close windows",
+                    u.column, w.column, w.column
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What each output mode needs, checked before any record is read.
+pub(crate) fn check_mode(
+    mode: OutputMode,
+    aggregation: Option<&Aggregation>,
+    watermark: Option<&Watermark>,
+    stream: &str,
+    line: usize,
+) -> Result<(), SqlError> {
+    let refuse = |message: String| Err(SqlError::Unsupported { line, message });
+    match (mode, aggregation) {
+        (OutputMode::Complete, None) => refuse(
+            "complete mode needs an aggregation (GROUP BY): a query without one has no result to repeat; use mode = 'append' or 'update'".into(),
+        ),
+        (mode, Some(a))
+            if a.window.is_some_and(|w| w.session.is_some()) && mode != OutputMode::Append =>
+        {
+            refuse(
+                "session windows grow and merge as records arrive, so a row emitted before a session closes would stay behind under bounds that no longer exist: set mode = 'append' on the sink (sessions are emitted once, when the watermark passes their end)".into(),
+            )
+        }
+        (mode, Some(a)) if a.nested && mode != OutputMode::Append => refuse(
+            "an aggregation over a windowed aggregation sees each window complete only in append mode: set mode = 'append' on the sink".into(),
+        ),
+        (OutputMode::Append, Some(a)) if a.window.is_none() => refuse(
+            "append mode emits only final rows, and a GROUP BY without a window never finalizes: group by window_start, window_end of TUMBLE(…), HOP(…) or SESSION(…), or use mode = 'update'".into(),
+        ),
+        (OutputMode::Append, Some(_)) if watermark.is_none() => refuse(format!(
+            "append mode needs a watermark to know when a window is final: declare WATERMARK FOR ts AS ts - INTERVAL '5' SECOND in CREATE STREAM {stream}, or use mode = 'update'"
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,191 @@
+//! An interval join's batch: this batch's rows of each stream against
+//! everything buffered of the other (and the other's new rows once), then
+//! the new rows are buffered and those the bound and the watermarks have
+//! put out of reach are evicted (see [`crate::join`] for the bound and the
+//! buffer's layout).
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{cast, concat, max};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::physical_plan::collect;
+use rocksdb::{ColumnFamily, DB};
+use sluice_engine::plan::BatchCx;
+
+use crate::aggregation;
+use crate::context::session_over;
+use crate::error::SqlError;
+use crate::incremental::{self, Policy};
+use crate::join::{self, Change, IntervalJoin};
+use crate::table::StaticTable;
+
+/// One batch's rows of a stream, by table name.
+type Rows = (String, Vec<RecordBatch>);
+
+/// What a join query's batch needs of its query.
+pub(super) struct JoinRun<'a> {
+    pub sql: &'a str,
+    pub line: usize,
+    pub runtime: &'a tokio::runtime::Runtime,
+    pub tables: &'a [StaticTable],
+    /// An aggregation runs over the join's matches.
+    pub aggregating: bool,
+    pub policy: Policy,
+    /// The two streams' decoded schemas.
+    pub schemas: [SchemaRef; 2],
+    pub join: &'a IntervalJoin,
+}
+
+impl JoinRun<'_> {
+    /// The batch's new matches (or, aggregating, the groups they
+    /// changed); stages the buffer's changes in the batch's commit.
+    pub(super) fn run(
+        &self,
+        cx: &BatchCx,
+        cf: &ColumnFamily,
+        streams: Vec<Rows>,
+        watermarks: &[Option<i64>],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let db = cx.checkpoint.db();
+        let [(n0, new0), (n1, new1)]: [Rows; 2] =
+            streams.try_into().map_err(|_| SqlError::Plan {
+                line: self.line,
+                message: "a join reads two streams".into(),
+            })?;
+        let [schema0, schema1] = &self.schemas;
+        // With a TTL, rows brought by batches more than the TTL ago match
+        // nothing (they are deleted below).
+        let from = self.join.ttl_ms.map_or(i64::MIN, |ttl| {
+            cx.batch_time_ms.saturating_sub(ttl).saturating_add(1)
+        });
+        let old0 = join::or_empty(join::load(db, cf, 0, from)?, schema0);
+        let mut all1 = join::load(db, cf, 1, from)?;
+        all1.extend(new1.iter().cloned());
+        let runs = [
+            vec![
+                (n0.clone(), new0.clone()),
+                (n1.clone(), join::or_empty(all1, schema1)),
+            ],
+            vec![(n0, old0), (n1, new1.clone())],
+        ];
+        let output = self.new_matches(cx, cf, runs)?;
+        let writes = self.buffer(db, cf, cx, [&new0, &new1], from, watermarks)?;
+        cx.write(|w| {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => w.put_cf(cf, key, v),
+                    None => w.delete_cf(cf, key),
+                }
+            }
+        });
+        Ok(output)
+    }
+
+    /// Runs the query over `new0 × all1` and `old0 × new1`. An
+    /// aggregation over the join merges both runs' partial aggregates
+    /// once with the stored groups.
+    fn new_matches(
+        &self,
+        cx: &BatchCx,
+        cf: &ColumnFamily,
+        runs: [Vec<Rows>; 2],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let mut output = Vec::new();
+        let mut partials: Vec<Vec<ArrayRef>> = Vec::new();
+        let mut last = None;
+        for streams in runs {
+            let (session, _) = session_over(streams, self.tables)?;
+            let plan = self
+                .runtime
+                .block_on(async { session.sql(self.sql).await?.create_physical_plan().await })?;
+            if self.aggregating {
+                let agg = aggregation::expect(&plan, None, self.line)?;
+                partials.push(
+                    self.runtime
+                        .block_on(incremental::partial_columns(&session, &agg))?,
+                );
+                last = Some((session, plan, agg));
+            } else {
+                output.extend(self.runtime.block_on(collect(plan, session.task_ctx()))?);
+            }
+        }
+        let Some((session, plan, agg)) = last else {
+            return Ok(output);
+        };
+        let columns = (0..partials[0].len())
+            .map(|i| {
+                let parts: Vec<&dyn Array> = partials.iter().map(|p| p[i].as_ref()).collect();
+                concat(&parts)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = Policy {
+            watermark: None,
+            ..self.policy
+        };
+        self.runtime.block_on(incremental::merge_batch(
+            &session, &plan, &agg, policy, cx, cf, columns,
+        ))
+    }
+
+    /// Buffers the batch's new rows of both streams and evicts the rows
+    /// nothing to come can match.
+    fn buffer(
+        &self,
+        db: &DB,
+        cf: &ColumnFamily,
+        cx: &BatchCx,
+        new: [&[RecordBatch]; 2],
+        from: i64,
+        watermarks: &[Option<i64>],
+    ) -> Result<Vec<Change>, SqlError> {
+        let j = self.join;
+        let mut writes = Vec::new();
+        if j.ttl_ms.is_some() {
+            // Kept for the TTL after the batch that brought them.
+            for (side, rows) in new.into_iter().enumerate() {
+                let arrived: Vec<(RecordBatch, i64)> =
+                    rows.iter().map(|b| (b.clone(), cx.batch_time_ms)).collect();
+                join::store(&mut writes, side as u8, cx.batch_id, &arrived)?;
+            }
+            join::evict(db, &mut writes, cf, 0, from)?;
+            join::evict(db, &mut writes, cf, 1, from)?;
+            return Ok(writes);
+        }
+        // Each slice under its newest event time.
+        for (side, rows) in new.into_iter().enumerate() {
+            let slices = newest(rows, &j.columns[side], self.line)?;
+            join::store(&mut writes, side as u8, cx.batch_id, &slices)?;
+        }
+        // A row of stream 0 at t0 can still match a stream-1 row to
+        // come (t1 ≥ W1) only if t0 ≥ W1 + lo; one of stream 1 only if
+        // t1 ≥ W0 − hi.
+        if let Some(w1) = watermarks[1] {
+            join::evict(db, &mut writes, cf, 0, w1.saturating_add(j.lo_ms))?;
+        }
+        if let Some(w0) = watermarks[0] {
+            join::evict(db, &mut writes, cf, 1, w0.saturating_sub(j.hi_ms))?;
+        }
+        Ok(writes)
+    }
+}
+
+/// Each slice of `rows` with the newest value of its time `column`.
+fn newest(
+    rows: &[RecordBatch],
+    column: &str,
+    line: usize,
+) -> Result<Vec<(RecordBatch, i64)>, SqlError> {
+    rows.iter()
+        .map(|b| {
+            let times = cast(b.column(b.schema().index_of(column)?), &DataType::Int64)?;
+            let times =
+                times
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| SqlError::Plan {
+                        line,
+                        message: format!("{column} is not a time"),
+                    })?;
+            Ok((b.clone(), max(times).unwrap_or(i64::MIN)))
+        })
+        .collect()
+}

@@ -1,0 +1,257 @@
+//! Running a planned query every batch: decode each stream's slices (or
+//! stream them through the query as they are read), drop late records and
+//! move the watermark, run DataFusion's plan, merge aggregates or join
+//! buffers with the stored state, and hand the output to the sink. Every
+//! state change goes into the batch's commit.
+//!
+//! The runner never chooses offsets or commits (the driver does), and
+//! never plans: it runs what [`crate::planner`] decided.
+
+mod join;
+
+use join::JoinRun;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::SessionContext;
+use rocksdb::ColumnFamily;
+use sluice_engine::checkpoint::STATE_CF_PREFIX;
+use sluice_engine::driver::StreamingContext;
+use sluice_engine::plan::{BatchCx, DStream, OutputInputs, PlanError};
+use sluice_engine::source::Record;
+
+use crate::aggregation;
+use crate::context::{empty_streams, session_over};
+use crate::error::SqlError;
+use crate::incremental::{self, OutputMode, Policy};
+use crate::join::IntervalJoin;
+use crate::pipeline;
+use crate::planner::{QueryPlan, StreamInput};
+use crate::session_window;
+use crate::sinks::Sink;
+use crate::table::StaticTable;
+use crate::topics::{Topics, open_source};
+use crate::watermark;
+
+/// What every query of a job shares.
+pub(crate) struct Shared<'a> {
+    pub ctx: &'a StreamingContext,
+    pub topics: &'a Topics,
+    pub runtime: &'a Arc<tokio::runtime::Runtime>,
+    pub tables: &'a Arc<Vec<StaticTable>>,
+    pub slices: usize,
+    /// One source per topic, shared by the queries that read it.
+    pub sources: HashMap<String, DStream<Record>>,
+}
+
+/// Registers a planned query as an output of the job: its sources (opened
+/// once per topic), its sink, and the runner called every batch.
+pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlError> {
+    let line = plan.query.line;
+    let mut records = Vec::with_capacity(plan.inputs.len());
+    for input in &plan.inputs {
+        let stream = match shared.sources.get(&input.topic) {
+            Some(s) => s.clone(),
+            None => {
+                let s =
+                    open_source(shared.ctx, shared.topics, &input.topic).map_err(|message| {
+                        SqlError::Plan {
+                            line,
+                            message: format!("stream {}: {message}", input.shape.name),
+                        }
+                    })?;
+                shared.sources.insert(input.topic.clone(), s.clone());
+                s
+            }
+        };
+        records.push(stream);
+    }
+    let sink = match plan.sink {
+        None => Sink::Console,
+        Some(decl) => Sink::new(decl, &plan.plan.schema(), shared.topics, line)?,
+    };
+    let table = sink.table_meta();
+    let (operator, state) = (plan.operator.clone(), plan.state.clone());
+    let runner = Arc::new(QueryRunner {
+        sql: plan.query.sql.clone(),
+        line,
+        inputs: plan.inputs,
+        runtime: shared.runtime.clone(),
+        operator: plan.operator,
+        aggregating: plan.aggregation.is_some(),
+        join: plan.join,
+        mode: plan.mode,
+        state_ttl_ms: plan.state_ttl_ms,
+        slices: shared.slices,
+        streaming: plan.streaming,
+        tables: shared.tables.clone(),
+        sink,
+    });
+    DStream::output_with_context(&records, operator, state, table, move |cx, inputs| {
+        runner.run(cx, inputs).map_err(PlanError::from)
+    });
+    Ok(())
+}
+
+struct QueryRunner {
+    sql: String,
+    line: usize,
+    inputs: Vec<StreamInput>,
+    runtime: Arc<tokio::runtime::Runtime>,
+    operator: String,
+    aggregating: bool,
+    join: Option<IntervalJoin>,
+    mode: OutputMode,
+    /// Groups not updated for this long (batch time) are forgotten.
+    state_ttl_ms: Option<i64>,
+    /// Slices a batch is cut into (DataFusion partitions).
+    slices: usize,
+    /// The batch flows through the query as it is read (`pipeline`)
+    /// instead of being decoded whole first.
+    streaming: bool,
+    /// Static tables the query may join.
+    tables: Arc<Vec<StaticTable>>,
+    sink: Sink,
+}
+
+impl QueryRunner {
+    fn run(&self, cx: &BatchCx, inputs: &OutputInputs) -> Result<(), SqlError> {
+        let state_cf = if self.aggregating || self.join.is_some() {
+            Some(
+                cx.checkpoint
+                    .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
+                    .map_err(PlanError::from)?,
+            )
+        } else {
+            None
+        };
+        if self.streaming {
+            return self.run_streaming(cx, inputs, state_cf);
+        }
+        let chunks = (0..self.inputs.len())
+            .map(|i| inputs.collect(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut streams = Vec::with_capacity(self.inputs.len());
+        let mut watermarks = Vec::with_capacity(self.inputs.len());
+        for (input, chunks) in self.inputs.iter().zip(&chunks) {
+            // Decoded in parallel slices: each is a partition of the table
+            // DataFusion scans.
+            let mut parts = input.shape.decode(cx, chunks, self.slices)?;
+            // Stateful queries drop late records and move the watermark.
+            let mut watermark = None;
+            if let (Some(spec), Some(cf)) = (&input.watermark, state_cf) {
+                let on_time = watermark::drop_late_and_advance(
+                    self.line,
+                    &input.shape.name,
+                    &input.topic,
+                    spec,
+                    cx,
+                    cf,
+                    parts,
+                )?;
+                parts = on_time.rows;
+                cx.count("late records", on_time.late);
+                watermark = on_time.watermark;
+            }
+            streams.push((input.shape.name.clone(), parts));
+            watermarks.push(watermark);
+        }
+        if let (Some(j), Some(cf)) = (&self.join, state_cf) {
+            let run = JoinRun {
+                sql: &self.sql,
+                line: self.line,
+                runtime: &self.runtime,
+                tables: &self.tables,
+                aggregating: self.aggregating,
+                policy: self.policy(None),
+                schemas: [
+                    self.inputs[0].shape.schema.clone(),
+                    self.inputs[1].shape.schema.clone(),
+                ],
+                join: j,
+            };
+            let output = run.run(cx, cf, streams, &watermarks)?;
+            return self.sink.write(cx, &output);
+        }
+        let watermark = watermarks.first().copied().flatten();
+        let (session, _) = session_over(streams, &self.tables)?;
+        let output = self
+            .runtime
+            .block_on(self.execute(session, cx, state_cf, watermark))?;
+        self.sink.write(cx, &output)
+    }
+
+    /// Runs the query over its one stream as the batch is read: see
+    /// `pipeline`.
+    fn run_streaming(
+        &self,
+        cx: &BatchCx,
+        inputs: &OutputInputs,
+        state_cf: Option<&ColumnFamily>,
+    ) -> Result<(), SqlError> {
+        let input = &self.inputs[0];
+        let streamed = pipeline::streamed(&input.shape, self.slices)?;
+        // Planned over empty slices (for the partition count), then the
+        // stream's name points at the channels.
+        let empty = empty_streams(std::slice::from_ref(&input.shape), self.slices);
+        let (session, _) = session_over(empty, &self.tables)?;
+        session.deregister_table(input.shape.name.as_str())?;
+        session.register_table(input.shape.name.as_str(), streamed.table.clone())?;
+        // The session goes with this closure: once it returns nothing
+        // holds the channels, so a reader waiting on them stops.
+        let (output, bad) = streamed.run(inputs, 0, move || {
+            self.runtime
+                .block_on(self.execute(session, cx, state_cf, None))
+        })?;
+        cx.count("bad records", bad);
+        self.sink.write(cx, &output)
+    }
+
+    /// Plans the query over the batch's tables in `session` and runs it;
+    /// an aggregation is merged with its stored state (`cf`), closing the
+    /// windows `watermark` has passed.
+    async fn execute(
+        &self,
+        session: SessionContext,
+        cx: &BatchCx<'_>,
+        state_cf: Option<&ColumnFamily>,
+        watermark: Option<i64>,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let plan: Arc<dyn ExecutionPlan> =
+            session.sql(&self.sql).await?.create_physical_plan().await?;
+        let Some(cf) = state_cf else {
+            return Ok(collect(plan, session.task_ctx()).await?);
+        };
+        let event_time = match self.inputs.as_slice() {
+            [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
+            _ => None,
+        };
+        let agg = aggregation::expect(&plan, event_time, self.line)?;
+        if let Some(bounds) = agg.window.and_then(|w| w.session) {
+            return session_window::run_batch(&session, &plan, &agg, bounds, watermark, cx, cf)
+                .await;
+        }
+        let columns = incremental::partial_columns(&session, &agg).await?;
+        incremental::merge_batch(
+            &session,
+            &plan,
+            &agg,
+            self.policy(watermark),
+            cx,
+            cf,
+            columns,
+        )
+        .await
+    }
+
+    fn policy(&self, watermark: Option<i64>) -> Policy {
+        Policy {
+            mode: self.mode,
+            watermark,
+            ttl: self.state_ttl_ms,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The layout of a SQL query's state in its RocksDB column family: every
+//! key starts with a tag byte, so each kind of entry is one key range and
+//! the kinds never mix. Times inside keys are [`time_bytes`]: 8 bytes
+//! whose byte order is time order, so "everything before T" is one range
+//! scan.
+//!
+//! | tag    | key after the tag                          | value                                   | written by                  |
+//! |--------|--------------------------------------------|-----------------------------------------|-----------------------------|
+//! | `0x00` | `watermark/` stream name                   | the stream's watermark progress (JSON)  | watermark                   |
+//! | `0x01` | [window end] group (Arrow row format)      | [last update time] accumulator states   | incremental (GROUP BY)      |
+//! | `0x01` | group, session start                       | session end, accumulator states         | session_window              |
+//! | `0x02` | side, newest event time, batch id, slice   | buffered rows (Arrow IPC stream)        | join                        |
+//! | `0x03` | last update time, `0x01` group key         | empty: index of groups by last update   | incremental (`state_ttl`)   |
+//! | `0x05` | session end, group, session start          | empty: index of open sessions by end    | session_window              |
+//!
+//! A query keeps one kind of aggregation, so `0x01` holds either
+//! groups or sessions, never both. Tag `0x04` was never used.
+//!
+//! This module owns the bytes of keys; it never reads or writes RocksDB.
+
+/// The query's own metadata (watermark progress).
+const META_TAG: u8 = 0;
+/// Groups of an aggregation, or sessions of a session window.
+pub(crate) const GROUP_TAG: u8 = 1;
+/// An interval join's buffered rows.
+const JOIN_TAG: u8 = 2;
+/// Groups by last update, for `state_ttl`.
+pub(crate) const TTL_TAG: u8 = 3;
+/// Open sessions by end.
+pub(crate) const SESSION_END_TAG: u8 = 5;
+
+/// Length of a [`ttl_key`]'s prefix before the group's key.
+pub(crate) const TTL_PREFIX_LEN: usize = 9;
+
+/// A time as 8 bytes whose byte order is time order (sign bit flipped,
+/// big-endian).
+pub(crate) fn time_bytes(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The time [`time_bytes`] encoded (the first 8 bytes of `bytes`).
+pub(crate) fn time_from_bytes(bytes: &[u8]) -> i64 {
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&bytes[..8]);
+    (u64::from_be_bytes(t) ^ (1 << 63)) as i64
+}
+
+/// `tag` followed by a time: the bound of a range scan over entries
+/// keyed by time under `tag`.
+pub(crate) fn tag_and_time(tag: u8, ms: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(tag);
+    key.extend_from_slice(&time_bytes(ms));
+    key
+}
+
+/// The key of a stream's watermark progress.
+pub(crate) fn watermark_key(stream: &str) -> Vec<u8> {
+    let mut key = vec![META_TAG];
+    key.extend_from_slice(b"watermark/");
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+/// The key of an aggregation's group: windowed groups are ordered by
+/// their window's end, so the windows a watermark closes are a prefix.
+pub(crate) fn group_key(window_end: Option<i64>, group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + group.len());
+    key.push(GROUP_TAG);
+    if let Some(end) = window_end {
+        key.extend_from_slice(&time_bytes(end));
+    }
+    key.extend_from_slice(group);
+    key
+}
+
+/// The TTL index entry of a group key (a [`group_key`]) updated at `time`.
+pub(crate) fn ttl_key(time: i64, group_key: &[u8]) -> Vec<u8> {
+    let mut key = tag_and_time(TTL_TAG, time);
+    key.extend_from_slice(group_key);
+    key
+}
+
+/// Where a session's state lives: sessions of one group are adjacent and
+/// ordered by start.
+pub(crate) fn session_key(group: &[u8], start: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + group.len());
+    key.push(GROUP_TAG);
+    key.extend_from_slice(group);
+    key.extend_from_slice(&time_bytes(start));
+    key
+}
+
+/// The prefix every [`session_key`] of `group` starts with.
+pub(crate) fn session_prefix(group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + group.len());
+    key.push(GROUP_TAG);
+    key.extend_from_slice(group);
+    key
+}
+
+/// A session (its [`session_key`]) in the index by end.
+pub(crate) fn session_end_key(end: i64, session_key: &[u8]) -> Vec<u8> {
+    let mut key = tag_and_time(SESSION_END_TAG, end);
+    key.extend_from_slice(&session_key[1..]);
+    key
+}
+
+/// The [`session_key`] an index entry by end points at.
+pub(crate) fn session_of_end_key(index: &[u8]) -> Vec<u8> {
+    let mut key = vec![GROUP_TAG];
+    key.extend_from_slice(&index[9..]);
+    key
+}
+
+/// The start of stream `side`'s buffered join rows keyed at `from` on
+/// (all of them: `i64::MIN`).
+pub(crate) fn join_from(side: u8, from: i64) -> Vec<u8> {
+    let mut key = vec![JOIN_TAG, side];
+    if from > i64::MIN {
+        key.extend_from_slice(&time_bytes(from));
+    }
+    key
+}
+
+/// The end (exclusive) of all of stream `side`'s buffered join rows.
+pub(crate) fn join_end(side: u8) -> Vec<u8> {
+    vec![JOIN_TAG, side + 1]
+}
+
+/// The key of one slice of buffered join rows.
+pub(crate) fn join_key(side: u8, newest: i64, batch_id: u64, slice: u32) -> Vec<u8> {
+    let mut key = vec![JOIN_TAG, side];
+    key.extend_from_slice(&time_bytes(newest));
+    key.extend_from_slice(&batch_id.to_be_bytes());
+    key.extend_from_slice(&slice.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bytes_sort_as_times() {
+        let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000, i64::MAX];
+        for pair in times.windows(2) {
+            assert!(time_bytes(pair[0]) < time_bytes(pair[1]), "{pair:?}");
+        }
+        for t in times {
+            assert_eq!(time_from_bytes(&time_bytes(t)), t);
+        }
+    }
+
+    #[test]
+    fn a_session_and_its_index_entry_point_at_each_other() {
+        let key = session_key(b"user-7", 1_000);
+        assert!(key.starts_with(&session_prefix(b"user-7")));
+        let index = session_end_key(5_000, &key);
+        assert_eq!(index[0], SESSION_END_TAG);
+        assert_eq!(time_from_bytes(&index[1..]), 5_000);
+        assert_eq!(session_of_end_key(&index), key);
+    }
+
+    #[test]
+    fn kinds_of_entries_never_share_a_range() {
+        let tags = [
+            watermark_key("s")[0],
+            group_key(Some(1), b"g")[0],
+            join_key(0, 1, 1, 0)[0],
+            ttl_key(1, &group_key(None, b"g"))[0],
+            session_end_key(1, &session_key(b"g", 0))[0],
+        ];
+        let mut sorted = tags.to_vec();
+        sorted.dedup();
+        assert_eq!(sorted.len(), tags.len());
+        assert!(join_from(0, i64::MIN) < join_end(0));
+        assert!(join_key(0, i64::MAX, u64::MAX, u32::MAX) < join_end(0));
+    }
+}
