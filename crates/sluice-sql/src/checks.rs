@@ -7,10 +7,10 @@
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::aggregation::Aggregation;
+use crate::decl::SinkDecl;
 use crate::error::SqlError;
 use crate::incremental::OutputMode;
 use crate::join::{self, IntervalJoin};
-use crate::script::SinkDecl;
 use crate::watermark::Watermark;
 use crate::window::WindowUse;
 

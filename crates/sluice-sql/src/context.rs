@@ -9,12 +9,22 @@
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::TableProvider;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::SqlError;
 use crate::functions;
-use crate::table::StaticTable;
 use crate::window::{self, WindowUse};
+
+/// A table a query may join: a file's rows, or a result table read per
+/// batch.
+#[derive(Clone)]
+pub(crate) struct StaticTable {
+    pub name: String,
+    pub table: Arc<dyn TableProvider>,
+    /// How its rows are read, for `sluice explain`.
+    pub reading: &'static str,
+}
 
 /// The window functions a planned query called, filled in while
 /// DataFusion plans it.

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 
 use crate::aggregation::Aggregation;
+use crate::context::StaticTable;
+use crate::decl::{Script, SinkDecl};
 use crate::incremental::OutputMode;
 use crate::join::IntervalJoin;
 use crate::planner::QueryPlan;
-use crate::script::{Script, SinkDecl};
 use crate::stream::Format;
-use crate::table::StaticTable;
 use crate::watermark::Watermark;
 
 /// What a query reads, for the description.

@@ -23,11 +23,13 @@
 mod aggregation;
 mod checks;
 mod context;
+mod decl;
 mod error;
 mod explain;
 mod functions;
 mod incremental;
 mod join;
+mod options;
 mod pipeline;
 mod planner;
 mod runner;

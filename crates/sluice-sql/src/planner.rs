@@ -18,13 +18,13 @@ use sluice_engine::checkpoint::OperatorMeta;
 
 use crate::aggregation::{self, Aggregation};
 use crate::checks::{self, JoinSide};
+use crate::context::StaticTable;
 use crate::context::{empty_streams, session_over};
+use crate::decl::{QueryDecl, Script, SinkDecl, StreamDecl};
 use crate::error::{SqlError, located};
 use crate::incremental::OutputMode;
 use crate::join::IntervalJoin;
-use crate::script::{QueryDecl, Script, SinkDecl, StreamDecl};
 use crate::stream::{self, StreamShape};
-use crate::table::StaticTable;
 use crate::watermark::{self, Watermark};
 use crate::window::WindowUse;
 

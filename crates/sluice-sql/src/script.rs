@@ -20,51 +20,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+pub use crate::decl::{QueryDecl, Script, SinkDecl, StreamDecl, TableDecl};
 use crate::error::SqlError;
-
-/// A declared stream: a topic and how its values decode.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamDecl {
-    pub name: String,
-    /// Declared columns (for `json`: the value's fields; for `text`: at
-    /// most one, the value as text).
-    pub columns: Vec<Field>,
-    pub options: BTreeMap<String, String>,
-    /// `WATERMARK FOR column AS expression`: the column and the expression.
-    pub watermark: Option<(String, String)>,
-}
-
-/// A table queries join with their streams: a file (`CREATE TABLE …
-/// WITH (path, format)`), loaded once when the job starts, or a result
-/// table (`WITH (type = 'result', table, job)`), read per batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableDecl {
-    pub name: String,
-    /// Declared columns (may be empty for Parquet and result tables,
-    /// which have a schema).
-    pub columns: Vec<Field>,
-    pub options: BTreeMap<String, String>,
-    pub line: usize,
-}
-
-/// A declared sink.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SinkDecl {
-    pub name: String,
-    pub options: BTreeMap<String, String>,
-}
-
-/// A query and where its results go.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueryDecl {
-    /// `None` for an ad-hoc `SELECT` (printed to the console).
-    pub sink: Option<String>,
-    pub sql: String,
-    /// 1-based line of the query in the script (error messages).
-    pub line: usize,
-    /// 1-based column where the query starts on that line.
-    pub column: usize,
-}
 
 /// Line and column (1-based) where `part`, a suffix of `stmt`, starts,
 /// given the line `stmt` starts on (columns on that first line count from
@@ -74,17 +31,6 @@ fn position(stmt: &str, part: &str, line: usize) -> (usize, usize) {
     let lines = before.matches('\n').count();
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line + lines, column)
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Script {
-    pub streams: Vec<StreamDecl>,
-    pub sinks: Vec<SinkDecl>,
-    pub queries: Vec<QueryDecl>,
-    pub tables: Vec<TableDecl>,
-    /// Output mode of bare `SELECT`s (`sluice sql --mode`); a sink's own
-    /// `mode` option sets it for `INSERT INTO`.
-    pub console_mode: Option<String>,
 }
 
 /// Splits a script at top-level semicolons (not inside quotes or
@@ -370,88 +316,64 @@ impl Script {
     pub fn parse(text: &str) -> Result<Script, SqlError> {
         let mut script = Script::default();
         for (line, stmt) in split_statements(text) {
-            let trimmed = stmt.trim();
-            if starts_with_words(trimmed, &["CREATE", "STREAM"]) {
-                let (without, watermark) = take_watermark(trimmed, line)?;
-                let rewritten = format!("CREATE TABLE{}", &without["CREATE STREAM".len()..]);
-                let (name, columns, options) = parse_create(
-                    &rewritten,
-                    line,
-                    "expected CREATE STREAM name (columns) WITH (topic = '…', format = '…')",
-                )?;
-                let decl = StreamDecl {
-                    name,
-                    columns,
-                    options,
-                    watermark,
-                };
-                super::stream::StreamSpec::parse(&decl)
-                    .map_err(|message| SqlError::Unsupported { line, message })?;
-                script.streams.push(decl);
-            } else if starts_with_words(trimmed, &["CREATE", "TABLE"]) {
-                let (name, columns, options) = parse_create(
-                    trimmed,
-                    line,
-                    "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet') or CREATE TABLE name WITH (type = 'result', table = '…')",
-                )?;
-                let decl = TableDecl {
-                    name,
-                    columns,
-                    options,
-                    line,
-                };
-                super::table::TableSpec::parse(&decl)
-                    .map_err(|message| SqlError::Unsupported { line, message })?;
-                script.tables.push(decl);
-            } else if starts_with_words(trimmed, &["CREATE", "SINK"]) {
-                let decl = parse_sink(trimmed, line)?;
-                super::sinks::SinkSpec::parse(&decl)
-                    .map_err(|message| SqlError::Unsupported { line, message })?;
-                script.sinks.push(decl);
-            } else if starts_with_words(trimmed, &["INSERT", "INTO"]) {
-                let rest = trimmed["INSERT".len()..].trim_start()["INTO".len()..].trim_start();
-                let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                let (sink, query) = rest.split_at(name_end);
-                let query = query.trim();
-                let (line, column) = position(trimmed, query, line);
-                script.queries.push(QueryDecl {
-                    sink: Some(sink.to_owned()),
-                    sql: query.to_owned(),
-                    line,
-                    column,
-                });
-            } else if starts_with_words(trimmed, &["SELECT"])
-                || starts_with_words(trimmed, &["WITH"])
-            {
-                script.queries.push(QueryDecl {
-                    sink: None,
-                    sql: trimmed.to_owned(),
-                    line,
-                    column: 1,
-                });
-            } else {
-                return Err(SqlError::Syntax {
-                    line,
-                    message: format!(
-                        "unexpected statement {:?}: a job has CREATE STREAM, CREATE TABLE, CREATE SINK, INSERT INTO sink SELECT … and SELECT statements",
-                        trimmed
-                            .split_whitespace()
-                            .take(3)
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                });
-            }
+            script.add_statement(stmt.trim(), line)?;
         }
-        if script.queries.is_empty() {
+        script.check_queries()?;
+        Ok(script)
+    }
+
+    /// Adds one statement; each declaration's options are checked as it
+    /// is read, so an error names the statement's line.
+    fn add_statement(&mut self, stmt: &str, line: usize) -> Result<(), SqlError> {
+        let unsupported = |message: String| SqlError::Unsupported { line, message };
+        if starts_with_words(stmt, &["CREATE", "STREAM"]) {
+            let decl = parse_stream(stmt, line)?;
+            crate::stream::StreamSpec::parse(&decl).map_err(unsupported)?;
+            self.streams.push(decl);
+        } else if starts_with_words(stmt, &["CREATE", "TABLE"]) {
+            let decl = parse_table(stmt, line)?;
+            crate::table::TableSpec::parse(&decl).map_err(unsupported)?;
+            self.tables.push(decl);
+        } else if starts_with_words(stmt, &["CREATE", "SINK"]) {
+            let decl = parse_sink(stmt, line)?;
+            crate::sinks::SinkSpec::parse(&decl).map_err(unsupported)?;
+            self.sinks.push(decl);
+        } else if starts_with_words(stmt, &["INSERT", "INTO"]) {
+            self.queries.push(parse_insert(stmt, line));
+        } else if starts_with_words(stmt, &["SELECT"]) || starts_with_words(stmt, &["WITH"]) {
+            self.queries.push(QueryDecl {
+                sink: None,
+                sql: stmt.to_owned(),
+                line,
+                column: 1,
+            });
+        } else {
+            return Err(SqlError::Syntax {
+                line,
+                message: format!(
+                    "unexpected statement {:?}: a job has CREATE STREAM, CREATE TABLE, CREATE SINK, INSERT INTO sink SELECT … and SELECT statements",
+                    stmt.split_whitespace()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The checks over the whole script: it has a query, every `INSERT
+    /// INTO` names a sink, and a topic or file sink has one writer.
+    fn check_queries(&self) -> Result<(), SqlError> {
+        if self.queries.is_empty() {
             return Err(SqlError::Syntax {
                 line: 1,
                 message: "the job has no query: add INSERT INTO sink SELECT … or SELECT …".into(),
             });
         }
-        for q in &script.queries {
+        for q in &self.queries {
             if let Some(sink) = &q.sink
-                && !script.sinks.iter().any(|s| &s.name == sink)
+                && !self.sinks.iter().any(|s| &s.name == sink)
             {
                 return Err(SqlError::Syntax {
                     line: q.line,
@@ -464,9 +386,9 @@ impl Script {
         // A topic or file sink tags what it writes with its batch ids, so
         // a second query writing the same batch would be taken for a
         // replay and dropped.
-        for decl in &script.sinks {
-            let single = super::sinks::SinkSpec::parse(decl).is_ok_and(|s| s.single_writer());
-            let lines: Vec<usize> = script
+        for decl in &self.sinks {
+            let single = crate::sinks::SinkSpec::parse(decl).is_ok_and(|s| s.single_writer());
+            let lines: Vec<usize> = self
                 .queries
                 .iter()
                 .filter(|q| q.sink.as_deref() == Some(decl.name.as_str()))
@@ -482,7 +404,54 @@ impl Script {
                 });
             }
         }
-        Ok(script)
+        Ok(())
+    }
+}
+
+/// `CREATE STREAM name (columns[, WATERMARK FOR …]) WITH (…)`.
+fn parse_stream(stmt: &str, line: usize) -> Result<StreamDecl, SqlError> {
+    let (without, watermark) = take_watermark(stmt, line)?;
+    let rewritten = format!("CREATE TABLE{}", &without["CREATE STREAM".len()..]);
+    let (name, columns, options) = parse_create(
+        &rewritten,
+        line,
+        "expected CREATE STREAM name (columns) WITH (topic = '…', format = '…')",
+    )?;
+    Ok(StreamDecl {
+        name,
+        columns,
+        options,
+        watermark,
+    })
+}
+
+/// `CREATE TABLE name (columns) WITH (…)`.
+fn parse_table(stmt: &str, line: usize) -> Result<TableDecl, SqlError> {
+    let (name, columns, options) = parse_create(
+        stmt,
+        line,
+        "expected CREATE TABLE name (columns) WITH (path = '…', format = 'csv' | 'json' | 'parquet') or CREATE TABLE name WITH (type = 'result', table = '…')",
+    )?;
+    Ok(TableDecl {
+        name,
+        columns,
+        options,
+        line,
+    })
+}
+
+/// `INSERT INTO sink query`: the query keeps its own line and column.
+fn parse_insert(stmt: &str, line: usize) -> QueryDecl {
+    let rest = stmt["INSERT".len()..].trim_start()["INTO".len()..].trim_start();
+    let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let (sink, query) = rest.split_at(name_end);
+    let query = query.trim();
+    let (line, column) = position(stmt, query, line);
+    QueryDecl {
+        sink: Some(sink.to_owned()),
+        sql: query.to_owned(),
+        line,
+        column,
     }
 }
 

@@ -15,8 +15,9 @@ use std::sync::OnceLock;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::script::SinkDecl;
+use crate::decl::SinkDecl;
 use crate::error::SqlError;
+use crate::options::{check_known, choice, topic_option};
 use crate::topics::Topics;
 use sluice_engine::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use sluice_engine::plan::{BatchCx, PlanError};
@@ -37,66 +38,6 @@ pub(crate) enum Sink {
     File(FileSink),
 }
 
-/// Fails with a message naming `what`, the unknown option and the
-/// accepted ones, if `options` has a key not in `accepted`.
-pub(super) fn check_known(
-    what: &str,
-    options: &BTreeMap<String, String>,
-    accepted: &[&str],
-) -> Result<(), String> {
-    match options.keys().find(|k| !accepted.contains(&k.as_str())) {
-        None => Ok(()),
-        Some(k) => Err(format!(
-            "{what}: unknown option {k:?} (accepted: {})",
-            accepted.join(", ")
-        )),
-    }
-}
-
-/// The value of option `key` among `accepted` (case-insensitive), or
-/// `default` when it is not given.
-pub(super) fn choice<'a>(
-    what: &str,
-    options: &BTreeMap<String, String>,
-    key: &str,
-    accepted: &[&'a str],
-    default: Option<&'a str>,
-) -> Result<Option<&'a str>, String> {
-    let Some(value) = options.get(key) else {
-        return Ok(default);
-    };
-    accepted
-        .iter()
-        .find(|a| a.eq_ignore_ascii_case(value.trim()))
-        .map(|a| Some(*a))
-        .ok_or_else(|| {
-            format!(
-                "{what}: {key} = {value:?} is not supported (accepted: {})",
-                accepted
-                    .iter()
-                    .map(|a| format!("'{a}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-}
-
-/// A topic name option (`default` when absent), checked with Kafka's rules.
-pub(super) fn topic_option(
-    what: &str,
-    options: &BTreeMap<String, String>,
-    key: &str,
-    default: Option<&str>,
-) -> Result<Option<String>, String> {
-    let Some(topic) = options.get(key).map(String::as_str).or(default) else {
-        return Ok(None);
-    };
-    sluice_log::log::validate_topic_name(topic).map_err(|e| {
-        format!("{what}: {key} = {topic:?} is not a topic name: {e} (accepted: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-')")
-    })?;
-    Ok(Some(topic.to_owned()))
-}
-
 /// How a topic sink encodes a row as a record value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RowFormat {
@@ -112,17 +53,21 @@ pub(crate) enum SinkSpec {
     Console,
     Table,
     Blackhole,
-    Topic {
-        topic: String,
-        format: RowFormat,
-        key: Option<String>,
-        brokers: Option<String>,
-        partitions: u32,
-    },
-    File {
-        path: PathBuf,
-        format: FileFormat,
-    },
+    Topic(TopicSpec),
+    File { path: PathBuf, format: FileFormat },
+}
+
+/// A topic sink's options, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TopicSpec {
+    topic: String,
+    format: RowFormat,
+    /// The column whose value is the record key.
+    key: Option<String>,
+    /// A Kafka cluster of its own instead of the job's topics.
+    brokers: Option<String>,
+    /// Used when the sink creates the topic.
+    partitions: u32,
 }
 
 const SINK_TYPES: [&str; 5] = ["console", "table", "blackhole", "topic", "file"];
@@ -155,74 +100,8 @@ impl SinkSpec {
                     _ => SinkSpec::Blackhole,
                 })
             }
-            "topic" => {
-                check_known(&what, o, &TOPIC_OPTIONS)?;
-                let topic = topic_option(&what, o, "topic", Some(&decl.name))?.unwrap_or_default();
-                let format = match choice(&what, o, "format", &["json", "text"], Some("json"))? {
-                    Some("text") => RowFormat::Text,
-                    _ => RowFormat::Json,
-                };
-                let key = match o.get("key").map(|k| k.trim()) {
-                    Some("") => {
-                        return Err(format!(
-                            "{what}: key = '' names no column (accepted: the name of one of the query's columns)"
-                        ));
-                    }
-                    k => k.map(str::to_owned),
-                };
-                let brokers = match o.get("brokers").map(|b| b.trim()) {
-                    Some("") => {
-                        return Err(format!(
-                            "{what}: brokers = '' is empty (accepted: host:port[,host:port…]; leave it out to use the job's store or --brokers)"
-                        ));
-                    }
-                    b => b.map(str::to_owned),
-                };
-                let partitions = match o.get("partitions") {
-                    None => 1,
-                    Some(p) => p
-                        .trim()
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|n| (1..=sluice_log::log::MAX_PARTITIONS as u32).contains(n))
-                        .ok_or_else(|| {
-                            format!(
-                                "{what}: partitions = {p:?} is not a partition count (accepted: a whole number from 1 to {}; used when the sink creates the topic)",
-                                sluice_log::log::MAX_PARTITIONS
-                            )
-                        })?,
-                };
-                Ok(SinkSpec::Topic {
-                    topic,
-                    format,
-                    key,
-                    brokers,
-                    partitions,
-                })
-            }
-            _ => {
-                check_known(&what, o, &FILE_OPTIONS)?;
-                let path = match o.get("path").map(|p| p.trim()) {
-                    None | Some("") => {
-                        return Err(format!(
-                            "{what}: option path is required (accepted: a directory, e.g. path = 'out/clicks')"
-                        ));
-                    }
-                    Some(p) => PathBuf::from(p),
-                };
-                let format = match choice(
-                    &what,
-                    o,
-                    "format",
-                    &["parquet", "json", "csv"],
-                    Some("parquet"),
-                )? {
-                    Some("json") => FileFormat::Json,
-                    Some("csv") => FileFormat::Csv,
-                    _ => FileFormat::Parquet,
-                };
-                Ok(SinkSpec::File { path, format })
-            }
+            "topic" => Ok(SinkSpec::Topic(TopicSpec::parse(&what, decl)?)),
+            _ => parse_file(&what, o),
         }
     }
 
@@ -231,6 +110,80 @@ impl SinkSpec {
     pub(crate) fn single_writer(&self) -> bool {
         matches!(self, SinkSpec::Topic { .. } | SinkSpec::File { .. })
     }
+}
+
+impl TopicSpec {
+    fn parse(what: &str, decl: &SinkDecl) -> Result<TopicSpec, String> {
+        let o = &decl.options;
+        check_known(what, o, &TOPIC_OPTIONS)?;
+        let topic = topic_option(what, o, "topic", Some(&decl.name))?.unwrap_or_default();
+        let format = match choice(what, o, "format", &["json", "text"], Some("json"))? {
+            Some("text") => RowFormat::Text,
+            _ => RowFormat::Json,
+        };
+        let key = match o.get("key").map(|k| k.trim()) {
+            Some("") => {
+                return Err(format!(
+                    "{what}: key = '' names no column (accepted: the name of one of the query's columns)"
+                ));
+            }
+            k => k.map(str::to_owned),
+        };
+        let brokers = match o.get("brokers").map(|b| b.trim()) {
+            Some("") => {
+                return Err(format!(
+                    "{what}: brokers = '' is empty (accepted: host:port[,host:port…]; leave it out to use the job's store or --brokers)"
+                ));
+            }
+            b => b.map(str::to_owned),
+        };
+        let partitions = match o.get("partitions") {
+            None => 1,
+            Some(p) => p
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=sluice_log::log::MAX_PARTITIONS as u32).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "{what}: partitions = {p:?} is not a partition count (accepted: a whole number from 1 to {}; used when the sink creates the topic)",
+                        sluice_log::log::MAX_PARTITIONS
+                    )
+                })?,
+        };
+        Ok(TopicSpec {
+            topic,
+            format,
+            key,
+            brokers,
+            partitions,
+        })
+    }
+}
+
+/// A file sink's options.
+fn parse_file(what: &str, o: &BTreeMap<String, String>) -> Result<SinkSpec, String> {
+    check_known(what, o, &FILE_OPTIONS)?;
+    let path = match o.get("path").map(|p| p.trim()) {
+        None | Some("") => {
+            return Err(format!(
+                "{what}: option path is required (accepted: a directory, e.g. path = 'out/clicks')"
+            ));
+        }
+        Some(p) => PathBuf::from(p),
+    };
+    let format = match choice(
+        what,
+        o,
+        "format",
+        &["parquet", "json", "csv"],
+        Some("parquet"),
+    )? {
+        Some("json") => FileFormat::Json,
+        Some("csv") => FileFormat::Csv,
+        _ => FileFormat::Parquet,
+    };
+    Ok(SinkSpec::File { path, format })
 }
 
 impl Sink {
@@ -243,109 +196,17 @@ impl Sink {
         line: usize,
     ) -> Result<Sink, SqlError> {
         let name = &decl.name;
-        let unsupported = |message: String| SqlError::Unsupported { line, message };
-        Ok(match SinkSpec::parse(decl).map_err(unsupported)? {
+        let spec =
+            SinkSpec::parse(decl).map_err(|message| SqlError::Unsupported { line, message })?;
+        Ok(match spec {
             SinkSpec::Console => Sink::Console,
             SinkSpec::Table => Sink::Table(name.clone(), table_meta(name, schema, line)?),
             SinkSpec::Blackhole => Sink::Blackhole,
-            SinkSpec::Topic {
-                topic,
-                format,
-                key,
-                brokers,
-                partitions,
-            } => {
-                let what = format!("topic sink {name}");
-                let columns = || {
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                let key = match key {
-                    None => None,
-                    Some(k) => Some(schema.index_of(&k).map_err(|_| {
-                        unsupported(format!(
-                            "{what}: key = {k:?} is not a column of the query (columns: {})",
-                            columns()
-                        ))
-                    })?),
-                };
-                if let Some(k) = key {
-                    text_cells_supported(schema.field(k)).map_err(|t| {
-                        unsupported(format!(
-                            "{what}: key column {} has type {t}, which cannot be a record key (use a text, number, boolean, timestamp or binary column)",
-                            schema.field(k).name()
-                        ))
-                    })?;
-                }
-                let value = match format {
-                    RowFormat::Json => 0,
-                    RowFormat::Text => {
-                        let rest: Vec<usize> = (0..schema.fields().len())
-                            .filter(|&i| Some(i) != key)
-                            .collect();
-                        let [v] = rest[..] else {
-                            return Err(unsupported(format!(
-                                "{what}: format = 'text' writes one column as the record value, but the query has columns {}{}: select one column (besides the key), or use format = 'json'",
-                                columns(),
-                                key.map(|k| format!(" (key: {})", schema.field(k).name()))
-                                    .unwrap_or_default()
-                            )));
-                        };
-                        text_cells_supported(schema.field(v)).map_err(|t| {
-                            unsupported(format!(
-                                "{what}: column {} has type {t}, which format = 'text' cannot write (use format = 'json')",
-                                schema.field(v).name()
-                            ))
-                        })?;
-                        v
-                    }
-                };
-                let target = match (&brokers, topics) {
-                    (Some(b), _) => TopicTarget::Kafka(b.clone()),
-                    (None, Topics::Brokers(b)) => TopicTarget::Kafka(b.clone()),
-                    (None, Topics::Embedded(store)) => TopicTarget::Embedded(store.clone()),
-                };
-                let writer =
-                    TopicWriter::open(&target, &topic, partitions, &what).map_err(|e| {
-                        SqlError::Plan {
-                            line,
-                            message: e.to_string(),
-                        }
-                    })?;
-                Sink::Topic(Box::new(TopicSink {
-                    name: name.clone(),
-                    writer,
-                    format,
-                    key,
-                    value,
-                    id: OnceLock::new(),
-                }))
+            SinkSpec::Topic(spec) => {
+                Sink::Topic(Box::new(TopicSink::open(name, spec, schema, topics, line)?))
             }
             SinkSpec::File { path, format } => {
-                let what = format!("file sink {name}");
-                if format == FileFormat::Csv
-                    && let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested())
-                {
-                    return Err(unsupported(format!(
-                        "{what}: column {} has type {}, which CSV cannot hold (use format = 'parquet' or 'json')",
-                        f.name(),
-                        f.data_type()
-                    )));
-                }
-                let writer =
-                    FileWriter::open(&path, format, &what).map_err(|e| SqlError::Plan {
-                        line,
-                        message: e.to_string(),
-                    })?;
-                Sink::File(FileSink {
-                    name: name.clone(),
-                    writer,
-                    id: OnceLock::new(),
-                })
+                Sink::File(FileSink::open(name, &path, format, schema, line)?)
             }
         })
     }
@@ -390,6 +251,97 @@ pub(crate) struct TopicSink {
     /// The value column with [`RowFormat::Text`].
     value: usize,
     id: OnceLock<WriterId>,
+}
+
+impl TopicSink {
+    /// Opens the topic (creating it with `spec.partitions`) for a query
+    /// whose output has `schema`.
+    fn open(
+        name: &str,
+        spec: TopicSpec,
+        schema: &SchemaRef,
+        topics: &Topics,
+        line: usize,
+    ) -> Result<TopicSink, SqlError> {
+        let what = format!("topic sink {name}");
+        let (key, value) = record_columns(&what, &spec, schema)
+            .map_err(|message| SqlError::Unsupported { line, message })?;
+        let target = match (&spec.brokers, topics) {
+            (Some(b), _) => TopicTarget::Kafka(b.clone()),
+            (None, Topics::Brokers(b)) => TopicTarget::Kafka(b.clone()),
+            (None, Topics::Embedded(store)) => TopicTarget::Embedded(store.clone()),
+        };
+        let writer =
+            TopicWriter::open(&target, &spec.topic, spec.partitions, &what).map_err(|e| {
+                SqlError::Plan {
+                    line,
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(TopicSink {
+            name: name.to_owned(),
+            writer,
+            format: spec.format,
+            key,
+            value,
+            id: OnceLock::new(),
+        })
+    }
+}
+
+/// The columns of `schema` a topic sink writes as each record's key (if
+/// any) and, for `format = 'text'`, its value.
+fn record_columns(
+    what: &str,
+    spec: &TopicSpec,
+    schema: &SchemaRef,
+) -> Result<(Option<usize>, usize), String> {
+    let columns = || {
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key = match &spec.key {
+        None => None,
+        Some(k) => Some(schema.index_of(k).map_err(|_| {
+            format!(
+                "{what}: key = {k:?} is not a column of the query (columns: {})",
+                columns()
+            )
+        })?),
+    };
+    if let Some(k) = key {
+        text_cells_supported(schema.field(k)).map_err(|t| {
+            format!(
+                "{what}: key column {} has type {t}, which cannot be a record key (use a text, number, boolean, timestamp or binary column)",
+                schema.field(k).name()
+            )
+        })?;
+    }
+    if spec.format == RowFormat::Json {
+        return Ok((key, 0));
+    }
+    let rest: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| Some(i) != key)
+        .collect();
+    let [value] = rest[..] else {
+        return Err(format!(
+            "{what}: format = 'text' writes one column as the record value, but the query has columns {}{}: select one column (besides the key), or use format = 'json'",
+            columns(),
+            key.map(|k| format!(" (key: {})", schema.field(k).name()))
+                .unwrap_or_default()
+        ));
+    };
+    text_cells_supported(schema.field(value)).map_err(|t| {
+        format!(
+            "{what}: column {} has type {t}, which format = 'text' cannot write (use format = 'json')",
+            schema.field(value).name()
+        )
+    })?;
+    Ok((key, value))
 }
 
 impl TopicSink {
@@ -443,6 +395,40 @@ pub(crate) struct FileSink {
     name: String,
     writer: FileWriter,
     id: OnceLock<WriterId>,
+}
+
+impl FileSink {
+    /// Opens the sink's directory for a query whose output has `schema`.
+    fn open(
+        name: &str,
+        path: &std::path::Path,
+        format: FileFormat,
+        schema: &SchemaRef,
+        line: usize,
+    ) -> Result<FileSink, SqlError> {
+        let what = format!("file sink {name}");
+        if format == FileFormat::Csv
+            && let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested())
+        {
+            return Err(SqlError::Unsupported {
+                line,
+                message: format!(
+                    "{what}: column {} has type {}, which CSV cannot hold (use format = 'parquet' or 'json')",
+                    f.name(),
+                    f.data_type()
+                ),
+            });
+        }
+        let writer = FileWriter::open(path, format, &what).map_err(|e| SqlError::Plan {
+            line,
+            message: e.to_string(),
+        })?;
+        Ok(FileSink {
+            name: name.to_owned(),
+            writer,
+            id: OnceLock::new(),
+        })
+    }
 }
 
 impl FileSink {
@@ -761,13 +747,13 @@ mod tests {
         assert_eq!(SinkSpec::parse(&decl(&[])), Ok(SinkSpec::Console));
         assert_eq!(
             SinkSpec::parse(&decl(&[("type", "TOPIC")])),
-            Ok(SinkSpec::Topic {
+            Ok(SinkSpec::Topic(TopicSpec {
                 topic: "s".into(),
                 format: RowFormat::Json,
                 key: None,
                 brokers: None,
                 partitions: 1,
-            })
+            }))
         );
         assert_eq!(
             SinkSpec::parse(&decl(&[("type", "file"), ("path", "out")])),

@@ -30,9 +30,9 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 
-use super::sinks::{check_known, choice, topic_option};
+use crate::decl::StreamDecl;
 use crate::error::SqlError;
-use crate::script;
+use crate::options::{check_known, choice, topic_option};
 use crate::topics::Topics;
 use sluice_engine::data::Data;
 use sluice_engine::plan::{BatchCx, PlanError};
@@ -81,7 +81,7 @@ pub(crate) struct StreamSpec {
 impl StreamSpec {
     /// Checks a stream's options; the error names the stream, the option
     /// and what is accepted.
-    pub(crate) fn parse(decl: &script::StreamDecl) -> Result<StreamSpec, String> {
+    pub(crate) fn parse(decl: &StreamDecl) -> Result<StreamSpec, String> {
         let o = &decl.options;
         let what = format!("stream {}", decl.name);
         check_known(&what, o, &STREAM_OPTIONS)?;
@@ -224,7 +224,7 @@ impl StreamShape {
     /// The decoder of a declared stream; `topics` is where a dead-letter
     /// topic lives, `line` the line of the query reading the stream.
     pub(crate) fn new(
-        decl: &script::StreamDecl,
+        decl: &StreamDecl,
         topics: &Topics,
         line: usize,
     ) -> Result<StreamShape, SqlError> {
@@ -739,8 +739,8 @@ mod tests {
 
     use super::*;
 
-    fn decl(columns: &[(&str, DataType)], options: &[(&str, &str)]) -> script::StreamDecl {
-        script::StreamDecl {
+    fn decl(columns: &[(&str, DataType)], options: &[(&str, &str)]) -> StreamDecl {
+        StreamDecl {
             name: "s".into(),
             columns: columns
                 .iter()

@@ -30,24 +30,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 
-use super::script::{QueryDecl, Script, TableDecl};
-use super::sinks::{Sink, SinkSpec, check_known, choice};
+use crate::context::StaticTable;
+use crate::decl::{QueryDecl, Script, TableDecl};
 use crate::error::SqlError;
+use crate::options::{check_known, choice};
+use crate::sinks::{Sink, SinkSpec};
 use crate::topics::Topics;
-
-/// A table a query may join: a file's rows, or a result table read per
-/// batch.
-#[derive(Clone)]
-pub(crate) struct StaticTable {
-    pub name: String,
-    pub table: Arc<dyn TableProvider>,
-    /// How its rows are read, for `sluice explain`.
-    pub reading: &'static str,
-}
 
 /// How a file table's file is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,40 +90,50 @@ impl TableSpec {
     /// Checks a table's options; the error names the table, the option and
     /// what is accepted.
     pub(crate) fn parse(decl: &TableDecl) -> Result<TableSpec, String> {
-        let o = &decl.options;
         let what = format!("table {}", decl.name);
-        let kind = choice(&what, o, "type", &TABLE_TYPES, Some("file"))?.unwrap_or("file");
-        if kind == "result" {
-            let what = format!("result table {}", decl.name);
-            check_known(&what, o, &RESULT_OPTIONS)?;
-            let table = text_option(&what, decl, "table", "the name of a table sink")?
-                .unwrap_or_else(|| decl.name.clone());
-            let job = text_option(
-                &what,
-                decl,
-                "job",
-                "the name of the job that writes the table",
-            )?;
-            let checkpoint_dir = text_option(
-                &what,
-                decl,
-                "checkpoint_dir",
-                "the directory the other job keeps its checkpoint in",
-            )?
-            .map(PathBuf::from);
-            if checkpoint_dir.is_some() && job.is_none() {
-                return Err(format!(
-                    "{what}: checkpoint_dir says where another job keeps its checkpoint: name that job with job = '…' (this job's own tables are read from its own checkpoint)"
-                ));
-            }
-            return Ok(TableSpec::Result {
-                table,
-                job,
-                checkpoint_dir,
-            });
+        match choice(&what, &decl.options, "type", &TABLE_TYPES, Some("file"))? {
+            Some("result") => TableSpec::parse_result(decl),
+            _ => TableSpec::parse_file(&what, decl),
         }
-        check_known(&what, o, &FILE_OPTIONS)?;
-        let path = text_option(&what, decl, "path", "a file or a directory of files")?
+    }
+
+    /// `type = 'result'`: a table sink's table, of this job or another.
+    fn parse_result(decl: &TableDecl) -> Result<TableSpec, String> {
+        let o = &decl.options;
+        let what = format!("result table {}", decl.name);
+        check_known(&what, o, &RESULT_OPTIONS)?;
+        let table = text_option(&what, decl, "table", "the name of a table sink")?
+            .unwrap_or_else(|| decl.name.clone());
+        let job = text_option(
+            &what,
+            decl,
+            "job",
+            "the name of the job that writes the table",
+        )?;
+        let checkpoint_dir = text_option(
+            &what,
+            decl,
+            "checkpoint_dir",
+            "the directory the other job keeps its checkpoint in",
+        )?
+        .map(PathBuf::from);
+        if checkpoint_dir.is_some() && job.is_none() {
+            return Err(format!(
+                "{what}: checkpoint_dir says where another job keeps its checkpoint: name that job with job = '…' (this job's own tables are read from its own checkpoint)"
+            ));
+        }
+        Ok(TableSpec::Result {
+            table,
+            job,
+            checkpoint_dir,
+        })
+    }
+
+    /// A file or directory of CSV, JSON or Parquet files.
+    fn parse_file(what: &str, decl: &TableDecl) -> Result<TableSpec, String> {
+        let o = &decl.options;
+        check_known(what, o, &FILE_OPTIONS)?;
+        let path = text_option(what, decl, "path", "a file or a directory of files")?
             .ok_or_else(|| {
                 format!(
                     "{what}: needs path = 'file or directory' (or type = 'result' for a table a table sink writes)"
@@ -240,52 +241,66 @@ pub(crate) fn load_all(
         }
     }
     for (n, decl, table) in own_tables {
-        let refuse = |message: String| SqlError::Unsupported {
-            line: decl.line,
-            message: format!("result table {}: {message}", decl.name),
-        };
-        let table_sinks: Vec<&str> = script
-            .sinks
-            .iter()
-            .filter(|s| SinkSpec::parse(s).is_ok_and(|spec| spec == SinkSpec::Table))
-            .map(|s| s.name.as_str())
-            .collect();
-        let Some(sink) = script.sinks.iter().find(|s| s.name == table) else {
-            return Err(refuse(format!(
-                "this job has no table sink {table} (its table sinks: {}); name one with table = '…', or add job = '…' to read another job's table",
-                if table_sinks.is_empty() {
-                    "none".to_owned()
-                } else {
-                    table_sinks.join(", ")
-                }
-            )));
-        };
-        if !table_sinks.contains(&table.as_str()) {
-            return Err(refuse(format!(
-                "sink {table} is not a table sink, so it keeps no table to read: declare it CREATE SINK {table} WITH (type = 'table')"
-            )));
-        }
-        let Some(writer) = script
-            .queries
-            .iter()
-            .find(|q| q.sink.as_deref() == Some(table.as_str()))
-        else {
-            return Err(refuse(format!(
-                "no query writes table sink {table}: add INSERT INTO {table} SELECT …"
-            )));
-        };
         let known: Vec<StaticTable> = loaded.iter().map(|(_, t)| t.clone()).collect();
-        let schema = writer_schema(writer, &known)?;
-        let meta = Sink::new(sink, &schema, topics, writer.line)?
-            .table_meta()
-            .ok_or_else(|| refuse(format!("sink {table} stores no table")))?;
-        loaded.push((
-            n,
-            result::own_job(decl, &table, &meta, &schema, own.map(|o| &o.checkpoint))?,
-        ));
+        let own_table = load_own(script, decl, &table, topics, own, |writer| {
+            writer_schema(writer, &known)
+        })?;
+        loaded.push((n, own_table));
     }
     loaded.sort_by_key(|(n, _)| *n);
     Ok(loaded.into_iter().map(|(_, t)| t).collect())
+}
+
+/// A result table this job writes (table sink `table`), read per batch
+/// from its own checkpoint; its columns are those of the query that
+/// writes it (`writer_schema`).
+fn load_own(
+    script: &Script,
+    decl: &TableDecl,
+    table: &str,
+    topics: &Topics,
+    own: Option<&OwnJob>,
+    writer_schema: impl FnOnce(&QueryDecl) -> Result<SchemaRef, SqlError>,
+) -> Result<StaticTable, SqlError> {
+    let refuse = |message: String| SqlError::Unsupported {
+        line: decl.line,
+        message: format!("result table {}: {message}", decl.name),
+    };
+    let table_sinks: Vec<&str> = script
+        .sinks
+        .iter()
+        .filter(|s| SinkSpec::parse(s).is_ok_and(|spec| spec == SinkSpec::Table))
+        .map(|s| s.name.as_str())
+        .collect();
+    let Some(sink) = script.sinks.iter().find(|s| s.name == table) else {
+        return Err(refuse(format!(
+            "this job has no table sink {table} (its table sinks: {}); name one with table = '…', or add job = '…' to read another job's table",
+            if table_sinks.is_empty() {
+                "none".to_owned()
+            } else {
+                table_sinks.join(", ")
+            }
+        )));
+    };
+    if !table_sinks.contains(&table) {
+        return Err(refuse(format!(
+            "sink {table} is not a table sink, so it keeps no table to read: declare it CREATE SINK {table} WITH (type = 'table')"
+        )));
+    }
+    let Some(writer) = script
+        .queries
+        .iter()
+        .find(|q| q.sink.as_deref() == Some(table))
+    else {
+        return Err(refuse(format!(
+            "no query writes table sink {table}: add INSERT INTO {table} SELECT …"
+        )));
+    };
+    let schema = writer_schema(writer)?;
+    let meta = Sink::new(sink, &schema, topics, writer.line)?
+        .table_meta()
+        .ok_or_else(|| refuse(format!("sink {table} stores no table")))?;
+    result::own_job(decl, table, &meta, &schema, own.map(|o| &o.checkpoint))
 }
 
 /// Reads the file table `decl` declares.

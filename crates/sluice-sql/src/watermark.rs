@@ -45,7 +45,7 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: i64 = 30_000;
 /// The watermark a stream declares (`WATERMARK FOR …` and its
 /// `idle_timeout` option), checked against its columns.
 pub(crate) fn declared(
-    decl: &crate::script::StreamDecl,
+    decl: &crate::decl::StreamDecl,
     schema: &SchemaRef,
     line: usize,
 ) -> Result<Option<Watermark>, SqlError> {

@@ -12,11 +12,11 @@ use rocksdb::{ColumnFamily, DB};
 use sluice_engine::plan::BatchCx;
 
 use crate::aggregation;
+use crate::context::StaticTable;
 use crate::context::session_over;
 use crate::error::SqlError;
 use crate::incremental::{self, Policy};
 use crate::join::{self, Change, IntervalJoin};
-use crate::table::StaticTable;
 
 /// One batch's rows of a stream, by table name.
 type Rows = (String, Vec<RecordBatch>);

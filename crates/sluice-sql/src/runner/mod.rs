@@ -24,6 +24,7 @@ use sluice_engine::plan::{BatchCx, DStream, OutputInputs, PlanError};
 use sluice_engine::source::Record;
 
 use crate::aggregation;
+use crate::context::StaticTable;
 use crate::context::{empty_streams, session_over};
 use crate::error::SqlError;
 use crate::incremental::{self, OutputMode, Policy};
@@ -32,7 +33,6 @@ use crate::pipeline;
 use crate::planner::{QueryPlan, StreamInput};
 use crate::session_window;
 use crate::sinks::Sink;
-use crate::table::StaticTable;
 use crate::topics::{Topics, open_source};
 use crate::watermark;
 

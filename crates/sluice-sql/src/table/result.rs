@@ -50,9 +50,9 @@ use datafusion::physical_plan::{
 };
 use rocksdb::{DB, IteratorMode, Options};
 
-use super::StaticTable;
+use crate::context::StaticTable;
+use crate::decl::TableDecl;
 use crate::error::SqlError;
-use crate::script::TableDecl;
 use sluice_engine::checkpoint::{Checkpoint, CheckpointError, OperatorMeta, TABLE_CF_PREFIX};
 use sluice_engine::data::{CodecError, Data};
 use sluice_engine::sink::WriterId;
