@@ -242,13 +242,10 @@ fn summarize(samples: &[Sample]) -> Option<Summary> {
     })
 }
 
-pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
-    let runs = args.runs.max(1);
-    if args.acks.is_empty() {
-        bail!("--acks is empty; give at least one of 0, 1, all");
-    }
+/// The two record sizes measured (1/10 of the records with `--quick`).
+fn workloads(args: &BrokerBenchArgs) -> [Workload; 2] {
     let scale = if args.quick { 10 } else { 1 };
-    let workloads = [
+    [
         Workload {
             size: 100,
             records: (args.records_100b / scale).max(1),
@@ -257,7 +254,60 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
             size: 1024,
             records: (args.records_1k / scale).max(1),
         },
-    ];
+    ]
+}
+
+/// Every run's samples and what went wrong, by broker.
+struct Tally {
+    /// (broker, workload, acks, phase) → one sample per run.
+    results: BTreeMap<(usize, usize, usize, usize), Vec<Sample>>,
+    problems: Vec<String>,
+    /// Per broker, why it was left out of the remaining runs.
+    failed: Vec<Option<String>>,
+}
+
+impl Tally {
+    /// Prints and keeps one job's samples, or leaves its broker out of the
+    /// remaining runs if it failed.
+    fn record(
+        &mut self,
+        (bi, wi, ai): (usize, usize, usize),
+        label: &str,
+        broker: &str,
+        outcome: anyhow::Result<Vec<Sample>>,
+    ) {
+        match outcome {
+            Ok(samples) => {
+                for (pi, s) in samples.into_iter().enumerate() {
+                    println!(
+                        "{label} {:<16} {:>12} rec/s {:>8.1} MB/s  broker {:>6.2} s/M  client {:>6.2} s/M{}",
+                        PHASES[pi],
+                        sluice::units::format_count(s.records_per_sec()),
+                        s.mb_per_sec(),
+                        s.broker_cpu_per_million(),
+                        s.client_cpu_per_million(),
+                        if s.valid { "" } else { "  INVALID" }
+                    );
+                    self.results.entry((bi, wi, ai, pi)).or_default().push(s);
+                }
+            }
+            Err(e) => {
+                let msg = format!("{}: {e:#}", label.trim_end());
+                println!("{msg}");
+                println!("  ({broker} is left out of the remaining runs)");
+                self.problems.push(msg.clone());
+                self.failed[bi] = Some(msg);
+            }
+        }
+    }
+}
+
+pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
+    let runs = args.runs.max(1);
+    if args.acks.is_empty() {
+        bail!("--acks is empty; give at least one of 0, 1, all");
+    }
+    let workloads = workloads(&args);
     let brokers = brokers_under_test(&args)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
@@ -278,9 +328,11 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
         &tuned_consumer_settings,
     );
 
-    let mut results: BTreeMap<(usize, usize, usize, usize), Vec<Sample>> = BTreeMap::new();
-    let mut problems: Vec<String> = Vec::new();
-    let mut failed: Vec<Option<String>> = vec![None; brokers.len()];
+    let mut tally = Tally {
+        results: BTreeMap::new(),
+        problems: Vec::new(),
+        failed: vec![None; brokers.len()],
+    };
     for run in 0..runs {
         for (wi, w) in workloads.iter().enumerate() {
             for (ai, &acks) in args.acks.iter().enumerate() {
@@ -289,7 +341,7 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
                     order.reverse();
                 }
                 for bi in order {
-                    if failed[bi].is_some() {
+                    if tally.failed[bi].is_some() {
                         continue;
                     }
                     let b = &brokers[bi];
@@ -313,38 +365,17 @@ pub fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
                         producer_settings: &producer_settings,
                         tuned_consumer_settings: &tuned_consumer_settings,
                     };
-                    match job.run(&mut problems) {
-                        Ok(samples) => {
-                            for (pi, s) in samples.into_iter().enumerate() {
-                                println!(
-                                    "{label} {:<16} {:>12} rec/s {:>8.1} MB/s  broker {:>6.2} s/M  client {:>6.2} s/M{}",
-                                    PHASES[pi],
-                                    sluice::units::format_count(s.records_per_sec()),
-                                    s.mb_per_sec(),
-                                    s.broker_cpu_per_million(),
-                                    s.client_cpu_per_million(),
-                                    if s.valid { "" } else { "  INVALID" }
-                                );
-                                results.entry((bi, wi, ai, pi)).or_default().push(s);
-                            }
-                        }
-                        Err(e) => {
-                            let msg = format!("{}: {e:#}", label.trim_end());
-                            println!("{msg}");
-                            println!("  ({} is left out of the remaining runs)", b.name);
-                            problems.push(msg.clone());
-                            failed[bi] = Some(msg);
-                        }
-                    }
+                    let outcome = job.run(&mut tally.problems);
+                    tally.record((bi, wi, ai), &label, b.name, outcome);
                 }
             }
         }
     }
 
-    print_table(&brokers, &workloads, &args.acks, &results, runs);
-    print_problems(&problems);
+    print_table(&brokers, &workloads, &args.acks, &tally.results, runs);
+    print_problems(&tally.problems);
     let _ = std::fs::remove_dir(&args.dir);
-    let failures: Vec<&str> = failed.iter().flatten().map(String::as_str).collect();
+    let failures: Vec<&str> = tally.failed.iter().flatten().map(String::as_str).collect();
     if !failures.is_empty() {
         bail!(
             "{} of {} brokers failed: {}",
@@ -512,30 +543,10 @@ impl Job<'_> {
         topic: &str,
     ) -> anyhow::Result<(Sample, u64, Vec<String>)> {
         let Workload { size, records } = self.workload;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &broker.bootstrap)
-            .set("acks", self.acks.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                records.clamp(100_000, 2_000_000_000).to_string(),
-            );
-        for (k, v) in self.producer_settings {
-            config.set(k, v);
-        }
-        let producer: BaseProducer<BenchContext> = config
-            .create_with_context(BenchContext::default())
-            .context("cannot create the producer")?;
-        // Connect and learn the partition leaders before the clock starts.
-        producer
-            .client()
-            .fetch_metadata(Some(topic), self.timeout)
-            .context("no metadata for the topic")?;
+        let producer = self.producer(broker, topic)?;
         let ctx = producer.context().clone();
         let mut watch = Watch::new(self.timeout, "records sent + delivery reports", 2 * records);
-        let cpu0 = broker.cpu_secs()?;
-        let self0 = self_cpu_secs();
-        let started = Instant::now();
+        let clock = PhaseClock::start(broker)?;
         let span = self.payload.len() - size;
         let mut refused = 0u64;
         let mut sent = 0u64;
@@ -575,9 +586,6 @@ impl Job<'_> {
             producer.poll(Duration::from_millis(20));
             watch.tick(broker, sent + ctx.done())?;
         }
-        let secs = started.elapsed().as_secs_f64();
-        let broker_cpu = broker.cpu_secs()? - cpu0;
-        let client_cpu = self_cpu_secs() - self0;
         let delivered = ctx.delivered.load(Relaxed);
         let failed = ctx.failed.load(Relaxed);
         let mut events = ctx.take_events();
@@ -586,24 +594,50 @@ impl Job<'_> {
                 "{failed} delivery failures, {refused} records refused by the client"
             ));
         }
-        let sample = Sample {
-            records: delivered,
-            bytes: delivered * size as u64,
-            secs,
-            broker_cpu,
-            client_cpu,
-            valid: failed == 0 && refused == 0 && delivered == records,
-        };
+        let valid = failed == 0 && refused == 0 && delivered == records;
+        let sample = clock.stop(broker, delivered, delivered * size as u64, valid)?;
         Ok((sample, delivered, events))
     }
 
-    fn consume(
+    /// A producer connected to `broker` that knows the topic's leaders, so
+    /// connecting is not timed.
+    fn producer(
         &self,
-        broker: &mut BrokerProcess,
+        broker: &BrokerProcess,
         topic: &str,
-        target: u64,
+    ) -> anyhow::Result<BaseProducer<BenchContext>> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &broker.bootstrap)
+            .set("acks", self.acks.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                self.workload
+                    .records
+                    .clamp(100_000, 2_000_000_000)
+                    .to_string(),
+            );
+        for (k, v) in self.producer_settings {
+            config.set(k, v);
+        }
+        let producer: BaseProducer<BenchContext> = config
+            .create_with_context(BenchContext::default())
+            .context("cannot create the producer")?;
+        producer
+            .client()
+            .fetch_metadata(Some(topic), self.timeout)
+            .context("no metadata for the topic")?;
+        Ok(producer)
+    }
+
+    /// A consumer of every partition of the topic from the beginning
+    /// (assigned, not yet started), with the tuned settings if `tuned`.
+    fn consumer(
+        &self,
+        broker: &BrokerProcess,
+        topic: &str,
         tuned: bool,
-    ) -> anyhow::Result<(Sample, Vec<String>)> {
+    ) -> anyhow::Result<(BaseConsumer<BenchContext>, TopicPartitionList)> {
         let mut config = ClientConfig::new();
         // assign() needs a group id; nothing is committed and no group is joined.
         config
@@ -628,10 +662,19 @@ impl Job<'_> {
                 .add_partition_offset(topic, p, Offset::Beginning)
                 .context("cannot build the assignment")?;
         }
+        Ok((consumer, assignment))
+    }
+
+    fn consume(
+        &self,
+        broker: &mut BrokerProcess,
+        topic: &str,
+        target: u64,
+        tuned: bool,
+    ) -> anyhow::Result<(Sample, Vec<String>)> {
+        let (consumer, assignment) = self.consumer(broker, topic, tuned)?;
         let mut watch = Watch::new(self.timeout, "records consumed", target);
-        let cpu0 = broker.cpu_secs()?;
-        let self0 = self_cpu_secs();
-        let started = Instant::now();
+        let clock = PhaseClock::start(broker)?;
         consumer
             .assign(&assignment)
             .context("cannot assign the partitions")?;
@@ -658,9 +701,6 @@ impl Job<'_> {
                 None => watch.tick(broker, count)?,
             }
         }
-        let secs = started.elapsed().as_secs_f64();
-        let broker_cpu = broker.cpu_secs()? - cpu0;
-        let client_cpu = self_cpu_secs() - self0;
         let mut events = consumer.context().take_events();
         if wrong_size > 0 {
             events.push(format!(
@@ -670,15 +710,91 @@ impl Job<'_> {
         if errors > 0 {
             events.push(format!("{errors} consumer errors (run invalid)"));
         }
-        let sample = Sample {
-            records: count,
+        let sample = clock.stop(broker, count, bytes, errors == 0 && wrong_size == 0)?;
+        Ok((sample, events))
+    }
+}
+
+/// The command that starts `spec`'s broker on `data_dir`, and the port it
+/// will listen on when it does not say (tansu); sluice picks its own and
+/// prints it.
+fn broker_command(spec: &BrokerSpec, data_dir: &Path) -> anyhow::Result<(Command, Option<u16>)> {
+    let mut cmd = Command::new(&spec.bin);
+    let port = match spec.kind {
+        Kind::Sluice => {
+            cmd.arg("broker")
+                .arg("--listen")
+                .arg("127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["--log", "warn"])
+                .env_remove("SLUICE_LOG")
+                .env_remove("SLUICE_DATA_DIR");
+            None
+        }
+        Kind::Tansu => {
+            let port = free_port()?;
+            let url = format!("tcp://127.0.0.1:{port}");
+            cmd.arg("broker")
+                .args(["--storage-engine", "memory://tansu/"])
+                .arg("--listener-url")
+                .arg(&url)
+                .arg("--advertised-listener-url")
+                .arg(&url)
+                .current_dir(data_dir);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "warn");
+            }
+            Some(port)
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; the child dies with us even if
+    // we are killed without running destructors.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Ok((cmd, port))
+}
+
+/// Wall clock and CPU time (the broker's and this process's) of one phase.
+struct PhaseClock {
+    broker_cpu: f64,
+    client_cpu: f64,
+    started: Instant,
+}
+
+impl PhaseClock {
+    fn start(broker: &BrokerProcess) -> anyhow::Result<PhaseClock> {
+        Ok(PhaseClock {
+            broker_cpu: broker.cpu_secs()?,
+            client_cpu: self_cpu_secs(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The phase's sample, from what it moved and whether it was valid.
+    fn stop(
+        self,
+        broker: &BrokerProcess,
+        records: u64,
+        bytes: u64,
+        valid: bool,
+    ) -> anyhow::Result<Sample> {
+        let secs = self.started.elapsed().as_secs_f64();
+        Ok(Sample {
+            records,
             bytes,
             secs,
-            broker_cpu,
-            client_cpu,
-            valid: errors == 0 && wrong_size == 0,
-        };
-        Ok((sample, events))
+            broker_cpu: broker.cpu_secs()? - self.broker_cpu,
+            client_cpu: self_cpu_secs() - self.client_cpu,
+            valid,
+        })
     }
 }
 
@@ -941,46 +1057,7 @@ impl BrokerProcess {
         }
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let mut cmd = Command::new(&spec.bin);
-        let port = match spec.kind {
-            Kind::Sluice => {
-                cmd.arg("broker")
-                    .arg("--listen")
-                    .arg("127.0.0.1:0")
-                    .arg("--data-dir")
-                    .arg(data_dir)
-                    .args(["--log", "warn"])
-                    .env_remove("SLUICE_LOG")
-                    .env_remove("SLUICE_DATA_DIR");
-                None
-            }
-            Kind::Tansu => {
-                let port = free_port()?;
-                let url = format!("tcp://127.0.0.1:{port}");
-                cmd.arg("broker")
-                    .args(["--storage-engine", "memory://tansu/"])
-                    .arg("--listener-url")
-                    .arg(&url)
-                    .arg("--advertised-listener-url")
-                    .arg(&url)
-                    .current_dir(data_dir);
-                if std::env::var_os("RUST_LOG").is_none() {
-                    cmd.env("RUST_LOG", "warn");
-                }
-                Some(port)
-            }
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; the child dies with us even if
-        // we are killed without running destructors.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        let (mut cmd, port) = broker_command(spec, data_dir)?;
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name} ({})", spec.bin.display()))?;
@@ -1330,29 +1407,7 @@ fn print_header(
         };
         println!("broker:    {} = {} {how}", b.name, b.bin.display());
     }
-    println!(
-        "workload:  {} ; {} partitions, round-robin, no keys; acks {} ; median of {runs} runs{}",
-        workloads
-            .iter()
-            .map(|w| format!(
-                "{} × {}",
-                sluice::units::format_count(w.records as f64),
-                size_label(w.size)
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.partitions,
-        args.acks
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-        if args.quick {
-            " (--quick: 1/10 of the records)"
-        } else {
-            ""
-        }
-    );
+    println!("workload:  {}", workload_line(args, workloads, runs));
     let queue_default = if producer_settings
         .iter()
         .any(|(k, _)| k == "queue.buffering.max.messages")
@@ -1363,25 +1418,51 @@ fn print_header(
     };
     println!(
         "producer:  BaseProducer, {}{queue_default}",
-        producer_settings
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        settings_line(producer_settings)
     );
     println!(
         "consumer:  BaseConsumer assign() from the beginning; default = librdkafka defaults; tuned = {}",
-        tuned_consumer_settings
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        settings_line(tuned_consumer_settings)
     );
     println!(
         "measures:  wall clock per phase (produce: first send to last delivery report; consume: assign to last record); \
 MB/s of values; CPU s per million records (broker: /proc/PID/stat utime+stime; client: this process)"
     );
     println!();
+}
+
+/// What each run moves, on how many partitions, with which acks.
+fn workload_line(args: &BrokerBenchArgs, workloads: &[Workload], runs: usize) -> String {
+    let sizes: Vec<String> = workloads
+        .iter()
+        .map(|w| {
+            format!(
+                "{} × {}",
+                sluice::units::format_count(w.records as f64),
+                size_label(w.size)
+            )
+        })
+        .collect();
+    let acks: Vec<String> = args.acks.iter().map(|a| a.to_string()).collect();
+    format!(
+        "{} ; {} partitions, round-robin, no keys; acks {} ; median of {runs} runs{}",
+        sizes.join(", "),
+        args.partitions,
+        acks.join(","),
+        if args.quick {
+            " (--quick: 1/10 of the records)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn settings_line(settings: &[(String, String)]) -> String {
+    settings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_table(
@@ -1450,9 +1531,17 @@ fn print_table(
             }
         }
     }
-    if brokers.len() < 2 {
-        return;
+    if brokers.len() >= 2 {
+        print_ratios(workloads, acks, results);
     }
+}
+
+/// The first broker's medians over the second's (sluice / tansu).
+fn print_ratios(
+    workloads: &[Workload],
+    acks: &[Acks],
+    results: &BTreeMap<(usize, usize, usize, usize), Vec<Sample>>,
+) {
     println!();
     println!(
         "sluice / tansu (ratio of medians; records/s > 1 and broker CPU per record < 1 favour sluice)"

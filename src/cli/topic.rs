@@ -156,12 +156,7 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             if let Some(bootstrap) = bootstrap {
                 return remote::add_partitions(&bootstrap, &name, partitions);
             }
-            let store = open_store(&store.data_dir, false)?;
-            store.add_partitions(&name, partitions).with_context(|| {
-                format!("cannot grow topic {name:?} to {partitions} partitions")
-            })?;
-            println!("Topic {name} now has {partitions} partitions.");
-            Ok(())
+            grow(&open_store(&store.data_dir, false)?, &name, partitions)
         }
         TopicCommand::Delete {
             name,
@@ -171,15 +166,26 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             if let Some(bootstrap) = bootstrap {
                 return remote::delete(&bootstrap, &name);
             }
-            let store = open_store(&store.data_dir, false)?;
-            store
-                .delete_topic(&name)
-                .with_context(|| format!("cannot delete topic {name:?}"))?;
-            println!("Deleted topic {name}.");
-            Ok(())
+            delete(&open_store(&store.data_dir, false)?, &name)
         }
         TopicCommand::Retention { store } => retention(&open_store(&store.data_dir, false)?),
     }
+}
+
+fn grow(store: &LogStore, name: &str, partitions: i64) -> anyhow::Result<()> {
+    store
+        .add_partitions(name, partitions)
+        .with_context(|| format!("cannot grow topic {name:?} to {partitions} partitions"))?;
+    println!("Topic {name} now has {partitions} partitions.");
+    Ok(())
+}
+
+fn delete(store: &LogStore, name: &str) -> anyhow::Result<()> {
+    store
+        .delete_topic(name)
+        .with_context(|| format!("cannot delete topic {name:?}"))?;
+    println!("Deleted topic {name}.");
+    Ok(())
 }
 
 /// A topic's configs from the create flags (Kafka's defaults for the rest).

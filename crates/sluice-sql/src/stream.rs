@@ -579,66 +579,43 @@ impl StreamShape {
     /// CSV rows → the declared columns, like [`Self::decode_json`]. BYTEA
     /// columns take the field's bytes as they are.
     fn decode_csv(&self, values: &BinaryViewArray, delimiter: u8) -> Result<Decoded, SqlError> {
-        // arrow's CSV reader has no binary columns: read them as text.
-        let csv_schema = Arc::new(Schema::new(
-            self.value_fields
-                .iter()
-                .map(|f| match f.data_type() {
-                    DataType::Binary => f.clone().with_data_type(DataType::Utf8),
-                    _ => f.clone(),
-                })
-                .collect::<Vec<_>>(),
-        ));
-        let decoder = |rows: usize| {
-            datafusion::arrow::csv::ReaderBuilder::new(csv_schema.clone())
-                .with_header(false)
-                .with_delimiter(delimiter)
-                .with_batch_size(rows.max(1))
-                .build_decoder()
-        };
-        let to_columns = |batch: RecordBatch| -> Result<Vec<ArrayRef>, ArrowError> {
-            batch
-                .columns()
-                .iter()
-                .zip(&self.value_fields)
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c.clone())
-                    } else {
-                        datafusion::arrow::compute::cast(c, f.data_type())
-                    }
-                })
-                .collect()
-        };
-        let mut all = decoder(values.len() + 1);
+        let csv = CsvShape::new(&self.value_fields, delimiter);
+        // All values at once, the common case; only a batch with a bad
+        // value is decoded again value by value, to tell which.
+        let mut all = csv.decoder(values.len() + 1);
         let whole = values
             .iter()
             .try_for_each(|v| feed_csv_row(&mut all, v.unwrap_or_default()))
             .and_then(|()| all.flush());
         match whole {
-            Ok(None) if values.is_empty() => {
-                return Ok(Decoded {
-                    columns: RecordBatch::new_empty(self.value_schema())
-                        .columns()
-                        .to_vec(),
-                    kept: None,
-                    bad: Vec::new(),
-                });
-            }
-            Ok(Some(batch)) if batch.num_rows() == values.len() => {
-                return Ok(Decoded {
-                    columns: to_columns(batch)?,
-                    kept: None,
-                    bad: Vec::new(),
-                });
-            }
-            _ => {}
+            Ok(None) if values.is_empty() => Ok(Decoded {
+                columns: RecordBatch::new_empty(self.value_schema())
+                    .columns()
+                    .to_vec(),
+                kept: None,
+                bad: Vec::new(),
+            }),
+            Ok(Some(batch)) if batch.num_rows() == values.len() => Ok(Decoded {
+                columns: csv.columns(batch, &self.value_fields)?,
+                kept: None,
+                bad: Vec::new(),
+            }),
+            _ => self.decode_csv_value_by_value(values, &csv),
         }
+    }
+
+    /// Decodes each value alone, keeping the good ones and saying what is
+    /// wrong with each bad one.
+    fn decode_csv_value_by_value(
+        &self,
+        values: &BinaryViewArray,
+        csv: &CsvShape,
+    ) -> Result<Decoded, SqlError> {
         let mut good = Vec::new();
         let mut kept = Vec::with_capacity(values.len());
         let mut bad = Vec::new();
         for (row, v) in values.iter().enumerate() {
-            let mut one = decoder(2);
+            let mut one = csv.decoder(2);
             let result = feed_csv_row(&mut one, v.unwrap_or_default()).and_then(|()| one.flush());
             let ok = match result {
                 Ok(Some(b)) if b.num_rows() == 1 => {
@@ -668,16 +645,66 @@ impl StreamShape {
                 .columns()
                 .to_vec()
         } else {
-            to_columns(datafusion::arrow::compute::concat_batches(
-                &csv_schema,
-                &good,
-            )?)?
+            csv.columns(
+                datafusion::arrow::compute::concat_batches(&csv.schema, &good)?,
+                &self.value_fields,
+            )?
         };
         Ok(Decoded {
             columns,
             kept: Some(kept.into()),
             bad,
         })
+    }
+}
+
+/// How a stream's CSV values are read: arrow's CSV reader has no binary
+/// columns, so BYTEA columns are read as text and cast back.
+struct CsvShape {
+    schema: SchemaRef,
+    delimiter: u8,
+}
+
+impl CsvShape {
+    fn new(value_fields: &[Field], delimiter: u8) -> CsvShape {
+        let schema = Arc::new(Schema::new(
+            value_fields
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Binary => f.clone().with_data_type(DataType::Utf8),
+                    _ => f.clone(),
+                })
+                .collect::<Vec<_>>(),
+        ));
+        CsvShape { schema, delimiter }
+    }
+
+    fn decoder(&self, rows: usize) -> datafusion::arrow::csv::reader::Decoder {
+        datafusion::arrow::csv::ReaderBuilder::new(self.schema.clone())
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_batch_size(rows.max(1))
+            .build_decoder()
+    }
+
+    /// The decoded batch's columns as the declared types.
+    fn columns(
+        &self,
+        batch: RecordBatch,
+        value_fields: &[Field],
+    ) -> Result<Vec<ArrayRef>, ArrowError> {
+        batch
+            .columns()
+            .iter()
+            .zip(value_fields)
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    datafusion::arrow::compute::cast(c, f.data_type())
+                }
+            })
+            .collect()
     }
 }
 

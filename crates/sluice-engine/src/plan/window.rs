@@ -197,6 +197,52 @@ fn emit_running<K: Key, V: Data>(
     ])
 }
 
+/// The running values of a windowed reduction with an inverse, as a batch
+/// changes them: read from the checkpoint once, then kept here.
+struct Running<'a, K, V> {
+    db: &'a rocksdb::DB,
+    cf: &'a ColumnFamily,
+    /// Key (as stored) → its new running value.
+    updated: std::collections::BTreeMap<Vec<u8>, V>,
+    operator: &'a NodeInfo,
+    _key: std::marker::PhantomData<K>,
+}
+
+impl<K: Key, V: Data> Running<'_, K, V> {
+    /// Folds each (key, value) row of `chunks` into its key's running
+    /// value with `step` (which gets `None` for a key with no value yet;
+    /// a `None` result is a row leaving the window for a key that has no
+    /// running value).
+    fn fold(
+        &mut self,
+        chunks: &[RecordBatch],
+        step: impl for<'v> Fn(Option<V>, V::View<'v>) -> Option<V>,
+    ) -> Result<()> {
+        for c in chunks {
+            let rows = <(K, V)>::reader(c.columns())?;
+            for i in 0..c.num_rows() {
+                let (k, v) = <(K, V)>::get(&rows, i);
+                let key = running_key::<K>(k);
+                let old = match self.updated.remove(&key) {
+                    Some(v) => Some(v),
+                    None => match self.db.get_cf(self.cf, &key)? {
+                        Some(bytes) => Some(decode_all::<V>(&bytes)?),
+                        None => None,
+                    },
+                };
+                let Some(new) = step(old, v) else {
+                    return Err(PlanError::Operator {
+                        operator: self.operator.name(),
+                        message: "a batch left the window with a key that has no running value (state was reset mid-window?)".into(),
+                    });
+                };
+                self.updated.insert(key, new);
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
     stream: &DStream<(K, V)>,
     f: impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + Clone + 'static,
@@ -236,40 +282,19 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
                     Some(id) if id > 0 => stored_batches(cx, cf, id, id)?,
                     _ => Vec::new(),
                 };
-                let db = cx.checkpoint.db();
-                // key -> (new running value or None when it reached "nothing")
-                let mut updated: std::collections::BTreeMap<Vec<u8>, V> = Default::default();
-                let mut apply = |chunks: &[RecordBatch], add: bool| -> Result<()> {
-                    for c in chunks {
-                        let rows = <(K, V)>::reader(c.columns())?;
-                        for i in 0..c.num_rows() {
-                            let (k, v) = <(K, V)>::get(&rows, i);
-                            let key = running_key::<K>(k);
-                            let old = match updated.remove(&key) {
-                                Some(v) => Some(v),
-                                None => match db.get_cf(cf, &key)? {
-                                    Some(bytes) => Some(decode_all::<V>(&bytes)?),
-                                    None => None,
-                                },
-                            };
-                            let new = match (old, add) {
-                                (Some(o), true) => f(o.view(), v),
-                                (None, true) => V::to_owned_value(v),
-                                (Some(o), false) => inverse(o.view(), v),
-                                (None, false) => {
-                                    return Err(PlanError::Operator {
-                                        operator: info.name(),
-                                        message: "a batch left the window with a key that has no running value (state was reset mid-window?)".into(),
-                                    });
-                                }
-                            };
-                            updated.insert(key, new);
-                        }
-                    }
-                    Ok(())
+                let mut running = Running::<K, V> {
+                    db: cx.checkpoint.db(),
+                    cf,
+                    updated: Default::default(),
+                    operator: info,
+                    _key: std::marker::PhantomData,
                 };
-                apply(&current, true)?;
-                apply(&leaving, false)?;
+                running.fold(&current, |o, v| match o {
+                    Some(o) => Some(f(o.view(), v)),
+                    None => Some(V::to_owned_value(v)),
+                })?;
+                running.fold(&leaving, |o, v| o.map(|o| inverse(o.view(), v)))?;
+                let updated = running.updated;
                 cx.write(|w| {
                     for (k, v) in &updated {
                         w.put_cf(cf, k, encode_to_vec::<V>(v.view()));

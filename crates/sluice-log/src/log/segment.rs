@@ -177,32 +177,8 @@ impl Segment {
     ) -> Result<(Segment, TailRecovery, IndexBuilder)> {
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| LogError::io("opening segment", &log_path, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| LogError::io("inspecting segment", &log_path, e))?;
-        let file_len = meta.len();
-        let mtime_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(now_ms, |d| d.as_millis() as i64);
-
-        let mut index_rebuilt = false;
-        let mut index = match load_index_files(dir, &stem, file_len) {
-            Ok(idx) => idx,
-            Err(why) => {
-                if file_len > 0 {
-                    tracing::info!(segment = %log_path.display(), "rebuilding index: {why}");
-                    index_rebuilt = true;
-                }
-                SparseIndex::default()
-            }
-        };
+        let (file, file_len, mtime_ms) = open_log_file(&log_path, now_ms)?;
+        let (mut index, index_rebuilt) = load_or_rebuild_index(dir, &stem, &log_path, file_len);
         // CRCs are checked from the trusted boundary on; a boundary past the
         // end of the file means the file shrank behind our back: check it all.
         let crc_from = match validate_from {
@@ -307,6 +283,9 @@ impl Segment {
     /// Returns where the valid run ends, the next offset, and why it stopped
     /// early (if it did). Batches at or after `crc_from` are read whole and
     /// their CRC checked; before it only headers are read.
+    // Kept whole (~90 lines): recovery's one pass over the file, where each
+    // stop (torn header, bad CRC, offset gap) must return the same trio of
+    // position, offset and reason from the loop's own state.
     fn scan(
         &self,
         from: u64,
@@ -569,5 +548,44 @@ impl io::Seek for FileReader<'_> {
             io::SeekFrom::End(_) => return Err(io::Error::other("seek from end unsupported")),
         }
         Ok(self.pos)
+    }
+}
+
+/// Opens a segment's `.log` for reading and appending: the file, its
+/// length and its modification time (`now_ms` if the file system has none).
+fn open_log_file(log_path: &Path, now_ms: i64) -> Result<(File, u64, i64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(log_path)
+        .map_err(|e| LogError::io("opening segment", log_path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| LogError::io("inspecting segment", log_path, e))?;
+    let mtime_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now_ms, |d| d.as_millis() as i64);
+    Ok((file, meta.len(), mtime_ms))
+}
+
+/// The segment's index files, or an empty index to rebuild from the batch
+/// headers when they are missing or damaged (then `true`, unless the
+/// segment is empty and there is nothing to rebuild).
+fn load_or_rebuild_index(
+    dir: &Path,
+    stem: &str,
+    log_path: &Path,
+    file_len: u64,
+) -> (SparseIndex, bool) {
+    match load_index_files(dir, stem, file_len) {
+        Ok(index) => (index, false),
+        Err(why) => {
+            if file_len > 0 {
+                tracing::info!(segment = %log_path.display(), "rebuilding index: {why}");
+            }
+            (SparseIndex::default(), file_len > 0)
+        }
     }
 }
