@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::StoreArgs;
+use super::common::StoreArgs;
 use crate::broker::{Broker, BrokerConfig};
 use crate::units::{parse_bytes, parse_millis};
 

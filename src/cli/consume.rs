@@ -10,8 +10,9 @@ use bytes::Bytes;
 use clap::Args;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::{StoreArgs, open_store, parse_timestamp_ms, stop_flag};
+use super::common::{StoreArgs, open_store, stop_flag};
 use crate::log::{LogError, Partition};
+use crate::units::parse_timestamp_ms;
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {

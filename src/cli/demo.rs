@@ -12,8 +12,9 @@ use bytes::Bytes;
 use clap::Subcommand;
 use kafka_protocol::records::RecordBatchDecoder;
 
+use super::common::{StoreArgs, open_store};
 use super::produce::EmbeddedProducer;
-use super::{StoreArgs, now_ms, open_store};
+use crate::common::now_ms;
 use crate::corpus::CorpusGenerator;
 use crate::log::{LogStore, Topic, TopicConfig};
 use crate::producer::{Compression, UnkeyedStrategy, parse_compression};

@@ -3,6 +3,7 @@
 //! person can act on; nothing here owns data or formats on disk.
 
 mod broker;
+mod common;
 mod consume;
 mod demo;
 mod job;
@@ -14,18 +15,10 @@ mod state;
 mod topic;
 mod wordcount;
 
+pub use common::StoreArgs;
 pub use wordcount::wordcount;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-
-pub(crate) use crate::common::now_ms;
-use crate::log::{LogStore, StoreOptions};
-pub(crate) use crate::units::parse_timestamp_ms;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,14 +35,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Where the embedded log store keeps its data.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StoreArgs {
-    /// Data directory of the embedded log store (created if missing).
-    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,20 +107,4 @@ pub fn init_tracing(filter: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-}
-
-pub(crate) fn open_store(dir: &Path, background: bool) -> anyhow::Result<LogStore> {
-    LogStore::open(
-        dir,
-        StoreOptions {
-            background,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("cannot open the log store in {}", dir.display()))
-}
-
-/// A flag set by SIGINT or SIGTERM, for commands that run until stopped.
-pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    crate::driver::stop_on_signals().context("cannot install signal handler")
 }

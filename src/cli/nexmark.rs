@@ -8,9 +8,10 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{StoreArgs, open_store, parse_timestamp_ms};
+use super::common::{StoreArgs, open_store};
 use crate::nexmark::json::format_timestamp;
 use crate::nexmark::{DEFAULT_RATE, DEFAULT_SEED, EventKind, Generator, NexmarkConfig, load};
+use crate::units::parse_timestamp_ms;
 use crate::units::{format_bytes, format_count};
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use super::{StoreArgs, now_ms, open_store, stop_flag};
+use super::common::{StoreArgs, open_store, stop_flag};
+use crate::common::now_ms;
 use crate::log::{LogStore, Partition, Topic};
 use crate::producer::{
     BATCH_HEADER_BYTES, BatchBuilder, Compression, FollowStart, LineFollower, Partitioner,

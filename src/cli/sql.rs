@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::common::{open_store, stop_flag};
 use super::job::JobArgs;
-use super::{open_store, stop_flag};
 use crate::driver::StreamingContext;
 use crate::sql::script::StreamDecl;
 use crate::sql::{Script, Topics};

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{StoreArgs, open_store, remote};
+use super::common::{StoreArgs, open_store};
+use super::remote;
 use crate::log::{FlushPolicy, LogStore, TopicConfig};
 use crate::units::{format_bytes, parse_bytes, parse_millis};
 

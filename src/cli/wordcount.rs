@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::common::{StoreArgs, open_store, stop_flag};
 use super::job::JobArgs;
 use super::produce::EmbeddedProducer;
-use super::{StoreArgs, now_ms, open_store, stop_flag};
+use crate::common::now_ms;
 use crate::corpus::CorpusGenerator;
 use crate::driver::StreamingContext;
 use crate::log::TopicConfig;

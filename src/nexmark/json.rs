@@ -12,7 +12,7 @@
 //! column declared `TIMESTAMP`) reads as `Timestamp(Millisecond, None)`.
 //! Written by hand into a reused buffer: this is the generator's hot path.
 
-use super::{Auction, Bid, Event, Person};
+use super::generator::{Auction, Bid, Event, Person};
 
 /// Appends `event` as one JSON object (no newline).
 pub fn write_event(event: &Event<'_>, out: &mut Vec<u8>) {

@@ -24,7 +24,8 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 use rayon::prelude::*;
 
-use super::{EventKind, Generator, json};
+use super::generator::{EventKind, Generator, kind_index};
+use super::json;
 use crate::log::{LogError, LogStore, Partition, Topic, TopicConfig};
 use crate::producer::{BATCH_HEADER_BYTES, BatchBuilder, Compression, EncodeError};
 
@@ -314,7 +315,7 @@ fn encode_chunk(
         let event = generator.event(n);
         let kind = event.kind();
         let k = kind as usize;
-        let p = (super::kind_index(n) % partitions[k] as u64) as usize;
+        let p = (kind_index(n) % partitions[k] as u64) as usize;
         value.clear();
         json::write_event(&event, &mut value);
         let b = &mut builders[k][p];
