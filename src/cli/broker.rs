@@ -41,6 +41,15 @@ pub struct BrokerArgs {
     /// Smallest session timeout a consumer may ask for (group.min.session.timeout.ms).
     #[arg(long, default_value = "6s", value_parser = millis)]
     group_min_session_timeout: Duration,
+    /// Longest transaction.timeout.ms a transactional producer may ask for
+    /// (Kafka's transaction.max.timeout.ms); longer is refused with
+    /// INVALID_TRANSACTION_TIMEOUT.
+    #[arg(long, default_value = "15min", value_parser = millis)]
+    transaction_max_timeout: Duration,
+    /// How often open transactions are checked against their timeouts
+    /// (Kafka's transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    #[arg(long, default_value = "10s", value_parser = millis)]
+    transaction_check_interval: Duration,
     /// How often request, byte and error counters are logged.
     #[arg(long, default_value = "60s", value_parser = millis)]
     metrics_interval: Duration,
@@ -57,6 +66,10 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         usize::try_from(args.max_request_bytes).context("--max-request-bytes is too large")?;
     config.groups.initial_rebalance_delay = args.group_initial_rebalance_delay;
     config.groups.min_session_timeout = args.group_min_session_timeout;
+    config.transactions.max_timeout = args.transaction_max_timeout;
+    config.transactions.check_interval = args
+        .transaction_check_interval
+        .max(Duration::from_millis(10));
     config.metrics_interval = args.metrics_interval.max(Duration::from_millis(100));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

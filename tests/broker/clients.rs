@@ -472,3 +472,24 @@ fn sluice_topic_commands_talk_to_a_running_broker() {
     assert!(err.contains("is a broker running at 127.0.0.1:1"), "{err}");
     assert!(err.lines().count() <= 2, "one error line expected:\n{err}");
 }
+
+#[test]
+fn kafka_python_transactions_commit_abort_and_read_committed() {
+    require_kafka_python();
+    let broker = TestBroker::start_with(BrokerOpts::auto_create());
+    let out = ok(python("transactions.py").args([&broker.bootstrap(), "kpt"]));
+    let v = json(&out);
+    let values = |name: &str| -> Vec<String> {
+        v[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+            .iter()
+            .map(|x| x.as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let batch = |name: &str| -> Vec<String> { (0..4).map(|i| format!("{name}-{i}")).collect() };
+    let committed = [batch("first"), batch("second")].concat();
+    let everything = [batch("first"), batch("aborted"), batch("second")].concat();
+    assert_eq!(values("read_committed"), committed);
+    assert_eq!(values("read_uncommitted"), everything);
+}

@@ -1,6 +1,6 @@
 //! The broker's integration tests: the Kafka wire protocol by hand, real
-//! clients (rdkafka, kcat, kafka-python), SIGKILL crashes and a fuzzer of
-//! the request decoder.
+//! clients (rdkafka, kcat, kafka-python), transactions, SIGKILL crashes and
+//! a fuzzer of the request decoder.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,3 +10,5 @@ mod crash;
 mod fuzz;
 mod protocol;
 mod rdkafka;
+mod transactions;
+mod txn_protocol;

@@ -42,7 +42,7 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const UNSUPPORTED_VERSION: i16 = 35;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 
-fn connect(addr: SocketAddr) -> TcpStream {
+pub(crate) fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .unwrap_or_else(|e| panic!("connect to the broker at {addr}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -51,12 +51,17 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-fn topic_name(s: &str) -> TopicName {
+pub(crate) fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
 /// One request frame: size, header (the version the API requires), body.
-fn frame<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> BytesMut {
+pub(crate) fn frame<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> BytesMut {
     let mut buf = BytesMut::new();
     buf.put_i32(0);
     RequestHeader::default()
@@ -100,7 +105,12 @@ fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
 }
 
 /// Decodes a response frame: checks the correlation id, returns the body.
-fn decode<R: Decodable>(api: ApiKey, version: i16, correlation_id: i32, mut frame: Bytes) -> R {
+pub(crate) fn decode<R: Decodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    mut frame: Bytes,
+) -> R {
     let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))
         .unwrap_or_else(|e| panic!("{api:?} v{version} response header: {e:#}"));
     assert_eq!(
@@ -119,7 +129,7 @@ fn decode<R: Decodable>(api: ApiKey, version: i16, correlation_id: i32, mut fram
 }
 
 /// Sends one request and decodes its response.
-fn call<Q: Encodable, R: Decodable>(
+pub(crate) fn call<Q: Encodable, R: Decodable>(
     s: &mut TcpStream,
     api: ApiKey,
     version: i16,
@@ -191,7 +201,7 @@ fn assert_healthy(addr: SocketAddr) {
     assert_eq!(m.brokers[0].port, i32::from(addr.port()));
 }
 
-fn create_topic(addr: SocketAddr, name: &str, partitions: i32) {
+pub(crate) fn create_topic(addr: SocketAddr, name: &str, partitions: i32) {
     let mut s = connect(addr);
     let req = CreateTopicsRequest::default()
         .with_topics(vec![
@@ -211,7 +221,12 @@ fn create_topic(addr: SocketAddr, name: &str, partitions: i32) {
     assert_eq!(resp.topics[0].num_partitions, partitions);
 }
 
-fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+pub(crate) fn produce_request(
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> ProduceRequest {
     ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(10_000)
@@ -286,7 +301,12 @@ fn list_offsets(addr: SocketAddr, topic: &str, partitions: i32, timestamp: i64) 
     parts.into_iter().map(|(_, e, o)| (e, o)).collect()
 }
 
-fn fetch_request(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+pub(crate) fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+) -> FetchRequest {
     FetchRequest::default()
         .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(1)

@@ -28,10 +28,10 @@ use crate::common;
 use crate::common::broker::TestBroker;
 
 /// Every wait in these tests ends by then.
-const DEADLINE: Duration = Duration::from_secs(30);
-const OP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn block_on<F: Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,7 +45,7 @@ const DEBUG_ENV: &str = "SLUICE_TEST_RDKAFKA_DEBUG";
 
 /// The consumers' context: librdkafka's log lines go to stderr when
 /// [`DEBUG_ENV`] is set, and nowhere otherwise.
-struct TestContext;
+pub(crate) struct TestContext;
 
 impl ClientContext for TestContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -63,9 +63,9 @@ impl ClientContext for TestContext {
 
 impl ConsumerContext for TestContext {}
 
-type TestConsumer = BaseConsumer<TestContext>;
+pub(crate) type TestConsumer = BaseConsumer<TestContext>;
 
-fn client_config(broker: &TestBroker) -> ClientConfig {
+pub(crate) fn client_config(broker: &TestBroker) -> ClientConfig {
     let mut c = ClientConfig::new();
     if let Ok(debug) = std::env::var(DEBUG_ENV) {
         c.set("debug", debug).set_log_level(RDKafkaLogLevel::Debug);
@@ -90,7 +90,12 @@ fn admin_opts() -> AdminOptions {
         .operation_timeout(Some(OP_TIMEOUT))
 }
 
-fn create_topic(broker: &TestBroker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+pub(crate) fn create_topic(
+    broker: &TestBroker,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         t = t.set(k, v);
@@ -100,7 +105,7 @@ fn create_topic(broker: &TestBroker, name: &str, partitions: i32, configs: &[(&s
     assert_eq!(results, vec![Ok(name.to_string())], "CreateTopics {name}");
 }
 
-fn producer(broker: &TestBroker, settings: &[(&str, &str)]) -> FutureProducer {
+pub(crate) fn producer(broker: &TestBroker, settings: &[(&str, &str)]) -> FutureProducer {
     let mut c = client_config(broker);
     c.set("linger.ms", "5").set("message.timeout.ms", "20000");
     for (k, v) in settings {
@@ -111,7 +116,7 @@ fn producer(broker: &TestBroker, settings: &[(&str, &str)]) -> FutureProducer {
 
 /// A consumer for explicit assignments: it never joins its group
 /// (librdkafka wants a group id for `assign()` all the same).
-fn assign_consumer(broker: &TestBroker, settings: &[(&str, &str)]) -> TestConsumer {
+pub(crate) fn assign_consumer(broker: &TestBroker, settings: &[(&str, &str)]) -> TestConsumer {
     let mut c = client_config(broker);
     c.set("group.id", "assign-only")
         .set("enable.auto.commit", "false")
@@ -123,7 +128,7 @@ fn assign_consumer(broker: &TestBroker, settings: &[(&str, &str)]) -> TestConsum
         .expect("create a BaseConsumer")
 }
 
-fn group_consumer(broker: &TestBroker, group: &str) -> TestConsumer {
+pub(crate) fn group_consumer(broker: &TestBroker, group: &str) -> TestConsumer {
     let mut c = client_config(broker);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -138,7 +143,7 @@ fn group_consumer(broker: &TestBroker, group: &str) -> TestConsumer {
 
 /// Drops (closes) a consumer on another thread, bounded: a consumer whose
 /// close hangs fails the test instead of hanging it.
-fn close_bounded(consumer: TestConsumer, what: &str) {
+pub(crate) fn close_bounded(consumer: TestConsumer, what: &str) {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         drop(consumer);

@@ -456,6 +456,71 @@ fn topic_sink_and_dead_letters_through_a_kafka_broker() {
     assert_eq!(work.counter("kafka", "bad records"), 2);
 }
 
+/// A SQL job writing a topic sink to `sluice broker` in one transaction per
+/// batch, SIGKILLed at random moments (`SLUICE_ENGINE_KILLS`, 20 in CI) and
+/// once inside a transaction (between partitions), then run to the end: a
+/// read_committed reader of the sink topic sees every result row exactly
+/// once, although the killed runs left aborted records in the log.
+#[test]
+fn transactional_topic_sink_is_exactly_once_under_sigkill() {
+    use rand::{Rng, SeedableRng};
+    let kills: usize = common::env_or("SLUICE_ENGINE_KILLS", 20);
+    let seed = common::crash_seed();
+    eprintln!("SLUICE_CRASH_SEED={seed} SLUICE_ENGINE_KILLS={kills}");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut broker = TestBroker::start();
+    broker.kill();
+    load_values(&broker.data_dir(), "clicks", 2, &clicks(600));
+    broker.restart();
+    let work = Work::new();
+    let bootstrap = broker.bootstrap();
+    let at_broker = ["--brokers", bootstrap.as_str()];
+    let sql = "CREATE STREAM clicks (user TEXT, ms BIGINT) WITH (topic = 'clicks', format = 'json');\n\
+               CREATE SINK out WITH (type = 'topic', key = 'user', partitions = 3);\n\
+               INSERT INTO out SELECT user, ms FROM clicks;";
+    #[cfg(feature = "failpoints")]
+    work.run_killed("txn", sql, &at_broker, "sink::topic::after_partition=return(4)");
+    for _ in 0..kills {
+        let mut child = work
+            .command("txn", sql, &at_broker, None)
+            .spawn()
+            .expect("start the job");
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = run_bounded(&mut work.command("txn", sql, &at_broker, None), RUN_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    broker.stop_gracefully();
+    // `read_topic` reads committed records only, as read_committed readers do.
+    let committed = read_topic(&broker.data_dir(), "out");
+    assert_eq!(rows_checked(&committed, "txn/out"), expected_click_rows(600));
+    #[cfg(feature = "failpoints")]
+    {
+        // The run killed inside a transaction left records that only the
+        // aborted-transaction index keeps from readers.
+        let store = LogStore::open(broker.data_dir(), common::quiet()).unwrap();
+        let mut stored = 0;
+        for p in store.topic("out").unwrap().partitions() {
+            let (bytes, _) = p.read(0, 64 << 20).unwrap();
+            stored += common::decode_batches(&bytes, "out")
+                .iter()
+                .filter(|b| !b.header.is_control())
+                .map(|b| b.records.len())
+                .sum::<usize>();
+        }
+        assert!(
+            stored > committed.len(),
+            "{stored} records stored, {} committed: no transaction was aborted",
+            committed.len()
+        );
+    }
+}
+
 /// Reads the files the manifest lists with DataFusion, as a reader would;
 /// returns `(user, ms)` rows sorted by ms.
 fn read_listed(dir: &Path, manifest: &[ManifestEntry], format: &str) -> Vec<(String, i64)> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::groups::GroupConfig;
+use crate::txn::TxnConfig;
 
 /// Kafka's `socket.request.max.bytes`.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
@@ -31,6 +32,7 @@ pub struct BrokerConfig {
     /// How often the metrics line is logged.
     pub metrics_interval: Duration,
     pub groups: GroupConfig,
+    pub transactions: TxnConfig,
 }
 
 impl BrokerConfig {
@@ -45,6 +47,7 @@ impl BrokerConfig {
             idle_timeout: Duration::from_secs(600),
             metrics_interval: Duration::from_secs(60),
             groups: GroupConfig::default(),
+            transactions: TxnConfig::default(),
         }
     }
 }

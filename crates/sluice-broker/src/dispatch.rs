@@ -153,6 +153,7 @@ async fn route(
         cluster,
         topics,
         groups,
+        txns,
         producer_ids,
         producer_states,
         metrics,
@@ -177,14 +178,14 @@ async fn route(
             Rs::FindCoordinator(find_coordinator::find_coordinator(cluster, r, version))
         }
         Rq::Produce(r) => {
-            match produce::produce(topics, producer_states, metrics, r, version).await {
+            match produce::produce(topics, producer_states, txns, metrics, r, version).await {
                 Some(resp) => Rs::Produce(resp),
                 None => return Ok(None),
             }
         }
-        Rq::InitProducerId(r) => {
-            Rs::InitProducerId(init_producer_id::init_producer_id(producer_ids, r, version).await)
-        }
+        Rq::InitProducerId(r) => Rs::InitProducerId(
+            init_producer_id::init_producer_id(producer_ids, txns, r, version).await,
+        ),
         Rq::Fetch(r) => Rs::Fetch(fetch::fetch(topics, shutdown, r, version).await?),
         Rq::ListOffsets(r) => Rs::ListOffsets(list_offsets::list_offsets(topics, r, version).await),
         Rq::JoinGroup(r) => Rs::JoinGroup(
@@ -201,6 +202,14 @@ async fn route(
         Rq::OffsetFetch(r) => Rs::OffsetFetch(groups.offset_fetch(r, version)),
         Rq::ListGroups(r) => Rs::ListGroups(groups.list_groups(r, version)),
         Rq::DescribeGroups(r) => Rs::DescribeGroups(groups.describe_groups(r, version)),
+        Rq::AddPartitionsToTxn(r) => Rs::AddPartitionsToTxn(txns.add_partitions(r, version).await),
+        Rq::AddOffsetsToTxn(r) => Rs::AddOffsetsToTxn(txns.add_offsets(r, version).await),
+        Rq::EndTxn(r) => Rs::EndTxn(txns.end_txn(r, version).await),
+        Rq::TxnOffsetCommit(r) => Rs::TxnOffsetCommit(txns.txn_offset_commit(r, version).await),
+        Rq::DescribeTransactions(r) => {
+            Rs::DescribeTransactions(txns.describe_transactions(r, version))
+        }
+        Rq::ListTransactions(r) => Rs::ListTransactions(txns.list_transactions(r, version)),
         // decode_request only lets advertised APIs through.
         _ => return Err(format!("{api:?} is not implemented by sluice broker")),
     }))
@@ -225,6 +234,18 @@ fn response_has_error(resp: &ResponseKind) -> bool {
         Rs::SyncGroup(r) => r.error_code != 0,
         Rs::Heartbeat(r) => r.error_code != 0,
         Rs::ApiVersions(r) => r.error_code != 0,
+        Rs::InitProducerId(r) => r.error_code != 0,
+        Rs::EndTxn(r) => r.error_code != 0,
+        Rs::AddOffsetsToTxn(r) => r.error_code != 0,
+        Rs::AddPartitionsToTxn(r) => r.results_by_topic_v3_and_below.iter().any(|t| {
+            t.results_by_partition
+                .iter()
+                .any(|p| p.partition_error_code != 0)
+        }),
+        Rs::TxnOffsetCommit(r) => r
+            .topics
+            .iter()
+            .any(|t| t.partitions.iter().any(|p| p.error_code != 0)),
         _ => false,
     }
 }

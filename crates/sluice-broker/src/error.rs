@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use kafka_protocol::error::ResponseError;
 
 use crate::groups::GroupError;
+use crate::journal::JournalError;
 use sluice_log::log::{BatchError, LogError};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum BrokerError {
     Log(#[from] LogError),
     #[error(transparent)]
     Groups(#[from] GroupError),
+    #[error(transparent)]
+    Transactions(#[from] JournalError),
     #[error("broker state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("broker task failed: {0}")]
@@ -41,6 +44,7 @@ pub(crate) fn code_for(e: &LogError) -> i16 {
         LogError::InvalidBatch { source, .. } => match source {
             BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
             BatchError::BadMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+            BatchError::ControlBatch(_) => ResponseError::InvalidRecord.code(),
             _ => ResponseError::CorruptMessage.code(),
         },
         LogError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),

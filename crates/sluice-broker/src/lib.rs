@@ -2,12 +2,13 @@
 //! that any Kafka client (librdkafka, kcat, kafka-python, the JVM client)
 //! produces to it and consumes from it unchanged.
 //!
-//! One node (id 0) that leads every partition and coordinates every group.
-//! The broker owns the network edge and the protocol state that Kafka keeps
-//! next to the log: producer ids and sequence numbers (idempotence), consumer
-//! groups and their committed offsets. It never re-encodes records: produced
-//! batches are validated (framing, CRC-32C) and stored as they arrived, and
-//! fetches send the stored bytes back.
+//! One node (id 0) that leads every partition and coordinates every group
+//! and transaction. The broker owns the network edge and the protocol state
+//! that Kafka keeps next to the log: producer ids and sequence numbers
+//! (idempotence), consumer groups and their committed offsets, transactions
+//! (KIP-98, KIP-447). It never re-encodes records: produced batches are
+//! validated (framing, CRC-32C) and stored as they arrived, and fetches send
+//! the stored bytes back.
 //!
 //! Layout, top to bottom (a module imports only those below it):
 //! - [`server`] — listener, startup, graceful shutdown;
@@ -24,6 +25,10 @@
 //!   wake-up, topic error messages;
 //! - [`groups`] — the consumer-group coordinator, one file per group
 //!   request, and its offset journal;
+//! - [`txn`] — the transaction coordinator, one file per transaction
+//!   request, and its transaction log;
+//! - [`journal`] — the CRC-framed, fsynced journal both coordinators
+//!   keep their state in;
 //! - [`producers`] — idempotent-producer ids and sequence state;
 //! - [`metrics`] — request, byte and error counters logged periodically;
 //! - [`config`], [`error`], [`blocking`], [`wire`] — settings, errors and
@@ -41,16 +46,20 @@ mod connection;
 mod dispatch;
 mod error;
 pub mod groups;
+mod journal;
 mod metrics;
 mod producers;
 mod server;
 mod splice;
 mod state;
 mod topics;
+mod txn;
 mod wire;
 
 pub use api::api_versions::supported_versions;
 pub use config::{BrokerConfig, DEFAULT_MAX_REQUEST_BYTES};
 pub use dispatch::{Rejection, decode_request};
 pub use error::BrokerError;
+pub use journal::JournalError;
 pub use server::{Broker, ShutdownHandle};
+pub use txn::TxnConfig;

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::producers::{ProducerIds, ProducerStates};
 use crate::state::{Cluster, NODE_ID, Shared};
 use crate::topics::Topics;
+use crate::txn::TxnCoordinator;
 use sluice_log::log::{LogStore, StoreOptions, write_atomically};
 
 /// Stops a running broker gracefully (what SIGINT/SIGTERM do).
@@ -66,6 +67,9 @@ impl Broker {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let data_dir = config.data_dir.clone();
         let group_config = config.groups.clone();
+        let txn_config = config.transactions.clone();
+        let (auto_create, default_partitions) =
+            (config.auto_create_topics, config.default_partitions);
         // Recovery reads files: keep it off the async threads.
         let opened = run_blocking("startup", move || -> Result<_, BrokerError> {
             let store = LogStore::open(&data_dir, StoreOptions::default())?;
@@ -76,13 +80,23 @@ impl Broker {
             })?;
             let cluster_id = cluster_id(&state_dir)?;
             let producer_ids = ProducerIds::open(&state_dir)?;
+            let producer_ids = Arc::new(producer_ids);
             let groups = GroupCoordinator::open(&data_dir.join("groups"), group_config)?;
-            Ok((store, cluster_id, producer_ids, groups))
+            let topics = Topics::new(store, auto_create, default_partitions);
+            // After the store and the groups: finishing transactions a crash
+            // left prepared writes markers and offsets.
+            let txns = TxnCoordinator::open(
+                &data_dir.join("transactions"),
+                txn_config,
+                topics.clone(),
+                groups.clone(),
+                producer_ids.clone(),
+            )?;
+            Ok((topics, cluster_id, producer_ids, groups, txns))
         })
         .await
         .map_err(BrokerError::Task)??;
-        let (store, cluster_id, producer_ids, groups) = opened;
-        let topics = Topics::new(store, config.auto_create_topics, config.default_partitions);
+        let (topics, cluster_id, producer_ids, groups, txns) = opened;
         let shared = Arc::new(Shared {
             config,
             cluster: Cluster {
@@ -93,7 +107,8 @@ impl Broker {
             },
             topics,
             groups,
-            producer_ids: Arc::new(producer_ids),
+            txns,
+            producer_ids,
             producer_states: Arc::new(ProducerStates::default()),
             metrics: Metrics::new(),
             shutdown,
@@ -126,6 +141,7 @@ impl Broker {
         let started = shared.metrics.snapshot();
         let mut background = JoinSet::new();
         background.spawn(shared.groups.clone().run_timers(shared.shutdown.clone()));
+        background.spawn(shared.txns.clone().run_timers(shared.shutdown.clone()));
         background.spawn(maintenance(shared.clone()));
         let mut connections = JoinSet::new();
         tracing::info!(
@@ -170,6 +186,7 @@ impl Broker {
         background.abort_all();
         let shared2 = shared.clone();
         run_blocking("shutdown", move || -> Result<(), BrokerError> {
+            shared2.txns.close()?;
             shared2.groups.close()?;
             shared2.topics.store.close()?;
             Ok(())

@@ -1,6 +1,7 @@
 //! The state every connection shares, and the node's identity. Built once
 //! by [`crate::server`] at startup; the dispatcher hands each handler only
-//! the pieces it needs (topics, producer state, group coordinator, cluster
+//! the pieces it needs (topics, producer state, group and transaction
+//! coordinators, cluster
 //! identity, metrics), never the whole. Holds no request logic and never
 //! does I/O itself.
 
@@ -13,6 +14,7 @@ use crate::groups::GroupCoordinator;
 use crate::metrics::Metrics;
 use crate::producers::{ProducerIds, ProducerStates};
 use crate::topics::Topics;
+use crate::txn::TxnCoordinator;
 
 /// The single node's id.
 pub(crate) const NODE_ID: i32 = 0;
@@ -32,6 +34,7 @@ pub(crate) struct Shared {
     pub cluster: Cluster,
     pub topics: Topics,
     pub groups: Arc<GroupCoordinator>,
+    pub txns: Arc<TxnCoordinator>,
     pub producer_ids: Arc<ProducerIds>,
     pub producer_states: Arc<ProducerStates>,
     pub metrics: Metrics,

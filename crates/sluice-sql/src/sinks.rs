@@ -22,7 +22,7 @@ use crate::topics::Topics;
 use sluice_engine::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use sluice_engine::plan::{BatchCx, PlanError};
 use sluice_engine::sink::file::{FileFormat, FileOutcome, FileWriter};
-use sluice_engine::sink::topic::{OutRecord, TopicTarget, TopicWriter, partition_of};
+use sluice_engine::sink::topic::{Delivery, OutRecord, TopicTarget, TopicWriter, partition_of};
 use sluice_engine::sink::{SinkError, WriterId};
 
 pub(crate) enum Sink {
@@ -68,16 +68,19 @@ pub(crate) struct TopicSpec {
     brokers: Option<String>,
     /// Used when the sink creates the topic.
     partitions: u32,
+    /// Through a Kafka broker: a transaction per batch, or header tags.
+    delivery: Delivery,
 }
 
 const SINK_TYPES: [&str; 5] = ["console", "table", "blackhole", "topic", "file"];
-const TOPIC_OPTIONS: [&str; 8] = [
+const TOPIC_OPTIONS: [&str; 9] = [
     "type",
     "topic",
     "format",
     "key",
     "brokers",
     "partitions",
+    "delivery",
     "mode",
     "state_ttl",
 ];
@@ -151,12 +154,23 @@ impl TopicSpec {
                     )
                 })?,
         };
+        let delivery = match choice(
+            what,
+            o,
+            "delivery",
+            &["transactional", "idempotent"],
+            Some("transactional"),
+        )? {
+            Some("idempotent") => Delivery::Idempotent,
+            _ => Delivery::Transactional,
+        };
         Ok(TopicSpec {
             topic,
             format,
             key,
             brokers,
             partitions,
+            delivery,
         })
     }
 }
@@ -272,12 +286,11 @@ impl TopicSink {
             (None, Topics::Embedded(store)) => TopicTarget::Embedded(store.clone()),
         };
         let writer =
-            TopicWriter::open(&target, &spec.topic, spec.partitions, &what).map_err(|e| {
-                SqlError::Plan {
+            TopicWriter::open_with(&target, &spec.topic, spec.partitions, &what, spec.delivery)
+                .map_err(|e| SqlError::Plan {
                     line,
                     message: e.to_string(),
-                }
-            })?;
+                })?;
         Ok(TopicSink {
             name: name.to_owned(),
             writer,
@@ -753,7 +766,19 @@ mod tests {
                 key: None,
                 brokers: None,
                 partitions: 1,
+                delivery: Delivery::Transactional,
             }))
+        );
+        match SinkSpec::parse(&decl(&[("type", "topic"), ("delivery", "idempotent")])) {
+            Ok(SinkSpec::Topic(t)) => assert_eq!(t.delivery, Delivery::Idempotent),
+            other => panic!("delivery = 'idempotent': {other:?}"),
+        }
+        let refused = SinkSpec::parse(&decl(&[("type", "topic"), ("delivery", "twice")]));
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("delivery") && e.contains("transactional")),
+            "{refused:?}"
         );
         assert_eq!(
             SinkSpec::parse(&decl(&[("type", "file"), ("path", "out")])),

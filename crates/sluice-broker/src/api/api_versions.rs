@@ -7,7 +7,7 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::ApiVersionsResponse;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 
-use crate::groups;
+use crate::{groups, txn};
 
 /// The API versions this broker implements, as `(api, min, max)`. This is
 /// exactly what ApiVersions advertises; the minimums are those the
@@ -29,6 +29,7 @@ pub fn supported_versions() -> Vec<(ApiKey, i16, i16)> {
     ];
     ours.into_iter()
         .chain(groups::supported_versions())
+        .chain(txn::supported_versions())
         .map(|(api, min, max)| {
             let crate_range = api.valid_versions();
             (api, min.max(crate_range.min), max.min(crate_range.max))

@@ -7,6 +7,12 @@
 //! response limits, except that the first batch of the first non-empty
 //! partition is always returned whole so a consumer can make progress.
 //!
+//! A read_committed fetch (isolation level 1) stops at the partition's last
+//! stable offset and lists the aborted transactions overlapping what it
+//! returns, so the client drops their records (Kafka's protocol: the
+//! records themselves are sent as stored). Every fetch reports the last
+//! stable offset.
+//!
 //! Fetch sessions (KIP-227) are not kept: every fetch is answered in full
 //! with session id 0, which clients treat as "no session". A waiting fetch
 //! never outlives shutdown.
@@ -16,8 +22,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -29,6 +37,8 @@ use sluice_log::log::{LogError, Topic};
 
 /// Kafka caps long polls at the request timeout; so do we, generously.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+/// Kafka's isolation level for read_committed consumers.
+const READ_COMMITTED: i8 = 1;
 
 struct Target {
     topic: Option<Arc<Topic>>,
@@ -46,6 +56,7 @@ pub(crate) async fn fetch(
     version: i16,
 ) -> Result<FetchResponse, String> {
     let by_id = version >= 13;
+    let read_committed = req.isolation_level == READ_COMMITTED;
     let targets = Arc::new(targets(topics, &req, by_id));
     let max_bytes = if req.max_bytes <= 0 {
         i32::MAX as usize
@@ -63,7 +74,12 @@ pub(crate) async fn fetch(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let t = targets.clone();
-        let read = run_blocking("fetch", move || read_all(&t, by_id, version, max_bytes)).await?;
+        let how = How {
+            by_id,
+            version,
+            read_committed,
+        };
+        let read = run_blocking("fetch", move || read_all(&t, how, max_bytes)).await?;
         let done = read.bytes >= min_bytes
             || read.errors
             || tokio::time::Instant::now() >= deadline
@@ -121,7 +137,15 @@ struct Budget {
     first_batch_pending: bool,
 }
 
-fn read_all(targets: &[Target], by_id: bool, version: i16, max_bytes: usize) -> Read {
+/// How the request asks to be answered.
+#[derive(Clone, Copy)]
+struct How {
+    by_id: bool,
+    version: i16,
+    read_committed: bool,
+}
+
+fn read_all(targets: &[Target], how: How, max_bytes: usize) -> Read {
     let mut budget = Budget {
         left: max_bytes,
         total: 0,
@@ -134,10 +158,10 @@ fn read_all(targets: &[Target], by_id: bool, version: i16, max_bytes: usize) -> 
             let partitions = t
                 .partitions
                 .iter()
-                .map(|&p| budget.read_partition(t.topic.as_ref(), by_id, version, p))
+                .map(|&p| budget.read_partition(t.topic.as_ref(), how, p))
                 .collect();
             let r = FetchableTopicResponse::default().with_partitions(partitions);
-            if by_id {
+            if how.by_id {
                 r.with_topic_id(t.id)
             } else {
                 r.with_topic(t.name.clone())
@@ -155,8 +179,7 @@ impl Budget {
     fn read_partition(
         &mut self,
         topic: Option<&Arc<Topic>>,
-        by_id: bool,
-        version: i16,
+        how: How,
         (index, offset, part_max): (i32, i64, i32),
     ) -> PartitionData {
         let mut pd = PartitionData::default()
@@ -165,12 +188,12 @@ impl Budget {
             .with_last_stable_offset(-1)
             .with_log_start_offset(-1)
             .with_records(Some(Bytes::new()));
-        if version >= 4 {
+        if how.version >= 4 {
             pd = pd.with_aborted_transactions(Some(Vec::new()));
         }
         let Some(topic) = topic else {
             self.errors = true;
-            let code = if by_id {
+            let code = if how.by_id {
                 ResponseError::UnknownTopicId.code()
             } else {
                 ResponseError::UnknownTopicOrPartition.code()
@@ -185,11 +208,15 @@ impl Budget {
             }
         };
         let hw = partition.high_watermark();
+        let lso = partition.last_stable_offset();
         pd = pd
             .with_high_watermark(hw)
-            .with_last_stable_offset(hw)
+            .with_last_stable_offset(lso)
             .with_log_start_offset(partition.log_start_offset());
-        if offset == hw {
+        // A read_committed client may stand anywhere up to the high-water
+        // mark, but is served nothing at or past the last stable offset.
+        let upper = if how.read_committed { lso } else { hw };
+        if offset >= upper && offset <= hw {
             return pd;
         }
         let limit = (part_max.max(0) as usize).min(self.left);
@@ -197,13 +224,25 @@ impl Budget {
             return pd;
         }
         let mut buf = Vec::new();
-        match partition.read_into(offset, limit, &mut buf) {
+        match partition.read_into_below(offset, upper, limit, &mut buf) {
             Ok(info) => {
                 if info.bytes > 0 {
                     self.first_batch_pending = false;
                 }
                 self.left = self.left.saturating_sub(info.bytes);
                 self.total += info.bytes;
+                if how.read_committed && info.bytes > 0 {
+                    let aborted = partition
+                        .aborted_transactions(offset, info.next_offset)
+                        .into_iter()
+                        .map(|a| {
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(a.producer_id))
+                                .with_first_offset(a.first_offset)
+                        })
+                        .collect();
+                    pd = pd.with_aborted_transactions(Some(aborted));
+                }
                 pd.with_records(Some(Bytes::from(buf)))
             }
             Err(e) => {

@@ -1,6 +1,6 @@
-//! FindCoordinator: this node coordinates every consumer group. Transaction
-//! coordinators are refused with a message saying transactions are not
-//! supported, never pointed at a node that cannot serve them.
+//! FindCoordinator: this node coordinates every consumer group and every
+//! transactional id. Other key types (share groups) are refused with a
+//! message naming what is served.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -12,6 +12,8 @@ use crate::wire::str_bytes;
 
 /// Kafka's CoordinatorType for consumer groups.
 const KEY_TYPE_GROUP: i8 = 0;
+/// Kafka's CoordinatorType for transactional ids.
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub(crate) fn find_coordinator(
     cluster: &Cluster,
@@ -20,12 +22,12 @@ pub(crate) fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let host = str_bytes(cluster.advertised_host.clone());
     let (code, message): (i16, Option<StrBytes>) = match req.key_type {
-        KEY_TYPE_GROUP => (0, None),
-        _ => (
+        KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION => (0, None),
+        other => (
             ResponseError::CoordinatorNotAvailable.code(),
-            Some(str_bytes(
-                "sluice broker coordinates consumer groups only; transactions are not supported yet",
-            )),
+            Some(str_bytes(format!(
+                "sluice broker coordinates consumer groups and transactions, not coordinator type {other}"
+            ))),
         ),
     };
     if version >= 4 {

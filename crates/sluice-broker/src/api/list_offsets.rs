@@ -1,6 +1,7 @@
 //! ListOffsets: a partition's earliest or latest offset, or the first
 //! offset at or after a timestamp (from the log's time index). Reads only;
-//! never waits for data.
+//! never waits for data. A read_committed client (isolation level 1) sees
+//! the last stable offset as "latest", and no offset at or beyond it.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition;
@@ -17,6 +18,8 @@ use sluice_log::log::{LogError, Topic};
 /// Kafka's special ListOffsets timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+/// Kafka's isolation level for read_committed consumers.
+const READ_COMMITTED: i8 = 1;
 
 pub(crate) async fn list_offsets(
     topics: &Topics,
@@ -24,6 +27,7 @@ pub(crate) async fn list_offsets(
     version: i16,
 ) -> ListOffsetsResponse {
     let t = topics.clone();
+    let read_committed = req.isolation_level == READ_COMMITTED;
     let listed = logged_blocking("list offsets", move || {
         req.topics
             .into_iter()
@@ -32,7 +36,7 @@ pub(crate) async fn list_offsets(
                 let partitions = rt
                     .partitions
                     .iter()
-                    .map(|p| list_partition(&topic, p, version))
+                    .map(|p| list_partition(&topic, p, version, read_committed))
                     .collect();
                 ListOffsetsTopicResponse::default()
                     .with_name(rt.name)
@@ -49,6 +53,7 @@ fn list_partition(
     topic: &Result<std::sync::Arc<Topic>, LogError>,
     p: &ListOffsetsPartition,
     version: i16,
+    read_committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let mut r = ListOffsetsPartitionResponse::default()
         .with_partition_index(p.partition_index)
@@ -65,11 +70,19 @@ fn list_partition(
     if version >= 4 {
         r = r.with_leader_epoch(0);
     }
+    let end = if read_committed {
+        partition.last_stable_offset()
+    } else {
+        partition.high_watermark()
+    };
     match p.timestamp {
-        LATEST => r.with_offset(partition.high_watermark()),
+        LATEST => r.with_offset(end),
         EARLIEST => r.with_offset(partition.log_start_offset()),
         ts if ts >= 0 => match partition.offset_for_time(ts) {
-            Ok(Some((offset, found_ts))) => r.with_offset(offset).with_timestamp(found_ts),
+            Ok(Some((offset, found_ts))) if offset < end => {
+                r.with_offset(offset).with_timestamp(found_ts)
+            }
+            Ok(Some(_)) => r,
             Ok(None) => r,
             Err(e) => r.with_error_code(code_for(&e)),
         },

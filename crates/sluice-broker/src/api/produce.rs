@@ -8,8 +8,11 @@
 //! producer state under one lock with the append, so a retry is answered
 //! with the original offset and never stored twice.
 //!
-//! Transactional batches are refused with a message saying so: this
-//! handler must never store one.
+//! A transactional batch is stored only while its producer's transaction is
+//! open and has added the partition (AddPartitionsToTxn), with the
+//! producer's current epoch; the transaction's lock is held across the
+//! check and the append, so no batch lands after its transaction's marker.
+//! Control batches come from the transaction coordinator only.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +29,7 @@ use crate::error::code_for;
 use crate::metrics::Metrics;
 use crate::producers::{ProducerStates, SeqCheck};
 use crate::topics::{Topics, topic_error_message};
+use crate::txn::{TxnCoordinator, TxnState};
 use sluice_log::common::now_ms;
 use sluice_log::log::{BatchHeader, LogError, Partition, Topic};
 
@@ -55,13 +59,14 @@ type TopicOutcomes = Vec<(TopicName, Vec<PartitionOutcome>)>;
 pub(crate) async fn produce(
     topics: &Topics,
     producers: &Arc<ProducerStates>,
+    txns: &Arc<TxnCoordinator>,
     metrics: &Metrics,
     req: ProduceRequest,
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = req.acks;
-    let (t, p) = (topics.clone(), producers.clone());
-    let (outcomes, records) = logged_blocking("produce", move || append_all(&t, &p, req))
+    let (t, p, x) = (topics.clone(), producers.clone(), txns.clone());
+    let (outcomes, records) = logged_blocking("produce", move || append_all(&t, &p, &x, req))
         .await
         .unwrap_or_default();
     metrics.records_in.fetch_add(records, Relaxed);
@@ -104,10 +109,11 @@ fn partition_response(p: PartitionOutcome, version: i16) -> PartitionProduceResp
 fn append_all(
     topics: &Topics,
     producers: &ProducerStates,
+    txns: &TxnCoordinator,
     req: ProduceRequest,
 ) -> (TopicOutcomes, u64) {
     let acks = req.acks;
-    let transactional = req.transactional_id.is_some();
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.0.to_string());
     // acks=all: (topic slot, partition slot) in `out` of each stored append.
     let mut written: Vec<(usize, usize, Arc<Partition>)> = Vec::new();
     let mut records = 0;
@@ -117,22 +123,19 @@ fn append_all(
         let resolved = topics.resolve_for_write(name.as_str());
         let mut parts = Vec::with_capacity(topic.partition_data.len());
         for pd in topic.partition_data {
-            let refused = if !matches!(acks, -1..=1) {
-                Some((
+            let outcome = if !matches!(acks, -1..=1) {
+                Err(PartitionOutcome::error(
+                    pd.index,
                     ResponseError::InvalidRequiredAcks.code(),
                     format!("acks must be -1 (all), 0 or 1, got {acks}"),
                 ))
-            } else if transactional {
-                Some((
-                    ResponseError::TransactionalIdAuthorizationFailed.code(),
-                    "transactions are not supported by sluice broker yet".to_string(),
-                ))
             } else {
-                None
-            };
-            let outcome = match refused {
-                Some((code, message)) => Err(PartitionOutcome::error(pd.index, code, message)),
-                None => append_partition(producers, &resolved, name.as_str(), pd),
+                let writer = Writer {
+                    producers,
+                    txns,
+                    transactional_id: transactional_id.as_deref(),
+                };
+                writer.append_partition(&resolved, name.as_str(), pd)
             };
             match outcome {
                 Ok((outcome, stored, partition)) => {
@@ -165,101 +168,190 @@ fn flush_written(out: &mut TopicOutcomes, written: Vec<(usize, usize, Arc<Partit
     }
 }
 
-/// Stores one partition's blob: its outcome, the records stored and the
-/// partition (to flush), or the outcome refusing it.
-fn append_partition(
-    producers: &ProducerStates,
-    resolved: &Result<Arc<Topic>, LogError>,
-    topic_name: &str,
-    pd: PartitionProduceData,
-) -> Result<(PartitionOutcome, u64, Arc<Partition>), PartitionOutcome> {
-    let index = pd.index;
-    let topic = resolved
-        .as_ref()
-        .map_err(|e| PartitionOutcome::error(index, code_for(e), topic_error_message(e)))?;
-    let partition = topic
-        .partition(index)
-        .map_err(|e| PartitionOutcome::error(index, code_for(&e), e.to_string()))?;
-    let records = pd.records.unwrap_or_default();
-    match append_one(producers, topic.id(), &partition, &records) {
-        Ok((base_offset, stored)) => {
-            let outcome = PartitionOutcome {
-                index,
-                error_code: 0,
-                message: None,
-                base_offset,
-                log_start_offset: partition.log_start_offset(),
-            };
-            Ok((outcome, stored, partition))
+/// What a produce request's appends need besides the partition.
+struct Writer<'a> {
+    producers: &'a ProducerStates,
+    txns: &'a TxnCoordinator,
+    transactional_id: Option<&'a str>,
+}
+
+impl Writer<'_> {
+    /// Stores one partition's blob: its outcome, the records stored and the
+    /// partition (to flush), or the outcome refusing it.
+    fn append_partition(
+        &self,
+        resolved: &Result<Arc<Topic>, LogError>,
+        topic_name: &str,
+        pd: PartitionProduceData,
+    ) -> Result<(PartitionOutcome, u64, Arc<Partition>), PartitionOutcome> {
+        let index = pd.index;
+        let topic = resolved
+            .as_ref()
+            .map_err(|e| PartitionOutcome::error(index, code_for(e), topic_error_message(e)))?;
+        let partition = topic
+            .partition(index)
+            .map_err(|e| PartitionOutcome::error(index, code_for(&e), e.to_string()))?;
+        let records = pd.records.unwrap_or_default();
+        match self.append_one(topic, &partition, &records) {
+            Ok((base_offset, stored)) => {
+                let outcome = PartitionOutcome {
+                    index,
+                    error_code: 0,
+                    message: None,
+                    base_offset,
+                    log_start_offset: partition.log_start_offset(),
+                };
+                Ok((outcome, stored, partition))
+            }
+            Err((code, message)) => {
+                tracing::debug!("produce to {topic_name}-{index} refused: {message}");
+                Err(PartitionOutcome::error(index, code, message))
+            }
         }
-        Err((code, message)) => {
-            tracing::debug!("produce to {topic_name}-{index} refused: {message}");
-            Err(PartitionOutcome::error(index, code, message))
+    }
+
+    /// Appends one partition's blob; returns (base offset, records stored).
+    fn append_one(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        records: &Bytes,
+    ) -> Result<(i64, u64), (i16, String)> {
+        let log_err = |e: LogError| (code_for(&e), e.to_string());
+        if records.is_empty() {
+            return Err((
+                ResponseError::CorruptMessage.code(),
+                "empty records: a produce request must carry at least one record batch".into(),
+            ));
         }
+        let first = BatchHeader::parse(records).map_err(|e| {
+            (
+                ResponseError::CorruptMessage.code(),
+                format!("malformed record batch: {e}"),
+            )
+        })?;
+        if first.is_control() {
+            return Err((
+                ResponseError::InvalidRecord.code(),
+                "control batches are written by the transaction coordinator, never produced".into(),
+            ));
+        }
+        // The transaction stays locked until the append is done.
+        let txn = match first.is_transactional() {
+            true => Some(self.open_transaction(topic.name(), partition.id())?),
+            false => None,
+        };
+        let txn_guard = txn.as_ref().map(|t| sluice_log::common::mutex(t));
+        if let Some(guard) = &txn_guard {
+            check_transaction(guard, &first, topic.name(), partition.id())?;
+        }
+        let mut blob = records.to_vec();
+        if first.producer_id < 0 {
+            let info = partition.append(&mut blob).map_err(log_err)?;
+            return Ok((info.base_offset, info.record_count as u64));
+        }
+        // Idempotent producer: check sequences and append as one step.
+        let now = now_ms();
+        let state = self
+            .producers
+            .for_partition(topic.id(), partition, now)
+            .map_err(log_err)?;
+        let mut state = sluice_log::common::mutex(&state);
+        let headers = batch_headers(&blob)?;
+        if headers.iter().any(|h| {
+            h.producer_id != first.producer_id || h.is_transactional() != first.is_transactional()
+        }) {
+            return Err((
+                ResponseError::InvalidRecord.code(),
+                "a produce blob mixes producers or transactional and plain batches".into(),
+            ));
+        }
+        for (i, h) in headers.iter().enumerate() {
+            match state.check(h) {
+                SeqCheck::Append => {}
+                // Kafka answers a retried batch with its original offset.
+                SeqCheck::Duplicate { base_offset } if i == 0 && headers.len() == 1 => {
+                    return Ok((base_offset, 0));
+                }
+                SeqCheck::Duplicate { .. } => {
+                    return Err((
+                        ResponseError::DuplicateSequenceNumber.code(),
+                        "a multi-batch produce partly repeats earlier batches".into(),
+                    ));
+                }
+                SeqCheck::Reject { code, message } => return Err((code, message)),
+            }
+        }
+        let info = partition.append(&mut blob).map_err(log_err)?;
+        let mut offset = info.base_offset;
+        for h in &headers {
+            state.record(h, offset, now);
+            offset += h.offset_count();
+        }
+        Ok((info.base_offset, info.record_count as u64))
+    }
+
+    /// The transaction a transactional batch claims to belong to.
+    fn open_transaction(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<crate::txn::SharedMeta, (i16, String)> {
+        let id = self.transactional_id.ok_or_else(|| {
+        (
+            ResponseError::InvalidTxnState.code(),
+            format!("transactional batch for {topic}-{partition} in a produce request without a transactional id"),
+        )
+    })?;
+        self.txns.get(id).ok_or_else(|| {
+            (
+                ResponseError::InvalidProducerIdMapping.code(),
+                format!("unknown transactional id {id:?}: call InitProducerId first"),
+            )
+        })
     }
 }
 
-/// Appends one partition's blob; returns (base offset, records stored).
-fn append_one(
-    producers: &ProducerStates,
-    topic_id: uuid::Uuid,
-    partition: &Partition,
-    records: &Bytes,
-) -> Result<(i64, u64), (i16, String)> {
-    let log_err = |e: LogError| (code_for(&e), e.to_string());
-    if records.is_empty() {
+/// Kafka's checks of a transactional append: the producer's current id and
+/// epoch, and an open transaction that added this partition.
+fn check_transaction(
+    meta: &crate::txn::TxnMeta,
+    first: &BatchHeader,
+    topic: &str,
+    partition: u32,
+) -> Result<(), (i16, String)> {
+    let id = &meta.transactional_id;
+    if first.producer_id != meta.producer_id {
         return Err((
-            ResponseError::CorruptMessage.code(),
-            "empty records: a produce request must carry at least one record batch".into(),
+            ResponseError::InvalidProducerIdMapping.code(),
+            format!(
+                "producer id {} is not the one of transactional id {id:?}",
+                first.producer_id
+            ),
         ));
     }
-    let first = BatchHeader::parse(records).map_err(|e| {
-        (
-            ResponseError::CorruptMessage.code(),
-            format!("malformed record batch: {e}"),
-        )
-    })?;
-    if first.is_transactional() || first.is_control() {
+    if first.producer_epoch != meta.epoch {
         return Err((
-            ResponseError::TransactionalIdAuthorizationFailed.code(),
-            "transactional batches are not supported by sluice broker yet".into(),
+            ResponseError::InvalidProducerEpoch.code(),
+            format!(
+                "producer epoch {} of transactional id {id:?} is fenced by epoch {}",
+                first.producer_epoch, meta.epoch
+            ),
         ));
     }
-    let mut blob = records.to_vec();
-    if first.producer_id < 0 {
-        let info = partition.append(&mut blob).map_err(log_err)?;
-        return Ok((info.base_offset, info.record_count as u64));
+    if meta.state != TxnState::Ongoing
+        || !meta
+            .partitions
+            .contains(&(topic.to_owned(), partition as i32))
+    {
+        return Err((
+            ResponseError::InvalidTxnState.code(),
+            format!(
+                "{topic}-{partition} was not added to the open transaction of {id:?} (AddPartitionsToTxn first)"
+            ),
+        ));
     }
-    // Idempotent producer: check sequences and append as one step.
-    let now = now_ms();
-    let state = producers
-        .for_partition(topic_id, partition, now)
-        .map_err(log_err)?;
-    let mut state = sluice_log::common::mutex(&state);
-    let headers = batch_headers(&blob)?;
-    for (i, h) in headers.iter().enumerate() {
-        match state.check(h) {
-            SeqCheck::Append => {}
-            // Kafka answers a retried batch with its original offset.
-            SeqCheck::Duplicate { base_offset } if i == 0 && headers.len() == 1 => {
-                return Ok((base_offset, 0));
-            }
-            SeqCheck::Duplicate { .. } => {
-                return Err((
-                    ResponseError::DuplicateSequenceNumber.code(),
-                    "a multi-batch produce partly repeats earlier batches".into(),
-                ));
-            }
-            SeqCheck::Reject { code, message } => return Err((code, message)),
-        }
-    }
-    let info = partition.append(&mut blob).map_err(log_err)?;
-    let mut offset = info.base_offset;
-    for h in &headers {
-        state.record(h, offset, now);
-        offset += h.offset_count();
-    }
-    Ok((info.base_offset, info.record_count as u64))
+    Ok(())
 }
 
 fn batch_headers(blob: &[u8]) -> Result<Vec<BatchHeader>, (i16, String)> {

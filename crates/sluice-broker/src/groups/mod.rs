@@ -63,6 +63,7 @@ use sluice_log::common::mutex;
 pub use config::GroupConfig;
 pub use error::GroupError;
 use group::Group;
+pub(crate) use offset_commit::MAX_METADATA_BYTES;
 use offsets::OffsetStore;
 
 /// The request versions this module answers, per API: `(api, min, max)`.
@@ -152,6 +153,12 @@ impl GroupCoordinator {
                 tracing::error!(topic, error = %e, "could not drop committed offsets of deleted topic")
             }
         }
+    }
+
+    /// The committed offset of one partition (tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        self.offsets.get(group, topic, partition).map(|c| c.offset)
     }
 
     /// Flushes/closes the offset store (called on graceful shutdown).

@@ -15,10 +15,10 @@ use sluice_log::common::{mutex, now_ms};
 
 use super::group::{Group, GroupState};
 use super::offsets::{CommittedOffset, OffsetEntry};
-use super::{GroupCoordinator, check_member};
+use super::{GroupCoordinator, GroupError, check_member};
 
 /// `offset.metadata.max.bytes`: longer commit metadata is refused.
-pub(super) const MAX_METADATA_BYTES: usize = 4096;
+pub(crate) const MAX_METADATA_BYTES: usize = 4096;
 
 /// One answer per requested partition, in request order (topic, then
 /// partition); `None` means "stored" (or, before storing, "store it").
@@ -70,8 +70,9 @@ impl GroupCoordinator {
     }
 
     /// Kafka's `validateOffsetCommit` and the state check after it: an error
-    /// for every partition of the request, or `None` to store them.
-    fn validate_commit(
+    /// for every partition of the request, or `None` to store them. The
+    /// transaction coordinator asks the same of a TxnOffsetCommit (KIP-447).
+    pub(crate) fn validate_commit(
         &self,
         group_id: &str,
         generation: i32,
@@ -121,6 +122,35 @@ impl GroupCoordinator {
             // The member has the new generation but not yet its assignment.
             GroupState::CompletingRebalance => Some(ResponseError::RebalanceInProgress),
         }
+    }
+}
+
+impl GroupCoordinator {
+    /// Stores offsets a committed transaction carried, as
+    /// `(topic, partition, offset, leader epoch, metadata)`; the transaction
+    /// coordinator validated them when they were sent. Durable on return.
+    pub(crate) fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<(String, i32, i64, i32, String)>,
+    ) -> Result<(), GroupError> {
+        let commit_timestamp_ms = now_ms();
+        let entries = offsets
+            .into_iter()
+            .map(
+                |(topic, partition, offset, leader_epoch, metadata)| OffsetEntry {
+                    topic,
+                    partition,
+                    committed: CommittedOffset {
+                        offset,
+                        leader_epoch,
+                        metadata,
+                        commit_timestamp_ms,
+                    },
+                },
+            )
+            .collect();
+        self.offsets.commit(group, entries)
     }
 }
 

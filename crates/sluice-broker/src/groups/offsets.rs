@@ -1,15 +1,13 @@
-//! Durable committed offsets: an append-only journal, `offsets.journal`, in
+//! Durable committed offsets: a [`crate::journal`], `offsets.journal`, in
 //! the directory the broker gives the coordinator (`<data-dir>/groups`).
 //!
-//! Owns that file and its compaction temp file, and the in-memory map of
-//! committed offsets rebuilt from it. Never checks group membership or
-//! generations (the coordinator does that before calling in) and never
-//! acknowledges a commit before it is on disk.
+//! Owns the records of that journal and the in-memory map of committed
+//! offsets rebuilt from it. Never checks group membership or generations
+//! (the coordinator does that before calling in) and never acknowledges a
+//! commit before it is on disk.
 //!
-//! # Format
+//! # Format (the payloads of the journal's records, magic "SLGROFS1")
 //! ```text
-//! file    := MAGIC (8 bytes "SLGROFS1") record*
-//! record  := payload_len u32 LE | crc32c(payload) u32 LE | payload
 //! payload := 1 group:str count:u32 entry*count    -- one OffsetCommit request
 //!          | 2 topic:str                          -- topic deleted: forget its offsets
 //! entry   := topic:str partition:i32 offset:i64 leader_epoch:i32 commit_ms:i64 metadata:str
@@ -21,19 +19,20 @@
 //! fails its CRC ends the journal: it and everything after it are cut.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use sluice_log::common::mutex;
 
 use super::error::GroupError;
+use crate::journal::{Journal, JournalSpec, MAGIC_LEN, RECORD_HEADER, Reader, put_str};
 
-const JOURNAL: &str = "offsets.journal";
-const JOURNAL_TMP: &str = "offsets.journal.tmp";
-const MAGIC: &[u8; 8] = b"SLGROFS1";
-const RECORD_HEADER: u64 = 8;
+static SPEC: JournalSpec = JournalSpec {
+    what: "committed-offsets journal",
+    file: "offsets.journal",
+    compaction_file: "offsets.journal.tmp",
+    magic: b"SLGROFS1",
+};
 const KIND_COMMIT: u8 = 1;
 const KIND_FORGET_TOPIC: u8 = 2;
 
@@ -82,7 +81,7 @@ impl OffsetMap {
     fn new() -> OffsetMap {
         OffsetMap {
             groups: HashMap::new(),
-            live_bytes: MAGIC.len() as u64,
+            live_bytes: MAGIC_LEN,
         }
     }
 
@@ -137,29 +136,23 @@ impl OffsetMap {
             .any(|o| o.keys().any(|(t, _)| t == topic))
     }
 
-    /// The whole map as a compacted journal: magic, then one commit record
-    /// per group.
-    fn encode_compacted(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.live_bytes as usize);
-        out.extend_from_slice(MAGIC);
-        for (group, offsets) in &self.groups {
-            let payload = encode_commit(
-                group,
-                offsets
-                    .iter()
-                    .map(|((t, p), c)| (t.as_str(), *p, c))
-                    .collect::<Vec<_>>()
-                    .as_slice(),
-            );
-            frame(&payload, &mut out);
-        }
-        out
+    /// The whole map as the records of a compacted journal: one commit
+    /// record per group.
+    fn compacted_records(&self) -> Vec<Vec<u8>> {
+        self.groups
+            .iter()
+            .map(|(group, offsets)| {
+                encode_commit(
+                    group,
+                    offsets
+                        .iter()
+                        .map(|((t, p), c)| (t.as_str(), *p, c))
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                )
+            })
+            .collect()
     }
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
 }
 
 fn encode_commit(group: &str, entries: &[(&str, i32, &CommittedOffset)]) -> Vec<u8> {
@@ -190,13 +183,6 @@ fn encode_forget_topic(topic: &str) -> Vec<u8> {
     buf
 }
 
-/// Appends `len | crc | payload` to `out`.
-fn frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
 /// A decoded record.
 enum Record {
     Commit {
@@ -206,51 +192,8 @@ enum Record {
     ForgetTopic(String),
 }
 
-/// Bounds-checked little-endian reader over one record's payload.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.buf.len() < n {
-            return Err(format!(
-                "record ends early (needed {n} more bytes, {} left)",
-                self.buf.len()
-            ));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_le_bytes(self.array()?))
-    }
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-    fn string(&mut self) -> Result<String, String> {
-        let len = self.u32()? as usize;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8".to_owned())
-    }
-}
-
 fn decode_record(payload: &[u8]) -> Result<Record, String> {
-    let mut r = Reader { buf: payload };
+    let mut r = Reader::new(payload);
     let record = match r.u8()? {
         KIND_COMMIT => {
             let group = r.string()?;
@@ -280,190 +223,8 @@ fn decode_record(payload: &[u8]) -> Result<Record, String> {
         KIND_FORGET_TOPIC => Record::ForgetTopic(r.string()?),
         other => return Err(format!("unknown record kind {other}")),
     };
-    if !r.buf.is_empty() {
-        return Err(format!("{} unexpected bytes after the record", r.buf.len()));
-    }
+    r.finish()?;
     Ok(record)
-}
-
-/// Result of replaying a journal image.
-struct Replay {
-    map: OffsetMap,
-    /// Bytes of valid journal (magic and whole, CRC-clean records).
-    valid_len: u64,
-    /// Why the tail after `valid_len` was cut, if it was.
-    cut_reason: Option<String>,
-}
-
-fn replay(bytes: &[u8], path: &Path) -> Result<Replay, GroupError> {
-    let mut map = OffsetMap::new();
-    let mut pos = MAGIC.len();
-    let mut cut_reason = None;
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if rest.len() < RECORD_HEADER as usize {
-            cut_reason = Some(format!("incomplete record header ({} bytes)", rest.len()));
-            break;
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        // A zero-filled tail (a crash after the file grew but before the data
-        // reached the disk) reads as an empty record whose CRC matches.
-        if len == 0 {
-            cut_reason = Some("zero-length record (zero-filled tail)".to_owned());
-            break;
-        }
-        if len > rest.len() - RECORD_HEADER as usize {
-            cut_reason = Some(format!(
-                "record of {len} bytes runs past the end of the file ({} bytes left)",
-                rest.len() - RECORD_HEADER as usize
-            ));
-            break;
-        }
-        let payload = &rest[RECORD_HEADER as usize..RECORD_HEADER as usize + len];
-        if crc32c::crc32c(payload) != crc {
-            cut_reason = Some("CRC-32C mismatch".to_owned());
-            break;
-        }
-        // A record whose CRC is right but that does not decode was written
-        // by something else (another format version): refusing to open is
-        // safer than silently dropping acknowledged offsets.
-        match decode_record(payload) {
-            Ok(Record::Commit { group, entries }) => map.apply_commit(&group, entries),
-            Ok(Record::ForgetTopic(topic)) => {
-                map.forget_topic(&topic);
-            }
-            Err(reason) => {
-                return Err(GroupError::CorruptJournal {
-                    file: path.to_path_buf(),
-                    position: pos as u64,
-                    reason,
-                });
-            }
-        }
-        pos += RECORD_HEADER as usize + len;
-    }
-    Ok(Replay {
-        map,
-        valid_len: pos as u64,
-        cut_reason,
-    })
-}
-
-fn sync_dir(dir: &Path) -> Result<(), GroupError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| GroupError::io("syncing directory", dir, e))
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-}
-
-/// The journal file and what is known about it.
-struct Journal {
-    dir: PathBuf,
-    path: PathBuf,
-    /// `None` once closed or broken.
-    file: Option<File>,
-    /// Bytes of valid journal; the file is cut back to this after a failed write.
-    len: u64,
-    /// Set when a write or fsync failed in a way that leaves the file's
-    /// contents uncertain; every later commit is refused until restart.
-    broken: Option<String>,
-    compact_min: u64,
-    /// After a failed compaction, do not retry before the journal reaches
-    /// this size (so a persistent problem does not cost a rewrite per commit).
-    compact_retry_at: u64,
-}
-
-impl Journal {
-    fn usable(&mut self) -> Result<&mut File, GroupError> {
-        if let Some(reason) = &self.broken {
-            return Err(GroupError::JournalBroken {
-                file: self.path.clone(),
-                reason: reason.clone(),
-            });
-        }
-        let path = self.path.clone();
-        self.file.as_mut().ok_or(GroupError::Closed { file: path })
-    }
-
-    /// Appends one framed record and fsyncs it.
-    fn append(&mut self, record: &[u8]) -> Result<(), GroupError> {
-        let old_len = self.len;
-        let file = self.usable()?;
-        if let Err(e) = file.write_all(record) {
-            // Roll back a partial write so the next record starts clean; if
-            // even that fails the tail is unknown and the journal is unusable.
-            if let Err(e2) = file.set_len(old_len) {
-                self.broken = Some(format!(
-                    "a failed append ({e}) could not be rolled back ({e2})"
-                ));
-                self.file = None;
-            }
-            return Err(GroupError::io("appending to", &self.path, e));
-        }
-        if let Err(e) = file.sync_data() {
-            // After a failed fsync the kernel may have dropped the dirty pages
-            // and cleared the error: nothing written since the last good fsync
-            // can be trusted, so stop accepting commits.
-            self.broken = Some(format!("fsync failed: {e}"));
-            self.file = None;
-            return Err(GroupError::io("syncing", &self.path, e));
-        }
-        self.len += record.len() as u64;
-        Ok(())
-    }
-
-    fn needs_compaction(&self, live_bytes: u64) -> bool {
-        self.len > self.compact_min.max(live_bytes.saturating_mul(4))
-            && self.len >= self.compact_retry_at
-    }
-
-    /// Replaces the journal with `image` (a compacted journal): temp file,
-    /// fsync, rename, fsync directory, reopen.
-    fn replace_with(&mut self, image: &[u8]) -> Result<(), GroupError> {
-        let tmp = self.dir.join(JOURNAL_TMP);
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(image)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(GroupError::io("writing compacted journal", &tmp, e));
-        }
-        if let Err(e) = fs::rename(&tmp, &self.path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(GroupError::io(
-                "renaming compacted journal onto",
-                &self.path,
-                e,
-            ));
-        }
-        // From here the new file is the journal: failing to make the rename
-        // durable or to reopen leaves us unable to append safely.
-        let reopen = sync_dir(&self.dir).and_then(|()| {
-            open_append(&self.path).map_err(|e| GroupError::io("reopening", &self.path, e))
-        });
-        match reopen {
-            Ok(f) => {
-                self.file = Some(f);
-                self.len = image.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                self.broken = Some(format!("compaction could not be completed: {e}"));
-                self.file = None;
-                Err(e)
-            }
-        }
-    }
 }
 
 /// The committed-offset store: the journal plus the in-memory map it
@@ -483,78 +244,20 @@ impl OffsetStore {
     /// [`OffsetStore::open`] with a different compaction floor (tests use a
     /// small one to exercise compaction).
     pub(crate) fn open_with(dir: &Path, compact_min: u64) -> Result<OffsetStore, GroupError> {
-        fs::create_dir_all(dir).map_err(|e| GroupError::io("creating directory", dir, e))?;
-        let path = dir.join(JOURNAL);
-        // A temp file is only ever a compaction that did not reach its
-        // rename; the journal itself is still complete.
-        let tmp = dir.join(JOURNAL_TMP);
-        if tmp.exists() {
-            fs::remove_file(&tmp)
-                .map_err(|e| GroupError::io("removing stale compaction file", &tmp, e))?;
-        }
-        let existed = path.exists();
-        let mut file = open_append(&path).map_err(|e| GroupError::io("opening", &path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| GroupError::io("reading", &path, e))?;
-
-        if bytes.len() < MAGIC.len() {
-            // Empty or a header torn while the journal was being created:
-            // only a prefix of our magic counts as that, anything else is
-            // someone else's file.
-            if !MAGIC.starts_with(&bytes) {
-                return Err(GroupError::NotAJournal {
-                    file: path,
-                    found: bytes,
-                });
+        let mut map = OffsetMap::new();
+        let journal = Journal::open(dir, &SPEC, compact_min, |payload| {
+            match decode_record(payload)? {
+                Record::Commit { group, entries } => map.apply_commit(&group, entries),
+                Record::ForgetTopic(topic) => {
+                    map.forget_topic(&topic);
+                }
             }
-            let mut init = || -> io::Result<()> {
-                file.set_len(0)?;
-                file.write_all(MAGIC)?;
-                file.sync_all()
-            };
-            init().map_err(|e| GroupError::io("initialising", &path, e))?;
-            if !existed {
-                sync_dir(dir)?;
-            }
-            bytes = MAGIC.to_vec();
-        } else if &bytes[..MAGIC.len()] != MAGIC {
-            return Err(GroupError::NotAJournal {
-                file: path,
-                found: bytes[..MAGIC.len()].to_vec(),
-            });
-        }
-
-        let replay = replay(&bytes, &path)?;
-        if let Some(reason) = &replay.cut_reason {
-            tracing::warn!(
-                file = %path.display(),
-                position = replay.valid_len,
-                cut_bytes = bytes.len() as u64 - replay.valid_len,
-                reason = %reason,
-                "cutting torn or corrupt tail of the committed-offsets journal"
-            );
-            file.set_len(replay.valid_len)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| GroupError::io("truncating torn tail of", &path, e))?;
-        }
-        tracing::debug!(
-            file = %path.display(),
-            groups = replay.map.groups.len(),
-            bytes = replay.valid_len,
-            "replayed committed-offsets journal"
-        );
+            Ok(())
+        })?;
+        tracing::debug!(groups = map.groups.len(), "committed offsets loaded");
         Ok(OffsetStore {
-            journal: Mutex::new(Journal {
-                dir: dir.to_path_buf(),
-                path,
-                file: Some(file),
-                len: replay.valid_len,
-                broken: None,
-                compact_min,
-                compact_retry_at: 0,
-            }),
-            map: Mutex::new(replay.map),
+            journal: Mutex::new(journal),
+            map: Mutex::new(map),
         })
     }
 
@@ -564,17 +267,13 @@ impl OffsetStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut record = Vec::new();
-        frame(
-            &encode_commit(
-                group,
-                entries
-                    .iter()
-                    .map(|e| (e.topic.as_str(), e.partition, &e.committed))
-                    .collect::<Vec<_>>()
-                    .as_slice(),
-            ),
-            &mut record,
+        let record = encode_commit(
+            group,
+            entries
+                .iter()
+                .map(|e| (e.topic.as_str(), e.partition, &e.committed))
+                .collect::<Vec<_>>()
+                .as_slice(),
         );
         let mut journal = mutex(&self.journal);
         journal.append(&record)?;
@@ -590,35 +289,21 @@ impl OffsetStore {
         if !mutex(&self.map).has_topic(topic) {
             return Ok(0);
         }
-        let mut record = Vec::new();
-        frame(&encode_forget_topic(topic), &mut record);
-        journal.append(&record)?;
+        journal.append(&encode_forget_topic(topic))?;
         let dropped = mutex(&self.map).forget_topic(topic);
         self.maybe_compact(&mut journal);
         Ok(dropped)
     }
 
     fn maybe_compact(&self, journal: &mut Journal) {
-        let image = {
+        let records = {
             let map = mutex(&self.map);
             if !journal.needs_compaction(map.live_bytes) {
                 return;
             }
-            map.encode_compacted()
+            map.compacted_records()
         };
-        let before = journal.len;
-        match journal.replace_with(&image) {
-            Ok(()) => tracing::info!(
-                file = %journal.path.display(),
-                before,
-                after = journal.len,
-                "compacted committed-offsets journal"
-            ),
-            Err(e) => {
-                journal.compact_retry_at = journal.len.saturating_mul(2);
-                tracing::warn!(error = %e, "compacting the committed-offsets journal failed");
-            }
-        }
+        journal.compact(records);
     }
 
     /// The committed offset of one partition, if any.
@@ -654,18 +339,12 @@ impl OffsetStore {
 
     /// Syncs and closes the journal; later commits fail with `Closed`.
     pub(crate) fn close(&self) -> Result<(), GroupError> {
-        let mut journal = mutex(&self.journal);
-        match journal.file.take() {
-            Some(f) => f
-                .sync_all()
-                .map_err(|e| GroupError::io("syncing", &journal.path, e)),
-            None => Ok(()),
-        }
+        Ok(mutex(&self.journal).close()?)
     }
 
     #[cfg(test)]
     fn journal_len(&self) -> u64 {
-        mutex(&self.journal).len
+        mutex(&self.journal).len()
     }
 
     #[cfg(test)]
@@ -674,14 +353,32 @@ impl OffsetStore {
     }
 
     #[cfg(test)]
-    fn path(&self) -> PathBuf {
-        mutex(&self.journal).path.clone()
+    fn path(&self) -> std::path::PathBuf {
+        mutex(&self.journal).path().to_path_buf()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+
     use super::*;
+    use crate::journal::{JournalError, frame};
+
+    const JOURNAL: &str = SPEC.file;
+    const JOURNAL_TMP: &str = SPEC.compaction_file;
+    const MAGIC: &[u8; 8] = SPEC.magic;
+
+    /// Size of a compacted journal of exactly the store's live entries.
+    fn compacted_len(store: &OffsetStore) -> u64 {
+        MAGIC_LEN
+            + mutex(&store.map)
+                .compacted_records()
+                .iter()
+                .map(|r| RECORD_HEADER + r.len() as u64)
+                .sum::<u64>()
+    }
 
     fn entry(topic: &str, partition: i32, offset: i64, metadata: &str) -> OffsetEntry {
         OffsetEntry {
@@ -726,7 +423,7 @@ mod tests {
             store.close().expect("close");
             assert!(matches!(
                 store.commit("g1", vec![entry("t", 0, 30, "")]),
-                Err(GroupError::Closed { .. })
+                Err(GroupError::Journal(JournalError::Closed { .. }))
             ));
         }
         let store = OffsetStore::open(dir.path()).expect("reopen");
@@ -751,10 +448,7 @@ mod tests {
             vec![("t", 0, 20), ("t", 1, 11)]
         );
         // The incremental live size is exactly a compacted journal's size.
-        assert_eq!(
-            store.live_bytes(),
-            mutex(&store.map).encode_compacted().len() as u64
-        );
+        assert_eq!(store.live_bytes(), compacted_len(&store));
     }
 
     #[test]
@@ -835,7 +529,10 @@ mod tests {
         let path = dir.path().join(JOURNAL);
         fs::write(&path, b"PK\x03\x04 some zip file").expect("write");
         let err = OffsetStore::open(dir.path()).err().expect("must fail");
-        assert!(matches!(err, GroupError::NotAJournal { .. }), "{err}");
+        assert!(
+            matches!(err, GroupError::Journal(JournalError::NotAJournal { .. })),
+            "{err}"
+        );
         assert!(
             err.to_string().contains(&path.display().to_string()),
             "{err}"
@@ -847,7 +544,10 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         let err = OffsetStore::open(dir.path()).err().expect("must fail");
         assert!(
-            matches!(err, GroupError::CorruptJournal { position: 8, .. }),
+            matches!(
+                err,
+                GroupError::Journal(JournalError::Corrupt { position: 8, .. })
+            ),
             "{err}"
         );
         assert!(
@@ -890,8 +590,7 @@ mod tests {
         );
 
         // A compacted journal holds exactly the live entries.
-        let image = mutex(&store.map).encode_compacted();
-        assert_eq!(image.len() as u64, store.live_bytes());
+        assert_eq!(compacted_len(&store), store.live_bytes());
     }
 
     #[test]
@@ -929,10 +628,7 @@ mod tests {
             );
             assert_eq!(store.forget_topic("gone").expect("forget"), 2);
             assert!(!store.has_group("g2"));
-            assert_eq!(
-                store.live_bytes(),
-                mutex(&store.map).encode_compacted().len() as u64
-            );
+            assert_eq!(store.live_bytes(), compacted_len(&store));
         }
         let store = OffsetStore::open(dir.path()).expect("reopen");
         assert_eq!(offset(&store, "g1", "gone", 0), None);

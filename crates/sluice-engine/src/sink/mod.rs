@@ -7,9 +7,12 @@
 //!   state, so the table always reflects exactly the committed batches.
 //!   `sluice state get|scan` reads it while the job runs or after.
 //! * [`topic`] appends records to a topic of the bundled store or of a
-//!   Kafka broker, at most once per batch id: every record is tagged with
-//!   its writer and batch, and a replayed batch skips what the topic
-//!   already holds (SQL topic sinks and dead-letter topics).
+//!   Kafka broker, at most once per batch id: through a broker, one Kafka
+//!   transaction per batch with the batch id committed alongside
+//!   (`transactional`); on the bundled store (or with delivery =
+//!   'idempotent') every record is tagged with its writer and batch, and a
+//!   replayed batch skips what the topic already holds (SQL topic sinks and
+//!   dead-letter topics).
 //! * [`file`] writes each batch as Parquet, JSON-lines or CSV files plus a
 //!   manifest entry (Spark's `_spark_metadata`), so readers that follow the
 //!   manifest never see a partial or repeated batch.
@@ -23,6 +26,7 @@ pub mod console;
 pub mod file;
 pub mod table;
 pub mod topic;
+mod transactional;
 
 use crate::checkpoint::Checkpoint;
 

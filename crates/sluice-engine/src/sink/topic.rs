@@ -3,8 +3,13 @@
 //!
 //! The driver runs outputs *before* its atomic commit, so after a crash
 //! the batch runs again over identical input and produces the same
-//! records. To keep a reader of the topic from seeing them twice, every
-//! record carries three headers:
+//! records. Through a Kafka broker the default is one transaction per
+//! batch ([`Delivery::Transactional`], see [`super::transactional`]): the
+//! batch id is committed with the records, so a replay knows whether they
+//! are there, whoever else writes the topic; read_committed readers see
+//! each record once. [`Delivery::Idempotent`] (for brokers without
+//! transactions) and the bundled store use tags instead. To keep a reader of
+//! the topic from seeing them twice, every record carries three headers:
 //!
 //! | header | value |
 //! |---|---|
@@ -45,6 +50,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::transactional::TxnSession;
 use super::{SinkError, WriterId, crash_point};
 use crate::data::Data;
 use crate::source::embedded::EmbeddedSource;
@@ -160,10 +166,30 @@ pub struct WriteReport {
     pub skipped: usize,
 }
 
+/// How a replayed batch is kept from writing twice through a Kafka broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// One Kafka transaction per batch, the batch id committed with it.
+    #[default]
+    Transactional,
+    /// Tags in headers, checked against each partition's last record on the
+    /// first batch after a start (for brokers without transactions).
+    Idempotent,
+}
+
 /// Remembers the first delivery failure of a batch.
-struct DeliveryErrors {
+pub(super) struct DeliveryErrors {
     what: String,
     first: Mutex<Option<String>>,
+}
+
+impl DeliveryErrors {
+    pub(super) fn new(what: &str) -> DeliveryErrors {
+        DeliveryErrors {
+            what: what.to_owned(),
+            first: Mutex::new(None),
+        }
+    }
 }
 
 impl ClientContext for DeliveryErrors {
@@ -199,6 +225,10 @@ enum Backend {
     Kafka {
         brokers: String,
         producer: BaseProducer<DeliveryErrors>,
+        delivery: Delivery,
+        /// The transactional producer, opened at the first batch (its id
+        /// needs the writer's identity); dropped after a failed batch.
+        session: Mutex<Option<TxnSession>>,
     },
 }
 
@@ -228,15 +258,30 @@ impl std::fmt::Debug for TopicWriter {
 impl TopicWriter {
     /// Opens `topic` at `target`, creating it with `partitions` partitions
     /// if it does not exist. `what` names the writer in errors.
+    /// Through a Kafka broker it writes one transaction per batch.
     pub fn open(
         target: &TopicTarget,
         topic: &str,
         partitions: u32,
         what: &str,
     ) -> Result<TopicWriter, SinkError> {
+        Self::open_with(target, topic, partitions, what, Delivery::default())
+    }
+
+    /// [`TopicWriter::open`] with the delivery mode through a Kafka broker
+    /// (the bundled store always uses tags: only its own process writes it).
+    pub fn open_with(
+        target: &TopicTarget,
+        topic: &str,
+        partitions: u32,
+        what: &str,
+        delivery: Delivery,
+    ) -> Result<TopicWriter, SinkError> {
         match target {
             TopicTarget::Embedded(store) => Self::open_embedded(store, topic, partitions, what),
-            TopicTarget::Kafka(brokers) => Self::open_kafka(brokers, topic, partitions, what),
+            TopicTarget::Kafka(brokers) => {
+                Self::open_kafka(brokers, topic, partitions, what, delivery)
+            }
         }
     }
 
@@ -291,6 +336,7 @@ impl TopicWriter {
         topic: &str,
         partitions: u32,
         what: &str,
+        delivery: Delivery,
     ) -> Result<TopicWriter, SinkError> {
         let err = |m: String| SinkError::new(what, m);
         let producer: BaseProducer<DeliveryErrors> = ClientConfig::new()
@@ -304,10 +350,7 @@ impl TopicWriter {
             // A missing topic is created below with the sink's
             // partition count, not the broker's default.
             .set("allow.auto.create.topics", "false")
-            .create_with_context(DeliveryErrors {
-                what: what.to_owned(),
-                first: Mutex::new(None),
-            })
+            .create_with_context(DeliveryErrors::new(what))
             .map_err(|e| err(format!("cannot create a Kafka producer for {brokers}: {e}")))?;
         let partitions = kafka_partitions(&producer, brokers, topic, partitions).map_err(err)?;
         let reader = KafkaSource::new(
@@ -327,6 +370,8 @@ impl TopicWriter {
             backend: Backend::Kafka {
                 brokers: brokers.to_owned(),
                 producer,
+                delivery,
+                session: Mutex::new(None),
             },
             written_through: Mutex::new(None),
         })
@@ -352,6 +397,17 @@ impl TopicWriter {
         let mut through = sluice_log::common::mutex(&self.written_through);
         let look = through.is_none_or(|t| t.checked_add(1) != Some(batch_id));
         *through = None;
+        if let Backend::Kafka {
+            delivery: Delivery::Transactional,
+            brokers,
+            session,
+            ..
+        } = &self.backend
+        {
+            let report = self.write_transactional(brokers, session, id, batch_id, records, look)?;
+            *through = Some(batch_id);
+            return Ok(report);
+        }
         let ends = if look && !records.is_empty() {
             self.reader.partitions().map_err(|e| {
                 self.error(format!("cannot read the end of topic {}: {e}", self.topic))
@@ -392,7 +448,10 @@ impl TopicWriter {
             }
             crash_point("sink::topic::after_partition", batch_id);
         }
-        if let Backend::Kafka { producer, brokers } = &self.backend {
+        if let Backend::Kafka {
+            producer, brokers, ..
+        } = &self.backend
+        {
             let flushed = producer.flush(FLUSH_TIMEOUT);
             if let Some(e) = sluice_log::common::mutex(&producer.context().first).take() {
                 return Err(self.error(format!(
@@ -412,6 +471,97 @@ impl TopicWriter {
 
     fn error(&self, message: String) -> SinkError {
         SinkError::new(self.what.clone(), message)
+    }
+
+    /// One transaction for the whole batch; on the first batch after a
+    /// start, the recording group says whether a replayed batch already
+    /// committed. Any failure aborts and drops the session, so the next
+    /// attempt starts from a fenced, clean producer.
+    fn write_transactional(
+        &self,
+        brokers: &str,
+        session: &Mutex<Option<TxnSession>>,
+        id: &WriterId,
+        batch_id: u64,
+        records: &BTreeMap<i32, Vec<OutRecord>>,
+        look: bool,
+    ) -> Result<WriteReport, SinkError> {
+        let mut slot = sluice_log::common::mutex(session);
+        let fresh = slot.is_none();
+        if fresh {
+            *slot = Some(TxnSession::open(brokers, id, &self.what).map_err(|m| self.error(m))?);
+        }
+        let Some(txn) = slot.as_ref() else {
+            return Err(self.error("no transactional producer".into()));
+        };
+        let total: usize = records.values().map(Vec::len).sum();
+        if look || fresh {
+            let committed = txn
+                .committed_batch(&self.topic)
+                .map_err(|m| self.error(m))?;
+            if committed.is_some_and(|c| c >= batch_id) {
+                tracing::info!(
+                    "{}: batch {batch_id} replayed: its transaction had committed to {}",
+                    self.what,
+                    self.topic
+                );
+                return Ok(WriteReport {
+                    written: 0,
+                    skipped: total,
+                });
+            }
+        }
+        let outcome = self.send_in_transaction(txn, id, batch_id, records);
+        if let Err(e) = outcome {
+            txn.abort();
+            *slot = None;
+            return Err(e);
+        }
+        crash_point("sink::topic::after_write", batch_id);
+        Ok(WriteReport {
+            written: total,
+            skipped: 0,
+        })
+    }
+
+    fn send_in_transaction(
+        &self,
+        txn: &TxnSession,
+        id: &WriterId,
+        batch_id: u64,
+        records: &BTreeMap<i32, Vec<OutRecord>>,
+    ) -> Result<(), SinkError> {
+        txn.begin().map_err(|m| self.error(m))?;
+        let tags = Tags {
+            batch: id.batch_tag(batch_id),
+            run: &id.run,
+            of: 0,
+        };
+        for (&partition, recs) in records {
+            if partition < 0 || partition as u32 >= self.partitions {
+                return Err(self.error(format!(
+                    "partition {partition} does not exist (the topic has {})",
+                    self.partitions
+                )));
+            }
+            let tags = Tags {
+                of: recs.len(),
+                ..tags.clone()
+            };
+            self.append_kafka(txn.producer(), partition, &tags, recs, 0..recs.len())?;
+            crash_point("sink::topic::after_partition", batch_id);
+        }
+        let flushed = txn.producer().flush(FLUSH_TIMEOUT);
+        if let Some(e) = sluice_log::common::mutex(&txn.producer().context().first).take() {
+            return Err(self.error(format!("batch {batch_id}'s records were refused: {e}")));
+        }
+        flushed.map_err(|e| {
+            self.error(format!(
+                "batch {batch_id}'s records were not acknowledged within {FLUSH_TIMEOUT:?}: {e}"
+            ))
+        })?;
+        txn.commit(&self.topic, batch_id, &id.run)
+            .map_err(|m| self.error(m))
     }
 
     /// The marker of `partition`'s last record, if it has one; `ends` are
@@ -623,6 +773,7 @@ impl TopicWriter {
 
 /// What every record of a batch carries: the batch tag, the writer's run
 /// and the batch's record count (for the index header).
+#[derive(Clone)]
 struct Tags<'a> {
     batch: String,
     run: &'a str,

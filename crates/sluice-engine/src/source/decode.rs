@@ -6,7 +6,8 @@
 //! are never copied. Compressed batches are decompressed once into a new
 //! block and viewed the same way. Only records inside the task's
 //! `[from, until)` range are kept; control batches (transaction markers)
-//! are skipped.
+//! and the batches of aborted transactions are skipped (the caller's
+//! [`CommittedFilter`] decides, as a read_committed Kafka consumer does).
 //!
 //! This module decodes; it never reads files or sockets.
 
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 use super::record::RecordColumns;
-use sluice_log::log::{BatchHeader, Codec, HEADER_LEN};
+use sluice_log::log::{BatchHeader, Codec, CommittedFilter, HEADER_LEN};
 
 /// A stored batch that cannot be decoded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,7 +29,7 @@ pub struct DecodeError {
 }
 
 /// Decodes every whole batch in `block` into `out`, keeping offsets in
-/// `[from, until)`. Returns the offset after the last record seen (the next
+/// `[from, until)` of the batches `committed` keeps. Returns the offset after the last record seen (the next
 /// offset to read), which may be below `until` if the block ends first.
 // Kept whole (~85 lines): one walk over the block on the read hot path,
 // whose position, next offset and lazily registered plain block would
@@ -39,6 +40,7 @@ pub fn decode_block(
     partition: i32,
     from: i64,
     until: i64,
+    committed: &mut CommittedFilter,
     out: &mut RecordColumns,
 ) -> Result<i64, DecodeError> {
     let bytes = block.as_slice();
@@ -60,7 +62,10 @@ pub fn decode_block(
             break;
         }
         let batch_end_offset = header.last_offset() + 1;
-        if batch_end_offset <= from || header.is_control() {
+        // Every batch goes through the filter, in order: its aborted-producer
+        // set follows the markers it sees.
+        let kept = committed.keep(&header, &bytes[pos..pos + total]);
+        if batch_end_offset <= from || !kept {
             pos += total;
             next = next.max(batch_end_offset.min(until));
             continue;
@@ -314,7 +319,16 @@ mod tests {
             bytes.extend(encode(13, &["dddd", "e"], compression));
             let block = Buffer::from_vec(bytes);
             let mut cols = RecordColumns::with_capacity(8);
-            let next = decode_block(&block, "t", 3, 11, 14, &mut cols).unwrap();
+            let next = decode_block(
+                &block,
+                "t",
+                3,
+                11,
+                14,
+                &mut CommittedFilter::new(Vec::new()),
+                &mut cols,
+            )
+            .unwrap();
             assert_eq!(next, 14, "{compression:?}");
             let columns = cols.finish();
             let reader = Record::reader(&columns).unwrap();
@@ -350,7 +364,16 @@ mod tests {
         bytes[57..61].copy_from_slice(&100i32.to_be_bytes());
         let block = Buffer::from_vec(bytes);
         let mut cols = RecordColumns::with_capacity(2);
-        let err = decode_block(&block, "t", 0, 0, 10, &mut cols).unwrap_err();
+        let err = decode_block(
+            &block,
+            "t",
+            0,
+            0,
+            10,
+            &mut CommittedFilter::new(Vec::new()),
+            &mut cols,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("t/0"), "{err}");
     }
 }

@@ -1,6 +1,13 @@
 //! The bundled log store, read in-process: a task reads its partition's
 //! segment files directly (no network, no broker) and decodes the batches
 //! into Arrow views over the bytes it read.
+//!
+//! Committed data only, as a read_committed Kafka consumer sees it: a
+//! partition is readable up to its last stable offset (never into an open
+//! transaction), and the records of aborted transactions and the markers
+//! are skipped while their offsets still count. Below the last stable
+//! offset every transaction has ended, so a replayed range decodes to the
+//! same rows.
 
 use std::sync::Arc;
 
@@ -10,7 +17,7 @@ use arrow::buffer::Buffer;
 use super::decode::decode_block;
 use super::record::RecordColumns;
 use super::{ChunkSink, PartitionInfo, Source, SourceError, source_schema};
-use sluice_log::log::LogStore;
+use sluice_log::log::{CommittedFilter, LogStore};
 
 /// Bytes read per chunk: big enough to amortise a read, small enough that
 /// a chunk's columns stay in cache while operators run over them.
@@ -50,7 +57,7 @@ impl Source for EmbeddedSource {
             .map(|p| PartitionInfo {
                 partition: p.id() as i32,
                 log_start: p.log_start_offset(),
-                high_watermark: p.high_watermark(),
+                high_watermark: p.last_stable_offset(),
             })
             .collect())
     }
@@ -59,7 +66,7 @@ impl Source for EmbeddedSource {
         let p = self.store.partition(&self.topic, partition)?;
         Ok(match p.offset_for_time(timestamp_ms)? {
             Some((offset, _)) => offset,
-            None => p.high_watermark(),
+            None => p.last_stable_offset(),
         })
     }
 
@@ -75,6 +82,7 @@ impl Source for EmbeddedSource {
             .partition(&self.topic, partition)
             .map_err(SourceError::from)?;
         let mut position = from;
+        let mut committed = CommittedFilter::new(p.aborted_transactions(from, until));
         while position < until {
             let mut bytes = Vec::with_capacity(READ_CHUNK_BYTES + (64 << 10));
             let info = p
@@ -98,6 +106,7 @@ impl Source for EmbeddedSource {
                 partition,
                 position,
                 until,
+                &mut committed,
                 &mut columns,
             )
             .map_err(SourceError::from)?;

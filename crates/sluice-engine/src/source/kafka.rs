@@ -44,7 +44,7 @@ const CHUNK_BYTES: usize = 16 << 20;
 
 /// Settings the source decides itself because its correctness rests on
 /// them; `extra` may repeat them with the same value but not change them.
-const MANAGED: [(&str, &str); 4] = [
+const MANAGED: [(&str, &str); 5] = [
     // The checkpoint tracks offsets: the broker's copy is never the truth.
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
@@ -54,6 +54,10 @@ const MANAGED: [(&str, &str); 4] = [
     // The end of a partition is how a read learns that the last offsets of
     // its range are gaps (compaction, transaction markers).
     ("enable.partition.eof", "true"),
+    // Committed data only: reads stop at the last stable offset and skip
+    // aborted transactions, so a replayed range reads the same records
+    // (and watermark lookups answer the last stable offset).
+    ("isolation.level", "read_committed"),
 ];
 
 /// Routes librdkafka's own logging to `tracing` at debug level: connection
@@ -157,7 +161,7 @@ impl KafkaSource {
     /// are checkpointed under `name`. With `group_id`, progress is also
     /// committed to that consumer group by [`KafkaSource::commit_offsets`]
     /// (for lag monitoring only). `extra` are further librdkafka settings
-    /// (security, fetch sizes, `isolation.level`, …).
+    /// (security, fetch sizes, …).
     pub fn new(
         name: impl Into<String>,
         brokers: impl Into<String>,

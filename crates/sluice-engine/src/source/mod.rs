@@ -31,7 +31,8 @@ pub struct PartitionInfo {
     pub partition: i32,
     /// The earliest offset still readable (retention moves it forward).
     pub log_start: i64,
-    /// The offset after the last readable record.
+    /// The offset after the last readable record: the last stable offset,
+    /// so a plan never reaches into an open transaction.
     pub high_watermark: i64,
 }
 

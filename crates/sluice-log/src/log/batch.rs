@@ -64,6 +64,10 @@ pub enum BatchError {
     BadCompression(u8),
     #[error("batch of {size} bytes exceeds max.message.bytes = {max}")]
     TooLarge { size: usize, max: usize },
+    #[error(
+        "control batch (a transaction marker of producer {0}): markers are written by the transaction coordinator, never produced"
+    )]
+    ControlBatch(i64),
 }
 
 /// The compression codec named by a batch's attributes.

@@ -15,7 +15,9 @@
 //!       00000000000000000000.log        batches, named by base offset
 //!       00000000000000000000.index      offset → position (sparse)
 //!       00000000000000000000.timeindex  timestamp → offset (sparse)
+//!       00000000000000000000.txnindex   aborted transactions whose marker is here
 //!       recovery-point                  last position known to be on disk
+//!       txn-snapshot                    open transactions at an offset on disk
 //!   trash/                      topics being deleted
 //! ```
 //!
@@ -58,6 +60,7 @@ mod error;
 mod index;
 mod partition;
 mod segment;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -76,6 +79,7 @@ pub use config::{FlushPolicy, TopicConfig, validate_topic_name};
 pub use error::{LogError, Result};
 pub use partition::{AppendInfo, Partition, PartitionInfo, ReadInfo, RetentionOutcome};
 pub use segment::TailRecovery;
+pub use txn::{AbortedTxn, CommittedFilter, ControlType, control_type, encode_control_batch};
 
 use crate::common::{mutex, now_ms, read_lock, write_lock};
 use partition::{SharedConfig, sync_dir};
@@ -596,3 +600,5 @@ fn acquire_lock(root: &Path) -> Result<File> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

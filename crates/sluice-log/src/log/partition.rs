@@ -2,8 +2,18 @@
 //! partition's offsets (log start, high-water mark) and its append path.
 //!
 //! Owns offset assignment, rolling, flushing, reading, time lookup,
-//! retention and recovery of its directory. It never decodes records except
-//! to answer a timestamp lookup inside one batch.
+//! retention and recovery of its directory, and the partition's side of
+//! Kafka transactions: its open transactions and last stable offset, the
+//! markers the transaction coordinator appends, the aborted transactions a
+//! read_committed reader must skip ([`super::txn`]). It never decodes
+//! records except to answer a timestamp lookup inside one batch and to read
+//! a marker's type.
+//!
+//! Transaction state survives restarts as Kafka's does: `txn-snapshot`
+//! holds the open transactions at an offset below which everything is on
+//! disk (written at creation, at each roll and at a clean close), each
+//! sealed segment's `.txnindex` its aborted transactions, and opening
+//! replays the batch headers after the snapshot to rebuild the rest.
 //!
 //! Locking: appends take the partition's `writer` mutex (so partitions never
 //! contend with each other); fsyncs take `flush_lock`, after the writer lock
@@ -25,6 +35,7 @@ use super::config::{FlushPolicy, TopicConfig};
 use super::error::{LogError, Result};
 use super::index::IndexBuilder;
 use super::segment::{self, Segment, TailRecovery};
+use super::txn::{self, AbortedTxn, ControlType, OngoingTxns};
 use crate::common::{mutex, now_ms, read_lock, write_lock};
 
 pub(crate) type SharedConfig = Arc<RwLock<Arc<TopicConfig>>>;
@@ -71,7 +82,12 @@ struct Writer {
     active: Arc<Segment>,
     next_offset: i64,
     builder: IndexBuilder,
+    /// Open transactions: producer id → first offset.
+    txns: OngoingTxns,
 }
+
+/// No open transaction: the last stable offset is the high-water mark.
+const NO_OPEN_TXN: i64 = i64::MAX;
 
 pub struct Partition {
     topic: String,
@@ -86,6 +102,9 @@ pub struct Partition {
     /// Wall-clock ms of the oldest unflushed append (0 when all is flushed).
     dirty_since_ms: AtomicI64,
     writer: Mutex<Writer>,
+    /// First offset of the oldest open transaction ([`NO_OPEN_TXN`] if
+    /// none): what readers need of the writer's transaction state.
+    first_unstable: AtomicI64,
     flush_lock: Mutex<()>,
     offline: RwLock<Option<String>>,
     deleted: AtomicBool,
@@ -95,6 +114,90 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io("syncing directory", dir, e))
+}
+
+fn store_txn_snapshot(dir: &Path, offset: i64, ongoing: &OngoingTxns) -> Result<()> {
+    super::write_atomically(
+        &dir.join(txn::SNAPSHOT),
+        &txn::encode_snapshot(offset, ongoing),
+    )
+}
+
+/// Rebuilds the open transactions and the aborted-transaction indexes of a
+/// partition being opened: each segment's `.txnindex`, then the batch
+/// headers from the snapshot's offset to the end of the log.
+fn recover_transactions(dir: &Path, segments: &[Arc<Segment>]) -> Result<OngoingTxns> {
+    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+        return Ok(OngoingTxns::default());
+    };
+    let end = last.next_offset();
+    let (from, mut ongoing) = match txn::read_snapshot(dir) {
+        Some((offset, ongoing)) if offset <= end && offset >= first.base_offset => {
+            (offset, ongoing)
+        }
+        Some((offset, _)) => {
+            tracing::warn!(
+                partition = %dir.display(),
+                "transaction snapshot at offset {offset} lies outside the log ({}..{end}); replaying the whole log",
+                first.base_offset
+            );
+            (first.base_offset, OngoingTxns::default())
+        }
+        // Written before transactions existed: only the active segment
+        // can matter (the broker refused transactional batches then).
+        None => (last.base_offset, OngoingTxns::default()),
+    };
+    for seg in segments {
+        seg.load_txn_index()?;
+        seg.drop_aborted_from(from);
+    }
+    let mut header = [0u8; batch::HEADER_LEN];
+    let mut control = Vec::new();
+    let start = segments
+        .partition_point(|s| s.base_offset <= from)
+        .saturating_sub(1);
+    for seg in &segments[start..] {
+        let limit = seg.written();
+        let Some(found) = seg.locate(from, limit)? else {
+            continue;
+        };
+        let mut pos = found.position;
+        let mut touched = false;
+        while pos + batch::HEADER_LEN as u64 <= limit {
+            seg.read_at(pos, &mut header)?;
+            let h = batch::BatchHeader::parse(&header).map_err(|e| LogError::CorruptSegment {
+                file: seg.log_path().to_path_buf(),
+                position: pos,
+                reason: e.to_string(),
+            })?;
+            if h.is_transactional() && h.base_offset >= from {
+                let bytes: &[u8] = if h.is_control() {
+                    control.resize(h.total_len(), 0);
+                    seg.read_at(pos, &mut control)?;
+                    &control
+                } else {
+                    &header
+                };
+                if let Some(aborted) = ongoing.on_batch(&h, bytes, h.base_offset) {
+                    let lso = ongoing.first_offset().unwrap_or(h.base_offset + 1);
+                    seg.add_aborted(aborted, lso.min(h.base_offset + 1));
+                    touched = true;
+                }
+            }
+            pos += h.total_len() as u64;
+        }
+        if touched && !Arc::ptr_eq(seg, last) {
+            seg.persist_txn_index()?;
+        }
+    }
+    if !ongoing.list().is_empty() {
+        tracing::info!(
+            partition = %dir.display(),
+            open = ongoing.list().len(),
+            "open transactions recovered"
+        );
+    }
+    Ok(ongoing)
 }
 
 /// Recovery-point file: the last (segment, byte position) known to be on disk.
@@ -116,6 +219,7 @@ impl Partition {
         fs::create_dir_all(&dir)
             .map_err(|e| LogError::io("creating partition directory", &dir, e))?;
         let seg = Arc::new(Segment::create(&dir, 0, now_ms())?);
+        store_txn_snapshot(&dir, 0, &OngoingTxns::default())?;
         sync_dir(&dir)?;
         let interval = read_lock(&config).index_interval_bytes;
         Ok(Self::assemble(
@@ -125,6 +229,7 @@ impl Partition {
             config,
             vec![seg],
             IndexBuilder::new(interval),
+            OngoingTxns::default(),
         ))
     }
 
@@ -183,8 +288,9 @@ impl Partition {
             }
             segments.push(Arc::new(seg));
         }
+        let txns = recover_transactions(&dir, &segments)?;
         Ok((
-            Self::assemble(topic, id, dir, config, segments, builder),
+            Self::assemble(topic, id, dir, config, segments, builder, txns),
             tail,
         ))
     }
@@ -196,6 +302,7 @@ impl Partition {
         config: SharedConfig,
         segments: Vec<Arc<Segment>>,
         builder: IndexBuilder,
+        txns: OngoingTxns,
     ) -> Self {
         let active = segments
             .last()
@@ -213,10 +320,12 @@ impl Partition {
             flushed_offset: AtomicI64::new(next),
             dirty_since_ms: AtomicI64::new(0),
             segments: RwLock::new(segments),
+            first_unstable: AtomicI64::new(txns.first_offset().unwrap_or(NO_OPEN_TXN)),
             writer: Mutex::new(Writer {
                 active,
                 next_offset: next,
                 builder,
+                txns,
             }),
             flush_lock: Mutex::new(()),
             offline: RwLock::new(None),
@@ -245,6 +354,40 @@ impl Partition {
     /// the "log end offset" of a single-replica partition).
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Kafka's last stable offset: the first offset of the oldest open
+    /// transaction, or the high-water mark. read_committed readers stop here.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.first_unstable
+            .load(Ordering::Acquire)
+            .min(hw)
+            .max(self.log_start_offset().min(hw))
+    }
+
+    /// (producer id, first offset) of every open transaction, oldest first.
+    pub fn ongoing_transactions(&self) -> Vec<(i64, i64)> {
+        mutex(&self.writer).txns.list()
+    }
+
+    /// The aborted transactions a read of `[from, upto)` overlaps
+    /// (`last_offset >= from`, `first_offset < upto`), by first offset:
+    /// what a read_committed fetch lists. Only the segment holding `from`
+    /// and later ones can hold such markers.
+    pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
+        let segments = self.segments_snapshot();
+        let first = segments
+            .partition_point(|s| s.base_offset <= from)
+            .saturating_sub(1);
+        let mut out = Vec::new();
+        // A transaction's marker may lie far past `upto`: every later
+        // segment is asked (their indexes are small and in memory).
+        for seg in &segments[first..] {
+            seg.aborted_overlapping(from, upto, &mut out);
+        }
+        out.sort_by_key(|a| (a.first_offset, a.producer_id));
+        out
     }
 
     fn config(&self) -> Arc<TopicConfig> {
@@ -302,6 +445,11 @@ impl Partition {
         // lock: producers to one partition only serialize on the write itself.
         let mut batches = Vec::with_capacity(1);
         batch::validate_for_append(records, config.max_message_bytes as usize, &mut batches)
+            .and_then(|()| match batches.iter().find(|b| b.header.is_control()) {
+                // Markers come only from the transaction coordinator.
+                Some(b) => Err(batch::BatchError::ControlBatch(b.header.producer_id)),
+                None => Ok(()),
+            })
             .map_err(|source| LogError::InvalidBatch {
                 topic: self.topic.clone(),
                 partition: self.id,
@@ -315,6 +463,43 @@ impl Partition {
             self.sync_segment(&active)?;
         }
         Ok(info)
+    }
+
+    /// Appends a COMMIT or ABORT marker ending `producer_id`'s open
+    /// transaction; `None` (nothing appended) when it has none here, so the
+    /// coordinator can repeat markers after a crash without doubling them.
+    /// Durable only after [`Partition::flush`], like any append.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        control: ControlType,
+        coordinator_epoch: i32,
+    ) -> Result<Option<AppendInfo>> {
+        self.check_writable()?;
+        let config = self.config();
+        let now = now_ms();
+        let mut records =
+            txn::encode_control_batch(producer_id, producer_epoch, control, coordinator_epoch, now);
+        let mut batches = Vec::with_capacity(1);
+        batch::validate_for_append(&records, usize::MAX, &mut batches).map_err(|source| {
+            LogError::InvalidBatch {
+                topic: self.topic.clone(),
+                partition: self.id,
+                source,
+            }
+        })?;
+        let mut w = mutex(&self.writer);
+        if !w.txns.contains(producer_id) {
+            return Ok(None);
+        }
+        let (info, active, needs_sync) =
+            self.append_locked(&mut w, &mut records, &batches, &config, now)?;
+        drop(w);
+        if needs_sync {
+            self.sync_segment(&active)?;
+        }
+        Ok(Some(info))
     }
 
     fn append_locked(
@@ -369,6 +554,7 @@ impl Partition {
         }
         active.on_appended(next, max_ts);
         w.next_offset = next;
+        self.follow_transactions(w, records, batches, base_offset);
         let policy = config.flush_policy();
         let needs_sync = match policy {
             FlushPolicy::EveryAppend => true,
@@ -396,6 +582,33 @@ impl Partition {
             log_start_offset: self.log_start_offset(),
         };
         Ok((info, active, needs_sync))
+    }
+
+    /// Updates the open transactions after an append: transactional batches
+    /// open one for their producer, markers end it (an ABORT is indexed).
+    fn follow_transactions(
+        &self,
+        w: &mut Writer,
+        records: &[u8],
+        batches: &[ValidBatch],
+        base_offset: i64,
+    ) {
+        if !batches.iter().any(|b| b.header.is_transactional()) {
+            return;
+        }
+        let mut offset = base_offset;
+        for b in batches {
+            let bytes = &records[b.start..b.start + b.header.total_len()];
+            if let Some(aborted) = w.txns.on_batch(&b.header, bytes, offset) {
+                let lso = w.txns.first_offset().unwrap_or(offset + 1).min(offset + 1);
+                w.active.add_aborted(aborted, lso);
+            }
+            offset += b.header.offset_count();
+        }
+        self.first_unstable.store(
+            w.txns.first_offset().unwrap_or(NO_OPEN_TXN),
+            Ordering::Release,
+        );
     }
 
     /// fsyncs `seg` up to what has been written, then publishes it. Appends
@@ -475,6 +688,12 @@ impl Partition {
                 old.log_path().display()
             );
         }
+        // The sealed segment's aborted transactions, and the open ones at
+        // the new segment's start, are what recovery starts from: both must
+        // be on disk before anything is appended past them.
+        old.persist_txn_index()
+            .inspect_err(|e| self.take_offline(e))?;
+        store_txn_snapshot(&self.dir, w.next_offset, &w.txns)?;
         let seg = Arc::new(Segment::create(&self.dir, w.next_offset, now_ms)?);
         sync_dir(&self.dir)?;
         let interval = self.config().index_interval_bytes;
@@ -490,15 +709,30 @@ impl Partition {
     /// batch is always returned whole so a consumer can make progress (as
     /// Kafka does since KIP-74). Returns nothing at the high-water mark.
     pub fn read_into(&self, offset: i64, max_bytes: usize, out: &mut Vec<u8>) -> Result<ReadInfo> {
-        let hw = self.high_watermark();
+        self.read_into_below(offset, self.high_watermark(), max_bytes, out)
+    }
+
+    /// [`Partition::read_into`], returning no batch that starts at or after
+    /// `upper` (the last stable offset, for read_committed readers); `upper`
+    /// above the high-water mark is lowered to it. Offsets up to the
+    /// high-water mark stay valid positions.
+    pub fn read_into_below(
+        &self,
+        offset: i64,
+        upper: i64,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<ReadInfo> {
+        let real_hw = self.high_watermark();
+        let hw = upper.min(real_hw);
         let log_start = self.log_start_offset();
         let mut info = ReadInfo {
             bytes: 0,
             next_offset: offset,
-            high_watermark: hw,
+            high_watermark: real_hw,
             log_start_offset: log_start,
         };
-        if offset < log_start || offset > hw {
+        if offset < log_start || offset > real_hw {
             return Err(self.out_of_range(offset));
         }
         let segments = self.segments_snapshot();
@@ -722,7 +956,14 @@ impl Partition {
             return Ok(());
         }
         self.flush()?;
-        mutex(&self.writer).active.persist_index()?;
+        {
+            let w = mutex(&self.writer);
+            w.active.persist_index()?;
+            w.active.persist_txn_index()?;
+            // Everything below the end is on disk: the next open replays
+            // nothing.
+            store_txn_snapshot(&self.dir, w.next_offset, &w.txns)?;
+        }
         self.write_recovery_point()
     }
 

@@ -1,9 +1,11 @@
 //! One segment: a `.log` file of RecordBatch v2 bytes named by its base offset
 //! (20 digits, as Kafka names them), with its sparse index.
 //!
-//! Owns the segment's file handle, its byte counters and its index; knows how
-//! to validate and truncate its own tail. It never decides when to roll,
-//! flush or delete — the partition does — and never decodes records.
+//! Owns the segment's file handle, its byte counters, its index and its
+//! aborted-transaction index (`.txnindex`: the transactions whose ABORT
+//! marker lies in this segment); knows how to validate and truncate its own
+//! tail. It never decides when to roll, flush or delete — the partition
+//! does — and never decodes records.
 //!
 //! Three byte counters describe the file, each only growing during a run:
 //! `written` (whole batches in the file), `flushed` (of those, fsynced) and
@@ -15,12 +17,13 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::batch::{self, BatchHeader, HEADER_LEN};
 use super::error::{LogError, Result};
 use super::index::{IndexBuilder, NO_TIMESTAMP, SparseIndex};
-use crate::common::{read_lock, write_lock};
+use super::txn::AbortedTxn;
+use crate::common::{mutex, read_lock, write_lock};
 
 pub(crate) fn file_stem(base_offset: i64) -> String {
     format!("{base_offset:020}")
@@ -58,6 +61,9 @@ pub(crate) struct Segment {
     /// records carry no timestamps.
     created_ms: i64,
     index: RwLock<SparseIndex>,
+    /// Transactions aborted by a marker in this segment, in marker order,
+    /// each with the partition's last stable offset after it.
+    aborted: Mutex<Vec<(AbortedTxn, i64)>>,
 }
 
 /// A batch header met while scanning, with where it lies.
@@ -132,7 +138,76 @@ impl Segment {
             max_timestamp: AtomicI64::new(NO_TIMESTAMP),
             created_ms,
             index: RwLock::new(SparseIndex::default()),
+            aborted: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records a transaction aborted by a marker appended to this segment.
+    pub fn add_aborted(&self, txn: AbortedTxn, last_stable_offset: i64) {
+        mutex(&self.aborted).push((txn, last_stable_offset));
+    }
+
+    /// Aborted transactions with `last_offset >= from` and
+    /// `first_offset < upto`.
+    pub fn aborted_overlapping(&self, from: i64, upto: i64, out: &mut Vec<AbortedTxn>) {
+        out.extend(
+            mutex(&self.aborted)
+                .iter()
+                .map(|(a, _)| *a)
+                .filter(|a| a.last_offset >= from && a.first_offset < upto),
+        );
+    }
+
+    /// Forgets entries whose marker is at or after `offset` (recovery
+    /// rebuilds them from the log).
+    pub fn drop_aborted_from(&self, offset: i64) {
+        mutex(&self.aborted).retain(|(a, _)| a.last_offset < offset);
+    }
+
+    fn txn_index_path(&self) -> PathBuf {
+        self.log_path.with_extension("txnindex")
+    }
+
+    /// Loads `.txnindex` (missing means no aborted transaction), keeping
+    /// only entries whose marker lies in this segment's offsets.
+    pub fn load_txn_index(&self) -> Result<()> {
+        let path = self.txn_index_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(LogError::io("reading transaction index", &path, e)),
+        };
+        let end = self.next_offset();
+        let entries = AbortedTxn::decode_all(&bytes)
+            .into_iter()
+            .filter(|a| (self.base_offset..end).contains(&a.last_offset))
+            .map(|a| (a, a.last_offset + 1));
+        mutex(&self.aborted).extend(entries);
+        Ok(())
+    }
+
+    /// Writes `.txnindex` whole (temp file, fsync, rename), or removes it
+    /// when the segment aborted nothing.
+    pub fn persist_txn_index(&self) -> Result<()> {
+        let path = self.txn_index_path();
+        let entries = mutex(&self.aborted).clone();
+        if entries.is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(LogError::io("removing transaction index", &path, e)),
+            };
+        }
+        let mut data = Vec::with_capacity(entries.len() * super::txn::TXN_INDEX_ENTRY);
+        for (a, lso) in &entries {
+            a.encode(*lso, &mut data);
+        }
+        let tmp = path.with_extension("txnindex.tmp");
+        fs::write(&tmp, &data).map_err(|e| LogError::io("writing transaction index", &tmp, e))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| LogError::io("syncing transaction index", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| LogError::io("renaming transaction index", &path, e))
     }
 
     /// Creates an empty segment file. A leftover file of the same name (from a
@@ -500,7 +575,7 @@ impl Segment {
     pub fn delete_files(&self) -> Result<()> {
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
         let stem = file_stem(self.base_offset);
-        for ext in ["index", "timeindex", "log"] {
+        for ext in ["index", "timeindex", "txnindex", "log"] {
             let path = dir.join(format!("{stem}.{ext}"));
             match fs::remove_file(&path) {
                 Ok(()) => {}
