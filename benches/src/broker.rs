@@ -139,15 +139,15 @@ impl fmt::Display for Acks {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Sluice,
     Tansu,
 }
 
-struct BrokerSpec {
-    name: &'static str,
-    kind: Kind,
-    bin: PathBuf,
+pub(crate) struct BrokerSpec {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) bin: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +162,7 @@ const PHASES: [&str; 3] = ["produce", "consume default", "consume tuned"];
 // batches of up to 1 MB (librdkafka's message.max.bytes; Kafka's and sluice's
 // max.message.bytes is 1,048,588), so batch.size is the limit and
 // batch.num.messages is set high enough never to be.
-const PRODUCER_SETTINGS: &[(&str, &str)] = &[
+pub(crate) const PRODUCER_SETTINGS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
     ("compression.type", "none"),
     ("batch.size", "1000000"),
@@ -192,23 +192,23 @@ const TUNED_CONSUMER_SETTINGS: &[(&str, &str)] = &[
 
 /// One phase of one run.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    records: u64,
+pub(crate) struct Sample {
+    pub(crate) records: u64,
     bytes: u64,
     secs: f64,
     broker_cpu: f64,
     client_cpu: f64,
-    valid: bool,
+    pub(crate) valid: bool,
 }
 
 impl Sample {
-    fn records_per_sec(&self) -> f64 {
+    pub(crate) fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.secs
     }
     fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / self.secs / 1e6
     }
-    fn broker_cpu_per_million(&self) -> f64 {
+    pub(crate) fn broker_cpu_per_million(&self) -> f64 {
         self.broker_cpu / (self.records as f64 / 1e6)
     }
     fn client_cpu_per_million(&self) -> f64 {
@@ -763,14 +763,14 @@ fn broker_command(spec: &BrokerSpec, data_dir: &Path) -> anyhow::Result<(Command
 }
 
 /// Wall clock and CPU time (the broker's and this process's) of one phase.
-struct PhaseClock {
+pub(crate) struct PhaseClock {
     broker_cpu: f64,
     client_cpu: f64,
     started: Instant,
 }
 
 impl PhaseClock {
-    fn start(broker: &BrokerProcess) -> anyhow::Result<PhaseClock> {
+    pub(crate) fn start(broker: &BrokerProcess) -> anyhow::Result<PhaseClock> {
         Ok(PhaseClock {
             broker_cpu: broker.cpu_secs()?,
             client_cpu: self_cpu_secs(),
@@ -779,7 +779,7 @@ impl PhaseClock {
     }
 
     /// The phase's sample, from what it moved and whether it was valid.
-    fn stop(
+    pub(crate) fn stop(
         self,
         broker: &BrokerProcess,
         records: u64,
@@ -820,7 +820,7 @@ fn dedup_counted(lines: &[String]) -> Vec<String> {
 
 /// Fails a phase that makes no progress for `stall`, that runs longer than
 /// ten times that in total, or whose broker dies.
-struct Watch {
+pub(crate) struct Watch {
     stall: Duration,
     started: Instant,
     last_progress: u64,
@@ -831,7 +831,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(stall: Duration, what: &'static str, total: u64) -> Watch {
+    pub(crate) fn new(stall: Duration, what: &'static str, total: u64) -> Watch {
         let now = Instant::now();
         Watch {
             stall,
@@ -844,7 +844,7 @@ impl Watch {
         }
     }
 
-    fn tick(&mut self, broker: &mut BrokerProcess, progress: u64) -> anyhow::Result<()> {
+    pub(crate) fn tick(&mut self, broker: &mut BrokerProcess, progress: u64) -> anyhow::Result<()> {
         let now = Instant::now();
         if progress != self.last_progress {
             self.last_progress = progress;
@@ -880,24 +880,24 @@ impl Watch {
 /// librdkafka callbacks: delivery reports are counted; warnings and errors
 /// are kept to be reported.
 #[derive(Default)]
-struct BenchContext {
-    delivered: AtomicU64,
-    failed: AtomicU64,
+pub(crate) struct BenchContext {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) failed: AtomicU64,
     events: Mutex<Vec<String>>,
 }
 
 impl BenchContext {
-    fn done(&self) -> u64 {
+    pub(crate) fn done(&self) -> u64 {
         self.delivered.load(Relaxed) + self.failed.load(Relaxed)
     }
-    fn note(&self, event: String) {
+    pub(crate) fn note(&self, event: String) {
         if let Ok(mut events) = self.events.lock()
             && events.len() < 1000
         {
             events.push(event);
         }
     }
-    fn take_events(&self) -> Vec<String> {
+    pub(crate) fn take_events(&self) -> Vec<String> {
         self.events
             .lock()
             .map(|mut e| std::mem::take(&mut *e))
@@ -945,7 +945,7 @@ impl ProducerContext for BenchContext {
 
 /// Creates the topic and waits until its metadata shows every partition
 /// with a leader. Returns the client's warnings.
-fn create_topic(
+pub(crate) fn create_topic(
     rt: &tokio::runtime::Runtime,
     bootstrap: &str,
     topic: &str,
@@ -1038,18 +1038,22 @@ impl OutputLog {
 }
 
 /// A broker running as a child process; killed when dropped.
-struct BrokerProcess {
+pub(crate) struct BrokerProcess {
     name: &'static str,
     child: Child,
     pid: i32,
-    bootstrap: String,
+    pub(crate) bootstrap: String,
     output: Arc<Mutex<OutputLog>>,
     data_dir: PathBuf,
     stopped: bool,
 }
 
 impl BrokerProcess {
-    fn start(spec: &BrokerSpec, data_dir: &Path, timeout: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        spec: &BrokerSpec,
+        data_dir: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let name = spec.name;
         if data_dir.exists() {
             std::fs::remove_dir_all(data_dir)
@@ -1190,7 +1194,7 @@ impl BrokerProcess {
         })
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.stopped = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1198,7 +1202,7 @@ impl BrokerProcess {
 
     /// SIGTERM, then SIGKILL if it has not exited within 20 s. Returns a
     /// note when the stop was not clean.
-    fn stop(&mut self) -> anyhow::Result<Option<String>> {
+    pub(crate) fn stop(&mut self) -> anyhow::Result<Option<String>> {
         if self.stopped {
             return Ok(None);
         }
@@ -1330,7 +1334,7 @@ fn self_cpu_secs() -> f64 {
 
 /// 1 MiB of seeded pseudo-random bytes (plus room for the largest record):
 /// values are windows into it, so they differ and do not compress.
-fn payload_source() -> Vec<u8> {
+pub(crate) fn payload_source() -> Vec<u8> {
     let mut buf = vec![0u8; (1 << 20) + 1024 + 1];
     SmallRng::seed_from_u64(0x51_1CE).fill(&mut buf[..]);
     buf

@@ -10,6 +10,7 @@
 mod broker;
 mod corpus;
 mod log;
+mod txn;
 mod util;
 mod wordcount;
 
@@ -59,6 +60,10 @@ enum BenchCommand {
     /// Produce and consume throughput of `sluice broker` over the Kafka
     /// protocol (librdkafka), side by side with tansu when given.
     Broker(broker::BrokerBenchArgs),
+    /// What Kafka transactions cost: transactional produce (one transaction
+    /// per 10,000 and per 1,000 records) against idempotent produce on the
+    /// same `sluice broker`.
+    Txn(txn::TxnBenchArgs),
     /// Write a seeded text corpus (the word-count benchmarks' input) to a file.
     Corpus(corpus::CorpusArgs),
     /// End-to-end word count over a pre-loaded corpus: words/s and peak RSS,
@@ -89,6 +94,7 @@ fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             no_dd,
         ),
         BenchCommand::Broker(args) => broker::run(args),
+        BenchCommand::Txn(args) => txn::run(args),
         BenchCommand::Corpus(args) => corpus::run(args),
         BenchCommand::Wordcount(args) => wordcount::run(args),
         BenchCommand::Latency(args) => wordcount::latency(args),

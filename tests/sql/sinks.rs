@@ -479,7 +479,12 @@ fn transactional_topic_sink_is_exactly_once_under_sigkill() {
                CREATE SINK out WITH (type = 'topic', key = 'user', partitions = 3);\n\
                INSERT INTO out SELECT user, ms FROM clicks;";
     #[cfg(feature = "failpoints")]
-    work.run_killed("txn", sql, &at_broker, "sink::topic::after_partition=return(4)");
+    work.run_killed(
+        "txn",
+        sql,
+        &at_broker,
+        "sink::topic::after_partition=return(4)",
+    );
     for _ in 0..kills {
         let mut child = work
             .command("txn", sql, &at_broker, None)
@@ -498,7 +503,10 @@ fn transactional_topic_sink_is_exactly_once_under_sigkill() {
     broker.stop_gracefully();
     // `read_topic` reads committed records only, as read_committed readers do.
     let committed = read_topic(&broker.data_dir(), "out");
-    assert_eq!(rows_checked(&committed, "txn/out"), expected_click_rows(600));
+    assert_eq!(
+        rows_checked(&committed, "txn/out"),
+        expected_click_rows(600)
+    );
     #[cfg(feature = "failpoints")]
     {
         // The run killed inside a transaction left records that only the
