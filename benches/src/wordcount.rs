@@ -27,7 +27,9 @@ pub struct WordcountBenchArgs {
     pub sizes: Vec<u64>,
     /// What to measure: embedded (the Rust job, in-process source), broker
     /// (the Rust job through `sluice broker` + rdkafka), sql
-    /// (jobs/wordcount.sql through `sluice run`, in-process source).
+    /// (jobs/wordcount.sql through `sluice run`, in-process source),
+    /// sql-broker (the same through `sluice broker`, table sink), sql-topic
+    /// (the same with a topic sink at the broker: one transaction per batch).
     #[arg(long, default_value = "embedded,broker,sql", value_delimiter = ',')]
     pub sources: Vec<String>,
     /// Runs per measurement; the median is reported.
@@ -131,13 +133,19 @@ fn run_once(
     let _ = std::fs::remove_dir_all(&checkpoint);
     let mut broker = None;
     let mut cmd = Command::new(exe);
-    if source == "sql" {
-        // The shipped job, reading the corpus topic.
+    if source.starts_with("sql") {
+        // The shipped job, reading the corpus topic; `sql-topic` writes its
+        // counts to a topic of the broker instead of the result table.
         let job = work.join("wordcount.sql");
-        std::fs::write(
-            &job,
-            include_str!("../../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'"),
-        )?;
+        let mut text =
+            include_str!("../../jobs/wordcount.sql").replace("topic = 'lines'", "topic = 'corpus'");
+        if source == "sql-topic" {
+            text = text.replace(
+                "CREATE SINK counts WITH (type = 'table');",
+                "CREATE SINK counts WITH (type = 'topic', topic = 'counts', key = 'word', partitions = 4);",
+            );
+        }
+        std::fs::write(&job, text)?;
         // The Rust job's batch size (SQL jobs default to smaller batches
         // to bound memory): the same batches, side by side.
         cmd.arg("run")
@@ -156,7 +164,7 @@ fn run_once(
         "embedded" | "sql" => {
             cmd.arg("--data-dir").arg(&loaded.data_dir);
         }
-        "broker" => {
+        "broker" | "sql-broker" | "sql-topic" => {
             let port = free_port()?;
             let listen = format!("127.0.0.1:{port}");
             let child = Command::new(exe)
@@ -178,7 +186,9 @@ fn run_once(
             }
             cmd.args(["--brokers", &listen]);
         }
-        other => bail!("unknown source {other:?}: use embedded, broker or sql"),
+        other => {
+            bail!("unknown source {other:?}: use embedded, broker, sql, sql-broker or sql-topic")
+        }
     }
     let started = Instant::now();
     let child = cmd.spawn().context("cannot start sluice wordcount")?;
@@ -233,6 +243,13 @@ pub fn run(args: WordcountBenchArgs) -> anyhow::Result<()> {
                 format_bytes(loaded.bytes),
                 sql / rust,
                 rust / sql
+            );
+        }
+        if let (Some(table), Some(topic)) = (rate("sql-broker"), rate("sql-topic")) {
+            println!(
+                "{:>8}  SQL job with a transactional topic sink at {:.2}x the words/s of its table sink",
+                format_bytes(loaded.bytes),
+                topic / table
             );
         }
     }
