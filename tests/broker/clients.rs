@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::common;
 use crate::common::broker::{
-    BrokerOpts, TestBroker, client_script, require_kafka_python, require_kcat, run_bounded,
-    wait_timeout,
+    BrokerOpts, TestBroker, client_script, kafkajs_modules, require_kafka_python, require_kafkajs,
+    require_kcat, run_bounded, wait_timeout,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -473,12 +473,11 @@ fn sluice_topic_commands_talk_to_a_running_broker() {
     assert!(err.lines().count() <= 2, "one error line expected:\n{err}");
 }
 
-#[test]
-fn kafka_python_transactions_commit_abort_and_read_committed() {
-    require_kafka_python();
-    let broker = TestBroker::start_with(BrokerOpts::auto_create());
-    let out = ok(python("transactions.py").args([&broker.bootstrap(), "kpt"]));
-    let v = json(&out);
+/// The committed/aborted/committed scenario of the transaction scripts:
+/// read_committed sees the two committed transactions, read_uncommitted all
+/// three, each in order.
+fn check_transaction_script(out: &str) {
+    let v = json(out);
     let values = |name: &str| -> Vec<String> {
         v[name]
             .as_array()
@@ -492,4 +491,24 @@ fn kafka_python_transactions_commit_abort_and_read_committed() {
     let everything = [batch("first"), batch("aborted"), batch("second")].concat();
     assert_eq!(values("read_committed"), committed);
     assert_eq!(values("read_uncommitted"), everything);
+}
+
+#[test]
+fn kafka_python_transactions_commit_abort_and_read_committed() {
+    require_kafka_python();
+    let broker = TestBroker::start_with(BrokerOpts::auto_create());
+    check_transaction_script(&ok(
+        python("transactions.py").args([&broker.bootstrap(), "kpt"])
+    ));
+}
+
+#[test]
+fn kafkajs_transactions_commit_abort_and_read_committed() {
+    require_kafkajs();
+    let broker = TestBroker::start_with(BrokerOpts::auto_create());
+    let mut node = Command::new("node");
+    node.env("NODE_PATH", kafkajs_modules())
+        .arg(client_script("kafkajs_transactions.js"))
+        .args([&broker.bootstrap(), "kjs"]);
+    check_transaction_script(&ok(&mut node));
 }

@@ -404,7 +404,34 @@ pub fn require_kafka_python() {
     }
 }
 
-/// `tests/clients/NAME`, the kafka-python scripts.
+/// Where `.ci/deps` installs KafkaJS (`SLUICE_NODE_DIR`, default
+/// `~/.cache/sluice-node`): its `node_modules`.
+pub fn kafkajs_modules() -> PathBuf {
+    let dir = std::env::var_os("SLUICE_NODE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice-node")))
+        .unwrap_or_else(|| PathBuf::from(".cache/sluice-node"));
+    dir.join("node_modules")
+}
+
+/// Checks that `node` can load KafkaJS; FAILS (never skips) when not.
+pub fn require_kafkajs() {
+    let out = Command::new("node")
+        .env("NODE_PATH", kafkajs_modules())
+        .args(["-e", "require('kafkajs')"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "node cannot load kafkajs from {} ({}): {DEPS_HINT}",
+            kafkajs_modules().display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("node is not available ({e}): {DEPS_HINT}"),
+    }
+}
+
+/// `tests/clients/NAME`, the kafka-python and KafkaJS scripts.
 pub fn client_script(name: &str) -> PathBuf {
     super::repo("tests/clients").join(name)
 }
