@@ -40,7 +40,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::util::{free_port, median};
 use sluice::units::parse_millis;
 
-fn millis(text: &str) -> Result<Duration, String> {
+pub(crate) fn millis(text: &str) -> Result<Duration, String> {
     parse_millis(text).map(Duration::from_millis)
 }
 

@@ -20,14 +20,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::broker::{
     BenchContext, BrokerProcess, BrokerSpec, Kind, PRODUCER_SETTINGS, PhaseClock, Sample, Watch,
-    create_topic, payload_source,
+    create_topic, millis, payload_source,
 };
 use crate::util::median;
-use sluice::units::{format_count, parse_millis};
-
-fn millis(text: &str) -> Result<Duration, String> {
-    parse_millis(text).map(Duration::from_millis)
-}
+use sluice::units::format_count;
 
 #[derive(Debug, clap::Args)]
 pub struct TxnBenchArgs {

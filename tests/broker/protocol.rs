@@ -812,20 +812,43 @@ fn sigterm_stops_cleanly_and_keeps_acknowledged_records() {
 
 /// One batch of an idempotent producer: `count` records from `sequence`.
 fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, count: i32) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
+    let values: Vec<String> = (0..count)
+        .map(|i| format!("seq {}", sequence + i))
+        .collect();
+    producer_batch(
+        (producer_id, epoch),
+        sequence,
+        false,
+        &values,
+        WireCompression::Gzip,
+    )
+}
+
+/// One batch of `values` from producer (id, epoch), numbered from
+/// `sequence`, transactional or not.
+pub(crate) fn producer_batch(
+    (producer_id, epoch): (i64, i16),
+    sequence: i32,
+    transactional: bool,
+    values: &[String],
+    compression: WireCompression,
+) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
             producer_id,
             producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: sequence + i,
+            offset: i as i64,
+            sequence: sequence + i as i32,
             timestamp: 1_700_000_000_000,
             key: None,
-            value: Some(Bytes::from(format!("seq {}", sequence + i))),
+            value: Some(Bytes::from(v.clone())),
             headers: Default::default(),
         })
         .collect();
@@ -835,10 +858,10 @@ fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, count: i32) -> 
         &records,
         &RecordEncodeOptions {
             version: 2,
-            compression: WireCompression::Gzip,
+            compression,
         },
     )
-    .expect("encode an idempotent batch");
+    .expect("encode a producer's batch");
     buf.freeze()
 }
 

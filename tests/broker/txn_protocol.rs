@@ -30,7 +30,8 @@ use kafka_protocol::records::{
 use crate::common::broker::TestBroker;
 use crate::common::decode_batches;
 use crate::protocol::{
-    call, connect, create_topic, decode, fetch_request, frame, produce_request, topic_name,
+    call, connect, create_topic, decode, fetch_request, frame, produce_request, producer_batch,
+    topic_name,
 };
 
 const INVALID_PRODUCER_EPOCH: i16 = 47;
@@ -94,34 +95,16 @@ fn end(s: &mut TcpStream, id: &str, (producer_id, epoch): (i64, i16), commit: bo
 
 /// One transactional batch of `count` records from `sequence`.
 fn txn_batch(producer_id: i64, epoch: i16, sequence: i32, count: i32) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: true,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: sequence + i,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!("txn {}", sequence + i))),
-            headers: Default::default(),
-        })
+    let values: Vec<String> = (0..count)
+        .map(|i| format!("txn {}", sequence + i))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
+    producer_batch(
+        (producer_id, epoch),
+        sequence,
+        true,
+        &values,
+        Compression::None,
     )
-    .expect("encode a transactional batch");
-    buf.freeze()
 }
 
 /// Produces a blob with a transactional id; (error code, base offset).
@@ -513,35 +496,9 @@ fn storm_round(
 }
 
 /// A transactional batch whose records' values are `label/i`.
-fn labelled_batch((producer_id, epoch): (i64, i16), sequence: i32, label: &str) -> Bytes {
-    let records: Vec<Record> = (0..STORM_RECORDS)
-        .map(|i| Record {
-            transactional: true,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: sequence + i,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!("{label}/{i}"))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode a labelled batch");
-    buf.freeze()
+fn labelled_batch(producer: (i64, i16), sequence: i32, label: &str) -> Bytes {
+    let values: Vec<String> = (0..STORM_RECORDS).map(|i| format!("{label}/{i}")).collect();
+    producer_batch(producer, sequence, true, &values, Compression::None)
 }
 
 #[test]

@@ -15,9 +15,9 @@ use kafka_protocol::messages::{
 };
 
 use super::meta::{TxnMeta, TxnState};
-use super::{TxnCoordinator, check_producer, fenced_code};
+use super::{Claim, TxnCoordinator, fenced_code};
 use crate::blocking::run_blocking;
-use sluice_log::common::{mutex, now_ms};
+use sluice_log::common::now_ms;
 
 impl TxnCoordinator {
     pub async fn add_partitions(
@@ -147,14 +147,21 @@ impl TxnCoordinator {
         fenced: ResponseError,
         add: impl FnOnce(&mut TxnMeta) -> bool,
     ) -> Result<(), ResponseError> {
-        if self.is_closed() {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        let shared = self
-            .get(id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        let mut meta = mutex(&shared);
-        check_producer(&meta, producer_id, epoch, fenced)?;
+        let claim = Claim {
+            id,
+            producer_id,
+            epoch,
+            fenced,
+        };
+        self.with_producer(claim, |meta| self.open_with(meta, add))
+    }
+
+    /// Opens the transaction if need be and applies `add` durably.
+    fn open_with(
+        &self,
+        meta: &mut TxnMeta,
+        add: impl FnOnce(&mut TxnMeta) -> bool,
+    ) -> Result<(), ResponseError> {
         if meta.state.is_prepared() {
             // The previous transaction is still being ended.
             return Err(ResponseError::ConcurrentTransactions);

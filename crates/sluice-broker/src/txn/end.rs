@@ -6,7 +6,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
 use super::meta::{TxnMeta, TxnState};
-use super::{TxnCoordinator, check_producer, fenced_code};
+use super::{Claim, TxnCoordinator, fenced_code};
 use crate::blocking::run_blocking;
 use sluice_log::common::{mutex, now_ms};
 use sluice_log::log::{ControlType, LogError};
@@ -39,39 +39,31 @@ impl TxnCoordinator {
         req: &EndTxnRequest,
         version: i16,
     ) -> Result<(), ResponseError> {
-        if self.is_closed() {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        let id = req.transactional_id.0.as_str();
-        let shared = self
-            .get(id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        let mut meta = mutex(&shared);
-        check_producer(
-            &meta,
-            req.producer_id.0,
-            req.producer_epoch,
-            fenced_code(version, 2),
-        )?;
+        let claim = Claim {
+            id: req.transactional_id.0.as_str(),
+            producer_id: req.producer_id.0,
+            epoch: req.producer_epoch,
+            fenced: fenced_code(version, 2),
+        };
         let commit = req.committed;
-        match (meta.state, commit) {
+        self.with_producer(claim, |meta| match (meta.state, commit) {
             (TxnState::Ongoing, _) => {
                 let ending = if commit {
                     TxnState::PrepareCommit
                 } else {
                     TxnState::PrepareAbort
                 };
-                self.prepare(&mut meta, ending, false)?;
-                self.complete(&mut meta)
+                self.prepare(meta, ending, false)?;
+                self.complete(meta)
             }
             // A retried EndTxn whose first attempt completed.
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(()),
             // A crash or a failed marker write left it half-way: finish it.
             (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
-                self.complete(&mut meta)
+                self.complete(meta)
             }
             _ => Err(ResponseError::InvalidTxnState),
-        }
+        })
     }
 
     /// Durably decides how the open transaction ends (`bump_epoch` fences

@@ -262,6 +262,35 @@ impl TxnCoordinator {
     }
 }
 
+/// Who a transactional request says it is: its transactional id, producer
+/// id and epoch, and the code a stale epoch gets at its version.
+pub(crate) struct Claim<'a> {
+    pub id: &'a str,
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub fenced: ResponseError,
+}
+
+impl TxnCoordinator {
+    /// Runs `f` on the claimed id's state, under its lock, once the claim
+    /// passed Kafka's producer id and epoch check.
+    pub(crate) fn with_producer<T>(
+        &self,
+        claim: Claim<'_>,
+        f: impl FnOnce(&mut TxnMeta) -> Result<T, ResponseError>,
+    ) -> Result<T, ResponseError> {
+        if self.is_closed() {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let shared = self
+            .get(claim.id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        let mut meta = mutex(&shared);
+        check_producer(&meta, claim.producer_id, claim.epoch, claim.fenced)?;
+        f(&mut meta)
+    }
+}
+
 /// Kafka's check of a request's producer id and epoch against the id's
 /// state (`TransactionCoordinator`): `fenced` is the code a stale epoch gets
 /// at this request's version (PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH for

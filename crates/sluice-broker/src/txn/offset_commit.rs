@@ -13,11 +13,11 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
-use super::meta::{PendingOffset, TxnState};
-use super::{TxnCoordinator, check_producer, fenced_code};
+use super::meta::{PendingOffset, TxnMeta, TxnState};
+use super::{Claim, TxnCoordinator, fenced_code};
 use crate::blocking::run_blocking;
 use crate::groups::MAX_METADATA_BYTES;
-use sluice_log::common::{mutex, now_ms};
+use sluice_log::common::now_ms;
 
 impl TxnCoordinator {
     pub async fn txn_offset_commit(
@@ -108,20 +108,26 @@ impl TxnCoordinator {
         codes: &[Vec<i16>],
         version: i16,
     ) -> Result<(), ResponseError> {
-        if self.is_closed() {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
         let group = req.group_id.0.to_string();
-        let shared = self
-            .get(req.transactional_id.0.as_str())
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        let mut meta = mutex(&shared);
-        check_producer(
-            &meta,
-            req.producer_id.0,
-            req.producer_epoch,
-            fenced_code(version, 2),
-        )?;
+        let claim = Claim {
+            id: req.transactional_id.0.as_str(),
+            producer_id: req.producer_id.0,
+            epoch: req.producer_epoch,
+            fenced: fenced_code(version, 2),
+        };
+        self.with_producer(claim, |meta| {
+            self.add_pending(meta, req, codes, group, version)
+        })
+    }
+
+    fn add_pending(
+        &self,
+        meta: &mut TxnMeta,
+        req: &TxnOffsetCommitRequest,
+        codes: &[Vec<i16>],
+        group: String,
+        version: i16,
+    ) -> Result<(), ResponseError> {
         // Offsets only ride on an open transaction that added this group.
         if meta.state != TxnState::Ongoing || !meta.groups.contains_key(&group) {
             return Err(ResponseError::InvalidTxnState);

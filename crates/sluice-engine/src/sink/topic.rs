@@ -166,6 +166,21 @@ pub struct WriteReport {
     pub skipped: usize,
 }
 
+/// The settings of every sink producer: idempotent (retries never duplicate
+/// or reorder records within a partition, so a crash leaves a prefix),
+/// acknowledged by all replicas, and never auto-creating a topic (the sink
+/// creates it with its own partition count).
+pub(super) fn producer_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .set("allow.auto.create.topics", "false");
+    c
+}
+
 /// How a replayed batch is kept from writing twice through a Kafka broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Delivery {
@@ -339,17 +354,7 @@ impl TopicWriter {
         delivery: Delivery,
     ) -> Result<TopicWriter, SinkError> {
         let err = |m: String| SinkError::new(what, m);
-        let producer: BaseProducer<DeliveryErrors> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // Retries never duplicate or reorder records within a
-            // partition: what a crash leaves is a prefix.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000")
-            // A missing topic is created below with the sink's
-            // partition count, not the broker's default.
-            .set("allow.auto.create.topics", "false")
+        let producer: BaseProducer<DeliveryErrors> = producer_config(brokers)
             .create_with_context(DeliveryErrors::new(what))
             .map_err(|e| err(format!("cannot create a Kafka producer for {brokers}: {e}")))?;
         let partitions = kafka_partitions(&producer, brokers, topic, partitions).map_err(err)?;

@@ -26,7 +26,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::WriterId;
-use super::topic::DeliveryErrors;
+use super::topic::{DeliveryErrors, producer_config};
 
 /// init_transactions, commit and abort: long enough for a loaded cluster
 /// (a commit waits for every record's acknowledgement).
@@ -52,15 +52,9 @@ impl TxnSession {
     /// (init_transactions aborts a transaction a crash left open).
     pub fn open(brokers: &str, writer: &WriterId, what: &str) -> Result<TxnSession, String> {
         let id = format!("sluice-{}-{}-{}", writer.job, writer.name, writer.run);
-        let producer: BaseProducer<DeliveryErrors> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let producer: BaseProducer<DeliveryErrors> = producer_config(brokers)
             .set("transactional.id", &id)
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000")
-            .set("allow.auto.create.topics", "false")
             .create_with_context(DeliveryErrors::new(what))
             .map_err(|e| {
                 format!("cannot create a transactional Kafka producer for {brokers}: {e}")
