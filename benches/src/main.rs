@@ -4,7 +4,7 @@
 //! client, Spark through `benches/wordcount.sh`). Drivers that time whole
 //! processes run the `sluice` binary built next to this one.
 //!
-//!   cargo build --release --bins
+//!   cargo build --release --workspace --bins
 //!   target/release/sluice-bench wordcount --sizes 100MB --runs 3
 
 mod broker;

@@ -458,7 +458,8 @@ fn topic_sink_and_dead_letters_through_a_kafka_broker() {
 
 /// A SQL job writing a topic sink to `sluice broker` in one transaction per
 /// batch, SIGKILLed at random moments (`SLUICE_ENGINE_KILLS`, 20 in CI) and
-/// once inside a transaction (between partitions), then run to the end: a
+/// once inside a transaction (its records stored, not committed), then run
+/// to the end: a
 /// read_committed reader of the sink topic sees every result row exactly
 /// once, although the killed runs left aborted records in the log.
 #[test]
@@ -483,7 +484,7 @@ fn transactional_topic_sink_is_exactly_once_under_sigkill() {
         "txn",
         sql,
         &at_broker,
-        "sink::topic::after_partition=return(4)",
+        "sink::topic::before_commit=return(4)",
     );
     for _ in 0..kills {
         let mut child = work

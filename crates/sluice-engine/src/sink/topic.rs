@@ -181,6 +181,26 @@ pub(super) fn producer_config(brokers: &str) -> ClientConfig {
     c
 }
 
+/// Waits until every record sent is acknowledged (or failed), serving the
+/// delivery reports. rust-rdkafka's `flush` polls in 100 ms steps, which
+/// put 100 ms on every batch (and every transaction) whatever its size.
+pub(super) fn deliver_all(
+    producer: &BaseProducer<DeliveryErrors>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    while producer.in_flight_count() > 0 {
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "{} record(s) still unacknowledged",
+                producer.in_flight_count()
+            ));
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// How a replayed batch is kept from writing twice through a Kafka broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Delivery {
@@ -457,7 +477,7 @@ impl TopicWriter {
             producer, brokers, ..
         } = &self.backend
         {
-            let flushed = producer.flush(FLUSH_TIMEOUT);
+            let flushed = deliver_all(producer, FLUSH_TIMEOUT);
             if let Some(e) = sluice_log::common::mutex(&producer.context().first).take() {
                 return Err(self.error(format!(
                     "{brokers} did not take batch {batch_id}'s records: {e}"
@@ -556,7 +576,7 @@ impl TopicWriter {
             self.append_kafka(txn.producer(), partition, &tags, recs, 0..recs.len())?;
             crash_point("sink::topic::after_partition", batch_id);
         }
-        let flushed = txn.producer().flush(FLUSH_TIMEOUT);
+        let flushed = deliver_all(txn.producer(), FLUSH_TIMEOUT);
         if let Some(e) = sluice_log::common::mutex(&txn.producer().context().first).take() {
             return Err(self.error(format!("batch {batch_id}'s records were refused: {e}")));
         }
@@ -565,6 +585,8 @@ impl TopicWriter {
                 "batch {batch_id}'s records were not acknowledged within {FLUSH_TIMEOUT:?}: {e}"
             ))
         })?;
+        // Every record is in the log, the transaction still open.
+        crash_point("sink::topic::before_commit", batch_id);
         txn.commit(&self.topic, batch_id, &id.run)
             .map_err(|m| self.error(m))
     }
