@@ -285,16 +285,17 @@ fn offsets_sent_to_a_transaction_commit_with_it_and_only_with_it() {
         .add_partition_offset("ctp-in", 0, Offset::Offset(10))
         .expect("offset");
 
+    // One consume-transform-produce round, left open for its ending.
+    let transform = || {
+        p.begin_transaction().expect("begin");
+        let upper: Vec<String> = input.iter().map(|v| v.to_uppercase()).collect();
+        send(&p, "ctp-out", 0, &upper);
+        p.send_offsets_to_transaction(&offsets, &group, OP_TIMEOUT)
+            .expect("send offsets");
+    };
+
     // Aborted: neither the output nor the offsets count.
-    p.begin_transaction().expect("begin");
-    send(
-        &p,
-        "ctp-out",
-        0,
-        &input.iter().map(|v| v.to_uppercase()).collect::<Vec<_>>(),
-    );
-    p.send_offsets_to_transaction(&offsets, &group, OP_TIMEOUT)
-        .expect("send offsets");
+    transform();
     p.abort_transaction(OP_TIMEOUT).expect("abort");
     assert_eq!(
         committed_offset(&consumer),
@@ -302,15 +303,7 @@ fn offsets_sent_to_a_transaction_commit_with_it_and_only_with_it() {
         "aborted offsets must not be committed"
     );
 
-    p.begin_transaction().expect("begin");
-    send(
-        &p,
-        "ctp-out",
-        0,
-        &input.iter().map(|v| v.to_uppercase()).collect::<Vec<_>>(),
-    );
-    p.send_offsets_to_transaction(&offsets, &group, OP_TIMEOUT)
-        .expect("send offsets");
+    transform();
     p.commit_transaction(OP_TIMEOUT).expect("commit");
     assert_eq!(committed_offset(&consumer), Some(10));
     let out = by_partition(&read_all(&broker, "read_committed", "ctp-out", 1));
