@@ -425,9 +425,10 @@ fn topic_sink_and_dead_letters_through_a_kafka_broker() {
                INSERT INTO out SELECT user, ms FROM clicks;";
     #[cfg(feature = "failpoints")]
     {
-        // Killed after batch 2's write through the broker: the replay reads
-        // the partitions' last records back through rdkafka and skips.
-        let fp = "sink::topic::after_write=return(2)";
+        // Killed after batch 2's transaction committed, before its
+        // checkpoint: the replay finds the batch id recorded with the
+        // transaction and skips.
+        let fp = "sink::topic::after_commit=return(2)";
         work.run_killed("kafka", sql, &["--brokers", &bootstrap], fp);
     }
     let out = run_bounded(
@@ -454,14 +455,21 @@ fn topic_sink_and_dead_letters_through_a_kafka_broker() {
             .starts_with("clicks/")
     );
     assert_eq!(work.counter("kafka", "bad records"), 2);
+    #[cfg(feature = "failpoints")]
+    assert!(
+        work.counter("kafka", "already in topic out") > 0,
+        "the replayed batch found its transaction committed"
+    );
 }
 
-/// A SQL job writing a topic sink to `sluice broker` in one transaction per
-/// batch, SIGKILLed at random moments (`SLUICE_ENGINE_KILLS`, 20 in CI) and
-/// once inside a transaction (its records stored, not committed), then run
-/// to the end: a
-/// read_committed reader of the sink topic sees every result row exactly
-/// once, although the killed runs left aborted records in the log.
+/// A SQL job writing a topic sink and a dead-letter topic to `sluice
+/// broker` in one transaction per batch, SIGKILLed at random moments
+/// (`SLUICE_ENGINE_KILLS`, 20 in CI) and once inside a transaction (its
+/// records stored, not committed), then run to the end: a read_committed
+/// reader of either topic sees every result row and every bad record
+/// exactly once, although the killed runs left aborted records in the log;
+/// and the killed transaction held the batch's dead letters and sink rows
+/// together (one producer's open transaction in both topics).
 #[test]
 fn transactional_topic_sink_is_exactly_once_under_sigkill() {
     use rand::{Rng, SeedableRng};
@@ -471,21 +479,51 @@ fn transactional_topic_sink_is_exactly_once_under_sigkill() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut broker = TestBroker::start();
     broker.kill();
-    load_values(&broker.data_dir(), "clicks", 2, &clicks(600));
+    // A bad record among every ten: every batch (20 records) has dead
+    // letters and sink rows.
+    let mut input = clicks(600);
+    let bad: Vec<String> = (0..60).map(|i| format!("not json {i}")).collect();
+    for (i, b) in bad.iter().enumerate().rev() {
+        input.insert(i * 10, b.clone());
+    }
+    load_values(&broker.data_dir(), "clicks", 2, &input);
     broker.restart();
     let work = Work::new();
     let bootstrap = broker.bootstrap();
     let at_broker = ["--brokers", bootstrap.as_str()];
-    let sql = "CREATE STREAM clicks (user TEXT, ms BIGINT) WITH (topic = 'clicks', format = 'json');\n\
+    let sql = "CREATE STREAM clicks (user TEXT, ms BIGINT) WITH (topic = 'clicks', format = 'json', dead_letter_topic = 'clicks-dlq');\n\
                CREATE SINK out WITH (type = 'topic', key = 'user', partitions = 3);\n\
                INSERT INTO out SELECT user, ms FROM clicks;";
     #[cfg(feature = "failpoints")]
-    work.run_killed(
-        "txn",
-        sql,
-        &at_broker,
-        "sink::topic::before_commit=return(4)",
-    );
+    {
+        work.run_killed(
+            "txn",
+            sql,
+            &at_broker,
+            "sink::topic::before_commit=return(4)",
+        );
+        broker.kill();
+        let open_in = |topic: &str| -> BTreeSet<i64> {
+            let store = LogStore::open(broker.data_dir(), common::quiet()).unwrap();
+            let producers = store
+                .topic(topic)
+                .unwrap()
+                .partitions()
+                .iter()
+                .flat_map(|p| p.ongoing_transactions())
+                .map(|(producer_id, _)| producer_id)
+                .collect();
+            store.close().unwrap();
+            producers
+        };
+        let (sink_open, dlq_open) = (open_in("out"), open_in("clicks-dlq"));
+        assert_eq!(sink_open.len(), 1, "one open transaction in the sink topic");
+        assert_eq!(
+            sink_open, dlq_open,
+            "the batch's dead letters are in the sink rows' transaction"
+        );
+        broker.restart();
+    }
     for _ in 0..kills {
         let mut child = work
             .command("txn", sql, &at_broker, None)
@@ -508,25 +546,31 @@ fn transactional_topic_sink_is_exactly_once_under_sigkill() {
         rows_checked(&committed, "txn/out"),
         expected_click_rows(600)
     );
+    let dead = read_topic(&broker.data_dir(), "clicks-dlq");
+    let mut expected_dead: Vec<(Option<String>, String)> =
+        bad.iter().map(|b| (None, b.clone())).collect();
+    expected_dead.sort();
+    assert_eq!(rows_checked(&dead, "txn/clicks"), expected_dead);
     #[cfg(feature = "failpoints")]
     {
         // The run killed inside a transaction left records that only the
         // aborted-transaction index keeps from readers.
         let store = LogStore::open(broker.data_dir(), common::quiet()).unwrap();
-        let mut stored = 0;
-        for p in store.topic("out").unwrap().partitions() {
-            let (bytes, _) = p.read(0, 64 << 20).unwrap();
-            stored += common::decode_batches(&bytes, "out")
-                .iter()
-                .filter(|b| !b.header.is_control())
-                .map(|b| b.records.len())
-                .sum::<usize>();
+        for (topic, visible) in [("out", committed.len()), ("clicks-dlq", dead.len())] {
+            let mut stored = 0;
+            for p in store.topic(topic).unwrap().partitions() {
+                let (bytes, _) = p.read(0, 64 << 20).unwrap();
+                stored += common::decode_batches(&bytes, topic)
+                    .iter()
+                    .filter(|b| !b.header.is_control())
+                    .map(|b| b.records.len())
+                    .sum::<usize>();
+            }
+            assert!(
+                stored > visible,
+                "{topic}: {stored} records stored, {visible} committed: no transaction was aborted"
+            );
         }
-        assert!(
-            stored > committed.len(),
-            "{stored} records stored, {} committed: no transaction was aborted",
-            committed.len()
-        );
     }
 }
 

@@ -393,7 +393,7 @@ impl TopicSink {
         let id = writer_id(&self.id, cx, &self.name).map_err(|e| sink_failed(&self.name, e))?;
         let report = self
             .writer
-            .write(id, cx.batch_id, &records)
+            .write(cx.transactions, id, cx.batch_id, &records)
             .map_err(|e| sink_failed(&self.name, e))?;
         cx.count(
             &format!("already in topic {}", self.writer.topic()),

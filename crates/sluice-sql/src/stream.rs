@@ -486,7 +486,7 @@ impl StreamShape {
         };
         let report = dl
             .writer
-            .write(id, cx.batch_id, &records)
+            .write(cx.transactions, id, cx.batch_id, &records)
             .map_err(|e| failed(e.to_string()))?;
         cx.count(
             &format!("already in topic {}", dl.writer.topic()),

@@ -212,6 +212,9 @@ struct Driver {
     rate: RateLimiter,
     targets: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
     fresh_job: bool,
+    /// The job's Kafka transactions (topic sinks, dead letters), committed
+    /// just before each batch's checkpoint.
+    transactions: crate::sink::Transactions,
 }
 
 impl Driver {
@@ -282,6 +285,7 @@ impl Driver {
             rate,
             targets,
             fresh_job,
+            transactions: crate::sink::Transactions::default(),
         })
     }
 
@@ -538,8 +542,9 @@ impl Driver {
     }
 
     /// Phases 2 and 3, execute and commit: every output runs over the
-    /// planned ranges on the task pool, then results, state and the next
-    /// offsets go to the checkpoint in one atomic write.
+    /// planned ranges on the task pool, the batch's Kafka transactions
+    /// commit, then results, state and the next offsets go to the
+    /// checkpoint in one atomic write.
     fn execute_and_commit(
         &mut self,
         planned: &PlannedBatch,
@@ -548,6 +553,7 @@ impl Driver {
         let cx = BatchCx::new(
             planned,
             &self.checkpoint,
+            &self.transactions,
             self.interval_ms(),
             self.config.parallelism,
         );
@@ -563,7 +569,16 @@ impl Driver {
             }
             Ok(())
         });
+        // The batch's Kafka transactions commit before its checkpoint: a
+        // crash between the two replays the batch, whose writers then find
+        // the batch id recorded with the transaction and skip.
+        let result = result.and_then(|()| {
+            self.transactions
+                .commit(planned.batch_id)
+                .map_err(PlanError::from)
+        });
         if let Err(error) = result {
+            self.transactions.abort();
             return Err(DriverError::Batch {
                 batch_id: planned.batch_id,
                 error,

@@ -13,6 +13,7 @@ use rocksdb::WriteBatch;
 
 use super::{PlanError, Result};
 use crate::checkpoint::{Checkpoint, OperatorMeta, PlannedBatch};
+use crate::sink::Transactions;
 use crate::source::{ReadError, Source, read_with};
 
 /// Receives the chunks of one partition of a node's output, in order.
@@ -94,6 +95,9 @@ pub struct BatchCx<'a> {
     pub interval_ms: i64,
     pub planned: &'a PlannedBatch,
     pub checkpoint: &'a Checkpoint,
+    /// The job's Kafka transactions of this batch, which topic writers
+    /// join and the driver commits before the checkpoint.
+    pub transactions: &'a Transactions,
     /// Shuffle width: tasks per wide operator.
     pub parallelism: usize,
     writes: Mutex<WriteBatch>,
@@ -108,6 +112,7 @@ impl<'a> BatchCx<'a> {
     pub fn new(
         planned: &'a PlannedBatch,
         checkpoint: &'a Checkpoint,
+        transactions: &'a Transactions,
         interval_ms: i64,
         parallelism: usize,
     ) -> Self {
@@ -117,6 +122,7 @@ impl<'a> BatchCx<'a> {
             interval_ms,
             planned,
             checkpoint,
+            transactions,
             parallelism: parallelism.max(1),
             writes: Mutex::new(WriteBatch::default()),
             counters: Mutex::new(std::collections::BTreeMap::new()),

@@ -68,6 +68,8 @@ pub enum PlanError {
     Codec(#[from] crate::data::CodecError),
     #[error("state store: {0}")]
     Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
 }
 
 impl From<crate::data::SchemaError> for PlanError {

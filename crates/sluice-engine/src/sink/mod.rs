@@ -8,8 +8,9 @@
 //!   `sluice state get|scan` reads it while the job runs or after.
 //! * [`topic`] appends records to a topic of the bundled store or of a
 //!   Kafka broker, at most once per batch id: through a broker, one Kafka
-//!   transaction per batch with the batch id committed alongside
-//!   (`transactional`); on the bundled store (or with delivery =
+//!   transaction per batch and cluster for all of the job's topic writers
+//!   (sinks and dead-letter topics), committed by the driver with the
+//!   batch id recorded alongside ([`Transactions`]); on the bundled store (or with delivery =
 //!   'idempotent') every record is tagged with its writer and batch, and a
 //!   replayed batch skips what the topic already holds (SQL topic sinks and
 //!   dead-letter topics).
@@ -27,6 +28,8 @@ pub mod file;
 pub mod table;
 pub mod topic;
 mod transactional;
+
+pub use transactional::Transactions;
 
 use crate::checkpoint::Checkpoint;
 

@@ -50,7 +50,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::transactional::TxnSession;
+use super::transactional::{InTxn, Transactions};
 use super::{SinkError, WriterId, crash_point};
 use crate::data::Data;
 use crate::source::embedded::EmbeddedSource;
@@ -182,23 +182,59 @@ pub(super) fn producer_config(brokers: &str) -> ClientConfig {
 }
 
 /// Waits until every record sent is acknowledged (or failed), serving the
-/// delivery reports. rust-rdkafka's `flush` polls in 100 ms steps, which
-/// put 100 ms on every batch (and every transaction) whatever its size.
-pub(super) fn deliver_all(
-    producer: &BaseProducer<DeliveryErrors>,
+/// delivery reports, and sends what `linger.ms` holds back at once.
+///
+/// Two things in rust-rdkafka's `flush` would otherwise time the client
+/// instead of the broker: it polls in 100 ms steps (100 ms on every batch
+/// and every transaction whatever its size), and it calls librdkafka's
+/// `rd_kafka_flush` with no timeout, so the "flushing" flag that tells the
+/// broker threads to skip `linger.ms` is down again before they wake (a
+/// full linger on every batch). librdkafka's answer for producers whose
+/// delivery reports are events (rust-rdkafka's are) is to block in
+/// `rd_kafka_flush` on one thread while another serves the reports: done
+/// here with a scoped thread.
+pub fn deliver_all<C: ProducerContext>(
+    producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let started = Instant::now();
-    while producer.in_flight_count() > 0 {
-        if started.elapsed() > timeout {
-            return Err(format!(
-                "{} record(s) still unacknowledged",
-                producer.in_flight_count()
-            ));
-        }
-        producer.poll(Duration::from_millis(1));
+    if producer.in_flight_count() == 0 {
+        return Ok(());
     }
-    Ok(())
+    let started = Instant::now();
+    let client = FlushingClient(producer.client().native_ptr());
+    let flush_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    std::thread::scope(|scope| {
+        scope.spawn(move || client.flush(flush_ms));
+        while producer.in_flight_count() > 0 {
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "{} record(s) still unacknowledged",
+                    producer.in_flight_count()
+                ));
+            }
+            producer.poll(Duration::from_millis(1));
+        }
+        Ok(())
+    })
+}
+
+/// The client handle the flushing thread of [`deliver_all`] holds.
+struct FlushingClient(*mut rdkafka::bindings::rd_kafka_t);
+
+// SAFETY: librdkafka's handle is thread-safe (rd_kafka_flush may be called
+// from any thread), and the scope in `deliver_all` joins the thread before
+// the producer owning the handle can be dropped.
+unsafe impl Send for FlushingClient {}
+
+impl FlushingClient {
+    /// Returns when no message is in flight or after `timeout_ms`.
+    fn flush(self, timeout_ms: i32) {
+        // SAFETY: see the `Send` impl; the result only repeats what the
+        // caller's own loop observes.
+        unsafe {
+            rdkafka::bindings::rd_kafka_flush(self.0, timeout_ms);
+        }
+    }
 }
 
 /// How a replayed batch is kept from writing twice through a Kafka broker.
@@ -215,7 +251,7 @@ pub enum Delivery {
 /// Remembers the first delivery failure of a batch.
 pub(super) struct DeliveryErrors {
     what: String,
-    first: Mutex<Option<String>>,
+    pub(super) first: Mutex<Option<String>>,
 }
 
 impl DeliveryErrors {
@@ -261,9 +297,6 @@ enum Backend {
         brokers: String,
         producer: BaseProducer<DeliveryErrors>,
         delivery: Delivery,
-        /// The transactional producer, opened at the first batch (its id
-        /// needs the writer's identity); dropped after a failed batch.
-        session: Mutex<Option<TxnSession>>,
     },
 }
 
@@ -396,7 +429,6 @@ impl TopicWriter {
                 brokers: brokers.to_owned(),
                 producer,
                 delivery,
-                session: Mutex::new(None),
             },
             written_through: Mutex::new(None),
         })
@@ -412,9 +444,12 @@ impl TopicWriter {
     }
 
     /// Writes batch `batch_id`'s records, by partition, unless the topic
-    /// already holds them (a replay).
+    /// already holds them (a replay). Through a Kafka broker with
+    /// transactional delivery they go into the job's transaction of the
+    /// batch (`txns`), which the driver commits with the batch.
     pub fn write(
         &self,
+        txns: &Transactions,
         id: &WriterId,
         batch_id: u64,
         records: &BTreeMap<i32, Vec<OutRecord>>,
@@ -425,11 +460,12 @@ impl TopicWriter {
         if let Backend::Kafka {
             delivery: Delivery::Transactional,
             brokers,
-            session,
             ..
         } = &self.backend
         {
-            let report = self.write_transactional(brokers, session, id, batch_id, records, look)?;
+            let report = txns.write(brokers, id, batch_id, |txn| {
+                self.write_transactional(txn, id, batch_id, records, look)
+            })?;
             *through = Some(batch_id);
             return Ok(report);
         }
@@ -498,29 +534,19 @@ impl TopicWriter {
         SinkError::new(self.what.clone(), message)
     }
 
-    /// One transaction for the whole batch; on the first batch after a
-    /// start, the recording group says whether a replayed batch already
-    /// committed. Any failure aborts and drops the session, so the next
-    /// attempt starts from a fenced, clean producer.
+    /// Sends the batch's records in the job's transaction of the batch;
+    /// on the first batch after a start, the recording group says whether
+    /// a replayed batch already committed them.
     fn write_transactional(
         &self,
-        brokers: &str,
-        session: &Mutex<Option<TxnSession>>,
+        txn: &mut InTxn<'_>,
         id: &WriterId,
         batch_id: u64,
         records: &BTreeMap<i32, Vec<OutRecord>>,
         look: bool,
     ) -> Result<WriteReport, SinkError> {
-        let mut slot = sluice_log::common::mutex(session);
-        let fresh = slot.is_none();
-        if fresh {
-            *slot = Some(TxnSession::open(brokers, id, &self.what).map_err(|m| self.error(m))?);
-        }
-        let Some(txn) = slot.as_ref() else {
-            return Err(self.error("no transactional producer".into()));
-        };
         let total: usize = records.values().map(Vec::len).sum();
-        if look || fresh {
+        if look {
             let committed = txn
                 .committed_batch(&self.topic)
                 .map_err(|m| self.error(m))?;
@@ -536,27 +562,10 @@ impl TopicWriter {
                 });
             }
         }
-        let outcome = self.send_in_transaction(txn, id, batch_id, records);
-        if let Err(e) = outcome {
-            txn.abort();
-            *slot = None;
-            return Err(e);
+        if total == 0 {
+            return Ok(WriteReport::default());
         }
-        crash_point("sink::topic::after_write", batch_id);
-        Ok(WriteReport {
-            written: total,
-            skipped: 0,
-        })
-    }
-
-    fn send_in_transaction(
-        &self,
-        txn: &TxnSession,
-        id: &WriterId,
-        batch_id: u64,
-        records: &BTreeMap<i32, Vec<OutRecord>>,
-    ) -> Result<(), SinkError> {
-        txn.begin().map_err(|m| self.error(m))?;
+        let producer = txn.join(&self.topic).map_err(|m| self.error(m))?;
         let tags = Tags {
             batch: id.batch_tag(batch_id),
             run: &id.run,
@@ -573,22 +582,15 @@ impl TopicWriter {
                 of: recs.len(),
                 ..tags.clone()
             };
-            self.append_kafka(txn.producer(), partition, &tags, recs, 0..recs.len())?;
+            self.append_kafka(producer, partition, &tags, recs, 0..recs.len())?;
             crash_point("sink::topic::after_partition", batch_id);
         }
-        let flushed = deliver_all(txn.producer(), FLUSH_TIMEOUT);
-        if let Some(e) = sluice_log::common::mutex(&txn.producer().context().first).take() {
-            return Err(self.error(format!("batch {batch_id}'s records were refused: {e}")));
-        }
-        flushed.map_err(|e| {
-            self.error(format!(
-                "batch {batch_id}'s records were not acknowledged within {FLUSH_TIMEOUT:?}: {e}"
-            ))
-        })?;
-        // Every record is in the log, the transaction still open.
-        crash_point("sink::topic::before_commit", batch_id);
-        txn.commit(&self.topic, batch_id, &id.run)
-            .map_err(|m| self.error(m))
+        // Sent, not yet acknowledged: the commit waits for that.
+        crash_point("sink::topic::after_write", batch_id);
+        Ok(WriteReport {
+            written: total,
+            skipped: 0,
+        })
     }
 
     /// The marker of `partition`'s last record, if it has one; `ends` are
@@ -1014,12 +1016,16 @@ mod tests {
         let first = open();
         assert_eq!(first.partitions(), 2);
         let batch1 = BTreeMap::from([(0, records(3, false)), (1, records(2, false))]);
-        first.write(&id, 1, &batch1).unwrap();
+        first
+            .write(&Transactions::default(), &id, 1, &batch1)
+            .unwrap();
         first.append(0, &id, 2, &batch2[&0], 0..2).unwrap();
         drop(first);
 
         // The restarted process completes partition 0 and writes partition 1.
-        let report = open().write(&id, 2, &batch2).unwrap();
+        let report = open()
+            .write(&Transactions::default(), &id, 2, &batch2)
+            .unwrap();
         assert_eq!(
             report,
             WriteReport {
@@ -1044,7 +1050,9 @@ mod tests {
 
         // The same batch again (a crash after the write): nothing written.
         let again = open();
-        let report = again.write(&id, 2, &batch2).unwrap();
+        let report = again
+            .write(&Transactions::default(), &id, 2, &batch2)
+            .unwrap();
         assert_eq!(
             report,
             WriteReport {
@@ -1054,7 +1062,12 @@ mod tests {
         );
         // The next batch of the same process does not look.
         let report = again
-            .write(&id, 3, &BTreeMap::from([(1, records(1, false))]))
+            .write(
+                &Transactions::default(),
+                &id,
+                3,
+                &BTreeMap::from([(1, records(1, false))]),
+            )
             .unwrap();
         assert_eq!(
             report,
@@ -1073,6 +1086,7 @@ mod tests {
         // A recreated job (another run of the checkpoint) at batch 1 writes.
         let report = open()
             .write(
+                &Transactions::default(),
                 &me("out", "2"),
                 1,
                 &BTreeMap::from([(1, records(1, false))]),

@@ -1,22 +1,28 @@
-//! A topic sink's Kafka transactions (KIP-98): each batch's records are
-//! written in one transaction, and the batch id is recorded with it, so the
-//! writer knows after a crash whether a replayed batch's transaction
-//! committed.
+//! A job's Kafka transactions (KIP-98): each batch's records — every
+//! topic sink's and every dead-letter topic's — are written in one
+//! transaction per Kafka cluster, committed by the driver just before the
+//! batch's checkpoint commit, and the batch id is recorded with it, so a
+//! replayed batch knows after a crash whether its transaction committed.
 //!
 //! The transactional id and the group that records the batches are both
-//! `sluice-<job>-<writer>-<run>`: stable across restarts of one job (so a
-//! restarted writer fences its predecessor and aborts whatever transaction
-//! it left open), new when the job's checkpoint is recreated (whose batch
-//! ids start again at 1). The batch id rides on the transaction as the
-//! group's committed offset of the sink topic's partition 0
+//! `sluice-<job>-<run>`: stable across restarts of one job (so a restarted
+//! job fences its predecessor and aborts whatever transaction it left
+//! open), new when the job's checkpoint is recreated (whose batch ids start
+//! again at 1). The batch id rides on the transaction as the group's
+//! committed offset of partition 0 of each topic the batch wrote
 //! (TxnOffsetCommit), which becomes visible exactly when the transaction
-//! commits: committed offset ≥ batch id ⇔ the batch is in the topic.
+//! commits: committed offset of a writer's topic ≥ batch id ⇔ the batch's
+//! records for that topic are in it. A writer with nothing to write in a
+//! batch stays out of its transaction, and a batch that writes nothing
+//! through a cluster opens none there.
 //!
-//! This module owns the transactional producer and the group's consumer
-//! handle; it never decides partitions or encodes records (the topic
-//! writer does), and never trusts anything but the broker's committed
-//! offset about what was written.
+//! This module owns the transactional producers and the groups' consumer
+//! handles; it never decides partitions or encodes records (the topic
+//! writers do), and never trusts anything but the broker's committed
+//! offsets about what was written.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -25,12 +31,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::WriterId;
-use super::topic::{DeliveryErrors, producer_config};
+use super::topic::{DeliveryErrors, deliver_all, producer_config};
+use super::{SinkError, WriterId, crash_point};
 
 /// init_transactions, commit and abort: long enough for a loaded cluster
 /// (a commit waits for every record's acknowledgement).
 const TXN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Acknowledgement of a batch's records before its commit.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Offset lookups of the recording group.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// `transaction.timeout.ms`: a crashed writer's open transaction blocks
@@ -39,8 +47,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// default `transaction.max.timeout.ms` (15 minutes).
 const TRANSACTION_TIMEOUT_MS: &str = "120000";
 
-/// One writer's transactional producer, ready for the next batch.
-pub(super) struct TxnSession {
+/// One job's transactional producer at one cluster.
+struct TxnSession {
     producer: BaseProducer<DeliveryErrors>,
     group: BaseConsumer,
     /// The transactional id, also the recording group's id.
@@ -50,8 +58,7 @@ pub(super) struct TxnSession {
 impl TxnSession {
     /// Creates the producer and fences every earlier one with the same id
     /// (init_transactions aborts a transaction a crash left open).
-    pub fn open(brokers: &str, writer: &WriterId, what: &str) -> Result<TxnSession, String> {
-        let id = format!("sluice-{}-{}-{}", writer.job, writer.name, writer.run);
+    fn open(brokers: &str, id: String, what: &str) -> Result<TxnSession, String> {
         let producer: BaseProducer<DeliveryErrors> = producer_config(brokers)
             .set("transactional.id", &id)
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
@@ -79,12 +86,13 @@ impl TxnSession {
         })
     }
 
-    pub fn producer(&self) -> &BaseProducer<DeliveryErrors> {
+    fn producer(&self) -> &BaseProducer<DeliveryErrors> {
         &self.producer
     }
 
-    /// The last batch whose transaction committed, if any.
-    pub fn committed_batch(&self, topic: &str) -> Result<Option<u64>, String> {
+    /// The last batch whose transaction committed records to `topic`, if
+    /// any.
+    fn committed_batch(&self, topic: &str) -> Result<Option<u64>, String> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, 0);
         let got = self
@@ -97,23 +105,26 @@ impl TxnSession {
         })
     }
 
-    pub fn begin(&self) -> Result<(), String> {
+    fn begin(&self) -> Result<(), String> {
         self.producer
             .begin_transaction()
             .map_err(|e| format!("cannot begin a transaction: {e}"))
     }
 
-    /// Records `batch_id` with the open transaction and commits it.
-    pub fn commit(&self, topic: &str, batch_id: u64, run: &str) -> Result<(), String> {
-        let mut offsets = TopicPartitionList::new();
+    /// Records `batch_id` for every topic in `topics` with the open
+    /// transaction and commits it.
+    fn commit(&self, topics: &BTreeSet<String>, batch_id: u64, run: &str) -> Result<(), String> {
         let offset = i64::try_from(batch_id)
             .map_err(|_| format!("batch id {batch_id} does not fit a Kafka offset"))?;
-        offsets
-            .add_partition_offset(topic, 0, Offset::Offset(offset))
-            .map_err(|e| format!("cannot record batch {batch_id}: {e}"))?;
-        if let Some(mut e) = offsets.find_partition(topic, 0) {
-            // For people reading the group with admin tools.
-            e.set_metadata(format!("sluice batch {batch_id} of run {run}"));
+        let mut offsets = TopicPartitionList::new();
+        for topic in topics {
+            offsets
+                .add_partition_offset(topic, 0, Offset::Offset(offset))
+                .map_err(|e| format!("cannot record batch {batch_id}: {e}"))?;
+            if let Some(mut e) = offsets.find_partition(topic, 0) {
+                // For people reading the group with admin tools.
+                e.set_metadata(format!("sluice batch {batch_id} of run {run}"));
+            }
         }
         let group = self
             .group
@@ -129,7 +140,7 @@ impl TxnSession {
 
     /// Best effort after a failure: the session is dropped afterwards, and
     /// the next one's init_transactions aborts whatever is still open.
-    pub fn abort(&self) {
+    fn abort(&self) {
         if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
             tracing::debug!(transactional_id = %self.id, "abort after a failed batch: {e}");
         }
@@ -138,4 +149,186 @@ impl TxnSession {
 
 fn txn_error(action: &str, batch_id: u64, e: &KafkaError) -> String {
     format!("cannot {action} the transaction of batch {batch_id}: {e}")
+}
+
+/// The transactions of one job, one per Kafka cluster its topic writers
+/// write to; the driver owns it for the job's run and commits it before
+/// each batch's checkpoint commit.
+#[derive(Default)]
+pub struct Transactions {
+    /// By (brokers, transactional id).
+    by_cluster: Mutex<BTreeMap<(String, String), Cluster>>,
+}
+
+impl std::fmt::Debug for Transactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clusters = sluice_log::common::mutex(&self.by_cluster);
+        f.debug_struct("Transactions")
+            .field("clusters", &clusters.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The job's producer at one cluster and its open transaction, if any.
+struct Cluster {
+    session: TxnSession,
+    open: Option<OpenTxn>,
+}
+
+/// The transaction of batch `batch_id`: the topics it wrote, recorded with
+/// it at commit.
+struct OpenTxn {
+    batch_id: u64,
+    run: String,
+    topics: BTreeSet<String>,
+}
+
+/// A writer's view of its job's transaction at one cluster, for one batch.
+pub(super) struct InTxn<'a> {
+    cluster: &'a mut Cluster,
+    batch_id: u64,
+    run: &'a str,
+}
+
+impl InTxn<'_> {
+    /// The last batch whose transaction committed records to `topic`.
+    pub fn committed_batch(&self, topic: &str) -> Result<Option<u64>, String> {
+        self.cluster.session.committed_batch(topic)
+    }
+
+    /// The producer, in batch `batch_id`'s transaction (begun now if this
+    /// is its first write at this cluster), which will record `topic`.
+    pub fn join(&mut self, topic: &str) -> Result<&BaseProducer<DeliveryErrors>, String> {
+        match &mut self.cluster.open {
+            Some(open) if open.batch_id == self.batch_id => {
+                open.topics.insert(topic.to_owned());
+            }
+            Some(open) => {
+                return Err(format!(
+                    "batch {}'s transaction is still open at batch {} (the driver commits or aborts every batch's transactions)",
+                    open.batch_id, self.batch_id
+                ));
+            }
+            None => {
+                self.cluster.session.begin()?;
+                self.cluster.open = Some(OpenTxn {
+                    batch_id: self.batch_id,
+                    run: self.run.to_owned(),
+                    topics: BTreeSet::from([topic.to_owned()]),
+                });
+            }
+        }
+        Ok(self.cluster.session.producer())
+    }
+}
+
+impl Transactions {
+    /// Runs `write` with the job's transaction at `brokers` for batch
+    /// `batch_id` (the producer is created, fencing the job's earlier
+    /// ones, on first use). A failed write aborts the transaction and
+    /// drops the producer: the batch fails, and its replay starts from a
+    /// fenced, clean one.
+    pub(super) fn write<R>(
+        &self,
+        brokers: &str,
+        id: &WriterId,
+        batch_id: u64,
+        write: impl FnOnce(&mut InTxn<'_>) -> Result<R, SinkError>,
+    ) -> Result<R, SinkError> {
+        let mut clusters = sluice_log::common::mutex(&self.by_cluster);
+        let key = (brokers.to_owned(), format!("sluice-{}-{}", id.job, id.run));
+        if !clusters.contains_key(&key) {
+            let what = format!("Kafka transactions of job {} at {brokers}", id.job);
+            let session = TxnSession::open(brokers, key.1.clone(), &what)
+                .map_err(|m| SinkError::new(&what, m))?;
+            clusters.insert(
+                key.clone(),
+                Cluster {
+                    session,
+                    open: None,
+                },
+            );
+        }
+        let Some(cluster) = clusters.get_mut(&key) else {
+            return Err(SinkError::new(
+                format!("Kafka transactions of job {}", id.job),
+                "no transactional producer",
+            ));
+        };
+        let outcome = write(&mut InTxn {
+            cluster,
+            batch_id,
+            run: &id.run,
+        });
+        if outcome.is_err()
+            && let Some(failed) = clusters.remove(&key)
+        {
+            failed.session.abort();
+        }
+        outcome
+    }
+
+    /// Commits batch `batch_id`'s transactions: waits for every record's
+    /// acknowledgement, records the batch id for each topic written, and
+    /// commits. Called by the driver once every output of the batch has
+    /// run, before its checkpoint commit. Any failure aborts what is still
+    /// open and drops the producers.
+    pub fn commit(&self, batch_id: u64) -> Result<(), SinkError> {
+        let mut clusters = sluice_log::common::mutex(&self.by_cluster);
+        let mut failed = None;
+        for (key, cluster) in clusters.iter_mut() {
+            let Some(open) = cluster.open.take() else {
+                continue;
+            };
+            let outcome = commit_one(&cluster.session, &open, batch_id);
+            if let Err(message) = outcome {
+                failed = Some((key.clone(), message));
+                break;
+            }
+        }
+        if let Some((key, message)) = failed {
+            self.abort_locked(&mut clusters);
+            return Err(SinkError::new(
+                format!("Kafka transaction of batch {batch_id} at {}", key.0),
+                message,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Aborts every open transaction (a batch failed) and drops the
+    /// producers; best effort, the next run's producers fence them anyway.
+    pub fn abort(&self) {
+        let mut clusters = sluice_log::common::mutex(&self.by_cluster);
+        self.abort_locked(&mut clusters);
+    }
+
+    fn abort_locked(&self, clusters: &mut BTreeMap<(String, String), Cluster>) {
+        for (_, cluster) in std::mem::take(clusters) {
+            if cluster.open.is_some() {
+                cluster.session.abort();
+            }
+        }
+    }
+}
+
+fn commit_one(session: &TxnSession, open: &OpenTxn, batch_id: u64) -> Result<(), String> {
+    if open.batch_id != batch_id {
+        return Err(format!(
+            "the open transaction is batch {}'s, not batch {batch_id}'s",
+            open.batch_id
+        ));
+    }
+    let flushed = deliver_all(session.producer(), FLUSH_TIMEOUT);
+    if let Some(e) = sluice_log::common::mutex(&session.producer().context().first).take() {
+        return Err(format!("batch {batch_id}'s records were refused: {e}"));
+    }
+    flushed.map_err(|e| {
+        format!("batch {batch_id}'s records were not acknowledged within {FLUSH_TIMEOUT:?}: {e}")
+    })?;
+    // Every record is in the log, the transaction still open.
+    crash_point("sink::topic::before_commit", batch_id);
+    session.commit(&open.topics, batch_id, &open.run)?;
+    crash_point("sink::topic::after_commit", batch_id);
+    Ok(())
 }
