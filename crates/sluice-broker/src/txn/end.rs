@@ -131,8 +131,11 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    /// Appends and fsyncs one marker. A partition that no longer exists
-    /// (its topic was deleted) needs none.
+    /// Appends one marker, made durable as the partition's flush policy
+    /// says (as Kafka does: a marker is data of its partition; fsyncing it
+    /// regardless would fsync the whole transaction's records on every
+    /// commit, a cost the idempotent producer on the same topic never pays).
+    /// A partition that no longer exists (its topic was deleted) needs none.
     fn write_marker(
         &self,
         topic: &str,
@@ -149,13 +152,9 @@ impl TxnCoordinator {
                 return Err(ResponseError::KafkaStorageError);
             }
         };
-        let written = p
-            .append_marker(producer_id, epoch, control, COORDINATOR_EPOCH)
-            .and_then(|info| match info {
-                Some(_) => p.flush(),
-                None => Ok(()),
-            });
-        written.map_err(|e| {
+        p.append_marker(producer_id, epoch, control, COORDINATOR_EPOCH)
+            .map(|_| ())
+            .map_err(|e| {
             tracing::error!(topic, partition, error = %e, "writing a transaction marker failed");
             ResponseError::KafkaStorageError
         })
@@ -206,9 +205,8 @@ impl TxnCoordinator {
                         first_offset,
                         "aborting a transaction no transactional id claims"
                     );
-                    let aborted = p
-                        .append_marker(producer_id, -1, ControlType::Abort, COORDINATOR_EPOCH)
-                        .and_then(|_| p.flush());
+                    let aborted =
+                        p.append_marker(producer_id, -1, ControlType::Abort, COORDINATOR_EPOCH);
                     if let Err(e) = aborted {
                         tracing::error!(topic = topic.name(), partition = p.id(), error = %e, "could not abort an unclaimed transaction");
                     }

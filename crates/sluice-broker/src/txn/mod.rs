@@ -14,8 +14,11 @@
 //! (`<data-dir>/transactions/txn.journal`, a [`crate::journal`]) fsynced
 //! before the request is answered. Ending a transaction is two records
 //! around the markers, as in Kafka: PrepareCommit/PrepareAbort, then every
-//! marker appended and fsynced (and, for a commit, the pending offsets
-//! stored), then CompleteCommit/CompleteAbort. After a crash, a prepared
+//! marker appended (and, for a commit, the pending offsets stored), then
+//! CompleteCommit/CompleteAbort. A marker is as durable as its partition's
+//! data (its flush policy: with `flush.messages=1` it is fsynced before the
+//! Complete record; under the default, like every record, it survives a
+//! killed process but not a lost machine). After a crash, a prepared
 //! transaction is finished at startup; an ongoing one stays open until its
 //! producer ends it or its timeout aborts it. So a transaction ends
 //! committed or aborted, never half.
