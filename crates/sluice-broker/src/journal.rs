@@ -1,5 +1,6 @@
 //! The durable journal under the broker's coordinator state: an append-only
-//! file of CRC-framed records behind an 8-byte magic, fsynced per record,
+//! file of CRC-framed records behind an 8-byte magic, fsynced per record
+//! (or, where the owner says a record may wait, with the next fsynced one),
 //! compacted by rewriting it whole. The committed-offsets store and the
 //! transaction log each keep one.
 //!
@@ -314,6 +315,13 @@ impl Journal {
 
     /// Appends one record (framed here) and fsyncs it.
     pub fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
+        self.append_with(payload, true)
+    }
+
+    /// Appends one record, fsynced if `sync` (otherwise it survives a
+    /// killed process, and the next fsynced record or [`Journal::close`]
+    /// makes it durable with everything before it).
+    pub fn append_with(&mut self, payload: &[u8], sync: bool) -> Result<(), JournalError> {
         let mut record = Vec::with_capacity(payload.len() + RECORD_HEADER as usize);
         frame(payload, &mut record);
         let old_len = self.len;
@@ -329,7 +337,7 @@ impl Journal {
             }
             return Err(JournalError::io("appending to", &self.path, e));
         }
-        if let Err(e) = file.sync_data() {
+        if sync && let Err(e) = file.sync_data() {
             // After a failed fsync the kernel may have dropped the dirty pages
             // and cleared the error: nothing written since the last good fsync
             // can be trusted, so stop accepting appends.

@@ -124,7 +124,11 @@ impl TxnCoordinator {
         next.groups.clear();
         next.start_ms = -1;
         next.update_ms = now_ms();
-        self.persist(&next)?;
+        // Never fsynced on its own: lost in a crash, it leaves the Prepare
+        // record, and startup completes the transaction again (no partition
+        // still has it open, and storing its offsets again changes
+        // nothing); any later record's fsync makes it durable first.
+        self.persist_with(&next, false)?;
         *meta = next;
         // Read-committed fetches waiting at the old last stable offset.
         self.topics.notify_appended();

@@ -11,8 +11,9 @@
 //! record layout.
 //!
 //! Durability: every state change is a record in the transaction log
-//! (`<data-dir>/transactions/txn.journal`, a [`crate::journal`]) fsynced
-//! before the request is answered. Ending a transaction is two records
+//! (`<data-dir>/transactions/txn.journal`, a [`crate::journal`]) written
+//! before the request is answered, and fsynced as the transaction's
+//! partitions are (see [`TxnCoordinator::needs_sync`]). Ending a transaction is two records
 //! around the markers, as in Kafka: PrepareCommit/PrepareAbort, then every
 //! marker appended (and, for a commit, the pending offsets stored), then
 //! CompleteCommit/CompleteAbort. A marker is as durable as its partition's
@@ -213,16 +214,40 @@ impl TxnCoordinator {
         mutex(&self.txns).values().cloned().collect()
     }
 
-    /// Makes `next` the durable state of its id: one fsynced record. The
-    /// caller swaps it into memory only after this succeeds, so a failed
-    /// write changes nothing.
+    /// Makes `next` the state of its id: one record, fsynced when the
+    /// transaction writes a partition whose records are fsynced
+    /// ([`TxnCoordinator::needs_sync`]). The caller swaps it into memory
+    /// only after this succeeds, so a failed write changes nothing.
     fn persist(&self, next: &TxnMeta) -> Result<(), ResponseError> {
+        self.persist_with(next, self.needs_sync(next))
+    }
+
+    /// A transaction's state is as durable as the records it covers. Its
+    /// partitions' flush policy decides: if any fsyncs every append
+    /// (`flush.messages=1`), every record of the transaction is fsynced
+    /// before it is answered (with its markers fsynced before the Complete
+    /// record, the transaction survives a lost machine whole). Otherwise
+    /// its records, like the partitions' own, reach the page cache only:
+    /// they survive a killed broker, and a lost machine loses them with the
+    /// data (as in Kafka, whose transaction log is not fsynced either).
+    /// Records of no partition (producer ids, offsets-only transactions)
+    /// are always fsynced: they are rare.
+    fn needs_sync(&self, meta: &TxnMeta) -> bool {
+        meta.partitions.is_empty()
+            || meta.partitions.iter().any(|(topic, _)| {
+                self.topics.store.topic(topic).is_ok_and(|t| {
+                    t.config().flush_policy() == sluice_log::log::FlushPolicy::EveryAppend
+                })
+            })
+    }
+
+    fn persist_with(&self, next: &TxnMeta, sync: bool) -> Result<(), ResponseError> {
         if self.is_closed() {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         let payload = next.encode();
         let mut log = mutex(&self.log);
-        if let Err(e) = log.journal.append(&payload) {
+        if let Err(e) = log.journal.append_with(&payload, sync) {
             tracing::error!(transactional_id = %next.transactional_id, error = %e, "writing the transaction log failed");
             return Err(ResponseError::CoordinatorNotAvailable);
         }

@@ -281,3 +281,24 @@ fn offsets_committed_in_a_transaction_appear_only_when_it_commits() {
     end(&c, "o", me, true).expect("commit");
     assert_eq!(f.groups.committed_offset("g", "out", 0), Some(7));
 }
+
+#[test]
+fn a_transaction_is_fsynced_when_one_of_its_partitions_fsyncs_every_append() {
+    let f = Fixture::new();
+    let mut durable = TopicConfig::default();
+    durable.set_flush_policy(sluice_log::log::FlushPolicy::EveryAppend);
+    f.topics
+        .store
+        .create_topic("ledger", 1, durable)
+        .expect("topic");
+    let c = f.coordinator(TxnConfig::default());
+    let mut meta = TxnMeta::new("tx".into(), 7, 60_000, now_ms());
+    assert!(
+        c.needs_sync(&meta),
+        "no partition: producer-id records are fsynced"
+    );
+    meta.partitions.insert(("out".into(), 0));
+    assert!(!c.needs_sync(&meta), "page-cache partitions only");
+    meta.partitions.insert(("ledger".into(), 0));
+    assert!(c.needs_sync(&meta), "one flush.messages=1 partition");
+}
