@@ -19,7 +19,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use super::batch::{BatchHeader, HEADER_LEN};
+use super::batch::{BatchHeader, Codec, HEADER_LEN};
 
 /// What a control batch says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,10 +134,15 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
 }
 
 /// The type of a control batch (whole batch bytes), read from its one
-/// uncompressed record's key; `None` if it is not a well-formed one.
+/// uncompressed record's key (version 0, as Kafka writes it); `None` if it
+/// is not a well-formed one.
 pub fn control_type(batch: &[u8]) -> Option<ControlType> {
     let header = BatchHeader::parse(batch).ok()?;
-    if !header.is_control() || header.records_count < 1 || batch.len() < header.total_len() {
+    if !header.is_control()
+        || header.records_count < 1
+        || batch.len() < header.total_len()
+        || !matches!(header.codec(), Ok(Codec::None))
+    {
         return None;
     }
     let records = &batch[HEADER_LEN..header.total_len()];
@@ -151,6 +156,9 @@ pub fn control_type(batch: &[u8]) -> Option<ControlType> {
         return None;
     }
     let key = records.get(pos..pos + 4)?;
+    if i16::from_be_bytes([key[0], key[1]]) != 0 {
+        return None;
+    }
     match i16::from_be_bytes([key[2], key[3]]) {
         0 => Some(ControlType::Abort),
         1 => Some(ControlType::Commit),
@@ -296,6 +304,18 @@ mod tests {
         }
         let plain = super::super::batch::tests::raw_batch(1, 0, 0, b"x");
         assert_eq!(control_type(&plain), None);
+        // A key version this code does not know is not read as a type.
+        let mut b = encode_control_batch(42, 3, ControlType::Commit, 0, 0).to_vec();
+        let records = &b[HEADER_LEN..];
+        let mut pos = 0;
+        varint(records, &mut pos).expect("record length");
+        pos += 1; // attributes
+        varint(records, &mut pos).expect("timestamp delta");
+        varint(records, &mut pos).expect("offset delta");
+        let key_len = varint(records, &mut pos).expect("key length");
+        assert_eq!(key_len, 4);
+        b[HEADER_LEN + pos + 1] = 1;
+        assert_eq!(control_type(&b), None);
     }
 
     #[test]

@@ -284,15 +284,8 @@ fn transaction_state_survives_clean_and_crashed_restarts_across_rolls() {
         all.ends_with(&["open-0".to_string(), "open-1".to_string()]),
         "{all:?}"
     );
-    let txnindexes = fs::read_dir(p.dir())
-        .expect("list")
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "txnindex"))
-        })
-        .count();
     assert!(
-        txnindexes > 0,
+        !dir_entries_with(&p, "txnindex").is_empty(),
         "sealed segments keep their aborted transactions on disk"
     );
 }
@@ -339,4 +332,64 @@ fn retention_takes_a_segments_aborted_transactions_with_it() {
             .map(|_| ()),
         Some(())
     );
+}
+
+#[test]
+fn a_torn_tail_that_cuts_a_marker_reopens_its_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_file = {
+        let store = LogStore::open(dir.path(), quiet()).expect("open");
+        store
+            .create_topic("t", 1, TopicConfig::default())
+            .expect("create");
+        let p = store.partition("t", 0).expect("partition");
+        p.append(&mut batch(-1, 0, "plain", 1)).expect("plain");
+        p.append(&mut batch(7, 0, "txn", 2)).expect("transactional");
+        p.append_marker(7, 0, ControlType::Abort, 0)
+            .expect("marker")
+            .expect("open");
+        assert_eq!(p.ongoing_transactions(), []);
+        assert_eq!(p.last_stable_offset(), 4);
+        let log_file = dir_entries_with(&p, "log").pop().expect("one segment");
+        store.abandon_without_closing();
+        log_file
+    };
+    // The marker never reached the disk: the crash tore it off.
+    let marker_len = txn::encode_control_batch(7, 0, ControlType::Abort, 0, 0).len() as u64;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .expect("segment");
+    let len = file.metadata().expect("metadata").len();
+    file.set_len(len - marker_len).expect("truncate");
+    drop(file);
+
+    let store = LogStore::open(dir.path(), quiet()).expect("reopen");
+    let p = store.partition("t", 0).expect("partition");
+    assert_eq!(p.high_watermark(), 3);
+    assert_eq!(
+        p.ongoing_transactions(),
+        [(7, 1)],
+        "the transaction is open again, from its first offset"
+    );
+    assert_eq!(p.last_stable_offset(), 1);
+    assert_eq!(p.aborted_transactions(0, 3), []);
+    assert_eq!(read_committed(&p), ["plain-0"]);
+    // Its coordinator ends it again: the marker is written anew.
+    p.append_marker(7, 0, ControlType::Abort, 0)
+        .expect("marker")
+        .expect("open again");
+    assert_eq!(p.last_stable_offset(), 4);
+    assert_eq!(read_committed(&p), ["plain-0"]);
+}
+
+/// The partition's files with extension `ext`, sorted.
+fn dir_entries_with(p: &Partition, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(p.dir())
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    files
 }
