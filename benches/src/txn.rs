@@ -23,6 +23,7 @@ use crate::broker::{
     create_topic, millis, payload_source,
 };
 use crate::util::median;
+use sluice::sink::topic::deliver_all;
 use sluice::units::format_count;
 
 #[derive(Debug, clap::Args)]
@@ -210,14 +211,13 @@ fn produce(
         }
         sent = end;
         if mode != Mode::Idempotent {
-            // Deliver first with short polls: rust-rdkafka's own flush in
-            // commit_transaction polls in 100 ms steps, which would time
-            // the client's loop instead of the broker (measured: ~100 ms per
-            // transaction whatever its size).
-            while producer.in_flight_count() > 0 {
-                producer.poll(Duration::from_millis(1));
-                watch.tick(broker, sent + ctx.done())?;
-            }
+            // Deliver first, past linger.ms, with short polls, as the
+            // engine's sinks do: rust-rdkafka's commit_transaction flushes
+            // in 100 ms polling steps and keeps linger.ms (see
+            // `deliver_all`), which would time the client instead of the
+            // broker.
+            deliver_all(&producer, args.timeout).map_err(anyhow::Error::msg)?;
+            watch.tick(broker, sent + ctx.done())?;
             producer
                 .commit_transaction(args.timeout)
                 .context("commit_transaction")?;
