@@ -9,3 +9,4 @@ mod cli;
 mod crash;
 mod evolution;
 mod store_cli;
+mod topic_output;

@@ -407,6 +407,29 @@ impl<T: Data> DStream<T> {
     pub fn print(&self, n: usize) {
         output::print::<T>(self, n)
     }
+
+    /// Writes every element of each batch to `writer`'s topic once per
+    /// batch id (Spark's and Flink's Kafka sinks): `encode` turns an
+    /// element into a record's key and value (`None`: no key, or a
+    /// tombstone). Keyed records go to Kafka's murmur2 partition of the key
+    /// among the topic's partitions, unkeyed ones to partition 0; the
+    /// timestamp is the batch time. Through a Kafka broker the records go
+    /// into the job's transaction of the batch (with every other topic
+    /// writer's), committed just before the checkpoint; on the bundled store
+    /// they are tagged and a replay skips what is there (see
+    /// [`crate::sink::topic`]). Open the writer with
+    /// [`TopicWriter::open`](crate::sink::topic::TopicWriter::open); one
+    /// `save_to_topic` per topic and job.
+    pub fn save_to_topic(
+        &self,
+        writer: crate::sink::topic::TopicWriter,
+        encode: impl for<'a> Fn(T::View<'a>) -> (Option<Vec<u8>>, Option<Vec<u8>>)
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        output::save_to_topic::<T>(self, writer, encode)
+    }
 }
 
 /// The inputs of an output with context, read on demand.

@@ -3,14 +3,15 @@
 //! (rows collected, pairs shuffled by key, merged with committed values);
 //! the sinks only format and write what they are handed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::wide::{partition_by_key, rayon_map};
 use super::{BatchCx, DStream, Node, Output};
 use crate::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use crate::data::{Data, Key, decode_all, encode_to_vec};
-use crate::sink::console;
+use crate::sink::topic::{OutRecord, TopicWriter, partition_of};
+use crate::sink::{WriterId, console};
 
 /// Hot values kept in memory per merge task (a cache of committed values;
 /// RocksDB stays the truth).
@@ -50,6 +51,60 @@ pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
                 }
                 text.push('\n');
                 console::write(&text);
+                Ok(())
+            }),
+        }));
+}
+
+/// Every element of each batch, encoded by `encode`, written to the topic
+/// of `writer` in the batch's order (deterministic on replay, which the
+/// tags of the bundled store's records rely on).
+pub(crate) fn save_to_topic<T: Data>(
+    stream: &DStream<T>,
+    writer: TopicWriter,
+    encode: impl for<'a> Fn(T::View<'a>) -> (Option<Vec<u8>>, Option<Vec<u8>>) + Send + Sync + 'static,
+) {
+    let node = stream.node.clone();
+    node.info().add_consumer();
+    let name = format!("topic-{}", writer.topic());
+    let id: OnceLock<WriterId> = OnceLock::new();
+    sluice_log::common::mutex(&stream.graph)
+        .outputs
+        .push(Arc::new(Output {
+            name: name.clone(),
+            table: None,
+            state: None,
+            run: Box::new(move |cx: &BatchCx| {
+                let chunks = cx.collect(&node)?;
+                let partitions = writer.partitions();
+                let mut records: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
+                for c in &chunks {
+                    let reader = T::reader(c.columns())?;
+                    for i in 0..c.num_rows() {
+                        let (key, value) = encode(T::get(&reader, i));
+                        records
+                            .entry(partition_of(key.as_deref(), partitions))
+                            .or_default()
+                            .push(OutRecord {
+                                key,
+                                value,
+                                timestamp_ms: cx.batch_time_ms,
+                                headers: Vec::new(),
+                            });
+                    }
+                }
+                let id = match id.get() {
+                    Some(id) => id,
+                    None => {
+                        let fresh = WriterId::of(cx.checkpoint, &name)?;
+                        id.get_or_init(|| fresh)
+                    }
+                };
+                let report = writer.write(cx.transactions, id, cx.batch_id, &records)?;
+                cx.count(
+                    &format!("already in topic {}", writer.topic()),
+                    report.skipped as u64,
+                );
                 Ok(())
             }),
         }));
