@@ -224,6 +224,21 @@ pub fn deliver_all<C: ProducerContext>(
     })
 }
 
+/// Waits for every record of batch `batch_id` sent through `producer` to
+/// be acknowledged; the first delivery failure, or a timeout, fails it.
+pub(super) fn acknowledged(
+    producer: &BaseProducer<DeliveryErrors>,
+    batch_id: u64,
+) -> Result<(), String> {
+    let flushed = deliver_all(producer, FLUSH_TIMEOUT);
+    if let Some(e) = sluice_log::common::mutex(&producer.context().first).take() {
+        return Err(format!("batch {batch_id}'s records were refused: {e}"));
+    }
+    flushed.map_err(|e| {
+        format!("batch {batch_id}'s records were not acknowledged within {FLUSH_TIMEOUT:?}: {e}")
+    })
+}
+
 /// The client handle the flushing thread of [`deliver_all`] holds.
 struct FlushingClient(*mut rdkafka::bindings::rd_kafka_t);
 
@@ -257,7 +272,7 @@ pub enum Delivery {
 /// Remembers the first delivery failure of a batch.
 pub(super) struct DeliveryErrors {
     what: String,
-    pub(super) first: Mutex<Option<String>>,
+    first: Mutex<Option<String>>,
 }
 
 impl DeliveryErrors {
@@ -519,17 +534,7 @@ impl TopicWriter {
             producer, brokers, ..
         } = &self.backend
         {
-            let flushed = deliver_all(producer, FLUSH_TIMEOUT);
-            if let Some(e) = sluice_log::common::mutex(&producer.context().first).take() {
-                return Err(self.error(format!(
-                    "{brokers} did not take batch {batch_id}'s records: {e}"
-                )));
-            }
-            flushed.map_err(|e| {
-                self.error(format!(
-                    "{brokers} did not acknowledge batch {batch_id}'s records within {FLUSH_TIMEOUT:?}: {e}"
-                ))
-            })?;
+            acknowledged(producer, batch_id).map_err(|m| self.error(format!("{brokers}: {m}")))?;
         }
         crash_point("sink::topic::after_write", batch_id);
         *through = Some(batch_id);

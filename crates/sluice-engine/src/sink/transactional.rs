@@ -21,6 +21,7 @@
 //! writers do), and never trusts anything but the broker's committed
 //! offsets about what was written.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,14 +32,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::topic::{DeliveryErrors, deliver_all, producer_config};
+use super::topic::{DeliveryErrors, acknowledged, producer_config};
 use super::{SinkError, WriterId, crash_point};
 
 /// init_transactions, commit and abort: long enough for a loaded cluster
 /// (a commit waits for every record's acknowledgement).
 const TXN_TIMEOUT: Duration = Duration::from_secs(90);
-/// Acknowledgement of a batch's records before its commit.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Offset lookups of the recording group.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// `transaction.timeout.ms`: a crashed writer's open transaction blocks
@@ -237,23 +236,17 @@ impl Transactions {
     ) -> Result<R, SinkError> {
         let mut clusters = sluice_log::common::mutex(&self.by_cluster);
         let key = (brokers.to_owned(), format!("sluice-{}-{}", id.job, id.run));
-        if !clusters.contains_key(&key) {
-            let what = format!("Kafka transactions of job {} at {brokers}", id.job);
-            let session = TxnSession::open(brokers, key.1.clone(), &what)
-                .map_err(|m| SinkError::new(&what, m))?;
-            clusters.insert(
-                key.clone(),
-                Cluster {
+        let cluster = match clusters.entry(key.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let what = format!("Kafka transactions of job {} at {brokers}", id.job);
+                let session = TxnSession::open(brokers, key.1.clone(), &what)
+                    .map_err(|m| SinkError::new(&what, m))?;
+                v.insert(Cluster {
                     session,
                     open: None,
-                },
-            );
-        }
-        let Some(cluster) = clusters.get_mut(&key) else {
-            return Err(SinkError::new(
-                format!("Kafka transactions of job {}", id.job),
-                "no transactional producer",
-            ));
+                })
+            }
         };
         let outcome = write(&mut InTxn {
             cluster,
@@ -319,13 +312,7 @@ fn commit_one(session: &TxnSession, open: &OpenTxn, batch_id: u64) -> Result<(),
             open.batch_id
         ));
     }
-    let flushed = deliver_all(session.producer(), FLUSH_TIMEOUT);
-    if let Some(e) = sluice_log::common::mutex(&session.producer().context().first).take() {
-        return Err(format!("batch {batch_id}'s records were refused: {e}"));
-    }
-    flushed.map_err(|e| {
-        format!("batch {batch_id}'s records were not acknowledged within {FLUSH_TIMEOUT:?}: {e}")
-    })?;
+    acknowledged(session.producer(), batch_id)?;
     // Every record is in the log, the transaction still open.
     crash_point("sink::topic::before_commit", batch_id);
     session.commit(&open.topics, batch_id, &open.run)?;
