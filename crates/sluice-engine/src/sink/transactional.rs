@@ -270,14 +270,15 @@ impl Transactions {
         let mut clusters = sluice_log::common::mutex(&self.by_cluster);
         let mut failed = None;
         for (key, cluster) in clusters.iter_mut() {
-            let Some(open) = cluster.open.take() else {
+            let Some(open) = &cluster.open else {
                 continue;
             };
-            let outcome = commit_one(&cluster.session, &open, batch_id);
-            if let Err(message) = outcome {
+            if let Err(message) = commit_one(&cluster.session, open, batch_id) {
+                // Still open: `abort_locked` aborts it with the others.
                 failed = Some((key.clone(), message));
                 break;
             }
+            cluster.open = None;
         }
         if let Some((key, message)) = failed {
             self.abort_locked(&mut clusters);
