@@ -13,10 +13,10 @@
 //! Durability: every state change is a record in the transaction log
 //! (`<data-dir>/transactions/txn.journal`, a [`crate::journal`]) written
 //! before the request is answered, and fsynced as the transaction's
-//! partitions are (see [`TxnCoordinator::needs_sync`]). Ending a transaction is two records
-//! around the markers, as in Kafka: PrepareCommit/PrepareAbort, then every
-//! marker appended (and, for a commit, the pending offsets stored), then
-//! CompleteCommit/CompleteAbort. A marker is as durable as its partition's
+//! partitions are (see [`TxnCoordinator::needs_sync`]). Ending a
+//! transaction is two records around the markers, as in Kafka:
+//! PrepareCommit/PrepareAbort, then every marker appended (and, for a
+//! commit, the pending offsets stored), then CompleteCommit/CompleteAbort. A marker is as durable as its partition's
 //! data (its flush policy: with `flush.messages=1` it is fsynced before the
 //! Complete record; under the default, like every record, it survives a
 //! killed process but not a lost machine). After a crash, a prepared
