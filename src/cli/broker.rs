@@ -50,6 +50,18 @@ pub struct BrokerArgs {
     /// (Kafka's transaction.abort.timed.out.transaction.cleanup.interval.ms).
     #[arg(long, default_value = "10s", value_parser = millis)]
     transaction_check_interval: Duration,
+    /// Pause between the log cleaner's passes over compacted topics
+    /// (Kafka's log.cleaner.backoff.ms).
+    #[arg(long, default_value = "15s", value_parser = millis)]
+    log_cleaner_backoff: Duration,
+    /// Most bytes per second the log cleaner reads plus writes
+    /// (log.cleaner.io.max.bytes.per.second); 0 = unthrottled.
+    #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
+    log_cleaner_io_max_bytes_per_second: u64,
+    /// Memory for the log cleaner's key map (log.cleaner.dedupe.buffer.size);
+    /// a pass cleans as many segments as their keys fit in it.
+    #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
+    log_cleaner_dedupe_buffer_size: u64,
     /// How often request, byte and error counters are logged.
     #[arg(long, default_value = "60s", value_parser = millis)]
     metrics_interval: Duration,
@@ -71,6 +83,12 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         .transaction_check_interval
         .max(Duration::from_millis(10));
     config.metrics_interval = args.metrics_interval.max(Duration::from_millis(100));
+    config.cleaner.backoff = args.log_cleaner_backoff.max(Duration::from_millis(100));
+    config.cleaner.io_max_bytes_per_second = (args.log_cleaner_io_max_bytes_per_second > 0)
+        .then_some(args.log_cleaner_io_max_bytes_per_second);
+    config.cleaner.dedupe_buffer_bytes = usize::try_from(args.log_cleaner_dedupe_buffer_size)
+        .context("--log-cleaner-dedupe-buffer-size is too large")?
+        .max(1 << 20);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice-broker")

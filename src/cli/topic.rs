@@ -33,6 +33,10 @@ pub enum TopicCommand {
         /// messages:N, interval:DURATION, or os (the default, as in Kafka).
         #[arg(long)]
         flush: Option<FlushPolicy>,
+        /// Any topic config by its Kafka name, repeatable, as kafka-topics
+        /// takes it: `--config cleanup.policy=compact --config delete.retention.ms=3600000`.
+        #[arg(long = "config", value_name = "NAME=VALUE")]
+        configs: Vec<String>,
         /// Succeed without changes if the topic already exists.
         #[arg(long)]
         if_not_exists: bool,
@@ -111,17 +115,27 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             segment_bytes,
             segment_ms,
             flush,
+            configs,
             if_not_exists,
             bootstrap,
             store,
         } => {
-            let config = topic_config(
+            let mut config = topic_config(
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
                 segment_ms,
                 flush,
             )?;
+            for entry in &configs {
+                let (k, v) = entry.split_once('=').with_context(|| {
+                    format!("--config {entry:?}: expected NAME=VALUE, e.g. cleanup.policy=compact")
+                })?;
+                config
+                    .set(k.trim(), v)
+                    .with_context(|| format!("--config {entry:?}"))?;
+            }
+            config.validate().context("invalid topic config")?;
             if let Some(bootstrap) = bootstrap {
                 return remote::create(&bootstrap, &name, partitions, &config, if_not_exists);
             }

@@ -6,6 +6,7 @@
 mod common;
 
 mod clients;
+mod compaction;
 mod crash;
 mod fuzz;
 mod protocol;

@@ -112,6 +112,47 @@ fn topic_lifecycle_and_its_errors() {
         &["topic", "create", "t", "-p", "1", "--flush", "sometimes"],
     );
     assert!(e.contains("bad flush policy"), "{e}");
+    // Any Kafka topic config by name; compacted topics refuse keyless lines.
+    ok(
+        d,
+        &[
+            "topic",
+            "create",
+            "table",
+            "-p",
+            "1",
+            "--config",
+            "cleanup.policy=compact",
+            "--config",
+            "delete.retention.ms=3600000",
+        ],
+    );
+    let desc = ok(d, &["topic", "describe", "table"]);
+    assert!(
+        desc.contains("cleanup.policy=compact") && desc.contains("delete.retention.ms=3600000"),
+        "{desc}"
+    );
+    let out = produce_stdin(d, &["table"], "no key here\n");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("has no key"), "{e}");
+    let e = fails(
+        d,
+        &[
+            "topic",
+            "create",
+            "t",
+            "-p",
+            "1",
+            "--config",
+            "cleanup.policy=shred",
+        ],
+    );
+    assert!(e.contains("unknown cleanup policy \"shred\""), "{e}");
+    let e = fails(
+        d,
+        &["topic", "create", "t", "-p", "1", "--config", "compact"],
+    );
+    assert!(e.contains("expected NAME=VALUE"), "{e}");
     let e = fails(d, &["topic", "describe", "nope"]);
     assert!(e.contains("unknown topic \"nope\""), "{e}");
     let e = fails(d, &["consume", "nope"]);
@@ -120,6 +161,7 @@ fn topic_lifecycle_and_its_errors() {
     assert!(e.contains("unknown topic \"nope\""), "{e}");
 
     ok(d, &["topic", "delete", "clicks"]);
+    ok(d, &["topic", "delete", "table"]);
     assert_eq!(ok(d, &["topic", "list"]), "");
     let e = fails(d, &["topic", "delete", "clicks"]);
     assert!(e.contains("unknown topic"), "{e}");

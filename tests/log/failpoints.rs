@@ -447,3 +447,75 @@ fn offline_partition_does_not_publish_or_checkpoint_unsynced_bytes() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     scenario.teardown();
 }
+
+/// A cleaning pass that fails (as a crash would stop it) after writing its
+/// `.cleaned` file, before renaming it over the segment, and between the
+/// log's rename and the index's: readers keep seeing a whole log, and after
+/// a crash and a reopen the log is the old one or a valid compaction of it,
+/// with no `.cleaned` file left; the next pass finishes the job.
+#[test]
+fn a_cleaning_pass_stopped_at_any_step_leaves_a_valid_log() {
+    use crate::compaction::{Kv, TOPIC, check, config, encode, read_log};
+    let scenario = FailScenario::setup();
+    for fp in [
+        "cleaner::after_write",
+        "cleaner::before_rename",
+        "cleaner::after_rename",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), quiet()).unwrap();
+        store.create_topic(TOPIC, 1, config(0, 0.5)).unwrap();
+        let p = store.partition(TOPIC, 0).unwrap();
+        let mut model = Vec::new();
+        for i in 0..60usize {
+            let batch: Vec<Kv> = (0..4)
+                .map(|j| Kv {
+                    key: format!("k{}", (i * 4 + j) % 9).into_bytes(),
+                    value: ((i + j) % 11 != 0).then(|| format!("v{i}-{j}").into_bytes()),
+                })
+                .collect();
+            p.append(&mut encode(&batch, COMPRESSIONS[i % COMPRESSIONS.len()]))
+                .unwrap();
+            model.extend(batch);
+        }
+        assert!(
+            segment_files(p.dir()).len() > 3,
+            "{fp}: the log must span segments"
+        );
+        let before = read_log(&p);
+        fail::cfg(fp, "return").unwrap();
+        let err = store
+            .clean_now()
+            .expect_err("the injected failure surfaces");
+        fail::remove(fp);
+        assert!(err.to_string().contains("injected"), "{fp}: {err}");
+        assert_eq!(read_log(&p), before, "{fp}: readers after the failed pass");
+        drop(p);
+        store.abandon_without_closing();
+
+        let store = LogStore::open(dir.path(), quiet()).unwrap();
+        let p = store.partition(TOPIC, 0).unwrap();
+        let leftovers: Vec<String> = fs::read_dir(p.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cleaned"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{fp}: left after reopen: {leftovers:?}"
+        );
+        let recovered = check(&p, &model, &format!("{fp}: after the crash"));
+        if fp != "cleaner::after_rename" {
+            assert_eq!(recovered, before, "{fp}: the old segments stay whole");
+        }
+        store.clean_now().unwrap();
+        let cleaned = check(&p, &model, &format!("{fp}: the next pass"));
+        assert!(
+            cleaned.len() < before.len(),
+            "{fp}: the next pass compacted nothing"
+        );
+        store.close().unwrap();
+    }
+    scenario.teardown();
+}

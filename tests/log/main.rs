@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compaction;
 mod crash;
 // Failpoints are process-global: run under nextest (a process per test).
 #[cfg(feature = "failpoints")]

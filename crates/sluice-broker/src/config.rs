@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sluice_log::log::CleanerOptions;
+
 use crate::groups::GroupConfig;
 use crate::txn::TxnConfig;
 
@@ -33,6 +35,8 @@ pub struct BrokerConfig {
     pub metrics_interval: Duration,
     pub groups: GroupConfig,
     pub transactions: TxnConfig,
+    /// Compaction of `cleanup.policy=compact` topics (Kafka's `log.cleaner.*`).
+    pub cleaner: CleanerOptions,
 }
 
 impl BrokerConfig {
@@ -48,6 +52,7 @@ impl BrokerConfig {
             metrics_interval: Duration::from_secs(60),
             groups: GroupConfig::default(),
             transactions: TxnConfig::default(),
+            cleaner: CleanerOptions::default(),
         }
     }
 }

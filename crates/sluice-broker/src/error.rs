@@ -44,7 +44,9 @@ pub(crate) fn code_for(e: &LogError) -> i16 {
         LogError::InvalidBatch { source, .. } => match source {
             BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
             BatchError::BadMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
-            BatchError::ControlBatch(_) => ResponseError::InvalidRecord.code(),
+            BatchError::ControlBatch(_) | BatchError::KeylessRecord { .. } => {
+                ResponseError::InvalidRecord.code()
+            }
             _ => ResponseError::CorruptMessage.code(),
         },
         LogError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),

@@ -64,8 +64,9 @@ pub(crate) enum SeqCheck {
 }
 
 fn last_seq(h: &BatchHeader) -> i32 {
-    // Sequences wrap from i32::MAX to 0, as Kafka's do.
-    ((h.base_sequence as i64 + h.records_count as i64 - 1) % (i32::MAX as i64 + 1)) as i32
+    // Sequences wrap from i32::MAX to 0, as Kafka's do. The offset delta,
+    // not the record count: a batch the log cleaner emptied keeps its range.
+    ((h.base_sequence as i64 + h.last_offset_delta as i64) % (i32::MAX as i64 + 1)) as i32
 }
 
 fn next_seq(seq: i32) -> i32 {

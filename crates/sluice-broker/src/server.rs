@@ -68,11 +68,15 @@ impl Broker {
         let data_dir = config.data_dir.clone();
         let group_config = config.groups.clone();
         let txn_config = config.transactions.clone();
+        let store_options = StoreOptions {
+            cleaner: config.cleaner.clone(),
+            ..StoreOptions::default()
+        };
         let (auto_create, default_partitions) =
             (config.auto_create_topics, config.default_partitions);
         // Recovery reads files: keep it off the async threads.
         let opened = run_blocking("startup", move || -> Result<_, BrokerError> {
-            let store = LogStore::open(&data_dir, StoreOptions::default())?;
+            let store = LogStore::open(&data_dir, store_options)?;
             let state_dir = data_dir.join("broker");
             std::fs::create_dir_all(&state_dir).map_err(|e| BrokerError::State {
                 path: state_dir.clone(),

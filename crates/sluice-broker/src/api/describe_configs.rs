@@ -102,13 +102,12 @@ fn topic_configs(
                 .with_error_message(Some(str_bytes(e.to_string())))
         })?;
     let defaults = TopicConfig::default().entries();
-    let mut entries: Vec<(String, String)> = t
+    let entries: Vec<(String, String)> = t
         .config()
         .entries()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    entries.push(("cleanup.policy".into(), "delete".into()));
     let source = move |k: &str, v: &str| {
         if defaults.iter().any(|(dk, dv)| *dk == k && dv != v) {
             SOURCE_TOPIC

@@ -68,6 +68,12 @@ pub enum BatchError {
         "control batch (a transaction marker of producer {0}): markers are written by the transaction coordinator, never produced"
     )]
     ControlBatch(i64),
+    #[error(
+        "the record at offset delta {offset_delta} has no key: a compacted topic (cleanup.policy=compact) keeps the last record per key, so every record needs one"
+    )]
+    KeylessRecord { offset_delta: i32 },
+    #[error("cannot read the records of the batch: {0}")]
+    BadRecords(String),
 }
 
 /// The compression codec named by a batch's attributes.
@@ -230,6 +236,16 @@ pub fn verify_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> 
 /// stays valid and nothing else needs re-encoding.
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Sets the fields a rebuilt batch (see `records::rebuild`) changes:
+/// batch length, attributes and record count, then recomputes the CRC.
+pub(crate) fn set_rebuilt_fields(batch: &mut [u8], length: i32, attributes: i16, count: i32) {
+    batch[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&length.to_be_bytes());
+    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&count.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// A batch accepted for append: where it lies in the caller's buffer and its

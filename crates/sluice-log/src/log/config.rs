@@ -22,10 +22,87 @@ pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
 /// Kafka's `max.message.bytes` default (the largest accepted batch).
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1_048_588;
+/// Kafka's `delete.retention.ms` default: 1 day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// Kafka's `min.cleanable.dirty.ratio` default.
+pub const DEFAULT_MIN_CLEANABLE_DIRTY_RATIO: f64 = 0.5;
+
+/// Kafka's `cleanup.policy`: what happens to old segments. `delete` drops
+/// whole segments by `retention.ms`/`retention.bytes`; `compact` keeps the
+/// last record of every key (the log cleaner); both may be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+}
+
+impl Default for CleanupPolicy {
+    fn default() -> Self {
+        CleanupPolicy::DELETE
+    }
+}
+
+impl FromStr for CleanupPolicy {
+    type Err = String;
+
+    /// `delete`, `compact`, or both comma-separated in any order (Kafka's list).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                other => {
+                    return Err(format!(
+                        "unknown cleanup policy {other:?}: expected delete, compact or compact,delete"
+                    ));
+                }
+            }
+        }
+        Ok(policy)
+    }
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            _ => "delete",
+        })
+    }
+}
+
+impl Serialize for CleanupPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for CleanupPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Topic configuration as stored in `topic.json`. `-1` means "unlimited" for
 /// the retention settings, as in Kafka.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TopicConfig {
     #[serde(rename = "segment.bytes")]
@@ -46,6 +123,21 @@ pub struct TopicConfig {
     pub index_interval_bytes: u32,
     #[serde(rename = "max.message.bytes")]
     pub max_message_bytes: u32,
+    #[serde(rename = "cleanup.policy")]
+    pub cleanup_policy: CleanupPolicy,
+    /// How long tombstones stay after their segment was last written, so a
+    /// reader that started before the delete still sees it.
+    #[serde(rename = "delete.retention.ms")]
+    pub delete_retention_ms: i64,
+    /// Clean when the uncleaned share of the sealed log reaches this.
+    #[serde(rename = "min.cleanable.dirty.ratio")]
+    pub min_cleanable_dirty_ratio: f64,
+    /// Records newer than this are never compacted.
+    #[serde(rename = "min.compaction.lag.ms")]
+    pub min_compaction_lag_ms: i64,
+    /// Dirty records older than this are compacted whatever the dirty ratio.
+    #[serde(rename = "max.compaction.lag.ms")]
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for TopicConfig {
@@ -59,6 +151,11 @@ impl Default for TopicConfig {
             flush_ms: None,
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            min_cleanable_dirty_ratio: DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }
@@ -101,6 +198,33 @@ impl TopicConfig {
         }
         if self.max_message_bytes < 64 {
             return bad("max.message.bytes must be at least 64".into());
+        }
+        if !(self.cleanup_policy.delete || self.cleanup_policy.compact) {
+            return bad("cleanup.policy must name delete, compact or both".into());
+        }
+        if self.delete_retention_ms < 0 {
+            return bad(format!(
+                "delete.retention.ms must be >= 0, got {}",
+                self.delete_retention_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return bad(format!(
+                "min.cleanable.dirty.ratio must be between 0 and 1, got {}",
+                self.min_cleanable_dirty_ratio
+            ));
+        }
+        if self.min_compaction_lag_ms < 0 || self.max_compaction_lag_ms < 1 {
+            return bad(format!(
+                "min.compaction.lag.ms must be >= 0 and max.compaction.lag.ms >= 1, got {} and {}",
+                self.min_compaction_lag_ms, self.max_compaction_lag_ms
+            ));
+        }
+        if self.min_compaction_lag_ms > self.max_compaction_lag_ms {
+            return bad(format!(
+                "min.compaction.lag.ms ({}) must not exceed max.compaction.lag.ms ({})",
+                self.min_compaction_lag_ms, self.max_compaction_lag_ms
+            ));
         }
         Ok(())
     }
@@ -149,12 +273,18 @@ impl TopicConfig {
                 self.max_message_bytes =
                     u32::try_from(unsigned(value)?).map_err(|_| bad("too large"))?
             }
-            "cleanup.policy" if value.trim() == "delete" => {}
-            "cleanup.policy" => {
-                return Err(bad(
-                    "only cleanup.policy=delete is supported (no log compaction yet)",
-                ));
+            "cleanup.policy" => self.cleanup_policy = value.parse().map_err(|e: String| bad(&e))?,
+            "delete.retention.ms" => self.delete_retention_ms = int(value)?,
+            "min.cleanable.dirty.ratio" => {
+                self.min_cleanable_dirty_ratio = value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite())
+                    .ok_or_else(|| bad("not a number"))?
             }
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms = int(value)?,
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms = int(value)?,
             // Single-node store: these are trivially satisfied.
             "min.insync.replicas" | "unclean.leader.election.enable" => {}
             _ => {
@@ -187,6 +317,20 @@ impl TopicConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("cleanup.policy", self.cleanup_policy.to_string()),
+            ("delete.retention.ms", self.delete_retention_ms.to_string()),
+            (
+                "min.cleanable.dirty.ratio",
+                self.min_cleanable_dirty_ratio.to_string(),
+            ),
+            (
+                "min.compaction.lag.ms",
+                self.min_compaction_lag_ms.to_string(),
+            ),
+            (
+                "max.compaction.lag.ms",
+                self.max_compaction_lag_ms.to_string(),
+            ),
         ]
     }
 }
@@ -327,5 +471,37 @@ mod tests {
         };
         assert!(cfg.validate().is_err());
         TopicConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn cleanup_policies_parse_as_kafka_lists_and_round_trip() {
+        for (text, policy, shown) in [
+            ("delete", CleanupPolicy::DELETE, "delete"),
+            ("compact", CleanupPolicy::COMPACT, "compact"),
+            (
+                "delete, compact",
+                CleanupPolicy {
+                    delete: true,
+                    compact: true,
+                },
+                "compact,delete",
+            ),
+        ] {
+            let mut cfg = TopicConfig::default();
+            cfg.set("cleanup.policy", text).unwrap();
+            assert_eq!(cfg.cleanup_policy, policy);
+            assert_eq!(cfg.cleanup_policy.to_string(), shown);
+            let json = serde_json::to_string(&cfg).unwrap();
+            let back: TopicConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, cfg);
+        }
+        let mut cfg = TopicConfig::default();
+        let err = cfg.set("cleanup.policy", "shred").unwrap_err().to_string();
+        assert!(err.contains("shred"), "{err}");
+        cfg.set("min.cleanable.dirty.ratio", "1.5").unwrap();
+        assert!(cfg.validate().is_err());
+        // Topics written before compaction existed read as delete.
+        let old: TopicConfig = serde_json::from_str(r#"{"segment.bytes": 4096}"#).unwrap();
+        assert_eq!(old.cleanup_policy, CleanupPolicy::DELETE);
     }
 }

@@ -4,8 +4,11 @@
 //! This module owns everything under a data directory and is the only code
 //! that reads or writes those files. It is synchronous: async callers (the
 //! broker) reach it through `spawn_blocking` or a dedicated thread. It never
-//! decodes records on the append or read path — batches are stored and served
-//! as the producer sent them — and it knows nothing of the network.
+//! decodes records on the read path — batches are stored and served as the
+//! producer sent them — nor on the append path, except to check that every
+//! record of a compacted topic has a key; the log cleaner rewrites sealed
+//! segments of compacted topics in the background. It knows nothing of the
+//! network.
 //!
 //! ```text
 //! <data-dir>/
@@ -18,6 +21,8 @@
 //!       00000000000000000000.txnindex   aborted transactions whose marker is here
 //!       recovery-point                  last position known to be on disk
 //!       txn-snapshot                    open transactions at an offset on disk
+//!       cleaner-checkpoint              compacted topics: offsets below this were cleaned
+//!       *.cleaned                       a cleaning pass's new segment files, before their rename
 //!   trash/                      topics being deleted
 //! ```
 //!
@@ -55,10 +60,12 @@
 //! ```
 
 mod batch;
+mod cleaner;
 mod config;
 mod error;
 mod index;
 mod partition;
+mod records;
 mod segment;
 mod txn;
 
@@ -75,7 +82,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use batch::{BatchError, BatchHeader, Codec, HEADER_LEN, compute_crc, peek_frame};
-pub use config::{FlushPolicy, TopicConfig, validate_topic_name};
+pub use cleaner::{CleanOutcome, CleanerOptions};
+pub use config::{CleanupPolicy, FlushPolicy, TopicConfig, validate_topic_name};
 pub use error::{LogError, Result};
 pub use partition::{AppendInfo, Partition, PartitionInfo, ReadInfo, RetentionOutcome};
 pub use segment::TailRecovery;
@@ -96,8 +104,11 @@ pub struct StoreOptions {
     pub recovery_point_interval: Duration,
     /// How often `flush.ms` deadlines are checked.
     pub flush_check_interval: Duration,
-    /// Run the maintenance thread. Short-lived CLI commands turn it off.
+    /// Run the maintenance and log-cleaner threads. Short-lived CLI
+    /// commands turn them off.
     pub background: bool,
+    /// Compaction of `cleanup.policy=compact` topics.
+    pub cleaner: CleanerOptions,
 }
 
 impl Default for StoreOptions {
@@ -107,6 +118,7 @@ impl Default for StoreOptions {
             recovery_point_interval: Duration::from_secs(60),
             flush_check_interval: Duration::from_millis(50),
             background: true,
+            cleaner: CleanerOptions::default(),
         }
     }
 }
@@ -187,6 +199,7 @@ struct Inner {
     closed: AtomicBool,
     stop: (Mutex<bool>, Condvar),
     maintenance: Mutex<Option<JoinHandle<()>>>,
+    cleaner: Mutex<Option<JoinHandle<()>>>,
     _lock: File,
 }
 
@@ -258,6 +271,7 @@ impl LogStore {
             closed: AtomicBool::new(false),
             stop: (Mutex::new(false), Condvar::new()),
             maintenance: Mutex::new(None),
+            cleaner: Mutex::new(None),
             _lock: lock,
         });
         if options.background {
@@ -269,6 +283,14 @@ impl LogStore {
                     LogError::io("starting maintenance thread for", PathBuf::from("."), e)
                 })?;
             *mutex(&inner.maintenance) = Some(handle);
+            let weak = Arc::downgrade(&inner);
+            let handle = std::thread::Builder::new()
+                .name("sluice-log-cleaner".into())
+                .spawn(move || cleaner_loop(weak))
+                .map_err(|e| {
+                    LogError::io("starting log cleaner thread for", PathBuf::from("."), e)
+                })?;
+            *mutex(&inner.cleaner) = Some(handle);
         }
         Ok(LogStore { inner })
     }
@@ -421,6 +443,22 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Runs the log cleaner on every partition of every compacted topic
+    /// now, whatever its dirty ratio (the lag settings and the last stable
+    /// offset still hold). Returns what each pass that did something did.
+    pub fn clean_now(&self) -> Result<Vec<(String, u32, CleanOutcome)>> {
+        self.check_open()?;
+        let mut out = Vec::new();
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                if let Some(outcome) = p.clean(now_ms(), &self.inner.options.cleaner, true)? {
+                    out.push((topic.name.clone(), p.id(), outcome));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Flushes every partition.
     pub fn flush(&self) -> Result<()> {
         for topic in self.topics() {
@@ -458,10 +496,12 @@ impl Inner {
             *mutex(stopped) = true;
             cv.notify_all();
         }
-        if let Some(handle) = mutex(&self.maintenance).take()
-            && handle.thread().id() != std::thread::current().id()
-        {
-            let _ = handle.join();
+        for thread in [&self.maintenance, &self.cleaner] {
+            if let Some(handle) = mutex(thread).take()
+                && handle.thread().id() != std::thread::current().id()
+            {
+                let _ = handle.join();
+            }
         }
         let mut first_err = None;
         for topic in read_lock(&self.topics).values() {
@@ -525,6 +565,58 @@ fn maintenance_loop(weak: Weak<Inner>) {
         }
         if checkpoint_due {
             last_checkpoint = std::time::Instant::now();
+        }
+    }
+}
+
+/// Waits `timeout` or until the store stops; true when it stopped.
+fn wait_for_stop(inner: &Inner, timeout: Duration) -> bool {
+    let (stopped, cv) = &inner.stop;
+    let guard = mutex(stopped);
+    if *guard {
+        return true;
+    }
+    let (guard, _) = cv
+        .wait_timeout(guard, timeout)
+        .unwrap_or_else(|p| p.into_inner());
+    *guard
+}
+
+/// The log cleaner's thread: a pass over every compacted partition, then a
+/// pause of `cleaner.backoff`. Its own thread, as Kafka's, so a long
+/// rewrite never delays the flush deadlines of the maintenance thread.
+fn cleaner_loop(weak: Weak<Inner>) {
+    let mut last_pass = std::time::Instant::now();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let options = inner.options.cleaner.clone();
+        // Short waits: the last handle to the store may go meanwhile, and
+        // this thread must not keep the store open past it.
+        if wait_for_stop(
+            &inner,
+            inner
+                .options
+                .flush_check_interval
+                .max(Duration::from_millis(100)),
+        ) {
+            return;
+        }
+        if last_pass.elapsed() < options.backoff {
+            continue;
+        }
+        last_pass = std::time::Instant::now();
+        let topics: Vec<_> = read_lock(&inner.topics)
+            .values()
+            .filter(|t| t.config().cleanup_policy.compact)
+            .cloned()
+            .collect();
+        drop(inner);
+        for topic in topics {
+            for p in topic.partitions() {
+                if let Err(e) = p.clean(now_ms(), &options, false) {
+                    tracing::error!("log cleaner on {}-{} failed: {e}", p.topic(), p.id());
+                }
+            }
         }
     }
 }

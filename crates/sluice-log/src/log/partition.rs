@@ -31,9 +31,11 @@ use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
 use super::batch::{self, ValidBatch};
+use super::cleaner::{self, AbortedRanges, CleanOutcome, CleanerOptions, KeyMap, Rules, Throttle};
 use super::config::{FlushPolicy, TopicConfig};
 use super::error::{LogError, Result};
 use super::index::IndexBuilder;
+use super::records;
 use super::segment::{self, Segment, TailRecovery};
 use super::txn::{self, AbortedTxn, ControlType, OngoingTxns};
 use crate::common::{mutex, now_ms, read_lock, write_lock};
@@ -108,6 +110,11 @@ pub struct Partition {
     flush_lock: Mutex<()>,
     offline: RwLock<Option<String>>,
     deleted: AtomicBool,
+    /// The log cleaner's progress: offsets below this were compacted
+    /// (persisted in [`CLEANER_CHECKPOINT`]).
+    first_dirty: AtomicI64,
+    /// One cleaning pass at a time.
+    cleaning: Mutex<()>,
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
@@ -204,6 +211,17 @@ fn recover_transactions(dir: &Path, segments: &[Arc<Segment>]) -> Result<Ongoing
 /// Recovery validates batches after it. Format: `v1 <segment base> <position>`.
 const RECOVERY_POINT: &str = "recovery-point";
 
+/// Cleaner checkpoint: `v1 <first dirty offset>`. Missing means nothing
+/// was cleaned yet (the first pass reads the whole log).
+const CLEANER_CHECKPOINT: &str = "cleaner-checkpoint";
+
+fn read_cleaner_checkpoint(dir: &Path) -> i64 {
+    fs::read_to_string(dir.join(CLEANER_CHECKPOINT))
+        .ok()
+        .and_then(|text| text.trim().strip_prefix("v1 ")?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn read_recovery_point(dir: &Path) -> Option<(i64, u64)> {
     let text = fs::read_to_string(dir.join(RECOVERY_POINT)).ok()?;
     let mut parts = text.split_whitespace();
@@ -253,8 +271,9 @@ impl Partition {
             let name = name.to_string_lossy();
             if let Some(base) = segment::parse_log_file_name(&name) {
                 bases.push(base);
-            } else if name.ends_with(".tmp") {
-                // An index write or metadata write that crashed midway.
+            } else if name.ends_with(".tmp") || name.ends_with(cleaner::CLEANED_SUFFIX) {
+                // An index or metadata write, or a cleaning pass, that
+                // crashed midway: the files they would replace are whole.
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -274,12 +293,13 @@ impl Partition {
                 _ => 0,
             });
             let (seg, recovery, b) = Segment::open(&dir, base, interval, validate_from, now)?;
+            // Compaction leaves gaps between segments; overlaps are damage.
             if let Some(prev) = segments.last().map(|s: &Arc<Segment>| s.next_offset())
-                && prev != base
+                && prev > base
             {
                 tracing::warn!(
                     partition = %dir.display(),
-                    "segment {base} does not follow the previous segment's end {prev}"
+                    "segment {base} overlaps the previous segment, which ends at {prev}"
                 );
             }
             if base == last {
@@ -310,6 +330,7 @@ impl Partition {
             .clone();
         let next = active.next_offset();
         let start = segments[0].base_offset;
+        let first_dirty = read_cleaner_checkpoint(&dir);
         Partition {
             topic: topic.to_string(),
             id,
@@ -330,6 +351,8 @@ impl Partition {
             flush_lock: Mutex::new(()),
             offline: RwLock::new(None),
             deleted: AtomicBool::new(false),
+            first_dirty: AtomicI64::new(first_dirty),
+            cleaning: Mutex::new(()),
         }
     }
 
@@ -449,6 +472,13 @@ impl Partition {
                 // Markers come only from the transaction coordinator.
                 Some(b) => Err(batch::BatchError::ControlBatch(b.header.producer_id)),
                 None => Ok(()),
+            })
+            .and_then(|()| {
+                if config.cleanup_policy.compact {
+                    require_keys(records, &batches)
+                } else {
+                    Ok(())
+                }
             })
             .map_err(|source| LogError::InvalidBatch {
                 topic: self.topic.clone(),
@@ -873,17 +903,26 @@ impl Partition {
     /// An expired active segment is rolled first so it can go too.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let config = self.config();
+        if !config.cleanup_policy.delete {
+            // cleanup.policy=compact: the cleaner alone removes records.
+            return Ok(RetentionOutcome {
+                log_start_offset: self.log_start_offset(),
+                ..Default::default()
+            });
+        }
         let mut w = mutex(&self.writer);
         let segments = self.segments_snapshot();
         let mut remaining: u64 = segments.iter().map(|s| s.written()).sum();
         let mut delete = 0;
-        for seg in &segments {
+        for (i, seg) in segments.iter().enumerate() {
+            // An empty active segment has nothing to expire; an empty sealed
+            // one (compaction emptied it) goes with its neighbours.
+            let empty_active = seg.written() == 0 && i + 1 == segments.len();
             let by_time = config.retention_ms >= 0
                 && seg.retention_timestamp(now_ms) < now_ms - config.retention_ms;
             let by_size = config.retention_bytes >= 0
-                && remaining.saturating_sub(seg.written()) >= config.retention_bytes as u64
-                && seg.written() > 0;
-            if !(by_time || by_size) || seg.written() == 0 {
+                && remaining.saturating_sub(seg.written()) >= config.retention_bytes as u64;
+            if !(by_time || by_size) || empty_active {
                 break;
             }
             remaining -= seg.written();
@@ -967,6 +1006,186 @@ impl Partition {
         self.write_recovery_point()
     }
 
+    /// The log cleaner's progress: offsets below this are compacted.
+    pub fn first_dirty_offset(&self) -> i64 {
+        self.first_dirty
+            .load(Ordering::Acquire)
+            .max(self.log_start_offset())
+    }
+
+    /// One log-cleaner pass (see [`super::cleaner`]) when the topic's
+    /// cleanup policy includes `compact`: keeps the last record of every key
+    /// in the sealed segments below the last stable offset and older than
+    /// `min.compaction.lag.ms`. Runs when the dirty share of those segments
+    /// reaches `min.cleanable.dirty.ratio`, their oldest dirty record is
+    /// past `max.compaction.lag.ms`, or `force` says so. `None` when there
+    /// was nothing to do.
+    pub fn clean(
+        &self,
+        now_ms: i64,
+        options: &CleanerOptions,
+        force: bool,
+    ) -> Result<Option<CleanOutcome>> {
+        let config = self.config();
+        if !config.cleanup_policy.compact || self.check_writable().is_err() {
+            return Ok(None);
+        }
+        let _pass = mutex(&self.cleaning);
+        let segments = self.segments_snapshot();
+        let lso = self.last_stable_offset();
+        // Cleanable: sealed segments wholly below the last stable offset and
+        // past the compaction lag. `ends[i]` is where segment i's offsets end.
+        let ends: Vec<i64> = segments.iter().skip(1).map(|s| s.base_offset).collect();
+        let lag_horizon = now_ms.saturating_sub(config.min_compaction_lag_ms);
+        let cleanable = ends
+            .iter()
+            .zip(&segments)
+            .take_while(|&(&end, seg)| {
+                end <= lso
+                    && (config.min_compaction_lag_ms == 0 || seg.max_timestamp() <= lag_horizon)
+            })
+            .count();
+        let first_dirty = self.first_dirty_offset();
+        let dirty_from = segments[..cleanable]
+            .iter()
+            .position(|s| s.base_offset >= first_dirty || s.next_offset() > first_dirty)
+            .unwrap_or(cleanable);
+        if dirty_from >= cleanable {
+            return Ok(None);
+        }
+        let bytes = |range: &[Arc<Segment>]| range.iter().map(|s| s.written()).sum::<u64>();
+        let dirty_bytes = bytes(&segments[dirty_from..cleanable]);
+        let total_bytes = bytes(&segments[..cleanable]).max(1);
+        let ratio_due = dirty_bytes as f64 / total_bytes as f64 >= config.min_cleanable_dirty_ratio;
+        let lag_due = config.max_compaction_lag_ms < i64::MAX
+            && segments[dirty_from].max_timestamp() >= 0
+            && segments[dirty_from].max_timestamp()
+                < now_ms.saturating_sub(config.max_compaction_lag_ms);
+        if !(force || ratio_due || lag_due) {
+            return Ok(None);
+        }
+        let mut throttle = Throttle::new(options.io_max_bytes_per_second);
+        let aborted = AbortedRanges::new(
+            &self.aborted_transactions(segments[0].base_offset, ends[cleanable - 1]),
+        );
+        // Map whole dirty segments while the map has room (at least one).
+        let mut keys = KeyMap::new(options.dedupe_buffer_bytes);
+        let mut mapped = dirty_from;
+        while mapped < cleanable && (mapped == dirty_from || !keys.is_full()) {
+            cleaner::map_segment(&segments[mapped], &aborted, &mut keys, &mut throttle)?;
+            mapped += 1;
+        }
+        let clean_upto = ends[mapped - 1];
+        let mut producers_last = std::collections::HashMap::new();
+        for seg in &segments[..mapped] {
+            seg.for_each_header(|h| {
+                if h.producer_id >= 0 && !h.is_control() {
+                    producers_last.insert(h.producer_id, h.base_offset);
+                }
+            })?;
+        }
+        let rules = Rules {
+            keys: &keys,
+            aborted: &aborted,
+            producers_last: &producers_last,
+        };
+        let mut outcome = CleanOutcome {
+            clean_upto,
+            ..Default::default()
+        };
+        let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
+        for (i, seg) in segments[..mapped].iter().enumerate() {
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            outcome.segments_cleaned += 1;
+            outcome.bytes_before += seg.written();
+            let written_ms = seg
+                .modified()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(now_ms, |d| d.as_millis() as i64);
+            let drop_tombstones = written_ms < tombstone_horizon;
+            let Some(cleaned) = cleaner::rewrite_segment(
+                seg,
+                &rules,
+                drop_tombstones,
+                config.index_interval_bytes,
+                &mut throttle,
+            )?
+            else {
+                outcome.bytes_after += seg.written();
+                continue;
+            };
+            outcome.records_removed += cleaned.removed;
+            match self.install_cleaned(seg, i == 0, &cleaned, &config, now_ms)? {
+                Installed::Replaced => {
+                    outcome.segments_rewritten += 1;
+                    outcome.bytes_after += cleaned.bytes;
+                }
+                Installed::Removed => outcome.segments_removed += 1,
+                Installed::Gone => {}
+            }
+        }
+        super::write_atomically(
+            &self.dir.join(CLEANER_CHECKPOINT),
+            format!("v1 {clean_upto}\n").as_bytes(),
+        )?;
+        self.first_dirty.fetch_max(clean_upto, Ordering::AcqRel);
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.id,
+            segments = outcome.segments_cleaned,
+            rewritten = outcome.segments_rewritten,
+            removed_segments = outcome.segments_removed,
+            records_removed = outcome.records_removed,
+            bytes_before = outcome.bytes_before,
+            bytes_after = outcome.bytes_after,
+            clean_upto,
+            "log cleaner compacted the partition"
+        );
+        Ok(Some(outcome))
+    }
+
+    /// Puts a cleaned copy in the place of `old`, under the writer lock so
+    /// that retention and rolls see the list before or after, never during.
+    fn install_cleaned(
+        &self,
+        old: &Arc<Segment>,
+        first: bool,
+        cleaned: &cleaner::Cleaned,
+        config: &TopicConfig,
+        now_ms: i64,
+    ) -> Result<Installed> {
+        let _w = mutex(&self.writer);
+        let mut list = write_lock(&self.segments);
+        let Some(at) = list.iter().position(|s| Arc::ptr_eq(s, old)) else {
+            // Retention deleted it while it was being cleaned.
+            cleaned.discard();
+            return Ok(Installed::Gone);
+        };
+        if cleaned.bytes == 0 && !first {
+            // Nothing left: the next segment takes over its offsets. The
+            // first segment stays, empty, to hold the log start offset.
+            list.remove(at);
+            drop(list);
+            cleaned.discard();
+            old.delete_files()?;
+            return Ok(Installed::Removed);
+        }
+        let new = old
+            .install_cleaned(cleaned, config.index_interval_bytes, now_ms)
+            .inspect_err(|e| {
+                cleaned.discard();
+                tracing::error!(
+                    topic = %self.topic,
+                    partition = self.id,
+                    "installing a cleaned segment failed; the old one stays in use until restart: {e}"
+                );
+            })?;
+        list[at] = Arc::new(new);
+        Ok(Installed::Replaced)
+    }
+
     pub fn info(&self) -> PartitionInfo {
         let segments = self.segments_snapshot();
         PartitionInfo {
@@ -977,4 +1196,32 @@ impl Partition {
             size_bytes: segments.iter().map(|s| s.written()).sum(),
         }
     }
+}
+
+/// What became of a segment the cleaner rewrote.
+enum Installed {
+    Replaced,
+    /// It had no batch left and was removed.
+    Removed,
+    /// Retention removed it during the pass.
+    Gone,
+}
+
+/// Compacted topics need a key on every record (Kafka refuses keyless
+/// records with INVALID_RECORD): the cleaner keeps one record per key.
+fn require_keys(
+    records: &[u8],
+    batches: &[ValidBatch],
+) -> std::result::Result<(), batch::BatchError> {
+    for b in batches {
+        let bytes = &records[b.start..b.start + b.header.total_len()];
+        match records::first_keyless(&b.header, bytes) {
+            Ok(None) => {}
+            Ok(Some(offset_delta)) => {
+                return Err(batch::BatchError::KeylessRecord { offset_delta });
+            }
+            Err(reason) => return Err(batch::BatchError::BadRecords(reason)),
+        }
+    }
+    Ok(())
 }

@@ -407,12 +407,14 @@ impl Segment {
                     )),
                 ));
             }
-            if header.base_offset != expected_offset {
+            // A compacted segment has gaps between batches; offsets never
+            // go back.
+            if header.base_offset < expected_offset {
                 return Ok((
                     pos,
                     expected_offset,
                     Some(format!(
-                        "batch starts at offset {}, expected {expected_offset}",
+                        "batch starts at offset {}, expected {expected_offset} or later",
                         header.base_offset
                     )),
                 ));
@@ -526,11 +528,20 @@ impl Segment {
         self.scan_headers_from(start, limit, |h| h.max_timestamp >= ts)
     }
 
+    /// Calls `f` with every batch header in the segment, reading nothing else.
+    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+        self.scan_headers_from(0, self.written(), |h| {
+            f(h);
+            false
+        })
+        .map(|_| ())
+    }
+
     fn scan_headers_from(
         &self,
         mut pos: u64,
         limit: u64,
-        found: impl Fn(&BatchHeader) -> bool,
+        mut found: impl FnMut(&BatchHeader) -> bool,
     ) -> Result<Option<ScannedBatch>> {
         let mut buf = [0u8; HEADER_LEN];
         while pos + HEADER_LEN as u64 <= limit {
@@ -568,6 +579,61 @@ impl Segment {
             fs::rename(&tmp, &path).map_err(|e| LogError::io("renaming index", &path, e))?;
         }
         Ok(())
+    }
+
+    /// When the `.log` file was last modified.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        self.file.metadata().and_then(|m| m.modified()).ok()
+    }
+
+    /// Replaces this sealed segment's files with a cleaned copy written
+    /// beside them and returns the segment over the new files, with this
+    /// one's aborted-transaction entries (the markers they point at are
+    /// kept). Crash-safe in this order: the old index files go first (a
+    /// crash then leaves the old log, whose index is rebuilt), the cleaned
+    /// log is renamed over the old one, then the cleaned index in (a crash
+    /// before that leaves the new log without an index: rebuilt too).
+    /// Readers holding this segment keep reading the old file.
+    pub fn install_cleaned(
+        &self,
+        cleaned: &super::cleaner::Cleaned,
+        index_interval: u32,
+        now_ms: i64,
+    ) -> Result<Segment> {
+        let dir = self
+            .log_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let stem = file_stem(self.base_offset);
+        for ext in ["index", "timeindex"] {
+            let path = dir.join(format!("{stem}.{ext}"));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("removing index of cleaned segment", &path, e)),
+            }
+        }
+        fail::fail_point!("cleaner::before_rename", |_| Err(LogError::io(
+            "renaming cleaned segment",
+            &self.log_path,
+            io::Error::other("injected failure")
+        )));
+        fs::rename(&cleaned.log, &self.log_path)
+            .map_err(|e| LogError::io("renaming cleaned segment", &self.log_path, e))?;
+        fail::fail_point!("cleaner::after_rename", |_| Err(LogError::io(
+            "renaming cleaned index",
+            &self.log_path,
+            io::Error::other("injected failure")
+        )));
+        for (from, ext) in [(&cleaned.index, "index"), (&cleaned.timeindex, "timeindex")] {
+            let to = dir.join(format!("{stem}.{ext}"));
+            fs::rename(from, &to).map_err(|e| LogError::io("renaming cleaned index", &to, e))?;
+        }
+        super::partition::sync_dir(&dir)?;
+        let (seg, _, _) = Segment::open(&dir, self.base_offset, index_interval, None, now_ms)?;
+        *mutex(&seg.aborted) = mutex(&self.aborted).clone();
+        Ok(seg)
     }
 
     /// Removes the segment's files. Readers holding this segment keep reading
