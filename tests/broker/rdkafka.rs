@@ -915,3 +915,71 @@ fn admin_create_describe_grow_delete_and_refusals() {
         ))]
     );
 }
+
+/// DeleteRecords through librdkafka's admin API: the low watermark moves
+/// (inside a batch too), a consumer from the beginning starts there, an
+/// offset past the end and an unknown topic are refused per partition.
+#[test]
+fn delete_records_moves_the_low_watermark() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "purged", 2, &[("segment.bytes", "4096")]);
+    let p = producer(&broker, &[]);
+    let records: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("k{}", i % 7), format!("v{i}-{}", "x".repeat(20))))
+        .collect();
+    let reports = produce_all(&p, "purged", &records, None);
+    let end = check_offsets(&reports, &BTreeMap::new(), 2);
+    let admin = admin(&broker);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("purged", 0, Offset::Offset(37))
+        .unwrap();
+    tpl.add_partition_offset("purged", 1, Offset::End).unwrap();
+    let result = block_on(admin.delete_records(&tpl, &admin_opts())).expect("DeleteRecords");
+    let low: BTreeMap<i32, Offset> = result
+        .elements()
+        .iter()
+        .map(|e| {
+            e.error()
+                .unwrap_or_else(|err| panic!("partition {}: {err}", e.partition()));
+            (e.partition(), e.offset())
+        })
+        .collect();
+    assert_eq!(low[&0], Offset::Offset(37));
+    assert_eq!(low[&1], Offset::Offset(end[&1]));
+
+    let consumer = assign_consumer(&broker, &[]);
+    let (lo, hi) = consumer
+        .fetch_watermarks("purged", 0, OP_TIMEOUT)
+        .expect("watermarks");
+    assert_eq!((lo, hi), (37, end[&0]));
+    let mut from_start = TopicPartitionList::new();
+    from_start
+        .add_partition_offset("purged", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&from_start).unwrap();
+    let got = consume_n(&consumer, (end[&0] - 37) as usize);
+    assert_eq!(got.first().map(|g| g.offset), Some(37));
+
+    let mut bad = TopicPartitionList::new();
+    bad.add_partition_offset("purged", 0, Offset::Offset(end[&0] + 5))
+        .unwrap();
+    bad.add_partition_offset("no-such-topic", 0, Offset::Offset(1))
+        .unwrap();
+    let result = block_on(admin.delete_records(&bad, &admin_opts()));
+    let errors: Vec<String> = match result {
+        Ok(tpl) => tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}: {:?}", e.topic(), e.error().err()))
+            .collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    assert!(
+        errors.iter().any(|e| e.contains("OffsetOutOfRange")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("UnknownTopicOrPartition")),
+        "{errors:?}"
+    );
+}

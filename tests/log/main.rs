@@ -9,6 +9,7 @@ mod common;
 
 mod compaction;
 mod crash;
+mod delete_records;
 // Failpoints are process-global: run under nextest (a process per test).
 #[cfg(feature = "failpoints")]
 mod failpoints;

@@ -21,8 +21,8 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api::api_versions::{api_versions, supported_range};
 use crate::api::{
-    create_partitions, create_topics, delete_topics, describe_configs, fetch, find_coordinator,
-    init_producer_id, list_offsets, metadata, offset_commit, produce,
+    create_partitions, create_topics, delete_records, delete_topics, describe_configs, fetch,
+    find_coordinator, init_producer_id, list_offsets, metadata, offset_commit, produce,
 };
 use crate::splice::SplicingBuf;
 use crate::state::Shared;
@@ -171,6 +171,9 @@ async fn route(
         Rq::CreatePartitions(r) => {
             Rs::CreatePartitions(create_partitions::create_partitions(topics, r, version).await)
         }
+        Rq::DeleteRecords(r) => {
+            Rs::DeleteRecords(delete_records::delete_records(topics, r, version).await)
+        }
         Rq::DescribeConfigs(r) => Rs::DescribeConfigs(describe_configs::describe_configs(
             topics, cluster, config, r, version,
         )),
@@ -230,6 +233,10 @@ fn response_has_error(resp: &ResponseKind) -> bool {
         }
         Rs::Metadata(r) => r.topics.iter().any(|t| t.error_code != 0),
         Rs::CreateTopics(r) => r.topics.iter().any(|t| t.error_code != 0),
+        Rs::DeleteRecords(r) => r
+            .topics
+            .iter()
+            .any(|t| t.partitions.iter().any(|p| p.error_code != 0)),
         Rs::JoinGroup(r) => r.error_code != 0,
         Rs::SyncGroup(r) => r.error_code != 0,
         Rs::Heartbeat(r) => r.error_code != 0,

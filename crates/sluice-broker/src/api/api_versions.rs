@@ -23,6 +23,7 @@ pub fn supported_versions() -> Vec<(ApiKey, i16, i16)> {
         (ApiVersions, 0, 3),
         (CreateTopics, 2, 7),
         (DeleteTopics, 1, 6),
+        (DeleteRecords, 0, 2),
         (InitProducerId, 0, 4),
         (DescribeConfigs, 1, 4),
         (CreatePartitions, 0, 3),

@@ -22,6 +22,7 @@
 //!       recovery-point                  last position known to be on disk
 //!       txn-snapshot                    open transactions at an offset on disk
 //!       cleaner-checkpoint              compacted topics: offsets below this were cleaned
+//!       log-start-offset                set by DeleteRecords (else the first segment's base)
 //!       *.cleaned                       a cleaning pass's new segment files, before their rename
 //!   trash/                      topics being deleted
 //! ```

@@ -222,6 +222,17 @@ fn read_cleaner_checkpoint(dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// Log start offset set by DeleteRecords: `v1 <offset>`. Missing means the
+/// first segment's base offset is the log start.
+const LOG_START_OFFSET: &str = "log-start-offset";
+
+fn read_log_start_offset(dir: &Path) -> i64 {
+    fs::read_to_string(dir.join(LOG_START_OFFSET))
+        .ok()
+        .and_then(|text| text.trim().strip_prefix("v1 ")?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn read_recovery_point(dir: &Path) -> Option<(i64, u64)> {
     let text = fs::read_to_string(dir.join(RECOVERY_POINT)).ok()?;
     let mut parts = text.split_whitespace();
@@ -329,7 +340,10 @@ impl Partition {
             .expect("a partition always has a segment")
             .clone();
         let next = active.next_offset();
-        let start = segments[0].base_offset;
+        // DeleteRecords may have moved the log start inside a segment.
+        let start = segments[0]
+            .base_offset
+            .max(read_log_start_offset(&dir).min(next));
         let first_dirty = read_cleaner_checkpoint(&dir);
         Partition {
             topic: topic.to_string(),
@@ -940,7 +954,8 @@ impl Partition {
         let removed: Vec<Arc<Segment>> = {
             let mut list = write_lock(&self.segments);
             let removed = list.drain(..delete).collect();
-            self.log_start.store(list[0].base_offset, Ordering::Release);
+            self.log_start
+                .fetch_max(list[0].base_offset, Ordering::AcqRel);
             removed
         };
         drop(w);
@@ -1004,6 +1019,52 @@ impl Partition {
             store_txn_snapshot(&self.dir, w.next_offset, &w.txns)?;
         }
         self.write_recovery_point()
+    }
+
+    /// Kafka's DeleteRecords: makes `before` the log start offset (records
+    /// below it are gone for readers at once) and deletes the sealed
+    /// segments wholly below it. `None` means the high-water mark (delete
+    /// everything). Offsets at or below the log start change nothing; past
+    /// the high-water mark they are out of range. Returns the new log start
+    /// (Kafka's low watermark), persisted before this returns.
+    pub fn delete_records(&self, before: Option<i64>) -> Result<i64> {
+        self.check_writable()?;
+        let w = mutex(&self.writer);
+        let hw = self.high_watermark();
+        let before = before.unwrap_or(hw);
+        if before < 0 || before > hw {
+            return Err(self.out_of_range(before));
+        }
+        if before <= self.log_start_offset() {
+            return Ok(self.log_start_offset());
+        }
+        super::write_atomically(
+            &self.dir.join(LOG_START_OFFSET),
+            format!("v1 {before}\n").as_bytes(),
+        )?;
+        self.log_start.fetch_max(before, Ordering::AcqRel);
+        let removed: Vec<Arc<Segment>> = {
+            let mut list = write_lock(&self.segments);
+            // A sealed segment goes when the next one starts at or below
+            // the new log start; the active segment always stays.
+            let wholly_below = list
+                .windows(2)
+                .take_while(|pair| pair[1].base_offset <= before)
+                .count();
+            list.drain(..wholly_below).collect()
+        };
+        drop(w);
+        for seg in &removed {
+            seg.delete_files()?;
+        }
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.id,
+            log_start = before,
+            segments_deleted = removed.len(),
+            "records deleted below the new log start"
+        );
+        Ok(self.log_start_offset())
     }
 
     /// The log cleaner's progress: offsets below this are compacted.
