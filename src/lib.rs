@@ -25,7 +25,7 @@
 //! the crates, the data flow and the on-disk formats.
 
 pub use sluice_broker as broker;
-pub use sluice_engine::{checkpoint, corpus, data, driver, plan, sink, source};
+pub use sluice_engine::{checkpoint, corpus, data, driver, plan, sink, source, workers};
 pub use sluice_log::{common, log, producer, units};
 pub use sluice_sql as sql;
 

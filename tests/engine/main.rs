@@ -10,3 +10,4 @@ mod crash;
 mod evolution;
 mod store_cli;
 mod topic_output;
+mod workers;

@@ -13,6 +13,8 @@
 //!   the generator source, the demos and the benchmarks.
 //! - [`data`] — element types stored as Arrow columns (`String`, integers,
 //!   pairs, `Record`, …) and their byte encodings for state.
+//! - [`workers`] — one job on many worker processes: membership in the
+//!   job's Kafka group and the sticky, state-aware assignment of its tasks.
 //! - [`sink`] — writers of one batch: console text, result-table reads,
 //!   and the topic and file sinks that write idempotently per batch id.
 //! - [`plan`] — the DStream API (`map`, `reduce_by_key`, `window`,
@@ -32,3 +34,4 @@ pub mod driver;
 pub mod plan;
 pub mod sink;
 pub mod source;
+pub mod workers;
