@@ -8,6 +8,7 @@
 //!   target/release/sluice-bench wordcount --sizes 100MB --runs 3
 
 mod broker;
+mod compaction;
 mod corpus;
 mod log;
 mod txn;
@@ -64,6 +65,9 @@ enum BenchCommand {
     /// per 10,000 and per 1,000 records) against idempotent produce on the
     /// same `sluice broker`.
     Txn(txn::TxnBenchArgs),
+    /// The log cleaner: its throughput, what it keeps, and how much faster
+    /// a changelog restores compacted than not.
+    Compaction(compaction::CompactionBenchArgs),
     /// Write a seeded text corpus (the word-count benchmarks' input) to a file.
     Corpus(corpus::CorpusArgs),
     /// End-to-end word count over a pre-loaded corpus: words/s and peak RSS,
@@ -95,6 +99,7 @@ fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         ),
         BenchCommand::Broker(args) => broker::run(args),
         BenchCommand::Txn(args) => txn::run(args),
+        BenchCommand::Compaction(args) => compaction::run(args),
         BenchCommand::Corpus(args) => corpus::run(args),
         BenchCommand::Wordcount(args) => wordcount::run(args),
         BenchCommand::Latency(args) => wordcount::latency(args),
