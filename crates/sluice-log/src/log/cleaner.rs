@@ -3,10 +3,11 @@
 //!
 //! Owns the decisions of one cleaning pass — which records a key map says
 //! are superseded, which tombstones are old enough to go, which batches of
-//! aborted transactions are dropped — and the rewrite of one sealed segment
-//! into a `.cleaned` file beside it, with its index. It never swaps files
-//! into a partition (the partition does that under its writer lock) and never
-//! touches the active segment.
+//! aborted transactions are dropped — the grouping of small sealed segments,
+//! and the rewrite of a group into one `.cleaned` file beside it, with its
+//! index. It never swaps files into a partition (the partition and the
+//! segment do that under the writer lock) and never touches the active
+//! segment.
 //!
 //! The rules are Kafka's: the last record of each key survives (older ones
 //! may survive too: compaction is a lower bound, never a promise of one
@@ -28,7 +29,9 @@ use std::collections::hash_map::RandomState;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::batch::{BatchHeader, HEADER_LEN};
@@ -368,21 +371,26 @@ pub(crate) fn cleaned_path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
     dir.join(format!("{}.{ext}{CLEANED_SUFFIX}", file_stem(base_offset)))
 }
 
-/// Writes the compacted copy of `seg`. `None` when nothing would be removed
-/// (the segment stays as it is).
-pub(crate) fn rewrite_segment(
-    seg: &Segment,
+/// Writes the compacted copy of a group of consecutive sealed segments as
+/// one file named after the first (Kafka groups small cleaned segments the
+/// same way, so a compacted log does not keep a file per segment ever
+/// written). `drop_tombstones[i]` says whether segment i's tombstones are
+/// past `delete.retention.ms`. `None` when the group is one segment and
+/// nothing would be removed (it stays as it is).
+pub(crate) fn rewrite_group(
+    group: &[Arc<Segment>],
     rules: &Rules<'_>,
-    drop_tombstones: bool,
+    drop_tombstones: &[bool],
     index_interval: u32,
     throttle: &mut Throttle,
 ) -> Result<Option<Cleaned>> {
-    let dir = seg
+    let first = &group[0];
+    let dir = first
         .log_path()
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let base = seg.base_offset;
+    let base = first.base_offset;
     let log = cleaned_path(&dir, base, "log");
     let out = File::create(&log).map_err(|e| LogError::io("creating cleaned segment", &log, e))?;
     let mut writer = BufWriter::with_capacity(1 << 20, out);
@@ -390,28 +398,34 @@ pub(crate) fn rewrite_segment(
     let mut builder = IndexBuilder::new(index_interval);
     let mut written = 0u64;
     let mut removed = 0u64;
-    let result = for_each_batch(seg, throttle, |h, bytes| {
-        let fate = rules
-            .batch(h, bytes, drop_tombstones, &mut removed)
-            .map_err(|reason| corrupt(seg, h, reason))?;
-        let kept: &[u8] = match &fate {
-            Fate::Keep => bytes,
-            Fate::Drop => return Ok(()),
-            Fate::Rewrite(b) => b,
-        };
-        builder.on_batch(
-            &mut index,
-            (h.base_offset - base) as u32,
-            written as u32,
-            kept.len() as u64,
-            h.max_timestamp,
-        );
-        writer
-            .write_all(kept)
-            .map_err(|e| LogError::io("writing cleaned segment", &log, e))?;
-        written += kept.len() as u64;
-        Ok(())
-    });
+    let mut result = Ok(());
+    for (seg, &drop_tombstones) in group.iter().zip(drop_tombstones) {
+        result = for_each_batch(seg, throttle, |h, bytes| {
+            let fate = rules
+                .batch(h, bytes, drop_tombstones, &mut removed)
+                .map_err(|reason| corrupt(seg, h, reason))?;
+            let kept: &[u8] = match &fate {
+                Fate::Keep => bytes,
+                Fate::Drop => return Ok(()),
+                Fate::Rewrite(b) => b,
+            };
+            builder.on_batch(
+                &mut index,
+                (h.base_offset - base) as u32,
+                written as u32,
+                kept.len() as u64,
+                h.max_timestamp,
+            );
+            writer
+                .write_all(kept)
+                .map_err(|e| LogError::io("writing cleaned segment", &log, e))?;
+            written += kept.len() as u64;
+            Ok(())
+        });
+        if result.is_err() {
+            break;
+        }
+    }
     let finished = result.and_then(|()| {
         let file = writer
             .into_inner()
@@ -423,9 +437,10 @@ pub(crate) fn rewrite_segment(
         )));
         file.sync_all()
             .map_err(|e| LogError::io("syncing cleaned segment", &log, e))?;
-        // Kafka keeps a cleaned segment's modification time: retention and
-        // the tombstone horizon count from when it was written, not cleaned.
-        if let Some(mtime) = seg.modified() {
+        // Kafka keeps a cleaned segment's modification time (the newest of
+        // its group's): retention and the tombstone horizon count from when
+        // it was written, not cleaned.
+        if let Some(mtime) = group.last().and_then(|s| s.modified()) {
             let _ = file.set_modified(mtime);
         }
         Ok(())
@@ -441,7 +456,7 @@ pub(crate) fn rewrite_segment(
         cleaned.discard();
         return Err(e);
     }
-    if removed == 0 {
+    if removed == 0 && group.len() == 1 {
         cleaned.discard();
         return Ok(None);
     }
@@ -459,6 +474,33 @@ pub(crate) fn rewrite_segment(
     }
     throttle.charge(written);
     Ok(Some(cleaned))
+}
+
+/// Splits `segments` into runs of consecutive segments that fit one
+/// segment together: at most `max_bytes` (their current sizes) and a span
+/// of offsets the index's 32-bit relative offsets can address. `ends[i]`
+/// is where segment i's offsets end.
+pub(crate) fn group_by_size(
+    segments: &[Arc<Segment>],
+    ends: &[i64],
+    max_bytes: u64,
+) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < segments.len() {
+        let mut end = start + 1;
+        let mut bytes = segments[start].written();
+        while end < segments.len()
+            && bytes + segments[end].written() <= max_bytes
+            && ends[end] - segments[start].base_offset < i64::from(u32::MAX)
+        {
+            bytes += segments[end].written();
+            end += 1;
+        }
+        groups.push(start..end);
+        start = end;
+    }
+    groups
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@
 //!       txn-snapshot                    open transactions at an offset on disk
 //!       cleaner-checkpoint              compacted topics: offsets below this were cleaned
 //!       log-start-offset                set by DeleteRecords (else the first segment's base)
-//!       *.cleaned                       a cleaning pass's new segment files, before their rename
+//!       *.cleaned                       a cleaning pass's new segment files, before its commit
+//!       *.log.swap                      a committed cleaned segment, before its rename into place
 //!   trash/                      topics being deleted
 //! ```
 //!

@@ -274,6 +274,7 @@ impl Partition {
             tracing::warn!(dir = %dir.display(), "partition directory missing; starting it empty");
             return Ok((Self::create(topic, id, dir, config)?, None));
         }
+        segment::finish_swaps(&dir)?;
         let mut bases = Vec::new();
         let entries = fs::read_dir(&dir).map_err(|e| LogError::io("listing partition", &dir, e))?;
         for entry in entries {
@@ -1155,35 +1156,45 @@ impl Partition {
             ..Default::default()
         };
         let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
-        for (i, seg) in segments[..mapped].iter().enumerate() {
+        let cleaned_range = &segments[..mapped];
+        for group in cleaner::group_by_size(cleaned_range, &ends, config.segment_bytes) {
             if self.deleted.load(Ordering::Acquire) {
                 return Ok(None);
             }
-            outcome.segments_cleaned += 1;
-            outcome.bytes_before += seg.written();
-            let written_ms = seg
-                .modified()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(now_ms, |d| d.as_millis() as i64);
-            let drop_tombstones = written_ms < tombstone_horizon;
-            let Some(cleaned) = cleaner::rewrite_segment(
-                seg,
+            let group = &cleaned_range[group];
+            outcome.segments_cleaned += group.len();
+            let before: u64 = group.iter().map(|s| s.written()).sum();
+            outcome.bytes_before += before;
+            let drop_tombstones: Vec<bool> = group
+                .iter()
+                .map(|seg| {
+                    let written_ms = seg
+                        .modified()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(now_ms, |d| d.as_millis() as i64);
+                    written_ms < tombstone_horizon
+                })
+                .collect();
+            let Some(cleaned) = cleaner::rewrite_group(
+                group,
                 &rules,
-                drop_tombstones,
+                &drop_tombstones,
                 config.index_interval_bytes,
                 &mut throttle,
             )?
             else {
-                outcome.bytes_after += seg.written();
+                outcome.bytes_after += before;
                 continue;
             };
             outcome.records_removed += cleaned.removed;
-            match self.install_cleaned(seg, i == 0, &cleaned, &config, now_ms)? {
+            let first_of_log = Arc::ptr_eq(&group[0], &segments[0]);
+            match self.install_cleaned(group, first_of_log, &cleaned, &config, now_ms)? {
                 Installed::Replaced => {
                     outcome.segments_rewritten += 1;
+                    outcome.segments_removed += group.len() - 1;
                     outcome.bytes_after += cleaned.bytes;
                 }
-                Installed::Removed => outcome.segments_removed += 1,
+                Installed::Removed => outcome.segments_removed += group.len(),
                 Installed::Gone => {}
             }
         }
@@ -1207,43 +1218,53 @@ impl Partition {
         Ok(Some(outcome))
     }
 
-    /// Puts a cleaned copy in the place of `old`, under the writer lock so
+    /// Puts a cleaned copy in the place of `group`, under the writer lock so
     /// that retention and rolls see the list before or after, never during.
     fn install_cleaned(
         &self,
-        old: &Arc<Segment>,
-        first: bool,
+        group: &[Arc<Segment>],
+        first_of_log: bool,
         cleaned: &cleaner::Cleaned,
         config: &TopicConfig,
         now_ms: i64,
     ) -> Result<Installed> {
         let _w = mutex(&self.writer);
         let mut list = write_lock(&self.segments);
-        let Some(at) = list.iter().position(|s| Arc::ptr_eq(s, old)) else {
+        let Some(at) = list.iter().position(|s| Arc::ptr_eq(s, &group[0])) else {
             // Retention deleted it while it was being cleaned.
             cleaned.discard();
             return Ok(Installed::Gone);
         };
-        if cleaned.bytes == 0 && !first {
-            // Nothing left: the next segment takes over its offsets. The
-            // first segment stays, empty, to hold the log start offset.
-            list.remove(at);
+        let still_there = list.len() >= at + group.len()
+            && group
+                .iter()
+                .zip(&list[at..])
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !still_there {
+            cleaned.discard();
+            return Ok(Installed::Gone);
+        }
+        if cleaned.bytes == 0 && !first_of_log {
+            // Nothing left: the next segment takes over their offsets. The
+            // first segment of the log stays, empty, to hold the log start.
+            list.drain(at..at + group.len());
             drop(list);
             cleaned.discard();
-            old.delete_files()?;
+            for seg in group {
+                seg.delete_files()?;
+            }
             return Ok(Installed::Removed);
         }
-        let new = old
-            .install_cleaned(cleaned, config.index_interval_bytes, now_ms)
+        let new = Segment::install_cleaned(group, cleaned, config.index_interval_bytes, now_ms)
             .inspect_err(|e| {
                 cleaned.discard();
                 tracing::error!(
                     topic = %self.topic,
                     partition = self.id,
-                    "installing a cleaned segment failed; the old one stays in use until restart: {e}"
+                    "installing a cleaned segment failed; the old ones stay in use until restart, which finishes or forgets the swap: {e}"
                 );
             })?;
-        list[at] = Arc::new(new);
+        list.splice(at..at + group.len(), [Arc::new(new)]);
         Ok(Installed::Replaced)
     }
 

@@ -29,6 +29,70 @@ pub(crate) fn file_stem(base_offset: i64) -> String {
     format!("{base_offset:020}")
 }
 
+/// Suffix of a cleaned segment between its commit and its rename into place.
+pub(crate) const SWAP_SUFFIX: &str = ".swap";
+
+/// Finishes the cleaning passes a crash interrupted after their commit
+/// point: for each `<base>.log.swap`, the segments whose offsets it covers
+/// (bases from its own up to its last batch's last offset) are deleted
+/// and the swap becomes `<base>.log`. A swap was fsynced before it was
+/// named so: it is whole.
+pub(crate) fn finish_swaps(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| LogError::io("listing partition", dir, e))?;
+    let mut swaps = Vec::new();
+    let mut logs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io("listing partition", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(log_name) = name.strip_suffix(SWAP_SUFFIX)
+            && let Some(base) = parse_log_file_name(log_name)
+        {
+            swaps.push((base, entry.path()));
+        } else if let Some(base) = parse_log_file_name(&name) {
+            logs.push(base);
+        }
+    }
+    for (base, swap) in swaps {
+        let mut last = base;
+        let file = File::open(&swap).map_err(|e| LogError::io("opening swap file", &swap, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("inspecting swap file", &swap, e))?
+            .len();
+        let mut pos = 0u64;
+        let mut head = [0u8; HEADER_LEN];
+        while pos + HEADER_LEN as u64 <= len {
+            file.read_exact_at(&mut head, pos)
+                .map_err(|e| LogError::io("reading swap file", &swap, e))?;
+            let h = BatchHeader::parse(&head).map_err(|e| LogError::CorruptSegment {
+                file: swap.clone(),
+                position: pos,
+                reason: e.to_string(),
+            })?;
+            last = last.max(h.last_offset());
+            pos += h.total_len() as u64;
+        }
+        for &covered in logs.iter().filter(|&&b| b >= base && b <= last) {
+            let stem = file_stem(covered);
+            for ext in ["index", "timeindex", "txnindex", "log"] {
+                if covered == base && ext == "txnindex" {
+                    continue;
+                }
+                let path = dir.join(format!("{stem}.{ext}"));
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io("deleting a swapped segment", &path, e)),
+                }
+            }
+        }
+        let target = dir.join(format!("{}.log", file_stem(base)));
+        fs::rename(&swap, &target).map_err(|e| LogError::io("finishing a swap", &target, e))?;
+        tracing::warn!(segment = %target.display(), "finished a cleaning pass a crash interrupted");
+    }
+    super::partition::sync_dir(dir)
+}
+
 /// Parses `00000000000000001234.log` into 1234.
 pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
     let stem = name.strip_suffix(".log")?;
@@ -586,53 +650,82 @@ impl Segment {
         self.file.metadata().and_then(|m| m.modified()).ok()
     }
 
-    /// Replaces this sealed segment's files with a cleaned copy written
-    /// beside them and returns the segment over the new files, with this
-    /// one's aborted-transaction entries (the markers they point at are
-    /// kept). Crash-safe in this order: the old index files go first (a
-    /// crash then leaves the old log, whose index is rebuilt), the cleaned
-    /// log is renamed over the old one, then the cleaned index in (a crash
-    /// before that leaves the new log without an index: rebuilt too).
-    /// Readers holding this segment keep reading the old file.
+    /// Removes one of the segment's index files, if it is there.
+    fn remove_file_of(&self, ext: &str) -> Result<()> {
+        let path = self.log_path.with_extension(ext);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LogError::io("removing segment file", &path, e)),
+        }
+    }
+
+    /// Replaces the files of `group` (consecutive sealed segments) with the
+    /// cleaned copy written beside the first, and returns the segment over
+    /// the new files, with the group's aborted-transaction entries.
+    ///
+    /// Crash-safe as Kafka's swap: the cleaned log is renamed to
+    /// `<first>.log.swap` (the commit point), then the group's old files are
+    /// deleted, then the swap becomes `<first>.log`. Before the commit point
+    /// a crash leaves the old segments (the `.cleaned` files are leftovers);
+    /// after it, opening the partition finishes the swap ([`finish_swaps`]).
+    /// Readers holding old segments keep reading their files.
     pub fn install_cleaned(
-        &self,
+        group: &[std::sync::Arc<Segment>],
         cleaned: &super::cleaner::Cleaned,
         index_interval: u32,
         now_ms: i64,
     ) -> Result<Segment> {
-        let dir = self
+        let first = &group[0];
+        let dir = first
             .log_path
             .parent()
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let stem = file_stem(self.base_offset);
-        for ext in ["index", "timeindex"] {
-            let path = dir.join(format!("{stem}.{ext}"));
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io("removing index of cleaned segment", &path, e)),
-            }
-        }
+        let stem = file_stem(first.base_offset);
+        let swap = dir.join(format!("{stem}.log{SWAP_SUFFIX}"));
         fail::fail_point!("cleaner::before_rename", |_| Err(LogError::io(
             "renaming cleaned segment",
-            &self.log_path,
+            &swap,
             io::Error::other("injected failure")
         )));
-        fs::rename(&cleaned.log, &self.log_path)
-            .map_err(|e| LogError::io("renaming cleaned segment", &self.log_path, e))?;
+        fs::rename(&cleaned.log, &swap)
+            .map_err(|e| LogError::io("renaming cleaned segment", &swap, e))?;
+        super::partition::sync_dir(&dir)?;
         fail::fail_point!("cleaner::after_rename", |_| Err(LogError::io(
-            "renaming cleaned index",
-            &self.log_path,
+            "deleting cleaned segments",
+            &swap,
             io::Error::other("injected failure")
         )));
+        for (i, seg) in group.iter().enumerate() {
+            seg.remove_file_of("index")?;
+            seg.remove_file_of("timeindex")?;
+            if i > 0 {
+                seg.remove_file_of("txnindex")?;
+                seg.remove_file_of("log")?;
+            }
+        }
+        fs::rename(&swap, &first.log_path)
+            .map_err(|e| LogError::io("renaming cleaned segment", &first.log_path, e))?;
         for (from, ext) in [(&cleaned.index, "index"), (&cleaned.timeindex, "timeindex")] {
             let to = dir.join(format!("{stem}.{ext}"));
             fs::rename(from, &to).map_err(|e| LogError::io("renaming cleaned index", &to, e))?;
         }
         super::partition::sync_dir(&dir)?;
-        let (seg, _, _) = Segment::open(&dir, self.base_offset, index_interval, None, now_ms)?;
-        *mutex(&seg.aborted) = mutex(&self.aborted).clone();
+        let (seg, _, _) = Segment::open(&dir, first.base_offset, index_interval, None, now_ms)?;
+        {
+            let mut aborted = mutex(&seg.aborted);
+            for old in group {
+                aborted.extend(mutex(&old.aborted).iter().copied());
+            }
+        }
+        if group.len() > 1 {
+            // The cleaner dropped the aborted batches these entries point
+            // at, so a lost index is harmless; keep it for the markers' sake.
+            if let Err(e) = seg.persist_txn_index() {
+                tracing::warn!(segment = %seg.log_path.display(), "transaction index of a merged segment: {e}");
+            }
+        }
         Ok(seg)
     }
 
