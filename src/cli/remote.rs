@@ -120,6 +120,94 @@ pub fn add_partitions(bootstrap: &str, name: &str, total: i64) -> anyhow::Result
     Ok(())
 }
 
+/// Changes a topic's configs through AlterConfigs, the API librdkafka's
+/// admin client speaks. It replaces the topic's whole config set, so the
+/// configs set on the topic now (DescribeConfigs, not defaults) are sent
+/// along, minus `resets`, plus `sets`.
+pub fn alter_configs(
+    bootstrap: &str,
+    name: &str,
+    sets: &[(String, String)],
+    resets: &[String],
+) -> anyhow::Result<()> {
+    let admin = admin(bootstrap)?;
+    let rt = runtime()?;
+    let described = rt
+        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    let resource = described
+        .into_iter()
+        .next()
+        .context("DescribeConfigs answered nothing")?
+        .map_err(|code| anyhow::anyhow!("cannot describe topic {name:?}: {code}"))?;
+    let mut entries: std::collections::BTreeMap<String, String> = resource
+        .entries
+        .iter()
+        .filter(|e| !e.is_default && !e.is_read_only)
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    for k in resets {
+        entries.remove(k);
+    }
+    for (k, v) in sets {
+        entries.insert(k.clone(), v.clone());
+    }
+    let mut change = rdkafka::admin::AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (k, v) in &entries {
+        change = change.set(k, v);
+    }
+    let results = rt
+        .block_on(admin.alter_configs([&change], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    for r in results {
+        if let Err((_, code)) = r {
+            bail!("cannot alter the configs of topic {name:?}: {code}");
+        }
+    }
+    // rust-rdkafka reports every resource of an AlterConfigs answer as a
+    // success, whatever its error code: check that the change took.
+    let described = rt
+        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    let now = described
+        .into_iter()
+        .next()
+        .context("DescribeConfigs answered nothing")?
+        .map_err(|code| anyhow::anyhow!("cannot describe topic {name:?}: {code}"))?;
+    for (k, v) in sets {
+        let held = now
+            .entries
+            .iter()
+            .find(|e| &e.name == k)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
+        if !same_config_value(k, v, &held) {
+            bail!(
+                "cannot alter the configs of topic {name:?}: the broker kept {k}={held} instead of {v} (it refused the value; its log says why)"
+            );
+        }
+    }
+    println!("Altered the configs of topic {name}.");
+    Ok(())
+}
+
+/// Whether two spellings of a config's value mean the same (`delete,compact`
+/// and `compact,delete`); configs Sluice does not know compare as text.
+fn same_config_value(name: &str, a: &str, b: &str) -> bool {
+    let parse = |v: &str| {
+        let mut c = TopicConfig::default();
+        c.set(name, v).ok()?;
+        c.entries()
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.trim() == b.trim(),
+    }
+}
+
 fn consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer<Quiet>> {
     client_config(bootstrap)
         .set("group.id", "sluice-cli")

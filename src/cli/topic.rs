@@ -68,7 +68,14 @@ pub enum TopicCommand {
         name: String,
         /// The new total number of partitions.
         #[arg(long, short = 'p')]
-        partitions: i64,
+        partitions: Option<i64>,
+        /// Set a topic config by its Kafka name, repeatable
+        /// (`--config cleanup.policy=compact`).
+        #[arg(long = "config", value_name = "NAME=VALUE")]
+        configs: Vec<String>,
+        /// Put a topic config back to its default, repeatable.
+        #[arg(long = "delete-config", value_name = "NAME")]
+        delete_configs: Vec<String>,
         /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
         #[arg(long, env = "SLUICE_BOOTSTRAP")]
         bootstrap: Option<String>,
@@ -165,13 +172,44 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Alter {
             name,
             partitions,
+            configs,
+            delete_configs,
             bootstrap,
             store,
         } => {
-            if let Some(bootstrap) = bootstrap {
-                return remote::add_partitions(&bootstrap, &name, partitions);
+            let sets = configs
+                .iter()
+                .map(|entry| {
+                    entry
+                        .split_once('=')
+                        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                        .with_context(|| {
+                            format!("--config {entry:?}: expected NAME=VALUE, e.g. cleanup.policy=compact")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if partitions.is_none() && sets.is_empty() && delete_configs.is_empty() {
+                anyhow::bail!(
+                    "nothing to alter: give --partitions, --config NAME=VALUE or --delete-config NAME"
+                );
             }
-            grow(&open_store(&store.data_dir, false)?, &name, partitions)
+            if let Some(bootstrap) = bootstrap {
+                if let Some(total) = partitions {
+                    remote::add_partitions(&bootstrap, &name, total)?;
+                }
+                if !(sets.is_empty() && delete_configs.is_empty()) {
+                    remote::alter_configs(&bootstrap, &name, &sets, &delete_configs)?;
+                }
+                return Ok(());
+            }
+            let store = open_store(&store.data_dir, false)?;
+            if let Some(total) = partitions {
+                grow(&store, &name, total)?;
+            }
+            if !(sets.is_empty() && delete_configs.is_empty()) {
+                alter_configs(&store, &name, &sets, &delete_configs)?;
+            }
+            Ok(())
         }
         TopicCommand::Delete {
             name,
@@ -185,6 +223,28 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
         }
         TopicCommand::Retention { store } => retention(&open_store(&store.data_dir, false)?),
     }
+}
+
+/// `topic alter --config/--delete-config` on the embedded store.
+fn alter_configs(
+    store: &LogStore,
+    name: &str,
+    sets: &[(String, String)],
+    resets: &[String],
+) -> anyhow::Result<()> {
+    store
+        .alter_topic_config(name, |config| {
+            for (k, v) in sets {
+                config.set(k, v)?;
+            }
+            for k in resets {
+                config.reset(k)?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("cannot alter the configs of topic {name:?}"))?;
+    println!("Altered the configs of topic {name}.");
+    Ok(())
 }
 
 fn grow(store: &LogStore, name: &str, partitions: i64) -> anyhow::Result<()> {

@@ -459,6 +459,47 @@ fn sluice_topic_commands_talk_to_a_running_broker() {
     assert!(text.contains("Partitions: 5"), "{text}");
     assert!(text.contains("retention.ms=3600000"), "{text}");
 
+    // Configs of a live topic change through AlterConfigs; the configs set
+    // before (retention.ms) stay, a deleted one goes back to its default.
+    let altered = sluice_topic(
+        &broker,
+        &[
+            "alter",
+            "remote",
+            "--config",
+            "cleanup.policy=compact",
+            "--config",
+            "segment.bytes=65536",
+        ],
+    );
+    assert!(altered.status.success(), "{altered:?}");
+    let text =
+        String::from_utf8_lossy(&sluice_topic(&broker, &["describe", "remote"]).stdout).to_string();
+    assert!(
+        text.contains("cleanup.policy=compact")
+            && text.contains("segment.bytes=65536")
+            && text.contains("retention.ms=3600000"),
+        "{text}"
+    );
+    let reset = sluice_topic(
+        &broker,
+        &["alter", "remote", "--delete-config", "segment.bytes"],
+    );
+    assert!(reset.status.success(), "{reset:?}");
+    let text =
+        String::from_utf8_lossy(&sluice_topic(&broker, &["describe", "remote"]).stdout).to_string();
+    assert!(
+        text.contains("segment.bytes=1073741824") && text.contains("cleanup.policy=compact"),
+        "{text}"
+    );
+    let bad = sluice_topic(
+        &broker,
+        &["alter", "remote", "--config", "cleanup.policy=shred"],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("cannot alter the configs of topic"), "{err}");
+
     let deleted = sluice_topic(&broker, &["delete", "remote"]);
     assert!(deleted.status.success(), "{deleted:?}");
     assert_eq!(topic_partitions(&kcat_metadata(&broker), "remote"), None);

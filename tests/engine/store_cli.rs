@@ -132,6 +132,43 @@ fn topic_lifecycle_and_its_errors() {
         desc.contains("cleanup.policy=compact") && desc.contains("delete.retention.ms=3600000"),
         "{desc}"
     );
+    ok(
+        d,
+        &[
+            "topic",
+            "alter",
+            "table",
+            "--config",
+            "min.cleanable.dirty.ratio=0.1",
+        ],
+    );
+    let desc = ok(d, &["topic", "describe", "table"]);
+    assert!(desc.contains("min.cleanable.dirty.ratio=0.1"), "{desc}");
+    ok(
+        d,
+        &[
+            "topic",
+            "alter",
+            "table",
+            "--delete-config",
+            "min.cleanable.dirty.ratio",
+        ],
+    );
+    let desc = ok(d, &["topic", "describe", "table"]);
+    assert!(desc.contains("min.cleanable.dirty.ratio=0.5"), "{desc}");
+    let e = fails(
+        d,
+        &[
+            "topic",
+            "alter",
+            "table",
+            "--config",
+            "min.cleanable.dirty.ratio=7",
+        ],
+    );
+    assert!(e.contains("between 0 and 1"), "{e}");
+    let e = fails(d, &["topic", "alter", "table"]);
+    assert!(e.contains("nothing to alter"), "{e}");
     let out = produce_stdin(d, &["table"], "no key here\n");
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("has no key"), "{e}");

@@ -21,8 +21,9 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api::api_versions::{api_versions, supported_range};
 use crate::api::{
-    create_partitions, create_topics, delete_records, delete_topics, describe_configs, fetch,
-    find_coordinator, init_producer_id, list_offsets, metadata, offset_commit, produce,
+    alter_configs, create_partitions, create_topics, delete_records, delete_topics,
+    describe_configs, fetch, find_coordinator, init_producer_id, list_offsets, metadata,
+    offset_commit, produce,
 };
 use crate::splice::SplicingBuf;
 use crate::state::Shared;
@@ -171,6 +172,12 @@ async fn route(
         Rq::CreatePartitions(r) => {
             Rs::CreatePartitions(create_partitions::create_partitions(topics, r, version).await)
         }
+        Rq::IncrementalAlterConfigs(r) => Rs::IncrementalAlterConfigs(
+            alter_configs::incremental_alter_configs(topics, r, version).await,
+        ),
+        Rq::AlterConfigs(r) => {
+            Rs::AlterConfigs(alter_configs::alter_configs(topics, r, version).await)
+        }
         Rq::DeleteRecords(r) => {
             Rs::DeleteRecords(delete_records::delete_records(topics, r, version).await)
         }
@@ -233,6 +240,8 @@ fn response_has_error(resp: &ResponseKind) -> bool {
         }
         Rs::Metadata(r) => r.topics.iter().any(|t| t.error_code != 0),
         Rs::CreateTopics(r) => r.topics.iter().any(|t| t.error_code != 0),
+        Rs::IncrementalAlterConfigs(r) => r.responses.iter().any(|r| r.error_code != 0),
+        Rs::AlterConfigs(r) => r.responses.iter().any(|r| r.error_code != 0),
         Rs::DeleteRecords(r) => r
             .topics
             .iter()

@@ -26,6 +26,8 @@ pub fn supported_versions() -> Vec<(ApiKey, i16, i16)> {
         (DeleteRecords, 0, 2),
         (InitProducerId, 0, 4),
         (DescribeConfigs, 1, 4),
+        (AlterConfigs, 0, 2),
+        (IncrementalAlterConfigs, 0, 1),
         (CreatePartitions, 0, 3),
     ];
     ours.into_iter()

@@ -6,6 +6,7 @@
 //! server state, never import one another, and run file work on the
 //! blocking pool ([`crate::blocking`]).
 
+pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
 pub(crate) mod create_partitions;
 pub(crate) mod create_topics;

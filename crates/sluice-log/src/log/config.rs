@@ -302,6 +302,23 @@ impl TopicConfig {
         Ok(())
     }
 
+    /// Puts one config back to its default (Kafka's DELETE operation of
+    /// IncrementalAlterConfigs). Unknown names are refused as by [`set`].
+    ///
+    /// [`set`]: TopicConfig::set
+    pub fn reset(&mut self, name: &str) -> Result<()> {
+        let default = TopicConfig::default();
+        let value = default
+            .entries()
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| {
+                LogError::InvalidConfig(format!("unknown or unsupported topic config {name:?}"))
+            })?;
+        self.set(name, &value)
+    }
+
     /// The configs as Kafka name → value strings, e.g. for `topic describe`.
     pub fn entries(&self) -> Vec<(&'static str, String)> {
         let opt = |v: Option<u64>| v.map_or("9223372036854775807".to_string(), |v| v.to_string());

@@ -414,6 +414,30 @@ impl LogStore {
         Ok(())
     }
 
+    /// Changes a topic's configs (Kafka's AlterConfigs): `change` edits a
+    /// copy, which must validate; it is written to `topic.json` (atomically)
+    /// before anything uses it. Partitions see it at their next append,
+    /// roll, retention or cleaning pass. Returns the new config.
+    pub fn alter_topic_config(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut TopicConfig) -> Result<()>,
+    ) -> Result<TopicConfig> {
+        self.check_open()?;
+        let _admin = mutex(&self.inner.admin);
+        let topic = self.topic(name)?;
+        let mut config = (*topic.config()).clone();
+        change(&mut config)?;
+        config.validate()?;
+        let mut meta = topic.meta(topic.partition_count() as u32);
+        meta.config = config.clone();
+        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
+        write_atomically(&topic.dir.join("topic.json"), &json)?;
+        *write_lock(&topic.config) = Arc::new(config.clone());
+        tracing::info!(topic = name, "topic configs changed");
+        Ok(config)
+    }
+
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
         read_lock(&self.inner.topics)
             .get(name)
