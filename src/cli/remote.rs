@@ -208,6 +208,55 @@ fn same_config_value(name: &str, a: &str, b: &str) -> bool {
     }
 }
 
+/// DeleteRecords through the admin API: each partition's new log start.
+pub fn delete_records(
+    bootstrap: &str,
+    name: &str,
+    partitions: &[i32],
+    before: super::topic::Before,
+) -> anyhow::Result<()> {
+    let ids: Vec<i32> = if partitions.is_empty() {
+        let md = consumer(bootstrap)?
+            .fetch_metadata(Some(name), TIMEOUT)
+            .with_context(|| unreachable_hint(bootstrap))?;
+        let topic = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .filter(|t| t.error().is_none())
+            .with_context(|| format!("unknown topic {name:?}"))?;
+        topic.partitions().iter().map(|p| p.id()).collect()
+    } else {
+        partitions.to_vec()
+    };
+    let offset = match before {
+        super::topic::Before::Offset(o) => rdkafka::Offset::Offset(o),
+        super::topic::Before::End => rdkafka::Offset::End,
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &id in &ids {
+        tpl.add_partition_offset(name, id, offset)
+            .with_context(|| format!("partition {id}"))?;
+    }
+    let result = runtime()?
+        .block_on(admin(bootstrap)?.delete_records(&tpl, &options()))
+        .with_context(|| unreachable_hint(bootstrap))?;
+    let mut failed = Vec::new();
+    for e in result.elements() {
+        match (e.error(), e.offset()) {
+            (Ok(()), rdkafka::Offset::Offset(start)) => {
+                println!("{name}-{}: log start offset {start}", e.partition())
+            }
+            (Ok(()), other) => println!("{name}-{}: log start offset {other:?}", e.partition()),
+            (Err(err), _) => failed.push(format!("{name}-{}: {err}", e.partition())),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("cannot delete records of {}", failed.join("; "));
+    }
+    Ok(())
+}
+
 fn consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer<Quiet>> {
     client_config(bootstrap)
         .set("group.id", "sluice-cli")

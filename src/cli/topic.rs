@@ -91,6 +91,22 @@ pub enum TopicCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Delete the records before an offset (Kafka's kafka-delete-records):
+    /// the log start moves there, whole segments below it are removed.
+    DeleteRecords {
+        name: String,
+        /// Only this partition (repeatable); every partition when not given.
+        #[arg(long, short = 'p')]
+        partition: Vec<i32>,
+        /// The new log start: an offset, or `end` for everything so far.
+        #[arg(long, value_parser = parse_before)]
+        before: Before,
+        /// Talk to a running broker (sluice or Kafka) at host:port instead of opening --data-dir.
+        #[arg(long, env = "SLUICE_BOOTSTRAP")]
+        bootstrap: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Apply retention now (it also runs every 5 minutes while a store is open).
     Retention {
         #[command(flatten)]
@@ -110,6 +126,25 @@ fn signed_millis(text: &str) -> Result<i64, String> {
         return Ok(-1);
     }
     parse_millis(text).map(|b| b as i64)
+}
+
+/// Where `topic delete-records` moves the log start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    Offset(i64),
+    End,
+}
+
+fn parse_before(text: &str) -> Result<Before, String> {
+    match text.trim() {
+        "end" => Ok(Before::End),
+        t => t
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .map(Before::Offset)
+            .ok_or_else(|| format!("expected an offset (0 or more) or `end`, got {t:?}")),
+    }
 }
 
 pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
@@ -221,8 +256,52 @@ pub fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             }
             delete(&open_store(&store.data_dir, false)?, &name)
         }
+        TopicCommand::DeleteRecords {
+            name,
+            partition,
+            before,
+            bootstrap,
+            store,
+        } => {
+            if let Some(bootstrap) = bootstrap {
+                return remote::delete_records(&bootstrap, &name, &partition, before);
+            }
+            delete_records(
+                &open_store(&store.data_dir, false)?,
+                &name,
+                &partition,
+                before,
+            )
+        }
         TopicCommand::Retention { store } => retention(&open_store(&store.data_dir, false)?),
     }
+}
+
+/// `topic delete-records` on the embedded store.
+fn delete_records(
+    store: &LogStore,
+    name: &str,
+    partitions: &[i32],
+    before: Before,
+) -> anyhow::Result<()> {
+    let topic = store.topic(name)?;
+    let ids: Vec<i32> = if partitions.is_empty() {
+        (0..topic.partition_count() as i32).collect()
+    } else {
+        partitions.to_vec()
+    };
+    for id in ids {
+        let p = topic.partition(id)?;
+        let offset = match before {
+            Before::Offset(o) => Some(o),
+            Before::End => None,
+        };
+        let start = p
+            .delete_records(offset)
+            .with_context(|| format!("cannot delete records of {name}-{id}"))?;
+        println!("{name}-{id}: log start offset {start}");
+    }
+    Ok(())
 }
 
 /// `topic alter --config/--delete-config` on the embedded store.

@@ -492,6 +492,22 @@ fn sluice_topic_commands_talk_to_a_running_broker() {
         text.contains("segment.bytes=1073741824") && text.contains("cleanup.policy=compact"),
         "{text}"
     );
+    let purged = sluice_topic(
+        &broker,
+        &["delete-records", "remote", "-p", "0", "--before", "end"],
+    );
+    assert!(purged.status.success(), "{purged:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&purged.stdout),
+        "remote-0: log start offset 0\n"
+    );
+    let past = sluice_topic(
+        &broker,
+        &["delete-records", "remote", "-p", "1", "--before", "5"],
+    );
+    assert!(!past.status.success());
+    let err = String::from_utf8_lossy(&past.stderr);
+    assert!(err.contains("cannot delete records of remote-1"), "{err}");
     let bad = sluice_topic(
         &broker,
         &["alter", "remote", "--config", "cleanup.policy=shred"],

@@ -197,6 +197,45 @@ fn topic_lifecycle_and_its_errors() {
     let e = fails(d, &["produce", "nope", "--file", "/dev/null"]);
     assert!(e.contains("unknown topic \"nope\""), "{e}");
 
+    // Deleting records moves the log start; past the end is refused.
+    ok(d, &["topic", "create", "purge", "-p", "2"]);
+    let out = produce_stdin(d, &["purge", "--partition", "0"], "a\nb\nc\nd\n");
+    assert!(out.status.success(), "{out:?}");
+    let said = ok(
+        d,
+        &[
+            "topic",
+            "delete-records",
+            "purge",
+            "-p",
+            "0",
+            "--before",
+            "3",
+        ],
+    );
+    assert_eq!(said, "purge-0: log start offset 3\n");
+    let said = ok(d, &["topic", "delete-records", "purge", "--before", "end"]);
+    assert_eq!(
+        said,
+        "purge-0: log start offset 4\npurge-1: log start offset 0\n"
+    );
+    let e = fails(
+        d,
+        &[
+            "topic",
+            "delete-records",
+            "purge",
+            "-p",
+            "1",
+            "--before",
+            "9",
+        ],
+    );
+    assert!(e.contains("out of range"), "{e}");
+    let e = fails(d, &["topic", "delete-records", "purge", "--before", "soon"]);
+    assert!(e.contains("expected an offset"), "{e}");
+    ok(d, &["topic", "delete", "purge"]);
+
     ok(d, &["topic", "delete", "clicks"]);
     ok(d, &["topic", "delete", "table"]);
     assert_eq!(ok(d, &["topic", "list"]), "");
