@@ -524,3 +524,134 @@ fn retention_deletes_only_when_the_policy_says_delete() {
         );
     }
 }
+
+/// One transactional batch of keyed records (a changelog written in a
+/// Kafka transaction per batch, as the engine's sinks write).
+fn txn_batch(producer_id: i64, sequence: i32, records: &[(String, String)]) -> Vec<u8> {
+    use kafka_protocol::records::{
+        Compression as WireCompression, Record, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| Record {
+            transactional: true,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: sequence + i as i32,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(k.clone())),
+            value: Some(Bytes::from(v.clone())),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: WireCompression::None,
+        },
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+/// What a read_committed consumer of the whole partition sees, as a table,
+/// and how many transaction markers the log holds.
+fn read_committed(p: &Partition) -> (BTreeMap<Vec<u8>, Vec<u8>>, usize) {
+    let mut filter = sluice::log::CommittedFilter::new(
+        p.aborted_transactions(p.log_start_offset(), p.high_watermark()),
+    );
+    let mut table = BTreeMap::new();
+    let mut markers = 0;
+    let mut next = p.log_start_offset();
+    while next < p.last_stable_offset() {
+        let mut buf = Vec::new();
+        let info = p.read_into(next, 1 << 20, &mut buf).unwrap();
+        let mut pos = 0;
+        while pos < buf.len() {
+            let h = BatchHeader::parse(&buf[pos..]).unwrap();
+            let bytes = &buf[pos..pos + h.total_len()];
+            markers += usize::from(h.is_control());
+            if filter.keep(&h, bytes) {
+                let mut one = Bytes::copy_from_slice(bytes);
+                for r in RecordBatchDecoder::decode(&mut one).unwrap().records {
+                    table.insert(r.key.unwrap().to_vec(), r.value.unwrap().to_vec());
+                }
+            }
+            pos += h.total_len();
+        }
+        next = info.next_offset;
+    }
+    (table, markers)
+}
+
+#[test]
+fn a_transactional_changelog_compacts_to_its_committed_table_and_sheds_its_markers() {
+    use sluice::log::ControlType;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), quiet()).unwrap();
+    store.create_topic(TOPIC, 1, config(0, 0.5)).unwrap();
+    let p = store.partition(TOPIC, 0).unwrap();
+    let (producer, mut sequence) = (7i64, 0i32);
+    let mut committed: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for txn in 0..80 {
+        let records: Vec<(String, String)> = (0..3)
+            .map(|i| (format!("k{}", (txn * 3 + i) % 6), format!("t{txn}-{i}")))
+            .collect();
+        p.append(&mut txn_batch(producer, sequence, &records))
+            .unwrap();
+        sequence += 3;
+        let abort = txn % 5 == 4;
+        let control = if abort {
+            ControlType::Abort
+        } else {
+            ControlType::Commit
+        };
+        p.append_marker(producer, 0, control, 0)
+            .unwrap()
+            .expect("an open transaction");
+        if !abort {
+            for (k, v) in records {
+                committed.insert(k.into_bytes(), v.into_bytes());
+            }
+        }
+    }
+    let (before, markers_before) = read_committed(&p);
+    assert_eq!(before, committed);
+    assert_eq!(markers_before, 80);
+
+    let outcome = p
+        .clean(sluice::common::now_ms() + 1, &Default::default(), true)
+        .unwrap()
+        .expect("a pass");
+    let (after, markers_after) = read_committed(&p);
+    assert_eq!(after, committed, "read_committed table after compaction");
+    assert!(
+        outcome.markers_removed > 0 && markers_after < markers_before / 2,
+        "markers of transactions without data left stay: {markers_after} of {markers_before} ({outcome:?})"
+    );
+    assert_eq!(p.last_stable_offset(), p.high_watermark());
+
+    // A crash and a reopen replays what it must; no transaction is left
+    // open by a marker that went, and the producer goes on.
+    drop(p);
+    store.abandon_without_closing();
+    let store = LogStore::open(dir.path(), quiet()).unwrap();
+    let p = store.partition(TOPIC, 0).unwrap();
+    assert_eq!(
+        p.last_stable_offset(),
+        p.high_watermark(),
+        "no transaction stuck open"
+    );
+    assert!(p.ongoing_transactions().is_empty());
+    assert_eq!(read_committed(&p).0, committed);
+}

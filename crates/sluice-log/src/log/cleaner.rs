@@ -16,7 +16,8 @@
 //! `delete.retention.ms` ago (Kafka before 3.1 counted the same way), so a
 //! reader that started before the delete still sees it; keyless records are
 //! dropped (appends to a compacted topic refuse them); transaction markers
-//! stay, and batches of aborted transactions go; each producer's last batch
+//! stay while their transaction has data left (then go with the tombstones),
+//! and batches of aborted transactions go; each producer's last batch
 //! keeps at least its header (an empty batch), so producer state and the
 //! batch's offset range survive, as in Kafka.
 //!
@@ -79,6 +80,8 @@ pub struct CleanOutcome {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub records_removed: u64,
+    /// Transaction markers whose transactions have no data left.
+    pub markers_removed: u64,
     /// Everything below this offset is clean now.
     pub clean_upto: i64,
 }
@@ -210,6 +213,14 @@ pub(crate) struct Rules<'a> {
     pub producers_last: &'a HashMap<i64, i64>,
 }
 
+/// Per producer, whether a data batch of its current transaction survives
+/// the pass so far: a transaction marker with no surviving data before it
+/// serves no reader and, past `delete.retention.ms`, goes (as in Kafka), so
+/// a changelog written one transaction per batch does not keep a marker per
+/// batch forever. Carried across the groups of one pass, in offset order.
+#[derive(Default)]
+pub(crate) struct Markers(HashMap<i64, bool>);
+
 /// What becomes of one batch.
 enum Fate {
     Keep,
@@ -223,11 +234,31 @@ impl Rules<'_> {
         h: &BatchHeader,
         bytes: &[u8],
         drop_tombstones: bool,
+        markers: &mut Markers,
         removed: &mut u64,
     ) -> std::result::Result<Fate, String> {
         if h.is_control() {
-            return Ok(Fate::Keep);
+            let had_data = markers.0.remove(&h.producer_id).unwrap_or(false);
+            return Ok(if had_data || !drop_tombstones {
+                Fate::Keep
+            } else {
+                Fate::Drop
+            });
         }
+        let fate = self.data_batch(h, bytes, drop_tombstones, removed)?;
+        if h.is_transactional() && !matches!(fate, Fate::Drop) {
+            markers.0.insert(h.producer_id, true);
+        }
+        Ok(fate)
+    }
+
+    fn data_batch(
+        &self,
+        h: &BatchHeader,
+        bytes: &[u8],
+        drop_tombstones: bool,
+        removed: &mut u64,
+    ) -> std::result::Result<Fate, String> {
         let producers_last =
             h.producer_id >= 0 && self.producers_last.get(&h.producer_id) == Some(&h.base_offset);
         let section = records::records_section(h, bytes)?;
@@ -352,6 +383,8 @@ pub(crate) struct Cleaned {
     pub timeindex: PathBuf,
     pub bytes: u64,
     pub removed: u64,
+    /// Transaction markers dropped.
+    pub markers_dropped: u64,
 }
 
 impl Cleaned {
@@ -381,6 +414,7 @@ pub(crate) fn rewrite_group(
     group: &[Arc<Segment>],
     rules: &Rules<'_>,
     drop_tombstones: &[bool],
+    markers: &mut Markers,
     index_interval: u32,
     throttle: &mut Throttle,
 ) -> Result<Option<Cleaned>> {
@@ -398,15 +432,19 @@ pub(crate) fn rewrite_group(
     let mut builder = IndexBuilder::new(index_interval);
     let mut written = 0u64;
     let mut removed = 0u64;
+    let mut markers_dropped = 0u64;
     let mut result = Ok(());
     for (seg, &drop_tombstones) in group.iter().zip(drop_tombstones) {
         result = for_each_batch(seg, throttle, |h, bytes| {
             let fate = rules
-                .batch(h, bytes, drop_tombstones, &mut removed)
+                .batch(h, bytes, drop_tombstones, markers, &mut removed)
                 .map_err(|reason| corrupt(seg, h, reason))?;
             let kept: &[u8] = match &fate {
                 Fate::Keep => bytes,
-                Fate::Drop => return Ok(()),
+                Fate::Drop => {
+                    markers_dropped += u64::from(h.is_control());
+                    return Ok(());
+                }
                 Fate::Rewrite(b) => b,
             };
             builder.on_batch(
@@ -451,12 +489,13 @@ pub(crate) fn rewrite_group(
         log,
         bytes: written,
         removed,
+        markers_dropped,
     };
     if let Err(e) = finished {
         cleaned.discard();
         return Err(e);
     }
-    if removed == 0 && group.len() == 1 {
+    if removed + markers_dropped == 0 && group.len() == 1 {
         cleaned.discard();
         return Ok(None);
     }

@@ -1157,6 +1157,7 @@ impl Partition {
         };
         let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
         let cleaned_range = &segments[..mapped];
+        let mut markers = cleaner::Markers::default();
         for group in cleaner::group_by_size(cleaned_range, &ends, config.segment_bytes) {
             if self.deleted.load(Ordering::Acquire) {
                 return Ok(None);
@@ -1179,6 +1180,7 @@ impl Partition {
                 group,
                 &rules,
                 &drop_tombstones,
+                &mut markers,
                 config.index_interval_bytes,
                 &mut throttle,
             )?
@@ -1187,6 +1189,7 @@ impl Partition {
                 continue;
             };
             outcome.records_removed += cleaned.removed;
+            outcome.markers_removed += cleaned.markers_dropped;
             let first_of_log = Arc::ptr_eq(&group[0], &segments[0]);
             match self.install_cleaned(group, first_of_log, &cleaned, &config, now_ms)? {
                 Installed::Replaced => {
@@ -1210,6 +1213,7 @@ impl Partition {
             rewritten = outcome.segments_rewritten,
             removed_segments = outcome.segments_removed,
             records_removed = outcome.records_removed,
+            markers_removed = outcome.markers_removed,
             bytes_before = outcome.bytes_before,
             bytes_after = outcome.bytes_after,
             clean_upto,

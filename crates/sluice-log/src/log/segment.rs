@@ -75,9 +75,6 @@ pub(crate) fn finish_swaps(dir: &Path) -> Result<()> {
         for &covered in logs.iter().filter(|&&b| b >= base && b <= last) {
             let stem = file_stem(covered);
             for ext in ["index", "timeindex", "txnindex", "log"] {
-                if covered == base && ext == "txnindex" {
-                    continue;
-                }
                 let path = dir.join(format!("{stem}.{ext}"));
                 match fs::remove_file(&path) {
                     Ok(()) => {}
@@ -662,7 +659,7 @@ impl Segment {
 
     /// Replaces the files of `group` (consecutive sealed segments) with the
     /// cleaned copy written beside the first, and returns the segment over
-    /// the new files, with the group's aborted-transaction entries.
+    /// the new files (with no aborted-transaction entries: see below).
     ///
     /// Crash-safe as Kafka's swap: the cleaned log is renamed to
     /// `<first>.log.swap` (the commit point), then the group's old files are
@@ -700,8 +697,12 @@ impl Segment {
         for (i, seg) in group.iter().enumerate() {
             seg.remove_file_of("index")?;
             seg.remove_file_of("timeindex")?;
+            // A cleaned segment holds no aborted data (the cleaner drops
+            // it), so it needs no aborted-transaction index; an old entry
+            // whose ABORT marker went would leave read_committed readers
+            // skipping the producer's later batches.
+            seg.remove_file_of("txnindex")?;
             if i > 0 {
-                seg.remove_file_of("txnindex")?;
                 seg.remove_file_of("log")?;
             }
         }
@@ -713,19 +714,6 @@ impl Segment {
         }
         super::partition::sync_dir(&dir)?;
         let (seg, _, _) = Segment::open(&dir, first.base_offset, index_interval, None, now_ms)?;
-        {
-            let mut aborted = mutex(&seg.aborted);
-            for old in group {
-                aborted.extend(mutex(&old.aborted).iter().copied());
-            }
-        }
-        if group.len() > 1 {
-            // The cleaner dropped the aborted batches these entries point
-            // at, so a lost index is harmless; keep it for the markers' sake.
-            if let Err(e) = seg.persist_txn_index() {
-                tracing::warn!(segment = %seg.log_path.display(), "transaction index of a merged segment: {e}");
-            }
-        }
         Ok(seg)
     }
 
