@@ -16,6 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::producer::Producer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -291,4 +292,151 @@ fn compacted_topics_keep_the_last_value_per_key_for_rdkafka_and_kafka_python() {
     let offset = *records.keys().next().unwrap();
     let end = produced[&partition].keys().next_back().copied().unwrap();
     assert_eq!(offset, end + 1, "offsets go on where the log ended");
+}
+
+/// Everything a read_committed consumer reads from the beginning of
+/// partition 0 of `topic` until it reaches the end: (offset, key, value).
+fn read_committed(broker: &TestBroker, topic: &str) -> Vec<(i64, String, String)> {
+    let consumer = assign_consumer(
+        broker,
+        &[
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+        ],
+    );
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "read_committed never reached the end: {} records so far",
+            out.len()
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push((
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            )),
+            Some(Err(KafkaError::PartitionEOF(_))) => return out,
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+}
+
+/// A changelog written by a transactional producer (one transaction per
+/// batch, some aborted), as the engine's sinks write it: after the cleaner
+/// ran, a read_committed reader gets exactly the committed table, never an
+/// aborted value, and reaches the end (no marker left dangling).
+#[test]
+fn a_transactional_changelog_compacts_to_its_committed_table() {
+    const TOPIC_TXN: &str = "txn-changelog";
+    let broker = TestBroker::start_with(
+        BrokerOpts::default()
+            .arg("--log-cleaner-backoff")
+            .arg("200ms")
+            .arg("--log-cleaner-io-max-bytes-per-second")
+            .arg("0"),
+    );
+    create_topic(
+        &broker,
+        TOPIC_TXN,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "4096"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "0"),
+        ],
+    );
+    let p = producer(
+        &broker,
+        &[
+            ("transactional.id", "changelog-writer"),
+            ("transaction.timeout.ms", "30000"),
+        ],
+    );
+    p.init_transactions(OP_TIMEOUT).expect("init_transactions");
+    let mut committed: BTreeMap<String, String> = BTreeMap::new();
+    let mut written = 0usize;
+    for txn in 0..60 {
+        p.begin_transaction().expect("begin");
+        let abort = txn % 4 == 3;
+        let records: Vec<(String, String)> = (0..5)
+            .map(|i| {
+                let value = if abort {
+                    format!("aborted-{txn}-{i}")
+                } else {
+                    format!("v{txn}-{i}")
+                };
+                (format!("key-{}", (txn * 5 + i) % 9), value)
+            })
+            .collect();
+        let futures: Vec<_> = records
+            .iter()
+            .map(|(k, v)| {
+                p.send_result(FutureRecord::to(TOPIC_TXN).partition(0).key(k).payload(v))
+                    .unwrap_or_else(|(e, _)| panic!("enqueueing {k}: {e}"))
+            })
+            .collect();
+        block_on(async {
+            for f in futures {
+                f.await
+                    .expect("delivery")
+                    .unwrap_or_else(|(e, _)| panic!("delivery: {e}"));
+            }
+        });
+        written += records.len();
+        if abort {
+            p.abort_transaction(OP_TIMEOUT).expect("abort");
+        } else {
+            p.commit_transaction(OP_TIMEOUT).expect("commit");
+            committed.extend(records);
+        }
+    }
+    let deadline = Instant::now() + DEADLINE;
+    let seen = loop {
+        let seen = read_committed(&broker, TOPIC_TXN);
+        if seen.len() < written / 4 {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted within {DEADLINE:?}: {} records",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        seen.iter().all(|(_, _, v)| !v.starts_with("aborted")),
+        "an aborted value reached a read_committed reader: {seen:?}"
+    );
+    let mut table = BTreeMap::new();
+    for (_, k, v) in &seen {
+        table.insert(k.clone(), v.clone());
+    }
+    assert_eq!(
+        table, committed,
+        "the committed table from the compacted changelog"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "offsets go up: {seen:?}"
+    );
+    let markers_removed: u64 = broker
+        .log()
+        .split("markers_removed=")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        markers_removed > 0,
+        "the cleaner removed no transaction marker:\n{}",
+        broker.log()
+    );
 }
