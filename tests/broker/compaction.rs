@@ -169,26 +169,30 @@ fn assert_subset(read: &Log, produced: &Log, who: &str) {
     }
 }
 
-#[test]
-fn compacted_topics_keep_the_last_value_per_key_for_rdkafka_and_kafka_python() {
-    let mut broker = TestBroker::start_with(
+/// A broker whose cleaner passes every 200 ms, unthrottled.
+fn compacting_broker() -> TestBroker {
+    TestBroker::start_with(
         BrokerOpts::default()
             .arg("--log-cleaner-backoff")
             .arg("200ms")
             .arg("--log-cleaner-io-max-bytes-per-second")
             .arg("0"),
-    );
-    create_topic(
-        &broker,
-        TOPIC,
-        PARTITIONS,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.bytes", "4096"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("delete.retention.ms", "0"),
-        ],
-    );
+    )
+}
+
+/// A compacted topic that rolls often and is cleaned at once, tombstones
+/// and markers included.
+const CHANGELOG_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "4096"),
+    ("min.cleanable.dirty.ratio", "0.01"),
+    ("delete.retention.ms", "0"),
+];
+
+#[test]
+fn compacted_topics_keep_the_last_value_per_key_for_rdkafka_and_kafka_python() {
+    let mut broker = compacting_broker();
+    create_topic(&broker, TOPIC, PARTITIONS, CHANGELOG_CONFIGS);
     let admin: AdminClient<DefaultClientContext> = client_config(&broker).create().unwrap();
     let opts = AdminOptions::new().request_timeout(Some(OP_TIMEOUT));
     let described = block_on(admin.describe_configs([&ResourceSpecifier::Topic(TOPIC)], &opts))
@@ -336,24 +340,8 @@ fn read_committed(broker: &TestBroker, topic: &str) -> Vec<(i64, String, String)
 #[test]
 fn a_transactional_changelog_compacts_to_its_committed_table() {
     const TOPIC_TXN: &str = "txn-changelog";
-    let broker = TestBroker::start_with(
-        BrokerOpts::default()
-            .arg("--log-cleaner-backoff")
-            .arg("200ms")
-            .arg("--log-cleaner-io-max-bytes-per-second")
-            .arg("0"),
-    );
-    create_topic(
-        &broker,
-        TOPIC_TXN,
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.bytes", "4096"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("delete.retention.ms", "0"),
-        ],
-    );
+    let broker = compacting_broker();
+    create_topic(&broker, TOPIC_TXN, 1, CHANGELOG_CONFIGS);
     let p = producer(
         &broker,
         &[

@@ -13,9 +13,9 @@
 
 use arrow::buffer::Buffer;
 use bytes::Bytes;
-use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 use super::record::RecordColumns;
+use sluice_log::log::records::{self, field, varint};
 use sluice_log::log::{BatchHeader, Codec, CommittedFilter, HEADER_LEN};
 
 /// A stored batch that cannot be decoded.
@@ -135,54 +135,7 @@ impl AsRef<[u8]> for Owned {
 }
 
 fn decompress(codec: Codec, compressed: Buffer) -> Result<Bytes, String> {
-    let mut input = Bytes::from_owner(Owned(compressed));
-    let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
-    let result = match codec {
-        Codec::Gzip => Gzip::decompress(&mut input, take),
-        Codec::Snappy => Snappy::decompress(&mut input, take),
-        Codec::Lz4 => Lz4::decompress(&mut input, take),
-        Codec::Zstd => Zstd::decompress(&mut input, take),
-        Codec::None => Ok(input),
-    };
-    result.map_err(|e| format!("{codec} decompression failed: {e:#}"))
-}
-
-/// Zigzag varint as Kafka encodes record fields.
-#[inline]
-fn varint(buf: &[u8], pos: &mut usize) -> Result<i64, String> {
-    let mut value: u64 = 0;
-    let mut shift = 0;
-    loop {
-        let Some(&b) = buf.get(*pos) else {
-            return Err("truncated varint".into());
-        };
-        *pos += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 63 {
-            return Err("varint longer than 10 bytes".into());
-        }
-    }
-    Ok(((value >> 1) as i64) ^ -((value & 1) as i64))
-}
-
-/// A length-prefixed field: `None` for -1, else its position in `buf`.
-#[inline]
-fn field(buf: &[u8], pos: &mut usize) -> Result<Option<(usize, usize)>, String> {
-    let len = varint(buf, pos)?;
-    if len < 0 {
-        return Ok(None);
-    }
-    let len = len as usize;
-    if buf.len() - *pos < len {
-        return Err(format!("field of {len} bytes runs past the batch"));
-    }
-    let start = *pos;
-    *pos += len;
-    Ok(Some((start, len)))
+    records::decompress(codec, Bytes::from_owner(Owned(compressed)))
 }
 
 #[allow(clippy::too_many_arguments)]

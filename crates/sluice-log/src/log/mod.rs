@@ -67,7 +67,7 @@ mod config;
 mod error;
 mod index;
 mod partition;
-mod records;
+pub mod records;
 mod segment;
 mod txn;
 

@@ -215,8 +215,10 @@ const RECOVERY_POINT: &str = "recovery-point";
 /// was cleaned yet (the first pass reads the whole log).
 const CLEANER_CHECKPOINT: &str = "cleaner-checkpoint";
 
-fn read_cleaner_checkpoint(dir: &Path) -> i64 {
-    fs::read_to_string(dir.join(CLEANER_CHECKPOINT))
+/// The offset in a `v1 <offset>` file of the partition; 0 when it is
+/// missing or unreadable (both files mean "nothing yet" then).
+fn read_offset_file(dir: &Path, name: &str) -> i64 {
+    fs::read_to_string(dir.join(name))
         .ok()
         .and_then(|text| text.trim().strip_prefix("v1 ")?.parse().ok())
         .unwrap_or(0)
@@ -225,13 +227,6 @@ fn read_cleaner_checkpoint(dir: &Path) -> i64 {
 /// Log start offset set by DeleteRecords: `v1 <offset>`. Missing means the
 /// first segment's base offset is the log start.
 const LOG_START_OFFSET: &str = "log-start-offset";
-
-fn read_log_start_offset(dir: &Path) -> i64 {
-    fs::read_to_string(dir.join(LOG_START_OFFSET))
-        .ok()
-        .and_then(|text| text.trim().strip_prefix("v1 ")?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn read_recovery_point(dir: &Path) -> Option<(i64, u64)> {
     let text = fs::read_to_string(dir.join(RECOVERY_POINT)).ok()?;
@@ -344,8 +339,8 @@ impl Partition {
         // DeleteRecords may have moved the log start inside a segment.
         let start = segments[0]
             .base_offset
-            .max(read_log_start_offset(&dir).min(next));
-        let first_dirty = read_cleaner_checkpoint(&dir);
+            .max(read_offset_file(&dir, LOG_START_OFFSET).min(next));
+        let first_dirty = read_offset_file(&dir, CLEANER_CHECKPOINT);
         Partition {
             topic: topic.to_string(),
             id,

@@ -9,7 +9,8 @@
 //! attributes, as Kafka's cleaner does (v2 batches keep their offset range
 //! even when records are removed, so consumers and producer state still see
 //! where the batch ended). Kept records are copied byte for byte, headers
-//! included. Never touches files.
+//! included. Its varint, field and decompression primitives are the ones
+//! the engine's Arrow decoder uses too. Never touches files.
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
@@ -31,12 +32,13 @@ pub(crate) struct RawRecord {
 
 /// The records section of `batch` (a whole batch), decompressed.
 pub(crate) fn records_section(header: &BatchHeader, batch: &[u8]) -> Result<Bytes, String> {
-    let body = Bytes::copy_from_slice(&batch[HEADER_LEN..]);
     let codec = header.codec().map_err(|e| e.to_string())?;
-    if codec == Codec::None {
-        return Ok(body);
-    }
-    let mut input = body;
+    decompress(codec, Bytes::copy_from_slice(&batch[HEADER_LEN..]))
+}
+
+/// A batch's records section as `codec` compressed it, inflated
+/// (`Codec::None` hands it back as it is).
+pub fn decompress(codec: Codec, mut input: Bytes) -> Result<Bytes, String> {
     let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
     match codec {
         Codec::Gzip => Gzip::decompress(&mut input, take),
@@ -48,7 +50,9 @@ pub(crate) fn records_section(header: &BatchHeader, batch: &[u8]) -> Result<Byte
     .map_err(|e| format!("{codec} decompression failed: {e:#}"))
 }
 
-fn varint(buf: &[u8], pos: &mut usize) -> Result<i64, String> {
+/// A zigzag varint as Kafka encodes record fields, read at `*pos`.
+#[inline]
+pub fn varint(buf: &[u8], pos: &mut usize) -> Result<i64, String> {
     let mut value: u64 = 0;
     let mut shift = 0;
     loop {
@@ -65,14 +69,17 @@ fn varint(buf: &[u8], pos: &mut usize) -> Result<i64, String> {
     }
 }
 
-fn field(buf: &[u8], pos: &mut usize) -> Result<Option<(usize, usize)>, String> {
+/// A length-prefixed field at `*pos`: `None` for length -1, else its
+/// (start, length) in `buf`.
+#[inline]
+pub fn field(buf: &[u8], pos: &mut usize) -> Result<Option<(usize, usize)>, String> {
     let len = varint(buf, pos)?;
     if len < 0 {
         return Ok(None);
     }
     let len = len as usize;
     if buf.len() - *pos < len {
-        return Err(format!("field of {len} bytes runs past the record"));
+        return Err(format!("field of {len} bytes runs past the batch"));
     }
     let start = *pos;
     *pos += len;
