@@ -99,6 +99,14 @@ fn alter(
     result.map_err(|e| (code_for(&e), e.to_string()))
 }
 
+/// A resource's error code and message in either API's answer.
+fn error_fields(outcome: Result<(), (i16, String)>) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err((code, message)) => (code, Some(str_bytes(message))),
+    }
+}
+
 pub(crate) async fn incremental_alter_configs(
     topics: &Topics,
     req: IncrementalAlterConfigsRequest,
@@ -139,15 +147,12 @@ pub(crate) async fn incremental_alter_configs(
                     ),
                     Err(message) => Err((ResponseError::InvalidRequest.code(), message)),
                 };
-                let base = IncrementalResult::default()
+                let (code, message) = error_fields(outcome);
+                IncrementalResult::default()
                     .with_resource_type(r.resource_type)
-                    .with_resource_name(r.resource_name);
-                match outcome {
-                    Ok(()) => base,
-                    Err((code, message)) => base
-                        .with_error_code(code)
-                        .with_error_message(Some(str_bytes(message))),
-                }
+                    .with_resource_name(r.resource_name)
+                    .with_error_code(code)
+                    .with_error_message(message)
             })
             .collect()
     })
@@ -182,15 +187,12 @@ pub(crate) async fn alter_configs(
                     true,
                     req.validate_only,
                 );
-                let base = LegacyResult::default()
+                let (code, message) = error_fields(outcome);
+                LegacyResult::default()
                     .with_resource_type(r.resource_type)
-                    .with_resource_name(r.resource_name);
-                match outcome {
-                    Ok(()) => base,
-                    Err((code, message)) => base
-                        .with_error_code(code)
-                        .with_error_message(Some(str_bytes(message))),
-                }
+                    .with_resource_name(r.resource_name)
+                    .with_error_code(code)
+                    .with_error_message(message)
             })
             .collect()
     })
