@@ -25,6 +25,16 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = sluice::cli::Cli::parse();
+    if cli.prints_and_ends() {
+        // Rust ignores SIGPIPE, so `sluice consume t | head` would panic
+        // in println! once head exits; these commands die of it instead,
+        // silently, like cat. (librdkafka sends with MSG_NOSIGNAL.)
+        // SAFETY: no other thread runs yet; restoring a default signal
+        // disposition has no memory-safety preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     sluice::cli::init_tracing(&cli.log_filter());
     match sluice::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -80,6 +80,19 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Commands that only print (records, descriptions, tables) and end:
+    /// when their reader goes away (`| head`) they should end quietly, as
+    /// Unix tools do, rather than fail a write. Servers and jobs are not
+    /// among them: a closed client socket must never end a broker.
+    pub fn prints_and_ends(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Consume(_) | Command::Topic(_) | Command::State(_) | Command::Explain(_)
+        )
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

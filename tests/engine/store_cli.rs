@@ -346,6 +346,35 @@ fn consume_positions_and_their_errors() {
     assert!(e.contains("is not a timestamp"), "{e}");
 }
 
+/// `sluice topic describe t | head`: when the reader goes away the command
+/// ends quietly (SIGPIPE, as cat does), not with a panic on stderr.
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A row per partition: more than a pipe holds.
+    ok(d, &["topic", "create", "wide", "-p", "1500"]);
+    let mut child = sluice(d)
+        .args(["topic", "describe", "wide"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone (the pipe's read end dropped).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn a_data_directory_in_use_is_refused_with_the_holders_pid() {
     let dir = tempfile::tempdir().unwrap();
