@@ -2,7 +2,8 @@
 //! (`sluice_engine::workers`): a first assignment that covers every task
 //! once and is balanced; a worker leaving (its tasks move, the others keep
 //! theirs); a worker killed without a word (its tasks run elsewhere within
-//! two session timeouts); a worker of another job refused by name.
+//! two session timeouts); a worker of another job refused by name; the
+//! broker restarted under the workers (they rejoin and keep their tasks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -220,6 +221,38 @@ fn workers_share_tasks_and_take_over_from_leavers_and_the_dead() {
         assert_balanced(&fifth);
         cluster.stop("a", Stop::Leave);
         cluster.stop("d", Stop::Leave);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+}
+
+/// The coordinator goes away (`sluice broker` restarted on the same port):
+/// the workers notice, find it again, rejoin, and keep their own tasks.
+#[test]
+fn workers_rejoin_after_the_broker_restarts_and_keep_their_tasks() {
+    let mut broker = TestBroker::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cluster = Cluster::new();
+    let before = rt.block_on(async {
+        for w in ["a", "b"] {
+            cluster.start(&broker, w, "job-v1");
+        }
+        cluster.stable(&["a", "b"], Duration::from_secs(30)).await
+    });
+    broker.restart();
+    rt.block_on(async {
+        // Only generations joined after the restart count.
+        cluster.latest.clear();
+        let after = cluster.stable(&["a", "b"], Duration::from_secs(60)).await;
+        assert_eq!(
+            after, before,
+            "the workers kept their tasks across the restart"
+        );
+        cluster.stop("a", Stop::Leave);
+        cluster.stop("b", Stop::Leave);
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
 }
