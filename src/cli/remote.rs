@@ -120,6 +120,21 @@ pub fn add_partitions(bootstrap: &str, name: &str, total: i64) -> anyhow::Result
     Ok(())
 }
 
+/// A topic's configs as DescribeConfigs reports them.
+fn topic_configs(
+    rt: &tokio::runtime::Runtime,
+    admin: &AdminClient<Quiet>,
+    bootstrap: &str,
+    name: &str,
+) -> anyhow::Result<rdkafka::admin::ConfigResource> {
+    rt.block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options()))
+        .with_context(|| unreachable_hint(bootstrap))?
+        .into_iter()
+        .next()
+        .context("DescribeConfigs answered nothing")?
+        .map_err(|code| anyhow::anyhow!("cannot describe topic {name:?}: {code}"))
+}
+
 /// Changes a topic's configs through AlterConfigs, the API librdkafka's
 /// admin client speaks. It replaces the topic's whole config set, so the
 /// configs set on the topic now (DescribeConfigs, not defaults) are sent
@@ -132,14 +147,7 @@ pub fn alter_configs(
 ) -> anyhow::Result<()> {
     let admin = admin(bootstrap)?;
     let rt = runtime()?;
-    let described = rt
-        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options()))
-        .with_context(|| unreachable_hint(bootstrap))?;
-    let resource = described
-        .into_iter()
-        .next()
-        .context("DescribeConfigs answered nothing")?
-        .map_err(|code| anyhow::anyhow!("cannot describe topic {name:?}: {code}"))?;
+    let resource = topic_configs(&rt, &admin, bootstrap, name)?;
     let mut entries: std::collections::BTreeMap<String, String> = resource
         .entries
         .iter()
@@ -166,14 +174,7 @@ pub fn alter_configs(
     }
     // rust-rdkafka reports every resource of an AlterConfigs answer as a
     // success, whatever its error code: check that the change took.
-    let described = rt
-        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options()))
-        .with_context(|| unreachable_hint(bootstrap))?;
-    let now = described
-        .into_iter()
-        .next()
-        .context("DescribeConfigs answered nothing")?
-        .map_err(|code| anyhow::anyhow!("cannot describe topic {name:?}: {code}"))?;
+    let now = topic_configs(&rt, &admin, bootstrap, name)?;
     for (k, v) in sets {
         let held = now
             .entries

@@ -653,7 +653,7 @@ impl Segment {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LogError::io("removing segment file", &path, e)),
+            Err(e) => Err(LogError::io("deleting segment file", &path, e)),
         }
     }
 
@@ -720,15 +720,8 @@ impl Segment {
     /// Removes the segment's files. Readers holding this segment keep reading
     /// through their open handle until they drop it.
     pub fn delete_files(&self) -> Result<()> {
-        let dir = self.log_path.parent().unwrap_or(Path::new("."));
-        let stem = file_stem(self.base_offset);
         for ext in ["index", "timeindex", "txnindex", "log"] {
-            let path = dir.join(format!("{stem}.{ext}"));
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io("deleting segment file", &path, e)),
-            }
+            self.remove_file_of(ext)?;
         }
         Ok(())
     }
