@@ -53,6 +53,7 @@ impl GroupCoordinator {
             req.generation_id_or_member_epoch,
             req.member_id.as_str(),
             req.group_instance_id.as_ref().map(|s| s.as_str()),
+            false,
         );
         let (entries, stored) = entries_to_store(&req, &mut answers, group_error);
         // The group lock is not held here: the fsync must not stall
@@ -78,6 +79,7 @@ impl GroupCoordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
+        transactional: bool,
     ) -> Option<ResponseError> {
         if self.is_closed() {
             return Some(ResponseError::CoordinatorNotAvailable);
@@ -106,8 +108,15 @@ impl GroupCoordinator {
                 return Some(ResponseError::IllegalGeneration);
             }
         } else if group.state != GroupState::Empty {
-            // Once a group has members, only members may commit.
-            return Some(ResponseError::UnknownMemberId);
+            // Once a group has members, only members may commit — except
+            // through a transaction: TxnOffsetCommit before v3 (and
+            // producers that fence by transactional id rather than by
+            // generation, Kafka Streams' first exactly-once mode) carry no
+            // member, and Kafka accepts them.
+            if !transactional {
+                return Some(ResponseError::UnknownMemberId);
+            }
+            return None;
         }
         match group.state {
             GroupState::Empty => None,

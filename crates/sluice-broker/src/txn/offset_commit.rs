@@ -138,6 +138,7 @@ impl TxnCoordinator {
                 req.generation_id,
                 req.member_id.as_str(),
                 req.group_instance_id.as_ref().map(|s| s.as_str()),
+                true,
             )
         {
             return Err(e);
