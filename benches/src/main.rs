@@ -14,6 +14,7 @@ mod log;
 mod txn;
 mod util;
 mod wordcount;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,9 @@ enum BenchCommand {
     /// Per-batch overhead: the shortest batch interval that keeps up with a
     /// 100,000 records/s input.
     Latency(wordcount::LatencyBenchArgs),
+    /// One job on many worker processes: words per CPU-second on 1, 2 and 4
+    /// workers against one process, coordination bytes, restore speed.
+    Workers(workers::WorkersBenchArgs),
 }
 
 fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -103,6 +107,7 @@ fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Corpus(args) => corpus::run(args),
         BenchCommand::Wordcount(args) => wordcount::run(args),
         BenchCommand::Latency(args) => wordcount::latency(args),
+        BenchCommand::Workers(args) => workers::run(args),
     }
 }
 

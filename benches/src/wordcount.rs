@@ -42,14 +42,29 @@ pub struct WordcountBenchArgs {
     pub seed: u64,
 }
 
-struct Loaded {
-    data_dir: PathBuf,
-    words: u64,
-    bytes: u64,
+pub(crate) struct Loaded {
+    pub data_dir: PathBuf,
+    pub words: u64,
+    pub bytes: u64,
 }
 
 fn load_corpus(dir: &Path, size: u64, seed: u64) -> anyhow::Result<Loaded> {
-    let data_dir = dir.join(format!("corpus-{size}-{seed}"));
+    load_corpus_partitions(dir, size, seed, 4)
+}
+
+/// Writes (once) `size` bytes of generated text into topic `corpus` of a
+/// store under `dir`, lines spread round-robin over `partitions`.
+pub(crate) fn load_corpus_partitions(
+    dir: &Path,
+    size: u64,
+    seed: u64,
+    partitions: usize,
+) -> anyhow::Result<Loaded> {
+    let data_dir = if partitions == 4 {
+        dir.join(format!("corpus-{size}-{seed}"))
+    } else {
+        dir.join(format!("corpus-{size}-{seed}-p{partitions}"))
+    };
     let marker = data_dir.join("words");
     if let Ok(text) = std::fs::read_to_string(&marker)
         && let Some((words, bytes)) = text.trim().split_once(' ')
@@ -68,10 +83,11 @@ fn load_corpus(dir: &Path, size: u64, seed: u64) -> anyhow::Result<Loaded> {
             ..Default::default()
         },
     )?;
-    let topic = store.create_topic("corpus", 4, TopicConfig::default())?;
+    let topic = store.create_topic("corpus", partitions as i64, TopicConfig::default())?;
+    let n = partitions;
     let partitions = topic.partitions();
     let mut generator = CorpusGenerator::new(seed);
-    let mut builders: Vec<BatchBuilder> = (0..4)
+    let mut builders: Vec<BatchBuilder> = (0..n)
         .map(|_| BatchBuilder::new(Compression::None))
         .collect();
     let (mut written, mut words, mut line_no) = (0u64, 0u64, 0usize);
@@ -80,7 +96,7 @@ fn load_corpus(dir: &Path, size: u64, seed: u64) -> anyhow::Result<Loaded> {
         line.clear();
         words += generator.next_line(&mut line) as u64;
         written += line.len() as u64 + 1;
-        let p = line_no % 4;
+        let p = line_no % n;
         builders[p].push(None, &line, 0);
         if builders[p].len() == 1000 {
             let mut bytes = builders[p].finish()?;
@@ -106,6 +122,15 @@ fn load_corpus(dir: &Path, size: u64, seed: u64) -> anyhow::Result<Loaded> {
 
 /// Waits for a child, returning its exit status and peak RSS in bytes.
 fn wait_with_rss(child: Child) -> anyhow::Result<(std::process::ExitStatus, u64)> {
+    let (status, rss, _) = wait_with_usage(child)?;
+    Ok((status, rss))
+}
+
+/// Waits for a child: its exit status, peak RSS in bytes and CPU seconds
+/// (user + system).
+pub(crate) fn wait_with_usage(
+    child: Child,
+) -> anyhow::Result<(std::process::ExitStatus, u64, f64)> {
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: plain wait4 on our own child; `usage` is a valid out-pointer.
@@ -116,9 +141,11 @@ fn wait_with_rss(child: Child) -> anyhow::Result<(std::process::ExitStatus, u64)
     }
     std::mem::forget(child); // reaped above
     use std::os::unix::process::ExitStatusExt;
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok((
         std::process::ExitStatus::from_raw(status),
         usage.ru_maxrss as u64 * 1024,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
     ))
 }
 

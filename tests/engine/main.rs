@@ -11,3 +11,4 @@ mod evolution;
 mod store_cli;
 mod topic_output;
 mod workers;
+mod workers_run;

@@ -13,6 +13,9 @@
 
 pub mod progress;
 pub mod rate;
+pub mod worker;
+
+pub use worker::WorkersOptions;
 
 // Every DStream operator through real jobs of this driver.
 #[cfg(test)]
@@ -73,6 +76,9 @@ pub struct JobConfig {
     pub progress: ProgressSink,
     /// Set by SIGINT/SIGTERM: finish the running batch, commit, stop.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Run as one of many worker processes sharing the job through Kafka
+    /// ([`worker`]) instead of alone.
+    pub workers: Option<WorkersOptions>,
 }
 
 impl JobConfig {
@@ -93,6 +99,7 @@ impl JobConfig {
             max_batches: None,
             progress: ProgressSink::default(),
             stop: None,
+            workers: None,
         }
     }
 
@@ -194,7 +201,10 @@ impl StreamingContext {
     }
 
     /// Runs the job until it is stopped (or caught up, or `max_batches`).
-    pub fn run(self) -> Result<RunSummary, DriverError> {
+    pub fn run(mut self) -> Result<RunSummary, DriverError> {
+        if let Some(workers) = self.config.workers.take() {
+            return worker::run(self.config, self.graph, workers);
+        }
         Driver::start(self.config, self.graph)?.run()
     }
 }

@@ -3,7 +3,7 @@
 //! and the outputs of nodes computed once per batch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
@@ -25,6 +25,15 @@ pub struct NodeInfo {
     pub schema: SchemaRef,
     consumers: AtomicUsize,
     pub id: usize,
+    /// The operator kind (`map`, `reduce_by_key`, …).
+    kind: &'static str,
+    /// Whether this node's partitions are shuffle buckets (it is a wide
+    /// operator, or narrow below one) rather than source partitions: a
+    /// shuffle of such a node stays inside its task on many workers.
+    after_shuffle: AtomicBool,
+    /// Whether this operator shuffles source-partitioned input: on many
+    /// workers, where the job is cut into stages.
+    cuts: bool,
 }
 
 static NEXT_NODE_ID: AtomicUsize = AtomicUsize::new(1);
@@ -36,7 +45,28 @@ impl NodeInfo {
             schema,
             consumers: AtomicUsize::new(0),
             id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
+            kind: "source",
+            after_shuffle: AtomicBool::new(false),
+            cuts: false,
         }
+    }
+    pub(crate) fn with_kind(mut self, kind: &'static str, after_shuffle: bool, cuts: bool) -> Self {
+        self.kind = kind;
+        self.after_shuffle = AtomicBool::new(after_shuffle);
+        self.cuts = cuts;
+        self
+    }
+    pub fn cuts(&self) -> bool {
+        self.cuts
+    }
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+    pub fn after_shuffle(&self) -> bool {
+        self.after_shuffle.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_after_shuffle(&self, after: bool) {
+        self.after_shuffle.store(after, Ordering::Relaxed);
     }
     pub fn name(&self) -> String {
         sluice_log::common::mutex(&self.name).clone()
@@ -106,6 +136,30 @@ pub struct BatchCx<'a> {
     counters: Mutex<std::collections::BTreeMap<String, u64>>,
     memo: Mutex<HashMap<(usize, usize), Memo>>,
     wide: Mutex<HashMap<usize, WideMemo>>,
+    /// Which side of the job's shuffles this batch runs when the job runs
+    /// on many workers (`None`: the whole job, in process).
+    pub(crate) stage: Option<StageRole>,
+    /// Changes whenever the state this batch runs over may have changed
+    /// outside the job's own commits (a task moved between workers): caches
+    /// of committed state filled under another epoch are dropped.
+    pub task_epoch: u64,
+}
+
+/// One task's part of a job cut at its shuffles (many workers).
+pub enum StageRole {
+    /// A task of stage 0 (one source partition): shuffles whose input comes
+    /// from the source end here; their buckets go to `outbox`, to be written
+    /// to the operator's repartition topic, and nothing below them runs.
+    Map {
+        outbox: Mutex<Vec<(String, usize, RecordBatch)>>,
+    },
+    /// A task of stage 1 (one bucket): shuffles whose input comes from the
+    /// source read `inbox` (what the repartition topics held for this
+    /// bucket) instead; shuffles below them stay inside the bucket.
+    Reduce {
+        bucket: usize,
+        inbox: HashMap<String, Vec<RecordBatch>>,
+    },
 }
 
 impl<'a> BatchCx<'a> {
@@ -128,7 +182,21 @@ impl<'a> BatchCx<'a> {
             counters: Mutex::new(std::collections::BTreeMap::new()),
             memo: Mutex::new(HashMap::new()),
             wide: Mutex::new(HashMap::new()),
+            stage: None,
+            task_epoch: 0,
         }
+    }
+
+    /// Runs this batch as one task of a job cut at its shuffles.
+    pub fn with_stage(mut self, stage: StageRole, task_epoch: u64) -> Self {
+        self.stage = Some(stage);
+        self.task_epoch = task_epoch;
+        self
+    }
+
+    /// The stage role, to take the outbox back after the batch ran.
+    pub fn take_stage(&mut self) -> Option<StageRole> {
+        self.stage.take()
     }
 
     pub fn info(&self) -> BatchInfo {

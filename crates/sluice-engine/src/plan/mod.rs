@@ -42,7 +42,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
 pub use crate::data::{Data, Emit, Emitter, Key};
-pub use exec::{BatchCx, BatchInfo, ChunkSink, read_range};
+pub use exec::{BatchCx, BatchInfo, ChunkSink, StageRole, read_range};
 pub(crate) use exec::{Node, NodeInfo, Output};
 pub use stateful::State;
 
@@ -94,6 +94,9 @@ pub(crate) struct Graph {
     pub outputs: Vec<Arc<Output>>,
     pub errors: Vec<String>,
     pub interval_ms: i64,
+    /// Merge tables fed by source-partitioned streams: their shuffle cuts
+    /// the job on many workers (`table-<name>`).
+    pub table_cuts: Vec<String>,
     kind_counts: std::collections::HashMap<&'static str, usize>,
 }
 
@@ -127,6 +130,20 @@ impl Graph {
         (state, tables)
     }
 }
+
+/// Operators whose output is computed whole per batch from a shuffle (or
+/// a global merge) of their input.
+pub(crate) const WIDE_KINDS: [&str; 9] = [
+    "reduce_by_key",
+    "map_with_state",
+    "update_state_by_key",
+    "count",
+    "reduce",
+    "window",
+    "reduce_by_key_and_window",
+    "join",
+    "left_outer_join",
+];
 
 pub(crate) type SharedGraph = Arc<Mutex<Graph>>;
 
@@ -177,7 +194,13 @@ impl<T: Data> DStream<T> {
     ) -> DStream<U> {
         self.node.info().add_consumer();
         let name = lock_graph(&self.graph).next_name(kind);
-        let node = build(NodeInfo::new(name, schema_of::<U>()));
+        let wide = WIDE_KINDS.contains(&kind);
+        let input_shuffled = self.node.info().after_shuffle();
+        let node = build(NodeInfo::new(name, schema_of::<U>()).with_kind(
+            kind,
+            wide || input_shuffled,
+            wide && !input_shuffled,
+        ));
         DStream::from_node(self.graph.clone(), node)
     }
 
@@ -303,7 +326,10 @@ impl<T: Data> DStream<T> {
     pub fn union(&self, other: &DStream<T>) -> DStream<T> {
         other.node.info().add_consumer();
         let parents = vec![self.node.clone(), other.node.clone()];
-        self.derive("union", move |info| exec::union(info, parents))
+        let both_shuffled = self.node.info().after_shuffle() && other.node.info().after_shuffle();
+        let union: DStream<T> = self.derive("union", move |info| exec::union(info, parents));
+        union.node.info().set_after_shuffle(both_shuffled);
+        union
     }
 
     /// Counts each distinct element in this batch.

@@ -17,8 +17,10 @@ use crate::sink::{WriterId, console};
 /// RocksDB stays the truth).
 const CACHE_ENTRIES_PER_TASK: usize = 1 << 20;
 
-/// One merge task's cache: encoded key → committed value.
-type HotValues<V> = Mutex<HashMap<Vec<u8>, V>>;
+/// One merge task's cache: encoded key → committed value, valid for the
+/// task epoch it was filled in (on many workers a bucket's state can move
+/// away and come back changed).
+type HotValues<V> = Mutex<(u64, HashMap<Vec<u8>, V>)>;
 
 pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
     let node = stream.node.clone();
@@ -120,6 +122,7 @@ where
     node.info().add_consumer();
     let caches: OnceLock<Vec<HotValues<V>>> = OnceLock::new();
     let table = table.to_owned();
+    let table_name = table.clone();
     let cf_name = format!("{TABLE_CF_PREFIX}{table}");
     let meta = OperatorMeta {
         name: table.clone(),
@@ -142,6 +145,9 @@ where
             .errors
             .push(format!("two outputs write result table {table:?}"));
     }
+    if merge.is_some() && !node.info().after_shuffle() {
+        graph.table_cuts.push(format!("table-{table}"));
+    }
     graph.outputs.push(Arc::new(Output {
         name: format!("table:{table}"),
         table: Some(meta),
@@ -153,17 +159,20 @@ where
             };
             // Merging reads the committed value: each key must be handled
             // by one task, so the pairs are shuffled by key first.
-            let buckets = partition_by_key::<K>(cx, &node)?;
+            let buckets = partition_by_key::<K>(cx, &format!("table-{table_name}"), &node)?;
             let caches = caches.get_or_init(|| {
                 (0..cx.parallelism)
-                    .map(|_| Mutex::new(HashMap::new()))
+                    .map(|_| Mutex::new((cx.task_epoch, HashMap::new())))
                     .collect()
             });
             rayon_map(buckets.into_iter().enumerate().collect(), |(b, chunks)| {
                 // Keys go to the same bucket every batch, so this task owns
                 // its bucket's cache of hot values.
                 let mut cache = sluice_log::common::mutex(&caches[b % caches.len()]);
-                merge_bucket::<K, V, F>(cx, cf, &chunks, &mut cache, merge)
+                if cache.0 != cx.task_epoch {
+                    *cache = (cx.task_epoch, HashMap::new());
+                }
+                merge_bucket::<K, V, F>(cx, cf, &chunks, &mut cache.1, merge)
             })?;
             Ok(())
         }),

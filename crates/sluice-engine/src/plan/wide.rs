@@ -6,8 +6,8 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use hashbrown::HashTable;
 
-use super::exec::{BatchCx, Node, NodeInfo, Wide};
-use super::{DStream, Result};
+use super::exec::{BatchCx, Node, NodeInfo, StageRole, Wide};
+use super::{DStream, PlanError, Result};
 use crate::data::{Data, Emitter, Key, hash_one};
 
 /// Rows per output chunk of a wide operator.
@@ -136,14 +136,32 @@ pub(crate) fn bucket_of(hash: u64, buckets: usize) -> usize {
 
 /// The shuffle: each parent task runs `map_side` over its chunks, which
 /// returns one optional chunk per bucket; chunks are regrouped by bucket.
+///
+/// On many workers (`cx.stage`), a shuffle of source-partitioned input is
+/// where the job is cut: a stage-0 task sends its buckets to `op`'s
+/// repartition topic and sees no output, a stage-1 task sees what that
+/// topic held for its bucket. A shuffle of already-bucketed input stays in
+/// the task, and must keep every row in the task's bucket.
 pub(crate) fn shuffle(
     cx: &BatchCx,
+    op: &str,
     parent: &Arc<dyn Node>,
     map_side: impl Fn(
         &mut dyn FnMut(&mut super::ChunkSink<'_>) -> Result<()>,
     ) -> Result<Vec<Option<RecordBatch>>>
     + Sync,
 ) -> Result<Vec<Vec<RecordBatch>>> {
+    let cut = !parent.info().after_shuffle();
+    match &cx.stage {
+        Some(StageRole::Reduce { bucket, inbox }) if cut => {
+            let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
+            if let Some(chunks) = inbox.get(op) {
+                buckets[*bucket] = chunks.clone();
+            }
+            return Ok(buckets);
+        }
+        _ => {}
+    }
     let per_task = cx.for_each_partition(parent, |_, run| map_side(run))?;
     let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
     for task in per_task {
@@ -153,16 +171,39 @@ pub(crate) fn shuffle(
             }
         }
     }
+    match &cx.stage {
+        Some(StageRole::Map { outbox }) if cut => {
+            let mut outbox = sluice_log::common::mutex(outbox);
+            for (b, chunks) in buckets.iter_mut().enumerate() {
+                for chunk in chunks.drain(..) {
+                    outbox.push((op.to_owned(), b, chunk));
+                }
+            }
+        }
+        Some(StageRole::Reduce { bucket, .. }) => {
+            if let Some((b, _)) = buckets
+                .iter()
+                .enumerate()
+                .find(|(b, chunks)| b != bucket && !chunks.is_empty())
+            {
+                return Err(PlanError::Invalid(format!(
+                    "operator {op} regroups rows by a key other than the shuffle's above it (a row of bucket {bucket} went to bucket {b}): jobs with two levels of shuffle cannot yet run on many workers"
+                )));
+            }
+        }
+        _ => {}
+    }
     Ok(buckets)
 }
 
 /// Splits rows by key hash without combining (joins, stateful operators).
 pub(crate) fn partition_by_key<K: Key>(
     cx: &BatchCx,
+    op: &str,
     parent: &Arc<dyn Node>,
 ) -> Result<Vec<Vec<RecordBatch>>> {
     let buckets = cx.parallelism;
-    shuffle(cx, parent, |run| {
+    shuffle(cx, op, parent, |run| {
         let pieces: Mutex<Vec<Vec<RecordBatch>>> = Mutex::new(vec![Vec::new(); buckets]);
         run(&mut |chunk| {
             let keys = K::reader(chunk.columns())?;
@@ -211,7 +252,7 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let buckets = cx.parallelism;
-                let pieces = shuffle(cx, &parent, |run| {
+                let pieces = shuffle(cx, &info.name(), &parent, |run| {
                     let mut agg = Aggregate::<K, V>::new();
                     run(&mut |chunk| agg.add_chunk(&chunk, &f))?;
                     agg.into_buckets(buckets, &info.schema)
@@ -331,8 +372,9 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
             info,
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
-                let l = partition_by_key::<K>(cx, &lp)?;
-                let r = partition_by_key::<K>(cx, &rp)?;
+                let name = info.name();
+                let l = partition_by_key::<K>(cx, &format!("{name}-left"), &lp)?;
+                let r = partition_by_key::<K>(cx, &format!("{name}-right"), &rp)?;
                 let pairs: Vec<_> = l.into_iter().zip(r).collect();
                 rayon_map(pairs, |(lchunks, rchunks)| {
                     let readers = rchunks

@@ -170,7 +170,7 @@ pub struct WriteReport {
 /// or reorder records within a partition, so a crash leaves a prefix),
 /// acknowledged by all replicas, and never auto-creating a topic (the sink
 /// creates it with its own partition count).
-pub(super) fn producer_config(brokers: &str) -> ClientConfig {
+pub(crate) fn producer_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -226,7 +226,7 @@ pub fn deliver_all<C: ProducerContext>(
 
 /// Waits for every record of batch `batch_id` sent through `producer` to
 /// be acknowledged; the first delivery failure, or a timeout, fails it.
-pub(super) fn acknowledged(
+pub(crate) fn acknowledged(
     producer: &BaseProducer<DeliveryErrors>,
     batch_id: u64,
 ) -> Result<(), String> {
@@ -270,13 +270,13 @@ pub enum Delivery {
 }
 
 /// Remembers the first delivery failure of a batch.
-pub(super) struct DeliveryErrors {
+pub(crate) struct DeliveryErrors {
     what: String,
     first: Mutex<Option<String>>,
 }
 
 impl DeliveryErrors {
-    pub(super) fn new(what: &str) -> DeliveryErrors {
+    pub(crate) fn new(what: &str) -> DeliveryErrors {
         DeliveryErrors {
             what: what.to_owned(),
             first: Mutex::new(None),
@@ -829,6 +829,17 @@ fn kafka_partitions(
     topic: &str,
     partitions: u32,
 ) -> Result<u32, String> {
+    kafka_topic_partitions(producer, brokers, topic, partitions, &[])
+}
+
+/// [`kafka_partitions`] with topic configs for a topic it creates.
+pub(crate) fn kafka_topic_partitions<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+    configs: &[(&str, &str)],
+) -> Result<u32, String> {
     let lookup = || -> Result<Option<u32>, String> {
         let md = producer
             .client()
@@ -859,7 +870,10 @@ fn kafka_partitions(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime for the admin client: {e}"))?;
-    let new_topic = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1));
+    let mut new_topic = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1));
+    for (k, v) in configs {
+        new_topic = new_topic.set(k, v);
+    }
     let results = runtime
         .block_on(admin.create_topics(
             [&new_topic],

@@ -623,6 +623,10 @@ impl Source for KafkaSource {
         &self.name
     }
 
+    fn kafka_topic(&self) -> Option<&str> {
+        Some(&self.topic)
+    }
+
     fn committed(&self, next: &[(i32, i64)]) {
         self.commit_offsets(next);
     }

@@ -167,6 +167,12 @@ pub trait Source: Send + Sync {
     /// Told the next offsets after every commit (e.g. to report them to a
     /// broker's group coordinator for lag monitors; never read back).
     fn committed(&self, _next: &[(i32, i64)]) {}
+    /// The Kafka topic this source reads, if it reads one through a broker:
+    /// only such sources can feed a job on many workers, whose progress is
+    /// committed to the broker.
+    fn kafka_topic(&self) -> Option<&str> {
+        None
+    }
     /// The first offset at or after `timestamp_ms` (the high-water mark if
     /// none).
     fn offset_for_time(&self, partition: i32, timestamp_ms: i64) -> Result<i64, SourceError>;

@@ -198,6 +198,12 @@ impl GroupMember {
         self.rejoin.load(Ordering::Acquire)
     }
 
+    /// Makes [`GroupMember::needs_rejoin`] true: the worker lost a task
+    /// it thought it had and must learn the current assignment.
+    pub fn request_rejoin(&self) {
+        self.rejoin.store(true, Ordering::Release);
+    }
+
     fn client_id(&self) -> String {
         format!("sluice-worker-{}", self.config.worker_id)
     }

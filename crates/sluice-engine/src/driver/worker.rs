@@ -1,0 +1,1607 @@
+//! The batch loop of one worker of a job on many workers.
+//!
+//! The job is cut at its shuffles into two stages: stage 0 has one task per
+//! partition of the input topic and runs everything above the shuffles
+//! (narrow operators, the map-side combine); stage 1 has one task per
+//! partition of the repartition topics (`P` of them, fixed when the job is
+//! created) and runs everything below. Tasks are spread over the workers
+//! by the group of [`crate::workers`]; each task keeps its own RocksDB
+//! under `<checkpoint>/tasks/<stage>_<partition>/`.
+//!
+//! Every batch of a task is one Kafka transaction of the task's own
+//! transactional producer (`sluice-<job>-<stage>_<partition>`): the
+//! repartition records it sends on (Arrow IPC, one record per bucket's
+//! chunk), the changelog records of every state write (compacted topic per
+//! column family, partition = bucket), and its input offsets, committed to
+//! the job's group. A task's new owner initialises the same transactional
+//! id, which fences the old owner and aborts what it left open; it then
+//! reads the committed offsets and replays the changelog into its local
+//! database from where that database stopped. The local commit follows
+//! the Kafka commit and is only a cache of it.
+//!
+//! This module owns the tasks' producers, databases and offsets; it never
+//! decides the assignment (the group's leader does) and never interprets
+//! records beyond the repartition and changelog encodings it writes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, BinaryViewArray, RecordBatch};
+use rayon::prelude::*;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rocksdb::WriteBatch;
+
+use super::progress::{BatchProgress, PartitionProgress};
+use super::{DriverError, JobConfig, RunSummary, planned_records};
+use crate::checkpoint::{
+    Checkpoint, CommittedBatch, PlannedBatch, Range, STATE_CF_PREFIX, TABLE_CF_PREFIX,
+};
+use crate::plan::{BatchCx, Output, PlanError, SharedGraph, StageRole};
+use crate::source::kafka::KafkaSource;
+use crate::source::record::{KEY, VALUE};
+use crate::source::{Source, StartingPosition};
+use crate::workers::{GroupMember, LocalTasks, TaskId, WorkerConfig};
+
+/// Kafka requests of the runtime (offsets, transactions): long enough for
+/// a loaded cluster.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(60);
+/// A repartition record holds at most about this many bytes of Arrow
+/// data (below every broker's default `message.max.bytes` of 1 MB).
+const REPARTITION_RECORD_BYTES: usize = 512 * 1024;
+/// Rows per write while a task's state is restored from its changelog.
+const RESTORE_WRITE_ROWS: usize = 64 * 1024;
+/// The local database's key for the changelog offsets it has reached.
+const CHANGELOG_OFFSETS_KEY: &[u8] = b"worker.changelog-offsets";
+/// Stage-1 tasks purge their repartition input (DeleteRecords) every this
+/// many batches.
+const PURGE_EVERY_BATCHES: u64 = 10;
+
+/// How a job runs on many workers ([`JobConfig::workers`]).
+#[derive(Debug, Clone)]
+pub struct WorkersOptions {
+    /// `host:port` of the Kafka cluster (or `sluice broker`) the job's
+    /// input, internal topics, group and transactions live on.
+    pub brokers: String,
+    /// The group every worker of the job joins (default `sluice-<job>`).
+    pub group: Option<String>,
+    /// Names this worker in the group (default: host and checkpoint
+    /// directory); stable across restarts.
+    pub worker_id: Option<String>,
+    /// Partitions of the repartition and changelog topics: the most stage-1
+    /// tasks the job can have. Fixed when the job is created (default: the
+    /// input topic's partition count); a different value is refused.
+    pub partitions: Option<u32>,
+    /// A worker silent this long loses its tasks to the others.
+    pub session_timeout: Duration,
+}
+
+impl WorkersOptions {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        WorkersOptions {
+            brokers: brokers.into(),
+            group: None,
+            worker_id: None,
+            partitions: None,
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Topic names may hold letters, digits, `.`, `_` and `-`.
+fn topic_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The internal topic carrying operator `op`'s shuffle.
+pub fn repartition_topic(job: &str, op: &str) -> String {
+    format!("sluice-{}-{}-repartition", topic_safe(job), topic_safe(op))
+}
+
+/// The compacted topic every write of column family `cf` goes to (a result
+/// table `t`'s is `sluice-<job>-table.t-changelog`: the table itself, last
+/// value per key).
+pub fn changelog_topic(job: &str, cf: &str) -> String {
+    format!("sluice-{}-{}-changelog", topic_safe(job), topic_safe(cf))
+}
+
+/// What the job graph means on many workers: its one input, its cuts and
+/// its state.
+struct WorkerPlan {
+    source: Arc<dyn Source>,
+    topic: String,
+    input_partitions: u32,
+    /// Shuffling operators whose input comes from the source.
+    cuts: Vec<String>,
+    /// Column families of state and result tables, each with a changelog.
+    state_cfs: Vec<String>,
+    metas: Vec<crate::checkpoint::OperatorMeta>,
+    tables: Vec<crate::checkpoint::OperatorMeta>,
+    /// P.
+    partitions: u32,
+    fingerprint: String,
+}
+
+fn invalid(config: &JobConfig, errors: Vec<String>) -> DriverError {
+    DriverError::InvalidJob {
+        job: config.name.clone(),
+        errors,
+    }
+}
+
+/// Wide operators that cannot be cut into a map and a per-key reduce side.
+const NOT_ON_WORKERS: [&str; 6] = [
+    "count",
+    "reduce",
+    "window",
+    "reduce_by_key_and_window",
+    "join",
+    "left_outer_join",
+];
+
+impl WorkerPlan {
+    fn new(
+        config: &JobConfig,
+        options: &WorkersOptions,
+        graph: &SharedGraph,
+        producer: &BaseProducer<TaskDelivery>,
+    ) -> Result<WorkerPlan, DriverError> {
+        let (sources, metas, tables) = super::checked_job(config, graph)?;
+        let g = sluice_log::common::mutex(graph);
+        let mut errors = Vec::new();
+        if sources.len() != 1 {
+            errors.push(format!(
+                "a job on many workers reads exactly one Kafka topic; this one has {} sources",
+                sources.len()
+            ));
+        }
+        let source = sources[0].clone();
+        let topic = match source.kafka_topic() {
+            Some(t) => t.to_owned(),
+            None => {
+                errors.push(format!(
+                    "source {} is not a Kafka topic: a job on many workers reads its input through --brokers",
+                    source.name()
+                ));
+                String::new()
+            }
+        };
+        for node in &g.nodes {
+            let kind = node.info().kind();
+            if NOT_ON_WORKERS.contains(&kind) {
+                errors.push(format!(
+                    "operator {} ({kind}) cannot run on many workers yet: only per-key shuffles (reduce_by_key, update_state_by_key, map_with_state, merge tables) are cut into stages",
+                    node.info().name()
+                ));
+            }
+        }
+        for output in &g.outputs {
+            if output.name.starts_with("topic-") {
+                errors.push(format!(
+                    "output {} writes a topic, which cannot run on many workers yet: use a result table (its changelog topic holds the results)",
+                    output.name
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(invalid(config, errors));
+        }
+        let mut cuts: Vec<String> = g
+            .nodes
+            .iter()
+            .filter(|n| n.info().cuts())
+            .map(|n| n.info().name())
+            .collect();
+        cuts.extend(g.table_cuts.iter().cloned());
+        let state_cfs: Vec<String> = metas
+            .iter()
+            .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))
+            .chain(
+                tables
+                    .iter()
+                    .map(|t| format!("{TABLE_CF_PREFIX}{}", t.name)),
+            )
+            .collect();
+        let description = format!(
+            "{}|{}|{}|{}",
+            topic,
+            g.nodes
+                .iter()
+                .map(|n| format!("{}:{}", n.info().kind(), n.info().name()))
+                .collect::<Vec<_>>()
+                .join(","),
+            g.outputs
+                .iter()
+                .map(|o| o.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            cuts.join(",")
+        );
+        drop(g);
+        let input_partitions = source.partitions()?.len() as u32;
+        if input_partitions == 0 {
+            return Err(DriverError::Other(format!(
+                "topic {topic} has no partitions at {}",
+                options.brokers
+            )));
+        }
+        let partitions = Self::internal_partitions(
+            config,
+            options,
+            producer,
+            &cuts,
+            &state_cfs,
+            input_partitions,
+        )?;
+        Ok(WorkerPlan {
+            source,
+            topic,
+            input_partitions,
+            cuts,
+            state_cfs,
+            metas,
+            tables,
+            partitions,
+            fingerprint: format!(
+                "{:016x}",
+                fnv1a(format!("{description}|P={partitions}").as_bytes())
+            ),
+        })
+    }
+
+    /// P: the partition count of the job's internal topics, which are
+    /// created here with it when missing; existing ones must agree.
+    fn internal_partitions(
+        config: &JobConfig,
+        options: &WorkersOptions,
+        producer: &BaseProducer<TaskDelivery>,
+        cuts: &[String],
+        state_cfs: &[String],
+        input_partitions: u32,
+    ) -> Result<u32, DriverError> {
+        let topics: Vec<(String, [(&str, &str); 2])> = cuts
+            .iter()
+            .map(|op| {
+                (
+                    repartition_topic(&config.name, op),
+                    [("cleanup.policy", "delete"), ("retention.ms", "-1")],
+                )
+            })
+            .chain(state_cfs.iter().map(|cf| {
+                (
+                    changelog_topic(&config.name, cf),
+                    [
+                        ("cleanup.policy", "compact"),
+                        ("min.compaction.lag.ms", "0"),
+                    ],
+                )
+            }))
+            .collect();
+        let mut existing: Option<(String, u32)> = None;
+        for (topic, _) in &topics {
+            if let Some(n) = existing_partitions(producer, topic)? {
+                existing = Some((topic.clone(), n));
+                break;
+            }
+        }
+        let partitions = match (&existing, options.partitions) {
+            (Some((topic, n)), Some(wanted)) if *n != wanted => {
+                return Err(invalid(
+                    config,
+                    vec![format!(
+                        "the job was created with {n} partitions for its internal topics ({topic}), not {wanted}: the partition count is fixed when a job is created (it is how keys are spread over tasks); keep {n} or start a new job under another name"
+                    )],
+                ));
+            }
+            (Some((_, n)), _) => *n,
+            (None, Some(wanted)) => wanted,
+            (None, None) => input_partitions,
+        };
+        if partitions == 0 {
+            return Err(invalid(
+                config,
+                vec!["the internal topics need at least one partition".into()],
+            ));
+        }
+        for (topic, configs) in &topics {
+            let n = crate::sink::topic::kafka_topic_partitions(
+                producer,
+                &options.brokers,
+                topic,
+                partitions,
+                configs,
+            )
+            .map_err(DriverError::Other)?;
+            if n != partitions {
+                return Err(invalid(
+                    config,
+                    vec![format!(
+                        "internal topic {topic} has {n} partitions, the job's other internal topics {partitions}: delete the job's internal topics or use another job name"
+                    )],
+                ));
+            }
+        }
+        Ok(partitions)
+    }
+
+    fn tasks(&self) -> Vec<TaskId> {
+        let mut tasks: Vec<TaskId> = (0..self.input_partitions)
+            .map(|p| TaskId {
+                stage: 0,
+                partition: p,
+            })
+            .collect();
+        if !self.cuts.is_empty() {
+            tasks.extend((0..self.partitions).map(|p| TaskId {
+                stage: 1,
+                partition: p,
+            }));
+        }
+        tasks
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The partition count of `topic`, if it exists.
+fn existing_partitions<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+) -> Result<Option<u32>, DriverError> {
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .map_err(|e| {
+            DriverError::Other(format!(
+                "cannot read the metadata of topic {topic}: {e} (is the broker running?)"
+            ))
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as u32))
+}
+
+/// A task producer's delivery reports: the first failure, and the highest
+/// offset written to each partition (where the changelog now ends).
+struct TaskDelivery {
+    what: String,
+    first_error: Mutex<Option<String>>,
+    last_offsets: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl TaskDelivery {
+    fn new(what: String) -> TaskDelivery {
+        TaskDelivery {
+            what,
+            first_error: Mutex::new(None),
+            last_offsets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ClientContext for TaskDelivery {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(task = %self.what, ?level, fac, "librdkafka: {message}");
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(task = %self.what, "librdkafka: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for TaskDelivery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        use rdkafka::message::Message;
+        match result {
+            Ok(msg) => {
+                let mut last = sluice_log::common::mutex(&self.last_offsets);
+                let e = last
+                    .entry((msg.topic().to_owned(), msg.partition()))
+                    .or_insert(-1);
+                *e = (*e).max(msg.offset());
+            }
+            Err((e, msg)) => {
+                let mut first = sluice_log::common::mutex(&self.first_error);
+                if first.is_none() {
+                    *first = Some(format!(
+                        "{} partition {}: {e}",
+                        msg.topic(),
+                        msg.partition()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Why a task's batch failed.
+enum TaskFailure {
+    /// Another worker owns the task now (its producer was fenced): drop
+    /// the task and rejoin.
+    Fenced(String),
+    Failed(DriverError),
+}
+
+impl From<DriverError> for TaskFailure {
+    fn from(e: DriverError) -> Self {
+        TaskFailure::Failed(e)
+    }
+}
+
+impl From<crate::checkpoint::CheckpointError> for TaskFailure {
+    fn from(e: crate::checkpoint::CheckpointError) -> Self {
+        TaskFailure::Failed(e.into())
+    }
+}
+
+impl From<PlanError> for TaskFailure {
+    fn from(e: PlanError) -> Self {
+        TaskFailure::Failed(DriverError::Other(e.to_string()))
+    }
+}
+
+/// Whether a transactional producer's error means another producer with
+/// the same transactional id took over.
+fn fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced)
+            | Some(RDKafkaErrorCode::InvalidProducerEpoch)
+            | Some(RDKafkaErrorCode::Fenced)
+            | Some(RDKafkaErrorCode::InvalidProducerIdMapping)
+    ) || e.to_string().contains("fenced")
+}
+
+/// One task this worker runs.
+struct Task {
+    id: TaskId,
+    producer: BaseProducer<TaskDelivery>,
+    db: Checkpoint,
+    /// Input topic partitions (the source's, or the repartition topics'
+    /// with their cut operator) and the next offset of each.
+    inputs: Vec<Input>,
+    /// Column family id → name, for turning a batch's writes into
+    /// changelog records.
+    cf_names: HashMap<u32, String>,
+    /// Next changelog offset per column family the local database holds.
+    changelog_next: BTreeMap<String, i64>,
+    batch_id: u64,
+    epoch: u64,
+    /// Offsets up to which this task's repartition input may be purged.
+    purge: Vec<(String, i32, i64)>,
+}
+
+struct Input {
+    /// The cut operator whose shuffle this repartition topic carries
+    /// (none for the source).
+    op: Option<String>,
+    topic: String,
+    source: Arc<dyn Source>,
+    next: i64,
+}
+
+/// What one task's batch did.
+#[derive(Default)]
+struct TaskReport {
+    records: u64,
+    source_records: u64,
+    transactions: u64,
+    repartition_bytes: u64,
+    changelog_records: u64,
+    counters: BTreeMap<String, u64>,
+    partitions: Vec<PartitionProgress>,
+}
+
+/// What every task of this worker reads and never changes.
+struct Env {
+    config: JobConfig,
+    options: WorkersOptions,
+    plan: WorkerPlan,
+    outputs: Vec<Arc<Output>>,
+    /// The job's group, for committed offsets and the group metadata sent
+    /// with each transaction's offsets.
+    group: BaseConsumer,
+    group_id: String,
+    /// (cut operator, topic, reader) of each repartition topic.
+    repartition_sources: Vec<(String, String, Arc<dyn Source>)>,
+    changelog_sources: BTreeMap<String, Arc<dyn Source>>,
+    targets: Option<BTreeMap<i32, i64>>,
+}
+
+/// One worker's run of a job (see the module doc).
+struct Worker {
+    env: Env,
+    member: GroupMember,
+    runtime: tokio::runtime::Runtime,
+    tasks: BTreeMap<TaskId, Task>,
+    epoch: u64,
+    pool: rayon::ThreadPool,
+    admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+}
+
+pub(crate) fn run(
+    config: JobConfig,
+    graph: SharedGraph,
+    options: WorkersOptions,
+) -> Result<RunSummary, DriverError> {
+    let mut worker = Worker::start(config, graph, options)?;
+    let result = worker.run();
+    worker.leave();
+    result
+}
+
+fn kafka_source(brokers: &str, topic: &str) -> Result<Arc<dyn Source>, DriverError> {
+    Ok(Arc::new(KafkaSource::new(
+        topic.to_owned(),
+        brokers,
+        topic,
+        None,
+        Vec::new(),
+    )?))
+}
+
+fn other(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Other(e.to_string())
+}
+
+impl Worker {
+    fn start(
+        config: JobConfig,
+        graph: SharedGraph,
+        options: WorkersOptions,
+    ) -> Result<Worker, DriverError> {
+        let brokers = options.brokers.clone();
+        let meta_producer: BaseProducer<TaskDelivery> =
+            crate::sink::topic::producer_config(&brokers)
+                .create_with_context(TaskDelivery::new("metadata".into()))
+                .map_err(|e| other(format!("cannot create a Kafka client for {brokers}: {e}")))?;
+        let plan = WorkerPlan::new(&config, &options, &graph, &meta_producer)?;
+        let outputs = sluice_log::common::mutex(&graph).outputs.clone();
+        let group_id = options
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}", config.name));
+        let worker_id = options.worker_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}:{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+                config.checkpoint_path().display()
+            )
+        });
+        let mut member_config =
+            WorkerConfig::new(&brokers, &group_id, &worker_id, &plan.fingerprint);
+        member_config.session_timeout = options.session_timeout;
+        member_config.heartbeat_interval =
+            (options.session_timeout / 4).max(Duration::from_millis(100));
+        member_config.rebalance_timeout = options.session_timeout.max(Duration::from_secs(5)) * 3;
+        let member = GroupMember::new(member_config, plan.tasks());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-worker-group")
+            .enable_all()
+            .build()
+            .map_err(|e| other(format!("cannot start the worker's group runtime: {e}")))?;
+        let group: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            // Committed offsets only once their transaction committed.
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| other(format!("cannot create a Kafka consumer for {brokers}: {e}")))?;
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .map_err(|e| {
+                other(format!(
+                    "cannot create a Kafka admin client for {brokers}: {e}"
+                ))
+            })?;
+        let mut repartition_sources = Vec::new();
+        for op in &plan.cuts {
+            let topic = repartition_topic(&config.name, op);
+            let source = kafka_source(&brokers, &topic)?;
+            repartition_sources.push((op.clone(), topic, source));
+        }
+        let mut changelog_sources = BTreeMap::new();
+        for cf in &plan.state_cfs {
+            let topic = changelog_topic(&config.name, cf);
+            changelog_sources.insert(cf.clone(), kafka_source(&brokers, &topic)?);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.parallelism.max(1))
+            .thread_name(|i| format!("sluice-task-{i}"))
+            .build()
+            .map_err(|e| other(format!("cannot start task threads: {e}")))?;
+        let targets = if config.until_caught_up {
+            Some(
+                plan.source
+                    .partitions()?
+                    .iter()
+                    .map(|p| (p.partition, p.high_watermark))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        tracing::info!(
+            group = %group_id,
+            worker = %worker_id,
+            tasks = plan.tasks().len(),
+            partitions = plan.partitions,
+            "starting as a worker of job {}",
+            config.name
+        );
+        Ok(Worker {
+            env: Env {
+                config,
+                options,
+                plan,
+                outputs,
+                group,
+                group_id,
+                repartition_sources,
+                changelog_sources,
+                targets,
+            },
+            member,
+            runtime,
+            tasks: BTreeMap::new(),
+            epoch: 0,
+            pool,
+            admin,
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.env
+            .config
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// The batch loop: rejoin when the group rebalances, run every task's
+    /// batch, report, pace.
+    fn run(&mut self) -> Result<RunSummary, DriverError> {
+        let started = Instant::now();
+        let mut progress = self.env.config.progress.open()?;
+        let mut summary = RunSummary::default();
+        let interval = self.env.config.batch_interval;
+        let mut next_start = Instant::now();
+        let mut tick: u64 = 0;
+        while !self.stopping() {
+            if self.member.needs_rejoin() {
+                self.rebalance()?;
+            }
+            let batch_started = Instant::now();
+            tick += 1;
+            let report = self.run_tasks()?;
+            let processing = batch_started.elapsed();
+            if report.records > 0 {
+                summary.batches += 1;
+                summary.records += report.source_records;
+                summary.last_batch_id = tick;
+                self.purge_repartition_input();
+                let mut counters = report.counters;
+                counters.insert("tasks".into(), self.tasks.len() as u64);
+                counters.insert("transactions".into(), report.transactions);
+                counters.insert("repartition bytes".into(), report.repartition_bytes);
+                counters.insert("changelog records".into(), report.changelog_records);
+                progress.emit(&BatchProgress {
+                    batch_id: tick,
+                    batch_time_ms: sluice_log::common::now_ms(),
+                    input_rows: report.records,
+                    input_rows_per_s: report.records as f64 / processing.as_secs_f64().max(1e-6),
+                    processing_ms: processing.as_secs_f64() * 1000.0,
+                    scheduling_delay_ms: batch_started
+                        .saturating_duration_since(next_start)
+                        .as_secs_f64()
+                        * 1000.0,
+                    total_delay_ms: batch_started.elapsed().as_secs_f64() * 1000.0,
+                    partitions: report.partitions,
+                    state_bytes: self.tasks.values().map(|t| t.db.state_size_bytes()).sum(),
+                    lost_records: 0,
+                    counters,
+                    replayed: false,
+                    estimated_rate: None,
+                    caught_up_fraction: None,
+                })?;
+            } else if self.env.targets.is_some() && self.env.caught_up()? {
+                break;
+            }
+            if self
+                .env
+                .config
+                .max_batches
+                .is_some_and(|m| summary.batches >= m)
+            {
+                break;
+            }
+            next_start += interval;
+            // Catching up does not wait between batches that had work.
+            let busy = report.records > 0 && self.env.targets.is_some();
+            while !busy
+                && Instant::now() < next_start
+                && !self.stopping()
+                && !self.member.needs_rejoin()
+            {
+                std::thread::sleep((next_start - Instant::now()).min(Duration::from_millis(50)));
+            }
+            if Instant::now() > next_start + interval {
+                next_start = Instant::now();
+            }
+        }
+        summary.elapsed = started.elapsed();
+        progress.finish(&summary);
+        Ok(summary)
+    }
+
+    /// Leaves the group so the others take the tasks over at once instead
+    /// of after the session timeout.
+    fn leave(&mut self) {
+        self.tasks.clear();
+        self.runtime.block_on(self.member.leave());
+    }
+
+    /// Rejoins the group at a batch boundary: revoked tasks close, gained
+    /// ones open (fencing their previous owner) and restore their state.
+    fn rebalance(&mut self) -> Result<(), DriverError> {
+        let local = LocalTasks {
+            owned: self.tasks.keys().copied().collect(),
+            state: self
+                .tasks
+                .iter()
+                .map(|(id, t)| (*id, t.changelog_next.values().sum::<i64>()))
+                .collect(),
+        };
+        let generation = self
+            .runtime
+            .block_on(self.member.join(&local))
+            .map_err(other)?;
+        let assigned: BTreeSet<TaskId> = generation.tasks.iter().copied().collect();
+        self.tasks.retain(|id, _| assigned.contains(id));
+        let gained: Vec<TaskId> = assigned
+            .iter()
+            .filter(|t| !self.tasks.contains_key(t))
+            .copied()
+            .collect();
+        self.epoch += 1;
+        let (env, epoch) = (&self.env, self.epoch);
+        let opened: Vec<Result<Task, DriverError>> = self.pool.install(|| {
+            gained
+                .par_iter()
+                .map(|id| env.open_task(*id, epoch))
+                .collect()
+        });
+        for task in opened {
+            let task = task?;
+            self.tasks.insert(task.id, task);
+        }
+        let owned: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
+        let owned = if owned.is_empty() {
+            "none".to_owned()
+        } else {
+            owned.join(",")
+        };
+        tracing::info!(
+            generation = generation.generation_id,
+            "tasks of this worker: {owned}"
+        );
+        if self.env.config.progress.lines {
+            eprintln!(
+                "group {} · generation {} · this worker's tasks: {owned}",
+                self.env.group_id, generation.generation_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs one batch of every task with input waiting, in parallel.
+    fn run_tasks(&mut self) -> Result<TaskReport, DriverError> {
+        let env = &self.env;
+        let ends = env.input_ends(&self.tasks)?;
+        let limit = env.config.max_records_per_batch.unwrap_or(u64::MAX) as i64;
+        let now = sluice_log::common::now_ms();
+        let interval = env.config.batch_interval.as_millis().max(1) as i64;
+        let batch_time_ms = now - now.rem_euclid(interval);
+        let mut work: Vec<(&mut Task, Vec<Range>)> = Vec::new();
+        for task in self.tasks.values_mut() {
+            let partition = task.id.partition as i32;
+            let ranges: Vec<Range> = task
+                .inputs
+                .iter()
+                .map(|i| {
+                    let end = ends
+                        .get(&i.topic)
+                        .and_then(|e| e.get(&partition))
+                        .copied()
+                        .unwrap_or(i.next);
+                    Range {
+                        partition,
+                        from: i.next,
+                        until: end.max(i.next).min(i.next.saturating_add(limit)),
+                    }
+                })
+                .collect();
+            if ranges.iter().any(|r| r.until > r.from) {
+                work.push((task, ranges));
+            }
+        }
+        let results: Vec<(TaskId, Result<TaskReport, TaskFailure>)> = self.pool.install(|| {
+            work.into_par_iter()
+                .map(|(task, ranges)| (task.id, env.run_task(task, ranges, batch_time_ms)))
+                .collect()
+        });
+        let mut total = TaskReport::default();
+        for (id, result) in results {
+            match result {
+                Ok(r) => total.add(r),
+                Err(TaskFailure::Fenced(why)) => {
+                    tracing::warn!(task = %id, "another worker took the task over: {why}");
+                    if self.env.config.progress.lines {
+                        eprintln!("task {id} was taken over by another worker ({why}); rejoining");
+                    }
+                    self.tasks.remove(&id);
+                    self.member.request_rejoin();
+                }
+                Err(TaskFailure::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes the repartition records every stage-1 task of this worker
+    /// has committed past (Kafka Streams purges them the same way).
+    fn purge_repartition_input(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for task in self.tasks.values_mut() {
+            for (topic, partition, offset) in task.purge.drain(..) {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
+        match self
+            .runtime
+            .block_on(self.admin.delete_records(&tpl, &opts))
+        {
+            Ok(_) => {}
+            // Only disk space is at stake: the next purge retries.
+            Err(e) => tracing::warn!("purging repartition topics: {e}"),
+        }
+    }
+}
+
+impl TaskReport {
+    fn add(&mut self, r: TaskReport) {
+        self.records += r.records;
+        self.source_records += r.source_records;
+        self.transactions += r.transactions;
+        self.repartition_bytes += r.repartition_bytes;
+        self.changelog_records += r.changelog_records;
+        self.partitions.extend(r.partitions);
+        for (k, v) in r.counters {
+            *self.counters.entry(k).or_default() += v;
+        }
+    }
+}
+
+impl Env {
+    /// Whether the whole job (every worker's part) has read the input as
+    /// far as it reached at start and moved all of it through the
+    /// repartition topics: the group's committed offsets say so.
+    fn caught_up(&self) -> Result<bool, DriverError> {
+        let Some(targets) = &self.targets else {
+            return Ok(false);
+        };
+        let mut wanted: Vec<(String, i32, i64)> = targets
+            .iter()
+            .filter(|(_, t)| **t > 0)
+            .map(|(p, t)| (self.plan.topic.clone(), *p, *t))
+            .collect();
+        for (_, topic, source) in &self.repartition_sources {
+            for info in source.partitions()? {
+                if info.high_watermark > info.log_start {
+                    wanted.push((topic.clone(), info.partition, info.high_watermark));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(true);
+        }
+        let committed = self.committed(wanted.iter().map(|(t, p, _)| (t.as_str(), *p)))?;
+        Ok(wanted
+            .iter()
+            .all(|(t, p, want)| committed.get(&(t.clone(), *p)).is_some_and(|c| c >= want)))
+    }
+
+    /// The group's committed offsets (of committed transactions only).
+    fn committed<'a>(
+        &self,
+        partitions: impl Iterator<Item = (&'a str, i32)>,
+    ) -> Result<HashMap<(String, i32), i64>, DriverError> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, p);
+        }
+        let got = self
+            .group
+            .committed_offsets(tpl, KAFKA_TIMEOUT)
+            .map_err(|e| {
+                other(format!(
+                    "cannot read group {}'s committed offsets: {e}",
+                    self.group_id
+                ))
+            })?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(((e.topic().to_owned(), e.partition()), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Where each input partition of the worker's tasks ends now (the last
+    /// stable offset; for the source, capped by the caught-up target).
+    fn input_ends(
+        &self,
+        tasks: &BTreeMap<TaskId, Task>,
+    ) -> Result<HashMap<String, HashMap<i32, i64>>, DriverError> {
+        let mut topics: Vec<(&str, &Arc<dyn Source>)> =
+            vec![(self.plan.topic.as_str(), &self.plan.source)];
+        for (_, t, s) in &self.repartition_sources {
+            topics.push((t.as_str(), s));
+        }
+        let mut ends = HashMap::new();
+        for (topic, source) in topics {
+            if !tasks
+                .values()
+                .any(|t| t.inputs.iter().any(|i| i.topic == topic))
+            {
+                continue;
+            }
+            let mut by_partition = HashMap::new();
+            for info in source.partitions()? {
+                let mut end = info.high_watermark;
+                if topic == self.plan.topic
+                    && let Some(t) = self.targets.as_ref().and_then(|t| t.get(&info.partition))
+                {
+                    end = end.min(*t);
+                }
+                by_partition.insert(info.partition, end);
+            }
+            ends.insert(topic.to_owned(), by_partition);
+        }
+        Ok(ends)
+    }
+
+    fn task_dir(&self, id: TaskId) -> PathBuf {
+        self.config
+            .checkpoint_path()
+            .join("tasks")
+            .join(format!("{}_{}", id.stage, id.partition))
+    }
+
+    /// Takes a task over: its producer fences the previous owner (aborting
+    /// what it left open), its offsets come from the group, its state from
+    /// the changelog.
+    fn open_task(&self, id: TaskId, epoch: u64) -> Result<Task, DriverError> {
+        let txn_id = format!(
+            "sluice-{}-{}_{}",
+            topic_safe(&self.config.name),
+            id.stage,
+            id.partition
+        );
+        let producer: BaseProducer<TaskDelivery> =
+            crate::sink::topic::producer_config(&self.options.brokers)
+                .set("transactional.id", &txn_id)
+                .set("transaction.timeout.ms", "60000")
+                .set("compression.type", "lz4")
+                .set("linger.ms", "1")
+                .create_with_context(TaskDelivery::new(txn_id.clone()))
+                .map_err(|e| other(format!("cannot create the producer of task {id}: {e}")))?;
+        producer.init_transactions(KAFKA_TIMEOUT).map_err(|e| {
+            other(format!(
+                "task {id}: cannot start transactions with transactional id {txn_id}: {e}"
+            ))
+        })?;
+        let mut db = Checkpoint::open(&self.task_dir(id), &self.config.name, &self.plan.state_cfs)?;
+        db.register(&self.plan.metas, &self.plan.tables, self.config.reset_state)?;
+        let mut cf_names = HashMap::new();
+        for cf in &self.plan.state_cfs {
+            cf_names.insert(cf_id(&db, cf)?, cf.clone());
+        }
+        let mut inputs = Vec::new();
+        if id.stage == 0 {
+            inputs.push(Input {
+                op: None,
+                topic: self.plan.topic.clone(),
+                source: self.plan.source.clone(),
+                next: 0,
+            });
+        } else {
+            for (op, topic, source) in &self.repartition_sources {
+                inputs.push(Input {
+                    op: Some(op.clone()),
+                    topic: topic.clone(),
+                    source: source.clone(),
+                    next: 0,
+                });
+            }
+        }
+        let partition = id.partition as i32;
+        let committed = self.committed(inputs.iter().map(|i| (i.topic.as_str(), partition)))?;
+        for input in &mut inputs {
+            let info = input
+                .source
+                .partitions()?
+                .into_iter()
+                .find(|i| i.partition == partition)
+                .ok_or_else(|| {
+                    other(format!(
+                        "topic {} has no partition {partition}",
+                        input.topic
+                    ))
+                })?;
+            input.next = match committed.get(&(input.topic.clone(), partition)) {
+                Some(o) => *o,
+                None if input.op.is_none() => match &self.config.starting_position {
+                    StartingPosition::Latest => info.high_watermark,
+                    StartingPosition::Timestamp(ts) => {
+                        input.source.offset_for_time(partition, *ts)?
+                    }
+                    StartingPosition::Offsets(list) => list
+                        .iter()
+                        .find(|(p, _)| *p == partition)
+                        .map_or(info.log_start, |(_, o)| *o),
+                    StartingPosition::Earliest => info.log_start,
+                },
+                None => info.log_start,
+            };
+            if input.next < info.log_start {
+                return Err(DriverError::DataLost {
+                    source_name: input.topic.clone(),
+                    partition,
+                    from: input.next,
+                    log_start: info.log_start,
+                });
+            }
+        }
+        let batch_id = self.config_batch_id(&db)?;
+        let mut task = Task {
+            id,
+            producer,
+            db,
+            inputs,
+            cf_names,
+            changelog_next: BTreeMap::new(),
+            batch_id,
+            epoch,
+            purge: Vec::new(),
+        };
+        if id.stage == 1 {
+            self.restore(&mut task)?;
+        }
+        Ok(task)
+    }
+
+    fn config_batch_id(&self, db: &Checkpoint) -> Result<u64, DriverError> {
+        Ok(db.committed()?.map_or(0, |c| c.batch_id))
+    }
+
+    /// Replays the task's changelogs into its database, from where the
+    /// database stopped up to the last stable offset.
+    fn restore(&self, task: &mut Task) -> Result<(), DriverError> {
+        let started = Instant::now();
+        let partition = task.id.partition as i32;
+        let mut known: BTreeMap<String, i64> =
+            match task.db.db().get(CHANGELOG_OFFSETS_KEY).map_err(other)? {
+                Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+        let (mut restored, mut bytes) = (0u64, 0u64);
+        for (cf_name, source) in &self.changelog_sources {
+            let info = source
+                .partitions()?
+                .into_iter()
+                .find(|i| i.partition == partition)
+                .ok_or_else(|| {
+                    other(format!(
+                        "changelog {} has no partition {partition}",
+                        source.name()
+                    ))
+                })?;
+            let cf = task.db.cf(cf_name)?;
+            let mut from = known.get(cf_name).copied().unwrap_or(0);
+            if from > info.high_watermark {
+                // The changelog was recreated: the local copy is not of it.
+                tracing::warn!(task = %task.id, "local state of {cf_name} is ahead of its changelog; rebuilding it");
+                let mut wipe = WriteBatch::default();
+                wipe.delete_range_cf(cf, Vec::<u8>::new(), vec![0xffu8; 256]);
+                task.db.write(wipe)?;
+                from = 0;
+            }
+            let from = from.max(info.log_start);
+            if from < info.high_watermark {
+                let mut batch = WriteBatch::default();
+                let db = &task.db;
+                crate::plan::read_range(
+                    &**source,
+                    partition,
+                    from,
+                    info.high_watermark,
+                    &mut |chunk: RecordBatch| {
+                        let keys = binary_column(&chunk, KEY)?;
+                        let values = binary_column(&chunk, VALUE)?;
+                        for i in 0..chunk.num_rows() {
+                            if keys.is_null(i) {
+                                continue;
+                            }
+                            let key = keys.value(i);
+                            if values.is_null(i) {
+                                batch.delete_cf(cf, key);
+                            } else {
+                                bytes += (key.len() + values.value(i).len()) as u64;
+                                batch.put_cf(cf, key, values.value(i));
+                            }
+                            restored += 1;
+                        }
+                        if batch.len() >= RESTORE_WRITE_ROWS {
+                            db.write(std::mem::take(&mut batch))?;
+                        }
+                        Ok(())
+                    },
+                )
+                .map_err(|e| other(format!("task {}: cannot restore {cf_name}: {e}", task.id)))?;
+                task.db.write(batch)?;
+            }
+            known.insert(cf_name.clone(), info.high_watermark);
+        }
+        let mut record = WriteBatch::default();
+        record.put(
+            CHANGELOG_OFFSETS_KEY,
+            serde_json::to_vec(&known).map_err(other)?,
+        );
+        task.db.write(record)?;
+        task.changelog_next = known;
+        if restored > 0 {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(task = %task.id, records = restored, bytes, secs, "restored state from the changelog");
+            if self.config.progress.lines {
+                eprintln!(
+                    "task {} restored {restored} state records ({:.1} MiB) from its changelog in {secs:.2} s",
+                    task.id,
+                    bytes as f64 / f64::from(1 << 20),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch of one task, as one Kafka transaction, then the local
+    /// commit.
+    fn run_task(
+        &self,
+        task: &mut Task,
+        ranges: Vec<Range>,
+        batch_time_ms: i64,
+    ) -> Result<TaskReport, TaskFailure> {
+        let mut report = TaskReport::default();
+        let batch_id = task.batch_id + 1;
+        let partition = task.id.partition as i32;
+        let stage = if task.id.stage == 0 {
+            StageRole::Map {
+                outbox: Mutex::new(Vec::new()),
+            }
+        } else {
+            let mut inbox: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+            for (input, range) in task.inputs.iter().zip(&ranges) {
+                if range.until <= range.from {
+                    continue;
+                }
+                let op = input.op.clone().unwrap_or_default();
+                let chunks = inbox.entry(op).or_default();
+                crate::plan::read_range(
+                    &*input.source,
+                    partition,
+                    range.from,
+                    range.until,
+                    &mut |chunk: RecordBatch| {
+                        let values = binary_column(&chunk, VALUE)?;
+                        for i in 0..chunk.num_rows() {
+                            if !values.is_null(i) {
+                                decode_ipc(values.value(i), chunks)?;
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
+            StageRole::Reduce {
+                bucket: partition as usize,
+                inbox,
+            }
+        };
+        let mut planned = PlannedBatch {
+            batch_id,
+            batch_time_ms,
+            ranges: BTreeMap::new(),
+            lost: BTreeMap::new(),
+        };
+        if task.id.stage == 0 {
+            planned
+                .ranges
+                .insert(self.plan.source.name().to_owned(), ranges.clone());
+        }
+        let transactions = crate::sink::Transactions::default();
+        let mut cx = BatchCx::new(
+            &planned,
+            &task.db,
+            &transactions,
+            self.config.batch_interval.as_millis().max(1) as i64,
+            self.plan.partitions as usize,
+        )
+        .with_stage(stage, task.epoch);
+        for output in &self.outputs {
+            (output.run)(&cx).map_err(|e| match e {
+                PlanError::Operator { .. } => e,
+                other => PlanError::Operator {
+                    operator: output.name.clone(),
+                    message: other.to_string(),
+                },
+            })?;
+        }
+        let stage = cx.take_stage();
+        let (mut writes, counters) = cx.finish();
+        report.counters = counters;
+
+        let producer = &task.producer;
+        let txn = |what: &str, e: KafkaError| -> TaskFailure {
+            if fenced(&e) {
+                TaskFailure::Fenced(e.to_string())
+            } else {
+                TaskFailure::Failed(other(format!("task {}: {what}: {e}", task.id)))
+            }
+        };
+        producer
+            .begin_transaction()
+            .map_err(|e| txn("cannot begin a transaction", e))?;
+        let sent = self.send_batch_records(task, stage, &writes, &mut report);
+        let sent = sent.and_then(|()| {
+            let mut offsets = TopicPartitionList::new();
+            for (input, range) in task.inputs.iter().zip(&ranges) {
+                offsets
+                    .add_partition_offset(&input.topic, partition, Offset::Offset(range.until))
+                    .map_err(|e| txn("cannot list the offsets", e))?;
+            }
+            let metadata = self.group.group_metadata().ok_or_else(|| {
+                TaskFailure::Failed(other(format!("group {} has no metadata", self.group_id)))
+            })?;
+            producer
+                .send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
+                .map_err(|e| txn("cannot add the offsets to the transaction", e))?;
+            producer
+                .commit_transaction(KAFKA_TIMEOUT)
+                .map_err(|e| txn("cannot commit the transaction", e))
+        });
+        if let Err(e) = sent {
+            let _ = producer.abort_transaction(KAFKA_TIMEOUT);
+            return Err(e);
+        }
+        report.transactions = 1;
+        // The transaction committed: the local database catches up with it.
+        {
+            let last = sluice_log::common::mutex(&producer.context().last_offsets);
+            for (cf, next) in task.changelog_next.iter_mut() {
+                let topic = changelog_topic(&self.config.name, cf);
+                if let Some(o) = last.get(&(topic, partition)) {
+                    *next = (*next).max(o + 1);
+                }
+            }
+        }
+        if task.id.stage == 1 {
+            writes.put(
+                CHANGELOG_OFFSETS_KEY,
+                serde_json::to_vec(&task.changelog_next).map_err(other)?,
+            );
+        }
+        let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        for (input, range) in task.inputs.iter_mut().zip(&ranges) {
+            offsets
+                .entry(input.topic.clone())
+                .or_default()
+                .insert(partition, range.until);
+            input.next = range.until;
+            if input.op.is_some() && task.batch_id.is_multiple_of(PURGE_EVERY_BATCHES) {
+                task.purge
+                    .push((input.topic.clone(), partition, range.until));
+            }
+            report.partitions.push(PartitionProgress {
+                source: input.topic.clone(),
+                partition,
+                from: range.from,
+                until: range.until,
+                lag: 0,
+            });
+        }
+        task.db.commit(
+            writes,
+            &CommittedBatch {
+                batch_id,
+                batch_time_ms,
+                offsets,
+                lost_records: 0,
+            },
+        )?;
+        task.batch_id = batch_id;
+        report.records = planned_records(&BTreeMap::from([(String::new(), ranges.clone())]));
+        if task.id.stage == 0 {
+            report.source_records = report.records;
+        }
+        Ok(report)
+    }
+
+    /// Sends the batch's repartition records (stage 0) and changelog
+    /// records (every state write) into the open transaction.
+    fn send_batch_records(
+        &self,
+        task: &Task,
+        stage: Option<StageRole>,
+        writes: &WriteBatch,
+        report: &mut TaskReport,
+    ) -> Result<(), TaskFailure> {
+        let partition = task.id.partition as i32;
+        if let Some(StageRole::Map { outbox }) = stage {
+            let outbox = outbox.into_inner().unwrap_or_else(|p| p.into_inner());
+            for (op, bucket, batch) in outbox {
+                let topic = repartition_topic(&self.config.name, &op);
+                for payload in encode_ipc(&batch)? {
+                    report.repartition_bytes += payload.len() as u64;
+                    send(
+                        &task.producer,
+                        BaseRecord::<(), [u8]>::to(&topic)
+                            .partition(bucket as i32)
+                            .payload(&payload[..]),
+                    )?;
+                }
+            }
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        if task.id.stage == 0 {
+            return Err(TaskFailure::Failed(other(format!(
+                "task {}: an operator above the job's shuffles writes state, which cannot run on many workers yet (put state after reduce_by_key)",
+                task.id
+            ))));
+        }
+        let mut changes = ChangelogRecords {
+            cf_names: &task.cf_names,
+            records: Vec::new(),
+            unknown: None,
+        };
+        writes.iterate_cf(&mut changes);
+        if let Some(id) = changes.unknown {
+            return Err(TaskFailure::Failed(other(format!(
+                "task {}: a state write went to column family {id}, which has no changelog",
+                task.id
+            ))));
+        }
+        for (cf, key, value) in &changes.records {
+            let topic = changelog_topic(&self.config.name, cf);
+            let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
+                .partition(partition)
+                .key(&key[..]);
+            if let Some(v) = value {
+                record = record.payload(&v[..]);
+            }
+            send(&task.producer, record)?;
+            report.changelog_records += 1;
+        }
+        if let Some(e) = sluice_log::common::mutex(&task.producer.context().first_error).take() {
+            return Err(TaskFailure::Failed(other(format!(
+                "task {}: a record was refused: {e}",
+                task.id
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &BaseProducer<TaskDelivery>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), TaskFailure> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => {
+                return Err(if fenced(&e) {
+                    TaskFailure::Fenced(e.to_string())
+                } else {
+                    TaskFailure::Failed(other(format!("cannot send a record: {e}")))
+                });
+            }
+        }
+    }
+}
+
+/// Column family, key, and value (none for a delete).
+type ChangelogRecord<'a> = (&'a str, Vec<u8>, Option<Vec<u8>>);
+
+/// A batch's state writes as changelog records.
+struct ChangelogRecords<'a> {
+    cf_names: &'a HashMap<u32, String>,
+    records: Vec<ChangelogRecord<'a>>,
+    unknown: Option<u32>,
+}
+
+impl rocksdb::WriteBatchIteratorCf for ChangelogRecords<'_> {
+    fn put_cf(&mut self, cf_id: u32, key: &[u8], value: &[u8]) {
+        match self.cf_names.get(&cf_id) {
+            Some(cf) => self.records.push((cf, key.to_vec(), Some(value.to_vec()))),
+            // The default column family holds the checkpoint's own keys.
+            None if cf_id == 0 => {}
+            None => self.unknown = Some(cf_id),
+        }
+    }
+    fn delete_cf(&mut self, cf_id: u32, key: &[u8]) {
+        match self.cf_names.get(&cf_id) {
+            Some(cf) => self.records.push((cf, key.to_vec(), None)),
+            None if cf_id == 0 => {}
+            None => self.unknown = Some(cf_id),
+        }
+    }
+    fn merge_cf(&mut self, cf_id: u32, _key: &[u8], _value: &[u8]) {
+        // Operators never merge; a merge would not replay from a changelog.
+        self.unknown = Some(cf_id);
+    }
+}
+
+/// The id RocksDB gave column family `name` (learned from a write batch,
+/// which is where the ids appear).
+fn cf_id(db: &Checkpoint, name: &str) -> Result<u32, DriverError> {
+    struct Probe(Option<u32>);
+    impl rocksdb::WriteBatchIteratorCf for Probe {
+        fn put_cf(&mut self, cf_id: u32, _: &[u8], _: &[u8]) {
+            self.0 = Some(cf_id);
+        }
+        fn delete_cf(&mut self, _: u32, _: &[u8]) {}
+        fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
+    }
+    let mut batch = WriteBatch::default();
+    batch.put_cf(db.cf(name)?, b"", b"");
+    let mut probe = Probe(None);
+    batch.iterate_cf(&mut probe);
+    probe
+        .0
+        .ok_or_else(|| other(format!("column family {name} has no id")))
+}
+
+fn binary_column(chunk: &RecordBatch, index: usize) -> Result<&BinaryViewArray, PlanError> {
+    chunk
+        .column(index)
+        .as_any()
+        .downcast_ref::<BinaryViewArray>()
+        .ok_or_else(|| PlanError::Schema(format!("record column {index} is not binary")))
+}
+
+/// A chunk as Arrow IPC stream messages of at most about
+/// [`REPARTITION_RECORD_BYTES`] each.
+fn encode_ipc(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, TaskFailure> {
+    let rows = batch.num_rows();
+    let size = batch.get_array_memory_size().max(1);
+    let pieces = size
+        .div_ceil(REPARTITION_RECORD_BYTES)
+        .clamp(1, rows.max(1));
+    let per_piece = rows.div_ceil(pieces).max(1);
+    let mut out = Vec::with_capacity(pieces);
+    let mut start = 0;
+    while start < rows {
+        let len = per_piece.min(rows - start);
+        let slice = batch.slice(start, len);
+        let mut buf = Vec::new();
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &slice.schema())
+            .map_err(|e| TaskFailure::Failed(other(e)))?;
+        writer
+            .write(&slice)
+            .map_err(|e| TaskFailure::Failed(other(e)))?;
+        writer.finish().map_err(|e| TaskFailure::Failed(other(e)))?;
+        drop(writer);
+        out.push(buf);
+        start += len;
+    }
+    Ok(out)
+}
+
+fn decode_ipc(bytes: &[u8], out: &mut Vec<RecordBatch>) -> Result<(), PlanError> {
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    for batch in reader {
+        out.push(batch?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repartition_records_round_trip_and_stay_small() {
+        let words: Vec<String> = (0..200_000).map(|i| format!("word-{i}")).collect();
+        let counts: Vec<u64> = (0..200_000).collect();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "key",
+                Arc::new(arrow::array::StringArray::from(words)) as arrow::array::ArrayRef,
+            ),
+            (
+                "value",
+                Arc::new(arrow::array::UInt64Array::from(counts)) as _,
+            ),
+        ])
+        .unwrap();
+        let Ok(pieces) = encode_ipc(&batch) else {
+            panic!("encoding failed")
+        };
+        assert!(pieces.len() > 1, "a 200k-row chunk is split");
+        assert!(
+            pieces.iter().all(|p| p.len() < 1_000_000),
+            "every record fits 1 MB"
+        );
+        let mut back = Vec::new();
+        for p in &pieces {
+            decode_ipc(p, &mut back).unwrap();
+        }
+        let back = arrow::compute::concat_batches(&batch.schema(), &back).unwrap();
+        assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn internal_topic_names_are_legal() {
+        assert_eq!(
+            repartition_topic("word count", "reduce_by_key-1"),
+            "sluice-word_count-reduce_by_key-1-repartition"
+        );
+        assert_eq!(
+            changelog_topic("wc", "table.counts"),
+            "sluice-wc-table.counts-changelog"
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! Word count as one job on many `sluice wordcount --workers-group`
+//! processes against `sluice broker`: three workers over an 8-partition
+//! topic count exactly what the corpus holds; workers SIGKILLed at random
+//! and replaced (≥ 20 times) neither lose nor double-count a word; the job
+//! scales from one worker to four and down to two mid-stream, tasks moving
+//! and their state restoring from the changelog.
+//!
+//! The result is the job's table changelog, `sluice-wc-table.wc-changelog`,
+//! read read_committed: the last value of each word is its count.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice::data::decode_all;
+
+use crate::common;
+use crate::common::broker::{TestBroker, wait_timeout};
+
+const TOPIC: &str = "lines";
+const PARTITIONS: i32 = 8;
+const JOB: &str = "wc";
+const CHANGELOG: &str = "sluice-wc-table.wc-changelog";
+
+/// A deterministic corpus: Zipf-ish words from a small generator.
+fn corpus(lines: usize, seed: u64) -> Vec<String> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..lines)
+        .map(|_| {
+            let words = 3 + (next() % 8) as usize;
+            (0..words)
+                .map(|_| {
+                    // Skewed: small ids far more often.
+                    let a = next() % 400;
+                    let b = next() % (a + 1);
+                    format!("w{b}")
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn counts(lines: &[String]) -> BTreeMap<String, u64> {
+    let mut c = BTreeMap::new();
+    for l in lines {
+        for w in l.split_ascii_whitespace() {
+            *c.entry(w.to_owned()).or_default() += 1;
+        }
+    }
+    c
+}
+
+fn create_topic(broker: &TestBroker) {
+    let status = common::sluice()
+        .args([
+            "topic",
+            "create",
+            TOPIC,
+            "--partitions",
+            &PARTITIONS.to_string(),
+        ])
+        .arg("--bootstrap")
+        .arg(broker.bootstrap())
+        .status()
+        .expect("run sluice topic create");
+    assert!(status.success(), "topic create failed:\n{}", broker.log());
+}
+
+fn producer(broker: &TestBroker) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("create a producer")
+}
+
+/// Sends `lines` spread over the partitions and waits for every ack.
+fn produce(producer: &BaseProducer, lines: &[String], first_index: usize) {
+    for (i, line) in lines.iter().enumerate() {
+        let partition = ((first_index + i) % PARTITIONS as usize) as i32;
+        let mut record = BaseRecord::<(), str>::to(TOPIC)
+            .partition(partition)
+            .payload(line.as_str());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("every line acknowledged");
+}
+
+/// One worker process with its own checkpoint directory and stderr file.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+fn start_worker(broker: &TestBroker, dir: &Path, extra: &[&str]) -> Worker {
+    fs::create_dir_all(dir).expect("create the worker's directory");
+    let n = fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let log = dir.join(format!("worker-{n}.stderr"));
+    let child = common::sluice()
+        .args([
+            "wordcount",
+            "--topic",
+            TOPIC,
+            "--brokers",
+            &broker.bootstrap(),
+        ])
+        .args(["--workers-group", "wc-workers", "--job", JOB])
+        .args(["--session-timeout", "2s", "--interval", "200ms"])
+        .arg("--checkpoint-dir")
+        .arg(dir.join("checkpoint"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("create the worker's log"))
+        .spawn()
+        .expect("spawn sluice wordcount");
+    Worker { child, log }
+}
+
+impl Worker {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: the worker finishes its batch and leaves the group.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = wait_timeout(&mut self.child, Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a stopped worker exits 0 ({status:?}); its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Panics with the log if the worker exited on its own.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "a worker exited on its own ({status}); its log:\n{}",
+                self.log()
+            );
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The job's result: the last value of each word in the table changelog,
+/// read_committed, up to the end of every partition.
+fn read_table(broker: &TestBroker) -> BTreeMap<String, u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "wc-table-check")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("create a consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut live = Vec::new();
+    for p in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(CHANGELOG, p, Duration::from_secs(10))
+            .expect("changelog watermarks");
+        if high > low {
+            tpl.add_partition_offset(CHANGELOG, p, Offset::Beginning)
+                .unwrap();
+            live.push(p);
+        }
+    }
+    let mut table = BTreeMap::new();
+    if live.is_empty() {
+        return table;
+    }
+    consumer.assign(&tpl).expect("assign the changelog");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < live.len() {
+        assert!(
+            Instant::now() < deadline,
+            "reading the changelog took over 60 s"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key: String =
+                    decode_all(m.key().expect("changelog records have keys")).expect("a word key");
+                match m.payload() {
+                    Some(v) => {
+                        table.insert(key, decode_all::<u64>(v).expect("a count"));
+                    }
+                    None => {
+                        table.remove(&key);
+                    }
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => panic!("reading the changelog: {e}"),
+            None => {}
+        }
+    }
+    table
+}
+
+/// Waits until the job's table equals `want`, checking that workers stay up.
+fn wait_for_table(
+    broker: &TestBroker,
+    workers: &mut [Worker],
+    want: &BTreeMap<String, u64>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut last = BTreeMap::new();
+    while Instant::now() < deadline {
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        last = read_table(broker);
+        if &last == want {
+            return;
+        }
+        assert!(
+            last.iter()
+                .all(|(w, n)| want.get(w).is_some_and(|m| n <= m)),
+            "a word was counted more often than the corpus holds it: {:?}",
+            last.iter()
+                .filter(|(w, n)| want.get(*w).is_none_or(|m| *n > m))
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(w, n)| last.get(*w) != Some(n))
+        .take(10)
+        .map(|(w, n)| (w.clone(), *n, last.get(w).copied()))
+        .collect();
+    let logs: Vec<String> = workers.iter().map(|w| w.log()).collect();
+    panic!(
+        "the table did not reach the corpus counts within {timeout:?}; first differences (word, want, got): {missing:?}\nworker logs:\n{}",
+        logs.join("\n----\n")
+    );
+}
+
+#[test]
+fn three_workers_count_what_one_process_counts() {
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(20_000, 7);
+    produce(&producer(&broker), &lines, 0);
+    let root = tempfile::tempdir().unwrap();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            start_worker(
+                &broker,
+                &root.path().join(format!("w{i}")),
+                &["--until-caught-up"],
+            )
+        })
+        .collect();
+    for w in &mut workers {
+        let status = wait_timeout(&mut w.child, Duration::from_secs(120));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a worker did not finish the job ({status:?}); its log:\n{}",
+            w.log()
+        );
+    }
+    assert_eq!(
+        read_table(&broker),
+        counts(&lines),
+        "three workers count every word exactly once"
+    );
+    let logs: Vec<String> = workers.iter().map(Worker::log).collect();
+    assert!(
+        logs.iter()
+            .filter(|l| l.contains("this worker's tasks:"))
+            .count()
+            == 3,
+        "every worker joined the group: {logs:?}"
+    );
+
+    // The same job in one process over the same topic: the same counts.
+    let single = common::sluice()
+        .args([
+            "wordcount",
+            "--topic",
+            TOPIC,
+            "--brokers",
+            &broker.bootstrap(),
+        ])
+        .args(["--job", "single", "--until-caught-up", "--quiet"])
+        .arg("--checkpoint-dir")
+        .arg(root.path().join("single"))
+        .output()
+        .expect("run the single-process job");
+    assert!(
+        single.status.success(),
+        "{}",
+        String::from_utf8_lossy(&single.stderr)
+    );
+    let scan = common::sluice()
+        .args(["state", "scan", "--job", "single", "--table", "single"])
+        .arg("--checkpoint-dir")
+        .arg(root.path().join("single"))
+        .output()
+        .expect("scan the single-process table");
+    assert!(
+        scan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    let mut single_counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&scan.stdout).lines() {
+        let (word, count) = line.split_once('\t').expect("word<TAB>count");
+        single_counts.insert(word.to_owned(), count.parse::<u64>().expect("a count"));
+    }
+    assert_eq!(
+        single_counts,
+        read_table(&broker),
+        "many workers and one process agree"
+    );
+}
+
+#[test]
+fn workers_killed_at_random_neither_lose_nor_double_count() {
+    let kills: usize = std::env::var("SLUICE_WORKER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(30_000, 11);
+    let chunk = lines.len() / (kills + 1);
+    let producer = producer(&broker);
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (0..3).map(|i| root.path().join(format!("w{i}"))).collect();
+    let mut workers: Vec<Worker> = dirs.iter().map(|d| start_worker(&broker, d, &[])).collect();
+    let mut rng: u64 = 0x5eed_1234_abcd_0001;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut sent = 0;
+    for k in 0..kills {
+        let upto = (sent + chunk).min(lines.len());
+        produce(&producer, &lines[sent..upto], sent);
+        sent = upto;
+        std::thread::sleep(Duration::from_millis(600 + next() % 1400));
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        let victim = (next() % 3) as usize;
+        workers[victim].kill();
+        // Every fourth replacement starts on a new machine: no local state,
+        // all of it restored from the changelogs.
+        let dir = if k % 4 == 3 {
+            root.path().join(format!("w{victim}-fresh-{k}"))
+        } else {
+            dirs[victim].clone()
+        };
+        workers[victim] = start_worker(&broker, &dir, &[]);
+    }
+    produce(&producer, &lines[sent..], sent);
+    wait_for_table(
+        &broker,
+        &mut workers,
+        &counts(&lines),
+        Duration::from_secs(180),
+    );
+    for w in &mut workers {
+        w.stop();
+    }
+}
+
+#[test]
+fn scaling_from_one_worker_to_four_and_down_to_two_keeps_counts_exact() {
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(24_000, 23);
+    let third = lines.len() / 3;
+    let producer = producer(&broker);
+    let root = tempfile::tempdir().unwrap();
+    let mut workers = vec![start_worker(&broker, &root.path().join("w0"), &[])];
+    produce(&producer, &lines[..third], 0);
+    wait_for_table(
+        &broker,
+        &mut workers,
+        &counts(&lines[..third]),
+        Duration::from_secs(90),
+    );
+
+    for i in 1..4 {
+        workers.push(start_worker(
+            &broker,
+            &root.path().join(format!("w{i}")),
+            &[],
+        ));
+    }
+    produce(&producer, &lines[third..2 * third], third);
+    wait_for_table(
+        &broker,
+        &mut workers,
+        &counts(&lines[..2 * third]),
+        Duration::from_secs(90),
+    );
+
+    // Down to two: the first worker and one newcomer leave.
+    let mut gone = workers.remove(0);
+    gone.stop();
+    let mut gone = workers.remove(0);
+    gone.stop();
+    produce(&producer, &lines[2 * third..], 2 * third);
+    wait_for_table(
+        &broker,
+        &mut workers,
+        &counts(&lines),
+        Duration::from_secs(90),
+    );
+
+    let logs: Vec<String> = workers.iter().map(Worker::log).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("restored")),
+        "tasks that moved restored their state from the changelog:\n{}",
+        logs.join("\n----\n")
+    );
+    for w in &mut workers {
+        w.stop();
+    }
+}
