@@ -77,6 +77,40 @@ pub struct JobArgs {
     pub quiet: bool,
 }
 
+/// Running a job as one of many worker processes (`--workers-group`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkersArgs {
+    /// Run as one of many worker processes sharing the job through the
+    /// Kafka cluster at --brokers: start the same command on each machine.
+    /// The workers join this group, split the tasks, shuffle through the
+    /// job's repartition topics and keep result tables in their compacted
+    /// changelog topics `sluice-<job>-table.<table>-changelog`.
+    #[arg(long, value_name = "GROUP", requires = "brokers")]
+    pub workers_group: Option<String>,
+    /// Partitions of the job's repartition and changelog topics: the most
+    /// reduce-side tasks the job can ever have. Fixed when the job is first
+    /// started (default: the input topic's partition count).
+    #[arg(long, value_name = "P", requires = "workers_group")]
+    pub repartition_partitions: Option<u32>,
+    /// With --workers-group: a worker silent this long loses its tasks to
+    /// the others.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub session_timeout: Duration,
+}
+
+impl WorkersArgs {
+    /// Sets `config` to run as a worker when --workers-group was given.
+    pub fn apply(&self, brokers: Option<&str>, config: &mut JobConfig) {
+        if let (Some(group), Some(brokers)) = (&self.workers_group, brokers) {
+            let mut workers = crate::driver::WorkersOptions::new(brokers);
+            workers.group = Some(group.clone());
+            workers.partitions = self.repartition_partitions;
+            workers.session_timeout = self.session_timeout;
+            config.workers = Some(workers);
+        }
+    }
+}
+
 impl JobArgs {
     pub fn config(&self, default_name: &str) -> JobConfig {
         let mut c = JobConfig::new(

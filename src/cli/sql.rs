@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::common::{open_store, stop_flag};
-use super::job::JobArgs;
+use super::job::{JobArgs, WorkersArgs};
 use crate::driver::StreamingContext;
 use crate::sql::script::StreamDecl;
 use crate::sql::{Script, Topics};
@@ -49,6 +49,8 @@ pub struct RunArgs {
     pub place: Where,
     #[command(flatten)]
     pub job: JobArgs,
+    #[command(flatten)]
+    pub workers: WorkersArgs,
 }
 
 /// Where the script's topics are; topics of the embedded store that no
@@ -79,9 +81,13 @@ fn run_script(
     default_job: &str,
     place: &Where,
     job: &JobArgs,
+    workers: Option<&WorkersArgs>,
 ) -> anyhow::Result<()> {
     let mut config = job.config(default_job);
     config.stop = Some(stop_flag()?);
+    if let Some(w) = workers {
+        w.apply(place.brokers.as_deref(), &mut config);
+    }
     let topics = topics_for(&mut script, place)?;
     let mut ctx = StreamingContext::new(config);
     let built = crate::sql::build(&ctx, &script, &topics)?;
@@ -122,7 +128,7 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     args.query.trim().hash(&mut h);
     let job = format!("sql-{:08x}", h.finish() as u32);
-    run_script(script, &job, &args.place, &args.job)
+    run_script(script, &job, &args.place, &args.job, None)
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -135,5 +141,5 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .and_then(|s| s.to_str())
         .unwrap_or("sql")
         .to_owned();
-    run_script(script, &stem, &args.place, &args.job)
+    run_script(script, &stem, &args.place, &args.job, Some(&args.workers))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::common::{StoreArgs, open_store, stop_flag};
-use super::job::JobArgs;
+use super::job::{JobArgs, WorkersArgs};
 use super::produce::EmbeddedProducer;
 use crate::common::now_ms;
 use crate::corpus::CorpusGenerator;
@@ -49,21 +49,8 @@ pub struct WordcountArgs {
     /// Print each batch's top words.
     #[arg(long, default_value_t = 0)]
     pub top: usize,
-    /// Run as one of many worker processes sharing the job through the
-    /// Kafka cluster at --brokers: start the same command on each machine.
-    /// The workers join this group, split the tasks, shuffle through
-    /// repartition topics and keep the counts in the compacted changelog
-    /// topic `sluice-<job>-table.<job>-changelog` (read it read_committed).
-    #[arg(long, value_name = "GROUP", requires = "brokers")]
-    pub workers_group: Option<String>,
-    /// Partitions of the job's repartition and changelog topics: the most
-    /// reduce-side tasks the job can ever have. Fixed when the job is first
-    /// started (default: the input topic's partition count).
-    #[arg(long, value_name = "P", requires = "workers_group")]
-    pub repartition_partitions: Option<u32>,
-    /// A worker silent this long loses its tasks to the others.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", requires = "workers_group")]
-    pub session_timeout: Duration,
+    #[command(flatten)]
+    pub workers: WorkersArgs,
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -111,13 +98,7 @@ fn print_top(counts: &DStream<(String, u64)>, n: usize) {
 pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
     let mut config = args.job.config("wordcount");
     config.stop = Some(stop_flag()?);
-    if let (Some(group), Some(brokers)) = (&args.workers_group, &args.brokers) {
-        let mut workers = crate::driver::WorkersOptions::new(brokers.clone());
-        workers.group = Some(group.clone());
-        workers.partitions = args.repartition_partitions;
-        workers.session_timeout = args.session_timeout;
-        config.workers = Some(workers);
-    }
+    args.workers.apply(args.brokers.as_deref(), &mut config);
     let on_workers = config.workers.is_some();
     let table = config.name.clone();
     let ctx = StreamingContext::new(config);

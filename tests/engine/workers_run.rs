@@ -118,18 +118,26 @@ struct Worker {
 }
 
 fn start_worker(broker: &TestBroker, dir: &Path, extra: &[&str]) -> Worker {
+    let job = [
+        "wordcount",
+        "--topic",
+        TOPIC,
+        "--workers-group",
+        "wc-workers",
+        "--job",
+        JOB,
+    ];
+    start_job_worker(broker, dir, &job, extra)
+}
+
+/// A worker running `job` (a `sluice` command line without --brokers).
+fn start_job_worker(broker: &TestBroker, dir: &Path, job: &[&str], extra: &[&str]) -> Worker {
     fs::create_dir_all(dir).expect("create the worker's directory");
     let n = fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
     let log = dir.join(format!("worker-{n}.stderr"));
     let child = common::sluice()
-        .args([
-            "wordcount",
-            "--topic",
-            TOPIC,
-            "--brokers",
-            &broker.bootstrap(),
-        ])
-        .args(["--workers-group", "wc-workers", "--job", JOB])
+        .args(job)
+        .args(["--brokers", &broker.bootstrap()])
         .args(["--session-timeout", "2s", "--interval", "200ms"])
         .arg("--checkpoint-dir")
         .arg(dir.join("checkpoint"))
@@ -186,6 +194,20 @@ impl Drop for Worker {
 /// The job's result: the last value of each word in the table changelog,
 /// read_committed, up to the end of every partition.
 fn read_table(broker: &TestBroker) -> BTreeMap<String, u64> {
+    read_changelog(broker, CHANGELOG)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                decode_all::<String>(&k).expect("a word key"),
+                decode_all::<u64>(&v).expect("a count"),
+            )
+        })
+        .collect()
+}
+
+/// The last value of each key of a changelog topic, read_committed, up to
+/// the end of every partition; deleted keys are absent.
+fn read_changelog(broker: &TestBroker, changelog: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", "wc-table-check")
@@ -194,19 +216,30 @@ fn read_table(broker: &TestBroker) -> BTreeMap<String, u64> {
         .set("enable.partition.eof", "true")
         .create()
         .expect("create a consumer");
+    let mut table = BTreeMap::new();
+    let metadata = consumer
+        .fetch_metadata(Some(changelog), Duration::from_secs(10))
+        .expect("the broker's metadata");
+    let created = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == changelog && t.error().is_none() && !t.partitions().is_empty());
+    if !created {
+        // The first worker has not created the job's topics yet.
+        return table;
+    }
     let mut tpl = TopicPartitionList::new();
     let mut live = Vec::new();
     for p in 0..PARTITIONS {
         let (low, high) = consumer
-            .fetch_watermarks(CHANGELOG, p, Duration::from_secs(10))
+            .fetch_watermarks(changelog, p, Duration::from_secs(10))
             .expect("changelog watermarks");
         if high > low {
-            tpl.add_partition_offset(CHANGELOG, p, Offset::Beginning)
+            tpl.add_partition_offset(changelog, p, Offset::Beginning)
                 .unwrap();
             live.push(p);
         }
     }
-    let mut table = BTreeMap::new();
     if live.is_empty() {
         return table;
     }
@@ -220,11 +253,10 @@ fn read_table(broker: &TestBroker) -> BTreeMap<String, u64> {
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let key: String =
-                    decode_all(m.key().expect("changelog records have keys")).expect("a word key");
+                let key = m.key().expect("changelog records have keys").to_vec();
                 match m.payload() {
                     Some(v) => {
-                        table.insert(key, decode_all::<u64>(v).expect("a count"));
+                        table.insert(key, v.to_vec());
                     }
                     None => {
                         table.remove(&key);
@@ -362,6 +394,97 @@ fn three_workers_count_what_one_process_counts() {
     );
 }
 
+/// The raw entries of a result table in a single-process job's checkpoint.
+fn checkpoint_table(dir: &Path, job: &str, table: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let checkpoint =
+        sluice::checkpoint::Checkpoint::open_read_only(dir, job).expect("open the checkpoint");
+    let cf = checkpoint
+        .cf(&format!("table.{table}"))
+        .expect("the table's column family");
+    checkpoint
+        .db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|e| {
+            let (k, v) = e.expect("read the table");
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn the_sql_word_count_on_three_workers_equals_one_process() {
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(20_000, 5);
+    produce(&producer(&broker), &lines, 0);
+    let root = tempfile::tempdir().unwrap();
+    let script = root.path().join("wordcount.sql");
+    fs::write(&script, include_str!("../../jobs/wordcount.sql")).unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let job = [
+        "run",
+        script.as_str(),
+        "--workers-group",
+        "sql-workers",
+        "--job",
+        "wcsql",
+    ];
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            start_job_worker(
+                &broker,
+                &root.path().join(format!("w{i}")),
+                &job,
+                &["--until-caught-up"],
+            )
+        })
+        .collect();
+    for w in &mut workers {
+        let status = wait_timeout(&mut w.child, Duration::from_secs(120));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a SQL worker did not finish the job ({status:?}); its log:\n{}",
+            w.log()
+        );
+    }
+    let on_workers = read_changelog(&broker, "sluice-wcsql-table.counts-changelog");
+
+    let single_dir = root.path().join("single");
+    let single = common::sluice()
+        .args(["run", script.as_str(), "--brokers", &broker.bootstrap()])
+        .args(["--job", "single", "--until-caught-up", "--quiet"])
+        .arg("--checkpoint-dir")
+        .arg(&single_dir)
+        .output()
+        .expect("run the single-process SQL job");
+    assert!(
+        single.status.success(),
+        "{}",
+        String::from_utf8_lossy(&single.stderr)
+    );
+    let scan = common::sluice()
+        .args(["state", "scan", "--job", "single", "--table", "counts"])
+        .arg("--checkpoint-dir")
+        .arg(&single_dir)
+        .output()
+        .expect("scan the single-process table");
+    let mut single_counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&scan.stdout).lines() {
+        let (word, count) = line.split_once('\t').expect("word<TAB>count");
+        single_counts.insert(word.to_owned(), count.parse::<u64>().expect("a count"));
+    }
+    assert_eq!(
+        single_counts,
+        counts(&lines),
+        "the single-process SQL job counts the corpus"
+    );
+    assert_eq!(
+        on_workers,
+        checkpoint_table(&single_dir, "single", "counts"),
+        "the SQL job on three workers leaves the same table, byte for byte"
+    );
+}
+
 #[test]
 fn workers_killed_at_random_neither_lose_nor_double_count() {
     let kills: usize = std::env::var("SLUICE_WORKER_KILLS")
@@ -469,4 +592,67 @@ fn scaling_from_one_worker_to_four_and_down_to_two_keeps_counts_exact() {
     for w in &mut workers {
         w.stop();
     }
+}
+
+#[test]
+fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let root = tempfile::tempdir().unwrap();
+
+    // Windows need event time carried across stages: not yet.
+    let windowed = root.path().join("clicks.sql");
+    fs::write(
+        &windowed,
+        include_str!("../../jobs/clicks_per_url.sql")
+            .replace("topic = 'clicks'", "topic = 'lines'"),
+    )
+    .unwrap();
+    let out = common::sluice()
+        .arg("run")
+        .arg(&windowed)
+        .args([
+            "--brokers",
+            &broker.bootstrap(),
+            "--workers-group",
+            "clicks",
+        ])
+        .arg("--checkpoint-dir")
+        .arg(root.path().join("clicks"))
+        .output()
+        .expect("run sluice run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a windowed job is refused on workers"
+    );
+    assert!(
+        stderr.contains("cannot run on many workers yet: it uses event time"),
+        "the refusal names the reason: {stderr}"
+    );
+
+    // The partition count of the internal topics is fixed at creation.
+    let lines = corpus(500, 3);
+    produce(&producer(&broker), &lines, 0);
+    let dir = root.path().join("wc");
+    let mut first = start_worker(&broker, &dir, &["--until-caught-up"]);
+    let status = wait_timeout(&mut first.child, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{}", first.log());
+    let mut again = start_worker(
+        &broker,
+        &dir,
+        &["--until-caught-up", "--repartition-partitions", "4"],
+    );
+    let status = wait_timeout(&mut again.child, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "another partition count is refused"
+    );
+    assert!(
+        again
+            .log()
+            .contains("the job was created with 8 partitions for its internal topics"),
+        "the refusal says why: {}",
+        again.log()
+    );
 }

@@ -200,6 +200,24 @@ impl StreamingContext {
         Ok(self.source(crate::source::embedded::EmbeddedSource::new(store, topic)?))
     }
 
+    /// Declares that output operator `op` shuffles its source-partitioned
+    /// input itself through [`crate::plan::exchange`]: on many workers the
+    /// job is cut there (a repartition topic of its own).
+    pub fn exchange_on_workers(&self, op: &str) {
+        sluice_log::common::mutex(&self.graph)
+            .output_cuts
+            .push(op.to_owned());
+    }
+
+    /// Records why part of the job cannot run on many workers: a job with
+    /// such a part is refused there with this reason, and runs in one
+    /// process as before.
+    pub fn refuse_on_workers(&self, reason: String) {
+        sluice_log::common::mutex(&self.graph)
+            .worker_refusals
+            .push(reason);
+    }
+
     /// Runs the job until it is stopped (or caught up, or `max_batches`).
     pub fn run(mut self) -> Result<RunSummary, DriverError> {
         if let Some(workers) = self.config.workers.take() {

@@ -192,6 +192,7 @@ impl WorkerPlan {
                 ));
             }
         }
+        errors.extend(g.worker_refusals.iter().cloned());
         for output in &g.outputs {
             if output.name.starts_with("topic-") {
                 errors.push(format!(
@@ -209,7 +210,7 @@ impl WorkerPlan {
             .filter(|n| n.info().cuts())
             .map(|n| n.info().name())
             .collect();
-        cuts.extend(g.table_cuts.iter().cloned());
+        cuts.extend(g.output_cuts.iter().cloned());
         let state_cfs: Vec<String> = metas
             .iter()
             .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))

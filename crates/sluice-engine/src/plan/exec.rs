@@ -194,6 +194,11 @@ impl<'a> BatchCx<'a> {
         self
     }
 
+    /// Whether this batch runs as one task of a job on many workers.
+    pub fn on_workers(&self) -> bool {
+        self.stage.is_some()
+    }
+
     /// The stage role, to take the outbox back after the batch ran.
     pub fn take_stage(&mut self) -> Option<StageRole> {
         self.stage.take()

@@ -45,6 +45,7 @@ pub use crate::data::{Data, Emit, Emitter, Key};
 pub use exec::{BatchCx, BatchInfo, ChunkSink, StageRole, read_range};
 pub(crate) use exec::{Node, NodeInfo, Output};
 pub use stateful::State;
+pub use wide::exchange;
 
 use crate::checkpoint::{CheckpointError, OperatorMeta};
 use crate::source::{Record, Source, SourceError};
@@ -94,9 +95,13 @@ pub(crate) struct Graph {
     pub outputs: Vec<Arc<Output>>,
     pub errors: Vec<String>,
     pub interval_ms: i64,
-    /// Merge tables fed by source-partitioned streams: their shuffle cuts
-    /// the job on many workers (`table-<name>`).
-    pub table_cuts: Vec<String>,
+    /// Outputs that shuffle source-partitioned input themselves (merge
+    /// tables fed by source-partitioned streams as `table-<name>`, SQL
+    /// aggregations through [`exchange`]): on many workers, where the job
+    /// is cut.
+    pub output_cuts: Vec<String>,
+    /// Why parts of the job cannot run on many workers.
+    pub worker_refusals: Vec<String>,
     kind_counts: std::collections::HashMap<&'static str, usize>,
 }
 

@@ -146,7 +146,7 @@ where
             .push(format!("two outputs write result table {table:?}"));
     }
     if merge.is_some() && !node.info().after_shuffle() {
-        graph.table_cuts.push(format!("table-{table}"));
+        graph.output_cuts.push(format!("table-{table}"));
     }
     graph.outputs.push(Arc::new(Output {
         name: format!("table:{table}"),

@@ -196,6 +196,48 @@ pub(crate) fn shuffle(
     Ok(buckets)
 }
 
+/// The shuffle of rows an output computed itself (SQL's partial
+/// aggregates), `hashes` holding a machine-independent hash of each row's
+/// key. In one process it is the identity; on many workers a stage-0 task
+/// sends the rows to `op`'s repartition topic by bucket (and gets none
+/// back), a stage-1 task gets what that topic held for its bucket.
+pub fn exchange(
+    cx: &BatchCx,
+    op: &str,
+    batch: RecordBatch,
+    hashes: &[u64],
+) -> Result<Vec<RecordBatch>> {
+    match &cx.stage {
+        None => Ok(vec![batch]),
+        Some(StageRole::Reduce { inbox, .. }) => Ok(inbox.get(op).cloned().unwrap_or_default()),
+        Some(StageRole::Map { outbox }) => {
+            let buckets = cx.parallelism;
+            let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
+            for (row, hash) in hashes.iter().enumerate().take(batch.num_rows()) {
+                indices[bucket_of(*hash, buckets)].push(row as u32);
+            }
+            let mut outbox = sluice_log::common::mutex(outbox);
+            for (b, idx) in indices.into_iter().enumerate() {
+                if idx.is_empty() {
+                    continue;
+                }
+                let idx = UInt32Array::from(idx);
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c, &idx, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                outbox.push((
+                    op.to_owned(),
+                    b,
+                    RecordBatch::try_new(batch.schema(), columns)?,
+                ));
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
 /// Splits rows by key hash without combining (joins, stateful operators).
 pub(crate) fn partition_by_key<K: Key>(
     cx: &BatchCx,

@@ -14,7 +14,9 @@ use join::JoinRun;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array};
+use datafusion::arrow::compute::concat;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
@@ -74,6 +76,12 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         Some(decl) => Sink::new(decl, &plan.plan.schema(), shared.topics, line)?,
     };
     let table = sink.table_meta();
+    match on_workers_refusal(&plan, &sink) {
+        None => shared.ctx.exchange_on_workers(&plan.operator),
+        Some(why) => shared.ctx.refuse_on_workers(format!(
+            "the query at line {line} cannot run on many workers yet: {why}"
+        )),
+    }
     let (operator, state) = (plan.operator.clone(), plan.state.clone());
     let runner = Arc::new(QueryRunner {
         sql: plan.query.sql.clone(),
@@ -94,6 +102,57 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         runner.run(cx, inputs).map_err(PlanError::from)
     });
     Ok(())
+}
+
+/// Why a query cannot run on many workers, where it is cut at its GROUP
+/// BY: stage 0 runs the partial aggregation per input partition, stage 1
+/// merges the partials of its groups into the state and the sink.
+fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
+    let agg = plan.aggregation.as_ref()?;
+    if plan.join.is_some() {
+        return Some("it joins streams");
+    }
+    if agg.window.is_some() || plan.inputs.iter().any(|i| i.watermark.is_some()) {
+        return Some("it uses event time (windows, watermarks)");
+    }
+    if agg.nested {
+        return Some("it aggregates the result of an aggregation");
+    }
+    if !matches!(sink, Sink::Console | Sink::Table(..) | Sink::Blackhole) {
+        return Some(
+            "it writes a topic or files (use a table sink: its changelog topic holds the results)",
+        );
+    }
+    None
+}
+
+/// A hash of each row's group key that every worker computes alike: the
+/// key in Arrow's row format (byte-comparable, independent of the machine)
+/// through FNV-1a and a final mix.
+fn group_hashes(groups: &[ArrayRef]) -> Result<Vec<u64>, SqlError> {
+    let converter = RowConverter::new(
+        groups
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(groups)?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in row.as_ref() {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            // splitmix64's finaliser: the bucket is taken from high bits.
+            h ^= h >> 30;
+            h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 27;
+            h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+            h ^ (h >> 31)
+        })
+        .collect())
 }
 
 struct QueryRunner {
@@ -235,6 +294,7 @@ impl QueryRunner {
                 .await;
         }
         let columns = incremental::partial_columns(&session, &agg).await?;
+        let columns = self.exchange(cx, &agg, columns)?;
         incremental::merge_batch(
             &session,
             &plan,
@@ -245,6 +305,34 @@ impl QueryRunner {
             columns,
         )
         .await
+    }
+
+    /// On many workers, sends the batch's partial aggregates to the tasks
+    /// owning their groups and takes this task's (see
+    /// [`sluice_engine::plan::exchange`]); in one process, nothing moves.
+    fn exchange(
+        &self,
+        cx: &BatchCx,
+        agg: &aggregation::Aggregation,
+        columns: Vec<ArrayRef>,
+    ) -> Result<Vec<ArrayRef>, SqlError> {
+        if !cx.on_workers() {
+            return Ok(columns);
+        }
+        let schema = agg.partial().schema();
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let groups = agg.partial().group_expr().expr().len();
+        let hashes = group_hashes(&batch.columns()[..groups])?;
+        let mine = sluice_engine::plan::exchange(cx, &self.operator, batch, &hashes)?;
+        (0..schema.fields().len())
+            .map(|i| {
+                if mine.is_empty() {
+                    return Ok(new_empty_array(schema.field(i).data_type()));
+                }
+                let parts: Vec<&dyn Array> = mine.iter().map(|b| b.column(i).as_ref()).collect();
+                Ok(concat(&parts)?)
+            })
+            .collect()
     }
 
     fn policy(&self, watermark: Option<i64>) -> Policy {
