@@ -20,6 +20,11 @@ pub struct TableArgs {
     /// Result table (default: the job's only table, or the one named like the job).
     #[arg(long)]
     pub table: Option<String>,
+    /// Read the table of a job run on many workers (`--workers-group`)
+    /// from its changelog topic at this Kafka broker instead of a
+    /// checkpoint.
+    #[arg(long, conflicts_with = "checkpoint_dir")]
+    pub brokers: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +49,22 @@ pub enum StateCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+}
+
+/// Runs `f` over the table to read: from its changelog at --brokers (a
+/// job on many workers), or from the job's checkpoint.
+fn with_table<T>(
+    args: &TableArgs,
+    f: impl FnOnce(&TableReader) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if let Some(brokers) = &args.brokers {
+        let (meta, entries) =
+            crate::driver::worker::read_table(brokers, &args.job, args.table.as_deref())
+                .with_context(|| format!("cannot read job {}'s table at {brokers}", args.job))?;
+        return f(&TableReader::loaded(meta, entries));
+    }
+    let (checkpoint, name) = open(args)?;
+    f(&TableReader::open(&checkpoint, &name)?)
 }
 
 fn open(args: &TableArgs) -> anyhow::Result<(Checkpoint, String)> {
@@ -86,58 +107,58 @@ pub fn run(cmd: StateCommand) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match cmd {
-        StateCommand::Get { table, key } => {
-            let (checkpoint, name) = open(&table)?;
-            let reader = TableReader::open(&checkpoint, &name)?;
+        StateCommand::Get { table, key } => with_table(&table, |reader| {
             match reader.get(&key)? {
                 Some(v) => writeln!(out, "{}", v.text)?,
-                None => anyhow::bail!("no key {key:?} in table {name:?}"),
+                None => anyhow::bail!("no key {key:?} in table {:?}", reader.meta.name),
             }
-        }
+            Ok(())
+        })?,
         StateCommand::Scan {
             table,
             prefix,
             top,
             limit,
         } => {
-            let (checkpoint, name) = open(&table)?;
-            let reader = TableReader::open(&checkpoint, &name)?;
-            if let Some(n) = top {
-                // Keep the n largest in a bounded heap: tables can be big.
-                let mut heap = std::collections::BinaryHeap::new();
-                reader.scan(prefix.as_deref(), |k, v| {
-                    let score = v.number.unwrap_or(f64::NEG_INFINITY);
-                    heap.push(std::cmp::Reverse((OrdF64(score), k.text, v.text)));
-                    if heap.len() > n {
-                        heap.pop();
+            with_table(&table, |reader| {
+                if let Some(n) = top {
+                    // Keep the n largest in a bounded heap: tables can be big.
+                    let mut heap = std::collections::BinaryHeap::new();
+                    reader.scan(prefix.as_deref(), |k, v| {
+                        let score = v.number.unwrap_or(f64::NEG_INFINITY);
+                        heap.push(std::cmp::Reverse((OrdF64(score), k.text, v.text)));
+                        if heap.len() > n {
+                            heap.pop();
+                        }
+                        true
+                    })?;
+                    let mut rows: Vec<_> = heap.into_iter().map(|r| r.0).collect();
+                    rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                    for (_, k, v) in rows {
+                        writeln!(out, "{k}\t{v}")?;
                     }
-                    true
-                })?;
-                let mut rows: Vec<_> = heap.into_iter().map(|r| r.0).collect();
-                rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-                for (_, k, v) in rows {
-                    writeln!(out, "{k}\t{v}")?;
+                } else {
+                    let mut left = limit.unwrap_or(usize::MAX);
+                    let mut failed = None;
+                    reader.scan(prefix.as_deref(), |k, v| {
+                        if left == 0 {
+                            return false;
+                        }
+                        left -= 1;
+                        if let Err(e) = writeln!(out, "{}\t{}", k.text, v.text) {
+                            failed = Some(e);
+                            return false;
+                        }
+                        true
+                    })?;
+                    if let Some(e) = failed
+                        && e.kind() != std::io::ErrorKind::BrokenPipe
+                    {
+                        return Err(e.into());
+                    }
                 }
-            } else {
-                let mut left = limit.unwrap_or(usize::MAX);
-                let mut failed = None;
-                reader.scan(prefix.as_deref(), |k, v| {
-                    if left == 0 {
-                        return false;
-                    }
-                    left -= 1;
-                    if let Err(e) = writeln!(out, "{}\t{}", k.text, v.text) {
-                        failed = Some(e);
-                        return false;
-                    }
-                    true
-                })?;
-                if let Some(e) = failed
-                    && e.kind() != std::io::ErrorKind::BrokenPipe
-                {
-                    return Err(e.into());
-                }
-            }
+                Ok(())
+            })?
         }
     }
     Ok(())

@@ -143,8 +143,9 @@ pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
     let summary = ctx.run().context("the word-count job stopped")?;
     if on_workers {
         eprintln!(
-            "counts are in the compacted topic {} (last value per word; read it read_committed)",
-            crate::driver::worker::changelog_topic(&table, &format!("table.{table}"))
+            "counts are in result table {table:?}, kept in the compacted topic {}: sluice state scan --job {table} --brokers {} --top 10",
+            crate::driver::worker::changelog_topic(&table, &format!("table.{table}")),
+            args.brokers.as_deref().unwrap_or_default()
         );
         return Ok(());
     }

@@ -66,19 +66,7 @@ fn parse_seq(payload: &[u8]) -> u64 {
 }
 
 fn create_topic(broker: &TestBroker) {
-    let status = common::sluice()
-        .args([
-            "topic",
-            "create",
-            TOPIC,
-            "--partitions",
-            &PARTITIONS.to_string(),
-        ])
-        .arg("--bootstrap")
-        .arg(broker.bootstrap())
-        .status()
-        .expect("run sluice topic create");
-    assert!(status.success(), "topic create failed:\n{}", broker.log());
+    broker.create_topic(TOPIC, PARTITIONS);
 }
 
 /// Reads every record of `partition` from the beginning to the high-water mark.

@@ -160,6 +160,24 @@ impl TestBroker {
 
     /// Stops the broker with SIGTERM and asserts that it exits with code 0
     /// and logs its clean stop.
+    /// Creates `topic` with `partitions` partitions through `sluice topic
+    /// create --bootstrap`.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        let status = super::sluice()
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .arg("--bootstrap")
+            .arg(self.bootstrap())
+            .status()
+            .expect("run sluice topic create");
+        assert!(status.success(), "topic create failed:\n{}", self.log());
+    }
+
     pub fn stop_gracefully(&mut self) {
         let status = self.stop();
         assert!(

@@ -65,19 +65,7 @@ fn counts(lines: &[String]) -> BTreeMap<String, u64> {
 }
 
 fn create_topic(broker: &TestBroker) {
-    let status = common::sluice()
-        .args([
-            "topic",
-            "create",
-            TOPIC,
-            "--partitions",
-            &PARTITIONS.to_string(),
-        ])
-        .arg("--bootstrap")
-        .arg(broker.bootstrap())
-        .status()
-        .expect("run sluice topic create");
-    assert!(status.success(), "topic create failed:\n{}", broker.log());
+    broker.create_topic(TOPIC, PARTITIONS);
 }
 
 fn producer(broker: &TestBroker) -> BaseProducer {
@@ -182,6 +170,18 @@ impl Worker {
                 self.log()
             );
         }
+    }
+}
+
+/// Waits for workers started with --until-caught-up to finish the job.
+fn wait_all_done(workers: &mut [Worker]) {
+    for w in workers {
+        let status = wait_timeout(&mut w.child, Duration::from_secs(120));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a worker did not finish the job ({status:?}); its log:\n{}",
+            w.log()
+        );
     }
 }
 
@@ -330,18 +330,38 @@ fn three_workers_count_what_one_process_counts() {
             )
         })
         .collect();
-    for w in &mut workers {
-        let status = wait_timeout(&mut w.child, Duration::from_secs(120));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "a worker did not finish the job ({status:?}); its log:\n{}",
-            w.log()
-        );
-    }
+    wait_all_done(&mut workers);
     assert_eq!(
         read_table(&broker),
         counts(&lines),
         "three workers count every word exactly once"
+    );
+    // The CLI reads the table of a job on many workers from its changelog.
+    let scan = common::sluice()
+        .args([
+            "state",
+            "scan",
+            "--job",
+            JOB,
+            "--brokers",
+            &broker.bootstrap(),
+        ])
+        .output()
+        .expect("run sluice state scan --brokers");
+    assert!(
+        scan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    let mut scanned = BTreeMap::new();
+    for line in String::from_utf8_lossy(&scan.stdout).lines() {
+        let (word, count) = line.split_once('\t').expect("word<TAB>count");
+        scanned.insert(word.to_owned(), count.parse::<u64>().expect("a count"));
+    }
+    assert_eq!(
+        scanned,
+        counts(&lines),
+        "state scan --brokers shows the counts"
     );
     let logs: Vec<String> = workers.iter().map(Worker::log).collect();
     assert!(
@@ -439,14 +459,7 @@ fn the_sql_word_count_on_three_workers_equals_one_process() {
             )
         })
         .collect();
-    for w in &mut workers {
-        let status = wait_timeout(&mut w.child, Duration::from_secs(120));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "a SQL worker did not finish the job ({status:?}); its log:\n{}",
-            w.log()
-        );
-    }
+    wait_all_done(&mut workers);
     let on_workers = read_changelog(&broker, "sluice-wcsql-table.counts-changelog");
 
     let single_dir = root.path().join("single");

@@ -251,15 +251,7 @@ impl Driver {
     /// left one.
     fn start(config: JobConfig, graph: SharedGraph) -> Result<Driver, DriverError> {
         let (sources, metas, tables) = checked_job(&config, &graph)?;
-        let cfs: Vec<String> = metas
-            .iter()
-            .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))
-            .chain(
-                tables
-                    .iter()
-                    .map(|t| format!("{TABLE_CF_PREFIX}{}", t.name)),
-            )
-            .collect();
+        let cfs = state_column_families(&metas, &tables);
         let mut checkpoint = Checkpoint::open(&config.checkpoint_path(), &config.name, &cfs)?;
         checkpoint.register(&metas, &tables, config.reset_state)?;
         let (offsets, lost_records, next_batch_id, replay, fresh_job) = match checkpoint.resume()? {
@@ -780,6 +772,19 @@ fn checked_job(
         }
     }
     Ok((sources, metas, tables))
+}
+
+/// The checkpoint's column families of operator state and result tables.
+fn state_column_families(metas: &[OperatorMeta], tables: &[OperatorMeta]) -> Vec<String> {
+    metas
+        .iter()
+        .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))
+        .chain(
+            tables
+                .iter()
+                .map(|t| format!("{TABLE_CF_PREFIX}{}", t.name)),
+        )
+        .collect()
 }
 
 /// Every partition's high-water mark now: where `--until-caught-up` stops.

@@ -43,9 +43,7 @@ use rocksdb::WriteBatch;
 
 use super::progress::{BatchProgress, PartitionProgress};
 use super::{DriverError, JobConfig, RunSummary, planned_records};
-use crate::checkpoint::{
-    Checkpoint, CommittedBatch, PlannedBatch, Range, STATE_CF_PREFIX, TABLE_CF_PREFIX,
-};
+use crate::checkpoint::{Checkpoint, CommittedBatch, PlannedBatch, Range, TABLE_CF_PREFIX};
 use crate::plan::{BatchCx, Output, PlanError, SharedGraph, StageRole};
 use crate::source::kafka::KafkaSource;
 use crate::source::record::{KEY, VALUE};
@@ -122,6 +120,138 @@ pub fn changelog_topic(job: &str, cf: &str) -> String {
     format!("sluice-{}-{}-changelog", topic_safe(job), topic_safe(cf))
 }
 
+/// The compacted topic where a job on many workers records its result
+/// tables' types (table name → JSON), so readers of the changelogs can
+/// decode them (`sluice state scan --brokers`).
+pub fn tables_topic(job: &str) -> String {
+    format!("sluice-{}-tables", topic_safe(job))
+}
+
+/// Records the job's result tables in [`tables_topic`].
+fn publish_tables(
+    producer: &BaseProducer<TaskDelivery>,
+    brokers: &str,
+    job: &str,
+    tables: &[crate::checkpoint::OperatorMeta],
+) -> Result<(), DriverError> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let topic = tables_topic(job);
+    crate::sink::topic::kafka_topic_partitions(
+        producer,
+        brokers,
+        &topic,
+        1,
+        &[("cleanup.policy", "compact")],
+    )
+    .map_err(DriverError::Other)?;
+    for meta in tables {
+        let json = serde_json::to_vec(meta).map_err(other)?;
+        send(
+            producer,
+            BaseRecord::<str, [u8]>::to(&topic)
+                .partition(0)
+                .key(meta.name.as_str())
+                .payload(&json[..]),
+        )
+        .map_err(|e| match e {
+            TaskFailure::Fenced(m) => other(m),
+            TaskFailure::Failed(e) => e,
+        })?;
+    }
+    producer
+        .flush(KAFKA_TIMEOUT)
+        .map_err(|e| other(format!("cannot record the job's tables in {topic}: {e}")))?;
+    if let Some(e) = sluice_log::common::mutex(&producer.context().first_error).take() {
+        return Err(other(format!(
+            "cannot record the job's tables in {topic}: {e}"
+        )));
+    }
+    Ok(())
+}
+
+/// A table's entries: encoded key → encoded value, in key order.
+pub type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Every record of `topic` (read_committed, from the log start to the last
+/// stable offset) folded into its last value per key; a key whose last
+/// record is a tombstone is absent.
+fn last_values(brokers: &str, topic: &str) -> Result<Entries, DriverError> {
+    let source = kafka_source(brokers, topic)?;
+    let mut entries = BTreeMap::new();
+    for info in source.partitions()? {
+        if info.high_watermark <= info.log_start {
+            continue;
+        }
+        crate::plan::read_range(
+            &*source,
+            info.partition,
+            info.log_start,
+            info.high_watermark,
+            &mut |chunk: RecordBatch| {
+                let keys = binary_column(&chunk, KEY)?;
+                let values = binary_column(&chunk, VALUE)?;
+                for i in 0..chunk.num_rows() {
+                    if keys.is_null(i) {
+                        continue;
+                    }
+                    if values.is_null(i) {
+                        entries.remove(keys.value(i));
+                    } else {
+                        entries.insert(keys.value(i).to_vec(), values.value(i).to_vec());
+                    }
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| other(format!("cannot read {topic}: {e}")))?;
+    }
+    Ok(entries)
+}
+
+/// A result table of a job on many workers, read from its changelog: the
+/// table's types and its last value per key, in key order. `table`
+/// defaults to the one named like the job, or the job's only table.
+pub fn read_table(
+    brokers: &str,
+    job: &str,
+    table: Option<&str>,
+) -> Result<(crate::checkpoint::OperatorMeta, Entries), DriverError> {
+    let recorded = last_values(brokers, &tables_topic(job))?;
+    let metas: Vec<crate::checkpoint::OperatorMeta> = recorded
+        .values()
+        .filter_map(|v| serde_json::from_slice(v).ok())
+        .collect();
+    let names = || {
+        metas
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let meta = match table {
+        Some(t) => metas.iter().find(|m| m.name == t),
+        None => metas
+            .iter()
+            .find(|m| m.name == job)
+            .or(if metas.len() == 1 { metas.first() } else { None }),
+    }
+    .cloned()
+    .ok_or_else(|| {
+        other(if metas.is_empty() {
+            format!(
+                "job {job} has recorded no result tables at {brokers} (is it a job run with --workers-group, and has a worker started?)"
+            )
+        } else {
+            format!("choose one of job {job}'s result tables with --table: {}", names())
+        })
+    })?;
+    let changelog = changelog_topic(job, &format!("{TABLE_CF_PREFIX}{}", meta.name));
+    let entries = last_values(brokers, &changelog)?;
+    Ok((meta, entries))
+}
+
 /// What the job graph means on many workers: its one input, its cuts and
 /// its state.
 struct WorkerPlan {
@@ -145,16 +275,6 @@ fn invalid(config: &JobConfig, errors: Vec<String>) -> DriverError {
         errors,
     }
 }
-
-/// Wide operators that cannot be cut into a map and a per-key reduce side.
-const NOT_ON_WORKERS: [&str; 6] = [
-    "count",
-    "reduce",
-    "window",
-    "reduce_by_key_and_window",
-    "join",
-    "left_outer_join",
-];
 
 impl WorkerPlan {
     fn new(
@@ -185,7 +305,7 @@ impl WorkerPlan {
         };
         for node in &g.nodes {
             let kind = node.info().kind();
-            if NOT_ON_WORKERS.contains(&kind) {
+            if crate::plan::UNCUT_WIDE_KINDS.contains(&kind) {
                 errors.push(format!(
                     "operator {} ({kind}) cannot run on many workers yet: only per-key shuffles (reduce_by_key, update_state_by_key, map_with_state, merge tables) are cut into stages",
                     node.info().name()
@@ -211,15 +331,7 @@ impl WorkerPlan {
             .map(|n| n.info().name())
             .collect();
         cuts.extend(g.output_cuts.iter().cloned());
-        let state_cfs: Vec<String> = metas
-            .iter()
-            .map(|m| format!("{STATE_CF_PREFIX}{}", m.name))
-            .chain(
-                tables
-                    .iter()
-                    .map(|t| format!("{TABLE_CF_PREFIX}{}", t.name)),
-            )
-            .collect();
+        let state_cfs = super::state_column_families(&metas, &tables);
         let description = format!(
             "{}|{}|{}|{}",
             topic,
@@ -583,6 +695,7 @@ impl Worker {
                 .create_with_context(TaskDelivery::new("metadata".into()))
                 .map_err(|e| other(format!("cannot create a Kafka client for {brokers}: {e}")))?;
         let plan = WorkerPlan::new(&config, &options, &graph, &meta_producer)?;
+        publish_tables(&meta_producer, &brokers, &config.name, &plan.tables)?;
         let outputs = sluice_log::common::mutex(&graph).outputs.clone();
         let group_id = options
             .group
@@ -795,10 +908,16 @@ impl Worker {
             .collect();
         self.epoch += 1;
         let (env, epoch) = (&self.env, self.epoch);
+        // One look at every topic's partitions for all the tasks opened.
+        let layout = if gained.is_empty() {
+            Layout::new()
+        } else {
+            env.layout()?
+        };
         let opened: Vec<Result<Task, DriverError>> = self.pool.install(|| {
             gained
                 .par_iter()
-                .map(|id| env.open_task(*id, epoch))
+                .map(|id| env.open_task(*id, epoch, &layout))
                 .collect()
         });
         for task in opened {
@@ -1017,7 +1136,20 @@ impl Env {
     /// Takes a task over: its producer fences the previous owner (aborting
     /// what it left open), its offsets come from the group, its state from
     /// the changelog.
-    fn open_task(&self, id: TaskId, epoch: u64) -> Result<Task, DriverError> {
+    /// The partitions of the input, repartition and changelog topics now.
+    fn layout(&self) -> Result<Layout, DriverError> {
+        let mut layout = Layout::new();
+        layout.insert(self.plan.topic.clone(), self.plan.source.partitions()?);
+        for (_, topic, source) in &self.repartition_sources {
+            layout.insert(topic.clone(), source.partitions()?);
+        }
+        for source in self.changelog_sources.values() {
+            layout.insert(source.name().to_owned(), source.partitions()?);
+        }
+        Ok(layout)
+    }
+
+    fn open_task(&self, id: TaskId, epoch: u64, layout: &Layout) -> Result<Task, DriverError> {
         let txn_id = format!(
             "sluice-{}-{}_{}",
             topic_safe(&self.config.name),
@@ -1064,17 +1196,7 @@ impl Env {
         let partition = id.partition as i32;
         let committed = self.committed(inputs.iter().map(|i| (i.topic.as_str(), partition)))?;
         for input in &mut inputs {
-            let info = input
-                .source
-                .partitions()?
-                .into_iter()
-                .find(|i| i.partition == partition)
-                .ok_or_else(|| {
-                    other(format!(
-                        "topic {} has no partition {partition}",
-                        input.topic
-                    ))
-                })?;
+            let info = partition_info(layout, &input.topic, partition)?;
             input.next = match committed.get(&(input.topic.clone(), partition)) {
                 Some(o) => *o,
                 None if input.op.is_none() => match &self.config.starting_position {
@@ -1112,7 +1234,7 @@ impl Env {
             purge: Vec::new(),
         };
         if id.stage == 1 {
-            self.restore(&mut task)?;
+            self.restore(&mut task, layout)?;
         }
         Ok(task)
     }
@@ -1123,7 +1245,7 @@ impl Env {
 
     /// Replays the task's changelogs into its database, from where the
     /// database stopped up to the last stable offset.
-    fn restore(&self, task: &mut Task) -> Result<(), DriverError> {
+    fn restore(&self, task: &mut Task, layout: &Layout) -> Result<(), DriverError> {
         let started = Instant::now();
         let partition = task.id.partition as i32;
         let mut known: BTreeMap<String, i64> =
@@ -1133,16 +1255,7 @@ impl Env {
             };
         let (mut restored, mut bytes) = (0u64, 0u64);
         for (cf_name, source) in &self.changelog_sources {
-            let info = source
-                .partitions()?
-                .into_iter()
-                .find(|i| i.partition == partition)
-                .ok_or_else(|| {
-                    other(format!(
-                        "changelog {} has no partition {partition}",
-                        source.name()
-                    ))
-                })?;
+            let info = partition_info(layout, source.name(), partition)?;
             let cf = task.db.cf(cf_name)?;
             let mut from = known.get(cf_name).copied().unwrap_or(0);
             if from > info.high_watermark {
@@ -1438,6 +1551,21 @@ impl Env {
         }
         Ok(())
     }
+}
+
+/// Partitions of each topic the worker reads, by topic name.
+type Layout = HashMap<String, Vec<crate::source::PartitionInfo>>;
+
+fn partition_info(
+    layout: &Layout,
+    topic: &str,
+    partition: i32,
+) -> Result<crate::source::PartitionInfo, DriverError> {
+    layout
+        .get(topic)
+        .and_then(|infos| infos.iter().find(|i| i.partition == partition))
+        .cloned()
+        .ok_or_else(|| other(format!("topic {topic} has no partition {partition}")))
 }
 
 /// Sends one record, waiting while the producer's queue is full.

@@ -136,12 +136,14 @@ impl Graph {
     }
 }
 
-/// Operators whose output is computed whole per batch from a shuffle (or
-/// a global merge) of their input.
-pub(crate) const WIDE_KINDS: [&str; 9] = [
-    "reduce_by_key",
-    "map_with_state",
-    "update_state_by_key",
+/// Wide operators that shuffle by key into one reduce side: on many
+/// workers, a stage boundary.
+pub(crate) const KEYED_WIDE_KINDS: [&str; 3] =
+    ["reduce_by_key", "map_with_state", "update_state_by_key"];
+
+/// Wide operators that cannot yet be cut into a map and a per-key reduce
+/// side (global merges, windows, two-sided joins).
+pub(crate) const UNCUT_WIDE_KINDS: [&str; 6] = [
     "count",
     "reduce",
     "window",
@@ -199,7 +201,7 @@ impl<T: Data> DStream<T> {
     ) -> DStream<U> {
         self.node.info().add_consumer();
         let name = lock_graph(&self.graph).next_name(kind);
-        let wide = WIDE_KINDS.contains(&kind);
+        let wide = KEYED_WIDE_KINDS.contains(&kind) || UNCUT_WIDE_KINDS.contains(&kind);
         let input_shuffled = self.node.info().after_shuffle();
         let node = build(NodeInfo::new(name, schema_of::<U>()).with_kind(
             kind,

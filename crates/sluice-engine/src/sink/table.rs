@@ -118,8 +118,16 @@ fn show_one(ty: &str, input: &mut &[u8], last: bool) -> Result<Shown, CodecError
 
 /// A result table opened for reading.
 pub struct TableReader<'a> {
-    checkpoint: &'a Checkpoint,
+    entries: Entries<'a>,
     pub meta: OperatorMeta,
+}
+
+/// Where a table's entries are.
+enum Entries<'a> {
+    /// A job's checkpoint (one process).
+    Checkpoint(&'a Checkpoint),
+    /// Read whole from elsewhere (a job on many workers: its changelog).
+    Loaded(std::collections::BTreeMap<Vec<u8>, Vec<u8>>),
 }
 
 impl<'a> TableReader<'a> {
@@ -141,19 +149,40 @@ impl<'a> TableReader<'a> {
                     }
                 ))
             })?;
-        Ok(TableReader { checkpoint, meta })
+        Ok(TableReader {
+            entries: Entries::Checkpoint(checkpoint),
+            meta,
+        })
     }
 
-    fn cf(&self) -> Result<&rocksdb::ColumnFamily, CheckpointError> {
-        self.checkpoint
-            .cf(&format!("{TABLE_CF_PREFIX}{}", self.meta.name))
+    /// A table whose entries (encoded key → encoded value) were read whole,
+    /// e.g. from the changelog topic of a job on many workers.
+    pub fn loaded(
+        meta: OperatorMeta,
+        entries: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> TableReader<'static> {
+        TableReader {
+            entries: Entries::Loaded(entries),
+            meta,
+        }
+    }
+
+    fn cf<'c>(
+        &self,
+        checkpoint: &'c Checkpoint,
+    ) -> Result<&'c rocksdb::ColumnFamily, CheckpointError> {
+        checkpoint.cf(&format!("{TABLE_CF_PREFIX}{}", self.meta.name))
     }
 
     /// The value of one key, given as text (string keys) or as the key's
     /// display form for numeric keys.
     pub fn get(&self, key: &str) -> Result<Option<Shown>, TableError> {
         let encoded = encode_text_key(&self.meta.key_type, key)?;
-        match self.checkpoint.db().get_cf(self.cf()?, encoded)? {
+        let found = match &self.entries {
+            Entries::Checkpoint(c) => c.db().get_cf(self.cf(c)?, encoded)?,
+            Entries::Loaded(map) => map.get(&encoded).cloned(),
+        };
+        match found {
             Some(bytes) => Ok(Some(show(&self.meta.state_type, &bytes)?)),
             None => Ok(None),
         }
@@ -170,20 +199,34 @@ impl<'a> TableReader<'a> {
             Some(p) => encode_text_key(&self.meta.key_type, p)?,
             None => Vec::new(),
         };
-        let iter = self.checkpoint.db().iterator_cf(
-            self.cf()?,
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
+        let mut visit = |k: &[u8], v: &[u8]| -> Result<bool, TableError> {
             if !k.starts_with(&start) {
-                break;
+                return Ok(false);
             }
-            if !each(
-                show(&self.meta.key_type, &k)?,
-                show(&self.meta.state_type, &v)?,
-            ) {
-                break;
+            Ok(each(
+                show(&self.meta.key_type, k)?,
+                show(&self.meta.state_type, v)?,
+            ))
+        };
+        match &self.entries {
+            Entries::Checkpoint(c) => {
+                let iter = c.db().iterator_cf(
+                    self.cf(c)?,
+                    rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+                );
+                for item in iter {
+                    let (k, v) = item?;
+                    if !visit(&k, &v)? {
+                        break;
+                    }
+                }
+            }
+            Entries::Loaded(map) => {
+                for (k, v) in map.range(start.clone()..) {
+                    if !visit(k, v)? {
+                        break;
+                    }
+                }
             }
         }
         Ok(())
