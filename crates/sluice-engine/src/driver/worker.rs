@@ -60,6 +60,11 @@ const REPARTITION_RECORD_BYTES: usize = 512 * 1024;
 const RESTORE_WRITE_ROWS: usize = 64 * 1024;
 /// The local database's key for the changelog offsets it has reached.
 const CHANGELOG_OFFSETS_KEY: &[u8] = b"worker.changelog-offsets";
+/// A task that fails this many times in a row (its batch, or opening it)
+/// ends the worker with the last error; below that it is closed and opened
+/// again from its last commit, so a broker restart or a moved coordinator
+/// does not end the worker.
+const MAX_TASK_FAILURES: u32 = 5;
 /// Stage-1 tasks purge their repartition input (DeleteRecords) every this
 /// many batches.
 const PURGE_EVERY_BATCHES: u64 = 10;
@@ -653,6 +658,8 @@ struct Worker {
     member: GroupMember,
     runtime: tokio::runtime::Runtime,
     tasks: BTreeMap<TaskId, Task>,
+    /// Consecutive failures of a task (or of a look at the topics: `None`).
+    failures: HashMap<Option<TaskId>, u32>,
     epoch: u64,
     pool: rayon::ThreadPool,
     admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
@@ -787,6 +794,7 @@ impl Worker {
             member,
             runtime,
             tasks: BTreeMap::new(),
+            failures: HashMap::new(),
             epoch: 0,
             pool,
             admin,
@@ -847,8 +855,12 @@ impl Worker {
                     estimated_rate: None,
                     caught_up_fraction: None,
                 })?;
-            } else if self.env.targets.is_some() && self.env.caught_up()? {
-                break;
+            } else if self.env.targets.is_some() {
+                match self.env.caught_up() {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => self.task_failed(None, e)?,
+                }
             }
             if self
                 .env
@@ -912,17 +924,27 @@ impl Worker {
         let layout = if gained.is_empty() {
             Layout::new()
         } else {
-            env.layout()?
+            match env.layout() {
+                Ok(layout) => layout,
+                Err(e) => {
+                    self.task_failed(None, e)?;
+                    return Ok(());
+                }
+            }
         };
-        let opened: Vec<Result<Task, DriverError>> = self.pool.install(|| {
+        let opened: Vec<(TaskId, Result<Task, DriverError>)> = self.pool.install(|| {
             gained
                 .par_iter()
-                .map(|id| env.open_task(*id, epoch, &layout))
+                .map(|id| (*id, env.open_task(*id, epoch, &layout)))
                 .collect()
         });
-        for task in opened {
-            let task = task?;
-            self.tasks.insert(task.id, task);
+        for (id, task) in opened {
+            match task {
+                Ok(task) => {
+                    self.tasks.insert(id, task);
+                }
+                Err(e) => self.task_failed(Some(id), e)?,
+            }
         }
         let owned: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
         let owned = if owned.is_empty() {
@@ -943,10 +965,47 @@ impl Worker {
         Ok(())
     }
 
+    /// Counts a failure of task `id` (`None`: of looking at the topics).
+    /// Below [`MAX_TASK_FAILURES`] in a row the task is closed, the worker
+    /// waits a moment and rejoins, and the task opens again from its last
+    /// commit; at the limit the error ends the worker.
+    fn task_failed(&mut self, id: Option<TaskId>, error: DriverError) -> Result<(), DriverError> {
+        let n = self.failures.entry(id).or_default();
+        *n += 1;
+        let what = id.map_or_else(
+            || "looking at the job's topics".to_owned(),
+            |id| format!("task {id}"),
+        );
+        if *n >= MAX_TASK_FAILURES {
+            return Err(other(format!("{what} failed {n} times in a row: {error}")));
+        }
+        tracing::warn!("{what} failed (attempt {n} of {MAX_TASK_FAILURES}): {error}");
+        if self.env.config.progress.lines {
+            eprintln!(
+                "{what} failed (attempt {n} of {MAX_TASK_FAILURES}), retrying from its last commit: {error}"
+            );
+        }
+        if let Some(id) = id {
+            self.tasks.remove(&id);
+        }
+        self.member.request_rejoin();
+        std::thread::sleep(Duration::from_millis(500 * u64::from(*n)));
+        Ok(())
+    }
+
     /// Runs one batch of every task with input waiting, in parallel.
     fn run_tasks(&mut self) -> Result<TaskReport, DriverError> {
+        let ends = match self.env.input_ends(&self.tasks) {
+            Ok(ends) => {
+                self.failures.remove(&None);
+                ends
+            }
+            Err(e) => {
+                self.task_failed(None, e)?;
+                return Ok(TaskReport::default());
+            }
+        };
         let env = &self.env;
-        let ends = env.input_ends(&self.tasks)?;
         let limit = env.config.max_records_per_batch.unwrap_or(u64::MAX) as i64;
         let now = sluice_log::common::now_ms();
         let interval = env.config.batch_interval.as_millis().max(1) as i64;
@@ -982,7 +1041,10 @@ impl Worker {
         let mut total = TaskReport::default();
         for (id, result) in results {
             match result {
-                Ok(r) => total.add(r),
+                Ok(r) => {
+                    self.failures.remove(&Some(id));
+                    total.add(r);
+                }
                 Err(TaskFailure::Fenced(why)) => {
                     tracing::warn!(task = %id, "another worker took the task over: {why}");
                     if self.env.config.progress.lines {
@@ -991,7 +1053,7 @@ impl Worker {
                     self.tasks.remove(&id);
                     self.member.request_rejoin();
                 }
-                Err(TaskFailure::Failed(e)) => return Err(e),
+                Err(TaskFailure::Failed(e)) => self.task_failed(Some(id), e)?,
             }
         }
         Ok(total)
@@ -1430,7 +1492,7 @@ impl Env {
                 .map_err(|e| txn("cannot commit the transaction", e))
         });
         if let Err(e) = sent {
-            let _ = producer.abort_transaction(KAFKA_TIMEOUT);
+            let _ = producer.abort_transaction(Duration::from_secs(10));
             return Err(e);
         }
         report.transactions = 1;
