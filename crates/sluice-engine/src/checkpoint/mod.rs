@@ -337,6 +337,27 @@ impl Checkpoint {
             .map_err(self.rocks("cannot write"))
     }
 
+    /// Writes a batch without waiting for the WAL's fsync: for a database
+    /// that is a cache of a record kept elsewhere (a task of a job on many
+    /// workers, whose Kafka transaction committed first). A crash may lose
+    /// the last such writes, never part of one.
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<()> {
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(self.rocks("cannot write"))
+    }
+
+    /// [`Checkpoint::commit`] without the fsync (see
+    /// [`Checkpoint::write_unsynced`]).
+    pub fn commit_unsynced(
+        &self,
+        mut writes: WriteBatch,
+        committed: &CommittedBatch,
+    ) -> Result<()> {
+        writes.put(KEY_COMMITTED, json(committed));
+        self.write_unsynced(writes)
+    }
+
     pub fn committed(&self) -> Result<Option<CommittedBatch>> {
         self.get_json(KEY_COMMITTED)
     }

@@ -65,6 +65,8 @@ const CHANGELOG_OFFSETS_KEY: &[u8] = b"worker.changelog-offsets";
 /// again from its last commit, so a broker restart or a moved coordinator
 /// does not end the worker.
 const MAX_TASK_FAILURES: u32 = 5;
+/// Threads opening a rebalance's gained tasks.
+const OPEN_THREADS: usize = 8;
 /// Stage-1 tasks purge their repartition input (DeleteRecords) every this
 /// many batches.
 const PURGE_EVERY_BATCHES: u64 = 10;
@@ -932,10 +934,27 @@ impl Worker {
                 }
             }
         };
-        let opened: Vec<(TaskId, Result<Task, DriverError>)> = self.pool.install(|| {
-            gained
-                .par_iter()
-                .map(|id| (*id, env.open_task(*id, epoch, &layout)))
+        // Opening is mostly waiting on the broker (a producer's
+        // init_transactions, offset lookups): more threads than cores.
+        let opened: Vec<(TaskId, Result<Task, DriverError>)> = std::thread::scope(|scope| {
+            let per_thread = gained.len().div_ceil(OPEN_THREADS).max(1);
+            let handles: Vec<_> = gained
+                .chunks(per_thread)
+                .map(|ids| {
+                    let layout = &layout;
+                    scope.spawn(move || {
+                        ids.iter()
+                            .map(|id| (*id, env.open_task(*id, epoch, layout)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect()
         });
         for (id, task) in opened {
@@ -1354,13 +1373,13 @@ impl Env {
                             restored += 1;
                         }
                         if batch.len() >= RESTORE_WRITE_ROWS {
-                            db.write(std::mem::take(&mut batch))?;
+                            db.write_unsynced(std::mem::take(&mut batch))?;
                         }
                         Ok(())
                     },
                 )
                 .map_err(|e| other(format!("task {}: cannot restore {cf_name}: {e}", task.id)))?;
-                task.db.write(batch)?;
+                task.db.write_unsynced(batch)?;
             }
             known.insert(cf_name.clone(), info.high_watermark);
         }
@@ -1369,7 +1388,7 @@ impl Env {
             CHANGELOG_OFFSETS_KEY,
             serde_json::to_vec(&known).map_err(other)?,
         );
-        task.db.write(record)?;
+        task.db.write_unsynced(record)?;
         task.changelog_next = known;
         if restored > 0 {
             let secs = started.elapsed().as_secs_f64();
@@ -1531,7 +1550,7 @@ impl Env {
                 lag: 0,
             });
         }
-        task.db.commit(
+        task.db.commit_unsynced(
             writes,
             &CommittedBatch {
                 batch_id,
