@@ -220,17 +220,18 @@ fn read_changelog(broker: &TestBroker, changelog: &str) -> BTreeMap<Vec<u8>, Vec
     let metadata = consumer
         .fetch_metadata(Some(changelog), Duration::from_secs(10))
         .expect("the broker's metadata");
-    let created = metadata
+    let partitions = metadata
         .topics()
         .iter()
-        .any(|t| t.name() == changelog && t.error().is_none() && !t.partitions().is_empty());
-    if !created {
+        .find(|t| t.name() == changelog && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32);
+    if partitions == 0 {
         // The first worker has not created the job's topics yet.
         return table;
     }
     let mut tpl = TopicPartitionList::new();
     let mut live = Vec::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         let (low, high) = consumer
             .fetch_watermarks(changelog, p, Duration::from_secs(10))
             .expect("changelog watermarks");
@@ -702,4 +703,57 @@ fn workers_ride_out_a_broker_restart_with_exact_counts() {
     for w in &mut workers {
         w.stop();
     }
+}
+
+#[test]
+fn a_sql_topic_sink_on_workers_writes_inside_each_tasks_transaction() {
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(15_000, 13);
+    produce(&producer(&broker), &lines, 0);
+    let root = tempfile::tempdir().unwrap();
+    let script = root.path().join("wordcount.sql");
+    fs::write(
+        &script,
+        include_str!("../../jobs/wordcount.sql").replace(
+            "CREATE SINK counts WITH (type = 'table');",
+            "CREATE SINK counts WITH (type = 'topic', topic = 'counts', key = 'word', partitions = 4);",
+        ),
+    )
+    .unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let job = [
+        "run",
+        script.as_str(),
+        "--workers-group",
+        "sql-topic-workers",
+        "--job",
+        "wctopic",
+    ];
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            start_job_worker(
+                &broker,
+                &root.path().join(format!("w{i}")),
+                &job,
+                &["--until-caught-up"],
+            )
+        })
+        .collect();
+    wait_all_done(&mut workers);
+    // Each record is a group's count after a batch: the last one of each
+    // word, read_committed, is its total.
+    let mut got = BTreeMap::new();
+    for (key, value) in read_changelog(&broker, "counts") {
+        let row: serde_json::Value = serde_json::from_slice(&value).expect("a JSON row");
+        got.insert(
+            String::from_utf8(key).expect("a word"),
+            row["n"].as_u64().expect("a count"),
+        );
+    }
+    assert_eq!(
+        got,
+        counts(&lines),
+        "the topic sink holds every count once committed"
+    );
 }

@@ -268,6 +268,13 @@ pub(crate) struct TopicSink {
 }
 
 impl TopicSink {
+    /// Whether its records join a Kafka transaction.
+    pub(crate) fn transactional(&self) -> bool {
+        self.writer.transactional()
+    }
+}
+
+impl TopicSink {
     /// Opens the topic (creating it with `spec.partitions`) for a query
     /// whose output has `schema`.
     fn open(

@@ -32,11 +32,9 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, BinaryViewArray, RecordBatch};
 use rayon::prelude::*;
 use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rocksdb::WriteBatch;
@@ -45,6 +43,7 @@ use super::progress::{BatchProgress, PartitionProgress};
 use super::{DriverError, JobConfig, RunSummary, planned_records};
 use crate::checkpoint::{Checkpoint, CommittedBatch, PlannedBatch, Range, TABLE_CF_PREFIX};
 use crate::plan::{BatchCx, Output, PlanError, SharedGraph, StageRole};
+use crate::sink::topic::DeliveryErrors;
 use crate::source::kafka::KafkaSource;
 use crate::source::record::{KEY, VALUE};
 use crate::source::{Source, StartingPosition};
@@ -136,7 +135,7 @@ pub fn tables_topic(job: &str) -> String {
 
 /// Records the job's result tables in [`tables_topic`].
 fn publish_tables(
-    producer: &BaseProducer<TaskDelivery>,
+    producer: &BaseProducer<DeliveryErrors>,
     brokers: &str,
     job: &str,
     tables: &[crate::checkpoint::OperatorMeta],
@@ -170,7 +169,7 @@ fn publish_tables(
     producer
         .flush(KAFKA_TIMEOUT)
         .map_err(|e| other(format!("cannot record the job's tables in {topic}: {e}")))?;
-    if let Some(e) = sluice_log::common::mutex(&producer.context().first_error).take() {
+    if let Some(e) = sluice_log::common::mutex(&producer.context().first).take() {
         return Err(other(format!(
             "cannot record the job's tables in {topic}: {e}"
         )));
@@ -288,7 +287,7 @@ impl WorkerPlan {
         config: &JobConfig,
         options: &WorkersOptions,
         graph: &SharedGraph,
-        producer: &BaseProducer<TaskDelivery>,
+        producer: &BaseProducer<DeliveryErrors>,
     ) -> Result<WorkerPlan, DriverError> {
         let (sources, metas, tables) = super::checked_job(config, graph)?;
         let g = sluice_log::common::mutex(graph);
@@ -320,14 +319,6 @@ impl WorkerPlan {
             }
         }
         errors.extend(g.worker_refusals.iter().cloned());
-        for output in &g.outputs {
-            if output.name.starts_with("topic-") {
-                errors.push(format!(
-                    "output {} writes a topic, which cannot run on many workers yet: use a result table (its changelog topic holds the results)",
-                    output.name
-                ));
-            }
-        }
         if !errors.is_empty() {
             return Err(invalid(config, errors));
         }
@@ -391,7 +382,7 @@ impl WorkerPlan {
     fn internal_partitions(
         config: &JobConfig,
         options: &WorkersOptions,
-        producer: &BaseProducer<TaskDelivery>,
+        producer: &BaseProducer<DeliveryErrors>,
         cuts: &[String],
         state_cfs: &[String],
         input_partitions: u32,
@@ -507,59 +498,6 @@ fn existing_partitions<C: ProducerContext>(
         .map(|t| t.partitions().len() as u32))
 }
 
-/// A task producer's delivery reports: the first failure, and the highest
-/// offset written to each partition (where the changelog now ends).
-struct TaskDelivery {
-    what: String,
-    first_error: Mutex<Option<String>>,
-    last_offsets: Mutex<HashMap<(String, i32), i64>>,
-}
-
-impl TaskDelivery {
-    fn new(what: String) -> TaskDelivery {
-        TaskDelivery {
-            what,
-            first_error: Mutex::new(None),
-            last_offsets: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl ClientContext for TaskDelivery {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        tracing::debug!(task = %self.what, ?level, fac, "librdkafka: {message}");
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(task = %self.what, "librdkafka: {error}: {reason}");
-    }
-}
-
-impl ProducerContext for TaskDelivery {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        use rdkafka::message::Message;
-        match result {
-            Ok(msg) => {
-                let mut last = sluice_log::common::mutex(&self.last_offsets);
-                let e = last
-                    .entry((msg.topic().to_owned(), msg.partition()))
-                    .or_insert(-1);
-                *e = (*e).max(msg.offset());
-            }
-            Err((e, msg)) => {
-                let mut first = sluice_log::common::mutex(&self.first_error);
-                if first.is_none() {
-                    *first = Some(format!(
-                        "{} partition {}: {e}",
-                        msg.topic(),
-                        msg.partition()
-                    ));
-                }
-            }
-        }
-    }
-}
-
 /// Why a task's batch failed.
 enum TaskFailure {
     /// Another worker owns the task now (its producer was fenced): drop
@@ -601,7 +539,7 @@ fn fenced(e: &KafkaError) -> bool {
 /// One task this worker runs.
 struct Task {
     id: TaskId,
-    producer: BaseProducer<TaskDelivery>,
+    producer: Arc<BaseProducer<DeliveryErrors>>,
     db: Checkpoint,
     /// Input topic partitions (the source's, or the repartition topics'
     /// with their cut operator) and the next offset of each.
@@ -699,9 +637,9 @@ impl Worker {
         options: WorkersOptions,
     ) -> Result<Worker, DriverError> {
         let brokers = options.brokers.clone();
-        let meta_producer: BaseProducer<TaskDelivery> =
+        let meta_producer: BaseProducer<DeliveryErrors> =
             crate::sink::topic::producer_config(&brokers)
-                .create_with_context(TaskDelivery::new("metadata".into()))
+                .create_with_context(DeliveryErrors::new("the job's metadata"))
                 .map_err(|e| other(format!("cannot create a Kafka client for {brokers}: {e}")))?;
         let plan = WorkerPlan::new(&config, &options, &graph, &meta_producer)?;
         publish_tables(&meta_producer, &brokers, &config.name, &plan.tables)?;
@@ -1237,13 +1175,13 @@ impl Env {
             id.stage,
             id.partition
         );
-        let producer: BaseProducer<TaskDelivery> =
+        let producer: BaseProducer<DeliveryErrors> =
             crate::sink::topic::producer_config(&self.options.brokers)
                 .set("transactional.id", &txn_id)
                 .set("transaction.timeout.ms", "60000")
                 .set("compression.type", "lz4")
                 .set("linger.ms", "1")
-                .create_with_context(TaskDelivery::new(txn_id.clone()))
+                .create_with_context(DeliveryErrors::tracking_offsets(&txn_id))
                 .map_err(|e| other(format!("cannot create the producer of task {id}: {e}")))?;
         producer.init_transactions(KAFKA_TIMEOUT).map_err(|e| {
             other(format!(
@@ -1305,7 +1243,7 @@ impl Env {
         let batch_id = self.config_batch_id(&db)?;
         let mut task = Task {
             id,
-            producer,
+            producer: Arc::new(producer),
             db,
             inputs,
             cf_names,
@@ -1459,7 +1397,20 @@ impl Env {
                 .ranges
                 .insert(self.plan.source.name().to_owned(), ranges.clone());
         }
-        let transactions = crate::sink::Transactions::default();
+        let txn = |what: &str, e: KafkaError| -> TaskFailure {
+            if fenced(&e) {
+                TaskFailure::Fenced(e.to_string())
+            } else {
+                TaskFailure::Failed(other(format!("task {}: {what}: {e}", task.id)))
+            }
+        };
+        // The transaction is open while the outputs run: topic sinks write
+        // into it (`Transactions::in_task`).
+        task.producer
+            .begin_transaction()
+            .map_err(|e| txn("cannot begin a transaction", e))?;
+        let transactions =
+            crate::sink::Transactions::in_task(&self.options.brokers, task.producer.clone());
         let mut cx = BatchCx::new(
             &planned,
             &task.db,
@@ -1468,30 +1419,23 @@ impl Env {
             self.plan.partitions as usize,
         )
         .with_stage(stage, task.epoch);
-        for output in &self.outputs {
+        let ran: Result<(), PlanError> = self.outputs.iter().try_for_each(|output| {
             (output.run)(&cx).map_err(|e| match e {
                 PlanError::Operator { .. } => e,
                 other => PlanError::Operator {
                     operator: output.name.clone(),
                     message: other.to_string(),
                 },
-            })?;
+            })
+        });
+        if let Err(e) = ran {
+            let _ = task.producer.abort_transaction(Duration::from_secs(10));
+            return Err(e.into());
         }
         let stage = cx.take_stage();
         let (mut writes, counters) = cx.finish();
         report.counters = counters;
-
         let producer = &task.producer;
-        let txn = |what: &str, e: KafkaError| -> TaskFailure {
-            if fenced(&e) {
-                TaskFailure::Fenced(e.to_string())
-            } else {
-                TaskFailure::Failed(other(format!("task {}: {what}: {e}", task.id)))
-            }
-        };
-        producer
-            .begin_transaction()
-            .map_err(|e| txn("cannot begin a transaction", e))?;
         let sent = self.send_batch_records(task, stage, &writes, &mut report);
         let sent = sent.and_then(|()| {
             let mut offsets = TopicPartitionList::new();
@@ -1624,7 +1568,7 @@ impl Env {
             send(&task.producer, record)?;
             report.changelog_records += 1;
         }
-        if let Some(e) = sluice_log::common::mutex(&task.producer.context().first_error).take() {
+        if let Some(e) = sluice_log::common::mutex(&task.producer.context().first).take() {
             return Err(TaskFailure::Failed(other(format!(
                 "task {}: a record was refused: {e}",
                 task.id
@@ -1651,7 +1595,7 @@ fn partition_info(
 
 /// Sends one record, waiting while the producer's queue is full.
 fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
-    producer: &BaseProducer<TaskDelivery>,
+    producer: &BaseProducer<DeliveryErrors>,
     mut record: BaseRecord<'_, K, P>,
 ) -> Result<(), TaskFailure> {
     loop {

@@ -272,7 +272,12 @@ pub enum Delivery {
 /// Remembers the first delivery failure of a batch.
 pub(crate) struct DeliveryErrors {
     what: String,
-    first: Mutex<Option<String>>,
+    pub(crate) first: Mutex<Option<String>>,
+    /// With [`DeliveryErrors::tracking_offsets`], the highest offset
+    /// acknowledged per (topic, partition): where a task of a job on many
+    /// workers left its changelogs.
+    pub(crate) last_offsets: Mutex<std::collections::HashMap<(String, i32), i64>>,
+    track_offsets: bool,
 }
 
 impl DeliveryErrors {
@@ -280,6 +285,16 @@ impl DeliveryErrors {
         DeliveryErrors {
             what: what.to_owned(),
             first: Mutex::new(None),
+            last_offsets: Mutex::new(std::collections::HashMap::new()),
+            track_offsets: false,
+        }
+    }
+
+    /// Also records the last acknowledged offset of every partition.
+    pub(crate) fn tracking_offsets(what: &str) -> DeliveryErrors {
+        DeliveryErrors {
+            track_offsets: true,
+            ..DeliveryErrors::new(what)
         }
     }
 }
@@ -296,11 +311,27 @@ impl ClientContext for DeliveryErrors {
 impl ProducerContext for DeliveryErrors {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, msg)) = result {
-            use rdkafka::message::Message;
-            let mut first = sluice_log::common::mutex(&self.first);
-            if first.is_none() {
-                *first = Some(format!("partition {}: {e}", msg.partition()));
+        use rdkafka::message::Message;
+        match result {
+            Ok(_) if !self.track_offsets => {}
+            Ok(msg) => {
+                let mut last = sluice_log::common::mutex(&self.last_offsets);
+                match last.get_mut(&(msg.topic().to_owned(), msg.partition())) {
+                    Some(o) => *o = (*o).max(msg.offset()),
+                    None => {
+                        last.insert((msg.topic().to_owned(), msg.partition()), msg.offset());
+                    }
+                }
+            }
+            Err((e, msg)) => {
+                let mut first = sluice_log::common::mutex(&self.first);
+                if first.is_none() {
+                    *first = Some(format!(
+                        "{} partition {}: {e}",
+                        msg.topic(),
+                        msg.partition()
+                    ));
+                }
             }
         }
     }
@@ -458,6 +489,18 @@ impl TopicWriter {
     /// Partitions of the topic when it was opened.
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// Whether its writes join a Kafka transaction (a Kafka broker with
+    /// transactional delivery), which is how a job on many workers writes.
+    pub fn transactional(&self) -> bool {
+        matches!(
+            self.backend,
+            Backend::Kafka {
+                delivery: Delivery::Transactional,
+                ..
+            }
+        )
     }
 
     pub fn topic(&self) -> &str {

@@ -23,7 +23,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -157,6 +157,15 @@ fn txn_error(action: &str, batch_id: u64, e: &KafkaError) -> String {
 pub struct Transactions {
     /// By (brokers, transactional id).
     by_cluster: Mutex<BTreeMap<(String, String), Cluster>>,
+    /// Set for a task of a job on many workers: writers join the task's
+    /// own transaction, which its worker begins and commits.
+    task: Option<TaskTxn>,
+}
+
+/// A task's producer at its job's cluster, in the task's open transaction.
+struct TaskTxn {
+    brokers: String,
+    producer: Arc<BaseProducer<DeliveryErrors>>,
 }
 
 impl std::fmt::Debug for Transactions {
@@ -169,7 +178,7 @@ impl std::fmt::Debug for Transactions {
 }
 
 /// The job's producer at one cluster and its open transaction, if any.
-struct Cluster {
+pub(super) struct Cluster {
     session: TxnSession,
     open: Option<OpenTxn>,
 }
@@ -183,45 +192,75 @@ struct OpenTxn {
 }
 
 /// A writer's view of its job's transaction at one cluster, for one batch.
-pub(super) struct InTxn<'a> {
-    cluster: &'a mut Cluster,
-    batch_id: u64,
-    run: &'a str,
+pub(super) enum InTxn<'a> {
+    Job {
+        cluster: &'a mut Cluster,
+        batch_id: u64,
+        run: &'a str,
+    },
+    /// A task's transaction on many workers: its worker's committed offsets,
+    /// not batch ids, say what is done, so no batch is ever replayed into
+    /// it.
+    Task(&'a BaseProducer<DeliveryErrors>),
 }
 
 impl InTxn<'_> {
     /// The last batch whose transaction committed records to `topic`.
     pub fn committed_batch(&self, topic: &str) -> Result<Option<u64>, String> {
-        self.cluster.session.committed_batch(topic)
+        match self {
+            InTxn::Job { cluster, .. } => cluster.session.committed_batch(topic),
+            InTxn::Task(_) => Ok(None),
+        }
     }
 
     /// The producer, in batch `batch_id`'s transaction (begun now if this
     /// is its first write at this cluster), which will record `topic`.
     pub fn join(&mut self, topic: &str) -> Result<&BaseProducer<DeliveryErrors>, String> {
-        match &mut self.cluster.open {
-            Some(open) if open.batch_id == self.batch_id => {
+        let (cluster, batch_id, run) = match self {
+            InTxn::Task(producer) => return Ok(*producer),
+            InTxn::Job {
+                cluster,
+                batch_id,
+                run,
+            } => (cluster, batch_id, run),
+        };
+        match &mut cluster.open {
+            Some(open) if open.batch_id == *batch_id => {
                 open.topics.insert(topic.to_owned());
             }
             Some(open) => {
                 return Err(format!(
                     "batch {}'s transaction is still open at batch {} (the driver commits or aborts every batch's transactions)",
-                    open.batch_id, self.batch_id
+                    open.batch_id, batch_id
                 ));
             }
             None => {
-                self.cluster.session.begin()?;
-                self.cluster.open = Some(OpenTxn {
-                    batch_id: self.batch_id,
-                    run: self.run.to_owned(),
+                cluster.session.begin()?;
+                cluster.open = Some(OpenTxn {
+                    batch_id: *batch_id,
+                    run: (*run).to_owned(),
                     topics: BTreeSet::from([topic.to_owned()]),
                 });
             }
         }
-        Ok(self.cluster.session.producer())
+        Ok(cluster.session.producer())
     }
 }
 
 impl Transactions {
+    /// The transactions of one task of a job on many workers: every topic
+    /// write joins `producer`'s transaction, which the worker has begun and
+    /// commits with the task's other records and offsets.
+    pub(crate) fn in_task(brokers: &str, producer: Arc<BaseProducer<DeliveryErrors>>) -> Self {
+        Transactions {
+            by_cluster: Mutex::default(),
+            task: Some(TaskTxn {
+                brokers: brokers.to_owned(),
+                producer,
+            }),
+        }
+    }
+
     /// Runs `write` with the job's transaction at `brokers` for batch
     /// `batch_id` (the producer is created, fencing the job's earlier
     /// ones, on first use). A failed write aborts the transaction and
@@ -234,6 +273,18 @@ impl Transactions {
         batch_id: u64,
         write: impl FnOnce(&mut InTxn<'_>) -> Result<R, SinkError>,
     ) -> Result<R, SinkError> {
+        if let Some(task) = &self.task {
+            if task.brokers != brokers {
+                return Err(SinkError::new(
+                    format!("topic writes at {brokers}"),
+                    format!(
+                        "a job on many workers writes topics only at its own cluster ({}), inside each task's transaction",
+                        task.brokers
+                    ),
+                ));
+            }
+            return write(&mut InTxn::Task(&task.producer));
+        }
         let mut clusters = sluice_log::common::mutex(&self.by_cluster);
         let key = (brokers.to_owned(), format!("sluice-{}-{}", id.job, id.run));
         let cluster = match clusters.entry(key.clone()) {
@@ -248,7 +299,7 @@ impl Transactions {
                 })
             }
         };
-        let outcome = write(&mut InTxn {
+        let outcome = write(&mut InTxn::Job {
             cluster,
             batch_id,
             run: &id.run,
@@ -267,6 +318,10 @@ impl Transactions {
     /// run, before its checkpoint commit. Any failure aborts what is still
     /// open and drops the producers.
     pub fn commit(&self, batch_id: u64) -> Result<(), SinkError> {
+        if self.task.is_some() {
+            // The worker commits the task's transaction.
+            return Ok(());
+        }
         let mut clusters = sluice_log::common::mutex(&self.by_cluster);
         let mut failed = None;
         for (key, cluster) in clusters.iter_mut() {

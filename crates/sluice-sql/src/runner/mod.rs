@@ -108,7 +108,9 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
 /// BY: stage 0 runs the partial aggregation per input partition, stage 1
 /// merges the partials of its groups into the state and the sink.
 fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
-    let agg = plan.aggregation.as_ref()?;
+    let Some(agg) = plan.aggregation.as_ref() else {
+        return Some("it does not aggregate (on many workers a query is cut at its GROUP BY)");
+    };
     if plan.join.is_some() {
         return Some("it joins streams");
     }
@@ -118,12 +120,13 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
     if agg.nested {
         return Some("it aggregates the result of an aggregation");
     }
-    if !matches!(sink, Sink::Console | Sink::Table(..) | Sink::Blackhole) {
-        return Some(
-            "it writes a topic or files (use a table sink: its changelog topic holds the results)",
-        );
+    match sink {
+        Sink::File(..) => Some("it writes files (use a table or topic sink)"),
+        Sink::Topic(t) if !t.transactional() => Some(
+            "its topic sink is not transactional (delivery = 'idempotent'): on many workers a topic sink writes inside each task's Kafka transaction",
+        ),
+        _ => None,
     }
-    None
 }
 
 /// A hash of each row's group key that every worker computes alike: the
