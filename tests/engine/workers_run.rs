@@ -338,27 +338,8 @@ fn three_workers_count_what_one_process_counts() {
         "three workers count every word exactly once"
     );
     // The CLI reads the table of a job on many workers from its changelog.
-    let scan = common::sluice()
-        .args([
-            "state",
-            "scan",
-            "--job",
-            JOB,
-            "--brokers",
-            &broker.bootstrap(),
-        ])
-        .output()
-        .expect("run sluice state scan --brokers");
-    assert!(
-        scan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scan.stderr)
-    );
-    let mut scanned = BTreeMap::new();
-    for line in String::from_utf8_lossy(&scan.stdout).lines() {
-        let (word, count) = line.split_once('\t').expect("word<TAB>count");
-        scanned.insert(word.to_owned(), count.parse::<u64>().expect("a count"));
-    }
+    let bootstrap = broker.bootstrap();
+    let scanned = scan_counts(&["--job", JOB, "--brokers", &bootstrap], None);
     assert_eq!(
         scanned,
         counts(&lines),
@@ -392,27 +373,37 @@ fn three_workers_count_what_one_process_counts() {
         "{}",
         String::from_utf8_lossy(&single.stderr)
     );
-    let scan = common::sluice()
-        .args(["state", "scan", "--job", "single", "--table", "single"])
-        .arg("--checkpoint-dir")
-        .arg(root.path().join("single"))
-        .output()
-        .expect("scan the single-process table");
-    assert!(
-        scan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scan.stderr)
+    let single_counts = scan_counts(
+        &["--job", "single", "--table", "single"],
+        Some(&root.path().join("single")),
     );
-    let mut single_counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&scan.stdout).lines() {
-        let (word, count) = line.split_once('\t').expect("word<TAB>count");
-        single_counts.insert(word.to_owned(), count.parse::<u64>().expect("a count"));
-    }
     assert_eq!(
         single_counts,
         read_table(&broker),
         "many workers and one process agree"
     );
+}
+
+/// `sluice state scan <args>` as word → count.
+fn scan_counts(args: &[&str], checkpoint_dir: Option<&Path>) -> BTreeMap<String, u64> {
+    let mut cmd = common::sluice();
+    cmd.args(["state", "scan"]).args(args);
+    if let Some(dir) = checkpoint_dir {
+        cmd.arg("--checkpoint-dir").arg(dir);
+    }
+    let scan = cmd.output().expect("run sluice state scan");
+    assert!(
+        scan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    String::from_utf8_lossy(&scan.stdout)
+        .lines()
+        .map(|line| {
+            let (word, count) = line.split_once('\t').expect("word<TAB>count");
+            (word.to_owned(), count.parse::<u64>().expect("a count"))
+        })
+        .collect()
 }
 
 /// The raw entries of a result table in a single-process job's checkpoint.
@@ -476,17 +467,7 @@ fn the_sql_word_count_on_three_workers_equals_one_process() {
         "{}",
         String::from_utf8_lossy(&single.stderr)
     );
-    let scan = common::sluice()
-        .args(["state", "scan", "--job", "single", "--table", "counts"])
-        .arg("--checkpoint-dir")
-        .arg(&single_dir)
-        .output()
-        .expect("scan the single-process table");
-    let mut single_counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&scan.stdout).lines() {
-        let (word, count) = line.split_once('\t').expect("word<TAB>count");
-        single_counts.insert(word.to_owned(), count.parse::<u64>().expect("a count"));
-    }
+    let single_counts = scan_counts(&["--job", "single", "--table", "counts"], Some(&single_dir));
     assert_eq!(
         single_counts,
         counts(&lines),

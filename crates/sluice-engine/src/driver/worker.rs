@@ -190,22 +190,18 @@ fn last_values(brokers: &str, topic: &str) -> Result<Entries, DriverError> {
         if info.high_watermark <= info.log_start {
             continue;
         }
-        crate::plan::read_range(
+        for_each_keyed(
             &*source,
             info.partition,
             info.log_start,
             info.high_watermark,
-            &mut |chunk: RecordBatch| {
-                let keys = binary_column(&chunk, KEY)?;
-                let values = binary_column(&chunk, VALUE)?;
-                for i in 0..chunk.num_rows() {
-                    if keys.is_null(i) {
-                        continue;
+            |key, value| {
+                match value {
+                    Some(v) => {
+                        entries.insert(key.to_vec(), v.to_vec());
                     }
-                    if values.is_null(i) {
-                        entries.remove(keys.value(i));
-                    } else {
-                        entries.insert(keys.value(i).to_vec(), values.value(i).to_vec());
+                    None => {
+                        entries.remove(key);
                     }
                 }
                 Ok(())
@@ -1289,27 +1285,20 @@ impl Env {
             if from < info.high_watermark {
                 let mut batch = WriteBatch::default();
                 let db = &task.db;
-                crate::plan::read_range(
+                for_each_keyed(
                     &**source,
                     partition,
                     from,
                     info.high_watermark,
-                    &mut |chunk: RecordBatch| {
-                        let keys = binary_column(&chunk, KEY)?;
-                        let values = binary_column(&chunk, VALUE)?;
-                        for i in 0..chunk.num_rows() {
-                            if keys.is_null(i) {
-                                continue;
+                    |key, value| {
+                        match value {
+                            Some(v) => {
+                                bytes += (key.len() + v.len()) as u64;
+                                batch.put_cf(cf, key, v);
                             }
-                            let key = keys.value(i);
-                            if values.is_null(i) {
-                                batch.delete_cf(cf, key);
-                            } else {
-                                bytes += (key.len() + values.value(i).len()) as u64;
-                                batch.put_cf(cf, key, values.value(i));
-                            }
-                            restored += 1;
+                            None => batch.delete_cf(cf, key),
                         }
+                        restored += 1;
                         if batch.len() >= RESTORE_WRITE_ROWS {
                             db.write_unsynced(std::mem::take(&mut batch))?;
                         }
@@ -1666,6 +1655,27 @@ fn cf_id(db: &Checkpoint, name: &str) -> Result<u32, DriverError> {
     probe
         .0
         .ok_or_else(|| other(format!("column family {name} has no id")))
+}
+
+/// Passes every keyed record of `[from, until)` of a partition to `each`
+/// as (key, value; none for a tombstone); keyless records are skipped.
+fn for_each_keyed(
+    source: &dyn Source,
+    partition: i32,
+    from: i64,
+    until: i64,
+    mut each: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), PlanError>,
+) -> Result<(), PlanError> {
+    crate::plan::read_range(source, partition, from, until, &mut |chunk: RecordBatch| {
+        let keys = binary_column(&chunk, KEY)?;
+        let values = binary_column(&chunk, VALUE)?;
+        for i in 0..chunk.num_rows() {
+            if !keys.is_null(i) {
+                each(keys.value(i), (!values.is_null(i)).then(|| values.value(i)))?;
+            }
+        }
+        Ok(())
+    })
 }
 
 fn binary_column(chunk: &RecordBatch, index: usize) -> Result<&BinaryViewArray, PlanError> {
