@@ -594,6 +594,10 @@ struct Worker {
     member: GroupMember,
     runtime: tokio::runtime::Runtime,
     tasks: BTreeMap<TaskId, Task>,
+    /// How far the local copies of tasks this worker does not run now have
+    /// read their changelogs (sum over column families): told to the
+    /// group's leader, which prefers the worker furthest ahead.
+    local_state: BTreeMap<TaskId, i64>,
     /// Consecutive failures of a task (or of a look at the topics: `None`).
     failures: HashMap<Option<TaskId>, u32>,
     epoch: u64,
@@ -730,6 +734,7 @@ impl Worker {
             member,
             runtime,
             tasks: BTreeMap::new(),
+            local_state: BTreeMap::new(),
             failures: HashMap::new(),
             epoch: 0,
             pool,
@@ -835,13 +840,16 @@ impl Worker {
     /// Rejoins the group at a batch boundary: revoked tasks close, gained
     /// ones open (fencing their previous owner) and restore their state.
     fn rebalance(&mut self) -> Result<(), DriverError> {
+        if self.epoch == 0 {
+            self.local_state = self.env.state_on_disk();
+        }
+        for (id, task) in &self.tasks {
+            self.local_state
+                .insert(*id, task.changelog_next.values().sum::<i64>());
+        }
         let local = LocalTasks {
             owned: self.tasks.keys().copied().collect(),
-            state: self
-                .tasks
-                .iter()
-                .map(|(id, t)| (*id, t.changelog_next.values().sum::<i64>()))
-                .collect(),
+            state: self.local_state.clone(),
         };
         let generation = self
             .runtime
@@ -1139,6 +1147,37 @@ impl Env {
             ends.insert(topic.to_owned(), by_partition);
         }
         Ok(ends)
+    }
+
+    /// The stage-1 task databases a previous run of this worker left in
+    /// its checkpoint directory, and how far each read its changelogs.
+    fn state_on_disk(&self) -> BTreeMap<TaskId, i64> {
+        let mut found = BTreeMap::new();
+        let Ok(dirs) = std::fs::read_dir(self.config.checkpoint_path().join("tasks")) else {
+            return found;
+        };
+        for dir in dirs.flatten() {
+            let name = dir.file_name();
+            let Some((stage, partition)) = name.to_str().and_then(|n| n.split_once('_')) else {
+                continue;
+            };
+            let (Ok(stage), Ok(partition)) = (stage.parse::<u32>(), partition.parse::<u32>())
+            else {
+                continue;
+            };
+            if stage != 1 {
+                continue;
+            }
+            let Ok(db) = Checkpoint::open_read_only(&dir.path(), &self.config.name) else {
+                continue;
+            };
+            let offsets: BTreeMap<String, i64> = match db.db().get(CHANGELOG_OFFSETS_KEY) {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                _ => continue,
+            };
+            found.insert(TaskId { stage, partition }, offsets.values().sum());
+        }
+        found
     }
 
     fn task_dir(&self, id: TaskId) -> PathBuf {
