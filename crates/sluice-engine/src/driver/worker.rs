@@ -40,7 +40,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rocksdb::WriteBatch;
 
 use super::progress::{BatchProgress, PartitionProgress};
-use super::{DriverError, JobConfig, RunSummary, planned_records};
+use super::{DriverError, JobConfig, RunSummary};
 use crate::checkpoint::{Checkpoint, CommittedBatch, PlannedBatch, Range, TABLE_CF_PREFIX};
 use crate::plan::{BatchCx, Output, PlanError, SharedGraph, StageRole};
 use crate::sink::topic::DeliveryErrors;
@@ -1275,7 +1275,7 @@ impl Env {
                 });
             }
         }
-        let batch_id = self.config_batch_id(&db)?;
+        let batch_id = db.committed()?.map_or(0, |c| c.batch_id);
         let mut task = Task {
             id,
             producer: Arc::new(producer),
@@ -1291,10 +1291,6 @@ impl Env {
             self.restore(&mut task, layout)?;
         }
         Ok(task)
-    }
-
-    fn config_batch_id(&self, db: &Checkpoint) -> Result<u64, DriverError> {
-        Ok(db.committed()?.map_or(0, |c| c.batch_id))
     }
 
     /// Replays the task's changelogs into its database, from where the
@@ -1532,7 +1528,10 @@ impl Env {
             },
         )?;
         task.batch_id = batch_id;
-        report.records = planned_records(&BTreeMap::from([(String::new(), ranges.clone())]));
+        report.records = ranges
+            .iter()
+            .map(|r| (r.until - r.from).max(0) as u64)
+            .sum();
         if task.id.stage == 0 {
             report.source_records = report.records;
         }

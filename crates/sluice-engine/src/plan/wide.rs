@@ -196,6 +196,33 @@ pub(crate) fn shuffle(
     Ok(buckets)
 }
 
+/// The rows of `batch` split into `buckets` by `hash_of(row)`: one piece
+/// per non-empty bucket, rows in their order.
+fn split_by_bucket(
+    batch: &RecordBatch,
+    buckets: usize,
+    hash_of: impl Fn(usize) -> u64,
+) -> Result<Vec<(usize, RecordBatch)>> {
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
+    for row in 0..batch.num_rows() {
+        indices[bucket_of(hash_of(row), buckets)].push(row as u32);
+    }
+    let mut pieces = Vec::new();
+    for (b, idx) in indices.into_iter().enumerate() {
+        if idx.is_empty() {
+            continue;
+        }
+        let idx = UInt32Array::from(idx);
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c, &idx, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        pieces.push((b, RecordBatch::try_new(batch.schema(), columns)?));
+    }
+    Ok(pieces)
+}
+
 /// The shuffle of rows an output computed itself (SQL's partial
 /// aggregates), `hashes` holding a machine-independent hash of each row's
 /// key. In one process it is the identity; on many workers a stage-0 task
@@ -211,28 +238,20 @@ pub fn exchange(
         None => Ok(vec![batch]),
         Some(StageRole::Reduce { inbox, .. }) => Ok(inbox.get(op).cloned().unwrap_or_default()),
         Some(StageRole::Map { outbox }) => {
-            let buckets = cx.parallelism;
-            let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
-            for (row, hash) in hashes.iter().enumerate().take(batch.num_rows()) {
-                indices[bucket_of(*hash, buckets)].push(row as u32);
+            if hashes.len() != batch.num_rows() {
+                return Err(PlanError::Invalid(format!(
+                    "operator {op}: {} key hashes for {} rows",
+                    hashes.len(),
+                    batch.num_rows()
+                )));
             }
+            let pieces = split_by_bucket(&batch, cx.parallelism, |row| hashes[row])?;
             let mut outbox = sluice_log::common::mutex(outbox);
-            for (b, idx) in indices.into_iter().enumerate() {
-                if idx.is_empty() {
-                    continue;
-                }
-                let idx = UInt32Array::from(idx);
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .map(|c| arrow::compute::take(c, &idx, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                outbox.push((
-                    op.to_owned(),
-                    b,
-                    RecordBatch::try_new(batch.schema(), columns)?,
-                ));
-            }
+            outbox.extend(
+                pieces
+                    .into_iter()
+                    .map(|(b, piece)| (op.to_owned(), b, piece)),
+            );
             Ok(Vec::new())
         }
     }
@@ -249,22 +268,10 @@ pub(crate) fn partition_by_key<K: Key>(
         let pieces: Mutex<Vec<Vec<RecordBatch>>> = Mutex::new(vec![Vec::new(); buckets]);
         run(&mut |chunk| {
             let keys = K::reader(chunk.columns())?;
-            let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
-            for i in 0..chunk.num_rows() {
-                indices[bucket_of(hash_one::<K>(K::get(&keys, i)), buckets)].push(i as u32);
-            }
+            let split = split_by_bucket(&chunk, buckets, |row| hash_one::<K>(K::get(&keys, row)))?;
             let mut pieces = sluice_log::common::mutex(&pieces);
-            for (b, idx) in indices.into_iter().enumerate() {
-                if idx.is_empty() {
-                    continue;
-                }
-                let idx = UInt32Array::from(idx);
-                let columns = chunk
-                    .columns()
-                    .iter()
-                    .map(|c| arrow::compute::take(c, &idx, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                pieces[b].push(RecordBatch::try_new(chunk.schema(), columns)?);
+            for (b, piece) in split {
+                pieces[b].push(piece);
             }
             Ok(())
         })?;
