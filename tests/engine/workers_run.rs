@@ -79,9 +79,20 @@ fn producer(broker: &TestBroker) -> BaseProducer {
 
 /// Sends `lines` spread over the partitions and waits for every ack.
 fn produce(producer: &BaseProducer, lines: &[String], first_index: usize) {
+    produce_to(producer, TOPIC, PARTITIONS, lines, first_index);
+}
+
+/// Sends `lines` to `topic` round-robin over its first `spread` partitions.
+fn produce_to(
+    producer: &BaseProducer,
+    topic: &str,
+    spread: i32,
+    lines: &[String],
+    first_index: usize,
+) {
     for (i, line) in lines.iter().enumerate() {
-        let partition = ((first_index + i) % PARTITIONS as usize) as i32;
-        let mut record = BaseRecord::<(), str>::to(TOPIC)
+        let partition = ((first_index + i) % spread as usize) as i32;
+        let mut record = BaseRecord::<(), str>::to(topic)
             .partition(partition)
             .payload(line.as_str());
         loop {
@@ -208,6 +219,23 @@ fn read_table(broker: &TestBroker) -> BTreeMap<String, u64> {
 /// The last value of each key of a changelog topic, read_committed, up to
 /// the end of every partition; deleted keys are absent.
 fn read_changelog(broker: &TestBroker, changelog: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut table = BTreeMap::new();
+    for (key, value) in read_records(broker, changelog) {
+        let key = key.expect("changelog records have keys");
+        match value {
+            Some(v) => table.insert(key, v),
+            None => table.remove(&key),
+        };
+    }
+    table
+}
+
+/// Key and value of every record of `topic`, read_committed, in order
+/// within each partition.
+type Records = Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>;
+
+fn read_records(broker: &TestBroker, topic: &str) -> Records {
+    let changelog = topic;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", "wc-table-check")
@@ -216,7 +244,7 @@ fn read_changelog(broker: &TestBroker, changelog: &str) -> BTreeMap<Vec<u8>, Vec
         .set("enable.partition.eof", "true")
         .create()
         .expect("create a consumer");
-    let mut table = BTreeMap::new();
+    let mut records = Vec::new();
     let metadata = consumer
         .fetch_metadata(Some(changelog), Duration::from_secs(10))
         .expect("the broker's metadata");
@@ -227,7 +255,7 @@ fn read_changelog(broker: &TestBroker, changelog: &str) -> BTreeMap<Vec<u8>, Vec
         .map_or(0, |t| t.partitions().len() as i32);
     if partitions == 0 {
         // The first worker has not created the job's topics yet.
-        return table;
+        return records;
     }
     let mut tpl = TopicPartitionList::new();
     let mut live = Vec::new();
@@ -242,36 +270,25 @@ fn read_changelog(broker: &TestBroker, changelog: &str) -> BTreeMap<Vec<u8>, Vec
         }
     }
     if live.is_empty() {
-        return table;
+        return records;
     }
     consumer.assign(&tpl).expect("assign the changelog");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut done = std::collections::BTreeSet::new();
     while done.len() < live.len() {
-        assert!(
-            Instant::now() < deadline,
-            "reading the changelog took over 60 s"
-        );
+        assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let key = m.key().expect("changelog records have keys").to_vec();
-                match m.payload() {
-                    Some(v) => {
-                        table.insert(key, v.to_vec());
-                    }
-                    None => {
-                        table.remove(&key);
-                    }
-                }
+                records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 done.insert(p);
             }
-            Some(Err(e)) => panic!("reading the changelog: {e}"),
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
     }
-    table
+    records
 }
 
 /// Waits until the job's table equals `want`, checking that workers stay up.
@@ -595,12 +612,11 @@ fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
     create_topic(&broker);
     let root = tempfile::tempdir().unwrap();
 
-    // Windows need event time carried across stages: not yet.
-    let windowed = root.path().join("clicks.sql");
+    // Session windows merge per key across batches: not yet.
+    let windowed = root.path().join("sessions.sql");
     fs::write(
         &windowed,
-        include_str!("../../jobs/clicks_per_url.sql")
-            .replace("topic = 'clicks'", "topic = 'lines'"),
+        include_str!("../../jobs/user_sessions.sql").replace("topic = 'clicks'", "topic = 'lines'"),
     )
     .unwrap();
     let out = common::sluice()
@@ -619,10 +635,10 @@ fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
-        "a windowed job is refused on workers"
+        "a session-window job is refused on workers"
     );
     assert!(
-        stderr.contains("cannot run on many workers yet: it uses event time"),
+        stderr.contains("cannot run on many workers yet: it aggregates session windows"),
         "the refusal names the reason: {stderr}"
     );
 
@@ -737,4 +753,200 @@ fn a_sql_topic_sink_on_workers_writes_inside_each_tasks_transaction() {
         counts(&lines),
         "the topic sink holds every count once committed"
     );
+}
+
+/// Clicks with event times rising 60 ms per click over 20 minutes, spread
+/// round-robin over the partitions: no click is late in one process or on
+/// workers, so both close the same windows with the same counts.
+fn clicks(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let ms = 60 * i;
+            let secs = ms / 1000;
+            format!(
+                r#"{{"user_id": {}, "url": "/p{}", "ts": "2026-11-18 10:{:02}:{:02}.{:03}"}}"#,
+                (i * 7919) % 97,
+                (i * 31) % 23,
+                secs / 60,
+                secs % 60,
+                ms % 1000
+            )
+        })
+        .collect()
+}
+
+/// `jobs/clicks_per_url.sql` writing its closed windows to `sink_topic`.
+fn clicks_script(dir: &Path, sink_topic: &str, idle_timeout: &str) -> String {
+    let path = dir.join(format!("{sink_topic}.sql"));
+    fs::write(
+        &path,
+        include_str!("../../jobs/clicks_per_url.sql")
+            .replace(
+                "CREATE SINK per_minute WITH (type = 'console', mode = 'append');",
+                &format!(
+                    "CREATE SINK per_minute WITH (type = 'topic', topic = '{sink_topic}', mode = 'append', partitions = 4);"
+                ),
+            )
+            .replace("idle_timeout = '30s'", &format!("idle_timeout = '{idle_timeout}'")),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The rows a topic sink wrote (JSON values), sorted.
+fn sink_rows(broker: &TestBroker, topic: &str) -> Vec<String> {
+    let mut rows: Vec<String> = read_records(broker, topic)
+        .into_iter()
+        .map(|(_, v)| String::from_utf8(v.expect("a row")).expect("UTF-8 JSON"))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn event_time_windows_on_workers_close_as_in_one_process_across_a_kill() {
+    let broker = TestBroker::start();
+    broker.create_topic("clicks", PARTITIONS);
+    let mut clicks = clicks(20_000);
+    // Late by ten minutes, after the watermark closed its window: dropped
+    // in one process (behind the watermark) and on workers (its window is
+    // closed), never emitted.
+    clicks.push(r#"{"user_id": 1, "url": "/late", "ts": "2026-11-18 10:00:30.000"}"#.into());
+    let half = clicks.len() / 2;
+    let producer = producer(&broker);
+    produce_to(&producer, "clicks", PARTITIONS, &clicks[..half], 0);
+    let root = tempfile::tempdir().unwrap();
+    let script_for = |sink_topic: &str| clicks_script(root.path(), sink_topic, "30s");
+    let on_workers = script_for("per_minute_workers");
+    let job = [
+        "run",
+        on_workers.as_str(),
+        "--workers-group",
+        "clicks-workers",
+        "--job",
+        "clicks",
+    ];
+    let start = |i: usize| start_job_worker(&broker, &root.path().join(format!("w{i}")), &job, &[]);
+    let mut workers: Vec<Worker> = (0..3).map(start).collect();
+    // 20 minutes of clicks: the watermark (newest click - 5 s) closes the
+    // first 19 windows, 23 URLs each.
+    let closed = 19 * 23;
+    let wait_rows = |workers: &mut [Worker], at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for w in workers.iter_mut() {
+                w.assert_running();
+            }
+            let rows = sink_rows(&broker, "per_minute_workers");
+            assert!(
+                rows.len() <= closed,
+                "more rows than closed windows: {rows:?}"
+            );
+            if rows.len() >= at_least {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {at_least} window rows after 120 s; logs:\n{}",
+                rows.len(),
+                workers
+                    .iter()
+                    .map(Worker::log)
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // Some windows closed: a worker dies holding open windows and the
+    // watermark in its tasks' state, which a replacement restores.
+    wait_rows(&mut workers, 5 * 23);
+    workers[0].kill();
+    workers[0] = start(3);
+    produce_to(&producer, "clicks", PARTITIONS, &clicks[half..], half);
+    let got = wait_rows(&mut workers, closed);
+    for w in &mut workers {
+        w.stop();
+    }
+
+    let single = script_for("per_minute_single");
+    let out = common::sluice()
+        .args(["run", single.as_str(), "--brokers", &broker.bootstrap()])
+        .args(["--job", "single", "--until-caught-up", "--quiet"])
+        // Batches of 500 clicks per partition: the watermark has moved on
+        // by the time the late click is read.
+        .args(["--max-records-per-batch", "500"])
+        .arg("--checkpoint-dir")
+        .arg(root.path().join("single"))
+        .output()
+        .expect("run the single-process SQL job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = sink_rows(&broker, "per_minute_single");
+    assert_eq!(
+        want.len(),
+        closed,
+        "one row per closed window and URL: {want:?}"
+    );
+    assert_eq!(
+        got, want,
+        "the workers emit every closed window once, with one process's counts"
+    );
+    assert_eq!(
+        sink_rows(&broker, "per_minute_workers"),
+        want,
+        "and nothing more once stopped"
+    );
+}
+
+#[test]
+fn on_workers_a_silent_partition_stops_holding_windows_back_after_its_idle_timeout() {
+    let broker = TestBroker::start();
+    broker.create_topic("clicks", PARTITIONS);
+    // Partition 7 never gets a click: it holds the watermark back until it
+    // has been idle for 2 s, long after the last click was read. The
+    // stage-1 tasks must run without input to see the time pass.
+    produce_to(
+        &producer(&broker),
+        "clicks",
+        PARTITIONS - 1,
+        &clicks(6_000),
+        0,
+    );
+    let root = tempfile::tempdir().unwrap();
+    let script = clicks_script(root.path(), "idle_windows", "2s");
+    let job = [
+        "run",
+        script.as_str(),
+        "--workers-group",
+        "idle",
+        "--job",
+        "idle",
+    ];
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|i| start_job_worker(&broker, &root.path().join(format!("w{i}")), &job, &[]))
+        .collect();
+    // 6 minutes of clicks: 5 windows close, 23 URLs each.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut rows = Vec::new();
+    while rows.len() < 5 * 23 {
+        for w in &mut workers {
+            w.assert_running();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} window rows after 90 s: the idle partition still holds the watermark",
+            rows.len(),
+            5 * 23
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        rows = sink_rows(&broker, "idle_windows");
+    }
+    assert_eq!(rows.len(), 5 * 23, "each closed window once: {rows:?}");
+    for w in &mut workers {
+        w.stop();
+    }
 }

@@ -354,6 +354,34 @@ impl BatchGroups {
     }
 }
 
+/// Partial rows (group columns first) whose window ended at or before
+/// `closed` dropped: their windows were closed and emitted in an earlier
+/// batch. On many workers this is where lateness is judged, per window as
+/// in Flink: the partial rows come from tasks that do not know the
+/// watermark. Returns the rows kept and how many were dropped.
+pub(crate) fn drop_closed_windows(
+    agg: &Aggregation,
+    columns: Vec<ArrayRef>,
+    closed: Option<i64>,
+) -> Result<(Vec<ArrayRef>, usize), SqlError> {
+    let (Some(window), Some(closed)) = (agg.window, closed) else {
+        return Ok((columns, 0));
+    };
+    let rows = columns.first().map_or(0, |c| c.len());
+    let ends = window_ends(&columns[window.column], window.to_end_ms, rows)?;
+    let keep: datafusion::arrow::array::BooleanArray =
+        ends.iter().map(|end| Some(*end > closed)).collect();
+    let dropped = keep.false_count();
+    if dropped == 0 {
+        return Ok((columns, 0));
+    }
+    let kept = columns
+        .iter()
+        .map(|c| datafusion::arrow::compute::filter(c.as_ref(), &keep))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((kept, dropped))
+}
+
 /// The window end of each of `n` groups from their window column.
 fn window_ends(column: &ArrayRef, to_end_ms: i64, n: usize) -> Result<Vec<i64>, SqlError> {
     let as_ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;

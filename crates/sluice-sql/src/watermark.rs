@@ -142,20 +142,37 @@ impl WatermarkState {
         planned: &[i32],
         seen: &BTreeMap<i32, i64>,
     ) -> Option<i64> {
-        for p in planned {
+        self.expect(planned, batch_time_ms);
+        self.saw(seen, batch_time_ms);
+        self.recompute(spec, batch_time_ms)
+    }
+
+    /// Partitions that hold the watermark back until they show an event
+    /// time or go idle.
+    fn expect(&mut self, partitions: &[i32], batch_time_ms: i64) {
+        for p in partitions {
             self.partitions.entry(*p).or_insert(PartitionTime {
                 max_event_ms: None,
                 last_active_ms: batch_time_ms,
             });
         }
+    }
+
+    /// The largest event times partitions showed in the batch of
+    /// `batch_time_ms`.
+    fn saw(&mut self, seen: &BTreeMap<i32, i64>, batch_time_ms: i64) {
         for (p, t) in seen {
             let entry = self.partitions.entry(*p).or_insert(PartitionTime {
                 max_event_ms: None,
                 last_active_ms: batch_time_ms,
             });
             entry.max_event_ms = Some(entry.max_event_ms.map_or(*t, |m| m.max(*t)));
-            entry.last_active_ms = batch_time_ms;
+            entry.last_active_ms = entry.last_active_ms.max(batch_time_ms);
         }
+    }
+
+    /// The watermark at `batch_time_ms` from what the partitions showed.
+    fn recompute(&mut self, spec: &Watermark, batch_time_ms: i64) -> Option<i64> {
         let active: Vec<&PartitionTime> = self
             .partitions
             .values()
@@ -182,6 +199,148 @@ impl WatermarkState {
     }
 }
 
+/// Each row's event time (ms) and source partition.
+fn event_times(
+    batch: &RecordBatch,
+    spec: &Watermark,
+) -> Result<
+    (
+        datafusion::arrow::array::ArrayRef,
+        datafusion::arrow::array::ArrayRef,
+    ),
+    SqlError,
+> {
+    let times = datafusion::arrow::compute::cast(
+        batch.column(batch.schema().index_of(&spec.column)?),
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )?;
+    let partitions = batch.column(batch.schema().index_of("_partition")?).clone();
+    Ok((times, partitions))
+}
+
+/// What a stage-0 task of a job on many workers tells every stage-1 task
+/// about its partition's event time (see [`received`]).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Progress {
+    pub stream: String,
+    /// The batch's largest event time per source partition.
+    pub max_event_ms: BTreeMap<i32, i64>,
+    pub batch_time_ms: i64,
+}
+
+/// On a stage-0 task: the batch's largest event time per partition, sent
+/// to every bucket after its rows. Nothing is judged late here: only the
+/// stage-1 task knows the watermark, from every partition's progress.
+pub(crate) fn report(
+    line: usize,
+    stream: &str,
+    spec: &Watermark,
+    cx: &BatchCx,
+    op: &str,
+    parts: &[RecordBatch],
+) -> Result<(), SqlError> {
+    let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
+    for batch in parts {
+        let (times, partitions) = event_times(batch, spec)?;
+        let times = times.as_primitive::<TimestampMillisecondType>();
+        let partitions = partitions.as_primitive::<Int32Type>();
+        for i in 0..batch.num_rows() {
+            if times.is_valid(i) {
+                let max = seen.entry(partitions.value(i)).or_insert(times.value(i));
+                *max = (*max).max(times.value(i));
+            }
+        }
+    }
+    if seen.is_empty() {
+        // No event time shown: the partition may be going idle.
+        return Ok(());
+    }
+    let progress = Progress {
+        stream: stream.to_owned(),
+        max_event_ms: seen,
+        batch_time_ms: cx.batch_time_ms,
+    };
+    let bytes = serde_json::to_vec(&progress).map_err(|e| SqlError::Plan {
+        line,
+        message: format!("cannot encode the progress of {stream}: {e}"),
+    })?;
+    cx.send_progress(op, bytes);
+    Ok(())
+}
+
+/// The stream's watermark before and after a stage-1 task's batch.
+pub(crate) struct Moved {
+    /// Windows ending at or before it closed in earlier batches: rows for
+    /// them are late.
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+}
+
+/// On a stage-1 task: advances the stream's watermark, kept in the task's
+/// state, with the progress the source partitions' tasks sent (`received`)
+/// and with time (a partition silent for the idle timeout stops holding
+/// it back). Every one of the `source_partitions` holds it back until it
+/// shows an event time, as in one process.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn received(
+    line: usize,
+    stream: &str,
+    spec: &Watermark,
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    progress: &[Vec<u8>],
+    source_partitions: u32,
+) -> Result<Moved, SqlError> {
+    let key = watermark_key(stream);
+    let mut state = stored(line, stream, cx, cf, &key)?;
+    let before = state.watermark;
+    let all: Vec<i32> = (0..source_partitions as i32).collect();
+    state.expect(&all, cx.batch_time_ms);
+    for bytes in progress {
+        let p: Progress = serde_json::from_slice(bytes).map_err(|e| SqlError::Plan {
+            line,
+            message: format!("a progress record of {stream} is unreadable: {e}"),
+        })?;
+        if p.stream == stream {
+            state.saw(&p.max_event_ms, p.batch_time_ms);
+        }
+    }
+    let after = state.recompute(spec, cx.batch_time_ms);
+    store(line, &state, cx, cf, &key)?;
+    Ok(Moved { before, after })
+}
+
+fn stored(
+    line: usize,
+    stream: &str,
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    key: &[u8],
+) -> Result<WatermarkState, SqlError> {
+    match cx.checkpoint.db().get_cf(cf, key)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SqlError::Plan {
+            line,
+            message: format!("stored watermark of {stream} is unreadable: {e}"),
+        }),
+        None => Ok(WatermarkState::default()),
+    }
+}
+
+fn store(
+    line: usize,
+    state: &WatermarkState,
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    key: &[u8],
+) -> Result<(), SqlError> {
+    let bytes = serde_json::to_vec(state).map_err(|e| SqlError::Plan {
+        line,
+        message: format!("cannot store the watermark: {e}"),
+    })?;
+    cx.write(|w| w.put_cf(cf, key, bytes));
+    Ok(())
+}
+
 /// The batch's rows of one stream, with its late records dropped.
 pub(crate) struct OnTime {
     pub rows: Vec<RecordBatch>,
@@ -204,24 +363,14 @@ pub(crate) fn drop_late_and_advance(
     parts: Vec<RecordBatch>,
 ) -> Result<OnTime, SqlError> {
     let key = watermark_key(stream);
-    let mut state: WatermarkState = match cx.checkpoint.db().get_cf(cf, &key)? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SqlError::Plan {
-            line,
-            message: format!("stored watermark of {stream} is unreadable: {e}"),
-        })?,
-        None => WatermarkState::default(),
-    };
+    let mut state = stored(line, stream, cx, cf, &key)?;
     let before = state.watermark;
     let mut seen: BTreeMap<i32, i64> = Default::default();
     let mut late = 0u64;
     let mut rows = Vec::with_capacity(parts.len());
     for batch in parts {
-        let times = datafusion::arrow::compute::cast(
-            batch.column(batch.schema().index_of(&spec.column)?),
-            &DataType::Timestamp(TimeUnit::Millisecond, None),
-        )?;
+        let (times, partitions) = event_times(&batch, spec)?;
         let times = times.as_primitive::<TimestampMillisecondType>();
-        let partitions = batch.column(batch.schema().index_of("_partition")?);
         let partitions = partitions.as_primitive::<Int32Type>();
         let mut late_here = 0u64;
         let keep: BooleanArray = (0..batch.num_rows())
@@ -251,11 +400,7 @@ pub(crate) fn drop_late_and_advance(
         .map(|r| r.iter().map(|r| r.partition).collect())
         .unwrap_or_default();
     let watermark = state.advance(spec, cx.batch_time_ms, &planned, &seen);
-    let bytes = serde_json::to_vec(&state).map_err(|e| SqlError::Plan {
-        line,
-        message: format!("cannot store the watermark: {e}"),
-    })?;
-    cx.write(|w| w.put_cf(cf, &key, bytes));
+    store(line, &state, cx, cf, &key)?;
     Ok(OnTime {
         rows,
         late,
@@ -286,6 +431,31 @@ mod tests {
         // Never backwards, even if a partition's events are older.
         let seen: BTreeMap<i32, i64> = [(1, 20)].into_iter().collect();
         assert_eq!(w.advance(&spec(), 20, &[0, 1], &seen), Some(35));
+    }
+
+    #[test]
+    fn on_a_stage_one_task_every_source_partition_holds_the_watermark_until_it_reports() {
+        // Partitions 0..3 of the source; reports arrive with their own
+        // batch times, possibly older than the stage-1 task's clock.
+        let mut w = WatermarkState::default();
+        w.expect(&[0, 1, 2], 1000);
+        w.saw(&[(0, 100)].into_iter().collect(), 990);
+        w.saw(&[(1, 300)].into_iter().collect(), 995);
+        assert_eq!(
+            w.recompute(&spec(), 1000),
+            None,
+            "partition 2 has not reported"
+        );
+        w.saw(&[(2, 200)].into_iter().collect(), 1000);
+        assert_eq!(w.recompute(&spec(), 1000), Some(95));
+        // An older report never moves a partition's last activity back
+        // (seeded at the task's first batch time).
+        w.saw(&[(0, 150)].into_iter().collect(), 900);
+        assert_eq!(w.partitions[&0].last_active_ms, 1000);
+        assert_eq!(w.recompute(&spec(), 1000), Some(145));
+        // Partitions 0 and 2 go quiet past the idle timeout: 1 alone counts.
+        w.saw(&[(1, 900)].into_iter().collect(), 2100);
+        assert_eq!(w.recompute(&spec(), 2100), Some(895));
     }
 
     #[test]

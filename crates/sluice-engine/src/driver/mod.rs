@@ -209,6 +209,13 @@ impl StreamingContext {
             .push(op.to_owned());
     }
 
+    /// Declares that on many workers the job's stage-1 tasks must run
+    /// every batch, even without input (event time that moves on when the
+    /// input goes idle); in one process every batch runs anyway.
+    pub fn reduce_every_batch_on_workers(&self) {
+        sluice_log::common::mutex(&self.graph).reduce_every_batch = true;
+    }
+
     /// Records why part of the job cannot run on many workers: a job with
     /// such a part is refused there with this reason, and runs in one
     /// process as before.

@@ -19,14 +19,19 @@
 //! database from where that database stopped. The local commit follows
 //! the Kafka commit and is only a cache of it.
 //!
+//! Operators may send progress (their partition's event time) after their
+//! rows to every bucket, as records keyed `sluice.progress` in the same
+//! transaction; stage-1 tasks of jobs that keep event time run every
+//! batch, even without input, so time passing can close windows.
+//!
 //! This module owns the tasks' producers, databases and offsets; it never
 //! decides the assignment (the group's leader does) and never interprets
 //! records beyond the repartition and changelog encodings it writes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, BinaryViewArray, RecordBatch};
@@ -59,6 +64,8 @@ const REPARTITION_RECORD_BYTES: usize = 512 * 1024;
 const RESTORE_WRITE_ROWS: usize = 64 * 1024;
 /// The local database's key for the changelog offsets it has reached.
 const CHANGELOG_OFFSETS_KEY: &[u8] = b"worker.changelog-offsets";
+/// The key of a progress record in a repartition topic (rows have none).
+const PROGRESS_KEY: &[u8] = b"sluice.progress";
 /// A task that fails this many times in a row (its batch, or opening it)
 /// ends the worker with the last error; below that it is closed and opened
 /// again from its last commit, so a broker restart or a moved coordinator
@@ -268,6 +275,8 @@ struct WorkerPlan {
     tables: Vec<crate::checkpoint::OperatorMeta>,
     /// P.
     partitions: u32,
+    /// Stage-1 tasks run every batch, even without input.
+    reduce_every_batch: bool,
     fingerprint: String,
 }
 
@@ -325,6 +334,7 @@ impl WorkerPlan {
             .map(|n| n.info().name())
             .collect();
         cuts.extend(g.output_cuts.iter().cloned());
+        let reduce_every_batch = g.reduce_every_batch;
         let state_cfs = super::state_column_families(&metas, &tables);
         let description = format!(
             "{}|{}|{}|{}",
@@ -366,6 +376,7 @@ impl WorkerPlan {
             metas,
             tables,
             partitions,
+            reduce_every_batch,
             fingerprint: format!(
                 "{:016x}",
                 fnv1a(format!("{description}|P={partitions}").as_bytes())
@@ -990,7 +1001,8 @@ impl Worker {
                     }
                 })
                 .collect();
-            if ranges.iter().any(|r| r.until > r.from) {
+            let tick = task.id.stage == 1 && env.plan.reduce_every_batch;
+            if tick || ranges.iter().any(|r| r.until > r.from) {
                 work.push((task, ranges));
             }
         }
@@ -1378,26 +1390,32 @@ impl Env {
         let batch_id = task.batch_id + 1;
         let partition = task.id.partition as i32;
         let stage = if task.id.stage == 0 {
-            StageRole::Map {
-                outbox: Mutex::new(Vec::new()),
-            }
+            StageRole::map()
         } else {
             let mut inbox: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+            let mut progress: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
             for (input, range) in task.inputs.iter().zip(&ranges) {
                 if range.until <= range.from {
                     continue;
                 }
                 let op = input.op.clone().unwrap_or_default();
-                let chunks = inbox.entry(op).or_default();
+                let chunks = inbox.entry(op.clone()).or_default();
+                let marks = progress.entry(op).or_default();
                 crate::plan::read_range(
                     &*input.source,
                     partition,
                     range.from,
                     range.until,
                     &mut |chunk: RecordBatch| {
+                        let keys = binary_column(&chunk, KEY)?;
                         let values = binary_column(&chunk, VALUE)?;
                         for i in 0..chunk.num_rows() {
-                            if !values.is_null(i) {
+                            if values.is_null(i) {
+                                continue;
+                            }
+                            if !keys.is_null(i) && keys.value(i) == PROGRESS_KEY {
+                                marks.push(values.value(i).to_vec());
+                            } else {
                                 decode_ipc(values.value(i), chunks)?;
                             }
                         }
@@ -1408,6 +1426,8 @@ impl Env {
             StageRole::Reduce {
                 bucket: partition as usize,
                 inbox,
+                progress,
+                source_partitions: self.plan.input_partitions,
             }
         };
         let mut planned = PlannedBatch {
@@ -1461,7 +1481,16 @@ impl Env {
         report.counters = counters;
         let producer = &task.producer;
         let sent = self.send_batch_records(task, stage, &writes, &mut report);
+        let moved = ranges.iter().any(|r| r.until > r.from);
         let sent = sent.and_then(|()| {
+            if !moved {
+                // An idle tick adds no offsets: with nothing else sent, the
+                // producer commits the empty transaction without a round
+                // trip.
+                return producer
+                    .commit_transaction(KAFKA_TIMEOUT)
+                    .map_err(|e| txn("cannot commit the transaction", e));
+            }
             let mut offsets = TopicPartitionList::new();
             for (input, range) in task.inputs.iter().zip(&ranges) {
                 offsets
@@ -1548,7 +1577,7 @@ impl Env {
         report: &mut TaskReport,
     ) -> Result<(), TaskFailure> {
         let partition = task.id.partition as i32;
-        if let Some(StageRole::Map { outbox }) = stage {
+        if let Some(StageRole::Map { outbox, progress }) = stage {
             let outbox = outbox.into_inner().unwrap_or_else(|p| p.into_inner());
             for (op, bucket, batch) in outbox {
                 let topic = repartition_topic(&self.config.name, &op);
@@ -1558,6 +1587,22 @@ impl Env {
                         &task.producer,
                         BaseRecord::<(), [u8]>::to(&topic)
                             .partition(bucket as i32)
+                            .payload(&payload[..]),
+                    )?;
+                }
+            }
+            // After the rows, in the same transaction: a stage-1 task that
+            // reads a progress record has read the rows it covers.
+            let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+            for (op, payload) in progress {
+                let topic = repartition_topic(&self.config.name, &op);
+                for bucket in 0..self.plan.partitions as i32 {
+                    report.repartition_bytes += payload.len() as u64;
+                    send(
+                        &task.producer,
+                        BaseRecord::<[u8], [u8]>::to(&topic)
+                            .partition(bucket)
+                            .key(PROGRESS_KEY)
                             .payload(&payload[..]),
                     )?;
                 }

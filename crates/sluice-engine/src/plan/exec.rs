@@ -152,6 +152,10 @@ pub enum StageRole {
     /// to the operator's repartition topic, and nothing below them runs.
     Map {
         outbox: Mutex<Vec<(String, usize, RecordBatch)>>,
+        /// Progress an operator sends to every bucket of its repartition
+        /// topic after its rows (its partition's event time: Flink's
+        /// watermarks travel the same way, inside the data channels).
+        progress: Mutex<Vec<(String, Vec<u8>)>>,
     },
     /// A task of stage 1 (one bucket): shuffles whose input comes from the
     /// source read `inbox` (what the repartition topics held for this
@@ -159,7 +163,22 @@ pub enum StageRole {
     Reduce {
         bucket: usize,
         inbox: HashMap<String, Vec<RecordBatch>>,
+        /// Progress records read for this bucket per operator, in order.
+        progress: HashMap<String, Vec<Vec<u8>>>,
+        /// How many partitions the source has: stage 0 has a task for
+        /// each, and each may send progress.
+        source_partitions: u32,
     },
+}
+
+impl StageRole {
+    /// A stage-0 task's role, with nothing sent yet.
+    pub fn map() -> Self {
+        StageRole::Map {
+            outbox: Mutex::new(Vec::new()),
+            progress: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl<'a> BatchCx<'a> {
@@ -197,6 +216,37 @@ impl<'a> BatchCx<'a> {
     /// Whether this batch runs as one task of a job on many workers.
     pub fn on_workers(&self) -> bool {
         self.stage.is_some()
+    }
+
+    /// Whether this batch is a stage-0 task's (source partition in,
+    /// repartition records out).
+    pub fn in_map_stage(&self) -> bool {
+        matches!(self.stage, Some(StageRole::Map { .. }))
+    }
+
+    /// On a stage-0 task, sends `progress` after the batch's rows to every
+    /// bucket of `op`'s repartition topic; elsewhere nothing is sent.
+    pub fn send_progress(&self, op: &str, progress: Vec<u8>) {
+        if let Some(StageRole::Map { progress: out, .. }) = &self.stage {
+            sluice_log::common::mutex(out).push((op.to_owned(), progress));
+        }
+    }
+
+    /// On a stage-1 task, the progress stage-0 tasks sent `op`'s bucket
+    /// that this batch read, in order, and how many source partitions may
+    /// send it; elsewhere `None`.
+    pub fn received_progress(&self, op: &str) -> Option<(&[Vec<u8>], u32)> {
+        match &self.stage {
+            Some(StageRole::Reduce {
+                progress,
+                source_partitions,
+                ..
+            }) => Some((
+                progress.get(op).map_or(&[][..], |p| p.as_slice()),
+                *source_partitions,
+            )),
+            _ => None,
+        }
     }
 
     /// The stage role, to take the outbox back after the batch ran.

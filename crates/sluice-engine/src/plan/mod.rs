@@ -102,6 +102,10 @@ pub(crate) struct Graph {
     pub output_cuts: Vec<String>,
     /// Why parts of the job cannot run on many workers.
     pub worker_refusals: Vec<String>,
+    /// On many workers, stage-1 tasks run every batch even when nothing
+    /// reached them: event time moves on when the input goes idle, and
+    /// closes windows.
+    pub reduce_every_batch: bool,
     kind_counts: std::collections::HashMap<&'static str, usize>,
 }
 

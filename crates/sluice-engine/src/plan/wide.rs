@@ -153,7 +153,7 @@ pub(crate) fn shuffle(
 ) -> Result<Vec<Vec<RecordBatch>>> {
     let cut = !parent.info().after_shuffle();
     match &cx.stage {
-        Some(StageRole::Reduce { bucket, inbox }) if cut => {
+        Some(StageRole::Reduce { bucket, inbox, .. }) if cut => {
             let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
             if let Some(chunks) = inbox.get(op) {
                 buckets[*bucket] = chunks.clone();
@@ -172,7 +172,7 @@ pub(crate) fn shuffle(
         }
     }
     match &cx.stage {
-        Some(StageRole::Map { outbox }) if cut => {
+        Some(StageRole::Map { outbox, .. }) if cut => {
             let mut outbox = sluice_log::common::mutex(outbox);
             for (b, chunks) in buckets.iter_mut().enumerate() {
                 for chunk in chunks.drain(..) {
@@ -237,7 +237,7 @@ pub fn exchange(
     match &cx.stage {
         None => Ok(vec![batch]),
         Some(StageRole::Reduce { inbox, .. }) => Ok(inbox.get(op).cloned().unwrap_or_default()),
-        Some(StageRole::Map { outbox }) => {
+        Some(StageRole::Map { outbox, .. }) => {
             if hashes.len() != batch.num_rows() {
                 return Err(PlanError::Invalid(format!(
                     "operator {op}: {} key hashes for {} rows",

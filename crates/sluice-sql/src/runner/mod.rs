@@ -4,6 +4,11 @@
 //! buffers with the stored state, and hand the output to the sink. Every
 //! state change goes into the batch's commit.
 //!
+//! On many workers a query is cut at its GROUP BY: a stage-0 task runs
+//! the partial aggregation and reports its partition's event time, a
+//! stage-1 task moves the watermark from every partition's reports, drops
+//! partial rows of windows already closed and merges the rest.
+//!
 //! The runner never chooses offsets or commits (the driver does), and
 //! never plans: it runs what [`crate::planner`] decided.
 
@@ -77,7 +82,13 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
     };
     let table = sink.table_meta();
     match on_workers_refusal(&plan, &sink) {
-        None => shared.ctx.exchange_on_workers(&plan.operator),
+        None => {
+            shared.ctx.exchange_on_workers(&plan.operator);
+            if plan.inputs.iter().any(|i| i.watermark.is_some()) {
+                // Windows close as the watermark moves, also on idle input.
+                shared.ctx.reduce_every_batch_on_workers();
+            }
+        }
         Some(why) => shared.ctx.refuse_on_workers(format!(
             "the query at line {line} cannot run on many workers yet: {why}"
         )),
@@ -114,8 +125,16 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
     if plan.join.is_some() {
         return Some("it joins streams");
     }
-    if agg.window.is_some() || plan.inputs.iter().any(|i| i.watermark.is_some()) {
-        return Some("it uses event time (windows, watermarks)");
+    match agg.window {
+        Some(w) if w.session.is_some() => {
+            return Some("it aggregates session windows, whose bounds merge per key");
+        }
+        None if plan.inputs.iter().any(|i| i.watermark.is_some()) => {
+            return Some(
+                "it drops late records without a window (on many workers lateness is judged per window)",
+            );
+        }
+        _ => {}
     }
     if agg.nested {
         return Some("it aggregates the result of an aggregation");
@@ -198,13 +217,30 @@ impl QueryRunner {
             .collect::<Result<Vec<_>, _>>()?;
         let mut streams = Vec::with_capacity(self.inputs.len());
         let mut watermarks = Vec::with_capacity(self.inputs.len());
+        // On a stage-1 task: windows ending at or before it already closed.
+        let mut closed = None;
         for (input, chunks) in self.inputs.iter().zip(&chunks) {
             // Decoded in parallel slices: each is a partition of the table
             // DataFusion scans.
             let mut parts = input.shape.decode(cx, chunks, self.slices)?;
             // Stateful queries drop late records and move the watermark.
             let mut watermark = None;
+            let name = &input.shape.name;
             if let (Some(spec), Some(cf)) = (&input.watermark, state_cf) {
+                if cx.in_map_stage() {
+                    watermark::report(self.line, name, spec, cx, &self.operator, &parts)?;
+                    streams.push((name.clone(), parts));
+                    watermarks.push(None);
+                    continue;
+                }
+                if let Some((progress, sources)) = cx.received_progress(&self.operator) {
+                    let moved =
+                        watermark::received(self.line, name, spec, cx, cf, progress, sources)?;
+                    closed = moved.before;
+                    streams.push((name.clone(), parts));
+                    watermarks.push(moved.after);
+                    continue;
+                }
                 let on_time = watermark::drop_late_and_advance(
                     self.line,
                     &input.shape.name,
@@ -242,7 +278,7 @@ impl QueryRunner {
         let (session, _) = session_over(streams, &self.tables)?;
         let output = self
             .runtime
-            .block_on(self.execute(session, cx, state_cf, watermark))?;
+            .block_on(self.execute(session, cx, state_cf, watermark, closed))?;
         self.sink.write(cx, &output)
     }
 
@@ -266,7 +302,7 @@ impl QueryRunner {
         // holds the channels, so a reader waiting on them stops.
         let (output, bad) = streamed.run(inputs, 0, move || {
             self.runtime
-                .block_on(self.execute(session, cx, state_cf, None))
+                .block_on(self.execute(session, cx, state_cf, None, None))
         })?;
         cx.count("bad records", bad);
         self.sink.write(cx, &output)
@@ -274,13 +310,15 @@ impl QueryRunner {
 
     /// Plans the query over the batch's tables in `session` and runs it;
     /// an aggregation is merged with its stored state (`cf`), closing the
-    /// windows `watermark` has passed.
+    /// windows `watermark` has passed. On a stage-1 task, partial rows of
+    /// windows that ended at or before `closed` are late.
     async fn execute(
         &self,
         session: SessionContext,
         cx: &BatchCx<'_>,
         state_cf: Option<&ColumnFamily>,
         watermark: Option<i64>,
+        closed: Option<i64>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
         let plan: Arc<dyn ExecutionPlan> =
             session.sql(&self.sql).await?.create_physical_plan().await?;
@@ -298,6 +336,8 @@ impl QueryRunner {
         }
         let columns = incremental::partial_columns(&session, &agg).await?;
         let columns = self.exchange(cx, &agg, columns)?;
+        let (columns, late) = incremental::drop_closed_windows(&agg, columns, closed)?;
+        cx.count("late partial aggregates", late as u64);
         incremental::merge_batch(
             &session,
             &plan,
