@@ -96,6 +96,17 @@ pub struct WorkersArgs {
     /// the others.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub session_timeout: Duration,
+    /// With --workers-group: warm copies of each reduce-side task's state
+    /// kept on other workers (Kafka Streams' num.standby.replicas), so a
+    /// task taken over after a crash needs almost no restore. The group
+    /// leader's value counts.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "workers_group"
+    )]
+    pub standby_replicas: u32,
 }
 
 impl WorkersArgs {
@@ -106,6 +117,7 @@ impl WorkersArgs {
             workers.group = Some(group.clone());
             workers.partitions = self.repartition_partitions;
             workers.session_timeout = self.session_timeout;
+            workers.standby_replicas = self.standby_replicas;
             config.workers = Some(workers);
         }
     }

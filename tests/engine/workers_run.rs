@@ -950,3 +950,57 @@ fn on_workers_a_silent_partition_stops_holding_windows_back_after_its_idle_timeo
         w.stop();
     }
 }
+
+#[test]
+fn a_standby_copy_takes_a_killed_workers_tasks_over_without_a_restore() {
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(16_000, 17);
+    let half = lines.len() / 2;
+    produce(&producer(&broker), &lines[..half], 0);
+    let root = tempfile::tempdir().unwrap();
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            start_worker(
+                &broker,
+                &root.path().join(format!("w{i}")),
+                &["--standby-replicas", "1"],
+            )
+        })
+        .collect();
+    wait_for_table(
+        &broker,
+        &mut workers,
+        &counts(&lines[..half]),
+        Duration::from_secs(90),
+    );
+    // Each keeps a copy of the other's reduce-side tasks, caught up every
+    // batch (200 ms): a few batches after the input ran dry, the copies
+    // hold every committed state change.
+    std::thread::sleep(Duration::from_secs(3));
+    let survivor_log = workers[1].log();
+    assert!(
+        survivor_log.contains("standby copies: 1_"),
+        "the survivor keeps standby copies: {survivor_log}"
+    );
+    let mark = survivor_log.len();
+    workers[0].kill();
+    produce(&producer(&broker), &lines[half..], half);
+    wait_for_table(
+        &broker,
+        &mut workers[1..],
+        &counts(&lines),
+        Duration::from_secs(90),
+    );
+    let after = workers[1].log()[mark..].to_owned();
+    assert!(
+        after.contains("this worker's tasks: 0_0,0_1"),
+        "the survivor took every task over: {after}"
+    );
+    // Without standby copies: "task 1_4 restored 50 state records …".
+    assert!(
+        !after.contains("restored"),
+        "the survivor's copies were warm: no task replayed its changelog: {after}"
+    );
+    workers[1].stop();
+}

@@ -73,6 +73,9 @@ const PROGRESS_KEY: &[u8] = b"sluice.progress";
 const MAX_TASK_FAILURES: u32 = 5;
 /// Threads opening a rebalance's gained tasks.
 const OPEN_THREADS: usize = 8;
+/// Changelog offsets a standby copy replays per column family per batch.
+const STANDBY_RECORDS_PER_BATCH: i64 = 200_000;
+
 /// Stage-1 tasks purge their repartition input (DeleteRecords) every this
 /// many batches.
 const PURGE_EVERY_BATCHES: u64 = 10;
@@ -94,6 +97,9 @@ pub struct WorkersOptions {
     pub partitions: Option<u32>,
     /// A worker silent this long loses its tasks to the others.
     pub session_timeout: Duration,
+    /// Warm copies of each stage-1 task's state on other workers (the group
+    /// leader's value counts).
+    pub standby_replicas: u32,
 }
 
 impl WorkersOptions {
@@ -104,6 +110,7 @@ impl WorkersOptions {
             worker_id: None,
             partitions: None,
             session_timeout: Duration::from_secs(10),
+            standby_replicas: 0,
         }
     }
 }
@@ -562,6 +569,16 @@ struct Task {
     purge: Vec<(String, i32, i64)>,
 }
 
+/// A warm copy of a task another worker runs: its database, caught up
+/// from the changelogs every batch, never run (Kafka Streams' standby
+/// task). Promoted, it is closed and the task opens over the same
+/// directory with almost nothing left to restore.
+struct Standby {
+    db: Checkpoint,
+    /// Next changelog offset per column family the database holds.
+    changelog_next: BTreeMap<String, i64>,
+}
+
 struct Input {
     /// The cut operator whose shuffle this repartition topic carries
     /// (none for the source).
@@ -569,6 +586,14 @@ struct Input {
     topic: String,
     source: Arc<dyn Source>,
     next: i64,
+}
+
+/// How far a catch-up with the changelogs got.
+struct CaughtUp {
+    /// Next changelog offset per column family.
+    next: BTreeMap<String, i64>,
+    records: u64,
+    bytes: u64,
 }
 
 /// What one task's batch did.
@@ -605,6 +630,7 @@ struct Worker {
     member: GroupMember,
     runtime: tokio::runtime::Runtime,
     tasks: BTreeMap<TaskId, Task>,
+    standbys: BTreeMap<TaskId, Standby>,
     /// How far the local copies of tasks this worker does not run now have
     /// read their changelogs (sum over column families): told to the
     /// group's leader, which prefers the worker furthest ahead.
@@ -672,6 +698,7 @@ impl Worker {
         member_config.heartbeat_interval =
             (options.session_timeout / 4).max(Duration::from_millis(100));
         member_config.rebalance_timeout = options.session_timeout.max(Duration::from_secs(5)) * 3;
+        member_config.standby_replicas = options.standby_replicas;
         let member = GroupMember::new(member_config, plan.tasks());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -745,6 +772,7 @@ impl Worker {
             member,
             runtime,
             tasks: BTreeMap::new(),
+            standbys: BTreeMap::new(),
             local_state: BTreeMap::new(),
             failures: HashMap::new(),
             epoch: 0,
@@ -777,6 +805,7 @@ impl Worker {
             let batch_started = Instant::now();
             tick += 1;
             let report = self.run_tasks()?;
+            self.update_standbys();
             let processing = batch_started.elapsed();
             if report.records > 0 {
                 summary.batches += 1;
@@ -858,6 +887,10 @@ impl Worker {
             self.local_state
                 .insert(*id, task.changelog_next.values().sum::<i64>());
         }
+        for (id, standby) in &self.standbys {
+            self.local_state
+                .insert(*id, standby.changelog_next.values().sum::<i64>());
+        }
         let local = LocalTasks {
             owned: self.tasks.keys().copied().collect(),
             state: self.local_state.clone(),
@@ -868,6 +901,15 @@ impl Worker {
             .map_err(other)?;
         let assigned: BTreeSet<TaskId> = generation.tasks.iter().copied().collect();
         self.tasks.retain(|id, _| assigned.contains(id));
+        // A standby promoted to active closes first: the task opens over
+        // its directory.
+        let standbys: BTreeSet<TaskId> = generation
+            .standbys
+            .iter()
+            .filter(|t| !assigned.contains(t))
+            .copied()
+            .collect();
+        self.standbys.retain(|id, _| standbys.contains(id));
         let gained: Vec<TaskId> = assigned
             .iter()
             .filter(|t| !self.tasks.contains_key(t))
@@ -918,12 +960,28 @@ impl Worker {
                 Err(e) => self.task_failed(Some(id), e)?,
             }
         }
+        for id in standbys {
+            if self.standbys.contains_key(&id) {
+                continue;
+            }
+            match self.env.open_standby(id) {
+                Ok(standby) => {
+                    self.standbys.insert(id, standby);
+                }
+                // A copy is an optimisation: the task restores without it.
+                Err(e) => tracing::warn!(task = %id, "cannot keep a standby copy: {e}"),
+            }
+        }
         let owned: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
-        let owned = if owned.is_empty() {
+        let mut owned = if owned.is_empty() {
             "none".to_owned()
         } else {
             owned.join(",")
         };
+        if !self.standbys.is_empty() {
+            let copies: Vec<String> = self.standbys.keys().map(ToString::to_string).collect();
+            owned.push_str(&format!(" · standby copies: {}", copies.join(",")));
+        }
         tracing::info!(
             generation = generation.generation_id,
             "tasks of this worker: {owned}"
@@ -1030,6 +1088,30 @@ impl Worker {
             }
         }
         Ok(total)
+    }
+
+    /// Catches the standby copies up with their changelogs, a bounded
+    /// stretch per batch so the active tasks are not held up.
+    fn update_standbys(&mut self) {
+        if self.standbys.is_empty() {
+            return;
+        }
+        let layout = match self.env.changelog_layout() {
+            Ok(layout) => layout,
+            Err(e) => {
+                tracing::warn!("standby copies wait: {e}");
+                return;
+            }
+        };
+        for (id, standby) in &mut self.standbys {
+            match self
+                .env
+                .catch_up(*id, &standby.db, &layout, Some(STANDBY_RECORDS_PER_BATCH))
+            {
+                Ok(caught) => standby.changelog_next = caught.next,
+                Err(e) => tracing::warn!(task = %id, "standby copy behind: {e}"),
+            }
+        }
     }
 
     /// Deletes the repartition records every stage-1 task of this worker
@@ -1309,73 +1391,109 @@ impl Env {
     /// database stopped up to the last stable offset.
     fn restore(&self, task: &mut Task, layout: &Layout) -> Result<(), DriverError> {
         let started = Instant::now();
-        let partition = task.id.partition as i32;
-        let mut known: BTreeMap<String, i64> =
-            match task.db.db().get(CHANGELOG_OFFSETS_KEY).map_err(other)? {
-                Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-                None => BTreeMap::new(),
-            };
-        let (mut restored, mut bytes) = (0u64, 0u64);
-        for (cf_name, source) in &self.changelog_sources {
-            let info = partition_info(layout, source.name(), partition)?;
-            let cf = task.db.cf(cf_name)?;
-            let mut from = known.get(cf_name).copied().unwrap_or(0);
-            if from > info.high_watermark {
-                // The changelog was recreated: the local copy is not of it.
-                tracing::warn!(task = %task.id, "local state of {cf_name} is ahead of its changelog; rebuilding it");
-                let mut wipe = WriteBatch::default();
-                wipe.delete_range_cf(cf, Vec::<u8>::new(), vec![0xffu8; 256]);
-                task.db.write(wipe)?;
-                from = 0;
-            }
-            let from = from.max(info.log_start);
-            if from < info.high_watermark {
-                let mut batch = WriteBatch::default();
-                let db = &task.db;
-                for_each_keyed(
-                    &**source,
-                    partition,
-                    from,
-                    info.high_watermark,
-                    |key, value| {
-                        match value {
-                            Some(v) => {
-                                bytes += (key.len() + v.len()) as u64;
-                                batch.put_cf(cf, key, v);
-                            }
-                            None => batch.delete_cf(cf, key),
-                        }
-                        restored += 1;
-                        if batch.len() >= RESTORE_WRITE_ROWS {
-                            db.write_unsynced(std::mem::take(&mut batch))?;
-                        }
-                        Ok(())
-                    },
-                )
-                .map_err(|e| other(format!("task {}: cannot restore {cf_name}: {e}", task.id)))?;
-                task.db.write_unsynced(batch)?;
-            }
-            known.insert(cf_name.clone(), info.high_watermark);
-        }
-        let mut record = WriteBatch::default();
-        record.put(
-            CHANGELOG_OFFSETS_KEY,
-            serde_json::to_vec(&known).map_err(other)?,
-        );
-        task.db.write_unsynced(record)?;
-        task.changelog_next = known;
-        if restored > 0 {
+        let caught = self.catch_up(task.id, &task.db, layout, None)?;
+        task.changelog_next = caught.next;
+        if caught.records > 0 {
             let secs = started.elapsed().as_secs_f64();
-            tracing::info!(task = %task.id, records = restored, bytes, secs, "restored state from the changelog");
+            let (records, bytes) = (caught.records, caught.bytes);
+            tracing::info!(task = %task.id, records, bytes, secs, "restored state from the changelog");
             if self.config.progress.lines {
                 eprintln!(
-                    "task {} restored {restored} state records ({:.1} MiB) from its changelog in {secs:.2} s",
+                    "task {} restored {records} state records ({:.1} MiB) from its changelog in {secs:.2} s",
                     task.id,
                     bytes as f64 / f64::from(1 << 20),
                 );
             }
         }
         Ok(())
+    }
+
+    /// Opens a standby copy of task `id` over its directory; it catches up
+    /// batch by batch ([`Worker::update_standbys`]).
+    fn open_standby(&self, id: TaskId) -> Result<Standby, DriverError> {
+        let mut db = Checkpoint::open(&self.task_dir(id), &self.config.name, &self.plan.state_cfs)?;
+        db.register(&self.plan.metas, &self.plan.tables, self.config.reset_state)?;
+        let changelog_next = match db.db().get(CHANGELOG_OFFSETS_KEY).map_err(other)? {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
+        Ok(Standby { db, changelog_next })
+    }
+
+    /// The partitions of the changelog topics now.
+    fn changelog_layout(&self) -> Result<Layout, DriverError> {
+        let mut layout = Layout::new();
+        for source in self.changelog_sources.values() {
+            layout.insert(source.name().to_owned(), source.partitions()?);
+        }
+        Ok(layout)
+    }
+
+    /// Replays task `id`'s changelogs into `db` from where it stopped, up
+    /// to the last stable offset (at most `limit` offsets per column
+    /// family), and records how far it got.
+    fn catch_up(
+        &self,
+        id: TaskId,
+        db: &Checkpoint,
+        layout: &Layout,
+        limit: Option<i64>,
+    ) -> Result<CaughtUp, DriverError> {
+        let partition = id.partition as i32;
+        let mut known: BTreeMap<String, i64> =
+            match db.db().get(CHANGELOG_OFFSETS_KEY).map_err(other)? {
+                Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+        let (mut restored, mut bytes) = (0u64, 0u64);
+        for (cf_name, source) in &self.changelog_sources {
+            let info = partition_info(layout, source.name(), partition)?;
+            let cf = db.cf(cf_name)?;
+            let mut from = known.get(cf_name).copied().unwrap_or(0);
+            if from > info.high_watermark {
+                // The changelog was recreated: the local copy is not of it.
+                tracing::warn!(task = %id, "local state of {cf_name} is ahead of its changelog; rebuilding it");
+                let mut wipe = WriteBatch::default();
+                wipe.delete_range_cf(cf, Vec::<u8>::new(), vec![0xffu8; 256]);
+                db.write(wipe)?;
+                from = 0;
+            }
+            let from = from.max(info.log_start);
+            let until = limit.map_or(info.high_watermark, |l| {
+                info.high_watermark.min(from.saturating_add(l))
+            });
+            if from < until {
+                let mut batch = WriteBatch::default();
+                for_each_keyed(&**source, partition, from, until, |key, value| {
+                    match value {
+                        Some(v) => {
+                            bytes += (key.len() + v.len()) as u64;
+                            batch.put_cf(cf, key, v);
+                        }
+                        None => batch.delete_cf(cf, key),
+                    }
+                    restored += 1;
+                    if batch.len() >= RESTORE_WRITE_ROWS {
+                        db.write_unsynced(std::mem::take(&mut batch))?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| other(format!("task {id}: cannot restore {cf_name}: {e}")))?;
+                db.write_unsynced(batch)?;
+            }
+            known.insert(cf_name.clone(), until.max(from));
+        }
+        let mut record = WriteBatch::default();
+        record.put(
+            CHANGELOG_OFFSETS_KEY,
+            serde_json::to_vec(&known).map_err(other)?,
+        );
+        db.write_unsynced(record)?;
+        Ok(CaughtUp {
+            next: known,
+            records: restored,
+            bytes,
+        })
     }
 
     /// One batch of one task, as one Kafka transaction, then the local

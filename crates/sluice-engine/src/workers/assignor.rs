@@ -13,6 +13,12 @@
 //!    local state for it is furthest ahead (its restore is shortest), else
 //!    to the least loaded member.
 //!
+//! Standby replicas (Kafka Streams' `num.standby.replicas`) are placed
+//! after the active tasks: each stateful task gets up to `replicas` copies
+//! on members other than its active one, each on the member whose local
+//! state for it is furthest ahead, then on the one with the fewest
+//! standbys.
+//!
 //! Pure and deterministic: the same inputs give the same assignment
 //! whichever member leads. Never talks to the network.
 
@@ -122,6 +128,55 @@ pub fn assign(tasks: &[TaskId], members: &[MemberView]) -> BTreeMap<String, Vec<
     out
 }
 
+/// Places up to `replicas` standby copies of each of `stateful` tasks,
+/// never on the member running the task (`active`) nor twice on one
+/// member. With fewer other members than `replicas`, a task gets fewer.
+pub fn assign_standbys(
+    active: &BTreeMap<String, Vec<TaskId>>,
+    stateful: &[TaskId],
+    members: &[MemberView],
+    replicas: u32,
+) -> BTreeMap<String, Vec<TaskId>> {
+    let mut out: BTreeMap<String, Vec<TaskId>> =
+        active.keys().map(|m| (m.clone(), Vec::new())).collect();
+    if replicas == 0 {
+        return out;
+    }
+    let runs: BTreeMap<TaskId, &str> = active
+        .iter()
+        .flat_map(|(m, tasks)| tasks.iter().map(move |t| (*t, m.as_str())))
+        .collect();
+    let state = |m: &str, t: &TaskId| {
+        members
+            .iter()
+            .find(|v| v.member_id == m)
+            .and_then(|v| v.state.get(t).copied())
+            .unwrap_or(-1)
+    };
+    let ids: Vec<String> = out.keys().cloned().collect();
+    let stateful: BTreeSet<TaskId> = stateful.iter().copied().collect();
+    for t in &stateful {
+        for _ in 0..replicas {
+            let best = ids
+                .iter()
+                .filter(|m| runs.get(t) != Some(&m.as_str()) && !out[*m].contains(t))
+                .max_by_key(|m| {
+                    (
+                        state(m, t),
+                        std::cmp::Reverse(out[*m].len()),
+                        std::cmp::Reverse((*m).clone()),
+                    )
+                })
+                .cloned();
+            match best {
+                Some(m) => out.entry(m).or_default().push(*t),
+                None => break,
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +268,56 @@ mod tests {
         let a = assign(&[t], &[behind, ahead]);
         assert_eq!(a["b"], vec![t]);
         assert!(a["a"].is_empty());
+    }
+
+    #[test]
+    fn standbys_never_share_a_member_with_their_task_and_follow_local_state() {
+        let all = tasks(2, 6);
+        let stateful: Vec<TaskId> = all.iter().copied().filter(|t| t.stage == 1).collect();
+        let views = [member("a", &[]), member("b", &[]), member("c", &[])];
+        let active = assign(&all, &views);
+        let standbys = assign_standbys(&active, &stateful, &views, 1);
+        let mut copies = BTreeMap::new();
+        for (m, list) in &standbys {
+            for t in list {
+                assert!(!active[m].contains(t), "{m} runs {t} and stands by for it");
+                *copies.entry(*t).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(
+            copies.len(),
+            stateful.len(),
+            "every stateful task has a copy"
+        );
+        assert!(copies.values().all(|&n| n == 1));
+        let loads: Vec<usize> = standbys.values().map(Vec::len).collect();
+        assert!(
+            loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1,
+            "standbys spread evenly: {loads:?}"
+        );
+        // Two replicas over three members: both others hold one.
+        let two = assign_standbys(&active, &stateful, &views, 2);
+        for t in &stateful {
+            let holders = two.values().filter(|l| l.contains(t)).count();
+            assert_eq!(holders, 2, "{t}: {two:?}");
+        }
+        // More replicas than other members: as many as there are.
+        let pair = [member("a", &[]), member("b", &[])];
+        let active = assign(&all, &pair);
+        let three = assign_standbys(&active, &stateful, &pair, 3);
+        for t in &stateful {
+            assert_eq!(three.values().filter(|l| l.contains(t)).count(), 1);
+        }
+        // A member whose local copy of a task is furthest ahead gets it.
+        let t = stateful[0];
+        let mut warm = member("c", &[]);
+        warm.state.insert(t, 1_000);
+        let views = [member("a", &[]), member("b", &[]), warm];
+        let active = assign(&all, &views);
+        if !active["c"].contains(&t) {
+            let standbys = assign_standbys(&active, &stateful, &views, 1);
+            assert!(standbys["c"].contains(&t), "{standbys:?}");
+        }
     }
 
     proptest! {

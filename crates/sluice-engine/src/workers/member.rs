@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     pub rebalance_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub request_timeout: Duration,
+    /// Standby copies of each stateful task the leader places (the
+    /// leader's own setting counts, as in Kafka Streams).
+    pub standby_replicas: u32,
 }
 
 impl WorkerConfig {
@@ -77,6 +80,7 @@ impl WorkerConfig {
             rebalance_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
+            standby_replicas: 0,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Generation {
     pub member_id: String,
     pub leader: bool,
     pub tasks: Vec<TaskId>,
+    /// Tasks whose state this worker keeps warm for another's.
+    pub standbys: Vec<TaskId>,
 }
 
 /// Why a worker is not (or no longer) in its group.
@@ -141,6 +147,8 @@ struct MemberMetadata {
 #[derive(Debug, Serialize, Deserialize)]
 struct AssignmentMessage {
     tasks: Vec<TaskId>,
+    #[serde(default)]
+    standbys: Vec<TaskId>,
     /// Set instead of tasks when the member may not take part.
     error: Option<AssignmentError>,
 }
@@ -365,6 +373,7 @@ impl GroupMember {
                 member_id: self.member_id.clone(),
                 leader,
                 tasks: message.tasks,
+                standbys: message.standbys,
             })),
             Some(AssignmentError::JobMismatch { group_job }) => Err(WorkersError::JobMismatch {
                 group: self.config.group.clone(),
@@ -415,19 +424,29 @@ impl GroupMember {
             }
         }
         let plan = assignor::assign(&self.tasks, &views);
+        // Stage 0 keeps no state; every later stage does.
+        let stateful: Vec<TaskId> = self.tasks.iter().copied().filter(|t| t.stage > 0).collect();
+        let mut standbys =
+            assignor::assign_standbys(&plan, &stateful, &views, self.config.standby_replicas);
         let encode =
             |m: &AssignmentMessage| Bytes::from(serde_json::to_vec(m).expect("serializes"));
         plan.into_iter()
             .map(|(member, tasks)| {
+                let standbys = standbys.remove(&member).unwrap_or_default();
                 SyncGroupRequestAssignment::default()
                     .with_member_id(StrBytes::from_string(member))
-                    .with_assignment(encode(&AssignmentMessage { tasks, error: None }))
+                    .with_assignment(encode(&AssignmentMessage {
+                        tasks,
+                        standbys,
+                        error: None,
+                    }))
             })
             .chain(refused.into_iter().map(|(member, error)| {
                 SyncGroupRequestAssignment::default()
                     .with_member_id(member)
                     .with_assignment(encode(&AssignmentMessage {
                         tasks: Vec::new(),
+                        standbys: Vec::new(),
                         error: Some(error),
                     }))
             }))
