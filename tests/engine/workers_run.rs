@@ -642,6 +642,41 @@ fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
         "the refusal names the reason: {stderr}"
     );
 
+    // A join's matches aggregated: the cut would need two levels.
+    let agg_join = root.path().join("agg_join.sql");
+    fs::write(
+        &agg_join,
+        include_str!("../../jobs/paid_orders.sql")
+            .replace(
+                "SELECT o.id, p.amount FROM orders o JOIN payments p",
+                "SELECT o.id, sum(p.amount) AS paid FROM orders o JOIN payments p",
+            )
+            .replace(
+                "o.ts + INTERVAL '10' SECOND;",
+                "o.ts + INTERVAL '10' SECOND GROUP BY o.id;",
+            ),
+    )
+    .unwrap();
+    broker.create_topic("orders", 2);
+    broker.create_topic("payments", 2);
+    let out = common::sluice()
+        .arg("run")
+        .arg(&agg_join)
+        .args(["--brokers", &broker.bootstrap(), "--workers-group", "agg"])
+        .arg("--checkpoint-dir")
+        .arg(root.path().join("agg"))
+        .output()
+        .expect("run sluice run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an aggregated join is refused on workers"
+    );
+    assert!(
+        stderr.contains("it aggregates the matches of a join of streams"),
+        "the refusal names the reason: {stderr}"
+    );
+
     // The partition count of the internal topics is fixed at creation.
     let lines = corpus(500, 3);
     produce(&producer(&broker), &lines, 0);
@@ -1003,4 +1038,86 @@ fn a_standby_copy_takes_a_killed_workers_tasks_over_without_a_restore() {
         "the survivor's copies were warm: no task replayed its changelog: {after}"
     );
     workers[1].stop();
+}
+
+/// `2026-11-18 10:00:00` plus `ms`, as the JSON streams write times.
+fn at(ms: usize) -> String {
+    let secs = ms / 1000;
+    format!(
+        "2026-11-18 {:02}:{:02}:{:02}.{:03}",
+        10 + secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        ms % 1000
+    )
+}
+
+#[test]
+fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
+    let broker = TestBroker::start();
+    // Different partition counts: stage-0 task p reads partition p of each
+    // topic that has one.
+    broker.create_topic("orders", PARTITIONS);
+    broker.create_topic("payments", 4);
+    // Order i at 100 ms steps; two in three are paid 5 s later, the rest
+    // get a payment for an order that does not exist. Times rise in every
+    // partition, so nothing is late in any run.
+    let n = 3_000;
+    let orders: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"id": {i}, "ts": "{}"}}"#, at(100 * i)))
+        .collect();
+    let payments: Vec<String> = (0..n)
+        .map(|i| {
+            let order = if i % 3 == 0 { i + 1_000_000 } else { i };
+            format!(
+                r#"{{"order_id": {order}, "amount": {}, "ts": "{}"}}"#,
+                10 * i,
+                at(100 * i + 5_000)
+            )
+        })
+        .collect();
+    let producer = producer(&broker);
+    produce_to(&producer, "orders", PARTITIONS, &orders, 0);
+    produce_to(&producer, "payments", 4, &payments, 0);
+    let root = tempfile::tempdir().unwrap();
+    let script = root.path().join("paid_orders.sql");
+    fs::write(&script, include_str!("../../jobs/paid_orders.sql")).unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let job = [
+        "run",
+        script.as_str(),
+        "--workers-group",
+        "paid-workers",
+        "--job",
+        "paid",
+    ];
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            start_job_worker(
+                &broker,
+                &root.path().join(format!("w{i}")),
+                &job,
+                &["--until-caught-up"],
+            )
+        })
+        .collect();
+    wait_all_done(&mut workers);
+    // The table's key is the first column (BIGINT), its value the nullable
+    // amount.
+    let got: BTreeMap<i64, Option<i64>> =
+        read_changelog(&broker, "sluice-paid-table.paid-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<i64>(&k).expect("an order id"),
+                    decode_all::<Option<i64>>(&v).expect("an amount"),
+                )
+            })
+            .collect();
+    let want: BTreeMap<i64, Option<i64>> = (0..n as i64)
+        .filter(|i| i % 3 != 0)
+        .map(|i| (i, Some(10 * i)))
+        .collect();
+    assert_eq!(got.len(), want.len(), "one row per paid order");
+    assert_eq!(got, want, "every paid order, with its amount");
 }

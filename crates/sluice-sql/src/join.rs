@@ -45,6 +45,35 @@ pub(crate) struct IntervalJoin {
     pub hi_ms: i64,
     /// Set for a join bounded by the sink's `state_ttl` instead.
     pub ttl_ms: Option<i64>,
+    /// Per stream, the columns its equality conditions compare (`a.id =
+    /// b.id`), in matching order: rows that can match share these values,
+    /// which is how a join is split over many workers. Empty when an
+    /// equality compares anything but columns.
+    pub keys: [Vec<String>; 2],
+}
+
+/// The columns `join`'s equalities compare, per stream (`left_stream` is
+/// the stream on its left side); empty if one compares an expression.
+fn equi_keys(join: &datafusion::logical_expr::Join, left_stream: usize) -> [Vec<String>; 2] {
+    let column = |e: &Expr| match e {
+        Expr::Column(c) => Some(c.name.clone()),
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Column(c) => Some(c.name.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut keys: [Vec<String>; 2] = Default::default();
+    for (l, r) in &join.on {
+        match (column(l), column(r)) {
+            (Some(l), Some(r)) => {
+                keys[left_stream].push(l);
+                keys[1 - left_stream].push(r);
+            }
+            _ => return Default::default(),
+        }
+    }
+    keys
 }
 
 /// The streams a plan scans (table names of its scans among `streams`).
@@ -116,8 +145,9 @@ pub(crate) fn with_ttl(
     streams: [String; 2],
     ttl_ms: i64,
 ) -> Result<IntervalJoin, String> {
-    find(plan, &streams)?;
+    let (join, left_stream) = find(plan, &streams)?;
     Ok(IntervalJoin {
+        keys: equi_keys(join, left_stream),
         streams,
         columns: Default::default(),
         lo_ms: i64::MIN,
@@ -235,6 +265,7 @@ pub(crate) fn derive(
         ));
     }
     Ok(IntervalJoin {
+        keys: equi_keys(join, left_stream),
         streams,
         columns,
         lo_ms: lo,

@@ -228,17 +228,11 @@ pub(crate) struct Progress {
     pub batch_time_ms: i64,
 }
 
-/// On a stage-0 task: the batch's largest event time per partition, sent
-/// to every bucket after its rows. Nothing is judged late here: only the
-/// stage-1 task knows the watermark, from every partition's progress.
-pub(crate) fn report(
-    line: usize,
-    stream: &str,
+/// The largest event time per source partition among `parts`' rows.
+fn largest_event_times(
     spec: &Watermark,
-    cx: &BatchCx,
-    op: &str,
     parts: &[RecordBatch],
-) -> Result<(), SqlError> {
+) -> Result<BTreeMap<i32, i64>, SqlError> {
     let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
     for batch in parts {
         let (times, partitions) = event_times(batch, spec)?;
@@ -251,6 +245,50 @@ pub(crate) fn report(
             }
         }
     }
+    Ok(seen)
+}
+
+/// `parts` without the rows whose event time is behind `watermark`
+/// (late), and how many those were.
+pub(crate) fn drop_behind(
+    spec: &Watermark,
+    parts: Vec<RecordBatch>,
+    watermark: Option<i64>,
+) -> Result<(Vec<RecordBatch>, u64), SqlError> {
+    let Some(w) = watermark else {
+        return Ok((parts, 0));
+    };
+    let mut late = 0u64;
+    let mut rows = Vec::with_capacity(parts.len());
+    for batch in parts {
+        let (times, _) = event_times(&batch, spec)?;
+        let times = times.as_primitive::<TimestampMillisecondType>();
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(times.is_null(i) || times.value(i) >= w))
+            .collect();
+        let late_here = keep.false_count() as u64;
+        late += late_here;
+        rows.push(if late_here == 0 {
+            batch
+        } else {
+            datafusion::arrow::compute::filter_record_batch(&batch, &keep)?
+        });
+    }
+    Ok((rows, late))
+}
+
+/// On a stage-0 task: the batch's largest event time per partition, sent
+/// to every bucket after its rows. Nothing is judged late here: only the
+/// stage-1 task knows the watermark, from every partition's progress.
+pub(crate) fn report(
+    line: usize,
+    stream: &str,
+    spec: &Watermark,
+    cx: &BatchCx,
+    op: &str,
+    parts: &[RecordBatch],
+) -> Result<(), SqlError> {
+    let seen = largest_event_times(spec, parts)?;
     if seen.is_empty() {
         // No event time shown: the partition may be going idle.
         return Ok(());
@@ -364,35 +402,8 @@ pub(crate) fn drop_late_and_advance(
 ) -> Result<OnTime, SqlError> {
     let key = watermark_key(stream);
     let mut state = stored(line, stream, cx, cf, &key)?;
-    let before = state.watermark;
-    let mut seen: BTreeMap<i32, i64> = Default::default();
-    let mut late = 0u64;
-    let mut rows = Vec::with_capacity(parts.len());
-    for batch in parts {
-        let (times, partitions) = event_times(&batch, spec)?;
-        let times = times.as_primitive::<TimestampMillisecondType>();
-        let partitions = partitions.as_primitive::<Int32Type>();
-        let mut late_here = 0u64;
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| {
-                if times.is_null(i) {
-                    return Some(true);
-                }
-                let t = times.value(i);
-                let max = seen.entry(partitions.value(i)).or_insert(t);
-                *max = (*max).max(t);
-                let on_time = before.is_none_or(|w| t >= w);
-                late_here += u64::from(!on_time);
-                Some(on_time)
-            })
-            .collect();
-        late += late_here;
-        rows.push(if late_here == 0 {
-            batch
-        } else {
-            datafusion::arrow::compute::filter_record_batch(&batch, &keep)?
-        });
-    }
+    let seen = largest_event_times(spec, &parts)?;
+    let (rows, late) = drop_behind(spec, parts, state.watermark)?;
     let planned: Vec<i32> = cx
         .planned
         .ranges

@@ -268,11 +268,21 @@ pub fn read_table(
     Ok((meta, entries))
 }
 
-/// What the job graph means on many workers: its one input, its cuts and
-/// its state.
-struct WorkerPlan {
+/// One input topic of a job on many workers.
+struct InputTopic {
     source: Arc<dyn Source>,
     topic: String,
+    partitions: u32,
+}
+
+/// What the job graph means on many workers: its inputs, its cuts and its
+/// state.
+struct WorkerPlan {
+    /// The job's input topics: stage-0 task `p` reads partition `p` of
+    /// each that has it (Kafka Streams groups a subtopology's source
+    /// partitions into tasks the same way).
+    inputs: Vec<InputTopic>,
+    /// Stage-0 tasks: the most partitions of an input topic.
     input_partitions: u32,
     /// Shuffling operators whose input comes from the source.
     cuts: Vec<String>,
@@ -304,23 +314,20 @@ impl WorkerPlan {
         let (sources, metas, tables) = super::checked_job(config, graph)?;
         let g = sluice_log::common::mutex(graph);
         let mut errors = Vec::new();
-        if sources.len() != 1 {
-            errors.push(format!(
-                "a job on many workers reads exactly one Kafka topic; this one has {} sources",
-                sources.len()
-            ));
-        }
-        let source = sources[0].clone();
-        let topic = match source.kafka_topic() {
-            Some(t) => t.to_owned(),
-            None => {
-                errors.push(format!(
+        let mut inputs = Vec::new();
+        for source in &sources {
+            match source.kafka_topic() {
+                Some(t) => inputs.push(InputTopic {
+                    source: source.clone(),
+                    topic: t.to_owned(),
+                    partitions: 0,
+                }),
+                None => errors.push(format!(
                     "source {} is not a Kafka topic: a job on many workers reads its input through --brokers",
                     source.name()
-                ));
-                String::new()
+                )),
             }
-        };
+        }
         for node in &g.nodes {
             let kind = node.info().kind();
             if crate::plan::UNCUT_WIDE_KINDS.contains(&kind) {
@@ -345,7 +352,11 @@ impl WorkerPlan {
         let state_cfs = super::state_column_families(&metas, &tables);
         let description = format!(
             "{}|{}|{}|{}",
-            topic,
+            inputs
+                .iter()
+                .map(|i| i.topic.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             g.nodes
                 .iter()
                 .map(|n| format!("{}:{}", n.info().kind(), n.info().name()))
@@ -359,13 +370,16 @@ impl WorkerPlan {
             cuts.join(",")
         );
         drop(g);
-        let input_partitions = source.partitions()?.len() as u32;
-        if input_partitions == 0 {
-            return Err(DriverError::Other(format!(
-                "topic {topic} has no partitions at {}",
-                options.brokers
-            )));
+        for input in &mut inputs {
+            input.partitions = input.source.partitions()?.len() as u32;
+            if input.partitions == 0 {
+                return Err(DriverError::Other(format!(
+                    "topic {} has no partitions at {}",
+                    input.topic, options.brokers
+                )));
+            }
         }
+        let input_partitions = inputs.iter().map(|i| i.partitions).max().unwrap_or(0);
         let partitions = Self::internal_partitions(
             config,
             options,
@@ -375,8 +389,7 @@ impl WorkerPlan {
             input_partitions,
         )?;
         Ok(WorkerPlan {
-            source,
-            topic,
+            inputs,
             input_partitions,
             cuts,
             state_cfs,
@@ -621,7 +634,8 @@ struct Env {
     /// (cut operator, topic, reader) of each repartition topic.
     repartition_sources: Vec<(String, String, Arc<dyn Source>)>,
     changelog_sources: BTreeMap<String, Arc<dyn Source>>,
-    targets: Option<BTreeMap<i32, i64>>,
+    /// With --until-caught-up: where each input partition ended at start.
+    targets: Option<BTreeMap<(String, i32), i64>>,
 }
 
 /// One worker's run of a job (see the module doc).
@@ -739,13 +753,13 @@ impl Worker {
             .build()
             .map_err(|e| other(format!("cannot start task threads: {e}")))?;
         let targets = if config.until_caught_up {
-            Some(
-                plan.source
-                    .partitions()?
-                    .iter()
-                    .map(|p| (p.partition, p.high_watermark))
-                    .collect(),
-            )
+            let mut targets = BTreeMap::new();
+            for input in &plan.inputs {
+                for p in input.source.partitions()? {
+                    targets.insert((input.topic.clone(), p.partition), p.high_watermark);
+                }
+            }
+            Some(targets)
         } else {
             None
         };
@@ -1163,7 +1177,7 @@ impl Env {
         let mut wanted: Vec<(String, i32, i64)> = targets
             .iter()
             .filter(|(_, t)| **t > 0)
-            .map(|(p, t)| (self.plan.topic.clone(), *p, *t))
+            .map(|((topic, p), t)| (topic.clone(), *p, *t))
             .collect();
         for (_, topic, source) in &self.repartition_sources {
             for info in source.partitions()? {
@@ -1215,8 +1229,12 @@ impl Env {
         &self,
         tasks: &BTreeMap<TaskId, Task>,
     ) -> Result<HashMap<String, HashMap<i32, i64>>, DriverError> {
-        let mut topics: Vec<(&str, &Arc<dyn Source>)> =
-            vec![(self.plan.topic.as_str(), &self.plan.source)];
+        let mut topics: Vec<(&str, &Arc<dyn Source>)> = self
+            .plan
+            .inputs
+            .iter()
+            .map(|i| (i.topic.as_str(), &i.source))
+            .collect();
         for (_, t, s) in &self.repartition_sources {
             topics.push((t.as_str(), s));
         }
@@ -1231,8 +1249,10 @@ impl Env {
             let mut by_partition = HashMap::new();
             for info in source.partitions()? {
                 let mut end = info.high_watermark;
-                if topic == self.plan.topic
-                    && let Some(t) = self.targets.as_ref().and_then(|t| t.get(&info.partition))
+                if let Some(t) = self
+                    .targets
+                    .as_ref()
+                    .and_then(|t| t.get(&(topic.to_owned(), info.partition)))
                 {
                     end = end.min(*t);
                 }
@@ -1287,7 +1307,9 @@ impl Env {
     /// The partitions of the input, repartition and changelog topics now.
     fn layout(&self) -> Result<Layout, DriverError> {
         let mut layout = Layout::new();
-        layout.insert(self.plan.topic.clone(), self.plan.source.partitions()?);
+        for input in &self.plan.inputs {
+            layout.insert(input.topic.clone(), input.source.partitions()?);
+        }
         for (_, topic, source) in &self.repartition_sources {
             layout.insert(topic.clone(), source.partitions()?);
         }
@@ -1325,12 +1347,19 @@ impl Env {
         }
         let mut inputs = Vec::new();
         if id.stage == 0 {
-            inputs.push(Input {
-                op: None,
-                topic: self.plan.topic.clone(),
-                source: self.plan.source.clone(),
-                next: 0,
-            });
+            for input in self
+                .plan
+                .inputs
+                .iter()
+                .filter(|i| i.partitions > id.partition)
+            {
+                inputs.push(Input {
+                    op: None,
+                    topic: input.topic.clone(),
+                    source: input.source.clone(),
+                    next: 0,
+                });
+            }
         } else {
             for (op, topic, source) in &self.repartition_sources {
                 inputs.push(Input {
@@ -1545,7 +1574,12 @@ impl Env {
                 bucket: partition as usize,
                 inbox,
                 progress,
-                source_partitions: self.plan.input_partitions,
+                source_partitions: self
+                    .plan
+                    .inputs
+                    .iter()
+                    .map(|i| (i.source.name().to_owned(), i.partitions))
+                    .collect(),
             }
         };
         let mut planned = PlannedBatch {
@@ -1555,9 +1589,13 @@ impl Env {
             lost: BTreeMap::new(),
         };
         if task.id.stage == 0 {
-            planned
-                .ranges
-                .insert(self.plan.source.name().to_owned(), ranges.clone());
+            for (input, range) in task.inputs.iter().zip(&ranges) {
+                planned
+                    .ranges
+                    .entry(input.source.name().to_owned())
+                    .or_default()
+                    .push(range.clone());
+            }
         }
         let txn = |what: &str, e: KafkaError| -> TaskFailure {
             if fenced(&e) {

@@ -165,9 +165,9 @@ pub enum StageRole {
         inbox: HashMap<String, Vec<RecordBatch>>,
         /// Progress records read for this bucket per operator, in order.
         progress: HashMap<String, Vec<Vec<u8>>>,
-        /// How many partitions the source has: stage 0 has a task for
-        /// each, and each may send progress.
-        source_partitions: u32,
+        /// How many partitions each source has, by name: stage 0 has a
+        /// task for each, and each may send progress.
+        source_partitions: HashMap<String, u32>,
     },
 }
 
@@ -233,18 +233,23 @@ impl<'a> BatchCx<'a> {
     }
 
     /// On a stage-1 task, the progress stage-0 tasks sent `op`'s bucket
-    /// that this batch read, in order, and how many source partitions may
-    /// send it; elsewhere `None`.
-    pub fn received_progress(&self, op: &str) -> Option<(&[Vec<u8>], u32)> {
+    /// that this batch read, in order; elsewhere `None`.
+    pub fn received_progress(&self, op: &str) -> Option<&[Vec<u8>]> {
+        match &self.stage {
+            Some(StageRole::Reduce { progress, .. }) => {
+                Some(progress.get(op).map_or(&[][..], |p| p.as_slice()))
+            }
+            _ => None,
+        }
+    }
+
+    /// On a stage-1 task, how many partitions source `name` has (each a
+    /// stage-0 task that may send progress); elsewhere `None`.
+    pub fn source_partitions(&self, name: &str) -> Option<u32> {
         match &self.stage {
             Some(StageRole::Reduce {
-                progress,
-                source_partitions,
-                ..
-            }) => Some((
-                progress.get(op).map_or(&[][..], |p| p.as_slice()),
-                *source_partitions,
-            )),
+                source_partitions, ..
+            }) => source_partitions.get(name).copied(),
             _ => None,
         }
     }

@@ -83,7 +83,15 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
     let table = sink.table_meta();
     match on_workers_refusal(&plan, &sink) {
         None => {
-            shared.ctx.exchange_on_workers(&plan.operator);
+            if plan.join.is_some() {
+                for side in 0..2 {
+                    shared
+                        .ctx
+                        .exchange_on_workers(&join_side(&plan.operator, side));
+                }
+            } else {
+                shared.ctx.exchange_on_workers(&plan.operator);
+            }
             if plan.inputs.iter().any(|i| i.watermark.is_some()) {
                 // Windows close as the watermark moves, also on idle input.
                 shared.ctx.reduce_every_batch_on_workers();
@@ -119,12 +127,29 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
 /// BY: stage 0 runs the partial aggregation per input partition, stage 1
 /// merges the partials of its groups into the state and the sink.
 fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
-    let Some(agg) = plan.aggregation.as_ref() else {
-        return Some("it does not aggregate (on many workers a query is cut at its GROUP BY)");
-    };
-    if plan.join.is_some() {
-        return Some("it joins streams");
+    if let Some(join) = &plan.join {
+        if plan.aggregation.is_some() {
+            return Some("it aggregates the matches of a join of streams");
+        }
+        if join.keys[0].is_empty() {
+            return Some(
+                "its join of streams has no equality of columns to split the streams by (… ON a.id = b.id AND …)",
+            );
+        }
+        let computed = plan.inputs.iter().zip(&join.keys).any(|(input, keys)| {
+            keys.iter()
+                .any(|k| input.shape.schema.field_with_name(k).is_err())
+        });
+        if computed {
+            return Some("its join compares computed values, not the streams' columns");
+        }
+        return sink_refusal(sink);
     }
+    let Some(agg) = plan.aggregation.as_ref() else {
+        return Some(
+            "it neither aggregates nor joins streams (on many workers a query is cut at its GROUP BY or its join)",
+        );
+    };
     match agg.window {
         Some(w) if w.session.is_some() => {
             return Some("it aggregates session windows, whose bounds merge per key");
@@ -139,6 +164,11 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
     if agg.nested {
         return Some("it aggregates the result of an aggregation");
     }
+    sink_refusal(sink)
+}
+
+/// Why a query's sink cannot be written by many workers.
+fn sink_refusal(sink: &Sink) -> Option<&'static str> {
     match sink {
         Sink::File(..) => Some("it writes files (use a table or topic sink)"),
         Sink::Topic(t) if !t.transactional() => Some(
@@ -146,6 +176,32 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
         ),
         _ => None,
     }
+}
+
+/// The operator whose repartition topic carries one side of a join of
+/// streams on many workers.
+fn join_side(operator: &str, side: usize) -> String {
+    format!("{operator}-side{side}")
+}
+
+/// A join key column in a type both sides hash alike: `a.id = b.id`
+/// matches an INT with a BIGINT, so integers hash as BIGINT, floats as
+/// DOUBLE, strings as TEXT.
+fn join_key_column(column: &ArrayRef) -> Result<ArrayRef, SqlError> {
+    use datafusion::arrow::datatypes::DataType;
+    let common = match column.data_type() {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 | DataType::Float32 => DataType::Float64,
+        DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        _ => return Ok(column.clone()),
+    };
+    Ok(datafusion::arrow::compute::cast(column, &common)?)
 }
 
 /// A hash of each row's group key that every worker computes alike: the
@@ -215,6 +271,11 @@ impl QueryRunner {
         let chunks = (0..self.inputs.len())
             .map(|i| inputs.collect(i))
             .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(j), Some(cf)) = (&self.join, state_cf)
+            && cx.on_workers()
+        {
+            return self.join_on_workers(cx, cf, j, &chunks);
+        }
         let mut streams = Vec::with_capacity(self.inputs.len());
         let mut watermarks = Vec::with_capacity(self.inputs.len());
         // On a stage-1 task: windows ending at or before it already closed.
@@ -233,7 +294,8 @@ impl QueryRunner {
                     watermarks.push(None);
                     continue;
                 }
-                if let Some((progress, sources)) = cx.received_progress(&self.operator) {
+                if let Some(progress) = cx.received_progress(&self.operator) {
+                    let sources = cx.source_partitions(&input.topic).unwrap_or(0);
                     let moved =
                         watermark::received(self.line, name, spec, cx, cf, progress, sources)?;
                     closed = moved.before;
@@ -258,20 +320,7 @@ impl QueryRunner {
             watermarks.push(watermark);
         }
         if let (Some(j), Some(cf)) = (&self.join, state_cf) {
-            let run = JoinRun {
-                sql: &self.sql,
-                line: self.line,
-                runtime: &self.runtime,
-                tables: &self.tables,
-                aggregating: self.aggregating,
-                policy: self.policy(None),
-                schemas: [
-                    self.inputs[0].shape.schema.clone(),
-                    self.inputs[1].shape.schema.clone(),
-                ],
-                join: j,
-            };
-            let output = run.run(cx, cf, streams, &watermarks)?;
+            let output = self.join_run(j).run(cx, cf, streams, &watermarks)?;
             return self.sink.write(cx, &output);
         }
         let watermark = watermarks.first().copied().flatten();
@@ -279,6 +328,79 @@ impl QueryRunner {
         let output = self
             .runtime
             .block_on(self.execute(session, cx, state_cf, watermark, closed))?;
+        self.sink.write(cx, &output)
+    }
+
+    fn join_run<'a>(&'a self, join: &'a IntervalJoin) -> JoinRun<'a> {
+        JoinRun {
+            sql: &self.sql,
+            line: self.line,
+            runtime: &self.runtime,
+            tables: &self.tables,
+            aggregating: self.aggregating,
+            policy: self.policy(None),
+            schemas: [
+                self.inputs[0].shape.schema.clone(),
+                self.inputs[1].shape.schema.clone(),
+            ],
+            join,
+        }
+    }
+
+    /// A join of streams on many workers, cut before the join: a stage-0
+    /// task sends each stream's rows by the hash of their join key to
+    /// that side's repartition topic (and its partition's event time
+    /// after them); a stage-1 task receives the rows of its keys from
+    /// both sides, drops those behind their stream's watermark, moves the
+    /// watermarks and joins them against its buffers as one process does.
+    fn join_on_workers(
+        &self,
+        cx: &BatchCx,
+        cf: &ColumnFamily,
+        join: &IntervalJoin,
+        chunks: &[Vec<RecordBatch>],
+    ) -> Result<(), SqlError> {
+        if cx.in_map_stage() {
+            for (side, (input, chunks)) in self.inputs.iter().zip(chunks).enumerate() {
+                let op = join_side(&self.operator, side);
+                let parts = input.shape.decode(cx, chunks, self.slices)?;
+                if let Some(spec) = &input.watermark {
+                    watermark::report(self.line, &input.shape.name, spec, cx, &op, &parts)?;
+                }
+                for part in parts.into_iter().filter(|p| p.num_rows() > 0) {
+                    let keys = join.keys[side]
+                        .iter()
+                        .map(|k| join_key_column(part.column(part.schema().index_of(k)?)))
+                        .collect::<Result<Vec<_>, SqlError>>()?;
+                    let hashes = group_hashes(&keys)?;
+                    sluice_engine::plan::exchange(cx, &op, part, &hashes)?;
+                }
+            }
+            return Ok(());
+        }
+        let mut streams = Vec::with_capacity(2);
+        let mut watermarks = Vec::with_capacity(2);
+        for (side, input) in self.inputs.iter().enumerate() {
+            let op = join_side(&self.operator, side);
+            let empty = RecordBatch::new_empty(input.shape.schema.clone());
+            let mut rows = sluice_engine::plan::exchange(cx, &op, empty, &[])?;
+            let mut watermark = None;
+            if let Some(spec) = &input.watermark {
+                let progress = cx.received_progress(&op).unwrap_or_default();
+                let sources = cx.source_partitions(&input.topic).unwrap_or(0);
+                let name = &input.shape.name;
+                let moved = watermark::received(self.line, name, spec, cx, cf, progress, sources)?;
+                let (on_time, late) = watermark::drop_behind(spec, rows, moved.before)?;
+                cx.count("late records", late);
+                rows = on_time;
+                watermark = moved.after;
+            }
+            // The query scans at least one (empty) slice of each stream.
+            let rows = crate::join::or_empty(rows, &input.shape.schema);
+            streams.push((input.shape.name.clone(), rows));
+            watermarks.push(watermark);
+        }
+        let output = self.join_run(join).run(cx, cf, streams, &watermarks)?;
         self.sink.write(cx, &output)
     }
 
