@@ -1594,7 +1594,7 @@ impl Env {
                     .ranges
                     .entry(input.source.name().to_owned())
                     .or_default()
-                    .push(range.clone());
+                    .push(*range);
             }
         }
         let txn = |what: &str, e: KafkaError| -> TaskFailure {
