@@ -1121,3 +1121,106 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
     assert_eq!(got.len(), want.len(), "one row per paid order");
     assert_eq!(got, want, "every paid order, with its amount");
 }
+
+/// A Rust job on three in-process workers (threads, each its own
+/// checkpoint directory and group member): a join of the raw words with
+/// each word's length (one side source-partitioned, cut; the other
+/// already shuffled), summed into a table, and a global count.
+#[test]
+fn a_rust_job_with_a_join_and_a_global_count_on_three_workers() {
+    use sluice::driver::{JobConfig, StreamingContext, WorkersOptions};
+    use sluice::plan::Emitter;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(6_000, 23);
+    produce(&producer(&broker), &lines, 0);
+    let root = tempfile::tempdir().unwrap();
+    let counted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let brokers = broker.bootstrap();
+            let dir = root.path().join(format!("w{i}"));
+            let counted = counted.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut config = JobConfig::new("rustjoin", Duration::from_millis(200));
+                config.checkpoint_dir = Some(dir);
+                config.until_caught_up = true;
+                let mut workers = WorkersOptions::new(brokers.clone());
+                workers.group = Some("rust-join".into());
+                workers.worker_id = Some(format!("w{i}"));
+                workers.session_timeout = Duration::from_secs(2);
+                config.workers = Some(workers);
+                let ctx = StreamingContext::new(config);
+                let source = sluice::source::kafka::KafkaSource::new(
+                    TOPIC,
+                    &brokers,
+                    TOPIC,
+                    None,
+                    Vec::new(),
+                )
+                .map_err(|e| e.to_string())?;
+                let lines = ctx.source(source);
+                let words = lines.flat_map(|r, out: &mut Emitter<(String, u64)>| {
+                    for w in r.value_str().split_ascii_whitespace() {
+                        out.push((w, 1u64));
+                    }
+                });
+                let lengths = lines
+                    .flat_map(|r, out: &mut Emitter<(String, u64)>| {
+                        for w in r.value_str().split_ascii_whitespace() {
+                            out.push((w, w.len() as u64));
+                        }
+                    })
+                    .reduce_by_key(|a, _| a);
+                words
+                    .join(&lengths)
+                    .flat_map(|(w, (_, len)), out: &mut Emitter<(String, u64)>| out.push((w, len)))
+                    .reduce_by_key(|a, b| a + b)
+                    .merge_into_table("letters", |a, b| a + b);
+                lines.count().foreach_batch(move |_, chunks| {
+                    for c in chunks {
+                        let n = c
+                            .column(0)
+                            .as_any()
+                            .downcast_ref::<arrow::array::UInt64Array>()
+                            .expect("a count");
+                        counted.fetch_add(n.iter().flatten().sum::<u64>(), Ordering::Relaxed);
+                    }
+                    Ok(())
+                });
+                ctx.run().map(|_| ()).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .expect("a worker thread")
+            .expect("a worker ran the job");
+    }
+    let got: BTreeMap<String, u64> =
+        read_changelog(&broker, "sluice-rustjoin-table.letters-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<String>(&k).expect("a word"),
+                    decode_all::<u64>(&v).expect("a sum"),
+                )
+            })
+            .collect();
+    let want: BTreeMap<String, u64> = counts(&lines)
+        .into_iter()
+        .map(|(w, n)| {
+            let len = w.len() as u64;
+            (w, n * len)
+        })
+        .collect();
+    assert_eq!(got, want, "each word's occurrences times its length");
+    assert_eq!(
+        counted.load(Ordering::Relaxed),
+        lines.len() as u64,
+        "the global count, merged by bucket 0's task, counts every line once"
+    );
+}

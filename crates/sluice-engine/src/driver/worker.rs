@@ -332,7 +332,7 @@ impl WorkerPlan {
             let kind = node.info().kind();
             if crate::plan::UNCUT_WIDE_KINDS.contains(&kind) {
                 errors.push(format!(
-                    "operator {} ({kind}) cannot run on many workers yet: only per-key shuffles (reduce_by_key, update_state_by_key, map_with_state, merge tables) are cut into stages",
+                    "operator {} ({kind}) cannot run on many workers yet: its windows are numbered by batch, and each task of a job on many workers counts its own batches",
                     node.info().name()
                 ));
             }
@@ -341,12 +341,7 @@ impl WorkerPlan {
         if !errors.is_empty() {
             return Err(invalid(config, errors));
         }
-        let mut cuts: Vec<String> = g
-            .nodes
-            .iter()
-            .filter(|n| n.info().cuts())
-            .map(|n| n.info().name())
-            .collect();
+        let mut cuts: Vec<String> = g.nodes.iter().flat_map(|n| n.info().cuts()).collect();
         cuts.extend(g.output_cuts.iter().cloned());
         let reduce_every_batch = g.reduce_every_batch;
         let state_cfs = super::state_column_families(&metas, &tables);

@@ -31,9 +31,10 @@ pub struct NodeInfo {
     /// operator, or narrow below one) rather than source partitions: a
     /// shuffle of such a node stays inside its task on many workers.
     after_shuffle: AtomicBool,
-    /// Whether this operator shuffles source-partitioned input: on many
+    /// The shuffles of source-partitioned input this operator runs, as
+    /// suffixes of its name (`""`, or a join's `-left`/`-right`): on many
     /// workers, where the job is cut into stages.
-    cuts: bool,
+    cuts: Vec<&'static str>,
 }
 
 static NEXT_NODE_ID: AtomicUsize = AtomicUsize::new(1);
@@ -47,17 +48,24 @@ impl NodeInfo {
             id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
             kind: "source",
             after_shuffle: AtomicBool::new(false),
-            cuts: false,
+            cuts: Vec::new(),
         }
     }
     pub(crate) fn with_kind(mut self, kind: &'static str, after_shuffle: bool, cuts: bool) -> Self {
         self.kind = kind;
         self.after_shuffle = AtomicBool::new(after_shuffle);
+        self.cuts = if cuts { vec![""] } else { Vec::new() };
+        self
+    }
+    /// Sets which of a two-sided operator's shuffles cut the job.
+    pub(crate) fn with_cuts(mut self, cuts: Vec<&'static str>) -> Self {
         self.cuts = cuts;
         self
     }
-    pub fn cuts(&self) -> bool {
-        self.cuts
+    /// The names of the shuffles where this operator cuts the job.
+    pub fn cuts(&self) -> Vec<String> {
+        let name = self.name();
+        self.cuts.iter().map(|s| format!("{name}{s}")).collect()
     }
     pub fn kind(&self) -> &'static str {
         self.kind
@@ -216,6 +224,14 @@ impl<'a> BatchCx<'a> {
     /// Whether this batch runs as one task of a job on many workers.
     pub fn on_workers(&self) -> bool {
         self.stage.is_some()
+    }
+
+    /// On a stage-1 task, its bucket; elsewhere `None`.
+    pub fn reduce_bucket(&self) -> Option<usize> {
+        match &self.stage {
+            Some(StageRole::Reduce { bucket, .. }) => Some(*bucket),
+            _ => None,
+        }
     }
 
     /// Whether this batch is a stage-0 task's (source partition in,

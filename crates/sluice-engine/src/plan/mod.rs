@@ -140,21 +140,26 @@ impl Graph {
     }
 }
 
-/// Wide operators that shuffle by key into one reduce side: on many
-/// workers, a stage boundary.
-pub(crate) const KEYED_WIDE_KINDS: [&str; 3] =
-    ["reduce_by_key", "map_with_state", "update_state_by_key"];
-
-/// Wide operators that cannot yet be cut into a map and a per-key reduce
-/// side (global merges, windows, two-sided joins).
-pub(crate) const UNCUT_WIDE_KINDS: [&str; 6] = [
-    "count",
-    "reduce",
-    "window",
-    "reduce_by_key_and_window",
+/// Wide operators cut into a map side and a reduce side on many workers
+/// (a stage boundary): per-key shuffles, both sides of a join, and global
+/// merges (whose reduce side is bucket 0).
+pub(crate) const CUT_WIDE_KINDS: [&str; 7] = [
+    "reduce_by_key",
+    "map_with_state",
+    "update_state_by_key",
     "join",
     "left_outer_join",
+    "count",
+    "reduce",
 ];
+
+/// Wide operators merging every row into one: on many workers their reduce
+/// side is the stage-1 task of bucket 0.
+const GLOBAL_MERGE_KINDS: [&str; 2] = ["count", "reduce"];
+
+/// Wide operators that cannot yet be cut: windows numbered by batch id,
+/// which differ between the tasks of a job on many workers.
+pub(crate) const UNCUT_WIDE_KINDS: [&str; 2] = ["window", "reduce_by_key_and_window"];
 
 pub(crate) type SharedGraph = Arc<Mutex<Graph>>;
 
@@ -205,8 +210,13 @@ impl<T: Data> DStream<T> {
     ) -> DStream<U> {
         self.node.info().add_consumer();
         let name = lock_graph(&self.graph).next_name(kind);
-        let wide = KEYED_WIDE_KINDS.contains(&kind) || UNCUT_WIDE_KINDS.contains(&kind);
+        let wide = CUT_WIDE_KINDS.contains(&kind) || UNCUT_WIDE_KINDS.contains(&kind);
         let input_shuffled = self.node.info().after_shuffle();
+        if GLOBAL_MERGE_KINDS.contains(&kind) && input_shuffled {
+            lock_graph(&self.graph).worker_refusals.push(format!(
+                "operator {name} ({kind}) merges rows a shuffle above it split by key: that is a second level of shuffle, which cannot run on many workers yet"
+            ));
+        }
         let node = build(NodeInfo::new(name, schema_of::<U>()).with_kind(
             kind,
             wide || input_shuffled,

@@ -331,6 +331,32 @@ pub(crate) fn rayon_map<T: Send, R: Send>(
     items.into_par_iter().map(f).collect()
 }
 
+/// A global merge's partials, one per partition, all in bucket 0: on many
+/// workers the stage-1 task of bucket 0 merges them, the others see none.
+/// `None`: this task emits nothing (a stage-1 task of another bucket).
+fn to_bucket_zero(
+    cx: &BatchCx,
+    op: &str,
+    parent: &Arc<dyn Node>,
+    partial: impl Fn(
+        &mut dyn FnMut(&mut super::ChunkSink<'_>) -> Result<()>,
+    ) -> Result<Option<RecordBatch>>
+    + Sync,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let buckets = cx.parallelism;
+    let mut pieces = shuffle(cx, op, parent, |run| {
+        let mut out: Vec<Option<RecordBatch>> = vec![None; buckets];
+        out[0] = partial(run)?;
+        Ok(out)
+    })?;
+    // A stage-0 task sent its partials on; a stage-1 task of another
+    // bucket merges nothing.
+    if cx.in_map_stage() || cx.reduce_bucket().is_some_and(|b| b != 0) {
+        return Ok(None);
+    }
+    Ok(Some(std::mem::take(&mut pieces[0])))
+}
+
 pub(crate) fn count<T: Data>(stream: &DStream<T>) -> DStream<u64> {
     let parent = stream.node.clone();
     stream.derive("count", move |info| {
@@ -338,15 +364,30 @@ pub(crate) fn count<T: Data>(stream: &DStream<T>) -> DStream<u64> {
             info,
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
-                let counts = cx.for_each_partition(&parent, |_, run| {
+                let schema = info.schema.clone();
+                let partials = to_bucket_zero(cx, &info.name(), &parent, |run| {
                     let mut n = 0u64;
                     run(&mut |chunk| {
                         n += chunk.num_rows() as u64;
                         Ok(())
                     })?;
-                    Ok(n)
+                    Ok(Some(RecordBatch::try_new(
+                        schema.clone(),
+                        vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))],
+                    )?))
                 })?;
-                let total: u64 = counts.iter().sum();
+                let Some(partials) = partials else {
+                    return Ok(vec![Vec::new()]);
+                };
+                let mut total = 0u64;
+                for p in &partials {
+                    let counts = p
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::UInt64Array>()
+                        .ok_or_else(|| PlanError::Invalid("a partial count is not a u64".into()))?;
+                    total += counts.iter().flatten().sum::<u64>();
+                }
                 let batch = RecordBatch::try_new(
                     info.schema.clone(),
                     vec![Arc::new(arrow::array::UInt64Array::from(vec![total]))],
@@ -367,7 +408,8 @@ pub(crate) fn reduce<T: Data>(
             info,
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
-                let partials = cx.for_each_partition(&parent, |_, run| {
+                let schema = info.schema.clone();
+                let partials = to_bucket_zero(cx, &info.name(), &parent, |run| {
                     let mut acc: Option<T> = None;
                     run(&mut |chunk| {
                         let reader = T::reader(chunk.columns())?;
@@ -380,14 +422,21 @@ pub(crate) fn reduce<T: Data>(
                         }
                         Ok(())
                     })?;
-                    Ok(acc)
+                    let Some(acc) = acc else { return Ok(None) };
+                    let mut out = Emitter::<T>::with_capacity(1);
+                    out.push_view(acc.view());
+                    Ok(Some(RecordBatch::try_new(schema.clone(), out.finish())?))
                 })?;
                 let mut total: Option<T> = None;
-                for p in partials.into_iter().flatten() {
-                    total = Some(match total {
-                        None => p,
-                        Some(t) => f(t.view(), p.view()),
-                    });
+                for p in partials.iter().flatten() {
+                    let reader = T::reader(p.columns())?;
+                    for i in 0..p.num_rows() {
+                        let v = T::get(&reader, i);
+                        total = Some(match &total {
+                            None => T::to_owned_value(v),
+                            Some(t) => f(t.view(), v),
+                        });
+                    }
                 }
                 let Some(total) = total else {
                     return Ok(vec![Vec::new()]);
@@ -416,9 +465,15 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
 ) -> DStream<O> {
     right.node.info().add_consumer();
     let (lp, rp) = (left.node.clone(), right.node.clone());
+    // Each side whose rows are still source-partitioned is a cut.
+    let cuts: Vec<&'static str> = [("-left", &lp), ("-right", &rp)]
+        .into_iter()
+        .filter(|(_, parent)| !parent.info().after_shuffle())
+        .map(|(suffix, _)| suffix)
+        .collect();
     left.derive(kind, move |info| {
         Arc::new(Wide {
-            info,
+            info: info.with_cuts(cuts),
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let name = info.name();
