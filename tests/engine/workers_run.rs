@@ -612,16 +612,19 @@ fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
     create_topic(&broker);
     let root = tempfile::tempdir().unwrap();
 
-    // Session windows merge per key across batches: not yet.
-    let windowed = root.path().join("sessions.sql");
+    // A watermark without a window: one process drops each record behind
+    // it, workers could only judge lateness per window.
+    let late = root.path().join("late.sql");
     fs::write(
-        &windowed,
-        include_str!("../../jobs/user_sessions.sql").replace("topic = 'clicks'", "topic = 'lines'"),
+        &late,
+        "CREATE STREAM clicks (url TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (topic = 'lines', format = 'json');\n\
+         CREATE SINK per_url WITH (type = 'table');\n\
+         INSERT INTO per_url SELECT url, count(*) AS clicks FROM clicks GROUP BY url;\n",
     )
     .unwrap();
     let out = common::sluice()
         .arg("run")
-        .arg(&windowed)
+        .arg(&late)
         .args([
             "--brokers",
             &broker.bootstrap(),
@@ -635,10 +638,10 @@ fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
-        "a session-window job is refused on workers"
+        "a watermark without a window is refused on workers"
     );
     assert!(
-        stderr.contains("cannot run on many workers yet: it aggregates session windows"),
+        stderr.contains("cannot run on many workers yet: it drops late records without a window"),
         "the refusal names the reason: {stderr}"
     );
 
@@ -1222,5 +1225,86 @@ fn a_rust_job_with_a_join_and_a_global_count_on_three_workers() {
         counted.load(Ordering::Relaxed),
         lines.len() as u64,
         "the global count, merged by bucket 0's task, counts every line once"
+    );
+}
+
+#[test]
+fn session_windows_on_three_workers_close_as_in_one_process() {
+    let broker = TestBroker::start();
+    broker.create_topic("clicks", PARTITIONS);
+    // An hour of clicks, one a second round-robin over the partitions (so
+    // times rise in each): user u clicks every 20 s in alternate quarter
+    // hours, so its sessions (10-minute gap) span a quarter hour each.
+    let clicks: Vec<String> = (0..3_600usize)
+        .filter_map(|i| {
+            let user = i % 20;
+            let active = ((i / 900) + user) % 2 == 0;
+            active.then(|| {
+                format!(
+                    r#"{{"user_id": {user}, "url": "/p{}", "ts": "{}"}}"#,
+                    i % 7,
+                    at(1_000 * i)
+                )
+            })
+        })
+        .collect();
+    produce_to(&producer(&broker), "clicks", PARTITIONS, &clicks, 0);
+    let root = tempfile::tempdir().unwrap();
+    let script_for = |sink_topic: &str| {
+        let path = root.path().join(format!("{sink_topic}.sql"));
+        fs::write(
+            &path,
+            include_str!("../../jobs/user_sessions.sql").replace(
+                "CREATE SINK sessions WITH (type = 'console', mode = 'append');",
+                &format!(
+                    "CREATE SINK sessions WITH (type = 'topic', topic = '{sink_topic}', mode = 'append', partitions = 4);"
+                ),
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let on_workers = script_for("sessions_workers");
+    let job = [
+        "run",
+        on_workers.as_str(),
+        "--workers-group",
+        "sessions",
+        "--job",
+        "sessions",
+    ];
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            start_job_worker(
+                &broker,
+                &root.path().join(format!("w{i}")),
+                &job,
+                &["--until-caught-up"],
+            )
+        })
+        .collect();
+    wait_all_done(&mut workers);
+    let single = script_for("sessions_single");
+    let out = common::sluice()
+        .args(["run", single.as_str(), "--brokers", &broker.bootstrap()])
+        .args(["--job", "single", "--until-caught-up", "--quiet"])
+        .args(["--max-records-per-batch", "100"])
+        .arg("--checkpoint-dir")
+        .arg(root.path().join("single"))
+        .output()
+        .expect("run the single-process SQL job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = sink_rows(&broker, "sessions_single");
+    // Closed by the last watermark (10:59:54): the even users' first and
+    // third quarter-hour sessions, the odd users' second.
+    assert_eq!(want.len(), 30, "{want:?}");
+    assert_eq!(
+        sink_rows(&broker, "sessions_workers"),
+        want,
+        "three workers close the same sessions with the same counts"
     );
 }

@@ -274,6 +274,23 @@ pub(crate) async fn run_batch(
     cf: &ColumnFamily,
 ) -> Result<Vec<RecordBatch>, SqlError> {
     let columns = incremental::partial_columns(ctx, agg).await?;
+    merge_partials(ctx, plan, agg, bounds, watermark, cx, cf, columns).await
+}
+
+/// [`run_batch`] from partial aggregates already computed (`columns`:
+/// group columns with the sessions' bounds, then states): on many workers
+/// they come from the tasks that read the records.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn merge_partials(
+    ctx: &SessionContext,
+    plan: &Arc<dyn ExecutionPlan>,
+    agg: &Aggregation,
+    bounds: SessionColumns,
+    watermark: Option<i64>,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    columns: Vec<ArrayRef>,
+) -> Result<Vec<RecordBatch>, SqlError> {
     let layout = Layout::new(agg, bounds)?;
     let windows = Windows::of(&layout, &columns)?;
     let db = cx.checkpoint.db();

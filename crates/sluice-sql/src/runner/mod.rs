@@ -150,16 +150,10 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
             "it neither aggregates nor joins streams (on many workers a query is cut at its GROUP BY or its join)",
         );
     };
-    match agg.window {
-        Some(w) if w.session.is_some() => {
-            return Some("it aggregates session windows, whose bounds merge per key");
-        }
-        None if plan.inputs.iter().any(|i| i.watermark.is_some()) => {
-            return Some(
-                "it drops late records without a window (on many workers lateness is judged per window)",
-            );
-        }
-        _ => {}
+    if agg.window.is_none() && plan.inputs.iter().any(|i| i.watermark.is_some()) {
+        return Some(
+            "it drops late records without a window (on many workers lateness is judged per window)",
+        );
     }
     if agg.nested {
         return Some("it aggregates the result of an aggregation");
@@ -207,7 +201,12 @@ fn join_key_column(column: &ArrayRef) -> Result<ArrayRef, SqlError> {
 /// A hash of each row's group key that every worker computes alike: the
 /// key in Arrow's row format (byte-comparable, independent of the machine)
 /// through FNV-1a and a final mix.
-fn group_hashes(groups: &[ArrayRef]) -> Result<Vec<u64>, SqlError> {
+fn group_hashes(groups: &[ArrayRef], rows: usize) -> Result<Vec<u64>, SqlError> {
+    if groups.is_empty() {
+        // No key (a global aggregate, a session over the whole stream):
+        // one bucket holds every row.
+        return Ok(vec![0; rows]);
+    }
     let converter = RowConverter::new(
         groups
             .iter()
@@ -372,7 +371,7 @@ impl QueryRunner {
                         .iter()
                         .map(|k| join_key_column(part.column(part.schema().index_of(k)?)))
                         .collect::<Result<Vec<_>, SqlError>>()?;
-                    let hashes = group_hashes(&keys)?;
+                    let hashes = group_hashes(&keys, part.num_rows())?;
                     sluice_engine::plan::exchange(cx, &op, part, &hashes)?;
                 }
             }
@@ -452,14 +451,28 @@ impl QueryRunner {
             _ => None,
         };
         let agg = aggregation::expect(&plan, event_time, self.line)?;
-        if let Some(bounds) = agg.window.and_then(|w| w.session) {
+        let session_bounds = agg.window.and_then(|w| w.session);
+        if let Some(bounds) = session_bounds
+            && !cx.on_workers()
+        {
             return session_window::run_batch(&session, &plan, &agg, bounds, watermark, cx, cf)
                 .await;
         }
         let columns = incremental::partial_columns(&session, &agg).await?;
-        let columns = self.exchange(cx, &agg, columns)?;
+        // Sessions of one key meet in one task whatever their bounds.
+        let groups = agg.partial().group_expr().expr().len();
+        let key: Vec<usize> = (0..groups)
+            .filter(|i| session_bounds.is_none_or(|b| *i != b.start && *i != b.end))
+            .collect();
+        let columns = self.exchange(cx, &agg, columns, &key)?;
         let (columns, late) = incremental::drop_closed_windows(&agg, columns, closed)?;
         cx.count("late partial aggregates", late as u64);
+        if let Some(bounds) = session_bounds {
+            return session_window::merge_partials(
+                &session, &plan, &agg, bounds, watermark, cx, cf, columns,
+            )
+            .await;
+        }
         incremental::merge_batch(
             &session,
             &plan,
@@ -473,21 +486,23 @@ impl QueryRunner {
     }
 
     /// On many workers, sends the batch's partial aggregates to the tasks
-    /// owning their groups and takes this task's (see
-    /// [`sluice_engine::plan::exchange`]); in one process, nothing moves.
+    /// owning their groups (by the group columns `key`) and takes this
+    /// task's (see [`sluice_engine::plan::exchange`]); in one process,
+    /// nothing moves.
     fn exchange(
         &self,
         cx: &BatchCx,
         agg: &aggregation::Aggregation,
         columns: Vec<ArrayRef>,
+        key: &[usize],
     ) -> Result<Vec<ArrayRef>, SqlError> {
         if !cx.on_workers() {
             return Ok(columns);
         }
         let schema = agg.partial().schema();
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        let groups = agg.partial().group_expr().expr().len();
-        let hashes = group_hashes(&batch.columns()[..groups])?;
+        let key: Vec<ArrayRef> = key.iter().map(|&i| batch.column(i).clone()).collect();
+        let hashes = group_hashes(&key, batch.num_rows())?;
         let mine = sluice_engine::plan::exchange(cx, &self.operator, batch, &hashes)?;
         (0..schema.fields().len())
             .map(|i| {
