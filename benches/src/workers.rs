@@ -115,7 +115,7 @@ struct Cost {
 }
 
 /// Runs the word count as `workers` processes (0: one process, no group)
-/// until the topic is drained.
+/// until the topic is drained, each in a fresh checkpoint directory.
 fn run_job(
     exe: &Path,
     broker: &Broker,
@@ -125,12 +125,43 @@ fn run_job(
     workers: usize,
     checkpoint_suffix: &str,
 ) -> anyhow::Result<Cost> {
+    let dirs = Dirs::Fresh(checkpoint_suffix);
+    run_job_with(exe, broker, work, topic, job, workers, dirs, &[])
+}
+
+/// Where a run's workers keep their checkpoints.
+#[derive(Clone, Copy)]
+enum Dirs<'a> {
+    /// Emptied first, named with this suffix.
+    Fresh(&'a str),
+    /// As an earlier run of the job left them (a worker restarting).
+    Kept,
+}
+
+/// [`run_job`] with further worker arguments (`extra`).
+#[allow(clippy::too_many_arguments)]
+fn run_job_with(
+    exe: &Path,
+    broker: &Broker,
+    work: &Path,
+    topic: &str,
+    job: &str,
+    workers: usize,
+    dirs: Dirs<'_>,
+    extra: &[&str],
+) -> anyhow::Result<Cost> {
     let broker_before = broker.cpu_seconds();
     let started = Instant::now();
     let mut children = Vec::new();
     for w in 0..workers.max(1) {
-        let dir = work.join(format!("{job}-{w}{checkpoint_suffix}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = match dirs {
+            Dirs::Fresh(suffix) => {
+                let dir = work.join(format!("{job}-{w}{suffix}"));
+                let _ = std::fs::remove_dir_all(&dir);
+                dir
+            }
+            Dirs::Kept => work.join(format!("{job}-{w}")),
+        };
         std::fs::create_dir_all(&dir)?;
         let mut cmd = Command::new(exe);
         cmd.args(["wordcount", "--topic", topic, "--brokers", &broker.listen])
@@ -141,13 +172,27 @@ fn run_job(
             .arg(dir.join("progress.json"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr"))?);
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("stderr"))?,
+            );
         if workers > 0 {
             // Progress lines stay on (into the stderr file): the restore
             // lines are read from there.
             cmd.args(["--workers-group", job, "--session-timeout", "3s"]);
+            cmd.args(extra);
         } else {
             cmd.arg("--quiet");
+        }
+        {
+            use std::io::Write;
+            let mut marker = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("stderr"))?;
+            writeln!(marker, "== run {job} {}", started.elapsed().as_nanos())?;
         }
         children.push((cmd.spawn().context("cannot start sluice wordcount")?, dir));
     }
@@ -155,6 +200,11 @@ fn run_job(
     for (child, dir) in children {
         let (status, _, cpu) = wait_with_usage(child)?;
         let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        // A kept directory's log holds earlier runs: this run's part only.
+        let log = match log.rfind("== run ") {
+            Some(at) => log[at..].to_owned(),
+            None => log,
+        };
         if !status.success() {
             bail!("sluice wordcount ({job}) failed ({status}): {}", log.trim());
         }
@@ -271,15 +321,17 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
         "changelog/MB",
         "txns"
     );
-    let single = run_job(
-        &exe,
-        &broker,
-        &work,
-        "corpus",
-        &format!("single-{stamp}"),
-        0,
-        "",
-    )?;
+    let single = median_of(args.runs, |r| {
+        run_job(
+            &exe,
+            &broker,
+            &work,
+            "corpus",
+            &format!("single-{stamp}-{r}"),
+            0,
+            "",
+        )
+    })?;
     let single_rate = words as f64 / single.job_cpu;
     let row = |name: &str, c: &Cost| {
         let rate = words as f64 / c.job_cpu;
@@ -299,15 +351,17 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
     row("1 process", &single);
     let mut per_worker = Vec::new();
     for &w in &args.workers {
-        let cost = run_job(
-            &exe,
-            &broker,
-            &work,
-            "corpus",
-            &format!("w{w}-{stamp}"),
-            w,
-            "",
-        )?;
+        let cost = median_of(args.runs, |r| {
+            run_job(
+                &exe,
+                &broker,
+                &work,
+                "corpus",
+                &format!("w{w}-{stamp}-{r}"),
+                w,
+                "",
+            )
+        })?;
         row(
             &format!("{w} worker{}", if w == 1 { "" } else { "s" }),
             &cost,
@@ -342,6 +396,35 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
             1024.0 / per_thread.max(1e-9),
             fresh.restore_task_secs / (fresh.restored_records as f64 / 1e6).max(1e-9)
         );
+        // Failover: two workers build the state, then one restarts alone
+        // on its directory and takes every task over, restoring what its
+        // local copies lack — with standby copies, only the last batches.
+        for standby in ["0", "1"] {
+            let job = format!("failover{standby}-{stamp}");
+            let extra = ["--standby-replicas", standby];
+            let both = Dirs::Fresh("");
+            run_job_with(&exe, &broker, &work, &topic, &job, 2, both, &extra)?;
+            let alone = run_job_with(&exe, &broker, &work, &topic, &job, 1, Dirs::Kept, &extra)?;
+            println!(
+                "failover with {standby} standby cop{}: the worker left alone restored {} records ({:.1} MiB) in {:.2} s of task time, running every task again {:.2} s after it started",
+                if standby == "1" { "y" } else { "ies" },
+                alone.restored_records,
+                alone.restored_mib,
+                alone.restore_task_secs,
+                alone.wall
+            );
+        }
     }
     Ok(())
+}
+
+/// Runs a configuration `runs` times (`run` gets the run's index, to name
+/// a fresh job) and keeps the run with the median job CPU.
+fn median_of(runs: usize, run: impl Fn(usize) -> anyhow::Result<Cost>) -> anyhow::Result<Cost> {
+    let mut all = (0..runs.max(1))
+        .map(run)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    all.sort_by(|a, b| a.job_cpu.total_cmp(&b.job_cpu));
+    let middle = all.len() / 2;
+    Ok(all.swap_remove(middle))
 }
