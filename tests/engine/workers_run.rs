@@ -1128,9 +1128,10 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
 /// A Rust job on three in-process workers (threads, each its own
 /// checkpoint directory and group member): a join of the raw words with
 /// each word's length (one side source-partitioned, cut; the other
-/// already shuffled), summed into a table, and a global count.
+/// already shuffled), summed into a table; a global count; and a second
+/// level of shuffle (word counts regrouped by initial: a third stage).
 #[test]
-fn a_rust_job_with_a_join_and_a_global_count_on_three_workers() {
+fn a_rust_job_with_a_join_a_global_count_and_two_shuffle_levels_on_three_workers() {
     use sluice::driver::{JobConfig, StreamingContext, WorkersOptions};
     use sluice::plan::Emitter;
     use std::sync::Arc;
@@ -1183,6 +1184,11 @@ fn a_rust_job_with_a_join_and_a_global_count_on_three_workers() {
                     .flat_map(|(w, (_, len)), out: &mut Emitter<(String, u64)>| out.push((w, len)))
                     .reduce_by_key(|a, b| a + b)
                     .merge_into_table("letters", |a, b| a + b);
+                words
+                    .reduce_by_key(|a, b| a + b)
+                    .flat_map(|(w, n), out: &mut Emitter<(String, u64)>| out.push((&w[..1], n)))
+                    .reduce_by_key(|a, b| a + b)
+                    .merge_into_table("initials", |a, b| a + b);
                 lines.count().foreach_batch(move |_, chunks| {
                     for c in chunks {
                         let n = c
@@ -1221,6 +1227,21 @@ fn a_rust_job_with_a_join_and_a_global_count_on_three_workers() {
         })
         .collect();
     assert_eq!(got, want, "each word's occurrences times its length");
+    let got: BTreeMap<String, u64> =
+        read_changelog(&broker, "sluice-rustjoin-table.initials-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<String>(&k).expect("an initial"),
+                    decode_all::<u64>(&v).expect("a sum"),
+                )
+            })
+            .collect();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (w, n) in counts(&lines) {
+        *want.entry(w[..1].to_owned()).or_default() += n;
+    }
+    assert_eq!(got, want, "words per initial, regrouped in a third stage");
     assert_eq!(
         counted.load(Ordering::Relaxed),
         lines.len() as u64,

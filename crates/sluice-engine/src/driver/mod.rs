@@ -206,7 +206,7 @@ impl StreamingContext {
     pub fn exchange_on_workers(&self, op: &str) {
         sluice_log::common::mutex(&self.graph)
             .output_cuts
-            .push(op.to_owned());
+            .push((op.to_owned(), 1));
     }
 
     /// Declares that on many workers the job's stage-1 tasks must run

@@ -285,7 +285,11 @@ struct WorkerPlan {
     /// Stage-0 tasks: the most partitions of an input topic.
     input_partitions: u32,
     /// Shuffling operators whose input comes from the source.
-    cuts: Vec<String>,
+    /// Repartition topics by the operator writing them, with the stage
+    /// reading each (1 for the first shuffle, one more per shuffle below).
+    cuts: Vec<(String, usize)>,
+    /// The last stage (0: no shuffle).
+    stages: usize,
     /// Column families of state and result tables, each with a changelog.
     state_cfs: Vec<String>,
     metas: Vec<crate::checkpoint::OperatorMeta>,
@@ -341,8 +345,9 @@ impl WorkerPlan {
         if !errors.is_empty() {
             return Err(invalid(config, errors));
         }
-        let mut cuts: Vec<String> = g.nodes.iter().flat_map(|n| n.info().cuts()).collect();
+        let mut cuts: Vec<(String, usize)> = g.nodes.iter().flat_map(|n| n.info().cuts()).collect();
         cuts.extend(g.output_cuts.iter().cloned());
+        let stages = cuts.iter().map(|(_, level)| *level).max().unwrap_or(0);
         let reduce_every_batch = g.reduce_every_batch;
         let state_cfs = super::state_column_families(&metas, &tables);
         let description = format!(
@@ -362,7 +367,10 @@ impl WorkerPlan {
                 .map(|o| o.name.clone())
                 .collect::<Vec<_>>()
                 .join(","),
-            cuts.join(",")
+            cuts.iter()
+                .map(|(op, level)| format!("{op}@{level}"))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         drop(g);
         for input in &mut inputs {
@@ -387,6 +395,7 @@ impl WorkerPlan {
             inputs,
             input_partitions,
             cuts,
+            stages,
             state_cfs,
             metas,
             tables,
@@ -405,13 +414,13 @@ impl WorkerPlan {
         config: &JobConfig,
         options: &WorkersOptions,
         producer: &BaseProducer<DeliveryErrors>,
-        cuts: &[String],
+        cuts: &[(String, usize)],
         state_cfs: &[String],
         input_partitions: u32,
     ) -> Result<u32, DriverError> {
         let topics: Vec<(String, [(&str, &str); 2])> = cuts
             .iter()
-            .map(|op| {
+            .map(|(op, _)| {
                 (
                     repartition_topic(&config.name, op),
                     [("cleanup.policy", "delete"), ("retention.ms", "-1")],
@@ -481,11 +490,8 @@ impl WorkerPlan {
                 partition: p,
             })
             .collect();
-        if !self.cuts.is_empty() {
-            tasks.extend((0..self.partitions).map(|p| TaskId {
-                stage: 1,
-                partition: p,
-            }));
+        for stage in 1..=self.stages as u32 {
+            tasks.extend((0..self.partitions).map(|partition| TaskId { stage, partition }));
         }
         tasks
     }
@@ -627,7 +633,9 @@ struct Env {
     group: BaseConsumer,
     group_id: String,
     /// (cut operator, topic, reader) of each repartition topic.
-    repartition_sources: Vec<(String, String, Arc<dyn Source>)>,
+    /// (cut operator, topic, reader, stage reading it) of each repartition
+    /// topic.
+    repartition_sources: Vec<(String, String, Arc<dyn Source>, usize)>,
     changelog_sources: BTreeMap<String, Arc<dyn Source>>,
     /// With --until-caught-up: where each input partition ended at start.
     targets: Option<BTreeMap<(String, i32), i64>>,
@@ -732,10 +740,10 @@ impl Worker {
                 ))
             })?;
         let mut repartition_sources = Vec::new();
-        for op in &plan.cuts {
+        for (op, level) in &plan.cuts {
             let topic = repartition_topic(&config.name, op);
             let source = kafka_source(&brokers, &topic)?;
-            repartition_sources.push((op.clone(), topic, source));
+            repartition_sources.push((op.clone(), topic, source, *level));
         }
         let mut changelog_sources = BTreeMap::new();
         for cf in &plan.state_cfs {
@@ -1068,7 +1076,7 @@ impl Worker {
                     }
                 })
                 .collect();
-            let tick = task.id.stage == 1 && env.plan.reduce_every_batch;
+            let tick = task.id.stage >= 1 && env.plan.reduce_every_batch;
             if tick || ranges.iter().any(|r| r.until > r.from) {
                 work.push((task, ranges));
             }
@@ -1174,7 +1182,7 @@ impl Env {
             .filter(|(_, t)| **t > 0)
             .map(|((topic, p), t)| (topic.clone(), *p, *t))
             .collect();
-        for (_, topic, source) in &self.repartition_sources {
+        for (_, topic, source, _) in &self.repartition_sources {
             for info in source.partitions()? {
                 if info.high_watermark > info.log_start {
                     wanted.push((topic.clone(), info.partition, info.high_watermark));
@@ -1230,7 +1238,7 @@ impl Env {
             .iter()
             .map(|i| (i.topic.as_str(), &i.source))
             .collect();
-        for (_, t, s) in &self.repartition_sources {
+        for (_, t, s, _) in &self.repartition_sources {
             topics.push((t.as_str(), s));
         }
         let mut ends = HashMap::new();
@@ -1274,7 +1282,7 @@ impl Env {
             else {
                 continue;
             };
-            if stage != 1 {
+            if stage == 0 {
                 continue;
             }
             let Ok(db) = Checkpoint::open_read_only(&dir.path(), &self.config.name) else {
@@ -1296,16 +1304,13 @@ impl Env {
             .join(format!("{}_{}", id.stage, id.partition))
     }
 
-    /// Takes a task over: its producer fences the previous owner (aborting
-    /// what it left open), its offsets come from the group, its state from
-    /// the changelog.
     /// The partitions of the input, repartition and changelog topics now.
     fn layout(&self) -> Result<Layout, DriverError> {
         let mut layout = Layout::new();
         for input in &self.plan.inputs {
             layout.insert(input.topic.clone(), input.source.partitions()?);
         }
-        for (_, topic, source) in &self.repartition_sources {
+        for (_, topic, source, _) in &self.repartition_sources {
             layout.insert(topic.clone(), source.partitions()?);
         }
         for source in self.changelog_sources.values() {
@@ -1314,6 +1319,9 @@ impl Env {
         Ok(layout)
     }
 
+    /// Takes a task over: its producer fences the previous owner (aborting
+    /// what it left open), its offsets come from the group, its state from
+    /// the changelog.
     fn open_task(&self, id: TaskId, epoch: u64, layout: &Layout) -> Result<Task, DriverError> {
         let txn_id = format!(
             "sluice-{}-{}_{}",
@@ -1356,7 +1364,11 @@ impl Env {
                 });
             }
         } else {
-            for (op, topic, source) in &self.repartition_sources {
+            let read_here = self
+                .repartition_sources
+                .iter()
+                .filter(|(_, _, _, level)| *level == id.stage as usize);
+            for (op, topic, source, _) in read_here {
                 inputs.push(Input {
                     op: Some(op.clone()),
                     topic: topic.clone(),
@@ -1405,7 +1417,7 @@ impl Env {
             epoch,
             purge: Vec::new(),
         };
-        if id.stage == 1 {
+        if id.stage >= 1 {
             self.restore(&mut task, layout)?;
         }
         Ok(task)
@@ -1565,17 +1577,17 @@ impl Env {
                     },
                 )?;
             }
-            StageRole::Reduce {
-                bucket: partition as usize,
+            StageRole::reduce(
+                task.id.stage as usize,
+                partition as usize,
                 inbox,
                 progress,
-                source_partitions: self
-                    .plan
+                self.plan
                     .inputs
                     .iter()
                     .map(|i| (i.source.name().to_owned(), i.partitions))
                     .collect(),
-            }
+            )
         };
         let mut planned = PlannedBatch {
             batch_id,
@@ -1673,7 +1685,7 @@ impl Env {
                 }
             }
         }
-        if task.id.stage == 1 {
+        if task.id.stage >= 1 {
             writes.put(
                 CHANGELOG_OFFSETS_KEY,
                 serde_json::to_vec(&task.changelog_next).map_err(other)?,
@@ -1728,8 +1740,8 @@ impl Env {
         report: &mut TaskReport,
     ) -> Result<(), TaskFailure> {
         let partition = task.id.partition as i32;
-        if let Some(StageRole::Map { outbox, progress }) = stage {
-            let outbox = outbox.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(role) = stage {
+            let (outbox, progress) = role.into_sent();
             for (op, bucket, batch) in outbox {
                 let topic = repartition_topic(&self.config.name, &op);
                 for payload in encode_ipc(&batch)? {
@@ -1744,7 +1756,6 @@ impl Env {
             }
             // After the rows, in the same transaction: a stage-1 task that
             // reads a progress record has read the rows it covers.
-            let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
             for (op, payload) in progress {
                 let topic = repartition_topic(&self.config.name, &op);
                 for bucket in 0..self.plan.partitions as i32 {

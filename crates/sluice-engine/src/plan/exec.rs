@@ -27,14 +27,18 @@ pub struct NodeInfo {
     pub id: usize,
     /// The operator kind (`map`, `reduce_by_key`, …).
     kind: &'static str,
-    /// Whether this node's partitions are shuffle buckets (it is a wide
-    /// operator, or narrow below one) rather than source partitions: a
+    /// On many workers, the stage whose tasks produce this node's rows: 0
+    /// for the source and what is computed from it, one more below each
+    /// cut.
+    level: AtomicUsize,
+    /// Whether each of this node's rows is in the bucket of its key (below
+    /// a keyed shuffle, through operators that keep the key): a keyed
     /// shuffle of such a node stays inside its task on many workers.
-    after_shuffle: AtomicBool,
-    /// The shuffles of source-partitioned input this operator runs, as
-    /// suffixes of its name (`""`, or a join's `-left`/`-right`): on many
-    /// workers, where the job is cut into stages.
-    cuts: Vec<&'static str>,
+    keyed: AtomicBool,
+    /// The shuffles where this operator cuts the job on many workers, as
+    /// suffixes of its name (`""`, or a join's `-left`/`-right`) with the
+    /// level (stage) that reads them.
+    cuts: Vec<(&'static str, usize)>,
 }
 
 static NEXT_NODE_ID: AtomicUsize = AtomicUsize::new(1);
@@ -47,34 +51,57 @@ impl NodeInfo {
             consumers: AtomicUsize::new(0),
             id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
             kind: "source",
-            after_shuffle: AtomicBool::new(false),
+            level: AtomicUsize::new(0),
+            keyed: AtomicBool::new(false),
             cuts: Vec::new(),
         }
     }
-    pub(crate) fn with_kind(mut self, kind: &'static str, after_shuffle: bool, cuts: bool) -> Self {
+    pub(crate) fn with_kind(mut self, kind: &'static str) -> Self {
         self.kind = kind;
-        self.after_shuffle = AtomicBool::new(after_shuffle);
-        self.cuts = if cuts { vec![""] } else { Vec::new() };
         self
     }
-    /// Sets which of a two-sided operator's shuffles cut the job.
-    pub(crate) fn with_cuts(mut self, cuts: Vec<&'static str>) -> Self {
+    /// Where the node's rows are produced and which of its shuffles cut
+    /// the job (see the fields).
+    pub(crate) fn placed(
+        mut self,
+        level: usize,
+        keyed: bool,
+        cuts: Vec<(&'static str, usize)>,
+    ) -> Self {
+        self.level = AtomicUsize::new(level);
+        self.keyed = AtomicBool::new(keyed);
         self.cuts = cuts;
         self
     }
-    /// The names of the shuffles where this operator cuts the job.
-    pub fn cuts(&self) -> Vec<String> {
+    /// The names of the shuffles where this operator cuts the job, with
+    /// the stage that reads each.
+    pub fn cuts(&self) -> Vec<(String, usize)> {
         let name = self.name();
-        self.cuts.iter().map(|s| format!("{name}{s}")).collect()
+        self.cuts
+            .iter()
+            .map(|(s, level)| (format!("{name}{s}"), *level))
+            .collect()
+    }
+    /// The stage reading the shuffle `suffix` of this operator if it cuts
+    /// the job there.
+    pub(crate) fn cut_level(&self, suffix: &str) -> Option<usize> {
+        self.cuts
+            .iter()
+            .find(|(s, _)| *s == suffix)
+            .map(|(_, level)| *level)
+    }
+    pub fn level(&self) -> usize {
+        self.level.load(Ordering::Relaxed)
+    }
+    pub fn keyed(&self) -> bool {
+        self.keyed.load(Ordering::Relaxed)
     }
     pub fn kind(&self) -> &'static str {
         self.kind
     }
-    pub fn after_shuffle(&self) -> bool {
-        self.after_shuffle.load(Ordering::Relaxed)
-    }
-    pub(crate) fn set_after_shuffle(&self, after: bool) {
-        self.after_shuffle.store(after, Ordering::Relaxed);
+    pub(crate) fn set_placement(&self, level: usize, keyed: bool) {
+        self.level.store(level, Ordering::Relaxed);
+        self.keyed.store(keyed, Ordering::Relaxed);
     }
     pub fn name(&self) -> String {
         sluice_log::common::mutex(&self.name).clone()
@@ -153,39 +180,91 @@ pub struct BatchCx<'a> {
     pub task_epoch: u64,
 }
 
-/// One task's part of a job cut at its shuffles (many workers).
-pub enum StageRole {
-    /// A task of stage 0 (one source partition): shuffles whose input comes
-    /// from the source end here; their buckets go to `outbox`, to be written
-    /// to the operator's repartition topic, and nothing below them runs.
-    Map {
-        outbox: Mutex<Vec<(String, usize, RecordBatch)>>,
-        /// Progress an operator sends to every bucket of its repartition
-        /// topic after its rows (its partition's event time: Flink's
-        /// watermarks travel the same way, inside the data channels).
-        progress: Mutex<Vec<(String, Vec<u8>)>>,
-    },
-    /// A task of stage 1 (one bucket): shuffles whose input comes from the
-    /// source read `inbox` (what the repartition topics held for this
-    /// bucket) instead; shuffles below them stay inside the bucket.
-    Reduce {
-        bucket: usize,
-        inbox: HashMap<String, Vec<RecordBatch>>,
-        /// Progress records read for this bucket per operator, in order.
-        progress: HashMap<String, Vec<Vec<u8>>>,
-        /// How many partitions each source has, by name: stage 0 has a
-        /// task for each, and each may send progress.
-        source_partitions: HashMap<String, u32>,
-    },
+/// One task's part of a job cut at its shuffles (many workers). Stage 0
+/// has a task per source partition; stage `s ≥ 1` a task per bucket,
+/// reading the repartition topics of the cuts of level `s`. A shuffle cut
+/// at level `s` yields `inbox` (what those topics held for the bucket)
+/// instead of running its parent; one cut deeper sends its buckets to
+/// `outbox`, to be written to its repartition topic, and nothing below it
+/// runs; one cut shallower yields nothing.
+pub struct StageRole {
+    stage: usize,
+    /// Stage ≥ 1: the task's bucket.
+    bucket: Option<usize>,
+    inbox: HashMap<String, Vec<RecordBatch>>,
+    /// Progress records read for this bucket per operator, in order.
+    progress_in: HashMap<String, Vec<Vec<u8>>>,
+    /// How many partitions each source has, by name: stage 0 has a task for
+    /// each, and each may send progress.
+    source_partitions: HashMap<String, u32>,
+    outbox: Mutex<Vec<(String, usize, RecordBatch)>>,
+    /// Progress an operator sends to every bucket of its repartition topic
+    /// after its rows (its partition's event time: Flink's watermarks
+    /// travel the same way, inside the data channels).
+    progress_out: Mutex<Vec<(String, Vec<u8>)>>,
 }
+
+/// What a task sends on: repartition chunks (operator, bucket, rows) and
+/// progress (operator, payload).
+pub type Sent = (Vec<(String, usize, RecordBatch)>, Vec<(String, Vec<u8>)>);
 
 impl StageRole {
     /// A stage-0 task's role, with nothing sent yet.
     pub fn map() -> Self {
-        StageRole::Map {
+        StageRole {
+            stage: 0,
+            bucket: None,
+            inbox: HashMap::new(),
+            progress_in: HashMap::new(),
+            source_partitions: HashMap::new(),
             outbox: Mutex::new(Vec::new()),
-            progress: Mutex::new(Vec::new()),
+            progress_out: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The role of the task of `bucket` in `stage` (≥ 1), with what its
+    /// repartition topics held for it.
+    pub fn reduce(
+        stage: usize,
+        bucket: usize,
+        inbox: HashMap<String, Vec<RecordBatch>>,
+        progress: HashMap<String, Vec<Vec<u8>>>,
+        source_partitions: HashMap<String, u32>,
+    ) -> Self {
+        StageRole {
+            stage,
+            bucket: Some(bucket),
+            inbox,
+            progress_in: progress,
+            source_partitions,
+            ..StageRole::map()
+        }
+    }
+
+    /// What the task's batch sends on.
+    pub fn into_sent(self) -> Sent {
+        (
+            self.outbox.into_inner().unwrap_or_else(|p| p.into_inner()),
+            self.progress_out
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    pub(crate) fn stage(&self) -> usize {
+        self.stage
+    }
+
+    pub(crate) fn bucket(&self) -> Option<usize> {
+        self.bucket
+    }
+
+    pub(crate) fn inbox(&self, op: &str) -> Vec<RecordBatch> {
+        self.inbox.get(op).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn send(&self, op: &str, bucket: usize, rows: RecordBatch) {
+        sluice_log::common::mutex(&self.outbox).push((op.to_owned(), bucket, rows));
     }
 }
 
@@ -226,25 +305,29 @@ impl<'a> BatchCx<'a> {
         self.stage.is_some()
     }
 
-    /// On a stage-1 task, its bucket; elsewhere `None`.
+    /// On a task of stage ≥ 1, its bucket; elsewhere `None`.
     pub fn reduce_bucket(&self) -> Option<usize> {
-        match &self.stage {
-            Some(StageRole::Reduce { bucket, .. }) => Some(*bucket),
-            _ => None,
-        }
+        self.stage.as_ref().and_then(StageRole::bucket)
+    }
+
+    /// On many workers, the stage this task runs; in one process `None`.
+    pub fn task_stage(&self) -> Option<usize> {
+        self.stage.as_ref().map(StageRole::stage)
     }
 
     /// Whether this batch is a stage-0 task's (source partition in,
     /// repartition records out).
     pub fn in_map_stage(&self) -> bool {
-        matches!(self.stage, Some(StageRole::Map { .. }))
+        self.task_stage() == Some(0)
     }
 
     /// On a stage-0 task, sends `progress` after the batch's rows to every
     /// bucket of `op`'s repartition topic; elsewhere nothing is sent.
     pub fn send_progress(&self, op: &str, progress: Vec<u8>) {
-        if let Some(StageRole::Map { progress: out, .. }) = &self.stage {
-            sluice_log::common::mutex(out).push((op.to_owned(), progress));
+        if let Some(role) = &self.stage
+            && role.stage == 0
+        {
+            sluice_log::common::mutex(&role.progress_out).push((op.to_owned(), progress));
         }
     }
 
@@ -252,8 +335,8 @@ impl<'a> BatchCx<'a> {
     /// that this batch read, in order; elsewhere `None`.
     pub fn received_progress(&self, op: &str) -> Option<&[Vec<u8>]> {
         match &self.stage {
-            Some(StageRole::Reduce { progress, .. }) => {
-                Some(progress.get(op).map_or(&[][..], |p| p.as_slice()))
+            Some(role) if role.stage > 0 => {
+                Some(role.progress_in.get(op).map_or(&[][..], |p| p.as_slice()))
             }
             _ => None,
         }
@@ -263,9 +346,7 @@ impl<'a> BatchCx<'a> {
     /// stage-0 task that may send progress); elsewhere `None`.
     pub fn source_partitions(&self, name: &str) -> Option<u32> {
         match &self.stage {
-            Some(StageRole::Reduce {
-                source_partitions, ..
-            }) => source_partitions.get(name).copied(),
+            Some(role) if role.stage > 0 => role.source_partitions.get(name).copied(),
             _ => None,
         }
     }

@@ -95,11 +95,11 @@ pub(crate) struct Graph {
     pub outputs: Vec<Arc<Output>>,
     pub errors: Vec<String>,
     pub interval_ms: i64,
-    /// Outputs that shuffle source-partitioned input themselves (merge
-    /// tables fed by source-partitioned streams as `table-<name>`, SQL
-    /// aggregations through [`exchange`]): on many workers, where the job
-    /// is cut.
-    pub output_cuts: Vec<String>,
+    /// Outputs that shuffle rows not yet split by their key themselves
+    /// (merge tables as `table-<name>`, SQL aggregations and joins through
+    /// [`exchange`]), with the stage reading each: on many workers, where
+    /// the job is cut.
+    pub output_cuts: Vec<(String, usize)>,
     /// Why parts of the job cannot run on many workers.
     pub worker_refusals: Vec<String>,
     /// On many workers, stage-1 tasks run every batch even when nothing
@@ -140,22 +140,16 @@ impl Graph {
     }
 }
 
-/// Wide operators cut into a map side and a reduce side on many workers
-/// (a stage boundary): per-key shuffles, both sides of a join, and global
-/// merges (whose reduce side is bucket 0).
-pub(crate) const CUT_WIDE_KINDS: [&str; 7] = [
-    "reduce_by_key",
-    "map_with_state",
-    "update_state_by_key",
-    "join",
-    "left_outer_join",
-    "count",
-    "reduce",
-];
+/// Per-key shuffles: on many workers, a cut (a stage boundary) unless
+/// their input is already in its key's bucket.
+const KEYED_KINDS: [&str; 3] = ["reduce_by_key", "map_with_state", "update_state_by_key"];
 
-/// Wide operators merging every row into one: on many workers their reduce
-/// side is the stage-1 task of bucket 0.
+/// Wide operators merging every row into one: on many workers always a
+/// cut, whose reduce side is the next stage's task of bucket 0.
 const GLOBAL_MERGE_KINDS: [&str; 2] = ["count", "reduce"];
+
+/// Narrow operators whose rows keep their input's key.
+const KEY_KEEPING_KINDS: [&str; 3] = ["filter", "map_values", "flat_map_values"];
 
 /// Wide operators that cannot yet be cut: windows numbered by batch id,
 /// which differ between the tasks of a job on many workers.
@@ -210,18 +204,29 @@ impl<T: Data> DStream<T> {
     ) -> DStream<U> {
         self.node.info().add_consumer();
         let name = lock_graph(&self.graph).next_name(kind);
-        let wide = CUT_WIDE_KINDS.contains(&kind) || UNCUT_WIDE_KINDS.contains(&kind);
-        let input_shuffled = self.node.info().after_shuffle();
-        if GLOBAL_MERGE_KINDS.contains(&kind) && input_shuffled {
-            lock_graph(&self.graph).worker_refusals.push(format!(
-                "operator {name} ({kind}) merges rows a shuffle above it split by key: that is a second level of shuffle, which cannot run on many workers yet"
-            ));
-        }
-        let node = build(NodeInfo::new(name, schema_of::<U>()).with_kind(
-            kind,
-            wide || input_shuffled,
-            wide && !input_shuffled,
-        ));
+        let (level, keyed) = (self.node.info().level(), self.node.info().keyed());
+        // Where the rows are produced on many workers (joins place
+        // themselves from both sides).
+        let (level, keyed, cuts) = if KEYED_KINDS.contains(&kind) {
+            if keyed {
+                (level, true, Vec::new())
+            } else {
+                (level + 1, true, vec![("", level + 1)])
+            }
+        } else if GLOBAL_MERGE_KINDS.contains(&kind) {
+            (level + 1, false, vec![("", level + 1)])
+        } else {
+            (
+                level,
+                keyed && KEY_KEEPING_KINDS.contains(&kind),
+                Vec::new(),
+            )
+        };
+        let node = build(
+            NodeInfo::new(name, schema_of::<U>())
+                .with_kind(kind)
+                .placed(level, keyed, cuts),
+        );
         DStream::from_node(self.graph.clone(), node)
     }
 
@@ -347,9 +352,19 @@ impl<T: Data> DStream<T> {
     pub fn union(&self, other: &DStream<T>) -> DStream<T> {
         other.node.info().add_consumer();
         let parents = vec![self.node.clone(), other.node.clone()];
-        let both_shuffled = self.node.info().after_shuffle() && other.node.info().after_shuffle();
+        let (a, b) = (self.node.info(), other.node.info());
+        if a.level() != b.level() {
+            lock_graph(&self.graph).worker_refusals.push(format!(
+                "a union of streams produced in different stages ({} below {} shuffles, {} below {}) cannot run on many workers yet",
+                a.name(),
+                a.level(),
+                b.name(),
+                b.level()
+            ));
+        }
+        let (level, keyed) = (a.level().max(b.level()), a.keyed() && b.keyed());
         let union: DStream<T> = self.derive("union", move |info| exec::union(info, parents));
-        union.node.info().set_after_shuffle(both_shuffled);
+        union.node.info().set_placement(level, keyed);
         union
     }
 

@@ -145,8 +145,10 @@ where
             .errors
             .push(format!("two outputs write result table {table:?}"));
     }
-    if merge.is_some() && !node.info().after_shuffle() {
-        graph.output_cuts.push(format!("table-{table}"));
+    // Rows not yet in their key's bucket are shuffled to the next stage.
+    let cut = (merge.is_some() && !node.info().keyed()).then(|| node.info().level() + 1);
+    if let Some(level) = cut {
+        graph.output_cuts.push((format!("table-{table}"), level));
     }
     graph.outputs.push(Arc::new(Output {
         name: format!("table:{table}"),
@@ -159,7 +161,7 @@ where
             };
             // Merging reads the committed value: each key must be handled
             // by one task, so the pairs are shuffled by key first.
-            let buckets = partition_by_key::<K>(cx, &format!("table-{table_name}"), &node)?;
+            let buckets = partition_by_key::<K>(cx, &format!("table-{table_name}"), cut, &node)?;
             let caches = caches.get_or_init(|| {
                 (0..cx.parallelism)
                     .map(|_| Mutex::new((cx.task_epoch, HashMap::new())))

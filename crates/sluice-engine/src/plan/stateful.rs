@@ -171,7 +171,7 @@ pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let cf = cf(cx, info)?;
-                let buckets = partition_by_key::<K>(cx, &info.name(), &parent)?;
+                let buckets = partition_by_key::<K>(cx, &info.name(), info.cut_level(""), &parent)?;
                 let expired = if timeout_ms.is_some() {
                     expired_keys::<K>(cx, cf, buckets.len())?
                 } else {
@@ -287,7 +287,7 @@ pub(crate) fn update_state_by_key<K: Key, V: Data, S: Data>(
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let cf = cf(cx, info)?;
-                let buckets = partition_by_key::<K>(cx, &info.name(), &parent)?;
+                let buckets = partition_by_key::<K>(cx, &info.name(), info.cut_level(""), &parent)?;
                 let existing = stored_states::<K, S>(cx, cf, buckets.len())?;
                 let work: Vec<_> = buckets.into_iter().zip(existing).collect();
                 rayon_map(work, |(chunks, existing)| {

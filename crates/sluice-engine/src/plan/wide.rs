@@ -6,7 +6,7 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use hashbrown::HashTable;
 
-use super::exec::{BatchCx, Node, NodeInfo, StageRole, Wide};
+use super::exec::{BatchCx, Node, NodeInfo, Wide};
 use super::{DStream, PlanError, Result};
 use crate::data::{Data, Emitter, Key, hash_one};
 
@@ -137,33 +137,35 @@ pub(crate) fn bucket_of(hash: u64, buckets: usize) -> usize {
 /// The shuffle: each parent task runs `map_side` over its chunks, which
 /// returns one optional chunk per bucket; chunks are regrouped by bucket.
 ///
-/// On many workers (`cx.stage`), a shuffle of source-partitioned input is
-/// where the job is cut: a stage-0 task sends its buckets to `op`'s
-/// repartition topic and sees no output, a stage-1 task sees what that
-/// topic held for its bucket. A shuffle of already-bucketed input stays in
-/// the task, and must keep every row in the task's bucket.
+/// On many workers (`cx.stage`), a shuffle that cuts the job (`cut`: the
+/// stage reading it) yields, in that stage's task, what its repartition
+/// topic held for the task's bucket; in an earlier stage it runs its
+/// parent and sends the buckets to the repartition topic, yielding
+/// nothing; in a later stage it yields nothing. A shuffle that does not
+/// cut stays in the task, and must keep every row in the task's bucket.
 pub(crate) fn shuffle(
     cx: &BatchCx,
     op: &str,
+    cut: Option<usize>,
     parent: &Arc<dyn Node>,
     map_side: impl Fn(
         &mut dyn FnMut(&mut super::ChunkSink<'_>) -> Result<()>,
     ) -> Result<Vec<Option<RecordBatch>>>
     + Sync,
 ) -> Result<Vec<Vec<RecordBatch>>> {
-    let cut = !parent.info().after_shuffle();
-    match &cx.stage {
-        Some(StageRole::Reduce { bucket, inbox, .. }) if cut => {
-            let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
-            if let Some(chunks) = inbox.get(op) {
-                buckets[*bucket] = chunks.clone();
+    let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
+    if let (Some(role), Some(level)) = (&cx.stage, cut) {
+        if level == role.stage() {
+            if let Some(bucket) = role.bucket() {
+                buckets[bucket] = role.inbox(op);
             }
             return Ok(buckets);
         }
-        _ => {}
+        if level < role.stage() {
+            return Ok(buckets);
+        }
     }
     let per_task = cx.for_each_partition(parent, |_, run| map_side(run))?;
-    let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); cx.parallelism];
     for task in per_task {
         for (b, chunk) in task.into_iter().enumerate() {
             if let Some(chunk) = chunk {
@@ -171,27 +173,24 @@ pub(crate) fn shuffle(
             }
         }
     }
-    match &cx.stage {
-        Some(StageRole::Map { outbox, .. }) if cut => {
-            let mut outbox = sluice_log::common::mutex(outbox);
-            for (b, chunks) in buckets.iter_mut().enumerate() {
-                for chunk in chunks.drain(..) {
-                    outbox.push((op.to_owned(), b, chunk));
-                }
+    let Some(role) = &cx.stage else {
+        return Ok(buckets);
+    };
+    if cut.is_some() {
+        for (b, chunks) in buckets.iter_mut().enumerate() {
+            for chunk in chunks.drain(..) {
+                role.send(op, b, chunk);
             }
         }
-        Some(StageRole::Reduce { bucket, .. }) => {
-            if let Some((b, _)) = buckets
-                .iter()
-                .enumerate()
-                .find(|(b, chunks)| b != bucket && !chunks.is_empty())
-            {
-                return Err(PlanError::Invalid(format!(
-                    "operator {op} regroups rows by a key other than the shuffle's above it (a row of bucket {bucket} went to bucket {b}): jobs with two levels of shuffle cannot yet run on many workers"
-                )));
-            }
-        }
-        _ => {}
+    } else if let Some(bucket) = role.bucket()
+        && let Some((b, _)) = buckets
+            .iter()
+            .enumerate()
+            .find(|(b, chunks)| *b != bucket && !chunks.is_empty())
+    {
+        return Err(PlanError::Invalid(format!(
+            "operator {op} moved a row of bucket {bucket} to bucket {b}: its input is not split by the key it shuffles by, which the job's plan should have made a cut"
+        )));
     }
     Ok(buckets)
 }
@@ -234,10 +233,12 @@ pub fn exchange(
     batch: RecordBatch,
     hashes: &[u64],
 ) -> Result<Vec<RecordBatch>> {
+    // Such a cut is always read by stage 1.
     match &cx.stage {
         None => Ok(vec![batch]),
-        Some(StageRole::Reduce { inbox, .. }) => Ok(inbox.get(op).cloned().unwrap_or_default()),
-        Some(StageRole::Map { outbox, .. }) => {
+        Some(role) if role.stage() == 1 => Ok(role.inbox(op)),
+        Some(role) if role.stage() > 1 => Ok(Vec::new()),
+        Some(role) => {
             if hashes.len() != batch.num_rows() {
                 return Err(PlanError::Invalid(format!(
                     "operator {op}: {} key hashes for {} rows",
@@ -245,13 +246,9 @@ pub fn exchange(
                     batch.num_rows()
                 )));
             }
-            let pieces = split_by_bucket(&batch, cx.parallelism, |row| hashes[row])?;
-            let mut outbox = sluice_log::common::mutex(outbox);
-            outbox.extend(
-                pieces
-                    .into_iter()
-                    .map(|(b, piece)| (op.to_owned(), b, piece)),
-            );
+            for (b, piece) in split_by_bucket(&batch, cx.parallelism, |row| hashes[row])? {
+                role.send(op, b, piece);
+            }
             Ok(Vec::new())
         }
     }
@@ -261,10 +258,11 @@ pub fn exchange(
 pub(crate) fn partition_by_key<K: Key>(
     cx: &BatchCx,
     op: &str,
+    cut: Option<usize>,
     parent: &Arc<dyn Node>,
 ) -> Result<Vec<Vec<RecordBatch>>> {
     let buckets = cx.parallelism;
-    shuffle(cx, op, parent, |run| {
+    shuffle(cx, op, cut, parent, |run| {
         let pieces: Mutex<Vec<Vec<RecordBatch>>> = Mutex::new(vec![Vec::new(); buckets]);
         run(&mut |chunk| {
             let keys = K::reader(chunk.columns())?;
@@ -301,7 +299,7 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let buckets = cx.parallelism;
-                let pieces = shuffle(cx, &info.name(), &parent, |run| {
+                let pieces = shuffle(cx, &info.name(), info.cut_level(""), &parent, |run| {
                     let mut agg = Aggregate::<K, V>::new();
                     run(&mut |chunk| agg.add_chunk(&chunk, &f))?;
                     agg.into_buckets(buckets, &info.schema)
@@ -337,6 +335,7 @@ pub(crate) fn rayon_map<T: Send, R: Send>(
 fn to_bucket_zero(
     cx: &BatchCx,
     op: &str,
+    cut: Option<usize>,
     parent: &Arc<dyn Node>,
     partial: impl Fn(
         &mut dyn FnMut(&mut super::ChunkSink<'_>) -> Result<()>,
@@ -344,14 +343,14 @@ fn to_bucket_zero(
     + Sync,
 ) -> Result<Option<Vec<RecordBatch>>> {
     let buckets = cx.parallelism;
-    let mut pieces = shuffle(cx, op, parent, |run| {
+    let mut pieces = shuffle(cx, op, cut, parent, |run| {
         let mut out: Vec<Option<RecordBatch>> = vec![None; buckets];
         out[0] = partial(run)?;
         Ok(out)
     })?;
-    // A stage-0 task sent its partials on; a stage-1 task of another
-    // bucket merges nothing.
-    if cx.in_map_stage() || cx.reduce_bucket().is_some_and(|b| b != 0) {
+    // Only the merging stage's task of bucket 0 merges: other stages sent
+    // their partials on or had none, other buckets get none.
+    if cx.task_stage().is_some() && (cx.task_stage() != cut || cx.reduce_bucket() != Some(0)) {
         return Ok(None);
     }
     Ok(Some(std::mem::take(&mut pieces[0])))
@@ -365,17 +364,18 @@ pub(crate) fn count<T: Data>(stream: &DStream<T>) -> DStream<u64> {
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let schema = info.schema.clone();
-                let partials = to_bucket_zero(cx, &info.name(), &parent, |run| {
-                    let mut n = 0u64;
-                    run(&mut |chunk| {
-                        n += chunk.num_rows() as u64;
-                        Ok(())
+                let partials =
+                    to_bucket_zero(cx, &info.name(), info.cut_level(""), &parent, |run| {
+                        let mut n = 0u64;
+                        run(&mut |chunk| {
+                            n += chunk.num_rows() as u64;
+                            Ok(())
+                        })?;
+                        Ok(Some(RecordBatch::try_new(
+                            schema.clone(),
+                            vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))],
+                        )?))
                     })?;
-                    Ok(Some(RecordBatch::try_new(
-                        schema.clone(),
-                        vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))],
-                    )?))
-                })?;
                 let Some(partials) = partials else {
                     return Ok(vec![Vec::new()]);
                 };
@@ -409,24 +409,25 @@ pub(crate) fn reduce<T: Data>(
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let schema = info.schema.clone();
-                let partials = to_bucket_zero(cx, &info.name(), &parent, |run| {
-                    let mut acc: Option<T> = None;
-                    run(&mut |chunk| {
-                        let reader = T::reader(chunk.columns())?;
-                        for i in 0..chunk.num_rows() {
-                            let v = T::get(&reader, i);
-                            acc = Some(match &acc {
-                                None => T::to_owned_value(v),
-                                Some(a) => f(a.view(), v),
-                            });
-                        }
-                        Ok(())
+                let partials =
+                    to_bucket_zero(cx, &info.name(), info.cut_level(""), &parent, |run| {
+                        let mut acc: Option<T> = None;
+                        run(&mut |chunk| {
+                            let reader = T::reader(chunk.columns())?;
+                            for i in 0..chunk.num_rows() {
+                                let v = T::get(&reader, i);
+                                acc = Some(match &acc {
+                                    None => T::to_owned_value(v),
+                                    Some(a) => f(a.view(), v),
+                                });
+                            }
+                            Ok(())
+                        })?;
+                        let Some(acc) = acc else { return Ok(None) };
+                        let mut out = Emitter::<T>::with_capacity(1);
+                        out.push_view(acc.view());
+                        Ok(Some(RecordBatch::try_new(schema.clone(), out.finish())?))
                     })?;
-                    let Some(acc) = acc else { return Ok(None) };
-                    let mut out = Emitter::<T>::with_capacity(1);
-                    out.push_view(acc.view());
-                    Ok(Some(RecordBatch::try_new(schema.clone(), out.finish())?))
-                })?;
                 let mut total: Option<T> = None;
                 for p in partials.iter().flatten() {
                     let reader = T::reader(p.columns())?;
@@ -465,20 +466,34 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
 ) -> DStream<O> {
     right.node.info().add_consumer();
     let (lp, rp) = (left.node.clone(), right.node.clone());
-    // Each side whose rows are still source-partitioned is a cut.
-    let cuts: Vec<&'static str> = [("-left", &lp), ("-right", &rp)]
+    // Both sides meet in one stage: the later of the stages where each
+    // side's rows are (or, not yet split by key, will be after a cut) in
+    // their key's bucket; a side not there already is a cut.
+    let ready = |p: &Arc<dyn Node>| p.info().level() + usize::from(!p.info().keyed());
+    let level = ready(&lp).max(ready(&rp));
+    let cuts: Vec<(&'static str, usize)> = [("-left", &lp), ("-right", &rp)]
         .into_iter()
-        .filter(|(_, parent)| !parent.info().after_shuffle())
-        .map(|(suffix, _)| suffix)
+        .filter(|(_, p)| !(p.info().keyed() && p.info().level() == level))
+        .map(|(suffix, _)| (suffix, level))
         .collect();
     left.derive(kind, move |info| {
         Arc::new(Wide {
-            info: info.with_cuts(cuts),
+            info: info.placed(level, true, cuts),
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let name = info.name();
-                let l = partition_by_key::<K>(cx, &format!("{name}-left"), &lp)?;
-                let r = partition_by_key::<K>(cx, &format!("{name}-right"), &rp)?;
+                let l = partition_by_key::<K>(
+                    cx,
+                    &format!("{name}-left"),
+                    info.cut_level("-left"),
+                    &lp,
+                )?;
+                let r = partition_by_key::<K>(
+                    cx,
+                    &format!("{name}-right"),
+                    info.cut_level("-right"),
+                    &rp,
+                )?;
                 let pairs: Vec<_> = l.into_iter().zip(r).collect();
                 rayon_map(pairs, |(lchunks, rchunks)| {
                     let readers = rchunks
