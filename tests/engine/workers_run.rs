@@ -372,28 +372,9 @@ fn three_workers_count_what_one_process_counts() {
     );
 
     // The same job in one process over the same topic: the same counts.
-    let single = common::sluice()
-        .args([
-            "wordcount",
-            "--topic",
-            TOPIC,
-            "--brokers",
-            &broker.bootstrap(),
-        ])
-        .args(["--job", "single", "--until-caught-up", "--quiet"])
-        .arg("--checkpoint-dir")
-        .arg(root.path().join("single"))
-        .output()
-        .expect("run the single-process job");
-    assert!(
-        single.status.success(),
-        "{}",
-        String::from_utf8_lossy(&single.stderr)
-    );
-    let single_counts = scan_counts(
-        &["--job", "single", "--table", "single"],
-        Some(&root.path().join("single")),
-    );
+    let single_dir = root.path().join("single");
+    run_single(&broker, &["wordcount", "--topic", TOPIC], &single_dir, &[]);
+    let single_counts = scan_counts(&["--job", "single", "--table", "single"], Some(&single_dir));
     assert_eq!(
         single_counts,
         read_table(&broker),
@@ -458,32 +439,11 @@ fn the_sql_word_count_on_three_workers_equals_one_process() {
         "--job",
         "wcsql",
     ];
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| {
-            start_job_worker(
-                &broker,
-                &root.path().join(format!("w{i}")),
-                &job,
-                &["--until-caught-up"],
-            )
-        })
-        .collect();
-    wait_all_done(&mut workers);
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
     let on_workers = read_changelog(&broker, "sluice-wcsql-table.counts-changelog");
 
     let single_dir = root.path().join("single");
-    let single = common::sluice()
-        .args(["run", script.as_str(), "--brokers", &broker.bootstrap()])
-        .args(["--job", "single", "--until-caught-up", "--quiet"])
-        .arg("--checkpoint-dir")
-        .arg(&single_dir)
-        .output()
-        .expect("run the single-process SQL job");
-    assert!(
-        single.status.success(),
-        "{}",
-        String::from_utf8_lossy(&single.stderr)
-    );
+    run_single(&broker, &["run", script.as_str()], &single_dir, &[]);
     let single_counts = scan_counts(&["--job", "single", "--table", "counts"], Some(&single_dir));
     assert_eq!(
         single_counts,
@@ -765,17 +725,7 @@ fn a_sql_topic_sink_on_workers_writes_inside_each_tasks_transaction() {
         "--job",
         "wctopic",
     ];
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| {
-            start_job_worker(
-                &broker,
-                &root.path().join(format!("w{i}")),
-                &job,
-                &["--until-caught-up"],
-            )
-        })
-        .collect();
-    wait_all_done(&mut workers);
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
     // Each record is a group's count after a batch: the last one of each
     // word, read_committed, is its total.
     let mut got = BTreeMap::new();
@@ -815,20 +765,65 @@ fn clicks(n: usize) -> Vec<String> {
 
 /// `jobs/clicks_per_url.sql` writing its closed windows to `sink_topic`.
 fn clicks_script(dir: &Path, sink_topic: &str, idle_timeout: &str) -> String {
+    let template = include_str!("../../jobs/clicks_per_url.sql").replace(
+        "idle_timeout = '30s'",
+        &format!("idle_timeout = '{idle_timeout}'"),
+    );
+    with_topic_sink(dir, &template, "per_minute", sink_topic)
+}
+
+/// A script of `jobs/` whose console sink `sink` (append mode) writes to
+/// the topic `sink_topic` instead, saved in `dir`.
+fn with_topic_sink(dir: &Path, template: &str, sink: &str, sink_topic: &str) -> String {
+    let console = format!("CREATE SINK {sink} WITH (type = 'console', mode = 'append');");
+    assert!(template.contains(&console), "{sink} is a console sink");
     let path = dir.join(format!("{sink_topic}.sql"));
     fs::write(
         &path,
-        include_str!("../../jobs/clicks_per_url.sql")
-            .replace(
-                "CREATE SINK per_minute WITH (type = 'console', mode = 'append');",
-                &format!(
-                    "CREATE SINK per_minute WITH (type = 'topic', topic = '{sink_topic}', mode = 'append', partitions = 4);"
-                ),
-            )
-            .replace("idle_timeout = '30s'", &format!("idle_timeout = '{idle_timeout}'")),
+        template.replace(
+            &console,
+            &format!(
+                "CREATE SINK {sink} WITH (type = 'topic', topic = '{sink_topic}', mode = 'append', partitions = 4);"
+            ),
+        ),
     )
     .unwrap();
     path.to_str().unwrap().to_owned()
+}
+
+/// Runs `job` (a `sluice` command line without --brokers) as `n` workers
+/// in `root/w<i>` until they have caught up.
+fn run_workers_until_caught_up(broker: &TestBroker, root: &Path, job: &[&str], n: usize) {
+    let mut workers: Vec<Worker> = (0..n)
+        .map(|i| {
+            start_job_worker(
+                broker,
+                &root.join(format!("w{i}")),
+                job,
+                &["--until-caught-up"],
+            )
+        })
+        .collect();
+    wait_all_done(&mut workers);
+}
+
+/// Runs `job` (a `sluice` command line without --brokers) in one process
+/// as job `single` in `dir` until it has caught up.
+fn run_single(broker: &TestBroker, job: &[&str], dir: &Path, extra: &[&str]) {
+    let out = common::sluice()
+        .args(job)
+        .args(["--brokers", &broker.bootstrap()])
+        .args(["--job", "single", "--until-caught-up", "--quiet"])
+        .args(extra)
+        .arg("--checkpoint-dir")
+        .arg(dir)
+        .output()
+        .expect("run the single-process job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The rows a topic sink wrote (JSON values), sorted.
@@ -908,20 +903,14 @@ fn event_time_windows_on_workers_close_as_in_one_process_across_a_kill() {
     }
 
     let single = script_for("per_minute_single");
-    let out = common::sluice()
-        .args(["run", single.as_str(), "--brokers", &broker.bootstrap()])
-        .args(["--job", "single", "--until-caught-up", "--quiet"])
-        // Batches of 500 clicks per partition: the watermark has moved on
-        // by the time the late click is read.
-        .args(["--max-records-per-batch", "500"])
-        .arg("--checkpoint-dir")
-        .arg(root.path().join("single"))
-        .output()
-        .expect("run the single-process SQL job");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Batches of 500 clicks per partition: the watermark has moved on by
+    // the time the late click is read.
+    let batches = ["--max-records-per-batch", "500"];
+    run_single(
+        &broker,
+        &["run", single.as_str()],
+        &root.path().join("single"),
+        &batches,
     );
     let want = sink_rows(&broker, "per_minute_single");
     assert_eq!(
@@ -1094,17 +1083,7 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
         "--job",
         "paid",
     ];
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| {
-            start_job_worker(
-                &broker,
-                &root.path().join(format!("w{i}")),
-                &job,
-                &["--until-caught-up"],
-            )
-        })
-        .collect();
-    wait_all_done(&mut workers);
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
     // The table's key is the first column (BIGINT), its value the nullable
     // amount.
     let got: BTreeMap<i64, Option<i64>> =
@@ -1125,14 +1104,49 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
     assert_eq!(got, want, "every paid order, with its amount");
 }
 
-/// A Rust job on three in-process workers (threads, each its own
-/// checkpoint directory and group member): a join of the raw words with
-/// each word's length (one side source-partitioned, cut; the other
-/// already shuffled), summed into a table; a global count; and a second
-/// level of shuffle (word counts regrouped by initial: a third stage).
-#[test]
-fn a_rust_job_with_a_join_a_global_count_and_two_shuffle_levels_on_three_workers() {
+/// A Rust job as worker `i` of group `rust-jobs` (in-process: a thread
+/// per worker, each with its own checkpoint directory), reading the lines
+/// topic of `brokers`.
+fn rust_worker(
+    brokers: &str,
+    dir: PathBuf,
+    i: usize,
+) -> (
+    sluice::driver::StreamingContext,
+    sluice::plan::DStream<sluice::source::record::Record>,
+) {
     use sluice::driver::{JobConfig, StreamingContext, WorkersOptions};
+    let mut config = JobConfig::new("rustjob", Duration::from_millis(200));
+    config.checkpoint_dir = Some(dir);
+    config.until_caught_up = true;
+    let mut workers = WorkersOptions::new(brokers);
+    workers.group = Some("rust-jobs".into());
+    workers.worker_id = Some(format!("w{i}"));
+    workers.session_timeout = Duration::from_secs(2);
+    config.workers = Some(workers);
+    let ctx = StreamingContext::new(config);
+    let source = sluice::source::kafka::KafkaSource::new(TOPIC, brokers, TOPIC, None, Vec::new())
+        .expect("a Kafka source");
+    let lines = ctx.source(source);
+    (ctx, lines)
+}
+
+/// `(word, 1)` for every word of every line.
+fn word_ones(
+    lines: &sluice::plan::DStream<sluice::source::record::Record>,
+) -> sluice::plan::DStream<(String, u64)> {
+    lines.flat_map(|r, out: &mut sluice::plan::Emitter<(String, u64)>| {
+        for w in r.value_str().split_ascii_whitespace() {
+            out.push((w, 1u64));
+        }
+    })
+}
+
+/// A Rust job on three in-process workers: a global count, and a second
+/// level of shuffle (word counts regrouped by initial: a third stage). A
+/// per-batch join is refused on workers with the reason.
+#[test]
+fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
     use sluice::plan::Emitter;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -1142,6 +1156,17 @@ fn a_rust_job_with_a_join_a_global_count_and_two_shuffle_levels_on_three_workers
     let lines = corpus(6_000, 23);
     produce(&producer(&broker), &lines, 0);
     let root = tempfile::tempdir().unwrap();
+
+    let (ctx, source) = rust_worker(&broker.bootstrap(), root.path().join("join"), 9);
+    let words = word_ones(&source);
+    let distinct = words.reduce_by_key(|a, _| a);
+    words.join(&distinct).foreach_batch(|_, _| Ok(()));
+    let refused = ctx.run().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        refused.contains("join pairs the rows of one batch"),
+        "a per-batch join is refused on workers: {refused}"
+    );
+
     let counted = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..3)
         .map(|i| {
@@ -1149,42 +1174,8 @@ fn a_rust_job_with_a_join_a_global_count_and_two_shuffle_levels_on_three_workers
             let dir = root.path().join(format!("w{i}"));
             let counted = counted.clone();
             std::thread::spawn(move || -> Result<(), String> {
-                let mut config = JobConfig::new("rustjoin", Duration::from_millis(200));
-                config.checkpoint_dir = Some(dir);
-                config.until_caught_up = true;
-                let mut workers = WorkersOptions::new(brokers.clone());
-                workers.group = Some("rust-join".into());
-                workers.worker_id = Some(format!("w{i}"));
-                workers.session_timeout = Duration::from_secs(2);
-                config.workers = Some(workers);
-                let ctx = StreamingContext::new(config);
-                let source = sluice::source::kafka::KafkaSource::new(
-                    TOPIC,
-                    &brokers,
-                    TOPIC,
-                    None,
-                    Vec::new(),
-                )
-                .map_err(|e| e.to_string())?;
-                let lines = ctx.source(source);
-                let words = lines.flat_map(|r, out: &mut Emitter<(String, u64)>| {
-                    for w in r.value_str().split_ascii_whitespace() {
-                        out.push((w, 1u64));
-                    }
-                });
-                let lengths = lines
-                    .flat_map(|r, out: &mut Emitter<(String, u64)>| {
-                        for w in r.value_str().split_ascii_whitespace() {
-                            out.push((w, w.len() as u64));
-                        }
-                    })
-                    .reduce_by_key(|a, _| a);
-                words
-                    .join(&lengths)
-                    .flat_map(|(w, (_, len)), out: &mut Emitter<(String, u64)>| out.push((w, len)))
-                    .reduce_by_key(|a, b| a + b)
-                    .merge_into_table("letters", |a, b| a + b);
-                words
+                let (ctx, lines) = rust_worker(&brokers, dir, i);
+                word_ones(&lines)
                     .reduce_by_key(|a, b| a + b)
                     .flat_map(|(w, n), out: &mut Emitter<(String, u64)>| out.push((&w[..1], n)))
                     .reduce_by_key(|a, b| a + b)
@@ -1210,25 +1201,7 @@ fn a_rust_job_with_a_join_a_global_count_and_two_shuffle_levels_on_three_workers
             .expect("a worker ran the job");
     }
     let got: BTreeMap<String, u64> =
-        read_changelog(&broker, "sluice-rustjoin-table.letters-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<String>(&k).expect("a word"),
-                    decode_all::<u64>(&v).expect("a sum"),
-                )
-            })
-            .collect();
-    let want: BTreeMap<String, u64> = counts(&lines)
-        .into_iter()
-        .map(|(w, n)| {
-            let len = w.len() as u64;
-            (w, n * len)
-        })
-        .collect();
-    assert_eq!(got, want, "each word's occurrences times its length");
-    let got: BTreeMap<String, u64> =
-        read_changelog(&broker, "sluice-rustjoin-table.initials-changelog")
+        read_changelog(&broker, "sluice-rustjob-table.initials-changelog")
             .into_iter()
             .map(|(k, v)| {
                 (
@@ -1271,20 +1244,8 @@ fn session_windows_on_three_workers_close_as_in_one_process() {
         .collect();
     produce_to(&producer(&broker), "clicks", PARTITIONS, &clicks, 0);
     let root = tempfile::tempdir().unwrap();
-    let script_for = |sink_topic: &str| {
-        let path = root.path().join(format!("{sink_topic}.sql"));
-        fs::write(
-            &path,
-            include_str!("../../jobs/user_sessions.sql").replace(
-                "CREATE SINK sessions WITH (type = 'console', mode = 'append');",
-                &format!(
-                    "CREATE SINK sessions WITH (type = 'topic', topic = '{sink_topic}', mode = 'append', partitions = 4);"
-                ),
-            ),
-        )
-        .unwrap();
-        path.to_str().unwrap().to_owned()
-    };
+    let template = include_str!("../../jobs/user_sessions.sql");
+    let script_for = |topic: &str| with_topic_sink(root.path(), template, "sessions", topic);
     let on_workers = script_for("sessions_workers");
     let job = [
         "run",
@@ -1294,30 +1255,14 @@ fn session_windows_on_three_workers_close_as_in_one_process() {
         "--job",
         "sessions",
     ];
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| {
-            start_job_worker(
-                &broker,
-                &root.path().join(format!("w{i}")),
-                &job,
-                &["--until-caught-up"],
-            )
-        })
-        .collect();
-    wait_all_done(&mut workers);
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
     let single = script_for("sessions_single");
-    let out = common::sluice()
-        .args(["run", single.as_str(), "--brokers", &broker.bootstrap()])
-        .args(["--job", "single", "--until-caught-up", "--quiet"])
-        .args(["--max-records-per-batch", "100"])
-        .arg("--checkpoint-dir")
-        .arg(root.path().join("single"))
-        .output()
-        .expect("run the single-process SQL job");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let batches = ["--max-records-per-batch", "100"];
+    run_single(
+        &broker,
+        &["run", single.as_str()],
+        &root.path().join("single"),
+        &batches,
     );
     let want = sink_rows(&broker, "sessions_single");
     // Closed by the last watermark (10:59:54): the even users' first and

@@ -260,26 +260,12 @@ impl<'a> Sweep<'a> {
     }
 }
 
-/// Runs one batch of a session-windowed aggregation: merges the batch's
-/// windows into the stored sessions, closes those `watermark` has passed
-/// (evicting their state) and returns their rows after the rest of the
-/// plan.
-pub(crate) async fn run_batch(
-    ctx: &SessionContext,
-    plan: &Arc<dyn ExecutionPlan>,
-    agg: &Aggregation,
-    bounds: SessionColumns,
-    watermark: Option<i64>,
-    cx: &BatchCx<'_>,
-    cf: &ColumnFamily,
-) -> Result<Vec<RecordBatch>, SqlError> {
-    let columns = incremental::partial_columns(ctx, agg).await?;
-    merge_partials(ctx, plan, agg, bounds, watermark, cx, cf, columns).await
-}
-
-/// [`run_batch`] from partial aggregates already computed (`columns`:
-/// group columns with the sessions' bounds, then states): on many workers
-/// they come from the tasks that read the records.
+/// Runs one batch of a session-windowed aggregation from its partial
+/// aggregates (`columns`: group columns with the sessions' bounds, then
+/// states; on many workers they come from the tasks that read the
+/// records): merges the batch's windows into the stored sessions, closes
+/// those `watermark` has passed (evicting their state) and returns their
+/// rows after the rest of the plan.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn merge_partials(
     ctx: &SessionContext,

@@ -230,6 +230,12 @@ impl<T: Data> DStream<T> {
         DStream::from_node(self.graph.clone(), node)
     }
 
+    /// Records why the job cannot run on many workers (it still runs in
+    /// one process).
+    pub(crate) fn refuse_on_workers(&self, reason: String) {
+        lock_graph(&self.graph).worker_refusals.push(reason);
+    }
+
     pub(crate) fn invalid(&self, message: String) {
         lock_graph(&self.graph).errors.push(message);
     }

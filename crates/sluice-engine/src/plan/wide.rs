@@ -476,6 +476,15 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
         .filter(|(_, p)| !(p.info().keyed() && p.info().level() == level))
         .map(|(suffix, _)| (suffix, level))
         .collect();
+    if !cuts.is_empty() {
+        // The sides would reach the reduce-side task through different
+        // repartition topics, read up to offsets taken one after the
+        // other: rows of one source batch could land in different batches
+        // there and miss each other.
+        left.refuse_on_workers(format!(
+            "{kind} pairs the rows of one batch, and on many workers the two sides of a batch reach the task that joins them separately; join streams in SQL (an interval join keeps each side's rows in state until they can no longer match)"
+        ));
+    }
     left.derive(kind, move |info| {
         Arc::new(Wide {
             info: info.placed(level, true, cuts),

@@ -452,12 +452,6 @@ impl QueryRunner {
         };
         let agg = aggregation::expect(&plan, event_time, self.line)?;
         let session_bounds = agg.window.and_then(|w| w.session);
-        if let Some(bounds) = session_bounds
-            && !cx.on_workers()
-        {
-            return session_window::run_batch(&session, &plan, &agg, bounds, watermark, cx, cf)
-                .await;
-        }
         let columns = incremental::partial_columns(&session, &agg).await?;
         // Sessions of one key meet in one task whatever their bounds.
         let groups = agg.partial().group_expr().expr().len();
