@@ -114,21 +114,6 @@ struct Cost {
     restored_records: u64,
 }
 
-/// Runs the word count as `workers` processes (0: one process, no group)
-/// until the topic is drained, each in a fresh checkpoint directory.
-fn run_job(
-    exe: &Path,
-    broker: &Broker,
-    work: &Path,
-    topic: &str,
-    job: &str,
-    workers: usize,
-    checkpoint_suffix: &str,
-) -> anyhow::Result<Cost> {
-    let dirs = Dirs::Fresh(checkpoint_suffix);
-    run_job_with(exe, broker, work, topic, job, workers, dirs, &[])
-}
-
 /// Where a run's workers keep their checkpoints.
 #[derive(Clone, Copy)]
 enum Dirs<'a> {
@@ -138,9 +123,10 @@ enum Dirs<'a> {
     Kept,
 }
 
-/// [`run_job`] with further worker arguments (`extra`).
+/// Runs the word count as `workers` processes (0: one process, no group)
+/// until the topic is drained, with further worker arguments (`extra`).
 #[allow(clippy::too_many_arguments)]
-fn run_job_with(
+fn run_job(
     exe: &Path,
     broker: &Broker,
     work: &Path,
@@ -329,7 +315,8 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
             "corpus",
             &format!("single-{stamp}-{r}"),
             0,
-            "",
+            Dirs::Fresh(""),
+            &[],
         )
     })?;
     let single_rate = words as f64 / single.job_cpu;
@@ -359,7 +346,8 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
                 "corpus",
                 &format!("w{w}-{stamp}-{r}"),
                 w,
-                "",
+                Dirs::Fresh(""),
+                &[],
             )
         })?;
         row(
@@ -379,10 +367,19 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
     }
     if let Some(topic) = keys_topic {
         let job = format!("restore-{stamp}");
-        let built = run_job(&exe, &broker, &work, &topic, &job, 1, "")?;
+        let built = run_job(&exe, &broker, &work, &topic, &job, 1, Dirs::Fresh(""), &[])?;
         // A new worker with no local state takes every task and rebuilds
         // the state from the changelog before it can find the job done.
-        let fresh = run_job(&exe, &broker, &work, &topic, &job, 1, "-fresh")?;
+        let fresh = run_job(
+            &exe,
+            &broker,
+            &work,
+            &topic,
+            &job,
+            1,
+            Dirs::Fresh("-fresh"),
+            &[],
+        )?;
         let per_thread = fresh.restored_mib / fresh.restore_task_secs.max(1e-9);
         println!(
             "restore: {} distinct keys built in {:.1} s; a fresh worker restored {} records ({:.1} MiB) of state from the changelog in {:.2} s of task time ({:.2} s for the whole process, tasks restoring in parallel): {:.1} MiB/s per task thread = {:.0} s per GiB, {:.2} s per million records",
@@ -403,8 +400,8 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
             let job = format!("failover{standby}-{stamp}");
             let extra = ["--standby-replicas", standby];
             let both = Dirs::Fresh("");
-            run_job_with(&exe, &broker, &work, &topic, &job, 2, both, &extra)?;
-            let alone = run_job_with(&exe, &broker, &work, &topic, &job, 1, Dirs::Kept, &extra)?;
+            run_job(&exe, &broker, &work, &topic, &job, 2, both, &extra)?;
+            let alone = run_job(&exe, &broker, &work, &topic, &job, 1, Dirs::Kept, &extra)?;
             println!(
                 "failover with {standby} standby cop{}: the worker left alone restored {} records ({:.1} MiB) in {:.2} s of task time, running every task again {:.2} s after it started",
                 if standby == "1" { "y" } else { "ies" },
