@@ -228,45 +228,44 @@ pub(crate) struct Progress {
     pub batch_time_ms: i64,
 }
 
-/// The largest event time per source partition among `parts`' rows.
-fn largest_event_times(
-    spec: &Watermark,
-    parts: &[RecordBatch],
-) -> Result<BTreeMap<i32, i64>, SqlError> {
-    let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
-    for batch in parts {
-        let (times, partitions) = event_times(batch, spec)?;
-        let times = times.as_primitive::<TimestampMillisecondType>();
-        let partitions = partitions.as_primitive::<Int32Type>();
-        for i in 0..batch.num_rows() {
-            if times.is_valid(i) {
-                let max = seen.entry(partitions.value(i)).or_insert(times.value(i));
-                *max = (*max).max(times.value(i));
-            }
-        }
-    }
-    Ok(seen)
+/// A batch's rows of one stream sifted against a watermark, in one pass.
+pub(crate) struct Sifted {
+    /// The rows at or after the watermark (all of them without one).
+    pub rows: Vec<RecordBatch>,
+    /// How many rows were behind it.
+    pub late: u64,
+    /// The largest event time per source partition among all the rows.
+    pub seen: BTreeMap<i32, i64>,
 }
 
-/// `parts` without the rows whose event time is behind `watermark`
-/// (late), and how many those were.
-pub(crate) fn drop_behind(
+/// Drops `parts`' rows whose event time is behind `watermark` (late) and
+/// notes the largest event time per source partition.
+pub(crate) fn sift(
     spec: &Watermark,
     parts: Vec<RecordBatch>,
     watermark: Option<i64>,
-) -> Result<(Vec<RecordBatch>, u64), SqlError> {
-    let Some(w) = watermark else {
-        return Ok((parts, 0));
-    };
+) -> Result<Sifted, SqlError> {
+    let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
     let mut late = 0u64;
     let mut rows = Vec::with_capacity(parts.len());
     for batch in parts {
-        let (times, _) = event_times(&batch, spec)?;
+        let (times, partitions) = event_times(&batch, spec)?;
         let times = times.as_primitive::<TimestampMillisecondType>();
+        let partitions = partitions.as_primitive::<Int32Type>();
+        let mut late_here = 0u64;
         let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(times.is_null(i) || times.value(i) >= w))
+            .map(|i| {
+                if times.is_null(i) {
+                    return Some(true);
+                }
+                let t = times.value(i);
+                let max = seen.entry(partitions.value(i)).or_insert(t);
+                *max = (*max).max(t);
+                let on_time = watermark.is_none_or(|w| t >= w);
+                late_here += u64::from(!on_time);
+                Some(on_time)
+            })
             .collect();
-        let late_here = keep.false_count() as u64;
         late += late_here;
         rows.push(if late_here == 0 {
             batch
@@ -274,7 +273,7 @@ pub(crate) fn drop_behind(
             datafusion::arrow::compute::filter_record_batch(&batch, &keep)?
         });
     }
-    Ok((rows, late))
+    Ok(Sifted { rows, late, seen })
 }
 
 /// On a stage-0 task: the batch's largest event time per partition, sent
@@ -288,7 +287,7 @@ pub(crate) fn report(
     op: &str,
     parts: &[RecordBatch],
 ) -> Result<(), SqlError> {
-    let seen = largest_event_times(spec, parts)?;
+    let seen = sift(spec, parts.to_vec(), None)?.seen;
     if seen.is_empty() {
         // No event time shown: the partition may be going idle.
         return Ok(());
@@ -402,8 +401,7 @@ pub(crate) fn drop_late_and_advance(
 ) -> Result<OnTime, SqlError> {
     let key = watermark_key(stream);
     let mut state = stored(line, stream, cx, cf, &key)?;
-    let seen = largest_event_times(spec, &parts)?;
-    let (rows, late) = drop_behind(spec, parts, state.watermark)?;
+    let Sifted { rows, late, seen } = sift(spec, parts, state.watermark)?;
     let planned: Vec<i32> = cx
         .planned
         .ranges

@@ -389,9 +389,9 @@ impl QueryRunner {
                 let sources = cx.source_partitions(&input.topic).unwrap_or(0);
                 let name = &input.shape.name;
                 let moved = watermark::received(self.line, name, spec, cx, cf, progress, sources)?;
-                let (on_time, late) = watermark::drop_behind(spec, rows, moved.before)?;
-                cx.count("late records", late);
-                rows = on_time;
+                let sifted = watermark::sift(spec, rows, moved.before)?;
+                cx.count("late records", sifted.late);
+                rows = sifted.rows;
                 watermark = moved.after;
             }
             // The query scans at least one (empty) slice of each stream.
