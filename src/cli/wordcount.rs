@@ -49,6 +49,15 @@ pub struct WordcountArgs {
     /// Print each batch's top words.
     #[arg(long, default_value_t = 0)]
     pub top: usize,
+    /// Count over a sliding window of this length instead of since the
+    /// start (Spark's windowed word count, `reduceByKeyAndWindow`): the
+    /// result table holds each word's count over the last window. A whole
+    /// number of batch intervals.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["socket", "files"])]
+    pub window: Option<Duration>,
+    /// How often the window moves (default: every batch).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "window")]
+    pub slide: Option<Duration>,
     #[command(flatten)]
     pub workers: WorkersArgs,
     #[command(flatten)]
@@ -66,6 +75,32 @@ pub fn wordcount(lines: &DStream<Record>, table: &str) -> DStream<(String, u64)>
         })
         .reduce_by_key(|a, b| a + b);
     counts.merge_into_table(table, |total, n| total + n);
+    counts
+}
+
+/// Word count over a sliding window: each batch adds its counts and takes
+/// off those of the batch that left the window, and the result table
+/// `table` holds every word's count over the window (0 once it left).
+/// Returns the windowed counts, every `slide`.
+pub fn windowed_wordcount(
+    lines: &DStream<Record>,
+    table: &str,
+    window: Duration,
+    slide: Duration,
+) -> DStream<(String, u64)> {
+    let counts = lines
+        .flat_map(|record, out: &mut Emitter<(String, u64)>| {
+            for word in record.value_str().split_ascii_whitespace() {
+                out.push((word, 1u64));
+            }
+        })
+        .reduce_by_key_and_window(
+            |a, b| a + b,
+            Some(Box::new(|total, left| total - left)),
+            window,
+            slide,
+        );
+    counts.save_to_table(table);
     counts
 }
 
@@ -101,6 +136,7 @@ pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
     args.workers.apply(args.brokers.as_deref(), &mut config);
     let on_workers = config.workers.is_some();
     let table = config.name.clone();
+    let interval = config.batch_interval;
     let ctx = StreamingContext::new(config);
     let lines = if let Some(addr) = &args.socket {
         ctx.source(
@@ -136,7 +172,10 @@ pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let counts = wordcount(&lines, &table);
+    let counts = match args.window {
+        Some(window) => windowed_wordcount(&lines, &table, window, args.slide.unwrap_or(interval)),
+        None => wordcount(&lines, &table),
+    };
     if args.top > 0 {
         print_top(&counts, args.top);
     }

@@ -457,20 +457,42 @@ fn the_sql_word_count_on_three_workers_equals_one_process() {
     );
 }
 
-#[test]
-fn workers_killed_at_random_neither_lose_nor_double_count() {
-    let kills: usize = std::env::var("SLUICE_WORKER_KILLS")
+/// Kills from `SLUICE_WORKER_KILLS`, or `default`.
+fn kills_or(default: usize) -> usize {
+    std::env::var("SLUICE_WORKER_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default)
+}
+
+#[test]
+fn workers_killed_at_random_neither_lose_nor_double_count() {
+    kill_workers_at_random(&[], kills_or(20), 30_000);
+}
+
+/// The windowed word count (batch-aligned stages, window state and the
+/// buffers of batches not yet run in changelogs): a window longer than the
+/// run ends holding every word of the corpus once.
+#[test]
+fn workers_of_a_windowed_count_killed_at_random_neither_lose_nor_double_count() {
+    kill_workers_at_random(&["--window", "20m"], kills_or(8), 12_000);
+}
+
+/// Three word-count workers (`extra` arguments each), one killed with
+/// SIGKILL and replaced every second or two, `kills` times, while `lines`
+/// lines are produced: the table ends equal to the corpus counts.
+fn kill_workers_at_random(extra: &[&str], kills: usize, lines: usize) {
     let broker = TestBroker::start();
     create_topic(&broker);
-    let lines = corpus(30_000, 11);
+    let lines = corpus(lines, 11);
     let chunk = lines.len() / (kills + 1);
     let producer = producer(&broker);
     let root = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = (0..3).map(|i| root.path().join(format!("w{i}"))).collect();
-    let mut workers: Vec<Worker> = dirs.iter().map(|d| start_worker(&broker, d, &[])).collect();
+    let mut workers: Vec<Worker> = dirs
+        .iter()
+        .map(|d| start_worker(&broker, d, extra))
+        .collect();
     let mut rng: u64 = 0x5eed_1234_abcd_0001;
     let mut next = move || {
         rng ^= rng << 13;
@@ -496,7 +518,7 @@ fn workers_killed_at_random_neither_lose_nor_double_count() {
         } else {
             dirs[victim].clone()
         };
-        workers[victim] = start_worker(&broker, &dir, &[]);
+        workers[victim] = start_worker(&broker, &dir, extra);
     }
     produce(&producer, &lines[sent..], sent);
     wait_for_table(
@@ -602,41 +624,6 @@ fn what_cannot_run_on_many_workers_is_refused_with_the_reason() {
     );
     assert!(
         stderr.contains("cannot run on many workers yet: it drops late records without a window"),
-        "the refusal names the reason: {stderr}"
-    );
-
-    // A join's matches aggregated: the cut would need two levels.
-    let agg_join = root.path().join("agg_join.sql");
-    fs::write(
-        &agg_join,
-        include_str!("../../jobs/paid_orders.sql")
-            .replace(
-                "SELECT o.id, p.amount FROM orders o JOIN payments p",
-                "SELECT o.id, sum(p.amount) AS paid FROM orders o JOIN payments p",
-            )
-            .replace(
-                "o.ts + INTERVAL '10' SECOND;",
-                "o.ts + INTERVAL '10' SECOND GROUP BY o.id;",
-            ),
-    )
-    .unwrap();
-    broker.create_topic("orders", 2);
-    broker.create_topic("payments", 2);
-    let out = common::sluice()
-        .arg("run")
-        .arg(&agg_join)
-        .args(["--brokers", &broker.bootstrap(), "--workers-group", "agg"])
-        .arg("--checkpoint-dir")
-        .arg(root.path().join("agg"))
-        .output()
-        .expect("run sluice run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "an aggregated join is refused on workers"
-    );
-    assert!(
-        stderr.contains("it aggregates the matches of a join of streams"),
         "the refusal names the reason: {stderr}"
     );
 
@@ -1044,17 +1031,15 @@ fn at(ms: usize) -> String {
     )
 }
 
-#[test]
-fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
-    let broker = TestBroker::start();
+/// Orders `0..n` at 100 ms steps into `orders` (8 partitions) and their
+/// payments 5 s later into `payments` (4 partitions): two in three pay
+/// order `i` `10 * i`, the rest pay an order that does not exist. Times
+/// rise in every partition, so nothing is late in any run.
+fn orders_and_payments(broker: &TestBroker, n: usize) {
     // Different partition counts: stage-0 task p reads partition p of each
     // topic that has one.
     broker.create_topic("orders", PARTITIONS);
     broker.create_topic("payments", 4);
-    // Order i at 100 ms steps; two in three are paid 5 s later, the rest
-    // get a payment for an order that does not exist. Times rise in every
-    // partition, so nothing is late in any run.
-    let n = 3_000;
     let orders: Vec<String> = (0..n)
         .map(|i| format!(r#"{{"id": {i}, "ts": "{}"}}"#, at(100 * i)))
         .collect();
@@ -1068,9 +1053,16 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
             )
         })
         .collect();
-    let producer = producer(&broker);
+    let producer = producer(broker);
     produce_to(&producer, "orders", PARTITIONS, &orders, 0);
     produce_to(&producer, "payments", 4, &payments, 0);
+}
+
+#[test]
+fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
+    let broker = TestBroker::start();
+    let n = 3_000;
+    orders_and_payments(&broker, n);
     let root = tempfile::tempdir().unwrap();
     let script = root.path().join("paid_orders.sql");
     fs::write(&script, include_str!("../../jobs/paid_orders.sql")).unwrap();
@@ -1102,6 +1094,60 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
         .collect();
     assert_eq!(got.len(), want.len(), "one row per paid order");
     assert_eq!(got, want, "every paid order, with its amount");
+}
+
+/// An aggregation over an interval join's matches, grouped by another
+/// key than the join's, on three workers: stage 1 joins, stage 2 merges
+/// the matches' partial sums into its groups.
+#[test]
+fn an_aggregation_over_a_join_on_three_workers_sums_every_match_once() {
+    let broker = TestBroker::start();
+    let n = 3_000;
+    orders_and_payments(&broker, n);
+    let root = tempfile::tempdir().unwrap();
+    let script = root.path().join("paid_by_digit.sql");
+    fs::write(
+        &script,
+        include_str!("../../jobs/paid_orders.sql")
+            .replace(
+                "SELECT o.id, p.amount FROM orders o JOIN payments p",
+                "SELECT o.id % 10 AS digit, sum(p.amount) AS paid FROM orders o JOIN payments p",
+            )
+            .replace(
+                "o.ts + INTERVAL '10' SECOND;",
+                "o.ts + INTERVAL '10' SECOND GROUP BY o.id % 10;",
+            ),
+    )
+    .unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let job = [
+        "run",
+        script.as_str(),
+        "--workers-group",
+        "digits",
+        "--job",
+        "digits",
+    ];
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
+    let got: BTreeMap<i64, Option<i64>> =
+        read_changelog(&broker, "sluice-digits-table.paid-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<i64>(&k).expect("a digit"),
+                    decode_all::<Option<i64>>(&v).expect("a sum"),
+                )
+            })
+            .collect();
+    let mut want: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    for i in (0..n as i64).filter(|i| i % 3 != 0) {
+        let sum = want.entry(i % 10).or_insert(Some(0));
+        *sum = sum.map(|s| s + 10 * i);
+    }
+    assert_eq!(
+        got, want,
+        "each digit's paid orders, every match summed once"
+    );
 }
 
 /// A Rust job as worker `i` of group `rust-jobs` (in-process: a thread
@@ -1143,8 +1189,7 @@ fn word_ones(
 }
 
 /// A Rust job on three in-process workers: a global count, and a second
-/// level of shuffle (word counts regrouped by initial: a third stage). A
-/// per-batch join is refused on workers with the reason.
+/// level of shuffle (word counts regrouped by initial: a third stage).
 #[test]
 fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
     use sluice::plan::Emitter;
@@ -1156,16 +1201,6 @@ fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
     let lines = corpus(6_000, 23);
     produce(&producer(&broker), &lines, 0);
     let root = tempfile::tempdir().unwrap();
-
-    let (ctx, source) = rust_worker(&broker.bootstrap(), root.path().join("join"), 9);
-    let words = word_ones(&source);
-    let distinct = words.reduce_by_key(|a, _| a);
-    words.join(&distinct).foreach_batch(|_, _| Ok(()));
-    let refused = ctx.run().err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(
-        refused.contains("join pairs the rows of one batch"),
-        "a per-batch join is refused on workers: {refused}"
-    );
 
     let counted = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..3)
@@ -1219,6 +1254,102 @@ fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
         counted.load(Ordering::Relaxed),
         lines.len() as u64,
         "the global count, merged by bucket 0's task, counts every line once"
+    );
+}
+
+/// The Rust engine's per-batch join and windows counted in batches on
+/// three in-process workers, which run their stages batch-aligned: each
+/// word joined with the distinct words of its own batch finds itself once
+/// (both sides of a batch meet again after their shuffles), and windows
+/// longer than the run end holding the whole corpus, per word and in all.
+#[test]
+fn rust_per_batch_joins_and_batch_windows_on_three_workers() {
+    use sluice::plan::Emitter;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let broker = TestBroker::start();
+    create_topic(&broker);
+    let lines = corpus(3_000, 31);
+    produce(&producer(&broker), &lines, 0);
+    let root = tempfile::tempdir().unwrap();
+    let long = Duration::from_secs(600);
+    let slide = Duration::from_millis(200);
+    // The largest windowed line count any batch reported.
+    let windowed_lines = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let brokers = broker.bootstrap();
+            let dir = root.path().join(format!("w{i}"));
+            let windowed_lines = windowed_lines.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let (ctx, lines) = rust_worker(&brokers, dir, i);
+                let words = word_ones(&lines);
+                let distinct = words.reduce_by_key(|a, _| a);
+                words
+                    .join(&distinct)
+                    .flat_map(|(w, (n, _)), out: &mut Emitter<(String, u64)>| out.push((w, n)))
+                    .reduce_by_key(|a, b| a + b)
+                    .merge_into_table("joined", |a, b| a + b);
+                words
+                    .reduce_by_key_and_window(
+                        |a, b| a + b,
+                        Some(Box::new(|a, b| a - b)),
+                        long,
+                        slide,
+                    )
+                    .save_to_table("windowed");
+                lines
+                    .window(long, slide)
+                    .count()
+                    .foreach_batch(move |_, chunks| {
+                        for c in chunks {
+                            let n = c
+                                .column(0)
+                                .as_any()
+                                .downcast_ref::<arrow::array::UInt64Array>()
+                                .expect("a count");
+                            for n in n.iter().flatten() {
+                                windowed_lines.fetch_max(n, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(())
+                    });
+                ctx.run().map(|_| ()).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .expect("a worker thread")
+            .expect("a worker ran the job");
+    }
+    let table = |name: &str| -> BTreeMap<String, u64> {
+        read_changelog(&broker, &format!("sluice-rustjob-table.{name}-changelog"))
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<String>(&k).expect("a word"),
+                    decode_all::<u64>(&v).expect("a count"),
+                )
+            })
+            .collect()
+    };
+    let want = counts(&lines);
+    assert_eq!(
+        table("joined"),
+        want,
+        "every word met the distinct words of its own batch, once"
+    );
+    assert_eq!(
+        table("windowed"),
+        want,
+        "the last window (longer than the run) holds every word once"
+    );
+    assert_eq!(
+        windowed_lines.load(Ordering::Relaxed),
+        lines.len() as u64,
+        "the window over unshuffled lines, counted from every bucket, holds every line once"
     );
 }
 

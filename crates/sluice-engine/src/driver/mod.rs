@@ -11,6 +11,7 @@
 //!
 //! The driver owns offsets and time; it never looks inside records.
 
+mod aligned;
 pub mod progress;
 pub mod rate;
 pub mod worker;
@@ -204,9 +205,15 @@ impl StreamingContext {
     /// input itself through [`crate::plan::exchange`]: on many workers the
     /// job is cut there (a repartition topic of its own).
     pub fn exchange_on_workers(&self, op: &str) {
+        self.exchange_on_workers_at(op, 1);
+    }
+
+    /// [`StreamingContext::exchange_on_workers`] through a cut read by
+    /// stage `level` ([`crate::plan::exchange_at`]).
+    pub fn exchange_on_workers_at(&self, op: &str, level: usize) {
         sluice_log::common::mutex(&self.graph)
             .output_cuts
-            .push((op.to_owned(), 1));
+            .push((op.to_owned(), level));
     }
 
     /// Declares that on many workers the job's stage-1 tasks must run

@@ -1,10 +1,11 @@
 //! The batch loop of one worker of a job on many workers.
 //!
-//! The job is cut at its shuffles into two stages: stage 0 has one task per
-//! partition of the input topic and runs everything above the shuffles
-//! (narrow operators, the map-side combine); stage 1 has one task per
-//! partition of the repartition topics (`P` of them, fixed when the job is
-//! created) and runs everything below. Tasks are spread over the workers
+//! The job is cut at its shuffles into stages: stage 0 has one task per
+//! partition of the input topics and runs everything above the first
+//! shuffles (narrow operators, the map-side combine); each later stage has
+//! one task per partition of its repartition topics (`P` of them, fixed
+//! when the job is created) and runs what lies between its shuffles and
+//! the next ones. Tasks are spread over the workers
 //! by the group of [`crate::workers`]; each task keeps its own RocksDB
 //! under `<checkpoint>/tasks/<stage>_<partition>/`.
 //!
@@ -24,6 +25,11 @@
 //! transaction; stage-1 tasks of jobs that keep event time run every
 //! batch, even without input, so time passing can close windows.
 //!
+//! Jobs whose result depends on which rows share a batch run their stages
+//! batch-aligned ([`super::aligned`]): batch ids follow the clock, travel
+//! with the rows, and a later stage runs a batch once every task before it
+//! is done with it.
+//!
 //! This module owns the tasks' producers, databases and offsets; it never
 //! decides the assignment (the group's leader does) and never interprets
 //! records beyond the repartition and changelog encodings it writes.
@@ -34,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, BinaryViewArray, RecordBatch};
+use arrow::array::{Array, BinaryViewArray, Int64Array, RecordBatch};
 use rayon::prelude::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -44,13 +50,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rocksdb::WriteBatch;
 
+use super::aligned;
 use super::progress::{BatchProgress, PartitionProgress};
 use super::{DriverError, JobConfig, RunSummary};
 use crate::checkpoint::{Checkpoint, CommittedBatch, PlannedBatch, Range, TABLE_CF_PREFIX};
 use crate::plan::{BatchCx, Output, PlanError, SharedGraph, StageRole};
 use crate::sink::topic::DeliveryErrors;
 use crate::source::kafka::KafkaSource;
-use crate::source::record::{KEY, VALUE};
+use crate::source::record::{KEY, OFFSET, VALUE};
 use crate::source::{Source, StartingPosition};
 use crate::workers::{GroupMember, LocalTasks, TaskId, WorkerConfig};
 
@@ -298,6 +305,8 @@ struct WorkerPlan {
     partitions: u32,
     /// Stage-1 tasks run every batch, even without input.
     reduce_every_batch: bool,
+    /// The job's stages run batch-aligned ([`super::aligned`]).
+    aligned: bool,
     fingerprint: String,
 }
 
@@ -332,15 +341,10 @@ impl WorkerPlan {
                 )),
             }
         }
-        for node in &g.nodes {
-            let kind = node.info().kind();
-            if crate::plan::UNCUT_WIDE_KINDS.contains(&kind) {
-                errors.push(format!(
-                    "operator {} ({kind}) cannot run on many workers yet: its windows are numbered by batch, and each task of a job on many workers counts its own batches",
-                    node.info().name()
-                ));
-            }
-        }
+        let aligned = g
+            .nodes
+            .iter()
+            .any(|n| crate::plan::BATCH_ALIGNED_KINDS.contains(&n.info().kind()));
         errors.extend(g.worker_refusals.iter().cloned());
         if !errors.is_empty() {
             return Err(invalid(config, errors));
@@ -348,8 +352,11 @@ impl WorkerPlan {
         let mut cuts: Vec<(String, usize)> = g.nodes.iter().flat_map(|n| n.info().cuts()).collect();
         cuts.extend(g.output_cuts.iter().cloned());
         let stages = cuts.iter().map(|(_, level)| *level).max().unwrap_or(0);
-        let reduce_every_batch = g.reduce_every_batch;
-        let state_cfs = super::state_column_families(&metas, &tables);
+        let reduce_every_batch = g.reduce_every_batch || aligned;
+        let mut state_cfs = super::state_column_families(&metas, &tables);
+        if aligned {
+            state_cfs.extend((1..=stages).map(aligned::buffer_cf));
+        }
         let description = format!(
             "{}|{}|{}|{}",
             inputs
@@ -401,6 +408,7 @@ impl WorkerPlan {
             tables,
             partitions,
             reduce_every_batch,
+            aligned,
             fingerprint: format!(
                 "{:016x}",
                 fnv1a(format!("{description}|P={partitions}").as_bytes())
@@ -581,6 +589,47 @@ struct Task {
     epoch: u64,
     /// Offsets up to which this task's repartition input may be purged.
     purge: Vec<(String, i32, i64)>,
+    /// A batch-aligned stage-0 task told the next stage its input is
+    /// caught up (`--until-caught-up`).
+    finished: bool,
+}
+
+/// What a stage-≥1 task read from its repartition topics.
+#[derive(Default)]
+struct Inbox {
+    /// Rows by cut operator.
+    rows: HashMap<String, Vec<RecordBatch>>,
+    /// Event-time progress records by cut operator.
+    progress: HashMap<String, Vec<Vec<u8>>>,
+    /// Batch-aligned rows: (operator, batch id, offset, Arrow IPC).
+    aligned_rows: Vec<(String, u64, i64, Vec<u8>)>,
+    /// Batch-aligned progress: (operator, sending partition, batch id).
+    aligned_progress: Vec<(String, u32, u64)>,
+}
+
+/// One transaction of a task.
+struct TaskBatch {
+    batch_id: u64,
+    batch_time_ms: i64,
+    /// `None`: the outputs do not run (a batch-aligned task buffering what
+    /// it read).
+    role: Option<StageRole>,
+    /// In a batch-aligned job, how the rows it sends are tagged.
+    tag: Option<Tag>,
+}
+
+/// The batch id tagging a batch-aligned task's rows, and the progress it
+/// reports after them.
+#[derive(Clone, Copy)]
+struct Tag {
+    rows: u64,
+    progress: u64,
+}
+
+fn task_cf<'a>(task: &'a Task, name: &str) -> Result<&'a rocksdb::ColumnFamily, TaskFailure> {
+    task.db
+        .cf(name)
+        .map_err(|e| TaskFailure::Failed(other(format!("task {}: {e}", task.id))))
 }
 
 /// A warm copy of a task another worker runs: its database, caught up
@@ -870,7 +919,8 @@ impl Worker {
             }
             next_start += interval;
             // Catching up does not wait between batches that had work.
-            let busy = report.records > 0 && self.env.targets.is_some();
+            // Batch-aligned jobs take one batch id per interval.
+            let busy = report.records > 0 && self.env.targets.is_some() && !self.env.plan.aligned;
             while !busy
                 && Instant::now() < next_start
                 && !self.stopping()
@@ -1076,7 +1126,9 @@ impl Worker {
                     }
                 })
                 .collect();
-            let tick = task.id.stage >= 1 && env.plan.reduce_every_batch;
+            // Batch-aligned stage-0 tasks report their progress every batch,
+            // and later stages run every batch even without input.
+            let tick = env.plan.aligned || (task.id.stage >= 1 && env.plan.reduce_every_batch);
             if tick || ranges.iter().any(|r| r.until > r.from) {
                 work.push((task, ranges));
             }
@@ -1416,6 +1468,7 @@ impl Env {
             batch_id,
             epoch,
             purge: Vec::new(),
+            finished: false,
         };
         if id.stage >= 1 {
             self.restore(&mut task, layout)?;
@@ -1540,55 +1593,294 @@ impl Env {
         ranges: Vec<Range>,
         batch_time_ms: i64,
     ) -> Result<TaskReport, TaskFailure> {
-        let mut report = TaskReport::default();
-        let batch_id = task.batch_id + 1;
-        let partition = task.id.partition as i32;
+        if self.plan.aligned {
+            return self.run_aligned_task(task, ranges, batch_time_ms);
+        }
         let stage = if task.id.stage == 0 {
             StageRole::map()
         } else {
-            let mut inbox: HashMap<String, Vec<RecordBatch>> = HashMap::new();
-            let mut progress: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-            for (input, range) in task.inputs.iter().zip(&ranges) {
-                if range.until <= range.from {
-                    continue;
-                }
-                let op = input.op.clone().unwrap_or_default();
-                let chunks = inbox.entry(op.clone()).or_default();
-                let marks = progress.entry(op).or_default();
-                crate::plan::read_range(
-                    &*input.source,
-                    partition,
-                    range.from,
-                    range.until,
-                    &mut |chunk: RecordBatch| {
-                        let keys = binary_column(&chunk, KEY)?;
-                        let values = binary_column(&chunk, VALUE)?;
-                        for i in 0..chunk.num_rows() {
-                            if values.is_null(i) {
-                                continue;
-                            }
-                            if !keys.is_null(i) && keys.value(i) == PROGRESS_KEY {
-                                marks.push(values.value(i).to_vec());
-                            } else {
-                                decode_ipc(values.value(i), chunks)?;
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
-            }
-            StageRole::reduce(
-                task.id.stage as usize,
-                partition as usize,
-                inbox,
-                progress,
-                self.plan
-                    .inputs
-                    .iter()
-                    .map(|i| (i.source.name().to_owned(), i.partitions))
-                    .collect(),
-            )
+            let inbox = self.read_inbox(task, &ranges)?;
+            self.reduce_role(task, inbox.rows, inbox.progress)
         };
+        let batch = TaskBatch {
+            batch_id: task.batch_id + 1,
+            batch_time_ms,
+            role: Some(stage),
+            tag: None,
+        };
+        self.transact(task, batch, &ranges, |_, _| Ok(()))
+    }
+
+    fn reduce_role(
+        &self,
+        task: &Task,
+        inbox: HashMap<String, Vec<RecordBatch>>,
+        progress: HashMap<String, Vec<Vec<u8>>>,
+    ) -> StageRole {
+        StageRole::reduce(
+            task.id.stage as usize,
+            task.id.partition as usize,
+            inbox,
+            progress,
+            self.plan
+                .inputs
+                .iter()
+                .map(|i| (i.source.name().to_owned(), i.partitions))
+                .collect(),
+        )
+    }
+
+    /// What a stage-≥1 task's repartition topics held in `ranges`.
+    fn read_inbox(&self, task: &Task, ranges: &[Range]) -> Result<Inbox, TaskFailure> {
+        let mut inbox = Inbox::default();
+        let partition = task.id.partition as i32;
+        for (input, range) in task.inputs.iter().zip(ranges) {
+            if range.until <= range.from {
+                continue;
+            }
+            let op = input.op.clone().unwrap_or_default();
+            crate::plan::read_range(
+                &*input.source,
+                partition,
+                range.from,
+                range.until,
+                &mut |chunk: RecordBatch| {
+                    let keys = binary_column(&chunk, KEY)?;
+                    let values = binary_column(&chunk, VALUE)?;
+                    let offsets = chunk
+                        .column(OFFSET)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .ok_or_else(|| {
+                            PlanError::Schema("a record batch without an offset column".into())
+                        })?;
+                    for i in 0..chunk.num_rows() {
+                        if values.is_null(i) {
+                            continue;
+                        }
+                        let key = (!keys.is_null(i)).then(|| keys.value(i));
+                        let value = values.value(i);
+                        match key {
+                            Some(PROGRESS_KEY) => inbox
+                                .progress
+                                .entry(op.clone())
+                                .or_default()
+                                .push(value.to_vec()),
+                            Some(aligned::PROGRESS_KEY) => {
+                                let (from, id) = aligned::parse_progress(value).ok_or_else(|| {
+                                    PlanError::Invalid(format!(
+                                        "a malformed batch progress record in the repartition topic of {op}"
+                                    ))
+                                })?;
+                                inbox.aligned_progress.push((op.clone(), from, id));
+                            }
+                            Some(key) if aligned::parse_rows_key(key).is_some() => {
+                                inbox.aligned_rows.push((
+                                    op.clone(),
+                                    aligned::parse_rows_key(key).unwrap_or_default(),
+                                    offsets.value(i),
+                                    value.to_vec(),
+                                ));
+                            }
+                            _ => decode_ipc(value, inbox.rows.entry(op.clone()).or_default())?,
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(inbox)
+    }
+
+    /// A task's batch in a batch-aligned job (see [`super::aligned`]):
+    /// stage 0 runs batch `batch time / interval` over its source and tags
+    /// what it sends with it; a later stage buffers what it read in one
+    /// transaction, then runs each batch every task of the previous stage
+    /// is done with, one transaction each.
+    fn run_aligned_task(
+        &self,
+        task: &mut Task,
+        ranges: Vec<Range>,
+        batch_time_ms: i64,
+    ) -> Result<TaskReport, TaskFailure> {
+        let interval = self.config.batch_interval.as_millis().max(1) as i64;
+        if task.id.stage == 0 {
+            let batch_id = aligned::batch_id_at(batch_time_ms, interval);
+            let moved = ranges.iter().any(|r| r.until > r.from);
+            // One batch per id: a task ahead of the clock waits for it. A
+            // task done with its input (--until-caught-up) said so once.
+            if batch_id <= task.batch_id || (task.finished && !moved) {
+                return Ok(TaskReport::default());
+            }
+            let finished = self.source_caught_up(task, &ranges);
+            let batch = TaskBatch {
+                batch_id,
+                batch_time_ms,
+                role: Some(StageRole::map()),
+                tag: Some(Tag {
+                    rows: batch_id,
+                    progress: if finished {
+                        aligned::FINISHED
+                    } else {
+                        batch_id
+                    },
+                }),
+            };
+            let report = self.transact(task, batch, &ranges, |_, _| Ok(()))?;
+            task.finished = finished;
+            return Ok(report);
+        }
+        let stage = task.id.stage as usize;
+        let inbox = self.read_inbox(task, &ranges)?;
+        let cf_name = aligned::buffer_cf(stage);
+        // The read, buffered, with the input offsets.
+        let mut report = if ranges.iter().any(|r| r.until > r.from) {
+            let mut buffered = BTreeMap::<Vec<u8>, Vec<u8>>::new();
+            for (op, id, offset, payload) in inbox.aligned_rows {
+                buffered.insert(aligned::buffered_rows_key(id, offset, &op), payload);
+            }
+            let known = self.load_buffer(task, &cf_name)?;
+            for (op, from, id) in inbox.aligned_progress {
+                if id != aligned::FINISHED {
+                    buffered.insert(aligned::reported_key(id), Vec::new());
+                }
+                let before = known.progress.get(&(op.clone(), from)).copied();
+                if before.is_none_or(|b| b < id) {
+                    buffered.insert(
+                        aligned::buffered_progress_key(&op, from),
+                        id.to_be_bytes().to_vec(),
+                    );
+                }
+            }
+            let batch = TaskBatch {
+                batch_id: task.batch_id,
+                batch_time_ms,
+                role: None,
+                tag: None,
+            };
+            self.transact(task, batch, &ranges, |task, w| {
+                let cf = task_cf(task, &cf_name)?;
+                for (k, v) in &buffered {
+                    w.put_cf(cf, k, v);
+                }
+                Ok(())
+            })?
+        } else {
+            TaskReport::default()
+        };
+        // Every batch the previous stage is done with.
+        let buffer = self.load_buffer(task, &cf_name)?;
+        let ops: Vec<String> = self
+            .plan
+            .cuts
+            .iter()
+            .filter(|(_, level)| *level == stage)
+            .map(|(op, _)| op.clone())
+            .collect();
+        let upstream = if stage == 1 {
+            self.plan.input_partitions
+        } else {
+            self.plan.partitions
+        };
+        let stay: Vec<Range> = task
+            .inputs
+            .iter()
+            .map(|i| Range {
+                partition: task.id.partition as i32,
+                from: i.next,
+                until: i.next,
+            })
+            .collect();
+        for ready in buffer.ready(buffer.complete(&ops, upstream)) {
+            let mut rows: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+            for &i in &ready.rows {
+                let r = &buffer.rows[i];
+                decode_ipc(&r.payload, rows.entry(r.op.clone()).or_default())?;
+            }
+            let previous = task.batch_id;
+            let batch = TaskBatch {
+                batch_id: ready.id,
+                batch_time_ms: ready.id as i64 * interval,
+                role: Some(self.reduce_role(task, rows, HashMap::new())),
+                tag: (stage < self.plan.stages).then_some(Tag {
+                    rows: ready.id,
+                    progress: ready.progress,
+                }),
+            };
+            let ran = self.transact_after(task, batch, previous, &stay, |task, w| {
+                let cf = task_cf(task, &cf_name)?;
+                for &i in &ready.rows {
+                    w.delete_cf(cf, &buffer.rows[i].key);
+                }
+                for &id in &ready.reported {
+                    w.delete_cf(cf, aligned::reported_key(id));
+                }
+                w.put_cf(cf, aligned::last_run_key(), ready.id.to_be_bytes());
+                if ready.progress == aligned::FINISHED {
+                    w.put_cf(cf, aligned::finished_sent_key(), []);
+                }
+                Ok(())
+            })?;
+            report.add(ran);
+        }
+        Ok(report)
+    }
+
+    /// Whether this batch reads a stage-0 task's input up to where it
+    /// ended when the worker started (`--until-caught-up`).
+    fn source_caught_up(&self, task: &Task, ranges: &[Range]) -> bool {
+        let Some(targets) = &self.targets else {
+            return false;
+        };
+        task.inputs.iter().zip(ranges).all(|(input, range)| {
+            targets
+                .get(&(input.topic.clone(), range.partition))
+                .is_none_or(|t| range.until >= *t)
+        })
+    }
+
+    fn load_buffer(&self, task: &Task, cf_name: &str) -> Result<aligned::Buffer, TaskFailure> {
+        let cf = task_cf(task, cf_name)?;
+        let entries = task
+            .db
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TaskFailure::Failed(other(format!("task {}: {e}", task.id))))?;
+        aligned::Buffer::load(entries.into_iter())
+            .map_err(|e| TaskFailure::Failed(other(format!("task {}: {e}", task.id))))
+    }
+
+    fn transact(
+        &self,
+        task: &mut Task,
+        batch: TaskBatch,
+        ranges: &[Range],
+        stage_writes: impl FnOnce(&Task, &mut WriteBatch) -> Result<(), TaskFailure>,
+    ) -> Result<TaskReport, TaskFailure> {
+        let previous = task.batch_id;
+        self.transact_after(task, batch, previous, ranges, stage_writes)
+    }
+
+    /// Runs `batch` (its outputs, if it has a role) as one Kafka
+    /// transaction with `stage_writes` and the offsets of `ranges`, then
+    /// commits it locally.
+    fn transact_after(
+        &self,
+        task: &mut Task,
+        batch: TaskBatch,
+        previous: u64,
+        ranges: &[Range],
+        stage_writes: impl FnOnce(&Task, &mut WriteBatch) -> Result<(), TaskFailure>,
+    ) -> Result<TaskReport, TaskFailure> {
+        let mut report = TaskReport::default();
+        let TaskBatch {
+            batch_id,
+            batch_time_ms,
+            role,
+            tag,
+        } = batch;
+        let partition = task.id.partition as i32;
         let mut planned = PlannedBatch {
             batch_id,
             batch_time_ms,
@@ -1596,7 +1888,7 @@ impl Env {
             lost: BTreeMap::new(),
         };
         if task.id.stage == 0 {
-            for (input, range) in task.inputs.iter().zip(&ranges) {
+            for (input, range) in task.inputs.iter().zip(ranges) {
                 planned
                     .ranges
                     .entry(input.source.name().to_owned())
@@ -1625,25 +1917,37 @@ impl Env {
             self.config.batch_interval.as_millis().max(1) as i64,
             self.plan.partitions as usize,
         )
-        .with_stage(stage, task.epoch);
-        let ran: Result<(), PlanError> = self.outputs.iter().try_for_each(|output| {
-            (output.run)(&cx).map_err(|e| match e {
-                PlanError::Operator { .. } => e,
-                other => PlanError::Operator {
-                    operator: output.name.clone(),
-                    message: other.to_string(),
-                },
+        .after_batch(previous);
+        let runs_outputs = role.is_some();
+        if let Some(role) = role {
+            cx = cx.with_stage(role, task.epoch);
+        }
+        let ran: Result<(), PlanError> = if runs_outputs {
+            self.outputs.iter().try_for_each(|output| {
+                (output.run)(&cx).map_err(|e| match e {
+                    PlanError::Operator { .. } => e,
+                    other => PlanError::Operator {
+                        operator: output.name.clone(),
+                        message: other.to_string(),
+                    },
+                })
             })
-        });
+        } else {
+            Ok(())
+        };
         if let Err(e) = ran {
             let _ = task.producer.abort_transaction(Duration::from_secs(10));
             return Err(e.into());
         }
         let stage = cx.take_stage();
         let (mut writes, counters) = cx.finish();
+        if let Err(e) = stage_writes(task, &mut writes) {
+            let _ = task.producer.abort_transaction(Duration::from_secs(10));
+            return Err(e);
+        }
         report.counters = counters;
         let producer = &task.producer;
-        let sent = self.send_batch_records(task, stage, &writes, &mut report);
+        let sent = self.send_batch_records(task, stage, tag, &writes, &mut report);
         let moved = ranges.iter().any(|r| r.until > r.from);
         let sent = sent.and_then(|()| {
             if !moved {
@@ -1655,7 +1959,7 @@ impl Env {
                     .map_err(|e| txn("cannot commit the transaction", e));
             }
             let mut offsets = TopicPartitionList::new();
-            for (input, range) in task.inputs.iter().zip(&ranges) {
+            for (input, range) in task.inputs.iter().zip(ranges) {
                 offsets
                     .add_partition_offset(&input.topic, partition, Offset::Offset(range.until))
                     .map_err(|e| txn("cannot list the offsets", e))?;
@@ -1692,13 +1996,13 @@ impl Env {
             );
         }
         let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-        for (input, range) in task.inputs.iter_mut().zip(&ranges) {
+        for (input, range) in task.inputs.iter_mut().zip(ranges) {
             offsets
                 .entry(input.topic.clone())
                 .or_default()
                 .insert(partition, range.until);
             input.next = range.until;
-            if input.op.is_some() && task.batch_id.is_multiple_of(PURGE_EVERY_BATCHES) {
+            if moved && input.op.is_some() && task.batch_id.is_multiple_of(PURGE_EVERY_BATCHES) {
                 task.purge
                     .push((input.topic.clone(), partition, range.until));
             }
@@ -1736,6 +2040,7 @@ impl Env {
         &self,
         task: &Task,
         stage: Option<StageRole>,
+        tag: Option<Tag>,
         writes: &WriteBatch,
         report: &mut TaskReport,
     ) -> Result<(), TaskFailure> {
@@ -1744,14 +2049,16 @@ impl Env {
             let (outbox, progress) = role.into_sent();
             for (op, bucket, batch) in outbox {
                 let topic = repartition_topic(&self.config.name, &op);
+                let key = tag.map(|t| aligned::rows_key(t.rows));
                 for payload in encode_ipc(&batch)? {
                     report.repartition_bytes += payload.len() as u64;
-                    send(
-                        &task.producer,
-                        BaseRecord::<(), [u8]>::to(&topic)
-                            .partition(bucket as i32)
-                            .payload(&payload[..]),
-                    )?;
+                    let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
+                        .partition(bucket as i32)
+                        .payload(&payload[..]);
+                    if let Some(key) = &key {
+                        record = record.key(&key[..]);
+                    }
+                    send(&task.producer, record)?;
                 }
             }
             // After the rows, in the same transaction: a stage-1 task that
@@ -1770,6 +2077,24 @@ impl Env {
                 }
             }
         }
+        // A batch-aligned task tells every bucket of the next stage how far
+        // it got, after its rows.
+        if let Some(tag) = tag {
+            let value = aligned::progress_value(task.id.partition, tag.progress);
+            let next = task.id.stage as usize + 1;
+            for (op, _) in self.plan.cuts.iter().filter(|(_, l)| *l == next) {
+                let topic = repartition_topic(&self.config.name, op);
+                for bucket in 0..self.plan.partitions as i32 {
+                    send(
+                        &task.producer,
+                        BaseRecord::<[u8], [u8]>::to(&topic)
+                            .partition(bucket)
+                            .key(aligned::PROGRESS_KEY)
+                            .payload(&value[..]),
+                    )?;
+                }
+            }
+        }
         if writes.is_empty() {
             return Ok(());
         }
@@ -1783,8 +2108,19 @@ impl Env {
             cf_names: &task.cf_names,
             records: Vec::new(),
             unknown: None,
+            seen: 0,
         };
         writes.iterate_cf(&mut changes);
+        if changes.seen != writes.len() {
+            // RocksDB stops iterating at an operation the iterator does not
+            // know (a range delete): what follows would be lost.
+            return Err(TaskFailure::Failed(other(format!(
+                "task {}: a state write has no changelog record (a range delete?): {} of {} writes turned into records",
+                task.id,
+                changes.seen,
+                writes.len()
+            ))));
+        }
         if let Some(id) = changes.unknown {
             return Err(TaskFailure::Failed(other(format!(
                 "task {}: a state write went to column family {id}, which has no changelog",
@@ -1858,10 +2194,13 @@ struct ChangelogRecords<'a> {
     cf_names: &'a HashMap<u32, String>,
     records: Vec<ChangelogRecord<'a>>,
     unknown: Option<u32>,
+    /// Operations iterated, every column family's.
+    seen: usize,
 }
 
 impl rocksdb::WriteBatchIteratorCf for ChangelogRecords<'_> {
     fn put_cf(&mut self, cf_id: u32, key: &[u8], value: &[u8]) {
+        self.seen += 1;
         match self.cf_names.get(&cf_id) {
             Some(cf) => self.records.push((cf, key.to_vec(), Some(value.to_vec()))),
             // The default column family holds the checkpoint's own keys.
@@ -1870,6 +2209,7 @@ impl rocksdb::WriteBatchIteratorCf for ChangelogRecords<'_> {
         }
     }
     fn delete_cf(&mut self, cf_id: u32, key: &[u8]) {
+        self.seen += 1;
         match self.cf_names.get(&cf_id) {
             Some(cf) => self.records.push((cf, key.to_vec(), None)),
             None if cf_id == 0 => {}
@@ -1877,6 +2217,7 @@ impl rocksdb::WriteBatchIteratorCf for ChangelogRecords<'_> {
         }
     }
     fn merge_cf(&mut self, cf_id: u32, _key: &[u8], _value: &[u8]) {
+        self.seen += 1;
         // Operators never merge; a merge would not replay from a changelog.
         self.unknown = Some(cf_id);
     }

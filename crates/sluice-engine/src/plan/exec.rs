@@ -135,8 +135,8 @@ pub struct Output {
     pub name: String,
     /// The result table it writes, if it is a table sink.
     pub table: Option<OperatorMeta>,
-    /// The operator state it keeps (column family `state.<name>`), if any.
-    pub state: Option<OperatorMeta>,
+    /// The operator state it keeps (a column family `state.<name>` each).
+    pub state: Vec<OperatorMeta>,
     pub run: OutputFn,
 }
 
@@ -156,6 +156,10 @@ type WideMemo = Arc<OnceLock<std::result::Result<Arc<Vec<Vec<RecordBatch>>>, Str
 /// Everything one batch's execution needs.
 pub struct BatchCx<'a> {
     pub batch_id: u64,
+    /// The batch this one follows (`batch_id - 1` in one process; on many
+    /// workers batch ids follow the clock, and a task that was stopped
+    /// skips some).
+    pub previous_batch_id: u64,
     pub batch_time_ms: i64,
     pub interval_ms: i64,
     pub planned: &'a PlannedBatch,
@@ -278,6 +282,7 @@ impl<'a> BatchCx<'a> {
     ) -> Self {
         BatchCx {
             batch_id: planned.batch_id,
+            previous_batch_id: planned.batch_id.saturating_sub(1),
             batch_time_ms: planned.batch_time_ms,
             interval_ms,
             planned,
@@ -298,6 +303,21 @@ impl<'a> BatchCx<'a> {
         self.stage = Some(stage);
         self.task_epoch = task_epoch;
         self
+    }
+
+    /// Follows batch `previous` (the last one this task ran), not
+    /// necessarily `batch_id - 1`.
+    pub fn after_batch(mut self, previous: u64) -> Self {
+        self.previous_batch_id = previous.min(self.batch_id.saturating_sub(1));
+        self
+    }
+
+    /// Whether a batch id that is a multiple of `every` lies in
+    /// `(previous_batch_id, batch_id]`: a sliding window due at a batch a
+    /// task skipped fires at the next one it runs.
+    pub fn passes_multiple_of(&self, every: u64) -> bool {
+        let every = every.max(1);
+        self.batch_id / every > self.previous_batch_id / every
     }
 
     /// Whether this batch runs as one task of a job on many workers.

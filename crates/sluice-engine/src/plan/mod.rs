@@ -45,7 +45,7 @@ pub use crate::data::{Data, Emit, Emitter, Key};
 pub use exec::{BatchCx, BatchInfo, ChunkSink, StageRole, read_range};
 pub(crate) use exec::{Node, NodeInfo, Output};
 pub use stateful::State;
-pub use wide::exchange;
+pub use wide::{exchange, exchange_at};
 
 use crate::checkpoint::{CheckpointError, OperatorMeta};
 use crate::source::{Record, Source, SourceError};
@@ -129,7 +129,7 @@ impl Graph {
             .nodes
             .iter()
             .filter_map(|n| n.state_meta())
-            .chain(self.outputs.iter().filter_map(|o| o.state.clone()))
+            .chain(self.outputs.iter().flat_map(|o| o.state.iter().cloned()))
             .collect();
         let tables = self
             .outputs
@@ -151,9 +151,20 @@ const GLOBAL_MERGE_KINDS: [&str; 2] = ["count", "reduce"];
 /// Narrow operators whose rows keep their input's key.
 const KEY_KEEPING_KINDS: [&str; 3] = ["filter", "map_values", "flat_map_values"];
 
-/// Wide operators that cannot yet be cut: windows numbered by batch id,
-/// which differ between the tasks of a job on many workers.
-pub(crate) const UNCUT_WIDE_KINDS: [&str; 2] = ["window", "reduce_by_key_and_window"];
+/// Operators whose result depends on which rows share a batch (windows
+/// numbered by batch id, per-batch joins): on many workers such a job runs
+/// its stages batch-aligned (see `driver::worker`).
+pub(crate) const BATCH_ALIGNED_KINDS: [&str; 4] = [
+    "window",
+    "reduce_by_key_and_window",
+    "join",
+    "left_outer_join",
+];
+
+/// Windows: their state lives with the rows they keep, which stay in
+/// their key's bucket; over rows not yet shuffled, a window is a cut
+/// (stage 0 keeps no state).
+const WINDOW_KINDS: [&str; 2] = ["window", "reduce_by_key_and_window"];
 
 pub(crate) type SharedGraph = Arc<Mutex<Graph>>;
 
@@ -215,6 +226,12 @@ impl<T: Data> DStream<T> {
             }
         } else if GLOBAL_MERGE_KINDS.contains(&kind) {
             (level + 1, false, vec![("", level + 1)])
+        } else if WINDOW_KINDS.contains(&kind) {
+            if level == 0 {
+                (1, false, vec![("", 1)])
+            } else {
+                (level, keyed, Vec::new())
+            }
         } else {
             (
                 level,
@@ -228,12 +245,6 @@ impl<T: Data> DStream<T> {
                 .placed(level, keyed, cuts),
         );
         DStream::from_node(self.graph.clone(), node)
-    }
-
-    /// Records why the job cannot run on many workers (it still runs in
-    /// one process).
-    pub(crate) fn refuse_on_workers(&self, reason: String) {
-        lock_graph(&self.graph).worker_refusals.push(reason);
     }
 
     pub(crate) fn invalid(&self, message: String) {
@@ -437,7 +448,7 @@ impl<T: Data> DStream<T> {
         lock_graph(&self.graph).outputs.push(Arc::new(Output {
             name,
             table: None,
-            state: None,
+            state: Vec::new(),
             run: Box::new(move |cx: &BatchCx| {
                 let chunks = cx.collect(&node)?;
                 f(&cx.info(), &chunks)
@@ -452,7 +463,7 @@ impl<T: Data> DStream<T> {
     pub fn output_with_context(
         inputs: &[DStream<T>],
         name: String,
-        state: Option<OperatorMeta>,
+        state: Vec<OperatorMeta>,
         table: Option<OperatorMeta>,
         f: impl Fn(&BatchCx, &OutputInputs) -> Result<()> + Send + Sync + 'static,
     ) {

@@ -31,7 +31,7 @@ pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
         .push(Arc::new(Output {
             name,
             table: None,
-            state: None,
+            state: Vec::new(),
             run: Box::new(move |cx: &BatchCx| {
                 let chunks = cx.collect(&node)?;
                 let mut text = console::header(cx.batch_id, cx.batch_time_ms);
@@ -75,7 +75,7 @@ pub(crate) fn save_to_topic<T: Data>(
         .push(Arc::new(Output {
             name: name.clone(),
             table: None,
-            state: None,
+            state: Vec::new(),
             run: Box::new(move |cx: &BatchCx| {
                 let chunks = cx.collect(&node)?;
                 let partitions = writer.partitions();
@@ -153,7 +153,7 @@ where
     graph.outputs.push(Arc::new(Output {
         name: format!("table:{table}"),
         table: Some(meta),
-        state: None,
+        state: Vec::new(),
         run: Box::new(move |cx: &BatchCx| {
             let cf = cx.checkpoint.cf(&cf_name)?;
             let Some(merge) = &merge else {

@@ -233,11 +233,22 @@ pub fn exchange(
     batch: RecordBatch,
     hashes: &[u64],
 ) -> Result<Vec<RecordBatch>> {
-    // Such a cut is always read by stage 1.
+    exchange_at(cx, op, 1, batch, hashes)
+}
+
+/// [`exchange`] through a cut read by stage `level`: a task of the stage
+/// before sends, one of that stage receives, any other gets nothing.
+pub fn exchange_at(
+    cx: &BatchCx,
+    op: &str,
+    level: usize,
+    batch: RecordBatch,
+    hashes: &[u64],
+) -> Result<Vec<RecordBatch>> {
     match &cx.stage {
         None => Ok(vec![batch]),
-        Some(role) if role.stage() == 1 => Ok(role.inbox(op)),
-        Some(role) if role.stage() > 1 => Ok(Vec::new()),
+        Some(role) if role.stage() == level => Ok(role.inbox(op)),
+        Some(role) if role.stage() + 1 != level => Ok(Vec::new()),
         Some(role) => {
             if hashes.len() != batch.num_rows() {
                 return Err(PlanError::Invalid(format!(
@@ -476,15 +487,6 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
         .filter(|(_, p)| !(p.info().keyed() && p.info().level() == level))
         .map(|(suffix, _)| (suffix, level))
         .collect();
-    if !cuts.is_empty() {
-        // The sides would reach the reduce-side task through different
-        // repartition topics, read up to offsets taken one after the
-        // other: rows of one source batch could land in different batches
-        // there and miss each other.
-        left.refuse_on_workers(format!(
-            "{kind} pairs the rows of one batch, and on many workers the two sides of a batch reach the task that joins them separately; join streams in SQL (an interval join keeps each side's rows in state until they can no longer match)"
-        ));
-    }
     left.derive(kind, move |info| {
         Arc::new(Wide {
             info: info.placed(level, true, cuts),

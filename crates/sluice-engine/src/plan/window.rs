@@ -6,6 +6,13 @@
 //! input (Arrow IPC) in its state column family under the batch id and
 //! deletes it once it leaves the window; output appears every `slide`
 //! (batches whose id is a multiple of the slide).
+//!
+//! On many workers batch ids follow the clock (the same id on every task,
+//! see `driver::worker`), and a task that was stopped skips ids: a window
+//! due at a skipped id fires at the next batch, and every stored batch
+//! that left the window meanwhile leaves it then. A window over rows not
+//! yet shuffled is a cut, so its state lives in a stage-1 task with a
+//! changelog. It never runs in a task of another stage.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -114,12 +121,69 @@ fn buffer_batch(
 ) -> Result<()> {
     let cf = state_cf(cx, info)?;
     let bytes = encode_ipc(schema, chunks)?;
-    let oldest_kept = (cx.batch_id + 1).saturating_sub(keep);
+    let oldest_kept = buffer_key((cx.batch_id + 1).saturating_sub(keep));
+    // Key by key, not as a range: on many workers every state write is
+    // also a changelog record.
+    let mut leaving = Vec::new();
+    for item in cx
+        .checkpoint
+        .db()
+        .iterator_cf(cf, IteratorMode::From(&buffer_key(0), Direction::Forward))
+    {
+        let (key, _) = item?;
+        if key.first() != Some(&BUFFER) || key.as_ref() >= oldest_kept.as_slice() {
+            break;
+        }
+        leaving.push(key);
+    }
     cx.write(|w| {
         w.put_cf(cf, buffer_key(cx.batch_id), bytes);
-        w.delete_range_cf(cf, buffer_key(0), buffer_key(oldest_kept));
+        for key in &leaving {
+            w.delete_cf(cf, key);
+        }
     });
     Ok(())
+}
+
+/// On many workers, whether this task runs the stage where the window's
+/// state lives (earlier stages only send its input on).
+fn in_own_stage(cx: &BatchCx, info: &NodeInfo) -> bool {
+    cx.task_stage().is_none_or(|stage| stage == info.level())
+}
+
+/// A window's input not yet shuffled, spread over the buckets of its cut
+/// (any split serves a window over whole batches): each chunk is cut into
+/// contiguous slices, the first going to a bucket that turns with the
+/// batch. On the stage reading the cut, this task's share.
+fn spread(
+    cx: &BatchCx,
+    info: &NodeInfo,
+    level: usize,
+    parent: &Arc<dyn super::exec::Node>,
+) -> Result<Vec<RecordBatch>> {
+    let buckets = cx.parallelism;
+    let turn = cx.batch_id as usize;
+    let split = super::wide::shuffle(cx, &info.name(), Some(level), parent, |run| {
+        let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); buckets];
+        run(&mut |chunk: RecordBatch| {
+            let rows = chunk.num_rows();
+            let per = rows.div_ceil(buckets).max(1);
+            for (i, start) in (0..rows).step_by(per).enumerate() {
+                out[(turn + i) % buckets].push(chunk.slice(start, per.min(rows - start)));
+            }
+            Ok(())
+        })?;
+        out.into_iter()
+            .map(|chunks| match chunks.first() {
+                None => Ok(None),
+                Some(first) => Ok(Some(arrow::compute::concat_batches(
+                    &first.schema(),
+                    &chunks,
+                )?)),
+            })
+            .collect()
+    })?;
+    Ok(split.into_iter().flatten().collect())
 }
 
 pub(crate) fn window<T: Data>(
@@ -145,9 +209,15 @@ pub(crate) fn window<T: Data>(
             }),
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
-                let current = cx.collect(&parent)?;
+                let current = match (cx.on_workers(), info.cut_level("")) {
+                    (true, Some(level)) => spread(cx, info, level, &parent)?,
+                    _ => cx.collect(&parent)?,
+                };
+                if !in_own_stage(cx, info) {
+                    return Ok(vec![Vec::new()]);
+                }
                 buffer_batch(cx, info, &info.schema, &current, len_b.saturating_sub(1))?;
-                if !cx.batch_id.is_multiple_of(slide_b) {
+                if !cx.passes_multiple_of(slide_b) {
                     return Ok(vec![Vec::new()]);
                 }
                 let first = (cx.batch_id + 1).saturating_sub(len_b);
@@ -275,11 +345,19 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
             }),
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
-                let cf = state_cf(cx, info)?;
                 let current = cx.collect(&parent)?;
+                if !in_own_stage(cx, info) {
+                    return Ok(vec![Vec::new()]);
+                }
+                let cf = state_cf(cx, info)?;
                 buffer_batch(cx, info, &info.schema, &current, len_b)?;
+                // Every batch that left the window since the last one run
+                // (one, unless the task skipped batch ids).
+                let first_leaving = (cx.previous_batch_id + 1).saturating_sub(len_b).max(1);
                 let leaving = match cx.batch_id.checked_sub(len_b) {
-                    Some(id) if id > 0 => stored_batches(cx, cf, id, id)?,
+                    Some(last) if last >= first_leaving => {
+                        stored_batches(cx, cf, first_leaving, last)?
+                    }
                     _ => Vec::new(),
                 };
                 let mut running = Running::<K, V> {
@@ -300,7 +378,7 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
                         w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
                     }
                 });
-                if !cx.batch_id.is_multiple_of(slide_b) {
+                if !cx.passes_multiple_of(slide_b) {
                     return Ok(vec![Vec::new()]);
                 }
                 emit_running::<K, V>(cx, cf, &updated, &info.schema)

@@ -7,7 +7,7 @@
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat, max};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use rocksdb::{ColumnFamily, DB};
 use sluice_engine::plan::BatchCx;
 
@@ -29,6 +29,9 @@ pub(super) struct JoinRun<'a> {
     pub tables: &'a [StaticTable],
     /// An aggregation runs over the join's matches.
     pub aggregating: bool,
+    /// On many workers, the operator whose stage-2 cut takes the matches'
+    /// partial aggregates (merged there, not here).
+    pub partials_to: Option<&'a str>,
     pub policy: Policy,
     /// The two streams' decoded schemas.
     pub schemas: [SchemaRef; 2],
@@ -117,6 +120,15 @@ impl JoinRun<'_> {
                 concat(&parts)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(op) = self.partials_to {
+            let batch =
+                RecordBatch::try_new(ExecutionPlan::schema(agg.partial().as_ref()), columns)?;
+            let groups = agg.partial().group_expr().expr().len();
+            let key: Vec<ArrayRef> = (0..groups).map(|i| batch.column(i).clone()).collect();
+            let hashes = super::group_hashes(&key, batch.num_rows())?;
+            sluice_engine::plan::exchange_at(cx, op, 2, batch, &hashes)?;
+            return Ok(Vec::new());
+        }
         let policy = Policy {
             watermark: None,
             ..self.policy

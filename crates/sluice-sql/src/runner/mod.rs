@@ -25,7 +25,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
-use sluice_engine::checkpoint::STATE_CF_PREFIX;
+use sluice_engine::checkpoint::{OperatorMeta, STATE_CF_PREFIX};
 use sluice_engine::driver::StreamingContext;
 use sluice_engine::plan::{BatchCx, DStream, OutputInputs, PlanError};
 use sluice_engine::source::Record;
@@ -81,6 +81,11 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         Some(decl) => Sink::new(decl, &plan.plan.schema(), shared.topics, line)?,
     };
     let table = sink.table_meta();
+    let mut state: Vec<OperatorMeta> = plan.state.iter().cloned().collect();
+    // On many workers an aggregation over a join's matches is a second
+    // cut: stage 1 joins (its buffers in the operator's column family),
+    // stage 2 merges the partial aggregates into groups of their own.
+    let mut groups_cf = None;
     match on_workers_refusal(&plan, &sink) {
         None => {
             if plan.join.is_some() {
@@ -88,6 +93,18 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
                     shared
                         .ctx
                         .exchange_on_workers(&join_side(&plan.operator, side));
+                }
+                if plan.aggregation.is_some() && shared.ctx.config().workers.is_some() {
+                    shared.ctx.exchange_on_workers_at(&plan.operator, 2);
+                    if let Some(meta) = &plan.state {
+                        let name = format!("{}.groups", plan.operator);
+                        groups_cf = Some(format!("{STATE_CF_PREFIX}{name}"));
+                        state.push(OperatorMeta {
+                            name,
+                            kind: format!("{} (groups, on workers)", meta.kind),
+                            ..meta.clone()
+                        });
+                    }
                 }
             } else {
                 shared.ctx.exchange_on_workers(&plan.operator);
@@ -101,7 +118,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
             "the query at line {line} cannot run on many workers yet: {why}"
         )),
     }
-    let (operator, state) = (plan.operator.clone(), plan.state.clone());
+    let operator = plan.operator.clone();
     let runner = Arc::new(QueryRunner {
         sql: plan.query.sql.clone(),
         line,
@@ -115,6 +132,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         slices: shared.slices,
         streaming: plan.streaming,
         tables: shared.tables.clone(),
+        groups_cf,
         sink,
     });
     DStream::output_with_context(&records, operator, state, table, move |cx, inputs| {
@@ -128,9 +146,6 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
 /// merges the partials of its groups into the state and the sink.
 fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
     if let Some(join) = &plan.join {
-        if plan.aggregation.is_some() {
-            return Some("it aggregates the matches of a join of streams");
-        }
         if join.keys[0].is_empty() {
             return Some(
                 "its join of streams has no equality of columns to split the streams by (… ON a.id = b.id AND …)",
@@ -170,6 +185,22 @@ fn sink_refusal(sink: &Sink) -> Option<&'static str> {
         ),
         _ => None,
     }
+}
+
+/// The columns of `batches` (of `schema`), each concatenated.
+fn concat_columns(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<ArrayRef>, SqlError> {
+    (0..schema.fields().len())
+        .map(|i| {
+            if batches.is_empty() {
+                return Ok(new_empty_array(schema.field(i).data_type()));
+            }
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            Ok(concat(&parts)?)
+        })
+        .collect()
 }
 
 /// The operator whose repartition topic carries one side of a join of
@@ -250,6 +281,9 @@ struct QueryRunner {
     streaming: bool,
     /// Static tables the query may join.
     tables: Arc<Vec<StaticTable>>,
+    /// On many workers, where an aggregation over a join keeps its groups
+    /// (stage 2; the join's buffers stay in stage 1's column family).
+    groups_cf: Option<String>,
     sink: Sink,
 }
 
@@ -337,6 +371,7 @@ impl QueryRunner {
             runtime: &self.runtime,
             tables: &self.tables,
             aggregating: self.aggregating,
+            partials_to: self.groups_cf.as_ref().map(|_| self.operator.as_str()),
             policy: self.policy(None),
             schemas: [
                 self.inputs[0].shape.schema.clone(),
@@ -359,6 +394,11 @@ impl QueryRunner {
         join: &IntervalJoin,
         chunks: &[Vec<RecordBatch>],
     ) -> Result<(), SqlError> {
+        if let Some(groups) = &self.groups_cf
+            && cx.task_stage() == Some(2)
+        {
+            return self.merge_join_groups(cx, groups);
+        }
         if cx.in_map_stage() {
             for (side, (input, chunks)) in self.inputs.iter().zip(chunks).enumerate() {
                 let op = join_side(&self.operator, side);
@@ -400,6 +440,37 @@ impl QueryRunner {
             watermarks.push(watermark);
         }
         let output = self.join_run(join).run(cx, cf, streams, &watermarks)?;
+        if self.groups_cf.is_some() {
+            // The matches' partial aggregates went on to stage 2.
+            return Ok(());
+        }
+        self.sink.write(cx, &output)
+    }
+
+    /// Stage 2 of an aggregation over a join on many workers: the partial
+    /// aggregates stage-1 tasks computed over their matches, merged into
+    /// the groups this task owns, as one process merges its own.
+    fn merge_join_groups(&self, cx: &BatchCx, groups: &str) -> Result<(), SqlError> {
+        let shapes: Vec<_> = self.inputs.iter().map(|i| i.shape.clone()).collect();
+        let (session, _) = session_over(empty_streams(&shapes, 1), &self.tables)?;
+        let plan: Arc<dyn ExecutionPlan> = self
+            .runtime
+            .block_on(async { session.sql(&self.sql).await?.create_physical_plan().await })?;
+        let agg = aggregation::expect(&plan, None, self.line)?;
+        let schema = agg.partial().schema();
+        let empty = RecordBatch::new_empty(schema.clone());
+        let mine = sluice_engine::plan::exchange_at(cx, &self.operator, 2, empty, &[])?;
+        let columns = concat_columns(&schema, &mine)?;
+        let cf = cx.checkpoint.cf(groups).map_err(PlanError::from)?;
+        let output = self.runtime.block_on(incremental::merge_batch(
+            &session,
+            &plan,
+            &agg,
+            self.policy(None),
+            cx,
+            cf,
+            columns,
+        ))?;
         self.sink.write(cx, &output)
     }
 
@@ -498,15 +569,7 @@ impl QueryRunner {
         let key: Vec<ArrayRef> = key.iter().map(|&i| batch.column(i).clone()).collect();
         let hashes = group_hashes(&key, batch.num_rows())?;
         let mine = sluice_engine::plan::exchange(cx, &self.operator, batch, &hashes)?;
-        (0..schema.fields().len())
-            .map(|i| {
-                if mine.is_empty() {
-                    return Ok(new_empty_array(schema.field(i).data_type()));
-                }
-                let parts: Vec<&dyn Array> = mine.iter().map(|b| b.column(i).as_ref()).collect();
-                Ok(concat(&parts)?)
-            })
-            .collect()
+        concat_columns(&schema, &mine)
     }
 
     fn policy(&self, watermark: Option<i64>) -> Policy {
