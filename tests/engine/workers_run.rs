@@ -823,6 +823,51 @@ fn sink_rows(broker: &TestBroker, topic: &str) -> Vec<String> {
     rows
 }
 
+/// An aggregation over a windowed aggregation (per minute, the busiest
+/// URL's clicks and how many URLs were clicked) on three workers: stage 1
+/// closes each URL's minute, stage 2 aggregates a minute once every
+/// stage-1 task has closed it, and the rows equal one process's.
+#[test]
+fn an_aggregation_over_windows_on_three_workers_emits_what_one_process_emits() {
+    let broker = TestBroker::start();
+    broker.create_topic("clicks", PARTITIONS);
+    produce_to(&producer(&broker), "clicks", PARTITIONS, &clicks(10_000), 0);
+    let root = tempfile::tempdir().unwrap();
+    let inner = "SELECT window_start, window_end, url, count(*) AS clicks, approx_distinct(user_id) AS users\nFROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE)\nGROUP BY window_start, window_end, url;";
+    let template = include_str!("../../jobs/clicks_per_url.sql");
+    assert!(template.contains(inner), "the template's query");
+    let template = template.replace(
+        inner,
+        "SELECT window_end, max(clicks) AS busiest, count(*) AS urls FROM (SELECT url, count(*) AS clicks, window_start, window_end FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) GROUP BY url, window_start, window_end) GROUP BY window_end;",
+    );
+    let on_workers = with_topic_sink(root.path(), &template, "per_minute", "busiest_workers");
+    let job = [
+        "run",
+        on_workers.as_str(),
+        "--workers-group",
+        "busiest",
+        "--job",
+        "busiest",
+    ];
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
+    let single = with_topic_sink(root.path(), &template, "per_minute", "busiest_single");
+    run_single(
+        &broker,
+        &["run", single.as_str()],
+        &root.path().join("single"),
+        &["--max-records-per-batch", "1000"],
+    );
+    let want = sink_rows(&broker, "busiest_single");
+    // Ten minutes of clicks: the first nine minutes closed by the last
+    // watermark.
+    assert_eq!(want.len(), 9, "{want:?}");
+    assert_eq!(
+        sink_rows(&broker, "busiest_workers"),
+        want,
+        "three workers emit each minute once, with one process's values"
+    );
+}
+
 #[test]
 fn event_time_windows_on_workers_close_as_in_one_process_across_a_kill() {
     let broker = TestBroker::start();

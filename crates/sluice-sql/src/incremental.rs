@@ -253,6 +253,19 @@ pub(crate) async fn merge_batch(
     cf: &ColumnFamily,
     columns: Vec<ArrayRef>,
 ) -> Result<Vec<RecordBatch>, SqlError> {
+    let parts = merge_into_state(agg, policy, cx, cf, columns)?;
+    run_rest(ctx, plan, agg, parts).await
+}
+
+/// [`merge_batch`] up to the aggregation's own output: the rows it emits
+/// (groups, then final values), in parts, before the rest of the plan.
+pub(crate) fn merge_into_state(
+    agg: &Aggregation,
+    policy: Policy,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    columns: Vec<ArrayRef>,
+) -> Result<Vec<Vec<ArrayRef>>, SqlError> {
     let codec = Codec::new(agg, policy.ttl)?;
     let batch = BatchGroups::of(&codec, agg, &columns)?;
     let stored = read_stored(&codec, &batch, policy, cx, cf)?;
@@ -279,7 +292,7 @@ pub(crate) async fn merge_batch(
             parts.push(codec.decode(agg, &all)?);
         }
     }
-    run_rest(ctx, plan, agg, parts).await
+    Ok(parts)
 }
 
 /// The distinct groups of a batch's partial aggregates.
@@ -383,7 +396,11 @@ pub(crate) fn drop_closed_windows(
 }
 
 /// The window end of each of `n` groups from their window column.
-fn window_ends(column: &ArrayRef, to_end_ms: i64, n: usize) -> Result<Vec<i64>, SqlError> {
+pub(crate) fn window_ends(
+    column: &ArrayRef,
+    to_end_ms: i64,
+    n: usize,
+) -> Result<Vec<i64>, SqlError> {
     let as_ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
     let as_ms = as_ms
         .as_any()

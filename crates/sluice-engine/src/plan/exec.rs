@@ -341,12 +341,10 @@ impl<'a> BatchCx<'a> {
         self.task_stage() == Some(0)
     }
 
-    /// On a stage-0 task, sends `progress` after the batch's rows to every
-    /// bucket of `op`'s repartition topic; elsewhere nothing is sent.
+    /// On many workers, sends `progress` after the batch's rows to every
+    /// bucket of `op`'s repartition topic; in one process nothing is sent.
     pub fn send_progress(&self, op: &str, progress: Vec<u8>) {
-        if let Some(role) = &self.stage
-            && role.stage == 0
-        {
+        if let Some(role) = &self.stage {
             sluice_log::common::mutex(&role.progress_out).push((op.to_owned(), progress));
         }
     }

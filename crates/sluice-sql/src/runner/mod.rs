@@ -13,6 +13,7 @@
 //! never plans: it runs what [`crate::planner`] decided.
 
 mod join;
+mod outer;
 
 use join::JoinRun;
 
@@ -86,6 +87,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
     // cut: stage 1 joins (its buffers in the operator's column family),
     // stage 2 merges the partial aggregates into groups of their own.
     let mut groups_cf = None;
+    let mut outer_cf = None;
     match on_workers_refusal(&plan, &sink) {
         None => {
             if plan.join.is_some() {
@@ -108,6 +110,24 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
                 }
             } else {
                 shared.ctx.exchange_on_workers(&plan.operator);
+                if plan.aggregation.as_ref().is_some_and(|a| a.nested)
+                    && shared.ctx.config().workers.is_some()
+                {
+                    // The closed windows go on to stage 2, where the outer
+                    // aggregation sees each whole.
+                    shared
+                        .ctx
+                        .exchange_on_workers_at(&outer::outer_op(&plan.operator), 2);
+                    if let Some(meta) = &plan.state {
+                        let name = format!("{}.closed", plan.operator);
+                        outer_cf = Some(format!("{STATE_CF_PREFIX}{name}"));
+                        state.push(OperatorMeta {
+                            name,
+                            kind: format!("{} (closed windows, on workers)", meta.kind),
+                            ..meta.clone()
+                        });
+                    }
+                }
             }
             if plan.inputs.iter().any(|i| i.watermark.is_some()) {
                 // Windows close as the watermark moves, also on idle input.
@@ -133,6 +153,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         streaming: plan.streaming,
         tables: shared.tables.clone(),
         groups_cf,
+        outer_cf,
         sink,
     });
     DStream::output_with_context(&records, operator, state, table, move |cx, inputs| {
@@ -169,9 +190,6 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
         return Some(
             "it drops late records without a window (on many workers lateness is judged per window)",
         );
-    }
-    if agg.nested {
-        return Some("it aggregates the result of an aggregation");
     }
     sink_refusal(sink)
 }
@@ -284,11 +302,20 @@ struct QueryRunner {
     /// On many workers, where an aggregation over a join keeps its groups
     /// (stage 2; the join's buffers stay in stage 1's column family).
     groups_cf: Option<String>,
+    /// On many workers, where an aggregation over a windowed aggregation
+    /// keeps the closed windows' rows until every stage-1 task closed them
+    /// (stage 2; see `outer`).
+    outer_cf: Option<String>,
     sink: Sink,
 }
 
 impl QueryRunner {
     fn run(&self, cx: &BatchCx, inputs: &OutputInputs) -> Result<(), SqlError> {
+        if let Some(outer) = &self.outer_cf
+            && cx.task_stage() == Some(2)
+        {
+            return self.run_outer(cx, outer);
+        }
         let state_cf = if self.aggregating || self.join.is_some() {
             Some(
                 cx.checkpoint
@@ -447,6 +474,33 @@ impl QueryRunner {
         self.sink.write(cx, &output)
     }
 
+    /// Stage 2 of an aggregation over a windowed aggregation on many
+    /// workers: the outer aggregation over every window all stage-1 tasks
+    /// have closed.
+    fn run_outer(&self, cx: &BatchCx, outer_cf: &str) -> Result<(), SqlError> {
+        let shapes: Vec<_> = self.inputs.iter().map(|i| i.shape.clone()).collect();
+        let (session, _) = session_over(empty_streams(&shapes, 1), &self.tables)?;
+        let plan: Arc<dyn ExecutionPlan> = self
+            .runtime
+            .block_on(async { session.sql(&self.sql).await?.create_physical_plan().await })?;
+        let event_time = match self.inputs.as_slice() {
+            [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
+            _ => None,
+        };
+        let agg = aggregation::expect(&plan, event_time, self.line)?;
+        let op = outer::outer_op(&self.operator);
+        let empty = RecordBatch::new_empty(agg.top.schema());
+        let rows = sluice_engine::plan::exchange_at(cx, &op, 2, empty, &[])?;
+        let progress = cx.received_progress(&op).unwrap_or_default().to_vec();
+        let cf = cx.checkpoint.cf(outer_cf).map_err(PlanError::from)?;
+        let ready = outer::closed_everywhere(cx, cf, &agg, rows, &progress)?;
+        let parts = ready.into_iter().map(|b| b.columns().to_vec()).collect();
+        let output = self
+            .runtime
+            .block_on(incremental::run_rest(&session, &plan, &agg, parts))?;
+        self.sink.write(cx, &output)
+    }
+
     /// Stage 2 of an aggregation over a join on many workers: the partial
     /// aggregates stage-1 tasks computed over their matches, merged into
     /// the groups this task owns, as one process merges its own.
@@ -532,6 +586,13 @@ impl QueryRunner {
         let columns = self.exchange(cx, &agg, columns, &key)?;
         let (columns, late) = incremental::drop_closed_windows(&agg, columns, closed)?;
         cx.count("late partial aggregates", late as u64);
+        if self.outer_cf.is_some() && cx.task_stage() == Some(1) {
+            let parts =
+                incremental::merge_into_state(&agg, self.policy(watermark), cx, cf, columns)?;
+            let op = outer::outer_op(&self.operator);
+            outer::send_closed(cx, &op, &agg, parts, (closed, watermark))?;
+            return Ok(Vec::new());
+        }
         if let Some(bounds) = session_bounds {
             return session_window::merge_partials(
                 &session, &plan, &agg, bounds, watermark, cx, cf, columns,
