@@ -36,6 +36,11 @@ pub struct WorkersBenchArgs {
     /// Distinct keys of the restore measurement (0: skip it).
     #[arg(long, default_value_t = 2_000_000)]
     pub restore_keys: u64,
+    /// Count over a sliding window of this length (`sluice wordcount
+    /// --window`, every batch) in every run: on workers the job's stages
+    /// run batch-aligned.
+    #[arg(long)]
+    pub window: Option<String>,
     /// Work directory (corpus, broker data, checkpoints).
     #[arg(long, default_value = "./bench-data/workers")]
     pub dir: PathBuf,
@@ -124,7 +129,7 @@ enum Dirs<'a> {
 }
 
 /// Runs the word count as `workers` processes (0: one process, no group)
-/// until the topic is drained, with further worker arguments (`extra`).
+/// until the topic is drained, with further arguments (`extra`).
 #[allow(clippy::too_many_arguments)]
 fn run_job(
     exe: &Path,
@@ -168,10 +173,10 @@ fn run_job(
             // Progress lines stay on (into the stderr file): the restore
             // lines are read from there.
             cmd.args(["--workers-group", job, "--session-timeout", "3s"]);
-            cmd.args(extra);
         } else {
             cmd.arg("--quiet");
         }
+        cmd.args(extra);
         {
             use std::io::Write;
             let mut marker = std::fs::OpenOptions::new()
@@ -290,8 +295,15 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
     let work = args.dir.join("runs");
     std::fs::create_dir_all(&work)?;
     let stamp = std::process::id();
+    let window: Vec<&str> = match &args.window {
+        Some(w) => vec!["--window", w.as_str()],
+        None => Vec::new(),
+    };
     println!(
-        "word count of {} ({} words) over {PARTITIONS} partitions of sluice broker",
+        "word count{} of {} ({} words) over {PARTITIONS} partitions of sluice broker",
+        args.window
+            .as_ref()
+            .map_or(String::new(), |w| format!(" over a {w} window")),
         format_bytes(bytes),
         words
     );
@@ -316,7 +328,7 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
             &format!("single-{stamp}-{r}"),
             0,
             Dirs::Fresh(""),
-            &[],
+            &window,
         )
     })?;
     let single_rate = words as f64 / single.job_cpu;
@@ -347,7 +359,7 @@ pub fn run(args: WorkersBenchArgs) -> anyhow::Result<()> {
                 &format!("w{w}-{stamp}-{r}"),
                 w,
                 Dirs::Fresh(""),
-                &[],
+                &window,
             )
         })?;
         row(

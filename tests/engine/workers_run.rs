@@ -1195,6 +1195,117 @@ fn an_aggregation_over_a_join_on_three_workers_sums_every_match_once() {
     );
 }
 
+/// Queries without state on three workers: a filter into a table (cut
+/// before the sink by the table's key) and a filter into a topic (written
+/// by the stage-0 tasks in their transactions) hold each row once.
+#[test]
+fn queries_without_state_on_three_workers_write_each_row_once() {
+    let broker = TestBroker::start();
+    let n = 2_000;
+    orders_and_payments(&broker, n);
+    let root = tempfile::tempdir().unwrap();
+    let script = |big: &str| {
+        format!(
+            "CREATE STREAM orders (id BIGINT, ts TIMESTAMP) WITH (topic = 'orders', format = 'json');\n\
+             CREATE STREAM payments (order_id BIGINT, amount BIGINT, ts TIMESTAMP) WITH (topic = 'payments', format = 'json');\n\
+             CREATE SINK even WITH (type = 'table');\n\
+             CREATE SINK big WITH (type = 'topic', topic = '{big}', partitions = 4);\n\
+             INSERT INTO even SELECT id, id * 10 AS tenfold FROM orders WHERE id % 2 = 0;\n\
+             INSERT INTO big SELECT order_id, amount FROM payments WHERE amount >= 15000;\n"
+        )
+    };
+    let on_workers = root.path().join("workers.sql");
+    fs::write(&on_workers, script("big_workers")).unwrap();
+    let on_workers = on_workers.to_str().unwrap().to_owned();
+    let job = [
+        "run",
+        on_workers.as_str(),
+        "--workers-group",
+        "filters",
+        "--job",
+        "filters",
+    ];
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
+    let single = root.path().join("single.sql");
+    fs::write(&single, script("big_single")).unwrap();
+    run_single(
+        &broker,
+        &["run", single.to_str().unwrap()],
+        &root.path().join("single"),
+        &[],
+    );
+    let got: BTreeMap<i64, Option<i64>> =
+        read_changelog(&broker, "sluice-filters-table.even-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<i64>(&k).expect("an order id"),
+                    decode_all::<Option<i64>>(&v).expect("a number"),
+                )
+            })
+            .collect();
+    let want: BTreeMap<i64, Option<i64>> = (0..n as i64)
+        .filter(|i| i % 2 == 0)
+        .map(|i| (i, Some(10 * i)))
+        .collect();
+    assert_eq!(got, want, "every even order once, in the table");
+    let big = sink_rows(&broker, "big_workers");
+    assert_eq!(
+        big.len(),
+        n - 1_500,
+        "payments of 15000 and more, each once"
+    );
+    assert_eq!(
+        big,
+        sink_rows(&broker, "big_single"),
+        "the rows one process writes"
+    );
+}
+
+/// A join whose condition compares computed values cannot be split by
+/// key: on three workers both streams go to one task, which finds the
+/// matches one process finds.
+#[test]
+fn a_join_on_computed_values_on_three_workers_meets_in_one_task() {
+    let broker = TestBroker::start();
+    let n = 1_500;
+    orders_and_payments(&broker, n);
+    let root = tempfile::tempdir().unwrap();
+    let script = root.path().join("computed.sql");
+    let template = include_str!("../../jobs/paid_orders.sql");
+    assert!(template.contains("ON o.id = p.order_id"));
+    fs::write(
+        &script,
+        template.replace("ON o.id = p.order_id", "ON o.id + 1 = p.order_id + 1"),
+    )
+    .unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let job = [
+        "run",
+        script.as_str(),
+        "--workers-group",
+        "computed",
+        "--job",
+        "computed",
+    ];
+    run_workers_until_caught_up(&broker, root.path(), &job, 3);
+    let got: BTreeMap<i64, Option<i64>> =
+        read_changelog(&broker, "sluice-computed-table.paid-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<i64>(&k).expect("an order id"),
+                    decode_all::<Option<i64>>(&v).expect("an amount"),
+                )
+            })
+            .collect();
+    let want: BTreeMap<i64, Option<i64>> = (0..n as i64)
+        .filter(|i| i % 3 != 0)
+        .map(|i| (i, Some(10 * i)))
+        .collect();
+    assert_eq!(got, want, "every paid order, with its amount");
+}
+
 /// A Rust job as worker `i` of group `rust-jobs` (in-process: a thread
 /// per worker, each with its own checkpoint directory), reading the lines
 /// topic of `brokers`.
@@ -1233,8 +1344,9 @@ fn word_ones(
     })
 }
 
-/// A Rust job on three in-process workers: a global count, and a second
-/// level of shuffle (word counts regrouped by initial: a third stage).
+/// A Rust job on three in-process workers: a global count, a second level
+/// of shuffle (word counts regrouped by initial: a third stage), and a
+/// union of streams from two stages.
 #[test]
 fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
     use sluice::plan::Emitter;
@@ -1260,6 +1372,12 @@ fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
                     .flat_map(|(w, n), out: &mut Emitter<(String, u64)>| out.push((&w[..1], n)))
                     .reduce_by_key(|a, b| a + b)
                     .merge_into_table("initials", |a, b| a + b);
+                // A union of streams from different stages: the words
+                // (stage 0) meet their counts (stage 1) there.
+                let ones = word_ones(&lines);
+                ones.union(&ones.reduce_by_key(|a, b| a + b))
+                    .reduce_by_key(|a, b| a + b)
+                    .merge_into_table("twice", |a, b| a + b);
                 lines.count().foreach_batch(move |_, chunks| {
                     for c in chunks {
                         let n = c
@@ -1295,6 +1413,21 @@ fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
         *want.entry(w[..1].to_owned()).or_default() += n;
     }
     assert_eq!(got, want, "words per initial, regrouped in a third stage");
+    let twice: BTreeMap<String, u64> =
+        read_changelog(&broker, "sluice-rustjob-table.twice-changelog")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    decode_all::<String>(&k).expect("a word"),
+                    decode_all::<u64>(&v).expect("a sum"),
+                )
+            })
+            .collect();
+    let want: BTreeMap<String, u64> = counts(&lines)
+        .into_iter()
+        .map(|(w, n)| (w, 2 * n))
+        .collect();
+    assert_eq!(twice, want, "each word's ones and its count, unioned");
     assert_eq!(
         counted.load(Ordering::Relaxed),
         lines.len() as u64,

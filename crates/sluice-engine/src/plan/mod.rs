@@ -367,20 +367,21 @@ impl<T: Data> DStream<T> {
 
     /// Both streams' elements.
     pub fn union(&self, other: &DStream<T>) -> DStream<T> {
-        other.node.info().add_consumer();
-        let parents = vec![self.node.clone(), other.node.clone()];
-        let (a, b) = (self.node.info(), other.node.info());
-        if a.level() != b.level() {
-            lock_graph(&self.graph).worker_refusals.push(format!(
-                "a union of streams produced in different stages ({} below {} shuffles, {} below {}) cannot run on many workers yet",
-                a.name(),
-                a.level(),
-                b.name(),
-                b.level()
-            ));
-        }
-        let (level, keyed) = (a.level().max(b.level()), a.keyed() && b.keyed());
-        let union: DStream<T> = self.derive("union", move |info| exec::union(info, parents));
+        // On many workers, streams produced in different stages meet in the
+        // later one: the earlier stream's rows are carried there.
+        let level = self.node.info().level().max(other.node.info().level());
+        let at_level = |s: &DStream<T>| {
+            if s.node.info().level() < level {
+                wide::moved_to(s, level)
+            } else {
+                s.clone()
+            }
+        };
+        let (first, second) = (at_level(self), at_level(other));
+        second.node.info().add_consumer();
+        let parents = vec![first.node.clone(), second.node.clone()];
+        let keyed = first.node.info().keyed() && second.node.info().keyed();
+        let union: DStream<T> = first.derive("union", move |info| exec::union(info, parents));
         union.node.info().set_placement(level, keyed);
         union
     }

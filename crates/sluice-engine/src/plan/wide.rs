@@ -195,6 +195,69 @@ pub(crate) fn shuffle(
     Ok(buckets)
 }
 
+/// Rows whose operator needs no key (a window over whole batches, one
+/// side of a union) moved through a cut read by stage `level`, spread
+/// evenly over its buckets: each chunk is cut into contiguous slices, the
+/// first going to a bucket that turns with the batch. On the stage
+/// reading the cut, this task's share; elsewhere nothing.
+pub(crate) fn spread(
+    cx: &BatchCx,
+    op: &str,
+    level: usize,
+    parent: &Arc<dyn Node>,
+) -> Result<Vec<RecordBatch>> {
+    let buckets = cx.parallelism;
+    let turn = cx.batch_id as usize;
+    let split = shuffle(cx, op, Some(level), parent, |run| {
+        let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); buckets];
+        run(&mut |chunk: RecordBatch| {
+            let rows = chunk.num_rows();
+            let per = rows.div_ceil(buckets).max(1);
+            for (i, start) in (0..rows).step_by(per).enumerate() {
+                out[(turn + i) % buckets].push(chunk.slice(start, per.min(rows - start)));
+            }
+            Ok(())
+        })?;
+        out.into_iter()
+            .map(|chunks| match chunks.first() {
+                None => Ok(None),
+                Some(first) => Ok(Some(arrow::compute::concat_batches(
+                    &first.schema(),
+                    &chunks,
+                )?)),
+            })
+            .collect()
+    })?;
+    Ok(split.into_iter().flatten().collect())
+}
+
+/// `stream`'s rows carried to stage `level` on many workers (a union of
+/// streams from different stages meets in the later one); in one process
+/// they stay where they are.
+pub(crate) fn moved_to<T: Data>(stream: &DStream<T>, level: usize) -> DStream<T> {
+    let parent = stream.node.clone();
+    let moved: DStream<T> = stream.derive("move", move |info| {
+        Arc::new(Wide {
+            info: info.placed(level, false, vec![("", level)]),
+            state: None,
+            compute: move |cx: &BatchCx, info: &NodeInfo| {
+                if !cx.on_workers() {
+                    return cx.for_each_partition(&parent, |_, run| {
+                        let mut chunks = Vec::new();
+                        run(&mut |c| {
+                            chunks.push(c);
+                            Ok(())
+                        })?;
+                        Ok(chunks)
+                    });
+                }
+                Ok(vec![spread(cx, &info.name(), level, &parent)?])
+            },
+        })
+    });
+    moved
+}
+
 /// The rows of `batch` split into `buckets` by `hash_of(row)`: one piece
 /// per non-empty bucket, rows in their order.
 fn split_by_bucket(

@@ -151,41 +151,6 @@ fn in_own_stage(cx: &BatchCx, info: &NodeInfo) -> bool {
     cx.task_stage().is_none_or(|stage| stage == info.level())
 }
 
-/// A window's input not yet shuffled, spread over the buckets of its cut
-/// (any split serves a window over whole batches): each chunk is cut into
-/// contiguous slices, the first going to a bucket that turns with the
-/// batch. On the stage reading the cut, this task's share.
-fn spread(
-    cx: &BatchCx,
-    info: &NodeInfo,
-    level: usize,
-    parent: &Arc<dyn super::exec::Node>,
-) -> Result<Vec<RecordBatch>> {
-    let buckets = cx.parallelism;
-    let turn = cx.batch_id as usize;
-    let split = super::wide::shuffle(cx, &info.name(), Some(level), parent, |run| {
-        let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); buckets];
-        run(&mut |chunk: RecordBatch| {
-            let rows = chunk.num_rows();
-            let per = rows.div_ceil(buckets).max(1);
-            for (i, start) in (0..rows).step_by(per).enumerate() {
-                out[(turn + i) % buckets].push(chunk.slice(start, per.min(rows - start)));
-            }
-            Ok(())
-        })?;
-        out.into_iter()
-            .map(|chunks| match chunks.first() {
-                None => Ok(None),
-                Some(first) => Ok(Some(arrow::compute::concat_batches(
-                    &first.schema(),
-                    &chunks,
-                )?)),
-            })
-            .collect()
-    })?;
-    Ok(split.into_iter().flatten().collect())
-}
-
 pub(crate) fn window<T: Data>(
     stream: &DStream<T>,
     length: Duration,
@@ -210,7 +175,7 @@ pub(crate) fn window<T: Data>(
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let current = match (cx.on_workers(), info.cut_level("")) {
-                    (true, Some(level)) => spread(cx, info, level, &parent)?,
+                    (true, Some(level)) => super::wide::spread(cx, &info.name(), level, &parent)?,
                     _ => cx.collect(&parent)?,
                 };
                 if !in_own_stage(cx, info) {

@@ -77,9 +77,10 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         };
         records.push(stream);
     }
+    let output_schema = plan.plan.schema();
     let sink = match plan.sink {
         None => Sink::Console,
-        Some(decl) => Sink::new(decl, &plan.plan.schema(), shared.topics, line)?,
+        Some(decl) => Sink::new(decl, &output_schema, shared.topics, line)?,
     };
     let table = sink.table_meta();
     let mut state: Vec<OperatorMeta> = plan.state.iter().cloned().collect();
@@ -107,6 +108,10 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
                             ..meta.clone()
                         });
                     }
+                }
+            } else if plan.aggregation.is_none() {
+                if matches!(sink, Sink::Table(..)) {
+                    shared.ctx.exchange_on_workers(&plan.operator);
                 }
             } else {
                 shared.ctx.exchange_on_workers(&plan.operator);
@@ -154,6 +159,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         tables: shared.tables.clone(),
         groups_cf,
         outer_cf,
+        output_schema,
         sink,
     });
     DStream::output_with_context(&records, operator, state, table, move |cx, inputs| {
@@ -163,28 +169,16 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
 }
 
 /// Why a query cannot run on many workers, where it is cut at its GROUP
-/// BY: stage 0 runs the partial aggregation per input partition, stage 1
-/// merges the partials of its groups into the state and the sink.
+/// BY (stage 0 runs the partial aggregation per input partition, stage 1
+/// merges the partials of its groups into the state and the sink) or its
+/// join; a query doing neither runs in stage 0, cut before its sink only
+/// when that is a table (keyed by its first column).
 fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
-    if let Some(join) = &plan.join {
-        if join.keys[0].is_empty() {
-            return Some(
-                "its join of streams has no equality of columns to split the streams by (… ON a.id = b.id AND …)",
-            );
-        }
-        let computed = plan.inputs.iter().zip(&join.keys).any(|(input, keys)| {
-            keys.iter()
-                .any(|k| input.shape.schema.field_with_name(k).is_err())
-        });
-        if computed {
-            return Some("its join compares computed values, not the streams' columns");
-        }
+    if plan.join.is_some() {
         return sink_refusal(sink);
     }
     let Some(agg) = plan.aggregation.as_ref() else {
-        return Some(
-            "it neither aggregates nor joins streams (on many workers a query is cut at its GROUP BY or its join)",
-        );
+        return sink_refusal(sink);
     };
     if agg.window.is_none() && plan.inputs.iter().any(|i| i.watermark.is_some()) {
         return Some(
@@ -306,6 +300,8 @@ struct QueryRunner {
     /// keeps the closed windows' rows until every stage-1 task closed them
     /// (stage 2; see `outer`).
     outer_cf: Option<String>,
+    /// The query's rows.
+    output_schema: datafusion::arrow::datatypes::SchemaRef,
     sink: Sink,
 }
 
@@ -388,7 +384,29 @@ impl QueryRunner {
         let output = self
             .runtime
             .block_on(self.execute(session, cx, state_cf, watermark, closed))?;
-        self.sink.write(cx, &output)
+        self.deliver(cx, output)
+    }
+
+    /// Writes a batch's rows to the sink. On many workers, a query without
+    /// state into a table is cut before the sink: stage 0 sends its rows by
+    /// a hash of their key (the first column) and the stage-1 task owning
+    /// the key writes them, so a key's rows land in one task's table in
+    /// order.
+    fn deliver(&self, cx: &BatchCx, output: Vec<RecordBatch>) -> Result<(), SqlError> {
+        let stateless = !self.aggregating && self.join.is_none();
+        if !(stateless && cx.on_workers() && matches!(self.sink, Sink::Table(..))) {
+            return self.sink.write(cx, &output);
+        }
+        if cx.in_map_stage() {
+            for batch in output.into_iter().filter(|b| b.num_rows() > 0) {
+                let hashes = group_hashes(&[batch.column(0).clone()], batch.num_rows())?;
+                sluice_engine::plan::exchange(cx, &self.operator, batch, &hashes)?;
+            }
+            return Ok(());
+        }
+        let empty = RecordBatch::new_empty(self.output_schema.clone());
+        let mine = sluice_engine::plan::exchange(cx, &self.operator, empty, &[])?;
+        self.sink.write(cx, &mine)
     }
 
     fn join_run<'a>(&'a self, join: &'a IntervalJoin) -> JoinRun<'a> {
@@ -427,6 +445,13 @@ impl QueryRunner {
             return self.merge_join_groups(cx, groups);
         }
         if cx.in_map_stage() {
+            // A join without an equality of columns (or comparing computed
+            // values) meets in one task: bucket 0.
+            let by_columns = !join.keys[0].is_empty()
+                && self.inputs.iter().zip(&join.keys).all(|(input, keys)| {
+                    keys.iter()
+                        .all(|k| input.shape.schema.field_with_name(k).is_ok())
+                });
             for (side, (input, chunks)) in self.inputs.iter().zip(chunks).enumerate() {
                 let op = join_side(&self.operator, side);
                 let parts = input.shape.decode(cx, chunks, self.slices)?;
@@ -434,10 +459,14 @@ impl QueryRunner {
                     watermark::report(self.line, &input.shape.name, spec, cx, &op, &parts)?;
                 }
                 for part in parts.into_iter().filter(|p| p.num_rows() > 0) {
-                    let keys = join.keys[side]
-                        .iter()
-                        .map(|k| join_key_column(part.column(part.schema().index_of(k)?)))
-                        .collect::<Result<Vec<_>, SqlError>>()?;
+                    let keys = if by_columns {
+                        join.keys[side]
+                            .iter()
+                            .map(|k| join_key_column(part.column(part.schema().index_of(k)?)))
+                            .collect::<Result<Vec<_>, SqlError>>()?
+                    } else {
+                        Vec::new()
+                    };
                     let hashes = group_hashes(&keys, part.num_rows())?;
                     sluice_engine::plan::exchange(cx, &op, part, &hashes)?;
                 }
@@ -551,7 +580,7 @@ impl QueryRunner {
                 .block_on(self.execute(session, cx, state_cf, None, None))
         })?;
         cx.count("bad records", bad);
-        self.sink.write(cx, &output)
+        self.deliver(cx, output)
     }
 
     /// Plans the query over the batch's tables in `session` and runs it;
