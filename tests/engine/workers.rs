@@ -256,3 +256,82 @@ fn workers_rejoin_after_the_broker_restarts_and_keep_their_tasks() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
 }
+
+/// A task's offsets go into its transaction as committed by its worker's
+/// member id in its generation (KIP-447): once the group moved on, the
+/// coordinator refuses the old generation's commit, and takes the new one.
+#[test]
+fn a_transactions_offsets_from_an_older_generation_are_refused() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use sluice::driver::txn_offsets::send_offsets;
+
+    let broker = TestBroker::start();
+    broker.create_topic("input", 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut a = GroupMember::new(config(&broker, "a", "job-v1"), all_tasks());
+    let mut b = GroupMember::new(config(&broker, "b", "job-v1"), all_tasks());
+    let (old, now) = rt.block_on(async {
+        let old = a.join(&LocalTasks::default()).await.expect("a joins");
+        // b joins: the group moves to the next generation, which a must
+        // join again.
+        let rejoin = async {
+            while !a.needs_rejoin() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            a.join(&LocalTasks::default()).await
+        };
+        let none = LocalTasks::default();
+        let (now, other) = tokio::join!(rejoin, b.join(&none));
+        other.expect("b joins");
+        (old, now.expect("a joins again"))
+    });
+    assert!(
+        now.generation_id > old.generation_id,
+        "{now:?} after {old:?}"
+    );
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("transactional.id", "a-task")
+        .create()
+        .expect("a transactional producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("input", 0, Offset::Offset(0))
+        .unwrap();
+    producer.begin_transaction().expect("begin");
+    let refused = send_offsets(
+        producer.client(),
+        &offsets,
+        GROUP,
+        old.generation_id,
+        &old.member_id,
+        timeout,
+    )
+    .expect_err("the older generation's commit is refused");
+    assert!(refused.out_of_generation(), "{refused}");
+    let _ = producer.abort_transaction(timeout);
+    producer.begin_transaction().expect("begin again");
+    send_offsets(
+        producer.client(),
+        &offsets,
+        GROUP,
+        now.generation_id,
+        &now.member_id,
+        timeout,
+    )
+    .expect("the current generation's commit is taken");
+    producer.commit_transaction(timeout).expect("commit");
+    rt.block_on(async {
+        a.leave().await;
+        b.leave().await;
+    });
+}

@@ -14,6 +14,7 @@
 mod aligned;
 pub mod progress;
 pub mod rate;
+pub mod txn_offsets;
 pub mod worker;
 
 pub use worker::WorkersOptions;

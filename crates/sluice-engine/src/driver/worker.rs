@@ -688,6 +688,9 @@ struct Env {
     changelog_sources: BTreeMap<String, Arc<dyn Source>>,
     /// With --until-caught-up: where each input partition ended at start.
     targets: Option<BTreeMap<(String, i32), i64>>,
+    /// The generation and member id this worker holds in the job's group,
+    /// which its transactions' offset commits carry (KIP-447).
+    generation: Option<(i32, String)>,
 }
 
 /// One worker's run of a job (see the module doc).
@@ -834,6 +837,7 @@ impl Worker {
                 repartition_sources,
                 changelog_sources,
                 targets,
+                generation: None,
             },
             member,
             runtime,
@@ -966,6 +970,7 @@ impl Worker {
             .runtime
             .block_on(self.member.join(&local))
             .map_err(other)?;
+        self.env.generation = Some((generation.generation_id, generation.member_id.clone()));
         let assigned: BTreeSet<TaskId> = generation.tasks.iter().copied().collect();
         self.tasks.retain(|id, _| assigned.contains(id));
         // A standby promoted to active closes first: the task opens over
@@ -1964,12 +1969,34 @@ impl Env {
                     .add_partition_offset(&input.topic, partition, Offset::Offset(range.until))
                     .map_err(|e| txn("cannot list the offsets", e))?;
             }
-            let metadata = self.group.group_metadata().ok_or_else(|| {
-                TaskFailure::Failed(other(format!("group {} has no metadata", self.group_id)))
+            // Committed as the member this worker is in its generation
+            // (KIP-447): the coordinator refuses a zombie's offsets.
+            let Some((generation, member)) = &self.generation else {
+                return Err(TaskFailure::Failed(other(format!(
+                    "task {}: the worker holds no generation of group {}",
+                    task.id, self.group_id
+                ))));
+            };
+            super::txn_offsets::send_offsets(
+                producer.client(),
+                &offsets,
+                &self.group_id,
+                *generation,
+                member,
+                KAFKA_TIMEOUT,
+            )
+            .map_err(|e| {
+                if e.out_of_generation() {
+                    TaskFailure::Fenced(format!(
+                        "the group moved on from generation {generation}: {e}"
+                    ))
+                } else {
+                    TaskFailure::Failed(other(format!(
+                        "task {}: cannot add the offsets to the transaction: {e}",
+                        task.id
+                    )))
+                }
             })?;
-            producer
-                .send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
-                .map_err(|e| txn("cannot add the offsets to the transaction", e))?;
             producer
                 .commit_transaction(KAFKA_TIMEOUT)
                 .map_err(|e| txn("cannot commit the transaction", e))
