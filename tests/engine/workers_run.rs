@@ -824,14 +824,20 @@ fn sink_rows(broker: &TestBroker, topic: &str) -> Vec<String> {
 }
 
 /// An aggregation over a windowed aggregation (per minute, the busiest
-/// URL's clicks and how many URLs were clicked) on three workers: stage 1
-/// closes each URL's minute, stage 2 aggregates a minute once every
-/// stage-1 task has closed it, and the rows equal one process's.
+/// URL's clicks and how many URLs were clicked) on three workers, one
+/// SIGKILLed mid-stream and replaced on a fresh directory (its stage-2
+/// tasks restore the windows waiting for every stage-1 task from the
+/// changelog): stage 1 closes each URL's minute, stage 2 aggregates a
+/// minute once every stage-1 task has closed it, and the rows equal one
+/// process's, each once.
 #[test]
-fn an_aggregation_over_windows_on_three_workers_emits_what_one_process_emits() {
+fn an_aggregation_over_windows_on_workers_across_a_kill_emits_what_one_process_emits() {
     let broker = TestBroker::start();
     broker.create_topic("clicks", PARTITIONS);
-    produce_to(&producer(&broker), "clicks", PARTITIONS, &clicks(10_000), 0);
+    let clicks = clicks(20_000);
+    let half = clicks.len() / 2;
+    let producer = producer(&broker);
+    produce_to(&producer, "clicks", PARTITIONS, &clicks[..half], 0);
     let root = tempfile::tempdir().unwrap();
     let inner = "SELECT window_start, window_end, url, count(*) AS clicks, approx_distinct(user_id) AS users\nFROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE)\nGROUP BY window_start, window_end, url;";
     let template = include_str!("../../jobs/clicks_per_url.sql");
@@ -849,7 +855,42 @@ fn an_aggregation_over_windows_on_three_workers_emits_what_one_process_emits() {
         "--job",
         "busiest",
     ];
-    run_workers_until_caught_up(&broker, root.path(), &job, 3);
+    let start = |dir: &str| start_job_worker(&broker, &root.path().join(dir), &job, &[]);
+    let mut workers: Vec<Worker> = ["w0", "w1", "w2"].into_iter().map(start).collect();
+    // 20 minutes of clicks: the last watermark closes the first 19.
+    let closed = 19;
+    let wait_rows = |workers: &mut [Worker], at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for w in workers.iter_mut() {
+                w.assert_running();
+            }
+            let rows = sink_rows(&broker, "busiest_workers");
+            assert!(rows.len() <= closed, "more rows than minutes: {rows:?}");
+            if rows.len() >= at_least {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {at_least} rows after 120 s; logs:\n{}",
+                rows.len(),
+                workers
+                    .iter()
+                    .map(Worker::log)
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_rows(&mut workers, 3);
+    workers[0].kill();
+    workers[0] = start("w0-fresh");
+    produce_to(&producer, "clicks", PARTITIONS, &clicks[half..], half);
+    let got = wait_rows(&mut workers, closed);
+    for w in &mut workers {
+        w.stop();
+    }
     let single = with_topic_sink(root.path(), &template, "per_minute", "busiest_single");
     run_single(
         &broker,
@@ -858,13 +899,15 @@ fn an_aggregation_over_windows_on_three_workers_emits_what_one_process_emits() {
         &["--max-records-per-batch", "1000"],
     );
     let want = sink_rows(&broker, "busiest_single");
-    // Ten minutes of clicks: the first nine minutes closed by the last
-    // watermark.
-    assert_eq!(want.len(), 9, "{want:?}");
+    assert_eq!(want.len(), closed, "{want:?}");
+    assert_eq!(
+        got, want,
+        "the workers emit each minute once, with one process's values"
+    );
     assert_eq!(
         sink_rows(&broker, "busiest_workers"),
         want,
-        "three workers emit each minute once, with one process's values"
+        "and nothing more once stopped"
     );
 }
 
