@@ -332,13 +332,19 @@ fn wait_for_table(
     );
 }
 
-#[test]
-fn three_workers_count_what_one_process_counts() {
+/// A broker whose lines topic holds a corpus of `lines` lines (`seed`),
+/// the lines, and a directory for the workers.
+fn with_corpus(lines: usize, seed: u64) -> (TestBroker, Vec<String>, tempfile::TempDir) {
     let broker = TestBroker::start();
     create_topic(&broker);
-    let lines = corpus(20_000, 7);
+    let lines = corpus(lines, seed);
     produce(&producer(&broker), &lines, 0);
-    let root = tempfile::tempdir().unwrap();
+    (broker, lines, tempfile::tempdir().unwrap())
+}
+
+#[test]
+fn three_workers_count_what_one_process_counts() {
+    let (broker, lines, root) = with_corpus(20_000, 7);
     let mut workers: Vec<Worker> = (0..3)
         .map(|i| {
             start_worker(
@@ -423,11 +429,7 @@ fn checkpoint_table(dir: &Path, job: &str, table: &str) -> BTreeMap<Vec<u8>, Vec
 
 #[test]
 fn the_sql_word_count_on_three_workers_equals_one_process() {
-    let broker = TestBroker::start();
-    create_topic(&broker);
-    let lines = corpus(20_000, 5);
-    produce(&producer(&broker), &lines, 0);
-    let root = tempfile::tempdir().unwrap();
+    let (broker, lines, root) = with_corpus(20_000, 5);
     let script = root.path().join("wordcount.sql");
     fs::write(&script, include_str!("../../jobs/wordcount.sql")).unwrap();
     let script = script.to_str().unwrap().to_owned();
@@ -689,11 +691,7 @@ fn workers_ride_out_a_broker_restart_with_exact_counts() {
 
 #[test]
 fn a_sql_topic_sink_on_workers_writes_inside_each_tasks_transaction() {
-    let broker = TestBroker::start();
-    create_topic(&broker);
-    let lines = corpus(15_000, 13);
-    produce(&producer(&broker), &lines, 0);
-    let root = tempfile::tempdir().unwrap();
+    let (broker, lines, root) = with_corpus(15_000, 13);
     let script = root.path().join("wordcount.sql");
     fs::write(
         &script,
@@ -823,6 +821,39 @@ fn sink_rows(broker: &TestBroker, topic: &str) -> Vec<String> {
     rows
 }
 
+/// Waits (120 s at most) until the topic sink `topic` holds `at_least`
+/// rows, never more than `most`, the workers running all along.
+fn wait_for_rows(
+    broker: &TestBroker,
+    workers: &mut [Worker],
+    topic: &str,
+    at_least: usize,
+    most: usize,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        let rows = sink_rows(broker, topic);
+        assert!(rows.len() <= most, "more rows than expected: {rows:?}");
+        if rows.len() >= at_least {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {at_least} rows after 120 s; logs:\n{}",
+            rows.len(),
+            workers
+                .iter()
+                .map(Worker::log)
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// An aggregation over a windowed aggregation (per minute, the busiest
 /// URL's clicks and how many URLs were clicked) on three workers, one
 /// SIGKILLed mid-stream and replaced on a fresh directory (its stage-2
@@ -860,28 +891,7 @@ fn an_aggregation_over_windows_on_workers_across_a_kill_emits_what_one_process_e
     // 20 minutes of clicks: the last watermark closes the first 19.
     let closed = 19;
     let wait_rows = |workers: &mut [Worker], at_least: usize| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            for w in workers.iter_mut() {
-                w.assert_running();
-            }
-            let rows = sink_rows(&broker, "busiest_workers");
-            assert!(rows.len() <= closed, "more rows than minutes: {rows:?}");
-            if rows.len() >= at_least {
-                return rows;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {at_least} rows after 120 s; logs:\n{}",
-                rows.len(),
-                workers
-                    .iter()
-                    .map(Worker::log)
-                    .collect::<Vec<_>>()
-                    .join("\n----\n")
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_for_rows(&broker, workers, "busiest_workers", at_least, closed)
     };
     wait_rows(&mut workers, 3);
     workers[0].kill();
@@ -940,31 +950,7 @@ fn event_time_windows_on_workers_close_as_in_one_process_across_a_kill() {
     // first 19 windows, 23 URLs each.
     let closed = 19 * 23;
     let wait_rows = |workers: &mut [Worker], at_least: usize| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            for w in workers.iter_mut() {
-                w.assert_running();
-            }
-            let rows = sink_rows(&broker, "per_minute_workers");
-            assert!(
-                rows.len() <= closed,
-                "more rows than closed windows: {rows:?}"
-            );
-            if rows.len() >= at_least {
-                return rows;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {at_least} window rows after 120 s; logs:\n{}",
-                rows.len(),
-                workers
-                    .iter()
-                    .map(Worker::log)
-                    .collect::<Vec<_>>()
-                    .join("\n----\n")
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_for_rows(&broker, workers, "per_minute_workers", at_least, closed)
     };
     // Some windows closed: a worker dies holding open windows and the
     // watermark in its tasks' state, which a replacement restores.
@@ -1119,6 +1105,24 @@ fn at(ms: usize) -> String {
     )
 }
 
+/// Writes `sql` to `root/<job>.sql` and runs it as three workers of the
+/// group and job named `job` until they have caught up.
+fn run_sql_on_three_workers(broker: &TestBroker, root: &Path, job: &str, sql: &str) {
+    let script = root.join(format!("{job}.sql"));
+    fs::write(&script, sql).unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let args = ["run", script.as_str(), "--workers-group", job, "--job", job];
+    run_workers_until_caught_up(broker, root, &args, 3);
+}
+
+/// A broker holding [`orders_and_payments`] of `n` orders, and a
+/// directory for the workers.
+fn with_orders_and_payments(n: usize) -> (TestBroker, tempfile::TempDir) {
+    let broker = TestBroker::start();
+    orders_and_payments(&broker, n);
+    (broker, tempfile::tempdir().unwrap())
+}
+
 /// Orders `0..n` at 100 ms steps into `orders` (8 partitions) and their
 /// payments 5 s later into `payments` (4 partitions): two in three pay
 /// order `i` `10 * i`, the rest pay an order that does not exist. Times
@@ -1146,40 +1150,38 @@ fn orders_and_payments(broker: &TestBroker, n: usize) {
     produce_to(&producer, "payments", 4, &payments, 0);
 }
 
-#[test]
-fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
-    let broker = TestBroker::start();
-    let n = 3_000;
-    orders_and_payments(&broker, n);
-    let root = tempfile::tempdir().unwrap();
-    let script = root.path().join("paid_orders.sql");
-    fs::write(&script, include_str!("../../jobs/paid_orders.sql")).unwrap();
-    let script = script.to_str().unwrap().to_owned();
-    let job = [
-        "run",
-        script.as_str(),
-        "--workers-group",
-        "paid-workers",
-        "--job",
-        "paid",
-    ];
-    run_workers_until_caught_up(&broker, root.path(), &job, 3);
-    // The table's key is the first column (BIGINT), its value the nullable
-    // amount.
-    let got: BTreeMap<i64, Option<i64>> =
-        read_changelog(&broker, "sluice-paid-table.paid-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<i64>(&k).expect("an order id"),
-                    decode_all::<Option<i64>>(&v).expect("an amount"),
-                )
-            })
-            .collect();
-    let want: BTreeMap<i64, Option<i64>> = (0..n as i64)
+/// A result table keyed by a BIGINT with one nullable BIGINT value, read
+/// from its changelog.
+fn bigint_table(broker: &TestBroker, changelog: &str) -> BTreeMap<i64, Option<i64>> {
+    read_changelog(broker, changelog)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                decode_all::<i64>(&k).expect("a BIGINT key"),
+                decode_all::<Option<i64>>(&v).expect("a BIGINT value"),
+            )
+        })
+        .collect()
+}
+
+/// The orders of [`orders_and_payments`] that were paid, with the amount.
+fn paid_orders(n: usize) -> BTreeMap<i64, Option<i64>> {
+    (0..n as i64)
         .filter(|i| i % 3 != 0)
         .map(|i| (i, Some(10 * i)))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
+    let n = 3_000;
+    let (broker, root) = with_orders_and_payments(n);
+    let sql = include_str!("../../jobs/paid_orders.sql");
+    run_sql_on_three_workers(&broker, root.path(), "paid", sql);
+    // The table's key is the first column (BIGINT), its value the nullable
+    // amount.
+    let got = bigint_table(&broker, "sluice-paid-table.paid-changelog");
+    let want = paid_orders(n);
     assert_eq!(got.len(), want.len(), "one row per paid order");
     assert_eq!(got, want, "every paid order, with its amount");
 }
@@ -1189,44 +1191,19 @@ fn an_interval_join_of_two_topics_on_three_workers_finds_every_match_once() {
 /// the matches' partial sums into its groups.
 #[test]
 fn an_aggregation_over_a_join_on_three_workers_sums_every_match_once() {
-    let broker = TestBroker::start();
     let n = 3_000;
-    orders_and_payments(&broker, n);
-    let root = tempfile::tempdir().unwrap();
-    let script = root.path().join("paid_by_digit.sql");
-    fs::write(
-        &script,
-        include_str!("../../jobs/paid_orders.sql")
-            .replace(
-                "SELECT o.id, p.amount FROM orders o JOIN payments p",
-                "SELECT o.id % 10 AS digit, sum(p.amount) AS paid FROM orders o JOIN payments p",
-            )
-            .replace(
-                "o.ts + INTERVAL '10' SECOND;",
-                "o.ts + INTERVAL '10' SECOND GROUP BY o.id % 10;",
-            ),
-    )
-    .unwrap();
-    let script = script.to_str().unwrap().to_owned();
-    let job = [
-        "run",
-        script.as_str(),
-        "--workers-group",
-        "digits",
-        "--job",
-        "digits",
-    ];
-    run_workers_until_caught_up(&broker, root.path(), &job, 3);
-    let got: BTreeMap<i64, Option<i64>> =
-        read_changelog(&broker, "sluice-digits-table.paid-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<i64>(&k).expect("a digit"),
-                    decode_all::<Option<i64>>(&v).expect("a sum"),
-                )
-            })
-            .collect();
+    let (broker, root) = with_orders_and_payments(n);
+    let sql = include_str!("../../jobs/paid_orders.sql")
+        .replace(
+            "SELECT o.id, p.amount FROM orders o JOIN payments p",
+            "SELECT o.id % 10 AS digit, sum(p.amount) AS paid FROM orders o JOIN payments p",
+        )
+        .replace(
+            "o.ts + INTERVAL '10' SECOND;",
+            "o.ts + INTERVAL '10' SECOND GROUP BY o.id % 10;",
+        );
+    run_sql_on_three_workers(&broker, root.path(), "digits", &sql);
+    let got = bigint_table(&broker, "sluice-digits-table.paid-changelog");
     let mut want: BTreeMap<i64, Option<i64>> = BTreeMap::new();
     for i in (0..n as i64).filter(|i| i % 3 != 0) {
         let sum = want.entry(i % 10).or_insert(Some(0));
@@ -1243,10 +1220,8 @@ fn an_aggregation_over_a_join_on_three_workers_sums_every_match_once() {
 /// by the stage-0 tasks in their transactions) hold each row once.
 #[test]
 fn queries_without_state_on_three_workers_write_each_row_once() {
-    let broker = TestBroker::start();
     let n = 2_000;
-    orders_and_payments(&broker, n);
-    let root = tempfile::tempdir().unwrap();
+    let (broker, root) = with_orders_and_payments(n);
     let script = |big: &str| {
         format!(
             "CREATE STREAM orders (id BIGINT, ts TIMESTAMP) WITH (topic = 'orders', format = 'json');\n\
@@ -1257,18 +1232,7 @@ fn queries_without_state_on_three_workers_write_each_row_once() {
              INSERT INTO big SELECT order_id, amount FROM payments WHERE amount >= 15000;\n"
         )
     };
-    let on_workers = root.path().join("workers.sql");
-    fs::write(&on_workers, script("big_workers")).unwrap();
-    let on_workers = on_workers.to_str().unwrap().to_owned();
-    let job = [
-        "run",
-        on_workers.as_str(),
-        "--workers-group",
-        "filters",
-        "--job",
-        "filters",
-    ];
-    run_workers_until_caught_up(&broker, root.path(), &job, 3);
+    run_sql_on_three_workers(&broker, root.path(), "filters", &script("big_workers"));
     let single = root.path().join("single.sql");
     fs::write(&single, script("big_single")).unwrap();
     run_single(
@@ -1277,16 +1241,7 @@ fn queries_without_state_on_three_workers_write_each_row_once() {
         &root.path().join("single"),
         &[],
     );
-    let got: BTreeMap<i64, Option<i64>> =
-        read_changelog(&broker, "sluice-filters-table.even-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<i64>(&k).expect("an order id"),
-                    decode_all::<Option<i64>>(&v).expect("a number"),
-                )
-            })
-            .collect();
+    let got = bigint_table(&broker, "sluice-filters-table.even-changelog");
     let want: BTreeMap<i64, Option<i64>> = (0..n as i64)
         .filter(|i| i % 2 == 0)
         .map(|i| (i, Some(10 * i)))
@@ -1310,43 +1265,27 @@ fn queries_without_state_on_three_workers_write_each_row_once() {
 /// matches one process finds.
 #[test]
 fn a_join_on_computed_values_on_three_workers_meets_in_one_task() {
-    let broker = TestBroker::start();
     let n = 1_500;
-    orders_and_payments(&broker, n);
-    let root = tempfile::tempdir().unwrap();
-    let script = root.path().join("computed.sql");
+    let (broker, root) = with_orders_and_payments(n);
     let template = include_str!("../../jobs/paid_orders.sql");
     assert!(template.contains("ON o.id = p.order_id"));
-    fs::write(
-        &script,
-        template.replace("ON o.id = p.order_id", "ON o.id + 1 = p.order_id + 1"),
-    )
-    .unwrap();
-    let script = script.to_str().unwrap().to_owned();
-    let job = [
-        "run",
-        script.as_str(),
-        "--workers-group",
-        "computed",
-        "--job",
-        "computed",
-    ];
-    run_workers_until_caught_up(&broker, root.path(), &job, 3);
-    let got: BTreeMap<i64, Option<i64>> =
-        read_changelog(&broker, "sluice-computed-table.paid-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<i64>(&k).expect("an order id"),
-                    decode_all::<Option<i64>>(&v).expect("an amount"),
-                )
-            })
-            .collect();
-    let want: BTreeMap<i64, Option<i64>> = (0..n as i64)
-        .filter(|i| i % 3 != 0)
-        .map(|i| (i, Some(10 * i)))
-        .collect();
-    assert_eq!(got, want, "every paid order, with its amount");
+    let sql = template.replace("ON o.id = p.order_id", "ON o.id + 1 = p.order_id + 1");
+    run_sql_on_three_workers(&broker, root.path(), "computed", &sql);
+    let got = bigint_table(&broker, "sluice-computed-table.paid-changelog");
+    assert_eq!(got, paid_orders(n), "every paid order, with its amount");
+}
+
+/// A result table of counts by TEXT key, read from its changelog.
+fn count_table(broker: &TestBroker, changelog: &str) -> BTreeMap<String, u64> {
+    read_changelog(broker, changelog)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                decode_all::<String>(&k).expect("a TEXT key"),
+                decode_all::<u64>(&v).expect("a count"),
+            )
+        })
+        .collect()
 }
 
 /// A Rust job as worker `i` of group `rust-jobs` (in-process: a thread
@@ -1376,6 +1315,49 @@ fn rust_worker(
     (ctx, lines)
 }
 
+/// Runs a Rust job (`build` over the lines stream) as three in-process
+/// workers until they have caught up.
+fn run_rust_workers(
+    broker: &TestBroker,
+    root: &Path,
+    build: impl Fn(&sluice::plan::DStream<sluice::source::record::Record>) + Send + Sync + 'static,
+) {
+    let build = std::sync::Arc::new(build);
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let brokers = broker.bootstrap();
+            let dir = root.join(format!("w{i}"));
+            let build = build.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let (ctx, lines) = rust_worker(&brokers, dir, i);
+                build(&lines);
+                ctx.run().map(|_| ()).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .expect("a worker thread")
+            .expect("a worker ran the job");
+    }
+}
+
+/// The values of a `u64` stream's chunks.
+fn u64_values(chunks: &[arrow::array::RecordBatch]) -> Vec<u64> {
+    chunks
+        .iter()
+        .flat_map(|c| {
+            c.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .expect("a count")
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// `(word, 1)` for every word of every line.
 fn word_ones(
     lines: &sluice::plan::DStream<sluice::source::record::Record>,
@@ -1396,76 +1378,36 @@ fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    let broker = TestBroker::start();
-    create_topic(&broker);
-    let lines = corpus(6_000, 23);
-    produce(&producer(&broker), &lines, 0);
-    let root = tempfile::tempdir().unwrap();
+    let (broker, lines, root) = with_corpus(6_000, 23);
 
     let counted = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..3)
-        .map(|i| {
-            let brokers = broker.bootstrap();
-            let dir = root.path().join(format!("w{i}"));
-            let counted = counted.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let (ctx, lines) = rust_worker(&brokers, dir, i);
-                word_ones(&lines)
-                    .reduce_by_key(|a, b| a + b)
-                    .flat_map(|(w, n), out: &mut Emitter<(String, u64)>| out.push((&w[..1], n)))
-                    .reduce_by_key(|a, b| a + b)
-                    .merge_into_table("initials", |a, b| a + b);
-                // A union of streams from different stages: the words
-                // (stage 0) meet their counts (stage 1) there.
-                let ones = word_ones(&lines);
-                ones.union(&ones.reduce_by_key(|a, b| a + b))
-                    .reduce_by_key(|a, b| a + b)
-                    .merge_into_table("twice", |a, b| a + b);
-                lines.count().foreach_batch(move |_, chunks| {
-                    for c in chunks {
-                        let n = c
-                            .column(0)
-                            .as_any()
-                            .downcast_ref::<arrow::array::UInt64Array>()
-                            .expect("a count");
-                        counted.fetch_add(n.iter().flatten().sum::<u64>(), Ordering::Relaxed);
-                    }
-                    Ok(())
-                });
-                ctx.run().map(|_| ()).map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join()
-            .expect("a worker thread")
-            .expect("a worker ran the job");
-    }
+    let total = counted.clone();
+    run_rust_workers(&broker, root.path(), move |lines| {
+        word_ones(lines)
+            .reduce_by_key(|a, b| a + b)
+            .flat_map(|(w, n), out: &mut Emitter<(String, u64)>| out.push((&w[..1], n)))
+            .reduce_by_key(|a, b| a + b)
+            .merge_into_table("initials", |a, b| a + b);
+        // A union of streams from different stages: the words (stage 0)
+        // meet their counts (stage 1) there.
+        let ones = word_ones(lines);
+        ones.union(&ones.reduce_by_key(|a, b| a + b))
+            .reduce_by_key(|a, b| a + b)
+            .merge_into_table("twice", |a, b| a + b);
+        let total = total.clone();
+        lines.count().foreach_batch(move |_, chunks| {
+            total.fetch_add(u64_values(chunks).iter().sum::<u64>(), Ordering::Relaxed);
+            Ok(())
+        });
+    });
     let got: BTreeMap<String, u64> =
-        read_changelog(&broker, "sluice-rustjob-table.initials-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<String>(&k).expect("an initial"),
-                    decode_all::<u64>(&v).expect("a sum"),
-                )
-            })
-            .collect();
+        count_table(&broker, "sluice-rustjob-table.initials-changelog");
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for (w, n) in counts(&lines) {
         *want.entry(w[..1].to_owned()).or_default() += n;
     }
     assert_eq!(got, want, "words per initial, regrouped in a third stage");
-    let twice: BTreeMap<String, u64> =
-        read_changelog(&broker, "sluice-rustjob-table.twice-changelog")
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<String>(&k).expect("a word"),
-                    decode_all::<u64>(&v).expect("a sum"),
-                )
-            })
-            .collect();
+    let twice: BTreeMap<String, u64> = count_table(&broker, "sluice-rustjob-table.twice-changelog");
     let want: BTreeMap<String, u64> = counts(&lines)
         .into_iter()
         .map(|(w, n)| (w, 2 * n))
@@ -1489,73 +1431,36 @@ fn rust_per_batch_joins_and_batch_windows_on_three_workers() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    let broker = TestBroker::start();
-    create_topic(&broker);
-    let lines = corpus(3_000, 31);
-    produce(&producer(&broker), &lines, 0);
-    let root = tempfile::tempdir().unwrap();
+    let (broker, lines, root) = with_corpus(3_000, 31);
     let long = Duration::from_secs(600);
     let slide = Duration::from_millis(200);
     // The largest windowed line count any batch reported.
     let windowed_lines = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..3)
-        .map(|i| {
-            let brokers = broker.bootstrap();
-            let dir = root.path().join(format!("w{i}"));
-            let windowed_lines = windowed_lines.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let (ctx, lines) = rust_worker(&brokers, dir, i);
-                let words = word_ones(&lines);
-                let distinct = words.reduce_by_key(|a, _| a);
-                words
-                    .join(&distinct)
-                    .flat_map(|(w, (n, _)), out: &mut Emitter<(String, u64)>| out.push((w, n)))
-                    .reduce_by_key(|a, b| a + b)
-                    .merge_into_table("joined", |a, b| a + b);
-                words
-                    .reduce_by_key_and_window(
-                        |a, b| a + b,
-                        Some(Box::new(|a, b| a - b)),
-                        long,
-                        slide,
-                    )
-                    .save_to_table("windowed");
-                lines
-                    .window(long, slide)
-                    .count()
-                    .foreach_batch(move |_, chunks| {
-                        for c in chunks {
-                            let n = c
-                                .column(0)
-                                .as_any()
-                                .downcast_ref::<arrow::array::UInt64Array>()
-                                .expect("a count");
-                            for n in n.iter().flatten() {
-                                windowed_lines.fetch_max(n, Ordering::Relaxed);
-                            }
-                        }
-                        Ok(())
-                    });
-                ctx.run().map(|_| ()).map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join()
-            .expect("a worker thread")
-            .expect("a worker ran the job");
-    }
-    let table = |name: &str| -> BTreeMap<String, u64> {
-        read_changelog(&broker, &format!("sluice-rustjob-table.{name}-changelog"))
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    decode_all::<String>(&k).expect("a word"),
-                    decode_all::<u64>(&v).expect("a count"),
-                )
-            })
-            .collect()
-    };
+    let largest = windowed_lines.clone();
+    run_rust_workers(&broker, root.path(), move |lines| {
+        let words = word_ones(lines);
+        let distinct = words.reduce_by_key(|a, _| a);
+        words
+            .join(&distinct)
+            .flat_map(|(w, (n, _)), out: &mut Emitter<(String, u64)>| out.push((w, n)))
+            .reduce_by_key(|a, b| a + b)
+            .merge_into_table("joined", |a, b| a + b);
+        words
+            .reduce_by_key_and_window(|a, b| a + b, Some(Box::new(|a, b| a - b)), long, slide)
+            .save_to_table("windowed");
+        let largest = largest.clone();
+        lines
+            .window(long, slide)
+            .count()
+            .foreach_batch(move |_, chunks| {
+                for n in u64_values(chunks) {
+                    largest.fetch_max(n, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+    });
+    let table =
+        |name: &str| count_table(&broker, &format!("sluice-rustjob-table.{name}-changelog"));
     let want = counts(&lines);
     assert_eq!(
         table("joined"),

@@ -99,15 +99,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
                 }
                 if plan.aggregation.is_some() && shared.ctx.config().workers.is_some() {
                     shared.ctx.exchange_on_workers_at(&plan.operator, 2);
-                    if let Some(meta) = &plan.state {
-                        let name = format!("{}.groups", plan.operator);
-                        groups_cf = Some(format!("{STATE_CF_PREFIX}{name}"));
-                        state.push(OperatorMeta {
-                            name,
-                            kind: format!("{} (groups, on workers)", meta.kind),
-                            ..meta.clone()
-                        });
-                    }
+                    groups_cf = stage_two_state(&plan, "groups", &mut state);
                 }
             } else if plan.aggregation.is_none() {
                 if matches!(sink, Sink::Table(..)) {
@@ -123,15 +115,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
                     shared
                         .ctx
                         .exchange_on_workers_at(&outer::outer_op(&plan.operator), 2);
-                    if let Some(meta) = &plan.state {
-                        let name = format!("{}.closed", plan.operator);
-                        outer_cf = Some(format!("{STATE_CF_PREFIX}{name}"));
-                        state.push(OperatorMeta {
-                            name,
-                            kind: format!("{} (closed windows, on workers)", meta.kind),
-                            ..meta.clone()
-                        });
-                    }
+                    outer_cf = stage_two_state(&plan, "closed", &mut state);
                 }
             }
             if plan.inputs.iter().any(|i| i.watermark.is_some()) {
@@ -166,6 +150,21 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         runner.run(cx, inputs).map_err(PlanError::from)
     });
     Ok(())
+}
+
+/// On many workers, the column family of a query's stage-2 state
+/// (`state.<op>.<what>`), registered with the query's own signature: each
+/// column family is written by one stage only.
+fn stage_two_state(plan: &QueryPlan, what: &str, state: &mut Vec<OperatorMeta>) -> Option<String> {
+    let meta = plan.state.as_ref()?;
+    let name = format!("{}.{what}", plan.operator);
+    let cf = format!("{STATE_CF_PREFIX}{name}");
+    state.push(OperatorMeta {
+        name,
+        kind: format!("{} ({what}, on workers)", meta.kind),
+        ..meta.clone()
+    });
+    Some(cf)
 }
 
 /// Why a query cannot run on many workers, where it is cut at its GROUP
@@ -503,20 +502,38 @@ impl QueryRunner {
         self.sink.write(cx, &output)
     }
 
-    /// Stage 2 of an aggregation over a windowed aggregation on many
-    /// workers: the outer aggregation over every window all stage-1 tasks
-    /// have closed.
-    fn run_outer(&self, cx: &BatchCx, outer_cf: &str) -> Result<(), SqlError> {
+    /// The query planned over empty streams, and its aggregation: what a
+    /// task that receives only partial or closed rows (a later stage)
+    /// merges and finishes them with.
+    fn planned_over_nothing(
+        &self,
+        event_time: Option<&str>,
+    ) -> Result<
+        (
+            SessionContext,
+            Arc<dyn ExecutionPlan>,
+            aggregation::Aggregation,
+        ),
+        SqlError,
+    > {
         let shapes: Vec<_> = self.inputs.iter().map(|i| i.shape.clone()).collect();
         let (session, _) = session_over(empty_streams(&shapes, 1), &self.tables)?;
         let plan: Arc<dyn ExecutionPlan> = self
             .runtime
             .block_on(async { session.sql(&self.sql).await?.create_physical_plan().await })?;
+        let agg = aggregation::expect(&plan, event_time, self.line)?;
+        Ok((session, plan, agg))
+    }
+
+    /// Stage 2 of an aggregation over a windowed aggregation on many
+    /// workers: the outer aggregation over every window all stage-1 tasks
+    /// have closed.
+    fn run_outer(&self, cx: &BatchCx, outer_cf: &str) -> Result<(), SqlError> {
         let event_time = match self.inputs.as_slice() {
             [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
             _ => None,
         };
-        let agg = aggregation::expect(&plan, event_time, self.line)?;
+        let (session, plan, agg) = self.planned_over_nothing(event_time)?;
         let op = outer::outer_op(&self.operator);
         let empty = RecordBatch::new_empty(agg.top.schema());
         let rows = sluice_engine::plan::exchange_at(cx, &op, 2, empty, &[])?;
@@ -534,12 +551,7 @@ impl QueryRunner {
     /// aggregates stage-1 tasks computed over their matches, merged into
     /// the groups this task owns, as one process merges its own.
     fn merge_join_groups(&self, cx: &BatchCx, groups: &str) -> Result<(), SqlError> {
-        let shapes: Vec<_> = self.inputs.iter().map(|i| i.shape.clone()).collect();
-        let (session, _) = session_over(empty_streams(&shapes, 1), &self.tables)?;
-        let plan: Arc<dyn ExecutionPlan> = self
-            .runtime
-            .block_on(async { session.sql(&self.sql).await?.create_physical_plan().await })?;
-        let agg = aggregation::expect(&plan, None, self.line)?;
+        let (session, plan, agg) = self.planned_over_nothing(None)?;
         let schema = agg.partial().schema();
         let empty = RecordBatch::new_empty(schema.clone());
         let mine = sluice_engine::plan::exchange_at(cx, &self.operator, 2, empty, &[])?;
