@@ -230,8 +230,14 @@ where
             merged.insert(key, new);
         }
     }
+    // In key order: RocksDB inserts a write batch's keys into its memtable
+    // skip list one after the other, and each search starts from where
+    // the previous insert ended, so sorted keys find their place in a few
+    // steps where hash-ordered ones walk down from the top every time.
+    let mut sorted: Vec<(&Vec<u8>, &V)> = merged.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
     cx.write(|w| {
-        for (k, v) in &merged {
+        for (k, v) in sorted {
             w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
         }
     });
