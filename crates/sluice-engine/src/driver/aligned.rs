@@ -144,33 +144,39 @@ impl Buffer {
     ) -> Result<Buffer, String> {
         let mut buffer = Buffer::default();
         for (key, value) in entries {
-            match key.first() {
-                Some(&ROWS) if key.len() >= 17 => {
-                    let id = u64::from_be_bytes(key[1..9].try_into().unwrap_or_default());
-                    let op = String::from_utf8_lossy(&key[17..]).into_owned();
-                    buffer.rows.push(BufferedRows {
-                        key: key.to_vec(),
-                        id,
-                        op,
-                        payload: value.to_vec(),
-                    });
-                }
-                Some(&PROGRESS) if key.len() >= 6 => {
-                    let split = key.len() - 5;
-                    let op = String::from_utf8_lossy(&key[1..split]).into_owned();
-                    let partition =
-                        u32::from_be_bytes(key[split + 1..].try_into().unwrap_or_default());
-                    buffer.progress.insert((op, partition), read_u64(&value)?);
-                }
-                Some(&REPORTED) if key.len() == 9 => {
-                    buffer.reported.insert(read_u64(&key[1..])?);
-                }
-                _ if &key[..] == LAST_RUN => buffer.last_run = Some(read_u64(&value)?),
-                _ if &key[..] == FINISHED_SENT => buffer.finished_sent = true,
-                _ => return Err(format!("unexpected key {key:?} in a batch-aligned buffer")),
-            }
+            buffer.apply(&key, &value)?;
         }
         Ok(buffer)
+    }
+
+    /// Takes in one entry written to the buffer's column family (after
+    /// those with smaller keys of the same kind, as a load would).
+    pub(crate) fn apply(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        match key.first() {
+            Some(&ROWS) if key.len() >= 17 => {
+                let id = u64::from_be_bytes(key[1..9].try_into().unwrap_or_default());
+                let op = String::from_utf8_lossy(&key[17..]).into_owned();
+                self.rows.push(BufferedRows {
+                    key: key.to_vec(),
+                    id,
+                    op,
+                    payload: value.to_vec(),
+                });
+            }
+            Some(&PROGRESS) if key.len() >= 6 => {
+                let split = key.len() - 5;
+                let op = String::from_utf8_lossy(&key[1..split]).into_owned();
+                let partition = u32::from_be_bytes(key[split + 1..].try_into().unwrap_or_default());
+                self.progress.insert((op, partition), read_u64(value)?);
+            }
+            Some(&REPORTED) if key.len() == 9 => {
+                self.reported.insert(read_u64(&key[1..])?);
+            }
+            _ if key == LAST_RUN => self.last_run = Some(read_u64(value)?),
+            _ if key == FINISHED_SENT => self.finished_sent = true,
+            _ => return Err(format!("unexpected key {key:?} in a batch-aligned buffer")),
+        }
+        Ok(())
     }
 
     /// The id up to which every task of the previous stage reported, over

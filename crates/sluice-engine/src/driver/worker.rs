@@ -1679,15 +1679,17 @@ impl Env {
                                 })?;
                                 inbox.aligned_progress.push((op.clone(), from, id));
                             }
-                            Some(key) if aligned::parse_rows_key(key).is_some() => {
-                                inbox.aligned_rows.push((
+                            _ => match key.and_then(aligned::parse_rows_key) {
+                                Some(id) => inbox.aligned_rows.push((
                                     op.clone(),
-                                    aligned::parse_rows_key(key).unwrap_or_default(),
+                                    id,
                                     offsets.value(i),
                                     value.to_vec(),
-                                ));
-                            }
-                            _ => decode_ipc(value, inbox.rows.entry(op.clone()).or_default())?,
+                                )),
+                                None => {
+                                    decode_ipc(value, inbox.rows.entry(op.clone()).or_default())?
+                                }
+                            },
                         }
                     }
                     Ok(())
@@ -1738,18 +1740,18 @@ impl Env {
         let stage = task.id.stage as usize;
         let inbox = self.read_inbox(task, &ranges)?;
         let cf_name = aligned::buffer_cf(stage);
+        let mut buffer = self.load_buffer(task, &cf_name)?;
         // The read, buffered, with the input offsets.
         let mut report = if ranges.iter().any(|r| r.until > r.from) {
             let mut buffered = BTreeMap::<Vec<u8>, Vec<u8>>::new();
             for (op, id, offset, payload) in inbox.aligned_rows {
                 buffered.insert(aligned::buffered_rows_key(id, offset, &op), payload);
             }
-            let known = self.load_buffer(task, &cf_name)?;
             for (op, from, id) in inbox.aligned_progress {
                 if id != aligned::FINISHED {
                     buffered.insert(aligned::reported_key(id), Vec::new());
                 }
-                let before = known.progress.get(&(op.clone(), from)).copied();
+                let before = buffer.progress.get(&(op.clone(), from)).copied();
                 if before.is_none_or(|b| b < id) {
                     buffered.insert(
                         aligned::buffered_progress_key(&op, from),
@@ -1763,18 +1765,24 @@ impl Env {
                 role: None,
                 tag: None,
             };
-            self.transact(task, batch, &ranges, |task, w| {
+            let report = self.transact(task, batch, &ranges, |task, w| {
                 let cf = task_cf(task, &cf_name)?;
                 for (k, v) in &buffered {
                     w.put_cf(cf, k, v);
                 }
                 Ok(())
-            })?
+            })?;
+            // Committed: the buffer as the column family now holds it.
+            for (k, v) in &buffered {
+                buffer
+                    .apply(k, v)
+                    .map_err(|e| TaskFailure::Failed(other(format!("task {}: {e}", task.id))))?;
+            }
+            report
         } else {
             TaskReport::default()
         };
         // Every batch the previous stage is done with.
-        let buffer = self.load_buffer(task, &cf_name)?;
         let ops: Vec<String> = self
             .plan
             .cuts
