@@ -33,6 +33,10 @@ pub struct BrokerConfig {
     pub idle_timeout: Duration,
     /// How often the metrics line is logged.
     pub metrics_interval: Duration,
+    /// How often the status sampler ([`crate::BrokerStatus`]) records
+    /// counters, log ends and committed offsets: the resolution of the
+    /// status rates (over about 10 s) and of the consumer-lag windows.
+    pub status_sample_interval: Duration,
     pub groups: GroupConfig,
     pub transactions: TxnConfig,
     /// Compaction of `cleanup.policy=compact` topics (Kafka's `log.cleaner.*`).
@@ -50,6 +54,7 @@ impl BrokerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             idle_timeout: Duration::from_secs(600),
             metrics_interval: Duration::from_secs(60),
+            status_sample_interval: Duration::from_secs(1),
             groups: GroupConfig::default(),
             transactions: TxnConfig::default(),
             cleaner: CleanerOptions::default(),

@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -124,8 +125,9 @@ pub(crate) async fn handle(shared: &Shared, frame: Bytes, peer: SocketAddr) -> O
         .as_ref()
         .map_or("", |c| c.as_str())
         .to_string();
+    let decoded = Instant::now();
     let response = route(shared, api, body, version, &client, peer).await;
-    match response {
+    let outcome = match response {
         Ok(Some(resp)) => {
             if response_has_error(&resp) {
                 shared.metrics.error(key);
@@ -134,7 +136,12 @@ pub(crate) async fn handle(shared: &Shared, frame: Bytes, peer: SocketAddr) -> O
         }
         Ok(None) => Outcome::Silent,
         Err(reason) => Outcome::Close(reason),
+    };
+    // A request that closed the connection was never answered: no latency.
+    if !matches!(outcome, Outcome::Close(_)) {
+        shared.metrics.latency(key, decoded.elapsed());
     }
+    outcome
 }
 
 /// Hands each handler the state it needs; `Ok(None)` sends nothing, `Err`
@@ -196,7 +203,7 @@ async fn route(
         Rq::InitProducerId(r) => Rs::InitProducerId(
             init_producer_id::init_producer_id(producer_ids, txns, r, version).await,
         ),
-        Rq::Fetch(r) => Rs::Fetch(fetch::fetch(topics, shutdown, r, version).await?),
+        Rq::Fetch(r) => Rs::Fetch(fetch::fetch(topics, shutdown, metrics, r, version).await?),
         Rq::ListOffsets(r) => Rs::ListOffsets(list_offsets::list_offsets(topics, r, version).await),
         Rq::JoinGroup(r) => Rs::JoinGroup(
             groups

@@ -12,6 +12,9 @@
 //!
 //! Layout, top to bottom (a module imports only those below it):
 //! - [`server`] — listener, startup, graceful shutdown;
+//! - [`status`] — the read-only status snapshot the console and the
+//!   Prometheus endpoint render, and the sampler behind its rates and
+//!   consumer-lag windows;
 //! - [`connection`] — one client: framing, in-order responses;
 //! - [`dispatch`] — request header decoding, version negotiation, routing
 //!   each request to its handler with the state that handler needs,
@@ -30,7 +33,8 @@
 //! - [`journal`] — the CRC-framed, fsynced journal both coordinators
 //!   keep their state in;
 //! - [`producers`] — idempotent-producer ids and sequence state;
-//! - [`metrics`] — request, byte and error counters logged periodically;
+//! - [`metrics`] — request, byte, error and latency counters, logged
+//!   periodically and read by [`status`];
 //! - [`config`], [`error`], [`blocking`], [`wire`] — settings, errors and
 //!   their Kafka codes, the blocking pool, protocol string helpers.
 //!
@@ -52,6 +56,7 @@ mod producers;
 mod server;
 mod splice;
 mod state;
+mod status;
 mod topics;
 mod txn;
 mod wire;
@@ -62,4 +67,8 @@ pub use dispatch::{Rejection, decode_request};
 pub use error::BrokerError;
 pub use journal::JournalError;
 pub use server::{Broker, ShutdownHandle};
+pub use status::{
+    ApiStatus, BrokerSnapshot, BrokerStatus, GroupPartition, GroupStatus, LagStatus, LatencyBucket,
+    LatencyHistogram, MemberAssignment, MemberStatus, PartitionStatus, TopicStatus,
+};
 pub use txn::TxnConfig;

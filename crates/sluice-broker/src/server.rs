@@ -22,6 +22,7 @@ use crate::groups::GroupCoordinator;
 use crate::metrics::Metrics;
 use crate::producers::{ProducerIds, ProducerStates};
 use crate::state::{Cluster, NODE_ID, Shared};
+use crate::status::BrokerStatus;
 use crate::topics::Topics;
 use crate::txn::TxnCoordinator;
 use sluice_log::log::{LogStore, StoreOptions, write_atomically};
@@ -41,6 +42,7 @@ pub struct Broker {
     shared: Arc<Shared>,
     listener: TcpListener,
     shutdown_tx: Arc<watch::Sender<bool>>,
+    status: BrokerStatus,
 }
 
 impl Broker {
@@ -117,10 +119,12 @@ impl Broker {
             metrics: Metrics::new(),
             shutdown,
         });
+        let status = BrokerStatus::new(shared.clone(), local);
         Ok(Broker {
             shared,
             listener,
             shutdown_tx: Arc::new(shutdown_tx),
+            status,
         })
     }
 
@@ -134,12 +138,20 @@ impl Broker {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
+    /// A handle for reading the broker's status (the console, `/metrics`);
+    /// take it before [`Broker::run`], which samples the rates and the
+    /// consumer-lag windows behind it.
+    pub fn status(&self) -> BrokerStatus {
+        self.status.clone()
+    }
+
     /// Serves until the shutdown handle fires, then drains and closes.
     pub async fn run(self) -> Result<(), BrokerError> {
         let Broker {
             shared,
             listener,
             shutdown_tx,
+            status,
         } = self;
         let mut shutdown = shared.shutdown.clone();
         let started = shared.metrics.snapshot();
@@ -147,6 +159,7 @@ impl Broker {
         background.spawn(shared.groups.clone().run_timers(shared.shutdown.clone()));
         background.spawn(shared.txns.clone().run_timers(shared.shutdown.clone()));
         background.spawn(maintenance(shared.clone()));
+        background.spawn(status.run_sampler(shared.shutdown.clone()));
         let mut connections = JoinSet::new();
         tracing::info!(
             "sluice broker listening on {} (advertised as {}:{}), data in {}",

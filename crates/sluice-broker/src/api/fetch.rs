@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::blocking::run_blocking;
 use crate::error::code_for;
+use crate::metrics::Metrics;
 use crate::topics::Topics;
 use crate::wire::topic_name;
 use sluice_log::log::{LogError, Topic};
@@ -52,6 +53,7 @@ struct Target {
 pub(crate) async fn fetch(
     topics: &Topics,
     shutdown: &watch::Receiver<bool>,
+    metrics: &Metrics,
     req: FetchRequest,
     version: i16,
 ) -> Result<FetchResponse, String> {
@@ -85,6 +87,9 @@ pub(crate) async fn fetch(
             || tokio::time::Instant::now() >= deadline
             || *shutdown.borrow();
         if done {
+            metrics
+                .fetched
+                .add(&fetched_bytes(&targets, &read.responses));
             return Ok(FetchResponse::default().with_responses(read.responses));
         }
         tokio::select! {
@@ -119,6 +124,27 @@ fn targets(topics: &Topics, req: &FetchRequest, by_id: bool) -> Vec<Target> {
                     .collect(),
             }
         })
+        .collect()
+}
+
+/// The bytes a response carries per partition of a known topic, for the
+/// per-partition counters: one entry per partition, not per batch.
+fn fetched_bytes(
+    targets: &[Target],
+    responses: &[FetchableTopicResponse],
+) -> Vec<(Uuid, i32, u64)> {
+    // `read_all` answers the targets in order, partitions in request order.
+    targets
+        .iter()
+        .zip(responses)
+        .filter_map(|(t, r)| Some((t.topic.as_ref()?.id(), r)))
+        .flat_map(|(id, r)| {
+            r.partitions.iter().map(move |p| {
+                let bytes = p.records.as_ref().map_or(0, |b| b.len() as u64);
+                (id, p.partition_index, bytes)
+            })
+        })
+        .filter(|f| f.2 > 0)
         .collect()
 }
 

@@ -21,8 +21,9 @@
 //! One file per request: [`join`], [`sync`], [`heartbeat`], [`leave`],
 //! [`offset_commit`], [`offset_fetch`], [`list`], [`describe`]; [`timers`]
 //! for the deadlines, [`group`] for one group's state machine, [`offsets`]
-//! for the journal. This file holds what they share: the coordinator, its
-//! config, and the member checks.
+//! for the journal, [`view`] for what the broker's status snapshot reads.
+//! This file holds what they share: the coordinator, its config, and the
+//! member checks.
 //!
 //! Not implemented: full static membership (KIP-345: a `group.instance.id`
 //! is kept and echoed, and a join with a known instance id replaces the old
@@ -45,6 +46,7 @@ mod offset_fetch;
 mod offsets;
 mod sync;
 mod timers;
+pub(crate) mod view;
 
 #[cfg(test)]
 mod tests;

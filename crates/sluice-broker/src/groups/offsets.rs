@@ -50,6 +50,16 @@ pub(crate) struct CommittedOffset {
     pub commit_timestamp_ms: i64,
 }
 
+/// Where a group stands on one partition, without the commit's metadata:
+/// what the broker's status reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommitPoint {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub commit_timestamp_ms: i64,
+}
+
 /// One partition's commit inside an OffsetCommit request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OffsetEntry {
@@ -326,6 +336,27 @@ impl OffsetStore {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every group's committed partitions (each ordered by topic and
+    /// partition), in one pass under the map lock.
+    pub(crate) fn commit_points(&self) -> Vec<(String, Vec<CommitPoint>)> {
+        mutex(&self.map)
+            .groups
+            .iter()
+            .map(|(group, offsets)| {
+                let points = offsets
+                    .iter()
+                    .map(|((topic, partition), c)| CommitPoint {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: c.offset,
+                        commit_timestamp_ms: c.commit_timestamp_ms,
+                    })
+                    .collect();
+                (group.clone(), points)
+            })
+            .collect()
     }
 
     pub(crate) fn has_group(&self, group: &str) -> bool {
