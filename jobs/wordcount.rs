@@ -31,6 +31,13 @@ struct Args {
     /// Drain the topic, then stop.
     #[arg(long)]
     until_caught_up: bool,
+    /// Where the web console and /metrics are served (the next free port
+    /// when it is taken).
+    #[arg(long, default_value = "127.0.0.1:4040")]
+    ui: std::net::SocketAddr,
+    /// Serve no console.
+    #[arg(long)]
+    no_ui: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +45,14 @@ fn main() -> anyhow::Result<()> {
     let mut config = JobConfig::new(&args.job, Duration::from_secs(1));
     config.until_caught_up = args.until_caught_up;
     config.stop = Some(sluice::driver::stop_on_signals()?); // Ctrl-C: finish the batch, commit
+    // The web console: kept up while the handle lives.
+    let _console = if args.no_ui {
+        None
+    } else {
+        let (console, url) = sluice::console::serve_job(&mut config, args.ui, 300)?;
+        eprintln!("console: {url}");
+        Some(console)
+    };
     let ctx = StreamingContext::new(config);
 
     let lines = match &args.brokers {

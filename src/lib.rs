@@ -11,6 +11,7 @@
 //! | [`broker`] | `sluice-broker` | the Kafka wire protocol over the store |
 //! | [`checkpoint`], [`source`], [`corpus`], [`data`], [`sink`], [`plan`], [`driver`] | `sluice-engine` | the micro-batch engine |
 //! | [`sql`] | `sluice-sql` | streaming SQL on DataFusion |
+//! | [`console`] | `sluice-console` | the web console and `/metrics` of a job or a broker |
 //! | [`nexmark`], [`cli`], [`alloc`] | this crate | the Nexmark generator, the command line, the allocator |
 //!
 //! - [`nexmark`] — the Nexmark benchmark's events (people, auctions, bids)
@@ -25,6 +26,7 @@
 //! the crates, the data flow and the on-disk formats.
 
 pub use sluice_broker as broker;
+pub use sluice_console as console;
 pub use sluice_engine::{checkpoint, corpus, data, driver, plan, sink, source, workers};
 pub use sluice_log::{common, log, producer, units};
 pub use sluice_sql as sql;

@@ -9,6 +9,7 @@
 
 mod broker;
 mod compaction;
+mod console;
 mod corpus;
 mod log;
 mod txn;
@@ -77,6 +78,9 @@ enum BenchCommand {
     /// Per-batch overhead: the shortest batch interval that keeps up with a
     /// 100,000 records/s input.
     Latency(wordcount::LatencyBenchArgs),
+    /// What the web console costs: the word count with the console on and
+    /// polled, against `--no-ui`, alternating.
+    Console(console::ConsoleBenchArgs),
     /// One job on many worker processes: words per CPU-second on 1, 2 and 4
     /// workers against one process, coordination bytes, restore speed.
     Workers(workers::WorkersBenchArgs),
@@ -108,6 +112,7 @@ fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Wordcount(args) => wordcount::run(args),
         BenchCommand::Latency(args) => wordcount::latency(args),
         BenchCommand::Workers(args) => workers::run(args),
+        BenchCommand::Console(args) => console::run(args),
     }
 }
 

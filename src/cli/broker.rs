@@ -67,6 +67,8 @@ pub struct BrokerArgs {
     metrics_interval: Duration,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    ui: super::ui::UiArgs,
 }
 
 pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
@@ -100,6 +102,16 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start the broker on {}", args.listen))?;
         // Scripts and tests read this line to learn the port (e.g. with --listen 127.0.0.1:0).
         println!("sluice broker listening on {}", broker.local_addr());
+        if let Some(console) = args.ui.bind_broker(broker.status())? {
+            let url = console.url();
+            eprintln!("console: {url} (metrics at {url}metrics)");
+            // Served until the runtime ends with the broker.
+            tokio::spawn(async move {
+                if let Err(e) = console.serve(std::future::pending()).await {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
         let stop = broker.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

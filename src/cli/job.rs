@@ -75,6 +75,11 @@ pub struct JobArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub ui: super::ui::UiArgs,
+    /// Batches the console keeps and charts (its memory bound).
+    #[arg(long, default_value_t = crate::driver::monitor::DEFAULT_HISTORY, value_name = "N")]
+    pub ui_history: usize,
 }
 
 /// Running a job as one of many worker processes (`--workers-group`).
@@ -145,7 +150,17 @@ impl JobArgs {
         c.progress = ProgressSink {
             lines: !self.quiet,
             json: self.progress_json.clone(),
+            monitor: None,
         };
         c
+    }
+
+    /// Serves the console of the job `config` describes (unless --no-ui);
+    /// keep the handle while the job runs.
+    pub fn console(
+        &self,
+        config: &mut JobConfig,
+    ) -> anyhow::Result<Option<crate::console::ConsoleThread>> {
+        self.ui.serve_job(config, self.ui_history)
     }
 }

@@ -13,6 +13,7 @@ mod remote;
 mod sql;
 mod state;
 mod topic;
+mod ui;
 mod wordcount;
 
 pub use common::StoreArgs;

@@ -89,6 +89,13 @@ fn run_script(
         w.apply(place.brokers.as_deref(), &mut config);
     }
     let topics = topics_for(&mut script, place)?;
+    let console = job.console(&mut config)?;
+    if let (Some(_), Some(monitor)) = (&console, &config.progress.monitor) {
+        // The console shows the plan `sluice explain` prints.
+        if let Ok(plan) = crate::sql::explain(&script, &topics) {
+            monitor.set_plan(plan);
+        }
+    }
     let mut ctx = StreamingContext::new(config);
     let built = crate::sql::build(&ctx, &script, &topics)?;
     if job.max_records_per_batch.is_none() && built.holds_whole_batches {

@@ -119,61 +119,33 @@ pub fn run(cmd: StateCommand) -> anyhow::Result<()> {
             prefix,
             top,
             limit,
-        } => {
-            with_table(&table, |reader| {
-                if let Some(n) = top {
-                    // Keep the n largest in a bounded heap: tables can be big.
-                    let mut heap = std::collections::BinaryHeap::new();
-                    reader.scan(prefix.as_deref(), |k, v| {
-                        let score = v.number.unwrap_or(f64::NEG_INFINITY);
-                        heap.push(std::cmp::Reverse((OrdF64(score), k.text, v.text)));
-                        if heap.len() > n {
-                            heap.pop();
-                        }
-                        true
-                    })?;
-                    let mut rows: Vec<_> = heap.into_iter().map(|r| r.0).collect();
-                    rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-                    for (_, k, v) in rows {
-                        writeln!(out, "{k}\t{v}")?;
-                    }
-                } else {
-                    let mut left = limit.unwrap_or(usize::MAX);
-                    let mut failed = None;
-                    reader.scan(prefix.as_deref(), |k, v| {
-                        if left == 0 {
-                            return false;
-                        }
-                        left -= 1;
-                        if let Err(e) = writeln!(out, "{}\t{}", k.text, v.text) {
-                            failed = Some(e);
-                            return false;
-                        }
-                        true
-                    })?;
-                    if let Some(e) = failed
-                        && e.kind() != std::io::ErrorKind::BrokenPipe
-                    {
-                        return Err(e.into());
-                    }
+        } => with_table(&table, |reader| {
+            if let Some(n) = top {
+                for (k, v) in reader.top(n, prefix.as_deref())? {
+                    writeln!(out, "{}\t{}", k.text, v.text)?;
                 }
-                Ok(())
-            })?
-        }
+            } else {
+                let mut left = limit.unwrap_or(usize::MAX);
+                let mut failed = None;
+                reader.scan(prefix.as_deref(), |k, v| {
+                    if left == 0 {
+                        return false;
+                    }
+                    left -= 1;
+                    if let Err(e) = writeln!(out, "{}\t{}", k.text, v.text) {
+                        failed = Some(e);
+                        return false;
+                    }
+                    true
+                })?;
+                if let Some(e) = failed
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    return Err(e.into());
+                }
+            }
+            Ok(())
+        })?,
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct OrdF64(f64);
-impl Eq for OrdF64 {}
-impl PartialOrd for OrdF64 {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for OrdF64 {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
 }

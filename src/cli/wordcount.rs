@@ -106,7 +106,7 @@ pub fn windowed_wordcount(
 
 /// Prints the batch's most frequent words.
 fn print_top(counts: &DStream<(String, u64)>, n: usize) {
-    counts.foreach_batch(move |info, chunks| {
+    counts.print_with(move |info, chunks| {
         let mut rows: Vec<(u64, String)> = Vec::new();
         for c in chunks {
             let reader = <(String, u64) as crate::plan::Data>::reader(c.columns())?;
@@ -124,9 +124,7 @@ fn print_top(counts: &DStream<(String, u64)>, n: usize) {
         if rows.is_empty() {
             text.push_str("(no words in this batch)\n");
         }
-        use std::io::Write;
-        let _ = std::io::stdout().lock().write_all(text.as_bytes());
-        Ok(())
+        Ok(text)
     });
 }
 
@@ -134,6 +132,7 @@ pub fn run(args: WordcountArgs) -> anyhow::Result<()> {
     let mut config = args.job.config("wordcount");
     config.stop = Some(stop_flag()?);
     args.workers.apply(args.brokers.as_deref(), &mut config);
+    let _console = args.job.console(&mut config)?;
     let on_workers = config.workers.is_some();
     let table = config.name.clone();
     let interval = config.batch_interval;
@@ -200,7 +199,8 @@ pub struct DemoWordcountArgs {
     /// Count the lines of this file instead of generated text ("-": stdin).
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Generated lines per second (all partitions).
+    /// Generated lines per second (all partitions); 0 generates nothing
+    /// and counts what the topic holds and what others produce to it.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
     /// Stop after this long (default: until Ctrl-C).
@@ -249,7 +249,8 @@ pub fn demo(args: DemoWordcountArgs) -> anyhow::Result<()> {
         args.store.data_dir.display(),
         config.checkpoint_path().display()
     );
-    let feeder = if bounded_input {
+    let _console = args.job.console(&mut config)?;
+    let feeder = if bounded_input || args.rate == 0 {
         None
     } else {
         let (store, topic, stop, rate, seed) = (

@@ -7,6 +7,7 @@ mod common;
 
 mod clients;
 mod compaction;
+mod console;
 mod crash;
 mod fuzz;
 mod protocol;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod console;
 
 use std::fs;
 use std::path::{Path, PathBuf};

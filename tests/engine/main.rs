@@ -6,6 +6,7 @@
 mod common;
 
 mod cli;
+mod console;
 mod crash;
 mod evolution;
 mod store_cli;

@@ -698,10 +698,10 @@ impl Sink {
                 let rows: usize = output.iter().map(|b| b.num_rows()).sum();
                 if rows > 0 {
                     let table = datafusion::arrow::util::pretty::pretty_format_batches(output)?;
-                    println!(
-                        "{}\n{table}",
+                    cx.print(&format!(
+                        "{}\n{table}\n",
                         sluice_engine::sink::console::header(cx.batch_id, cx.batch_time_ms)
-                    );
+                    ));
                 }
             }
             Sink::Table(name, _) => {

@@ -182,9 +182,21 @@ pub fn decide_resume(
     }
 }
 
+/// The size of one column family of operator state or one result table.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSize {
+    pub name: String,
+    /// `table` or `state`.
+    pub kind: &'static str,
+    /// RocksDB's estimate.
+    pub keys: u64,
+    pub bytes: u64,
+}
+
 /// An open checkpoint database.
 pub struct Checkpoint {
-    db: DB,
+    /// Shared with read-only views ([`Checkpoint::view`]).
+    db: std::sync::Arc<DB>,
     path: PathBuf,
     /// Column families besides `default`, as opened.
     column_families: Vec<String>,
@@ -233,7 +245,7 @@ impl Checkpoint {
         names.retain(|n| n != "default");
         let db = DB::open_cf(&db_options(), path, &names).map_err(rocks("cannot open"))?;
         let checkpoint = Checkpoint {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             column_families: names,
         };
@@ -284,7 +296,7 @@ impl Checkpoint {
             },
         )?;
         Ok(Checkpoint {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             column_families: names.into_iter().filter(|n| n != "default").collect(),
         })
@@ -296,6 +308,17 @@ impl Checkpoint {
 
     pub fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// Another handle on the same open database, for reading from another
+    /// thread while the job writes (the web console's result tables).
+    /// RocksDB reads see the last commit; this handle must never write.
+    pub(crate) fn view(&self) -> Checkpoint {
+        Checkpoint {
+            db: self.db.clone(),
+            path: self.path.clone(),
+            column_families: self.column_families.clone(),
+        }
     }
 
     fn rocks(&self, context: &'static str) -> impl FnOnce(rocksdb::Error) -> CheckpointError + '_ {
@@ -430,13 +453,24 @@ impl Checkpoint {
 
     fn reset_state(&mut self) -> Result<()> {
         let names = self.column_families.clone();
+        let path = self.path.clone();
+        let rocks = |context| {
+            let path = path.clone();
+            move |source| CheckpointError::Rocks {
+                path,
+                context,
+                source,
+            }
+        };
+        // Before the job runs nothing else holds the database.
+        let db = std::sync::Arc::get_mut(&mut self.db).ok_or_else(|| CheckpointError::Corrupt {
+            path: path.clone(),
+            reason: "state can only be reset before the job runs".into(),
+        })?;
         for name in names.iter().filter(|n| n.starts_with(STATE_CF_PREFIX)) {
-            self.db
-                .drop_cf(name)
-                .map_err(self.rocks("cannot drop state"))?;
-            self.db
-                .create_cf(name, &db_options())
-                .map_err(self.rocks("cannot recreate state"))?;
+            db.drop_cf(name).map_err(rocks("cannot drop state"))?;
+            db.create_cf(name, &db_options())
+                .map_err(rocks("cannot recreate state"))?;
         }
         let mut batch = WriteBatch::default();
         for item in self.db.prefix_iterator(OPERATOR_PREFIX.as_bytes()) {
@@ -463,6 +497,36 @@ impl Checkpoint {
             );
         }
         Ok(out)
+    }
+
+    /// Estimated keys and bytes of each column family of state and of
+    /// each result table (cheap: RocksDB's properties, no scan).
+    pub fn state_sizes(&self) -> Vec<StateSize> {
+        self.column_families
+            .iter()
+            .filter_map(|name| {
+                let (short, kind) = if let Some(t) = name.strip_prefix(TABLE_CF_PREFIX) {
+                    (t, "table")
+                } else {
+                    (name.strip_prefix(STATE_CF_PREFIX)?, "state")
+                };
+                let cf = self.db.cf_handle(name)?;
+                let property = |p: &str| {
+                    self.db
+                        .property_int_value_cf(cf, p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                Some(StateSize {
+                    name: short.to_owned(),
+                    kind,
+                    keys: property("rocksdb.estimate-num-keys"),
+                    bytes: property("rocksdb.estimate-live-data-size")
+                        + property("rocksdb.cur-size-all-mem-tables"),
+                })
+            })
+            .collect()
     }
 
     /// Approximate bytes of live state and tables (progress reports).

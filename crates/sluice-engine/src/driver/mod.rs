@@ -12,6 +12,7 @@
 //! The driver owns offsets and time; it never looks inside records.
 
 mod aligned;
+pub mod monitor;
 pub mod progress;
 pub mod rate;
 pub mod txn_offsets;
@@ -35,7 +36,7 @@ use crate::checkpoint::{
 };
 use crate::plan::{BatchCx, DStream, Graph, PlanError, SharedGraph};
 use crate::source::{PartitionInfo, Record, Source, SourceError, StartingPosition};
-use progress::{BatchProgress, PartitionProgress, ProgressSink};
+use progress::{BatchProgress, PartitionProgress, Phases, ProgressSink, WatermarkProgress};
 use rate::RateLimiter;
 use sluice_log::log::LogStore;
 
@@ -389,6 +390,7 @@ impl Driver {
                     from: range.from,
                     until: range.until,
                     lag: (info.high_watermark - range.until).max(0),
+                    lag_ms: None,
                 });
                 ranges.push(range);
             }
@@ -488,14 +490,47 @@ impl Driver {
         let outputs = sluice_log::common::mutex(&self.graph).outputs.clone();
         let mut progress = self.config.progress.open()?;
         self.note_non_replayable(&mut progress);
+        if let Some(monitor) = &progress.monitor {
+            let (_, tables) = sluice_log::common::mutex(&self.graph).metas();
+            monitor.attach_tables(self.checkpoint.view(), tables);
+            let plan = sluice_log::common::mutex(&self.graph).describe();
+            monitor.running("one process".into(), self.config.batch_interval, Some(plan));
+        }
         let mut summary = RunSummary::default();
-        while !self.finished(&summary) {
+        let result = self.batches(&mut run, &outputs, &mut progress, &mut summary);
+        if let Some(monitor) = &progress.monitor {
+            if let Err(e) = &result {
+                monitor.error(e.to_string());
+            }
+            monitor.stopped(result.is_err());
+        }
+        result?;
+        summary.elapsed = run.started.elapsed();
+        progress.finish(&summary);
+        Ok(summary)
+    }
+
+    fn batches(
+        &mut self,
+        run: &mut RunClock,
+        outputs: &[Arc<crate::plan::Output>],
+        progress: &mut progress::Progress,
+        summary: &mut RunSummary,
+    ) -> Result<(), DriverError> {
+        while !self.finished(summary) {
             let batch_started = Instant::now();
             let (planned, parts, replayed) = self.next_batch()?;
             fail::fail_point!("driver::after_plan", |_| Err(DriverError::Other(
                 "failpoint".into()
             )));
-            let counters = self.execute_and_commit(&planned, &outputs)?;
+            let plan_ms = ms(batch_started.elapsed());
+            let executed = self.execute_and_commit(&planned, outputs)?;
+            if let Some(monitor) = &progress.monitor {
+                monitor.committed(self.checkpoint.path(), &executed.committed);
+                if !executed.printed.is_empty() {
+                    monitor.printed(planned.batch_id, &executed.printed);
+                }
+            }
             let timing = run.batch_done(batch_started);
             let records = planned_records(&planned.ranges);
             self.rate.on_batch_completed(
@@ -504,23 +539,19 @@ impl Driver {
                 timing.processing.as_secs_f64() * 1000.0,
                 timing.scheduling_delay.as_secs_f64() * 1000.0,
             );
+            let phases = Phases {
+                plan_ms,
+                ..executed.phases
+            };
             self.report(
-                &mut progress,
-                &run,
-                &planned,
-                parts,
-                replayed,
-                &timing,
-                counters,
+                progress, run, &planned, parts, replayed, &timing, phases, executed,
             )?;
             summary.batches += 1;
             summary.records += records;
             summary.last_batch_id = planned.batch_id;
-            self.pace(&mut run);
+            self.pace(run);
         }
-        summary.elapsed = run.started.elapsed();
-        progress.finish(&summary);
-        Ok(summary)
+        Ok(())
     }
 
     /// Whether the loop ends before another batch. A planned batch that a
@@ -566,6 +597,7 @@ impl Driver {
                         from: r.from,
                         until: r.until,
                         lag: 0,
+                        lag_ms: None,
                     })
                 })
                 .collect();
@@ -584,7 +616,8 @@ impl Driver {
         &mut self,
         planned: &PlannedBatch,
         outputs: &[Arc<crate::plan::Output>],
-    ) -> Result<BTreeMap<String, u64>, DriverError> {
+    ) -> Result<Executed, DriverError> {
+        let started = Instant::now();
         let cx = BatchCx::new(
             planned,
             &self.checkpoint,
@@ -607,11 +640,13 @@ impl Driver {
         // The batch's Kafka transactions commit before its checkpoint: a
         // crash between the two replays the batch, whose writers then find
         // the batch id recorded with the transaction and skip.
+        let computed = started.elapsed();
         let result = result.and_then(|()| {
             self.transactions
                 .commit(planned.batch_id)
                 .map_err(PlanError::from)
         });
+        let transactions = started.elapsed() - computed;
         if let Err(error) = result {
             self.transactions.abort();
             return Err(DriverError::Batch {
@@ -619,7 +654,7 @@ impl Driver {
                 error,
             });
         }
-        let (writes, counters) = cx.finish();
+        let outcome = cx.finish();
         for (source, ranges) in &planned.ranges {
             let entry = self.offsets.entry(source.clone()).or_default();
             for r in ranges {
@@ -633,7 +668,9 @@ impl Driver {
             offsets: self.offsets.clone(),
             lost_records: self.lost_records,
         };
-        self.checkpoint.commit(writes, &committed)?;
+        let before_commit = Instant::now();
+        self.checkpoint.commit(outcome.writes, &committed)?;
+        let commit_ms = ms(before_commit.elapsed());
         self.next_batch_id = planned.batch_id + 1;
         for s in &self.sources {
             if let Some(o) = self.offsets.get(s.name()) {
@@ -641,7 +678,19 @@ impl Driver {
                 s.committed(&list);
             }
         }
-        Ok(counters)
+        let sink = outcome.sink_time.min(computed) + transactions;
+        Ok(Executed {
+            counters: outcome.counters,
+            watermarks: outcome.watermarks,
+            printed: outcome.printed,
+            committed,
+            phases: Phases {
+                plan_ms: 0.0,
+                compute_ms: ms(computed.saturating_sub(outcome.sink_time)),
+                sink_ms: ms(sink),
+                commit_ms,
+            },
+        })
     }
 
     /// Phase 4, report: one progress record for the committed batch.
@@ -654,22 +703,31 @@ impl Driver {
         parts: Vec<PartitionProgress>,
         replayed: bool,
         timing: &BatchTiming,
-        counters: BTreeMap<String, u64>,
+        phases: Phases,
+        executed: Executed,
     ) -> Result<(), DriverError> {
         let records = planned_records(&planned.ranges);
         let done_total: i64 = self.offsets.values().flat_map(|p| p.values()).sum();
-        progress.emit(&BatchProgress {
+        progress.emit(BatchProgress {
             batch_id: planned.batch_id,
             batch_time_ms: planned.batch_time_ms,
             input_rows: records,
+            arrival_rows_per_s: records as f64 * 1000.0 / self.interval_ms() as f64,
             input_rows_per_s: records as f64 / timing.processing.as_secs_f64().max(1e-6),
             processing_ms: timing.processing.as_secs_f64() * 1000.0,
             scheduling_delay_ms: timing.scheduling_delay.as_secs_f64() * 1000.0,
             total_delay_ms: (timing.scheduling_delay + timing.processing).as_secs_f64() * 1000.0,
+            phases: Some(phases),
             partitions: parts,
             state_bytes: self.checkpoint.state_size_bytes(),
+            state: if progress.monitor.is_some() {
+                self.checkpoint.state_sizes()
+            } else {
+                Vec::new()
+            },
+            watermarks: watermark_progress(executed.watermarks, planned.batch_time_ms),
             lost_records: self.lost_records,
-            counters,
+            counters: executed.counters,
             replayed,
             estimated_rate: self.rate.estimated_rate(),
             caught_up_fraction: self.targets.as_ref().map(|_| {
@@ -697,6 +755,32 @@ impl Driver {
             run.next_start = Instant::now();
         }
     }
+}
+
+/// What executing and committing a batch left to report.
+struct Executed {
+    counters: BTreeMap<String, u64>,
+    watermarks: BTreeMap<String, i64>,
+    printed: String,
+    committed: CommittedBatch,
+    /// All but planning, which happens before.
+    phases: Phases,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Each stream's watermark and how far it trails the batch's time.
+fn watermark_progress(marks: BTreeMap<String, i64>, batch_time_ms: i64) -> Vec<WatermarkProgress> {
+    marks
+        .into_iter()
+        .map(|(stream, watermark_ms)| WatermarkProgress {
+            stream,
+            watermark_ms,
+            gap_ms: batch_time_ms - watermark_ms,
+        })
+        .collect()
 }
 
 /// When the run started and when the next batch is due.

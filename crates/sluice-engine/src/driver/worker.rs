@@ -668,6 +668,8 @@ struct TaskReport {
     repartition_bytes: u64,
     changelog_records: u64,
     counters: BTreeMap<String, u64>,
+    /// Each stream's event time on this worker's tasks (the smallest).
+    watermarks: BTreeMap<String, i64>,
     partitions: Vec<PartitionProgress>,
 }
 
@@ -716,9 +718,29 @@ pub(crate) fn run(
     graph: SharedGraph,
     options: WorkersOptions,
 ) -> Result<RunSummary, DriverError> {
-    let mut worker = Worker::start(config, graph, options)?;
-    let result = worker.run();
-    worker.leave();
+    let monitor = config.progress.monitor.clone();
+    if let Some(monitor) = &monitor {
+        let group = options
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}", config.name));
+        monitor.running(
+            format!("worker of group {group}"),
+            config.batch_interval,
+            Some(sluice_log::common::mutex(&graph).describe()),
+        );
+    }
+    let result = Worker::start(config, graph, options).and_then(|mut worker| {
+        let result = worker.run();
+        worker.leave();
+        result
+    });
+    if let Some(monitor) = &monitor {
+        if let Err(e) = &result {
+            monitor.error(e.to_string());
+        }
+        monitor.stopped(result.is_err());
+    }
     result
 }
 
@@ -887,10 +909,12 @@ impl Worker {
                 counters.insert("transactions".into(), report.transactions);
                 counters.insert("repartition bytes".into(), report.repartition_bytes);
                 counters.insert("changelog records".into(), report.changelog_records);
-                progress.emit(&BatchProgress {
+                let batch_time_ms = sluice_log::common::now_ms();
+                progress.emit(BatchProgress {
                     batch_id: tick,
-                    batch_time_ms: sluice_log::common::now_ms(),
+                    batch_time_ms,
                     input_rows: report.records,
+                    arrival_rows_per_s: report.records as f64 / interval.as_secs_f64().max(1e-3),
                     input_rows_per_s: report.records as f64 / processing.as_secs_f64().max(1e-6),
                     processing_ms: processing.as_secs_f64() * 1000.0,
                     scheduling_delay_ms: batch_started
@@ -898,8 +922,15 @@ impl Worker {
                         .as_secs_f64()
                         * 1000.0,
                     total_delay_ms: batch_started.elapsed().as_secs_f64() * 1000.0,
+                    phases: None,
                     partitions: report.partitions,
                     state_bytes: self.tasks.values().map(|t| t.db.state_size_bytes()).sum(),
+                    state: if progress.monitor.is_some() {
+                        self.state_sizes()
+                    } else {
+                        Vec::new()
+                    },
+                    watermarks: super::watermark_progress(report.watermarks, batch_time_ms),
                     lost_records: 0,
                     counters,
                     replayed: false,
@@ -1067,6 +1098,23 @@ impl Worker {
         Ok(())
     }
 
+    /// Keys and bytes per column family, summed over this worker's tasks.
+    fn state_sizes(&self) -> Vec<super::progress::StateSize> {
+        let mut sizes: BTreeMap<String, super::progress::StateSize> = BTreeMap::new();
+        for size in self.tasks.values().flat_map(|t| t.db.state_sizes()) {
+            match sizes.get_mut(&size.name) {
+                Some(sum) => {
+                    sum.keys += size.keys;
+                    sum.bytes += size.bytes;
+                }
+                None => {
+                    sizes.insert(size.name.clone(), size);
+                }
+            }
+        }
+        sizes.into_values().collect()
+    }
+
     /// Counts a failure of task `id` (`None`: of looking at the topics).
     /// Below [`MAX_TASK_FAILURES`] in a row the task is closed, the worker
     /// waits a moment and rejoins, and the task opens again from its last
@@ -1082,6 +1130,11 @@ impl Worker {
             return Err(other(format!("{what} failed {n} times in a row: {error}")));
         }
         tracing::warn!("{what} failed (attempt {n} of {MAX_TASK_FAILURES}): {error}");
+        if let Some(monitor) = &self.env.config.progress.monitor {
+            monitor.error(format!(
+                "{what} failed (attempt {n} of {MAX_TASK_FAILURES}), retrying from its last commit: {error}"
+            ));
+        }
         if self.env.config.progress.lines {
             eprintln!(
                 "{what} failed (attempt {n} of {MAX_TASK_FAILURES}), retrying from its last commit: {error}"
@@ -1222,6 +1275,10 @@ impl TaskReport {
         self.partitions.extend(r.partitions);
         for (k, v) in r.counters {
             *self.counters.entry(k).or_default() += v;
+        }
+        for (stream, w) in r.watermarks {
+            let mark = self.watermarks.entry(stream).or_insert(w);
+            *mark = (*mark).min(w);
         }
     }
 }
@@ -1953,12 +2010,14 @@ impl Env {
             return Err(e.into());
         }
         let stage = cx.take_stage();
-        let (mut writes, counters) = cx.finish();
+        let outcome = cx.finish();
+        let mut writes = outcome.writes;
         if let Err(e) = stage_writes(task, &mut writes) {
             let _ = task.producer.abort_transaction(Duration::from_secs(10));
             return Err(e);
         }
-        report.counters = counters;
+        report.counters = outcome.counters;
+        report.watermarks = outcome.watermarks;
         let producer = &task.producer;
         let sent = self.send_batch_records(task, stage, tag, &writes, &mut report);
         let moved = ranges.iter().any(|r| r.until > r.from);
@@ -2047,6 +2106,7 @@ impl Env {
                 from: range.from,
                 until: range.until,
                 lag: 0,
+                lag_ms: None,
             });
         }
         task.db.commit_unsynced(

@@ -153,6 +153,23 @@ pub struct BatchInfo {
 type Memo = Arc<OnceLock<std::result::Result<Arc<Vec<RecordBatch>>, String>>>;
 type WideMemo = Arc<OnceLock<std::result::Result<Arc<Vec<Vec<RecordBatch>>>, String>>>;
 
+/// Bytes of printed text a batch keeps for the web console.
+const PRINTED_BYTES_KEPT: usize = 64 << 10;
+
+/// What a batch's outputs left once they all ran.
+pub struct BatchOutcome {
+    /// Results and state, for the commit.
+    pub writes: WriteBatch,
+    /// Operators' counts (late records, bad records, …).
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Event time per stream.
+    pub watermarks: std::collections::BTreeMap<String, i64>,
+    /// What console sinks printed.
+    pub printed: String,
+    /// Time spent in sinks outside the process (console output).
+    pub sink_time: std::time::Duration,
+}
+
 /// Everything one batch's execution needs.
 pub struct BatchCx<'a> {
     pub batch_id: u64,
@@ -173,6 +190,13 @@ pub struct BatchCx<'a> {
     /// Per-batch counts operators report (late records, bad records, …),
     /// shown in the batch's progress.
     counters: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Event time per stream after this batch (the smallest, when several
+    /// queries read one stream).
+    watermarks: Mutex<std::collections::BTreeMap<String, i64>>,
+    /// What console sinks printed, for the web console.
+    printed: Mutex<String>,
+    /// Time spent writing to sinks outside the process.
+    sink_nanos: std::sync::atomic::AtomicU64,
     memo: Mutex<HashMap<(usize, usize), Memo>>,
     wide: Mutex<HashMap<usize, WideMemo>>,
     /// Which side of the job's shuffles this batch runs when the job runs
@@ -291,6 +315,9 @@ impl<'a> BatchCx<'a> {
             parallelism: parallelism.max(1),
             writes: Mutex::new(WriteBatch::default()),
             counters: Mutex::new(std::collections::BTreeMap::new()),
+            watermarks: Mutex::new(std::collections::BTreeMap::new()),
+            printed: Mutex::new(String::new()),
+            sink_nanos: std::sync::atomic::AtomicU64::new(0),
             memo: Mutex::new(HashMap::new()),
             wide: Mutex::new(HashMap::new()),
             stage: None,
@@ -395,17 +422,46 @@ impl<'a> BatchCx<'a> {
         }
     }
 
-    /// The batch's writes and counters, once every output has run.
-    pub fn finish(self) -> (WriteBatch, std::collections::BTreeMap<String, u64>) {
-        let writes = self
-            .writes
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let counters = self
-            .counters
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (writes, counters)
+    /// Notes stream `stream`'s watermark after this batch.
+    pub fn watermark(&self, stream: &str, event_time_ms: i64) {
+        let mut marks = sluice_log::common::mutex(&self.watermarks);
+        let mark = marks.entry(stream.to_owned()).or_insert(event_time_ms);
+        *mark = (*mark).min(event_time_ms);
+    }
+
+    /// Prints a console sink's text for this batch on stdout (kept for the
+    /// web console too).
+    pub fn print(&self, text: &str) {
+        let started = std::time::Instant::now();
+        crate::sink::console::write(text);
+        self.sink_time(started.elapsed());
+        let mut printed = sluice_log::common::mutex(&self.printed);
+        // A batch's print can be huge; the console shows the last lines.
+        if printed.len() < PRINTED_BYTES_KEPT {
+            printed.push_str(text);
+        }
+    }
+
+    /// Counts time spent writing to a sink outside the process.
+    pub fn sink_time(&self, spent: std::time::Duration) {
+        self.sink_nanos.fetch_add(
+            u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The batch's writes and what it reports, once every output has run.
+    pub fn finish(self) -> BatchOutcome {
+        fn inner<T>(m: Mutex<T>) -> T {
+            m.into_inner().unwrap_or_else(|p| p.into_inner())
+        }
+        BatchOutcome {
+            writes: inner(self.writes),
+            counters: inner(self.counters),
+            watermarks: inner(self.watermarks),
+            printed: inner(self.printed),
+            sink_time: std::time::Duration::from_nanos(self.sink_nanos.into_inner()),
+        }
     }
 
     /// Runs partition `p` of `node`, from its kept output if it has

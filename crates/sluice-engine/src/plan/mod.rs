@@ -42,7 +42,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
 pub use crate::data::{Data, Emit, Emitter, Key};
-pub use exec::{BatchCx, BatchInfo, ChunkSink, StageRole, read_range};
+pub use exec::{BatchCx, BatchInfo, BatchOutcome, ChunkSink, StageRole, read_range};
 pub(crate) use exec::{Node, NodeInfo, Output};
 pub use stateful::State;
 pub use wide::{exchange, exchange_at};
@@ -121,6 +121,57 @@ impl Graph {
         let n = self.kind_counts.entry(kind).or_default();
         *n += 1;
         format!("{kind}-{n}")
+    }
+
+    /// The job's graph as text: sources, operators in the order they were
+    /// built (with their schema and, when it cuts the job on many workers,
+    /// their stage), outputs with the tables and state they keep.
+    pub fn describe(&self) -> String {
+        let mut text = String::from("sources:\n");
+        for s in &self.sources {
+            text.push_str(&format!("  {}\n", s.name()));
+        }
+        text.push_str("operators:\n");
+        for n in &self.nodes {
+            let info = n.info();
+            let fields: Vec<String> = info
+                .schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect();
+            text.push_str(&format!(
+                "  {} ({}) -> [{}]",
+                info.name(),
+                info.kind(),
+                fields.join(", ")
+            ));
+            if info.level() > 0 {
+                text.push_str(&format!(" · stage {}", info.level()));
+            }
+            if let Some(meta) = n.state_meta() {
+                text.push_str(&format!(
+                    " · state {}: {} -> {}",
+                    meta.name, meta.key_type, meta.state_type
+                ));
+            }
+            text.push('\n');
+        }
+        text.push_str("outputs:\n");
+        for o in &self.outputs {
+            text.push_str(&format!("  {}", o.name));
+            if let Some(t) = &o.table {
+                text.push_str(&format!(
+                    " · {} {}: {} -> {}",
+                    t.kind, t.name, t.key_type, t.state_type
+                ));
+            }
+            for st in &o.state {
+                text.push_str(&format!(" · state {}", st.name));
+            }
+            text.push('\n');
+        }
+        text
     }
 
     /// Stateful operators and result tables, by their current names.
@@ -443,17 +494,24 @@ impl<T: Data> DStream<T> {
         &self,
         f: impl Fn(&BatchInfo, &[RecordBatch]) -> Result<()> + Send + Sync + 'static,
     ) {
+        self.whole_batch_output("foreach_batch", move |cx, chunks| f(&cx.info(), chunks));
+    }
+
+    /// An output named after `kind` that runs `f` over all of every
+    /// batch's data.
+    fn whole_batch_output(
+        &self,
+        kind: &'static str,
+        f: impl Fn(&BatchCx, &[RecordBatch]) -> Result<()> + Send + Sync + 'static,
+    ) {
         let node = self.node.clone();
         node.info().add_consumer();
-        let name = lock_graph(&self.graph).next_name("foreach_batch");
+        let name = lock_graph(&self.graph).next_name(kind);
         lock_graph(&self.graph).outputs.push(Arc::new(Output {
             name,
             table: None,
             state: Vec::new(),
-            run: Box::new(move |cx: &BatchCx| {
-                let chunks = cx.collect(&node)?;
-                f(&cx.info(), &chunks)
-            }),
+            run: Box::new(move |cx: &BatchCx| f(cx, &cx.collect(&node)?)),
         }));
     }
 
@@ -486,6 +544,18 @@ impl<T: Data> DStream<T> {
     /// Prints the first `n` elements of every batch under a header.
     pub fn print(&self, n: usize) {
         output::print::<T>(self, n)
+    }
+
+    /// A console sink that prints the text `f` makes of every batch (all
+    /// of its data, partitions in order); the web console shows it too.
+    pub fn print_with(
+        &self,
+        f: impl Fn(&BatchInfo, &[RecordBatch]) -> Result<String> + Send + Sync + 'static,
+    ) {
+        self.whole_batch_output("print", move |cx, chunks| {
+            cx.print(&f(&cx.info(), chunks)?);
+            Ok(())
+        });
     }
 
     /// Writes every element of each batch to `writer`'s topic once per

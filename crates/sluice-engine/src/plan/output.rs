@@ -52,7 +52,7 @@ pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
                     text.push_str(&format!("… {} more\n", total - shown));
                 }
                 text.push('\n');
-                console::write(&text);
+                cx.print(&text);
                 Ok(())
             }),
         }));

@@ -233,6 +233,57 @@ impl<'a> TableReader<'a> {
     }
 }
 
+impl TableReader<'_> {
+    /// The `n` entries with the largest numeric values (largest first, ties
+    /// by key), among keys starting with `prefix`; kept in a bounded heap,
+    /// since tables can be big.
+    pub fn top(&self, n: usize, prefix: Option<&str>) -> Result<Vec<(Shown, Shown)>, TableError> {
+        let mut heap = std::collections::BinaryHeap::new();
+        self.scan(prefix, |key, value| {
+            heap.push(std::cmp::Reverse(Ranked { key, value }));
+            if heap.len() > n {
+                heap.pop();
+            }
+            true
+        })?;
+        let mut rows: Vec<Ranked> = heap.into_iter().map(|r| r.0).collect();
+        rows.sort_by(|a, b| b.cmp(a));
+        Ok(rows.into_iter().map(|r| (r.key, r.value)).collect())
+    }
+}
+
+/// An entry ranked by its numeric value (non-numbers last), then by key,
+/// smaller keys ranking higher among equal values.
+struct Ranked {
+    key: Shown,
+    value: Shown,
+}
+
+impl Ranked {
+    fn score(&self) -> f64 {
+        self.value.number.unwrap_or(f64::NEG_INFINITY)
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score()
+            .total_cmp(&other.score())
+            .then_with(|| other.key.text.cmp(&self.key.text))
+    }
+}
+
 /// Encodes a key typed on the command line.
 fn encode_text_key(key_type: &str, text: &str) -> Result<Vec<u8>, TableError> {
     let bad = || TableError::Invalid(format!("{text:?} is not a key of type {key_type}"));

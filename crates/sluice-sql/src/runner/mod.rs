@@ -354,6 +354,9 @@ impl QueryRunner {
                     let moved =
                         watermark::received(self.line, name, spec, cx, cf, progress, sources)?;
                     closed = moved.before;
+                    if let Some(w) = moved.after {
+                        cx.watermark(name, w);
+                    }
                     streams.push((name.clone(), parts));
                     watermarks.push(moved.after);
                     continue;
@@ -370,6 +373,9 @@ impl QueryRunner {
                 parts = on_time.rows;
                 cx.count("late records", on_time.late);
                 watermark = on_time.watermark;
+                if let Some(w) = watermark {
+                    cx.watermark(name, w);
+                }
             }
             streams.push((input.shape.name.clone(), parts));
             watermarks.push(watermark);
@@ -488,6 +494,9 @@ impl QueryRunner {
                 cx.count("late records", sifted.late);
                 rows = sifted.rows;
                 watermark = moved.after;
+                if let Some(w) = watermark {
+                    cx.watermark(name, w);
+                }
             }
             // The query scans at least one (empty) slice of each stream.
             let rows = crate::join::or_empty(rows, &input.shape.schema);
