@@ -273,14 +273,13 @@ impl Progress {
                 part.until + part.lag,
             );
         }
-        let p = &p;
         if self.lines {
-            let line = format_line(p);
+            let line = format_line(&p);
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{line}");
         }
         if let Some(json) = &mut self.json {
-            let write = serde_json::to_writer(&mut *json, p)
+            let write = serde_json::to_writer(&mut *json, &p)
                 .map_err(std::io::Error::other)
                 .and_then(|_| json.write_all(b"\n"))
                 .and_then(|_| json.flush());
@@ -288,7 +287,7 @@ impl Progress {
         }
         let _ = self.tty;
         if let Some(monitor) = &self.monitor {
-            monitor.batch(p.clone());
+            monitor.batch(p);
         }
         Ok(())
     }
