@@ -55,6 +55,9 @@ from pyspark.sql import functions as F
 # from a fresh checkpoint directory.
 SHUFFLE_PARTITIONS = 2
 
+DEFAULT_PROVIDER = "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"
+ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+
 
 def vm_hwm_kb(pid):
     """Peak resident set size (VmHWM) of process `pid` in KiB, or None."""
@@ -83,6 +86,13 @@ def main():
     p.add_argument("--verify", action="store_true", help="count the words with a batch job and compare")
     p.add_argument("--shuffle-partitions", type=int, default=SHUFFLE_PARTITIONS)
     p.add_argument("--work-dir", help="parent of the checkpoint directory (default: a temp dir)")
+    p.add_argument(
+        "--state-store",
+        choices=["default", "rocksdb"],
+        default="default",
+        help="Spark's state store: the default (HDFS-backed, every key on the heap) or RocksDBStateStoreProvider",
+    )
+    p.add_argument("--driver-memory", default="1g", help="the JVM's heap (-Xmx), e.g. 4g")
     args = p.parse_args()
 
     corpus_dir = os.path.abspath(args.dir)
@@ -95,10 +105,14 @@ def main():
         SparkSession.builder.master("local[2]")
         .appName("sluice-bench-wordcount")
         # Passed to spark-submit when pyspark launches the JVM, so it sets -Xmx.
-        .config("spark.driver.memory", "1g")
+        .config("spark.driver.memory", args.driver_memory)
         .config("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
         # The UI's listeners and web server are not part of the work measured.
         .config("spark.ui.enabled", "false")
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            ROCKSDB_PROVIDER if args.state_store == "rocksdb" else DEFAULT_PROVIDER,
+        )
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
@@ -163,6 +177,8 @@ def main():
                 "python_peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 "jvm_max_heap_bytes": jvm_max_heap,
                 "shuffle_partitions": args.shuffle_partitions,
+                "state_store": args.state_store,
+                "driver_memory": args.driver_memory,
                 "spark_version": spark_version,
             }
         ),

@@ -11,6 +11,7 @@ mod broker;
 mod compaction;
 mod console;
 mod corpus;
+mod keys;
 mod log;
 mod txn;
 mod util;
@@ -75,6 +76,9 @@ enum BenchCommand {
     /// End-to-end word count over a pre-loaded corpus: words/s and peak RSS,
     /// in-process source and through `sluice broker`.
     Wordcount(wordcount::WordcountBenchArgs),
+    /// State with millions of keys: the word count over N distinct words,
+    /// as new keys and then as updated keys, records/s and peak RSS.
+    Keys(keys::KeysBenchArgs),
     /// Per-batch overhead: the shortest batch interval that keeps up with a
     /// 100,000 records/s input.
     Latency(wordcount::LatencyBenchArgs),
@@ -110,6 +114,7 @@ fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Compaction(args) => compaction::run(args),
         BenchCommand::Corpus(args) => corpus::run(args),
         BenchCommand::Wordcount(args) => wordcount::run(args),
+        BenchCommand::Keys(args) => keys::run(args),
         BenchCommand::Latency(args) => wordcount::latency(args),
         BenchCommand::Workers(args) => workers::run(args),
         BenchCommand::Console(args) => console::run(args),

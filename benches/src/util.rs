@@ -54,3 +54,47 @@ pub fn open_store(dir: &Path, background: bool) -> anyhow::Result<LogStore> {
     )
     .with_context(|| format!("cannot open the log store in {}", dir.display()))
 }
+
+/// Appends unkeyed values to a topic's partitions in uncompressed batches
+/// of 1,000 records (the loaders of the word-count, workers and keys
+/// benchmarks).
+pub struct BatchAppender {
+    partitions: Vec<std::sync::Arc<sluice::log::Partition>>,
+    builders: Vec<sluice::producer::BatchBuilder>,
+}
+
+impl BatchAppender {
+    pub fn new(topic: &sluice::log::Topic) -> Self {
+        let partitions = topic.partitions();
+        let builders = partitions.iter().map(|_| Self::builder()).collect();
+        BatchAppender {
+            partitions,
+            builders,
+        }
+    }
+
+    fn builder() -> sluice::producer::BatchBuilder {
+        sluice::producer::BatchBuilder::new(sluice::producer::Compression::None)
+    }
+
+    /// Adds `value` to partition `p`'s batch, appending it when full.
+    pub fn push(&mut self, p: usize, value: &[u8]) -> anyhow::Result<()> {
+        self.builders[p].push(None, value, 0);
+        if self.builders[p].len() == 1000 {
+            let mut bytes = std::mem::replace(&mut self.builders[p], Self::builder()).finish()?;
+            self.partitions[p].append(&mut bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Appends what is left.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        for (p, b) in self.builders.iter_mut().enumerate() {
+            if !b.is_empty() {
+                let mut bytes = b.finish()?;
+                self.partitions[p].append(&mut bytes)?;
+            }
+        }
+        Ok(())
+    }
+}

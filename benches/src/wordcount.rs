@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::util::{free_port, median};
+use crate::util::{BatchAppender, free_port, median};
 use sluice::corpus::CorpusGenerator;
 use sluice::log::{LogStore, StoreOptions, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
 use sluice::units::{format_bytes, parse_bytes};
 
 #[derive(Debug, clap::Args)]
@@ -84,33 +83,18 @@ pub(crate) fn load_corpus_partitions(
         },
     )?;
     let topic = store.create_topic("corpus", partitions as i64, TopicConfig::default())?;
-    let n = partitions;
-    let partitions = topic.partitions();
+    let mut appender = BatchAppender::new(&topic);
     let mut generator = CorpusGenerator::new(seed);
-    let mut builders: Vec<BatchBuilder> = (0..n)
-        .map(|_| BatchBuilder::new(Compression::None))
-        .collect();
     let (mut written, mut words, mut line_no) = (0u64, 0u64, 0usize);
     let mut line = Vec::with_capacity(256);
     while written < size {
         line.clear();
         words += generator.next_line(&mut line) as u64;
         written += line.len() as u64 + 1;
-        let p = line_no % n;
-        builders[p].push(None, &line, 0);
-        if builders[p].len() == 1000 {
-            let mut bytes = builders[p].finish()?;
-            partitions[p].append(&mut bytes)?;
-            builders[p] = BatchBuilder::new(Compression::None);
-        }
+        appender.push(line_no % partitions, &line)?;
         line_no += 1;
     }
-    for (p, b) in builders.iter_mut().enumerate() {
-        if !b.is_empty() {
-            let mut bytes = b.finish()?;
-            partitions[p].append(&mut bytes)?;
-        }
-    }
+    appender.finish()?;
     store.close()?;
     std::fs::write(&marker, format!("{words} {written}"))?;
     Ok(Loaded {

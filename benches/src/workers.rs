@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::util::free_port;
+use crate::util::{BatchAppender, free_port};
 use crate::wordcount::{Loaded, load_corpus_partitions, wait_with_usage};
 use sluice::log::{LogStore, StoreOptions, TopicConfig};
-use sluice::producer::{BatchBuilder, Compression};
 use sluice::units::{format_bytes, parse_bytes};
 
 const PARTITIONS: usize = 16;
@@ -250,30 +249,16 @@ fn load_keys(data_dir: &Path, keys: u64) -> anyhow::Result<String> {
         return Ok(topic);
     }
     let t = store.create_topic(&topic, PARTITIONS as i64, TopicConfig::default())?;
-    let partitions = t.partitions();
-    let mut builders: Vec<BatchBuilder> = (0..PARTITIONS)
-        .map(|_| BatchBuilder::new(Compression::None))
-        .collect();
+    let mut appender = BatchAppender::new(&t);
     let mut line = String::new();
     for (n, first) in (0..keys).step_by(4).enumerate() {
         line.clear();
         for k in first..(first + 4).min(keys) {
             line.push_str(&format!("key-{k:012} "));
         }
-        let p = n % PARTITIONS;
-        builders[p].push(None, line.as_bytes(), 0);
-        if builders[p].len() == 1000 {
-            let mut bytes = builders[p].finish()?;
-            partitions[p].append(&mut bytes)?;
-            builders[p] = BatchBuilder::new(Compression::None);
-        }
+        appender.push(n % PARTITIONS, line.as_bytes())?;
     }
-    for (p, b) in builders.iter_mut().enumerate() {
-        if !b.is_empty() {
-            let mut bytes = b.finish()?;
-            partitions[p].append(&mut bytes)?;
-        }
-    }
+    appender.finish()?;
     store.close()?;
     Ok(topic)
 }

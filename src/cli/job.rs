@@ -54,6 +54,18 @@ pub struct JobArgs {
     /// decoded rows at once).
     #[arg(long)]
     pub max_records_per_batch: Option<u64>,
+    /// Most records in one batch over all of a source's partitions,
+    /// split evenly among them (Spark's maxOffsetsPerTrigger). Default: as
+    /// many as keep a batch's state writes within one key per 256 bytes of
+    /// --state-memory, judged by the keys per record earlier batches wrote.
+    #[arg(long, value_name = "N")]
+    pub max_offsets_per_batch: Option<u64>,
+    /// Memory for the job's state, whatever its number of keys: RocksDB's
+    /// block cache, memtables, index and filter blocks (three quarters)
+    /// and result-table merges' hot values (one quarter). Also bounds the
+    /// keys one batch writes unless --max-offsets-per-batch is given.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = parse_state_memory)]
+    pub state_memory: u64,
     /// When retention deleted unread records: fail (default) or skip.
     #[arg(long, value_enum, default_value_t = DataLossFlag::Fail)]
     pub on_data_loss: DataLossFlag,
@@ -140,6 +152,8 @@ impl JobArgs {
         c.backpressure = self.backpressure;
         c.initial_rate = self.initial_rate;
         c.max_records_per_batch = Some(self.max_records_per_batch.unwrap_or(1_000_000));
+        c.max_offsets_per_batch = self.max_offsets_per_batch;
+        c.state_memory = crate::checkpoint::StateMemory::new(self.state_memory);
         c.on_data_loss = self.on_data_loss.into();
         if let Some(p) = self.parallelism {
             c.parallelism = p;
@@ -163,4 +177,17 @@ impl JobArgs {
     ) -> anyhow::Result<Option<crate::console::ConsoleThread>> {
         self.ui.serve_job(config, self.ui_history)
     }
+}
+
+/// `--state-memory`: a size no smaller than RocksDB's fixed costs.
+fn parse_state_memory(text: &str) -> Result<u64, String> {
+    let bytes = crate::units::parse_bytes(text)?;
+    let min = crate::checkpoint::MIN_STATE_MEMORY;
+    if bytes < min {
+        return Err(format!(
+            "{text} is below the smallest state budget, {} MiB",
+            min >> 20
+        ));
+    }
+    Ok(bytes)
 }

@@ -9,6 +9,7 @@ mod cli;
 mod console;
 mod crash;
 mod evolution;
+mod state_memory;
 mod store_cli;
 mod topic_output;
 mod workers;

@@ -24,8 +24,12 @@
 //! This module owns the database and its schema; it never interprets
 //! operator state (the `state` and `plan` modules do).
 
+mod memory;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub use memory::{DEFAULT_STATE_MEMORY, MIN_STATE_MEMORY, StateMemory};
 
 use rocksdb::{ColumnFamily, DB, Options, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
@@ -200,6 +204,8 @@ pub struct Checkpoint {
     path: PathBuf,
     /// Column families besides `default`, as opened.
     column_families: Vec<String>,
+    /// The process's state memory budget this database draws from.
+    memory: StateMemory,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -210,8 +216,9 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-fn db_options() -> Options {
+fn db_options(memory: &StateMemory) -> Options {
     let mut opts = Options::default();
+    memory.apply(&mut opts);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // One job per database; keep RocksDB's own threads and logs small.
@@ -223,8 +230,19 @@ fn db_options() -> Options {
 
 impl Checkpoint {
     /// Opens (or creates) the checkpoint of `job` in `path`, with a column
-    /// family for every name in `column_families` (created if missing).
+    /// family for every name in `column_families` (created if missing),
+    /// under a budget of its own ([`Checkpoint::open_within`] shares one).
     pub fn open(path: &Path, job: &str, column_families: &[String]) -> Result<Checkpoint> {
+        Self::open_within(path, job, column_families, &StateMemory::default())
+    }
+
+    /// [`Checkpoint::open`] drawing on the process's state memory budget.
+    pub fn open_within(
+        path: &Path,
+        job: &str,
+        column_families: &[String],
+        memory: &StateMemory,
+    ) -> Result<Checkpoint> {
         std::fs::create_dir_all(path).map_err(|e| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             reason: format!("cannot create the directory: {e}"),
@@ -243,11 +261,17 @@ impl Checkpoint {
             }
         }
         names.retain(|n| n != "default");
-        let db = DB::open_cf(&db_options(), path, &names).map_err(rocks("cannot open"))?;
+        // Each column family gets the budget's options too (`open_cf`
+        // would give them RocksDB's defaults: no filters, 64 MiB memtables
+        // and a block cache of their own).
+        let opts = db_options(memory);
+        let db = DB::open_cf_with_opts(&opts, path, names.iter().map(|n| (n, opts.clone())))
+            .map_err(rocks("cannot open"))?;
         let checkpoint = Checkpoint {
             db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             column_families: names,
+            memory: memory.clone(),
         };
         match checkpoint.get_json::<SchemaRecord>(KEY_SCHEMA)? {
             Some(s) if s.version > SCHEMA_VERSION => Err(CheckpointError::NewerSchema {
@@ -299,6 +323,7 @@ impl Checkpoint {
             db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             column_families: names.into_iter().filter(|n| n != "default").collect(),
+            memory: StateMemory::default(),
         })
     }
 
@@ -310,6 +335,11 @@ impl Checkpoint {
         &self.db
     }
 
+    /// The state memory budget this database draws from.
+    pub fn memory(&self) -> &StateMemory {
+        &self.memory
+    }
+
     /// Another handle on the same open database, for reading from another
     /// thread while the job writes (the web console's result tables).
     /// RocksDB reads see the last commit; this handle must never write.
@@ -318,6 +348,7 @@ impl Checkpoint {
             db: self.db.clone(),
             path: self.path.clone(),
             column_families: self.column_families.clone(),
+            memory: self.memory.clone(),
         }
     }
 
@@ -469,7 +500,7 @@ impl Checkpoint {
         })?;
         for name in names.iter().filter(|n| n.starts_with(STATE_CF_PREFIX)) {
             db.drop_cf(name).map_err(rocks("cannot drop state"))?;
-            db.create_cf(name, &db_options())
+            db.create_cf(name, &db_options(&self.memory))
                 .map_err(rocks("cannot recreate state"))?;
         }
         let mut batch = WriteBatch::default();

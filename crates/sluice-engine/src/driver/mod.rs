@@ -67,6 +67,14 @@ pub struct JobConfig {
     /// Hard cap per partition per batch, so a batch's memory stays bounded
     /// whatever the backlog.
     pub max_records_per_batch: Option<u64>,
+    /// Cap over all of a source's partitions per batch (Spark's
+    /// maxOffsetsPerTrigger), split evenly among them. `None`: as many
+    /// records as keep a batch's state writes within `state_memory`'s
+    /// share, judged from the writes per record of the batches before.
+    pub max_offsets_per_batch: Option<u64>,
+    /// The process's state memory budget (`--state-memory`): RocksDB's
+    /// block cache and memtables, the merges' hot values. Clones share it.
+    pub state_memory: crate::checkpoint::StateMemory,
     pub on_data_loss: OnDataLoss,
     /// Tasks per wide operator; default: the machine's cores.
     pub parallelism: usize,
@@ -95,6 +103,8 @@ impl JobConfig {
             backpressure: false,
             initial_rate: 10_000.0,
             max_records_per_batch: Some(1_000_000),
+            max_offsets_per_batch: None,
+            state_memory: crate::checkpoint::StateMemory::default(),
             on_data_loss: OnDataLoss::Fail,
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             reset_state: false,
@@ -268,7 +278,12 @@ impl Driver {
     fn start(config: JobConfig, graph: SharedGraph) -> Result<Driver, DriverError> {
         let (sources, metas, tables) = checked_job(&config, &graph)?;
         let cfs = state_column_families(&metas, &tables);
-        let mut checkpoint = Checkpoint::open(&config.checkpoint_path(), &config.name, &cfs)?;
+        let mut checkpoint = Checkpoint::open_within(
+            &config.checkpoint_path(),
+            &config.name,
+            &cfs,
+            &config.state_memory,
+        )?;
         checkpoint.register(&metas, &tables, config.reset_state)?;
         let (offsets, lost_records, next_batch_id, replay, fresh_job) = match checkpoint.resume()? {
             Resume::Fresh => (BTreeMap::new(), 0, 1, None, true),
@@ -299,10 +314,12 @@ impl Driver {
         let rate = RateLimiter::new(
             config.max_rate_per_partition,
             config.max_records_per_batch,
+            config.max_offsets_per_batch,
             config
                 .backpressure
                 .then_some((interval_ms, config.initial_rate)),
-        );
+        )
+        .with_state_writes_per_batch(config.state_memory.writes_per_batch());
         let targets = if config.until_caught_up {
             Some(high_watermarks(&sources)?)
         } else {
@@ -668,6 +685,10 @@ impl Driver {
             offsets: self.offsets.clone(),
             lost_records: self.lost_records,
         };
+        self.rate.on_state_writes(
+            planned_records(&planned.ranges),
+            outcome.writes.len() as u64,
+        );
         let before_commit = Instant::now();
         self.checkpoint.commit(outcome.writes, &committed)?;
         let commit_ms = ms(before_commit.elapsed());

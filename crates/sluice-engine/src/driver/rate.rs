@@ -71,6 +71,15 @@ impl PidEstimator {
 pub struct RateLimiter {
     pub max_rate_per_partition: Option<f64>,
     pub max_records_per_batch: Option<u64>,
+    /// Cap over all of a source's partitions (maxOffsetsPerTrigger).
+    pub max_offsets_per_batch: Option<u64>,
+    /// Without that cap: the state writes one batch may stage (from the
+    /// state memory budget), turned into records by the writes per record
+    /// recent batches made — a word count over a small vocabulary writes
+    /// few keys per record and may take large batches, one where every
+    /// record is a new key gets batches the budget can hold.
+    state_writes_per_batch: Option<u64>,
+    writes_per_record: f64,
     pid: Option<PidEstimator>,
     /// Total rate from the controller (or the initial rate before it has
     /// measured anything).
@@ -81,11 +90,15 @@ impl RateLimiter {
     pub fn new(
         max_rate_per_partition: Option<f64>,
         max_records_per_batch: Option<u64>,
+        max_offsets_per_batch: Option<u64>,
         backpressure: Option<(i64, f64)>,
     ) -> Self {
         RateLimiter {
             max_rate_per_partition,
             max_records_per_batch,
+            max_offsets_per_batch,
+            state_writes_per_batch: None,
+            writes_per_record: 1.0,
             estimated_total: backpressure.map(|(_, initial)| initial),
             pid: backpressure.map(|(interval, _)| PidEstimator::new(interval)),
         }
@@ -101,9 +114,32 @@ impl RateLimiter {
             limit = Some(limit.map_or(per, |l| l.min(per)));
         }
         let limit = limit.map(|l| l.max(1.0) as u64);
-        match (limit, self.max_records_per_batch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let total = self
+            .max_offsets_per_batch
+            .or_else(|| {
+                self.state_writes_per_batch
+                    .map(|w| (w as f64 / self.writes_per_record.max(1e-4)) as u64)
+            })
+            .map(|t| (t / partitions.max(1) as u64).max(1));
+        [limit, self.max_records_per_batch, total]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Bounds batches by the state writes they stage (unless an explicit
+    /// `max_offsets_per_batch` does).
+    pub fn with_state_writes_per_batch(mut self, writes: u64) -> Self {
+        self.state_writes_per_batch = Some(writes.max(1));
+        self
+    }
+
+    /// A batch of `records` staged `writes` state writes: the next batch
+    /// is sized by it. A job whose keys turn from few to many in one batch
+    /// gets one batch sized for few (still within the per-partition cap).
+    pub fn on_state_writes(&mut self, records: u64, writes: u64) {
+        if records > 0 {
+            self.writes_per_record = writes as f64 / records as f64;
         }
     }
 
@@ -152,12 +188,51 @@ mod tests {
 
     #[test]
     fn initial_rate_applies_until_measured() {
-        let mut limiter = RateLimiter::new(Some(5_000.0), Some(1_000_000), Some((1000, 400.0)));
+        let mut limiter =
+            RateLimiter::new(Some(5_000.0), Some(1_000_000), None, Some((1000, 400.0)));
         assert_eq!(limiter.limit(1000, 4), Some(100));
         limiter.on_batch_completed(1000.0, 100, 10.0, 0.0); // 10,000/s
         assert_eq!(limiter.limit(1000, 4), Some(2_500));
-        let fixed = RateLimiter::new(Some(5_000.0), None, None);
+        let fixed = RateLimiter::new(Some(5_000.0), None, None, None);
         assert_eq!(fixed.limit(200, 4), Some(1_000));
-        assert_eq!(RateLimiter::new(None, None, None).limit(1000, 4), None);
+        assert_eq!(
+            RateLimiter::new(None, None, None, None).limit(1000, 4),
+            None
+        );
+    }
+
+    #[test]
+    fn a_total_cap_is_split_among_partitions() {
+        let capped = RateLimiter::new(None, Some(1_000_000), Some(1_000_000), None);
+        assert_eq!(capped.limit(1000, 4), Some(250_000));
+        assert_eq!(capped.limit(1000, 1), Some(1_000_000));
+        let per_partition = RateLimiter::new(None, Some(100), Some(1_000_000), None);
+        assert_eq!(per_partition.limit(1000, 4), Some(100));
+        assert_eq!(
+            RateLimiter::new(None, None, Some(3), None).limit(1000, 4),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn state_writes_size_batches_from_what_records_wrote() {
+        let mut limiter = RateLimiter::new(None, Some(1_000_000), None, None)
+            .with_state_writes_per_batch(400_000);
+        // Until measured, a record is taken to write a key.
+        assert_eq!(limiter.limit(1000, 4), Some(100_000));
+        // A word count over a small vocabulary: 20 records per write.
+        limiter.on_state_writes(400_000, 20_000);
+        assert_eq!(limiter.limit(1000, 4), Some(1_000_000));
+        // Every record a new key: at once back to the budget.
+        limiter.on_state_writes(4_000_000, 4_000_000);
+        assert_eq!(limiter.limit(1000, 4), Some(100_000));
+        // Batches without writes (a stateless job) are bounded by the rest.
+        limiter.on_state_writes(400_000, 0);
+        assert_eq!(limiter.limit(1000, 4), Some(1_000_000));
+        limiter.on_state_writes(0, 0);
+        assert_eq!(limiter.limit(1000, 4), Some(1_000_000));
+        // An explicit cap wins.
+        let explicit = RateLimiter::new(None, None, Some(8), None).with_state_writes_per_batch(1);
+        assert_eq!(explicit.limit(1000, 4), Some(2));
     }
 }

@@ -1456,8 +1456,7 @@ impl Env {
                 "task {id}: cannot start transactions with transactional id {txn_id}: {e}"
             ))
         })?;
-        let mut db = Checkpoint::open(&self.task_dir(id), &self.config.name, &self.plan.state_cfs)?;
-        db.register(&self.plan.metas, &self.plan.tables, self.config.reset_state)?;
+        let db = self.open_task_db(id)?;
         let mut cf_names = HashMap::new();
         for cf in &self.plan.state_cfs {
             cf_names.insert(cf_id(&db, cf)?, cf.clone());
@@ -1559,11 +1558,23 @@ impl Env {
         Ok(())
     }
 
+    /// The local database of task `id`, its operators and tables
+    /// registered, drawing on the process's state memory.
+    fn open_task_db(&self, id: TaskId) -> Result<Checkpoint, DriverError> {
+        let mut db = Checkpoint::open_within(
+            &self.task_dir(id),
+            &self.config.name,
+            &self.plan.state_cfs,
+            &self.config.state_memory,
+        )?;
+        db.register(&self.plan.metas, &self.plan.tables, self.config.reset_state)?;
+        Ok(db)
+    }
+
     /// Opens a standby copy of task `id` over its directory; it catches up
     /// batch by batch ([`Worker::update_standbys`]).
     fn open_standby(&self, id: TaskId) -> Result<Standby, DriverError> {
-        let mut db = Checkpoint::open(&self.task_dir(id), &self.config.name, &self.plan.state_cfs)?;
-        db.register(&self.plan.metas, &self.plan.tables, self.config.reset_state)?;
+        let db = self.open_task_db(id)?;
         let changelog_next = match db.db().get(CHANGELOG_OFFSETS_KEY).map_err(other)? {
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             None => BTreeMap::new(),

@@ -3,7 +3,7 @@
 //! (rows collected, pairs shuffled by key, merged with committed values);
 //! the sinks only format and write what they are handed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::wide::{partition_by_key, rayon_map};
@@ -13,14 +13,96 @@ use crate::data::{Data, Key, decode_all, encode_to_vec};
 use crate::sink::topic::{OutRecord, TopicWriter, partition_of};
 use crate::sink::{WriterId, console};
 
-/// Hot values kept in memory per merge task (a cache of committed values;
-/// RocksDB stays the truth).
-const CACHE_ENTRIES_PER_TASK: usize = 1 << 20;
+/// Bytes a cached value costs besides its key and encoded value (the
+/// map's slot, the key's allocation).
+const HOT_ENTRY_OVERHEAD: usize = 64;
 
-/// One merge task's cache: encoded key → committed value, valid for the
-/// task epoch it was filled in (on many workers a bucket's state can move
-/// away and come back changed).
-type HotValues<V> = Mutex<(u64, HashMap<Vec<u8>, V>)>;
+/// Keys per multi-get call.
+const MULTI_GET_KEYS: usize = 4096;
+
+/// One merge task's cache of committed values (RocksDB stays the truth),
+/// bounded in bytes: keys enter the young generation; when it is full it
+/// becomes the old one and the previous old one is dropped, so keys used
+/// within the last half of the budget stay (an LRU's effect at a hash
+/// map's cost). Valid for the task epoch it was filled in (on many
+/// workers a bucket's state can move away and come back changed).
+///
+/// Admission: a key enters on its second sight (it had a committed value),
+/// so keys written once — most of them, with millions — cost nothing
+/// here. When the keys a batch reads are mostly not in a cache that is
+/// already full (the working set is larger than the budget), nothing new
+/// is admitted for a while: inserts would only evict other misses.
+struct HotValues<V> {
+    epoch: u64,
+    budget: usize,
+    young: HashMap<Box<[u8]>, V, foldhash::fast::RandomState>,
+    old: HashMap<Box<[u8]>, V, foldhash::fast::RandomState>,
+    young_bytes: usize,
+    /// The young generation has turned over at least once.
+    full: bool,
+    /// Batches left without admitting new keys.
+    closed_for: u32,
+}
+
+/// Batches a cache that missed most of a batch's keys stays closed.
+const CLOSED_BATCHES: u32 = 8;
+
+impl<V: Data> HotValues<V> {
+    fn new(epoch: u64, budget: usize) -> Self {
+        HotValues {
+            epoch,
+            budget,
+            young: HashMap::default(),
+            old: HashMap::default(),
+            young_bytes: 0,
+            full: false,
+            closed_for: 0,
+        }
+    }
+
+    /// The young generation's value shadows a stale one in the old.
+    fn get(&self, key: &[u8]) -> Option<&V> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
+    /// Whether keys may enter after a batch that looked up `lookups` keys
+    /// and found `hits` here.
+    fn admits(&mut self, lookups: usize, hits: usize) -> bool {
+        if self.closed_for > 0 {
+            self.closed_for -= 1;
+            return false;
+        }
+        if self.full && lookups >= 1024 && hits * 4 < lookups {
+            self.closed_for = CLOSED_BATCHES;
+            return false;
+        }
+        true
+    }
+
+    /// Stores `value` for a key that was cached or committed before.
+    fn insert(&mut self, key: &[u8], value: V, encoded_len: usize, admit: bool) {
+        if let Some(v) = self.young.get_mut(key) {
+            *v = value;
+            return;
+        }
+        if !admit {
+            // A stale copy in the old generation must not outlive this write.
+            self.old.remove(key);
+            return;
+        }
+        let cost = key.len() + encoded_len + HOT_ENTRY_OVERHEAD;
+        if cost > self.budget / 2 {
+            return;
+        }
+        if self.young_bytes + cost > self.budget / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+            self.full = true;
+        }
+        self.young.insert(key.into(), value);
+        self.young_bytes += cost;
+    }
+}
 
 pub(crate) fn print<T: Data>(stream: &DStream<T>, n: usize) {
     let node = stream.node.clone();
@@ -120,7 +202,7 @@ where
 {
     let node = stream.node.clone();
     node.info().add_consumer();
-    let caches: OnceLock<Vec<HotValues<V>>> = OnceLock::new();
+    let caches: OnceLock<Vec<Mutex<HotValues<V>>>> = OnceLock::new();
     let table = table.to_owned();
     let table_name = table.clone();
     let cf_name = format!("{TABLE_CF_PREFIX}{table}");
@@ -162,19 +244,21 @@ where
             // Merging reads the committed value: each key must be handled
             // by one task, so the pairs are shuffled by key first.
             let buckets = partition_by_key::<K>(cx, &format!("table-{table_name}"), cut, &node)?;
+            let budget =
+                (cx.checkpoint.memory().hot_values_bytes() / cx.parallelism.max(1) as u64) as usize;
             let caches = caches.get_or_init(|| {
                 (0..cx.parallelism)
-                    .map(|_| Mutex::new((cx.task_epoch, HashMap::new())))
+                    .map(|_| Mutex::new(HotValues::new(cx.task_epoch, budget)))
                     .collect()
             });
             rayon_map(buckets.into_iter().enumerate().collect(), |(b, chunks)| {
                 // Keys go to the same bucket every batch, so this task owns
                 // its bucket's cache of hot values.
                 let mut cache = sluice_log::common::mutex(&caches[b % caches.len()]);
-                if cache.0 != cx.task_epoch {
-                    *cache = (cx.task_epoch, HashMap::new());
+                if cache.epoch != cx.task_epoch {
+                    *cache = HotValues::new(cx.task_epoch, budget);
                 }
-                merge_bucket::<K, V, F>(cx, cf, &chunks, &mut cache.1, merge)
+                merge_bucket::<K, V, F>(cx, cf, &chunks, &mut cache, merge)
             })?;
             Ok(())
         }),
@@ -200,83 +284,103 @@ fn overwrite<K: Key, V: Data>(
     Ok(())
 }
 
-/// One bucket of a merge: read the committed values the cache lacks,
-/// merge the batch's pairs into them, stage the writes, remember them.
+/// One bucket of a merge, without a hash map per batch: the pairs'
+/// encoded keys are sorted (stably, so a key's values merge in the
+/// batch's order), the committed values the cache lacks are read in one
+/// multi-get over sorted keys, and the merged values are written in key
+/// order — RocksDB's memtable skip list then finds each insert's place
+/// from the previous one instead of from the top.
 fn merge_bucket<K: Key, V: Data, F>(
     cx: &BatchCx,
     cf: &rocksdb::ColumnFamily,
     chunks: &[arrow::array::RecordBatch],
-    cache: &mut HashMap<Vec<u8>, V>,
+    cache: &mut HotValues<V>,
     merge: &F,
 ) -> super::Result<()>
 where
     F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
 {
-    let loaded = committed_values::<K, V>(cx, cf, chunks, cache)?;
-    let mut merged: HashMap<Vec<u8>, V> = HashMap::new();
-    for c in chunks {
-        let rows = <(K, V)>::reader(c.columns())?;
-        for i in 0..c.num_rows() {
-            let (k, v) = <(K, V)>::get(&rows, i);
-            let key = encode_to_vec::<K>(k);
-            let old = merged
-                .get(&key)
-                .or_else(|| cache.get(&key))
-                .or_else(|| loaded.get(&key));
-            let new = match old {
-                Some(old) => merge(old.view(), v),
-                None => V::to_owned_value(v),
-            };
-            merged.insert(key, new);
+    let readers = chunks
+        .iter()
+        .map(|c| <(K, V)>::reader(c.columns()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every key encoded into one buffer: (end in `keys`, chunk, row).
+    let rows: usize = chunks.iter().map(|c| c.num_rows()).sum();
+    let mut keys: Vec<u8> = Vec::with_capacity(rows * 16);
+    let mut pairs: Vec<(u32, u32, u32, u32)> = Vec::with_capacity(rows);
+    for (ci, reader) in readers.iter().enumerate() {
+        for row in 0..chunks[ci].num_rows() {
+            let start = keys.len() as u32;
+            K::encode(<(K, V)>::get(reader, row).0, true, &mut keys);
+            pairs.push((start, keys.len() as u32, ci as u32, row as u32));
         }
     }
-    // In key order: RocksDB inserts a write batch's keys into its memtable
-    // skip list one after the other, and each search starts from where
-    // the previous insert ended, so sorted keys find their place in a few
-    // steps where hash-ordered ones walk down from the top every time.
-    let mut sorted: Vec<(&Vec<u8>, &V)> = merged.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let key_of = |p: &(u32, u32, u32, u32)| &keys[p.0 as usize..p.1 as usize];
+    pairs.sort_by(|a, b| key_of(a).cmp(key_of(b)));
+    // One entry per distinct key, in key order: (first pair, end pair).
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    for i in 0..pairs.len() {
+        if i == 0 || key_of(&pairs[i]) != key_of(&pairs[i - 1]) {
+            groups.push((i, i + 1));
+        } else if let Some(g) = groups.last_mut() {
+            g.1 = i + 1;
+        }
+    }
+    let mut committed: Vec<Option<V>> = Vec::with_capacity(groups.len());
+    let mut misses: Vec<(usize, &[u8])> = Vec::new();
+    for (g, &(first, _)) in groups.iter().enumerate() {
+        let key = key_of(&pairs[first]);
+        let hot = cache.get(key).cloned();
+        if hot.is_none() {
+            misses.push((g, key));
+        }
+        committed.push(hot);
+    }
+    let admit = cache.admits(groups.len(), groups.len() - misses.len());
+    // In slices, so RocksDB's per-key lookup contexts stay small.
+    for slice in misses.chunks(MULTI_GET_KEYS) {
+        let found = cx
+            .checkpoint
+            .db()
+            .batched_multi_get_cf(cf, slice.iter().map(|m| m.1), true);
+        for (&(g, _), found) in slice.iter().zip(found) {
+            if let Some(bytes) = found? {
+                committed[g] = Some(decode_all::<V>(&bytes)?);
+            }
+        }
+    }
+    // Keys seen before (cached or committed) may be cached; new ones not.
+    let mut merged: Vec<(&[u8], V, bool)> = Vec::with_capacity(groups.len());
+    for (&(first, end), mut value) in groups.iter().zip(committed) {
+        let seen = value.is_some();
+        let key = key_of(&pairs[first]);
+        for p in &pairs[first..end] {
+            let v = <(K, V)>::get(&readers[p.2 as usize], p.3 as usize).1;
+            value = Some(match value {
+                Some(old) => merge(old.view(), v),
+                None => V::to_owned_value(v),
+            });
+        }
+        if let Some(value) = value {
+            merged.push((key, value, seen));
+        }
+    }
+    let mut encoded = Vec::new();
+    let mut lens = Vec::with_capacity(merged.len());
     cx.write(|w| {
-        for (k, v) in sorted {
-            w.put_cf(cf, k, encode_to_vec::<V>(v.view()));
+        for (k, v, _) in &merged {
+            encoded.clear();
+            V::encode(v.view(), true, &mut encoded);
+            w.put_cf(cf, k, &encoded);
+            lens.push(encoded.len());
         }
     });
     // The batch either commits these values or the job stops (and the
     // cache with it), so caching them now is safe.
-    if cache.len() + merged.len() > CACHE_ENTRIES_PER_TASK {
-        cache.clear();
+    for ((k, v, seen), len) in merged.into_iter().zip(lens) {
+        if seen {
+            cache.insert(k, v, len, admit);
+        }
     }
-    cache.extend(merged);
     Ok(())
-}
-
-/// The committed values of the batch's keys that `cache` does not hold,
-/// in one multi-get.
-fn committed_values<K: Key, V: Data>(
-    cx: &BatchCx,
-    cf: &rocksdb::ColumnFamily,
-    chunks: &[arrow::array::RecordBatch],
-    cache: &HashMap<Vec<u8>, V>,
-) -> super::Result<HashMap<Vec<u8>, V>> {
-    let mut misses: Vec<Vec<u8>> = Vec::new();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    for c in chunks {
-        let rows = K::reader(c.columns())?;
-        for i in 0..c.num_rows() {
-            let key = encode_to_vec::<K>(K::get(&rows, i));
-            if !cache.contains_key(&key) && seen.insert(key.clone()) {
-                misses.push(key);
-            }
-        }
-    }
-    let mut loaded: HashMap<Vec<u8>, V> = HashMap::with_capacity(misses.len());
-    for (key, found) in misses
-        .iter()
-        .zip(cx.checkpoint.db().batched_multi_get_cf(cf, &misses, false))
-    {
-        if let Some(bytes) = found? {
-            loaded.insert(key.clone(), decode_all::<V>(&bytes)?);
-        }
-    }
-    Ok(loaded)
 }
