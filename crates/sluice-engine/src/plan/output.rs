@@ -284,6 +284,28 @@ fn overwrite<K: Key, V: Data>(
     Ok(())
 }
 
+/// A pair of a merge's batch: where its encoded key is in the bucket's
+/// buffer, its first 8 bytes as a number (their order is the bytes'
+/// order), and its row.
+struct Pair {
+    prefix: u64,
+    start: u32,
+    end: u32,
+    chunk: u32,
+    row: u32,
+}
+
+impl Pair {
+    /// The first 8 bytes of `key`, big-endian, zero-padded: comparing two
+    /// prefixes orders the keys unless the prefixes are equal.
+    fn prefix_of(key: &[u8]) -> u64 {
+        let mut bytes = [0u8; 8];
+        let n = key.len().min(8);
+        bytes[..n].copy_from_slice(&key[..n]);
+        u64::from_be_bytes(bytes)
+    }
+}
+
 /// One bucket of a merge, without a hash map per batch: the pairs'
 /// encoded keys are sorted (stably, so a key's values merge in the
 /// batch's order), the committed values the cache lacks are read in one
@@ -304,23 +326,44 @@ where
         .iter()
         .map(|c| <(K, V)>::reader(c.columns()))
         .collect::<Result<Vec<_>, _>>()?;
-    // Every key encoded into one buffer: (end in `keys`, chunk, row).
+    // Every key encoded into one buffer, each pair pointing at its key.
     let rows: usize = chunks.iter().map(|c| c.num_rows()).sum();
     let mut keys: Vec<u8> = Vec::with_capacity(rows * 16);
-    let mut pairs: Vec<(u32, u32, u32, u32)> = Vec::with_capacity(rows);
+    let mut pairs: Vec<Pair> = Vec::with_capacity(rows);
     for (ci, reader) in readers.iter().enumerate() {
         for row in 0..chunks[ci].num_rows() {
-            let start = keys.len() as u32;
+            let start = keys.len();
             K::encode(<(K, V)>::get(reader, row).0, true, &mut keys);
-            pairs.push((start, keys.len() as u32, ci as u32, row as u32));
+            let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(keys.len())) else {
+                return Err(super::PlanError::Invalid(format!(
+                    "a merge task's keys passed 4 GiB in one batch; lower --max-records-per-batch ({} rows so far)",
+                    pairs.len()
+                )));
+            };
+            pairs.push(Pair {
+                prefix: Pair::prefix_of(&keys[start as usize..]),
+                start,
+                end,
+                chunk: ci as u32,
+                row: row as u32,
+            });
         }
     }
-    let key_of = |p: &(u32, u32, u32, u32)| &keys[p.0 as usize..p.1 as usize];
-    pairs.sort_by(|a, b| key_of(a).cmp(key_of(b)));
+    let key_of = |p: &Pair| &keys[p.start as usize..p.end as usize];
+    // Stable: a key's values keep their order. Most comparisons end at
+    // the prefix, without reaching into the buffer.
+    pairs.sort_by(|a, b| {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| key_of(a).cmp(key_of(b)))
+    });
     // One entry per distinct key, in key order: (first pair, end pair).
     let mut groups: Vec<(usize, usize)> = Vec::new();
     for i in 0..pairs.len() {
-        if i == 0 || key_of(&pairs[i]) != key_of(&pairs[i - 1]) {
+        let same = i > 0
+            && pairs[i].prefix == pairs[i - 1].prefix
+            && key_of(&pairs[i]) == key_of(&pairs[i - 1]);
+        if !same {
             groups.push((i, i + 1));
         } else if let Some(g) = groups.last_mut() {
             g.1 = i + 1;
@@ -355,7 +398,7 @@ where
         let seen = value.is_some();
         let key = key_of(&pairs[first]);
         for p in &pairs[first..end] {
-            let v = <(K, V)>::get(&readers[p.2 as usize], p.3 as usize).1;
+            let v = <(K, V)>::get(&readers[p.chunk as usize], p.row as usize).1;
             value = Some(match value {
                 Some(old) => merge(old.view(), v),
                 None => V::to_owned_value(v),
@@ -383,4 +426,41 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pair;
+
+    /// Ordering by prefix, then bytes, is the bytes' order, also for keys
+    /// shorter than 8 bytes, with zero bytes, and with equal prefixes.
+    #[test]
+    fn prefix_then_bytes_is_byte_order() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\0".to_vec(),
+            b"\0\0".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"ab".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefghi".to_vec(),
+            b"abcdefgz".to_vec(),
+            vec![0xff; 9],
+            b"w1".to_vec(),
+            b"w10".to_vec(),
+            b"w1000000".to_vec(),
+            b"w999999".to_vec(),
+        ];
+        let mut want = keys.clone();
+        want.sort();
+        keys.reverse();
+        keys.sort_by(|a, b| {
+            Pair::prefix_of(a)
+                .cmp(&Pair::prefix_of(b))
+                .then_with(|| a.cmp(b))
+        });
+        assert_eq!(keys, want);
+    }
 }
