@@ -64,7 +64,7 @@ impl StateMemory {
     /// result-table merges.
     pub fn new(bytes: u64) -> StateMemory {
         let bytes = bytes.max(MIN_STATE_MEMORY);
-        let rocks = (bytes / 4 * 3) as usize;
+        let rocks = rocks_share(bytes);
         let cache = Cache::new_lru_cache(rocks);
         // Without stalls: a batch's writes are applied whole, and the
         // flush they trigger runs on RocksDB's threads.
@@ -100,16 +100,10 @@ impl StateMemory {
         (self.inner.bytes / BYTES_PER_BATCH_RECORD).max(10_000)
     }
 
-    /// Bytes RocksDB holds now in the shared cache (blocks, memtables,
-    /// index and filters).
-    pub fn rocks_usage(&self) -> u64 {
-        self.inner.cache.get_usage() as u64
-    }
-
     /// Applies the budget to a database's (and its column families')
     /// options.
     pub(crate) fn apply(&self, opts: &mut Options) {
-        let rocks = (self.inner.bytes / 4 * 3) as usize;
+        let rocks = rocks_share(self.inner.bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.inner.cache);
         // A key a merge has never seen (most keys, when there are
@@ -137,6 +131,12 @@ impl StateMemory {
         opts.set_write_buffer_size((rocks / 8).clamp(1 << 20, 64 << 20));
         opts.set_max_write_buffer_number(3);
     }
+}
+
+/// RocksDB's share of a budget: its block cache, which also carries the
+/// memtables.
+fn rocks_share(bytes: u64) -> usize {
+    (bytes / 4 * 3) as usize
 }
 
 #[cfg(test)]

@@ -262,10 +262,7 @@ impl<K: Key, V: Data> Combine<K, V> {
         f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
     ) -> Result<()> {
         if let Some(passed) = &mut self.passed {
-            let keys = K::reader(chunk.columns())?;
-            for (b, piece) in
-                split_by_bucket(chunk, self.buckets, |row| hash_one::<K>(K::get(&keys, row)))?
-            {
+            for (b, piece) in split_by_key::<K>(chunk, self.buckets)? {
                 passed[b].push(piece);
             }
             return Ok(());
@@ -457,6 +454,13 @@ fn split_by_bucket(
     Ok(pieces)
 }
 
+/// The rows of `batch` split into `buckets` by the hash of their key (its
+/// leading columns).
+fn split_by_key<K: Key>(batch: &RecordBatch, buckets: usize) -> Result<Vec<(usize, RecordBatch)>> {
+    let keys = K::reader(batch.columns())?;
+    split_by_bucket(batch, buckets, |row| hash_one::<K>(K::get(&keys, row)))
+}
+
 /// The shuffle of rows an output computed itself (SQL's partial
 /// aggregates), `hashes` holding a machine-independent hash of each row's
 /// key. In one process it is the identity; on many workers a stage-0 task
@@ -511,8 +515,7 @@ pub(crate) fn partition_by_key<K: Key>(
     shuffle(cx, op, cut, parent, |run| {
         let pieces: Mutex<Vec<Vec<RecordBatch>>> = Mutex::new(vec![Vec::new(); buckets]);
         run(&mut |chunk| {
-            let keys = K::reader(chunk.columns())?;
-            let split = split_by_bucket(&chunk, buckets, |row| hash_one::<K>(K::get(&keys, row)))?;
+            let split = split_by_key::<K>(&chunk, buckets)?;
             let mut pieces = sluice_log::common::mutex(&pieces);
             for (b, piece) in split {
                 pieces[b].push(piece);
