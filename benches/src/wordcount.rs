@@ -2,14 +2,9 @@
 //! (4-partition topic), drained from offset 0 with `--until-caught-up`,
 //! through the in-process source and through `sluice broker` + rdkafka.
 //! Each run is a child process, so its peak RSS is its own (`wait4`).
-//!
-//! `sluice-bench latency`: the per-batch overhead — for each batch interval,
-//! whether a 100,000 records/s generated input keeps up with every batch
-//! finishing within its interval (end-to-end latency under two intervals).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -263,79 +258,6 @@ pub fn run(args: WordcountBenchArgs) -> anyhow::Result<()> {
                 topic / table
             );
         }
-    }
-    Ok(())
-}
-
-#[derive(Debug, clap::Args)]
-pub struct LatencyBenchArgs {
-    /// Total input rate, records per second (4 partitions).
-    #[arg(long, default_value_t = 100_000)]
-    pub rate: u64,
-    /// Batch intervals to try, longest first.
-    #[arg(long, default_value = "1s,500ms,200ms,100ms,50ms,20ms", value_delimiter = ',', value_parser = humantime::parse_duration)]
-    pub intervals: Vec<Duration>,
-    /// How long each interval runs.
-    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    #[arg(long, default_value = "./bench-data/latency")]
-    pub dir: PathBuf,
-}
-
-pub fn latency(args: LatencyBenchArgs) -> anyhow::Result<()> {
-    use sluice::driver::{JobConfig, StreamingContext};
-    use sluice::source::generator::GeneratorSource;
-    println!(
-        "{:>9}  {:>8}  {:>12}  {:>14}  {:>14}  {:>10}",
-        "interval", "batches", "records/s", "p50 delay ms", "max delay ms", "keeps up"
-    );
-    for &interval in &args.intervals {
-        let work = args.dir.join(format!("{}ms", interval.as_millis()));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work)?;
-        let progress_file = work.join("progress.jsonl");
-        let mut config = JobConfig::new("latency", interval);
-        config.checkpoint_dir = Some(work.join("checkpoint"));
-        config.starting_position = sluice::source::StartingPosition::Latest;
-        config.progress.lines = false;
-        config.progress.json = Some(progress_file.clone());
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        config.stop = Some(stop.clone());
-        let ctx = StreamingContext::new(config);
-        let lines = ctx.source(GeneratorSource::new(
-            "generated",
-            7,
-            4,
-            Some(args.rate as f64 / 4.0),
-            None,
-        )?);
-        sluice::cli::wordcount(&lines, "latency");
-        let duration = args.duration;
-        let timer = std::thread::spawn(move || {
-            std::thread::sleep(duration);
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-        let summary = ctx.run()?;
-        let _ = timer.join();
-        let mut delays: Vec<f64> = std::fs::read_to_string(&progress_file)?
-            .lines()
-            .skip(2) // warm-up
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v.get("total_delay_ms").and_then(|d| d.as_f64()))
-            .collect();
-        delays.sort_by(f64::total_cmp);
-        let p50 = delays.get(delays.len() / 2).copied().unwrap_or(f64::NAN);
-        let max = delays.last().copied().unwrap_or(f64::NAN);
-        let keeps_up = !delays.is_empty() && max < interval.as_millis() as f64;
-        println!(
-            "{:>9}  {:>8}  {:>12.0}  {:>14.1}  {:>14.1}  {:>10}",
-            humantime::format_duration(interval).to_string(),
-            summary.batches,
-            summary.records as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-            p50,
-            max,
-            if keeps_up { "yes" } else { "no" }
-        );
     }
     Ok(())
 }

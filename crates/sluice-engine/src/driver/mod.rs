@@ -692,6 +692,7 @@ impl Driver {
         let before_commit = Instant::now();
         self.checkpoint.commit(outcome.writes, &committed)?;
         let commit_ms = ms(before_commit.elapsed());
+        let committed_at_ms = sluice_log::common::now_ms();
         self.next_batch_id = planned.batch_id + 1;
         for s in &self.sources {
             if let Some(o) = self.offsets.get(s.name()) {
@@ -705,6 +706,7 @@ impl Driver {
             watermarks: outcome.watermarks,
             printed: outcome.printed,
             committed,
+            committed_at_ms,
             phases: Phases {
                 plan_ms: 0.0,
                 compute_ms: ms(computed.saturating_sub(outcome.sink_time)),
@@ -738,6 +740,7 @@ impl Driver {
             processing_ms: timing.processing.as_secs_f64() * 1000.0,
             scheduling_delay_ms: timing.scheduling_delay.as_secs_f64() * 1000.0,
             total_delay_ms: (timing.scheduling_delay + timing.processing).as_secs_f64() * 1000.0,
+            committed_at_ms: executed.committed_at_ms,
             phases: Some(phases),
             partitions: parts,
             state_bytes: self.checkpoint.state_size_bytes(),
@@ -784,6 +787,7 @@ struct Executed {
     watermarks: BTreeMap<String, i64>,
     printed: String,
     committed: CommittedBatch,
+    committed_at_ms: i64,
     /// All but planning, which happens before.
     phases: Phases,
 }

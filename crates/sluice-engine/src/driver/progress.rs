@@ -80,6 +80,10 @@ pub struct BatchProgress {
     pub processing_ms: f64,
     pub scheduling_delay_ms: f64,
     pub total_delay_ms: f64,
+    /// Wall clock (Unix milliseconds) when the batch's checkpoint commit
+    /// returned: its results became visible then. A record's end-to-end
+    /// latency is this minus the time it was appended.
+    pub committed_at_ms: i64,
     /// In one process; on many workers tasks overlap and only the total is
     /// kept.
     pub phases: Option<Phases>,
@@ -321,6 +325,7 @@ pub(crate) mod tests {
             processing_ms: 100.0,
             scheduling_delay_ms: 3.0,
             total_delay_ms: 103.0,
+            committed_at_ms: 1_795_255_201_103,
             phases: None,
             partitions: vec![PartitionProgress {
                 source: "t".into(),

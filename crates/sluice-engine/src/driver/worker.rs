@@ -922,6 +922,7 @@ impl Worker {
                         .as_secs_f64()
                         * 1000.0,
                     total_delay_ms: batch_started.elapsed().as_secs_f64() * 1000.0,
+                    committed_at_ms: sluice_log::common::now_ms(),
                     phases: None,
                     partitions: report.partitions,
                     state_bytes: self.tasks.values().map(|t| t.db.state_size_bytes()).sum(),
