@@ -37,6 +37,16 @@ impl<K: Key, V: Data> Aggregate<K, V> {
         }
     }
 
+    /// Sized for the keys `hint` expects, so a batch like the last one
+    /// does not rehash its way up from nothing.
+    fn with_hint(hint: &TableSizes) -> Self {
+        let (short, long) = hint.expected();
+        Aggregate {
+            table: HashTable::with_capacity(long),
+            short: HashTable::with_capacity(short),
+        }
+    }
+
     #[inline]
     fn add_short(
         &mut self,
@@ -132,6 +142,34 @@ impl<K: Key, V: Data> Aggregate<K, V> {
     }
 }
 
+/// Keys a hash table of an operator held last batch (short keys, other
+/// keys): the next batch's tables start at that size. Bounded, so one huge
+/// batch does not make every later one allocate for it.
+#[derive(Default)]
+pub(crate) struct TableSizes {
+    short: std::sync::atomic::AtomicUsize,
+    long: std::sync::atomic::AtomicUsize,
+}
+
+/// The largest table a hint asks for up front.
+const MAX_HINTED_KEYS: usize = 1 << 20;
+
+impl TableSizes {
+    fn expected(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.short.load(Relaxed).min(MAX_HINTED_KEYS),
+            self.long.load(Relaxed).min(MAX_HINTED_KEYS),
+        )
+    }
+
+    fn remember(&self, short: usize, long: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.short.store(short, Relaxed);
+        self.long.store(long, Relaxed);
+    }
+}
+
 /// The reduce side of an aggregation over one bucket's chunks: an entry
 /// holds its key's place in the chunks instead of a copy, so a distinct
 /// key costs no allocation (with millions of keys per batch, the copies
@@ -146,15 +184,16 @@ struct ReduceTable<'c, K: Key, V: Data> {
 }
 
 impl<'c, K: Key, V: Data> ReduceTable<'c, K, V> {
-    fn new(chunks: &'c [RecordBatch]) -> Result<Self> {
+    fn new(chunks: &'c [RecordBatch], hint: &TableSizes) -> Result<Self> {
+        let (short, long) = hint.expected();
         Ok(ReduceTable {
             chunks,
             readers: chunks
                 .iter()
                 .map(|c| <(K, V)>::reader(c.columns()))
                 .collect::<std::result::Result<_, _>>()?,
-            table: HashTable::new(),
-            short: HashTable::new(),
+            table: HashTable::with_capacity(long),
+            short: HashTable::with_capacity(short),
         })
     }
 
@@ -200,7 +239,8 @@ impl<'c, K: Key, V: Data> ReduceTable<'c, K, V> {
     }
 
     /// One chunk of every key with its value.
-    fn finish(self, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
+    fn finish(self, schema: &SchemaRef, sizes: &TableSizes) -> Result<Option<RecordBatch>> {
+        sizes.remember(self.short.len(), self.table.len());
         let entries = self.table.len() + self.short.len();
         if entries == 0 {
             return Ok(None);
@@ -247,9 +287,9 @@ struct Combine<K: Key, V: Data> {
 }
 
 impl<K: Key, V: Data> Combine<K, V> {
-    fn new(buckets: usize) -> Self {
+    fn new(buckets: usize, hint: &TableSizes) -> Self {
         Combine {
-            agg: Aggregate::new(),
+            agg: Aggregate::with_hint(hint),
             buckets,
             seen: 0,
             passed: None,
@@ -275,7 +315,12 @@ impl<K: Key, V: Data> Combine<K, V> {
         Ok(())
     }
 
-    fn into_buckets(self, schema: &SchemaRef) -> Result<Vec<Option<RecordBatch>>> {
+    fn into_buckets(
+        self,
+        schema: &SchemaRef,
+        sizes: &TableSizes,
+    ) -> Result<Vec<Option<RecordBatch>>> {
+        sizes.remember(self.agg.short.len(), self.agg.table.len());
         let combined = self.agg.into_buckets(self.buckets, schema)?;
         let Some(passed) = self.passed else {
             return Ok(combined);
@@ -543,22 +588,23 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
 ) -> DStream<(K, V)> {
     let parent = stream.node.clone();
     stream.derive("reduce_by_key", move |info| {
+        let (map_sizes, reduce_sizes) = (TableSizes::default(), TableSizes::default());
         Arc::new(Wide {
             info,
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let buckets = cx.parallelism;
                 let pieces = shuffle(cx, &info.name(), info.cut_level(""), &parent, |run| {
-                    let mut combine = Combine::<K, V>::new(buckets);
+                    let mut combine = Combine::<K, V>::new(buckets, &map_sizes);
                     run(&mut |chunk| combine.add_chunk(&chunk, &f))?;
-                    combine.into_buckets(&info.schema)
+                    combine.into_buckets(&info.schema, &map_sizes)
                 })?;
                 rayon_map(pieces, |chunks| {
-                    let mut table = ReduceTable::<K, V>::new(&chunks)?;
+                    let mut table = ReduceTable::<K, V>::new(&chunks, &reduce_sizes)?;
                     for c in 0..chunks.len() {
                         table.add_chunk(c, &f);
                     }
-                    Ok(table.finish(&info.schema)?.into_iter().collect())
+                    Ok(table.finish(&info.schema, &reduce_sizes)?.into_iter().collect())
                 })
             },
         })
