@@ -93,6 +93,11 @@ def main():
         help="Spark's state store: the default (HDFS-backed, every key on the heap) or RocksDBStateStoreProvider",
     )
     p.add_argument("--driver-memory", default="1g", help="the JVM's heap (-Xmx), e.g. 4g")
+    p.add_argument(
+        "--max-files-per-trigger",
+        type=int,
+        help="files per micro-batch (Spark's maxFilesPerTrigger): a corpus split into 20 files with 1 gives 20 batches; default: all files in one batch",
+    )
     args = p.parse_args()
 
     corpus_dir = os.path.abspath(args.dir)
@@ -123,7 +128,10 @@ def main():
 
     work = tempfile.mkdtemp(prefix="spark-wc-", dir=args.work_dir)
     try:
-        lines = spark.readStream.format("text").load(corpus_dir)
+        reader = spark.readStream.format("text")
+        if args.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", str(args.max_files_per_trigger))
+        lines = reader.load(corpus_dir)
         counts = (
             lines.select(F.explode(F.split(F.col("value"), " ")).alias("word"))
             .groupBy("word")
@@ -179,6 +187,7 @@ def main():
                 "shuffle_partitions": args.shuffle_partitions,
                 "state_store": args.state_store,
                 "driver_memory": args.driver_memory,
+                "max_files_per_trigger": args.max_files_per_trigger,
                 "spark_version": spark_version,
             }
         ),
