@@ -85,6 +85,10 @@ impl Data for Record {
     fn finish(builder: RecordColumns, out: &mut Vec<ArrayRef>) {
         out.extend(builder.finish());
     }
+    #[inline]
+    fn shorten<'a: 'b, 'b>(view: RecordRef<'a>) -> RecordRef<'b> {
+        view
+    }
     fn view(&self) -> RecordRef<'_> {
         RecordRef {
             topic: &self.topic,

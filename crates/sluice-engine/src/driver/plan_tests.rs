@@ -30,6 +30,7 @@ type TimeoutRow = (Option<String>, (u64, (bool, bool)));
 use super::{DriverError, JobConfig, RunSummary, StreamingContext};
 use crate::plan::{BatchInfo, DStream, Data, Emitter, PlanError, State, schema_of};
 use crate::source::record::RecordColumns;
+use crate::source::RecordRef;
 use crate::source::{ChunkSink, PartitionInfo, Record, Source, SourceError, source_schema};
 
 // ---------------------------------------------------------------------------
@@ -651,6 +652,50 @@ fn transform_with_wrong_schema_names_the_given_name() {
 // ---------------------------------------------------------------------------
 // Wide operators (per batch)
 // ---------------------------------------------------------------------------
+
+/// A `flat_map` read only by `reduce_by_key` runs inside its combine (rows
+/// counted as they are cut); read by two operators it builds its columns
+/// once. Both give the reference counts: with short (inline) and long
+/// keys, and with a first batch of nearly all-distinct words, where the
+/// combine steps aside after its trial rows and keeps rows for the shuffle.
+#[test]
+fn fused_flat_map_counts_like_the_columns_path() {
+    let distinct = 3 * 64 * 1024;
+    let mut part = Vec::new();
+    for i in 0..distinct {
+        let extra = if i % 50 == 0 { " a-word-longer-than-twelve bee" } else { "" };
+        part.push((None, format!("w{i}{extra}")));
+    }
+    for i in 0..1000 {
+        part.push((None, format!("bee w{} a-word-longer-than-twelve", i * 7)));
+    }
+    let parts: Parts = vec![part];
+    let words = |r: RecordRef<'_>, out: &mut Emitter<(String, u64)>| {
+        for w in r.value_str().split(' ') {
+            out.push((w, 1u64));
+        }
+    };
+    let mut sinks = None;
+    run_ok(&parts, (distinct + 1000) as u64, |_, src| {
+        let fused = src.flat_map(words).reduce_by_key(|a, b| a + b);
+        let shared = src.flat_map(words);
+        let unfused = shared.reduce_by_key(|a, b| a + b);
+        let _second_reader = collect(&shared);
+        sinks = Some((collect(&fused), collect(&unfused)));
+    });
+    let (fused, unfused) = sinks.unwrap();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, value) in &parts[0] {
+        for w in value.split(' ') {
+            *want.entry(w.to_owned()).or_default() += 1;
+        }
+    }
+    let want: Vec<(String, u64)> = want.into_iter().collect();
+    assert_eq!(want.len(), distinct + 2);
+    assert_eq!(fused.by_batch(), BTreeMap::from([(1, want.clone())]));
+    assert_eq!(unfused.by_batch(), BTreeMap::from([(1, want)]));
+}
+
 
 proptest! {
     #![proptest_config(config())]

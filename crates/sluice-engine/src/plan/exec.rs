@@ -112,7 +112,7 @@ impl NodeInfo {
     pub fn add_consumer(&self) {
         self.consumers.fetch_add(1, Ordering::Relaxed);
     }
-    fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.consumers.load(Ordering::Relaxed) > 1
     }
 }

@@ -235,6 +235,9 @@ pub fn schema_of<T: Data>() -> SchemaRef {
 pub struct DStream<T: Data> {
     pub(crate) node: Arc<dyn Node>,
     pub(crate) graph: SharedGraph,
+    /// For a `map` or `flat_map`: an `Arc<dyn PushRows<T>>`, so an
+    /// aggregation right after it can take its rows one by one.
+    pub(crate) rows: Option<Arc<dyn std::any::Any + Send + Sync>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -243,8 +246,43 @@ impl<T: Data> Clone for DStream<T> {
         DStream {
             node: self.node.clone(),
             graph: self.graph.clone(),
+            rows: self.rows.clone(),
             _t: PhantomData,
         }
+    }
+}
+
+/// A narrow operator that can hand its output to the operator after it
+/// one row at a time instead of building columns: `flat_map` feeding
+/// `reduce_by_key` counts words where they are cut, without a column of
+/// words in between.
+pub(crate) trait PushRows<U: Data>: Send + Sync {
+    /// The operator's input.
+    fn input(&self) -> &Arc<dyn Node>;
+    /// Runs the operator over one input chunk, each output row to `sink`.
+    fn push(&self, chunk: &RecordBatch, sink: &mut dyn for<'v> FnMut(U::View<'v>)) -> Result<()>;
+}
+
+/// [`PushRows`] of a chunk-to-chunk closure (`map`, `flat_map`).
+struct ChunkMapRows<T, F> {
+    input: Arc<dyn Node>,
+    f: Arc<F>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Data, U: Data, F> PushRows<U> for ChunkMapRows<T, F>
+where
+    F: for<'a, 'e, 's> Fn(&T::Reader<'a>, usize, &'e mut Emitter<'s, U>) + Send + Sync,
+{
+    fn input(&self) -> &Arc<dyn Node> {
+        &self.input
+    }
+
+    fn push(&self, chunk: &RecordBatch, sink: &mut dyn for<'v> FnMut(U::View<'v>)) -> Result<()> {
+        let reader = T::reader(chunk.columns())?;
+        let mut out = Emitter::into_rows(sink);
+        (self.f)(&reader, chunk.num_rows(), &mut out);
+        Ok(())
     }
 }
 
@@ -254,8 +292,17 @@ impl<T: Data> DStream<T> {
         DStream {
             node,
             graph,
+            rows: None,
             _t: PhantomData,
         }
+    }
+
+    /// This stream's rows one by one, when its operator can hand them so.
+    pub(crate) fn row_pusher(&self) -> Option<Arc<dyn PushRows<T>>> {
+        self.rows
+            .as_ref()?
+            .downcast_ref::<Arc<dyn PushRows<T>>>()
+            .cloned()
     }
 
     /// Starts a new node fed by this one.
@@ -345,7 +392,7 @@ impl<T: Data> DStream<T> {
     /// which may borrow from the input (no copy until Arrow's builders).
     pub fn flat_map<U: Data>(
         &self,
-        f: impl for<'a, 'e> Fn(T::View<'a>, &'e mut Emitter<U>) + Send + Sync + 'static,
+        f: impl for<'a, 'e, 's> Fn(T::View<'a>, &'e mut Emitter<'s, U>) + Send + Sync + 'static,
     ) -> DStream<U> {
         self.chunk_map("flat_map", move |reader, rows, out: &mut Emitter<U>| {
             for i in 0..rows {
@@ -357,10 +404,19 @@ impl<T: Data> DStream<T> {
     fn chunk_map<U: Data>(
         &self,
         kind: &'static str,
-        f: impl for<'a, 'e> Fn(&T::Reader<'a>, usize, &'e mut Emitter<U>) + Send + Sync + 'static,
+        f: impl for<'a, 'e, 's> Fn(&T::Reader<'a>, usize, &'e mut Emitter<'s, U>)
+        + Send
+        + Sync
+        + 'static,
     ) -> DStream<U> {
         let parent = self.node.clone();
-        self.derive(kind, move |info| {
+        let f = Arc::new(f);
+        let rows: Arc<dyn PushRows<U>> = Arc::new(ChunkMapRows::<T, _> {
+            input: parent.clone(),
+            f: f.clone(),
+            _t: PhantomData,
+        });
+        let mut stream = self.derive(kind, move |info| {
             let schema = info.schema.clone();
             exec::narrow(info, parent, move |chunk: &RecordBatch| {
                 let reader = T::reader(chunk.columns())?;
@@ -371,7 +427,9 @@ impl<T: Data> DStream<T> {
                 }
                 Ok(Some(RecordBatch::try_new(schema.clone(), out.finish())?))
             })
-        })
+        });
+        stream.rows = Some(Arc::new(rows));
+        stream
     }
 
     /// Keeps the elements for which `f` is true (Arrow's filter kernel:

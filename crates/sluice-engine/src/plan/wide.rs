@@ -18,7 +18,15 @@ pub(crate) struct Aggregate<K: Key, V: Data> {
     table: HashTable<(u64, K, V)>,
     /// Keys with a 16-byte inline form (short strings), found by comparing
     /// and mixing that form instead of hashing and comparing the bytes.
-    short: HashTable<(u128, K, V)>,
+    /// The form is the key: no owned copy, and 24-byte entries for a `u64`
+    /// value (a word count's table stays in cache longer; most of its time
+    /// was waiting for entries).
+    short: HashTable<([u64; 2], V)>,
+}
+
+#[inline]
+fn unpack(k: [u64; 2]) -> u128 {
+    k[0] as u128 | (k[1] as u128) << 64
 }
 
 /// A cheap, fixed mix of an inline key for the in-memory table only (the
@@ -51,19 +59,18 @@ impl<K: Key, V: Data> Aggregate<K, V> {
     fn add_short(
         &mut self,
         inline: u128,
-        key: K::View<'_>,
         value: V::View<'_>,
         f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
     ) {
         let h = mix(inline);
-        match self.short.find_mut(h, |(k, _, _)| *k == inline) {
-            Some((_, _, acc)) => *acc = f(acc.view(), value),
+        let packed = [inline as u64, (inline >> 64) as u64];
+        match self.short.find_mut(h, |(k, _)| *k == packed) {
+            Some((_, acc)) => *acc = f(acc.view(), value),
             None => {
-                self.short.insert_unique(
-                    h,
-                    (inline, K::to_owned_value(key), V::to_owned_value(value)),
-                    |(k, _, _)| mix(*k),
-                );
+                self.short
+                    .insert_unique(h, (packed, V::to_owned_value(value)), |(k, _)| {
+                        mix(unpack(*k))
+                    });
             }
         }
     }
@@ -100,7 +107,7 @@ impl<K: Key, V: Data> Aggregate<K, V> {
         for i in 0..chunk.num_rows() {
             let (k, v) = <(K, V)>::get(&rows, i);
             match K::inline_key(&rows.0, i) {
-                Some(inline) => self.add_short(inline, k, v, f),
+                Some(inline) => self.add_short(inline, v, f),
                 None => self.add(k, v, f),
             }
         }
@@ -125,9 +132,12 @@ impl<K: Key, V: Data> Aggregate<K, V> {
         for (hash, k, v) in &self.table {
             builders[bucket_of(*hash, buckets)].push_view((k.view(), v.view()));
         }
-        for (_, k, v) in &self.short {
-            let hash = hash_one::<K>(k.view());
-            builders[bucket_of(hash, buckets)].push_view((k.view(), v.view()));
+        for (k, v) in &self.short {
+            K::with_inline(unpack(*k), |k| {
+                builders[bucket_of(hash_one::<K>(k), buckets)]
+                    .push_view((K::shorten(k), V::shorten(v.view())));
+            })
+            .ok_or_else(|| PlanError::Invalid("a short key lost its inline form".into()))?;
         }
         builders
             .into_iter()
@@ -284,6 +294,8 @@ struct Combine<K: Key, V: Data> {
     seen: usize,
     /// Rows passed through uncombined, by bucket.
     passed: Option<Vec<Vec<RecordBatch>>>,
+    /// The same for rows that came one by one (from a fused `flat_map`).
+    passed_rows: Option<Vec<Emitter<'static, (K, V)>>>,
 }
 
 impl<K: Key, V: Data> Combine<K, V> {
@@ -293,6 +305,33 @@ impl<K: Key, V: Data> Combine<K, V> {
             buckets,
             seen: 0,
             passed: None,
+            passed_rows: None,
+        }
+    }
+
+    /// One row from a fused operator: combined, or, once the combine has
+    /// stepped aside, kept for its bucket.
+    #[inline]
+    fn add_row<'r>(
+        &mut self,
+        key: K::View<'r>,
+        value: V::View<'r>,
+        f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
+    ) {
+        if let Some(rows) = &mut self.passed_rows {
+            rows[bucket_of(hash_one::<K>(key), self.buckets)].push_view((key, value));
+            return;
+        }
+        match K::inline_of(key) {
+            Some(inline) => self.agg.add_short(inline, value, f),
+            None => self.agg.add(key, value, f),
+        }
+        self.seen += 1;
+        if self.seen.is_multiple_of(4096)
+            && self.seen >= COMBINE_TRIAL_ROWS
+            && self.agg.len() * 10 > self.seen * 9
+        {
+            self.passed_rows = Some((0..self.buckets).map(|_| Emitter::with_capacity(4096)).collect());
         }
     }
 
@@ -322,9 +361,13 @@ impl<K: Key, V: Data> Combine<K, V> {
     ) -> Result<Vec<Option<RecordBatch>>> {
         sizes.remember(self.agg.short.len(), self.agg.table.len());
         let combined = self.agg.into_buckets(self.buckets, schema)?;
-        let Some(passed) = self.passed else {
+        if self.passed.is_none() && self.passed_rows.is_none() {
             return Ok(combined);
-        };
+        }
+        let mut passed = self.passed.unwrap_or_else(|| vec![Vec::new(); self.buckets]);
+        for (b, rows) in self.passed_rows.into_iter().flatten().enumerate() {
+            passed[b].extend(rows.into_batches(schema)?);
+        }
         combined
             .into_iter()
             .zip(passed)
@@ -587,6 +630,7 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
     f: impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
 ) -> DStream<(K, V)> {
     let parent = stream.node.clone();
+    let rows = stream.row_pusher();
     stream.derive("reduce_by_key", move |info| {
         let (map_sizes, reduce_sizes) = (TableSizes::default(), TableSizes::default());
         Arc::new(Wide {
@@ -594,11 +638,25 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
             state: None,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let buckets = cx.parallelism;
-                let pieces = shuffle(cx, &info.name(), info.cut_level(""), &parent, |run| {
-                    let mut combine = Combine::<K, V>::new(buckets, &map_sizes);
-                    run(&mut |chunk| combine.add_chunk(&chunk, &f))?;
-                    combine.into_buckets(&info.schema, &map_sizes)
-                })?;
+                let (op, cut) = (info.name(), info.cut_level(""));
+                // A `map`/`flat_map` read by nothing else runs inside the
+                // combine: its rows are combined as they are made.
+                let fused = rows.as_ref().filter(|_| !parent.info().shared());
+                let pieces = match fused {
+                    Some(rows) => shuffle(cx, &op, cut, rows.input(), |run| {
+                        let mut combine = Combine::<K, V>::new(buckets, &map_sizes);
+                        run(&mut |chunk| {
+                            rows.push(&chunk, &mut |(k, v)| combine.add_row(k, v, &f))
+                                .map_err(|e| operator_error(&parent, e))
+                        })?;
+                        combine.into_buckets(&info.schema, &map_sizes)
+                    })?,
+                    None => shuffle(cx, &op, cut, &parent, |run| {
+                        let mut combine = Combine::<K, V>::new(buckets, &map_sizes);
+                        run(&mut |chunk| combine.add_chunk(&chunk, &f))?;
+                        combine.into_buckets(&info.schema, &map_sizes)
+                    })?,
+                };
                 rayon_map(pieces, |chunks| {
                     let mut table = ReduceTable::<K, V>::new(&chunks, &reduce_sizes)?;
                     for c in 0..chunks.len() {
@@ -609,6 +667,17 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
             },
         })
     })
+}
+
+/// `e` named after the fused operator `node` that raised it.
+fn operator_error(node: &Arc<dyn Node>, e: PlanError) -> PlanError {
+    match e {
+        PlanError::Operator { .. } => e,
+        other => PlanError::Operator {
+            operator: node.info().name(),
+            message: other.to_string(),
+        },
+    }
 }
 
 /// Runs `f` over each bucket in parallel, keeping bucket order.
