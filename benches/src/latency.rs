@@ -206,7 +206,9 @@ fn run_interval(args: &LatencyBenchArgs, interval: Duration) -> anyhow::Result<M
         measured.batches += 1;
         let warm = measured.batches > WARM_UP_BATCHES;
         if warm {
-            measured.processing_ms.push(field("processing_ms").unwrap_or(f64::NAN));
+            measured
+                .processing_ms
+                .push(field("processing_ms").unwrap_or(f64::NAN));
         }
         for range in ranges {
             let p = range.get("partition").and_then(|v| v.as_u64()).unwrap_or(0) as usize;

@@ -611,7 +611,12 @@ impl Data for String {
         };
         let (low, high) = match len {
             // The last 8 bytes hold bytes 8..len in their top len - 8.
-            8..=12 => (le64(0), le64(len - 8).checked_shr(8 * (16 - len) as u32).unwrap_or(0)),
+            8..=12 => (
+                le64(0),
+                le64(len - 8)
+                    .checked_shr(8 * (16 - len) as u32)
+                    .unwrap_or(0),
+            ),
             4..=7 => (le32(0) | (le32(len - 4) >> (8 * (8 - len))) << 32, 0),
             0..=3 => (b.iter().rev().fold(0u64, |acc, &x| acc << 8 | x as u64), 0),
             _ => return None,
@@ -946,8 +951,21 @@ mod tests {
     #[test]
     fn inline_forms_of_short_strings_are_arrows_views() {
         let words = [
-            "", "a", "ab", "abc", "é", "abcd", "abcde", "abcdef", "abcdefg", "w1000000",
-            "abcdefghi", "abcdefghij", "abcdefghijk", "twelve-bytes", "thirteen-byte",
+            "",
+            "a",
+            "ab",
+            "abc",
+            "é",
+            "abcd",
+            "abcde",
+            "abcdef",
+            "abcdefg",
+            "w1000000",
+            "abcdefghi",
+            "abcdefghij",
+            "abcdefghijk",
+            "twelve-bytes",
+            "thirteen-byte",
         ];
         let array = StringViewArray::from_iter_values(words);
         for (row, word) in words.iter().enumerate() {

@@ -29,8 +29,8 @@ type TimeoutRow = (Option<String>, (u64, (bool, bool)));
 
 use super::{DriverError, JobConfig, RunSummary, StreamingContext};
 use crate::plan::{BatchInfo, DStream, Data, Emitter, PlanError, State, schema_of};
-use crate::source::record::RecordColumns;
 use crate::source::RecordRef;
+use crate::source::record::RecordColumns;
 use crate::source::{ChunkSink, PartitionInfo, Record, Source, SourceError, source_schema};
 
 // ---------------------------------------------------------------------------
@@ -663,7 +663,11 @@ fn fused_flat_map_counts_like_the_columns_path() {
     let distinct = 3 * 64 * 1024;
     let mut part = Vec::new();
     for i in 0..distinct {
-        let extra = if i % 50 == 0 { " a-word-longer-than-twelve bee" } else { "" };
+        let extra = if i % 50 == 0 {
+            " a-word-longer-than-twelve bee"
+        } else {
+            ""
+        };
         part.push((None, format!("w{i}{extra}")));
     }
     for i in 0..1000 {
@@ -695,7 +699,6 @@ fn fused_flat_map_counts_like_the_columns_path() {
     assert_eq!(fused.by_batch(), BTreeMap::from([(1, want.clone())]));
     assert_eq!(unfused.by_batch(), BTreeMap::from([(1, want)]));
 }
-
 
 proptest! {
     #![proptest_config(config())]

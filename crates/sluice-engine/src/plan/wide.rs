@@ -331,7 +331,11 @@ impl<K: Key, V: Data> Combine<K, V> {
             && self.seen >= COMBINE_TRIAL_ROWS
             && self.agg.len() * 10 > self.seen * 9
         {
-            self.passed_rows = Some((0..self.buckets).map(|_| Emitter::with_capacity(4096)).collect());
+            self.passed_rows = Some(
+                (0..self.buckets)
+                    .map(|_| Emitter::with_capacity(4096))
+                    .collect(),
+            );
         }
     }
 
@@ -364,7 +368,9 @@ impl<K: Key, V: Data> Combine<K, V> {
         if self.passed.is_none() && self.passed_rows.is_none() {
             return Ok(combined);
         }
-        let mut passed = self.passed.unwrap_or_else(|| vec![Vec::new(); self.buckets]);
+        let mut passed = self
+            .passed
+            .unwrap_or_else(|| vec![Vec::new(); self.buckets]);
         for (b, rows) in self.passed_rows.into_iter().flatten().enumerate() {
             passed[b].extend(rows.into_batches(schema)?);
         }
@@ -662,7 +668,10 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
                     for c in 0..chunks.len() {
                         table.add_chunk(c, &f);
                     }
-                    Ok(table.finish(&info.schema, &reduce_sizes)?.into_iter().collect())
+                    Ok(table
+                        .finish(&info.schema, &reduce_sizes)?
+                        .into_iter()
+                        .collect())
                 })
             },
         })
