@@ -569,19 +569,24 @@ where
     }
     fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
         cx.run_node(&self.parent, p, &mut |chunk| {
-            // Name the operator (by its current name) in its own errors.
-            let mapped = (self.f)(&chunk).map_err(|e| match e {
-                PlanError::Operator { .. } => e,
-                other => PlanError::Operator {
-                    operator: self.info.name(),
-                    message: other.to_string(),
-                },
-            })?;
+            let mapped = (self.f)(&chunk).map_err(|e| operator_error(&self.info, e))?;
             match mapped {
                 Some(mapped) => out(mapped),
                 None => Ok(()),
             }
         })
+    }
+}
+
+/// `e` naming the operator of `info` (by its current name), unless it
+/// already names one.
+pub(crate) fn operator_error(info: &NodeInfo, e: PlanError) -> PlanError {
+    match e {
+        PlanError::Operator { .. } => e,
+        other => PlanError::Operator {
+            operator: info.name(),
+            message: other.to_string(),
+        },
     }
 }
 

@@ -25,6 +25,11 @@ pub(crate) struct Aggregate<K: Key, V: Data> {
 }
 
 #[inline]
+fn pack(k: u128) -> [u64; 2] {
+    [k as u64, (k >> 64) as u64]
+}
+
+#[inline]
 fn unpack(k: [u64; 2]) -> u128 {
     k[0] as u128 | (k[1] as u128) << 64
 }
@@ -63,7 +68,7 @@ impl<K: Key, V: Data> Aggregate<K, V> {
         f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V,
     ) {
         let h = mix(inline);
-        let packed = [inline as u64, (inline >> 64) as u64];
+        let packed = pack(inline);
         match self.short.find_mut(h, |(k, _)| *k == packed) {
             Some((_, acc)) => *acc = f(acc.view(), value),
             None => {
@@ -309,6 +314,11 @@ impl<K: Key, V: Data> Combine<K, V> {
         }
     }
 
+    /// Whether the trial rows showed that combining does not pay.
+    fn nearly_all_distinct(&self) -> bool {
+        self.seen >= COMBINE_TRIAL_ROWS && self.agg.len() * 10 > self.seen * 9
+    }
+
     /// One row from a fused operator: combined, or, once the combine has
     /// stepped aside, kept for its bucket.
     #[inline]
@@ -327,10 +337,7 @@ impl<K: Key, V: Data> Combine<K, V> {
             None => self.agg.add(key, value, f),
         }
         self.seen += 1;
-        if self.seen.is_multiple_of(4096)
-            && self.seen >= COMBINE_TRIAL_ROWS
-            && self.agg.len() * 10 > self.seen * 9
-        {
+        if self.seen.is_multiple_of(4096) && self.nearly_all_distinct() {
             self.passed_rows = Some(
                 (0..self.buckets)
                     .map(|_| Emitter::with_capacity(4096))
@@ -352,7 +359,7 @@ impl<K: Key, V: Data> Combine<K, V> {
         }
         self.agg.add_chunk(chunk, f)?;
         self.seen += chunk.num_rows();
-        if self.seen >= COMBINE_TRIAL_ROWS && self.agg.len() * 10 > self.seen * 9 {
+        if self.nearly_all_distinct() {
             self.passed = Some(vec![Vec::new(); self.buckets]);
         }
         Ok(())
@@ -653,7 +660,7 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
                         let mut combine = Combine::<K, V>::new(buckets, &map_sizes);
                         run(&mut |chunk| {
                             rows.push(&chunk, &mut |(k, v)| combine.add_row(k, v, &f))
-                                .map_err(|e| operator_error(&parent, e))
+                                .map_err(|e| super::exec::operator_error(parent.info(), e))
                         })?;
                         combine.into_buckets(&info.schema, &map_sizes)
                     })?,
@@ -676,17 +683,6 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
             },
         })
     })
-}
-
-/// `e` named after the fused operator `node` that raised it.
-fn operator_error(node: &Arc<dyn Node>, e: PlanError) -> PlanError {
-    match e {
-        PlanError::Operator { .. } => e,
-        other => PlanError::Operator {
-            operator: node.info().name(),
-            message: other.to_string(),
-        },
-    }
 }
 
 /// Runs `f` over each bucket in parallel, keeping bucket order.
