@@ -798,11 +798,7 @@ impl Partition {
                 break;
             }
             let start = out.len();
-            out.resize(start + want as usize, 0);
-            if let Err(e) = seg.read_at(found.position, &mut out[start..]) {
-                out.truncate(start);
-                return Err(e);
-            }
+            seg.read_appending(found.position, want as usize, out)?;
             // Keep only whole batches below the high-water mark.
             let mut pos = 0usize;
             let region = &out[start..];

@@ -574,6 +574,33 @@ impl Segment {
             .map_err(|e| LogError::io("reading segment", &self.log_path, e))
     }
 
+    /// Appends the `len` bytes at `pos` to `out`, or nothing on error.
+    ///
+    /// Reads into `out`'s spare capacity instead of zeroing the space
+    /// first: reads are up to a MiB each, and zeroing them was 3–8 % of a
+    /// pass-through query's CPU time.
+    pub fn read_appending(&self, pos: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        let error = |e: std::io::Error| LogError::io("reading segment", &self.log_path, e);
+        out.reserve(len);
+        let start = out.len();
+        let mut filled = 0;
+        while filled < len {
+            let spare = &mut out.spare_capacity_mut()[filled..len];
+            match rustix::io::pread(&self.file, spare, pos + filled as u64) {
+                Ok((read, _)) if read.is_empty() => {
+                    return Err(error(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok((read, _)) => filled += read.len(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(error(e.into())),
+            }
+        }
+        // SAFETY: the loop ran until `pread` had initialised all `len`
+        // bytes of spare capacity after `start`.
+        unsafe { out.set_len(start + len) };
+        Ok(())
+    }
+
     /// Finds the first batch whose last offset is >= `offset`, scanning
     /// headers from the nearest index point, never past `limit` bytes.
     /// Returns its position and header, or `None` when the offset lies beyond.

@@ -93,12 +93,20 @@ fn appends_get_consecutive_offsets_and_read_back() {
 
     let (bytes, info) = p.read(0, 1 << 20).unwrap();
     assert_eq!(info.next_offset, 5);
-    let got = values(bytes);
+    let got = values(bytes.clone());
     assert_eq!(
         got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
         vec![0, 1, 2, 3, 4]
     );
     assert_eq!(got[4].1, "b-1");
+    // read_into appends after what the buffer holds, and only whole
+    // batches; a read out of range leaves the buffer as it was.
+    let mut appended = b"kept".to_vec();
+    p.read_into(0, 1 << 20, &mut appended).unwrap();
+    assert_eq!(&appended[..4], b"kept");
+    assert_eq!(&appended[4..], &bytes[..]);
+    assert!(p.read_into(6, 1 << 20, &mut appended).is_err());
+    assert_eq!(appended.len(), 4 + bytes.len());
     // A read from the middle starts with the batch holding that offset.
     let (bytes, _) = p.read(4, 1 << 20).unwrap();
     assert_eq!(values(bytes)[0].0, 3);
