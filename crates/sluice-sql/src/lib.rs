@@ -26,6 +26,7 @@ mod context;
 mod decl;
 mod error;
 mod explain;
+mod flat_json;
 mod functions;
 mod incremental;
 mod join;

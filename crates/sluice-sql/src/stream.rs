@@ -32,6 +32,7 @@ use datafusion::arrow::error::ArrowError;
 
 use crate::decl::StreamDecl;
 use crate::error::SqlError;
+use crate::flat_json::FlatJson;
 use crate::options::{check_known, choice, topic_option};
 use crate::topics::Topics;
 use sluice_engine::data::Data;
@@ -499,10 +500,19 @@ impl StreamShape {
         Arc::new(Schema::new(self.value_fields.clone()))
     }
 
-    /// JSON values → the declared columns. A chunk decodes in one pass;
-    /// only when that fails is it decoded record by record to find the bad
-    /// ones.
+    /// JSON values → the declared columns. A chunk decodes in one pass,
+    /// by [`FlatJson`] when it can, else by arrow-json; only when that
+    /// fails is it decoded record by record to find the bad ones.
     fn decode_json(&self, values: &BinaryViewArray) -> Result<Decoded, SqlError> {
+        if let Some(columns) =
+            FlatJson::new(&self.value_fields).and_then(|flat| flat.decode(values))
+        {
+            return Ok(Decoded {
+                columns,
+                kept: None,
+                bad: Vec::new(),
+            });
+        }
         let value_schema = self.value_schema();
         let decoder = || {
             // One batch for the whole chunk: the decoder otherwise stops
