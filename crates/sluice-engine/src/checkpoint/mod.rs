@@ -225,7 +225,27 @@ fn db_options(memory: &StateMemory) -> Options {
     opts.increase_parallelism(2);
     opts.set_keep_log_file_num(3);
     opts.set_max_log_file_size(8 << 20);
-    opts
+    match with_insert_hint(&mut opts) {
+        Ok(hinted) => hinted,
+        Err(e) => {
+            tracing::warn!("memtable inserts go without a hint: {e}");
+            opts
+        }
+    }
+}
+
+/// `opts` with one memtable insert hint for every key. A batch writes its
+/// result-table keys in key order (`merge_bucket` sorts each bucket), and
+/// by default each insert searches the skip list from the top, since
+/// older versions of a key always lie between two of a batch's keys: with
+/// the hint it starts from the previous insert. Half of the demo's
+/// per-batch time was its commit of ~26 k keys, two thirds of that the
+/// search. (rust-rocksdb has no setter for this option.)
+fn with_insert_hint(opts: &mut Options) -> std::result::Result<Options, rocksdb::Error> {
+    // The returned options share the block cache and write buffer manager
+    // with `opts` (shared pointers on the C++ side); the process's
+    // `StateMemory` keeps their Rust handles alive as well.
+    opts.get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.0")
 }
 
 impl Checkpoint {
@@ -635,6 +655,12 @@ mod tests {
             Ok(Resume::Next(committed(3)))
         );
         assert!(decide_resume(Some(committed(3)), Some(planned(5))).is_err());
+    }
+
+    #[test]
+    fn the_memtable_insert_hint_is_an_option_rocksdb_knows() {
+        let mut opts = Options::default();
+        assert!(with_insert_hint(&mut opts).is_ok());
     }
 
     #[test]
