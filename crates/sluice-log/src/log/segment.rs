@@ -587,7 +587,7 @@ impl Segment {
         while filled < len {
             let spare = &mut out.spare_capacity_mut()[filled..len];
             match rustix::io::pread(&self.file, spare, pos + filled as u64) {
-                Ok((read, _)) if read.is_empty() => {
+                Ok(([], _)) => {
                     return Err(error(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 Ok((read, _)) => filled += read.len(),
