@@ -112,7 +112,9 @@ fn run_with_kills(job_args: &[String], checkpoint: &Path, work: &Path) -> usize 
             .unwrap();
         let log_path = work.join(format!("run-{attempt}.log"));
         if landed < kills() {
-            let after = Duration::from_millis(rng.random_range(20..250));
+            // Short enough that every kill lands before a fast job
+            // drains (20..250 ms let the in-process job finish first).
+            let after = Duration::from_millis(rng.random_range(10..120));
             match wait_timeout(&mut child, after) {
                 Some(status) => {
                     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
