@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     sessions
         .filter(|(_, (_, ended))| ended)
         .map(|(user, _)| (user.to_owned(), 1u64))
-        .merge_into_table("sessions", |a, b| a + b);
+        .sum_into_table("sessions");
 
     ctx.run()?;
     Ok(())

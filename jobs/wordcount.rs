@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         })
         .reduce_by_key(|a, b| a + b);
 
-    counts.merge_into_table("counts", |total, n| total + n);
+    counts.sum_into_table("counts");
     counts.print(10);
 
     ctx.run()?;

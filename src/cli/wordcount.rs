@@ -74,7 +74,7 @@ pub fn wordcount(lines: &DStream<Record>, table: &str) -> DStream<(String, u64)>
             }
         })
         .reduce_by_key(|a, b| a + b);
-    counts.merge_into_table(table, |total, n| total + n);
+    counts.sum_into_table(table);
     counts
 }
 

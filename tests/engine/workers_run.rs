@@ -1387,7 +1387,9 @@ fn a_rust_job_with_a_global_count_and_two_shuffle_levels_on_three_workers() {
             .reduce_by_key(|a, b| a + b)
             .flat_map(|(w, n), out: &mut Emitter<(String, u64)>| out.push((&w[..1], n)))
             .reduce_by_key(|a, b| a + b)
-            .merge_into_table("initials", |a, b| a + b);
+            // On workers a sum table reads and puts (a changelog record
+            // carries the key's value, never an operand).
+            .sum_into_table("initials");
         // A union of streams from different stages: the words (stage 0)
         // meet their counts (stage 1) there.
         let ones = word_ones(lines);

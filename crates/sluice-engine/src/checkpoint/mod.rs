@@ -13,7 +13,7 @@
 //! | default CF                | `operator.<name>`   | [`OperatorMeta`]                    |
 //! | default CF                | `table.<name>`      | [`OperatorMeta`] of the table       |
 //! | CF `state.<operator>`     | encoded key         | encoded state (see `data`)    |
-//! | CF `table.<name>`         | encoded key         | encoded value                       |
+//! | CF `table.<name>`         | encoded key         | encoded value, or [`sums`] operands |
 //!
 //! The exactly-once protocol (PRODUCT.md): the driver writes
 //! `batch.planned` (synced) before any task runs, then commits results,
@@ -25,6 +25,7 @@
 //! operator state (the `state` and `plan` modules do).
 
 mod memory;
+pub mod sums;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the layout above. Bumped on any incompatible change; a
 /// checkpoint written by a newer version is refused, never rewritten.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2: result tables may hold `sums` merge operands.
+pub const SCHEMA_VERSION: u32 = 2;
 
 const KEY_SCHEMA: &[u8] = b"schema";
 const KEY_PLANNED: &[u8] = b"batch.planned";
@@ -225,13 +227,17 @@ fn db_options(memory: &StateMemory) -> Options {
     opts.increase_parallelism(2);
     opts.set_keep_log_file_num(3);
     opts.set_max_log_file_size(8 << 20);
-    match with_insert_hint(&mut opts) {
+    let mut opts = match with_insert_hint(&mut opts) {
         Ok(hinted) => hinted,
         Err(e) => {
             tracing::warn!("memtable inserts go without a hint: {e}");
             opts
         }
-    }
+    };
+    // After the hint: `get_options_from_string` copies only what RocksDB's
+    // options string knows, not a Rust merge callback.
+    sums::install(&mut opts);
+    opts
 }
 
 /// `opts` with one memtable insert hint for every key. A batch writes its
@@ -304,6 +310,17 @@ impl Checkpoint {
                 found: s.job,
                 expected: job.to_owned(),
             }),
+            Some(s) if s.version < SCHEMA_VERSION => {
+                // Version 1 never held merge operands, so it reads as
+                // version 2; once this build writes, tables may hold
+                // operands older builds cannot fold, and they must refuse.
+                let record = SchemaRecord {
+                    version: SCHEMA_VERSION,
+                    ..s
+                };
+                checkpoint.put_json_synced(KEY_SCHEMA, &record)?;
+                Ok(checkpoint)
+            }
             Some(_) => Ok(checkpoint),
             None => {
                 let record = SchemaRecord {
@@ -332,13 +349,19 @@ impl Checkpoint {
                 context: "cannot list column families",
                 source,
             })?;
-        let db = DB::open_cf_for_read_only(&Options::default(), path, &names, false).map_err(
-            |source| CheckpointError::Rocks {
-                path: path.to_path_buf(),
-                context: "cannot open read-only",
-                source,
-            },
-        )?;
+        let mut opts = Options::default();
+        sums::install(&mut opts);
+        let db = DB::open_cf_with_opts_for_read_only(
+            &opts,
+            path,
+            names.iter().map(|n| (n, opts.clone())),
+            false,
+        )
+        .map_err(|source| CheckpointError::Rocks {
+            path: path.to_path_buf(),
+            context: "cannot open read-only",
+            source,
+        })?;
         Ok(Checkpoint {
             db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
@@ -686,6 +709,31 @@ mod tests {
         drop(cp);
         let err = Checkpoint::open(dir.path(), "other", &cfs).unwrap_err();
         assert!(err.to_string().contains("belongs to job"), "{err}");
+    }
+
+    /// A version 1 checkpoint (no merge operands) opens and is marked
+    /// version 2 once this build may write operands; a version 3 one is
+    /// refused with both versions named.
+    #[test]
+    fn an_older_schema_is_upgraded_on_open_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |version| SchemaRecord {
+            version,
+            job: "job".into(),
+            created_ms: 7,
+        };
+        {
+            let cp = Checkpoint::open(dir.path(), "job", &[]).unwrap();
+            cp.put_json_synced(KEY_SCHEMA, &record(1)).unwrap();
+        }
+        let cp = Checkpoint::open(dir.path(), "job", &[]).unwrap();
+        let s = cp.get_json::<SchemaRecord>(KEY_SCHEMA).unwrap().unwrap();
+        assert_eq!((s.version, s.created_ms), (SCHEMA_VERSION, 7));
+        cp.put_json_synced(KEY_SCHEMA, &record(SCHEMA_VERSION + 1))
+            .unwrap();
+        drop(cp);
+        let err = Checkpoint::open(dir.path(), "job", &[]).unwrap_err();
+        assert!(err.to_string().contains("schema version 3"), "{err}");
     }
 
     #[test]

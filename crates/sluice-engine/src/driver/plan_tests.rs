@@ -1551,3 +1551,105 @@ fn merge_tables_fold_each_keys_values_in_order_past_a_small_cache() {
         "a merged value differs from the fold in arrival order"
     );
 }
+
+/// `sum_into_table` adds without reading (merge operands), and a table
+/// can switch between it and `merge_into_table` from one run to the next:
+/// each run resumes the last one's offsets and adds only the new records,
+/// and a read-only open (as `sluice state` does) folds the operands.
+#[test]
+fn sum_tables_add_blindly_and_a_job_may_switch_to_merging_and_back() {
+    const KEYS: u64 = 10_000;
+    let records = |n: u64| -> Parts {
+        vec![
+            (0..n)
+                .map(|i| (Some(format!("key-{:05}", (i * 7919) % KEYS)), i.to_string()))
+                .collect(),
+        ]
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |parts: &Parts, blind: bool| {
+        let mut config = JobConfig::new("t", Duration::from_millis(1));
+        config.checkpoint_dir = Some(dir.path().to_path_buf());
+        config.until_caught_up = true;
+        config.max_records_per_batch = Some(7_000);
+        config.progress.lines = false;
+        config.parallelism = 2;
+        let ctx = StreamingContext::new(config);
+        let pairs = ctx
+            .source(VecSource::new(SOURCE, parts))
+            .map(|r| {
+                (
+                    r.key_str().unwrap_or("-").to_owned(),
+                    r.value_str().parse::<u64>().unwrap_or(0),
+                )
+            })
+            .reduce_by_key(|a, b| a + b);
+        if blind {
+            pairs.sum_into_table("sums");
+        } else {
+            pairs.merge_into_table("sums", |a, b| a + b);
+        }
+        ctx.run().unwrap_or_else(|e| panic!("job failed: {e}"))
+    };
+    for (n, blind) in [(25_000, true), (40_000, false), (60_000, true)] {
+        let summary = run(&records(n), blind);
+        assert!(
+            summary.batches >= 2,
+            "{n} records in {} batches",
+            summary.batches
+        );
+        if n == 25_000 {
+            // The blind run wrote operands: reading them takes a fold by
+            // the checkpoint's operator (a counting stand-in here).
+            static FOLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let counting = |_: &[u8], _: Option<&[u8]>, ops: &rocksdb::MergeOperands| {
+                FOLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ops.iter().last().map(<[u8]>::to_vec)
+            };
+            let mut opts = rocksdb::Options::default();
+            opts.set_merge_operator_associative("sluice.sum", counting);
+            let names = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+            let db = rocksdb::DB::open_cf_with_opts_for_read_only(
+                &opts,
+                dir.path(),
+                names.iter().map(|n| (n, opts.clone())),
+                false,
+            )
+            .unwrap();
+            let cf = db.cf_handle("table.sums").unwrap();
+            let key = crate::data::encode_to_vec::<String>("key-00042");
+            assert!(db.get_cf(cf, &key).unwrap().is_some());
+            assert!(
+                FOLDS.load(std::sync::atomic::Ordering::Relaxed) > 0,
+                "no merge operand was written"
+            );
+        }
+    }
+
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (key, value) in &records(60_000)[0] {
+        *want.entry(key.clone().unwrap()).or_default() += value.parse::<u64>().unwrap();
+    }
+    let checkpoint = crate::checkpoint::Checkpoint::open_read_only(dir.path(), "t").unwrap();
+    let cf = checkpoint.cf("table.sums").unwrap();
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    for item in checkpoint
+        .db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+    {
+        let (k, v) = item.unwrap();
+        got.insert(
+            crate::data::decode_all::<String>(&k).unwrap(),
+            crate::data::decode_all::<u64>(&v).unwrap(),
+        );
+    }
+    assert_eq!(got.len(), KEYS as usize);
+    assert!(got == want, "a key's sum differs from the records' sum");
+    // A point read folds operands too.
+    let key = crate::data::encode_to_vec::<String>("key-00042");
+    let value = checkpoint.db().get_cf(cf, key).unwrap().unwrap();
+    assert_eq!(
+        crate::data::decode_all::<u64>(&value).unwrap(),
+        want["key-00042"]
+    );
+}

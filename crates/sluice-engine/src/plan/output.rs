@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::wide::{partition_by_key, rayon_map};
 use super::{BatchCx, DStream, Node, Output};
+use crate::checkpoint::sums::{self, Summable};
 use crate::checkpoint::{OperatorMeta, TABLE_CF_PREFIX};
 use crate::data::{Data, Key, decode_all, encode_to_vec};
 use crate::sink::topic::{OutRecord, TopicWriter, partition_of};
@@ -194,10 +195,34 @@ pub(crate) fn save_to_topic<T: Data>(
         }));
 }
 
+/// Writes one bucket of a merge without reading committed values.
+type BlindFold =
+    fn(&BatchCx, &rocksdb::ColumnFamily, &[arrow::array::RecordBatch]) -> super::Result<()>;
+
+/// `sum_into_table`: `merge_into_table` with addition, written as merge
+/// operands (blind) when the job runs in one process. On many workers
+/// every write becomes a changelog record of the key's value, which an
+/// operand is not, so there it reads and merges like any merge table.
+pub(crate) fn save_sum<K: Key, V: Summable>(stream: &DStream<(K, V)>, table: &str) {
+    let add = |a: V::View<'_>, b: V::View<'_>| V::add(V::to_owned_value(a), V::to_owned_value(b));
+    save_folding(stream, table, Some(add), Some(sum_bucket::<K, V>))
+}
+
 /// `save_to_table` (no `merge`: each batch's pairs overwrite) and
 /// `merge_into_table` (each key's value merged with its committed one).
 pub(crate) fn save<K: Key, V: Data, F>(stream: &DStream<(K, V)>, table: &str, merge: Option<F>)
 where
+    F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
+{
+    save_folding(stream, table, merge, None)
+}
+
+fn save_folding<K: Key, V: Data, F>(
+    stream: &DStream<(K, V)>,
+    table: &str,
+    merge: Option<F>,
+    blind: Option<BlindFold>,
+) where
     F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
 {
     let node = stream.node.clone();
@@ -244,6 +269,10 @@ where
             // Merging reads the committed value: each key must be handled
             // by one task, so the pairs are shuffled by key first.
             let buckets = partition_by_key::<K>(cx, &format!("table-{table_name}"), cut, &node)?;
+            if let (Some(blind), None) = (blind, &cx.stage) {
+                rayon_map(buckets, |chunks| blind(cx, cf, &chunks))?;
+                return Ok(());
+            }
             let budget =
                 (cx.checkpoint.memory().hot_values_bytes() / cx.parallelism.max(1) as u64) as usize;
             let caches = caches.get_or_init(|| {
@@ -306,26 +335,14 @@ impl Pair {
     }
 }
 
-/// One bucket of a merge, without a hash map per batch: the pairs'
-/// encoded keys are sorted (stably, so a key's values merge in the
-/// batch's order), the committed values the cache lacks are read in one
-/// multi-get over sorted keys, and the merged values are written in key
-/// order — RocksDB's memtable skip list then finds each insert's place
-/// from the previous one instead of from the top.
-fn merge_bucket<K: Key, V: Data, F>(
-    cx: &BatchCx,
-    cf: &rocksdb::ColumnFamily,
+/// The encoded keys of a bucket's pairs in one buffer, the pairs sorted
+/// by key (stably, so a key's values keep the batch's order), and one
+/// `(first pair, end pair)` range per distinct key, in key order.
+#[allow(clippy::type_complexity)]
+fn sorted_keys<K: Key, V: Data>(
     chunks: &[arrow::array::RecordBatch],
-    cache: &mut HotValues<V>,
-    merge: &F,
-) -> super::Result<()>
-where
-    F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
-{
-    let readers = chunks
-        .iter()
-        .map(|c| <(K, V)>::reader(c.columns()))
-        .collect::<Result<Vec<_>, _>>()?;
+    readers: &[<(K, V) as Data>::Reader<'_>],
+) -> super::Result<(Vec<u8>, Vec<Pair>, Vec<(usize, usize)>)> {
     // Every key encoded into one buffer, each pair pointing at its key.
     let rows: usize = chunks.iter().map(|c| c.num_rows()).sum();
     let mut keys: Vec<u8> = Vec::with_capacity(rows * 16);
@@ -369,6 +386,61 @@ where
             g.1 = i + 1;
         }
     }
+    Ok((keys, pairs, groups))
+}
+
+/// One bucket of `sum_into_table` in one process: each key's values of
+/// the batch added up and written as one merge operand, in key order,
+/// without reading what the table holds.
+fn sum_bucket<K: Key, V: Summable>(
+    cx: &BatchCx,
+    cf: &rocksdb::ColumnFamily,
+    chunks: &[arrow::array::RecordBatch],
+) -> super::Result<()> {
+    let readers = chunks
+        .iter()
+        .map(|c| <(K, V)>::reader(c.columns()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (keys, pairs, groups) = sorted_keys::<K, V>(chunks, &readers)?;
+    let mut operand = Vec::with_capacity(16);
+    cx.write(|w| {
+        for &(first, end) in &groups {
+            let mut sum = V::default();
+            for p in &pairs[first..end] {
+                let v = <(K, V)>::get(&readers[p.chunk as usize], p.row as usize).1;
+                sum = V::add(sum, V::to_owned_value(v));
+            }
+            operand.clear();
+            sums::encode_operand(sum, &mut operand);
+            let p = &pairs[first];
+            w.merge_cf(cf, &keys[p.start as usize..p.end as usize], &operand);
+        }
+    });
+    Ok(())
+}
+
+/// One bucket of a merge, without a hash map per batch: the pairs'
+/// encoded keys are sorted (stably, so a key's values merge in the
+/// batch's order), the committed values the cache lacks are read in one
+/// multi-get over sorted keys, and the merged values are written in key
+/// order — RocksDB's memtable skip list then finds each insert's place
+/// from the previous one instead of from the top.
+fn merge_bucket<K: Key, V: Data, F>(
+    cx: &BatchCx,
+    cf: &rocksdb::ColumnFamily,
+    chunks: &[arrow::array::RecordBatch],
+    cache: &mut HotValues<V>,
+    merge: &F,
+) -> super::Result<()>
+where
+    F: for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V + Send + Sync + 'static,
+{
+    let readers = chunks
+        .iter()
+        .map(|c| <(K, V)>::reader(c.columns()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (keys, pairs, groups) = sorted_keys::<K, V>(chunks, &readers)?;
+    let key_of = |p: &Pair| &keys[p.start as usize..p.end as usize];
     let mut committed: Vec<Option<V>> = Vec::with_capacity(groups.len());
     let mut misses: Vec<(usize, &[u8])> = Vec::new();
     for (g, &(first, _)) in groups.iter().enumerate() {

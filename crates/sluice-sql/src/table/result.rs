@@ -639,14 +639,18 @@ impl Reader {
         // The writing job deletes files compaction replaced; a secondary
         // keeps reading them only if it holds every file open.
         opts.set_max_open_files(-1);
-        let db = DB::open_cf_as_secondary(&opts, path, &dir.0, [&self.cf]).map_err(|source| {
-            ReadError::Rocks {
-                table: self.label.clone(),
-                action: "open",
-                path: path.clone(),
-                source,
-            }
-        })?;
+        // A table a Rust job fills with `sum_into_table` holds operands.
+        sluice_engine::checkpoint::sums::install(&mut opts);
+        let cf = rocksdb::ColumnFamilyDescriptor::new(&self.cf, opts.clone());
+        let db =
+            DB::open_cf_descriptors_as_secondary(&opts, path, &dir.0, [cf]).map_err(|source| {
+                ReadError::Rocks {
+                    table: self.label.clone(),
+                    action: "open",
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         Ok(Secondary { db, _dir: dir })
     }
 
