@@ -479,6 +479,22 @@ impl Checkpoint {
         self.write(writes)
     }
 
+    /// Writes every column family's memtable to table files and waits:
+    /// for a clean stop, so the next open has no log to replay.
+    pub fn flush(&self) -> Result<()> {
+        let cfs: Vec<&ColumnFamily> = self
+            .column_families
+            .iter()
+            .filter_map(|n| self.db.cf_handle(n))
+            .collect();
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        self.db
+            .flush_opt(&opts)
+            .and_then(|()| self.db.flush_cfs_opt(&cfs, &opts))
+            .map_err(self.rocks("cannot flush"))
+    }
+
     pub fn cf(&self, name: &str) -> Result<&ColumnFamily> {
         self.db
             .cf_handle(name)

@@ -1645,6 +1645,16 @@ fn sum_tables_add_blindly_and_a_job_may_switch_to_merging_and_back() {
     }
     assert_eq!(got.len(), KEYS as usize);
     assert!(got == want, "a key's sum differs from the records' sum");
+    // A clean stop flushed the memtables: nothing is replayed from the log.
+    let in_memtable = checkpoint
+        .db()
+        .property_int_value_cf(cf, "rocksdb.num-entries-active-mem-table")
+        .unwrap();
+    assert_eq!(
+        in_memtable,
+        Some(0),
+        "the last run's writes came back from the log"
+    );
     // A point read folds operands too.
     let key = crate::data::encode_to_vec::<String>("key-00042");
     let value = checkpoint.db().get_cf(cf, key).unwrap().unwrap();
