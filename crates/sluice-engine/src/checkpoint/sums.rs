@@ -67,13 +67,7 @@ pub fn install(opts: &mut Options) {
 /// value. `None` (RocksDB reports corruption) when the bytes are not
 /// operands of one type.
 fn full_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    let tag = *operands.iter().next()?.first()?;
-    match tag {
-        b'u' => fold::<u64>(existing, operands, false),
-        b'i' => fold::<i64>(existing, operands, false),
-        b'f' => fold::<f64>(existing, operands, false),
-        _ => None,
-    }
+    fold_by_tag(existing, operands, false)
 }
 
 /// Operands only: their sum as one operand.
@@ -82,11 +76,19 @@ fn partial_merge(
     _existing: Option<&[u8]>,
     operands: &MergeOperands,
 ) -> Option<Vec<u8>> {
-    let tag = *operands.iter().next()?.first()?;
-    match tag {
-        b'u' => fold::<u64>(None, operands, true),
-        b'i' => fold::<i64>(None, operands, true),
-        b'f' => fold::<f64>(None, operands, true),
+    fold_by_tag(None, operands, true)
+}
+
+/// The number type is the first operand's tag.
+fn fold_by_tag(
+    existing: Option<&[u8]>,
+    operands: &MergeOperands,
+    as_operand: bool,
+) -> Option<Vec<u8>> {
+    match *operands.iter().next()?.first()? {
+        b'u' => fold::<u64>(existing, operands, as_operand),
+        b'i' => fold::<i64>(existing, operands, as_operand),
+        b'f' => fold::<f64>(existing, operands, as_operand),
         _ => None,
     }
 }
