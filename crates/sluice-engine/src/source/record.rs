@@ -97,7 +97,8 @@ impl<'a> RecordRef<'a> {
     /// matters).
     #[inline]
     pub fn value_str(&self) -> &'a str {
-        std::str::from_utf8(self.value.unwrap_or_default()).unwrap_or_default()
+        // SIMD validation: std's was 6 % of a word count's CPU.
+        simdutf8::basic::from_utf8(self.value.unwrap_or_default()).unwrap_or_default()
     }
 
     pub fn key_str(&self) -> Option<&'a str> {
