@@ -40,6 +40,11 @@ use progress::{BatchProgress, PartitionProgress, Phases, ProgressSink, Watermark
 use rate::RateLimiter;
 use sluice_log::log::LogStore;
 
+/// How long a clean stop waits for the checkpoint's compactions: longer
+/// than any compaction of a state within a budget takes on one core, short
+/// enough that a stop never seems to hang.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
 /// What to do when retention deleted records the job has not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnDataLoss {
@@ -526,8 +531,10 @@ impl Driver {
         // would otherwise replay every write since the last flush from the
         // write-ahead log into a memtable (5 M keys: a second of CPU) only
         // to flush it again. What the log holds is durable either way.
-        if let Err(e) = self.checkpoint.flush() {
-            tracing::warn!("the checkpoint's memtables stay in its write-ahead log: {e}");
+        // Compactions under way finish too, or each short run would abort
+        // the one the last run started.
+        if let Err(e) = self.checkpoint.settle(SETTLE_LIMIT) {
+            tracing::warn!("the checkpoint is left unsettled (nothing is lost): {e}");
         }
         summary.elapsed = run.started.elapsed();
         progress.finish(&summary);
