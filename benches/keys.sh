@@ -6,7 +6,8 @@
 #
 # Sluice: `sluice-bench keys` — a 4-partition topic of KEYS lines `w1` …
 # `wKEYS` (every word a new key) drained by `sluice wordcount
-# --until-caught-up`, then the same lines again (every key updated);
+# --until-caught-up`, then the same lines again, twice (every key updated;
+# the second update pass pays for compactions the first left behind);
 # records/s, CPU, peak RSS (`wait4`) and the checkpoint's bytes on disk.
 # BASELINE=path/to/older/sluice measures that binary alternately.
 #

@@ -1,7 +1,8 @@
 //! `sluice-bench keys`: the word count when every word is a new key — a
 //! 4-partition topic of N lines `w1` … `wN` drained with
 //! `--until-caught-up` (N new keys), then the same N lines appended and
-//! drained again (N updated keys). Records/s, CPU, peak RSS (each job is
+//! drained again (N updated keys), `--updates` times: a later update pass
+//! pays for the compactions an earlier one left behind. Records/s, CPU, peak RSS (each job is
 //! a child process, `wait4`) and the state's bytes on disk, for the
 //! `sluice` under test and, alternating run by run on the same input, a
 //! baseline binary.
@@ -32,6 +33,11 @@ pub struct KeysBenchArgs {
     /// its defaults, as it may not know the flag).
     #[arg(long, value_parser = parse_bytes)]
     pub state_memory: Option<u64>,
+    /// Update passes after the first (new keys) pass. More than one shows
+    /// the steady state: RocksDB compacts in the background, and work one
+    /// pass leaves behind is paid by the next.
+    #[arg(long, default_value_t = 2)]
+    pub updates: usize,
     /// Work directory (a store and a checkpoint per run, removed after).
     #[arg(long, default_value = "./bench-data/keys")]
     pub dir: PathBuf,
@@ -120,25 +126,28 @@ fn drain(
     })
 }
 
-/// Both passes of one binary on a fresh store and checkpoint.
-fn run_pair(
+/// Every pass of one binary (new keys, then `updates` times the same
+/// keys) on a fresh store and checkpoint.
+fn run_passes(
     exe: &Path,
     keys: u64,
+    updates: usize,
     state_memory: Option<u64>,
     work: &Path,
-) -> anyhow::Result<(Drain, Drain)> {
+) -> anyhow::Result<Vec<Drain>> {
     let data_dir = work.join("data");
     let checkpoint = work.join("checkpoint");
     let _ = std::fs::remove_dir_all(&data_dir);
     let _ = std::fs::remove_dir_all(&checkpoint);
     let log = work.join("job.log");
-    append_lines(&data_dir, keys)?;
-    let new = drain(exe, &data_dir, &checkpoint, state_memory, &log)?;
-    append_lines(&data_dir, keys)?;
-    let updated = drain(exe, &data_dir, &checkpoint, state_memory, &log)?;
+    let mut passes = Vec::with_capacity(updates + 1);
+    for _ in 0..=updates {
+        append_lines(&data_dir, keys)?;
+        passes.push(drain(exe, &data_dir, &checkpoint, state_memory, &log)?);
+    }
     let _ = std::fs::remove_dir_all(&data_dir);
     let _ = std::fs::remove_dir_all(&checkpoint);
-    Ok((new, updated))
+    Ok(passes)
 }
 
 pub fn run(args: KeysBenchArgs) -> anyhow::Result<()> {
@@ -154,17 +163,21 @@ pub fn run(args: KeysBenchArgs) -> anyhow::Result<()> {
         "binary", "keys", "pass", "time", "records/s", "CPU s", "peak RSS", "on disk"
     );
     for &keys in &args.keys {
-        let mut results: Vec<Vec<(Drain, Drain)>> = vec![Vec::new(); binaries.len()];
+        let mut results: Vec<Vec<Vec<Drain>>> = vec![Vec::new(); binaries.len()];
         for _ in 0..args.runs.max(1) {
             for (i, (label, exe, memory)) in binaries.iter().enumerate() {
-                let pair = run_pair(exe, keys, *memory, &args.dir)
+                let passes = run_passes(exe, keys, args.updates, *memory, &args.dir)
                     .with_context(|| format!("{label}, {keys} keys"))?;
-                results[i].push(pair);
+                results[i].push(passes);
             }
         }
         for ((label, _, _), runs) in binaries.iter().zip(results) {
-            let (new, updated) = median_by(runs, |(n, u)| n.secs + u.secs);
-            for (pass, d) in [("new", new), ("updated", updated)] {
+            let passes = median_by(runs, |p| p.iter().map(|d| d.secs).sum());
+            for (n, d) in passes.into_iter().enumerate() {
+                let pass = match n {
+                    0 => "new".to_string(),
+                    n => format!("updated{n}"),
+                };
                 println!(
                     "{:>9}  {:>10}  {:>7}  {:>7.2}s  {:>11.0}  {:>7.1}  {:>10}  {:>10}",
                     label,
