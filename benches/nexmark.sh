@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Nexmark on Sluice, next to Flink 1.13's published figures:
 #
-#   benches/nexmark.sh [EVENTS] [QUERY...]     default: 10000000 q0 q1 q2 q5 q7 q8
+#   benches/nexmark.sh [EVENTS] [QUERY...]     default: 10000000, every jobs/nexmark/qN.sql
 #
 # Generates EVENTS Nexmark events once (`sluice nexmark generate`, seed 42,
 # 4 partitions per topic) into a temporary data directory, then runs each
@@ -43,7 +43,11 @@ events=${1:-10000000}
 [[ $events =~ ^[1-9][0-9]*$ ]] || { echo "error: EVENTS must be a positive integer, got '$events'" >&2; exit 1; }
 shift || true
 queries=("$@")
-((${#queries[@]})) || queries=(q0 q1 q2 q5 q7 q8)
+if ((${#queries[@]} == 0)); then
+  for n in $(seq 0 22); do
+    [[ -f $root/jobs/nexmark/q$n.sql ]] && queries+=("q$n")
+  done
+fi
 runs=${RUNS:-3}
 read -r -a run_args <<<"${SLUICE_RUN_ARGS:-}"
 

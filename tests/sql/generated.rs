@@ -9,7 +9,8 @@
 //! stream or a window), `GROUP BY` one or two key expressions with
 //! aggregates that merge incrementally, global aggregates, `SELECT
 //! DISTINCT` (also keyed by the event time, which the watermark evicts),
-//! `TUMBLE`/`HOP` windowed aggregations in every output mode, and an
+//! `TUMBLE`/`HOP` windowed aggregations in every output mode (exact
+//! `count(DISTINCT …)` among the aggregates), and an
 //! aggregation over closed windows — with predicates (comparisons,
 //! AND/OR/NOT, IS NULL, LIKE, IN, BETWEEN, CASE), scalar functions and
 //! casts. All queries run in one job (one sink each), which keeps the
@@ -661,7 +662,11 @@ impl Gen {
                 } else {
                     self.text(1)
                 };
-                (format!("approx_distinct({arg})"), Ty::Unsigned, false)
+                if self.rng.chance(50) {
+                    (format!("count(DISTINCT {arg})"), Ty::Int, false)
+                } else {
+                    (format!("approx_distinct({arg})"), Ty::Unsigned, false)
+                }
             }
             11 => {
                 let f = self.rng.pick(&["bool_and", "bool_or"]);
@@ -1104,6 +1109,41 @@ fn known_bugs() -> Vec<Query> {
     ]
 }
 
+/// Exact `count(DISTINCT …)` in each shape it is kept in: one group for
+/// the whole stream, a group per key, and windows the watermark closes
+/// (their values deleted with them), with and without `FILTER`.
+fn exact_distinct() -> Vec<Query> {
+    let cutoff = format!("ts < TIMESTAMP '{}'", ts_text(CUTOFF_MS));
+    let windowed = |mode| Query {
+        kind: Kind::Windowed,
+        sql: format!(
+            "SELECT {} AS k, count(DISTINCT user_id) AS u, count(DISTINCT url) FILTER (WHERE qty > 2) AS f, count(*) AS n FROM {{FROM}} WHERE {cutoff} GROUP BY user_id % 3, window_start, window_end",
+            window_key(&["window_end"], Some("user_id % 3"))
+        ),
+        source: Source::Tumble { size: 20 },
+        mode,
+        regression: None,
+    };
+    vec![
+        Query {
+            kind: Kind::Global,
+            sql: "SELECT 'all' AS k, count(DISTINCT user_id) AS u, count(DISTINCT url) FILTER (WHERE ok) AS f, count(DISTINCT qty) AS q FROM {FROM}".into(),
+            source: Source::Stream,
+            mode: None,
+            regression: None,
+        },
+        Query {
+            kind: Kind::Grouped,
+            sql: "SELECT url AS k, count(DISTINCT user_id) AS u, count(DISTINCT user_id) FILTER (WHERE amount > 2) AS f FROM {FROM} GROUP BY url".into(),
+            source: Source::Stream,
+            mode: None,
+            regression: None,
+        },
+        windowed(Some("append")),
+        windowed(Some("update")),
+    ]
+}
+
 /// The queries and each one's result run once by DataFusion over all the
 /// input. A generated query DataFusion cannot plan (its simplifier can
 /// make two aggregates one, with a duplicate name) is generated afresh.
@@ -1118,7 +1158,8 @@ fn generate(seed: u64, n: usize, clicks: &[Click]) -> (Vec<Query>, Vec<BTreeMap<
     // None: the next generated kind.
     let wanted = std::iter::once(Some(sentinel()))
         .chain((0..n).map(|_| None))
-        .chain(known_bugs().into_iter().map(Some));
+        .chain(known_bugs().into_iter().map(Some))
+        .chain(exact_distinct().into_iter().map(Some));
     for (i, fixed) in wanted.enumerate() {
         let mut attempts = 0;
         let (q, df) = loop {

@@ -13,6 +13,7 @@ mod examples;
 mod generated;
 mod joins;
 mod nexmark;
+mod nexmark_suite;
 mod queries;
 mod result_tables;
 mod sinks;

@@ -77,11 +77,16 @@ fn table(checkpoint: &Path, name: &str) -> BTreeMap<String, String> {
 
 /// Keys in the query's state that are window groups (tag byte 1).
 fn window_groups_in_state(checkpoint: &Path, operator: &str) -> usize {
+    keys_in_state(checkpoint, operator, 1)
+}
+
+/// Keys in the query's state with tag byte `tag`.
+fn keys_in_state(checkpoint: &Path, operator: &str, tag: u8) -> usize {
     let cp = Checkpoint::open_read_only(checkpoint, "windows").unwrap();
     let cf = cp.cf(&format!("state.{operator}")).unwrap();
     cp.db()
         .iterator_cf(cf, rocksdb::IteratorMode::Start)
-        .filter(|item| item.as_ref().is_ok_and(|(k, _)| k.first() == Some(&1)))
+        .filter(|item| item.as_ref().is_ok_and(|(k, _)| k.first() == Some(&tag)))
         .count()
 }
 
@@ -218,7 +223,7 @@ fn console_rows(stdout: &str) -> Vec<String> {
     let mut rows: Vec<String> = common_sql::console_cells(stdout)
         .into_iter()
         .map(|cells| cells.join(","))
-        .filter(|r| !r.starts_with("url,"))
+        .filter(|r| !r.starts_with("url,") && !r.starts_with("window_start,"))
         .collect();
     // Partitions of a batch finish in any order.
     rows.sort();
@@ -284,6 +289,52 @@ fn append_mode_emits_each_window_once_drops_late_records_and_evicts_state() {
     // A restart with nothing new emits nothing again.
     let (out4, _) = run();
     assert!(console_rows(&out4).is_empty(), "{out4}");
+}
+
+#[test]
+fn count_distinct_per_window_is_exact_and_its_values_leave_with_the_window() {
+    let job = Phased::new(
+        "CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+             INSERT INTO out SELECT window_start, count(DISTINCT url) AS urls,\n\
+             count(DISTINCT url) FILTER (WHERE url <> 'a') AS not_a, count(*) AS n\n\
+             FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end;",
+    );
+    // The watermark ends at 24 s: [0, 10) and [10, 20) close.
+    job.append(&[
+        (0, "a", 1_000),
+        (0, "b", 2_000),
+        (0, "a", 3_000),
+        (0, "a", 12_000),
+        (0, "b", 29_000),
+    ]);
+    let (out1, _) = job.run();
+    assert_eq!(
+        console_rows(&out1),
+        vec!["1970-01-01T00:00:00,2,1,3", "1970-01-01T00:00:10,1,0,1"],
+        "{out1}"
+    );
+    // [20, 30) saw b in the first run: a value seen in an earlier batch
+    // counts once. 41 s closes it.
+    job.append(&[
+        (0, "b", 25_000),
+        (0, "a", 26_000),
+        (0, "c", 27_000),
+        (0, "a", 28_000),
+        (0, "z", 41_000),
+    ]);
+    let (out2, _) = job.run();
+    assert_eq!(
+        console_rows(&out2),
+        vec!["1970-01-01T00:00:20,3,2,5"],
+        "{out2}"
+    );
+    // Only the open window [40, 50) keeps its group and its one value.
+    assert_eq!(window_groups_in_state(&job.cp(), "insert-out"), 1);
+    assert_eq!(
+        keys_in_state(&job.cp(), "insert-out", 6),
+        2,
+        "z, and z again under the FILTER"
+    );
 }
 
 #[test]
@@ -359,6 +410,18 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
         "",
         tumble,
         &["expected ts or ts - INTERVAL"],
+    );
+    refused(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT url, sum(DISTINCT length(url)) FROM clicks GROUP BY url;",
+        &["only count(DISTINCT …) is incremental"],
+    );
+    refused(
+        STREAM,
+        ", mode = 'append'",
+        "INSERT INTO out SELECT url, window_end, count(DISTINCT url) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;",
+        &["over session windows is not incremental"],
     );
     let session = "INSERT INTO out SELECT url, window_start, window_end, count(*) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;";
     refused(

@@ -1,8 +1,9 @@
 //! What a query aggregates: the one `GROUP BY` of its physical plan that
 //! keeps state across batches, its partial phase, and the window among
 //! its group columns. Plans that cannot run incrementally (ORDER BY or
-//! LIMIT over a stream, grouping sets, DISTINCT aggregates, nested
-//! aggregations outside append mode) are refused here, with what to do.
+//! LIMIT over a stream, grouping sets, DISTINCT aggregates other than
+//! `count`, nested aggregations outside append mode) are refused here,
+//! with what to do.
 //!
 //! This module only reads plans; it never runs them or touches state.
 
@@ -47,6 +48,14 @@ pub(crate) struct Aggregation {
     pub window: Option<WindowColumn>,
     /// Other aggregations run above it (over its closed windows).
     pub nested: bool,
+    /// Per aggregate, whether it is `count(DISTINCT …)`: its partial state
+    /// is the batch's distinct values (a list), its stored state a count,
+    /// and every value seen is a key of its own (see
+    /// [`crate::incremental`]).
+    pub distinct: Vec<bool>,
+    /// The types of the stored state's columns: the partial phase's
+    /// states, but a count for each `count(DISTINCT …)`.
+    pub stored_types: Vec<DataType>,
 }
 
 impl Aggregation {
@@ -256,16 +265,70 @@ fn aggregation_at(
             ));
         }
     }
-    if partial.aggr_expr().iter().any(|expr| expr.is_distinct()) {
-        return Err("DISTINCT aggregates are not incremental yet: use approx_distinct(…)".into());
-    }
     let window = window_column(&partial, event_time)?;
+    let distinct = distinct_counts(&partial, window.as_ref())?;
+    let mut stored_types = Vec::new();
+    for (expr, &counted) in partial.aggr_expr().iter().zip(&distinct) {
+        if counted {
+            stored_types.push(DataType::Int64);
+        } else {
+            let states = expr.state_fields().map_err(|e| e.to_string())?;
+            stored_types.extend(states.iter().map(|f| f.data_type().clone()));
+        }
+    }
     Ok(Aggregation {
         top: node.clone(),
         partial: Arc::new(partial),
         window,
         nested: false,
+        distinct,
+        stored_types,
     })
+}
+
+/// Which aggregates of `partial` are `count(DISTINCT …)`; other DISTINCT
+/// aggregates are refused. The count is kept exactly, one key per group
+/// and distinct value, so it can neither be merged from two sessions nor
+/// outlive a value's expiry without its keys.
+fn distinct_counts(
+    partial: &AggregateExec,
+    window: Option<&WindowColumn>,
+) -> Result<Vec<bool>, String> {
+    let mut distinct = Vec::new();
+    for expr in partial.aggr_expr() {
+        if !expr.is_distinct() {
+            distinct.push(false);
+            continue;
+        }
+        if !expr.fun().name().eq_ignore_ascii_case("count") {
+            return Err(format!(
+                "{}: of the DISTINCT aggregates only count(DISTINCT …) is incremental: aggregate the distinct values in a subquery (SELECT DISTINCT … ) instead",
+                expr.name()
+            ));
+        }
+        if expr.expressions().len() != 1 {
+            return Err(format!(
+                "{}: count(DISTINCT …) of more than one column is not incremental: count the distinct values of one column, e.g. of concat_ws('|', a, b)",
+                expr.name()
+            ));
+        }
+        if window.is_some_and(|w| w.session.is_some()) {
+            return Err(format!(
+                "{}: count(DISTINCT …) over session windows is not incremental (sessions merge, and their sets of values with them): use TUMBLE or HOP windows, or approx_distinct(…)",
+                expr.name()
+            ));
+        }
+        let states = expr.state_fields().map_err(|e| e.to_string())?;
+        if states.len() != 1 || !matches!(states[0].data_type(), DataType::List(_)) {
+            return Err(format!(
+                "{}: unexpected partial state {:?} of count(DISTINCT …)",
+                expr.name(),
+                states.iter().map(|f| f.data_type()).collect::<Vec<_>>()
+            ));
+        }
+        distinct.push(true);
+    }
+    Ok(distinct)
 }
 
 /// Of the aggregations found top down, the innermost: the one whose
@@ -279,7 +342,7 @@ fn innermost(mut found: Vec<Aggregation>) -> Result<Option<Aggregation>, String>
         // window whole, in the batch that closes it: the outer ones run
         // per batch over the closed windows' rows.
         if inner.window.is_none() {
-            return Err("nested aggregations (e.g. COUNT(DISTINCT …)) are not incremental yet: use approx_distinct(…), or aggregate a windowed aggregation in append mode".into());
+            return Err("nested aggregations are not incremental yet outside windows: aggregate a windowed aggregation in append mode (for distinct counts, count(DISTINCT …) is exact in one aggregation)".into());
         }
         if found.iter().any(|outer| outer.window.is_none()) {
             return Err("an aggregation over a windowed aggregation must group by its window_start or window_end, so each group is complete when the window closes".into());
@@ -309,14 +372,15 @@ pub(crate) fn check_logical(plan: &datafusion::logical_expr::LogicalPlan) -> Res
 pub(crate) fn state_signature(agg: &Aggregation) -> (String, String) {
     let schema = agg.partial.schema();
     let groups = agg.partial.group_expr().expr().len();
-    let names = |range: std::ops::Range<usize>| {
-        range
-            .map(|i| schema.field(i).data_type().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    (
-        format!("({})", names(0..groups)),
-        format!("({})", names(groups..schema.fields().len())),
-    )
+    let keys = (0..groups)
+        .map(|i| schema.field(i).data_type().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let states = agg
+        .stored_types
+        .iter()
+        .map(DataType::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    (format!("({keys})"), format!("({states})"))
 }

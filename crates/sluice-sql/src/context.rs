@@ -13,7 +13,6 @@ use datafusion::catalog::TableProvider;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::SqlError;
-use crate::functions;
 use crate::window::{self, WindowUse};
 
 /// A table a query may join: a file's rows, or a result table read per
@@ -70,9 +69,17 @@ pub(crate) fn session_over(
         .into_iter()
         .filter(|rule| rule.name() != "aggregate_statistics")
         .collect();
+    // A single count(DISTINCT x) would become an aggregation over a
+    // GROUP BY x: two aggregations where one keeps its values exactly.
+    let logical_rules = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
     let state = datafusion::execution::SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
+        .with_optimizer_rules(logical_rules)
         .with_physical_optimizer_rules(rules)
         .build();
     let session = SessionContext::new_with_state(state);
@@ -104,7 +111,9 @@ pub(crate) fn session_over(
     for t in tables {
         session.register_table(&t.name, t.table.clone())?;
     }
-    session.register_udf(functions::split());
+    for f in crate::scalar_functions() {
+        session.register_udf(f);
+    }
     let uses = window::register(&session, Arc::new(streams.into_iter().collect()));
     Ok((session, uses))
 }

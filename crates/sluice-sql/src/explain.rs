@@ -194,6 +194,21 @@ fn describe_aggregation(out: &mut String, q: &Query, a: &Aggregation) {
         q.operator,
         names.join(", ")
     );
+    let distinct: Vec<&str> = a
+        .partial()
+        .aggr_expr()
+        .iter()
+        .zip(&a.distinct)
+        .filter(|(_, d)| **d)
+        .map(|(e, _)| e.name())
+        .collect();
+    if !distinct.is_empty() {
+        let _ = writeln!(
+            out,
+            "  distinct values: {} — one key per group and value seen (a batch reads those of groups that existed, in one multi-get); the group's state keeps the count, its values go with it",
+            distinct.join(", ")
+        );
+    }
     match a.window {
         Some(w) if w.session.is_some() => {
             let gap = w.session.map_or(0, |s| s.gap_ms);

@@ -11,13 +11,20 @@
 //! can export and merge state works (count, sum, min, max, avg,
 //! approx_distinct, …).
 //!
+//! `count(DISTINCT x)` (with or without `FILTER (WHERE …)`) is exact: its
+//! partial state, the batch's distinct values per group, is checked
+//! against one key per group and value seen before (one multi-get, only
+//! for groups that existed); the new values' keys join the commit and the
+//! group's stored state is their count. A group's values go with it: a
+//! closed window's in one range delete, an expired group's too.
+//!
 //! Keys and states are stored with Arrow's row format, which encodes any
 //! Arrow type to comparable bytes.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, concat, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -33,8 +40,8 @@ use rocksdb::ColumnFamily;
 use crate::aggregation::Aggregation;
 use crate::error::SqlError;
 use crate::state_keys::{
-    GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, group_key, tag_and_time, time_bytes, time_from_bytes,
-    ttl_key,
+    DISTINCT_TAG, GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, distinct_key, distinct_prefix,
+    distinct_prefix_end, group_key, tag_and_time, time_bytes, time_from_bytes, ttl_key,
 };
 use sluice_engine::plan::BatchCx;
 
@@ -110,8 +117,27 @@ pub(crate) fn merge_states(
     let groups = agg.partial.group_expr().expr().len();
     let mut merged = Vec::new();
     let mut col = groups;
-    for expr in agg.partial.aggr_expr() {
+    for (expr, &distinct) in agg.partial.aggr_expr().iter().zip(&agg.distinct) {
         let width = expr.state_fields()?.len();
+        if distinct {
+            // New values per partial row (see `count_new_values`), then
+            // the stored counts.
+            let mut counts = vec![0i64; n];
+            let new = columns[col].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let old = old_states
+                .get(col - groups)
+                .map(|a| a.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
+            for (row, &group) in group_indices.iter().enumerate() {
+                counts[group] += if row < new.len() {
+                    new.value(row)
+                } else {
+                    old.map_or(0, |o| o.value(row - new.len()))
+                };
+            }
+            merged.push(Arc::new(Int64Array::from(counts)) as ArrayRef);
+            col += width;
+            continue;
+        }
         let inputs: Vec<ArrayRef> = (0..width)
             .map(|k| {
                 let new = &columns[col + k];
@@ -141,8 +167,14 @@ pub(crate) fn evaluate(
     let identity: Vec<usize> = (0..n).collect();
     let mut values = Vec::new();
     let mut col = 0;
-    for expr in agg.partial.aggr_expr() {
+    for (expr, &distinct) in agg.partial.aggr_expr().iter().zip(&agg.distinct) {
         let width = expr.state_fields()?.len();
+        if distinct {
+            // The stored state is the count itself.
+            values.push(states[col].clone());
+            col += width;
+            continue;
+        }
         let mut acc = accumulator(expr, agg.partial.group_expr().expr().is_empty())?;
         acc.merge_batch(&states[col..col + width], &identity, n)?;
         values.push(acc.evaluate(EmitTo::All)?);
@@ -166,14 +198,17 @@ impl Codec {
     fn new(agg: &Aggregation, ttl: Option<i64>) -> Result<Codec, SqlError> {
         let schema = agg.partial.schema();
         let groups = agg.partial.group_expr().expr().len();
-        let fields = |range: std::ops::Range<usize>| {
-            range
-                .map(|i| SortField::new(schema.field(i).data_type().clone()))
-                .collect::<Vec<_>>()
-        };
+        let keys = (0..groups)
+            .map(|i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        let states = agg
+            .stored_types
+            .iter()
+            .map(|t| SortField::new(t.clone()))
+            .collect();
         Ok(Codec {
-            keys: RowConverter::new(fields(0..groups))?,
-            states: RowConverter::new(fields(groups..schema.fields().len()))?,
+            keys: RowConverter::new(keys)?,
+            states: RowConverter::new(states)?,
             groups,
             value_skip: if ttl.is_some() { 8 } else { 0 },
         })
@@ -269,6 +304,7 @@ pub(crate) fn merge_into_state(
     let codec = Codec::new(agg, policy.ttl)?;
     let batch = BatchGroups::of(&codec, agg, &columns)?;
     let stored = read_stored(&codec, &batch, policy, cx, cf)?;
+    let columns = count_new_values(&codec, agg, &batch, &stored, policy, cx, cf, columns)?;
     let mut group_indices = batch.group_of.clone();
     group_indices.extend(&stored.indices);
     let merged = merge_states(agg, &columns, &stored.states, &group_indices, batch.len())?;
@@ -277,8 +313,15 @@ pub(crate) fn merge_into_state(
     let mut parts = vec![emitted(agg, &batch, &stored.existed, values, policy)?];
     let touched: hashbrown::HashSet<Vec<u8>> = batch.keys.into_iter().collect();
     parts.extend(evict_closed_windows(&codec, agg, &touched, policy, cx, cf)?);
+    let counts_distinct = agg.distinct.contains(&true);
+    if let (true, Some(_), Some(w)) = (counts_distinct, agg.window, policy.watermark) {
+        // Closed windows' groups are gone (above, and in `stage_writes`),
+        // and so are the values they saw.
+        let until = tag_and_time(DISTINCT_TAG, w.saturating_add(1));
+        cx.write(|b| b.delete_range_cf(cf, &[DISTINCT_TAG][..], &until[..]));
+    }
     if let Some(ttl) = policy.ttl {
-        expire_groups(ttl, &touched, cx, cf)?;
+        expire_groups(ttl, &touched, counts_distinct, cx, cf)?;
     }
     if policy.mode == OutputMode::Complete {
         let all = scan(
@@ -412,6 +455,110 @@ pub(crate) fn window_ends(
     Ok((0..n)
         .map(|i| as_ms.value(i).saturating_add(to_end_ms))
         .collect())
+}
+
+/// Replaces each `count(DISTINCT …)`'s partial state (per partial row,
+/// the list of its group's distinct values in the batch) with how many of
+/// those values the group never saw before, and stages their keys. Values
+/// of groups without a stored state are all new (no read); a group whose
+/// state expired starts afresh, its old values deleted first.
+#[allow(clippy::too_many_arguments)]
+fn count_new_values(
+    codec: &Codec,
+    agg: &Aggregation,
+    batch: &BatchGroups,
+    stored: &StoredStates,
+    policy: Policy,
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    mut columns: Vec<ArrayRef>,
+) -> Result<Vec<ArrayRef>, SqlError> {
+    if !agg.distinct.contains(&true) {
+        return Ok(columns);
+    }
+    let rows = columns.first().map_or(0, |c| c.len());
+    let prefixes: Vec<Vec<u8>> = batch.keys.iter().map(|k| distinct_prefix(k)).collect();
+    cx.write(|w| {
+        for (g, prefix) in prefixes.iter().enumerate() {
+            if !stored.existed[g] && stored.last_update[g].is_some() {
+                w.delete_range_cf(cf, &prefix[..], &distinct_prefix_end(prefix)[..]);
+            }
+        }
+    });
+    let mut col = codec.groups;
+    for (e, expr) in agg.partial.aggr_expr().iter().enumerate() {
+        let width = expr.state_fields()?.len();
+        if !agg.distinct[e] {
+            col += width;
+            continue;
+        }
+        let aggregate = u16::try_from(e).map_err(|_| SqlError::Plan {
+            line: 0,
+            message: "more than 65,535 aggregates in one query".into(),
+        })?;
+        let lists = columns[col]
+            .as_list_opt::<i32>()
+            .ok_or_else(|| SqlError::Plan {
+                line: 0,
+                message: format!(
+                    "{}: the partial state of count(DISTINCT …) is not a list",
+                    expr.name()
+                ),
+            })?;
+        let values = lists.values();
+        let converter = RowConverter::new(vec![SortField::new(values.data_type().clone())])?;
+        let encoded = converter.convert_columns(std::slice::from_ref(values))?;
+        // Each value once per group, attributed to a partial row of it.
+        let mut seen: hashbrown::HashMap<Vec<u8>, usize> = hashbrown::HashMap::new();
+        let offsets = lists.value_offsets();
+        for row in 0..rows {
+            if lists.is_null(row) {
+                continue;
+            }
+            let prefix = &prefixes[batch.group_of[row]];
+            for v in offsets[row] as usize..offsets[row + 1] as usize {
+                if values.is_null(v) {
+                    continue;
+                }
+                let key = distinct_key(prefix, aggregate, encoded.row(v).data());
+                seen.entry(key).or_insert(row);
+            }
+        }
+        let mut counts = vec![0i64; rows];
+        let mut new_keys: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut lookups: Vec<(Vec<u8>, usize)> = Vec::new();
+        for (key, row) in seen {
+            if stored.existed[batch.group_of[row]] {
+                lookups.push((key, row));
+            } else {
+                counts[row] += 1;
+                new_keys.push((key, row));
+            }
+        }
+        lookups.sort_unstable();
+        let found = cx.checkpoint.db().batched_multi_get_cf(
+            cf,
+            lookups.iter().map(|(k, _)| k.as_slice()),
+            true,
+        );
+        for ((key, row), found) in lookups.into_iter().zip(found) {
+            if found?.is_none() {
+                counts[row] += 1;
+                new_keys.push((key, row));
+            }
+        }
+        cx.write(|w| {
+            for (key, row) in &new_keys {
+                // A window closed in this batch keeps nothing.
+                if !batch.closed(batch.group_of[*row], policy.watermark) {
+                    w.put_cf(cf, key, []);
+                }
+            }
+        });
+        columns[col] = Arc::new(Int64Array::from(counts));
+        col += width;
+    }
+    Ok(columns)
 }
 
 /// What is stored for a batch's groups.
@@ -575,6 +722,7 @@ fn evict_closed_windows(
 fn expire_groups(
     ttl: i64,
     touched: &hashbrown::HashSet<Vec<u8>>,
+    counts_distinct: bool,
     cx: &BatchCx,
     cf: &ColumnFamily,
 ) -> Result<(), SqlError> {
@@ -596,6 +744,10 @@ fn expire_groups(
             if !touched.contains(key) {
                 b.delete_cf(cf, index);
                 b.delete_cf(cf, key);
+                if counts_distinct {
+                    let prefix = distinct_prefix(key);
+                    b.delete_range_cf(cf, &prefix[..], &distinct_prefix_end(&prefix)[..]);
+                }
                 forgotten += 1;
             }
         }

@@ -54,6 +54,17 @@ pub use script::Script;
 use stream::StreamShape;
 pub use topics::Topics;
 
+/// Sluice's scalar functions (`split`, `split_index`, `regexp_extract`),
+/// for a DataFusion session of one's own: a batch query that must answer
+/// as a job's queries do.
+pub fn scalar_functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    vec![
+        functions::split(),
+        functions::split_index(),
+        functions::regexp_extract(),
+    ]
+}
+
 /// What building a script found out about its queries.
 #[derive(Debug, Clone, Copy)]
 pub struct Built {

@@ -12,6 +12,7 @@
 //! | `0x02` | side, newest event time, batch id, slice   | buffered rows (Arrow IPC stream)        | join                        |
 //! | `0x03` | last update time, `0x01` group key         | empty: index of groups by last update   | incremental (`state_ttl`)   |
 //! | `0x05` | session end, group, session start          | empty: index of open sessions by end    | session_window              |
+//! | `0x06` | [window end] group, aggregate (u16), value  | empty: a value `count(DISTINCT …)` saw  | incremental (DISTINCT)      |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -28,6 +29,9 @@ const JOIN_TAG: u8 = 2;
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
 pub(crate) const SESSION_END_TAG: u8 = 5;
+
+/// Values each `count(DISTINCT …)` of a group has seen.
+pub(crate) const DISTINCT_TAG: u8 = 6;
 
 /// Length of a [`ttl_key`]'s prefix before the group's key.
 pub(crate) const TTL_PREFIX_LEN: usize = 9;
@@ -78,6 +82,35 @@ pub(crate) fn group_key(window_end: Option<i64>, group: &[u8]) -> Vec<u8> {
 pub(crate) fn ttl_key(time: i64, group_key: &[u8]) -> Vec<u8> {
     let mut key = tag_and_time(TTL_TAG, time);
     key.extend_from_slice(group_key);
+    key
+}
+
+/// The prefix of every value a group's `count(DISTINCT …)` aggregates
+/// saw, from the group's [`group_key`]: the same window end and group
+/// bytes, so the values of the windows a watermark closes are one range,
+/// as their groups are. (Arrow's row format is self-delimiting, so no
+/// group's bytes are a prefix of another's.)
+pub(crate) fn distinct_prefix(group_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group_key.len() + 2);
+    key.push(DISTINCT_TAG);
+    key.extend_from_slice(&group_key[1..]);
+    key
+}
+
+/// The end (exclusive) of the range a [`distinct_prefix`] starts.
+pub(crate) fn distinct_prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&[0xff, 0xff]);
+    key
+}
+
+/// The key of `value` (Arrow row format) seen by the group's aggregate
+/// number `aggregate`.
+pub(crate) fn distinct_key(prefix: &[u8], aggregate: u16, value: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 2 + value.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&aggregate.to_be_bytes());
+    key.extend_from_slice(value);
     key
 }
 
@@ -163,6 +196,20 @@ mod tests {
     }
 
     #[test]
+    fn a_groups_distinct_values_are_one_range_ordered_by_window_end() {
+        let early = distinct_prefix(&group_key(Some(1_000), b"g"));
+        let late = distinct_prefix(&group_key(Some(2_000), b"a"));
+        let value = distinct_key(&early, 3, b"v");
+        assert!(value.starts_with(&early));
+        assert!(early.as_slice() < value.as_slice());
+        assert!(value < distinct_prefix_end(&early));
+        assert!(distinct_prefix_end(&early) < late);
+        // Everything of windows ending at 1 000 is before this bound.
+        assert!(distinct_prefix_end(&early) <= tag_and_time(DISTINCT_TAG, 1_001));
+        assert!(late >= tag_and_time(DISTINCT_TAG, 1_001));
+    }
+
+    #[test]
     fn kinds_of_entries_never_share_a_range() {
         let tags = [
             watermark_key("s")[0],
@@ -170,6 +217,7 @@ mod tests {
             join_key(0, 1, 1, 0)[0],
             ttl_key(1, &group_key(None, b"g"))[0],
             session_end_key(1, &session_key(b"g", 0))[0],
+            distinct_prefix(&group_key(None, b"g"))[0],
         ];
         let mut sorted = tags.to_vec();
         sorted.dedup();

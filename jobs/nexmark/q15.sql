@@ -1,0 +1,30 @@
+-- Nexmark q15, bidding statistics per day: bids, bidders and auctions,
+-- overall and in three price ranks. Exact count(DISTINCT …) with FILTER,
+-- each group's seen values kept in state. DATE_FORMAT(dateTime,
+-- 'yyyy-MM-dd') is to_char(date_time, '%Y-%m-%d') here.
+--   sluice nexmark generate --events 10000000
+--   sluice run jobs/nexmark/q15.sql --until-caught-up
+CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+                   date_time TIMESTAMP, extra TEXT,
+                   WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+  WITH (topic = 'bid', format = 'json');
+
+CREATE SINK nexmark_q15 WITH (type = 'blackhole');
+
+INSERT INTO nexmark_q15
+SELECT
+  to_char(date_time, '%Y-%m-%d') AS day,
+  count(*) AS total_bids,
+  count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+  count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+  count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+  count(DISTINCT bidder) AS total_bidders,
+  count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders,
+  count(DISTINCT bidder) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bidders,
+  count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders,
+  count(DISTINCT auction) AS total_auctions,
+  count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions,
+  count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions,
+  count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions
+FROM bid
+GROUP BY to_char(date_time, '%Y-%m-%d');

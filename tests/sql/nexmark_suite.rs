@@ -1,0 +1,452 @@
+//! Nexmark's queries as job files, differentially: the queries of
+//! `jobs/nexmark/` run together in one `sluice run` over generated events
+//! (each blackhole sink swapped for a JSON file sink, which writes every
+//! batch exactly once), and the rows each sink wrote — for an updating
+//! query, the last row per key — must equal the same `SELECT` run once by
+//! plain DataFusion over all the events, decoded here from the generator
+//! itself. At 10,000, 7 and 1 records per partition per batch, and when
+//! the job is SIGKILLed mid-stream (in chosen batches and at a random
+//! moment) and restarted on its checkpoint.
+//!
+//! Queries whose windows close by the watermark (q5, q7, q8, q11) are left
+//! to the window tests: a stream's last windows never close, where the
+//! batch query sees them whole.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use serde_json::Value;
+use sluice::nexmark::{EventKind, Generator, NexmarkConfig};
+
+use crate::common::broker::wait_timeout;
+use crate::common::{self, Run};
+use crate::common_sql::Reference;
+
+const SEED: u64 = 7;
+/// Events per second of event time: 3,000 events span 30 s, so q16's
+/// minutes change within a run.
+const RATE: u64 = 100;
+const PARTITIONS: &str = "3";
+
+/// A query of `jobs/nexmark/` and how its rows are compared: by the first
+/// `key` columns (the last row written per key counts: an updating
+/// query), or, with no key, as a multiset (an append-only query).
+struct Case {
+    query: &'static str,
+    key: usize,
+}
+
+const CASES: [Case; 7] = [
+    Case {
+        query: "q3",
+        key: 0,
+    },
+    Case {
+        query: "q15",
+        key: 1,
+    },
+    Case {
+        query: "q16",
+        key: 2,
+    },
+    Case {
+        query: "q17",
+        key: 2,
+    },
+    Case {
+        query: "q20",
+        key: 0,
+    },
+    Case {
+        query: "q21",
+        key: 0,
+    },
+    Case {
+        query: "q22",
+        key: 0,
+    },
+];
+
+/// A job file's statements, `;`-terminated, comments dropped.
+fn statements(query: &str) -> Vec<String> {
+    let path = common::repo("jobs/nexmark").join(format!("{query}.sql"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `SELECT` of a job file's `INSERT INTO`.
+fn select_of(query: &str) -> String {
+    let insert = statements(query)
+        .into_iter()
+        .find(|s| s.starts_with("INSERT INTO"))
+        .unwrap_or_else(|| panic!("{query}.sql has no INSERT INTO"));
+    let at = insert.find("SELECT").unwrap();
+    insert[at..].to_owned()
+}
+
+/// Every case's job file in one script: each stream declared once, each
+/// blackhole a JSON file sink under `out/<query>`, plus `extra`.
+fn combined_script(out: &Path, extra: &str) -> String {
+    let mut streams: BTreeMap<String, String> = BTreeMap::new();
+    let mut rest = String::new();
+    for case in &CASES {
+        for s in statements(case.query) {
+            if s.starts_with("CREATE STREAM") {
+                let name = s.split_whitespace().nth(2).unwrap().to_owned();
+                streams.entry(name).or_insert(s);
+            } else {
+                assert_eq!(
+                    s.matches("type = 'blackhole'").count(),
+                    usize::from(s.starts_with("CREATE SINK")),
+                    "{}: {s}",
+                    case.query
+                );
+                let dir = out.join(case.query);
+                rest.push_str(&s.replace(
+                    "type = 'blackhole'",
+                    &format!("type = 'file', format = 'json', path = '{}'", dir.display()),
+                ));
+                rest.push_str(";\n");
+            }
+        }
+    }
+    let mut script: String = streams.values().map(|s| format!("{s};\n")).collect();
+    script.push_str(&rest);
+    script.push_str(extra);
+    script
+}
+
+/// The declared columns of the three streams, as the reference reads them.
+fn schema(kind: EventKind) -> Arc<Schema> {
+    let (int, text, ts) = (
+        DataType::Int64,
+        DataType::Utf8,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+    );
+    let cols: Vec<(&str, DataType)> = match kind {
+        EventKind::Person => vec![
+            ("id", int),
+            ("name", text.clone()),
+            ("email_address", text.clone()),
+            ("credit_card", text.clone()),
+            ("city", text.clone()),
+            ("state", text.clone()),
+            ("date_time", ts),
+            ("extra", text),
+        ],
+        EventKind::Auction => vec![
+            ("id", int.clone()),
+            ("item_name", text.clone()),
+            ("description", text.clone()),
+            ("initial_bid", int.clone()),
+            ("reserve", int.clone()),
+            ("date_time", ts.clone()),
+            ("expires", ts),
+            ("seller", int.clone()),
+            ("category", int),
+            ("extra", text),
+        ],
+        EventKind::Bid => vec![
+            ("auction", int.clone()),
+            ("bidder", int.clone()),
+            ("price", int),
+            ("channel", text.clone()),
+            ("url", text.clone()),
+            ("date_time", ts),
+            ("extra", text),
+        ],
+    };
+    Arc::new(Schema::new(
+        cols.into_iter()
+            .map(|(n, t)| Field::new(n, t, true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The first `events` events of the generator as DataFusion tables.
+fn reference(events: u64) -> Reference {
+    let generator = Generator::new(NexmarkConfig {
+        seed: SEED,
+        rate: RATE,
+        ..NexmarkConfig::default()
+    });
+    let mut lines: BTreeMap<EventKind, Vec<u8>> = BTreeMap::new();
+    for n in 0..events {
+        let out = lines.entry(EventKind::of(n)).or_default();
+        sluice::nexmark::json::write_event(&generator.event(n), out);
+        out.push(b'\n');
+    }
+    let reference = Reference::new();
+    for f in sluice::sql::scalar_functions() {
+        reference.ctx().register_udf(f);
+    }
+    for kind in EventKind::ALL {
+        let bytes = lines.remove(&kind).unwrap_or_default();
+        let reader = datafusion::arrow::json::ReaderBuilder::new(schema(kind))
+            .build(Cursor::new(bytes))
+            .unwrap();
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+        let batch = datafusion::arrow::compute::concat_batches(&schema(kind), &batches).unwrap();
+        reference.batch(kind.topic(), batch);
+    }
+    reference
+}
+
+/// Rows as JSON arrays in `columns` order (a missing field is NULL).
+fn rows_of(objects: impl IntoIterator<Item = Value>, columns: &[String]) -> Vec<Vec<Value>> {
+    objects
+        .into_iter()
+        .map(|o| {
+            columns
+                .iter()
+                .map(|c| o.get(c).cloned().unwrap_or(Value::Null))
+                .collect()
+        })
+        .collect()
+}
+
+/// The reference's rows of `case`, and its column names.
+fn expected(reference: &Reference, case: &Case) -> (Vec<Vec<Value>>, Vec<String>) {
+    let batches = reference.rows(&select_of(case.query));
+    let columns: Vec<String> = match batches.first() {
+        Some(b) => b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut w = datafusion::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, datafusion::arrow::json::writer::LineDelimited>(Vec::new());
+    for b in &batches {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+    let text = String::from_utf8(w.into_inner()).unwrap();
+    let objects = text.lines().map(|l| serde_json::from_str(l).unwrap());
+    (rows_of(objects, &columns), columns)
+}
+
+/// What a file sink wrote, in batch order.
+fn written(dir: &Path, columns: &[String]) -> Vec<Vec<Value>> {
+    let mut objects = Vec::new();
+    for entry in sluice::sink::file::read_manifest(dir).unwrap() {
+        for f in entry.files {
+            let text = std::fs::read_to_string(dir.join(&f.path)).unwrap();
+            objects.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
+        }
+    }
+    rows_of(objects, columns)
+}
+
+/// Rows compared as the case says: the last row per key, or a multiset.
+fn comparable(case: &Case, rows: Vec<Vec<Value>>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    if case.key == 0 {
+        for r in rows {
+            *out.entry(serde_json::to_string(&r).unwrap()).or_default() += 1;
+        }
+        return out;
+    }
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for r in rows {
+        let key = serde_json::to_string(&r[..case.key]).unwrap();
+        last.insert(key, serde_json::to_string(&r).unwrap());
+    }
+    last.into_values().map(|row| (row, 1)).collect()
+}
+
+/// Each case's written rows against the reference's.
+fn check(how: &str, out: &Path, reference: &Reference, small: bool) {
+    for case in &CASES {
+        let (want, columns) = expected(reference, case);
+        let got = written(&out.join(case.query), &columns);
+        let (want, got) = (comparable(case, want), comparable(case, got));
+        assert!(
+            want.len() > 1 || case.key > 0 || small,
+            "{}: the reference has too few rows to tell anything: {want:?}",
+            case.query
+        );
+        if want != got {
+            let missing: Vec<_> = want
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .keys()
+                .filter(|k| !want.contains_key(*k))
+                .take(5)
+                .collect();
+            panic!(
+                "{} {how}: {} rows expected, {} written\n  missing: {missing:#?}\n  unexpected: {extra:#?}",
+                case.query,
+                want.values().sum::<usize>(),
+                got.values().sum::<usize>()
+            );
+        }
+    }
+}
+
+/// Generates `events` events into `data`.
+fn generate(data: &Path, events: u64) {
+    common::sluice()
+        .args(["nexmark", "generate", "--events", &events.to_string()])
+        .args(["--seed", &SEED.to_string(), "--rate", &RATE.to_string()])
+        .args(["--partitions", PARTITIONS, "--data-dir"])
+        .arg(data)
+        .ok();
+}
+
+/// Runs the combined job to the end of the topics at `per_batch` records
+/// per partition per batch.
+fn run_through(events: u64, per_batch: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&data, events);
+    let job = dir.path().join("nexmark.sql");
+    std::fs::write(&job, combined_script(&out, "")).unwrap();
+    common::sluice_run(&job, &data, &dir.path().join("cp"))
+        .args(["--interval", "1ms", "--quiet"])
+        .args(["--max-records-per-batch", &per_batch.to_string()])
+        .ok();
+    check(
+        &format!("over {events} events, {per_batch} records per batch"),
+        &out,
+        &reference(events),
+        events < 1_000,
+    );
+}
+
+#[test]
+fn nexmark_queries_equal_the_batch_query_ten_thousand_records_per_batch() {
+    run_through(20_000, 10_000);
+}
+
+#[test]
+fn nexmark_queries_equal_the_batch_query_seven_records_per_batch() {
+    run_through(3_000, 7);
+}
+
+#[test]
+fn nexmark_queries_equal_the_batch_query_one_record_per_batch() {
+    run_through(400, 1);
+}
+
+#[test]
+fn nexmark_queries_equal_the_batch_query_after_sigkills() {
+    let events = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&data, events);
+    // The kill switch: a topic sink, whose failpoint SIGKILLs the process
+    // after its write in a chosen batch.
+    let job = dir.path().join("nexmark.sql");
+    std::fs::write(
+        &job,
+        combined_script(
+            &out,
+            "CREATE SINK kill_switch WITH (type = 'topic', topic = 'kill_switch');\nINSERT INTO kill_switch SELECT _offset AS o FROM bid;\n",
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("cp");
+    let seed = common::crash_seed();
+    let kill_at = [3 + seed % 5, 20 + seed % 40];
+    let random_kill_after = Duration::from_millis(300 + seed % 900);
+    let run = |attempt: usize, failpoints: Option<String>| {
+        let log = dir.path().join(format!("run-{attempt}.log"));
+        let mut cmd = common::sluice_run(&job, &data, &cp);
+        cmd.args(["--interval", "1ms", "--quiet"])
+            .args(["--max-records-per-batch", "7"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        (cmd.spawn().unwrap(), log)
+    };
+    let log_of = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    for (attempt, batch) in kill_at.into_iter().enumerate() {
+        let (mut child, log) = run(
+            attempt,
+            Some(format!("sink::topic::after_write=return({batch})")),
+        );
+        let status = wait_timeout(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("run {attempt} hangs: {}", log_of(&log))
+        });
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "crash seed {seed}: run {attempt} should die by the failpoint in batch {batch}: {status:?}\n{}",
+            log_of(&log)
+        );
+    }
+    // One kill at a moment no failpoint chose.
+    let (mut child, log) = run(2, None);
+    if let Some(status) = wait_timeout(&mut child, random_kill_after) {
+        assert!(status.success(), "run 2 failed: {}", log_of(&log));
+    } else {
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    let (mut child, log) = run(3, None);
+    let status = wait_timeout(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the final run hangs: {}", log_of(&log))
+    });
+    assert!(status.success(), "the final run failed: {}", log_of(&log));
+    check(
+        &format!("after SIGKILLs (crash seed {seed}) and restarts"),
+        &out,
+        &reference(events),
+        false,
+    );
+}
+
+#[test]
+fn every_job_file_explains_and_q15_keeps_distinct_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 100);
+    for case in &CASES {
+        let out = common::sluice()
+            .arg("explain")
+            .arg(common::repo("jobs/nexmark").join(format!("{}.sql", case.query)))
+            .arg("--data-dir")
+            .arg(&data)
+            .ok();
+        assert!(out.contains("query 1"), "{}: {out}", case.query);
+        if case.query == "q15" {
+            assert!(
+                out.contains("distinct values: count(DISTINCT bid.bidder)"),
+                "{out}"
+            );
+        }
+    }
+}
