@@ -8,7 +8,9 @@
 # query's job file jobs/nexmark/QUERY.sql with `sluice run --until-caught-up`
 # RUNS times (default 3), each time as a fresh job so it reads every event,
 # under /usr/bin/time: wall time, user+sys CPU time and peak RSS. A query
-# whose job file does not exist yet is skipped. Prints a markdown table of
+# whose job file does not exist yet is skipped; q14, whose user function a
+# Rust job registers, runs as the example `nexmark_q14` (built next to the
+# binary: `cargo build --release --examples`). Prints a markdown table of
 # medians:
 #
 #   events/s      all generated events / wall seconds (Flink's Nexmark counts
@@ -33,7 +35,7 @@ if [[ -n ${SLUICE_BIN:-} ]]; then
   bin=$SLUICE_BIN
 else
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}
-  (cd "$root" && cargo build --release --quiet)
+  (cd "$root" && cargo build --release --quiet --bins --examples)
   bin=$CARGO_TARGET_DIR/release/sluice
 fi
 [[ -x $bin ]] || { echo "error: $bin is not an executable sluice binary" >&2; exit 1; }
@@ -70,6 +72,9 @@ data=$work/data
 echo "== Generating $events events into $data"
 "$bin" nexmark generate --events "$events" --data-dir "$data"
 
+# Job files name their static tables relative to the repository (q13).
+cd "$root"
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 rows=()
@@ -79,12 +84,17 @@ for q in "${queries[@]}"; do
     echo "== Skipping $q: jobs/nexmark/$q.sql does not exist yet"
     continue
   fi
+  runner=("$bin" run "$file")
+  if [[ $q == q14 ]]; then
+    runner=("$(dirname "$bin")/examples/nexmark_q14" --file "$file")
+    [[ -x ${runner[0]} ]] || { echo "== Skipping q14: ${runner[0]} is not built (cargo build --release --examples)"; continue; }
+  fi
   echo "== $q ($runs runs)"
   : >"$work/$q.results"
   for ((run = 1; run <= runs; run++)); do
     progress=$work/$q-$run.progress.jsonl
     if ! /usr/bin/time -f '%e %U %S %M' -o "$work/time" \
-      "$bin" run "$file" --data-dir "$data" --until-caught-up --quiet \
+      "${runner[@]}" --data-dir "$data" --until-caught-up --quiet \
       --job "nexmark-$q-run$run" --checkpoint-dir "$work/checkpoints/$q-$run" \
       --progress-json "$progress" ${run_args[@]+"${run_args[@]}"} \
       >/dev/null 2>"$work/stderr"; then

@@ -97,7 +97,15 @@ fn run_script(
         }
     }
     let mut ctx = StreamingContext::new(config);
-    let built = crate::sql::build(&ctx, &script, &topics)?;
+    let built = crate::sql::build(&ctx, &script, &topics).map_err(|e| {
+        if e.to_string().contains("Invalid function") {
+            anyhow::anyhow!(
+                "{e}\n(a function of your own is registered on the script by a Rust job: Script::register_udf, as jobs/nexmark_q14.rs does)"
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
     if job.max_records_per_batch.is_none() && built.holds_whole_batches {
         // A query holds a whole batch (decoded, or its output): smaller
         // batches keep that under a few hundred MB. Aggregations that
@@ -149,4 +157,5 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or("sql")
         .to_owned();
     run_script(script, &stem, &args.place, &args.job, Some(&args.workers))
+        .with_context(|| format!("in {}", args.file.display()))
 }

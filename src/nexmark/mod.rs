@@ -20,6 +20,8 @@
 //!   field names and `"YYYY-MM-DD HH:MM:SS.mmm"` (UTC) timestamps.
 //! - [`load`]: writing events `[from, to)` into the topics `person`,
 //!   `auction` and `bid`, generated and encoded on all cores.
+//! - [`udf`]: the suite's user function `count_char` (q14), for a job to
+//!   register on its script.
 //!
 //! Because every event depends only on (config, n), a range can be cut
 //! into pieces generated on different threads, and `--append` continues a
@@ -48,5 +50,6 @@ mod generator;
 pub mod json;
 pub mod load;
 mod rng;
+pub mod udf;
 
 pub use generator::*;

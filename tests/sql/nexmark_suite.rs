@@ -8,6 +8,9 @@
 //! the job is SIGKILLed mid-stream (in chosen batches and at a random
 //! moment) and restarted on its checkpoint.
 //!
+//! (q13 reads `jobs/data/nexmark_side_input.csv`: the jobs run in the
+//! repository's root.)
+//!
 //! Queries whose windows close by the watermark (q5, q7, q8, q11) are left
 //! to the window tests: a stream's last windows never close, where the
 //! batch query sees them whole.
@@ -43,9 +46,13 @@ struct Case {
     key: usize,
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         query: "q3",
+        key: 0,
+    },
+    Case {
+        query: "q13",
         key: 0,
     },
     Case {
@@ -205,6 +212,22 @@ fn reference(events: u64) -> Reference {
         let batch = datafusion::arrow::compute::concat_batches(&schema(kind), &batches).unwrap();
         reference.batch(kind.topic(), batch);
     }
+    // q13's side input, as its job file reads it.
+    let side_input = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, true),
+        Field::new("value", DataType::Utf8, true),
+    ]));
+    let options = datafusion::prelude::CsvReadOptions::new()
+        .has_header(false)
+        .schema(&side_input);
+    let path = common::repo("jobs/data/nexmark_side_input.csv");
+    reference
+        .block_on(
+            reference
+                .ctx()
+                .register_csv("side_input", path.to_str().unwrap(), options),
+        )
+        .unwrap();
     reference
 }
 
@@ -280,6 +303,13 @@ fn comparable(case: &Case, rows: Vec<Vec<Value>>) -> BTreeMap<String, usize> {
 /// Each case's written rows against the reference's.
 fn check(how: &str, out: &Path, reference: &Reference, small: bool) {
     for case in &CASES {
+        check_case(case, how, out, reference, small);
+    }
+}
+
+/// One case's written rows (under `out/<query>`) against the reference's.
+fn check_case(case: &Case, how: &str, out: &Path, reference: &Reference, small: bool) {
+    {
         let (want, columns) = expected(reference, case);
         let got = written(&out.join(case.query), &columns);
         let (want, got) = (comparable(case, want), comparable(case, got));
@@ -328,6 +358,7 @@ fn run_through(events: u64, per_batch: u64) {
     let job = dir.path().join("nexmark.sql");
     std::fs::write(&job, combined_script(&out, "")).unwrap();
     common::sluice_run(&job, &data, &dir.path().join("cp"))
+        .current_dir(common::repo(""))
         .args(["--interval", "1ms", "--quiet"])
         .args(["--max-records-per-batch", &per_batch.to_string()])
         .ok();
@@ -378,7 +409,8 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
     let run = |attempt: usize, failpoints: Option<String>| {
         let log = dir.path().join(format!("run-{attempt}.log"));
         let mut cmd = common::sluice_run(&job, &data, &cp);
-        cmd.args(["--interval", "1ms", "--quiet"])
+        cmd.current_dir(common::repo(""))
+            .args(["--interval", "1ms", "--quiet"])
             .args(["--max-records-per-batch", "7"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -429,6 +461,82 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
     );
 }
 
+/// q14 calls `count_char`, which a Rust job registers: it runs in this
+/// process, on the library, as `jobs/nexmark_q14.rs` runs it.
+#[test]
+fn q14_with_its_user_function_equals_the_batch_query() {
+    let case = Case {
+        query: "q14",
+        key: 0,
+    };
+    for (events, per_batch) in [(20_000, 10_000), (3_000, 7), (400, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+        generate(&data, events);
+        let text: String = statements(case.query)
+            .iter()
+            .map(|s| {
+                let sink = format!(
+                    "type = 'file', format = 'json', path = '{}'",
+                    out.join(case.query).display()
+                );
+                format!("{};\n", s.replace("type = 'blackhole'", &sink))
+            })
+            .collect();
+        let mut script = sluice::sql::Script::parse(&text).unwrap();
+        script.register_udf(sluice::nexmark::udf::count_char());
+        let store = Arc::new(sluice::log::LogStore::open(&data, common::quiet()).unwrap());
+        crate::common_sql::run_sql(
+            &store,
+            &dir.path().join("cp"),
+            "q14",
+            &script,
+            Some(per_batch),
+            None,
+        );
+        let reference = reference(events);
+        reference
+            .ctx()
+            .register_udf(sluice::nexmark::udf::count_char());
+        check_case(
+            &case,
+            &format!("over {events} events, {per_batch} records per batch"),
+            &out,
+            &reference,
+            events < 1_000,
+        );
+    }
+}
+
+#[test]
+fn count_char_counts_bytes_as_the_suites_function() {
+    let reference = Reference::new();
+    reference
+        .ctx()
+        .register_udf(sluice::nexmark::udf::count_char());
+    let got = reference.pairs(
+        "SELECT t, CAST(count_char(t, 'c') AS VARCHAR) FROM (VALUES ('accept'), ('xyz'), ('')) AS v(t)",
+    );
+    let want: BTreeMap<String, String> = [("accept", "2"), ("xyz", "0"), ("", "0")]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    assert_eq!(got, want);
+    let nulls = reference.rows("SELECT count_char(CAST(NULL AS VARCHAR), 'c') AS n");
+    assert_eq!(
+        datafusion::arrow::util::pretty::pretty_format_batches(&nulls)
+            .unwrap()
+            .to_string()
+            .matches("| 0 ")
+            .count(),
+        1
+    );
+    let e = reference
+        .collect(reference.plan("SELECT count_char('abc', '')").unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("the character is empty"), "{e}");
+}
+
 #[test]
 fn every_job_file_explains_and_q15_keeps_distinct_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,6 +544,7 @@ fn every_job_file_explains_and_q15_keeps_distinct_values() {
     generate(&data, 100);
     for case in &CASES {
         let out = common::sluice()
+            .current_dir(common::repo(""))
             .arg("explain")
             .arg(common::repo("jobs/nexmark").join(format!("{}.sql", case.query)))
             .arg("--data-dir")

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::SqlError;
@@ -51,6 +52,7 @@ pub(crate) fn empty_streams(
 pub(crate) fn session_over(
     streams: Vec<(String, Vec<RecordBatch>)>,
     tables: &[StaticTable],
+    functions: &[ScalarUDF],
 ) -> Result<(SessionContext, WindowUses), SqlError> {
     let partitions = streams
         .iter()
@@ -113,6 +115,10 @@ pub(crate) fn session_over(
     }
     for f in crate::scalar_functions() {
         session.register_udf(f);
+    }
+    // A job's own functions last: they replace built-ins of their name.
+    for f in functions {
+        session.register_udf(f.clone());
     }
     let uses = window::register(&session, Arc::new(streams.into_iter().collect()));
     Ok((session, uses))

@@ -63,4 +63,7 @@ pub struct Script {
     /// Output mode of bare `SELECT`s (`sluice sql --mode`); a sink's own
     /// `mode` option sets it for `INSERT INTO`.
     pub console_mode: Option<String>,
+    /// Scalar functions a Rust job registered for its queries
+    /// ([`Script::register_udf`]).
+    pub functions: Vec<datafusion::logical_expr::ScalarUDF>,
 }

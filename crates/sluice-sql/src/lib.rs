@@ -48,6 +48,9 @@ use std::sync::Arc;
 
 use sluice_engine::driver::StreamingContext;
 
+/// The DataFusion the queries run on: user functions
+/// ([`Script::register_udf`]) are built against this one.
+pub use datafusion;
 pub use error::SqlError;
 use planner::Planner;
 pub use script::Script;
@@ -131,11 +134,13 @@ fn build_or_explain(
     let mut built = Built {
         holds_whole_batches: false,
     };
+    let functions = Arc::new(script.functions.clone());
     let mut shared = ctx.map(|ctx| runner::Shared {
         ctx,
         topics,
         runtime: &runtime,
         tables: &tables,
+        functions: &functions,
         slices,
         sources: Default::default(),
     });

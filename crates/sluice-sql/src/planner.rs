@@ -166,7 +166,11 @@ impl<'s> Planner<'s> {
     /// Plans the query's SQL over empty batches of every declared stream
     /// (with the static tables `known`).
     fn plan_sql(&self, query: &QueryDecl, known: &[StaticTable]) -> Result<Planned, SqlError> {
-        let (session, window_uses) = session_over(empty_streams(self.shapes, self.slices), known)?;
+        let (session, window_uses) = session_over(
+            empty_streams(self.shapes, self.slices),
+            known,
+            &self.script.functions,
+        )?;
         let (unoptimized, logical, physical) = self
             .runtime
             .block_on(async {

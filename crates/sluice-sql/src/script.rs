@@ -312,6 +312,16 @@ fn parse_create(
 }
 
 impl Script {
+    /// Makes a scalar function (DataFusion's `ScalarUDF`, e.g. from
+    /// `create_udf`) callable by name in every query of the script, as
+    /// Flink's `CREATE FUNCTION`: the job that builds the script brings
+    /// the code. A function of the same name as one of Sluice's or
+    /// DataFusion's replaces it.
+    pub fn register_udf(&mut self, function: datafusion::logical_expr::ScalarUDF) {
+        self.functions.retain(|f| f.name() != function.name());
+        self.functions.push(function);
+    }
+
     /// Parses a SQL job script.
     pub fn parse(text: &str) -> Result<Script, SqlError> {
         let mut script = Script::default();

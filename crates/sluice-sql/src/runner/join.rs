@@ -7,6 +7,7 @@
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat, max};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use rocksdb::{ColumnFamily, DB};
 use sluice_engine::plan::BatchCx;
@@ -27,6 +28,7 @@ pub(super) struct JoinRun<'a> {
     pub line: usize,
     pub runtime: &'a tokio::runtime::Runtime,
     pub tables: &'a [StaticTable],
+    pub functions: &'a [ScalarUDF],
     /// An aggregation runs over the join's matches.
     pub aggregating: bool,
     /// On many workers, the operator whose stage-2 cut takes the matches'
@@ -96,7 +98,7 @@ impl JoinRun<'_> {
         let mut partials: Vec<Vec<ArrayRef>> = Vec::new();
         let mut last = None;
         for streams in runs {
-            let (session, _) = session_over(streams, self.tables)?;
+            let (session, _) = session_over(streams, self.tables, self.functions)?;
             let plan = self
                 .runtime
                 .block_on(async { session.sql(self.sql).await?.create_physical_plan().await })?;

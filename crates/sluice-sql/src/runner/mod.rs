@@ -23,6 +23,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array};
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use rocksdb::ColumnFamily;
@@ -50,6 +51,8 @@ pub(crate) struct Shared<'a> {
     pub topics: &'a Topics,
     pub runtime: &'a Arc<tokio::runtime::Runtime>,
     pub tables: &'a Arc<Vec<StaticTable>>,
+    /// The script's own scalar functions.
+    pub functions: &'a Arc<Vec<ScalarUDF>>,
     pub slices: usize,
     /// One source per topic, shared by the queries that read it.
     pub sources: HashMap<String, DStream<Record>>,
@@ -141,6 +144,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         slices: shared.slices,
         streaming: plan.streaming,
         tables: shared.tables.clone(),
+        functions: shared.functions.clone(),
         groups_cf,
         outer_cf,
         output_schema,
@@ -292,6 +296,7 @@ struct QueryRunner {
     streaming: bool,
     /// Static tables the query may join.
     tables: Arc<Vec<StaticTable>>,
+    functions: Arc<Vec<ScalarUDF>>,
     /// On many workers, where an aggregation over a join keeps its groups
     /// (stage 2; the join's buffers stay in stage 1's column family).
     groups_cf: Option<String>,
@@ -385,7 +390,7 @@ impl QueryRunner {
             return self.sink.write(cx, &output);
         }
         let watermark = watermarks.first().copied().flatten();
-        let (session, _) = session_over(streams, &self.tables)?;
+        let (session, _) = session_over(streams, &self.tables, &self.functions)?;
         let output = self
             .runtime
             .block_on(self.execute(session, cx, state_cf, watermark, closed))?;
@@ -420,6 +425,7 @@ impl QueryRunner {
             line: self.line,
             runtime: &self.runtime,
             tables: &self.tables,
+            functions: &self.functions,
             aggregating: self.aggregating,
             partials_to: self.groups_cf.as_ref().map(|_| self.operator.as_str()),
             policy: self.policy(None),
@@ -526,7 +532,7 @@ impl QueryRunner {
         SqlError,
     > {
         let shapes: Vec<_> = self.inputs.iter().map(|i| i.shape.clone()).collect();
-        let (session, _) = session_over(empty_streams(&shapes, 1), &self.tables)?;
+        let (session, _) = session_over(empty_streams(&shapes, 1), &self.tables, &self.functions)?;
         let plan: Arc<dyn ExecutionPlan> = self
             .runtime
             .block_on(async { session.sql(&self.sql).await?.create_physical_plan().await })?;
@@ -591,7 +597,7 @@ impl QueryRunner {
         // Planned over empty slices (for the partition count), then the
         // stream's name points at the channels.
         let empty = empty_streams(std::slice::from_ref(&input.shape), self.slices);
-        let (session, _) = session_over(empty, &self.tables)?;
+        let (session, _) = session_over(empty, &self.tables, &self.functions)?;
         session.deregister_table(input.shape.name.as_str())?;
         session.register_table(input.shape.name.as_str(), streamed.table.clone())?;
         // The session goes with this closure: once it returns nothing
