@@ -72,8 +72,11 @@ data=$work/data
 echo "== Generating $events events into $data"
 "$bin" nexmark generate --events "$events" --data-dir "$data"
 
-# Job files name their static tables relative to the repository (q13).
-cd "$root"
+# Jobs run in the work directory: q13 reads jobs/data/ relative to it (a
+# copy), q10 writes its files under out/ there (removed after each run).
+mkdir -p "$work/jobs/data"
+cp "$root/jobs/data/nexmark_side_input.csv" "$work/jobs/data/"
+cd "$work"
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
@@ -106,7 +109,7 @@ for q in "${queries[@]}"; do
     read_rows=$(grep -o '"input_rows":[0-9]*' "$progress" | awk -F: '{ s += $2 } END { print s + 0 }')
     echo "   run $run: ${wall}s wall, $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')s CPU, $((rss_kb / 1024)) MiB peak, $read_rows rows read"
     echo "$wall $user $sys $rss_kb" >>"$work/$q.results"
-    rm -rf "$work/checkpoints/$q-$run"
+    rm -rf "$work/checkpoints/$q-$run" "$work/out"
   done
   wall=$(awk '{ print $1 }' "$work/$q.results" | median)
   cpu=$(awk '{ print $2 + $3 }' "$work/$q.results" | median)

@@ -46,9 +46,13 @@ struct Case {
     key: usize,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case {
         query: "q3",
+        key: 0,
+    },
+    Case {
+        query: "q10",
         key: 0,
     },
     Case {
@@ -107,8 +111,20 @@ fn select_of(query: &str) -> String {
     insert[at..].to_owned()
 }
 
+/// `option = '…'` in `statement` set to `value`.
+fn with_option(statement: &str, option: &str, value: &str) -> String {
+    let start = format!("{option} = '");
+    let at = statement
+        .find(&start)
+        .unwrap_or_else(|| panic!("no {option} in {statement}"))
+        + start.len();
+    let end = at + statement[at..].find('\'').unwrap();
+    format!("{}{value}{}", &statement[..at], &statement[end..])
+}
+
 /// Every case's job file in one script: each stream declared once, each
-/// blackhole a JSON file sink under `out/<query>`, plus `extra`.
+/// sink (a blackhole, or q10's partitioned files) a JSON file sink under
+/// `out/<query>`, plus `extra`.
 fn combined_script(out: &Path, extra: &str) -> String {
     let mut streams: BTreeMap<String, String> = BTreeMap::new();
     let mut rest = String::new();
@@ -117,6 +133,11 @@ fn combined_script(out: &Path, extra: &str) -> String {
             if s.starts_with("CREATE STREAM") {
                 let name = s.split_whitespace().nth(2).unwrap().to_owned();
                 streams.entry(name).or_insert(s);
+            } else if s.contains("type = 'file'") {
+                let dir = out.join(case.query);
+                let s = with_option(&s, "path", &dir.display().to_string());
+                rest.push_str(&with_option(&s, "format", "json"));
+                rest.push_str(";\n");
             } else {
                 assert_eq!(
                     s.matches("type = 'blackhole'").count(),
@@ -268,16 +289,48 @@ fn expected(reference: &Reference, case: &Case) -> (Vec<Vec<Value>>, Vec<String>
     (rows_of(objects, &columns), columns)
 }
 
-/// What a file sink wrote, in batch order.
+/// A Hive partition value as the path holds it, decoded.
+fn partition_value(escaped: &str) -> Value {
+    if escaped == sluice::sink::file::DEFAULT_PARTITION {
+        return Value::Null;
+    }
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&escaped[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Value::String(String::from_utf8(out).unwrap())
+}
+
+/// What a file sink wrote, in batch order; a partitioned sink's
+/// partition columns come from the files' paths.
 fn written(dir: &Path, columns: &[String]) -> Vec<Vec<Value>> {
     let mut objects = Vec::new();
     for entry in sluice::sink::file::read_manifest(dir).unwrap() {
         for f in entry.files {
             let text = std::fs::read_to_string(dir.join(&f.path)).unwrap();
-            objects.extend(
-                text.lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-            );
+            let segments: Vec<&str> = f.path.split('/').collect();
+            let partitions: Vec<(&str, Value)> = segments[..segments.len() - 1]
+                .iter()
+                .map(|s| {
+                    let (name, value) = s.split_once('=').unwrap();
+                    (name, partition_value(value))
+                })
+                .collect();
+            objects.extend(text.lines().map(|l| {
+                let mut o = serde_json::from_str::<Value>(l).unwrap();
+                for (name, value) in &partitions {
+                    o[*name] = value.clone();
+                }
+                o
+            }));
         }
     }
     rows_of(objects, columns)

@@ -917,6 +917,25 @@ fn every_bad_option_is_refused_with_the_sink_or_stream_the_option_and_the_accept
             ],
         ),
         (
+            format!("CREATE SINK s WITH (type = 'file', path = 'o', partition_by = 'day');{q}"),
+            vec![
+                "line 3",
+                "file sink s: partition_by names day, which the query does not return (its columns: user, ms)",
+            ],
+        ),
+        (
+            format!(
+                "CREATE SINK s WITH (type = 'file', path = 'o', partition_by = 'user, ms');{q}"
+            ),
+            vec!["partition_by takes every column of the query, so the files would hold none"],
+        ),
+        (
+            format!(
+                "CREATE SINK s WITH (type = 'file', path = 'o', partition_by = 'user,user');{q}"
+            ),
+            vec!["file sink s: partition_by names user twice"],
+        ),
+        (
             format!("CREATE SINK s WITH (type = 'table', topic = 'x');{q}"),
             vec!["table sink s: unknown option \"topic\"", "accepted: type"],
         ),

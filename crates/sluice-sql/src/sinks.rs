@@ -54,7 +54,12 @@ pub(crate) enum SinkSpec {
     Table,
     Blackhole,
     Topic(TopicSpec),
-    File { path: PathBuf, format: FileFormat },
+    File {
+        path: PathBuf,
+        format: FileFormat,
+        /// Columns whose values name the directories (Hive's layout).
+        partition_by: Vec<String>,
+    },
 }
 
 /// A topic sink's options, checked.
@@ -84,7 +89,14 @@ const TOPIC_OPTIONS: [&str; 9] = [
     "mode",
     "state_ttl",
 ];
-const FILE_OPTIONS: [&str; 5] = ["type", "path", "format", "mode", "state_ttl"];
+const FILE_OPTIONS: [&str; 6] = [
+    "type",
+    "path",
+    "format",
+    "partition_by",
+    "mode",
+    "state_ttl",
+];
 
 impl SinkSpec {
     /// Checks a sink's options; the error names the sink, the option and
@@ -197,7 +209,31 @@ fn parse_file(what: &str, o: &BTreeMap<String, String>) -> Result<SinkSpec, Stri
         Some("csv") => FileFormat::Csv,
         _ => FileFormat::Parquet,
     };
-    Ok(SinkSpec::File { path, format })
+    let partition_by: Vec<String> = o
+        .get("partition_by")
+        .map(|list| {
+            list.split(',')
+                .map(|c| c.trim().trim_matches('"').to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(twice) = partition_by
+        .iter()
+        .enumerate()
+        .find(|(i, c)| partition_by[..*i].contains(c))
+    {
+        return Err(format!("{what}: partition_by names {} twice", twice.1));
+    }
+    if partition_by.iter().any(String::is_empty) {
+        return Err(format!(
+            "{what}: partition_by must name columns separated by commas, e.g. partition_by = 'dt, hm'"
+        ));
+    }
+    Ok(SinkSpec::File {
+        path,
+        format,
+        partition_by,
+    })
 }
 
 impl Sink {
@@ -219,9 +255,18 @@ impl Sink {
             SinkSpec::Topic(spec) => {
                 Sink::Topic(Box::new(TopicSink::open(name, spec, schema, topics, line)?))
             }
-            SinkSpec::File { path, format } => {
-                Sink::File(FileSink::open(name, &path, format, schema, line)?)
-            }
+            SinkSpec::File {
+                path,
+                format,
+                partition_by,
+            } => Sink::File(FileSink::open(
+                name,
+                &path,
+                format,
+                partition_by,
+                schema,
+                line,
+            )?),
         })
     }
 
@@ -423,10 +468,32 @@ impl FileSink {
         name: &str,
         path: &std::path::Path,
         format: FileFormat,
+        partition_by: Vec<String>,
         schema: &SchemaRef,
         line: usize,
     ) -> Result<FileSink, SqlError> {
         let what = format!("file sink {name}");
+        let refuse = |message: String| SqlError::Unsupported { line, message };
+        for column in &partition_by {
+            let Ok(field) = schema.field_with_name(column) else {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(refuse(format!(
+                    "{what}: partition_by names {column}, which the query does not return (its columns: {})",
+                    names.join(", ")
+                )));
+            };
+            if text_cells_supported(field).is_err() || field.data_type().is_nested() {
+                return Err(refuse(format!(
+                    "{what}: partition column {column} has type {}, which cannot name a directory",
+                    field.data_type()
+                )));
+            }
+        }
+        if !partition_by.is_empty() && partition_by.len() >= schema.fields().len() {
+            return Err(refuse(format!(
+                "{what}: partition_by takes every column of the query, so the files would hold none"
+            )));
+        }
         if format == FileFormat::Csv
             && let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested())
         {
@@ -439,10 +506,12 @@ impl FileSink {
                 ),
             });
         }
-        let writer = FileWriter::open(path, format, &what).map_err(|e| SqlError::Plan {
-            line,
-            message: e.to_string(),
-        })?;
+        let writer = FileWriter::open(path, format, &what)
+            .map_err(|e| SqlError::Plan {
+                line,
+                message: e.to_string(),
+            })?
+            .partitioned_by(partition_by);
         Ok(FileSink {
             name: name.to_owned(),
             writer,
@@ -792,6 +861,7 @@ mod tests {
             Ok(SinkSpec::File {
                 path: "out".into(),
                 format: FileFormat::Parquet,
+                partition_by: Vec::new(),
             })
         );
         assert!(

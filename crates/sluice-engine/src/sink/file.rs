@@ -6,6 +6,18 @@
 //! DIR/_sluice_manifest/<batch id, 20 digits>.json
 //! ```
 //!
+//! Partitioned by columns (`partitioned_by`, Hive's layout as Spark's
+//! `partitionBy` and Flink's `PARTITIONED BY`), a batch's rows go to one
+//! directory per combination of the columns' values, which leave the
+//! files (a reader takes them from the path):
+//!
+//! ```text
+//! DIR/dt=2015-07-15/hm=00%3A00/part-<batch id>-<n>.<ext>
+//! ```
+//!
+//! Values are written as text, with Hive's escapes (`%3A` for `:`, `%2F`
+//! for `/`, …); NULL and the empty text are `__HIVE_DEFAULT_PARTITION__`.
+//!
 //! A batch's files are written under a hidden temporary name
 //! (`.part-….tmp`), fsynced and renamed; then the manifest entry — the
 //! batch's files with their row counts and sizes, and the schema — is
@@ -27,7 +39,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -93,7 +105,11 @@ pub struct ManifestEntry {
     pub format: FileFormat,
     pub rows: u64,
     pub files: Vec<ManifestFile>,
+    /// The columns of the files.
     pub schema: Vec<ManifestField>,
+    /// The columns in the files' paths (`name=value/…`), outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_columns: Vec<ManifestField>,
 }
 
 /// What writing a batch did.
@@ -113,6 +129,47 @@ pub struct FileWriter {
     what: String,
     dir: PathBuf,
     format: FileFormat,
+    /// Columns whose values name the directories, outermost first.
+    partition_by: Vec<String>,
+}
+
+/// The partition directory's value for NULL or an empty text (Hive's).
+pub const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// `value` escaped as Hive escapes a partition value in a path.
+pub fn escape_partition_value(value: &str) -> String {
+    if value.is_empty() {
+        return DEFAULT_PARTITION.to_owned();
+    }
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        let escape = matches!(
+            c,
+            '\u{01}'
+                ..='\u{1f}'
+                    | '"'
+                    | '#'
+                    | '%'
+                    | '\''
+                    | '*'
+                    | '/'
+                    | ':'
+                    | '='
+                    | '?'
+                    | '\\'
+                    | '\u{7f}'
+                    | '{'
+                    | '['
+                    | ']'
+                    | '^'
+        );
+        if escape {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn io_error(what: &str, action: &str, path: &Path, e: std::io::Error) -> SinkError {
@@ -154,7 +211,15 @@ impl FileWriter {
             what: what.to_owned(),
             dir: dir.to_path_buf(),
             format,
+            partition_by: Vec::new(),
         })
+    }
+
+    /// Writes each batch's rows under one directory per combination of
+    /// these columns' values (which leave the files).
+    pub fn partitioned_by(mut self, columns: Vec<String>) -> FileWriter {
+        self.partition_by = columns;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -207,25 +272,38 @@ impl FileWriter {
         let schema = first.schema();
         let all = arrow::compute::concat_batches(&schema, batches)
             .map_err(|e| self.error(format!("cannot assemble batch {batch_id}'s rows: {e}")))?;
+        let (parts, partition_columns) = self.partitions(batch_id, &all)?;
         let mut files = Vec::new();
-        let mut offset = 0;
-        while offset < rows {
-            let len = ROWS_PER_FILE.min(rows - offset);
-            let name = format!(
-                "part-{batch_id:020}-{:05}.{}",
-                files.len(),
-                self.format.extension()
-            );
-            let path = self.dir.join(&name);
-            let bytes = self.write_file(&path, &all.slice(offset, len))?;
-            files.push(ManifestFile {
-                path: name,
-                rows: len as u64,
-                bytes,
-            });
-            offset += len;
+        let mut file_schema = schema.clone();
+        for (subdir, rows_of_part) in parts {
+            let dir = self.dir.join(&subdir);
+            if !subdir.is_empty() {
+                self.create_dirs(&subdir)?;
+            }
+            file_schema = rows_of_part.schema();
+            let n = rows_of_part.num_rows();
+            let mut offset = 0;
+            while offset < n {
+                let len = ROWS_PER_FILE.min(n - offset);
+                let name = format!(
+                    "part-{batch_id:020}-{:05}.{}",
+                    files.len(),
+                    self.format.extension()
+                );
+                let bytes = self.write_file(&dir.join(&name), &rows_of_part.slice(offset, len))?;
+                files.push(ManifestFile {
+                    path: if subdir.is_empty() {
+                        name
+                    } else {
+                        format!("{subdir}/{name}")
+                    },
+                    rows: len as u64,
+                    bytes,
+                });
+                offset += len;
+            }
+            sync_dir(&self.what, &dir)?;
         }
-        sync_dir(&self.what, &self.dir)?;
         crash_point("sink::file::before_manifest", batch_id);
         let entry = ManifestEntry {
             version: MANIFEST_VERSION,
@@ -237,15 +315,8 @@ impl FileWriter {
             format: self.format,
             rows: rows as u64,
             files,
-            schema: schema
-                .fields()
-                .iter()
-                .map(|f| ManifestField {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                    nullable: f.is_nullable(),
-                })
-                .collect(),
+            schema: manifest_fields(file_schema.fields().iter().map(|f| f.as_ref())),
+            partition_columns,
         };
         let json = serde_json::to_vec_pretty(&entry).expect("manifest entries serialize");
         write_atomically(&self.what, &entry_path, &json)?;
@@ -256,6 +327,90 @@ impl FileWriter {
 
     fn error(&self, message: String) -> SinkError {
         SinkError::new(self.what.clone(), message)
+    }
+
+    /// The batch's rows cut by the partition columns: each part's
+    /// directory (relative, `name=value/…`; empty when not partitioned)
+    /// and its rows without those columns, in the directories' order so
+    /// a replay names its files as the first run did.
+    #[allow(clippy::type_complexity)]
+    fn partitions(
+        &self,
+        batch_id: u64,
+        all: &RecordBatch,
+    ) -> Result<(Vec<(String, RecordBatch)>, Vec<ManifestField>), SinkError> {
+        if self.partition_by.is_empty() {
+            return Ok((vec![(String::new(), all.clone())], Vec::new()));
+        }
+        let schema = all.schema();
+        let mut keys: Vec<usize> = Vec::new();
+        for name in &self.partition_by {
+            let (i, _) = schema.column_with_name(name).ok_or_else(|| {
+                self.error(format!(
+                    "batch {batch_id} has no column {name} to partition by"
+                ))
+            })?;
+            keys.push(i);
+        }
+        let texts = keys
+            .iter()
+            .map(|&i| arrow::compute::cast(all.column(i), &arrow::datatypes::DataType::Utf8))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(format!("cannot write a partition column as text: {e}")))?;
+        let mut groups: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for row in 0..all.num_rows() {
+            let mut subdir = String::new();
+            for (text, name) in texts.iter().zip(&self.partition_by) {
+                let text = text.as_any().downcast_ref::<arrow::array::StringArray>();
+                let value = match text {
+                    Some(t) if !t.is_null(row) => escape_partition_value(t.value(row)),
+                    _ => DEFAULT_PARTITION.to_owned(),
+                };
+                if !subdir.is_empty() {
+                    subdir.push('/');
+                }
+                subdir.push_str(&escape_partition_value(name));
+                subdir.push('=');
+                subdir.push_str(&value);
+            }
+            groups.entry(subdir).or_default().push(row as u32);
+        }
+        let data_columns: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !keys.contains(i))
+            .collect();
+        let data = all
+            .project(&data_columns)
+            .map_err(|e| self.error(format!("cannot drop the partition columns: {e}")))?;
+        let mut parts = Vec::with_capacity(groups.len());
+        for (subdir, rows) in groups {
+            let indices = arrow::array::UInt32Array::from(rows);
+            let columns = data
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.error(format!("cannot cut batch {batch_id}: {e}")))?;
+            let part = RecordBatch::try_new(data.schema(), columns)
+                .map_err(|e| self.error(format!("cannot cut batch {batch_id}: {e}")))?;
+            parts.push((subdir, part));
+        }
+        let partition_columns = manifest_fields(keys.iter().map(|&i| schema.field(i)));
+        Ok((parts, partition_columns))
+    }
+
+    /// Creates `subdir`'s directories under the sink's, each made durable
+    /// in its parent.
+    fn create_dirs(&self, subdir: &str) -> Result<(), SinkError> {
+        let mut dir = self.dir.clone();
+        for piece in subdir.split('/') {
+            let parent = dir.clone();
+            dir.push(piece);
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(|e| io_error(&self.what, "create", &dir, e))?;
+                sync_dir(&self.what, &parent)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes one file through a temporary name; returns its size.
@@ -311,6 +466,18 @@ fn read_entry(path: &Path) -> Result<Option<ManifestEntry>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+fn manifest_fields<'a>(
+    fields: impl Iterator<Item = &'a arrow::datatypes::Field>,
+) -> Vec<ManifestField> {
+    fields
+        .map(|f| ManifestField {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect()
 }
 
 /// Every manifest entry of a sink's directory, in batch order: what a
@@ -448,5 +615,72 @@ mod tests {
                 .join(".part-00000000000000000003-00000.csv.tmp")
                 .exists()
         );
+    }
+
+    #[test]
+    fn partitioned_rows_go_to_one_directory_per_value_without_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = FileWriter::open(dir.path(), FileFormat::Csv, "file sink files")
+            .unwrap()
+            .partitioned_by(vec!["word".into()]);
+        let rows = |words: &[Option<&str>]| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("word", DataType::Utf8, true),
+                Field::new("n", DataType::Int64, true),
+            ]));
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from(words.to_vec())),
+                    Arc::new(Int64Array::from(
+                        (0..words.len() as i64).map(Some).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let input = rows(&[Some("a/b"), Some("12:30"), Some("a/b"), None, Some("")]);
+        let FileOutcome::Written(entry) = w.write(&id("1"), 7, 0, &[input.clone()]).unwrap() else {
+            panic!("not written");
+        };
+        let paths: Vec<(&str, u64)> = entry
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.rows))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("word=12%3A30/part-00000000000000000007-00000.csv", 1),
+                (
+                    "word=__HIVE_DEFAULT_PARTITION__/part-00000000000000000007-00001.csv",
+                    2
+                ),
+                ("word=a%2Fb/part-00000000000000000007-00002.csv", 2),
+            ]
+        );
+        // The column is in the path, not in the files.
+        assert_eq!(
+            fs::read_to_string(dir.path().join(paths[2].0)).unwrap(),
+            "n\n0\n2\n"
+        );
+        let names: Vec<&str> = entry.schema.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, vec!["n"]);
+        assert_eq!(entry.partition_columns[0].name, "word");
+        assert_eq!(read_manifest(dir.path()).unwrap(), vec![entry]);
+        // A replay of the batch is skipped, as unpartitioned.
+        assert_eq!(
+            w.write(&id("1"), 7, 0, &[input]).unwrap(),
+            FileOutcome::AlreadyWritten
+        );
+    }
+
+    #[test]
+    fn partition_values_are_escaped_as_hive_escapes_them() {
+        assert_eq!(escape_partition_value("2015-07-15"), "2015-07-15");
+        assert_eq!(escape_partition_value("00:00"), "00%3A00");
+        assert_eq!(escape_partition_value("a=b/c%d"), "a%3Db%2Fc%25d");
+        assert_eq!(escape_partition_value("ünï code"), "ünï code");
+        assert_eq!(escape_partition_value(""), DEFAULT_PARTITION);
     }
 }
