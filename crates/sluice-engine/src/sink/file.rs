@@ -640,7 +640,10 @@ mod tests {
             .unwrap()
         };
         let input = rows(&[Some("a/b"), Some("12:30"), Some("a/b"), None, Some("")]);
-        let FileOutcome::Written(entry) = w.write(&id("1"), 7, 0, &[input.clone()]).unwrap() else {
+        let FileOutcome::Written(entry) = w
+            .write(&id("1"), 7, 0, std::slice::from_ref(&input))
+            .unwrap()
+        else {
             panic!("not written");
         };
         let paths: Vec<(&str, u64)> = entry
