@@ -9,8 +9,10 @@
 # RUNS times (default 3), each time as a fresh job so it reads every event,
 # under /usr/bin/time: wall time, user+sys CPU time and peak RSS. A query
 # whose job file does not exist yet is skipped; q14, whose user function a
-# Rust job registers, runs as the example `nexmark_q14` (built next to the
-# binary: `cargo build --release --examples`). Prints a markdown table of
+# Rust job registers, runs as the example `nexmark_q14` when it is built next
+# to the binary (`cargo build --release --examples`, which compiles the
+# dependencies again with the dev-dependencies' features: long the first
+# time), and is skipped otherwise. Prints a markdown table of
 # medians:
 #
 #   events/s      all generated events / wall seconds (Flink's Nexmark counts
@@ -35,7 +37,7 @@ if [[ -n ${SLUICE_BIN:-} ]]; then
   bin=$SLUICE_BIN
 else
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}
-  (cd "$root" && cargo build --release --quiet --bins --examples)
+  (cd "$root" && cargo build --release --quiet --bins)
   bin=$CARGO_TARGET_DIR/release/sluice
 fi
 [[ -x $bin ]] || { echo "error: $bin is not an executable sluice binary" >&2; exit 1; }

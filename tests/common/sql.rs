@@ -194,3 +194,88 @@ pub fn result_table(checkpoint: &Path, job: &str, table: &str) -> BTreeMap<Strin
         .unwrap();
     out
 }
+
+/// What a crash storm runs: `spawn(attempt, failpoints)` starts `sluice
+/// run` (with `FAILPOINTS` set when given) and returns it with the path of
+/// its log.
+pub type Spawn<'a> =
+    dyn Fn(usize, Option<String>) -> (std::process::Child, std::path::PathBuf) + 'a;
+
+/// SIGKILLs a job again and again, then lets it finish: one run per batch
+/// in `kill_at`, killed by the topic sink's failpoint right after its write
+/// in that batch (`after_kill(batch)` then checks what the run left), one
+/// run killed after `random_kill_after` at whatever it was doing (unless it
+/// finished first), and a last run that must finish.
+pub fn crash_storm(
+    what: &str,
+    spawn: &Spawn,
+    kill_at: &[u64],
+    random_kill_after: Duration,
+    mut after_kill: impl FnMut(u64),
+) {
+    use std::os::unix::process::ExitStatusExt;
+
+    use crate::common::broker::wait_timeout;
+
+    let log_of = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let mut attempt = 0;
+    for &batch in kill_at {
+        let (mut child, log) = spawn(
+            attempt,
+            Some(format!("sink::topic::after_write=return({batch})")),
+        );
+        let status = wait_timeout(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: run {attempt} hangs: {}", log_of(&log))
+        });
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{what}: run {attempt} should die by the failpoint in batch {batch}: {status:?}\n{}",
+            log_of(&log)
+        );
+        after_kill(batch);
+        attempt += 1;
+    }
+    // One kill at a moment no failpoint chose: anywhere in a batch, or in
+    // the commit itself.
+    let (mut child, log) = spawn(attempt, None);
+    let started = std::time::Instant::now();
+    let landed = match wait_timeout(&mut child, random_kill_after) {
+        Some(status) => {
+            assert!(
+                status.success(),
+                "{what}: run {attempt} failed: {}",
+                log_of(&log)
+            );
+            false
+        }
+        None => {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+            true
+        }
+    };
+    eprintln!(
+        "{what}: random kill after {:?}: {}",
+        started.elapsed(),
+        if landed {
+            "landed"
+        } else {
+            "the run had finished"
+        }
+    );
+    attempt += 1;
+    let (mut child, log) = spawn(attempt, None);
+    let status = wait_timeout(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what}: the final run hangs: {}", log_of(&log))
+    });
+    assert!(
+        status.success(),
+        "{what}: the final run failed: {}",
+        log_of(&log)
+    );
+}

@@ -21,11 +21,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
@@ -41,7 +40,6 @@ use sluice::sink::table::TableReader;
 use sluice::sql::{Script, Topics};
 
 use crate::common;
-use crate::common::broker::wait_timeout;
 use crate::common_sql::{self, Reference};
 
 const DEFAULT_SEED: u64 = 20_261_121;
@@ -1512,9 +1510,9 @@ fn generated_queries_equal_the_batch_query_after_sigkills_of_sluice_run() {
     let cp = case.dir.path().join("cp");
     let total = case.clicks.len() as u64;
     let mut rng = Lcg::new(seed ^ 0x6b11);
-    let kill_at = [rng.range(2, 6), rng.range(8, 16)];
+    let kill_at = [rng.range(2, 6) as u64, rng.range(8, 16) as u64];
     let random_kill_after = Duration::from_millis(rng.range(100, 900) as u64);
-    let run = |attempt: usize, failpoints: Option<String>| {
+    let spawn = |attempt: usize, failpoints: Option<String>| {
         let log = case.dir.path().join(format!("run-{attempt}.log"));
         let mut cmd = common::sluice_run(&job, &data, &cp);
         cmd.args(["--interval", "1ms", "--quiet"])
@@ -1527,65 +1525,21 @@ fn generated_queries_equal_the_batch_query_after_sigkills_of_sluice_run() {
         }
         (cmd.spawn().unwrap(), log)
     };
-    let log_of = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
     let mut before = 0;
-    let mut attempt = 0;
-    for batch in kill_at {
-        let (mut child, log) = run(
-            attempt,
-            Some(format!("sink::topic::after_write=return({batch})")),
-        );
-        let status = wait_timeout(&mut child, Duration::from_secs(120)).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("run {attempt} hangs: {}", log_of(&log))
-        });
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "SLUICE_GEN_SEED={seed}: run {attempt} should die by the failpoint in batch {batch}: {status:?}\n{}",
-            log_of(&log)
-        );
-        let now = counted(&cp, "generated");
-        assert!(
-            before <= now && now < total,
-            "SLUICE_GEN_SEED={seed}: killed in batch {batch}, {now} of {total} records counted (before: {before})"
-        );
-        before = now;
-        attempt += 1;
-    }
-    // One kill at a moment no failpoint chose: anywhere in a batch, or in
-    // the commit itself.
-    let (mut child, log) = run(attempt, None);
-    let started = Instant::now();
-    let landed = match wait_timeout(&mut child, random_kill_after) {
-        Some(status) => {
-            assert!(status.success(), "run {attempt} failed: {}", log_of(&log));
-            false
-        }
-        None => {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-            true
-        }
-    };
-    eprintln!(
-        "random kill after {:?}: {}",
-        started.elapsed(),
-        if landed {
-            "landed"
-        } else {
-            "the run had finished"
-        }
+    common_sql::crash_storm(
+        &format!("SLUICE_GEN_SEED={seed}"),
+        &spawn,
+        &kill_at,
+        random_kill_after,
+        |batch| {
+            let now = counted(&cp, "generated");
+            assert!(
+                before <= now && now < total,
+                "SLUICE_GEN_SEED={seed}: killed in batch {batch}, {now} of {total} records counted (before: {before})"
+            );
+            before = now;
+        },
     );
-    attempt += 1;
-    let (mut child, log) = run(attempt, None);
-    let status = wait_timeout(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the final run hangs: {}", log_of(&log))
-    });
-    assert!(status.success(), "the final run failed: {}", log_of(&log));
     check(
         "after SIGKILLs and restarts of sluice run (5 records per partition per batch)",
         seed,

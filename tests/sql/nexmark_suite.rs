@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,7 +27,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use serde_json::Value;
 use sluice::nexmark::{EventKind, Generator, NexmarkConfig};
 
-use crate::common::broker::wait_timeout;
 use crate::common::{self, Run};
 use crate::common_sql::Reference;
 
@@ -459,7 +457,7 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
     let seed = common::crash_seed();
     let kill_at = [3 + seed % 5, 20 + seed % 40];
     let random_kill_after = Duration::from_millis(300 + seed % 900);
-    let run = |attempt: usize, failpoints: Option<String>| {
+    let spawn = |attempt: usize, failpoints: Option<String>| {
         let log = dir.path().join(format!("run-{attempt}.log"));
         let mut cmd = common::sluice_run(&job, &data, &cp);
         cmd.current_dir(common::repo(""))
@@ -473,39 +471,13 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
         }
         (cmd.spawn().unwrap(), log)
     };
-    let log_of = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
-    for (attempt, batch) in kill_at.into_iter().enumerate() {
-        let (mut child, log) = run(
-            attempt,
-            Some(format!("sink::topic::after_write=return({batch})")),
-        );
-        let status = wait_timeout(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("run {attempt} hangs: {}", log_of(&log))
-        });
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "crash seed {seed}: run {attempt} should die by the failpoint in batch {batch}: {status:?}\n{}",
-            log_of(&log)
-        );
-    }
-    // One kill at a moment no failpoint chose.
-    let (mut child, log) = run(2, None);
-    if let Some(status) = wait_timeout(&mut child, random_kill_after) {
-        assert!(status.success(), "run 2 failed: {}", log_of(&log));
-    } else {
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-    }
-    let (mut child, log) = run(3, None);
-    let status = wait_timeout(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the final run hangs: {}", log_of(&log))
-    });
-    assert!(status.success(), "the final run failed: {}", log_of(&log));
+    crate::common_sql::crash_storm(
+        &format!("nexmark, crash seed {seed}"),
+        &spawn,
+        &kill_at,
+        random_kill_after,
+        |_| {},
+    );
     check(
         &format!("after SIGKILLs (crash seed {seed}) and restarts"),
         &out,
