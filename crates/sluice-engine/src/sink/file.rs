@@ -511,8 +511,13 @@ mod tests {
     use super::*;
 
     fn batch(words: &[&str]) -> RecordBatch {
+        nullable_batch(&words.iter().copied().map(Some).collect::<Vec<_>>())
+    }
+
+    /// Rows `(word, n)`, n counting from 0.
+    fn nullable_batch(words: &[Option<&str>]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("word", DataType::Utf8, false),
+            Field::new("word", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
         ]));
         RecordBatch::try_new(
@@ -623,23 +628,7 @@ mod tests {
         let w = FileWriter::open(dir.path(), FileFormat::Csv, "file sink files")
             .unwrap()
             .partitioned_by(vec!["word".into()]);
-        let rows = |words: &[Option<&str>]| {
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("word", DataType::Utf8, true),
-                Field::new("n", DataType::Int64, true),
-            ]));
-            RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(StringArray::from(words.to_vec())),
-                    Arc::new(Int64Array::from(
-                        (0..words.len() as i64).map(Some).collect::<Vec<_>>(),
-                    )),
-                ],
-            )
-            .unwrap()
-        };
-        let input = rows(&[Some("a/b"), Some("12:30"), Some("a/b"), None, Some("")]);
+        let input = nullable_batch(&[Some("a/b"), Some("12:30"), Some("a/b"), None, Some("")]);
         let FileOutcome::Written(entry) = w
             .write(&id("1"), 7, 0, std::slice::from_ref(&input))
             .unwrap()
