@@ -53,6 +53,11 @@ pub(crate) struct Aggregation {
     /// and every value seen is a key of its own (see
     /// [`crate::incremental`]).
     pub distinct: Vec<bool>,
+    /// The `count(DISTINCT …)` aggregates (their indices) that count the
+    /// same argument, whatever their `FILTER`s: they share one key per
+    /// group and value, whose value says which of them counted it (as
+    /// Flink's distinct state with a filter bitmap). At most 64 per set.
+    pub distinct_sets: Vec<Vec<usize>>,
     /// The types of the stored state's columns: the partial phase's
     /// states, but a count for each `count(DISTINCT …)`.
     pub stored_types: Vec<DataType>,
@@ -276,12 +281,14 @@ fn aggregation_at(
             stored_types.extend(states.iter().map(|f| f.data_type().clone()));
         }
     }
+    let distinct_sets = distinct_sets(&partial, &distinct);
     Ok(Aggregation {
         top: node.clone(),
         partial: Arc::new(partial),
         window,
         nested: false,
         distinct,
+        distinct_sets,
         stored_types,
     })
 }
@@ -329,6 +336,31 @@ fn distinct_counts(
         distinct.push(true);
     }
     Ok(distinct)
+}
+
+/// The `count(DISTINCT …)` aggregates grouped by the argument they count
+/// (in order of first appearance), at most 64 per set: one bit each.
+fn distinct_sets(partial: &AggregateExec, distinct: &[bool]) -> Vec<Vec<usize>> {
+    let mut sets: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, expr) in partial.aggr_expr().iter().enumerate() {
+        if !distinct[i] {
+            continue;
+        }
+        let argument = expr
+            .expressions()
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        match sets
+            .iter_mut()
+            .find(|(a, members)| *a == argument && members.len() < 64)
+        {
+            Some((_, members)) => members.push(i),
+            None => sets.push((argument, vec![i])),
+        }
+    }
+    sets.into_iter().map(|(_, members)| members).collect()
 }
 
 /// Of the aggregations found top down, the innermost: the one whose

@@ -14,9 +14,12 @@
 //! `count(DISTINCT x)` (with or without `FILTER (WHERE …)`) is exact: its
 //! partial state, the batch's distinct values per group, is checked
 //! against one key per group and value seen before (one multi-get, only
-//! for groups that existed); the new values' keys join the commit and the
-//! group's stored state is their count. A group's values go with it: a
-//! closed window's in one range delete, an expired group's too.
+//! for groups that existed); the keys that changed join the commit and the
+//! group's stored state is the count. Distinct aggregates of the same
+//! argument under different filters share the key, whose value holds a
+//! bit per aggregate that counted the value (Flink's filter bitmap). A
+//! group's values go with it: a closed window's in one range delete, an
+//! expired group's too.
 //!
 //! Keys and states are stored with Arrow's row format, which encodes any
 //! Arrow type to comparable bytes.
@@ -476,7 +479,6 @@ fn count_new_values(
     if !agg.distinct.contains(&true) {
         return Ok(columns);
     }
-    let rows = columns.first().map_or(0, |c| c.len());
     let prefixes: Vec<Vec<u8>> = batch.keys.iter().map(|k| distinct_prefix(k)).collect();
     cx.write(|w| {
         for (g, prefix) in prefixes.iter().enumerate() {
@@ -485,18 +487,63 @@ fn count_new_values(
             }
         }
     });
+    // Where each aggregate's state starts among the columns.
+    let mut first_column = Vec::with_capacity(agg.partial.aggr_expr().len());
     let mut col = codec.groups;
-    for (e, expr) in agg.partial.aggr_expr().iter().enumerate() {
-        let width = expr.state_fields()?.len();
-        if !agg.distinct[e] {
-            col += width;
-            continue;
+    for expr in agg.partial.aggr_expr() {
+        first_column.push(col);
+        col += expr.state_fields()?.len();
+    }
+    for set in &agg.distinct_sets {
+        let counts = count_new_in_set(
+            agg,
+            set,
+            &first_column,
+            &columns,
+            &prefixes,
+            batch,
+            stored,
+            policy,
+            cx,
+            cf,
+        )?;
+        for (&e, counts) in set.iter().zip(counts) {
+            columns[first_column[e]] = Arc::new(Int64Array::from(counts));
         }
-        let aggregate = u16::try_from(e).map_err(|_| SqlError::Plan {
-            line: 0,
-            message: "more than 65,535 aggregates in one query".into(),
-        })?;
-        let lists = columns[col]
+    }
+    Ok(columns)
+}
+
+/// [`count_new_values`] for one set of aggregates counting the same
+/// argument: per aggregate of the set, the new values per partial row.
+/// A key per group and value holds the bits of the set's aggregates that
+/// have counted it; a batch reads the keys of groups that existed, and
+/// writes the keys that gained a bit.
+#[allow(clippy::too_many_arguments)]
+fn count_new_in_set(
+    agg: &Aggregation,
+    set: &[usize],
+    first_column: &[usize],
+    columns: &[ArrayRef],
+    prefixes: &[Vec<u8>],
+    batch: &BatchGroups,
+    stored: &StoredStates,
+    policy: Policy,
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+) -> Result<Vec<Vec<i64>>, SqlError> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let id = u16::try_from(set[0]).map_err(|_| SqlError::Plan {
+        line: 0,
+        message: "more than 65,535 aggregates in one query".into(),
+    })?;
+    // Each value once per group: the partial row it is counted on (any of
+    // its group's) and the bits of the aggregates that saw it.
+    let mut seen: hashbrown::HashMap<Vec<u8>, (usize, u64)> = hashbrown::HashMap::new();
+    let mut converter: Option<RowConverter> = None;
+    for (bit, &e) in set.iter().enumerate() {
+        let expr = &agg.partial.aggr_expr()[e];
+        let lists = columns[first_column[e]]
             .as_list_opt::<i32>()
             .ok_or_else(|| SqlError::Plan {
                 line: 0,
@@ -506,10 +553,13 @@ fn count_new_values(
                 ),
             })?;
         let values = lists.values();
-        let converter = RowConverter::new(vec![SortField::new(values.data_type().clone())])?;
+        let converter = match &mut converter {
+            Some(c) => c,
+            None => converter.insert(RowConverter::new(vec![SortField::new(
+                values.data_type().clone(),
+            )])?),
+        };
         let encoded = converter.convert_columns(std::slice::from_ref(values))?;
-        // Each value once per group, attributed to a partial row of it.
-        let mut seen: hashbrown::HashMap<Vec<u8>, usize> = hashbrown::HashMap::new();
         let offsets = lists.value_offsets();
         for row in 0..rows {
             if lists.is_null(row) {
@@ -520,45 +570,57 @@ fn count_new_values(
                 if values.is_null(v) {
                     continue;
                 }
-                let key = distinct_key(prefix, aggregate, encoded.row(v).data());
-                seen.entry(key).or_insert(row);
+                let key = distinct_key(prefix, id, encoded.row(v).data());
+                seen.entry(key).or_insert((row, 0)).1 |= 1 << bit;
             }
         }
-        let mut counts = vec![0i64; rows];
-        let mut new_keys: Vec<(Vec<u8>, usize)> = Vec::new();
-        let mut lookups: Vec<(Vec<u8>, usize)> = Vec::new();
-        for (key, row) in seen {
-            if stored.existed[batch.group_of[row]] {
-                lookups.push((key, row));
-            } else {
-                counts[row] += 1;
-                new_keys.push((key, row));
-            }
-        }
-        lookups.sort_unstable();
-        let found = cx.checkpoint.db().batched_multi_get_cf(
-            cf,
-            lookups.iter().map(|(k, _)| k.as_slice()),
-            true,
-        );
-        for ((key, row), found) in lookups.into_iter().zip(found) {
-            if found?.is_none() {
-                counts[row] += 1;
-                new_keys.push((key, row));
-            }
-        }
-        cx.write(|w| {
-            for (key, row) in &new_keys {
-                // A window closed in this batch keeps nothing.
-                if !batch.closed(batch.group_of[*row], policy.watermark) {
-                    w.put_cf(cf, key, []);
-                }
-            }
-        });
-        columns[col] = Arc::new(Int64Array::from(counts));
-        col += width;
     }
-    Ok(columns)
+    let mut counts = vec![vec![0i64; rows]; set.len()];
+    let mut count = |row: usize, bits: u64| {
+        for (bit, counts) in counts.iter_mut().enumerate() {
+            if bits & (1 << bit) != 0 {
+                counts[row] += 1;
+            }
+        }
+    };
+    let mut writes: Vec<(Vec<u8>, usize, u64)> = Vec::new();
+    let mut lookups: Vec<(Vec<u8>, usize, u64)> = Vec::new();
+    for (key, (row, bits)) in seen {
+        if stored.existed[batch.group_of[row]] {
+            lookups.push((key, row, bits));
+        } else {
+            count(row, bits);
+            writes.push((key, row, bits));
+        }
+    }
+    lookups.sort_unstable();
+    let found = cx.checkpoint.db().batched_multi_get_cf(
+        cf,
+        lookups.iter().map(|(k, _, _)| k.as_slice()),
+        true,
+    );
+    for ((key, row, bits), found) in lookups.into_iter().zip(found) {
+        let before = found?.map_or(0, |v| {
+            let mut b = [0u8; 8];
+            let n = v.len().min(8);
+            b[..n].copy_from_slice(&v[..n]);
+            u64::from_le_bytes(b)
+        });
+        let new = bits & !before;
+        if new != 0 {
+            count(row, new);
+            writes.push((key, row, before | bits));
+        }
+    }
+    cx.write(|w| {
+        for (key, row, bits) in &writes {
+            // A window closed in this batch keeps nothing.
+            if !batch.closed(batch.group_of[*row], policy.watermark) {
+                w.put_cf(cf, key, bits.to_le_bytes());
+            }
+        }
+    });
+    Ok(counts)
 }
 
 /// What is stored for a batch's groups.

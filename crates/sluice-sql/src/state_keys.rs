@@ -12,7 +12,7 @@
 //! | `0x02` | side, newest event time, batch id, slice   | buffered rows (Arrow IPC stream)        | join                        |
 //! | `0x03` | last update time, `0x01` group key         | empty: index of groups by last update   | incremental (`state_ttl`)   |
 //! | `0x05` | session end, group, session start          | empty: index of open sessions by end    | session_window              |
-//! | `0x06` | [window end] group, aggregate (u16), value  | empty: a value `count(DISTINCT …)` saw  | incremental (DISTINCT)      |
+//! | `0x06` | [window end] group, set (u16), value        | bits: which `count(DISTINCT …)` of the set (same argument) counted it | incremental (DISTINCT) |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -104,12 +104,12 @@ pub(crate) fn distinct_prefix_end(prefix: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The key of `value` (Arrow row format) seen by the group's aggregate
-/// number `aggregate`.
-pub(crate) fn distinct_key(prefix: &[u8], aggregate: u16, value: &[u8]) -> Vec<u8> {
+/// The key of `value` (Arrow row format) seen by the group's distinct
+/// aggregates of set `set` (named by its first aggregate's number).
+pub(crate) fn distinct_key(prefix: &[u8], set: u16, value: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 2 + value.len());
     key.extend_from_slice(prefix);
-    key.extend_from_slice(&aggregate.to_be_bytes());
+    key.extend_from_slice(&set.to_be_bytes());
     key.extend_from_slice(value);
     key
 }
