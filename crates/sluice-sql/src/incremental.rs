@@ -314,12 +314,20 @@ pub(crate) fn merge_into_state(
     let values = evaluate(agg, &merged, batch.len())?;
     stage_writes(&codec, &batch, &stored, &merged, policy, cx, cf)?;
     let mut parts = vec![emitted(agg, &batch, &stored.existed, values, policy)?];
+    let stored_closed =
+        (0..batch.len()).any(|i| stored.existed[i] && batch.closed(i, policy.watermark));
     let touched: hashbrown::HashSet<Vec<u8>> = batch.keys.into_iter().collect();
-    parts.extend(evict_closed_windows(&codec, agg, &touched, policy, cx, cf)?);
+    let (closed_rows, evicted) = evict_closed_windows(&codec, agg, &touched, policy, cx, cf)?;
+    parts.extend(closed_rows);
     let counts_distinct = agg.distinct.contains(&true);
-    if let (true, Some(_), Some(w)) = (counts_distinct, agg.window, policy.watermark) {
+    if let (true, Some(w), true) = (
+        counts_distinct,
+        policy.watermark,
+        stored_closed || evicted > 0,
+    ) {
         // Closed windows' groups are gone (above, and in `stage_writes`),
-        // and so are the values they saw.
+        // and so are the values they saw: one range tombstone, only in a
+        // batch that closed a stored window.
         let until = tag_and_time(DISTINCT_TAG, w.saturating_add(1));
         cx.write(|b| b.delete_range_cf(cf, &[DISTINCT_TAG][..], &until[..]));
     }
@@ -755,7 +763,8 @@ fn emitted(
 }
 
 /// Stored windows this batch did not touch that the watermark closes:
-/// evicted, and in append mode emitted (their rows are returned).
+/// evicted, and in append mode emitted (their rows are returned, with
+/// how many were evicted).
 fn evict_closed_windows(
     codec: &Codec,
     agg: &Aggregation,
@@ -763,20 +772,20 @@ fn evict_closed_windows(
     policy: Policy,
     cx: &BatchCx,
     cf: &ColumnFamily,
-) -> Result<Option<Vec<ArrayRef>>, SqlError> {
+) -> Result<(Option<Vec<ArrayRef>>, usize), SqlError> {
     let (Some(_), Some(w)) = (&agg.window, policy.watermark) else {
-        return Ok(None);
+        return Ok((None, 0));
     };
     if policy.mode == OutputMode::Complete {
-        return Ok(None);
+        return Ok((None, 0));
     }
     let until = tag_and_time(GROUP_TAG, w.saturating_add(1));
     let finished = scan(cx.checkpoint.db(), cf, &[GROUP_TAG], &until, touched)?;
     cx.write(|b| finished.iter().for_each(|(k, _)| b.delete_cf(cf, k)));
     if policy.mode == OutputMode::Append && !finished.is_empty() {
-        return Ok(Some(codec.decode(agg, &finished)?));
+        return Ok((Some(codec.decode(agg, &finished)?), finished.len()));
     }
-    Ok(None)
+    Ok((None, finished.len()))
 }
 
 /// Forgets groups not updated for `ttl` (batch time), as Flink's state
