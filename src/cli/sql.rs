@@ -68,6 +68,7 @@ fn topics_for(script: &mut Script, place: &Where) -> anyhow::Result<Topics> {
                         columns: Vec::new(),
                         options: [("topic".to_string(), name)].into_iter().collect(),
                         watermark: None,
+                        proctime: None,
                     });
                 }
             }

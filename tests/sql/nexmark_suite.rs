@@ -533,6 +533,63 @@ fn q14_with_its_user_function_equals_the_batch_query() {
     }
 }
 
+/// q12's windows are of processing time, so which window a bid lands in
+/// depends on when its batch ran; what cannot depend on it: in update
+/// mode, each bidder's counts over all its windows add up to its bids,
+/// and every window is 10 s of processing time, aligned.
+#[test]
+fn q12_counts_every_bid_once_in_processing_time_windows() {
+    let events = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&data, events);
+    let text: String = statements("q12")
+        .iter()
+        .map(|s| {
+            if s.starts_with("CREATE SINK") {
+                format!(
+                    "CREATE SINK nexmark_q12 WITH (type = 'file', format = 'json', path = '{}', mode = 'update');\n",
+                    out.display()
+                )
+            } else {
+                format!("{s};\n")
+            }
+        })
+        .collect();
+    let job = dir.path().join("q12.sql");
+    std::fs::write(&job, text).unwrap();
+    common::sluice_run(&job, &data, &dir.path().join("cp"))
+        .args(["--interval", "1ms", "--quiet"])
+        .args(["--max-records-per-batch", "7"])
+        .ok();
+    let columns: Vec<String> = ["bidder", "bid_count", "starttime", "endtime"]
+        .map(String::from)
+        .to_vec();
+    let mut per_bidder: BTreeMap<i64, i64> = BTreeMap::new();
+    let ms = |v: &Value| {
+        let t = humantime::parse_rfc3339_weak(v.as_str().unwrap()).unwrap();
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    };
+    // The last row of each (bidder, window).
+    let mut last: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for row in written(&out, &columns) {
+        let (start, end) = (ms(&row[2]), ms(&row[3]));
+        assert_eq!((end - start, start % 10_000), (10_000, 0), "{row:?}");
+        last.insert((row[0].as_i64().unwrap(), start), row[1].as_i64().unwrap());
+    }
+    assert!(!last.is_empty());
+    for ((bidder, _), n) in last {
+        *per_bidder.entry(bidder).or_default() += n;
+    }
+    let reference = reference(events);
+    let want: BTreeMap<i64, i64> = reference
+        .pairs("SELECT bidder, count(*) FROM bid GROUP BY bidder")
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect();
+    assert_eq!(per_bidder, want);
+}
+
 #[test]
 fn count_char_counts_bytes_as_the_suites_function() {
     let reference = Reference::new();

@@ -245,6 +245,7 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
                 .into_iter()
                 .collect(),
             watermark: None,
+            proctime: None,
         });
         s
     };

@@ -19,6 +19,9 @@ pub struct StreamDecl {
     pub options: BTreeMap<String, String>,
     /// `WATERMARK FOR column AS expression`: the column and the expression.
     pub watermark: Option<(String, String)>,
+    /// `name AS PROCTIME()`: a column holding the batch's time, the
+    /// stream's processing time (Flink's processing-time attribute).
+    pub proctime: Option<String>,
 }
 
 /// A table queries join with their streams: a file (`CREATE TABLE …

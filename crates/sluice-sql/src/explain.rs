@@ -149,10 +149,17 @@ fn describe_reads(out: &mut String, q: &Query) {
         let watermark = i.watermark.map_or_else(
             || "no watermark".to_string(),
             |w| {
-                format!(
-                    "watermark {} − {} ms, idle partitions ignored after {} ms",
-                    w.column, w.delay_ms, w.idle_timeout_ms
-                )
+                if w.processing_time {
+                    format!(
+                        "processing time {} (each batch's time; the watermark is the batch's time)",
+                        w.column
+                    )
+                } else {
+                    format!(
+                        "watermark {} − {} ms, idle partitions ignored after {} ms",
+                        w.column, w.delay_ms, w.idle_timeout_ms
+                    )
+                }
             },
         );
         let _ = writeln!(

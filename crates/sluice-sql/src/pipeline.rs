@@ -38,6 +38,8 @@ const CHANNEL_CHUNKS: usize = 4;
 /// What the partitions share: the decoder, and what decoding saw.
 struct Decoding {
     shape: StreamShape,
+    /// The batch's time (a processing-time column's value).
+    batch_time_ms: i64,
     /// Records skipped because they did not decode.
     bad: AtomicU64,
     /// The first decoding error (`on_error = 'fail'`), reported as is.
@@ -83,7 +85,7 @@ impl PartitionStream for ChannelPartition {
                         return Some((Err(e), (None, pieces, decoding)));
                     };
                     let chunk = rx.recv().await?;
-                    match decoding.shape.decode_chunk(&chunk) {
+                    match decoding.shape.decode_chunk(&chunk, decoding.batch_time_ms) {
                         Ok((rows, bad)) => {
                             decoding.bad.fetch_add(bad.len() as u64, Ordering::Relaxed);
                             let n = rows.num_rows();
@@ -127,9 +129,14 @@ pub(crate) struct Streamed {
 }
 
 /// The channels and table for a batch of `shape`, in `slices` partitions.
-pub(crate) fn streamed(shape: &StreamShape, slices: usize) -> Result<Streamed, SqlError> {
+pub(crate) fn streamed(
+    shape: &StreamShape,
+    slices: usize,
+    batch_time_ms: i64,
+) -> Result<Streamed, SqlError> {
     let decoding = Arc::new(Decoding {
         shape: shape.clone(),
+        batch_time_ms,
         bad: AtomicU64::new(0),
         failure: Mutex::new(None),
     });

@@ -421,18 +421,105 @@ impl Script {
 /// `CREATE STREAM name (columns[, WATERMARK FOR …]) WITH (…)`.
 fn parse_stream(stmt: &str, line: usize) -> Result<StreamDecl, SqlError> {
     let (without, watermark) = take_watermark(stmt, line)?;
+    let (without, proctime) = take_proctime(&without, line)?;
     let rewritten = format!("CREATE TABLE{}", &without["CREATE STREAM".len()..]);
     let (name, columns, options) = parse_create(
         &rewritten,
         line,
         "expected CREATE STREAM name (columns) WITH (topic = '…', format = '…')",
     )?;
+    if let (Some(p), Some((column, _))) = (&proctime, &watermark) {
+        return Err(SqlError::Syntax {
+            line,
+            message: format!(
+                "stream {name} declares both {p} AS PROCTIME() and WATERMARK FOR {column}: a stream has one time, processing or event time"
+            ),
+        });
+    }
     Ok(StreamDecl {
         name,
         columns,
         options,
         watermark,
+        proctime,
     })
+}
+
+/// Takes `name AS PROCTIME()` (Flink's processing-time attribute) out of
+/// a `CREATE STREAM`'s column list: the column's name, and the statement
+/// without it.
+fn take_proctime(stmt: &str, line: usize) -> Result<(String, Option<String>), SqlError> {
+    let bytes = stmt.as_bytes();
+    let (mut depth, mut quoted) = (0i32, false);
+    // Items of the column list: (start, end) between top-level commas.
+    let mut items: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, &c) in bytes.iter().enumerate() {
+        if c == b'\'' {
+            quoted = !quoted;
+            continue;
+        }
+        if quoted {
+            continue;
+        }
+        match c {
+            b'(' => {
+                depth += 1;
+                if depth == 1 {
+                    start = Some(i + 1);
+                }
+            }
+            b')' => {
+                if depth == 1 {
+                    if let Some(s) = start.take() {
+                        items.push((s, i));
+                    }
+                    break;
+                }
+                depth -= 1;
+            }
+            b',' if depth == 1 => {
+                if let Some(s) = start {
+                    items.push((s, i));
+                }
+                start = Some(i + 1);
+            }
+            _ => {}
+        }
+    }
+    let mut found: Option<(String, usize)> = None;
+    for (n, &(s, e)) in items.iter().enumerate() {
+        let words: Vec<&str> = stmt[s..e].split_whitespace().collect();
+        let call: String = words.get(2..).map(|w| w.concat()).unwrap_or_default();
+        if words.len() >= 3
+            && words[1].eq_ignore_ascii_case("AS")
+            && call.eq_ignore_ascii_case("PROCTIME()")
+        {
+            if found.is_some() {
+                return Err(SqlError::Syntax {
+                    line,
+                    message: "a stream has at most one AS PROCTIME() column".into(),
+                });
+            }
+            found = Some((words[0].trim_matches('"').to_owned(), n));
+        }
+    }
+    let Some((name, n)) = found else {
+        return Ok((stmt.to_owned(), None));
+    };
+    // Cut the item with the comma before it (or after it, when first).
+    let (s, e) = items[n];
+    let (cut_from, cut_to) = if n > 0 {
+        (items[n - 1].1, e)
+    } else if items.len() > 1 {
+        (s, items[1].0)
+    } else {
+        (s, e)
+    };
+    Ok((
+        format!("{}{}", &stmt[..cut_from], &stmt[cut_to..]),
+        Some(name),
+    ))
 }
 
 /// `CREATE TABLE name (columns) WITH (…)`.
@@ -468,6 +555,33 @@ fn parse_insert(stmt: &str, line: usize) -> QueryDecl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proctime_column_leaves_the_column_list() {
+        let parse = |columns: &str| {
+            Script::parse(&format!(
+                "CREATE STREAM s ({columns}) WITH (topic = 's', format = 'json');\nSELECT * FROM s;"
+            ))
+        };
+        for columns in [
+            "a BIGINT, p AS PROCTIME(), b TEXT",
+            "p AS proctime ( ), a BIGINT, b TEXT",
+            "a BIGINT, b TEXT, p AS PROCTIME()",
+        ] {
+            let script = parse(columns).unwrap_or_else(|e| panic!("{columns}: {e}"));
+            let stream = &script.streams[0];
+            assert_eq!(stream.proctime.as_deref(), Some("p"), "{columns}");
+            let names: Vec<&str> = stream.columns.iter().map(|c| c.name().as_str()).collect();
+            assert_eq!(names, ["a", "b"], "{columns}");
+        }
+        let e = parse("p AS PROCTIME(), q AS PROCTIME()").unwrap_err();
+        assert!(e.to_string().contains("at most one AS PROCTIME()"), "{e}");
+        let e = parse("ts TIMESTAMP, p AS PROCTIME(), WATERMARK FOR ts AS ts").unwrap_err();
+        assert!(
+            e.to_string().contains("one time, processing or event time"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_a_job() {

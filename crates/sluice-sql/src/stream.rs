@@ -161,6 +161,21 @@ fn metadata_fields() -> Vec<Field> {
     ]
 }
 
+/// A stream's columns: the value's fields, its processing time (if it
+/// declares one), then Kafka's metadata.
+fn shape_fields(value_fields: &[Field], proctime: Option<&str>) -> Vec<Field> {
+    let mut fields = value_fields.to_vec();
+    if let Some(p) = proctime {
+        fields.push(Field::new(
+            p,
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ));
+    }
+    fields.extend(metadata_fields());
+    fields
+}
+
 /// Where a stream's bad records go with `on_error = 'dead_letter'`.
 #[derive(Debug)]
 struct DeadLetters {
@@ -175,6 +190,9 @@ pub(crate) struct StreamShape {
     pub(crate) format: Format,
     pub(crate) on_error: OnError,
     pub(crate) value_fields: Vec<Field>,
+    /// `name AS PROCTIME()`: a column after the value fields holding the
+    /// batch's time.
+    pub(crate) proctime: Option<String>,
     pub(crate) schema: SchemaRef,
     dead_letters: Option<Arc<DeadLetters>>,
 }
@@ -213,8 +231,7 @@ impl StreamShape {
         {
             value_fields.push(first.clone());
         }
-        let mut fields = value_fields.clone();
-        fields.extend(metadata_fields());
+        let fields = shape_fields(&value_fields, self.proctime.as_deref());
         StreamShape {
             value_fields,
             schema: Arc::new(Schema::new(fields)),
@@ -272,13 +289,21 @@ impl StreamShape {
             }
             _ => None,
         };
-        let mut fields = value_fields.clone();
-        fields.extend(metadata_fields());
+        if let Some(p) = &decl.proctime
+            && value_fields.iter().any(|f| f.name() == p)
+        {
+            return Err(unsupported(format!(
+                "stream {}: {p} AS PROCTIME() names a declared column",
+                decl.name
+            )));
+        }
+        let fields = shape_fields(&value_fields, decl.proctime.as_deref());
         Ok(StreamShape {
             name: decl.name.clone(),
             format: spec.format,
             on_error: spec.on_error,
             value_fields,
+            proctime: decl.proctime.clone(),
             schema: Arc::new(Schema::new(fields)),
             dead_letters,
         })
@@ -298,12 +323,12 @@ impl StreamShape {
         use rayon::prelude::*;
         let per_slice = chunks.len().div_ceil(slices.max(1)).max(1);
         let decoded: Vec<(RecordBatch, Vec<Bad>)> = if chunks.is_empty() {
-            vec![self.decode_slice(chunks, 0)?]
+            vec![self.decode_slice(chunks, 0, cx.batch_time_ms)?]
         } else {
             chunks
                 .par_chunks(per_slice)
                 .enumerate()
-                .map(|(i, slice)| self.decode_slice(slice, i * per_slice))
+                .map(|(i, slice)| self.decode_slice(slice, i * per_slice, cx.batch_time_ms))
                 .collect::<Result<_, _>>()?
         };
         let mut parts = Vec::with_capacity(decoded.len());
@@ -325,11 +350,12 @@ impl StreamShape {
         &self,
         chunks: &[RecordBatch],
         first: usize,
+        batch_time_ms: i64,
     ) -> Result<(RecordBatch, Vec<Bad>), SqlError> {
         let mut out = Vec::with_capacity(chunks.len());
         let mut bad: Vec<Bad> = Vec::new();
         for (c, chunk) in chunks.iter().enumerate() {
-            let (batch, rejected) = self.decode_chunk(chunk)?;
+            let (batch, rejected) = self.decode_chunk(chunk, batch_time_ms)?;
             bad.extend(rejected.into_iter().map(|(row, reason)| Bad {
                 chunk: first + c,
                 row,
@@ -341,12 +367,14 @@ impl StreamShape {
         Ok((batch, bad))
     }
 
-    /// Decodes one chunk of records into the stream's rows; the records
-    /// that did not decode, by row, with why (with `on_error = 'fail'`,
-    /// the first is an error).
+    /// Decodes one chunk of records into the stream's rows (a processing
+    /// time column holds `batch_time_ms`); the records that did not
+    /// decode, by row, with why (with `on_error = 'fail'`, the first is an
+    /// error).
     pub(crate) fn decode_chunk(
         &self,
         chunk: &RecordBatch,
+        batch_time_ms: i64,
     ) -> Result<(RecordBatch, Vec<(usize, String)>), SqlError> {
         let values = chunk.column(record::VALUE).as_binary_view();
         let decoded = match self.format {
@@ -372,6 +400,14 @@ impl StreamShape {
             }
         };
         let mut columns = decoded.columns;
+        if self.proctime.is_some() {
+            columns.push(Arc::new(
+                datafusion::arrow::array::TimestampMillisecondArray::from_value(
+                    batch_time_ms,
+                    chunk.num_rows(),
+                ),
+            ));
+        }
         let topic = datafusion::arrow::compute::cast(chunk.column(record::TOPIC), &DataType::Utf8)?;
         let key = lossy_text(chunk.column(record::KEY).as_binary_view());
         columns.extend([
@@ -788,6 +824,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             watermark: None,
+            proctime: None,
         }
     }
 

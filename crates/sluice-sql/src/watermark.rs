@@ -37,6 +37,9 @@ pub(crate) struct Watermark {
     /// A partition without records for this long stops holding the
     /// watermark back.
     pub idle_timeout_ms: i64,
+    /// Processing time (`AS PROCTIME()`): the watermark is the batch's
+    /// time, records or not, so windows close as the clock passes them.
+    pub processing_time: bool,
 }
 
 /// Default `idle_timeout` of a stream with a watermark.
@@ -50,6 +53,14 @@ pub(crate) fn declared(
     line: usize,
 ) -> Result<Option<Watermark>, SqlError> {
     let err = |message: String| crate::error::SqlError::Plan { line, message };
+    if let Some(column) = &decl.proctime {
+        return Ok(Some(Watermark {
+            column: column.clone(),
+            delay_ms: 0,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            processing_time: true,
+        }));
+    }
     let Some((column, expr)) = &decl.watermark else {
         if decl.options.contains_key("idle_timeout") {
             return Err(err(format!(
@@ -71,6 +82,7 @@ pub(crate) fn declared(
         column: column.clone(),
         delay_ms,
         idle_timeout_ms,
+        processing_time: false,
     }))
 }
 
@@ -173,6 +185,15 @@ impl WatermarkState {
 
     /// The watermark at `batch_time_ms` from what the partitions showed.
     fn recompute(&mut self, spec: &Watermark, batch_time_ms: i64) -> Option<i64> {
+        if spec.processing_time {
+            // Every row of this batch carries its time; none can come
+            // before it from now on.
+            self.watermark = Some(
+                self.watermark
+                    .map_or(batch_time_ms, |w| w.max(batch_time_ms)),
+            );
+            return self.watermark;
+        }
         let active: Vec<&PartitionTime> = self
             .partitions
             .values()
@@ -426,6 +447,7 @@ mod tests {
             column: "ts".into(),
             delay_ms: 5,
             idle_timeout_ms: 1000,
+            processing_time: false,
         }
     }
 

@@ -593,7 +593,7 @@ impl QueryRunner {
         state_cf: Option<&ColumnFamily>,
     ) -> Result<(), SqlError> {
         let input = &self.inputs[0];
-        let streamed = pipeline::streamed(&input.shape, self.slices)?;
+        let streamed = pipeline::streamed(&input.shape, self.slices, cx.batch_time_ms)?;
         // Planned over empty slices (for the partition count), then the
         // stream's name points at the channels.
         let empty = empty_streams(std::slice::from_ref(&input.shape), self.slices);
