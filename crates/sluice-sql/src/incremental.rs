@@ -329,7 +329,7 @@ pub(crate) fn merge_into_state(
         // and so are the values they saw: one range tombstone, only in a
         // batch that closed a stored window.
         let until = tag_and_time(DISTINCT_TAG, w.saturating_add(1));
-        cx.write(|b| b.delete_range_cf(cf, &[DISTINCT_TAG][..], &until[..]));
+        delete_range(cx, cf, &[DISTINCT_TAG], &until)?;
     }
     if let Some(ttl) = policy.ttl {
         expire_groups(ttl, &touched, counts_distinct, cx, cf)?;
@@ -488,13 +488,11 @@ fn count_new_values(
         return Ok(columns);
     }
     let prefixes: Vec<Vec<u8>> = batch.keys.iter().map(|k| distinct_prefix(k)).collect();
-    cx.write(|w| {
-        for (g, prefix) in prefixes.iter().enumerate() {
-            if !stored.existed[g] && stored.last_update[g].is_some() {
-                w.delete_range_cf(cf, &prefix[..], &distinct_prefix_end(prefix)[..]);
-            }
+    for (g, prefix) in prefixes.iter().enumerate() {
+        if !stored.existed[g] && stored.last_update[g].is_some() {
+            delete_range(cx, cf, prefix, &distinct_prefix_end(prefix))?;
         }
-    });
+    }
     // Where each aggregate's state starts among the columns.
     let mut first_column = Vec::with_capacity(agg.partial.aggr_expr().len());
     let mut col = codec.groups;
@@ -808,22 +806,48 @@ fn expire_groups(
         &until,
         &hashbrown::HashSet::new(),
     )?;
-    let mut forgotten = 0u64;
+    let mut forgotten: Vec<&[u8]> = Vec::new();
     cx.write(|b| {
         for (index, _) in &expired {
             let key = &index[TTL_PREFIX_LEN..];
             if !touched.contains(key) {
                 b.delete_cf(cf, index);
                 b.delete_cf(cf, key);
-                if counts_distinct {
-                    let prefix = distinct_prefix(key);
-                    b.delete_range_cf(cf, &prefix[..], &distinct_prefix_end(&prefix)[..]);
-                }
-                forgotten += 1;
+                forgotten.push(key);
             }
         }
     });
-    cx.count("expired groups", forgotten);
+    if counts_distinct {
+        for key in &forgotten {
+            let prefix = distinct_prefix(key);
+            delete_range(cx, cf, &prefix, &distinct_prefix_end(&prefix))?;
+        }
+    }
+    cx.count("expired groups", forgotten.len() as u64);
+    Ok(())
+}
+
+/// Deletes the keys in `[from, until)` in the batch's commit: one range
+/// tombstone in one process; on many workers each key, since a task's
+/// state writes become changelog records, one per key.
+fn delete_range(
+    cx: &BatchCx,
+    cf: &ColumnFamily,
+    from: &[u8],
+    until: &[u8],
+) -> Result<(), SqlError> {
+    if !cx.on_workers() {
+        cx.write(|b| b.delete_range_cf(cf, from, until));
+        return Ok(());
+    }
+    let keys = scan(
+        cx.checkpoint.db(),
+        cf,
+        from,
+        until,
+        &hashbrown::HashSet::new(),
+    )?;
+    cx.write(|b| keys.iter().for_each(|(k, _)| b.delete_cf(cf, k)));
     Ok(())
 }
 
