@@ -13,7 +13,9 @@
 //!
 //! Queries whose windows close by the watermark (q5, q7, q8, q11) are left
 //! to the window tests: a stream's last windows never close, where the
-//! batch query sees them whole.
+//! batch query sees them whole. q12's windows are of processing time: its
+//! test checks what timing cannot change. q14 runs in this process with
+//! its user function registered.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
