@@ -5,7 +5,7 @@
 -- files every minute and commits a partition a minute after its time;
 -- here every batch writes its own files, listed in out/nexmark_q10/
 -- _sluice_manifest/ (the path is relative to the directory the job runs
--- in). DATE_FORMAT is to_char.
+-- in).
 --   sluice nexmark generate --events 10000000
 --   sluice run jobs/nexmark/q10.sql --until-caught-up
 CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
@@ -18,5 +18,5 @@ CREATE SINK nexmark_q10 WITH (type = 'file', format = 'csv', path = 'out/nexmark
 
 INSERT INTO nexmark_q10
 SELECT auction, bidder, price, date_time, extra,
-       to_char(date_time, '%Y-%m-%d') AS dt, to_char(date_time, '%H:%M') AS hm
+       DATE_FORMAT(date_time, 'yyyy-MM-dd') AS dt, DATE_FORMAT(date_time, 'HH:mm') AS hm
 FROM bid;

@@ -1,7 +1,7 @@
 -- Nexmark q15, bidding statistics per day: bids, bidders and auctions,
 -- overall and in three price ranks. Exact count(DISTINCT …) with FILTER,
--- each group's seen values kept in state. DATE_FORMAT(dateTime,
--- 'yyyy-MM-dd') is to_char(date_time, '%Y-%m-%d') here.
+-- each group's seen values kept in state (distinct counts of one column
+-- share a key per value).
 --   sluice nexmark generate --events 10000000
 --   sluice run jobs/nexmark/q15.sql --until-caught-up
 CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
@@ -13,7 +13,7 @@ CREATE SINK nexmark_q15 WITH (type = 'blackhole');
 
 INSERT INTO nexmark_q15
 SELECT
-  to_char(date_time, '%Y-%m-%d') AS day,
+  DATE_FORMAT(date_time, 'yyyy-MM-dd') AS day,
   count(*) AS total_bids,
   count(*) FILTER (WHERE price < 10000) AS rank1_bids,
   count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
@@ -27,4 +27,4 @@ SELECT
   count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions,
   count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions
 FROM bid
-GROUP BY to_char(date_time, '%Y-%m-%d');
+GROUP BY DATE_FORMAT(date_time, 'yyyy-MM-dd');

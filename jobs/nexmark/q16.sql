@@ -1,5 +1,5 @@
 -- Nexmark q16, channel statistics per day: q15's counts per channel, with
--- the latest minute seen. DATE_FORMAT is to_char here.
+-- the latest minute seen.
 --   sluice nexmark generate --events 10000000
 --   sluice run jobs/nexmark/q16.sql --until-caught-up
 CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
@@ -12,8 +12,8 @@ CREATE SINK nexmark_q16 WITH (type = 'blackhole');
 INSERT INTO nexmark_q16
 SELECT
   channel,
-  to_char(date_time, '%Y-%m-%d') AS day,
-  max(to_char(date_time, '%H:%M')) AS minute,
+  DATE_FORMAT(date_time, 'yyyy-MM-dd') AS day,
+  max(DATE_FORMAT(date_time, 'HH:mm')) AS minute,
   count(*) AS total_bids,
   count(*) FILTER (WHERE price < 10000) AS rank1_bids,
   count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
@@ -27,4 +27,4 @@ SELECT
   count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions,
   count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions
 FROM bid
-GROUP BY channel, to_char(date_time, '%Y-%m-%d');
+GROUP BY channel, DATE_FORMAT(date_time, 'yyyy-MM-dd');

@@ -13,7 +13,7 @@ CREATE SINK nexmark_q17 WITH (type = 'blackhole');
 INSERT INTO nexmark_q17
 SELECT
   auction,
-  to_char(date_time, '%Y-%m-%d') AS day,
+  DATE_FORMAT(date_time, 'yyyy-MM-dd') AS day,
   count(*) AS total_bids,
   count(*) FILTER (WHERE price < 10000) AS rank1_bids,
   count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
@@ -23,4 +23,4 @@ SELECT
   avg(price) AS avg_price,
   sum(price) AS sum_price
 FROM bid
-GROUP BY auction, to_char(date_time, '%Y-%m-%d');
+GROUP BY auction, DATE_FORMAT(date_time, 'yyyy-MM-dd');

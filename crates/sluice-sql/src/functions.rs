@@ -7,7 +7,9 @@
 //!
 //! `split_index(text, delimiter, index)` and `regexp_extract(text,
 //! pattern[, group])` are Flink's, with Flink's answers (NULL where Flink
-//! gives NULL), so Nexmark q21 and q22 run as published.
+//! gives NULL), so Nexmark q21 and q22 run as published; so are
+//! `date_format(ts, 'yyyy-MM-dd')` (Java's date patterns, rewritten into
+//! DataFusion's `to_char` when the query is planned) and `hour(ts)`.
 //!
 //! This module owns these functions; it never touches state.
 
@@ -336,6 +338,170 @@ impl ScalarUDFImpl for RegexpExtract {
     }
 }
 
+/// `date_format(ts, pattern)`: Flink's `DATE_FORMAT` with a Java
+/// (`SimpleDateFormat`) pattern. A constant pattern is translated when the
+/// query is planned into DataFusion's `to_char` (strftime), so the
+/// function costs what `to_char` costs; letters it does not know are
+/// refused then, naming them.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DateFormat {
+    signature: Signature,
+}
+
+pub(crate) fn date_format() -> ScalarUDF {
+    ScalarUDF::from(DateFormat {
+        signature: Signature::any(2, Volatility::Immutable),
+    })
+}
+
+/// A Java date pattern as a strftime one.
+pub(crate) fn java_to_strftime(pattern: &str) -> std::result::Result<String, String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            // Quoted text; '' is a quote.
+            let mut j = i + 1;
+            if chars.get(j) == Some(&'\'') {
+                out.push('\'');
+                i += 2;
+                continue;
+            }
+            while j < chars.len() && chars[j] != '\'' {
+                if chars[j] == '%' {
+                    out.push('%');
+                }
+                out.push(chars[j]);
+                j += 1;
+            }
+            i = j + 1;
+            continue;
+        }
+        if !c.is_ascii_alphabetic() {
+            if c == '%' {
+                out.push('%');
+            }
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let mut run = 1;
+        while chars.get(i + run) == Some(&c) {
+            run += 1;
+        }
+        let spec = match (c, run) {
+            ('y', 2) => "%y",
+            ('y', _) => "%Y",
+            ('M', 1) => "%-m",
+            ('M', 2) => "%m",
+            ('M', 3) => "%b",
+            ('M', _) => "%B",
+            ('d', 1) => "%-d",
+            ('d', _) => "%d",
+            ('H', 1) => "%-H",
+            ('H', _) => "%H",
+            ('h', 1) => "%-I",
+            ('h', _) => "%I",
+            ('m', 1) => "%-M",
+            ('m', _) => "%M",
+            ('s', 1) => "%-S",
+            ('s', _) => "%S",
+            ('S', 3) => "%3f",
+            ('a', _) => "%p",
+            ('E', 1..=3) => "%a",
+            ('E', _) => "%A",
+            ('D', _) => "%j",
+            _ => {
+                return Err(format!(
+                    "date_format: the pattern letter {} is not supported (supported: y, M, d, H, h, m, s, SSS, a, E, D and quoted text)",
+                    c.to_string().repeat(run)
+                ));
+            }
+        };
+        out.push_str(spec);
+        i += run;
+    }
+    Ok(out)
+}
+
+impl ScalarUDFImpl for DateFormat {
+    fn name(&self) -> &str {
+        "date_format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        let [ts, Expr::Literal(ScalarValue::Utf8(Some(pattern)), _)] = args.as_slice() else {
+            return plan_err!("date_format(ts, pattern): the pattern must be a constant text");
+        };
+        let strftime =
+            java_to_strftime(pattern).map_err(datafusion::error::DataFusionError::Plan)?;
+        Ok(ExprSimplifyResult::Simplified(
+            datafusion::functions::datetime::expr_fn::to_char(
+                ts.clone(),
+                datafusion::logical_expr::lit(strftime),
+            ),
+        ))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("date_format(ts, pattern): the pattern must be a constant text")
+    }
+}
+
+/// `hour(ts)`: Flink's `HOUR`, the hour of the day (0–23) as a BIGINT;
+/// planned as `date_part('hour', ts)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Hour {
+    signature: Signature,
+}
+
+pub(crate) fn hour() -> ScalarUDF {
+    ScalarUDF::from(Hour {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+}
+
+impl ScalarUDFImpl for Hour {
+    fn name(&self) -> &str {
+        "hour"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        let [ts] = args.as_slice() else {
+            return plan_err!("hour(ts) takes one argument");
+        };
+        let part = datafusion::functions::datetime::expr_fn::date_part(
+            datafusion::logical_expr::lit("hour"),
+            ts.clone(),
+        );
+        Ok(ExprSimplifyResult::Simplified(Expr::Cast(
+            datafusion::logical_expr::Cast::new(Box::new(part), DataType::Int64),
+        )))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("hour(ts) is planned as date_part('hour', ts)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,8 +510,9 @@ mod tests {
     /// Runs one of the functions through DataFusion's SQL.
     fn sql(query: &str) -> std::result::Result<Vec<Option<String>>, String> {
         let ctx = datafusion::prelude::SessionContext::new();
-        ctx.register_udf(split_index());
-        ctx.register_udf(regexp_extract());
+        for f in crate::scalar_functions() {
+            ctx.register_udf(f);
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| e.to_string())?;
@@ -394,6 +561,28 @@ mod tests {
         assert_eq!(one("SELECT split_index(NULL, ',', 0)"), None);
         let e = sql("SELECT split_index('a', '', 0)").unwrap_err();
         assert!(e.contains("the delimiter is empty"), "{e}");
+    }
+
+    #[test]
+    fn date_format_takes_java_patterns_and_hour_the_hour() {
+        let ts = "TIMESTAMP '2015-07-15 09:05:07.042'";
+        let fmt = |p: &str| {
+            let quoted = p.replace('\'', "''");
+            one(&format!("SELECT date_format({ts}, '{quoted}')"))
+        };
+        assert_eq!(fmt("yyyy-MM-dd").as_deref(), Some("2015-07-15"));
+        assert_eq!(fmt("HH:mm").as_deref(), Some("09:05"));
+        assert_eq!(
+            fmt("yyyy-MM-dd HH:mm:ss.SSS").as_deref(),
+            Some("2015-07-15 09:05:07.042")
+        );
+        assert_eq!(fmt("d/M/yy 'at' H%").as_deref(), Some("15/7/15 at 9%"));
+        assert_eq!(
+            one(&format!("SELECT CAST(hour({ts}) AS VARCHAR)")).as_deref(),
+            Some("9")
+        );
+        let e = sql(&format!("SELECT date_format({ts}, 'yyyy-ww')")).unwrap_err();
+        assert!(e.contains("the pattern letter ww is not supported"), "{e}");
     }
 
     #[test]

@@ -57,14 +57,16 @@ pub use script::Script;
 use stream::StreamShape;
 pub use topics::Topics;
 
-/// Sluice's scalar functions (`split`, `split_index`, `regexp_extract`),
-/// for a DataFusion session of one's own: a batch query that must answer
-/// as a job's queries do.
+/// Sluice's scalar functions (`split`, and Flink's `split_index`,
+/// `regexp_extract`, `date_format`, `hour`), for a DataFusion session of
+/// one's own: a batch query that must answer as a job's queries do.
 pub fn scalar_functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
     vec![
         functions::split(),
         functions::split_index(),
         functions::regexp_extract(),
+        functions::date_format(),
+        functions::hour(),
     ]
 }
 
