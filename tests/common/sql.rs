@@ -195,20 +195,10 @@ pub fn result_table(checkpoint: &Path, job: &str, table: &str) -> BTreeMap<Strin
     out
 }
 
-/// What a crash storm runs: `spawn(attempt, failpoints)` starts `sluice
-/// run` (with `FAILPOINTS` set when given) and returns it with the path of
-/// its log.
-pub type Spawn<'a> =
-    dyn Fn(usize, Option<String>) -> (std::process::Child, std::path::PathBuf) + 'a;
-
-/// SIGKILLs a job again and again, then lets it finish: one run per batch
-/// in `kill_at`, killed by the topic sink's failpoint right after its write
-/// in that batch (`after_kill(batch)` then checks what the run left), one
-/// run killed after `random_kill_after` at whatever it was doing (unless it
-/// finished first), and a last run that must finish.
 pub fn crash_storm(
     what: &str,
-    spawn: &Spawn,
+    logs: &Path,
+    command: &dyn Fn() -> std::process::Command,
     kill_at: &[u64],
     random_kill_after: Duration,
     mut after_kill: impl FnMut(u64),
@@ -217,6 +207,17 @@ pub fn crash_storm(
 
     use crate::common::broker::wait_timeout;
 
+    let spawn = |attempt: usize, failpoints: Option<String>| {
+        let log = logs.join(format!("run-{attempt}.log"));
+        let mut cmd = command();
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        (cmd.spawn().unwrap(), log)
+    };
     let log_of = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
     let mut attempt = 0;
     for &batch in kill_at {

@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1512,23 +1511,17 @@ fn generated_queries_equal_the_batch_query_after_sigkills_of_sluice_run() {
     let mut rng = Lcg::new(seed ^ 0x6b11);
     let kill_at = [rng.range(2, 6) as u64, rng.range(8, 16) as u64];
     let random_kill_after = Duration::from_millis(rng.range(100, 900) as u64);
-    let spawn = |attempt: usize, failpoints: Option<String>| {
-        let log = case.dir.path().join(format!("run-{attempt}.log"));
+    let command = || {
         let mut cmd = common::sluice_run(&job, &data, &cp);
         cmd.args(["--interval", "1ms", "--quiet"])
-            .args(["--max-records-per-batch", "5"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
-        }
-        (cmd.spawn().unwrap(), log)
+            .args(["--max-records-per-batch", "5"]);
+        cmd
     };
     let mut before = 0;
     common_sql::crash_storm(
         &format!("SLUICE_GEN_SEED={seed}"),
-        &spawn,
+        case.dir.path(),
+        &command,
         &kill_at,
         random_kill_after,
         |batch| {

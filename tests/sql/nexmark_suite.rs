@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -459,23 +458,17 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
     let seed = common::crash_seed();
     let kill_at = [3 + seed % 5, 20 + seed % 40];
     let random_kill_after = Duration::from_millis(300 + seed % 900);
-    let spawn = |attempt: usize, failpoints: Option<String>| {
-        let log = dir.path().join(format!("run-{attempt}.log"));
+    let command = || {
         let mut cmd = common::sluice_run(&job, &data, &cp);
         cmd.current_dir(common::repo(""))
             .args(["--interval", "1ms", "--quiet"])
-            .args(["--max-records-per-batch", "7"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
-        }
-        (cmd.spawn().unwrap(), log)
+            .args(["--max-records-per-batch", "7"]);
+        cmd
     };
     crate::common_sql::crash_storm(
         &format!("nexmark, crash seed {seed}"),
-        &spawn,
+        dir.path(),
+        &command,
         &kill_at,
         random_kill_after,
         |_| {},

@@ -482,7 +482,7 @@ impl FileSink {
                     names.join(", ")
                 )));
             };
-            if text_cells_supported(field).is_err() || field.data_type().is_nested() {
+            if text_cells_supported(field).is_err() {
                 return Err(refuse(format!(
                     "{what}: partition column {column} has type {}, which cannot name a directory",
                     field.data_type()

@@ -357,24 +357,51 @@ impl FileWriter {
             .map(|&i| arrow::compute::cast(all.column(i), &arrow::datatypes::DataType::Utf8))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.error(format!("cannot write a partition column as text: {e}")))?;
-        let mut groups: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        // Rows by their partition values (Arrow's row format: bytes per
+        // row, no string built per row), then each group's directory once.
+        let converter = arrow::row::RowConverter::new(
+            texts
+                .iter()
+                .map(|t| arrow::row::SortField::new(t.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| self.error(format!("cannot group by the partition columns: {e}")))?;
+        let values = converter
+            .convert_columns(&texts)
+            .map_err(|e| self.error(format!("cannot group by the partition columns: {e}")))?;
+        let mut by_values: std::collections::HashMap<&[u8], Vec<u32>> = Default::default();
         for row in 0..all.num_rows() {
-            let mut subdir = String::new();
-            for (text, name) in texts.iter().zip(&self.partition_by) {
-                let text = text.as_any().downcast_ref::<arrow::array::StringArray>();
-                let value = match text {
-                    Some(t) if !t.is_null(row) => escape_partition_value(t.value(row)),
-                    _ => DEFAULT_PARTITION.to_owned(),
-                };
-                if !subdir.is_empty() {
-                    subdir.push('/');
-                }
-                subdir.push_str(&escape_partition_value(name));
-                subdir.push('=');
-                subdir.push_str(&value);
-            }
-            groups.entry(subdir).or_default().push(row as u32);
+            by_values
+                .entry(values.row(row).data())
+                .or_default()
+                .push(row as u32);
         }
+        let names: Vec<String> = self
+            .partition_by
+            .iter()
+            .map(|n| escape_partition_value(n))
+            .collect();
+        let mut groups: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for rows in by_values.into_values() {
+            let first = rows[0] as usize;
+            let subdir = texts
+                .iter()
+                .zip(&names)
+                .map(|(text, name)| {
+                    let text = text.as_any().downcast_ref::<arrow::array::StringArray>();
+                    let value = match text {
+                        Some(t) if !t.is_null(first) => escape_partition_value(t.value(first)),
+                        _ => DEFAULT_PARTITION.to_owned(),
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            // NULL and '' share the default directory.
+            groups.entry(subdir).or_default().extend(rows);
+        }
+        // Rows in batch order within each file, as they arrived.
+        groups.values_mut().for_each(|rows| rows.sort_unstable());
         let data_columns: Vec<usize> = (0..schema.fields().len())
             .filter(|i| !keys.contains(i))
             .collect();
