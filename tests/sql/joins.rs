@@ -94,19 +94,23 @@ fn batch_join(
         .pairs(query)
 }
 
-/// Rows the `paid` job's join keeps buffered (state keys tagged 2).
+/// Rows the `paid` job's join keeps buffered: state keys tagged 7 hold a
+/// key's rows of one batch, each prefixed by its length (u32, LE).
 fn buffered_rows(checkpoint: &Path) -> usize {
     let cp = sluice::checkpoint::Checkpoint::open_read_only(checkpoint, "paid").unwrap();
     let cf = cp.cf("state.insert-paid").unwrap();
     cp.db()
         .iterator_cf(cf, rocksdb::IteratorMode::Start)
         .map(|item| item.unwrap())
-        .filter(|(k, _)| k.first() == Some(&2))
+        .filter(|(k, _)| k.first() == Some(&7))
         .map(|(_, v)| {
-            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(v), None)
-                .unwrap()
-                .map(|b| b.unwrap().num_rows())
-                .sum::<usize>()
+            let (mut rows, mut at) = (0, 0);
+            while at + 4 <= v.len() {
+                at += 4 + u32::from_le_bytes(v[at..at + 4].try_into().unwrap()) as usize;
+                rows += 1;
+            }
+            assert_eq!(at, v.len(), "a buffered entry ends with its last row");
+            rows
         })
         .sum()
 }

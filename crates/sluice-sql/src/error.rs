@@ -27,6 +27,9 @@ pub enum SqlError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("state store: {0}")]
     Rocks(#[from] rocksdb::Error),
+    /// Stored state that does not decode (written by something else).
+    #[error("state store: {message}")]
+    State { message: String },
     #[error(transparent)]
     Engine(#[from] PlanError),
 }

@@ -21,9 +21,11 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::Column;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, LogicalPlan, Operator};
 use rocksdb::{ColumnFamily, DB};
@@ -274,59 +276,271 @@ pub(crate) fn derive(
     })
 }
 
-/// Rows of stream `side` buffered by earlier batches, from those keyed
-/// at `from` on (all: `i64::MIN`).
-pub(crate) fn load(
-    db: &DB,
-    cf: &ColumnFamily,
-    side: u8,
-    from: i64,
-) -> Result<Vec<RecordBatch>, SqlError> {
-    let prefix = state_keys::join_from(side, from);
-    let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(state_keys::join_end(side));
-    let mut out = Vec::new();
-    for item in db.iterator_cf_opt(
-        cf,
-        opts,
-        rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-    ) {
-        let (_, value) = item?;
-        let reader = StreamReader::try_new(Cursor::new(value.as_ref()), None)?;
-        for batch in reader {
-            out.push(batch?);
-        }
-    }
-    Ok(out)
+/// How a join's rows of each stream are buffered and found again: by
+/// join key, so a batch reads back only the rows of the keys its new rows
+/// carry (Flink's keyed join state), not everything buffered. Each batch
+/// writes one entry per stream and key (its rows in Arrow's row format)
+/// and one index entry by time, which eviction walks.
+pub(crate) struct JoinBuffer {
+    /// Per stream, the join key's columns in its schema; empty when the
+    /// join has no equality of columns of one type (every row then has
+    /// the empty key, and a batch reads every buffered row).
+    keys: [Vec<usize>; 2],
+    key_codec: Option<RowConverter>,
+    rows: [RowConverter; 2],
+    schemas: [SchemaRef; 2],
 }
 
-/// Buffers this batch's rows of stream `side`, one entry per slice keyed
-/// by its newest event time (with a TTL: the batch time).
-pub(crate) fn store(
-    writes: &mut Vec<Change>,
-    side: u8,
-    batch_id: u64,
-    slices: &[(RecordBatch, i64)],
-) -> Result<(), SqlError> {
-    for (i, (rows, newest)) in slices.iter().enumerate() {
-        if rows.num_rows() == 0 {
-            continue;
-        }
-        let key = state_keys::join_key(side, *newest, batch_id, i as u32);
-        let mut bytes = Vec::new();
-        {
-            let mut w = StreamWriter::try_new(&mut bytes, &rows.schema())?;
-            w.write(rows)?;
-            w.finish()?;
-        }
-        writes.push((key, Some(bytes)));
-    }
-    Ok(())
+/// When a stream's buffered rows stop being able to match.
+pub(crate) enum RowTime<'a> {
+    /// Each row's event time in this column (an interval join).
+    Column(&'a str),
+    /// One time for every row (the batch time, for a join kept by TTL).
+    Fixed(i64),
 }
 
-/// Deletes the buffered rows of stream `side` whose newest event time
-/// (with a TTL: batch time) is before `until`: nothing to come can match
-/// them.
+impl JoinBuffer {
+    pub(crate) fn new(join: &IntervalJoin, schemas: [SchemaRef; 2]) -> Result<Self, SqlError> {
+        let codec = |schema: &SchemaRef| {
+            RowConverter::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )
+        };
+        let rows = [codec(&schemas[0])?, codec(&schemas[1])?];
+        let positions = |side: usize| -> Option<Vec<usize>> {
+            join.keys[side]
+                .iter()
+                .map(|k| schemas[side].index_of(k).ok())
+                .collect()
+        };
+        let types = |side: usize, at: &[usize]| -> Vec<DataType> {
+            at.iter()
+                .map(|&i| key_type(schemas[side].field(i).data_type()))
+                .collect()
+        };
+        // Floats are left to DataFusion's comparison (0.0 = -0.0, whose
+        // bytes differ), as are keys the two sides hold in other types.
+        let comparable = |k0: &[usize], k1: &[usize]| {
+            let t = types(0, k0);
+            !k0.is_empty() && t == types(1, k1) && !t.iter().any(DataType::is_floating)
+        };
+        let keys = match (positions(0), positions(1)) {
+            (Some(k0), Some(k1)) if comparable(&k0, &k1) => [k0, k1],
+            _ => Default::default(),
+        };
+        let key_codec = if keys[0].is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                types(0, &keys[0]).into_iter().map(SortField::new).collect(),
+            )?)
+        };
+        Ok(Self {
+            keys,
+            key_codec,
+            rows,
+            schemas,
+        })
+    }
+
+    /// Each row's join key (`None` where a key column is null: such a row
+    /// matches nothing).
+    fn keys_of(&self, side: usize, batch: &RecordBatch) -> Result<Option<KeyRows>, SqlError> {
+        let Some(codec) = &self.key_codec else {
+            return Ok(None);
+        };
+        let columns = self.keys[side]
+            .iter()
+            .map(|&i| key_column(batch.column(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut valid = vec![true; batch.num_rows()];
+        for column in &columns {
+            if let Some(nulls) = column.logical_nulls() {
+                for (v, present) in valid.iter_mut().zip(nulls.iter()) {
+                    *v &= present;
+                }
+            }
+        }
+        Ok(Some(KeyRows {
+            rows: codec.convert_columns(&columns)?,
+            valid,
+        }))
+    }
+
+    /// The rows of stream `side` buffered by earlier batches (kept from
+    /// `from` on) whose join key is one of `probe`'s, the other stream's
+    /// new rows.
+    pub(crate) fn matching(
+        &self,
+        db: &DB,
+        cf: &ColumnFamily,
+        side: usize,
+        probe: &[RecordBatch],
+        from: i64,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        if self.key_codec.is_none() {
+            wanted.push(Vec::new());
+        } else {
+            for batch in probe {
+                if let Some(keys) = self.keys_of(1 - side, batch)? {
+                    for (i, row) in keys.rows.iter().enumerate() {
+                        if keys.valid[i] {
+                            wanted.push(row.as_ref().to_vec());
+                        }
+                    }
+                }
+            }
+            wanted.sort_unstable();
+            wanted.dedup();
+        }
+        let mut values: Vec<Box<[u8]>> = Vec::new();
+        let mut it = db.raw_iterator_cf(cf);
+        for key in &wanted {
+            let prefix = state_keys::join_rows_prefix(side as u8, key);
+            it.seek(&prefix);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if state_keys::time_from_bytes(&k[prefix.len()..]) >= from {
+                    values.push(v.into());
+                }
+                it.next();
+            }
+            it.status()?;
+        }
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parser = self.rows[side].parser();
+        let mut rows = Vec::new();
+        for value in &values {
+            let mut at = 0;
+            while at + 4 <= value.len() {
+                let len = u32::from_le_bytes(value[at..at + 4].try_into().unwrap_or_default());
+                let end = at + 4 + len as usize;
+                let bytes = value.get(at + 4..end).ok_or_else(|| SqlError::State {
+                    message: "a buffered join row is cut short".into(),
+                })?;
+                rows.push(parser.parse(bytes));
+                at = end;
+            }
+        }
+        let columns = self.rows[side].convert_rows(rows)?;
+        Ok(vec![RecordBatch::try_new(
+            self.schemas[side].clone(),
+            columns,
+        )?])
+    }
+
+    /// Buffers this batch's rows of stream `side`: one entry per join key
+    /// under the newest time of its rows, and its index entry.
+    pub(crate) fn store(
+        &self,
+        writes: &mut Vec<Change>,
+        side: usize,
+        batch_id: u64,
+        batches: &[RecordBatch],
+        time: RowTime<'_>,
+        line: usize,
+    ) -> Result<(), SqlError> {
+        // Per key: its rows (length-prefixed) and their newest time.
+        let mut groups: hashbrown::HashMap<Vec<u8>, (Vec<u8>, i64)> = hashbrown::HashMap::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let times = match time {
+                RowTime::Column(column) => Some(event_times(batch, column, line)?),
+                RowTime::Fixed(_) => None,
+            };
+            let keys = self.keys_of(side, batch)?;
+            let rows = self.rows[side].convert_columns(batch.columns())?;
+            for (i, row) in rows.iter().enumerate() {
+                let key: &[u8] = match &keys {
+                    Some(k) if !k.valid[i] => continue,
+                    Some(k) => k.rows.row(i).data(),
+                    None => &[],
+                };
+                let t = match (&times, &time) {
+                    (Some(ts), _) => ts.value(i),
+                    (None, RowTime::Fixed(t)) => *t,
+                    (None, RowTime::Column(_)) => i64::MIN,
+                };
+                let (bytes, newest) = groups.entry_ref(key).or_insert((Vec::new(), i64::MIN));
+                let data = row.data();
+                bytes.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(data);
+                *newest = (*newest).max(t);
+            }
+        }
+        let side = side as u8;
+        for (key, (rows, newest)) in groups {
+            writes.push((
+                state_keys::join_rows_key(side, &key, newest, batch_id),
+                Some(rows),
+            ));
+            writes.push((
+                state_keys::join_time_key(side, newest, batch_id, &key),
+                Some(Vec::new()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A batch's join keys in Arrow's row format, and which rows have one.
+struct KeyRows {
+    rows: datafusion::arrow::row::Rows,
+    valid: Vec<bool>,
+}
+
+/// The type both streams' key columns are compared in, so `INT = BIGINT`
+/// keys are the same bytes (and hash alike on many workers).
+pub(crate) fn key_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 | DataType::Float32 => DataType::Float64,
+        DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        other => other.clone(),
+    }
+}
+
+/// A key column in its [`key_type`].
+pub(crate) fn key_column(column: &ArrayRef) -> Result<ArrayRef, SqlError> {
+    let common = key_type(column.data_type());
+    if &common == column.data_type() {
+        return Ok(column.clone());
+    }
+    Ok(cast(column, &common)?)
+}
+
+/// `column` of `batch` as milliseconds.
+fn event_times(batch: &RecordBatch, column: &str, line: usize) -> Result<Int64Array, SqlError> {
+    let times = cast(
+        batch.column(batch.schema().index_of(column)?),
+        &DataType::Int64,
+    )?;
+    times
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| SqlError::Plan {
+            line,
+            message: format!("{column} is not a time"),
+        })
+}
+
+/// Deletes the buffered rows of stream `side` whose newest time is before
+/// `until`: nothing to come can match them.
 pub(crate) fn evict(
     db: &DB,
     writes: &mut Vec<Change>,
@@ -335,7 +549,36 @@ pub(crate) fn evict(
     until: i64,
 ) -> Result<(), SqlError> {
     let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(state_keys::join_from(side, until));
+    opts.set_iterate_upper_bound(state_keys::join_time_from(side, until));
+    for item in db.iterator_cf_opt(
+        cf,
+        opts,
+        rocksdb::IteratorMode::From(
+            &state_keys::join_time_from(side, i64::MIN),
+            rocksdb::Direction::Forward,
+        ),
+    ) {
+        let (key, _) = item?;
+        writes.push((state_keys::join_rows_of_time_key(&key), None));
+        writes.push((key.to_vec(), None));
+    }
+    Ok(())
+}
+
+/// Rows of stream `side` an older Sluice buffered in slices by time (kept
+/// from `from` on), each slice with its newest time and batch; every
+/// legacy entry is deleted in `writes`, so the caller moves the rows into
+/// the keyed layout in the same commit.
+pub(crate) fn take_legacy(
+    db: &DB,
+    cf: &ColumnFamily,
+    side: u8,
+    from: i64,
+    writes: &mut Vec<Change>,
+) -> Result<Vec<(RecordBatch, i64, u64)>, SqlError> {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(state_keys::join_end(side));
+    let mut out = Vec::new();
     for item in db.iterator_cf_opt(
         cf,
         opts,
@@ -344,10 +587,18 @@ pub(crate) fn evict(
             rocksdb::Direction::Forward,
         ),
     ) {
-        let (key, _) = item?;
+        let (key, value) = item?;
         writes.push((key.to_vec(), None));
+        let (newest, batch_id) = state_keys::legacy_join_slice(&key);
+        if newest < from {
+            continue;
+        }
+        let reader = StreamReader::try_new(Cursor::new(value.as_ref()), None)?;
+        for batch in reader {
+            out.push((batch?, newest, batch_id));
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// A schema-preserving empty set of rows, when a stream has none buffered.
@@ -359,5 +610,185 @@ pub(crate) fn or_empty(
         vec![RecordBatch::new_empty(schema.clone())]
     } else {
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::ipc::writer::StreamWriter;
+
+    fn db() -> (DB, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf(&opts, dir.path(), ["q"]).unwrap();
+        (db, dir)
+    }
+
+    fn apply(db: &DB, writes: Vec<Change>) {
+        let cf = db.cf_handle("q").unwrap();
+        for (k, v) in writes {
+            match v {
+                Some(v) => db.put_cf(cf, k, v).unwrap(),
+                None => db.delete_cf(cf, k).unwrap(),
+            }
+        }
+    }
+
+    /// Bids keyed by a BIGINT auction, auctions by an INT id.
+    fn buffer() -> JoinBuffer {
+        let bid = Arc::new(Schema::new(vec![
+            Field::new("auction", DataType::Int64, true),
+            Field::new("url", DataType::Utf8, true),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let auction = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
+        let join = IntervalJoin {
+            streams: ["bid".into(), "auction".into()],
+            columns: ["ts".into(), String::new()],
+            lo_ms: i64::MIN,
+            hi_ms: i64::MAX,
+            ttl_ms: Some(1),
+            keys: [vec!["auction".into()], vec!["id".into()]],
+        };
+        JoinBuffer::new(&join, [bid, auction]).unwrap()
+    }
+
+    fn bids(auctions: &[Option<i64>], ts: &[i64]) -> RecordBatch {
+        let b = buffer();
+        let urls: Vec<String> = ts.iter().map(|t| format!("url-{t}")).collect();
+        RecordBatch::try_new(
+            b.schemas[0].clone(),
+            vec![
+                Arc::new(Int64Array::from(auctions.to_vec())),
+                Arc::new(StringArray::from(urls)),
+                Arc::new(Int64Array::from(ts.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn auctions(ids: &[i32]) -> RecordBatch {
+        let b = buffer();
+        RecordBatch::try_new(
+            b.schemas[1].clone(),
+            vec![Arc::new(Int32Array::from(ids.to_vec()))],
+        )
+        .unwrap()
+    }
+
+    fn times(rows: &[RecordBatch]) -> Vec<i64> {
+        let mut out: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| {
+                let ts = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+                ts.values().to_vec()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_batch_reads_back_only_the_rows_of_its_keys_and_eviction_removes_every_entry() {
+        let (db, _dir) = db();
+        let cf = db.cf_handle("q").unwrap();
+        let b = buffer();
+        let mut writes = Vec::new();
+        let first = bids(&[Some(1), Some(2), None, Some(1)], &[10, 20, 30, 40]);
+        b.store(&mut writes, 0, 1, &[first], RowTime::Column("ts"), 1)
+            .unwrap();
+        apply(&db, writes);
+        let mut writes = Vec::new();
+        let second = bids(&[Some(1), Some(3)], &[50, 60]);
+        b.store(&mut writes, 0, 2, &[second], RowTime::Column("ts"), 1)
+            .unwrap();
+        apply(&db, writes);
+
+        // New auctions 1 (an INT, as the bids' BIGINT) and 7.
+        let found = b.matching(&db, cf, 0, &[auctions(&[1, 7, 1])], i64::MIN);
+        assert_eq!(times(&found.unwrap()), vec![10, 40, 50]);
+        assert_eq!(
+            times(
+                &b.matching(&db, cf, 0, &[auctions(&[3, 2])], i64::MIN)
+                    .unwrap()
+            ),
+            vec![20, 60]
+        );
+        assert!(
+            b.matching(&db, cf, 0, &[auctions(&[9])], i64::MIN)
+                .unwrap()
+                .is_empty()
+        );
+        // The null-keyed bid (30) matches nothing and was not kept; rows
+        // kept from 45 on: auction 1's second batch only.
+        assert_eq!(
+            times(&b.matching(&db, cf, 0, &[auctions(&[1])], 45).unwrap()),
+            vec![50]
+        );
+
+        // Auction 1's first entry's newest row is 40; auction 2's is 20.
+        let mut writes = Vec::new();
+        evict(&db, &mut writes, cf, 0, 41).unwrap();
+        assert_eq!(writes.len(), 4, "two entries and their index entries");
+        apply(&db, writes);
+        let left = b
+            .matching(&db, cf, 0, &[auctions(&[1, 2, 3])], i64::MIN)
+            .unwrap();
+        assert_eq!(times(&left), vec![50, 60]);
+        let mut writes = Vec::new();
+        evict(&db, &mut writes, cf, 0, i64::MAX).unwrap();
+        apply(&db, writes);
+        assert_eq!(db.iterator_cf(cf, rocksdb::IteratorMode::Start).count(), 0);
+    }
+
+    #[test]
+    fn a_join_without_a_key_reads_every_row() {
+        let (db, _dir) = db();
+        let cf = db.cf_handle("q").unwrap();
+        let mut b = buffer();
+        b.keys = Default::default();
+        b.key_codec = None;
+        let mut writes = Vec::new();
+        let rows = bids(&[Some(1), None], &[10, 20]);
+        b.store(&mut writes, 0, 1, &[rows], RowTime::Fixed(5), 1)
+            .unwrap();
+        apply(&db, writes);
+        let found = b
+            .matching(&db, cf, 0, &[auctions(&[42])], i64::MIN)
+            .unwrap();
+        assert_eq!(times(&found), vec![10, 20]);
+    }
+
+    #[test]
+    fn rows_in_the_layout_before_keys_are_read_once_and_deleted() {
+        let (db, _dir) = db();
+        let cf = db.cf_handle("q").unwrap();
+        let rows = bids(&[Some(1), Some(2)], &[10, 20]);
+        let mut bytes = Vec::new();
+        let mut w = StreamWriter::try_new(&mut bytes, &rows.schema()).unwrap();
+        w.write(&rows).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        db.put_cf(cf, state_keys::join_key(0, 20, 7, 0), &bytes)
+            .unwrap();
+        db.put_cf(cf, state_keys::join_key(0, 5, 6, 0), &bytes)
+            .unwrap();
+        let mut writes = Vec::new();
+        let legacy = take_legacy(&db, cf, 0, 10, &mut writes).unwrap();
+        assert_eq!(legacy.len(), 1, "the slice kept from 10 on");
+        assert_eq!((legacy[0].1, legacy[0].2), (20, 7));
+        assert_eq!(legacy[0].0, rows);
+        assert_eq!(writes.iter().filter(|(_, v)| v.is_none()).count(), 2);
+        apply(&db, writes);
+        assert!(
+            take_legacy(&db, cf, 0, i64::MIN, &mut Vec::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -9,10 +9,12 @@
 //! | `0x00` | `watermark/` stream name                   | the stream's watermark progress (JSON)  | watermark                   |
 //! | `0x01` | [window end] group (Arrow row format)      | [last update time] accumulator states   | incremental (GROUP BY)      |
 //! | `0x01` | group, session start                       | session end, accumulator states         | session_window              |
-//! | `0x02` | side, newest event time, batch id, slice   | buffered rows (Arrow IPC stream)        | join                        |
+//! | `0x02` | side, newest event time, batch id, slice   | buffered rows (Arrow IPC stream): the layout before `0x07`, read once and moved | join |
 //! | `0x03` | last update time, `0x01` group key         | empty: index of groups by last update   | incremental (`state_ttl`)   |
 //! | `0x05` | session end, group, session start          | empty: index of open sessions by end    | session_window              |
 //! | `0x06` | [window end] group, set (u16), value        | bits: which `count(DISTINCT …)` of the set (same argument) counted it | incremental (DISTINCT) |
+//! | `0x07` | side, join key, newest time, batch id      | the batch's rows of that key (Arrow row format, each length-prefixed) | join |
+//! | `0x08` | side, newest time, batch id, join key      | empty: index of `0x07` entries by time, for eviction | join |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -23,8 +25,13 @@
 const META_TAG: u8 = 0;
 /// Groups of an aggregation, or sessions of a session window.
 pub(crate) const GROUP_TAG: u8 = 1;
-/// An interval join's buffered rows.
+/// A join's buffered rows in slices by time (the layout before
+/// [`JOIN_ROWS_TAG`]: read and moved by the first batch that finds them).
 const JOIN_TAG: u8 = 2;
+/// A join's buffered rows by join key.
+const JOIN_ROWS_TAG: u8 = 7;
+/// A join's buffered rows by time, for eviction.
+const JOIN_TIME_TAG: u8 = 8;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -161,13 +168,70 @@ pub(crate) fn join_end(side: u8) -> Vec<u8> {
     vec![JOIN_TAG, side + 1]
 }
 
-/// The key of one slice of buffered join rows.
+/// The key of one slice of buffered join rows (the layout before
+/// [`JOIN_ROWS_TAG`]).
+#[cfg(test)]
 pub(crate) fn join_key(side: u8, newest: i64, batch_id: u64, slice: u32) -> Vec<u8> {
     let mut key = vec![JOIN_TAG, side];
     key.extend_from_slice(&time_bytes(newest));
     key.extend_from_slice(&batch_id.to_be_bytes());
     key.extend_from_slice(&slice.to_be_bytes());
     key
+}
+
+/// The prefix of every entry of stream `side`'s buffered rows with join
+/// key `key` (Arrow row format: self-delimiting, so no key's entries
+/// share another's prefix; empty for a join without equalities).
+pub(crate) fn join_rows_prefix(side: u8, key: &[u8]) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(2 + key.len() + 16);
+    prefix.extend_from_slice(&[JOIN_ROWS_TAG, side]);
+    prefix.extend_from_slice(key);
+    prefix
+}
+
+/// The entry of one batch's rows of stream `side` with join key `key`,
+/// under their newest time.
+pub(crate) fn join_rows_key(side: u8, key: &[u8], newest: i64, batch_id: u64) -> Vec<u8> {
+    let mut k = join_rows_prefix(side, key);
+    k.extend_from_slice(&time_bytes(newest));
+    k.extend_from_slice(&batch_id.to_be_bytes());
+    k
+}
+
+/// The time index entry of a [`join_rows_key`].
+pub(crate) fn join_time_key(side: u8, newest: i64, batch_id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18 + key.len());
+    k.extend_from_slice(&[JOIN_TIME_TAG, side]);
+    k.extend_from_slice(&time_bytes(newest));
+    k.extend_from_slice(&batch_id.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The start of stream `side`'s time index at `from` (all of it:
+/// `i64::MIN`).
+pub(crate) fn join_time_from(side: u8, from: i64) -> Vec<u8> {
+    let mut k = vec![JOIN_TIME_TAG, side];
+    k.extend_from_slice(&time_bytes(from));
+    k
+}
+
+/// The [`join_rows_key`] a time index entry points at.
+pub(crate) fn join_rows_of_time_key(index: &[u8]) -> Vec<u8> {
+    let (side, time, batch, key) = (index[1], &index[2..10], &index[10..18], &index[18..]);
+    let mut k = Vec::with_capacity(index.len());
+    k.extend_from_slice(&[JOIN_ROWS_TAG, side]);
+    k.extend_from_slice(key);
+    k.extend_from_slice(time);
+    k.extend_from_slice(batch);
+    k
+}
+
+/// The newest time and batch id of a legacy ([`JOIN_TAG`]) slice key.
+pub(crate) fn legacy_join_slice(key: &[u8]) -> (i64, u64) {
+    let mut batch = [0u8; 8];
+    batch.copy_from_slice(&key[10..18]);
+    (time_from_bytes(&key[2..]), u64::from_be_bytes(batch))
 }
 
 #[cfg(test)]
@@ -215,6 +279,8 @@ mod tests {
             watermark_key("s")[0],
             group_key(Some(1), b"g")[0],
             join_key(0, 1, 1, 0)[0],
+            join_rows_key(0, b"k", 1, 1)[0],
+            join_time_key(0, 1, 1, b"k")[0],
             ttl_key(1, &group_key(None, b"g"))[0],
             session_end_key(1, &session_key(b"g", 0))[0],
             distinct_prefix(&group_key(None, b"g"))[0],
@@ -224,5 +290,18 @@ mod tests {
         assert_eq!(sorted.len(), tags.len());
         assert!(join_from(0, i64::MIN) < join_end(0));
         assert!(join_key(0, i64::MAX, u64::MAX, u32::MAX) < join_end(0));
+    }
+
+    #[test]
+    fn a_join_rows_time_index_entry_points_at_its_rows() {
+        let rows = join_rows_key(1, b"auction-7", -30, 12);
+        assert!(rows.starts_with(&join_rows_prefix(1, b"auction-7")));
+        let index = join_time_key(1, -30, 12, b"auction-7");
+        assert_eq!(join_rows_of_time_key(&index), rows);
+        assert!(join_time_from(1, i64::MIN) <= index);
+        assert!(index < join_time_from(1, -29));
+        assert!(join_time_from(1, -30) <= index);
+        let legacy = join_key(0, -30, 12, 3);
+        assert_eq!(legacy_join_slice(&legacy), (-30, 12));
     }
 }

@@ -1,12 +1,12 @@
-//! An interval join's batch: this batch's rows of each stream against
-//! everything buffered of the other (and the other's new rows once), then
-//! the new rows are buffered and those the bound and the watermarks have
-//! put out of reach are evicted (see [`crate::join`] for the bound and the
-//! buffer's layout).
+//! A join's batch: this batch's rows of each stream against the buffered
+//! rows of the other with the same join key (and the other's new rows
+//! once), then the new rows are buffered and those the bound, the
+//! watermarks or the TTL have put out of reach are evicted (see
+//! [`crate::join`] for the bound and the buffer's layout).
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{cast, concat, max};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::compute::concat;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use rocksdb::{ColumnFamily, DB};
@@ -17,7 +17,7 @@ use crate::context::StaticTable;
 use crate::context::session_over;
 use crate::error::SqlError;
 use crate::incremental::{self, Policy};
-use crate::join::{self, Change, IntervalJoin};
+use crate::join::{self, Change, IntervalJoin, JoinBuffer, RowTime};
 
 /// One batch's rows of a stream, by table name.
 type Rows = (String, Vec<RecordBatch>);
@@ -62,18 +62,49 @@ impl JoinRun<'_> {
         let from = self.join.ttl_ms.map_or(i64::MIN, |ttl| {
             cx.batch_time_ms.saturating_sub(ttl).saturating_add(1)
         });
-        let old0 = join::or_empty(join::load(db, cf, 0, from)?, schema0);
-        let mut all1 = join::load(db, cf, 1, from)?;
-        all1.extend(new1.iter().cloned());
+        let buffer = JoinBuffer::new(self.join, self.schemas.clone())?;
+        let mut writes = Vec::new();
+        // Only the buffered rows whose key a new row of the other stream
+        // carries can match it.
+        let mut old0 = buffer.matching(db, cf, 0, &new1, from)?;
+        let mut old1 = buffer.matching(db, cf, 1, &new0, from)?;
+        // Rows an older Sluice buffered in slices by time join as they are
+        // and move into the keyed layout in this commit.
+        for (side, old) in [&mut old0, &mut old1].into_iter().enumerate() {
+            for (rows, newest, batch_id) in
+                join::take_legacy(db, cf, side as u8, from, &mut writes)?
+            {
+                let time = RowTime::Fixed(newest);
+                buffer.store(
+                    &mut writes,
+                    side,
+                    batch_id,
+                    std::slice::from_ref(&rows),
+                    time,
+                    self.line,
+                )?;
+                old.push(rows);
+            }
+        }
+        old1.extend(new1.iter().cloned());
         let runs = [
             vec![
                 (n0.clone(), new0.clone()),
-                (n1.clone(), join::or_empty(all1, schema1)),
+                (n1.clone(), join::or_empty(old1, schema1)),
             ],
-            vec![(n0, old0), (n1, new1.clone())],
+            vec![(n0, join::or_empty(old0, schema0)), (n1, new1.clone())],
         ];
         let output = self.new_matches(cx, cf, runs)?;
-        let writes = self.buffer(db, cf, cx, [&new0, &new1], from, watermarks)?;
+        self.buffer(
+            &buffer,
+            db,
+            cf,
+            cx,
+            [&new0, &new1],
+            from,
+            watermarks,
+            &mut writes,
+        )?;
         cx.write(|w| {
             for (key, value) in writes {
                 match value {
@@ -142,64 +173,43 @@ impl JoinRun<'_> {
 
     /// Buffers the batch's new rows of both streams and evicts the rows
     /// nothing to come can match.
+    #[allow(clippy::too_many_arguments)]
     fn buffer(
         &self,
+        buffer: &JoinBuffer,
         db: &DB,
         cf: &ColumnFamily,
         cx: &BatchCx,
         new: [&[RecordBatch]; 2],
         from: i64,
         watermarks: &[Option<i64>],
-    ) -> Result<Vec<Change>, SqlError> {
+        writes: &mut Vec<Change>,
+    ) -> Result<(), SqlError> {
         let j = self.join;
-        let mut writes = Vec::new();
         if j.ttl_ms.is_some() {
             // Kept for the TTL after the batch that brought them.
             for (side, rows) in new.into_iter().enumerate() {
-                let arrived: Vec<(RecordBatch, i64)> =
-                    rows.iter().map(|b| (b.clone(), cx.batch_time_ms)).collect();
-                join::store(&mut writes, side as u8, cx.batch_id, &arrived)?;
+                let time = RowTime::Fixed(cx.batch_time_ms);
+                buffer.store(writes, side, cx.batch_id, rows, time, self.line)?;
             }
-            join::evict(db, &mut writes, cf, 0, from)?;
-            join::evict(db, &mut writes, cf, 1, from)?;
-            return Ok(writes);
+            join::evict(db, writes, cf, 0, from)?;
+            join::evict(db, writes, cf, 1, from)?;
+            return Ok(());
         }
-        // Each slice under its newest event time.
+        // Each key's rows under their newest event time.
         for (side, rows) in new.into_iter().enumerate() {
-            let slices = newest(rows, &j.columns[side], self.line)?;
-            join::store(&mut writes, side as u8, cx.batch_id, &slices)?;
+            let time = RowTime::Column(&j.columns[side]);
+            buffer.store(writes, side, cx.batch_id, rows, time, self.line)?;
         }
         // A row of stream 0 at t0 can still match a stream-1 row to
         // come (t1 ≥ W1) only if t0 ≥ W1 + lo; one of stream 1 only if
         // t1 ≥ W0 − hi.
         if let Some(w1) = watermarks[1] {
-            join::evict(db, &mut writes, cf, 0, w1.saturating_add(j.lo_ms))?;
+            join::evict(db, writes, cf, 0, w1.saturating_add(j.lo_ms))?;
         }
         if let Some(w0) = watermarks[0] {
-            join::evict(db, &mut writes, cf, 1, w0.saturating_sub(j.hi_ms))?;
+            join::evict(db, writes, cf, 1, w0.saturating_sub(j.hi_ms))?;
         }
-        Ok(writes)
+        Ok(())
     }
-}
-
-/// Each slice of `rows` with the newest value of its time `column`.
-fn newest(
-    rows: &[RecordBatch],
-    column: &str,
-    line: usize,
-) -> Result<Vec<(RecordBatch, i64)>, SqlError> {
-    rows.iter()
-        .map(|b| {
-            let times = cast(b.column(b.schema().index_of(column)?), &DataType::Int64)?;
-            let times =
-                times
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| SqlError::Plan {
-                        line,
-                        message: format!("{column} is not a time"),
-                    })?;
-            Ok((b.clone(), max(times).unwrap_or(i64::MIN)))
-        })
-        .collect()
 }

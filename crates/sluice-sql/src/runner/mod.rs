@@ -224,26 +224,6 @@ fn join_side(operator: &str, side: usize) -> String {
     format!("{operator}-side{side}")
 }
 
-/// A join key column in a type both sides hash alike: `a.id = b.id`
-/// matches an INT with a BIGINT, so integers hash as BIGINT, floats as
-/// DOUBLE, strings as TEXT.
-fn join_key_column(column: &ArrayRef) -> Result<ArrayRef, SqlError> {
-    use datafusion::arrow::datatypes::DataType;
-    let common = match column.data_type() {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => DataType::Int64,
-        DataType::Float16 | DataType::Float32 => DataType::Float64,
-        DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
-        _ => return Ok(column.clone()),
-    };
-    Ok(datafusion::arrow::compute::cast(column, &common)?)
-}
-
 /// A hash of each row's group key that every worker computes alike: the
 /// key in Arrow's row format (byte-comparable, independent of the machine)
 /// through FNV-1a and a final mix.
@@ -473,7 +453,9 @@ impl QueryRunner {
                     let keys = if by_columns {
                         join.keys[side]
                             .iter()
-                            .map(|k| join_key_column(part.column(part.schema().index_of(k)?)))
+                            .map(|k| {
+                                crate::join::key_column(part.column(part.schema().index_of(k)?))
+                            })
                             .collect::<Result<Vec<_>, SqlError>>()?
                     } else {
                         Vec::new()
