@@ -128,12 +128,38 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
     assert!(e.contains("LIMIT over an unbounded stream"), "{e}");
     let e = refused("SELECT avg(DISTINCT length(line)) FROM lines;");
     assert!(e.contains("only count(DISTINCT …) is incremental"), "{e}");
+    // OVER windows: only a top-N per group runs.
+    let ranked =
+        "(SELECT line, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines)";
+    let e =
+        refused("SELECT line, sum(_offset) OVER (PARTITION BY line ORDER BY _offset) FROM lines;");
+    assert!(
+        e.contains("line 2")
+            && e.contains("only as a top-N per group")
+            && e.contains("sum() is not"),
+        "{e}"
+    );
     let e = refused(
-        "SELECT line FROM (SELECT line, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1;",
+        "SELECT line, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines;",
     );
     assert!(
-        e.contains("OVER (…) window functions are not incremental")
-            && e.contains("first_value(col ORDER BY ts)"),
+        e.contains("ranks rows forever") && e.contains("WHERE rn <= N"),
+        "{e}"
+    );
+    let e = refused(&format!("SELECT line FROM {ranked} WHERE rn <= 3;"));
+    assert!(
+        e.contains("top-3 without its rank") && e.contains("select the ROW_NUMBER() column"),
+        "{e}"
+    );
+    let e = refused(&format!("SELECT line FROM {ranked} WHERE rn > 3;"));
+    assert!(e.contains("rn <= N") && e.contains("is not that"), "{e}");
+    let e = refused(&format!("SELECT count(*) FROM {ranked} WHERE rn = 1;"));
+    assert!(e.contains("retractions"), "{e}");
+    let e = refused(&format!(
+        "CREATE SINK s WITH (type = 'console', mode = 'append');\nINSERT INTO s SELECT line FROM {ranked} WHERE rn = 1;"
+    ));
+    assert!(
+        e.contains("update mode") && e.contains("mode = 'append'"),
         "{e}"
     );
     let e = refused("SELECT count(*) FROM (SELECT line, count(*) AS n FROM lines GROUP BY line);");

@@ -175,3 +175,29 @@ pub(crate) fn check_mode(
         _ => Ok(()),
     }
 }
+
+/// Why a top-N cannot run as planned: it ranks rows that never change (a
+/// stream's, or an inner join's matches; an aggregation's would need
+/// retractions), and its rows are updates.
+pub(crate) fn top_n_fits(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    mode: OutputMode,
+) -> Result<(), String> {
+    fn aggregates(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+        matches!(
+            plan,
+            datafusion::logical_expr::LogicalPlan::Aggregate(_)
+                | datafusion::logical_expr::LogicalPlan::Distinct(_)
+        ) || plan.inputs().into_iter().any(aggregates)
+    }
+    if aggregates(plan) {
+        return Err("a top-N over an aggregation ranks rows that change, which needs retractions (not supported yet): rank the stream's rows".into());
+    }
+    if mode != OutputMode::Update {
+        return Err(format!(
+            "a top-N's rows change as better ones arrive: its sink takes them in update mode (each output row replaces the row of its group and rank), not mode = '{}'",
+            format!("{mode:?}").to_lowercase()
+        ));
+    }
+    Ok(())
+}

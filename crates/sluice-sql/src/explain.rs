@@ -41,6 +41,7 @@ struct Query<'a> {
     pub plan: &'a Arc<dyn ExecutionPlan>,
     pub aggregation: Option<&'a Aggregation>,
     pub join: Option<&'a IntervalJoin>,
+    pub top_n: Option<&'a crate::topn::TopN>,
     pub slices: usize,
 }
 
@@ -102,6 +103,7 @@ pub(crate) fn describe_plan(
         plan: &plan.plan,
         aggregation: plan.aggregation.as_ref(),
         join: plan.join.as_ref(),
+        top_n: plan.top_n.as_ref(),
         slices,
     };
     describe(out, &query);
@@ -115,6 +117,24 @@ fn describe(out: &mut String, q: &Query) {
     describe_reads(out, q);
     let _ = writeln!(out, "  plan:");
     render(out, q, q.plan, 2);
+    if let Some(top) = q.top_n {
+        let _ = writeln!(
+            out,
+            "  state: CF state.{} — per group (PARTITION BY) its top {} rows, best first, each with its sort key (Arrow row format); each batch ranks its new rows, merges them into their groups' rows (a stored row ranks before a new one of the same sort key) and emits the ranks whose row changed, keyed by {}",
+            q.operator,
+            top.n,
+            if top.rank_in_output {
+                "group and rank"
+            } else {
+                "group"
+            }
+        );
+        if let Some(j) = q.join {
+            describe_join(out, q, j);
+        }
+        let _ = writeln!(out);
+        return;
+    }
     match (q.aggregation, q.join) {
         (Some(a), _) => describe_aggregation(out, q, a),
         (None, Some(j)) => describe_join(out, q, j),
@@ -180,7 +200,9 @@ fn describe_reads(out: &mut String, q: &Query) {
             "the records are decoded whole, in"
         },
         q.slices,
-        if q.aggregation.is_some() || q.join.is_some() {
+        if q.top_n.is_some() && q.join.is_none() {
+            "every record counts (a rank has no window to be late for)"
+        } else if q.aggregation.is_some() || q.join.is_some() {
             "records behind a stream's watermark are dropped and counted (late records)"
         } else {
             "every record passes (stateless)"
@@ -301,8 +323,19 @@ fn render(out: &mut String, q: &Query, node: &Arc<dyn ExecutionPlan>, depth: usi
 fn describe_join(out: &mut String, q: &Query, j: &IntervalJoin) {
     let _ = writeln!(
         out,
-        "  state: CF state.{} — each stream's on-time rows (Arrow IPC per slice, keyed by newest event time); each batch runs the query twice: new {} × all {}, then buffered {} × new {}",
-        q.operator, j.streams[0], j.streams[1], j.streams[0], j.streams[1]
+        "  state: CF state.{} — each stream's on-time rows by join key ({}), one entry per key and batch (Arrow row format) and an index by time; each batch runs the query twice: new {} × the buffered {} of their keys and new {}, then the buffered {} of new {}'s keys × new {}",
+        q.operator,
+        if j.keys[0].is_empty() {
+            "no equality of columns: every row under one key".to_string()
+        } else {
+            format!("{} = {}", j.keys[0].join(", "), j.keys[1].join(", "))
+        },
+        j.streams[0],
+        j.streams[1],
+        j.streams[1],
+        j.streams[0],
+        j.streams[1],
+        j.streams[1]
     );
     if let Some(ttl) = j.ttl_ms {
         let _ = writeln!(

@@ -41,6 +41,7 @@ mod state_keys;
 mod stream;
 mod table;
 mod topics;
+mod topn;
 mod watermark;
 mod window;
 

@@ -25,6 +25,7 @@ use crate::error::{SqlError, located};
 use crate::incremental::OutputMode;
 use crate::join::IntervalJoin;
 use crate::stream::{self, StreamShape};
+use crate::topn::{self, TopN};
 use crate::watermark::{self, Watermark};
 use crate::window::WindowUse;
 
@@ -54,6 +55,8 @@ pub(crate) struct QueryPlan<'s> {
     pub state_ttl_ms: Option<i64>,
     pub join: Option<IntervalJoin>,
     pub aggregation: Option<Aggregation>,
+    /// A top-N per group (`ROW_NUMBER() … WHERE rn <= N`).
+    pub top_n: Option<TopN>,
     /// The batch flows through the query as it is read (`pipeline`)
     /// instead of being decoded whole first.
     pub streaming: bool,
@@ -108,10 +111,21 @@ impl<'s> Planner<'s> {
             [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
             _ => None,
         };
-        let aggregation =
-            aggregation::analyze(&planned.physical, event_time).map_err(unsupported)?;
         let sink = self.sink_of(query)?;
         let mode = checks::output_mode(sink, self.script.console_mode.as_deref(), line)?;
+        // A top-N's window and the sort under it run over each batch's
+        // new rows only; the ranking across batches is the state's.
+        let top_n = if topn::has_window(&planned.logical) {
+            let top = topn::recognize(&planned.logical).map_err(unsupported)?;
+            checks::top_n_fits(&planned.logical, mode).map_err(unsupported)?;
+            Some(top)
+        } else {
+            None
+        };
+        let aggregation = match top_n {
+            Some(_) => None,
+            None => aggregation::analyze(&planned.physical, event_time).map_err(unsupported)?,
+        };
         let ttl_ms = checks::state_ttl(sink, line)?;
         let join = match inputs.as_slice() {
             [a, b] => Some(checks::join_bound(
@@ -140,12 +154,16 @@ impl<'s> Planner<'s> {
             &inputs[0].shape.name,
             line,
         )?;
-        let streaming = streams_as_read(&planned, &inputs, join.is_some(), aggregation.is_some());
+        let streaming = top_n.is_none()
+            && streams_as_read(&planned, &inputs, join.is_some(), aggregation.is_some());
         let operator = query
             .sink
             .clone()
             .map_or_else(|| format!("query-{number}"), |s| format!("insert-{s}"));
-        let state = state_layout(&operator, aggregation.as_ref(), join.as_ref(), &inputs);
+        let state = match &top_n {
+            Some(top) => Some(topn::state_meta(&operator, top)),
+            None => state_layout(&operator, aggregation.as_ref(), join.as_ref(), &inputs),
+        };
         Ok(QueryPlan {
             number,
             query,
@@ -157,6 +175,7 @@ impl<'s> Planner<'s> {
             state_ttl_ms,
             join,
             aggregation,
+            top_n,
             streaming,
             state,
             plan: planned.physical,

@@ -15,6 +15,7 @@
 //! | `0x06` | [window end] group, set (u16), value        | bits: which `count(DISTINCT …)` of the set (same argument) counted it | incremental (DISTINCT) |
 //! | `0x07` | side, join key, newest time, batch id      | the batch's rows of that key (Arrow row format, each length-prefixed) | join |
 //! | `0x08` | side, newest time, batch id, join key      | empty: index of `0x07` entries by time, for eviction | join |
+//! | `0x09` | group (Arrow row format)                   | the group's top N rows, best first: sort key and row (Arrow row format), each length-prefixed | top_n |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -32,6 +33,8 @@ const JOIN_TAG: u8 = 2;
 const JOIN_ROWS_TAG: u8 = 7;
 /// A join's buffered rows by time, for eviction.
 const JOIN_TIME_TAG: u8 = 8;
+/// A top-N's kept rows per group.
+const TOP_N_TAG: u8 = 9;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -227,6 +230,14 @@ pub(crate) fn join_rows_of_time_key(index: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Where a top-N keeps group `group`'s rows.
+pub(crate) fn top_n_key(group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + group.len());
+    key.push(TOP_N_TAG);
+    key.extend_from_slice(group);
+    key
+}
+
 /// The newest time and batch id of a legacy ([`JOIN_TAG`]) slice key.
 pub(crate) fn legacy_join_slice(key: &[u8]) -> (i64, u64) {
     let mut batch = [0u8; 8];
@@ -281,6 +292,7 @@ mod tests {
             join_key(0, 1, 1, 0)[0],
             join_rows_key(0, b"k", 1, 1)[0],
             join_time_key(0, 1, 1, b"k")[0],
+            top_n_key(b"g")[0],
             ttl_key(1, &group_key(None, b"g"))[0],
             session_end_key(1, &session_key(b"g", 0))[0],
             distinct_prefix(&group_key(None, b"g"))[0],

@@ -18,6 +18,7 @@ use crate::context::session_over;
 use crate::error::SqlError;
 use crate::incremental::{self, Policy};
 use crate::join::{self, Change, IntervalJoin, JoinBuffer, RowTime};
+use crate::topn::{self, TopN};
 
 /// One batch's rows of a stream, by table name.
 type Rows = (String, Vec<RecordBatch>);
@@ -31,6 +32,8 @@ pub(super) struct JoinRun<'a> {
     pub functions: &'a [ScalarUDF],
     /// An aggregation runs over the join's matches.
     pub aggregating: bool,
+    /// A top-N ranks the join's matches.
+    pub top_n: Option<&'a TopN>,
     /// On many workers, the operator whose stage-2 cut takes the matches'
     /// partial aggregates (merged there, not here).
     pub partials_to: Option<&'a str>,
@@ -125,6 +128,9 @@ impl JoinRun<'_> {
         cf: &ColumnFamily,
         runs: [Vec<Rows>; 2],
     ) -> Result<Vec<RecordBatch>, SqlError> {
+        if let Some(top) = self.top_n {
+            return self.rank_matches(cx, cf, runs, top);
+        }
         let mut output = Vec::new();
         let mut partials: Vec<Vec<ArrayRef>> = Vec::new();
         let mut last = None;
@@ -169,6 +175,29 @@ impl JoinRun<'_> {
         self.runtime.block_on(incremental::merge_batch(
             &session, &plan, &agg, policy, cx, cf, columns,
         ))
+    }
+
+    /// Ranks both runs' new matches into the top-N's groups.
+    fn rank_matches(
+        &self,
+        cx: &BatchCx,
+        cf: &ColumnFamily,
+        runs: [Vec<Rows>; 2],
+        top: &TopN,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let mut matches = Vec::new();
+        let mut last = None;
+        for streams in runs {
+            let (session, _) = session_over(streams, self.tables, self.functions)?;
+            let plan = self.runtime.block_on(topn::planned(&session, self.sql))?;
+            matches.extend(self.runtime.block_on(topn::input_rows(&session, &plan))?);
+            last = Some((session, plan));
+        }
+        let Some((session, plan)) = last else {
+            return Ok(Vec::new());
+        };
+        self.runtime
+            .block_on(topn::rank(&session, &plan, top, cx, cf, matches))
     }
 
     /// Buffers the batch's new rows of both streams and evicts the rows

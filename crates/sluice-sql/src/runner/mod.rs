@@ -43,6 +43,7 @@ use crate::planner::{QueryPlan, StreamInput};
 use crate::session_window;
 use crate::sinks::Sink;
 use crate::topics::{Topics, open_source};
+use crate::topn::{self, TopN};
 use crate::watermark;
 
 /// What every query of a job shares.
@@ -139,6 +140,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         operator: plan.operator,
         aggregating: plan.aggregation.is_some(),
         join: plan.join,
+        top_n: plan.top_n,
         mode: plan.mode,
         state_ttl_ms: plan.state_ttl_ms,
         slices: shared.slices,
@@ -177,6 +179,9 @@ fn stage_two_state(plan: &QueryPlan, what: &str, state: &mut Vec<OperatorMeta>) 
 /// join; a query doing neither runs in stage 0, cut before its sink only
 /// when that is a table (keyed by its first column).
 fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
+    if plan.top_n.is_some() {
+        return Some("it keeps a top-N per group, which runs in one process for now");
+    }
     if plan.join.is_some() {
         return sink_refusal(sink);
     }
@@ -266,6 +271,7 @@ struct QueryRunner {
     operator: String,
     aggregating: bool,
     join: Option<IntervalJoin>,
+    top_n: Option<TopN>,
     mode: OutputMode,
     /// Groups not updated for this long (batch time) are forgotten.
     state_ttl_ms: Option<i64>,
@@ -311,6 +317,9 @@ impl QueryRunner {
         let chunks = (0..self.inputs.len())
             .map(|i| inputs.collect(i))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(top) = self.top_n.as_ref().filter(|_| self.join.is_none()) {
+            return self.run_top_n(cx, top, &chunks);
+        }
         if let (Some(j), Some(cf)) = (&self.join, state_cf)
             && cx.on_workers()
         {
@@ -377,6 +386,30 @@ impl QueryRunner {
         self.deliver(cx, output)
     }
 
+    /// A top-N's batch: every record counts (a rank has no window to be
+    /// late for), the groups' kept rows are in the query's state.
+    fn run_top_n(
+        &self,
+        cx: &BatchCx,
+        top: &TopN,
+        chunks: &[Vec<RecordBatch>],
+    ) -> Result<(), SqlError> {
+        let cf = cx
+            .checkpoint
+            .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
+            .map_err(PlanError::from)?;
+        let mut streams = Vec::with_capacity(self.inputs.len());
+        for (input, chunks) in self.inputs.iter().zip(chunks) {
+            let parts = input.shape.decode(cx, chunks, self.slices)?;
+            streams.push((input.shape.name.clone(), parts));
+        }
+        let (session, _) = session_over(streams, &self.tables, &self.functions)?;
+        let output = self
+            .runtime
+            .block_on(topn::run(&session, &self.sql, top, cx, cf))?;
+        self.sink.write(cx, &output)
+    }
+
     /// Writes a batch's rows to the sink. On many workers, a query without
     /// state into a table is cut before the sink: stage 0 sends its rows by
     /// a hash of their key (the first column) and the stage-1 task owning
@@ -407,6 +440,7 @@ impl QueryRunner {
             tables: &self.tables,
             functions: &self.functions,
             aggregating: self.aggregating,
+            top_n: self.top_n.as_ref(),
             partials_to: self.groups_cf.as_ref().map(|_| self.operator.as_str()),
             policy: self.policy(None),
             schemas: [

@@ -1,0 +1,587 @@
+//! Top-N per group over a stream: `ROW_NUMBER() OVER (PARTITION BY p
+//! ORDER BY o) AS rn … WHERE rn <= N` (Flink's Top-N, and with N = 1 its
+//! deduplication keeping the first or the last row: Nexmark q18, q19).
+//!
+//! Each group keeps its N best rows in the query's state, in rank order,
+//! each with its sort key (Arrow's row format, so byte order is the ORDER
+//! BY's order). A batch runs the query's input (everything under the
+//! window) over its new rows with DataFusion, merges each touched group's
+//! new rows into its stored ones — a stored row ranks before a new row
+//! with the same sort key, and new rows keep their arrival order, so ties
+//! rank by arrival as in Flink — and emits only the ranks whose row
+//! changed, each with its rank, through the rest of the query (what stands
+//! above the window). The result is an update stream keyed by the group
+//! and the rank: a sink that keeps the last row per key holds the top N.
+//! With the rank left out of the output, N must be 1 (the group is then
+//! the key): a row pushed out of a larger top-N would need a delete, which
+//! sinks do not take yet.
+//!
+//! This module owns the pattern's recognition, the state's layout and the
+//! merge; the runner hands it the batch's session and commits.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator, Window, expr::WindowFunction,
+};
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use rocksdb::ColumnFamily;
+use sluice_engine::plan::BatchCx;
+
+use crate::error::SqlError;
+use crate::state_keys;
+
+/// A query's top-N, as recognized when it is planned.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TopN {
+    /// Rows kept per group.
+    pub n: u64,
+    /// The rank is one of the query's output columns (then the group and
+    /// the rank key each output row).
+    pub rank_in_output: bool,
+    /// The groups' key and the kept rows (ORDER BY and columns), for the
+    /// checkpoint's registry.
+    pub signature: (String, String),
+}
+
+/// Whether a plan uses a window function (`… OVER (…)`).
+pub(crate) fn has_window(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Window(_)) || plan.inputs().into_iter().any(has_window)
+}
+
+/// The nodes from `plan` down to its window, the window last.
+fn path_to_window<'p>(plan: &'p LogicalPlan, path: &mut Vec<&'p LogicalPlan>) -> bool {
+    path.push(plan);
+    if matches!(plan, LogicalPlan::Window(_)) {
+        return true;
+    }
+    for input in plan.inputs() {
+        if path_to_window(input, path) {
+            return true;
+        }
+    }
+    path.pop();
+    false
+}
+
+fn unalias(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+/// Why an OVER window is not incremental, for any shape but top-N.
+const ONLY_TOP_N: &str = "OVER windows over an unbounded stream are incremental only as a top-N per group: ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn in a subquery, filtered by WHERE rn <= N outside it";
+
+/// Recognizes a top-N in an optimized plan: one `ROW_NUMBER()` with an
+/// ORDER BY, above it only projections and filters, one of which keeps
+/// `rn <= N` (or `rn < N`, `rn = 1`).
+pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
+    let mut path = Vec::new();
+    if !path_to_window(plan, &mut path) {
+        return Err(ONLY_TOP_N.into());
+    }
+    let Some(LogicalPlan::Window(window)) = path.last() else {
+        return Err(ONLY_TOP_N.into());
+    };
+    if has_window(&window.input) {
+        return Err(format!("{ONLY_TOP_N}; this query has several"));
+    }
+    let [expr] = window.window_expr.as_slice() else {
+        return Err(format!(
+            "{ONLY_TOP_N}; this query computes {} window functions in one OVER",
+            window.window_expr.len()
+        ));
+    };
+    let Expr::WindowFunction(function) = unalias(expr) else {
+        return Err(ONLY_TOP_N.into());
+    };
+    if function.fun.name() != "row_number" {
+        return Err(format!("{ONLY_TOP_N}; {}() is not", function.fun.name()));
+    }
+    if function.params.order_by.is_empty() {
+        return Err(
+            "ROW_NUMBER() without ORDER BY ranks rows in no defined order: add ORDER BY (the column that decides which rows are the top ones)".into(),
+        );
+    }
+    // Names the rank goes by on the way up (aliases).
+    let rank_field = window.schema.field(window.schema.fields().len() - 1);
+    let mut names = vec![rank_field.name().clone()];
+    let mut n = None;
+    for node in path.iter().rev().skip(1) {
+        match node {
+            LogicalPlan::Projection(p) => {
+                let mut next = Vec::new();
+                for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
+                    if e.column_refs().iter().any(|c| names.contains(&c.name)) {
+                        if !matches!(unalias(e), Expr::Column(_)) {
+                            return Err(format!(
+                                "the rank of a top-N can be selected or filtered, not computed with: {e}"
+                            ));
+                        }
+                        next.push(field.name().clone());
+                    }
+                }
+                names = next;
+            }
+            LogicalPlan::Filter(f) => {
+                let mut parts = Vec::new();
+                conjuncts(&f.predicate, &mut parts);
+                for part in parts {
+                    if let Some(limit) = rank_limit(part, &names)? {
+                        n = Some(n.map_or(limit, |m: u64| m.min(limit)));
+                    }
+                }
+            }
+            LogicalPlan::SubqueryAlias(_) => {}
+            other => {
+                return Err(format!(
+                    "a top-N's rows change as better ones arrive, and {} over them would need retractions, which are not supported yet: keep only projections and filters above ROW_NUMBER()",
+                    other.display()
+                ));
+            }
+        }
+    }
+    let n = n.ok_or_else(|| {
+        "ROW_NUMBER() over an unbounded stream ranks rows forever: keep the top ones with WHERE rn <= N outside the subquery that computes it".to_string()
+    })?;
+    let rank_in_output = !names.is_empty();
+    if !rank_in_output && n > 1 {
+        return Err(format!(
+            "a top-{n} without its rank in the output would need to delete the row pushed out of the top {n}, which sinks do not take yet: select the ROW_NUMBER() column (each group's rank is then the row's key), or keep the top 1"
+        ));
+    }
+    let list = |exprs: Vec<String>| format!("({})", exprs.join(","));
+    let signature = (
+        list(
+            function
+                .params
+                .partition_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
+        ),
+        format!(
+            "{} by {}",
+            list(
+                window
+                    .input
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect()
+            ),
+            list(
+                function
+                    .params
+                    .order_by
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            )
+        ),
+    );
+    Ok(TopN {
+        n,
+        rank_in_output,
+        signature,
+    })
+}
+
+/// The state a top-N keeps, as the checkpoint's registry records it: a
+/// job whose groups, order or ranked rows change cannot reuse it.
+pub(crate) fn state_meta(operator: &str, top: &TopN) -> sluice_engine::checkpoint::OperatorMeta {
+    sluice_engine::checkpoint::OperatorMeta {
+        name: operator.to_owned(),
+        kind: format!("sql top-{}", top.n),
+        key_type: top.signature.0.clone(),
+        state_type: top.signature.1.clone(),
+    }
+}
+
+fn conjuncts<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        other => out.push(other),
+    }
+}
+
+/// `rn <= N`, `rn < N`, `rn = 1` (either way round) → N; another
+/// condition on the rank is refused.
+fn rank_limit(expr: &Expr, names: &[String]) -> Result<Option<u64>, String> {
+    let refers = |e: &Expr| e.column_refs().iter().any(|c| names.contains(&c.name));
+    if !refers(expr) {
+        return Ok(None);
+    }
+    let bad = || {
+        format!(
+            "a top-N keeps its rows with rn <= N (or rn < N, rn = 1) on the rank; {expr} is not that"
+        )
+    };
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return Err(bad());
+    };
+    let literal = |e: &Expr| -> Option<i128> {
+        match unalias(e) {
+            Expr::Literal(v, _) => scalar_int(v),
+            Expr::Cast(c) => match unalias(&c.expr) {
+                Expr::Literal(v, _) => scalar_int(v),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let is_rank = |e: &Expr| match unalias(e) {
+        Expr::Column(c) => names.contains(&c.name),
+        Expr::Cast(c) => matches!(unalias(&c.expr), Expr::Column(c) if names.contains(&c.name)),
+        _ => false,
+    };
+    let (op, k) = match (is_rank(left), is_rank(right), literal(left), literal(right)) {
+        (true, _, _, Some(k)) => (*op, k),
+        (_, true, Some(k), _) => (
+            match op {
+                Operator::Lt => Operator::Gt,
+                Operator::LtEq => Operator::GtEq,
+                Operator::Gt => Operator::Lt,
+                Operator::GtEq => Operator::LtEq,
+                other => *other,
+            },
+            k,
+        ),
+        _ => return Err(bad()),
+    };
+    let n = match op {
+        Operator::LtEq => k,
+        Operator::Lt => k - 1,
+        Operator::Eq if k == 1 => 1,
+        _ => return Err(bad()),
+    };
+    if n < 1 {
+        return Err(format!("{expr} keeps no row"));
+    }
+    Ok(Some(n as u64))
+}
+
+fn scalar_int(v: &ScalarValue) -> Option<i128> {
+    match v {
+        ScalarValue::Int8(Some(x)) => Some(*x as i128),
+        ScalarValue::Int16(Some(x)) => Some(*x as i128),
+        ScalarValue::Int32(Some(x)) => Some(*x as i128),
+        ScalarValue::Int64(Some(x)) => Some(*x as i128),
+        ScalarValue::UInt8(Some(x)) => Some(*x as i128),
+        ScalarValue::UInt16(Some(x)) => Some(*x as i128),
+        ScalarValue::UInt32(Some(x)) => Some(*x as i128),
+        ScalarValue::UInt64(Some(x)) => Some(*x as i128),
+        _ => None,
+    }
+}
+
+/// One group's kept rows, best first: (sort key, row), both in Arrow's
+/// row format.
+type Ranked = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn encode(ranked: &Ranked) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, row) in ranked {
+        for part in [key, row] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<Ranked, SqlError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let take = |at: &mut usize| -> Result<Vec<u8>, SqlError> {
+        let len = bytes
+            .get(*at..*at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let part = len.and_then(|len| bytes.get(*at + 4..*at + 4 + len));
+        let part = part.ok_or_else(|| SqlError::State {
+            message: "a top-N group's stored rows are cut short".into(),
+        })?;
+        *at += 4 + part.len();
+        Ok(part.to_vec())
+    };
+    while at < bytes.len() {
+        let key = take(&mut at)?;
+        let row = take(&mut at)?;
+        out.push((key, row));
+    }
+    Ok(out)
+}
+
+/// Runs one batch of a top-N query over `session` (the batch's rows):
+/// the window's input, the merge into the stored groups (staged in the
+/// batch's commit), and the rest of the query over the changed ranks.
+pub(crate) async fn run(
+    session: &SessionContext,
+    sql: &str,
+    top: &TopN,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let plan = planned(session, sql).await?;
+    let rows = input_rows(session, &plan).await?;
+    rank(session, &plan, top, cx, cf, rows).await
+}
+
+/// The query's optimized plan over `session`'s tables.
+pub(crate) async fn planned(session: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
+    let planned = session.sql(sql).await?;
+    Ok(session.state().optimize(planned.logical_plan())?)
+}
+
+/// The plan's window, and its ROW_NUMBER().
+fn window_of(plan: &LogicalPlan) -> Result<(&Window, &WindowFunction), SqlError> {
+    let lost = || SqlError::State {
+        message: "the top-N query lost its ROW_NUMBER() between batches".into(),
+    };
+    let mut path = Vec::new();
+    if !path_to_window(plan, &mut path) {
+        return Err(lost());
+    }
+    let Some(LogicalPlan::Window(window)) = path.last() else {
+        return Err(lost());
+    };
+    let Expr::WindowFunction(function) = unalias(&window.window_expr[0]) else {
+        return Err(lost());
+    };
+    Ok((window, function))
+}
+
+/// What the window ranks in this batch: the plan under it, run (a join's
+/// new matches, a stream's filtered rows).
+pub(crate) async fn input_rows(
+    session: &SessionContext,
+    plan: &LogicalPlan,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let (window, _) = window_of(plan)?;
+    Ok(session
+        .execute_logical_plan(window.input.as_ref().clone())
+        .await?
+        .collect()
+        .await?)
+}
+
+/// Merges `new_rows` (the window's input) into the stored groups, stages
+/// the changed groups in the batch's commit and runs the rest of `plan`
+/// over the ranks whose row changed.
+pub(crate) async fn rank(
+    session: &SessionContext,
+    plan: &LogicalPlan,
+    top: &TopN,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    new_rows: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let (window, function) = window_of(plan)?;
+    let input_schema = window.input.schema().clone();
+    let physical = |e: &Expr| session.create_physical_expr(e.clone(), &input_schema);
+    let partition: Vec<Arc<dyn PhysicalExpr>> = function
+        .params
+        .partition_by
+        .iter()
+        .map(physical)
+        .collect::<Result<_, _>>()?;
+    let order: Vec<(Arc<dyn PhysicalExpr>, SortOptions)> = function
+        .params
+        .order_by
+        .iter()
+        .map(|s| {
+            Ok::<_, datafusion::error::DataFusionError>((
+                physical(&s.expr)?,
+                SortOptions {
+                    descending: !s.asc,
+                    nulls_first: s.nulls_first,
+                },
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+    let arrow_schema = Arc::new(input_schema.as_arrow().clone());
+    let rows_codec = RowConverter::new(
+        arrow_schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?;
+    // Each group's new rows in arrival order.
+    let mut groups: hashbrown::HashMap<Vec<u8>, Ranked> = hashbrown::HashMap::new();
+    let mut codecs: Option<(RowConverter, RowConverter)> = None;
+    for batch in new_rows.iter().filter(|b| b.num_rows() > 0) {
+        let evaluate = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef, SqlError> {
+            Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)
+        };
+        let keys: Vec<ArrayRef> = partition.iter().map(evaluate).collect::<Result<_, _>>()?;
+        let sorts: Vec<ArrayRef> = order
+            .iter()
+            .map(|(e, _)| evaluate(e))
+            .collect::<Result<_, _>>()?;
+        let (key_codec, sort_codec) = match &codecs {
+            Some(c) => c,
+            None => codecs.insert((
+                RowConverter::new(
+                    keys.iter()
+                        .map(|k| SortField::new(k.data_type().clone()))
+                        .collect(),
+                )?,
+                RowConverter::new(
+                    sorts
+                        .iter()
+                        .zip(&order)
+                        .map(|(s, (_, o))| SortField::new_with_options(s.data_type().clone(), *o))
+                        .collect(),
+                )?,
+            )),
+        };
+        let key_rows = (!keys.is_empty())
+            .then(|| key_codec.convert_columns(&keys))
+            .transpose()?;
+        let sort_rows = sort_codec.convert_columns(&sorts)?;
+        let full = rows_codec.convert_columns(batch.columns())?;
+        for i in 0..batch.num_rows() {
+            let key = key_rows.as_ref().map_or(&[][..], |k| k.row(i).data());
+            groups.entry_ref(key).or_default().push((
+                sort_rows.row(i).data().to_vec(),
+                full.row(i).data().to_vec(),
+            ));
+        }
+    }
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let db = cx.checkpoint.db();
+    let mut touched: Vec<(Vec<u8>, Ranked)> = groups.into_iter().collect();
+    touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let state_keys: Vec<Vec<u8>> = touched
+        .iter()
+        .map(|(k, _)| state_keys::top_n_key(k))
+        .collect();
+    let stored = db.batched_multi_get_cf(cf, &state_keys, true);
+    let n = top.n as usize;
+    let mut changed: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for ((_, mut new), (state_key, old)) in
+        touched.into_iter().zip(state_keys.into_iter().zip(stored))
+    {
+        let old = match old? {
+            Some(bytes) => decode(&bytes)?,
+            None => Vec::new(),
+        };
+        // Stable: equal sort keys keep arrival order, and stored rows
+        // come before new ones.
+        new.sort_by(|a, b| a.0.cmp(&b.0));
+        new.truncate(n);
+        let mut merged: Ranked = Vec::with_capacity(n);
+        let (mut o, mut w) = (old.iter().peekable(), new.into_iter().peekable());
+        while merged.len() < n {
+            let take_old = match (o.peek(), w.peek()) {
+                (Some(a), Some(b)) => a.0 <= b.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_old {
+                if let Some(row) = o.next() {
+                    merged.push(row.clone());
+                }
+            } else if let Some(row) = w.next() {
+                merged.push(row);
+            }
+        }
+        let mut any = false;
+        for (rank, (_, row)) in merged.iter().enumerate() {
+            if old.get(rank).is_none_or(|(_, r)| r != row) {
+                changed.push((row.clone(), rank as u64 + 1));
+                any = true;
+            }
+        }
+        if any {
+            writes.push((state_key, encode(&merged)));
+        }
+    }
+    cx.write(|w| {
+        for (key, value) in writes {
+            w.put_cf(cf, key, value);
+        }
+    });
+    if changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parser = rows_codec.parser();
+    let mut columns = rows_codec.convert_rows(changed.iter().map(|(row, _)| parser.parse(row)))?;
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        changed.iter().map(|(_, rank)| *rank),
+    )));
+    let ranked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+        window
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+            .collect::<Vec<_>>(),
+    ));
+    let ranked = RecordBatch::try_new(ranked_schema.clone(), columns)?;
+    // The rest of the query, over the changed ranks in place of the window.
+    const RANKED: &str = "__sluice_top_n";
+    let table = MemTable::try_new(ranked_schema, vec![vec![ranked]])?;
+    let projection: Vec<Expr> = window
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new(Some(RANKED), format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    let replacement = LogicalPlanBuilder::scan(RANKED, provider_as_source(Arc::new(table)), None)?
+        .project(projection)?
+        .build()?;
+    let target = LogicalPlan::Window(window.clone());
+    let rest = plan
+        .clone()
+        .transform_up(|node| {
+            Ok(if node == target {
+                Transformed::yes(replacement.clone())
+            } else {
+                Transformed::no(node)
+            })
+        })?
+        .data;
+    Ok(session.execute_logical_plan(rest).await?.collect().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_groups_rows_round_trip_through_their_bytes() {
+        let ranked: Ranked = vec![
+            (b"k1".to_vec(), b"row one".to_vec()),
+            (vec![], b"r".to_vec()),
+        ];
+        assert_eq!(decode(&encode(&ranked)).unwrap(), ranked);
+        assert!(decode(&encode(&ranked)[..5]).is_err());
+    }
+}
