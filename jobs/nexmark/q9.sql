@@ -4,6 +4,10 @@
 -- a day of processing time); an update stream keyed by the auction's id.
 --   sluice nexmark generate --events 10000000
 --   sluice run jobs/nexmark/q9.sql --until-caught-up
+-- Batches of 20,000 records per partition keep its peak under 1 GiB,
+-- as q20's.
+SET 'max_records_per_batch' = '20000';
+
 CREATE STREAM auction (id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT,
                        reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT,
                        category BIGINT, extra TEXT,

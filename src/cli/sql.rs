@@ -97,6 +97,7 @@ fn run_script(
             monitor.set_plan(plan);
         }
     }
+    let script_batch = script.max_records_per_batch;
     let mut ctx = StreamingContext::new(config);
     let built = crate::sql::build(&ctx, &script, &topics).map_err(|e| {
         if e.to_string().contains("Invalid function") {
@@ -107,11 +108,16 @@ fn run_script(
             anyhow::Error::new(e)
         }
     })?;
-    if job.max_records_per_batch.is_none() && built.holds_whole_batches {
-        // A query holds a whole batch (decoded, or its output): smaller
-        // batches keep that under a few hundred MB. Aggregations that
-        // read their batch as it arrives keep the engine's default.
-        ctx.config_mut().max_records_per_batch = Some(SQL_MAX_RECORDS_PER_BATCH);
+    if job.max_records_per_batch.is_none() {
+        if let Some(n) = script_batch {
+            // The job file's own `SET 'max_records_per_batch'`.
+            ctx.config_mut().max_records_per_batch = Some(n);
+        } else if built.holds_whole_batches {
+            // A query holds a whole batch (decoded, or its output): smaller
+            // batches keep that under a few hundred MB. Aggregations that
+            // read their batch as it arrives keep the engine's default.
+            ctx.config_mut().max_records_per_batch = Some(SQL_MAX_RECORDS_PER_BATCH);
+        }
     }
     ctx.run().context("the SQL job stopped")?;
     Ok(())

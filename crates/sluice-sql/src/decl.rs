@@ -69,4 +69,7 @@ pub struct Script {
     /// Scalar functions a Rust job registered for its queries
     /// ([`Script::register_udf`]).
     pub functions: Vec<datafusion::logical_expr::ScalarUDF>,
+    /// `SET 'max_records_per_batch' = 'N';`: the job's records per
+    /// partition per batch, unless the command line sets it.
+    pub max_records_per_batch: Option<u64>,
 }

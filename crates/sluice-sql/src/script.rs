@@ -348,6 +348,8 @@ impl Script {
             let decl = parse_sink(stmt, line)?;
             crate::sinks::SinkSpec::parse(&decl).map_err(unsupported)?;
             self.sinks.push(decl);
+        } else if starts_with_words(stmt, &["SET"]) {
+            self.set(stmt, line)?;
         } else if starts_with_words(stmt, &["INSERT", "INTO"]) {
             self.queries.push(parse_insert(stmt, line));
         } else if starts_with_words(stmt, &["SELECT"]) || starts_with_words(stmt, &["WITH"]) {
@@ -361,7 +363,7 @@ impl Script {
             return Err(SqlError::Syntax {
                 line,
                 message: format!(
-                    "unexpected statement {:?}: a job has CREATE STREAM, CREATE TABLE, CREATE SINK, INSERT INTO sink SELECT … and SELECT statements",
+                    "unexpected statement {:?}: a job has CREATE STREAM, CREATE TABLE, CREATE SINK, SET 'key' = 'value', INSERT INTO sink SELECT … and SELECT statements",
                     stmt.split_whitespace()
                         .take(3)
                         .collect::<Vec<_>>()
@@ -370,6 +372,35 @@ impl Script {
             });
         }
         Ok(())
+    }
+
+    /// Flink's `SET 'key' = 'value';` (quotes optional): a setting of the
+    /// whole job.
+    fn set(&mut self, stmt: &str, line: usize) -> Result<(), SqlError> {
+        let bad = |message: String| SqlError::Syntax { line, message };
+        let body = stmt.trim_end_matches(';').trim()["SET".len()..].trim();
+        let unquote = |t: &str| t.trim().trim_matches('\'').to_owned();
+        let (key, value) = body
+            .split_once('=')
+            .map(|(k, v)| (unquote(k), unquote(v)))
+            .ok_or_else(|| bad(format!("expected SET 'key' = 'value', got {stmt:?}")))?;
+        match key.as_str() {
+            "max_records_per_batch" => {
+                let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    bad(format!(
+                        "SET 'max_records_per_batch' takes a positive number of records per partition per batch, got {value:?}"
+                    ))
+                })?;
+                self.max_records_per_batch = Some(n);
+                Ok(())
+            }
+            other => Err(SqlError::Unsupported {
+                line,
+                message: format!(
+                    "unknown setting {other:?}: a job sets 'max_records_per_batch' (records per partition per batch)"
+                ),
+            }),
+        }
     }
 
     /// The checks over the whole script: it has a query, every `INSERT
@@ -581,6 +612,33 @@ mod tests {
             e.to_string().contains("one time, processing or event time"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_job_sets_its_batch_size_as_flink_sets_options() {
+        let parse = |set: &str| {
+            Script::parse(&format!(
+                "CREATE STREAM s (a BIGINT) WITH (topic = 's');\n{set}\nSELECT a FROM s;"
+            ))
+        };
+        for set in [
+            "SET 'max_records_per_batch' = '20000';",
+            "SET max_records_per_batch = 20000;",
+            "set 'max_records_per_batch'='20000';",
+        ] {
+            let script = parse(set).unwrap_or_else(|e| panic!("{set}: {e}"));
+            assert_eq!(script.max_records_per_batch, Some(20_000), "{set}");
+        }
+        let e = parse("SET 'max_records_per_batch' = '0';")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("positive number"), "{e}");
+        let e = parse("SET 'parallelism.default' = '4';")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown setting \"parallelism.default\""), "{e}");
+        let e = parse("SET max_records_per_batch;").unwrap_err().to_string();
+        assert!(e.contains("expected SET 'key' = 'value'"), "{e}");
     }
 
     #[test]
