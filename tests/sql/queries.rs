@@ -153,6 +153,10 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
     );
     let e = refused(&format!("SELECT line FROM {ranked} WHERE rn > 3;"));
     assert!(e.contains("rn <= N") && e.contains("is not that"), "{e}");
+    let e = refused(
+        "SELECT line FROM (SELECT line, _offset, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1 AND _offset > 2;",
+    );
+    assert!(e.contains("filter inside the subquery"), "{e}");
     let e = refused(&format!("SELECT count(*) FROM {ranked} WHERE rn = 1;"));
     assert!(e.contains("retractions"), "{e}");
     let e = refused(&format!(

@@ -21,13 +21,14 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::Column;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, LogicalPlan, Operator};
+use datafusion::physical_plan::PhysicalExpr;
 use rocksdb::{ColumnFamily, DB};
 
 /// A state change to apply in the batch's commit: put (`Some`) or delete.
@@ -52,6 +53,52 @@ pub(crate) struct IntervalJoin {
     /// which is how a join is split over many workers. Empty when an
     /// equality compares anything but columns.
     pub keys: [Vec<String>; 2],
+    /// Per stream, the filters applied to its rows before the join (each
+    /// with the schema it reads): a row that fails one can never match,
+    /// so it is not buffered.
+    pub filters: [Vec<SideFilter>; 2],
+}
+
+/// A filter on one stream's rows under the join, and the columns (by
+/// name) its input has.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SideFilter {
+    pub predicate: Expr,
+    pub input: datafusion::common::DFSchemaRef,
+}
+
+/// The filters on the path from a join's input down to its stream's scan
+/// (through aliases and projections of plain columns): what a row must
+/// pass to reach the join.
+fn side_filters(input: &LogicalPlan) -> Vec<SideFilter> {
+    let mut out = Vec::new();
+    let mut node = input;
+    loop {
+        match node {
+            LogicalPlan::Filter(f) => {
+                if !f.predicate.is_volatile() {
+                    out.push(SideFilter {
+                        predicate: f.predicate.clone(),
+                        input: f.input.schema().clone(),
+                    });
+                }
+                node = &f.input;
+            }
+            LogicalPlan::SubqueryAlias(a) => node = &a.input,
+            LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) => {
+                node = &p.input
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// Each side's filters, for the join found in `plan`.
+fn filters_of(join: &datafusion::logical_expr::Join, left_stream: usize) -> [Vec<SideFilter>; 2] {
+    let mut filters: [Vec<SideFilter>; 2] = Default::default();
+    filters[left_stream] = side_filters(&join.left);
+    filters[1 - left_stream] = side_filters(&join.right);
+    filters
 }
 
 /// The columns `join`'s equalities compare, per stream (`left_stream` is
@@ -150,6 +197,7 @@ pub(crate) fn with_ttl(
     let (join, left_stream) = find(plan, &streams)?;
     Ok(IntervalJoin {
         keys: equi_keys(join, left_stream),
+        filters: filters_of(join, left_stream),
         streams,
         columns: Default::default(),
         lo_ms: i64::MIN,
@@ -268,6 +316,7 @@ pub(crate) fn derive(
     }
     Ok(IntervalJoin {
         keys: equi_keys(join, left_stream),
+        filters: filters_of(join, left_stream),
         streams,
         columns,
         lo_ms: lo,
@@ -289,7 +338,14 @@ pub(crate) struct JoinBuffer {
     key_codec: Option<RowConverter>,
     rows: [RowConverter; 2],
     schemas: [SchemaRef; 2],
+    /// Per stream, its filters under the join (physical, over the columns
+    /// of their input, taken from the stream's rows by name).
+    filters: [Vec<RowFilter>; 2],
 }
+
+/// A filter on a stream's rows: the predicate, which of the stream's
+/// columns make its input, and that input's schema.
+type RowFilter = (Arc<dyn PhysicalExpr>, Vec<usize>, SchemaRef);
 
 /// When a stream's buffered rows stop being able to match.
 pub(crate) enum RowTime<'a> {
@@ -339,12 +395,44 @@ impl JoinBuffer {
                 types(0, &keys[0]).into_iter().map(SortField::new).collect(),
             )?)
         };
+        let filters = [
+            physical_filters(join, 0, &schemas[0])?,
+            physical_filters(join, 1, &schemas[1])?,
+        ];
         Ok(Self {
             keys,
             key_codec,
             rows,
             schemas,
+            filters,
         })
+    }
+
+    /// Which rows of `batch` (stream `side`) pass the filters under the
+    /// join; `None`: all of them.
+    fn passing(&self, side: usize, batch: &RecordBatch) -> Result<Option<BooleanArray>, SqlError> {
+        let mut mask: Option<BooleanArray> = None;
+        for (predicate, columns, schema) in &self.filters[side] {
+            let input = RecordBatch::try_new(
+                schema.clone(),
+                columns.iter().map(|&i| batch.column(i).clone()).collect(),
+            )?;
+            let value = predicate.evaluate(&input)?.into_array(batch.num_rows())?;
+            let Some(passes) = value.as_any().downcast_ref::<BooleanArray>() else {
+                continue;
+            };
+            // NULL fails a WHERE.
+            let passes = if passes.null_count() > 0 {
+                datafusion::arrow::compute::prep_null_mask_filter(passes)
+            } else {
+                passes.clone()
+            };
+            mask = Some(match mask {
+                Some(m) => datafusion::arrow::compute::and(&m, &passes)?,
+                None => passes,
+            });
+        }
+        Ok(mask)
     }
 
     /// Each row's join key (`None` where a key column is null: such a row
@@ -451,7 +539,16 @@ impl JoinBuffer {
     ) -> Result<(), SqlError> {
         // Per key: its rows (length-prefixed) and their newest time.
         let mut groups: hashbrown::HashMap<Vec<u8>, (Vec<u8>, i64)> = hashbrown::HashMap::new();
+        let mut kept = Vec::with_capacity(batches.len());
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            match self.passing(side, batch)? {
+                Some(mask) => kept.push(datafusion::arrow::compute::filter_record_batch(
+                    batch, &mask,
+                )?),
+                None => kept.push(batch.clone()),
+            }
+        }
+        for batch in kept.iter().filter(|b| b.num_rows() > 0) {
             let times = match time {
                 RowTime::Column(column) => Some(event_times(batch, column, line)?),
                 RowTime::Fixed(_) => None,
@@ -489,6 +586,50 @@ impl JoinBuffer {
         }
         Ok(())
     }
+}
+
+/// Stream `side`'s filters as physical expressions over the columns of
+/// their input, each taken from the stream's rows by name; a filter
+/// reading a column the stream's rows lack is left out (the join applies
+/// it anyway).
+fn physical_filters(
+    join: &IntervalJoin,
+    side: usize,
+    stream: &SchemaRef,
+) -> Result<Vec<RowFilter>, SqlError> {
+    let props = datafusion::execution::context::ExecutionProps::new();
+    let mut out = Vec::new();
+    for filter in &join.filters[side] {
+        let columns: Option<Vec<usize>> = filter
+            .input
+            .fields()
+            .iter()
+            .map(|f| stream.index_of(f.name()).ok())
+            .collect();
+        let Some(columns) = columns else {
+            continue;
+        };
+        if columns
+            .iter()
+            .zip(filter.input.fields())
+            .any(|(&i, f)| stream.field(i).data_type() != f.data_type())
+        {
+            continue;
+        }
+        let predicate = datafusion::physical_expr::create_physical_expr(
+            &filter.predicate,
+            &filter.input,
+            &props,
+            &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(
+            ),
+        )?;
+        out.push((
+            predicate,
+            columns,
+            Arc::new(filter.input.as_arrow().clone()),
+        ));
+    }
+    Ok(out)
 }
 
 /// A batch's join keys in Arrow's row format, and which rows have one.
@@ -654,6 +795,7 @@ mod tests {
             hi_ms: i64::MAX,
             ttl_ms: Some(1),
             keys: [vec!["auction".into()], vec!["id".into()]],
+            filters: Default::default(),
         };
         JoinBuffer::new(&join, [bid, auction]).unwrap()
     }
@@ -744,6 +886,57 @@ mod tests {
         evict(&db, &mut writes, cf, 0, i64::MAX).unwrap();
         apply(&db, writes);
         assert_eq!(db.iterator_cf(cf, rocksdb::IteratorMode::Start).count(), 0);
+    }
+
+    #[test]
+    fn rows_that_fail_their_streams_filter_are_not_buffered() {
+        use datafusion::logical_expr::{col, lit};
+        let (db, _dir) = db();
+        let cf = db.cf_handle("q").unwrap();
+        let plain = buffer();
+        // The filter's input: the bids' columns, projected and reordered
+        // as a scan under the join would have them.
+        let input = Arc::new(
+            datafusion::common::DFSchema::try_from(Schema::new(vec![
+                Field::new("ts", DataType::Int64, false),
+                Field::new("auction", DataType::Int64, true),
+            ]))
+            .unwrap(),
+        );
+        let join = IntervalJoin {
+            streams: ["bid".into(), "auction".into()],
+            columns: ["ts".into(), String::new()],
+            lo_ms: i64::MIN,
+            hi_ms: i64::MAX,
+            ttl_ms: Some(1),
+            keys: [vec!["auction".into()], vec!["id".into()]],
+            filters: [
+                vec![SideFilter {
+                    // The last conjunct is NULL from 40 on: NULL fails,
+                    // as in a WHERE.
+                    predicate: col("ts")
+                        .gt(lit(15i64))
+                        .and(col("auction").not_eq(lit(3i64)))
+                        .and(
+                            col("ts")
+                                .not_eq(lit(datafusion::common::ScalarValue::Int64(None)))
+                                .or(col("ts").lt(lit(40i64))),
+                        ),
+                    input,
+                }],
+                Vec::new(),
+            ],
+        };
+        let b = JoinBuffer::new(&join, plain.schemas.clone()).unwrap();
+        let mut writes = Vec::new();
+        let rows = bids(&[Some(1), Some(1), Some(3), Some(2)], &[10, 20, 30, 40]);
+        b.store(&mut writes, 0, 1, &[rows], RowTime::Column("ts"), 1)
+            .unwrap();
+        apply(&db, writes);
+        let found = b
+            .matching(&db, cf, 0, &[auctions(&[1, 2, 3])], i64::MIN)
+            .unwrap();
+        assert_eq!(times(&found), vec![20]);
     }
 
     #[test]

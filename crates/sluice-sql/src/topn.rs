@@ -136,8 +136,15 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
                 let mut parts = Vec::new();
                 conjuncts(&f.predicate, &mut parts);
                 for part in parts {
-                    if let Some(limit) = rank_limit(part, &names)? {
-                        n = Some(n.map_or(limit, |m: u64| m.min(limit)));
+                    match rank_limit(part, &names)? {
+                        Some(limit) => n = Some(n.map_or(limit, |m: u64| m.min(limit))),
+                        // A ranked row that stops passing would need a
+                        // delete where its rank was.
+                        None => {
+                            return Err(format!(
+                                "a filter over a top-N's ranked rows ({part}) would need to delete the rows it stops passing, which sinks do not take yet: filter inside the subquery, before ROW_NUMBER()"
+                            ));
+                        }
                     }
                 }
             }
