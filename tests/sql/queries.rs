@@ -310,6 +310,59 @@ fn state_ttl_forgets_groups_not_updated_for_that_long() {
 }
 
 #[test]
+fn a_top_n_with_state_ttl_forgets_groups_not_changed_for_that_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
+    let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
+    // Each value's first offset (deduplication keeping the first row).
+    let mut script = Script::parse(
+        "CREATE SINK firsts WITH (type = 'table', state_ttl = '3s');\n\
+         INSERT INTO firsts SELECT value, _offset FROM (SELECT value, _offset, row_number() OVER (PARTITION BY value ORDER BY _offset) AS rn FROM ev) WHERE rn = 1;",
+    )
+    .unwrap();
+    script.streams.push(sluice::sql::script::StreamDecl {
+        name: "ev".into(),
+        columns: Vec::new(),
+        options: [("topic".to_string(), "ev".to_string())]
+            .into_iter()
+            .collect(),
+        watermark: None,
+        proctime: None,
+    });
+    let run = || common_sql::run_sql(&store, &dir.path().join("cp"), "ttl", &script, None, None);
+    let table = || {
+        let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();
+        table_rows(&cp, "firsts")
+    };
+    append(&["a", "a", "b"]);
+    run();
+    assert_eq!(table(), vec!["a=0", "b=2"]);
+    // Within the TTL the first row stays first.
+    append(&["a"]);
+    run();
+    assert_eq!(table(), vec!["a=0", "b=2"]);
+    // After it, a starts afresh: its next row is its first.
+    std::thread::sleep(Duration::from_millis(3_200));
+    append(&["a"]);
+    run();
+    assert_eq!(table(), vec!["a=4", "b=2"]);
+    let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();
+    let cf = cp.cf("state.insert-firsts").unwrap();
+    let tags: Vec<u8> = cp
+        .db()
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|item| item.unwrap().0[0])
+        .filter(|tag| *tag == 9 || *tag == 10)
+        .collect();
+    assert_eq!(
+        tags,
+        vec![9, 10],
+        "b expired from state: a's group and its TTL entry are left"
+    );
+}
+
+#[test]
 fn first_row_per_key_by_event_time_equals_the_batch_query_across_batch_sizes() {
     // Visits of 20 users in no particular order: each user's first page by
     // event time, whichever batch brings it (deduplication keeping the

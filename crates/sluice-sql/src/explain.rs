@@ -129,6 +129,12 @@ fn describe(out: &mut String, q: &Query) {
                 "group"
             }
         );
+        if let Some(ttl) = top.ttl_ms {
+            let _ = writeln!(
+                out,
+                "  eviction: state_ttl — a group not changed for {ttl} ms (batch time) is forgotten (an index by last change finds it); a later row starts it afresh"
+            );
+        }
         if let Some(j) = q.join {
             describe_join(out, q, j);
         }

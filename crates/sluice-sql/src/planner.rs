@@ -137,8 +137,12 @@ impl<'s> Planner<'s> {
             )?),
             _ => None,
         };
-        let state_ttl_ms =
-            checks::aggregation_ttl(ttl_ms, aggregation.as_ref(), join.is_some(), line)?;
+        // A top-N's groups expire by the TTL (and a join's rows under it).
+        let top_n = top_n.map(|top| TopN { ttl_ms, ..top });
+        let state_ttl_ms = match &top_n {
+            Some(_) => None,
+            None => checks::aggregation_ttl(ttl_ms, aggregation.as_ref(), join.is_some(), line)?,
+        };
         for input in &inputs {
             checks::check_windows(
                 &planned.windows,

@@ -15,7 +15,8 @@
 //! | `0x06` | [window end] group, set (u16), value        | bits: which `count(DISTINCT …)` of the set (same argument) counted it | incremental (DISTINCT) |
 //! | `0x07` | side, join key, newest time, batch id      | the batch's rows of that key (Arrow row format, each length-prefixed) | join |
 //! | `0x08` | side, newest time, batch id, join key      | empty: index of `0x07` entries by time, for eviction | join |
-//! | `0x09` | group (Arrow row format)                   | the group's top N rows, best first: sort key and row (Arrow row format), each length-prefixed | top_n |
+//! | `0x09` | group (Arrow row format)                   | last update time, then the group's top N rows, best first: sort key and row (Arrow row format), each length-prefixed | top_n |
+//! | `0x0a` | last update time, group                    | empty: index of top-N groups by last update, for `state_ttl` | top_n |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -35,6 +36,8 @@ const JOIN_ROWS_TAG: u8 = 7;
 const JOIN_TIME_TAG: u8 = 8;
 /// A top-N's kept rows per group.
 const TOP_N_TAG: u8 = 9;
+/// A top-N's groups by last update, for `state_ttl`.
+pub(crate) const TOP_N_TTL_TAG: u8 = 10;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -238,6 +241,18 @@ pub(crate) fn top_n_key(group: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The TTL index entry of a top-N group updated at `time`.
+pub(crate) fn top_n_ttl_key(time: i64, group: &[u8]) -> Vec<u8> {
+    let mut key = tag_and_time(TOP_N_TTL_TAG, time);
+    key.extend_from_slice(group);
+    key
+}
+
+/// The [`top_n_key`] a TTL index entry points at.
+pub(crate) fn top_n_of_ttl_key(index: &[u8]) -> Vec<u8> {
+    top_n_key(&index[9..])
+}
+
 /// The newest time and batch id of a legacy ([`JOIN_TAG`]) slice key.
 pub(crate) fn legacy_join_slice(key: &[u8]) -> (i64, u64) {
     let mut batch = [0u8; 8];
@@ -293,6 +308,7 @@ mod tests {
             join_rows_key(0, b"k", 1, 1)[0],
             join_time_key(0, 1, 1, b"k")[0],
             top_n_key(b"g")[0],
+            top_n_ttl_key(1, b"g")[0],
             ttl_key(1, &group_key(None, b"g"))[0],
             session_end_key(1, &session_key(b"g", 0))[0],
             distinct_prefix(&group_key(None, b"g"))[0],

@@ -49,6 +49,9 @@ pub(crate) struct TopN {
     /// The groups' key and the kept rows (ORDER BY and columns), for the
     /// checkpoint's registry.
     pub signature: (String, String),
+    /// The sink's `state_ttl`: a group not changed for this long (batch
+    /// time) is forgotten.
+    pub ttl_ms: Option<i64>,
 }
 
 /// Whether a plan uses a window function (`… OVER (…)`).
@@ -201,6 +204,7 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
         n,
         rank_in_output,
         signature,
+        ttl_ms: None,
     })
 }
 
@@ -303,8 +307,9 @@ fn scalar_int(v: &ScalarValue) -> Option<i128> {
 /// row format.
 type Ranked = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn encode(ranked: &Ranked) -> Vec<u8> {
-    let mut out = Vec::new();
+/// A group's stored value: its last update's batch time, then its rows.
+fn encode(updated: i64, ranked: &Ranked) -> Vec<u8> {
+    let mut out = updated.to_le_bytes().to_vec();
     for (key, row) in ranked {
         for part in [key, row] {
             out.extend_from_slice(&(part.len() as u32).to_le_bytes());
@@ -314,9 +319,15 @@ fn encode(ranked: &Ranked) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<Ranked, SqlError> {
+fn decode(bytes: &[u8]) -> Result<(i64, Ranked), SqlError> {
     let mut out = Vec::new();
-    let mut at = 0;
+    let updated = bytes
+        .get(..8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .ok_or_else(|| SqlError::State {
+            message: "a top-N group's stored value has no update time".into(),
+        })?;
+    let mut at = 8;
     let take = |at: &mut usize| -> Result<Vec<u8>, SqlError> {
         let len = bytes
             .get(*at..*at + 4)
@@ -333,7 +344,7 @@ fn decode(bytes: &[u8]) -> Result<Ranked, SqlError> {
         let row = take(&mut at)?;
         out.push((key, row));
     }
-    Ok(out)
+    Ok((updated, out))
 }
 
 /// Runs one batch of a top-N query over `session` (the batch's rows):
@@ -477,6 +488,28 @@ pub(crate) async fn rank(
         return Ok(Vec::new());
     }
     let db = cx.checkpoint.db();
+    // With a TTL, groups not changed since `from` are forgotten: deleted
+    // first in the commit (a group this batch changes is put after), and
+    // read as empty below.
+    let from = top.ttl_ms.map_or(i64::MIN, |ttl| {
+        cx.batch_time_ms.saturating_sub(ttl).saturating_add(1)
+    });
+    let mut deletes = Vec::new();
+    if top.ttl_ms.is_some() {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(state_keys::tag_and_time(state_keys::TOP_N_TTL_TAG, from));
+        let start = [state_keys::TOP_N_TTL_TAG];
+        for item in db.iterator_cf_opt(
+            cf,
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (index, _) = item?;
+            deletes.push(state_keys::top_n_of_ttl_key(&index));
+            deletes.push(index.to_vec());
+        }
+        cx.count("expired groups", (deletes.len() / 2) as u64);
+    }
     let mut touched: Vec<(Vec<u8>, Ranked)> = groups.into_iter().collect();
     touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let state_keys: Vec<Vec<u8>> = touched
@@ -487,13 +520,15 @@ pub(crate) async fn rank(
     let n = top.n as usize;
     let mut changed: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for ((_, mut new), (state_key, old)) in
+    for ((group, mut new), (state_key, old)) in
         touched.into_iter().zip(state_keys.into_iter().zip(stored))
     {
-        let old = match old? {
+        let (updated, old) = match old? {
             Some(bytes) => decode(&bytes)?,
-            None => Vec::new(),
+            None => (i64::MIN, Vec::new()),
         };
+        // Expired (and deleted above): the group starts afresh.
+        let old = if updated < from { Vec::new() } else { old };
         // Stable: equal sort keys keep arrival order, and stored rows
         // come before new ones.
         new.sort_by(|a, b| a.0.cmp(&b.0));
@@ -523,10 +558,22 @@ pub(crate) async fn rank(
             }
         }
         if any {
-            writes.push((state_key, encode(&merged)));
+            if top.ttl_ms.is_some() {
+                if updated >= from {
+                    deletes.push(state_keys::top_n_ttl_key(updated, &group));
+                }
+                writes.push((
+                    state_keys::top_n_ttl_key(cx.batch_time_ms, &group),
+                    Vec::new(),
+                ));
+            }
+            writes.push((state_key, encode(cx.batch_time_ms, &merged)));
         }
     }
     cx.write(|w| {
+        for key in deletes {
+            w.delete_cf(cf, key);
+        }
         for (key, value) in writes {
             w.put_cf(cf, key, value);
         }
@@ -588,7 +635,8 @@ mod tests {
             (b"k1".to_vec(), b"row one".to_vec()),
             (vec![], b"r".to_vec()),
         ];
-        assert_eq!(decode(&encode(&ranked)).unwrap(), ranked);
-        assert!(decode(&encode(&ranked)[..5]).is_err());
+        assert_eq!(decode(&encode(-7, &ranked)).unwrap(), (-7, ranked.clone()));
+        assert!(decode(&encode(-7, &ranked)[..13]).is_err());
+        assert!(decode(&[1, 2]).is_err());
     }
 }
