@@ -239,6 +239,22 @@ impl Codec {
     }
 }
 
+/// The entries of `cf` in `[from, until)`, in key order.
+pub(crate) fn key_range<'a>(
+    db: &'a rocksdb::DB,
+    cf: &'a ColumnFamily,
+    from: &[u8],
+    until: &[u8],
+) -> rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB> {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(until.to_vec());
+    db.iterator_cf_opt(
+        cf,
+        opts,
+        rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+    )
+}
+
 /// A stored group: its key and its state.
 type StoredGroup = (Box<[u8]>, Box<[u8]>);
 
@@ -251,14 +267,7 @@ fn scan(
     skip: &hashbrown::HashSet<Vec<u8>>,
 ) -> Result<Vec<StoredGroup>, SqlError> {
     let mut out = Vec::new();
-    let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(until.to_vec());
-    let iter = db.iterator_cf_opt(
-        cf,
-        opts,
-        rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
-    );
-    for item in iter {
+    for item in key_range(db, cf, from, until) {
         let (k, v) = item?;
         if !skip.contains(k.as_ref()) {
             out.push((k, v));

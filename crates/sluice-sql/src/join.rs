@@ -35,6 +35,7 @@ use rocksdb::{ColumnFamily, DB};
 pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>);
 
 use crate::error::SqlError;
+use crate::incremental::key_range;
 use crate::state_keys;
 
 /// The two joined streams, their event-time columns, and the bound on
@@ -689,16 +690,11 @@ pub(crate) fn evict(
     side: u8,
     until: i64,
 ) -> Result<(), SqlError> {
-    let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(state_keys::join_time_from(side, until));
-    for item in db.iterator_cf_opt(
-        cf,
-        opts,
-        rocksdb::IteratorMode::From(
-            &state_keys::join_time_from(side, i64::MIN),
-            rocksdb::Direction::Forward,
-        ),
-    ) {
+    let (from, until) = (
+        state_keys::join_time_from(side, i64::MIN),
+        state_keys::join_time_from(side, until),
+    );
+    for item in key_range(db, cf, &from, &until) {
         let (key, _) = item?;
         writes.push((state_keys::join_rows_of_time_key(&key), None));
         writes.push((key.to_vec(), None));
@@ -717,17 +713,12 @@ pub(crate) fn take_legacy(
     from: i64,
     writes: &mut Vec<Change>,
 ) -> Result<Vec<(RecordBatch, i64, u64)>, SqlError> {
-    let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(state_keys::join_end(side));
     let mut out = Vec::new();
-    for item in db.iterator_cf_opt(
-        cf,
-        opts,
-        rocksdb::IteratorMode::From(
-            &state_keys::join_from(side, i64::MIN),
-            rocksdb::Direction::Forward,
-        ),
-    ) {
+    let (start, end) = (
+        state_keys::join_from(side, i64::MIN),
+        state_keys::join_end(side),
+    );
+    for item in key_range(db, cf, &start, &end) {
         let (key, value) = item?;
         writes.push((key.to_vec(), None));
         let (newest, batch_id) = state_keys::legacy_join_slice(&key);

@@ -29,6 +29,7 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::logical_expr::{
     BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator, Window, expr::WindowFunction,
+    utils::split_conjunction,
 };
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
@@ -136,9 +137,7 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
                 names = next;
             }
             LogicalPlan::Filter(f) => {
-                let mut parts = Vec::new();
-                conjuncts(&f.predicate, &mut parts);
-                for part in parts {
+                for part in split_conjunction(&f.predicate) {
                     match rank_limit(part, &names)? {
                         Some(limit) => n = Some(n.map_or(limit, |m: u64| m.min(limit))),
                         // A ranked row that stops passing would need a
@@ -216,20 +215,6 @@ pub(crate) fn state_meta(operator: &str, top: &TopN) -> sluice_engine::checkpoin
         kind: format!("sql top-{}", top.n),
         key_type: top.signature.0.clone(),
         state_type: top.signature.1.clone(),
-    }
-}
-
-fn conjuncts<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>) {
-    match expr {
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::And,
-            right,
-        }) => {
-            conjuncts(left, out);
-            conjuncts(right, out);
-        }
-        other => out.push(other),
     }
 }
 
@@ -496,14 +481,11 @@ pub(crate) async fn rank(
     });
     let mut deletes = Vec::new();
     if top.ttl_ms.is_some() {
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(state_keys::tag_and_time(state_keys::TOP_N_TTL_TAG, from));
-        let start = [state_keys::TOP_N_TTL_TAG];
-        for item in db.iterator_cf_opt(
-            cf,
-            opts,
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
+        let (start, end) = (
+            [state_keys::TOP_N_TTL_TAG],
+            state_keys::tag_and_time(state_keys::TOP_N_TTL_TAG, from),
+        );
+        for item in crate::incremental::key_range(db, cf, &start, &end) {
             let (index, _) = item?;
             deletes.push(state_keys::top_n_of_ttl_key(&index));
             deletes.push(index.to_vec());
