@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::{MemTable, provider_as_source};
@@ -292,9 +292,14 @@ fn scalar_int(v: &ScalarValue) -> Option<i128> {
 /// row format.
 type Ranked = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A row being ranked, borrowed: (sort key, row).
+type RankedRow<'a> = (&'a [u8], &'a [u8]);
+
 /// A group's stored value: its last update's batch time, then its rows.
-fn encode(updated: i64, ranked: &Ranked) -> Vec<u8> {
-    let mut out = updated.to_le_bytes().to_vec();
+fn encode(updated: i64, ranked: &[RankedRow]) -> Vec<u8> {
+    let size: usize = ranked.iter().map(|(k, r)| 8 + k.len() + r.len()).sum();
+    let mut out = Vec::with_capacity(8 + size);
+    out.extend_from_slice(&updated.to_le_bytes());
     for (key, row) in ranked {
         for part in [key, row] {
             out.extend_from_slice(&(part.len() as u32).to_le_bytes());
@@ -427,8 +432,8 @@ pub(crate) async fn rank(
             .map(|f| SortField::new(f.data_type().clone()))
             .collect(),
     )?;
-    // Each group's new rows in arrival order.
-    let mut groups: hashbrown::HashMap<Vec<u8>, Ranked> = hashbrown::HashMap::new();
+    // The batch's rows in Arrow's row format: group, sort key, whole row.
+    let mut encoded: Vec<(Option<Rows>, Rows, Rows)> = Vec::with_capacity(new_rows.len());
     let mut codecs: Option<(RowConverter, RowConverter)> = None;
     for batch in new_rows.iter().filter(|b| b.num_rows() > 0) {
         let evaluate = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef, SqlError> {
@@ -459,14 +464,21 @@ pub(crate) async fn rank(
         let key_rows = (!keys.is_empty())
             .then(|| key_codec.convert_columns(&keys))
             .transpose()?;
-        let sort_rows = sort_codec.convert_columns(&sorts)?;
-        let full = rows_codec.convert_columns(batch.columns())?;
-        for i in 0..batch.num_rows() {
-            let key = key_rows.as_ref().map_or(&[][..], |k| k.row(i).data());
-            groups.entry_ref(key).or_default().push((
-                sort_rows.row(i).data().to_vec(),
-                full.row(i).data().to_vec(),
-            ));
+        encoded.push((
+            key_rows,
+            sort_codec.convert_columns(&sorts)?,
+            rows_codec.convert_columns(batch.columns())?,
+        ));
+    }
+    // Each group's new rows in arrival order, borrowed from `encoded`.
+    let mut groups: hashbrown::HashMap<&[u8], Vec<RankedRow>> = hashbrown::HashMap::new();
+    for (keys, sorts, full) in &encoded {
+        for i in 0..full.num_rows() {
+            let key = keys.as_ref().map_or(&[][..], |k| k.row(i).data());
+            groups
+                .entry(key)
+                .or_default()
+                .push((sorts.row(i).data(), full.row(i).data()));
         }
     }
     if groups.is_empty() {
@@ -492,31 +504,38 @@ pub(crate) async fn rank(
         }
         cx.count("expired groups", (deletes.len() / 2) as u64);
     }
-    let mut touched: Vec<(Vec<u8>, Ranked)> = groups.into_iter().collect();
-    touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut touched: Vec<(&[u8], Vec<RankedRow>)> = groups.into_iter().collect();
+    touched.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let state_keys: Vec<Vec<u8>> = touched
         .iter()
         .map(|(k, _)| state_keys::top_n_key(k))
         .collect();
-    let stored = db.batched_multi_get_cf(cf, &state_keys, true);
-    let n = top.n as usize;
-    let mut changed: Vec<(Vec<u8>, u64)> = Vec::new();
-    let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for ((group, mut new), (state_key, old)) in
-        touched.into_iter().zip(state_keys.into_iter().zip(stored))
-    {
-        let (updated, old) = match old? {
+    // The touched groups' stored rows (empty where a group is new or
+    // expired, and deleted above), kept for the merge to borrow.
+    let mut stored = Vec::with_capacity(touched.len());
+    for value in db.batched_multi_get_cf(cf, &state_keys, true) {
+        stored.push(match value? {
             Some(bytes) => decode(&bytes)?,
             None => (i64::MIN, Vec::new()),
-        };
-        // Expired (and deleted above): the group starts afresh.
-        let old = if updated < from { Vec::new() } else { old };
+        });
+    }
+    let n = top.n as usize;
+    let mut changed: Vec<(&[u8], u64)> = Vec::new();
+    let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (((group, mut new), state_key), (updated, old)) in
+        touched.into_iter().zip(state_keys).zip(&stored)
+    {
+        let old: &[(Vec<u8>, Vec<u8>)] = if *updated < from { &[] } else { old };
         // Stable: equal sort keys keep arrival order, and stored rows
         // come before new ones.
-        new.sort_by(|a, b| a.0.cmp(&b.0));
+        new.sort_by(|a, b| a.0.cmp(b.0));
         new.truncate(n);
-        let mut merged: Ranked = Vec::with_capacity(n);
-        let (mut o, mut w) = (old.iter().peekable(), new.into_iter().peekable());
+        let mut merged: Vec<RankedRow> = Vec::with_capacity(n);
+        let mut o = old
+            .iter()
+            .map(|(k, r)| (k.as_slice(), r.as_slice()))
+            .peekable();
+        let mut w = new.into_iter().peekable();
         while merged.len() < n {
             let take_old = match (o.peek(), w.peek()) {
                 (Some(a), Some(b)) => a.0 <= b.0,
@@ -524,28 +543,23 @@ pub(crate) async fn rank(
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
-            if take_old {
-                if let Some(row) = o.next() {
-                    merged.push(row.clone());
-                }
-            } else if let Some(row) = w.next() {
-                merged.push(row);
-            }
+            let next = if take_old { o.next() } else { w.next() };
+            merged.extend(next);
         }
         let mut any = false;
         for (rank, (_, row)) in merged.iter().enumerate() {
-            if old.get(rank).is_none_or(|(_, r)| r != row) {
-                changed.push((row.clone(), rank as u64 + 1));
+            if old.get(rank).is_none_or(|(_, r)| r.as_slice() != *row) {
+                changed.push((row, rank as u64 + 1));
                 any = true;
             }
         }
         if any {
             if top.ttl_ms.is_some() {
-                if updated >= from {
-                    deletes.push(state_keys::top_n_ttl_key(updated, &group));
+                if *updated >= from {
+                    deletes.push(state_keys::top_n_ttl_key(*updated, group));
                 }
                 writes.push((
-                    state_keys::top_n_ttl_key(cx.batch_time_ms, &group),
+                    state_keys::top_n_ttl_key(cx.batch_time_ms, group),
                     Vec::new(),
                 ));
             }
@@ -617,8 +631,15 @@ mod tests {
             (b"k1".to_vec(), b"row one".to_vec()),
             (vec![], b"r".to_vec()),
         ];
-        assert_eq!(decode(&encode(-7, &ranked)).unwrap(), (-7, ranked.clone()));
-        assert!(decode(&encode(-7, &ranked)[..13]).is_err());
+        let borrowed: Vec<RankedRow> = ranked
+            .iter()
+            .map(|(k, r)| (k.as_slice(), r.as_slice()))
+            .collect();
+        assert_eq!(
+            decode(&encode(-7, &borrowed)).unwrap(),
+            (-7, ranked.clone())
+        );
+        assert!(decode(&encode(-7, &borrowed)[..13]).is_err());
         assert!(decode(&[1, 2]).is_err());
     }
 }
