@@ -471,6 +471,10 @@ impl JoinBuffer {
         probe: &[RecordBatch],
         from: i64,
     ) -> Result<Vec<RecordBatch>, SqlError> {
+        if probe.iter().all(|b| b.num_rows() == 0) {
+            // No new row of the other stream: nothing to match this batch.
+            return Ok(Vec::new());
+        }
         let mut wanted: Vec<Vec<u8>> = Vec::new();
         if self.key_codec.is_none() {
             wanted.push(Vec::new());
