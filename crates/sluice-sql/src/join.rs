@@ -777,6 +777,11 @@ mod tests {
 
     /// Bids keyed by a BIGINT auction, auctions by an INT id.
     fn buffer() -> JoinBuffer {
+        buffer_with(Default::default())
+    }
+
+    /// [`buffer`] with filters on the streams' rows under the join.
+    fn buffer_with(filters: [Vec<SideFilter>; 2]) -> JoinBuffer {
         let bid = Arc::new(Schema::new(vec![
             Field::new("auction", DataType::Int64, true),
             Field::new("url", DataType::Utf8, true),
@@ -790,7 +795,7 @@ mod tests {
             hi_ms: i64::MAX,
             ttl_ms: Some(1),
             keys: [vec!["auction".into()], vec!["id".into()]],
-            filters: Default::default(),
+            filters,
         };
         JoinBuffer::new(&join, [bid, auction]).unwrap()
     }
@@ -888,7 +893,6 @@ mod tests {
         use datafusion::logical_expr::{col, lit};
         let (db, _dir) = db();
         let cf = db.cf_handle("q").unwrap();
-        let plain = buffer();
         // The filter's input: the bids' columns, projected and reordered
         // as a scan under the join would have them.
         let input = Arc::new(
@@ -898,31 +902,22 @@ mod tests {
             ]))
             .unwrap(),
         );
-        let join = IntervalJoin {
-            streams: ["bid".into(), "auction".into()],
-            columns: ["ts".into(), String::new()],
-            lo_ms: i64::MIN,
-            hi_ms: i64::MAX,
-            ttl_ms: Some(1),
-            keys: [vec!["auction".into()], vec!["id".into()]],
-            filters: [
-                vec![SideFilter {
-                    // The last conjunct is NULL from 40 on: NULL fails,
-                    // as in a WHERE.
-                    predicate: col("ts")
-                        .gt(lit(15i64))
-                        .and(col("auction").not_eq(lit(3i64)))
-                        .and(
-                            col("ts")
-                                .not_eq(lit(datafusion::common::ScalarValue::Int64(None)))
-                                .or(col("ts").lt(lit(40i64))),
-                        ),
-                    input,
-                }],
-                Vec::new(),
-            ],
-        };
-        let b = JoinBuffer::new(&join, plain.schemas.clone()).unwrap();
+        let b = buffer_with([
+            vec![SideFilter {
+                // The last conjunct is NULL from 40 on: NULL fails,
+                // as in a WHERE.
+                predicate: col("ts")
+                    .gt(lit(15i64))
+                    .and(col("auction").not_eq(lit(3i64)))
+                    .and(
+                        col("ts")
+                            .not_eq(lit(datafusion::common::ScalarValue::Int64(None)))
+                            .or(col("ts").lt(lit(40i64))),
+                    ),
+                input,
+            }],
+            Vec::new(),
+        ]);
         let mut writes = Vec::new();
         let rows = bids(&[Some(1), Some(1), Some(3), Some(2)], &[10, 20, 30, 40]);
         b.store(&mut writes, 0, 1, &[rows], RowTime::Column("ts"), 1)
