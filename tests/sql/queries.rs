@@ -256,29 +256,32 @@ fn json_chunks_larger_than_the_decoders_batch_decode_whole() {
     assert_eq!(rows, vec!["all=3000"]);
 }
 
+/// `statements` over topic `ev` read as a raw stream (its text `value`,
+/// as `sluice sql` declares a topic nobody declared).
+fn over_ev(statements: &str) -> Script {
+    let mut script = Script::parse(statements).unwrap();
+    script.streams.push(sluice::sql::script::StreamDecl {
+        name: "ev".into(),
+        columns: Vec::new(),
+        options: [("topic".to_string(), "ev".to_string())]
+            .into_iter()
+            .collect(),
+        watermark: None,
+        proctime: None,
+    });
+    script
+}
+
 #[test]
 fn state_ttl_forgets_groups_not_updated_for_that_long() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
     let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
     let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
-    let script = Script::parse(
+    let script = over_ev(
         "CREATE SINK n WITH (type = 'table', state_ttl = '3s');\n\
          INSERT INTO n SELECT value, count(*) AS n FROM ev GROUP BY value;",
     );
-    let script = {
-        let mut s = script.unwrap();
-        s.streams.push(sluice::sql::script::StreamDecl {
-            name: "ev".into(),
-            columns: Vec::new(),
-            options: [("topic".to_string(), "ev".to_string())]
-                .into_iter()
-                .collect(),
-            watermark: None,
-            proctime: None,
-        });
-        s
-    };
     let run = || {
         common_sql::run_sql(&store, &dir.path().join("cp"), "ttl", &script, None, None);
     };
@@ -316,20 +319,10 @@ fn a_top_n_with_state_ttl_forgets_groups_not_changed_for_that_long() {
     let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
     let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
     // Each value's first offset (deduplication keeping the first row).
-    let mut script = Script::parse(
+    let script = over_ev(
         "CREATE SINK firsts WITH (type = 'table', state_ttl = '3s');\n\
          INSERT INTO firsts SELECT value, _offset FROM (SELECT value, _offset, row_number() OVER (PARTITION BY value ORDER BY _offset) AS rn FROM ev) WHERE rn = 1;",
-    )
-    .unwrap();
-    script.streams.push(sluice::sql::script::StreamDecl {
-        name: "ev".into(),
-        columns: Vec::new(),
-        options: [("topic".to_string(), "ev".to_string())]
-            .into_iter()
-            .collect(),
-        watermark: None,
-        proctime: None,
-    });
+    );
     let run = || common_sql::run_sql(&store, &dir.path().join("cp"), "ttl", &script, None, None);
     let table = || {
         let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "ttl").unwrap();

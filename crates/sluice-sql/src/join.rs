@@ -475,16 +475,19 @@ impl JoinBuffer {
             // No new row of the other stream: nothing to match this batch.
             return Ok(Vec::new());
         }
-        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        // The probe's distinct keys, borrowed from their row-format buffers.
+        let mut probe_keys = Vec::with_capacity(probe.len());
+        for batch in probe {
+            probe_keys.extend(self.keys_of(1 - side, batch)?);
+        }
+        let mut wanted: Vec<&[u8]> = Vec::new();
         if self.key_codec.is_none() {
-            wanted.push(Vec::new());
+            wanted.push(&[]);
         } else {
-            for batch in probe {
-                if let Some(keys) = self.keys_of(1 - side, batch)? {
-                    for (i, row) in keys.rows.iter().enumerate() {
-                        if keys.valid[i] {
-                            wanted.push(row.as_ref().to_vec());
-                        }
+            for keys in &probe_keys {
+                for (i, row) in keys.rows.iter().enumerate() {
+                    if keys.valid[i] {
+                        wanted.push(row.data());
                     }
                 }
             }
