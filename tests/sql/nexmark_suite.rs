@@ -49,10 +49,15 @@ struct Case {
     compared: Option<&'static [&'static str]>,
 }
 
-const CASES: [Case; 12] = [
+const CASES: [Case; 13] = [
     Case {
         query: "q3",
         key: &[],
+        compared: None,
+    },
+    Case {
+        query: "q4",
+        key: &["category"],
         compared: None,
     },
     Case {

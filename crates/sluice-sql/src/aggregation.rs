@@ -2,8 +2,9 @@
 //! keeps state across batches, its partial phase, and the window among
 //! its group columns. Plans that cannot run incrementally (ORDER BY or
 //! LIMIT over a stream, grouping sets, DISTINCT aggregates other than
-//! `count`, nested aggregations outside append mode) are refused here,
-//! with what to do.
+//! `count`, nested windowed aggregations outside append mode, an
+//! aggregation over an updating one that cannot take rows back) are
+//! refused here, with what to do.
 //!
 //! This module only reads plans; it never runs them or touches state.
 
@@ -15,6 +16,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 
 use crate::error::SqlError;
+use crate::retraction::Outer;
 use crate::window::{WINDOW_KIND_META, WINDOW_META, WINDOW_SIZE_META};
 
 /// The window of a windowed aggregation: which group column holds it.
@@ -61,6 +63,9 @@ pub(crate) struct Aggregation {
     /// The types of the stored state's columns: the partial phase's
     /// states, but a count for each `count(DISTINCT …)`.
     pub stored_types: Vec<DataType>,
+    /// An aggregation above this one, without windows, that takes each
+    /// changed group's previous row back (see [`crate::retraction`]).
+    pub outer: Option<Box<Outer>>,
 }
 
 impl Aggregation {
@@ -290,6 +295,7 @@ fn aggregation_at(
         distinct,
         distinct_sets,
         stored_types,
+        outer: None,
     })
 }
 
@@ -370,11 +376,15 @@ fn innermost(mut found: Vec<Aggregation>) -> Result<Option<Aggregation>, String>
         return Ok(None);
     };
     if !found.is_empty() {
-        // An aggregation over a windowed one in append mode sees each
-        // window whole, in the batch that closes it: the outer ones run
-        // per batch over the closed windows' rows.
+        // An aggregation over one without windows takes back each changed
+        // group's previous row and adds its new one.
         if inner.window.is_none() {
-            return Err("nested aggregations are not incremental yet outside windows: aggregate a windowed aggregation in append mode (for distinct counts, count(DISTINCT …) is exact in one aggregation)".into());
+            let outer = found.pop().filter(|_| found.is_empty());
+            let Some(outer) = outer.filter(|o| o.window.is_none()) else {
+                return Err("only one aggregation, without windows, can run over an aggregation without windows (for distinct counts, count(DISTINCT …) is exact in one aggregation)".into());
+            };
+            inner.outer = Some(Box::new(Outer::of(outer, &inner)?));
+            return Ok(Some(inner));
         }
         if found.iter().any(|outer| outer.window.is_none()) {
             return Err("an aggregation over a windowed aggregation must group by its window_start or window_end, so each group is complete when the window closes".into());
@@ -408,11 +418,21 @@ pub(crate) fn state_signature(agg: &Aggregation) -> (String, String) {
         .map(|i| schema.field(i).data_type().to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let states = agg
+    let mut states = agg
         .stored_types
         .iter()
         .map(DataType::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    if let Some(outer) = &agg.outer {
+        let (outer_keys, _) = state_signature(&outer.agg);
+        let outer_states = outer
+            .stored_types()
+            .iter()
+            .map(DataType::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        states = format!("{states});outer{outer_keys}({outer_states}");
+    }
     (format!("({keys})"), format!("({states})"))
 }

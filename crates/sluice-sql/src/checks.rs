@@ -163,6 +163,10 @@ pub(crate) fn check_mode(
                 "session windows grow and merge as records arrive, so a row emitted before a session closes would stay behind under bounds that no longer exist: set mode = 'append' on the sink (sessions are emitted once, when the watermark passes their end)".into(),
             )
         }
+        (mode, Some(a)) if a.outer.is_some() && mode != OutputMode::Update => refuse(format!(
+            "an aggregation over an updating aggregation changes its rows whenever an inner group changes: set mode = 'update' on the sink, not '{}'",
+            format!("{mode:?}").to_lowercase()
+        )),
         (mode, Some(a)) if a.nested && mode != OutputMode::Append => refuse(
             "an aggregation over a windowed aggregation sees each window complete only in append mode: set mode = 'append' on the sink".into(),
         ),

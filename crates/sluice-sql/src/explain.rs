@@ -282,6 +282,17 @@ fn describe_aggregation(out: &mut String, q: &Query, a: &Aggregation) {
             "  above the windowed aggregation, the plan runs per batch over the windows that closed in it"
         );
     }
+    if let Some(outer) = &a.outer {
+        let schema = outer.agg.partial().schema();
+        let names: Vec<&str> = (0..outer.agg.partial().group_expr().expr().len())
+            .map(|i| schema.field(i).name().as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  outer aggregation: per outer group ({}) the aggregates' states, each sum's count of values and the group's row count (same CF); each batch, a group of the inner aggregation whose values changed has its previous row taken back from its outer group and its new row added (retractions); only the outer groups that changed are emitted",
+            names.join(", ")
+        );
+    }
     if let Some(j) = q.join {
         let _ = writeln!(
             out,
@@ -308,6 +319,10 @@ fn render(out: &mut String, q: &Query, node: &Arc<dyn ExecutionPlan>, depth: usi
                 "per slice, in parallel"
             } else if within(node, a.top()) {
                 "shuffle: partial aggregates meet by group key"
+            } else if let Some(outer) = &a.outer
+                && within(node, outer.agg.top())
+            {
+                "outer: changed rows taken back and added, merged with the stored outer groups"
             } else {
                 "per batch, over the emitted groups"
             }

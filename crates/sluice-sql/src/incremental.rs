@@ -42,6 +42,7 @@ use rocksdb::ColumnFamily;
 
 use crate::aggregation::Aggregation;
 use crate::error::SqlError;
+use crate::retraction::{self, Changes};
 use crate::state_keys::{
     DISTINCT_TAG, GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, distinct_key, distinct_prefix,
     distinct_prefix_end, group_key, tag_and_time, time_bytes, time_from_bytes, ttl_key,
@@ -88,7 +89,8 @@ pub(crate) fn accumulator(
     })))
 }
 
-fn replace(
+/// `plan` with the node `target` (by identity) replaced by `with`.
+pub(crate) fn replace(
     plan: Arc<dyn ExecutionPlan>,
     target: &Arc<dyn ExecutionPlan>,
     with: &Arc<dyn ExecutionPlan>,
@@ -300,8 +302,94 @@ pub(crate) async fn merge_batch(
     cf: &ColumnFamily,
     columns: Vec<ArrayRef>,
 ) -> Result<Vec<RecordBatch>, SqlError> {
-    let parts = merge_into_state(agg, policy, cx, cf, columns)?;
-    run_rest(ctx, plan, agg, parts).await
+    let Some(outer) = &agg.outer else {
+        let parts = merge_into_state(agg, policy, cx, cf, columns)?;
+        return run_rest(ctx, plan, agg, parts).await;
+    };
+    let changes = merge_changes(agg, policy, cx, cf, columns)?;
+    retraction::run(ctx, plan, agg, outer, cx, cf, changes).await
+}
+
+/// An aggregation's batch under an aggregation over it (see
+/// [`crate::retraction`]): merges the partial aggregates into the stored
+/// state and returns the groups whose values changed, with their previous
+/// rows where they had one.
+fn merge_changes(
+    agg: &Aggregation,
+    policy: Policy,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    columns: Vec<ArrayRef>,
+) -> Result<Changes, SqlError> {
+    let codec = Codec::new(agg, policy.ttl)?;
+    let batch = BatchGroups::of(&codec, agg, &columns)?;
+    let stored = read_stored(&codec, &batch, policy, cx, cf)?;
+    let columns = count_new_values(&codec, agg, &batch, &stored, policy, cx, cf, columns)?;
+    let mut group_indices = batch.group_of.clone();
+    group_indices.extend(&stored.indices);
+    let merged = merge_states(agg, &columns, &stored.states, &group_indices, batch.len())?;
+    let values = evaluate(agg, &merged, batch.len())?;
+    stage_writes(&codec, &batch, &stored, &merged, policy, cx, cf)?;
+    let touched: hashbrown::HashSet<Vec<u8>> = batch.keys.iter().cloned().collect();
+    if let Some(ttl) = policy.ttl {
+        expire_groups(ttl, &touched, agg.distinct.contains(&true), cx, cf)?;
+    }
+    // A group whose values did not change moves no outer group.
+    let previous = if stored.indices.is_empty() {
+        values
+            .iter()
+            .map(|v| datafusion::arrow::array::new_empty_array(v.data_type()))
+            .collect()
+    } else {
+        evaluate(agg, &stored.states, stored.indices.len())?
+    };
+    let converter = RowConverter::new(
+        values
+            .iter()
+            .map(|v| SortField::new(v.data_type().clone()))
+            .collect(),
+    )?;
+    let existed = UInt32Array::from_iter_values(stored.indices.iter().map(|&i| i as u32));
+    let now: Vec<ArrayRef> = values
+        .iter()
+        .map(|v| take(v.as_ref(), &existed, None))
+        .collect::<Result<_, _>>()?;
+    let (now_rows, before_rows) = (
+        converter.convert_columns(&now)?,
+        converter.convert_columns(&previous)?,
+    );
+    let mut unchanged = vec![false; batch.len()];
+    let mut retracted = Vec::new();
+    for (k, &g) in stored.indices.iter().enumerate() {
+        if values.is_empty() || now_rows.row(k) == before_rows.row(k) {
+            unchanged[g] = true;
+        } else {
+            retracted.push(k as u32);
+        }
+    }
+    let added =
+        UInt32Array::from_iter_values((0..batch.len() as u32).filter(|&g| !unchanged[g as usize]));
+    let retracted = UInt32Array::from(retracted);
+    let group_columns_of = |indices: &UInt32Array, rows: &UInt32Array| {
+        batch
+            .group_columns
+            .iter()
+            .map(|c| take(c.as_ref(), indices, None))
+            .chain(previous.iter().map(|v| take(v.as_ref(), rows, None)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let retracted_groups = take(&existed, &retracted, None)?;
+    let retracted_groups =
+        retracted_groups.as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+    Ok(Changes {
+        added: batch
+            .group_columns
+            .iter()
+            .chain(&values)
+            .map(|c| take(c.as_ref(), &added, None))
+            .collect::<Result<_, _>>()?,
+        retracted: group_columns_of(retracted_groups, &retracted)?,
+    })
 }
 
 /// [`merge_batch`] up to the aggregation's own output: the rows it emits

@@ -33,6 +33,7 @@ mod join;
 mod options;
 mod pipeline;
 mod planner;
+mod retraction;
 mod runner;
 pub mod script;
 mod session_window;

@@ -17,6 +17,7 @@
 //! | `0x08` | side, newest time, batch id, join key      | empty: index of `0x07` entries by time, for eviction | join |
 //! | `0x09` | group (Arrow row format)                   | last update time, then the group's top N rows, best first: sort key and row (Arrow row format), each length-prefixed | top_n |
 //! | `0x0a` | last update time, group                    | empty: index of top-N groups by last update, for `state_ttl` | top_n |
+//! | `0x0b` | outer group (Arrow row format)             | the outer aggregates' states, their value counts and the group's row count | retraction (an aggregation over an updating one) |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -38,6 +39,8 @@ const JOIN_TIME_TAG: u8 = 8;
 const TOP_N_TAG: u8 = 9;
 /// A top-N's groups by last update, for `state_ttl`.
 pub(crate) const TOP_N_TTL_TAG: u8 = 10;
+/// Groups of an aggregation over an updating aggregation.
+const OUTER_GROUP_TAG: u8 = 11;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -87,6 +90,15 @@ pub(crate) fn group_key(window_end: Option<i64>, group: &[u8]) -> Vec<u8> {
     if let Some(end) = window_end {
         key.extend_from_slice(&time_bytes(end));
     }
+    key.extend_from_slice(group);
+    key
+}
+
+/// The key of an outer group of an aggregation over an updating
+/// aggregation (the group in Arrow's row format).
+pub(crate) fn outer_group_key(group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + group.len());
+    key.push(OUTER_GROUP_TAG);
     key.extend_from_slice(group);
     key
 }

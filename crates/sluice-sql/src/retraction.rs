@@ -1,0 +1,529 @@
+//! An aggregation over an updating aggregation (Nexmark q4: the average
+//! per category of each auction's highest bid). The inner aggregation's
+//! groups change from batch to batch; each changed group's previous row is
+//! taken back from its outer group and its new row added, as Flink's
+//! retractions (-U/+U) do.
+//!
+//! Only aggregates whose state is a sum of its rows' contributions can
+//! take a row back (`count`, `sum`, `avg`): the outer state of a group is
+//! stored + added − retracted, column by column. Each outer group also
+//! counts its rows, and every `sum` the values it took, so a sum that has
+//! lost all its values is NULL again, not 0.
+//!
+//! An outer group never empties: the plan between the two aggregations
+//! may only project, and the outer groups only by what the inner groups
+//! by, so an inner group's row stays in one outer group for its whole
+//! life (rows that move or vanish would need deletes in the sinks: they
+//! are refused at submission with the reason).
+//!
+//! This module plans nothing and chooses no output mode; it runs the
+//! outer aggregation of a batch and stages its state in the batch's
+//! commit.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, PrimitiveArray, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{concat, take};
+use datafusion::arrow::datatypes::{
+    ArrowNativeTypeOp, DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type,
+};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::functions_aggregate::count::count_udaf;
+use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, collect};
+use datafusion::prelude::SessionContext;
+use rocksdb::ColumnFamily;
+use sluice_engine::plan::BatchCx;
+
+use crate::aggregation::Aggregation;
+use crate::error::SqlError;
+use crate::incremental::{self, evaluate};
+use crate::state_keys::outer_group_key;
+
+/// An aggregate's `FILTER (WHERE …)`.
+type Filter = Option<Arc<dyn PhysicalExpr>>;
+
+/// How an outer aggregate takes a row back.
+#[derive(Debug, Clone, Copy)]
+enum Linear {
+    /// Its state is the count.
+    Count,
+    /// A sum: the column (among the counting phase's states) that counts
+    /// the values it took.
+    Sum { values: usize },
+    /// Its first state column is the count of values.
+    Avg,
+}
+
+/// The outer aggregation of an aggregation over an updating one.
+pub(crate) struct Outer {
+    /// The outer aggregation as found in the plan.
+    pub agg: Aggregation,
+    /// Its partial phase with, appended, a count of values per `sum` and
+    /// a count of rows: what each outer group stores.
+    counting: Arc<AggregateExec>,
+    linear: Vec<Linear>,
+}
+
+impl Outer {
+    /// The outer aggregation `outer` over `inner`, or why it cannot take
+    /// back the inner groups' previous rows.
+    pub(crate) fn of(outer: Aggregation, inner: &Aggregation) -> Result<Outer, String> {
+        let partial = outer.partial().clone();
+        let mut linear = Vec::new();
+        // Counts appended to the outer partial phase, with their filters.
+        let mut extra: Vec<(Arc<AggregateFunctionExpr>, Filter)> = Vec::new();
+        let input_schema = partial.input().schema();
+        let states = partial.aggr_expr().iter().try_fold(0, |n, e| {
+            e.state_fields()
+                .map(|f| n + f.len())
+                .map_err(|e| e.to_string())
+        })?;
+        for (i, expr) in partial.aggr_expr().iter().enumerate() {
+            let name = expr.fun().name().to_ascii_lowercase();
+            if expr.is_distinct() {
+                return Err(format!(
+                    "{}: a DISTINCT aggregate over an updating aggregation cannot take a changed row back (not yet): aggregate the distinct values first",
+                    expr.name()
+                ));
+            }
+            linear.push(match name.as_str() {
+                "count" => Linear::Count,
+                "avg" | "mean" => Linear::Avg,
+                "sum" => {
+                    let counted = AggregateExprBuilder::new(count_udaf(), expr.expressions())
+                        .schema(input_schema.clone())
+                        .alias(format!("__values_{i}"))
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    extra.push((Arc::new(counted), partial.filter_expr()[i].clone()));
+                    Linear::Sum {
+                        values: states + extra.len() - 1,
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: over an updating aggregation only count, sum and avg can take a changed row back; {name} would need every value kept (not yet)",
+                        expr.name()
+                    ));
+                }
+            });
+            for field in expr.state_fields().map_err(|e| e.to_string())? {
+                if !matches!(
+                    field.data_type(),
+                    DataType::Int64
+                        | DataType::UInt64
+                        | DataType::Float64
+                        | DataType::Decimal128(..)
+                ) {
+                    return Err(format!(
+                        "{}: its state of type {} cannot take a row back",
+                        expr.name(),
+                        field.data_type()
+                    ));
+                }
+            }
+        }
+        let one: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Int64(Some(1))));
+        let rows = AggregateExprBuilder::new(count_udaf(), vec![one])
+            .schema(input_schema.clone())
+            .alias("__rows")
+            .build()
+            .map_err(|e| e.to_string())?;
+        extra.push((Arc::new(rows), None));
+        only_projections_between(partial.input(), inner)?;
+        let groups_only = inner_group_columns(partial.input(), inner)?;
+        for (expr, name) in partial.group_expr().expr() {
+            if !references_only(expr, &groups_only) {
+                return Err(format!(
+                    "the outer GROUP BY's {name} depends on what the inner aggregation computes: a changed row would move to another outer group and could leave one empty, which needs deletes in the sink (not yet); group by columns of the inner GROUP BY"
+                ));
+            }
+        }
+        let mut aggregates = partial.aggr_expr().to_vec();
+        let mut filters = partial.filter_expr().to_vec();
+        for (e, f) in extra {
+            aggregates.push(e);
+            filters.push(f);
+        }
+        let counting = AggregateExec::try_new(
+            AggregateMode::Partial,
+            partial.group_expr().clone(),
+            aggregates,
+            filters,
+            partial.input().clone(),
+            input_schema,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Outer {
+            agg: outer,
+            counting: Arc::new(counting),
+            linear,
+        })
+    }
+
+    /// The types of an outer group's stored state: the outer aggregates'
+    /// states, the sums' value counts, the row count.
+    pub(crate) fn stored_types(&self) -> Vec<DataType> {
+        let schema = self.counting.schema();
+        let groups = self.groups();
+        schema.fields()[groups..]
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect()
+    }
+
+    fn groups(&self) -> usize {
+        self.counting.group_expr().expr().len()
+    }
+}
+
+/// Refuses a plan between the two aggregations that does more than
+/// project (a filter could drop a group's new row but not its old one).
+fn only_projections_between(
+    from: &Arc<dyn ExecutionPlan>,
+    inner: &Aggregation,
+) -> Result<(), String> {
+    let mut node = from.clone();
+    while !Arc::ptr_eq(&node, inner.top()) {
+        match node.name() {
+            "ProjectionExec"
+            | "RepartitionExec"
+            | "CoalescePartitionsExec"
+            | "CoalesceBatchesExec" => node = node.children()[0].clone(),
+            "FilterExec" => {
+                return Err("a filter between the two aggregations (HAVING, or WHERE over the inner one's rows) can drop a changed row and leave its outer group empty, which needs deletes in the sink (not yet)".into());
+            }
+            other => {
+                return Err(format!(
+                    "{other} between the two aggregations: only a projection can lie between an aggregation and the updating one it aggregates"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The columns of `node`'s output that are computed from the inner
+/// aggregation's group columns alone.
+fn inner_group_columns(
+    node: &Arc<dyn ExecutionPlan>,
+    inner: &Aggregation,
+) -> Result<HashSet<usize>, String> {
+    if Arc::ptr_eq(node, inner.top()) {
+        return Ok((0..inner.partial().group_expr().expr().len()).collect());
+    }
+    let below = inner_group_columns(node.children()[0], inner)?;
+    let Some(projection) = node.downcast_ref::<ProjectionExec>() else {
+        return Ok(below);
+    };
+    Ok(projection
+        .expr()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| references_only(&p.expr, &below))
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// Whether every column `expr` reads is among `allowed`.
+fn references_only(expr: &Arc<dyn PhysicalExpr>, allowed: &HashSet<usize>) -> bool {
+    if let Some(column) = expr.downcast_ref::<Column>() {
+        return allowed.contains(&column.index());
+    }
+    expr.children()
+        .into_iter()
+        .all(|child| references_only(child, allowed))
+}
+
+/// The inner aggregation's rows of a batch: the changed groups' new rows
+/// and, for those that existed, their previous rows (each as the inner
+/// aggregation's output columns: groups, then values).
+pub(crate) struct Changes {
+    pub added: Vec<ArrayRef>,
+    pub retracted: Vec<ArrayRef>,
+}
+
+/// The outer aggregation's batch: the changed inner rows taken back from
+/// and added to their outer groups, the groups' states staged in the
+/// batch's commit, and the rest of the plan run over the outer groups
+/// that changed.
+pub(crate) async fn run(
+    ctx: &SessionContext,
+    plan: &Arc<dyn ExecutionPlan>,
+    inner: &Aggregation,
+    outer: &Outer,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    changes: Changes,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    if changes.added.first().is_none_or(|c| c.is_empty())
+        && changes.retracted.first().is_none_or(|c| c.is_empty())
+    {
+        return Ok(Vec::new());
+    }
+    let added = counted(ctx, inner, outer, changes.added).await?;
+    let retracted = counted(ctx, inner, outer, changes.retracted).await?;
+    let groups = outer.groups();
+    let schema = outer.counting.schema();
+    let keys = RowConverter::new(
+        (0..groups)
+            .map(|i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )?;
+    // The outer groups the batch touches, in first-seen order, and each
+    // partial row's group.
+    let added_rows = added.first().map_or(0, |c| c.len());
+    let mut all_groups: Vec<ArrayRef> = Vec::with_capacity(groups);
+    for i in 0..groups {
+        all_groups.push(concat(&[added[i].as_ref(), retracted[i].as_ref()])?);
+    }
+    let encoded = keys.convert_columns(&all_groups)?;
+    let total = added_rows + retracted.first().map_or(0, |c| c.len());
+    let mut group_of = Vec::with_capacity(total);
+    let mut first_row: Vec<u32> = Vec::new();
+    let mut state_keys: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut seen: hashbrown::HashMap<&[u8], usize> = hashbrown::HashMap::new();
+        for row in 0..total {
+            let key: &[u8] = if groups == 0 {
+                &[]
+            } else {
+                encoded.row(row).data()
+            };
+            let next = first_row.len();
+            let g = *seen.entry(key).or_insert_with(|| {
+                first_row.push(row as u32);
+                state_keys.push(outer_group_key(key));
+                next
+            });
+            group_of.push(g);
+        }
+    }
+    let n = first_row.len();
+    let stored_types = outer.stored_types();
+    let states = RowConverter::new(
+        stored_types
+            .iter()
+            .map(|t| SortField::new(t.clone()))
+            .collect(),
+    )?;
+    // The stored states of the groups that have one.
+    let mut stored_of = Vec::new();
+    let mut stored_bytes = Vec::new();
+    let db = cx.checkpoint.db();
+    for (g, found) in db
+        .batched_multi_get_cf(cf, &state_keys, false)
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(bytes) = found? {
+            stored_of.push(g);
+            stored_bytes.push(bytes.to_vec());
+        }
+    }
+    let parser = states.parser();
+    let stored = if stored_bytes.is_empty() {
+        Vec::new()
+    } else {
+        states.convert_rows(stored_bytes.iter().map(|b| parser.parse(b)))?
+    };
+    let (added_of, retracted_of) = group_of.split_at(added_rows);
+    let mut combined = Vec::with_capacity(stored_types.len());
+    for (j, data_type) in stored_types.iter().enumerate() {
+        let parts = [
+            Part::add(stored.get(j), &stored_of),
+            Part::add(Some(&added[groups + j]), added_of),
+            Part::retract(&retracted[groups + j], retracted_of),
+        ];
+        combined.push(linear_sum(data_type, &parts, n)?);
+    }
+    let rows = combined
+        .last()
+        .ok_or_else(|| SqlError::State {
+            message: "an outer group's state has no row count".into(),
+        })?
+        .as_primitive::<Int64Type>()
+        .clone();
+    // Stage the states; a group whose rows were all taken back (which the
+    // plan's checks rule out) is forgotten.
+    let stored_rows = states.convert_columns(&combined)?;
+    cx.write(|w| {
+        for (g, key) in state_keys.iter().enumerate() {
+            if rows.value(g) > 0 {
+                w.put_cf(cf, key, stored_rows.row(g).data());
+            } else {
+                w.delete_cf(cf, key);
+            }
+        }
+    });
+    let live: Vec<u32> = (0..n as u32)
+        .filter(|&g| rows.value(g as usize) > 0)
+        .collect();
+    let live = UInt32Array::from(live);
+    let finals = final_states(outer, &combined, n)?;
+    let values = evaluate(&outer.agg, &finals, n)?;
+    let first_row = UInt32Array::from(first_row);
+    let mut columns = Vec::with_capacity(groups + values.len());
+    for c in &all_groups {
+        columns.push(take(&take(c.as_ref(), &first_row, None)?, &live, None)?);
+    }
+    for v in values {
+        columns.push(take(v.as_ref(), &live, None)?);
+    }
+    incremental::run_rest(ctx, plan, &outer.agg, vec![columns]).await
+}
+
+/// The counting phase over the inner aggregation's `rows`: group columns,
+/// then the states, value counts and row count.
+async fn counted(
+    ctx: &SessionContext,
+    inner: &Aggregation,
+    outer: &Outer,
+    rows: Vec<ArrayRef>,
+) -> Result<Vec<ArrayRef>, SqlError> {
+    let schema = outer.counting.schema();
+    let top_schema = inner.top().schema();
+    let batch = if rows.is_empty() {
+        RecordBatch::new_empty(top_schema.clone())
+    } else {
+        RecordBatch::try_new(top_schema.clone(), rows)?
+    };
+    let source: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[vec![batch]], top_schema, None)?;
+    let counting: Arc<dyn ExecutionPlan> = outer.counting.clone();
+    let plan = incremental::replace(counting, inner.top(), &source)?;
+    let batches = collect(plan, ctx.task_ctx()).await?;
+    (0..schema.fields().len())
+        .map(|i| {
+            if batches.is_empty() {
+                return Ok(datafusion::arrow::array::new_empty_array(
+                    schema.field(i).data_type(),
+                ));
+            }
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            Ok(concat(&parts)?)
+        })
+        .collect()
+}
+
+/// One source of a state column's contributions: its rows, each row's
+/// group, and whether they are taken back.
+struct Part<'a> {
+    column: Option<&'a ArrayRef>,
+    group_of: &'a [usize],
+    negate: bool,
+}
+
+impl<'a> Part<'a> {
+    fn add(column: Option<&'a ArrayRef>, group_of: &'a [usize]) -> Self {
+        Part {
+            column,
+            group_of,
+            negate: false,
+        }
+    }
+
+    fn retract(column: &'a ArrayRef, group_of: &'a [usize]) -> Self {
+        Part {
+            column: Some(column),
+            group_of,
+            negate: true,
+        }
+    }
+}
+
+/// Per group, the sum of its parts' values (taken-back parts subtracted);
+/// NULL where no part had a value.
+fn linear_sum(data_type: &DataType, parts: &[Part], n: usize) -> Result<ArrayRef, SqlError> {
+    Ok(match data_type {
+        DataType::Int64 => Arc::new(fold::<Int64Type>(parts, n)),
+        DataType::UInt64 => Arc::new(fold::<UInt64Type>(parts, n)),
+        DataType::Float64 => Arc::new(fold::<Float64Type>(parts, n)),
+        DataType::Decimal128(..) => {
+            Arc::new(fold::<Decimal128Type>(parts, n).with_data_type(data_type.clone()))
+        }
+        other => {
+            return Err(SqlError::State {
+                message: format!(
+                    "an outer aggregate's state of type {other} cannot take a row back"
+                ),
+            });
+        }
+    })
+}
+
+fn fold<T: ArrowPrimitiveType>(parts: &[Part], n: usize) -> PrimitiveArray<T> {
+    let mut sums = vec![T::Native::ZERO; n];
+    let mut seen = vec![false; n];
+    for part in parts {
+        let Some(column) = part.column else { continue };
+        let values = column.as_primitive::<T>();
+        for (row, &g) in part.group_of.iter().enumerate() {
+            if values.is_null(row) {
+                continue;
+            }
+            let v = values.value(row);
+            sums[g] = if part.negate {
+                sums[g].sub_wrapping(v)
+            } else {
+                sums[g].add_wrapping(v)
+            };
+            seen[g] = true;
+        }
+    }
+    sums.into_iter()
+        .zip(seen)
+        .map(|(s, seen)| seen.then_some(s))
+        .collect()
+}
+
+/// The outer aggregates' states to evaluate: an aggregate left without
+/// values (all taken back) gets NULL states, so its value is NULL as over
+/// no rows (a count stays 0).
+fn final_states(outer: &Outer, combined: &[ArrayRef], n: usize) -> Result<Vec<ArrayRef>, SqlError> {
+    let mut out = Vec::new();
+    let mut col = 0;
+    for (expr, linear) in outer.agg.partial().aggr_expr().iter().zip(&outer.linear) {
+        let width = expr.state_fields()?.len();
+        let values_column = match linear {
+            Linear::Count => None,
+            Linear::Sum { values } => Some(*values),
+            Linear::Avg => Some(col),
+        };
+        for state in &combined[col..col + width] {
+            let Some(values) = values_column else {
+                out.push(state.clone());
+                continue;
+            };
+            let counts = &combined[values];
+            let none = (0..n).map(|g| Some(count_of(counts, g) > 0));
+            let keep: datafusion::arrow::array::BooleanArray = none.collect();
+            out.push(datafusion::arrow::compute::nullif(
+                state,
+                &datafusion::arrow::compute::not(&keep)?,
+            )?);
+        }
+        col += width;
+    }
+    Ok(out)
+}
+
+/// A count column's value for group `g` (Int64 or UInt64; NULL is 0).
+fn count_of(counts: &ArrayRef, g: usize) -> i128 {
+    if counts.is_null(g) {
+        return 0;
+    }
+    match counts.data_type() {
+        DataType::UInt64 => i128::from(counts.as_primitive::<UInt64Type>().value(g)),
+        _ => i128::from(counts.as_primitive::<Int64Type>().value(g)),
+    }
+}
