@@ -289,7 +289,7 @@ fn describe_aggregation(out: &mut String, q: &Query, a: &Aggregation) {
             .collect();
         let _ = writeln!(
             out,
-            "  outer aggregation: per outer group ({}) the aggregates' states, each sum's count of values and the group's row count (same CF); each batch, a group of the inner aggregation whose values changed has its previous row taken back from its outer group and its new row added (retractions); only the outer groups that changed are emitted",
+            "  outer aggregation: per outer group ({}) the aggregates' states, each sum's count of values, each min's or max's values with how many rows have them, and the group's row count (same CF); each batch, a group of the inner aggregation whose values changed has its previous row taken back from its outer group and its new row added (retractions); only the outer groups that changed are emitted",
             names.join(", ")
         );
     }

@@ -4,11 +4,13 @@
 //! taken back from its outer group and its new row added, as Flink's
 //! retractions (-U/+U) do.
 //!
-//! Only aggregates whose state is a sum of its rows' contributions can
-//! take a row back (`count`, `sum`, `avg`): the outer state of a group is
-//! stored + added − retracted, column by column. Each outer group also
+//! Aggregates whose state is a sum of its rows' contributions (`count`,
+//! `sum`, `avg`) take a row back by arithmetic: the outer state of a group
+//! is stored + added − retracted, column by column. Each outer group also
 //! counts its rows, and every `sum` the values it took, so a sum that has
-//! lost all its values is NULL again, not 0.
+//! lost all its values is NULL again, not 0. A `min` or `max` cannot: it
+//! keeps every value its group holds, with how many rows have it, and
+//! reads the smallest or largest left.
 //!
 //! An outer group never empties: the plan between the two aggregations
 //! may only project, and the outer groups only by what the inner groups
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, PrimitiveArray, RecordBatch, UInt32Array,
 };
-use datafusion::arrow::compute::{concat, take};
+use datafusion::arrow::compute::{cast, concat, take};
 use datafusion::arrow::datatypes::{
     ArrowNativeTypeOp, DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type,
 };
@@ -46,7 +48,7 @@ use sluice_engine::plan::BatchCx;
 use crate::aggregation::Aggregation;
 use crate::error::SqlError;
 use crate::incremental::{self, evaluate};
-use crate::state_keys::outer_group_key;
+use crate::state_keys::{extreme_prefix, outer_group_key};
 
 /// An aggregate's `FILTER (WHERE …)`.
 type Filter = Option<Arc<dyn PhysicalExpr>>;
@@ -61,6 +63,9 @@ enum Linear {
     Sum { values: usize },
     /// Its first state column is the count of values.
     Avg,
+    /// `min` or `max`: every value the group holds is kept with how many
+    /// of its rows have it (see [`extremes`]); the state is recomputed.
+    Extreme { max: bool },
 }
 
 /// The outer aggregation of an aggregation over an updating one.
@@ -98,6 +103,10 @@ impl Outer {
             linear.push(match name.as_str() {
                 "count" => Linear::Count,
                 "avg" | "mean" => Linear::Avg,
+                "min" | "max" if expr.expressions().len() == 1 => {
+                    linear.push(Linear::Extreme { max: name == "max" });
+                    continue;
+                }
                 "sum" => {
                     let counted = AggregateExprBuilder::new(count_udaf(), expr.expressions())
                         .schema(input_schema.clone())
@@ -111,7 +120,7 @@ impl Outer {
                 }
                 _ => {
                     return Err(format!(
-                        "{}: over an updating aggregation only count, sum and avg can take a changed row back; {name} would need every value kept (not yet)",
+                        "{}: over an updating aggregation only count, sum, avg, min and max can take a changed row back; {name} cannot (not yet)",
                         expr.name()
                     ));
                 }
@@ -270,6 +279,7 @@ pub(crate) async fn run(
     {
         return Ok(Vec::new());
     }
+    let inner_rows = [changes.added.clone(), changes.retracted.clone()];
     let added = counted(ctx, inner, outer, changes.added).await?;
     let retracted = counted(ctx, inner, outer, changes.retracted).await?;
     let groups = outer.groups();
@@ -337,8 +347,13 @@ pub(crate) async fn run(
         states.convert_rows(stored_bytes.iter().map(|b| parser.parse(b)))?
     };
     let (added_of, retracted_of) = group_of.split_at(added_rows);
+    let mut extreme = extremes(ctx, inner, outer, cx, cf, inner_rows, &keys, &state_keys).await?;
     let mut combined = Vec::with_capacity(stored_types.len());
     for (j, data_type) in stored_types.iter().enumerate() {
+        if let Some(values) = extreme.remove(&j) {
+            combined.push(cast(&values, data_type)?);
+            continue;
+        }
         let parts = [
             Part::add(stored.get(j), &stored_of),
             Part::add(Some(&added[groups + j]), added_of),
@@ -382,6 +397,210 @@ pub(crate) async fn run(
     incremental::run_rest(ctx, plan, &outer.agg, vec![columns]).await
 }
 
+/// Per `min`/`max` aggregate of the outer aggregation (by its state
+/// column), the value of each touched outer group (`state_keys`' order;
+/// NULL when it holds none). Each keeps, per outer group and value, how
+/// many of the group's rows have it (`0x0c` entries); a batch adds and
+/// takes back its changed rows' values, stages the new counts and reads
+/// each touched group's smallest or largest value left.
+#[allow(clippy::too_many_arguments)]
+async fn extremes(
+    ctx: &SessionContext,
+    inner: &Aggregation,
+    outer: &Outer,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    inner_rows: [Vec<ArrayRef>; 2],
+    keys: &RowConverter,
+    state_keys: &[Vec<u8>],
+) -> Result<hashbrown::HashMap<usize, ArrayRef>, SqlError> {
+    let mut out = hashbrown::HashMap::new();
+    if !outer
+        .linear
+        .iter()
+        .any(|l| matches!(l, Linear::Extreme { .. }))
+    {
+        return Ok(out);
+    }
+    let partial = outer.agg.partial();
+    let input_schema = partial.input().schema();
+    // The rows between the two aggregations: added (+1), taken back (−1).
+    let mut middle = Vec::with_capacity(2);
+    for (rows, sign) in inner_rows.into_iter().zip([1i64, -1]) {
+        let plan = over_inner_rows(inner, partial.input(), rows)?;
+        middle.push((collect(plan, ctx.task_ctx()).await?, sign));
+    }
+    let groups = partial.group_expr().expr().len();
+    let group_of: hashbrown::HashMap<&[u8], usize> = state_keys
+        .iter()
+        .enumerate()
+        .map(|(g, k)| (&k[1..], g))
+        .collect();
+    let db = cx.checkpoint.db();
+    let mut col = 0;
+    for (i, (expr, linear)) in partial.aggr_expr().iter().zip(&outer.linear).enumerate() {
+        let width = expr.state_fields()?.len();
+        let Linear::Extreme { max } = *linear else {
+            col += width;
+            continue;
+        };
+        let id = u16::try_from(i)
+            .ok()
+            .filter(|i| *i < u16::MAX)
+            .ok_or_else(|| SqlError::State {
+                message: "more than 65,534 aggregates in one query".into(),
+            })?;
+        let argument = &expr.expressions()[0];
+        let values_type = argument.data_type(&input_schema)?;
+        let values = RowConverter::new(vec![SortField::new(values_type.clone())])?;
+        // Per value key: its outer group and the change in its count.
+        let mut delta: hashbrown::HashMap<Vec<u8>, (usize, i64)> = hashbrown::HashMap::new();
+        for (batches, sign) in &middle {
+            for batch in batches {
+                let n = batch.num_rows();
+                let group_columns = partial
+                    .group_expr()
+                    .expr()
+                    .iter()
+                    .map(|(e, _)| e.evaluate(batch)?.into_array(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let group_rows = match groups {
+                    0 => None,
+                    _ => Some(keys.convert_columns(&group_columns)?),
+                };
+                let column = argument.evaluate(batch)?.into_array(n)?;
+                let counted = match &partial.filter_expr()[i] {
+                    Some(f) => Some(f.evaluate(batch)?.into_array(n)?),
+                    None => None,
+                };
+                let value_rows = values.convert_columns(std::slice::from_ref(&column))?;
+                for row in 0..n {
+                    let filtered_out = counted.as_ref().is_some_and(|c| {
+                        let c = c.as_boolean();
+                        c.is_null(row) || !c.value(row)
+                    });
+                    if column.is_null(row) || filtered_out {
+                        continue;
+                    }
+                    let group: &[u8] = group_rows.as_ref().map_or(&[], |r| r.row(row).data());
+                    let g = *group_of.get(group).ok_or_else(|| SqlError::State {
+                        message: "a changed row's outer group was not counted".into(),
+                    })?;
+                    let mut key = extreme_prefix(group, id);
+                    key.extend_from_slice(value_rows.row(row).data());
+                    delta.entry(key).or_insert((g, 0)).1 += sign;
+                }
+            }
+        }
+        let mut changed: Vec<(Vec<u8>, usize, i64)> = delta
+            .into_iter()
+            .filter(|(_, (_, d))| *d != 0)
+            .map(|(k, (g, d))| (k, g, d))
+            .collect();
+        changed.sort_unstable();
+        let found = db.batched_multi_get_cf(cf, changed.iter().map(|(k, _, _)| k.as_slice()), true);
+        // Values gone in this batch, and per group the best value it gained.
+        let mut gone: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
+        let mut gained: Vec<Option<&[u8]>> = vec![None; state_keys.len()];
+        let mut writes = Vec::with_capacity(changed.len());
+        for ((key, g, d), found) in changed.iter().zip(found) {
+            let before = found?.map_or(0, |v| {
+                let mut b = [0u8; 8];
+                let n = v.len().min(8);
+                b[..n].copy_from_slice(&v[..n]);
+                i64::from_le_bytes(b)
+            });
+            let now = before + d;
+            writes.push((key.as_slice(), now));
+            if now > 0 {
+                let better = gained[*g].is_none_or(|best| (key.as_slice() > best) == max);
+                if better {
+                    gained[*g] = Some(key.as_slice());
+                }
+            } else {
+                gone.insert(key.as_slice());
+            }
+        }
+        cx.write(|w| {
+            for (key, now) in &writes {
+                if *now > 0 {
+                    w.put_cf(cf, key, now.to_le_bytes());
+                } else {
+                    w.delete_cf(cf, key);
+                }
+            }
+        });
+        // Each group's best stored value still held, against its gains.
+        let null_row =
+            values.convert_columns(&[datafusion::arrow::array::new_null_array(&values_type, 1)])?;
+        let mut best: Vec<Vec<u8>> = Vec::with_capacity(state_keys.len());
+        for (g, state_key) in state_keys.iter().enumerate() {
+            let prefix = extreme_prefix(&state_key[1..], id);
+            let end = extreme_prefix(&state_key[1..], id + 1);
+            let stored = best_stored(db, cf, &prefix, &end, max, &gone)?;
+            let pick = match (stored, gained[g]) {
+                (Some(s), Some(n)) if (n > s.as_slice()) == max => n.to_vec(),
+                (Some(s), _) => s,
+                (None, Some(n)) => n.to_vec(),
+                (None, None) => {
+                    best.push(null_row.row(0).data().to_vec());
+                    continue;
+                }
+            };
+            best.push(pick[prefix.len()..].to_vec());
+        }
+        let parser = values.parser();
+        let mut column = values.convert_rows(best.iter().map(|b| parser.parse(b)))?;
+        out.insert(col, column.remove(0));
+        col += width;
+    }
+    Ok(out)
+}
+
+/// The first (`max`: last) key in `[prefix, end)` not among `gone`.
+fn best_stored(
+    db: &rocksdb::DB,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    end: &[u8],
+    max: bool,
+    gone: &hashbrown::HashSet<&[u8]>,
+) -> Result<Option<Vec<u8>>, SqlError> {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_lower_bound(prefix.to_vec());
+    opts.set_iterate_upper_bound(end.to_vec());
+    let mode = if max {
+        rocksdb::IteratorMode::End
+    } else {
+        rocksdb::IteratorMode::Start
+    };
+    for item in db.iterator_cf_opt(cf, opts, mode) {
+        let (key, _) = item?;
+        if !gone.contains(key.as_ref()) {
+            return Ok(Some(key.to_vec()));
+        }
+    }
+    Ok(None)
+}
+
+/// `below` (the plan under the outer aggregation) with the inner
+/// aggregation's output replaced by `rows`.
+fn over_inner_rows(
+    inner: &Aggregation,
+    below: &Arc<dyn ExecutionPlan>,
+    rows: Vec<ArrayRef>,
+) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
+    let top_schema = inner.top().schema();
+    let batch = if rows.is_empty() {
+        RecordBatch::new_empty(top_schema.clone())
+    } else {
+        RecordBatch::try_new(top_schema.clone(), rows)?
+    };
+    let source: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[vec![batch]], top_schema, None)?;
+    incremental::replace(below.clone(), inner.top(), &source)
+}
+
 /// The counting phase over the inner aggregation's `rows`: group columns,
 /// then the states, value counts and row count.
 async fn counted(
@@ -391,16 +610,8 @@ async fn counted(
     rows: Vec<ArrayRef>,
 ) -> Result<Vec<ArrayRef>, SqlError> {
     let schema = outer.counting.schema();
-    let top_schema = inner.top().schema();
-    let batch = if rows.is_empty() {
-        RecordBatch::new_empty(top_schema.clone())
-    } else {
-        RecordBatch::try_new(top_schema.clone(), rows)?
-    };
-    let source: Arc<dyn ExecutionPlan> =
-        MemorySourceConfig::try_new_exec(&[vec![batch]], top_schema, None)?;
     let counting: Arc<dyn ExecutionPlan> = outer.counting.clone();
-    let plan = incremental::replace(counting, inner.top(), &source)?;
+    let plan = over_inner_rows(inner, &counting, rows)?;
     let batches = collect(plan, ctx.task_ctx()).await?;
     (0..schema.fields().len())
         .map(|i| {
@@ -495,7 +706,7 @@ fn final_states(outer: &Outer, combined: &[ArrayRef], n: usize) -> Result<Vec<Ar
     for (expr, linear) in outer.agg.partial().aggr_expr().iter().zip(&outer.linear) {
         let width = expr.state_fields()?.len();
         let values_column = match linear {
-            Linear::Count => None,
+            Linear::Count | Linear::Extreme { .. } => None,
             Linear::Sum { values } => Some(*values),
             Linear::Avg => Some(col),
         };

@@ -18,6 +18,7 @@
 //! | `0x09` | group (Arrow row format)                   | last update time, then the group's top N rows, best first: sort key and row (Arrow row format), each length-prefixed | top_n |
 //! | `0x0a` | last update time, group                    | empty: index of top-N groups by last update, for `state_ttl` | top_n |
 //! | `0x0b` | outer group (Arrow row format)             | the outer aggregates' states, their value counts and the group's row count | retraction (an aggregation over an updating one) |
+//! | `0x0c` | outer group, aggregate (u16), value (row format) | how many of the group's rows have the value (i64 LE): a `min`/`max` over an updating aggregation | retraction |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -41,6 +42,8 @@ const TOP_N_TAG: u8 = 9;
 pub(crate) const TOP_N_TTL_TAG: u8 = 10;
 /// Groups of an aggregation over an updating aggregation.
 const OUTER_GROUP_TAG: u8 = 11;
+/// Values held by the outer groups' `min`/`max`.
+const EXTREME_TAG: u8 = 12;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -100,6 +103,18 @@ pub(crate) fn outer_group_key(group: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + group.len());
     key.push(OUTER_GROUP_TAG);
     key.extend_from_slice(group);
+    key
+}
+
+/// The prefix of the values an outer group's `min`/`max` aggregate
+/// (`aggregate`: its index) holds; each value's key adds its row format,
+/// so the smallest is the first key and the largest the last. Aggregate
+/// `aggregate + 1`'s prefix ends the range.
+pub(crate) fn extreme_prefix(group: &[u8], aggregate: u16) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + group.len());
+    key.push(EXTREME_TAG);
+    key.extend_from_slice(group);
+    key.extend_from_slice(&aggregate.to_be_bytes());
     key
 }
 
