@@ -667,7 +667,7 @@ fn count_char_counts_bytes_as_the_suites_function() {
 }
 
 #[test]
-fn every_job_file_explains_and_q15_keeps_distinct_values() {
+fn every_job_file_explains_with_its_settings_state_and_outer_aggregation() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     generate(&data, 100);
@@ -683,6 +683,13 @@ fn every_job_file_explains_and_q15_keeps_distinct_values() {
         if case.query == "q15" {
             assert!(
                 out.contains("distinct values: count(DISTINCT bid.bidder)"),
+                "{out}"
+            );
+        }
+        if case.query == "q4" {
+            assert!(
+                out.contains("SET 'max_records_per_batch' = '20000'")
+                    && out.contains("outer aggregation: per outer group (category)"),
                 "{out}"
             );
         }

@@ -809,6 +809,73 @@ fn on_error_fail_names_the_record_and_what_to_do() {
 }
 
 /// `sluice run` of `CLICKS` + `sql` must fail with every needle in stderr.
+/// An aggregation over an updating aggregation whose outer groups can
+/// empty (how many users have clicked n times): a group left empty is a
+/// tombstone for its key in a keyed topic sink; sinks that cannot delete,
+/// or cannot name the group, are refused at submission.
+#[test]
+fn a_group_left_empty_is_a_tombstone_in_a_keyed_topic_sink() {
+    let work = Work::new();
+    // 20 users click once, then again, then the first 10 a third time; the
+    // job reads 20 clicks per batch.
+    let clicks: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"user":"u{}","ms":{i}}}"#, i % 20))
+        .collect();
+    load_values(&work.data(), "clicks", 1, &clicks);
+    let histogram = "SELECT n, count(*) AS users FROM (SELECT user, count(*) AS n FROM clicks GROUP BY user) GROUP BY n;";
+    work.run_ok(
+        "histogram",
+        &format!(
+            "{CLICKS}CREATE SINK s WITH (type = 'topic', topic = 'histogram', key = 'n');\nINSERT INTO s {histogram}"
+        ),
+    );
+    let records = read_topic(&work.data(), "histogram");
+    let mut last: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for r in &records {
+        last.insert(r.key.clone().unwrap(), r.value.clone());
+    }
+    assert_eq!(
+        last,
+        BTreeMap::from([
+            ("1".to_string(), None),
+            ("2".to_string(), Some(r#"{"n":2,"users":10}"#.to_string())),
+            ("3".to_string(), Some(r#"{"n":3,"users":10}"#.to_string())),
+        ]),
+        "{records:?}"
+    );
+    assert_eq!(
+        records.iter().filter(|r| r.value.is_none()).count(),
+        1,
+        "one tombstone: {records:?}"
+    );
+    let why = "depends on what the inner aggregation computes";
+    refused(
+        &work,
+        &format!("CREATE SINK s WITH (type = 'topic', topic = 'h2');\nINSERT INTO s {histogram}"),
+        &[why, "its topic sink has no key"],
+    );
+    refused(
+        &work,
+        &format!(
+            "CREATE SINK s WITH (type = 'file', path = 'out', format = 'json');\nINSERT INTO s {histogram}"
+        ),
+        &[why, "a file sink only appends"],
+    );
+    refused(
+        &work,
+        "CREATE SINK s WITH (type = 'table');\nINSERT INTO s SELECT count(*) AS users, n FROM (SELECT user, count(*) AS n FROM clicks GROUP BY user) GROUP BY n;",
+        &[why, "not an outer GROUP BY column"],
+    );
+    refused(
+        &work,
+        &format!(
+            "CREATE SINK s WITH (type = 'table');\nINSERT INTO s {}",
+            histogram.replace(";", " HAVING count(*) > 1;")
+        ),
+        &[why, "HAVING"],
+    );
+}
+
 fn refused(work: &Work, sql: &str, needles: &[&str]) {
     let out = work.run("refused", &format!("{CLICKS}{sql}"));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -292,6 +292,12 @@ fn describe_aggregation(out: &mut String, q: &Query, a: &Aggregation) {
             "  outer aggregation: per outer group ({}) the aggregates' states, each sum's count of values, each min's or max's values with how many rows have them, and the group's row count (same CF); each batch, a group of the inner aggregation whose values changed has its previous row taken back from its outer group and its new row added (retractions); only the outer groups that changed are emitted",
             names.join(", ")
         );
+        if let Some(why) = &outer.may_empty {
+            let _ = writeln!(
+                out,
+                "  deletes: {why}; a group left empty is deleted from the sink (a table deletes its key, a keyed topic gets a tombstone)"
+            );
+        }
     }
     if let Some(j) = q.join {
         let _ = writeln!(

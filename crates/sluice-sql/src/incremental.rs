@@ -43,6 +43,7 @@ use rocksdb::ColumnFamily;
 use crate::aggregation::Aggregation;
 use crate::error::SqlError;
 use crate::retraction::{self, Changes};
+use crate::sinks::Changelog;
 use crate::state_keys::{
     DISTINCT_TAG, GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, distinct_key, distinct_prefix,
     distinct_prefix_end, group_key, tag_and_time, time_bytes, time_from_bytes, ttl_key,
@@ -301,10 +302,10 @@ pub(crate) async fn merge_batch(
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
     columns: Vec<ArrayRef>,
-) -> Result<Vec<RecordBatch>, SqlError> {
+) -> Result<Changelog, SqlError> {
     let Some(outer) = &agg.outer else {
         let parts = merge_into_state(agg, policy, cx, cf, columns)?;
-        return run_rest(ctx, plan, agg, parts).await;
+        return Ok(run_rest(ctx, plan, agg, parts).await?.into());
     };
     let changes = merge_changes(agg, policy, cx, cf, columns)?;
     retraction::run(ctx, plan, agg, outer, cx, cf, changes).await

@@ -92,6 +92,11 @@ pub fn build(ctx: &StreamingContext, script: &Script, topics: &Topics) -> Result
 /// opens no source and writes nothing.
 pub fn explain(script: &Script, topics: &Topics) -> Result<String, SqlError> {
     let mut out = String::new();
+    if let Some(n) = script.max_records_per_batch {
+        out.push_str(&format!(
+            "job: SET 'max_records_per_batch' = '{n}': at most {n} records per partition per batch (the command line's --max-records-per-batch wins)\n"
+        ));
+    }
     build_or_explain(None, script, topics, Some(&mut out))?;
     Ok(out)
 }

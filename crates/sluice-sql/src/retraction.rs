@@ -39,6 +39,7 @@ use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, collect};
 use datafusion::prelude::SessionContext;
@@ -48,6 +49,7 @@ use sluice_engine::plan::BatchCx;
 use crate::aggregation::Aggregation;
 use crate::error::SqlError;
 use crate::incremental::{self, evaluate};
+use crate::sinks::Changelog;
 use crate::state_keys::{extreme_prefix, outer_group_key};
 
 /// An aggregate's `FILTER (WHERE …)`.
@@ -76,6 +78,10 @@ pub(crate) struct Outer {
     /// a count of rows: what each outer group stores.
     counting: Arc<AggregateExec>,
     linear: Vec<Linear>,
+    /// Why an outer group can lose all its rows (a filter between the two
+    /// aggregations, or an outer group taken from the inner aggregates):
+    /// then the query deletes rows, which its sink must take.
+    pub may_empty: Option<String>,
 }
 
 impl Outer {
@@ -148,12 +154,16 @@ impl Outer {
             .build()
             .map_err(|e| e.to_string())?;
         extra.push((Arc::new(rows), None));
-        only_projections_between(partial.input(), inner)?;
-        let groups_only = inner_group_columns(partial.input(), inner)?;
+        let inner_groups: HashSet<usize> = (0..inner.partial().group_expr().expr().len()).collect();
+        let (from_inner_groups, filtered) =
+            derived_columns(partial.input(), inner.top(), &inner_groups)?;
+        let mut may_empty = filtered.then(|| {
+            "a filter between the two aggregations (HAVING, or WHERE over the inner one's rows) can drop a changed row and leave its outer group empty".to_string()
+        });
         for (expr, name) in partial.group_expr().expr() {
-            if !references_only(expr, &groups_only) {
-                return Err(format!(
-                    "the outer GROUP BY's {name} depends on what the inner aggregation computes: a changed row would move to another outer group and could leave one empty, which needs deletes in the sink (not yet); group by columns of the inner GROUP BY"
+            if may_empty.is_none() && !references_only(expr, &from_inner_groups) {
+                may_empty = Some(format!(
+                    "the outer GROUP BY's {name} depends on what the inner aggregation computes: a changed row moves to another outer group and can leave one empty"
                 ));
             }
         }
@@ -176,6 +186,7 @@ impl Outer {
             agg: outer,
             counting: Arc::new(counting),
             linear,
+            may_empty,
         })
     }
 
@@ -195,52 +206,82 @@ impl Outer {
     }
 }
 
-/// Refuses a plan between the two aggregations that does more than
-/// project (a filter could drop a group's new row but not its old one).
-fn only_projections_between(
-    from: &Arc<dyn ExecutionPlan>,
-    inner: &Aggregation,
-) -> Result<(), String> {
-    let mut node = from.clone();
-    while !Arc::ptr_eq(&node, inner.top()) {
-        match node.name() {
-            "ProjectionExec"
-            | "RepartitionExec"
-            | "CoalescePartitionsExec"
-            | "CoalesceBatchesExec" => node = node.children()[0].clone(),
-            "FilterExec" => {
-                return Err("a filter between the two aggregations (HAVING, or WHERE over the inner one's rows) can drop a changed row and leave its outer group empty, which needs deletes in the sink (not yet)".into());
-            }
-            other => {
-                return Err(format!(
-                    "{other} between the two aggregations: only a projection can lie between an aggregation and the updating one it aggregates"
-                ));
-            }
-        }
+/// The columns of `node`'s output computed from the columns `base` of
+/// `root`'s output alone (`root` lies under `node`), and whether a filter
+/// lies between them. Only projections, filters and repartitions may: any
+/// other operator between two aggregations (or above the outer one, for
+/// a query that deletes rows) is refused.
+pub(crate) fn derived_columns(
+    node: &Arc<dyn ExecutionPlan>,
+    root: &Arc<dyn ExecutionPlan>,
+    base: &HashSet<usize>,
+) -> Result<(HashSet<usize>, bool), String> {
+    if Arc::ptr_eq(node, root) {
+        return Ok((base.clone(), false));
     }
-    Ok(())
+    let [child] = node.children()[..] else {
+        return Err(format!(
+            "{} over the aggregation: only projections and filters can lie between an aggregation and the updating one it aggregates",
+            node.name()
+        ));
+    };
+    let (below, filtered) = derived_columns(child, root, base)?;
+    if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+        let columns = projection
+            .expr()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| references_only(&p.expr, &below))
+            .map(|(i, _)| i)
+            .collect();
+        return Ok((columns, filtered));
+    }
+    if let Some(filter) = node.downcast_ref::<FilterExec>() {
+        let columns = match filter.projection() {
+            Some(kept) => kept
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| below.contains(c))
+                .map(|(i, _)| i)
+                .collect(),
+            None => below,
+        };
+        return Ok((columns, true));
+    }
+    match node.name() {
+        "RepartitionExec" | "CoalescePartitionsExec" | "CoalesceBatchesExec" => {
+            Ok((below, filtered))
+        }
+        other => Err(format!(
+            "{other} over the aggregation: only projections and filters can lie between an aggregation and the updating one it aggregates"
+        )),
+    }
 }
 
-/// The columns of `node`'s output that are computed from the inner
-/// aggregation's group columns alone.
-fn inner_group_columns(
-    node: &Arc<dyn ExecutionPlan>,
-    inner: &Aggregation,
-) -> Result<HashSet<usize>, String> {
-    if Arc::ptr_eq(node, inner.top()) {
-        return Ok((0..inner.partial().group_expr().expr().len()).collect());
-    }
-    let below = inner_group_columns(node.children()[0], inner)?;
-    let Some(projection) = node.downcast_ref::<ProjectionExec>() else {
-        return Ok(below);
+/// Why a query whose outer groups can empty cannot delete their rows
+/// through `plan` (the whole query) into a sink keyed by column `key`:
+/// a filter over the outer aggregation would drop the delete, and a key
+/// that is not an outer group column would not name the group.
+pub(crate) fn deletes_refusal(
+    plan: &Arc<dyn ExecutionPlan>,
+    outer: &Outer,
+    key: Option<usize>,
+) -> Option<String> {
+    let groups: HashSet<usize> = (0..outer.groups()).collect();
+    let (columns, filtered) = match derived_columns(plan, outer.agg.top(), &groups) {
+        Ok(found) => found,
+        Err(why) => return Some(why),
     };
-    Ok(projection
-        .expr()
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| references_only(&p.expr, &below))
-        .map(|(i, _)| i)
-        .collect())
+    if filtered {
+        return Some("a filter over the outer aggregation (HAVING) would also drop the delete of a group left empty: filter where the sink is read".into());
+    }
+    match key {
+        Some(k) if !columns.contains(&k) => Some(format!(
+            "the sink's key (output column {}) is not an outer GROUP BY column, so a delete could not name its group: put a GROUP BY column first (a table) or name it in key = '…' (a topic)",
+            k + 1
+        )),
+        _ => None,
+    }
 }
 
 /// Whether every column `expr` reads is among `allowed`.
@@ -273,11 +314,11 @@ pub(crate) async fn run(
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
     changes: Changes,
-) -> Result<Vec<RecordBatch>, SqlError> {
+) -> Result<Changelog, SqlError> {
     if changes.added.first().is_none_or(|c| c.is_empty())
         && changes.retracted.first().is_none_or(|c| c.is_empty())
     {
-        return Ok(Vec::new());
+        return Ok(Changelog::default());
     }
     let inner_rows = [changes.added.clone(), changes.retracted.clone()];
     let added = counted(ctx, inner, outer, changes.added).await?;
@@ -368,8 +409,8 @@ pub(crate) async fn run(
         })?
         .as_primitive::<Int64Type>()
         .clone();
-    // Stage the states; a group whose rows were all taken back (which the
-    // plan's checks rule out) is forgotten.
+    // Stage the states; a group whose rows were all taken back is
+    // forgotten.
     let stored_rows = states.convert_columns(&combined)?;
     cx.write(|w| {
         for (g, key) in state_keys.iter().enumerate() {
@@ -380,21 +421,29 @@ pub(crate) async fn run(
             }
         }
     });
-    let live: Vec<u32> = (0..n as u32)
-        .filter(|&g| rows.value(g as usize) > 0)
-        .collect();
-    let live = UInt32Array::from(live);
     let finals = final_states(outer, &combined, n)?;
     let values = evaluate(&outer.agg, &finals, n)?;
     let first_row = UInt32Array::from(first_row);
-    let mut columns = Vec::with_capacity(groups + values.len());
-    for c in &all_groups {
-        columns.push(take(&take(c.as_ref(), &first_row, None)?, &live, None)?);
-    }
-    for v in values {
-        columns.push(take(v.as_ref(), &live, None)?);
-    }
-    incremental::run_rest(ctx, plan, &outer.agg, vec![columns]).await
+    let group_columns = all_groups
+        .iter()
+        .map(|c| take(c.as_ref(), &first_row, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Groups that kept rows are upserted; those left empty are deleted,
+    // with the values of no rows.
+    let rows_of = |keep: bool| {
+        let picked: UInt32Array = (0..n as u32)
+            .filter(|&g| (rows.value(g as usize) > 0) == keep)
+            .map(Some)
+            .collect();
+        group_columns
+            .iter()
+            .chain(&values)
+            .map(|c| take(c.as_ref(), &picked, None))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let upserts = incremental::run_rest(ctx, plan, &outer.agg, vec![rows_of(true)?]).await?;
+    let deletes = incremental::run_rest(ctx, plan, &outer.agg, vec![rows_of(false)?]).await?;
+    Ok(Changelog { upserts, deletes })
 }
 
 /// Per `min`/`max` aggregate of the outer aggregation (by its state

@@ -5,8 +5,12 @@
 //! read by `sluice state`); `console` prints; `topic` appends one record
 //! per row to a topic of the bundled store or a Kafka broker and `file`
 //! writes Parquet/JSON/CSV files with a manifest, both idempotently per
-//! batch id ([`sluice_engine::sink::topic`], [`sluice_engine::sink::file`]). This module
-//! owns the row → sink encoding; it never plans queries or chooses offsets.
+//! batch id ([`sluice_engine::sink::topic`], [`sluice_engine::sink::file`]).
+//! A batch's result is a [`Changelog`]: upserts, and deletes of rows whose
+//! group is gone (a table deletes the key, a keyed topic gets a
+//! tombstone; a file sink only appends and is refused such queries). This
+//! module owns the row → sink encoding; it never plans queries or chooses
+//! offsets.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +28,26 @@ use sluice_engine::plan::{BatchCx, PlanError};
 use sluice_engine::sink::file::{FileFormat, FileOutcome, FileWriter};
 use sluice_engine::sink::topic::{Delivery, OutRecord, TopicTarget, TopicWriter, partition_of};
 use sluice_engine::sink::{SinkError, WriterId};
+
+/// A batch's result for its sink: rows that insert or replace the row of
+/// their key, and rows whose key is gone (Flink's changelog of upserts
+/// and deletes). Most queries only ever upsert.
+#[derive(Default)]
+pub(crate) struct Changelog {
+    pub upserts: Vec<RecordBatch>,
+    /// Rows of the keys to delete (the key columns hold the key; the rest
+    /// is what the query computes over no rows).
+    pub deletes: Vec<RecordBatch>,
+}
+
+impl From<Vec<RecordBatch>> for Changelog {
+    fn from(upserts: Vec<RecordBatch>) -> Self {
+        Changelog {
+            upserts,
+            deletes: Vec::new(),
+        }
+    }
+}
 
 pub(crate) enum Sink {
     Console,
@@ -440,12 +464,47 @@ impl TopicSink {
         Ok(out)
     }
 
-    fn write(&self, cx: &BatchCx, output: &[RecordBatch]) -> Result<(), SqlError> {
-        let records = self.records(output, cx.batch_time_ms)?;
+    /// Writes a batch's rows and, after them, tombstones (a key without a
+    /// value) for the keys of `deletes`, as Kafka's compacted topics and
+    /// Flink's upsert-kafka read a delete: one write per batch, which the
+    /// writer makes idempotent by the batch's id.
+    fn write(
+        &self,
+        cx: &BatchCx,
+        output: &[RecordBatch],
+        deletes: &[&RecordBatch],
+    ) -> Result<(), SqlError> {
+        let mut records = self.records(output, cx.batch_time_ms)?;
+        if deletes.is_empty() {
+            return self.send(cx, &records);
+        }
+        let Some(k) = self.key else {
+            return Err(sink_failed(
+                &self.name,
+                "a topic sink without a key cannot delete rows (refused at submission)",
+            ));
+        };
+        for b in deletes {
+            for key in text_cells(b.column(k))?.into_iter().flatten() {
+                records
+                    .entry(partition_of(Some(&key), self.writer.partitions()))
+                    .or_default()
+                    .push(OutRecord {
+                        key: Some(key),
+                        value: None,
+                        timestamp_ms: cx.batch_time_ms,
+                        headers: Vec::new(),
+                    });
+            }
+        }
+        self.send(cx, &records)
+    }
+
+    fn send(&self, cx: &BatchCx, records: &BTreeMap<i32, Vec<OutRecord>>) -> Result<(), SqlError> {
         let id = writer_id(&self.id, cx, &self.name).map_err(|e| sink_failed(&self.name, e))?;
         let report = self
             .writer
-            .write(cx.transactions, id, cx.batch_id, &records)
+            .write(cx.transactions, id, cx.batch_id, records)
             .map_err(|e| sink_failed(&self.name, e))?;
         cx.count(
             &format!("already in topic {}", self.writer.topic()),
@@ -759,6 +818,85 @@ fn encode_cell(
 }
 
 impl Sink {
+    /// Why this sink cannot apply deletes (`None`: it can): a table
+    /// deletes the key (its first column), a keyed topic writes a
+    /// tombstone, the console prints them, a blackhole drops them; files
+    /// only append.
+    pub(crate) fn deletes_refusal(&self) -> Option<&'static str> {
+        match self {
+            Sink::Console | Sink::Blackhole | Sink::Table(..) => None,
+            Sink::Topic(t) if t.key.is_some() => None,
+            Sink::Topic(_) => Some(
+                "its topic sink has no key: a delete is a tombstone (a record without a value) for the row's key: set key = '<column>' on the sink",
+            ),
+            Sink::File(_) => Some(
+                "a file sink only appends: write the query to a table or a keyed topic sink (upserts and tombstones)",
+            ),
+        }
+    }
+
+    /// The column that keys the sink's rows: a table's first, a topic's
+    /// `key`.
+    pub(crate) fn key_column(&self) -> Option<usize> {
+        match self {
+            Sink::Table(..) => Some(0),
+            Sink::Topic(t) => t.key,
+            _ => None,
+        }
+    }
+
+    /// Writes one batch's changelog: its upserts, then its deletes (a
+    /// key is either upserted or deleted in one batch).
+    pub(crate) fn apply(&self, cx: &BatchCx, changes: &Changelog) -> Result<(), SqlError> {
+        let deletes: Vec<&RecordBatch> = changes
+            .deletes
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .collect();
+        if let Sink::Topic(t) = self {
+            return t.write(cx, &changes.upserts, &deletes);
+        }
+        self.write(cx, &changes.upserts)?;
+        if deletes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sink::Blackhole => {}
+            Sink::Console => {
+                let owned: Vec<RecordBatch> = deletes.into_iter().cloned().collect();
+                let table = datafusion::arrow::util::pretty::pretty_format_batches(&owned)?;
+                cx.print(&format!(
+                    "{} (deleted)\n{table}\n",
+                    sluice_engine::sink::console::header(cx.batch_id, cx.batch_time_ms)
+                ));
+            }
+            Sink::Table(name, _) => {
+                let cf = cx
+                    .checkpoint
+                    .cf(&format!("{TABLE_CF_PREFIX}{name}"))
+                    .map_err(PlanError::from)?;
+                let mut keys = Vec::new();
+                for b in deletes {
+                    for row in 0..b.num_rows() {
+                        let mut key = Vec::new();
+                        if encode_cell(b.column(0), row, false, true, &mut key) {
+                            keys.push(key);
+                        }
+                    }
+                }
+                cx.write(|w| keys.iter().for_each(|k| w.delete_cf(cf, k)));
+            }
+            Sink::Topic(_) => {}
+            Sink::File(f) => {
+                return Err(sink_failed(
+                    &f.name,
+                    "a file sink cannot delete rows (refused at submission)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one batch's result rows.
     pub(crate) fn write(&self, cx: &BatchCx, output: &[RecordBatch]) -> Result<(), SqlError> {
         match self {
@@ -805,7 +943,7 @@ impl Sink {
                 }
                 cx.write(|w| puts.iter().for_each(|(k, v)| w.put_cf(cf, k, v)));
             }
-            Sink::Topic(t) => t.write(cx, output)?,
+            Sink::Topic(t) => t.write(cx, output, &[])?,
             Sink::File(f) => f.write(cx, output)?,
         }
         Ok(())

@@ -18,6 +18,7 @@ use crate::context::session_over;
 use crate::error::SqlError;
 use crate::incremental::{self, Policy};
 use crate::join::{self, Change, IntervalJoin, JoinBuffer, RowTime};
+use crate::sinks::Changelog;
 use crate::topn::{self, TopN};
 
 /// One batch's rows of a stream, by table name.
@@ -52,7 +53,7 @@ impl JoinRun<'_> {
         cf: &ColumnFamily,
         streams: Vec<Rows>,
         watermarks: &[Option<i64>],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<Changelog, SqlError> {
         let db = cx.checkpoint.db();
         let [(n0, new0), (n1, new1)]: [Rows; 2] =
             streams.try_into().map_err(|_| SqlError::Plan {
@@ -127,9 +128,9 @@ impl JoinRun<'_> {
         cx: &BatchCx,
         cf: &ColumnFamily,
         runs: [Vec<Rows>; 2],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<Changelog, SqlError> {
         if let Some(top) = self.top_n {
-            return self.rank_matches(cx, cf, runs, top);
+            return Ok(self.rank_matches(cx, cf, runs, top)?.into());
         }
         let mut output = Vec::new();
         let mut partials: Vec<Vec<ArrayRef>> = Vec::new();
@@ -151,7 +152,7 @@ impl JoinRun<'_> {
             }
         }
         let Some((session, plan, agg)) = last else {
-            return Ok(output);
+            return Ok(output.into());
         };
         let columns = (0..partials[0].len())
             .map(|i| {
@@ -166,7 +167,7 @@ impl JoinRun<'_> {
             let key: Vec<ArrayRef> = (0..groups).map(|i| batch.column(i).clone()).collect();
             let hashes = super::group_hashes(&key, batch.num_rows())?;
             sluice_engine::plan::exchange_at(cx, op, 2, batch, &hashes)?;
-            return Ok(Vec::new());
+            return Ok(Changelog::default());
         }
         let policy = Policy {
             watermark: None,

@@ -40,8 +40,9 @@ use crate::incremental::{self, OutputMode, Policy};
 use crate::join::IntervalJoin;
 use crate::pipeline;
 use crate::planner::{QueryPlan, StreamInput};
+use crate::retraction;
 use crate::session_window;
-use crate::sinks::Sink;
+use crate::sinks::{Changelog, Sink};
 use crate::topics::{Topics, open_source};
 use crate::topn::{self, TopN};
 use crate::watermark;
@@ -86,6 +87,20 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         None => Sink::Console,
         Some(decl) => Sink::new(decl, &output_schema, shared.topics, line)?,
     };
+    if let Some(outer) = plan.aggregation.as_ref().and_then(|a| a.outer.as_ref())
+        && let Some(why) = &outer.may_empty
+    {
+        let refusal = sink
+            .deletes_refusal()
+            .map(str::to_owned)
+            .or_else(|| retraction::deletes_refusal(&plan.plan, outer, sink.key_column()));
+        if let Some(refusal) = refusal {
+            return Err(SqlError::Unsupported {
+                line,
+                message: format!("{why}, so the query deletes rows; but {refusal}"),
+            });
+        }
+    }
     let table = sink.table_meta();
     let mut state: Vec<OperatorMeta> = plan.state.iter().cloned().collect();
     // On many workers an aggregation over a join's matches is a second
@@ -381,7 +396,7 @@ impl QueryRunner {
         }
         if let (Some(j), Some(cf)) = (&self.join, state_cf) {
             let output = self.join_run(j).run(cx, cf, streams, &watermarks)?;
-            return self.sink.write(cx, &output);
+            return self.sink.apply(cx, &output);
         }
         let watermark = watermarks.first().copied().flatten();
         let (session, _) = session_over(streams, &self.tables, &self.functions)?;
@@ -420,13 +435,14 @@ impl QueryRunner {
     /// a hash of their key (the first column) and the stage-1 task owning
     /// the key writes them, so a key's rows land in one task's table in
     /// order.
-    fn deliver(&self, cx: &BatchCx, output: Vec<RecordBatch>) -> Result<(), SqlError> {
+    fn deliver(&self, cx: &BatchCx, output: Changelog) -> Result<(), SqlError> {
         let stateless = !self.aggregating && self.join.is_none();
         if !(stateless && cx.on_workers() && matches!(self.sink, Sink::Table(..))) {
-            return self.sink.write(cx, &output);
+            return self.sink.apply(cx, &output);
         }
+        // A stateless query only upserts.
         if cx.in_map_stage() {
-            for batch in output.into_iter().filter(|b| b.num_rows() > 0) {
+            for batch in output.upserts.into_iter().filter(|b| b.num_rows() > 0) {
                 let hashes = group_hashes(&[batch.column(0).clone()], batch.num_rows())?;
                 sluice_engine::plan::exchange(cx, &self.operator, batch, &hashes)?;
             }
@@ -535,7 +551,7 @@ impl QueryRunner {
             // The matches' partial aggregates went on to stage 2.
             return Ok(());
         }
-        self.sink.write(cx, &output)
+        self.sink.apply(cx, &output)
     }
 
     /// The query planned over empty streams, and its aggregation: what a
@@ -602,7 +618,7 @@ impl QueryRunner {
             cf,
             columns,
         ))?;
-        self.sink.write(cx, &output)
+        self.sink.apply(cx, &output)
     }
 
     /// Runs the query over its one stream as the batch is read: see
@@ -642,11 +658,11 @@ impl QueryRunner {
         state_cf: Option<&ColumnFamily>,
         watermark: Option<i64>,
         closed: Option<i64>,
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<Changelog, SqlError> {
         let plan: Arc<dyn ExecutionPlan> =
             session.sql(&self.sql).await?.create_physical_plan().await?;
         let Some(cf) = state_cf else {
-            return Ok(collect(plan, session.task_ctx()).await?);
+            return Ok(collect(plan, session.task_ctx()).await?.into());
         };
         let event_time = match self.inputs.as_slice() {
             [only] => only.watermark.as_ref().map(|w| w.column.as_str()),
@@ -668,13 +684,14 @@ impl QueryRunner {
                 incremental::merge_into_state(&agg, self.policy(watermark), cx, cf, columns)?;
             let op = outer::outer_op(&self.operator);
             outer::send_closed(cx, &op, &agg, parts, (closed, watermark))?;
-            return Ok(Vec::new());
+            return Ok(Changelog::default());
         }
         if let Some(bounds) = session_bounds {
-            return session_window::merge_partials(
+            return Ok(session_window::merge_partials(
                 &session, &plan, &agg, bounds, watermark, cx, cf, columns,
             )
-            .await;
+            .await?
+            .into());
         }
         incremental::merge_batch(
             &session,
