@@ -259,13 +259,13 @@ pub(crate) fn derived_columns(
 }
 
 /// Why a query whose outer groups can empty cannot delete their rows
-/// through `plan` (the whole query) into a sink keyed by column `key`:
+/// through `plan` (the whole query) into a sink keyed by columns `key`:
 /// a filter over the outer aggregation would drop the delete, and a key
 /// that is not an outer group column would not name the group.
 pub(crate) fn deletes_refusal(
     plan: &Arc<dyn ExecutionPlan>,
     outer: &Outer,
-    key: Option<usize>,
+    key: &[usize],
 ) -> Option<String> {
     let groups: HashSet<usize> = (0..outer.groups()).collect();
     let (columns, filtered) = match derived_columns(plan, outer.agg.top(), &groups) {
@@ -275,13 +275,10 @@ pub(crate) fn deletes_refusal(
     if filtered {
         return Some("a filter over the outer aggregation (HAVING) would also drop the delete of a group left empty: filter where the sink is read".into());
     }
-    match key {
-        Some(k) if !columns.contains(&k) => Some(format!(
-            "the sink's key (output column {}) is not an outer GROUP BY column, so a delete could not name its group: put a GROUP BY column first (a table) or name it in key = '…' (a topic)",
-            k + 1
-        )),
-        _ => None,
-    }
+    key.iter().find(|k| !columns.contains(k)).map(|k| format!(
+        "the sink's key (output column {}) is not an outer GROUP BY column, so a delete could not name its group: put a GROUP BY column first (a table) or name GROUP BY columns in key = '…' (a topic)",
+        k + 1
+    ))
 }
 
 /// Whether every column `expr` reads is among `allowed`.

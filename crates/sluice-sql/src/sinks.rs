@@ -91,8 +91,9 @@ pub(crate) enum SinkSpec {
 pub(crate) struct TopicSpec {
     topic: String,
     format: RowFormat,
-    /// The column whose value is the record key.
-    key: Option<String>,
+    /// The columns whose values are the record key (Flink's
+    /// `key.fields`): one column's value as text, several as a JSON object.
+    key: Vec<String>,
     /// A Kafka cluster of its own instead of the job's topics.
     brokers: Option<String>,
     /// Used when the sink creates the topic.
@@ -160,13 +161,18 @@ impl TopicSpec {
             Some("text") => RowFormat::Text,
             _ => RowFormat::Json,
         };
-        let key = match o.get("key").map(|k| k.trim()) {
-            Some("") => {
-                return Err(format!(
-                    "{what}: key = '' names no column (accepted: the name of one of the query's columns)"
-                ));
+        let key: Vec<String> = match o.get("key") {
+            None => Vec::new(),
+            Some(k) => {
+                let names: Vec<String> = k.split(',').map(|n| n.trim().to_owned()).collect();
+                if names.iter().any(String::is_empty) {
+                    return Err(format!(
+                        "{what}: key = '{}' names no column (accepted: the name of one of the query's columns, or several separated by commas)",
+                        k.trim()
+                    ));
+                }
+                names
             }
-            k => k.map(str::to_owned),
         };
         let brokers = match o.get("brokers").map(|b| b.trim()) {
             Some("") => {
@@ -329,8 +335,8 @@ pub(crate) struct TopicSink {
     name: String,
     writer: TopicWriter,
     format: RowFormat,
-    /// The key column, if any.
-    key: Option<usize>,
+    /// The key columns, if any.
+    key: Vec<usize>,
     /// The value column with [`RowFormat::Text`].
     value: usize,
     id: OnceLock<WriterId>,
@@ -384,7 +390,7 @@ fn record_columns(
     what: &str,
     spec: &TopicSpec,
     schema: &SchemaRef,
-) -> Result<(Option<usize>, usize), String> {
+) -> Result<(Vec<usize>, usize), String> {
     let columns = || {
         schema
             .fields()
@@ -393,35 +399,44 @@ fn record_columns(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let key = match &spec.key {
-        None => None,
-        Some(k) => Some(schema.index_of(k).map_err(|_| {
+    let mut key = Vec::with_capacity(spec.key.len());
+    for k in &spec.key {
+        let i = schema.index_of(k).map_err(|_| {
             format!(
                 "{what}: key = {k:?} is not a column of the query (columns: {})",
                 columns()
             )
-        })?),
-    };
-    if let Some(k) = key {
-        text_cells_supported(schema.field(k)).map_err(|t| {
+        })?;
+        if key.contains(&i) {
+            return Err(format!("{what}: key names column {k} twice"));
+        }
+        text_cells_supported(schema.field(i)).map_err(|t| {
             format!(
                 "{what}: key column {} has type {t}, which cannot be a record key (use a text, number, boolean, timestamp or binary column)",
-                schema.field(k).name()
+                schema.field(i).name()
             )
         })?;
+        key.push(i);
     }
     if spec.format == RowFormat::Json {
         return Ok((key, 0));
     }
     let rest: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| Some(i) != key)
+        .filter(|i| !key.contains(i))
         .collect();
     let [value] = rest[..] else {
+        let names: Vec<&str> = key
+            .iter()
+            .map(|&k| schema.field(k).name().as_str())
+            .collect();
         return Err(format!(
             "{what}: format = 'text' writes one column as the record value, but the query has columns {}{}: select one column (besides the key), or use format = 'json'",
             columns(),
-            key.map(|k| format!(" (key: {})", schema.field(k).name()))
-                .unwrap_or_default()
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" (key: {})", names.join(", "))
+            }
         ));
     };
     text_cells_supported(schema.field(value)).map_err(|t| {
@@ -434,6 +449,20 @@ fn record_columns(
 }
 
 impl TopicSink {
+    /// Each row's record key: its one key column as text, or its key
+    /// columns as a JSON object (Flink's upsert-kafka with a JSON key
+    /// format); none without key columns.
+    fn keys(&self, b: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>, SqlError> {
+        match self.key[..] {
+            [] => Ok(vec![None; b.num_rows()]),
+            [k] => text_cells(b.column(k)),
+            _ => Ok(json_lines(&b.project(&self.key)?)?
+                .into_iter()
+                .map(Some)
+                .collect()),
+        }
+    }
+
     /// The batch's records by partition, in row order.
     fn records(
         &self,
@@ -442,10 +471,7 @@ impl TopicSink {
     ) -> Result<BTreeMap<i32, Vec<OutRecord>>, SqlError> {
         let mut out: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
         for b in output.iter().filter(|b| b.num_rows() > 0) {
-            let keys = match self.key {
-                Some(k) => text_cells(b.column(k))?,
-                None => vec![None; b.num_rows()],
-            };
+            let keys = self.keys(b)?;
             let values = match self.format {
                 RowFormat::Json => json_lines(b)?.into_iter().map(Some).collect(),
                 RowFormat::Text => text_cells(b.column(self.value))?,
@@ -478,14 +504,14 @@ impl TopicSink {
         if deletes.is_empty() {
             return self.send(cx, &records);
         }
-        let Some(k) = self.key else {
+        if self.key.is_empty() {
             return Err(sink_failed(
                 &self.name,
                 "a topic sink without a key cannot delete rows (refused at submission)",
             ));
-        };
+        }
         for b in deletes {
-            for key in text_cells(b.column(k))?.into_iter().flatten() {
+            for key in self.keys(b)?.into_iter().flatten() {
                 records
                     .entry(partition_of(Some(&key), self.writer.partitions()))
                     .or_default()
@@ -825,7 +851,7 @@ impl Sink {
     pub(crate) fn deletes_refusal(&self) -> Option<&'static str> {
         match self {
             Sink::Console | Sink::Blackhole | Sink::Table(..) => None,
-            Sink::Topic(t) if t.key.is_some() => None,
+            Sink::Topic(t) if !t.key.is_empty() => None,
             Sink::Topic(_) => Some(
                 "its topic sink has no key: a delete is a tombstone (a record without a value) for the row's key: set key = '<column>' on the sink",
             ),
@@ -835,13 +861,13 @@ impl Sink {
         }
     }
 
-    /// The column that keys the sink's rows: a table's first, a topic's
+    /// The columns that key the sink's rows: a table's first, a topic's
     /// `key`.
-    pub(crate) fn key_column(&self) -> Option<usize> {
+    pub(crate) fn key_columns(&self) -> Vec<usize> {
         match self {
-            Sink::Table(..) => Some(0),
-            Sink::Topic(t) => t.key,
-            _ => None,
+            Sink::Table(..) => vec![0],
+            Sink::Topic(t) => t.key.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -977,7 +1003,7 @@ mod tests {
             Ok(SinkSpec::Topic(TopicSpec {
                 topic: "s".into(),
                 format: RowFormat::Json,
-                key: None,
+                key: Vec::new(),
                 brokers: None,
                 partitions: 1,
                 delivery: Delivery::Transactional,
@@ -1027,7 +1053,7 @@ mod tests {
         .unwrap()
     }
 
-    fn sink(format: RowFormat, key: Option<usize>, value: usize) -> (TopicSink, tempfile::TempDir) {
+    fn sink(format: RowFormat, key: Vec<usize>, value: usize) -> (TopicSink, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             LogStore::open(
@@ -1054,7 +1080,7 @@ mod tests {
 
     #[test]
     fn json_rows_have_every_column_and_explicit_nulls() {
-        let (sink, _dir) = sink(RowFormat::Json, Some(0), 0);
+        let (sink, _dir) = sink(RowFormat::Json, vec![0], 0);
         let records = sink.records(&[rows()], 77).unwrap();
         let all: Vec<&OutRecord> = records.values().flatten().collect();
         assert_eq!(all.len(), 3);
@@ -1077,8 +1103,34 @@ mod tests {
     }
 
     #[test]
+    fn several_key_columns_make_a_json_object_key() {
+        let (sink, _dir) = sink(RowFormat::Json, vec![1, 0], 0);
+        let records = sink.records(&[rows()], 0).unwrap();
+        let mut keys: Vec<String> = records
+            .values()
+            .flatten()
+            .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                r#"{"n":1,"user":"a"}"#,
+                r#"{"n":3,"user":null}"#,
+                r#"{"n":null,"user":"b"}"#
+            ]
+        );
+        let spec = |key: &str| SinkSpec::parse(&decl(&[("type", "topic"), ("key", key)]));
+        match spec(" auction , rank_number") {
+            Ok(SinkSpec::Topic(t)) => assert_eq!(t.key, ["auction", "rank_number"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(spec("auction,").unwrap_err().contains("names no column"));
+    }
+
+    #[test]
     fn text_rows_write_one_column_and_null_is_a_tombstone() {
-        let (sink, _dir) = sink(RowFormat::Text, None, 1);
+        let (sink, _dir) = sink(RowFormat::Text, Vec::new(), 1);
         let records = sink.records(&[rows()], 0).unwrap();
         assert_eq!(records.len(), 1, "no key: partition 0 only");
         let values: Vec<Option<Vec<u8>>> = records[&0].iter().map(|r| r.value.clone()).collect();

@@ -93,7 +93,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         let refusal = sink
             .deletes_refusal()
             .map(str::to_owned)
-            .or_else(|| retraction::deletes_refusal(&plan.plan, outer, sink.key_column()));
+            .or_else(|| retraction::deletes_refusal(&plan.plan, outer, &sink.key_columns()));
         if let Some(refusal) = refusal {
             return Err(SqlError::Unsupported {
                 line,
