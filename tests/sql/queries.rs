@@ -303,45 +303,49 @@ fn over_ev(statements: &str) -> Script {
     script
 }
 
+/// Runs `statements` over a one-partition stream `ev` once per step,
+/// each time as a restarted job after appending the step's records, and
+/// checks the rows of the table sink `table` after each step.
+fn table_after_each_step(table: &str, statements: &str, steps: &[(&[&str], &[&str])]) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
+    let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
+    let script = over_ev(statements);
+    let cp = dir.path().join("cp");
+    for (records, want) in steps {
+        common::append_values(&topic, 0, *records, 1);
+        common_sql::run_sql(&store, &cp, "steps", &script, None, None);
+        let checkpoint = Checkpoint::open_read_only(&cp, "steps").unwrap();
+        assert_eq!(table_rows(&checkpoint, table), *want, "after {records:?}");
+    }
+}
+
 /// An aggregation over an updating aggregation (Nexmark q4's shape): each
 /// inner group's changed value is taken back from its outer group and the
 /// new one added; a sum, count and average that lose their last value are
 /// NULL, 0 and NULL again, as over no values.
 #[test]
 fn an_aggregation_over_an_updating_aggregation_takes_changed_rows_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
-    let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
-    let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
-    // Per key and id, the number of records, NULL when it is exactly 2.
-    let script = over_ev(
+    // Per key and id, the number of records, NULL when it is exactly 2;
+    // per key count(v), sum(v), avg(v), count(*) (concat_ws skips NULLs).
+    table_after_each_step(
+        "per_key",
         "CREATE SINK per_key WITH (type = 'table');\n\
          INSERT INTO per_key SELECT k, concat_ws(',', count(v), sum(v), avg(v), count(*)) AS summary FROM (\
            SELECT split_part(value, ':', 1) AS k, nullif(count(*), 2) AS v FROM ev \
            GROUP BY split_part(value, ':', 1), split_part(value, ':', 2)) GROUP BY k;",
+        &[
+            (&["a:1"], &["a=1,1,1.0,1"]),
+            // a:1's value went to NULL.
+            (&["a:1"], &["a=0,1"]),
+            (
+                &["a:2", "a:2", "a:2", "b:1"],
+                &["a=1,3,3.0,2", "b=1,1,1.0,1"],
+            ),
+            (&["a:1", "b:1", "b:2"], &["a=2,6,3.0,2", "b=1,1,1.0,2"]),
+            (&["a:2"], &["a=2,7,3.5,2", "b=1,1,1.0,2"]),
+        ],
     );
-    let run = || common_sql::run_sql(&store, &dir.path().join("cp"), "outer", &script, None, None);
-    let table = || {
-        let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "outer").unwrap();
-        table_rows(&cp, "per_key")
-    };
-    // count(v), sum(v), avg(v), count(*); concat_ws skips NULLs.
-    append(&["a:1"]);
-    run();
-    assert_eq!(table(), vec!["a=1,1,1.0,1"]);
-    append(&["a:1"]);
-    run();
-    assert_eq!(table(), vec!["a=0,1"], "a:1's value went to NULL");
-    append(&["a:2", "a:2", "a:2", "b:1"]);
-    run();
-    assert_eq!(table(), vec!["a=1,3,3.0,2", "b=1,1,1.0,1"]);
-    append(&["a:1", "b:1", "b:2"]);
-    run();
-    assert_eq!(table(), vec!["a=2,6,3.0,2", "b=1,1,1.0,2"]);
-    // A restart reads the stored outer groups.
-    append(&["a:2"]);
-    run();
-    assert_eq!(table(), vec!["a=2,7,3.5,2", "b=1,1,1.0,2"]);
 }
 
 /// An aggregation over an updating aggregation whose outer groups empty
@@ -349,79 +353,44 @@ fn an_aggregation_over_an_updating_aggregation_takes_changed_rows_back() {
 /// a group left empty.
 #[test]
 fn an_outer_group_left_empty_is_deleted_from_a_table_sink() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
-    let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
-    let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
-    let script = over_ev(
+    table_after_each_step(
+        "histogram",
         "CREATE SINK histogram WITH (type = 'table');\n\
          INSERT INTO histogram SELECT n, count(*) AS values_seen FROM (\
            SELECT value, count(*) AS n FROM ev GROUP BY value) GROUP BY n;",
+        &[
+            (&["a", "b"], &["1=2"]),
+            (&["a"], &["1=1", "2=1"]),
+            (&["b"], &["2=2"]),
+            (&["a", "c"], &["1=1", "2=1", "3=1"]),
+        ],
     );
-    let run = || common_sql::run_sql(&store, &dir.path().join("cp"), "hist", &script, None, None);
-    let table = || {
-        let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "hist").unwrap();
-        table_rows(&cp, "histogram")
-    };
-    let steps: [(&[&str], &[&str]); 4] = [
-        (&["a", "b"], &["1=2"]),
-        (&["a"], &["1=1", "2=1"]),
-        (&["b"], &["2=2"]),
-        (&["a", "c"], &["1=1", "2=1", "3=1"]),
-    ];
-    for (records, want) in steps {
-        append(records);
-        run();
-        assert_eq!(table(), want, "after {records:?}");
-    }
 }
 
 /// `min` and `max` over an updating aggregation keep every value of their
 /// outer group: a value taken back leaves the next one stored.
 #[test]
 fn min_and_max_over_an_updating_aggregation_fall_back_to_the_values_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path().join("data"), common::quiet()).unwrap());
-    let topic = store.create_topic("ev", 1, TopicConfig::default()).unwrap();
-    let append = |values: &[&str]| common::append_values(&topic, 0, values, 1);
-    let script = over_ev(
+    // Each step: the records, then every key's "min,max" (v per id is its
+    // count of records, NULL at 2).
+    table_after_each_step(
+        "ranges",
         "CREATE SINK ranges WITH (type = 'table');\n\
          INSERT INTO ranges SELECT k, concat_ws(',', min(v), max(v)) AS range FROM (\
            SELECT split_part(value, ':', 1) AS k, nullif(count(*), 2) AS v FROM ev \
            GROUP BY split_part(value, ':', 1), split_part(value, ':', 2)) GROUP BY k;",
+        &[
+            (&["a:1"], &["a=1,1"]),
+            (&["a:1"], &["a="]),
+            (&["a:2", "a:2", "a:2", "b:1"], &["a=3,3", "b=1,1"]),
+            (&["a:1", "b:1", "b:2"], &["a=3,3", "b=1,1"]),
+            (&["a:2"], &["a=3,4", "b=1,1"]),
+            (&["a:3"], &["a=1,4", "b=1,1"]),
+            (&["a:2"], &["a=1,5", "b=1,1"]),
+            (&["a:3"], &["a=3,5", "b=1,1"]),
+            (&["a:2", "a:1"], &["a=4,6", "b=1,1"]),
+        ],
     );
-    let run = || {
-        common_sql::run_sql(
-            &store,
-            &dir.path().join("cp"),
-            "extremes",
-            &script,
-            None,
-            None,
-        )
-    };
-    let table = || {
-        let cp = Checkpoint::open_read_only(&dir.path().join("cp"), "extremes").unwrap();
-        table_rows(&cp, "ranges")
-    };
-    // Each step: the records, then every key's "min,max" (v per id is its
-    // count of records, NULL at 2).
-    let steps: [(&[&str], &[&str]); 9] = [
-        (&["a:1"], &["a=1,1"]),
-        (&["a:1"], &["a="]),
-        (&["a:2", "a:2", "a:2", "b:1"], &["a=3,3", "b=1,1"]),
-        (&["a:1", "b:1", "b:2"], &["a=3,3", "b=1,1"]),
-        (&["a:2"], &["a=3,4", "b=1,1"]),
-        (&["a:3"], &["a=1,4", "b=1,1"]),
-        (&["a:2"], &["a=1,5", "b=1,1"]),
-        (&["a:3"], &["a=3,5", "b=1,1"]),
-        (&["a:2", "a:1"], &["a=4,6", "b=1,1"]),
-    ];
-    for (records, want) in steps {
-        append(records);
-        run();
-        assert_eq!(table(), want, "after {records:?}");
-    }
 }
 
 #[test]

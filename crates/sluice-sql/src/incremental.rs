@@ -322,15 +322,12 @@ fn merge_changes(
     cf: &ColumnFamily,
     columns: Vec<ArrayRef>,
 ) -> Result<Changes, SqlError> {
-    let codec = Codec::new(agg, policy.ttl)?;
-    let batch = BatchGroups::of(&codec, agg, &columns)?;
-    let stored = read_stored(&codec, &batch, policy, cx, cf)?;
-    let columns = count_new_values(&codec, agg, &batch, &stored, policy, cx, cf, columns)?;
-    let mut group_indices = batch.group_of.clone();
-    group_indices.extend(&stored.indices);
-    let merged = merge_states(agg, &columns, &stored.states, &group_indices, batch.len())?;
-    let values = evaluate(agg, &merged, batch.len())?;
-    stage_writes(&codec, &batch, &stored, &merged, policy, cx, cf)?;
+    let Merged {
+        codec: _,
+        batch,
+        stored,
+        values,
+    } = merge_groups(agg, policy, cx, cf, columns)?;
     let touched: hashbrown::HashSet<Vec<u8>> = batch.keys.iter().cloned().collect();
     if let Some(ttl) = policy.ttl {
         expire_groups(ttl, &touched, agg.distinct.contains(&true), cx, cf)?;
@@ -393,15 +390,25 @@ fn merge_changes(
     })
 }
 
-/// [`merge_batch`] up to the aggregation's own output: the rows it emits
-/// (groups, then final values), in parts, before the rest of the plan.
-pub(crate) fn merge_into_state(
+/// A batch's groups merged with their stored states (the merged states
+/// staged in the batch's commit).
+struct Merged {
+    codec: Codec,
+    batch: BatchGroups,
+    stored: StoredStates,
+    /// Each group's final values after the merge.
+    values: Vec<ArrayRef>,
+}
+
+/// Reads the stored state of the batch's groups, counts new distinct
+/// values, merges and evaluates, and stages the merged states.
+fn merge_groups(
     agg: &Aggregation,
     policy: Policy,
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
     columns: Vec<ArrayRef>,
-) -> Result<Vec<Vec<ArrayRef>>, SqlError> {
+) -> Result<Merged, SqlError> {
     let codec = Codec::new(agg, policy.ttl)?;
     let batch = BatchGroups::of(&codec, agg, &columns)?;
     let stored = read_stored(&codec, &batch, policy, cx, cf)?;
@@ -411,6 +418,29 @@ pub(crate) fn merge_into_state(
     let merged = merge_states(agg, &columns, &stored.states, &group_indices, batch.len())?;
     let values = evaluate(agg, &merged, batch.len())?;
     stage_writes(&codec, &batch, &stored, &merged, policy, cx, cf)?;
+    Ok(Merged {
+        codec,
+        batch,
+        stored,
+        values,
+    })
+}
+
+/// [`merge_batch`] up to the aggregation's own output: the rows it emits
+/// (groups, then final values), in parts, before the rest of the plan.
+pub(crate) fn merge_into_state(
+    agg: &Aggregation,
+    policy: Policy,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    columns: Vec<ArrayRef>,
+) -> Result<Vec<Vec<ArrayRef>>, SqlError> {
+    let Merged {
+        codec,
+        batch,
+        stored,
+        values,
+    } = merge_groups(agg, policy, cx, cf, columns)?;
     let mut parts = vec![emitted(agg, &batch, &stored.existed, values, policy)?];
     let stored_closed =
         (0..batch.len()).any(|i| stored.existed[i] && batch.closed(i, policy.watermark));

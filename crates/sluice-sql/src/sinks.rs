@@ -843,6 +843,13 @@ fn encode_cell(
     true
 }
 
+/// A result table's key of row `row`: its first column (NULL keys are
+/// not stored).
+fn table_key(b: &RecordBatch, row: usize) -> Option<Vec<u8>> {
+    let mut key = Vec::new();
+    encode_cell(b.column(0), row, false, true, &mut key).then_some(key)
+}
+
 impl Sink {
     /// Why this sink cannot apply deletes (`None`: it can): a table
     /// deletes the key (its first column), a keyed topic writes a
@@ -901,15 +908,10 @@ impl Sink {
                     .checkpoint
                     .cf(&format!("{TABLE_CF_PREFIX}{name}"))
                     .map_err(PlanError::from)?;
-                let mut keys = Vec::new();
-                for b in deletes {
-                    for row in 0..b.num_rows() {
-                        let mut key = Vec::new();
-                        if encode_cell(b.column(0), row, false, true, &mut key) {
-                            keys.push(key);
-                        }
-                    }
-                }
+                let keys: Vec<Vec<u8>> = deletes
+                    .iter()
+                    .flat_map(|b| (0..b.num_rows()).filter_map(|row| table_key(b, row)))
+                    .collect();
                 cx.write(|w| keys.iter().for_each(|k| w.delete_cf(cf, k)));
             }
             Sink::Topic(_) => {}
@@ -946,10 +948,9 @@ impl Sink {
                 for b in output {
                     let schema = b.schema();
                     for row in 0..b.num_rows() {
-                        let mut key = Vec::new();
-                        if !encode_cell(b.column(0), row, false, true, &mut key) {
-                            continue; // NULL keys are not stored
-                        }
+                        let Some(key) = table_key(b, row) else {
+                            continue;
+                        };
                         let mut value = Vec::new();
                         let n = b.num_columns();
                         if n == 1 {
