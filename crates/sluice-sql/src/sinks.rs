@@ -843,6 +843,24 @@ fn encode_cell(
     true
 }
 
+/// Prints a batch's rows on the console under the batch's header.
+fn print_rows(cx: &BatchCx, rows: &[RecordBatch], what: &str) -> Result<(), SqlError> {
+    let table = datafusion::arrow::util::pretty::pretty_format_batches(rows)?;
+    cx.print(&format!(
+        "{}{what}\n{table}\n",
+        sluice_engine::sink::console::header(cx.batch_id, cx.batch_time_ms)
+    ));
+    Ok(())
+}
+
+/// The column family of the result table `name`.
+fn table_cf<'a>(cx: &'a BatchCx, name: &str) -> Result<&'a rocksdb::ColumnFamily, SqlError> {
+    Ok(cx
+        .checkpoint
+        .cf(&format!("{TABLE_CF_PREFIX}{name}"))
+        .map_err(PlanError::from)?)
+}
+
 /// A result table's key of row `row`: its first column (NULL keys are
 /// not stored).
 fn table_key(b: &RecordBatch, row: usize) -> Option<Vec<u8>> {
@@ -897,17 +915,10 @@ impl Sink {
             Sink::Blackhole => {}
             Sink::Console => {
                 let owned: Vec<RecordBatch> = deletes.into_iter().cloned().collect();
-                let table = datafusion::arrow::util::pretty::pretty_format_batches(&owned)?;
-                cx.print(&format!(
-                    "{} (deleted)\n{table}\n",
-                    sluice_engine::sink::console::header(cx.batch_id, cx.batch_time_ms)
-                ));
+                print_rows(cx, &owned, " (deleted)")?;
             }
             Sink::Table(name, _) => {
-                let cf = cx
-                    .checkpoint
-                    .cf(&format!("{TABLE_CF_PREFIX}{name}"))
-                    .map_err(PlanError::from)?;
+                let cf = table_cf(cx, name)?;
                 let keys: Vec<Vec<u8>> = deletes
                     .iter()
                     .flat_map(|b| (0..b.num_rows()).filter_map(|row| table_key(b, row)))
@@ -930,20 +941,12 @@ impl Sink {
         match self {
             Sink::Blackhole => {}
             Sink::Console => {
-                let rows: usize = output.iter().map(|b| b.num_rows()).sum();
-                if rows > 0 {
-                    let table = datafusion::arrow::util::pretty::pretty_format_batches(output)?;
-                    cx.print(&format!(
-                        "{}\n{table}\n",
-                        sluice_engine::sink::console::header(cx.batch_id, cx.batch_time_ms)
-                    ));
+                if output.iter().any(|b| b.num_rows() > 0) {
+                    print_rows(cx, output, "")?;
                 }
             }
             Sink::Table(name, _) => {
-                let cf = cx
-                    .checkpoint
-                    .cf(&format!("{TABLE_CF_PREFIX}{name}"))
-                    .map_err(PlanError::from)?;
+                let cf = table_cf(cx, name)?;
                 let mut puts = Vec::new();
                 for b in output {
                     let schema = b.schema();
