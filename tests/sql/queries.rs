@@ -367,6 +367,24 @@ fn an_outer_group_left_empty_is_deleted_from_a_table_sink() {
     );
 }
 
+/// A HAVING that a group stops passing deletes the group's row from a
+/// table sink (update mode), instead of leaving its last row behind.
+#[test]
+fn a_group_that_stops_passing_its_having_is_deleted_from_a_table_sink() {
+    table_after_each_step(
+        "rare",
+        "CREATE SINK rare WITH (type = 'table');\n\
+         INSERT INTO rare SELECT value, count(*) AS n FROM ev GROUP BY value HAVING count(*) < 3;",
+        &[
+            (&["a", "b"], &["a=1", "b=1"]),
+            (&["a", "a"], &["b=1"]),
+            (&["b"], &["b=2"]),
+            (&["c", "a"], &["b=2", "c=1"]),
+            (&["b"], &["c=1"]),
+        ],
+    );
+}
+
 /// `min` and `max` over an updating aggregation keep every value of their
 /// outer group: a value taken back leaves the next one stored.
 #[test]

@@ -287,6 +287,10 @@ pub(crate) struct Policy {
     pub watermark: Option<i64>,
     /// Groups not updated for this long (batch time) are forgotten.
     pub ttl: Option<i64>,
+    /// A filter over the aggregation (HAVING) can drop a group whose row
+    /// the sink holds, and the sink takes deletes by a key the group
+    /// decides: a group that stops passing is deleted (update mode).
+    pub deletes: bool,
 }
 
 /// [`crate::runner`]'s batch of an aggregation from partial aggregates
@@ -304,11 +308,67 @@ pub(crate) async fn merge_batch(
     columns: Vec<ArrayRef>,
 ) -> Result<Changelog, SqlError> {
     let Some(outer) = &agg.outer else {
+        if policy.deletes && policy.mode == OutputMode::Update && agg.window.is_none() {
+            return filtered_groups(ctx, plan, agg, policy, cx, cf, columns).await;
+        }
         let parts = merge_into_state(agg, policy, cx, cf, columns)?;
         return Ok(run_rest(ctx, plan, agg, parts).await?.into());
     };
     let changes = merge_changes(agg, policy, cx, cf, columns)?;
     retraction::run(ctx, plan, agg, outer, cx, cf, changes).await
+}
+
+/// An update-mode batch of an aggregation under a filter (HAVING): the
+/// changed groups' new rows through the rest of the plan are the upserts;
+/// their previous rows that passed and whose group no longer passes
+/// (compared by the output columns the group decides) are the deletes.
+async fn filtered_groups(
+    ctx: &SessionContext,
+    plan: &Arc<dyn ExecutionPlan>,
+    agg: &Aggregation,
+    policy: Policy,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    columns: Vec<ArrayRef>,
+) -> Result<Changelog, SqlError> {
+    let changes = merge_changes(agg, policy, cx, cf, columns)?;
+    let upserts = run_rest(ctx, plan, agg, vec![changes.added]).await?;
+    let before = run_rest(ctx, plan, agg, vec![changes.retracted]).await?;
+    if before.iter().all(|b| b.num_rows() == 0) {
+        return Ok(upserts.into());
+    }
+    let groups: std::collections::HashSet<usize> =
+        (0..agg.partial.group_expr().expr().len()).collect();
+    let (identity, _) = retraction::derived_columns(plan, &agg.top, &groups)
+        .map_err(|message| SqlError::State { message })?;
+    let mut identity: Vec<usize> = identity.into_iter().collect();
+    identity.sort_unstable();
+    let schema = plan.schema();
+    let converter = RowConverter::new(
+        identity
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let key_rows = |b: &RecordBatch| {
+        let key: Vec<ArrayRef> = identity.iter().map(|&i| b.column(i).clone()).collect();
+        converter.convert_columns(&key)
+    };
+    let mut passing: hashbrown::HashSet<Vec<u8>> = hashbrown::HashSet::new();
+    for b in &upserts {
+        let rows = key_rows(b)?;
+        passing.extend(rows.iter().map(|r| r.as_ref().to_vec()));
+    }
+    let mut deletes = Vec::new();
+    for b in &before {
+        let rows = key_rows(b)?;
+        let gone: datafusion::arrow::array::BooleanArray = rows
+            .iter()
+            .map(|r| Some(!passing.contains(r.as_ref())))
+            .collect();
+        deletes.push(datafusion::arrow::compute::filter_record_batch(b, &gone)?);
+    }
+    Ok(Changelog { upserts, deletes })
 }
 
 /// An aggregation's batch under an aggregation over it (see

@@ -101,6 +101,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
             });
         }
     }
+    let having_deletes = having_deletes(&plan, &sink);
     let table = sink.table_meta();
     let mut state: Vec<OperatorMeta> = plan.state.iter().cloned().collect();
     // On many workers an aggregation over a join's matches is a second
@@ -164,6 +165,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         functions: shared.functions.clone(),
         groups_cf,
         outer_cf,
+        having_deletes,
         output_schema,
         sink,
     });
@@ -171,6 +173,31 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         runner.run(cx, inputs).map_err(PlanError::from)
     });
     Ok(())
+}
+
+/// Whether an update-mode aggregation (without windows) has a filter
+/// above it (HAVING) that can drop a group whose row its sink holds, and
+/// the sink deletes by key columns the group decides: then a group that
+/// stops passing is deleted from the sink (a table's key, a keyed topic's
+/// tombstone). Other sinks keep the group's last row, as before.
+fn having_deletes(plan: &QueryPlan, sink: &Sink) -> bool {
+    let Some(agg) = plan.aggregation.as_ref() else {
+        return false;
+    };
+    if plan.mode != OutputMode::Update || agg.window.is_some() || agg.outer.is_some() {
+        return false;
+    }
+    let groups: std::collections::HashSet<usize> =
+        (0..agg.partial().group_expr().expr().len()).collect();
+    let key = sink.key_columns();
+    match retraction::derived_columns(&plan.plan, agg.top(), &groups) {
+        Ok((columns, true)) => {
+            sink.deletes_refusal().is_none()
+                && !key.is_empty()
+                && key.iter().all(|k| columns.contains(k))
+        }
+        _ => false,
+    }
 }
 
 /// On many workers, the column family of a query's stage-2 state
@@ -310,6 +337,9 @@ struct QueryRunner {
     /// keeps the closed windows' rows until every stage-1 task closed them
     /// (stage 2; see `outer`).
     outer_cf: Option<String>,
+    /// A HAVING can drop a group the sink holds, and the sink deletes by
+    /// a key its group decides (see [`having_deletes`]).
+    having_deletes: bool,
     /// The query's rows.
     output_schema: datafusion::arrow::datatypes::SchemaRef,
     sink: Sink,
@@ -732,6 +762,7 @@ impl QueryRunner {
             mode: self.mode,
             watermark,
             ttl: self.state_ttl_ms,
+            deletes: self.having_deletes,
         }
     }
 }
