@@ -12,11 +12,13 @@
 //! keeps every value its group holds, with how many rows have it, and
 //! reads the smallest or largest left.
 //!
-//! An outer group never empties: the plan between the two aggregations
-//! may only project, and the outer groups only by what the inner groups
-//! by, so an inner group's row stays in one outer group for its whole
-//! life (rows that move or vanish would need deletes in the sinks: they
-//! are refused at submission with the reason).
+//! When the plan between the two aggregations only projects and the
+//! outer one groups only by what the inner one groups by, an inner group's
+//! row stays in one outer group for its whole life and no outer group
+//! empties. Otherwise (a filter between them, an outer group taken from
+//! the inner aggregates) a group can lose its last row: it is then
+//! deleted, and the query needs a sink that takes deletes by a key the
+//! outer group decides (checked at submission, see [`deletes_refusal`]).
 //!
 //! This module plans nothing and chooses no output mode; it runs the
 //! outer aggregation of a batch and stages its state in the batch's
