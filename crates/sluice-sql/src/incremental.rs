@@ -21,6 +21,12 @@
 //! group's values go with it: a closed window's in one range delete, an
 //! expired group's too.
 //!
+//! In update mode under a HAVING, the changed groups' previous rows go
+//! through the rest of the plan as well, and a group that passed and no
+//! longer does is a delete for the sink (when the runner says the sink can
+//! take it). An aggregation with another one over it hands its changed
+//! groups' previous and new rows to [`crate::retraction`].
+//!
 //! Keys and states are stored with Arrow's row format, which encodes any
 //! Arrow type to comparable bytes.
 
