@@ -377,10 +377,11 @@ async fn filtered_groups(
     Ok(Changelog { upserts, deletes })
 }
 
-/// An aggregation's batch under an aggregation over it (see
-/// [`crate::retraction`]): merges the partial aggregates into the stored
-/// state and returns the groups whose values changed, with their previous
-/// rows where they had one.
+/// An aggregation's batch when its changed groups' previous rows matter
+/// (an aggregation over it, see [`crate::retraction`]; a HAVING that
+/// deletes): merges the partial aggregates into the stored state and
+/// returns the groups whose values changed, with their previous rows
+/// where they had one.
 fn merge_changes(
     agg: &Aggregation,
     policy: Policy,
