@@ -52,7 +52,7 @@ use crate::retraction::{self, Changes};
 use crate::sinks::Changelog;
 use crate::state_keys::{
     DISTINCT_TAG, GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, distinct_key, distinct_prefix,
-    distinct_prefix_end, group_key, tag_and_time, time_bytes, time_from_bytes, ttl_key,
+    distinct_prefix_end, group_key, le_u64, tag_and_time, time_bytes, time_from_bytes, ttl_key,
 };
 use sluice_engine::plan::BatchCx;
 
@@ -801,12 +801,7 @@ fn count_new_in_set(
         true,
     );
     for ((key, row, bits), found) in lookups.into_iter().zip(found) {
-        let before = found?.map_or(0, |v| {
-            let mut b = [0u8; 8];
-            let n = v.len().min(8);
-            b[..n].copy_from_slice(&v[..n]);
-            u64::from_le_bytes(b)
-        });
+        let before = found?.map_or(0, |v| le_u64(&v));
         let new = bits & !before;
         if new != 0 {
             count(row, new);
@@ -1054,20 +1049,25 @@ pub(crate) async fn partial_columns(
 ) -> Result<Vec<ArrayRef>, SqlError> {
     let partial: Arc<dyn ExecutionPlan> = agg.partial.clone();
     let batches = collect(partial.clone(), ctx.task_ctx()).await?;
-    let schema = partial.schema();
-    Ok((0..schema.fields().len())
+    concat_columns(&partial.schema(), &batches)
+}
+
+/// The columns of `batches` (of `schema`), each concatenated.
+pub(crate) fn concat_columns(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<ArrayRef>, SqlError> {
+    (0..schema.fields().len())
         .map(|i| {
-            let parts: Vec<&dyn datafusion::arrow::array::Array> =
-                batches.iter().map(|b| b.column(i).as_ref()).collect();
-            if parts.is_empty() {
-                Ok(datafusion::arrow::array::new_empty_array(
+            if batches.is_empty() {
+                return Ok(datafusion::arrow::array::new_empty_array(
                     schema.field(i).data_type(),
-                ))
-            } else {
-                concat(&parts)
+                ));
             }
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            Ok(concat(&parts)?)
         })
-        .collect::<Result<_, _>>()?)
+        .collect()
 }
 
 /// Runs the plan above the aggregation over `parts` (each the

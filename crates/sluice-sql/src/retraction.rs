@@ -52,7 +52,7 @@ use crate::aggregation::Aggregation;
 use crate::error::SqlError;
 use crate::incremental::{self, evaluate};
 use crate::sinks::Changelog;
-use crate::state_keys::{extreme_prefix, outer_group_key};
+use crate::state_keys::{extreme_prefix, le_u64, outer_group_key};
 
 /// An aggregate's `FILTER (WHERE …)`.
 type Filter = Option<Arc<dyn PhysicalExpr>>;
@@ -552,12 +552,7 @@ async fn extremes(
         let mut gained: Vec<Option<&[u8]>> = vec![None; state_keys.len()];
         let mut writes = Vec::with_capacity(changed.len());
         for ((key, g, d), found) in changed.iter().zip(found) {
-            let before = found?.map_or(0, |v| {
-                let mut b = [0u8; 8];
-                let n = v.len().min(8);
-                b[..n].copy_from_slice(&v[..n]);
-                i64::from_le_bytes(b)
-            });
+            let before = found?.map_or(0, |v| le_u64(&v) as i64);
             let now = before + d;
             writes.push((key.as_slice(), now));
             if now > 0 {
@@ -661,17 +656,7 @@ async fn counted(
     let counting: Arc<dyn ExecutionPlan> = outer.counting.clone();
     let plan = over_inner_rows(inner, &counting, rows)?;
     let batches = collect(plan, ctx.task_ctx()).await?;
-    (0..schema.fields().len())
-        .map(|i| {
-            if batches.is_empty() {
-                return Ok(datafusion::arrow::array::new_empty_array(
-                    schema.field(i).data_type(),
-                ));
-            }
-            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
-            Ok(concat(&parts)?)
-        })
-        .collect()
+    incremental::concat_columns(&schema, &batches)
 }
 
 /// One source of a state column's contributions: its rows, each row's

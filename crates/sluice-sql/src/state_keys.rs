@@ -68,6 +68,15 @@ pub(crate) fn time_from_bytes(bytes: &[u8]) -> i64 {
     (u64::from_be_bytes(t) ^ (1 << 63)) as i64
 }
 
+/// A little-endian number stored in a value (its first 8 bytes, a shorter
+/// value padded with zeros): distinct bits, value counts.
+pub(crate) fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(b)
+}
+
 /// `tag` followed by a time: the bound of a range scan over entries
 /// keyed by time under `tag`.
 pub(crate) fn tag_and_time(tag: u8, ms: i64) -> Vec<u8> {

@@ -20,8 +20,7 @@ use join::JoinRun;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array};
-use datafusion::arrow::compute::concat;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -252,22 +251,6 @@ fn sink_refusal(sink: &Sink) -> Option<&'static str> {
         ),
         _ => None,
     }
-}
-
-/// The columns of `batches` (of `schema`), each concatenated.
-fn concat_columns(
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Vec<ArrayRef>, SqlError> {
-    (0..schema.fields().len())
-        .map(|i| {
-            if batches.is_empty() {
-                return Ok(new_empty_array(schema.field(i).data_type()));
-            }
-            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
-            Ok(concat(&parts)?)
-        })
-        .collect()
 }
 
 /// The operator whose repartition topic carries one side of a join of
@@ -637,7 +620,7 @@ impl QueryRunner {
         let schema = agg.partial().schema();
         let empty = RecordBatch::new_empty(schema.clone());
         let mine = sluice_engine::plan::exchange_at(cx, &self.operator, 2, empty, &[])?;
-        let columns = concat_columns(&schema, &mine)?;
+        let columns = incremental::concat_columns(&schema, &mine)?;
         let cf = cx.checkpoint.cf(groups).map_err(PlanError::from)?;
         let output = self.runtime.block_on(incremental::merge_batch(
             &session,
@@ -754,7 +737,7 @@ impl QueryRunner {
         let key: Vec<ArrayRef> = key.iter().map(|&i| batch.column(i).clone()).collect();
         let hashes = group_hashes(&key, batch.num_rows())?;
         let mine = sluice_engine::plan::exchange(cx, &self.operator, batch, &hashes)?;
-        concat_columns(&schema, &mine)
+        incremental::concat_columns(&schema, &mine)
     }
 
     fn policy(&self, watermark: Option<i64>) -> Policy {
