@@ -49,7 +49,7 @@ struct Case {
     compared: Option<&'static [&'static str]>,
 }
 
-const CASES: [Case; 13] = [
+const CASES: [Case; 14] = [
     Case {
         query: "q3",
         key: &[],
@@ -58,6 +58,11 @@ const CASES: [Case; 13] = [
     Case {
         query: "q4",
         key: &["category"],
+        compared: None,
+    },
+    Case {
+        query: "q6",
+        key: &["auction"],
         compared: None,
     },
     Case {

@@ -151,6 +151,32 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
         e.contains("top-3 without its rank") && e.contains("select the ROW_NUMBER() column"),
         "{e}"
     );
+    // Over a top-N's rows: aggregates over ROWS BETWEEN n PRECEDING AND
+    // CURRENT ROW only.
+    let top1 = "(SELECT line, _offset FROM (SELECT line, _offset, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1)";
+    let e = refused(&format!(
+        "SELECT line, sum(_offset) OVER (PARTITION BY line ORDER BY _offset) FROM {top1};"
+    ));
+    assert!(
+        e.contains("ROWS BETWEEN n PRECEDING AND CURRENT ROW")
+            && e.contains("RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"),
+        "{e}"
+    );
+    let e = refused(&format!(
+        "SELECT line, sum(_offset) OVER (PARTITION BY line ORDER BY _offset ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) FROM {top1};"
+    ));
+    assert!(e.contains("reaching following rows"), "{e}");
+    let e = refused(&format!(
+        "SELECT line, lag(_offset) OVER (PARTITION BY line ORDER BY _offset) FROM {top1};"
+    ));
+    assert!(e.contains("lag() is not an aggregate function"), "{e}");
+    let e = refused(&format!(
+        "SELECT * FROM (SELECT line, sum(_offset) OVER (PARTITION BY line ORDER BY _offset ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM {top1}) WHERE s > 3;"
+    ));
+    assert!(
+        e.contains("keep only projections above the OVER window"),
+        "{e}"
+    );
     let e = refused(&format!("SELECT line FROM {ranked} WHERE rn > 3;"));
     assert!(e.contains("rn <= N") && e.contains("is not that"), "{e}");
     let e = refused(
@@ -407,6 +433,60 @@ fn min_and_max_over_an_updating_aggregation_fall_back_to_the_values_left() {
             (&["a:2"], &["a=1,5", "b=1,1"]),
             (&["a:3"], &["a=3,5", "b=1,1"]),
             (&["a:2", "a:1"], &["a=4,6", "b=1,1"]),
+        ],
+    );
+}
+
+/// A bounded OVER aggregate over a top-1 (Nexmark q6's shape): when an
+/// item's best bid changes, its row moves in its seller's order (or to
+/// another seller), and the rows whose frame changed are updated.
+#[test]
+fn an_over_window_over_a_top_n_updates_the_rows_whose_frame_changed() {
+    // Records are seller:item:price; each item's highest price wins, and
+    // per seller each item's winning price is summed with the one before
+    // it in price order. Table rows: item=seller,sum.
+    table_after_each_step(
+        "running",
+        "CREATE SINK running WITH (type = 'table');\n\
+         INSERT INTO running SELECT item, concat_ws(',', seller, \
+           sum(price) OVER (PARTITION BY seller ORDER BY price, item \
+                            ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)) AS s FROM (\
+           SELECT item, seller, price FROM (\
+             SELECT split_part(value, ':', 1) AS seller, split_part(value, ':', 2) AS item, \
+                    CAST(split_part(value, ':', 3) AS BIGINT) AS price, \
+                    row_number() OVER (PARTITION BY split_part(value, ':', 2) \
+                                       ORDER BY CAST(split_part(value, ':', 3) AS BIGINT) DESC) AS rn \
+             FROM ev) WHERE rn = 1);",
+        &[
+            (&["s:a:5", "s:b:3"], &["a=s,8", "b=s,3"]),
+            (&["s:c:4"], &["a=s,9", "b=s,3", "c=s,7"]),
+            // b's best price moves it last: c now starts the order.
+            (&["s:b:10"], &["a=s,9", "b=s,15", "c=s,4"]),
+            // a leaves seller s for seller t.
+            (&["t:a:6"], &["a=t,6", "b=s,14", "c=s,4"]),
+            // Not better than c's 4: nothing changes.
+            (&["s:c:2"], &["a=t,6", "b=s,14", "c=s,4"]),
+            (
+                &["t:d:1", "t:e:7", "s:f:1"],
+                &["a=t,7", "b=s,14", "c=s,5", "d=t,1", "e=t,13", "f=s,1"],
+            ),
+        ],
+    );
+    // Without PARTITION BY: one order over every item.
+    table_after_each_step(
+        "overall",
+        "CREATE SINK overall WITH (type = 'table');\n\
+         INSERT INTO overall SELECT item, \
+           sum(price) OVER (ORDER BY price, item ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS s FROM (\
+           SELECT item, price FROM (\
+             SELECT split_part(value, ':', 2) AS item, CAST(split_part(value, ':', 3) AS BIGINT) AS price, \
+                    row_number() OVER (PARTITION BY split_part(value, ':', 2) \
+                                       ORDER BY CAST(split_part(value, ':', 3) AS BIGINT) DESC) AS rn \
+             FROM ev) WHERE rn = 1);",
+        &[
+            (&["s:a:5", "s:b:3"], &["a=8", "b=3"]),
+            (&["s:c:4"], &["a=9", "b=3", "c=7"]),
+            (&["t:b:10"], &["a=9", "b=15", "c=4"]),
         ],
     );
 }

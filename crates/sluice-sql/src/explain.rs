@@ -129,6 +129,14 @@ fn describe(out: &mut String, q: &Query) {
                 "group"
             }
         );
+        if let Some(over) = &top.over {
+            let _ = writeln!(
+                out,
+                "  OVER window: every slot of the top-N (group, rank) is one row, kept in the window's partition and order with an index from slot to row (not expired); each batch moves the changed slots' rows and recomputes, with DataFusion's window function, the {} rows from each changed position on (each over the {} rows before it); they are updates keyed by the slot",
+                over.preceding + 1,
+                over.preceding
+            );
+        }
         if let Some(ttl) = top.ttl_ms {
             let _ = writeln!(
                 out,

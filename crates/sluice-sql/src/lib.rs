@@ -31,6 +31,7 @@ mod functions;
 mod incremental;
 mod join;
 mod options;
+mod over;
 mod pipeline;
 mod planner;
 mod retraction;

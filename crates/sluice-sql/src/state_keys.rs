@@ -19,6 +19,8 @@
 //! | `0x0a` | last update time, group                    | empty: index of top-N groups by last update, for `state_ttl` | top_n |
 //! | `0x0b` | outer group (Arrow row format)             | the outer aggregates' states, their value counts and the group's row count | retraction (an aggregation over an updating one) |
 //! | `0x0c` | outer group, aggregate (u16), value (row format) | how many of the group's rows have the value (i64 LE): a `min`/`max` over an updating aggregation | retraction |
+//! | `0x0d` | partition, sort key (row format), slot     | the slot's row (Arrow row format): an OVER window's rows in its order | over |
+//! | `0x0e` | slot (top-N group, rank u64 BE)            | the partition prefix's length (u32 LE), then the slot's `0x0d` key | over |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -44,6 +46,10 @@ pub(crate) const TOP_N_TTL_TAG: u8 = 10;
 const OUTER_GROUP_TAG: u8 = 11;
 /// Values held by the outer groups' `min`/`max`.
 const EXTREME_TAG: u8 = 12;
+/// An OVER window's rows, in its partitions' order.
+const OVER_ROW_TAG: u8 = 13;
+/// Where each slot's row is in [`OVER_ROW_TAG`].
+const OVER_SLOT_TAG: u8 = 14;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -289,6 +295,50 @@ pub(crate) fn top_n_of_ttl_key(index: &[u8]) -> Vec<u8> {
     top_n_key(&index[9..])
 }
 
+/// Where an OVER window keeps partition `partition`'s rows: every row of
+/// the partition has this prefix (the partition's row format is
+/// self-delimiting), and no other row has it.
+pub(crate) fn over_prefix(partition: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + partition.len());
+    key.push(OVER_ROW_TAG);
+    key.extend_from_slice(partition);
+    key
+}
+
+/// A row of an OVER window: its partition's prefix, its sort key (byte
+/// order is the ORDER BY's), and its slot, which breaks ties.
+pub(crate) fn over_row_key(prefix: &[u8], sort: &[u8], slot: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + sort.len() + slot.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(sort);
+    key.extend_from_slice(slot);
+    key
+}
+
+/// The index entry saying where a slot's row is.
+pub(crate) fn over_slot_key(slot: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + slot.len());
+    key.push(OVER_SLOT_TAG);
+    key.extend_from_slice(slot);
+    key
+}
+
+/// An [`over_slot_key`]'s value: the row's key and how long its
+/// partition's prefix is.
+pub(crate) fn over_slot_value(prefix_len: usize, row_key: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + row_key.len());
+    value.extend_from_slice(&(prefix_len as u32).to_le_bytes());
+    value.extend_from_slice(row_key);
+    value
+}
+
+/// The (partition prefix, row key) an [`over_slot_value`] holds.
+pub(crate) fn over_slot_target(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let len = u32::from_le_bytes(value.get(..4)?.try_into().ok()?) as usize;
+    let key = value.get(4..)?;
+    Some((key.get(..len)?.to_vec(), key.to_vec()))
+}
+
 /// The newest time and batch id of a legacy ([`JOIN_TAG`]) slice key.
 pub(crate) fn legacy_join_slice(key: &[u8]) -> (i64, u64) {
     let mut batch = [0u8; 8];
@@ -348,12 +398,27 @@ mod tests {
             ttl_key(1, &group_key(None, b"g"))[0],
             session_end_key(1, &session_key(b"g", 0))[0],
             distinct_prefix(&group_key(None, b"g"))[0],
+            outer_group_key(b"g")[0],
+            over_prefix(b"p")[0],
+            over_slot_key(b"s")[0],
         ];
         let mut sorted = tags.to_vec();
+        sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), tags.len());
         assert!(join_from(0, i64::MIN) < join_end(0));
         assert!(join_key(0, i64::MAX, u64::MAX, u32::MAX) < join_end(0));
+    }
+
+    #[test]
+    fn an_over_slot_points_at_its_row_and_partition() {
+        let prefix = over_prefix(b"seller-7");
+        let row = over_row_key(&prefix, b"sort", b"slot");
+        assert!(row.starts_with(&prefix));
+        let value = over_slot_value(prefix.len(), &row);
+        assert_eq!(over_slot_target(&value), Some((prefix, row)));
+        assert_eq!(over_slot_target(&value[..3]), None);
+        assert_eq!(over_slot_target(&[9, 0, 0, 0, 1]), None);
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! the key): a row pushed out of a larger top-N would need a delete, which
 //! sinks do not take yet.
 //!
+//! With a bounded OVER aggregate above the top-N (Nexmark q6), the
+//! changed ranks go to [`crate::over`] instead, each identified by its
+//! slot (group and rank), and the rest of the query runs above that
+//! window.
+//!
 //! This module owns the pattern's recognition, the state's layout and the
 //! merge; the runner hands it the batch's session and commits.
 
@@ -37,6 +42,7 @@ use rocksdb::ColumnFamily;
 use sluice_engine::plan::BatchCx;
 
 use crate::error::SqlError;
+use crate::over::{self, Over};
 use crate::state_keys;
 
 /// A query's top-N, as recognized when it is planned.
@@ -53,6 +59,9 @@ pub(crate) struct TopN {
     /// The sink's `state_ttl`: a group not changed for this long (batch
     /// time) is forgotten.
     pub ttl_ms: Option<i64>,
+    /// A bounded OVER aggregate over the ranked rows (each group's rank
+    /// one of its rows), recomputed where they change.
+    pub over: Option<Over>,
 }
 
 /// Whether a plan uses a window function (`… OVER (…)`).
@@ -60,10 +69,13 @@ pub(crate) fn has_window(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Window(_)) || plan.inputs().into_iter().any(has_window)
 }
 
-/// The nodes from `plan` down to its window, the window last.
+/// The nodes from `plan` down to its deepest window (one with no window
+/// under it), that window last.
 fn path_to_window<'p>(plan: &'p LogicalPlan, path: &mut Vec<&'p LogicalPlan>) -> bool {
     path.push(plan);
-    if matches!(plan, LogicalPlan::Window(_)) {
+    if let LogicalPlan::Window(w) = plan
+        && !has_window(&w.input)
+    {
         return true;
     }
     for input in plan.inputs() {
@@ -83,7 +95,7 @@ fn unalias(expr: &Expr) -> &Expr {
 }
 
 /// Why an OVER window is not incremental, for any shape but top-N.
-const ONLY_TOP_N: &str = "OVER windows over an unbounded stream are incremental only as a top-N per group: ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn in a subquery, filtered by WHERE rn <= N outside it";
+const ONLY_TOP_N: &str = "OVER windows over an unbounded stream are incremental only as a top-N per group: ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn in a subquery, filtered by WHERE rn <= N outside it (and, over its rows, aggregates OVER (… ROWS BETWEEN n PRECEDING AND CURRENT ROW))";
 
 /// Recognizes a top-N in an optimized plan: one `ROW_NUMBER()` with an
 /// ORDER BY, above it only projections and filters, one of which keeps
@@ -96,9 +108,6 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
     let Some(LogicalPlan::Window(window)) = path.last() else {
         return Err(ONLY_TOP_N.into());
     };
-    if has_window(&window.input) {
-        return Err(format!("{ONLY_TOP_N}; this query has several"));
-    }
     let [expr] = window.window_expr.as_slice() else {
         return Err(format!(
             "{ONLY_TOP_N}; this query computes {} window functions in one OVER",
@@ -120,8 +129,13 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
     let rank_field = window.schema.field(window.schema.fields().len() - 1);
     let mut names = vec![rank_field.name().clone()];
     let mut n = None;
-    for node in path.iter().rev().skip(1) {
+    let mut over = None;
+    for (at, node) in path.iter().enumerate().rev().skip(1) {
         match node {
+            LogicalPlan::Window(above) => {
+                over = Some(over::recognize(&path[..at], above)?);
+                break;
+            }
             LogicalPlan::Projection(p) => {
                 let mut next = Vec::new();
                 for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
@@ -163,7 +177,7 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
         "ROW_NUMBER() over an unbounded stream ranks rows forever: keep the top ones with WHERE rn <= N outside the subquery that computes it".to_string()
     })?;
     let rank_in_output = !names.is_empty();
-    if !rank_in_output && n > 1 {
+    if !rank_in_output && n > 1 && over.is_none() {
         return Err(format!(
             "a top-{n} without its rank in the output would need to delete the row pushed out of the top {n}, which sinks do not take yet: select the ROW_NUMBER() column (each group's rank is then the row's key), or keep the top 1"
         ));
@@ -179,7 +193,7 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
                 .collect(),
         ),
         format!(
-            "{} by {}",
+            "{} by {}{}",
             list(
                 window
                     .input
@@ -196,7 +210,9 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
                     .iter()
                     .map(|s| s.to_string())
                     .collect()
-            )
+            ),
+            over.as_ref()
+                .map_or_else(String::new, |o| format!(", then {}", o.signature))
         ),
     );
     Ok(TopN {
@@ -204,6 +220,7 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
         rank_in_output,
         signature,
         ttl_ms: None,
+        over,
     })
 }
 
@@ -520,7 +537,8 @@ pub(crate) async fn rank(
         });
     }
     let n = top.n as usize;
-    let mut changed: Vec<(&[u8], u64)> = Vec::new();
+    // (group, row, rank) of every rank whose row changed.
+    let mut changed: Vec<(&[u8], &[u8], u64)> = Vec::new();
     let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (((group, mut new), state_key), (updated, old)) in
         touched.into_iter().zip(state_keys).zip(&stored)
@@ -549,7 +567,7 @@ pub(crate) async fn rank(
         let mut any = false;
         for (rank, (_, row)) in merged.iter().enumerate() {
             if old.get(rank).is_none_or(|(_, r)| r.as_slice() != *row) {
-                changed.push((row, rank as u64 + 1));
+                changed.push((group, row, rank as u64 + 1));
                 any = true;
             }
         }
@@ -578,19 +596,50 @@ pub(crate) async fn rank(
         return Ok(Vec::new());
     }
     let parser = rows_codec.parser();
-    let mut columns = rows_codec.convert_rows(changed.iter().map(|(row, _)| parser.parse(row)))?;
+    let mut columns =
+        rows_codec.convert_rows(changed.iter().map(|(_, row, _)| parser.parse(row)))?;
     columns.push(Arc::new(UInt64Array::from_iter_values(
-        changed.iter().map(|(_, rank)| *rank),
+        changed.iter().map(|(_, _, rank)| *rank),
     )));
-    let ranked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
-        window
-            .schema
+    if let Some(over) = &top.over {
+        // Each changed rank is a slot of the window: the group and the
+        // rank identify it.
+        let slots = changed
+            .iter()
+            .map(|(group, _, rank)| {
+                let mut slot = Vec::with_capacity(group.len() + 8);
+                slot.extend_from_slice(group);
+                slot.extend_from_slice(&rank.to_be_bytes());
+                slot
+            })
+            .collect();
+        let ranked = RecordBatch::try_new(renamed(&window.schema), columns)?;
+        return over::apply(session, plan, over, cx, cf, ranked, slots).await;
+    }
+    rest_of(session, plan, window, columns).await
+}
+
+/// A window's output schema with its columns named `c0`, `c1`, ….
+fn renamed(schema: &datafusion::common::DFSchema) -> Arc<datafusion::arrow::datatypes::Schema> {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(
+        schema
             .fields()
             .iter()
             .enumerate()
             .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
             .collect::<Vec<_>>(),
-    ));
+    ))
+}
+
+/// Runs the rest of `plan` (what stands above `window`) over `columns`,
+/// the window's output computed elsewhere, in place of the window.
+pub(crate) async fn rest_of(
+    session: &SessionContext,
+    plan: &LogicalPlan,
+    window: &Window,
+    columns: Vec<ArrayRef>,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let ranked_schema = renamed(&window.schema);
     let ranked = RecordBatch::try_new(ranked_schema.clone(), columns)?;
     // The rest of the query, over the changed ranks in place of the window.
     const RANKED: &str = "__sluice_top_n";
