@@ -11,11 +11,12 @@
 //! (q13 reads `jobs/data/nexmark_side_input.csv`: the jobs run in the
 //! repository's root.)
 //!
-//! Queries whose windows close by the watermark (q5, q7, q8, q11) are left
-//! to the window tests: a stream's last windows never close, where the
-//! batch query sees them whole. q12's windows are of processing time: its
-//! test checks what timing cannot change. q14 runs in this process with
-//! its user function registered.
+//! Queries whose rows wait for the watermark (q5, q7, q8) run on their
+//! own, with one event an hour later appended to every partition so the
+//! watermark passes every generated window. q11's sessions are left to
+//! the session tests (a batch query does not merge sessions); q12's
+//! windows are of processing time: its test checks what timing cannot
+//! change. q14 runs in this process with its user function registered.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -122,6 +123,28 @@ const CASES: [Case; 14] = [
     },
 ];
 
+/// Queries whose rows wait for the watermark: windows it closes (q5, q7)
+/// or join buffers it evicts (q8). q7's bid among several of the
+/// window's highest price is either (`first_value`): compared by window
+/// and price.
+const WINDOWED: [Case; 3] = [
+    Case {
+        query: "q5",
+        key: &[],
+        compared: None,
+    },
+    Case {
+        query: "q7",
+        key: &[],
+        compared: Some(&["window_start", "window_end", "price"]),
+    },
+    Case {
+        query: "q8",
+        key: &[],
+        compared: None,
+    },
+];
+
 /// A job file's statements, `;`-terminated, comments dropped.
 fn statements(query: &str) -> Vec<String> {
     let path = common::repo("jobs/nexmark").join(format!("{query}.sql"));
@@ -162,10 +185,10 @@ fn with_option(statement: &str, option: &str, value: &str) -> String {
 /// Every case's job file in one script: each stream declared once, each
 /// sink (a blackhole, or q10's partitioned files) a JSON file sink under
 /// `out/<query>`, plus `extra`.
-fn combined_script(out: &Path, extra: &str) -> String {
+fn combined_script(cases: &[Case], out: &Path, extra: &str) -> String {
     let mut streams: BTreeMap<String, String> = BTreeMap::new();
     let mut rest = String::new();
-    for case in &CASES {
+    for case in cases {
         for s in statements(case.query) {
             if s.starts_with("CREATE STREAM") {
                 let name = s.split_whitespace().nth(2).unwrap().to_owned();
@@ -261,6 +284,7 @@ fn reference(events: u64) -> Reference {
     for f in sluice::sql::scalar_functions() {
         reference.ctx().register_udf(f);
     }
+    let mut tables = std::collections::HashMap::new();
     for kind in EventKind::ALL {
         let bytes = lines.remove(&kind).unwrap_or_default();
         let reader = datafusion::arrow::json::ReaderBuilder::new(schema(kind))
@@ -268,8 +292,11 @@ fn reference(events: u64) -> Reference {
             .unwrap();
         let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
         let batch = datafusion::arrow::compute::concat_batches(&schema(kind), &batches).unwrap();
+        tables.insert(kind.topic().to_owned(), vec![batch.clone()]);
         reference.batch(kind.topic(), batch);
     }
+    // HOP and TUMBLE window the rows as a job's queries do.
+    sluice::sql::register_window_functions(reference.ctx(), tables);
     // q13's side input, as its job file reads it.
     let side_input = Arc::new(Schema::new(vec![
         Field::new("key", DataType::Int64, true),
@@ -406,8 +433,8 @@ fn comparable(case: &Case, columns: &[String], rows: Vec<Vec<Value>>) -> BTreeMa
 }
 
 /// Each case's written rows against the reference's.
-fn check(how: &str, out: &Path, reference: &Reference, small: bool) {
-    for case in &CASES {
+fn check(cases: &[Case], how: &str, out: &Path, reference: &Reference, small: bool) {
+    for case in cases {
         check_case(case, how, out, reference, small);
     }
 }
@@ -464,13 +491,14 @@ fn run_through(events: u64, per_batch: u64) {
     let (data, out) = (dir.path().join("data"), dir.path().join("out"));
     generate(&data, events);
     let job = dir.path().join("nexmark.sql");
-    std::fs::write(&job, combined_script(&out, "")).unwrap();
+    std::fs::write(&job, combined_script(&CASES, &out, "")).unwrap();
     common::sluice_run(&job, &data, &dir.path().join("cp"))
         .current_dir(common::repo(""))
         .args(["--interval", "1ms", "--quiet"])
         .args(["--max-records-per-batch", &per_batch.to_string()])
         .ok();
     check(
+        &CASES,
         &format!("over {events} events, {per_batch} records per batch"),
         &out,
         &reference(events),
@@ -493,6 +521,72 @@ fn nexmark_queries_equal_the_batch_query_one_record_per_batch() {
     run_through(400, 1);
 }
 
+/// Appends to every partition of the three topics one event an hour
+/// after the last generated one: every stream's watermark then passes
+/// every window of the generated events, which all close. The events
+/// match nothing of them (ids -1 and -2), and their own windows stay open.
+fn flush(data: &Path, events: u64) {
+    let generator = Generator::new(NexmarkConfig {
+        seed: SEED,
+        rate: RATE,
+        ..NexmarkConfig::default()
+    });
+    let later = sluice::nexmark::json::format_timestamp(generator.timestamp_ms(events) + 3_600_000);
+    let store = sluice::log::LogStore::open(data, common::quiet()).unwrap();
+    let records = [
+        (
+            "person",
+            format!(
+                r#"{{"id":-1,"name":"","email_address":"","credit_card":"","city":"","state":"","date_time":"{later}","extra":""}}"#
+            ),
+        ),
+        (
+            "auction",
+            format!(
+                r#"{{"id":-1,"item_name":"","description":"","initial_bid":0,"reserve":0,"date_time":"{later}","expires":"{later}","seller":-2,"category":-1,"extra":""}}"#
+            ),
+        ),
+        (
+            "bid",
+            format!(
+                r#"{{"auction":-1,"bidder":-1,"price":0,"channel":"","url":"","date_time":"{later}","extra":""}}"#
+            ),
+        ),
+    ];
+    for (topic, record) in records {
+        let topic = store.topic(topic).unwrap();
+        for partition in 0..PARTITIONS.parse::<i32>().unwrap() {
+            common::append_values(&topic, partition, [record.as_bytes()], 0);
+        }
+    }
+}
+
+#[test]
+fn windowed_nexmark_queries_equal_the_batch_query_over_their_closed_windows() {
+    for (events, per_batch) in [(20_000, 10_000), (3_000, 7)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+        generate(&data, events);
+        flush(&data, events);
+        let job = dir.path().join("nexmark.sql");
+        std::fs::write(&job, combined_script(&WINDOWED, &out, "")).unwrap();
+        common::sluice_run(&job, &data, &dir.path().join("cp"))
+            .current_dir(common::repo(""))
+            .args(["--interval", "1ms", "--quiet"])
+            .args(["--max-records-per-batch", &per_batch.to_string()])
+            .ok();
+        check(
+            &WINDOWED,
+            &format!(
+                "over {events} events and their closed windows, {per_batch} records per batch"
+            ),
+            &out,
+            &reference(events),
+            false,
+        );
+    }
+}
+
 #[test]
 fn nexmark_queries_equal_the_batch_query_after_sigkills() {
     let events = 3_000;
@@ -505,6 +599,7 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
     std::fs::write(
         &job,
         combined_script(
+            &CASES,
             &out,
             "CREATE SINK kill_switch WITH (type = 'topic', topic = 'kill_switch');\nINSERT INTO kill_switch SELECT _offset AS o FROM bid;\n",
         ),
@@ -530,6 +625,7 @@ fn nexmark_queries_equal_the_batch_query_after_sigkills() {
         |_| {},
     );
     check(
+        &CASES,
         &format!("after SIGKILLs (crash seed {seed}) and restarts"),
         &out,
         &reference(events),

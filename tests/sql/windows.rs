@@ -423,6 +423,33 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
         "INSERT INTO out SELECT url, window_end, count(DISTINCT url) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;",
         &["over session windows is not incremental"],
     );
+    // OVER over a windowed aggregation: whole windows, in append mode.
+    let counts = "(SELECT url, count(*) AS n, window_start, window_end FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end)";
+    refused(
+        STREAM,
+        ", mode = 'update'",
+        &format!(
+            "INSERT INTO out SELECT url, n, RANK() OVER (PARTITION BY window_start, window_end ORDER BY n DESC) AS r FROM {counts};"
+        ),
+        &["once the window closes", "mode = 'append'"],
+    );
+    refused(
+        STREAM,
+        ", mode = 'append'",
+        &format!(
+            "INSERT INTO out SELECT url, n, RANK() OVER (PARTITION BY url ORDER BY n DESC) AS r FROM {counts};"
+        ),
+        &["must be PARTITION BY the window", "windows still open"],
+    );
+    refused(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT url, n, RANK() OVER (ORDER BY n DESC) AS r FROM (SELECT url, count(*) AS n FROM clicks GROUP BY url);",
+        &[
+            "ranks rows that change",
+            "PARTITION BY window_start, window_end",
+        ],
+    );
     let session = "INSERT INTO out SELECT url, window_start, window_end, count(*) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;";
     refused(
         STREAM,
@@ -770,6 +797,74 @@ fn an_aggregation_over_closed_windows_sees_each_window_whole() {
         .into_iter()
         .filter(|r| !r.starts_with("window_start"))
         .collect();
+    assert_eq!(got, expected, "{out}");
+}
+
+/// RANK() within each closed window of a windowed aggregation (Nexmark
+/// q5, Flink's window Top-N): every url tied for a window's most clicks
+/// comes out, once, when the window closes.
+#[test]
+fn a_rank_within_closed_windows_keeps_every_tie() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = clicks();
+    {
+        let store = LogStore::open(&data, common::quiet()).unwrap();
+        append_clicks(&store, 3, &input);
+        append_clicks(
+            &store,
+            3,
+            &[
+                (0, "/end", 10_000_000),
+                (1, "/end", 10_000_000),
+                (2, "/end", 10_000_000),
+            ],
+        );
+    }
+    let job = dir.path().join("top.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+             INSERT INTO out SELECT window_start, url, n FROM (\n\
+               SELECT url, n, window_start, RANK() OVER (PARTITION BY window_start, window_end ORDER BY n DESC) AS r FROM (\n\
+                 SELECT url, count(*) AS n, window_start, window_end\n\
+                 FROM TUMBLE(clicks, ts, INTERVAL '5' SECOND) GROUP BY url, window_start, window_end)\n\
+             ) WHERE r = 1;"
+        ),
+    )
+    .unwrap();
+    let (out, _) = run_job(
+        &job,
+        &data,
+        &dir.path().join("cp"),
+        &["--max-records-per-batch", "13"],
+    );
+    let mut per_window: BTreeMap<i64, BTreeMap<&str, i64>> = BTreeMap::new();
+    for (_, url, ts) in &input {
+        *per_window
+            .entry(ts.div_euclid(5_000) * 5_000)
+            .or_default()
+            .entry(url)
+            .or_default() += 1;
+    }
+    let mut expected = Vec::new();
+    for (start, urls) in &per_window {
+        let top = urls.values().max().unwrap();
+        for (url, n) in urls.iter().filter(|(_, n)| *n == top) {
+            expected.push(format!("{},{url},{n}", ms_text(*start)));
+        }
+    }
+    expected.sort();
+    assert!(
+        expected.len() > per_window.len(),
+        "no window has a tie: the test shows nothing"
+    );
+    let mut got: Vec<String> = console_rows(&out)
+        .into_iter()
+        .filter(|r| !r.starts_with("window_start"))
+        .collect();
+    got.sort();
     assert_eq!(got, expected, "{out}");
 }
 

@@ -66,6 +66,11 @@ pub(crate) struct Aggregation {
     /// An aggregation above this one, without windows, that takes each
     /// changed group's previous row back (see [`crate::retraction`]).
     pub outer: Option<Box<Outer>>,
+    /// OVER window functions run above it, partitioned by its window: in
+    /// append mode each closed window's rows come out in one batch, whole,
+    /// and the functions run over them (a rank within each window, as
+    /// Flink's window Top-N).
+    pub ranked: bool,
 }
 
 impl Aggregation {
@@ -165,6 +170,11 @@ fn window_column(
     }
 }
 
+/// The sorts DataFusion puts under an OVER window.
+fn sorts(plan: &dyn ExecutionPlan) -> bool {
+    matches!(plan.name(), "SortExec" | "SortPreservingMergeExec")
+}
+
 fn is_passthrough(plan: &dyn ExecutionPlan) -> bool {
     matches!(
         plan.name(),
@@ -178,27 +188,97 @@ pub(crate) fn analyze(
     plan: &Arc<dyn ExecutionPlan>,
     event_time: Option<&str>,
 ) -> Result<Option<Aggregation>, String> {
-    // Aggregations from the top down.
+    // Aggregations from the top down, and OVER windows above them (each
+    // with the sort DataFusion puts under it).
     let mut found: Vec<Aggregation> = Vec::new();
-    let mut stack: Vec<(Arc<dyn ExecutionPlan>, bool)> = vec![(plan.clone(), false)];
-    while let Some((node, below_aggregate)) = stack.pop() {
+    let mut windows: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    let mut stack: Vec<(Arc<dyn ExecutionPlan>, bool, bool)> = vec![(plan.clone(), false, false)];
+    while let Some((node, below_aggregate, under_window)) = stack.pop() {
+        let is_window = matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec");
         if !below_aggregate {
-            refuse_unbounded(node.name())?;
+            if is_window {
+                windows.push(node.clone());
+            } else if !(under_window && sorts(node.as_ref())) {
+                refuse_unbounded(node.name())?;
+            }
         }
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
             let aggregation = aggregation_at(&node, agg, event_time)?;
             // Below the aggregation: what its partial phase reads.
             for child in aggregation.partial.children() {
-                stack.push((child.clone(), true));
+                stack.push((child.clone(), true, false));
             }
             found.push(aggregation);
             continue;
         }
+        // DataFusion may put projections between a window and its sort.
+        let sorts_for_window = is_window
+            || (under_window
+                && (is_passthrough(node.as_ref())
+                    || sorts(node.as_ref())
+                    || node.name() == "ProjectionExec"));
         for child in node.children() {
-            stack.push((child.clone(), below_aggregate));
+            stack.push((child.clone(), below_aggregate, sorts_for_window));
         }
     }
-    innermost(found)
+    let mut inner = innermost(found)?;
+    if !windows.is_empty() {
+        let Some(agg) = inner.as_mut() else {
+            return Err(OVER_NOT_INCREMENTAL.into());
+        };
+        ranks_whole_windows(agg, &windows)?;
+        agg.ranked = true;
+    }
+    Ok(inner)
+}
+
+const OVER_NOT_INCREMENTAL: &str = "OVER (…) window functions are not incremental yet: for the first row per key (ROW_NUMBER() … = 1), GROUP BY the key with first_value(col ORDER BY ts)";
+
+/// Refuses OVER windows above `agg` unless each runs over whole windows
+/// of it: partitioned by its window column (`window_start` or
+/// `window_end`, however renamed), with only projections and filters
+/// between them.
+fn ranks_whole_windows(
+    agg: &Aggregation,
+    windows: &[Arc<dyn ExecutionPlan>],
+) -> Result<(), String> {
+    let Some(window) = agg
+        .window
+        .as_ref()
+        .filter(|_| !agg.nested && agg.outer.is_none())
+    else {
+        return Err("an OVER window over an aggregation ranks rows that change (retractions are not supported there yet): OVER (PARTITION BY window_start, window_end …) over one windowed aggregation in append mode ranks each window's rows when it closes".into());
+    };
+    let base: std::collections::HashSet<usize> = [window.column].into_iter().collect();
+    for node in windows {
+        let expressions: Vec<Arc<dyn datafusion::physical_plan::WindowExpr>> = if let Some(w) =
+            node.downcast_ref::<datafusion::physical_plan::windows::BoundedWindowAggExec>()
+        {
+            w.window_expr().to_vec()
+        } else if let Some(w) =
+            node.downcast_ref::<datafusion::physical_plan::windows::WindowAggExec>()
+        {
+            w.window_expr().to_vec()
+        } else {
+            return Err(OVER_NOT_INCREMENTAL.into());
+        };
+        let input = node.children()[0].clone();
+        let (windowed, _) = crate::retraction::derived_columns(&input, &agg.top, &base)
+            .map_err(|why| format!("an OVER window over a windowed aggregation: {why}"))?;
+        for expr in &expressions {
+            let by_window = expr.partition_by().iter().any(|p| {
+                p.downcast_ref::<datafusion::physical_plan::expressions::Column>()
+                    .is_some_and(|c| windowed.contains(&c.index()))
+            });
+            if !by_window {
+                return Err(format!(
+                    "an OVER window over a windowed aggregation runs when each window closes, over its rows: {} must be PARTITION BY the window (window_start or window_end), or it would rank rows of windows still open",
+                    expr.name()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The aggregation of a batch's plan: planned anew over the batch's
@@ -221,7 +301,7 @@ fn refuse_unbounded(operator: &str) -> Result<(), String> {
     match operator {
         "SortExec" | "SortPreservingMergeExec" => Err("ORDER BY over an unbounded stream never finishes: sort each batch's output in the sink, or aggregate first".into()),
         "GlobalLimitExec" | "LocalLimitExec" => Err("LIMIT over an unbounded stream is not incremental: remove it (the console shows the first rows of every batch)".into()),
-        "BoundedWindowAggExec" | "WindowAggExec" => Err("OVER (…) window functions are not incremental yet: for the first row per key (ROW_NUMBER() … = 1), GROUP BY the key with first_value(col ORDER BY ts)".into()),
+        "BoundedWindowAggExec" | "WindowAggExec" => Err(OVER_NOT_INCREMENTAL.into()),
         _ => Ok(()),
     }
 }
@@ -296,6 +376,7 @@ fn aggregation_at(
         distinct_sets,
         stored_types,
         outer: None,
+        ranked: false,
     })
 }
 

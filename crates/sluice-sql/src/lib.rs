@@ -73,6 +73,17 @@ pub fn scalar_functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
     ]
 }
 
+/// Sluice's window table functions (`TUMBLE`, `HOP`, and `SESSION`'s
+/// per-row windows, before a job merges them into sessions) over `tables`
+/// (stream name → its rows), for a DataFusion session of one's own: a
+/// batch query that must window rows as a job's queries do.
+pub fn register_window_functions(
+    session: &datafusion::prelude::SessionContext,
+    tables: std::collections::HashMap<String, Vec<datafusion::arrow::array::RecordBatch>>,
+) {
+    window::register(session, Arc::new(tables));
+}
+
 /// What building a script found out about its queries.
 #[derive(Debug, Clone, Copy)]
 pub struct Built {

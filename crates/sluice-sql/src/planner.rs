@@ -115,17 +115,24 @@ impl<'s> Planner<'s> {
         let mode = checks::output_mode(sink, self.script.console_mode.as_deref(), line)?;
         // A top-N's window and the sort under it run over each batch's
         // new rows only; the ranking across batches is the state's.
-        let top_n = if topn::has_window(&planned.logical) {
-            let top = topn::recognize(&planned.logical).map_err(unsupported)?;
-            checks::top_n_fits(&planned.logical, mode).map_err(unsupported)?;
-            Some(top)
-        } else {
-            None
-        };
+        let top_n =
+            if topn::has_window(&planned.logical) && !topn::over_aggregation(&planned.logical) {
+                let top = topn::recognize(&planned.logical).map_err(unsupported)?;
+                checks::top_n_fits(&planned.logical, mode).map_err(unsupported)?;
+                Some(top)
+            } else {
+                None
+            };
         let aggregation = match top_n {
             Some(_) => None,
             None => aggregation::analyze(&planned.physical, event_time).map_err(unsupported)?,
         };
+        if aggregation.as_ref().is_some_and(|a| a.ranked) && mode != OutputMode::Append {
+            return Err(unsupported(format!(
+                "an OVER window over a windowed aggregation runs over each window's rows once the window closes, so its sink takes them in append mode (mode = 'append'), not mode = '{}'",
+                format!("{mode:?}").to_lowercase()
+            )));
+        }
         let ttl_ms = checks::state_ttl(sink, line)?;
         let join = match inputs.as_slice() {
             [a, b] => Some(checks::join_bound(

@@ -251,9 +251,13 @@ pub(crate) fn derived_columns(
         return Ok((columns, true));
     }
     match node.name() {
-        "RepartitionExec" | "CoalescePartitionsExec" | "CoalesceBatchesExec" => {
-            Ok((below, filtered))
-        }
+        // Sorts keep every row and column (an OVER window's, above a
+        // windowed aggregation).
+        "RepartitionExec"
+        | "CoalescePartitionsExec"
+        | "CoalesceBatchesExec"
+        | "SortExec"
+        | "SortPreservingMergeExec" => Ok((below, filtered)),
         other => Err(format!(
             "{other} over the aggregation: only projections and filters can lie between an aggregation and the updating one it aggregates"
         )),

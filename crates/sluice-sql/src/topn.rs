@@ -69,6 +69,21 @@ pub(crate) fn has_window(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Window(_)) || plan.inputs().into_iter().any(has_window)
 }
 
+/// Whether the plan's deepest window ranks an aggregation's rows (not a
+/// top-N of a stream's: see [`crate::aggregation`], which runs such
+/// windows over each closed window of a windowed aggregation).
+pub(crate) fn over_aggregation(plan: &LogicalPlan) -> bool {
+    fn aggregates(plan: &LogicalPlan) -> bool {
+        matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
+            || plan.inputs().into_iter().any(aggregates)
+    }
+    let mut path = Vec::new();
+    match (path_to_window(plan, &mut path), path.last()) {
+        (true, Some(LogicalPlan::Window(w))) => aggregates(&w.input),
+        _ => false,
+    }
+}
+
 /// The nodes from `plan` down to its deepest window (one with no window
 /// under it), that window last.
 fn path_to_window<'p>(plan: &'p LogicalPlan, path: &mut Vec<&'p LogicalPlan>) -> bool {

@@ -223,6 +223,11 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
     if plan.top_n.is_some() {
         return Some("it keeps a top-N per group, which runs in one process for now");
     }
+    if plan.aggregation.as_ref().is_some_and(|a| a.ranked) {
+        return Some(
+            "it runs OVER windows over each closed window's rows, which runs in one process for now",
+        );
+    }
     if plan.aggregation.as_ref().is_some_and(|a| a.outer.is_some()) {
         return Some(
             "it aggregates an updating aggregation (retractions), which runs in one process for now",
