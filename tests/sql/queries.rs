@@ -146,9 +146,14 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
         e.contains("ranks rows forever") && e.contains("WHERE rn <= N"),
         "{e}"
     );
-    let e = refused(&format!("SELECT line FROM {ranked} WHERE rn <= 3;"));
+    // A top-N that drops rows from its output deletes them: not into a
+    // sink that only appends.
+    let files =
+        "CREATE SINK f WITH (type = 'file', format = 'json', path = 'out');\nINSERT INTO f ";
+    let e = refused(&format!("{files}SELECT line FROM {ranked} WHERE rn <= 3;"));
     assert!(
-        e.contains("top-3 without its rank") && e.contains("select the ROW_NUMBER() column"),
+        e.contains("top-3 without its rank in the output drops the row pushed out")
+            && e.contains("a file sink only appends"),
         "{e}"
     );
     // Over a top-N's rows: aggregates over ROWS BETWEEN n PRECEDING AND
@@ -179,10 +184,13 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
     );
     let e = refused(&format!("SELECT line FROM {ranked} WHERE rn > 3;"));
     assert!(e.contains("rn <= N") && e.contains("is not that"), "{e}");
-    let e = refused(
-        "SELECT line FROM (SELECT line, _offset, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1 AND _offset > 2;",
+    let e = refused(&format!(
+        "{files}SELECT line FROM (SELECT line, _offset, row_number() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1 AND _offset > 2;"
+    ));
+    assert!(
+        e.contains("filter over a top-N's ranked rows") && e.contains("a file sink only appends"),
+        "{e}"
     );
-    assert!(e.contains("filter inside the subquery"), "{e}");
     let e = refused(&format!("SELECT count(*) FROM {ranked} WHERE rn = 1;"));
     assert!(e.contains("retractions"), "{e}");
     let e = refused(&format!(
@@ -433,6 +441,52 @@ fn min_and_max_over_an_updating_aggregation_fall_back_to_the_values_left() {
             (&["a:2"], &["a=1,5", "b=1,1"]),
             (&["a:3"], &["a=3,5", "b=1,1"]),
             (&["a:2", "a:1"], &["a=4,6", "b=1,1"]),
+        ],
+    );
+}
+
+/// A top-N without its rank in the output deletes the row pushed out of
+/// the top N from a table sink (keyed by the row's first column).
+#[test]
+fn a_row_pushed_out_of_a_top_n_is_deleted_from_a_table_sink() {
+    // Records are group:item:price; each group's two highest prices.
+    table_after_each_step(
+        "best",
+        "CREATE SINK best WITH (type = 'table');\n\
+         INSERT INTO best SELECT item, concat_ws(',', grp, price) AS v FROM (\
+           SELECT split_part(value, ':', 1) AS grp, split_part(value, ':', 2) AS item, \
+                  CAST(split_part(value, ':', 3) AS BIGINT) AS price, \
+                  row_number() OVER (PARTITION BY split_part(value, ':', 1) \
+                                     ORDER BY CAST(split_part(value, ':', 3) AS BIGINT) DESC) AS rn \
+           FROM ev) WHERE rn <= 2;",
+        &[
+            (&["g:a:5", "g:b:3"], &["a=g,5", "b=g,3"]),
+            (&["g:c:4"], &["a=g,5", "c=g,4"]),
+            (&["g:d:9", "h:e:1"], &["a=g,5", "d=g,9", "e=h,1"]),
+            (&["h:f:0"], &["a=g,5", "d=g,9", "e=h,1", "f=h,0"]),
+            (&["g:b:6", "h:a:2"], &["a=h,2", "b=g,6", "d=g,9", "e=h,1"]),
+        ],
+    );
+}
+
+/// A filter over a top-N's ranked rows: a rank whose new row does not
+/// pass is deleted from the sink (keyed by the rank), instead of keeping
+/// the row it replaced.
+#[test]
+fn a_ranked_row_that_stops_passing_a_filter_is_deleted() {
+    table_after_each_step(
+        "ranked",
+        "CREATE SINK ranked WITH (type = 'table');\n\
+         INSERT INTO ranked SELECT rn, concat_ws(',', item, price) AS v FROM (\
+           SELECT split_part(value, ':', 1) AS item, CAST(split_part(value, ':', 2) AS BIGINT) AS price, \
+                  row_number() OVER (ORDER BY CAST(split_part(value, ':', 2) AS BIGINT) DESC) AS rn \
+           FROM ev) WHERE rn <= 2 AND item <> 'x';",
+        &[
+            (&["a:5", "c:4"], &["1=a,5", "2=c,4"]),
+            // x ranks first: rank 1 is deleted, a moves to rank 2.
+            (&["x:7"], &["2=a,5"]),
+            (&["d:9"], &["1=d,9"]),
+            (&["e:8"], &["1=d,9", "2=e,8"]),
         ],
     );
 }

@@ -125,10 +125,18 @@ fn describe(out: &mut String, q: &Query) {
             top.n,
             if top.rank_in_output {
                 "group and rank"
+            } else if top.n > 1 {
+                "the sink's key"
             } else {
                 "group"
             }
         );
+        if let Some(why) = &top.deletes {
+            let _ = writeln!(
+                out,
+                "  deletes: {why}: the rows the changed ranks held go through the rest of the query too, and those whose sink key no new row has are deleted"
+            );
+        }
         if let Some(over) = &top.over {
             let _ = writeln!(
                 out,

@@ -349,31 +349,7 @@ async fn filtered_groups(
         .map_err(|message| SqlError::State { message })?;
     let mut identity: Vec<usize> = identity.into_iter().collect();
     identity.sort_unstable();
-    let schema = plan.schema();
-    let converter = RowConverter::new(
-        identity
-            .iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect(),
-    )?;
-    let key_rows = |b: &RecordBatch| {
-        let key: Vec<ArrayRef> = identity.iter().map(|&i| b.column(i).clone()).collect();
-        converter.convert_columns(&key)
-    };
-    let mut passing: hashbrown::HashSet<Vec<u8>> = hashbrown::HashSet::new();
-    for b in &upserts {
-        let rows = key_rows(b)?;
-        passing.extend(rows.iter().map(|r| r.as_ref().to_vec()));
-    }
-    let mut deletes = Vec::new();
-    for b in &before {
-        let rows = key_rows(b)?;
-        let gone: datafusion::arrow::array::BooleanArray = rows
-            .iter()
-            .map(|r| Some(!passing.contains(r.as_ref())))
-            .collect();
-        deletes.push(datafusion::arrow::compute::filter_record_batch(b, &gone)?);
-    }
+    let deletes = crate::sinks::gone(&before, &upserts, &identity)?;
     Ok(Changelog { upserts, deletes })
 }
 

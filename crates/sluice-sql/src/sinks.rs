@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::decl::SinkDecl;
 use crate::error::SqlError;
@@ -47,6 +48,45 @@ impl From<Vec<RecordBatch>> for Changelog {
             deletes: Vec::new(),
         }
     }
+}
+
+/// The rows of `before` whose key (the columns `key`; none: the whole
+/// row) no row of `after` has: what left a query's output, to delete.
+pub(crate) fn gone(
+    before: &[RecordBatch],
+    after: &[RecordBatch],
+    key: &[usize],
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let Some(schema) = before.first().map(|b| b.schema()) else {
+        return Ok(Vec::new());
+    };
+    let key: Vec<usize> = if key.is_empty() {
+        (0..schema.fields().len()).collect()
+    } else {
+        key.to_vec()
+    };
+    let converter = RowConverter::new(
+        key.iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let key_rows = |b: &RecordBatch| {
+        let columns: Vec<ArrayRef> = key.iter().map(|&i| b.column(i).clone()).collect();
+        converter.convert_columns(&columns)
+    };
+    let mut kept: hashbrown::HashSet<Vec<u8>> = hashbrown::HashSet::new();
+    for b in after {
+        kept.extend(key_rows(b)?.iter().map(|r| r.as_ref().to_vec()));
+    }
+    let mut out = Vec::new();
+    for b in before {
+        let left: datafusion::arrow::array::BooleanArray = key_rows(b)?
+            .iter()
+            .map(|r| Some(!kept.contains(r.as_ref())))
+            .collect();
+        out.push(datafusion::arrow::compute::filter_record_batch(b, &left)?);
+    }
+    Ok(out)
 }
 
 pub(crate) enum Sink {

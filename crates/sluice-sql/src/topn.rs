@@ -12,9 +12,11 @@
 //! changed, each with its rank, through the rest of the query (what stands
 //! above the window). The result is an update stream keyed by the group
 //! and the rank: a sink that keeps the last row per key holds the top N.
-//! With the rank left out of the output, N must be 1 (the group is then
-//! the key): a row pushed out of a larger top-N would need a delete, which
-//! sinks do not take yet.
+//! With the rank left out of the output and N > 1, or a filter over the
+//! ranked rows, a row can leave the output: the rows the changed ranks
+//! held go through the rest of the query too, and those whose sink key
+//! no new row has are deleted (a table's key, a keyed topic's tombstone;
+//! a sink that only appends is refused).
 //!
 //! With a bounded OVER aggregate above the top-N (Nexmark q6), the
 //! changed ranks go to [`crate::over`] instead, each identified by its
@@ -43,6 +45,7 @@ use sluice_engine::plan::BatchCx;
 
 use crate::error::SqlError;
 use crate::over::{self, Over};
+use crate::sinks::Changelog;
 use crate::state_keys;
 
 /// A query's top-N, as recognized when it is planned.
@@ -62,6 +65,13 @@ pub(crate) struct TopN {
     /// A bounded OVER aggregate over the ranked rows (each group's rank
     /// one of its rows), recomputed where they change.
     pub over: Option<Over>,
+    /// Why the query deletes rows from its sink (a top-N > 1 without its
+    /// rank, a filter over the ranked rows), if it does: a ranked row that
+    /// leaves the output is deleted by the sink's key.
+    pub deletes: Option<String>,
+    /// The output columns that key the sink's rows (empty: the whole
+    /// row), set when the query is attached to its sink.
+    pub delete_key: Vec<usize>,
 }
 
 /// Whether a plan uses a window function (`… OVER (…)`).
@@ -145,6 +155,7 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
     let mut names = vec![rank_field.name().clone()];
     let mut n = None;
     let mut over = None;
+    let mut filters = Vec::new();
     for (at, node) in path.iter().enumerate().rev().skip(1) {
         match node {
             LogicalPlan::Window(above) => {
@@ -169,13 +180,9 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
                 for part in split_conjunction(&f.predicate) {
                     match rank_limit(part, &names)? {
                         Some(limit) => n = Some(n.map_or(limit, |m: u64| m.min(limit))),
-                        // A ranked row that stops passing would need a
-                        // delete where its rank was.
-                        None => {
-                            return Err(format!(
-                                "a filter over a top-N's ranked rows ({part}) would need to delete the rows it stops passing, which sinks do not take yet: filter inside the subquery, before ROW_NUMBER()"
-                            ));
-                        }
+                        // A ranked row that stops passing is deleted
+                        // where its rank was.
+                        None => filters.push(part.to_string()),
                     }
                 }
             }
@@ -192,11 +199,22 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
         "ROW_NUMBER() over an unbounded stream ranks rows forever: keep the top ones with WHERE rn <= N outside the subquery that computes it".to_string()
     })?;
     let rank_in_output = !names.is_empty();
-    if !rank_in_output && n > 1 && over.is_none() {
-        return Err(format!(
-            "a top-{n} without its rank in the output would need to delete the row pushed out of the top {n}, which sinks do not take yet: select the ROW_NUMBER() column (each group's rank is then the row's key), or keep the top 1"
-        ));
-    }
+    let deletes = if let Some(part) = filters.first() {
+        if over.is_some() {
+            return Err(format!(
+                "a filter over a top-N's ranked rows ({part}) under an OVER window would leave the rows it stops passing in the window: filter inside the subquery, before ROW_NUMBER()"
+            ));
+        }
+        Some(format!(
+            "a filter over a top-N's ranked rows ({part}) drops a ranked row that stops passing"
+        ))
+    } else if !rank_in_output && n > 1 && over.is_none() {
+        Some(format!(
+            "a top-{n} without its rank in the output drops the row pushed out of the top {n}"
+        ))
+    } else {
+        None
+    };
     let list = |exprs: Vec<String>| format!("({})", exprs.join(","));
     let signature = (
         list(
@@ -236,6 +254,8 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
         signature,
         ttl_ms: None,
         over,
+        deletes,
+        delete_key: Vec::new(),
     })
 }
 
@@ -378,7 +398,7 @@ pub(crate) async fn run(
     top: &TopN,
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
-) -> Result<Vec<RecordBatch>, SqlError> {
+) -> Result<Changelog, SqlError> {
     let plan = planned(session, sql).await?;
     let rows = input_rows(session, &plan).await?;
     rank(session, &plan, top, cx, cf, rows).await
@@ -432,7 +452,7 @@ pub(crate) async fn rank(
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
     new_rows: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>, SqlError> {
+) -> Result<Changelog, SqlError> {
     let (window, function) = window_of(plan)?;
     let input_schema = window.input.schema().clone();
     let physical = |e: &Expr| session.create_physical_expr(e.clone(), &input_schema);
@@ -514,7 +534,7 @@ pub(crate) async fn rank(
         }
     }
     if groups.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Changelog::default());
     }
     let db = cx.checkpoint.db();
     // With a TTL, groups not changed since `from` are forgotten: deleted
@@ -552,8 +572,10 @@ pub(crate) async fn rank(
         });
     }
     let n = top.n as usize;
-    // (group, row, rank) of every rank whose row changed.
+    // (group, row, rank) of every rank whose row changed, and of the rows
+    // they replace.
     let mut changed: Vec<(&[u8], &[u8], u64)> = Vec::new();
+    let mut replaced: Vec<(&[u8], &[u8], u64)> = Vec::new();
     let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (((group, mut new), state_key), (updated, old)) in
         touched.into_iter().zip(state_keys).zip(&stored)
@@ -581,8 +603,10 @@ pub(crate) async fn rank(
         }
         let mut any = false;
         for (rank, (_, row)) in merged.iter().enumerate() {
-            if old.get(rank).is_none_or(|(_, r)| r.as_slice() != *row) {
+            let before = old.get(rank).map(|(_, r)| r.as_slice());
+            if before != Some(*row) {
                 changed.push((group, row, rank as u64 + 1));
+                replaced.extend(before.map(|r| (group, r, rank as u64 + 1)));
                 any = true;
             }
         }
@@ -608,14 +632,19 @@ pub(crate) async fn rank(
         }
     });
     if changed.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Changelog::default());
     }
     let parser = rows_codec.parser();
-    let mut columns =
-        rows_codec.convert_rows(changed.iter().map(|(_, row, _)| parser.parse(row)))?;
-    columns.push(Arc::new(UInt64Array::from_iter_values(
-        changed.iter().map(|(_, _, rank)| *rank),
-    )));
+    // Ranked rows in the window's output layout: the row, then its rank.
+    let ranked_columns = |ranked: &[(&[u8], &[u8], u64)]| -> Result<Vec<ArrayRef>, SqlError> {
+        let mut columns =
+            rows_codec.convert_rows(ranked.iter().map(|(_, row, _)| parser.parse(row)))?;
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            ranked.iter().map(|(_, _, rank)| *rank),
+        )));
+        Ok(columns)
+    };
+    let columns = ranked_columns(&changed)?;
     if let Some(over) = &top.over {
         // Each changed rank is a slot of the window: the group and the
         // rank identify it.
@@ -629,9 +658,19 @@ pub(crate) async fn rank(
             })
             .collect();
         let ranked = RecordBatch::try_new(renamed(&window.schema), columns)?;
-        return over::apply(session, plan, over, cx, cf, ranked, slots).await;
+        return Ok(over::apply(session, plan, over, cx, cf, ranked, slots)
+            .await?
+            .into());
     }
-    rest_of(session, plan, window, columns).await
+    let upserts = rest_of(session, plan, window, columns).await?;
+    if top.deletes.is_none() || replaced.is_empty() {
+        return Ok(upserts.into());
+    }
+    // The replaced rows through the rest of the query: those whose key no
+    // new row has left the output.
+    let before = rest_of(session, plan, window, ranked_columns(&replaced)?).await?;
+    let deletes = crate::sinks::gone(&before, &upserts, &top.delete_key)?;
+    Ok(Changelog { upserts, deletes })
 }
 
 /// A window's output schema with its columns named `c0`, `c1`, ….

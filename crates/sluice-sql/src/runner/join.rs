@@ -130,7 +130,7 @@ impl JoinRun<'_> {
         runs: [Vec<Rows>; 2],
     ) -> Result<Changelog, SqlError> {
         if let Some(top) = self.top_n {
-            return Ok(self.rank_matches(cx, cf, runs, top)?.into());
+            return self.rank_matches(cx, cf, runs, top);
         }
         let mut output = Vec::new();
         let mut partials: Vec<Vec<ArrayRef>> = Vec::new();
@@ -185,7 +185,7 @@ impl JoinRun<'_> {
         cf: &ColumnFamily,
         runs: [Vec<Rows>; 2],
         top: &TopN,
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<Changelog, SqlError> {
         let mut matches = Vec::new();
         let mut last = None;
         for streams in runs {
@@ -195,7 +195,7 @@ impl JoinRun<'_> {
             last = Some((session, plan));
         }
         let Some((session, plan)) = last else {
-            return Ok(Vec::new());
+            return Ok(Changelog::default());
         };
         self.runtime
             .block_on(topn::rank(&session, &plan, top, cx, cf, matches))

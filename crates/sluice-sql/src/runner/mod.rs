@@ -100,6 +100,14 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
             });
         }
     }
+    if let Some(why) = plan.top_n.as_ref().and_then(|t| t.deletes.as_ref())
+        && let Some(refusal) = sink.deletes_refusal()
+    {
+        return Err(SqlError::Unsupported {
+            line,
+            message: format!("{why}, so the query deletes rows; but {refusal}"),
+        });
+    }
     let having_deletes = having_deletes(&plan, &sink);
     let table = sink.table_meta();
     let mut state: Vec<OperatorMeta> = plan.state.iter().cloned().collect();
@@ -155,7 +163,11 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         operator: plan.operator,
         aggregating: plan.aggregation.is_some(),
         join: plan.join,
-        top_n: plan.top_n,
+        // A top-N deletes what leaves its output by the sink's key.
+        top_n: plan.top_n.map(|top| TopN {
+            delete_key: sink.key_columns(),
+            ..top
+        }),
         mode: plan.mode,
         state_ttl_ms: plan.state_ttl_ms,
         slices: shared.slices,
@@ -445,7 +457,7 @@ impl QueryRunner {
         let output = self
             .runtime
             .block_on(topn::run(&session, &self.sql, top, cx, cf))?;
-        self.sink.write(cx, &output)
+        self.sink.apply(cx, &output)
     }
 
     /// Writes a batch's rows to the sink. On many workers, a query without
