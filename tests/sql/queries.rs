@@ -135,8 +135,14 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
         refused("SELECT line, sum(_offset) OVER (PARTITION BY line ORDER BY _offset) FROM lines;");
     assert!(
         e.contains("line 2")
-            && e.contains("only as a top-N per group")
-            && e.contains("sum() is not"),
+            && e.contains("runs in event time")
+            && e.contains("declare WATERMARK FOR"),
+        "{e}"
+    );
+    let e =
+        refused("SELECT line, lag(_offset) OVER (PARTITION BY line ORDER BY _offset) FROM lines;");
+    assert!(
+        e.contains("only as a top-N per group") && e.contains("lag() is not"),
         "{e}"
     );
     let e = refused(

@@ -423,6 +423,25 @@ fn window_and_mode_mistakes_are_refused_at_submission() {
         "INSERT INTO out SELECT url, window_end, count(DISTINCT url) FROM SESSION(clicks, ts, INTERVAL '3' SECOND) GROUP BY url, window_start, window_end;",
         &["over session windows is not incremental"],
     );
+    // OVER over a stream: ordered by its event time, bounded frames.
+    refused(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT url, count(*) OVER (PARTITION BY url ORDER BY url ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM clicks;",
+        &["must be ORDER BY ts", "watermark"],
+    );
+    refused(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT url, count(*) OVER (PARTITION BY url ORDER BY ts) FROM clicks;",
+        &["without a bound before the current row would keep every row forever"],
+    );
+    refused(
+        STREAM,
+        "",
+        "INSERT INTO out SELECT url, count(*) OVER (PARTITION BY url ORDER BY ts ROWS BETWEEN 2 PRECEDING AND 1 FOLLOWING) FROM clicks;",
+        &["reaching following rows"],
+    );
     // OVER over a windowed aggregation: whole windows, in append mode.
     let counts = "(SELECT url, count(*) AS n, window_start, window_end FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY url, window_start, window_end)";
     refused(
@@ -798,6 +817,91 @@ fn an_aggregation_over_closed_windows_sees_each_window_whole() {
         .filter(|r| !r.starts_with("window_start"))
         .collect();
     assert_eq!(got, expected, "{out}");
+}
+
+/// OVER aggregates over a stream's rows (Flink's OVER aggregation): each
+/// row comes out once, when the watermark passes it, with its frame of
+/// the rows before it in event time — across a restart between two
+/// halves of the input, in batches of 13 records.
+#[test]
+fn over_aggregates_over_a_stream_emit_each_row_once_with_its_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = clicks();
+    let job = dir.path().join("over.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "{STREAM}SELECT url, CAST(ts AS BIGINT) AS ms,\n\
+               count(*) OVER (PARTITION BY url ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS last3,\n\
+               count(*) OVER (PARTITION BY url ORDER BY ts RANGE BETWEEN INTERVAL '3' SECOND PRECEDING AND CURRENT ROW) AS within3s\n\
+             FROM clicks;"
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("cp");
+    let (first, second) = input.split_at(input.len() / 2);
+    let mut got = Vec::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        {
+            let store = LogStore::open(&data, common::quiet()).unwrap();
+            append_clicks(&store, 3, part);
+            if i == 1 {
+                // Every partition far ahead: the watermark passes every row.
+                append_clicks(
+                    &store,
+                    3,
+                    &[
+                        (0, "/end", 10_000_000),
+                        (1, "/end", 10_000_000),
+                        (2, "/end", 10_000_000),
+                    ],
+                );
+            }
+        }
+        let (out, _) = run_job(
+            &job,
+            &data,
+            &cp,
+            &["--max-records-per-batch", "13", "--job", "over"],
+        );
+        got.extend(console_rows(&out));
+    }
+    got.sort();
+    // The watermark evicted what no later frame reaches: each url's last
+    // two rows (ROWS 2 PRECEDING) and the three rows it has not passed.
+    let checkpoint = Checkpoint::open_read_only(&cp, "over").unwrap();
+    let cf = checkpoint.cf("state.query-1").unwrap();
+    let count = |tag: u8| {
+        checkpoint
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .filter(|item| item.as_ref().is_ok_and(|(k, _)| k.first() == Some(&tag)))
+            .count()
+    };
+    assert_eq!(
+        (count(0x0d), count(0x0f)),
+        (4 * 2 + 3, 3),
+        "rows kept, rows waiting"
+    );
+    let mut per_url: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (_, url, ts) in &input {
+        per_url.entry(url).or_default().push(*ts);
+    }
+    let mut expected = Vec::new();
+    for (url, times) in &mut per_url {
+        times.sort_unstable();
+        for (i, t) in times.iter().enumerate() {
+            let within = times
+                .iter()
+                .filter(|u| **u >= t - 3_000 && **u <= *t)
+                .count();
+            expected.push(format!("{url},{t},{},{within}", (i + 1).min(3)));
+        }
+    }
+    expected.sort();
+    assert_eq!(got.len(), input.len(), "every row once");
+    assert_eq!(got, expected);
 }
 
 /// RANK() within each closed window of a windowed aggregation (Nexmark

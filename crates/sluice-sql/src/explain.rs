@@ -42,6 +42,7 @@ struct Query<'a> {
     pub aggregation: Option<&'a Aggregation>,
     pub join: Option<&'a IntervalJoin>,
     pub top_n: Option<&'a crate::topn::TopN>,
+    pub over: Option<&'a crate::over::StreamOver>,
     pub slices: usize,
 }
 
@@ -104,6 +105,7 @@ pub(crate) fn describe_plan(
         aggregation: plan.aggregation.as_ref(),
         join: plan.join.as_ref(),
         top_n: plan.top_n.as_ref(),
+        over: plan.over.as_ref(),
         slices,
     };
     describe(out, &query);
@@ -117,6 +119,19 @@ fn describe(out: &mut String, q: &Query) {
     describe_reads(out, q);
     let _ = writeln!(out, "  plan:");
     render(out, q, q.plan, 2);
+    if let Some(over) = q.over {
+        let _ = writeln!(
+            out,
+            "  state: CF state.{} — the stream's rows per partition in event-time order (Arrow row format), those the watermark has not passed also indexed by time; each batch stores its rows and emits, once, every row the watermark passes, computed with DataFusion's window function over {}",
+            q.operator,
+            over.frame.describe()
+        );
+        let _ = writeln!(
+            out,
+            "  eviction: a row no later row's frame can reach ({}) is deleted as the watermark moves",
+            over.frame.describe()
+        );
+    }
     if let Some(top) = q.top_n {
         let _ = writeln!(
             out,
@@ -160,6 +175,7 @@ fn describe(out: &mut String, q: &Query) {
     match (q.aggregation, q.join) {
         (Some(a), _) => describe_aggregation(out, q, a),
         (None, Some(j)) => describe_join(out, q, j),
+        (None, None) if q.over.is_some() => {}
         (None, None) => {
             let _ = writeln!(out, "  state: none");
         }
@@ -224,7 +240,7 @@ fn describe_reads(out: &mut String, q: &Query) {
         q.slices,
         if q.top_n.is_some() && q.join.is_none() {
             "every record counts (a rank has no window to be late for)"
-        } else if q.aggregation.is_some() || q.join.is_some() {
+        } else if q.aggregation.is_some() || q.join.is_some() || q.over.is_some() {
             "records behind a stream's watermark are dropped and counted (late records)"
         } else {
             "every record passes (stateless)"

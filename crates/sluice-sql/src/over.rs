@@ -22,8 +22,19 @@
 //! The state is not expired (a later change may need any row as a
 //! predecessor): one row per slot the top-N ever filled.
 //!
-//! This module owns the window's recognition, its rows' state and the
-//! recomputation; the top-N hands it the slots it changed.
+//! Over a stream's own rows (Flink's OVER aggregation), the window is
+//! ordered by the stream's event time and each row is final once the
+//! watermark passes it: a batch stores its rows (those the watermark has
+//! not passed also in an index by time), and emits, exactly once, every
+//! row the watermark now passes, computed over the rows stored before it
+//! (`n` rows for `ROWS BETWEEN n PRECEDING`, those within the interval for
+//! `RANGE BETWEEN INTERVAL … PRECEDING`). The output is append-only. What
+//! no later row's frame can reach is deleted as the watermark moves: all
+//! but a partition's last `n` rows, or the rows older than the interval.
+//!
+//! This module owns the windows' recognition, their rows' state and the
+//! recomputation; the top-N hands it the slots it changed, the runner a
+//! stream's batch and its watermark.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -476,34 +487,54 @@ pub(crate) async fn apply(
     });
     // Every partition's rows in order, as one sequence per partition,
     // flagged where the frame changed.
-    let parser = row_codec.parser();
-    let (mut parsed, mut part, mut pos, mut flag) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut recomputed = 0u64;
-    for (p, a) in partitions.values().enumerate() {
+    let mut sequences: Vec<Vec<(&[u8], bool)>> = Vec::with_capacity(partitions.len());
+    for a in partitions.values() {
         let mut changed: BTreeSet<&[u8]> = BTreeSet::new();
         for at in &a.changed_at {
-            for (k, _) in a
-                .rows
-                .range::<[u8], _>((
-                    std::ops::Bound::Included(at.as_slice()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take(over.preceding + 1)
-            {
+            let from = (
+                std::ops::Bound::Included(at.as_slice()),
+                std::ops::Bound::Unbounded,
+            );
+            for (k, _) in a.rows.range::<[u8], _>(from).take(over.preceding + 1) {
                 changed.insert(k);
             }
         }
-        for (i, (k, row)) in a.rows.iter().enumerate() {
+        sequences.push(
+            a.rows
+                .iter()
+                .map(|(k, row)| (row.as_slice(), changed.contains(k.as_slice())))
+                .collect(),
+        );
+    }
+    let recomputed = sequences.iter().flatten().filter(|(_, f)| *f).count();
+    cx.count("window rows recomputed", recomputed as u64);
+    emit(session, plan, window, &row_codec, &sequences).await
+}
+
+/// Runs the window over `sequences` (each partition's rows in order, in
+/// Arrow's row format, each flagged when it comes out) and the rest of
+/// the query above the window over the flagged rows.
+async fn emit(
+    session: &SessionContext,
+    plan: &LogicalPlan,
+    window: &Window,
+    row_codec: &RowConverter,
+    sequences: &[Vec<(&[u8], bool)>],
+) -> Result<Vec<RecordBatch>, SqlError> {
+    if !sequences.iter().flatten().any(|(_, f)| *f) {
+        return Ok(Vec::new());
+    }
+    let parser = row_codec.parser();
+    let (mut parsed, mut part, mut pos, mut flag) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (p, sequence) in sequences.iter().enumerate() {
+        for (i, (row, out)) in sequence.iter().enumerate() {
             parsed.push(parser.parse(row));
             part.push(p as u64);
             pos.push(i as u64);
-            let c = changed.contains(k.as_slice());
-            recomputed += u64::from(c);
-            flag.push(c);
+            flag.push(*out);
         }
     }
-    cx.count("window rows recomputed", recomputed);
     let mut columns = row_codec.convert_rows(parsed)?;
     let inputs = columns.len();
     columns.push(Arc::new(UInt64Array::from(part)));
@@ -522,7 +553,8 @@ pub(crate) async fn apply(
 /// The window's functions over `sequence` (the window's input columns,
 /// then each row's partition number, its position in it and whether to
 /// keep it): the same functions and frames, partitioned by the number and
-/// ordered by the position; only the flagged rows come out.
+/// ordered by the position (a RANGE frame by the window's own ORDER BY);
+/// only the flagged rows come out.
 async fn recompute(
     session: &SessionContext,
     window: &Window,
@@ -549,7 +581,11 @@ async fn recompute(
             Expr::WindowFunction(f) => {
                 let mut f: WindowFunction = f.as_ref().clone();
                 f.params.partition_by = vec![helper(0)];
-                f.params.order_by = vec![helper(1).sort(true, false)];
+                // The position is the sequence's order; a RANGE frame
+                // measures the window's own ORDER BY (peers are equal).
+                if f.params.window_frame.units != WindowFrameUnits::Range {
+                    f.params.order_by = vec![helper(1).sort(true, false)];
+                }
                 Ok(Expr::WindowFunction(Box::new(f)))
             }
             other => Err(SqlError::State {
@@ -558,10 +594,454 @@ async fn recompute(
         })
         .collect::<Result<_, _>>()?;
     let table = MemTable::try_new(sequence.schema(), vec![vec![sequence]])?;
-    let plan = LogicalPlanBuilder::scan(SEQUENCE, provider_as_source(Arc::new(table)), None)?
+    let scan = LogicalPlanBuilder::scan(SEQUENCE, provider_as_source(Arc::new(table)), None)?
         .project(projection)?
-        .window(functions)?
+        .build()?;
+    // One window node per ORDER BY (DataFusion's own grouping), then the
+    // functions' columns back in the window's order.
+    let mut columns: Vec<Expr> = scan
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    columns.extend(
+        functions
+            .iter()
+            .map(|f| Expr::Column(Column::from_name(f.schema_name().to_string()))),
+    );
+    let plan = LogicalPlanBuilder::from(LogicalPlanBuilder::window_plan(scan, functions)?)
         .filter(helper(2))?
+        .project(columns)?
         .build()?;
     Ok(session.execute_logical_plan(plan).await?.collect().await?)
+}
+
+/// How far back a stream's OVER frames reach from the current row (the
+/// widest of each kind).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Frame {
+    /// `ROWS BETWEEN n PRECEDING AND CURRENT ROW`: the largest n.
+    pub rows: Option<usize>,
+    /// `RANGE BETWEEN INTERVAL … PRECEDING AND CURRENT ROW`: the longest
+    /// interval, in ms.
+    pub range_ms: Option<i64>,
+}
+
+impl Frame {
+    /// What the frames reach, for `sluice explain`.
+    pub(crate) fn describe(&self) -> String {
+        let rows = self.rows.map(|n| format!("the {n} rows before it"));
+        let range = self
+            .range_ms
+            .map(|ms| format!("the rows up to {ms} ms before it"));
+        [rows, range]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// Whether a stored row at `time`, `before` rows before a row at
+    /// `from`, is in some frame of it.
+    fn reaches(&self, before: usize, time: i64, from: i64) -> bool {
+        self.rows.is_some_and(|n| before < n)
+            || self
+                .range_ms
+                .is_some_and(|ms| time >= from.saturating_sub(ms))
+    }
+}
+
+/// A bounded OVER aggregate over a stream's rows, as recognized when
+/// planned: ordered by the event time, each row emitted once when the
+/// watermark passes it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StreamOver {
+    pub frame: Frame,
+    /// The window's partition, order and functions, for the checkpoint's
+    /// registry.
+    pub signature: String,
+}
+
+const STREAM_OVER: &str = "an OVER window over a stream is incremental as aggregate functions ordered by the stream's event time, over ROWS BETWEEN n PRECEDING AND CURRENT ROW or RANGE BETWEEN INTERVAL '…' PRECEDING AND CURRENT ROW";
+
+/// Whether the plan's deepest window computes aggregate functions (not
+/// ranks): an OVER window over a stream's own rows.
+pub(crate) fn aggregates_rows(plan: &LogicalPlan) -> bool {
+    crate::topn::deepest_window(plan).is_some_and(|w| {
+        w.window_expr.iter().all(|e| {
+            matches!(unalias(e), Expr::WindowFunction(f)
+                if matches!(f.fun, WindowFunctionDefinition::AggregateUDF(_)))
+        })
+    })
+}
+
+/// Recognizes an OVER window over a stream ordered by its event-time
+/// column `event_time`.
+pub(crate) fn recognize_stream(plan: &LogicalPlan, event_time: &str) -> Result<StreamOver, String> {
+    let mut above = Vec::new();
+    let mut node = plan;
+    let window = loop {
+        match node {
+            LogicalPlan::Window(w) => break w,
+            LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Filter(_) => {
+                above.push(node);
+                node = node
+                    .inputs()
+                    .first()
+                    .copied()
+                    .ok_or_else(|| STREAM_OVER.to_string())?;
+            }
+            other => {
+                return Err(format!(
+                    "{STREAM_OVER}; {} above the OVER window is not supported: keep projections and filters above it",
+                    other.display()
+                ));
+            }
+        }
+    };
+    if crate::topn::has_window(&window.input) {
+        return Err(format!(
+            "{STREAM_OVER}; this query has several OVER windows"
+        ));
+    }
+    let mut frame = Frame::default();
+    let mut spec: Option<(&[Expr], &[datafusion::logical_expr::SortExpr])> = None;
+    for expr in &window.window_expr {
+        let Expr::WindowFunction(function) = unalias(expr) else {
+            return Err(format!("{STREAM_OVER}; {expr} is not one"));
+        };
+        let params = &function.params;
+        if params.distinct {
+            return Err(format!(
+                "{STREAM_OVER}; DISTINCT inside the window ({expr}) is not supported"
+            ));
+        }
+        let by_time = matches!(params.order_by.as_slice(),
+            [s] if s.asc && matches!(unalias(&s.expr), Expr::Column(c) if c.name == event_time));
+        if !by_time {
+            return Err(format!(
+                "{STREAM_OVER}: {expr} must be ORDER BY {event_time} (ascending, alone), the column its watermark follows, so each row is final once the watermark passes it"
+            ));
+        }
+        match spec {
+            None => spec = Some((&params.partition_by, &params.order_by)),
+            Some((p, _)) if p == params.partition_by.as_slice() => {}
+            Some(_) => {
+                return Err(format!(
+                    "{STREAM_OVER}, all with one PARTITION BY; {expr} differs from the others"
+                ));
+            }
+        }
+        let f = &params.window_frame;
+        let known = match (&f.units, &f.start_bound, &f.end_bound) {
+            (
+                WindowFrameUnits::Rows,
+                WindowFrameBound::Preceding(n),
+                WindowFrameBound::CurrentRow,
+            ) => bounded(n).filter(|n| *n <= MAX_PRECEDING).map(|n| {
+                frame.rows = Some(frame.rows.unwrap_or(0).max(n as usize));
+            }),
+            (
+                WindowFrameUnits::Range,
+                WindowFrameBound::Preceding(v),
+                WindowFrameBound::CurrentRow,
+            ) => crate::window::interval_ms(&Expr::Literal(v.clone(), None))
+                .filter(|ms| *ms >= 0)
+                .map(|ms| frame.range_ms = Some(frame.range_ms.unwrap_or(0).max(ms))),
+            _ => None,
+        };
+        if known.is_none() {
+            return Err(format!(
+                "{STREAM_OVER} (n at most {MAX_PRECEDING}); {expr} has {f}: a frame without a bound before the current row would keep every row forever, one reaching following rows could not emit a row when the watermark passes it"
+            ));
+        }
+    }
+    let Some((partition, _)) = spec else {
+        return Err(STREAM_OVER.into());
+    };
+    let list = |items: Vec<String>| items.join(", ");
+    let signature = format!(
+        "stream over ({}) by ({}): {}",
+        list(
+            window
+                .input
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect()
+        ),
+        list(partition.iter().map(|e| e.to_string()).collect()),
+        list(window.window_expr.iter().map(|e| e.to_string()).collect()),
+    );
+    Ok(StreamOver { frame, signature })
+}
+
+/// A stream row of an OVER window: its key, its partition's prefix (when
+/// needed), its event time and the row (Arrow row format).
+struct StreamRow {
+    key: Vec<u8>,
+    prefix: Vec<u8>,
+    time: i64,
+    row: Vec<u8>,
+}
+
+/// A stream's stored OVER row: its event time, then the row.
+fn stream_value(time: i64, row: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + row.len());
+    value.extend_from_slice(&time.to_le_bytes());
+    value.extend_from_slice(row);
+    value
+}
+
+fn stream_value_parts(value: &[u8]) -> Result<(i64, &[u8]), SqlError> {
+    let time = value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_le_bytes)
+        .ok_or_else(|| SqlError::State {
+            message: "an OVER window's stored row has no event time".into(),
+        })?;
+    Ok((time, &value[8..]))
+}
+
+/// Runs one batch of an OVER window over a stream (`session` holds the
+/// batch's on-time rows, `watermark` the stream's watermark after them):
+/// stores the new rows, and emits every row the watermark passes, each
+/// over the rows before it, exactly once.
+pub(crate) async fn run_stream(
+    session: &SessionContext,
+    sql: &str,
+    over: &StreamOver,
+    cx: &BatchCx<'_>,
+    cf: &ColumnFamily,
+    watermark: Option<i64>,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let plan = crate::topn::planned(session, sql).await?;
+    let window = crate::topn::deepest_window(&plan).ok_or_else(|| SqlError::State {
+        message: "the query lost its OVER window between batches".into(),
+    })?;
+    let Some(Expr::WindowFunction(function)) = window.window_expr.first().map(unalias) else {
+        return Err(SqlError::State {
+            message: "the OVER window has no function".into(),
+        });
+    };
+    let input_schema = window.input.schema();
+    let row_codec = RowConverter::new(
+        input_schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?;
+    let new_batches = session
+        .execute_logical_plan(window.input.as_ref().clone())
+        .await?
+        .collect()
+        .await?;
+    // The batch's rows: each keyed by partition, event time and its place
+    // in the batch (ties of one time stay in arrival order).
+    let mut new_rows: Vec<StreamRow> = Vec::new();
+    let mut converters: Option<(Option<RowConverter>, RowConverter)> = None;
+    for batch in new_batches.iter().filter(|b| b.num_rows() > 0) {
+        let evaluate = |e: &Expr| -> Result<ArrayRef, SqlError> {
+            let e = session.create_physical_expr(e.clone(), input_schema)?;
+            Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)
+        };
+        let partition: Vec<ArrayRef> = function
+            .params
+            .partition_by
+            .iter()
+            .map(evaluate)
+            .collect::<Result<_, _>>()?;
+        let order = evaluate(&function.params.order_by[0].expr)?;
+        let times = datafusion::arrow::compute::cast(
+            &datafusion::arrow::compute::cast(
+                &order,
+                &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            )?,
+            &DataType::Int64,
+        )?;
+        let times = times
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .ok_or_else(|| SqlError::State {
+                message: "an OVER window's event time is not a time".into(),
+            })?;
+        let (partition_codec, order_codec) = match &mut converters {
+            Some(c) => c,
+            None => converters.insert((
+                (!partition.is_empty())
+                    .then(|| {
+                        RowConverter::new(
+                            partition
+                                .iter()
+                                .map(|a| SortField::new(a.data_type().clone()))
+                                .collect(),
+                        )
+                    })
+                    .transpose()?,
+                RowConverter::new(vec![SortField::new(order.data_type().clone())])?,
+            )),
+        };
+        let partition_rows = partition_codec
+            .as_ref()
+            .map(|c| c.convert_columns(&partition))
+            .transpose()?;
+        let order_rows = order_codec.convert_columns(std::slice::from_ref(&order))?;
+        let full = row_codec.convert_columns(batch.columns())?;
+        for i in 0..batch.num_rows() {
+            if times.is_null(i) {
+                // Dropped before as late: a row without an event time is
+                // behind every watermark.
+                continue;
+            }
+            let prefix = state_keys::over_prefix(
+                partition_rows
+                    .as_ref()
+                    .map_or(&[][..], |rows| rows.row(i).data()),
+            );
+            let mut slot = Vec::with_capacity(12);
+            slot.extend_from_slice(&cx.batch_id.to_be_bytes());
+            slot.extend_from_slice(&(new_rows.len() as u32).to_be_bytes());
+            let key = state_keys::over_row_key(&prefix, order_rows.row(i).data(), &slot);
+            new_rows.push(StreamRow {
+                key,
+                prefix,
+                time: times.value(i),
+                row: full.row(i).data().to_vec(),
+            });
+        }
+    }
+    let db = cx.checkpoint.db();
+    let passed = |time: i64| watermark.is_some_and(|w| time <= w);
+    // Rows stored earlier that the watermark now passes.
+    let mut index_done = Vec::new();
+    let mut due: Vec<StreamRow> = Vec::new();
+    if let Some(w) = watermark {
+        let mut keys = Vec::new();
+        let mut meta = Vec::new();
+        let start = [state_keys::OVER_PENDING_TAG];
+        let end = state_keys::tag_and_time(state_keys::OVER_PENDING_TAG, w.saturating_add(1));
+        for item in crate::incremental::key_range(db, cf, &start, &end) {
+            let (index, _) = item?;
+            let (time, prefix, key) =
+                state_keys::over_pending_target(&index).ok_or_else(|| SqlError::State {
+                    message: "an OVER window's waiting row index entry is cut short".into(),
+                })?;
+            index_done.push(index.to_vec());
+            keys.push(key.clone());
+            meta.push((time, prefix, key));
+        }
+        for ((time, prefix, key), value) in meta
+            .into_iter()
+            .zip(db.batched_multi_get_cf(cf, &keys, false))
+        {
+            let value = value?.ok_or_else(|| SqlError::State {
+                message: "an OVER window's waiting row is missing".into(),
+            })?;
+            let (_, row) = stream_value_parts(&value)?;
+            due.push(StreamRow {
+                key,
+                prefix,
+                time,
+                row: row.to_vec(),
+            });
+        }
+    }
+    let mut puts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for r in &new_rows {
+        puts.push((r.key.clone(), stream_value(r.time, &r.row)));
+        if !passed(r.time) {
+            puts.push((
+                state_keys::over_pending_key(r.time, r.prefix.len(), &r.key),
+                Vec::new(),
+            ));
+        }
+    }
+    due.extend(new_rows.into_iter().filter(|r| passed(r.time)));
+    // Per partition, the rows coming out in order, after the stored rows
+    // their frames reach (read backwards from the first); what no later
+    // frame can reach is deleted.
+    let mut by_partition: BTreeMap<Vec<u8>, Vec<StreamRow>> = BTreeMap::new();
+    for r in due {
+        by_partition.entry(r.prefix.clone()).or_default().push(r);
+    }
+    let mut deletes: Vec<Vec<u8>> = Vec::new();
+    let mut contexts: Vec<Vec<StreamRow>> = Vec::with_capacity(by_partition.len());
+    {
+        let mut it = db.raw_iterator_cf(cf);
+        for (prefix, rows) in by_partition.iter_mut() {
+            rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            let first = &rows[0];
+            let mut context = Vec::new();
+            it.seek_for_prev(&first.key);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                if k < first.key.as_slice() {
+                    let (time, row) = stream_value_parts(v)?;
+                    if over.frame.reaches(context.len(), time, first.time) {
+                        context.push(StreamRow {
+                            key: k.to_vec(),
+                            prefix: Vec::new(),
+                            time,
+                            row: row.to_vec(),
+                        });
+                    } else {
+                        // Left behind by earlier batches' frames.
+                        deletes.push(k.to_vec());
+                    }
+                }
+                it.prev();
+            }
+            it.status()?;
+            context.reverse();
+            contexts.push(context);
+        }
+    }
+    // What later rows (all after the watermark) can still reach: a
+    // partition's last n rows, or those within the interval of it.
+    let w = watermark.unwrap_or(i64::MIN);
+    for (context, rows) in contexts.iter().zip(by_partition.values()) {
+        let keys: Vec<(&[u8], i64)> = context
+            .iter()
+            .map(|r| (r.key.as_slice(), r.time))
+            .chain(rows.iter().map(|r| (r.key.as_slice(), r.time)))
+            .collect();
+        // A later row is after every one of these, at a time > w.
+        let keep_from = keys
+            .iter()
+            .enumerate()
+            .position(|(i, (_, t))| {
+                over.frame
+                    .reaches(keys.len() - 1 - i, *t, w.saturating_add(1))
+            })
+            .unwrap_or(keys.len());
+        deletes.extend(keys[..keep_from].iter().map(|(k, _)| k.to_vec()));
+    }
+    let emitted: usize = by_partition.values().map(Vec::len).sum();
+    cx.count("window rows emitted", emitted as u64);
+    cx.write(|batch| {
+        for (key, value) in &puts {
+            batch.put_cf(cf, key, value);
+        }
+        for key in index_done.iter().chain(&deletes) {
+            batch.delete_cf(cf, key);
+        }
+    });
+    let sequences: Vec<Vec<(&[u8], bool)>> = contexts
+        .iter()
+        .zip(by_partition.values())
+        .map(|(context, rows)| {
+            context
+                .iter()
+                .map(|r| (r.row.as_slice(), false))
+                .chain(rows.iter().map(|r| (r.row.as_slice(), true)))
+                .collect()
+        })
+        .collect();
+    emit(session, &plan, window, &row_codec, &sequences).await
 }

@@ -24,6 +24,7 @@ use crate::decl::{QueryDecl, Script, SinkDecl, StreamDecl};
 use crate::error::{SqlError, located};
 use crate::incremental::OutputMode;
 use crate::join::IntervalJoin;
+use crate::over;
 use crate::stream::{self, StreamShape};
 use crate::topn::{self, TopN};
 use crate::watermark::{self, Watermark};
@@ -57,6 +58,8 @@ pub(crate) struct QueryPlan<'s> {
     pub aggregation: Option<Aggregation>,
     /// A top-N per group (`ROW_NUMBER() … WHERE rn <= N`).
     pub top_n: Option<TopN>,
+    /// An OVER aggregate over the stream's own rows.
+    pub over: Option<over::StreamOver>,
     /// The batch flows through the query as it is read (`pipeline`)
     /// instead of being decoded whole first.
     pub streaming: bool,
@@ -115,17 +118,42 @@ impl<'s> Planner<'s> {
         let mode = checks::output_mode(sink, self.script.console_mode.as_deref(), line)?;
         // A top-N's window and the sort under it run over each batch's
         // new rows only; the ranking across batches is the state's.
-        let top_n =
-            if topn::has_window(&planned.logical) && !topn::over_aggregation(&planned.logical) {
-                let top = topn::recognize(&planned.logical).map_err(unsupported)?;
-                checks::top_n_fits(&planned.logical, mode).map_err(unsupported)?;
-                Some(top)
-            } else {
-                None
+        // An OVER aggregate over a stream's own rows runs in event time,
+        // each row emitted once the watermark passes it.
+        let windowed_rows = topn::has_window(&planned.logical)
+            && !topn::over_aggregation(&planned.logical)
+            && over::aggregates_rows(&planned.logical);
+        let over = if windowed_rows {
+            let [input] = inputs.as_slice() else {
+                return Err(unsupported(
+                    "an OVER window over a join of streams is not incremental yet: aggregate OVER one stream's rows, or rank the join's matches (ROW_NUMBER() … WHERE rn <= N)".into(),
+                ));
             };
-        let aggregation = match top_n {
-            Some(_) => None,
-            None => aggregation::analyze(&planned.physical, event_time).map_err(unsupported)?,
+            let Some(watermark) = input.watermark.as_ref().filter(|w| !w.processing_time) else {
+                return Err(unsupported(format!(
+                    "an OVER window over a stream runs in event time, each row final once the watermark passes it: declare WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND in CREATE STREAM {}",
+                    input.shape.name
+                )));
+            };
+            Some(over::recognize_stream(&planned.logical, &watermark.column).map_err(unsupported)?)
+        } else {
+            None
+        };
+        let top_n = if topn::has_window(&planned.logical)
+            && !topn::over_aggregation(&planned.logical)
+            && over.is_none()
+        {
+            let top = topn::recognize(&planned.logical).map_err(unsupported)?;
+            checks::top_n_fits(&planned.logical, mode).map_err(unsupported)?;
+            Some(top)
+        } else {
+            None
+        };
+        let aggregation = match (&top_n, &over) {
+            (None, None) => {
+                aggregation::analyze(&planned.physical, event_time).map_err(unsupported)?
+            }
+            _ => None,
         };
         if aggregation.as_ref().is_some_and(|a| a.ranked) && mode != OutputMode::Append {
             return Err(unsupported(format!(
@@ -166,14 +194,21 @@ impl<'s> Planner<'s> {
             line,
         )?;
         let streaming = top_n.is_none()
+            && over.is_none()
             && streams_as_read(&planned, &inputs, join.is_some(), aggregation.is_some());
         let operator = query
             .sink
             .clone()
             .map_or_else(|| format!("query-{number}"), |s| format!("insert-{s}"));
-        let state = match &top_n {
-            Some(top) => Some(topn::state_meta(&operator, top)),
-            None => state_layout(&operator, aggregation.as_ref(), join.as_ref(), &inputs),
+        let state = match (&top_n, &over) {
+            (Some(top), _) => Some(topn::state_meta(&operator, top)),
+            (None, Some(over)) => Some(sluice_engine::checkpoint::OperatorMeta {
+                name: operator.clone(),
+                kind: "sql over".into(),
+                key_type: format!("{:?}", over.frame),
+                state_type: over.signature.clone(),
+            }),
+            (None, None) => state_layout(&operator, aggregation.as_ref(), join.as_ref(), &inputs),
         };
         Ok(QueryPlan {
             number,
@@ -187,6 +222,7 @@ impl<'s> Planner<'s> {
             join,
             aggregation,
             top_n,
+            over,
             streaming,
             state,
             plan: planned.physical,

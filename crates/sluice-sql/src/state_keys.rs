@@ -21,6 +21,7 @@
 //! | `0x0c` | outer group, aggregate (u16), value (row format) | how many of the group's rows have the value (i64 LE): a `min`/`max` over an updating aggregation | retraction |
 //! | `0x0d` | partition, sort key (row format), slot     | the slot's row (Arrow row format): an OVER window's rows in its order | over |
 //! | `0x0e` | slot (top-N group, rank u64 BE)            | the partition prefix's length (u32 LE), then the slot's `0x0d` key | over |
+//! | `0x0f` | event time, prefix length (u32 BE), `0x0d` key | empty: a stream's OVER rows the watermark has not passed, by time | over |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -50,6 +51,8 @@ const EXTREME_TAG: u8 = 12;
 const OVER_ROW_TAG: u8 = 13;
 /// Where each slot's row is in [`OVER_ROW_TAG`].
 const OVER_SLOT_TAG: u8 = 14;
+/// A stream's OVER rows waiting for the watermark, by event time.
+pub(crate) const OVER_PENDING_TAG: u8 = 15;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -339,6 +342,24 @@ pub(crate) fn over_slot_target(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((key.get(..len)?.to_vec(), key.to_vec()))
 }
 
+/// The index entry of a stream's OVER row at `key` (its partition's
+/// prefix `prefix_len` bytes long) that waits for the watermark to pass
+/// `time`.
+pub(crate) fn over_pending_key(time: i64, prefix_len: usize, key: &[u8]) -> Vec<u8> {
+    let mut index = tag_and_time(OVER_PENDING_TAG, time);
+    index.extend_from_slice(&(prefix_len as u32).to_be_bytes());
+    index.extend_from_slice(key);
+    index
+}
+
+/// The (time, partition prefix, row key) an [`over_pending_key`] holds.
+pub(crate) fn over_pending_target(index: &[u8]) -> Option<(i64, Vec<u8>, Vec<u8>)> {
+    let time = time_from_bytes(index.get(1..9)?);
+    let len = u32::from_be_bytes(index.get(9..13)?.try_into().ok()?) as usize;
+    let key = index.get(13..)?;
+    Some((time, key.get(..len)?.to_vec(), key.to_vec()))
+}
+
 /// The newest time and batch id of a legacy ([`JOIN_TAG`]) slice key.
 pub(crate) fn legacy_join_slice(key: &[u8]) -> (i64, u64) {
     let mut batch = [0u8; 8];
@@ -401,6 +422,7 @@ mod tests {
             outer_group_key(b"g")[0],
             over_prefix(b"p")[0],
             over_slot_key(b"s")[0],
+            over_pending_key(0, 0, b"k")[0],
         ];
         let mut sorted = tags.to_vec();
         sorted.sort_unstable();
@@ -419,6 +441,15 @@ mod tests {
         assert_eq!(over_slot_target(&value), Some((prefix, row)));
         assert_eq!(over_slot_target(&value[..3]), None);
         assert_eq!(over_slot_target(&[9, 0, 0, 0, 1]), None);
+        let pending = over_pending_key(-5, 9, &value[4..]);
+        assert!(tag_and_time(OVER_PENDING_TAG, -6) < pending);
+        assert!(pending < tag_and_time(OVER_PENDING_TAG, -4));
+        let (time, prefix, key) = over_pending_target(&pending).unwrap();
+        assert_eq!(
+            (time, prefix.as_slice(), key.as_slice()),
+            (-5, &value[4..13], &value[4..])
+        );
+        assert_eq!(over_pending_target(&pending[..12]), None);
     }
 
     #[test]

@@ -79,6 +79,15 @@ pub(crate) fn has_window(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Window(_)) || plan.inputs().into_iter().any(has_window)
 }
 
+/// The plan's deepest window (one with no window under it).
+pub(crate) fn deepest_window(plan: &LogicalPlan) -> Option<&Window> {
+    let mut path = Vec::new();
+    match (path_to_window(plan, &mut path), path.last()) {
+        (true, Some(LogicalPlan::Window(w))) => Some(w),
+        _ => None,
+    }
+}
+
 /// Whether the plan's deepest window ranks an aggregation's rows (not a
 /// top-N of a stream's: see [`crate::aggregation`], which runs such
 /// windows over each closed window of a windowed aggregation).

@@ -37,6 +37,7 @@ use crate::context::{empty_streams, session_over};
 use crate::error::SqlError;
 use crate::incremental::{self, OutputMode, Policy};
 use crate::join::IntervalJoin;
+use crate::over;
 use crate::pipeline;
 use crate::planner::{QueryPlan, StreamInput};
 use crate::retraction;
@@ -164,6 +165,7 @@ pub(crate) fn attach(shared: &mut Shared, plan: QueryPlan) -> Result<(), SqlErro
         aggregating: plan.aggregation.is_some(),
         join: plan.join,
         // A top-N deletes what leaves its output by the sink's key.
+        over: plan.over,
         top_n: plan.top_n.map(|top| TopN {
             delete_key: sink.key_columns(),
             ..top
@@ -234,6 +236,9 @@ fn stage_two_state(plan: &QueryPlan, what: &str, state: &mut Vec<OperatorMeta>) 
 fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
     if plan.top_n.is_some() {
         return Some("it keeps a top-N per group, which runs in one process for now");
+    }
+    if plan.over.is_some() {
+        return Some("it runs an OVER window over a stream, which runs in one process for now");
     }
     if plan.aggregation.as_ref().is_some_and(|a| a.ranked) {
         return Some(
@@ -319,6 +324,8 @@ struct QueryRunner {
     aggregating: bool,
     join: Option<IntervalJoin>,
     top_n: Option<TopN>,
+    /// An OVER aggregate over the stream's own rows.
+    over: Option<over::StreamOver>,
     mode: OutputMode,
     /// Groups not updated for this long (batch time) are forgotten.
     state_ttl_ms: Option<i64>,
@@ -352,7 +359,7 @@ impl QueryRunner {
         {
             return self.run_outer(cx, outer);
         }
-        let state_cf = if self.aggregating || self.join.is_some() {
+        let state_cf = if self.aggregating || self.join.is_some() || self.over.is_some() {
             Some(
                 cx.checkpoint
                     .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
@@ -369,6 +376,9 @@ impl QueryRunner {
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(top) = self.top_n.as_ref().filter(|_| self.join.is_none()) {
             return self.run_top_n(cx, top, &chunks);
+        }
+        if let (Some(over), Some(cf)) = (&self.over, state_cf) {
+            return self.run_over(cx, over, cf, &chunks);
         }
         if let (Some(j), Some(cf)) = (&self.join, state_cf)
             && cx.on_workers()
@@ -458,6 +468,44 @@ impl QueryRunner {
             .runtime
             .block_on(topn::run(&session, &self.sql, top, cx, cf))?;
         self.sink.apply(cx, &output)
+    }
+
+    /// An OVER aggregate's batch over its stream: late records dropped
+    /// and the watermark moved, then the rows the watermark passes
+    /// emitted over the stored rows before them.
+    fn run_over(
+        &self,
+        cx: &BatchCx,
+        over: &over::StreamOver,
+        cf: &ColumnFamily,
+        chunks: &[Vec<RecordBatch>],
+    ) -> Result<(), SqlError> {
+        let input = &self.inputs[0];
+        let name = &input.shape.name;
+        let parts = input.shape.decode(cx, &chunks[0], self.slices)?;
+        let spec = input.watermark.as_ref().ok_or_else(|| SqlError::State {
+            message: format!("stream {name} lost its watermark"),
+        })?;
+        let on_time =
+            watermark::drop_late_and_advance(self.line, name, &input.topic, spec, cx, cf, parts)?;
+        cx.count("late records", on_time.late);
+        if let Some(w) = on_time.watermark {
+            cx.watermark(name, w);
+        }
+        let (session, _) = session_over(
+            vec![(name.clone(), on_time.rows)],
+            &self.tables,
+            &self.functions,
+        )?;
+        let output = self.runtime.block_on(over::run_stream(
+            &session,
+            &self.sql,
+            over,
+            cx,
+            cf,
+            on_time.watermark,
+        ))?;
+        self.sink.write(cx, &output)
     }
 
     /// Writes a batch's rows to the sink. On many workers, a query without
