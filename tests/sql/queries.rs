@@ -451,6 +451,44 @@ fn min_and_max_over_an_updating_aggregation_fall_back_to_the_values_left() {
     );
 }
 
+/// A top-N over an aggregation's groups (Flink's Top-N over a GROUP BY):
+/// counts change every batch, and the ranks follow them — a group rises
+/// into the top, another falls out and is deleted.
+#[test]
+fn a_top_n_over_an_aggregation_follows_the_groups() {
+    // The two most frequent values, with their rank as the table's key.
+    table_after_each_step(
+        "top",
+        "CREATE SINK top WITH (type = 'table');\n\
+         INSERT INTO top SELECT rn, concat_ws(',', item, n) AS v FROM (\
+           SELECT item, n, row_number() OVER (ORDER BY n DESC, item) AS rn FROM (\
+             SELECT value AS item, count(*) AS n FROM ev GROUP BY value)) WHERE rn <= 2;",
+        &[
+            (&["a", "b", "b"], &["1=b,2", "2=a,1"]),
+            (&["c", "c", "c"], &["1=c,3", "2=b,2"]),
+            (&["a", "a", "a"], &["1=a,4", "2=c,3"]),
+            (&["b", "b", "b", "d"], &["1=b,5", "2=a,4"]),
+        ],
+    );
+    // Per category its two most frequent items, keyed by item (no rank:
+    // an item that falls out is deleted); a HAVING drops a group that
+    // reaches 3, and the next one comes in.
+    table_after_each_step(
+        "best",
+        "CREATE SINK best WITH (type = 'table');\n\
+         INSERT INTO best SELECT item, concat_ws(',', cat, n) AS v FROM (\
+           SELECT cat, item, n, row_number() OVER (PARTITION BY cat ORDER BY n DESC, item) AS rn FROM (\
+             SELECT split_part(value, ':', 1) AS cat, split_part(value, ':', 2) AS item, count(*) AS n \
+             FROM ev GROUP BY split_part(value, ':', 1), split_part(value, ':', 2) HAVING count(*) < 3)) \
+         WHERE rn <= 2;",
+        &[
+            (&["x:a", "x:b", "x:b"], &["a=x,1", "b=x,2"]),
+            (&["x:c", "x:c"], &["b=x,2", "c=x,2"]),
+            (&["y:e", "x:b"], &["a=x,1", "c=x,2", "e=y,1"]),
+        ],
+    );
+}
+
 /// A top-N without its rank in the output deletes the row pushed out of
 /// the top N from a table sink (keyed by the row's first column).
 #[test]

@@ -71,6 +71,9 @@ pub(crate) struct Aggregation {
     /// and the functions run over them (a rank within each window, as
     /// Flink's window Top-N).
     pub ranked: bool,
+    /// A top-N ranks its groups (`ROW_NUMBER() … WHERE rn <= N` over an
+    /// aggregation without windows, see [`crate::ranked`]).
+    pub ranked_groups: bool,
 }
 
 impl Aggregation {
@@ -226,10 +229,36 @@ pub(crate) fn analyze(
         let Some(agg) = inner.as_mut() else {
             return Err(OVER_NOT_INCREMENTAL.into());
         };
-        ranks_whole_windows(agg, &windows)?;
-        agg.ranked = true;
+        if ranks_groups(agg, &windows) {
+            agg.ranked_groups = true;
+        } else {
+            ranks_whole_windows(agg, &windows)?;
+            agg.ranked = true;
+        }
     }
     Ok(inner)
+}
+
+/// Whether the only OVER window above `agg` is a ROW_NUMBER() over the
+/// groups of an aggregation without windows: a top-N over its groups
+/// (see [`crate::ranked`]).
+fn ranks_groups(agg: &Aggregation, windows: &[Arc<dyn ExecutionPlan>]) -> bool {
+    let [window] = windows else {
+        return false;
+    };
+    let numbered = |exprs: &[Arc<dyn datafusion::physical_plan::WindowExpr>]| matches!(exprs, [e] if e.name().starts_with("row_number"));
+    let exprs_numbered = if let Some(w) =
+        window.downcast_ref::<datafusion::physical_plan::windows::BoundedWindowAggExec>()
+    {
+        numbered(w.window_expr())
+    } else if let Some(w) =
+        window.downcast_ref::<datafusion::physical_plan::windows::WindowAggExec>()
+    {
+        numbered(w.window_expr())
+    } else {
+        false
+    };
+    exprs_numbered && agg.window.is_none() && !agg.nested && agg.outer.is_none()
 }
 
 const OVER_NOT_INCREMENTAL: &str = "OVER (…) window functions are not incremental yet: for the first row per key (ROW_NUMBER() … = 1), GROUP BY the key with first_value(col ORDER BY ts)";
@@ -247,7 +276,7 @@ fn ranks_whole_windows(
         .as_ref()
         .filter(|_| !agg.nested && agg.outer.is_none())
     else {
-        return Err("an OVER window over an aggregation ranks rows that change (retractions are not supported there yet): OVER (PARTITION BY window_start, window_end …) over one windowed aggregation in append mode ranks each window's rows when it closes".into());
+        return Err("an OVER window over an aggregation ranks rows that change: over an aggregation without windows only a top-N of its groups runs (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn … WHERE rn <= N); OVER (PARTITION BY window_start, window_end …) over one windowed aggregation in append mode ranks each window's rows when it closes".into());
     };
     let base: std::collections::HashSet<usize> = [window.column].into_iter().collect();
     for node in windows {
@@ -377,6 +406,7 @@ fn aggregation_at(
         stored_types,
         outer: None,
         ranked: false,
+        ranked_groups: false,
     })
 }
 

@@ -132,6 +132,16 @@ fn describe(out: &mut String, q: &Query) {
             over.frame.describe()
         );
     }
+    if let (Some(top), Some(a)) = (q.top_n, q.aggregation) {
+        let _ = writeln!(
+            out,
+            "  ranking: a top {} over the aggregation's groups (PARTITION BY) — every group's row kept in its partition's order with an index from group to row (CF state.{}); each batch moves the changed groups' rows and compares each touched partition's first {} rows before and after: the ranks whose row changed are emitted, rows that left the top are deleted by the sink's key",
+            top.n, q.operator, top.n
+        );
+        describe_aggregation(out, q, a);
+        let _ = writeln!(out);
+        return;
+    }
     if let Some(top) = q.top_n {
         let _ = writeln!(
             out,

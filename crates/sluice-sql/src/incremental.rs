@@ -358,7 +358,7 @@ async fn filtered_groups(
 /// deletes): merges the partial aggregates into the stored state and
 /// returns the groups whose values changed, with their previous rows
 /// where they had one.
-fn merge_changes(
+pub(crate) fn merge_changes(
     agg: &Aggregation,
     policy: Policy,
     cx: &BatchCx<'_>,

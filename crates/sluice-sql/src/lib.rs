@@ -34,6 +34,7 @@ mod options;
 mod over;
 mod pipeline;
 mod planner;
+mod ranked;
 mod retraction;
 mod runner;
 pub mod script;

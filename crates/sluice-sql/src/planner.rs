@@ -155,6 +155,38 @@ impl<'s> Planner<'s> {
             }
             _ => None,
         };
+        // A top-N over an aggregation's groups: the aggregation keeps its
+        // state, the ranking every group's row (see `ranked`).
+        let top_n = match aggregation.as_ref().filter(|a| a.ranked_groups) {
+            None => top_n,
+            Some(agg) => {
+                let top = topn::recognize(&planned.logical).map_err(unsupported)?;
+                if top.over.is_some() {
+                    return Err(unsupported(
+                        "an OVER window over a top-N over an aggregation is not incremental yet"
+                            .into(),
+                    ));
+                }
+                if inputs.len() > 1 {
+                    return Err(unsupported("a top-N over an aggregation of a join of streams is not incremental yet: rank the join's matches, or aggregate one stream".into()));
+                }
+                if mode != OutputMode::Update {
+                    return Err(unsupported(format!(
+                        "a top-N over an aggregation changes as the groups do: its sink takes it in update mode, not mode = '{}'",
+                        format!("{mode:?}").to_lowercase()
+                    )));
+                }
+                if let Some(why) = crate::ranked::refusal(&planned.physical, agg) {
+                    return Err(unsupported(why));
+                }
+                Some(TopN {
+                    deletes: Some(
+                        "a top-N over an aggregation loses a row when a group falls out of its top N".into(),
+                    ),
+                    ..top
+                })
+            }
+        };
         if aggregation.as_ref().is_some_and(|a| a.ranked) && mode != OutputMode::Append {
             return Err(unsupported(format!(
                 "an OVER window over a windowed aggregation runs over each window's rows once the window closes, so its sink takes them in append mode (mode = 'append'), not mode = '{}'",
@@ -201,6 +233,18 @@ impl<'s> Planner<'s> {
             .clone()
             .map_or_else(|| format!("query-{number}"), |s| format!("insert-{s}"));
         let state = match (&top_n, &over) {
+            (Some(top), None) if aggregation.is_some() => {
+                state_layout(&operator, aggregation.as_ref(), join.as_ref(), &inputs).map(|meta| {
+                    sluice_engine::checkpoint::OperatorMeta {
+                        kind: format!("{} ranked top-{}", meta.kind, top.n),
+                        state_type: format!(
+                            "{}; ranked {} by {}",
+                            meta.state_type, top.signature.0, top.signature.1
+                        ),
+                        ..meta
+                    }
+                })
+            }
             (Some(top), _) => Some(topn::state_meta(&operator, top)),
             (None, Some(over)) => Some(sluice_engine::checkpoint::OperatorMeta {
                 name: operator.clone(),

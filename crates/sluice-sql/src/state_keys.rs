@@ -22,6 +22,8 @@
 //! | `0x0d` | partition, sort key (row format), slot     | the slot's row (Arrow row format): an OVER window's rows in its order | over |
 //! | `0x0e` | slot (top-N group, rank u64 BE)            | the partition prefix's length (u32 LE), then the slot's `0x0d` key | over |
 //! | `0x0f` | event time, prefix length (u32 BE), `0x0d` key | empty: a stream's OVER rows the watermark has not passed, by time | over |
+//! | `0x10` | partition, sort key (row format), group   | the group's row as ranked (Arrow row format): a top-N over an aggregation | ranked |
+//! | `0x11` | group (Arrow row format)                   | the partition prefix's length (u32 LE), then the group's `0x10` key | ranked |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -53,6 +55,11 @@ const OVER_ROW_TAG: u8 = 13;
 const OVER_SLOT_TAG: u8 = 14;
 /// A stream's OVER rows waiting for the watermark, by event time.
 pub(crate) const OVER_PENDING_TAG: u8 = 15;
+/// A top-N over an aggregation: every group's row, in its partition's
+/// order.
+const RANKED_ROW_TAG: u8 = 16;
+/// Where each group's row is in [`RANKED_ROW_TAG`].
+const RANKED_GROUP_TAG: u8 = 17;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -342,6 +349,24 @@ pub(crate) fn over_slot_target(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((key.get(..len)?.to_vec(), key.to_vec()))
 }
 
+/// Where a top-N over an aggregation keeps partition `partition`'s rows
+/// (laid out as [`over_row_key`]s, the group breaking ties).
+pub(crate) fn ranked_prefix(partition: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + partition.len());
+    key.push(RANKED_ROW_TAG);
+    key.extend_from_slice(partition);
+    key
+}
+
+/// The index entry saying where a ranked group's row is (its value an
+/// [`over_slot_value`]).
+pub(crate) fn ranked_group_key(group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + group.len());
+    key.push(RANKED_GROUP_TAG);
+    key.extend_from_slice(group);
+    key
+}
+
 /// The index entry of a stream's OVER row at `key` (its partition's
 /// prefix `prefix_len` bytes long) that waits for the watermark to pass
 /// `time`.
@@ -423,6 +448,8 @@ mod tests {
             over_prefix(b"p")[0],
             over_slot_key(b"s")[0],
             over_pending_key(0, 0, b"k")[0],
+            ranked_prefix(b"p")[0],
+            ranked_group_key(b"g")[0],
         ];
         let mut sorted = tags.to_vec();
         sorted.sort_unstable();

@@ -374,7 +374,11 @@ impl QueryRunner {
         let chunks = (0..self.inputs.len())
             .map(|i| inputs.collect(i))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(top) = self.top_n.as_ref().filter(|_| self.join.is_none()) {
+        if let Some(top) = self
+            .top_n
+            .as_ref()
+            .filter(|_| self.join.is_none() && !self.aggregating)
+        {
             return self.run_top_n(cx, top, &chunks);
         }
         if let (Some(over), Some(cf)) = (&self.over, state_cf) {
@@ -770,6 +774,19 @@ impl QueryRunner {
             )
             .await?
             .into());
+        }
+        if let Some(top) = self.top_n.as_ref().filter(|_| agg.ranked_groups) {
+            return crate::ranked::run(
+                &session,
+                &plan,
+                &agg,
+                self.policy(watermark),
+                top,
+                cx,
+                cf,
+                columns,
+            )
+            .await;
         }
         incremental::merge_batch(
             &session,
