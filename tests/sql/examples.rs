@@ -235,6 +235,24 @@ fn enrich_clicks() {
 }
 
 #[test]
+fn user_activity() {
+    check_job(
+        "user_activity",
+        &[("clicks", 3, clicks())],
+        Output::Console("user_id"),
+    );
+}
+
+#[test]
+fn top_pages() {
+    check_job(
+        "top_pages",
+        &[("clicks", 3, clicks())],
+        Output::Table("top_pages"),
+    );
+}
+
+#[test]
 fn paid_orders() {
     let (orders, payments) = orders_and_payments();
     check_job(
