@@ -514,19 +514,35 @@ fn generate(data: &Path, events: u64) {
 /// Runs the combined job to the end of the topics at `per_batch` records
 /// per partition per batch.
 fn run_through(events: u64, per_batch: u64) {
+    run_cases(&CASES, events, per_batch, false);
+}
+
+/// Runs `cases` as one job over `events` generated events (then, when
+/// `closing`, the events an hour later that close every window) to the
+/// end of the topics at `per_batch` records per partition per batch, and
+/// checks each against the batch query.
+fn run_cases(cases: &[Case], events: u64, per_batch: u64, closing: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (data, out) = (dir.path().join("data"), dir.path().join("out"));
     generate(&data, events);
+    if closing {
+        flush(&data, events);
+    }
     let job = dir.path().join("nexmark.sql");
-    std::fs::write(&job, combined_script(&CASES, &out, "")).unwrap();
+    std::fs::write(&job, combined_script(cases, &out, "")).unwrap();
     common::sluice_run(&job, &data, &dir.path().join("cp"))
         .current_dir(common::repo(""))
         .args(["--interval", "1ms", "--quiet"])
         .args(["--max-records-per-batch", &per_batch.to_string()])
         .ok();
+    let closed = if closing {
+        " and their closed windows"
+    } else {
+        ""
+    };
     check(
-        &CASES,
-        &format!("over {events} events, {per_batch} records per batch"),
+        cases,
+        &format!("over {events} events{closed}, {per_batch} records per batch"),
         &out,
         &reference(events),
         events < 1_000,
@@ -591,26 +607,7 @@ fn flush(data: &Path, events: u64) {
 #[test]
 fn windowed_nexmark_queries_equal_the_batch_query_over_their_closed_windows() {
     for (events, per_batch) in [(20_000, 10_000), (3_000, 7)] {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, out) = (dir.path().join("data"), dir.path().join("out"));
-        generate(&data, events);
-        flush(&data, events);
-        let job = dir.path().join("nexmark.sql");
-        std::fs::write(&job, combined_script(&WINDOWED, &out, "")).unwrap();
-        common::sluice_run(&job, &data, &dir.path().join("cp"))
-            .current_dir(common::repo(""))
-            .args(["--interval", "1ms", "--quiet"])
-            .args(["--max-records-per-batch", &per_batch.to_string()])
-            .ok();
-        check(
-            &WINDOWED,
-            &format!(
-                "over {events} events and their closed windows, {per_batch} records per batch"
-            ),
-            &out,
-            &reference(events),
-            false,
-        );
+        run_cases(&WINDOWED, events, per_batch, true);
     }
 }
 

@@ -174,6 +174,21 @@ fn ms_text(ms: i64) -> String {
     }
 }
 
+/// Appends `input` to three partitions of `clicks`, then a click far
+/// ahead on each: the watermark passes every window of the input.
+fn clicks_then_far_ahead(data: &Path, input: &[(i32, &str, i64)]) {
+    let store = LogStore::open(data, common::quiet()).unwrap();
+    append_clicks(&store, 3, input);
+    append_clicks(&store, 3, &FAR_AHEAD);
+}
+
+/// One click per partition far ahead of every other.
+const FAR_AHEAD: [(i32, &str, i64); 3] = [
+    (0, "/end", 10_000_000),
+    (1, "/end", 10_000_000),
+    (2, "/end", 10_000_000),
+];
+
 /// `sluice run JOB` until caught up (1 ms batches) over `data`, with its
 /// checkpoint in `cp`, plus `extra` flags; (stdout, stderr).
 fn run_job(job: &Path, data: &Path, cp: &Path, extra: &[&str]) -> (String, String) {
@@ -767,20 +782,8 @@ fn an_aggregation_over_closed_windows_sees_each_window_whole() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let input = clicks();
-    {
-        let store = LogStore::open(&data, common::quiet()).unwrap();
-        append_clicks(&store, 3, &input);
-        // Close every window: each partition far ahead.
-        append_clicks(
-            &store,
-            3,
-            &[
-                (0, "/end", 10_000_000),
-                (1, "/end", 10_000_000),
-                (2, "/end", 10_000_000),
-            ],
-        );
-    }
+    // Close every window: each partition far ahead.
+    clicks_then_far_ahead(&data, &input);
     let job = dir.path().join("top.sql");
     std::fs::write(
         &job,
@@ -848,15 +851,7 @@ fn over_aggregates_over_a_stream_emit_each_row_once_with_its_frame() {
             append_clicks(&store, 3, part);
             if i == 1 {
                 // Every partition far ahead: the watermark passes every row.
-                append_clicks(
-                    &store,
-                    3,
-                    &[
-                        (0, "/end", 10_000_000),
-                        (1, "/end", 10_000_000),
-                        (2, "/end", 10_000_000),
-                    ],
-                );
+                append_clicks(&store, 3, &FAR_AHEAD);
             }
         }
         let (out, _) = run_job(
@@ -912,19 +907,7 @@ fn a_rank_within_closed_windows_keeps_every_tie() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let input = clicks();
-    {
-        let store = LogStore::open(&data, common::quiet()).unwrap();
-        append_clicks(&store, 3, &input);
-        append_clicks(
-            &store,
-            3,
-            &[
-                (0, "/end", 10_000_000),
-                (1, "/end", 10_000_000),
-                (2, "/end", 10_000_000),
-            ],
-        );
-    }
+    clicks_then_far_ahead(&data, &input);
     let job = dir.path().join("top.sql");
     std::fs::write(
         &job,

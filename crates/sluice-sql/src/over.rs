@@ -42,7 +42,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::{SortOptions, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::logical_expr::{
@@ -155,13 +155,27 @@ pub(crate) fn recognize(above: &[&LogicalPlan], window: &Window) -> Result<Over,
     let Some((partition, order)) = spec else {
         return Err(ONLY_BOUNDED.into());
     };
+    let signature = signature("over", window, partition, order);
+    Ok(Over {
+        preceding: preceding as usize,
+        signature,
+    })
+}
+
+/// A window's input columns, partition, order and functions, for the
+/// checkpoint's registry.
+fn signature(
+    kind: &str,
+    window: &Window,
+    partition: &[Expr],
+    order: &[datafusion::logical_expr::SortExpr],
+) -> String {
     let list = |items: Vec<String>| items.join(", ");
-    let signature = format!(
-        "over ({}) by ({}) of ({}): {}",
+    let fields = window.input.schema();
+    format!(
+        "{kind} ({}) by ({}) of ({}): {}",
         list(
-            window
-                .input
-                .schema()
+            fields
                 .fields()
                 .iter()
                 .map(|f| format!("{} {}", f.name(), f.data_type()))
@@ -170,11 +184,28 @@ pub(crate) fn recognize(above: &[&LogicalPlan], window: &Window) -> Result<Over,
         list(partition.iter().map(|e| e.to_string()).collect()),
         list(order.iter().map(|s| s.to_string()).collect()),
         list(window.window_expr.iter().map(|e| e.to_string()).collect()),
-    );
-    Ok(Over {
-        preceding: preceding as usize,
-        signature,
-    })
+    )
+}
+
+/// PARTITION BY columns in Arrow's row format; none without PARTITION BY
+/// (every row in one partition).
+pub(crate) fn partition_rows(columns: &[ArrayRef]) -> Result<Option<Rows>, SqlError> {
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect(),
+    )?;
+    Ok(Some(converter.convert_columns(columns)?))
+}
+
+/// Row `i`'s partition in [`partition_rows`]' bytes (empty: the one
+/// partition).
+pub(crate) fn partition_of(rows: &Option<Rows>, i: usize) -> &[u8] {
+    rows.as_ref().map_or(&[][..], |rows| rows.row(i).data())
 }
 
 fn bounded(n: &ScalarValue) -> Option<u64> {
@@ -375,18 +406,7 @@ pub(crate) async fn apply(
         .iter()
         .map(|s| evaluate(&s.expr))
         .collect::<Result<_, _>>()?;
-    // Without PARTITION BY every row is in one partition (empty prefix).
-    let partition_rows = (!partition.is_empty())
-        .then(|| {
-            RowConverter::new(
-                partition
-                    .iter()
-                    .map(|a| SortField::new(a.data_type().clone()))
-                    .collect(),
-            )?
-            .convert_columns(&partition)
-        })
-        .transpose()?;
+    let partition_rows = partition_rows(&partition)?;
     let order_rows = RowConverter::new(
         order
             .iter()
@@ -429,11 +449,7 @@ pub(crate) async fn apply(
             }
             None => None,
         };
-        let prefix = state_keys::over_prefix(
-            partition_rows
-                .as_ref()
-                .map_or(&[][..], |rows| rows.row(i).data()),
-        );
+        let prefix = state_keys::over_prefix(partition_of(&partition_rows, i));
         let to = state_keys::over_row_key(&prefix, order_rows.row(i).as_ref(), &slot);
         moves.push(Move {
             from,
@@ -760,21 +776,7 @@ pub(crate) fn recognize_stream(plan: &LogicalPlan, event_time: &str) -> Result<S
     let Some((partition, _)) = spec else {
         return Err(STREAM_OVER.into());
     };
-    let list = |items: Vec<String>| items.join(", ");
-    let signature = format!(
-        "stream over ({}) by ({}): {}",
-        list(
-            window
-                .input
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| format!("{} {}", f.name(), f.data_type()))
-                .collect()
-        ),
-        list(partition.iter().map(|e| e.to_string()).collect()),
-        list(window.window_expr.iter().map(|e| e.to_string()).collect()),
-    );
+    let signature = signature("stream over", window, partition, &[]);
     Ok(StreamOver { frame, signature })
 }
 
@@ -843,7 +845,6 @@ pub(crate) async fn run_stream(
     // The batch's rows: each keyed by partition, event time and its place
     // in the batch (ties of one time stay in arrival order).
     let mut new_rows: Vec<StreamRow> = Vec::new();
-    let mut converters: Option<(Option<RowConverter>, RowConverter)> = None;
     for batch in new_batches.iter().filter(|b| b.num_rows() > 0) {
         let evaluate = |e: &Expr| -> Result<ArrayRef, SqlError> {
             let e = session.create_physical_expr(e.clone(), input_schema)?;
@@ -869,27 +870,9 @@ pub(crate) async fn run_stream(
             .ok_or_else(|| SqlError::State {
                 message: "an OVER window's event time is not a time".into(),
             })?;
-        let (partition_codec, order_codec) = match &mut converters {
-            Some(c) => c,
-            None => converters.insert((
-                (!partition.is_empty())
-                    .then(|| {
-                        RowConverter::new(
-                            partition
-                                .iter()
-                                .map(|a| SortField::new(a.data_type().clone()))
-                                .collect(),
-                        )
-                    })
-                    .transpose()?,
-                RowConverter::new(vec![SortField::new(order.data_type().clone())])?,
-            )),
-        };
-        let partition_rows = partition_codec
-            .as_ref()
-            .map(|c| c.convert_columns(&partition))
-            .transpose()?;
-        let order_rows = order_codec.convert_columns(std::slice::from_ref(&order))?;
+        let partition_rows = partition_rows(&partition)?;
+        let order_rows = RowConverter::new(vec![SortField::new(order.data_type().clone())])?
+            .convert_columns(std::slice::from_ref(&order))?;
         let full = row_codec.convert_columns(batch.columns())?;
         for i in 0..batch.num_rows() {
             if times.is_null(i) {
@@ -897,11 +880,7 @@ pub(crate) async fn run_stream(
                 // behind every watermark.
                 continue;
             }
-            let prefix = state_keys::over_prefix(
-                partition_rows
-                    .as_ref()
-                    .map_or(&[][..], |rows| rows.row(i).data()),
-            );
+            let prefix = state_keys::over_prefix(partition_of(&partition_rows, i));
             let mut slot = Vec::with_capacity(12);
             slot.extend_from_slice(&cx.batch_id.to_be_bytes());
             slot.extend_from_slice(&(new_rows.len() as u32).to_be_bytes());

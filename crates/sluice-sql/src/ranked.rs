@@ -205,17 +205,7 @@ pub(crate) async fn run(
             .iter()
             .map(|s| Ok(s.expr.evaluate(batch)?.into_array(n)?))
             .collect::<Result<_, SqlError>>()?;
-        let partition_rows = (!partition.is_empty())
-            .then(|| {
-                RowConverter::new(
-                    partition
-                        .iter()
-                        .map(|a| SortField::new(a.data_type().clone()))
-                        .collect(),
-                )?
-                .convert_columns(&partition)
-            })
-            .transpose()?;
+        let partition_rows = crate::over::partition_rows(&partition)?;
         let order_rows = RowConverter::new(
             order
                 .iter()
@@ -232,9 +222,8 @@ pub(crate) async fn run(
         let full = row_codec.convert_columns(batch.columns())?;
         Ok((0..n)
             .map(|i| {
-                let prefix = state_keys::ranked_prefix(
-                    partition_rows.as_ref().map_or(&[][..], |r| r.row(i).data()),
-                );
+                let prefix =
+                    state_keys::ranked_prefix(crate::over::partition_of(&partition_rows, i));
                 let group = group_rows.row(i).data().to_vec();
                 let key = state_keys::over_row_key(&prefix, order_rows.row(i).data(), &group);
                 Keyed {
