@@ -246,18 +246,8 @@ fn ranks_groups(agg: &Aggregation, windows: &[Arc<dyn ExecutionPlan>]) -> bool {
     let [window] = windows else {
         return false;
     };
-    let numbered = |exprs: &[Arc<dyn datafusion::physical_plan::WindowExpr>]| matches!(exprs, [e] if e.name().starts_with("row_number"));
-    let exprs_numbered = if let Some(w) =
-        window.downcast_ref::<datafusion::physical_plan::windows::BoundedWindowAggExec>()
-    {
-        numbered(w.window_expr())
-    } else if let Some(w) =
-        window.downcast_ref::<datafusion::physical_plan::windows::WindowAggExec>()
-    {
-        numbered(w.window_expr())
-    } else {
-        false
-    };
+    let exprs = crate::ranked::window_exprs(window);
+    let exprs_numbered = matches!(exprs.as_slice(), [e] if e.name().starts_with("row_number"));
     exprs_numbered && agg.window.is_none() && !agg.nested && agg.outer.is_none()
 }
 
@@ -280,17 +270,10 @@ fn ranks_whole_windows(
     };
     let base: std::collections::HashSet<usize> = [window.column].into_iter().collect();
     for node in windows {
-        let expressions: Vec<Arc<dyn datafusion::physical_plan::WindowExpr>> = if let Some(w) =
-            node.downcast_ref::<datafusion::physical_plan::windows::BoundedWindowAggExec>()
-        {
-            w.window_expr().to_vec()
-        } else if let Some(w) =
-            node.downcast_ref::<datafusion::physical_plan::windows::WindowAggExec>()
-        {
-            w.window_expr().to_vec()
-        } else {
+        let expressions = crate::ranked::window_exprs(node);
+        if expressions.is_empty() {
             return Err(OVER_NOT_INCREMENTAL.into());
-        };
+        }
         let input = node.children()[0].clone();
         let (windowed, _) = crate::retraction::derived_columns(&input, &agg.top, &base)
             .map_err(|why| format!("an OVER window over a windowed aggregation: {why}"))?;

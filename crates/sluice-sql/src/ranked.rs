@@ -48,7 +48,8 @@ pub(crate) fn window_of(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn Executi
     plan.children().into_iter().find_map(window_of)
 }
 
-fn window_exprs(window: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn WindowExpr>> {
+/// The functions an OVER window node computes (none for another node).
+pub(crate) fn window_exprs(window: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn WindowExpr>> {
     if let Some(w) = window.downcast_ref::<BoundedWindowAggExec>() {
         w.window_expr().to_vec()
     } else if let Some(w) = window.downcast_ref::<WindowAggExec>() {
