@@ -1,8 +1,9 @@
--- Nexmark q7, highest bid: the highest bid of every 10-second tumbling
--- window, emitted once when the watermark closes the window. Flink's
--- version joins the bids with each window's maximum price; here the bid
--- comes from first_value(… ORDER BY price DESC) in the same aggregation
--- (one bid per window when several tie on the maximum).
+-- Nexmark q7, highest bid: the bids of every 10-second tumbling window
+-- with the window's highest price — all of them when several tie —,
+-- emitted once when the watermark closes the window. Flink's version
+-- joins the bids with each window's maximum price; here a window Top-N
+-- ranks each window's bids (RANK() keeps every tie), as Flink's window
+-- Top-N does, keeping only the best bids of each open window in state.
 --   sluice nexmark generate --events 10000000
 --   sluice run jobs/nexmark/q7.sql --until-caught-up
 CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
@@ -13,10 +14,9 @@ CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, ur
 CREATE SINK nexmark_q7 WITH (type = 'blackhole', mode = 'append');
 
 INSERT INTO nexmark_q7
-SELECT window_start, window_end, max(price) AS price,
-       first_value(auction ORDER BY price DESC) AS auction,
-       first_value(bidder ORDER BY price DESC) AS bidder,
-       first_value(date_time ORDER BY price DESC) AS date_time,
-       first_value(extra ORDER BY price DESC) AS extra
-FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
-GROUP BY window_start, window_end;
+SELECT auction, price, bidder, date_time, extra, window_start, window_end
+FROM (
+  SELECT auction, price, bidder, date_time, extra, window_start, window_end,
+         RANK() OVER (PARTITION BY window_start, window_end ORDER BY price DESC) AS rk
+  FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
+) WHERE rk <= 1;

@@ -196,11 +196,17 @@ fn stream_joins_that_cannot_be_bounded_are_refused() {
     );
     assert!(e.contains("needs a time bound on both sides"), "{e}");
     let e = refuse(
-        "INSERT INTO paid SELECT o.window_end, count(*) FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) o JOIN payments p ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND GROUP BY o.window_start, o.window_end",
+        "INSERT INTO paid SELECT o.window_end, count(*) FROM SESSION(orders, ts, INTERVAL '10' SECOND) o JOIN payments p ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND GROUP BY o.window_start, o.window_end",
         ORDERS_PAYMENTS,
     );
+    assert!(e.contains("session windows over a join"), "{e}");
+    // Without a bound, nothing says when a window of matches is complete.
+    let e = refuse(
+        "INSERT INTO paid SELECT o.window_end, count(*) FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) o JOIN payments p ON o.id = p.order_id GROUP BY o.window_start, o.window_end",
+        &ORDERS_PAYMENTS.replace("(type = 'table')", "(type = 'table', state_ttl = '1h')"),
+    );
     assert!(
-        e.contains("windowed aggregation over a join of two streams"),
+        e.contains("state_ttl cannot say when a window is complete"),
         "{e}"
     );
     let e = refuse(
@@ -343,5 +349,101 @@ fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
             expected,
             "batch size {batch}"
         );
+    }
+}
+
+#[test]
+fn a_windowed_aggregation_over_an_interval_join_emits_each_window_once_when_no_match_can_come() {
+    // Orders every 100 ms over 40 s, paid 0–12 s later (after 10 s: no
+    // match), counted per 5-second window of the order's time.
+    let orders: Vec<(i64, i64)> = (0..400i64).map(|id| (id, id * 100)).collect();
+    let mut payments: Vec<(i64, i64, i64)> = orders
+        .iter()
+        .filter(|(id, _)| id % 5 != 0)
+        .map(|(id, ts)| (*id, id % 9, ts + (id % 7) * 2_000))
+        .collect();
+    payments.sort_by_key(|p| p.2);
+    let query = |start: &str, from: &str| {
+        format!(
+            "SELECT CAST({start} AS VARCHAR) AS k, CAST(sum(p.amount) AS VARCHAR) || ',' || CAST(count(*) AS VARCHAR) AS v\n  FROM {from} JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND\n  GROUP BY {start}"
+        )
+    };
+    let expected = batch_join(
+        &orders,
+        &payments,
+        &query("date_bin(INTERVAL '5' SECOND, o.ts)", "orders o"),
+    );
+    assert_eq!(expected.len(), 8, "{expected:?}");
+    let streaming = query(
+        "o.window_start",
+        "TUMBLE(orders, ts, INTERVAL '5' SECOND) o",
+    )
+    .replace(
+        "GROUP BY o.window_start",
+        "GROUP BY o.window_start, o.window_end",
+    );
+    // An order and a payment an hour later on each partition, matching
+    // nothing: both watermarks pass every window.
+    let far = 3_600_000;
+    let far_orders = [
+        format!(r#"{{"id": -1, "ts": {far}}}"#),
+        format!(r#"{{"id": -2, "ts": {far}}}"#),
+    ];
+    let far_payments = [
+        format!(r#"{{"order_id": -3, "amount": 1, "ts": {far}}}"#),
+        format!(r#"{{"order_id": -4, "amount": 1, "ts": {far}}}"#),
+    ];
+    for batch in ["1", "7", "10000"] {
+        let dir = tempfile::tempdir().unwrap();
+        load_paid(dir.path(), &order_rows(&orders), &payment_rows(&payments));
+        let store = LogStore::open(dir.path().join("data"), common::quiet()).unwrap();
+        for (topic, rows) in [("orders", &far_orders), ("payments", &far_payments)] {
+            let topic = common::topic(&store, topic, 2);
+            for (partition, row) in rows.iter().enumerate() {
+                common::append_values(&topic, partition as i32, [row], 1);
+            }
+        }
+        drop(store);
+        let job = dir.path().join("paid.sql");
+        std::fs::write(
+            &job,
+            format!(
+                "{}INSERT INTO out {streaming};",
+                ORDERS_PAYMENTS.replace(
+                    "CREATE SINK paid WITH (type = 'table');",
+                    "CREATE SINK out WITH (type = 'console', mode = 'append');"
+                )
+            ),
+        )
+        .unwrap();
+        let cp = dir.path().join("cp");
+        let stdout = common::sluice_run(&job, &dir.path().join("data"), &cp)
+            .current_dir(dir.path())
+            .args(["--interval", "1ms", "--max-records-per-batch", batch])
+            .ok();
+        // Append mode: each window comes out once, complete.
+        let rows: Vec<(String, String)> = crate::common_sql::console_cells(&stdout)
+            .into_iter()
+            .filter(|cells| cells.first().is_some_and(|c| c != "k"))
+            .map(|cells| (cells[0].clone(), cells[1].clone()))
+            .collect();
+        let got: BTreeMap<String, String> = rows.iter().cloned().collect();
+        assert_eq!(
+            rows.len(),
+            got.len(),
+            "batch size {batch}: a window emitted twice: {rows:?}"
+        );
+        assert_eq!(got, expected, "batch size {batch}");
+        // The closed windows' groups are gone; the join keeps only rows
+        // the far-ahead ones might still meet.
+        let cp = sluice::checkpoint::Checkpoint::open_read_only(&cp, "paid").unwrap();
+        let cf = cp.cf("state.insert-out").unwrap();
+        let groups = cp
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|item| item.unwrap())
+            .filter(|(k, _)| k.first() == Some(&1))
+            .count();
+        assert_eq!(groups, 0, "batch size {batch}: open windows left in state");
     }
 }

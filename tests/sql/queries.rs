@@ -206,6 +206,14 @@ fn queries_that_cannot_run_incrementally_are_refused_at_submission() {
         e.contains("update mode") && e.contains("mode = 'append'"),
         "{e}"
     );
+    // RANK() keeps ties, final only once a window closes.
+    let e = refused(
+        "SELECT line FROM (SELECT line, rank() OVER (PARTITION BY line ORDER BY _offset) AS rn FROM lines) WHERE rn = 1;",
+    );
+    assert!(
+        e.contains("RANK() keeps every row tied") && e.contains("window_start, window_end"),
+        "{e}"
+    );
     // An aggregation over an updating aggregation: only what can take a
     // changed row back, and only when no outer group can empty.
     let counts = "(SELECT line, length(line) AS len, count(*) AS n FROM lines GROUP BY line)";

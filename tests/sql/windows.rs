@@ -956,6 +956,88 @@ fn a_rank_within_closed_windows_keeps_every_tie() {
 }
 
 #[test]
+fn a_window_top_n_emits_each_windows_best_rows_once_when_it_closes() {
+    let input = clicks();
+    // Per 5-second window, the urls in ascending order.
+    let mut per_window: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    for (_, url, ts) in &input {
+        per_window
+            .entry(ts.div_euclid(5_000) * 5_000)
+            .or_default()
+            .push(url);
+    }
+    for urls in per_window.values_mut() {
+        urls.sort();
+    }
+    let cases = [
+        // RANK(): every click tied with the second-best url too, each
+        // with the rank of the first of its ties.
+        (
+            "RANK() OVER (PARTITION BY window_start, window_end ORDER BY url)",
+            2,
+        ),
+        // ROW_NUMBER(): exactly one row, the greatest url.
+        (
+            "ROW_NUMBER() OVER (PARTITION BY window_end, window_start ORDER BY url DESC)",
+            1,
+        ),
+    ];
+    for (function, n) in cases {
+        let mut expected = Vec::new();
+        for (start, urls) in &per_window {
+            if function.starts_with("RANK") {
+                for url in urls {
+                    let rank = urls.iter().position(|u| u == url).unwrap() + 1;
+                    if rank <= n {
+                        expected.push(format!("{},{url},{rank}", ms_text(*start)));
+                    }
+                }
+            } else {
+                expected.push(format!("{},{},1", ms_text(*start), urls.last().unwrap()));
+            }
+        }
+        expected.sort();
+        for batch in ["13", "10000"] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            clicks_then_far_ahead(&data, &input);
+            let job = dir.path().join("top.sql");
+            std::fs::write(
+                &job,
+                format!(
+                    "{STREAM}CREATE SINK out WITH (type = 'console', mode = 'append');\n\
+                     INSERT INTO out SELECT window_start, url, r FROM (\n\
+                       SELECT url, window_start, {function} AS r\n\
+                       FROM TUMBLE(clicks, ts, INTERVAL '5' SECOND)\n\
+                     ) WHERE r <= {n};"
+                ),
+            )
+            .unwrap();
+            let cp = dir.path().join("cp");
+            let (out, _) = run_job(&job, &data, &cp, &["--max-records-per-batch", batch]);
+            let got: Vec<String> = console_rows(&out);
+            assert_eq!(got, expected, "{function}, {batch} per batch:\n{out}");
+            // Only the far-ahead window's group is left in state.
+            let cp = sluice::checkpoint::Checkpoint::open_read_only(&cp, "top").unwrap();
+            let cf = cp.cf("state.insert-out").unwrap();
+            let tags: Vec<u8> = cp
+                .db()
+                .iterator_cf(cf, rocksdb::IteratorMode::Start)
+                .map(|item| item.unwrap().0[0])
+                .filter(|tag| *tag != 0)
+                .collect();
+            assert_eq!(tags, [9, 18], "{function}, {batch} per batch");
+        }
+    }
+    assert!(
+        per_window
+            .values()
+            .any(|urls| urls.iter().filter(|u| **u == urls[0]).count() > 1),
+        "no window has a tie: the test shows nothing"
+    );
+}
+
+#[test]
 fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -984,6 +1066,19 @@ fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
     assert!(
         join.contains("bounds orders.ts − payments.ts to [-10000 ms, 0 ms]"),
         "{join}"
+    );
+    let q7 = explain("nexmark/q7.sql");
+    for part in [
+        "its top 1 rows and every row tied with the last (RANK)",
+        "emits nothing until the watermark passes a window's end",
+        "records behind a stream's watermark are dropped",
+    ] {
+        assert!(q7.contains(part), "missing {part:?} in:\n{q7}");
+    }
+    let q8 = explain("nexmark/q8.sql");
+    assert!(
+        q8.contains("windows over the matches: no match to come has person.date_time below min(person's watermark, auction's watermark -10000 ms)"),
+        "{q8}"
     );
     let wc = explain("wordcount.sql");
     assert!(wc.contains("eviction: none (not windowed)"), "{wc}");

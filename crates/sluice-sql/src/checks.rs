@@ -50,22 +50,33 @@ pub(crate) struct JoinSide<'a> {
 }
 
 /// What bounds a join of two streams' state: its ON clause and both
-/// watermarks, or else the sink's `state_ttl`.
+/// watermarks, or else the sink's `state_ttl`. An aggregation over the
+/// join windowed by a stream's event time (`windows`) closes its windows
+/// by the matches' watermark, which only a bound and both watermarks give.
 pub(crate) fn join_bound(
     logical: &LogicalPlan,
+    unoptimized: &LogicalPlan,
     sides: [JoinSide; 2],
     aggregation: Option<&Aggregation>,
+    windows: &[WindowUse],
     ttl_ms: Option<i64>,
     line: usize,
 ) -> Result<IntervalJoin, SqlError> {
     let unsupported = |message: String| SqlError::Unsupported { line, message };
-    if aggregation.is_some_and(|a| a.window.is_some() || a.nested) {
+    if aggregation.is_some_and(|a| a.nested) {
         return Err(unsupported(
-            "a windowed aggregation over a join of two streams is not incremental yet: aggregate without a window (GROUP BY keys, merged across batches), or write the join's rows to a sink and window them in another job".into(),
+            "an aggregation over a windowed aggregation of a join of two streams is not incremental yet: write the windowed aggregation's rows to a sink and aggregate them in another job".into(),
+        ));
+    }
+    let windowed = aggregation.and_then(|a| a.window.as_ref());
+    if windowed.is_some_and(|w| w.session.is_some()) {
+        return Err(unsupported(
+            "session windows over a join of two streams are not incremental yet: window the join's matches with TUMBLE(…) or HOP(…) over one stream's event time".into(),
         ));
     }
     let [a, b] = sides;
     let names = [a.name.to_owned(), b.name.to_owned()];
+    join::written_inner(unoptimized, &names).map_err(unsupported)?;
     let bounded = match (a.watermark, b.watermark) {
         (Some(wa), Some(wb)) => join::derive(
             logical,
@@ -83,16 +94,37 @@ pub(crate) fn join_bound(
             ))
         }
     };
-    match (bounded, ttl_ms) {
-        (Ok(j), None) => Ok(j),
+    let mut join = match (bounded, ttl_ms) {
+        (Ok(j), None) => j,
         // Over the join, the TTL bounds the aggregation's groups.
-        (Ok(j), Some(_)) if aggregation.is_some() => Ok(j),
-        (Ok(_), Some(_)) => Err(unsupported(
+        (Ok(j), Some(_)) if aggregation.is_some() => j,
+        (Ok(_), Some(_)) => return Err(unsupported(
             "state_ttl: this interval join's state is already bounded by its ON clause and the watermarks: remove state_ttl".into(),
         )),
-        (Err(message), None) => Err(unsupported(message)),
-        (Err(_), Some(ms)) => join::with_ttl(logical, names, ms).map_err(unsupported),
+        (Err(message), None) => return Err(unsupported(message)),
+        (Err(_), Some(_)) if windowed.is_some() => return Err(unsupported(format!(
+            "a windowed aggregation over a join of two streams closes a window once no match can still fall in it, which needs both streams' watermarks and a time bound in the ON clause ({}.{} BETWEEN {}.{} - INTERVAL '10' SECOND AND {}.{} + INTERVAL '10' SECOND): state_ttl cannot say when a window is complete",
+            a.name,
+            a.watermark.map_or("ts", |w| w.column.as_str()),
+            b.name,
+            b.watermark.map_or("ts", |w| w.column.as_str()),
+            b.name,
+            b.watermark.map_or("ts", |w| w.column.as_str()),
+        ))),
+        (Err(_), Some(ms)) => join::with_ttl(logical, names, ms).map_err(unsupported)?,
+    };
+    if windowed.is_some() {
+        join.windowed = [a.name, b.name].map(|name| windows.iter().any(|u| u.stream == name));
+        if !join.windowed.contains(&true) {
+            return Err(unsupported(format!(
+                "a windowed aggregation over a join of two streams is windowed by one stream's event time, whose watermark (held back by the join's bound) closes the windows: window the stream in FROM, as in FROM TUMBLE({}, {}, INTERVAL '10' SECOND) JOIN {} …",
+                a.name,
+                a.watermark.map_or("ts", |w| w.column.as_str()),
+                b.name
+            )));
+        }
     }
+    Ok(join)
 }
 
 /// The TTL of an aggregation's groups: `state_ttl` applies to
@@ -185,6 +217,7 @@ pub(crate) fn check_mode(
 /// retractions), and its rows are updates.
 pub(crate) fn top_n_fits(
     plan: &datafusion::logical_expr::LogicalPlan,
+    top: &crate::topn::TopN,
     mode: OutputMode,
 ) -> Result<(), String> {
     fn aggregates(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
@@ -197,11 +230,15 @@ pub(crate) fn top_n_fits(
     if aggregates(plan) {
         return Err("a top-N over an aggregation ranks rows that change, which needs retractions (not supported yet): rank the stream's rows".into());
     }
-    if mode != OutputMode::Update {
-        return Err(format!(
-            "a top-N's rows change as better ones arrive: its sink takes them in update mode (each output row replaces the row of its group and rank), not mode = '{}'",
+    match mode {
+        // Over a window's rows, each window's top rows are final once the
+        // watermark passes its end (Flink's window Top-N).
+        OutputMode::Append if top.window.is_some() => Ok(()),
+        OutputMode::Update if top.ties => Err("RANK() keeps every row tied with the N-th, known only once the window closes: set mode = 'append' on the sink (each window's top rows are emitted once, when the watermark passes its end), or use ROW_NUMBER()".into()),
+        OutputMode::Update => Ok(()),
+        _ => Err(format!(
+            "a top-N's rows change as better ones arrive: its sink takes them in update mode (each output row replaces the row of its group and rank), not mode = '{}'; a top-N partitioned by window_start, window_end of TUMBLE(…)/HOP(…) runs in append mode too, each window's rows emitted once it closes",
             format!("{mode:?}").to_lowercase()
-        ));
+        )),
     }
-    Ok(())
 }

@@ -142,6 +142,21 @@ fn describe(out: &mut String, q: &Query) {
         let _ = writeln!(out);
         return;
     }
+    if let Some(top) = q.top_n.filter(|t| t.closing) {
+        let _ = writeln!(
+            out,
+            "  state: CF state.{} — per group (PARTITION BY, which holds the window) its top {} rows{}, best first, each with its sort key (Arrow row format), and an index of the groups by their window's end; each batch merges its on-time rows into their groups and emits nothing until the watermark passes a window's end: then its groups' rows come out once, ranked, and are deleted (Flink's window Top-N; append mode)",
+            q.operator,
+            top.n,
+            if top.ties {
+                " and every row tied with the last (RANK)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out);
+        return;
+    }
     if let Some(top) = q.top_n {
         let _ = writeln!(
             out,
@@ -248,9 +263,13 @@ fn describe_reads(out: &mut String, q: &Query) {
             "the records are decoded whole, in"
         },
         q.slices,
-        if q.top_n.is_some() && q.join.is_none() {
+        if q.top_n.is_some_and(|t| !t.closing) && q.join.is_none() {
             "every record counts (a rank has no window to be late for)"
-        } else if q.aggregation.is_some() || q.join.is_some() || q.over.is_some() {
+        } else if q.aggregation.is_some()
+            || q.join.is_some()
+            || q.over.is_some()
+            || q.top_n.is_some()
+        {
             "records behind a stream's watermark are dropped and counted (late records)"
         } else {
             "every record passes (stateless)"
@@ -427,6 +446,15 @@ fn describe_join(out: &mut String, q: &Query, j: &IntervalJoin) {
             j.streams[1],
             j.streams[0],
             -j.hi_ms
+        );
+    }
+    for side in (0..2).filter(|&side| j.windowed[side]) {
+        let other = 1 - side;
+        let offset = if side == 0 { j.lo_ms } else { -j.hi_ms };
+        let _ = writeln!(
+            out,
+            "  windows over the matches: no match to come has {}.{} below min({}'s watermark, {}'s watermark {:+} ms), the matches' watermark; a window of the aggregation closes when it passes the window's end",
+            j.streams[side], j.columns[side], j.streams[side], j.streams[other], offset
         );
     }
 }

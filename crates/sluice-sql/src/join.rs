@@ -51,13 +51,43 @@ pub(crate) struct IntervalJoin {
     pub ttl_ms: Option<i64>,
     /// Per stream, the columns its equality conditions compare (`a.id =
     /// b.id`), in matching order: rows that can match share these values,
-    /// which is how a join is split over many workers. Empty when an
-    /// equality compares anything but columns.
+    /// which is how a join is split over many workers. Equalities of
+    /// computed values are left out.
     pub keys: [Vec<String>; 2],
     /// Per stream, the filters applied to its rows before the join (each
     /// with the schema it reads): a row that fails one can never match,
     /// so it is not buffered.
     pub filters: [Vec<SideFilter>; 2],
+    /// Per stream, whether an aggregation over the matches is windowed by
+    /// its event time (`TUMBLE(stream, …)`): the matches' watermark is
+    /// then kept for that stream's column (see
+    /// [`IntervalJoin::matches_watermark`]).
+    pub windowed: [bool; 2],
+}
+
+impl IntervalJoin {
+    /// The watermark of the matches' event times: no match a later batch
+    /// finds has an event time, in the column of a windowed stream, below
+    /// it. A new row of stream 0 is on time (`t0 ≥ W0`), and a buffered
+    /// one can only meet stream-1 rows to come (`t1 ≥ W1`) within the
+    /// bound (`t0 ≥ t1 + lo`): the matches' `t0` is at least `min(W0, W1 +
+    /// lo)`, exactly what eviction keeps. Symmetrically `t1 ≥ min(W1, W0 −
+    /// hi)`. `None` until both streams have a watermark, or when no stream
+    /// is windowed (or the join is kept by TTL, whose rows have no bound).
+    pub(crate) fn matches_watermark(&self, watermarks: &[Option<i64>]) -> Option<i64> {
+        if self.ttl_ms.is_some() {
+            return None;
+        }
+        let (w0, w1) = (watermarks.first().copied()??, watermarks.get(1).copied()??);
+        let bounds = [
+            w0.min(w1.saturating_add(self.lo_ms)),
+            w1.min(w0.saturating_sub(self.hi_ms)),
+        ];
+        (0..2)
+            .filter(|&side| self.windowed[side])
+            .map(|side| bounds[side])
+            .min()
+    }
 }
 
 /// A filter on one stream's rows under the join, and the columns (by
@@ -103,7 +133,9 @@ fn filters_of(join: &datafusion::logical_expr::Join, left_stream: usize) -> [Vec
 }
 
 /// The columns `join`'s equalities compare, per stream (`left_stream` is
-/// the stream on its left side); empty if one compares an expression.
+/// the stream on its left side). Equalities of computed values
+/// (`date_bin(…, a.ts) = b.window_start`) are left out: rows that match
+/// share the values of every equality, so of the column ones too.
 fn equi_keys(join: &datafusion::logical_expr::Join, left_stream: usize) -> [Vec<String>; 2] {
     let column = |e: &Expr| match e {
         Expr::Column(c) => Some(c.name.clone()),
@@ -115,23 +147,28 @@ fn equi_keys(join: &datafusion::logical_expr::Join, left_stream: usize) -> [Vec<
     };
     let mut keys: [Vec<String>; 2] = Default::default();
     for (l, r) in &join.on {
-        match (column(l), column(r)) {
-            (Some(l), Some(r)) => {
-                keys[left_stream].push(l);
-                keys[1 - left_stream].push(r);
-            }
-            _ => return Default::default(),
+        if let (Some(l), Some(r)) = (column(l), column(r)) {
+            keys[left_stream].push(l);
+            keys[1 - left_stream].push(r);
         }
     }
     keys
 }
 
-/// The streams a plan scans (table names of its scans among `streams`).
+/// The streams a plan scans (table names of its scans among `streams`,
+/// or the stream a window function's scan reads).
 fn scanned(plan: &LogicalPlan, streams: &[String; 2], out: &mut Vec<usize>) {
-    if let LogicalPlan::TableScan(scan) = plan
-        && let Some(i) = streams.iter().position(|s| s == scan.table_name.table())
-    {
-        out.push(i);
+    if let LogicalPlan::TableScan(scan) = plan {
+        let windowed = datafusion::datasource::source_as_provider(&scan.source)
+            .ok()
+            .and_then(|p| {
+                p.downcast_ref::<crate::window::WindowedStream>()
+                    .map(|w| w.stream.clone())
+            });
+        let name = windowed.as_deref().unwrap_or(scan.table_name.table());
+        if let Some(i) = streams.iter().position(|s| s == name) {
+            out.push(i);
+        }
     }
     for input in plan.inputs() {
         scanned(input, streams, out);
@@ -204,6 +241,7 @@ pub(crate) fn with_ttl(
         lo_ms: i64::MIN,
         hi_ms: i64::MAX,
         ttl_ms: Some(ttl_ms),
+        windowed: [false; 2],
     })
 }
 
@@ -221,7 +259,17 @@ fn find<'p>(
             scanned(&join.left, streams, &mut left);
             scanned(&join.right, streams, &mut right);
             if left.len() == 1 && right.len() == 1 && left[0] != right[0] {
-                if join.join_type != datafusion::logical_expr::JoinType::Inner {
+                use datafusion::logical_expr::JoinType;
+                // DataFusion's optimizer turns an inner join whose
+                // matches' count nothing above it depends on (a GROUP BY
+                // of one side's columns, without aggregates) into a semi
+                // join: its new matches, merged as the inner join's,
+                // give the same groups. `written_inner` checks the query
+                // wrote an inner join.
+                if !matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+                ) {
                     return Err(format!(
                         "a {} join of two streams is not incremental yet: use an inner JOIN",
                         join.join_type
@@ -239,6 +287,22 @@ fn find<'p>(
             streams[0], streams[1]
         )
     })
+}
+
+/// Whether the query as written (`unoptimized`) joins `streams` with an
+/// inner join: the only join of streams that runs, whatever the
+/// optimizer made of it.
+pub(crate) fn written_inner(
+    unoptimized: &LogicalPlan,
+    streams: &[String; 2],
+) -> Result<(), String> {
+    let (join, _) = find(unoptimized, streams)?;
+    match join.join_type {
+        datafusion::logical_expr::JoinType::Inner => Ok(()),
+        other => Err(format!(
+            "a {other} join of two streams is not incremental yet: use an inner JOIN"
+        )),
+    }
 }
 
 /// Finds the join of `streams` in an optimized plan and the bound its
@@ -323,6 +387,7 @@ pub(crate) fn derive(
         lo_ms: lo,
         hi_ms: hi,
         ttl_ms: None,
+        windowed: [false; 2],
     })
 }
 
@@ -368,32 +433,30 @@ impl JoinBuffer {
             )
         };
         let rows = [codec(&schemas[0])?, codec(&schemas[1])?];
-        let positions = |side: usize| -> Option<Vec<usize>> {
-            join.keys[side]
-                .iter()
-                .map(|k| schemas[side].index_of(k).ok())
-                .collect()
-        };
-        let types = |side: usize, at: &[usize]| -> Vec<DataType> {
-            at.iter()
-                .map(|&i| key_type(schemas[side].field(i).data_type()))
-                .collect()
-        };
         // Floats are left to DataFusion's comparison (0.0 = -0.0, whose
-        // bytes differ), as are keys the two sides hold in other types.
-        let comparable = |k0: &[usize], k1: &[usize]| {
-            let t = types(0, k0);
-            !k0.is_empty() && t == types(1, k1) && !t.iter().any(DataType::is_floating)
-        };
-        let keys = match (positions(0), positions(1)) {
-            (Some(k0), Some(k1)) if comparable(&k0, &k1) => [k0, k1],
-            _ => Default::default(),
-        };
+        // bytes differ), as are keys the two sides hold in other types and
+        // columns a side's stream does not have (a window's bounds): rows
+        // are keyed by the equalities that remain.
+        let key_type_at = |side: usize, i: usize| key_type(schemas[side].field(i).data_type());
+        let mut keys: [Vec<usize>; 2] = Default::default();
+        for (k0, k1) in join.keys[0].iter().zip(&join.keys[1]) {
+            let (Ok(i0), Ok(i1)) = (schemas[0].index_of(k0), schemas[1].index_of(k1)) else {
+                continue;
+            };
+            let t = key_type_at(0, i0);
+            if t == key_type_at(1, i1) && !t.is_floating() {
+                keys[0].push(i0);
+                keys[1].push(i1);
+            }
+        }
         let key_codec = if keys[0].is_empty() {
             None
         } else {
             Some(RowConverter::new(
-                types(0, &keys[0]).into_iter().map(SortField::new).collect(),
+                keys[0]
+                    .iter()
+                    .map(|&i| SortField::new(key_type_at(0, i)))
+                    .collect(),
             )?)
         };
         let filters = [
@@ -799,6 +862,7 @@ mod tests {
             ttl_ms: Some(1),
             keys: [vec!["auction".into()], vec!["id".into()]],
             filters,
+            windowed: [false; 2],
         };
         JoinBuffer::new(&join, [bid, auction]).unwrap()
     }
@@ -976,5 +1040,35 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_matches_watermark_is_what_eviction_keeps_of_the_windowed_stream() {
+        // t0 − t1 ∈ [−10, 5]: a stream-0 row at t0 can still meet stream-1
+        // rows to come while t0 ≥ W1 − 10; a stream-1 row while t1 ≥ W0 − 5.
+        let mut join = IntervalJoin {
+            streams: ["p".into(), "a".into()],
+            columns: ["ts".into(), "ts".into()],
+            lo_ms: -10,
+            hi_ms: 5,
+            ttl_ms: None,
+            keys: Default::default(),
+            filters: Default::default(),
+            windowed: [false; 2],
+        };
+        assert_eq!(join.matches_watermark(&[Some(100), Some(100)]), None);
+        join.windowed = [true, false];
+        assert_eq!(join.matches_watermark(&[Some(100), Some(100)]), Some(90));
+        assert_eq!(join.matches_watermark(&[Some(50), Some(100)]), Some(50));
+        assert_eq!(join.matches_watermark(&[None, Some(100)]), None);
+        assert_eq!(join.matches_watermark(&[Some(100), None]), None);
+        join.windowed = [false, true];
+        assert_eq!(join.matches_watermark(&[Some(100), Some(100)]), Some(95));
+        assert_eq!(join.matches_watermark(&[Some(100), Some(20)]), Some(20));
+        // Both windowed: the slower of the two.
+        join.windowed = [true, true];
+        assert_eq!(join.matches_watermark(&[Some(100), Some(100)]), Some(90));
+        join.ttl_ms = Some(1000);
+        assert_eq!(join.matches_watermark(&[Some(100), Some(100)]), None);
     }
 }

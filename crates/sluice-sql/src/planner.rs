@@ -144,8 +144,33 @@ impl<'s> Planner<'s> {
             && over.is_none()
         {
             let top = topn::recognize(&planned.logical).map_err(unsupported)?;
-            checks::top_n_fits(&planned.logical, mode).map_err(unsupported)?;
-            Some(top)
+            checks::top_n_fits(&planned.logical, &top, mode).map_err(unsupported)?;
+            if mode == OutputMode::Append {
+                // A window top-N: each window's rows once it closes.
+                let [input] = inputs.as_slice() else {
+                    return Err(unsupported("a window top-N over a join of streams is not incremental yet: rank one stream's rows in append mode, or the join's matches in update mode".into()));
+                };
+                if input.watermark.is_none() {
+                    return Err(unsupported(format!(
+                        "a window top-N emits each window's rows once the watermark passes its end: declare WATERMARK FOR <time column> AS <time column> - INTERVAL '5' SECOND in CREATE STREAM {}",
+                        input.shape.name
+                    )));
+                }
+                if top.over.is_some() {
+                    return Err(unsupported(
+                        "an OVER aggregate over a window top-N's rows is not incremental yet"
+                            .into(),
+                    ));
+                }
+                if checks::state_ttl(sink, line)?.is_some() {
+                    return Err(unsupported("state_ttl: a window top-N's groups are deleted when the watermark closes their window: remove state_ttl".into()));
+                }
+            }
+            Some(TopN {
+                closing: mode == OutputMode::Append,
+                deletes: top.deletes.filter(|_| mode != OutputMode::Append),
+                ..top
+            })
         } else {
             None
         };
@@ -197,8 +222,10 @@ impl<'s> Planner<'s> {
         let join = match inputs.as_slice() {
             [a, b] => Some(checks::join_bound(
                 &planned.logical,
+                &planned.unoptimized,
                 [side(a), side(b)],
                 aggregation.as_ref(),
+                &planned.windows,
                 ttl_ms,
                 line,
             )?),

@@ -24,6 +24,7 @@
 //! | `0x0f` | event time, prefix length (u32 BE), `0x0d` key | empty: a stream's OVER rows the watermark has not passed, by time | over |
 //! | `0x10` | partition, sort key (row format), group   | the group's row as ranked (Arrow row format): a top-N over an aggregation | ranked |
 //! | `0x11` | group (Arrow row format)                   | the partition prefix's length (u32 LE), then the group's `0x10` key | ranked |
+//! | `0x12` | window end, group (Arrow row format)       | empty: a window top-N's groups by the end of their window, emitted and deleted when the watermark passes it | top_n |
 //!
 //! A query keeps one kind of aggregation, so `0x01` holds either
 //! groups or sessions, never both. Tag `0x04` was never used.
@@ -60,6 +61,8 @@ pub(crate) const OVER_PENDING_TAG: u8 = 15;
 const RANKED_ROW_TAG: u8 = 16;
 /// Where each group's row is in [`RANKED_ROW_TAG`].
 const RANKED_GROUP_TAG: u8 = 17;
+/// A window top-N's groups by their window's end.
+pub(crate) const TOP_N_WINDOW_TAG: u8 = 18;
 /// Groups by last update, for `state_ttl`.
 pub(crate) const TTL_TAG: u8 = 3;
 /// Open sessions by end.
@@ -302,6 +305,18 @@ pub(crate) fn top_n_ttl_key(time: i64, group: &[u8]) -> Vec<u8> {
 
 /// The [`top_n_key`] a TTL index entry points at.
 pub(crate) fn top_n_of_ttl_key(index: &[u8]) -> Vec<u8> {
+    top_n_key(&index[9..])
+}
+
+/// The index entry of a window top-N's group whose window ends at `end`.
+pub(crate) fn top_n_window_key(end: i64, group: &[u8]) -> Vec<u8> {
+    let mut key = tag_and_time(TOP_N_WINDOW_TAG, end);
+    key.extend_from_slice(group);
+    key
+}
+
+/// The [`top_n_key`] a window index entry points at.
+pub(crate) fn top_n_of_window_key(index: &[u8]) -> Vec<u8> {
     top_n_key(&index[9..])
 }
 

@@ -72,6 +72,67 @@ pub(crate) struct TopN {
     /// The output columns that key the sink's rows (empty: the whole
     /// row), set when the query is attached to its sink.
     pub delete_key: Vec<usize>,
+    /// `RANK()`: rows tied with the N-th by the ORDER BY are kept too
+    /// and share its rank (only over a window's rows, emitted when it
+    /// closes).
+    pub ties: bool,
+    /// Partitioned by a window of a window table function (`PARTITION BY
+    /// window_start, window_end`): where its end is.
+    pub window: Option<RankedWindow>,
+    /// Set in append mode (Flink's window Top-N): each window's top rows
+    /// are emitted once, when the watermark passes the window's end, and
+    /// its groups deleted; nothing is emitted before.
+    pub closing: bool,
+}
+
+/// The window a window top-N's groups belong to: a column of the
+/// window's input (`window_end`, or `window_start` plus the size).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RankedWindow {
+    pub column: usize,
+    pub to_end_ms: i64,
+}
+
+/// The window column among a top-N's PARTITION BY expressions, by the
+/// marks the window table functions put on their columns.
+fn ranked_window(window: &Window, function: &WindowFunction) -> Option<RankedWindow> {
+    use crate::window::{WINDOW_META, WINDOW_SIZE_META};
+    let schema = window.input.schema();
+    let mut start = None;
+    for e in &function.params.partition_by {
+        let Expr::Column(c) = unalias(e) else {
+            continue;
+        };
+        let Ok(column) = schema.index_of_column(c) else {
+            continue;
+        };
+        let field = schema.field(column);
+        let meta = field.metadata();
+        let role = meta
+            .get(WINDOW_META)
+            .map(String::as_str)
+            .or(match field.name().as_str() {
+                "window_end" => Some("end"),
+                "window_start" => Some("start"),
+                _ => None,
+            });
+        match role {
+            Some("end") => {
+                return Some(RankedWindow {
+                    column,
+                    to_end_ms: 0,
+                });
+            }
+            Some("start") => {
+                start = meta
+                    .get(WINDOW_SIZE_META)
+                    .and_then(|size| size.parse().ok())
+                    .map(|to_end_ms| RankedWindow { column, to_end_ms })
+            }
+            _ => {}
+        }
+    }
+    start
 }
 
 /// Whether a plan uses a window function (`… OVER (…)`).
@@ -151,8 +212,14 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
     let Expr::WindowFunction(function) = unalias(expr) else {
         return Err(ONLY_TOP_N.into());
     };
-    if function.fun.name() != "row_number" {
-        return Err(format!("{ONLY_TOP_N}; {}() is not", function.fun.name()));
+    let ties = match function.fun.name() {
+        "row_number" => false,
+        "rank" => true,
+        other => return Err(format!("{ONLY_TOP_N}; {other}() is not")),
+    };
+    let ranked_window = ranked_window(window, function);
+    if ties && ranked_window.is_none() {
+        return Err("RANK() keeps every row tied with the N-th, which only a window's rows can have once and for all: partition by window_start, window_end of a window table function (TUMBLE(…), HOP(…)) and set mode = 'append', or use ROW_NUMBER()".into());
     }
     if function.params.order_by.is_empty() {
         return Err(
@@ -265,6 +332,9 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
         over,
         deletes,
         delete_key: Vec::new(),
+        ties,
+        window: ranked_window,
+        closing: false,
     })
 }
 
@@ -273,7 +343,12 @@ pub(crate) fn recognize(plan: &LogicalPlan) -> Result<TopN, String> {
 pub(crate) fn state_meta(operator: &str, top: &TopN) -> sluice_engine::checkpoint::OperatorMeta {
     sluice_engine::checkpoint::OperatorMeta {
         name: operator.to_owned(),
-        kind: format!("sql top-{}", top.n),
+        kind: format!(
+            "sql {}top-{}{}",
+            if top.closing { "window " } else { "" },
+            top.n,
+            if top.ties { " with ties" } else { "" }
+        ),
         key_type: top.signature.0.clone(),
         state_type: top.signature.1.clone(),
     }
@@ -356,6 +431,10 @@ type Ranked = Vec<(Vec<u8>, Vec<u8>)>;
 /// A row being ranked, borrowed: (sort key, row).
 type RankedRow<'a> = (&'a [u8], &'a [u8]);
 
+/// A new row that may make its group's top: its sort key, its batch and
+/// its place in the batch.
+type Candidate<'a> = (&'a [u8], u32, u32);
+
 /// A group's stored value: its last update's batch time, then its rows.
 fn encode(updated: i64, ranked: &[RankedRow]) -> Vec<u8> {
     let size: usize = ranked.iter().map(|(k, r)| 8 + k.len() + r.len()).sum();
@@ -407,10 +486,11 @@ pub(crate) async fn run(
     top: &TopN,
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
+    watermark: Option<i64>,
 ) -> Result<Changelog, SqlError> {
     let plan = planned(session, sql).await?;
     let rows = input_rows(session, &plan).await?;
-    rank(session, &plan, top, cx, cf, rows).await
+    rank(session, &plan, top, cx, cf, rows, watermark).await
 }
 
 /// The query's optimized plan over `session`'s tables.
@@ -451,9 +531,37 @@ pub(crate) async fn input_rows(
         .await?)
 }
 
+/// Keeps a group's best rows, sorted best first: the first `n`, and
+/// with `ties` every row tied with the n-th too.
+fn keep_top<T>(rows: &mut Vec<T>, n: usize, ties: bool, sort_key: impl Fn(&T) -> &[u8]) {
+    let mut cut = n.min(rows.len());
+    if ties && cut > 0 {
+        while cut < rows.len() && sort_key(&rows[cut]) == sort_key(&rows[cut - 1]) {
+            cut += 1;
+        }
+    }
+    rows.truncate(cut);
+}
+
+/// The rank of each of a group's kept rows (best first): its position,
+/// or with `ties` the position of the first row tied with it.
+fn ranks_of(rows: &[RankedRow], ties: bool) -> Vec<u64> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, (key, _)) in rows.iter().enumerate() {
+        let rank = match out.last() {
+            Some(&prev) if ties && rows[i - 1].0 == *key => prev,
+            _ => i as u64 + 1,
+        };
+        out.push(rank);
+    }
+    out
+}
+
 /// Merges `new_rows` (the window's input) into the stored groups, stages
 /// the changed groups in the batch's commit and runs the rest of `plan`
-/// over the ranks whose row changed.
+/// over the ranks whose row changed. A window top-N in append mode
+/// (`top.closing`) emits nothing until `watermark` passes a group's
+/// window: then the group's kept rows, ranked, once.
 pub(crate) async fn rank(
     session: &SessionContext,
     plan: &LogicalPlan,
@@ -461,6 +569,7 @@ pub(crate) async fn rank(
     cx: &BatchCx<'_>,
     cf: &ColumnFamily,
     new_rows: Vec<RecordBatch>,
+    watermark: Option<i64>,
 ) -> Result<Changelog, SqlError> {
     let (window, function) = window_of(plan)?;
     let input_schema = window.input.schema().clone();
@@ -493,10 +602,13 @@ pub(crate) async fn rank(
             .map(|f| SortField::new(f.data_type().clone()))
             .collect(),
     )?;
-    // The batch's rows in Arrow's row format: group, sort key, whole row.
-    let mut encoded: Vec<(Option<Rows>, Rows, Rows)> = Vec::with_capacity(new_rows.len());
+    // The batch's rows in Arrow's row format: group and sort key; and
+    // under a window, each row's window end.
+    let batches: Vec<&RecordBatch> = new_rows.iter().filter(|b| b.num_rows() > 0).collect();
+    let mut encoded: Vec<(Option<Rows>, Rows)> = Vec::with_capacity(batches.len());
+    let mut ends: Vec<Vec<i64>> = Vec::new();
     let mut codecs: Option<(RowConverter, RowConverter)> = None;
-    for batch in new_rows.iter().filter(|b| b.num_rows() > 0) {
+    for batch in &batches {
         let evaluate = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef, SqlError> {
             Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)
         };
@@ -525,24 +637,85 @@ pub(crate) async fn rank(
         let key_rows = (!keys.is_empty())
             .then(|| key_codec.convert_columns(&keys))
             .transpose()?;
-        encoded.push((
-            key_rows,
-            sort_codec.convert_columns(&sorts)?,
-            rows_codec.convert_columns(batch.columns())?,
-        ));
-    }
-    // Each group's new rows in arrival order, borrowed from `encoded`.
-    let mut groups: hashbrown::HashMap<&[u8], Vec<RankedRow>> = hashbrown::HashMap::new();
-    for (keys, sorts, full) in &encoded {
-        for i in 0..full.num_rows() {
-            let key = keys.as_ref().map_or(&[][..], |k| k.row(i).data());
-            groups
-                .entry(key)
-                .or_default()
-                .push((sorts.row(i).data(), full.row(i).data()));
+        encoded.push((key_rows, sort_codec.convert_columns(&sorts)?));
+        if let Some(w) = top.window.filter(|_| top.closing) {
+            ends.push(crate::incremental::window_ends(
+                batch.column(w.column),
+                w.to_end_ms,
+                batch.num_rows(),
+            )?);
         }
     }
-    if groups.is_empty() {
+    // Each group's best new rows (sort key, batch, row), in rank order
+    // (stable: equal sort keys keep arrival order): only these rows are
+    // encoded whole, not every row of the batch.
+    let mut candidates: hashbrown::HashMap<&[u8], Vec<Candidate>> = hashbrown::HashMap::new();
+    // A window top-N's groups: the end of their window (a PARTITION BY
+    // column, so one per group).
+    let mut group_ends: hashbrown::HashMap<&[u8], i64> = hashbrown::HashMap::new();
+    for (at, (keys, sorts)) in encoded.iter().enumerate() {
+        for i in 0..sorts.num_rows() {
+            let key = keys.as_ref().map_or(&[][..], |k| k.row(i).data());
+            candidates
+                .entry(key)
+                .or_default()
+                .push((sorts.row(i).data(), at as u32, i as u32));
+            if let Some(ends) = ends.get(at) {
+                group_ends.insert(key, ends[i]);
+            }
+        }
+    }
+    let n = top.n as usize;
+    // Where each kept row is among its batch's encoded rows.
+    let mut place: Vec<Vec<u32>> = batches
+        .iter()
+        .map(|b| vec![u32::MAX; b.num_rows()])
+        .collect();
+    let mut kept: Vec<Vec<u32>> = vec![Vec::new(); batches.len()];
+    for rows in candidates.values_mut() {
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        keep_top(rows, n, top.ties, |r| r.0);
+        for &(_, at, i) in rows.iter() {
+            kept[at as usize].push(i);
+        }
+    }
+    // In the batch's order: a batch whose rows are all kept is encoded
+    // as it is.
+    for (kept, place) in kept.iter_mut().zip(&mut place) {
+        kept.sort_unstable();
+        for (p, &i) in kept.iter().enumerate() {
+            place[i as usize] = p as u32;
+        }
+    }
+    let mut full: Vec<Rows> = Vec::with_capacity(batches.len());
+    for (batch, kept) in batches.iter().zip(&kept) {
+        full.push(if kept.len() == batch.num_rows() {
+            rows_codec.convert_columns(batch.columns())?
+        } else {
+            let indices = datafusion::arrow::array::UInt32Array::from(kept.clone());
+            let columns = batch
+                .columns()
+                .iter()
+                .map(|c| datafusion::arrow::compute::take(c.as_ref(), &indices, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows_codec.convert_columns(&columns)?
+        });
+    }
+    // Each group's best new rows, borrowed from `encoded` and `full`.
+    let groups: hashbrown::HashMap<&[u8], Vec<RankedRow>> = candidates
+        .into_iter()
+        .map(|(key, rows)| {
+            let rows = rows
+                .into_iter()
+                .map(|(sort, at, i)| {
+                    let at = at as usize;
+                    (sort, full[at].row(place[at][i as usize] as usize).data())
+                })
+                .collect();
+            (key, rows)
+        })
+        .collect();
+    if groups.is_empty() && !top.closing {
         return Ok(Changelog::default());
     }
     let db = cx.checkpoint.db();
@@ -580,12 +753,15 @@ pub(crate) async fn rank(
             None => (i64::MIN, Vec::new()),
         });
     }
-    let n = top.n as usize;
     // (group, row, rank) of every rank whose row changed, and of the rows
     // they replace.
     let mut changed: Vec<(&[u8], &[u8], u64)> = Vec::new();
     let mut replaced: Vec<(&[u8], &[u8], u64)> = Vec::new();
     let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // A window top-N's groups whose window this batch closes, with their
+    // kept rows.
+    let closes = |end: i64| watermark.is_some_and(|w| end <= w);
+    let mut closed: Vec<(&[u8], Vec<RankedRow>)> = Vec::new();
     for (((group, mut new), state_key), (updated, old)) in
         touched.into_iter().zip(state_keys).zip(&stored)
     {
@@ -593,14 +769,14 @@ pub(crate) async fn rank(
         // Stable: equal sort keys keep arrival order, and stored rows
         // come before new ones.
         new.sort_by(|a, b| a.0.cmp(b.0));
-        new.truncate(n);
+        keep_top(&mut new, n, top.ties, |r| r.0);
         let mut merged: Vec<RankedRow> = Vec::with_capacity(n);
         let mut o = old
             .iter()
             .map(|(k, r)| (k.as_slice(), r.as_slice()))
             .peekable();
         let mut w = new.into_iter().peekable();
-        while merged.len() < n {
+        while merged.len() < n || top.ties {
             let take_old = match (o.peek(), w.peek()) {
                 (Some(a), Some(b)) => a.0 <= b.0,
                 (Some(_), None) => true,
@@ -609,6 +785,26 @@ pub(crate) async fn rank(
             };
             let next = if take_old { o.next() } else { w.next() };
             merged.extend(next);
+        }
+        keep_top(&mut merged, n, top.ties, |r| r.0);
+        if top.closing {
+            let end = group_ends.get(group).copied().unwrap_or(i64::MIN);
+            if closes(end) {
+                // Emitted now; what an earlier batch stored goes.
+                if !old.is_empty() {
+                    deletes.push(state_key);
+                    deletes.push(state_keys::top_n_window_key(end, group));
+                }
+                closed.push((group, merged));
+            } else if merged
+                .iter()
+                .map(|(_, r)| *r)
+                .ne(old.iter().map(|(_, r)| r.as_slice()))
+            {
+                writes.push((state_keys::top_n_window_key(end, group), Vec::new()));
+                writes.push((state_key, encode(cx.batch_time_ms, &merged)));
+            }
+            continue;
         }
         let mut any = false;
         for (rank, (_, row)) in merged.iter().enumerate() {
@@ -632,6 +828,30 @@ pub(crate) async fn rank(
             writes.push((state_key, encode(cx.batch_time_ms, &merged)));
         }
     }
+    // Groups stored by earlier batches whose window the watermark passed,
+    // untouched by this one.
+    let mut closed_stored: Vec<(Vec<u8>, Ranked)> = Vec::new();
+    if let (true, Some(w)) = (top.closing, watermark) {
+        let (start, end) = (
+            [state_keys::TOP_N_WINDOW_TAG],
+            state_keys::tag_and_time(state_keys::TOP_N_WINDOW_TAG, w.saturating_add(1)),
+        );
+        let mut keys = Vec::new();
+        for item in crate::incremental::key_range(db, cf, &start, &end) {
+            let (index, _) = item?;
+            if group_ends.contains_key(&index[9..]) {
+                continue;
+            }
+            keys.push(state_keys::top_n_of_window_key(&index));
+            deletes.push(index.to_vec());
+        }
+        for (key, value) in keys.iter().zip(db.batched_multi_get_cf(cf, &keys, true)) {
+            if let Some(bytes) = value? {
+                closed_stored.push((key[1..].to_vec(), decode(&bytes)?.1));
+            }
+        }
+        deletes.extend(keys);
+    }
     cx.write(|w| {
         for key in deletes {
             w.delete_cf(cf, key);
@@ -640,6 +860,32 @@ pub(crate) async fn rank(
             w.put_cf(cf, key, value);
         }
     });
+    if top.closing {
+        // Each closed group's kept rows, ranked.
+        let mut emitted: Vec<(&[u8], &[u8], u64)> = Vec::new();
+        let stored_rows = closed_stored.iter().map(|(group, rows)| {
+            let rows: Vec<RankedRow> = rows
+                .iter()
+                .map(|(k, r)| (k.as_slice(), r.as_slice()))
+                .collect();
+            (group.as_slice(), rows)
+        });
+        for (group, rows) in closed.into_iter().chain(stored_rows) {
+            for ((_, row), rank) in rows.iter().zip(ranks_of(&rows, top.ties)) {
+                emitted.push((group, row, rank));
+            }
+        }
+        if emitted.is_empty() {
+            return Ok(Changelog::default());
+        }
+        let parser = rows_codec.parser();
+        let mut columns =
+            rows_codec.convert_rows(emitted.iter().map(|(_, row, _)| parser.parse(row)))?;
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            emitted.iter().map(|(_, _, rank)| *rank),
+        )));
+        return Ok(rest_of(session, plan, window, columns).await?.into());
+    }
     if changed.is_empty() {
         return Ok(Changelog::default());
     }
@@ -753,5 +999,26 @@ mod tests {
         );
         assert!(decode(&encode(-7, &borrowed)[..13]).is_err());
         assert!(decode(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn ties_keep_every_row_equal_to_the_nth_and_share_its_rank() {
+        let rows = |keys: &[&'static [u8]]| -> Vec<RankedRow<'static>> {
+            keys.iter().map(|k| (*k, &b"row"[..])).collect()
+        };
+        let mut kept = rows(&[b"a", b"b", b"b", b"b", b"c"]);
+        keep_top(&mut kept, 2, true, |r| r.0);
+        assert_eq!(kept.len(), 4);
+        assert_eq!(ranks_of(&kept, true), [1, 2, 2, 2]);
+        assert_eq!(ranks_of(&kept, false), [1, 2, 3, 4]);
+        let mut kept = rows(&[b"a", b"b", b"b", b"b", b"c"]);
+        keep_top(&mut kept, 2, false, |r| r.0);
+        assert_eq!(kept.len(), 2);
+        let mut kept = rows(&[b"a", b"a"]);
+        keep_top(&mut kept, 1, true, |r| r.0);
+        assert_eq!(ranks_of(&kept, true), [1, 1]);
+        let mut none = rows(&[]);
+        keep_top(&mut none, 3, true, |r| r.0);
+        assert!(none.is_empty());
     }
 }

@@ -196,10 +196,55 @@ impl TableFunctionImpl for WindowFunction {
                 .map(|w| vec![w])
             })
             .collect::<DfResult<Vec<_>>>()?;
-        Ok(Arc::new(MemTable::try_new(
-            windowed[0][0].schema(),
-            windowed,
-        )?))
+        Ok(Arc::new(WindowedStream {
+            stream,
+            rows: MemTable::try_new(windowed[0][0].schema(), windowed)?,
+        }))
+    }
+}
+
+/// A window function's rows of one stream. The scan keeps the stream's
+/// name (DataFusion names it after the function), so the join of two
+/// streams finds which stream each of its sides reads.
+#[derive(Debug)]
+pub(crate) struct WindowedStream {
+    pub stream: String,
+    rows: MemTable,
+}
+
+impl TableProvider for WindowedStream {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.rows.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        self.rows.table_type()
+    }
+
+    // `async fn scan` as `#[async_trait]` expands it (the crate is not a
+    // dependency of ours): the rows' own scan.
+    fn scan<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        state: &'life1 dyn datafusion::catalog::Session,
+        projection: Option<&'life2 Vec<usize>>,
+        filters: &'life3 [Expr],
+        limit: Option<usize>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+                > + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.rows.scan(state, projection, filters, limit)
     }
 }
 

@@ -98,7 +98,7 @@ impl JoinRun<'_> {
             ],
             vec![(n0, join::or_empty(old0, schema0)), (n1, new1.clone())],
         ];
-        let output = self.new_matches(cx, cf, runs)?;
+        let output = self.new_matches(cx, cf, runs, self.join.matches_watermark(watermarks))?;
         self.buffer(
             &buffer,
             db,
@@ -122,12 +122,16 @@ impl JoinRun<'_> {
 
     /// Runs the query over `new0 × all1` and `old0 × new1`. An
     /// aggregation over the join merges both runs' partial aggregates
-    /// once with the stored groups.
+    /// once with the stored groups; windowed, it closes the windows the
+    /// matches' watermark (`closing`) has passed. No match of this batch
+    /// falls in a window an earlier batch closed (see
+    /// [`IntervalJoin::matches_watermark`]).
     fn new_matches(
         &self,
         cx: &BatchCx,
         cf: &ColumnFamily,
         runs: [Vec<Rows>; 2],
+        closing: Option<i64>,
     ) -> Result<Changelog, SqlError> {
         if let Some(top) = self.top_n {
             return self.rank_matches(cx, cf, runs, top);
@@ -170,7 +174,7 @@ impl JoinRun<'_> {
             return Ok(Changelog::default());
         }
         let policy = Policy {
-            watermark: None,
+            watermark: closing,
             ..self.policy
         };
         self.runtime.block_on(incremental::merge_batch(
@@ -198,7 +202,7 @@ impl JoinRun<'_> {
             return Ok(Changelog::default());
         };
         self.runtime
-            .block_on(topn::rank(&session, &plan, top, cx, cf, matches))
+            .block_on(topn::rank(&session, &plan, top, cx, cf, matches, None))
     }
 
     /// Buffers the batch's new rows of both streams and evicts the rows

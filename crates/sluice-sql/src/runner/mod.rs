@@ -250,6 +250,15 @@ fn on_workers_refusal(plan: &QueryPlan, sink: &Sink) -> Option<&'static str> {
             "it aggregates an updating aggregation (retractions), which runs in one process for now",
         );
     }
+    if plan
+        .join
+        .as_ref()
+        .is_some_and(|j| j.windowed.contains(&true))
+    {
+        return Some(
+            "it windows an aggregation over a join of streams, which runs in one process for now",
+        );
+    }
     if plan.join.is_some() {
         return sink_refusal(sink);
     }
@@ -451,7 +460,9 @@ impl QueryRunner {
     }
 
     /// A top-N's batch: every record counts (a rank has no window to be
-    /// late for), the groups' kept rows are in the query's state.
+    /// late for), the groups' kept rows are in the query's state. A
+    /// window top-N emitted as its windows close (`top.closing`) drops
+    /// late records and moves the watermark first.
     fn run_top_n(
         &self,
         cx: &BatchCx,
@@ -463,14 +474,33 @@ impl QueryRunner {
             .cf(&format!("{STATE_CF_PREFIX}{}", self.operator))
             .map_err(PlanError::from)?;
         let mut streams = Vec::with_capacity(self.inputs.len());
+        let mut watermark = None;
         for (input, chunks) in self.inputs.iter().zip(chunks) {
-            let parts = input.shape.decode(cx, chunks, self.slices)?;
-            streams.push((input.shape.name.clone(), parts));
+            let mut parts = input.shape.decode(cx, chunks, self.slices)?;
+            let name = &input.shape.name;
+            if let (true, Some(spec)) = (top.closing, &input.watermark) {
+                let on_time = watermark::drop_late_and_advance(
+                    self.line,
+                    name,
+                    &input.topic,
+                    spec,
+                    cx,
+                    cf,
+                    parts,
+                )?;
+                cx.count("late records", on_time.late);
+                if let Some(w) = on_time.watermark {
+                    cx.watermark(name, w);
+                }
+                parts = on_time.rows;
+                watermark = on_time.watermark;
+            }
+            streams.push((name.clone(), parts));
         }
         let (session, _) = session_over(streams, &self.tables, &self.functions)?;
         let output = self
             .runtime
-            .block_on(topn::run(&session, &self.sql, top, cx, cf))?;
+            .block_on(topn::run(&session, &self.sql, top, cx, cf, watermark))?;
         self.sink.apply(cx, &output)
     }
 
