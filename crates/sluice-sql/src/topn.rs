@@ -702,7 +702,7 @@ pub(crate) async fn rank(
         });
     }
     // Each group's best new rows, borrowed from `encoded` and `full`.
-    let groups: hashbrown::HashMap<&[u8], Vec<RankedRow>> = candidates
+    let mut touched: Vec<(&[u8], Vec<RankedRow>)> = candidates
         .into_iter()
         .map(|(key, rows)| {
             let rows = rows
@@ -715,7 +715,7 @@ pub(crate) async fn rank(
             (key, rows)
         })
         .collect();
-    if groups.is_empty() && !top.closing {
+    if touched.is_empty() && !top.closing {
         return Ok(Changelog::default());
     }
     let db = cx.checkpoint.db();
@@ -738,7 +738,6 @@ pub(crate) async fn rank(
         }
         cx.count("expired groups", (deletes.len() / 2) as u64);
     }
-    let mut touched: Vec<(&[u8], Vec<RankedRow>)> = groups.into_iter().collect();
     touched.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let state_keys: Vec<Vec<u8>> = touched
         .iter()
