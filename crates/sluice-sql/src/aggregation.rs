@@ -17,7 +17,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 
 use crate::error::SqlError;
 use crate::retraction::Outer;
-use crate::window::{WINDOW_KIND_META, WINDOW_META, WINDOW_SIZE_META};
+use crate::window::{WINDOW_KIND_META, WINDOW_SIZE_META};
 
 /// The window of a windowed aggregation: which group column holds it.
 #[derive(Debug, Clone, Copy)]
@@ -109,14 +109,7 @@ fn window_column(
             continue;
         }
         let meta = field.metadata();
-        let role = meta
-            .get(WINDOW_META)
-            .map(String::as_str)
-            .or(match field.name().as_str() {
-                "window_end" => Some("end"),
-                "window_start" => Some("start"),
-                _ => None,
-            });
+        let role = crate::window::window_role(field);
         if role.is_some() && meta.get(WINDOW_KIND_META).is_some_and(|k| k == "session") {
             session_gap = meta.get(WINDOW_SIZE_META).cloned();
         }

@@ -96,7 +96,7 @@ pub(crate) struct RankedWindow {
 /// The window column among a top-N's PARTITION BY expressions, by the
 /// marks the window table functions put on their columns.
 fn ranked_window(window: &Window, function: &WindowFunction) -> Option<RankedWindow> {
-    use crate::window::{WINDOW_META, WINDOW_SIZE_META};
+    use crate::window::WINDOW_SIZE_META;
     let schema = window.input.schema();
     let mut start = None;
     for e in &function.params.partition_by {
@@ -108,14 +108,7 @@ fn ranked_window(window: &Window, function: &WindowFunction) -> Option<RankedWin
         };
         let field = schema.field(column);
         let meta = field.metadata();
-        let role = meta
-            .get(WINDOW_META)
-            .map(String::as_str)
-            .or(match field.name().as_str() {
-                "window_end" => Some("end"),
-                "window_start" => Some("start"),
-                _ => None,
-            });
+        let role = crate::window::window_role(field);
         match role {
             Some("end") => {
                 return Some(RankedWindow {

@@ -248,6 +248,20 @@ impl TableProvider for WindowedStream {
     }
 }
 
+/// The part of a window a column is (`start` or `end`), by the mark the
+/// window functions put on their columns, or by its name.
+pub(crate) fn window_role(field: &Field) -> Option<&str> {
+    field
+        .metadata()
+        .get(WINDOW_META)
+        .map(String::as_str)
+        .or(match field.name().as_str() {
+            "window_end" => Some("end"),
+            "window_start" => Some("start"),
+            _ => None,
+        })
+}
+
 fn window_field(name: &str, role: &str, size_ms: i64, session: bool) -> Field {
     let mut metadata: std::collections::HashMap<String, String> = [
         (WINDOW_META.to_string(), role.to_string()),

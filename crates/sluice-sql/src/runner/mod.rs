@@ -428,21 +428,9 @@ impl QueryRunner {
                     watermarks.push(moved.after);
                     continue;
                 }
-                let on_time = watermark::drop_late_and_advance(
-                    self.line,
-                    &input.shape.name,
-                    &input.topic,
-                    spec,
-                    cx,
-                    cf,
-                    parts,
-                )?;
+                let on_time = self.on_time(cx, cf, input, spec, parts)?;
                 parts = on_time.rows;
-                cx.count("late records", on_time.late);
                 watermark = on_time.watermark;
-                if let Some(w) = watermark {
-                    cx.watermark(name, w);
-                }
             }
             streams.push((input.shape.name.clone(), parts));
             watermarks.push(watermark);
@@ -479,19 +467,7 @@ impl QueryRunner {
             let mut parts = input.shape.decode(cx, chunks, self.slices)?;
             let name = &input.shape.name;
             if let (true, Some(spec)) = (top.closing, &input.watermark) {
-                let on_time = watermark::drop_late_and_advance(
-                    self.line,
-                    name,
-                    &input.topic,
-                    spec,
-                    cx,
-                    cf,
-                    parts,
-                )?;
-                cx.count("late records", on_time.late);
-                if let Some(w) = on_time.watermark {
-                    cx.watermark(name, w);
-                }
+                let on_time = self.on_time(cx, cf, input, spec, parts)?;
                 parts = on_time.rows;
                 watermark = on_time.watermark;
             }
@@ -520,12 +496,7 @@ impl QueryRunner {
         let spec = input.watermark.as_ref().ok_or_else(|| SqlError::State {
             message: format!("stream {name} lost its watermark"),
         })?;
-        let on_time =
-            watermark::drop_late_and_advance(self.line, name, &input.topic, spec, cx, cf, parts)?;
-        cx.count("late records", on_time.late);
-        if let Some(w) = on_time.watermark {
-            cx.watermark(name, w);
-        }
+        let on_time = self.on_time(cx, cf, input, spec, parts)?;
         let (session, _) = session_over(
             vec![(name.clone(), on_time.rows)],
             &self.tables,
@@ -540,6 +511,26 @@ impl QueryRunner {
             on_time.watermark,
         ))?;
         self.sink.write(cx, &output)
+    }
+
+    /// `input`'s rows of this batch without its late records (counted),
+    /// its watermark moved (and shown in the batch's progress).
+    fn on_time(
+        &self,
+        cx: &BatchCx,
+        cf: &ColumnFamily,
+        input: &StreamInput,
+        spec: &crate::watermark::Watermark,
+        parts: Vec<RecordBatch>,
+    ) -> Result<watermark::OnTime, SqlError> {
+        let name = &input.shape.name;
+        let on_time =
+            watermark::drop_late_and_advance(self.line, name, &input.topic, spec, cx, cf, parts)?;
+        cx.count("late records", on_time.late);
+        if let Some(w) = on_time.watermark {
+            cx.watermark(name, w);
+        }
+        Ok(on_time)
     }
 
     /// Writes a batch's rows to the sink. On many workers, a query without
