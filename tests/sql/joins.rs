@@ -323,9 +323,15 @@ fn a_join_without_time_bound_runs_with_a_state_ttl_and_forgets_rows_after_it() {
     assert!(buffered <= 14, "{buffered} rows buffered");
 }
 
-#[test]
-fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
-    // Orders every 100 ms, paid 0–12 s later (after 10 s: no match).
+/// An order `(id, ts)`.
+type Order = (i64, i64);
+/// A payment `(order_id, amount, ts)`.
+type Payment = (i64, i64, i64);
+
+/// 400 orders `(id, ts)` every 100 ms; each order whose id is not a
+/// multiple of 5 paid `(order_id, amount, ts)` 0–12 s later (after 10 s:
+/// no match), payments in event-time order.
+fn orders_paid_later() -> (Vec<Order>, Vec<Payment>) {
     let orders: Vec<(i64, i64)> = (0..400i64).map(|id| (id, id * 100)).collect();
     let mut payments: Vec<(i64, i64, i64)> = orders
         .iter()
@@ -333,6 +339,13 @@ fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
         .map(|(id, ts)| (*id, id % 9, ts + (id % 7) * 2_000))
         .collect();
     payments.sort_by_key(|p| p.2);
+    (orders, payments)
+}
+
+#[test]
+fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
+    // Orders every 100 ms, paid 0–12 s later (after 10 s: no match).
+    let (orders, payments) = orders_paid_later();
     let query = "SELECT CAST(o.id % 10 AS VARCHAR) AS k, CAST(sum(p.amount) AS VARCHAR) || ',' || CAST(count(*) AS VARCHAR) AS v\n  FROM orders o JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND\n  GROUP BY o.id % 10";
     let expected = batch_join(&orders, &payments, query);
     // Orders with id % 5 == 0 are never paid: keys 0 and 5 have no row.
@@ -356,13 +369,7 @@ fn an_aggregation_over_an_interval_join_equals_the_batch_query() {
 fn a_windowed_aggregation_over_an_interval_join_emits_each_window_once_when_no_match_can_come() {
     // Orders every 100 ms over 40 s, paid 0–12 s later (after 10 s: no
     // match), counted per 5-second window of the order's time.
-    let orders: Vec<(i64, i64)> = (0..400i64).map(|id| (id, id * 100)).collect();
-    let mut payments: Vec<(i64, i64, i64)> = orders
-        .iter()
-        .filter(|(id, _)| id % 5 != 0)
-        .map(|(id, ts)| (*id, id % 9, ts + (id % 7) * 2_000))
-        .collect();
-    payments.sort_by_key(|p| p.2);
+    let (orders, payments) = orders_paid_later();
     let query = |start: &str, from: &str| {
         format!(
             "SELECT CAST({start} AS VARCHAR) AS k, CAST(sum(p.amount) AS VARCHAR) || ',' || CAST(count(*) AS VARCHAR) AS v\n  FROM {from} JOIN payments p\n  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND\n  GROUP BY {start}"

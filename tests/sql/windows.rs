@@ -1037,6 +1037,13 @@ fn a_window_top_n_emits_each_windows_best_rows_once_when_it_closes() {
     );
 }
 
+/// Every one of `parts` is in `text`.
+fn mentions_all(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
+}
+
 #[test]
 fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -1049,32 +1056,34 @@ fn explain_shows_where_each_part_runs_and_what_state_is_kept() {
             .ok()
     };
     let q5 = explain("nexmark/q5.sql");
-    for part in [
-        "reads stream bid ← topic bid (json, decoding auction, date_time), watermark date_time − 4000 ms",
-        "[per slice: partial aggregate]",
-        "[shuffle: partial aggregates meet by group key]",
-        "[merge: partial states of all slices + stored state, by group key]",
-        "[per batch, over the emitted groups]",
-        "state: CF state.insert-nexmark_q5",
-        "(auction, window_start, window_end)",
-        "emitted once and deleted",
-        "append mode",
-    ] {
-        assert!(q5.contains(part), "missing {part:?} in:\n{q5}");
-    }
+    mentions_all(
+        &q5,
+        &[
+            "reads stream bid ← topic bid (json, decoding auction, date_time), watermark date_time − 4000 ms",
+            "[per slice: partial aggregate]",
+            "[shuffle: partial aggregates meet by group key]",
+            "[merge: partial states of all slices + stored state, by group key]",
+            "[per batch, over the emitted groups]",
+            "state: CF state.insert-nexmark_q5",
+            "(auction, window_start, window_end)",
+            "emitted once and deleted",
+            "append mode",
+        ],
+    );
     let join = explain("paid_orders.sql");
     assert!(
         join.contains("bounds orders.ts − payments.ts to [-10000 ms, 0 ms]"),
         "{join}"
     );
     let q7 = explain("nexmark/q7.sql");
-    for part in [
-        "its top 1 rows and every row tied with the last (RANK)",
-        "emits nothing until the watermark passes a window's end",
-        "records behind a stream's watermark are dropped",
-    ] {
-        assert!(q7.contains(part), "missing {part:?} in:\n{q7}");
-    }
+    mentions_all(
+        &q7,
+        &[
+            "its top 1 rows and every row tied with the last (RANK)",
+            "emits nothing until the watermark passes a window's end",
+            "records behind a stream's watermark are dropped",
+        ],
+    );
     let q8 = explain("nexmark/q8.sql");
     assert!(
         q8.contains("windows over the matches: no match to come has person.date_time below min(person's watermark, auction's watermark -10000 ms)"),
