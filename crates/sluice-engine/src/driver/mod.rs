@@ -274,6 +274,10 @@ struct Driver {
     /// The job's Kafka transactions (topic sinks, dead letters), committed
     /// just before each batch's checkpoint.
     transactions: crate::sink::Transactions,
+    /// The last batch's write batch size: the next one starts with that
+    /// much room, so RocksDB's buffer is not regrown (and each growth
+    /// copied into freshly faulted pages) many times per batch.
+    last_write_bytes: usize,
 }
 
 impl Driver {
@@ -344,6 +348,7 @@ impl Driver {
             targets,
             fresh_job,
             transactions: crate::sink::Transactions::default(),
+            last_write_bytes: 0,
         })
     }
 
@@ -655,7 +660,8 @@ impl Driver {
             &self.transactions,
             self.interval_ms(),
             self.config.parallelism,
-        );
+        )
+        .with_write_capacity(self.last_write_bytes);
         let result: Result<(), PlanError> = self.pool.install(|| {
             for output in outputs {
                 (output.run)(&cx).map_err(|e| match e {
@@ -703,6 +709,7 @@ impl Driver {
             planned_records(&planned.ranges),
             outcome.writes.len() as u64,
         );
+        self.last_write_bytes = outcome.writes.size_in_bytes();
         let before_commit = Instant::now();
         self.checkpoint.commit(outcome.writes, &committed)?;
         let commit_ms = ms(before_commit.elapsed());

@@ -153,6 +153,10 @@ pub struct BatchInfo {
 type Memo = Arc<OnceLock<std::result::Result<Arc<Vec<RecordBatch>>, String>>>;
 type WideMemo = Arc<OnceLock<std::result::Result<Arc<Vec<Vec<RecordBatch>>>, String>>>;
 
+/// The most room a batch's writes start with: a larger batch grows its
+/// buffer as before.
+pub const WRITE_CAPACITY_MAX: usize = 256 << 20;
+
 /// Bytes of printed text a batch keeps for the web console.
 const PRINTED_BYTES_KEPT: usize = 64 << 10;
 
@@ -323,6 +327,16 @@ impl<'a> BatchCx<'a> {
             stage: None,
             task_epoch: 0,
         }
+    }
+
+    /// Starts the batch's writes with room for `bytes` (a guess from the
+    /// last batch; at most [`WRITE_CAPACITY_MAX`]).
+    pub fn with_write_capacity(self, bytes: usize) -> Self {
+        if bytes > 0 {
+            *sluice_log::common::mutex(&self.writes) =
+                WriteBatch::with_capacity_bytes(bytes.min(WRITE_CAPACITY_MAX));
+        }
+        self
     }
 
     /// Runs this batch as one task of a job cut at its shuffles.
