@@ -28,7 +28,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -421,8 +421,16 @@ fn scalar_int(v: &ScalarValue) -> Option<i128> {
 /// row format.
 type Ranked = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A row being ranked, borrowed: (sort key, row).
-type RankedRow<'a> = (&'a [u8], &'a [u8]);
+/// A row being ranked, borrowed: (sort key, row, where it came from).
+type RankedRow<'a> = (&'a [u8], &'a [u8], Origin);
+
+/// A row's place among the batch's input (batch, row), so that it is
+/// output by taking it from the batch's columns; `None` for a row stored
+/// by an earlier batch, which is decoded from its row format.
+type Origin = Option<(u32, u32)>;
+
+/// A ranked row to output: (group, row, rank, origin).
+type Emitted<'a> = (&'a [u8], &'a [u8], u64, Origin);
 
 /// A new row that may make its group's top: its sort key, its batch and
 /// its place in the batch.
@@ -430,10 +438,10 @@ type Candidate<'a> = (&'a [u8], u32, u32);
 
 /// A group's stored value: its last update's batch time, then its rows.
 fn encode(updated: i64, ranked: &[RankedRow]) -> Vec<u8> {
-    let size: usize = ranked.iter().map(|(k, r)| 8 + k.len() + r.len()).sum();
+    let size: usize = ranked.iter().map(|(k, r, _)| 8 + k.len() + r.len()).sum();
     let mut out = Vec::with_capacity(8 + size);
     out.extend_from_slice(&updated.to_le_bytes());
-    for (key, row) in ranked {
+    for (key, row, _) in ranked {
         for part in [key, row] {
             out.extend_from_slice(&(part.len() as u32).to_le_bytes());
             out.extend_from_slice(part);
@@ -540,7 +548,7 @@ fn keep_top<T>(rows: &mut Vec<T>, n: usize, ties: bool, sort_key: impl Fn(&T) ->
 /// or with `ties` the position of the first row tied with it.
 fn ranks_of(rows: &[RankedRow], ties: bool) -> Vec<u64> {
     let mut out = Vec::with_capacity(rows.len());
-    for (i, (key, _)) in rows.iter().enumerate() {
+    for (i, (key, _, _)) in rows.iter().enumerate() {
         let rank = match out.last() {
             Some(&prev) if ties && rows[i - 1].0 == *key => prev,
             _ => i as u64 + 1,
@@ -702,7 +710,8 @@ pub(crate) async fn rank(
                 .into_iter()
                 .map(|(sort, at, i)| {
                     let at = at as usize;
-                    (sort, full[at].row(place[at][i as usize] as usize).data())
+                    let row = full[at].row(place[at][i as usize] as usize).data();
+                    (sort, row, Some((at as u32, i)))
                 })
                 .collect();
             (key, rows)
@@ -747,8 +756,8 @@ pub(crate) async fn rank(
     }
     // (group, row, rank) of every rank whose row changed, and of the rows
     // they replace.
-    let mut changed: Vec<(&[u8], &[u8], u64)> = Vec::new();
-    let mut replaced: Vec<(&[u8], &[u8], u64)> = Vec::new();
+    let mut changed: Vec<Emitted> = Vec::new();
+    let mut replaced: Vec<Emitted> = Vec::new();
     let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     // A window top-N's groups whose window this batch closes, with their
     // kept rows.
@@ -765,7 +774,7 @@ pub(crate) async fn rank(
         let mut merged: Vec<RankedRow> = Vec::with_capacity(n);
         let mut o = old
             .iter()
-            .map(|(k, r)| (k.as_slice(), r.as_slice()))
+            .map(|(k, r)| (k.as_slice(), r.as_slice(), None))
             .peekable();
         let mut w = new.into_iter().peekable();
         while merged.len() < n || top.ties {
@@ -790,7 +799,7 @@ pub(crate) async fn rank(
                 closed.push((group, merged));
             } else if merged
                 .iter()
-                .map(|(_, r)| *r)
+                .map(|(_, r, _)| *r)
                 .ne(old.iter().map(|(_, r)| r.as_slice()))
             {
                 writes.push((state_keys::top_n_window_key(end, group), Vec::new()));
@@ -799,11 +808,11 @@ pub(crate) async fn rank(
             continue;
         }
         let mut any = false;
-        for (rank, (_, row)) in merged.iter().enumerate() {
+        for (rank, (_, row, origin)) in merged.iter().enumerate() {
             let before = old.get(rank).map(|(_, r)| r.as_slice());
             if before != Some(*row) {
-                changed.push((group, row, rank as u64 + 1));
-                replaced.extend(before.map(|r| (group, r, rank as u64 + 1)));
+                changed.push((group, row, rank as u64 + 1, *origin));
+                replaced.extend(before.map(|r| (group, r, rank as u64 + 1, None)));
                 any = true;
             }
         }
@@ -854,50 +863,35 @@ pub(crate) async fn rank(
     });
     if top.closing {
         // Each closed group's kept rows, ranked.
-        let mut emitted: Vec<(&[u8], &[u8], u64)> = Vec::new();
+        let mut emitted: Vec<Emitted> = Vec::new();
         let stored_rows = closed_stored.iter().map(|(group, rows)| {
             let rows: Vec<RankedRow> = rows
                 .iter()
-                .map(|(k, r)| (k.as_slice(), r.as_slice()))
+                .map(|(k, r)| (k.as_slice(), r.as_slice(), None))
                 .collect();
             (group.as_slice(), rows)
         });
         for (group, rows) in closed.into_iter().chain(stored_rows) {
-            for ((_, row), rank) in rows.iter().zip(ranks_of(&rows, top.ties)) {
-                emitted.push((group, row, rank));
+            for ((_, row, origin), rank) in rows.iter().zip(ranks_of(&rows, top.ties)) {
+                emitted.push((group, row, rank, *origin));
             }
         }
         if emitted.is_empty() {
             return Ok(Changelog::default());
         }
-        let parser = rows_codec.parser();
-        let mut columns =
-            rows_codec.convert_rows(emitted.iter().map(|(_, row, _)| parser.parse(row)))?;
-        columns.push(Arc::new(UInt64Array::from_iter_values(
-            emitted.iter().map(|(_, _, rank)| *rank),
-        )));
+        let columns = ranked_columns(&rows_codec, &batches, &emitted)?;
         return Ok(rest_of(session, plan, window, columns).await?.into());
     }
     if changed.is_empty() {
         return Ok(Changelog::default());
     }
-    let parser = rows_codec.parser();
-    // Ranked rows in the window's output layout: the row, then its rank.
-    let ranked_columns = |ranked: &[(&[u8], &[u8], u64)]| -> Result<Vec<ArrayRef>, SqlError> {
-        let mut columns =
-            rows_codec.convert_rows(ranked.iter().map(|(_, row, _)| parser.parse(row)))?;
-        columns.push(Arc::new(UInt64Array::from_iter_values(
-            ranked.iter().map(|(_, _, rank)| *rank),
-        )));
-        Ok(columns)
-    };
-    let columns = ranked_columns(&changed)?;
+    let columns = ranked_columns(&rows_codec, &batches, &changed)?;
     if let Some(over) = &top.over {
         // Each changed rank is a slot of the window: the group and the
         // rank identify it.
         let slots = changed
             .iter()
-            .map(|(group, _, rank)| {
+            .map(|(group, _, rank, _)| {
                 let mut slot = Vec::with_capacity(group.len() + 8);
                 slot.extend_from_slice(group);
                 slot.extend_from_slice(&rank.to_be_bytes());
@@ -915,9 +909,53 @@ pub(crate) async fn rank(
     }
     // The replaced rows through the rest of the query: those whose key no
     // new row has left the output.
-    let before = rest_of(session, plan, window, ranked_columns(&replaced)?).await?;
+    let before = rest_of(
+        session,
+        plan,
+        window,
+        ranked_columns(&rows_codec, &batches, &replaced)?,
+    )
+    .await?;
     let deletes = crate::sinks::gone(&before, &upserts, &top.delete_key)?;
     Ok(Changelog { upserts, deletes })
+}
+
+/// Ranked rows in the window's output layout: the row's columns, then its
+/// rank. Rows of this batch are taken from its columns as they are; only
+/// stored rows are decoded from their row format.
+fn ranked_columns(
+    codec: &RowConverter,
+    batches: &[&RecordBatch],
+    ranked: &[Emitted],
+) -> Result<Vec<ArrayRef>, SqlError> {
+    let parser = codec.parser();
+    let stored = ranked.iter().filter(|(_, _, _, origin)| origin.is_none());
+    let decoded = codec.convert_rows(stored.map(|(_, row, _, _)| parser.parse(row)))?;
+    let mut next_stored = 0;
+    let indices: Vec<(usize, usize)> = ranked
+        .iter()
+        .map(|(_, _, _, origin)| match origin {
+            Some((at, i)) => (*at as usize, *i as usize),
+            None => {
+                next_stored += 1;
+                (batches.len(), next_stored - 1)
+            }
+        })
+        .collect();
+    let mut columns = decoded
+        .iter()
+        .enumerate()
+        .map(|(c, stored)| {
+            let mut sources: Vec<&dyn Array> =
+                batches.iter().map(|b| b.column(c).as_ref()).collect();
+            sources.push(stored.as_ref());
+            datafusion::arrow::compute::interleave(&sources, &indices)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        ranked.iter().map(|(_, _, rank, _)| *rank),
+    )));
+    Ok(columns)
 }
 
 /// A window's output schema with its columns named `c0`, `c1`, ….
@@ -983,7 +1021,7 @@ mod tests {
         ];
         let borrowed: Vec<RankedRow> = ranked
             .iter()
-            .map(|(k, r)| (k.as_slice(), r.as_slice()))
+            .map(|(k, r)| (k.as_slice(), r.as_slice(), None))
             .collect();
         assert_eq!(
             decode(&encode(-7, &borrowed)).unwrap(),
@@ -996,7 +1034,7 @@ mod tests {
     #[test]
     fn ties_keep_every_row_equal_to_the_nth_and_share_its_rank() {
         let rows = |keys: &[&'static [u8]]| -> Vec<RankedRow<'static>> {
-            keys.iter().map(|k| (*k, &b"row"[..])).collect()
+            keys.iter().map(|k| (*k, &b"row"[..], None)).collect()
         };
         let mut kept = rows(&[b"a", b"b", b"b", b"b", b"c"]);
         keep_top(&mut kept, 2, true, |r| r.0);
