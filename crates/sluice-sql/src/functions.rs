@@ -339,10 +339,12 @@ impl ScalarUDFImpl for RegexpExtract {
 }
 
 /// `date_format(ts, pattern)`: Flink's `DATE_FORMAT` with a Java
-/// (`SimpleDateFormat`) pattern. A constant pattern is translated when the
-/// query is planned into DataFusion's `to_char` (strftime), so the
-/// function costs what `to_char` costs; letters it does not know are
-/// refused then, naming them.
+/// (`SimpleDateFormat`) pattern, constant, checked when the query is
+/// planned (letters it does not know are refused then, naming them).
+/// A pattern of numbers and text only ('yyyy-MM-dd', 'HH:mm': Nexmark's)
+/// over a timestamp without a time zone is formatted here, digit by digit;
+/// any other is rewritten into DataFusion's `to_char` (strftime), which
+/// parses its format again for every value (a twentieth of Nexmark q16).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DateFormat {
     signature: Signature,
@@ -439,12 +441,16 @@ impl ScalarUDFImpl for DateFormat {
         Ok(DataType::Utf8)
     }
 
-    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
         let [ts, Expr::Literal(ScalarValue::Utf8(Some(pattern)), _)] = args.as_slice() else {
             return plan_err!("date_format(ts, pattern): the pattern must be a constant text");
         };
         let strftime =
             java_to_strftime(pattern).map_err(datafusion::error::DataFusionError::Plan)?;
+        let naive = matches!(info.get_data_type(ts), Ok(DataType::Timestamp(_, None)));
+        if naive && numeric_pattern(pattern).is_some() {
+            return Ok(ExprSimplifyResult::Original(args));
+        }
         Ok(ExprSimplifyResult::Simplified(
             datafusion::functions::datetime::expr_fn::to_char(
                 ts.clone(),
@@ -453,9 +459,228 @@ impl ScalarUDFImpl for DateFormat {
         ))
     }
 
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        exec_err!("date_format(ts, pattern): the pattern must be a constant text")
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [ts, ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern)))] = args.args.as_slice()
+        else {
+            return exec_err!("date_format(ts, pattern): the pattern must be a constant text");
+        };
+        let Some(parts) = numeric_pattern(pattern) else {
+            return exec_err!("date_format: the pattern {pattern:?} reached execution unplanned");
+        };
+        let is_scalar = matches!(ts, ColumnarValue::Scalar(_));
+        let array = ts.to_array(args.number_rows)?;
+        let Some(formatted) = format_timestamps(array.as_ref(), &parts)? else {
+            // A year outside 0–9999: chrono's way of writing it.
+            let strftime =
+                java_to_strftime(pattern).map_err(datafusion::error::DataFusionError::Plan)?;
+            return datafusion::functions::datetime::to_char().invoke_with_args(
+                ScalarFunctionArgs {
+                    args: vec![
+                        ts.clone(),
+                        ColumnarValue::Scalar(ScalarValue::Utf8(Some(strftime))),
+                    ],
+                    ..args
+                },
+            );
+        };
+        Ok(if is_scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&formatted, 0)?)
+        } else {
+            ColumnarValue::Array(Arc::new(formatted))
+        })
     }
+}
+
+/// A piece of a pattern made of numbers and text.
+#[derive(Debug, Clone, PartialEq)]
+enum DatePart {
+    /// A field, zero-padded to `width` digits (1: no padding).
+    Number(DateField, usize),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DateField {
+    Year,
+    /// The year's last two digits (`yy`).
+    YearOfCentury,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    Millisecond,
+}
+
+/// A Java date pattern as numbers and text, if it has nothing else (names
+/// of months or days, AM/PM, 12-hour clocks, days of the year: those go to
+/// `to_char`). Reads the pattern as [`java_to_strftime`] does.
+fn numeric_pattern(pattern: &str) -> Option<Vec<DatePart>> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            let mut j = i + 1;
+            if chars.get(j) == Some(&'\'') {
+                text.push('\'');
+                i += 2;
+                continue;
+            }
+            while j < chars.len() && chars[j] != '\'' {
+                text.push(chars[j]);
+                j += 1;
+            }
+            i = j + 1;
+            continue;
+        }
+        if !c.is_ascii_alphabetic() {
+            text.push(c);
+            i += 1;
+            continue;
+        }
+        let mut run = 1;
+        while chars.get(i + run) == Some(&c) {
+            run += 1;
+        }
+        let part = match (c, run) {
+            ('y', 2) => DatePart::Number(DateField::YearOfCentury, 2),
+            ('y', _) => DatePart::Number(DateField::Year, 4),
+            ('M', 1 | 2) => DatePart::Number(DateField::Month, run),
+            ('d', _) => DatePart::Number(DateField::Day, run.min(2)),
+            ('H', _) => DatePart::Number(DateField::Hour, run.min(2)),
+            ('m', _) => DatePart::Number(DateField::Minute, run.min(2)),
+            ('s', _) => DatePart::Number(DateField::Second, run.min(2)),
+            ('S', 3) => DatePart::Number(DateField::Millisecond, 3),
+            _ => return None,
+        };
+        if !text.is_empty() {
+            out.push(DatePart::Text(std::mem::take(&mut text)));
+        }
+        out.push(part);
+        i += run;
+    }
+    if !text.is_empty() {
+        out.push(DatePart::Text(text));
+    }
+    Some(out)
+}
+
+/// Formats timestamps (any unit, no time zone) by `parts`; `None` when a
+/// year falls outside 0–9999, whose writing is left to chrono.
+fn format_timestamps(
+    array: &dyn Array,
+    parts: &[DatePart],
+) -> Result<Option<datafusion::arrow::array::StringArray>> {
+    use datafusion::arrow::datatypes::{
+        TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    let (values, per_second): (Vec<Option<i64>>, i64) = match array.data_type() {
+        DataType::Timestamp(TimeUnit::Second, None) => (
+            array.as_primitive::<TimestampSecondType>().iter().collect(),
+            1,
+        ),
+        DataType::Timestamp(TimeUnit::Millisecond, None) => (
+            array
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .collect(),
+            1_000,
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, None) => (
+            array
+                .as_primitive::<TimestampMicrosecondType>()
+                .iter()
+                .collect(),
+            1_000_000,
+        ),
+        DataType::Timestamp(TimeUnit::Nanosecond, None) => (
+            array
+                .as_primitive::<TimestampNanosecondType>()
+                .iter()
+                .collect(),
+            1_000_000_000,
+        ),
+        other => return exec_err!("date_format(ts, pattern): ts is a {other}, not a timestamp"),
+    };
+    let width: usize = parts
+        .iter()
+        .map(|p| match p {
+            DatePart::Number(_, w) => (*w).max(2),
+            DatePart::Text(t) => t.len(),
+        })
+        .sum();
+    let mut out = StringBuilder::with_capacity(values.len(), values.len() * width);
+    let mut text = String::with_capacity(width);
+    for value in values {
+        let Some(value) = value else {
+            out.append_null();
+            continue;
+        };
+        let seconds = value.div_euclid(per_second);
+        let millis = value.rem_euclid(per_second) * 1000 / per_second;
+        let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            return Ok(None);
+        }
+        text.clear();
+        for part in parts {
+            match part {
+                DatePart::Text(t) => text.push_str(t),
+                DatePart::Number(field, width) => {
+                    let n = match field {
+                        DateField::Year => year,
+                        DateField::YearOfCentury => year % 100,
+                        DateField::Month => month,
+                        DateField::Day => day,
+                        DateField::Hour => second_of_day / 3600,
+                        DateField::Minute => second_of_day / 60 % 60,
+                        DateField::Second => second_of_day % 60,
+                        DateField::Millisecond => millis,
+                    };
+                    push_padded(&mut text, n, *width);
+                }
+            }
+        }
+        out.append_value(&text);
+    }
+    Ok(Some(out.finish()))
+}
+
+/// `n` (0 ≤ n < 10,000) in decimal, zero-padded to `width` digits.
+fn push_padded(text: &mut String, n: i64, width: usize) {
+    let digits = match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        _ => 4,
+    };
+    for _ in digits..width {
+        text.push('0');
+    }
+    let mut div = 10i64.pow(digits as u32 - 1);
+    while div > 0 {
+        text.push(char::from(b'0' + (n / div % 10) as u8));
+        div /= 10;
+    }
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// `hour(ts)`: Flink's `HOUR`, the hour of the day (0–23) as a BIGINT;
@@ -581,8 +806,63 @@ mod tests {
             one(&format!("SELECT CAST(hour({ts}) AS VARCHAR)")).as_deref(),
             Some("9")
         );
+        // Names and 12-hour clocks go to to_char; a date before 1970, a
+        // leap day and the end of a day through the digit path.
+        assert_eq!(
+            fmt("EEE d MMM yyyy, h a").as_deref(),
+            Some("Wed 15 Jul 2015, 9 AM")
+        );
+        let at = |ts: &str, p: &str| one(&format!("SELECT date_format(TIMESTAMP '{ts}', '{p}')"));
+        assert_eq!(
+            at("1969-12-31 23:59:59.999", "yyyy-MM-dd HH:mm:ss.SSS").as_deref(),
+            Some("1969-12-31 23:59:59.999")
+        );
+        assert_eq!(
+            at("2024-02-29 00:00:00", "yy/M/d").as_deref(),
+            Some("24/2/29")
+        );
+        assert_eq!(at("1700-03-01 00:00:00", "yyyy").as_deref(), Some("1700"));
+        // Year 10000 (milliseconds reach it): written by to_char, as before.
+        assert_eq!(
+            one("SELECT date_format(to_timestamp_millis(253402300800000), 'yyyy-MM')").as_deref(),
+            Some("+10000-01")
+        );
         let e = sql(&format!("SELECT date_format({ts}, 'yyyy-ww')")).unwrap_err();
         assert!(e.contains("the pattern letter ww is not supported"), "{e}");
+    }
+
+    #[test]
+    fn numeric_patterns_format_as_to_char_does() {
+        use datafusion::arrow::array::TimestampMillisecondArray;
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        // Every day from 1600 to 2400 at a changing time of day, against
+        // arrow's (chrono's) formatting of the same strftime pattern.
+        let step = 86_400_000 + 3_601_007;
+        let values: Vec<i64> = (-11_676_096_000_000i64..13_569_465_600_000)
+            .step_by(step)
+            .collect();
+        let array = TimestampMillisecondArray::from(values);
+        for pattern in [
+            "yyyy-MM-dd",
+            "HH:mm",
+            "yy/M/d H:m:s.SSS",
+            "'at' yyyyMMddHHmmss",
+        ] {
+            let parts = numeric_pattern(pattern).unwrap();
+            let ours = format_timestamps(&array, &parts).unwrap().unwrap();
+            let strftime = java_to_strftime(pattern).unwrap();
+            let options = FormatOptions::default().with_timestamp_format(Some(&strftime));
+            let chrono = ArrayFormatter::try_new(&array, &options).unwrap();
+            for i in 0..array.len() {
+                assert_eq!(
+                    ours.value(i),
+                    chrono.value(i).to_string(),
+                    "{pattern} at {i}"
+                );
+            }
+        }
+        assert_eq!(numeric_pattern("EEE"), None);
+        assert_eq!(numeric_pattern("h:mm a"), None);
     }
 
     #[test]
