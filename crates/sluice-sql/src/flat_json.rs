@@ -117,7 +117,8 @@ impl FlatJson {
 
     fn decode_object(&self, value: &[u8], builders: &mut [Builder]) -> Step<()> {
         // Every string arrow-json reads must be UTF-8, skipped ones too.
-        if std::str::from_utf8(value).is_err() {
+        // (simdutf8: std's check was a twentieth of a top-N query's time.)
+        if simdutf8::basic::from_utf8(value).is_err() {
             return Err(GiveUp);
         }
         let mut cur = Cursor {
