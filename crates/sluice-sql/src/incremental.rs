@@ -51,8 +51,8 @@ use crate::error::SqlError;
 use crate::retraction::{self, Changes};
 use crate::sinks::Changelog;
 use crate::state_keys::{
-    DISTINCT_TAG, GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, distinct_key, distinct_prefix,
-    distinct_prefix_end, group_key, le_u64, tag_and_time, time_bytes, time_from_bytes, ttl_key,
+    DISTINCT_TAG, GROUP_TAG, TTL_PREFIX_LEN, TTL_TAG, distinct_prefix, distinct_prefix_end,
+    group_key, le_u64, push_distinct_key, tag_and_time, time_bytes, time_from_bytes, ttl_key,
 };
 use sluice_engine::plan::BatchCx;
 
@@ -714,11 +714,12 @@ fn count_new_in_set(
         line: 0,
         message: "more than 65,535 aggregates in one query".into(),
     })?;
-    // Each value once per group: the partial row it is counted on (any of
-    // its group's) and the bits of the aggregates that saw it.
-    let mut seen: hashbrown::HashMap<Vec<u8>, (usize, u64)> = hashbrown::HashMap::new();
+    // Each aggregate's values in Arrow's row format, kept whole while the
+    // map below borrows them.
     let mut converter: Option<RowConverter> = None;
-    for (bit, &e) in set.iter().enumerate() {
+    let mut lists_of = Vec::with_capacity(set.len());
+    let mut encoded_of = Vec::with_capacity(set.len());
+    for &e in set {
         let expr = &agg.partial.aggr_expr()[e];
         let lists = columns[first_column[e]]
             .as_list_opt::<i32>()
@@ -736,19 +737,28 @@ fn count_new_in_set(
                 values.data_type().clone(),
             )])?),
         };
-        let encoded = converter.convert_columns(std::slice::from_ref(values))?;
+        encoded_of.push(converter.convert_columns(std::slice::from_ref(values))?);
+        lists_of.push(lists);
+    }
+    // Each value once per group (group, value): the partial row it is
+    // counted on (any of its group's) and the bits of the aggregates that
+    // saw it. Borrowed: no key is built for a value seen again.
+    let mut seen: hashbrown::HashMap<(usize, &[u8]), (usize, u64)> = hashbrown::HashMap::new();
+    for (bit, (lists, encoded)) in lists_of.iter().zip(&encoded_of).enumerate() {
+        let values = lists.values();
         let offsets = lists.value_offsets();
         for row in 0..rows {
             if lists.is_null(row) {
                 continue;
             }
-            let prefix = &prefixes[batch.group_of[row]];
+            let group = batch.group_of[row];
             for v in offsets[row] as usize..offsets[row + 1] as usize {
                 if values.is_null(v) {
                     continue;
                 }
-                let key = distinct_key(prefix, id, encoded.row(v).data());
-                seen.entry(key).or_insert((row, 0)).1 |= 1 << bit;
+                seen.entry((group, encoded.row(v).data()))
+                    .or_insert((row, 0))
+                    .1 |= 1 << bit;
             }
         }
     }
@@ -760,20 +770,26 @@ fn count_new_in_set(
             }
         }
     };
-    let mut writes: Vec<(Vec<u8>, usize, u64)> = Vec::new();
-    let mut lookups: Vec<(Vec<u8>, usize, u64)> = Vec::new();
-    for (key, (row, bits)) in seen {
-        if stored.existed[batch.group_of[row]] {
+    // Every value's state key, one after another in `keys`; (where, row,
+    // bits) for the values to write and for those to look up first.
+    let mut keys: Vec<u8> = Vec::new();
+    let mut writes: Vec<(std::ops::Range<usize>, usize, u64)> = Vec::new();
+    let mut lookups: Vec<(std::ops::Range<usize>, usize, u64)> = Vec::new();
+    for ((group, value), (row, bits)) in seen {
+        let at = keys.len();
+        push_distinct_key(&mut keys, &prefixes[group], id, value);
+        let key = at..keys.len();
+        if stored.existed[group] {
             lookups.push((key, row, bits));
         } else {
             count(row, bits);
             writes.push((key, row, bits));
         }
     }
-    lookups.sort_unstable();
+    lookups.sort_unstable_by(|a, b| keys[a.0.clone()].cmp(&keys[b.0.clone()]));
     let found = cx.checkpoint.db().batched_multi_get_cf(
         cf,
-        lookups.iter().map(|(k, _, _)| k.as_slice()),
+        lookups.iter().map(|(k, _, _)| &keys[k.clone()]),
         true,
     );
     for ((key, row, bits), found) in lookups.into_iter().zip(found) {
@@ -788,7 +804,7 @@ fn count_new_in_set(
         for (key, row, bits) in &writes {
             // A window closed in this batch keeps nothing.
             if !batch.closed(batch.group_of[*row], policy.watermark) {
-                w.put_cf(cf, key, bits.to_le_bytes());
+                w.put_cf(cf, &keys[key.clone()], bits.to_le_bytes());
             }
         }
     });

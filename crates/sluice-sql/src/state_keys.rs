@@ -174,12 +174,11 @@ pub(crate) fn distinct_prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// The key of `value` (Arrow row format) seen by the group's distinct
 /// aggregates of set `set` (named by its first aggregate's number).
-pub(crate) fn distinct_key(prefix: &[u8], set: u16, value: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 2 + value.len());
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&set.to_be_bytes());
-    key.extend_from_slice(value);
-    key
+/// Appended to `out`: a batch's keys share one buffer.
+pub(crate) fn push_distinct_key(out: &mut Vec<u8>, prefix: &[u8], set: u16, value: &[u8]) {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&set.to_be_bytes());
+    out.extend_from_slice(value);
 }
 
 /// Where a session's state lives: sessions of one group are adjacent and
@@ -436,7 +435,8 @@ mod tests {
     fn a_groups_distinct_values_are_one_range_ordered_by_window_end() {
         let early = distinct_prefix(&group_key(Some(1_000), b"g"));
         let late = distinct_prefix(&group_key(Some(2_000), b"a"));
-        let value = distinct_key(&early, 3, b"v");
+        let mut value = Vec::new();
+        push_distinct_key(&mut value, &early, 3, b"v");
         assert!(value.starts_with(&early));
         assert!(early.as_slice() < value.as_slice());
         assert!(value < distinct_prefix_end(&early));
