@@ -9,11 +9,10 @@
 # RUNS times (default 3), each time as a fresh job so it reads every event,
 # under /usr/bin/time: wall time, user+sys CPU time and peak RSS. A query
 # whose job file does not exist yet is skipped; q14, whose user function a
-# Rust job registers, runs as the example `nexmark_q14` when it is built next
-# to the binary (`cargo build --release --examples`, which compiles the
-# dependencies again with the dev-dependencies' features: long the first
-# time), and is skipped otherwise. Prints a markdown table of
-# medians:
+# Rust job registers, runs jobs/nexmark_q14.rs built next to the binary
+# (`cargo build --release -p sluice-bench --bin nexmark_q14`, or the example
+# of the same file), and is skipped when neither is built. Prints a markdown
+# table of medians:
 #
 #   events/s      all generated events / wall seconds (Flink's Nexmark counts
 #                 every event of the source, whichever topics a query reads)
@@ -91,8 +90,10 @@ for q in "${queries[@]}"; do
   fi
   runner=("$bin" run "$file")
   if [[ $q == q14 ]]; then
-    runner=("$(dirname "$bin")/examples/nexmark_q14" --file "$file")
-    [[ -x ${runner[0]} ]] || { echo "== Skipping q14: ${runner[0]} is not built (cargo build --release --examples)"; continue; }
+    q14=$(dirname "$bin")/nexmark_q14
+    [[ -x $q14 ]] || q14=$(dirname "$bin")/examples/nexmark_q14
+    [[ -x $q14 ]] || { echo "== Skipping q14: $(dirname "$bin")/nexmark_q14 is not built (cargo build --release -p sluice-bench --bin nexmark_q14)"; continue; }
+    runner=("$q14" --file "$file")
   fi
   echo "== $q ($runs runs)"
   : >"$work/$q.results"

@@ -50,6 +50,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // What the `sluice` binary does first: batch-sized buffers reuse the
+    // heap's pages instead of being mapped afresh each batch.
+    sluice::alloc::tune_system_allocator();
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
