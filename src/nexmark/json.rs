@@ -129,7 +129,7 @@ fn write_timestamp(ms: i64, out: &mut Vec<u8>) {
     out.push(b'"');
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = sluice_log::common::civil_from_days(days);
     let pad = |v: i64, width: usize, out: &mut Vec<u8>| {
         let mut buf = [b'0'; 20];
         let mut at = buf.len();
@@ -166,21 +166,6 @@ pub fn format_timestamp(ms: i64) -> String {
     let mut out = Vec::with_capacity(25);
     write_timestamp(ms, &mut out);
     String::from_utf8_lossy(&out[1..out.len() - 1]).into_owned()
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

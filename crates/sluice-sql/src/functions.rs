@@ -356,36 +356,38 @@ pub(crate) fn date_format() -> ScalarUDF {
     })
 }
 
-/// A Java date pattern as a strftime one.
-pub(crate) fn java_to_strftime(pattern: &str) -> std::result::Result<String, String> {
+/// A piece of a Java date pattern: text (quoted or not a letter), or a run
+/// of one pattern letter.
+enum JavaToken {
+    Text(String),
+    Letters(char, usize),
+}
+
+/// A Java (`SimpleDateFormat`) pattern in pieces: `'…'` quotes text, `''`
+/// is a quote, a run of one letter is a field.
+fn java_tokens(pattern: &str) -> Vec<JavaToken> {
     let chars: Vec<char> = pattern.chars().collect();
-    let mut out = String::new();
+    let mut out = Vec::new();
+    let mut text = String::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
         if c == '\'' {
-            // Quoted text; '' is a quote.
             let mut j = i + 1;
             if chars.get(j) == Some(&'\'') {
-                out.push('\'');
+                text.push('\'');
                 i += 2;
                 continue;
             }
             while j < chars.len() && chars[j] != '\'' {
-                if chars[j] == '%' {
-                    out.push('%');
-                }
-                out.push(chars[j]);
+                text.push(chars[j]);
                 j += 1;
             }
             i = j + 1;
             continue;
         }
         if !c.is_ascii_alphabetic() {
-            if c == '%' {
-                out.push('%');
-            }
-            out.push(c);
+            text.push(c);
             i += 1;
             continue;
         }
@@ -393,6 +395,29 @@ pub(crate) fn java_to_strftime(pattern: &str) -> std::result::Result<String, Str
         while chars.get(i + run) == Some(&c) {
             run += 1;
         }
+        if !text.is_empty() {
+            out.push(JavaToken::Text(std::mem::take(&mut text)));
+        }
+        out.push(JavaToken::Letters(c, run));
+        i += run;
+    }
+    if !text.is_empty() {
+        out.push(JavaToken::Text(text));
+    }
+    out
+}
+
+/// A Java date pattern as a strftime one.
+pub(crate) fn java_to_strftime(pattern: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    for token in java_tokens(pattern) {
+        let (c, run) = match token {
+            JavaToken::Text(text) => {
+                out.push_str(&text.replace('%', "%%"));
+                continue;
+            }
+            JavaToken::Letters(c, run) => (c, run),
+        };
         let spec = match (c, run) {
             ('y', 2) => "%y",
             ('y', _) => "%Y",
@@ -423,7 +448,6 @@ pub(crate) fn java_to_strftime(pattern: &str) -> std::result::Result<String, Str
             }
         };
         out.push_str(spec);
-        i += run;
     }
     Ok(out)
 }
@@ -514,58 +538,28 @@ enum DateField {
 
 /// A Java date pattern as numbers and text, if it has nothing else (names
 /// of months or days, AM/PM, 12-hour clocks, days of the year: those go to
-/// `to_char`). Reads the pattern as [`java_to_strftime`] does.
+/// `to_char`).
 fn numeric_pattern(pattern: &str) -> Option<Vec<DatePart>> {
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\'' {
-            let mut j = i + 1;
-            if chars.get(j) == Some(&'\'') {
-                text.push('\'');
-                i += 2;
-                continue;
-            }
-            while j < chars.len() && chars[j] != '\'' {
-                text.push(chars[j]);
-                j += 1;
-            }
-            i = j + 1;
-            continue;
-        }
-        if !c.is_ascii_alphabetic() {
-            text.push(c);
-            i += 1;
-            continue;
-        }
-        let mut run = 1;
-        while chars.get(i + run) == Some(&c) {
-            run += 1;
-        }
-        let part = match (c, run) {
-            ('y', 2) => DatePart::Number(DateField::YearOfCentury, 2),
-            ('y', _) => DatePart::Number(DateField::Year, 4),
-            ('M', 1 | 2) => DatePart::Number(DateField::Month, run),
-            ('d', _) => DatePart::Number(DateField::Day, run.min(2)),
-            ('H', _) => DatePart::Number(DateField::Hour, run.min(2)),
-            ('m', _) => DatePart::Number(DateField::Minute, run.min(2)),
-            ('s', _) => DatePart::Number(DateField::Second, run.min(2)),
-            ('S', 3) => DatePart::Number(DateField::Millisecond, 3),
-            _ => return None,
-        };
-        if !text.is_empty() {
-            out.push(DatePart::Text(std::mem::take(&mut text)));
-        }
-        out.push(part);
-        i += run;
-    }
-    if !text.is_empty() {
-        out.push(DatePart::Text(text));
-    }
-    Some(out)
+    java_tokens(pattern)
+        .into_iter()
+        .map(|token| {
+            let (c, run) = match token {
+                JavaToken::Text(text) => return Some(DatePart::Text(text)),
+                JavaToken::Letters(c, run) => (c, run),
+            };
+            Some(match (c, run) {
+                ('y', 2) => DatePart::Number(DateField::YearOfCentury, 2),
+                ('y', _) => DatePart::Number(DateField::Year, 4),
+                ('M', 1 | 2) => DatePart::Number(DateField::Month, run),
+                ('d', _) => DatePart::Number(DateField::Day, run.min(2)),
+                ('H', _) => DatePart::Number(DateField::Hour, run.min(2)),
+                ('m', _) => DatePart::Number(DateField::Minute, run.min(2)),
+                ('s', _) => DatePart::Number(DateField::Second, run.min(2)),
+                ('S', 3) => DatePart::Number(DateField::Millisecond, 3),
+                _ => return None,
+            })
+        })
+        .collect()
 }
 
 /// Formats timestamps (any unit, no time zone) by `parts`; `None` when a
@@ -575,35 +569,23 @@ fn format_timestamps(
     parts: &[DatePart],
 ) -> Result<Option<datafusion::arrow::array::StringArray>> {
     use datafusion::arrow::datatypes::{
-        TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-        TimestampSecondType,
+        ArrowPrimitiveType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+        TimestampNanosecondType, TimestampSecondType,
     };
+    fn values<T: ArrowPrimitiveType<Native = i64>>(array: &dyn Array) -> Vec<Option<i64>> {
+        array.as_primitive::<T>().iter().collect()
+    }
     let (values, per_second): (Vec<Option<i64>>, i64) = match array.data_type() {
-        DataType::Timestamp(TimeUnit::Second, None) => (
-            array.as_primitive::<TimestampSecondType>().iter().collect(),
-            1,
-        ),
-        DataType::Timestamp(TimeUnit::Millisecond, None) => (
-            array
-                .as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .collect(),
-            1_000,
-        ),
-        DataType::Timestamp(TimeUnit::Microsecond, None) => (
-            array
-                .as_primitive::<TimestampMicrosecondType>()
-                .iter()
-                .collect(),
-            1_000_000,
-        ),
-        DataType::Timestamp(TimeUnit::Nanosecond, None) => (
-            array
-                .as_primitive::<TimestampNanosecondType>()
-                .iter()
-                .collect(),
-            1_000_000_000,
-        ),
+        DataType::Timestamp(TimeUnit::Second, None) => (values::<TimestampSecondType>(array), 1),
+        DataType::Timestamp(TimeUnit::Millisecond, None) => {
+            (values::<TimestampMillisecondType>(array), 1_000)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, None) => {
+            (values::<TimestampMicrosecondType>(array), 1_000_000)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, None) => {
+            (values::<TimestampNanosecondType>(array), 1_000_000_000)
+        }
         other => return exec_err!("date_format(ts, pattern): ts is a {other}, not a timestamp"),
     };
     let width: usize = parts
@@ -623,7 +605,7 @@ fn format_timestamps(
         let seconds = value.div_euclid(per_second);
         let millis = value.rem_euclid(per_second) * 1000 / per_second;
         let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = sluice_log::common::civil_from_days(days);
         if !(0..=9999).contains(&year) {
             return Ok(None);
         }
@@ -667,20 +649,6 @@ fn push_padded(text: &mut String, n: i64, width: usize) {
         text.push(char::from(b'0' + (n / div % 10) as u8));
         div /= 10;
     }
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since
-/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// `hour(ts)`: Flink's `HOUR`, the hour of the day (0–23) as a BIGINT;
