@@ -942,16 +942,22 @@ fn ranked_columns(
             }
         })
         .collect();
-    let mut columns = decoded
-        .iter()
-        .enumerate()
-        .map(|(c, stored)| {
-            let mut sources: Vec<&dyn Array> =
-                batches.iter().map(|b| b.column(c).as_ref()).collect();
-            sources.push(stored.as_ref());
-            datafusion::arrow::compute::interleave(&sources, &indices)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut columns = if next_stored == ranked.len() {
+        // Only stored rows (a window closing after its last batch): decoded
+        // in order already.
+        decoded
+    } else {
+        decoded
+            .iter()
+            .enumerate()
+            .map(|(c, stored)| {
+                let mut sources: Vec<&dyn Array> =
+                    batches.iter().map(|b| b.column(c).as_ref()).collect();
+                sources.push(stored.as_ref());
+                datafusion::arrow::compute::interleave(&sources, &indices)
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
     columns.push(Arc::new(UInt64Array::from_iter_values(
         ranked.iter().map(|(_, _, rank, _)| *rank),
     )));
