@@ -223,6 +223,69 @@ fn reopening_after_a_clean_close_keeps_everything() {
     }
 }
 
+/// The inode of each of a partition's files, by name: a file rewritten
+/// through a temporary file and a rename gets a new one.
+fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_clean_close_rewrites_nothing_that_was_only_read_and_persists_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = {
+        let store = LogStore::open(dir.path(), quiet()).unwrap();
+        store.create_topic("t", 1, TopicConfig::default()).unwrap();
+        let p = store.partition("t", 0).unwrap();
+        for i in 0..20 {
+            p.append(&mut encoded("x", 5, i, Compression::None))
+                .unwrap();
+        }
+        store.close().unwrap();
+        p.dir().to_path_buf()
+    };
+    // Opened and read, then closed: every file is the one written before.
+    let written = inodes(&pdir);
+    {
+        let store = LogStore::open(dir.path(), quiet()).unwrap();
+        let (bytes, _) = store.partition("t", 0).unwrap().read(0, 1 << 20).unwrap();
+        assert_eq!(values(bytes).len(), 100);
+        store.close().unwrap();
+    }
+    assert_eq!(inodes(&pdir), written);
+    // An index that had to be rebuilt at open is written at close.
+    let index = pdir.join("00000000000000000000.index");
+    fs::remove_file(&index).unwrap();
+    LogStore::open(dir.path(), quiet())
+        .unwrap()
+        .close()
+        .unwrap();
+    assert!(index.exists(), "the rebuilt index was not persisted");
+    // An append after a clean open moves the recovery point.
+    let before = inodes(&pdir);
+    {
+        let store = LogStore::open(dir.path(), quiet()).unwrap();
+        store
+            .partition("t", 0)
+            .unwrap()
+            .append(&mut encoded("y", 1, 0, Compression::None))
+            .unwrap();
+        store.close().unwrap();
+    }
+    assert_ne!(inodes(&pdir)["recovery-point"], before["recovery-point"]);
+    let store = LogStore::open(dir.path(), quiet()).unwrap();
+    assert_eq!(store.partition("t", 0).unwrap().high_watermark(), 101);
+}
+
 fn last_segment(p: &Partition) -> std::path::PathBuf {
     let mut logs: Vec<_> = fs::read_dir(p.dir())
         .unwrap()
