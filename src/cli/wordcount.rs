@@ -69,7 +69,7 @@ pub struct WordcountArgs {
 pub fn wordcount(lines: &DStream<Record>, table: &str) -> DStream<(String, u64)> {
     let counts = lines
         .flat_map(|record, out: &mut Emitter<(String, u64)>| {
-            for word in record.value_str().split_ascii_whitespace() {
+            for word in record.value_words() {
                 out.push((word, 1u64));
             }
         })
@@ -90,7 +90,7 @@ pub fn windowed_wordcount(
 ) -> DStream<(String, u64)> {
     let counts = lines
         .flat_map(|record, out: &mut Emitter<(String, u64)>| {
-            for word in record.value_str().split_ascii_whitespace() {
+            for word in record.value_words() {
                 out.push((word, 1u64));
             }
         })
