@@ -100,10 +100,16 @@ impl StateMemory {
         (self.inner.bytes / BYTES_PER_BATCH_RECORD).max(10_000)
     }
 
+    /// The most one memtable holds before it is flushed: several smaller
+    /// memtables flush sooner than one large one, so the memtables' share
+    /// is never far exceeded.
+    pub(crate) fn write_buffer_bytes(&self) -> usize {
+        (rocks_share(self.inner.bytes) / 8).clamp(1 << 20, 64 << 20)
+    }
+
     /// Applies the budget to a database's (and its column families')
     /// options.
     pub(crate) fn apply(&self, opts: &mut Options) {
-        let rocks = rocks_share(self.inner.bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.inner.cache);
         // A key a merge has never seen (most keys, when there are
@@ -126,9 +132,7 @@ impl StateMemory {
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_manager(&self.inner.write_buffers);
-        // Several smaller memtables flush sooner than one large one, so
-        // the memtables' share is never far exceeded.
-        opts.set_write_buffer_size((rocks / 8).clamp(1 << 20, 64 << 20));
+        opts.set_write_buffer_size(self.write_buffer_bytes());
         opts.set_max_write_buffer_number(3);
     }
 }

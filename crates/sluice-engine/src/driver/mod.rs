@@ -278,6 +278,9 @@ struct Driver {
     /// much room, so RocksDB's buffer is not regrown (and each growth
     /// copied into freshly faulted pages) many times per batch.
     last_write_bytes: usize,
+    /// The result tables' memtable size as last set (RocksDB's own until
+    /// the first batch).
+    table_memtable_bytes: Option<usize>,
 }
 
 impl Driver {
@@ -349,6 +352,7 @@ impl Driver {
             fresh_job,
             transactions: crate::sink::Transactions::default(),
             last_write_bytes: 0,
+            table_memtable_bytes: None,
         })
     }
 
@@ -618,6 +622,27 @@ impl Driver {
         }
     }
 
+    /// Sizes the result tables' memtables to the batches being written
+    /// ([`Checkpoint::table_memtable_bytes`]): up at once, down only when
+    /// a quarter of the size would do, so a load near a boundary does not
+    /// rewrite RocksDB's options file every batch.
+    fn fit_table_memtables(&mut self) {
+        let fitted = self.checkpoint.table_memtable_bytes(self.last_write_bytes);
+        let change = match self.table_memtable_bytes {
+            None => true,
+            Some(now) => fitted > now || fitted <= now / 4,
+        };
+        if !change {
+            return;
+        }
+        // A size RocksDB refused leaves the old one, which works: not worth
+        // failing a committed batch for, nor trying again every batch.
+        if let Err(e) = self.checkpoint.set_table_memtables(fitted) {
+            tracing::warn!("{e}");
+        }
+        self.table_memtable_bytes = Some(fitted);
+    }
+
     /// Phase 1, plan: the batch a crash left planned but uncommitted (over
     /// exactly its ranges), or a new one, written ahead to the checkpoint.
     fn next_batch(&mut self) -> Result<(PlannedBatch, Vec<PartitionProgress>, bool), DriverError> {
@@ -713,6 +738,7 @@ impl Driver {
         let before_commit = Instant::now();
         self.checkpoint.commit(outcome.writes, &committed)?;
         let commit_ms = ms(before_commit.elapsed());
+        self.fit_table_memtables();
         let committed_at_ms = sluice_log::common::now_ms();
         self.next_batch_id = planned.batch_id + 1;
         for s in &self.sources {
