@@ -625,7 +625,9 @@ impl Driver {
     /// Sizes the result tables' memtables to the batches being written
     /// ([`Checkpoint::table_memtable_bytes`]): up at once, down only when
     /// a quarter of the size would do, so a load near a boundary does not
-    /// rewrite RocksDB's options file every batch.
+    /// rewrite RocksDB's options file every batch. A memtable this batch
+    /// filled is flushed now, between batches
+    /// ([`Checkpoint::flush_filled_tables`]).
     fn fit_table_memtables(&mut self) {
         let fitted = self.checkpoint.table_memtable_bytes(self.last_write_bytes);
         let change = match self.table_memtable_bytes {
@@ -633,6 +635,11 @@ impl Driver {
             Some(now) => fitted > now || fitted <= now / 4,
         };
         if !change {
+            if let Some(now) = self.table_memtable_bytes
+                && let Err(e) = self.checkpoint.flush_filled_tables(now)
+            {
+                tracing::warn!("{e}");
+            }
             return;
         }
         // A size RocksDB refused leaves the old one, which works: not worth
