@@ -525,17 +525,21 @@ impl Checkpoint {
             .clamp(TABLE_MEMTABLE_MIN_BYTES.min(most), most)
     }
 
+    /// Every result table's column family.
+    fn table_cfs(&self) -> impl Iterator<Item = Result<&ColumnFamily>> {
+        self.column_families
+            .iter()
+            .filter(|n| n.starts_with(TABLE_CF_PREFIX))
+            .map(|n| self.cf(n))
+    }
+
     /// Sets the memtable size of every result table (RocksDB's mutable
     /// `write_buffer_size`; each call also rewrites RocksDB's options file,
     /// so callers change it only when the size moves).
     pub fn set_table_memtables(&self, bytes: usize) -> Result<()> {
         let value = bytes.to_string();
-        for name in self
-            .column_families
-            .iter()
-            .filter(|n| n.starts_with(TABLE_CF_PREFIX))
-        {
-            let cf = self.cf(name)?;
+        for cf in self.table_cfs() {
+            let cf = cf?;
             self.db
                 .set_options_cf(&cf, &[("write_buffer_size", value.as_str())])
                 .map_err(self.rocks("cannot size the result tables' memtables"))?;
@@ -552,12 +556,8 @@ impl Checkpoint {
     pub fn flush_filled_tables(&self, memtable_bytes: usize) -> Result<()> {
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(false);
-        for name in self
-            .column_families
-            .iter()
-            .filter(|n| n.starts_with(TABLE_CF_PREFIX))
-        {
-            let cf = self.cf(name)?;
+        for cf in self.table_cfs() {
+            let cf = cf?;
             let active = self
                 .db
                 .property_int_value_cf(&cf, "rocksdb.cur-size-active-mem-table")

@@ -630,24 +630,21 @@ impl Driver {
     /// ([`Checkpoint::flush_filled_tables`]).
     fn fit_table_memtables(&mut self) {
         let fitted = self.checkpoint.table_memtable_bytes(self.last_write_bytes);
-        let change = match self.table_memtable_bytes {
-            None => true,
-            Some(now) => fitted > now || fitted <= now / 4,
-        };
-        if !change {
-            if let Some(now) = self.table_memtable_bytes
-                && let Err(e) = self.checkpoint.flush_filled_tables(now)
-            {
-                tracing::warn!("{e}");
+        // A size RocksDB refused leaves the old one, and a flush it did not
+        // start happens at the next write: neither is worth failing a
+        // committed batch for, nor retrying every batch.
+        let result = match self.table_memtable_bytes {
+            Some(now) if fitted <= now && fitted > now / 4 => {
+                self.checkpoint.flush_filled_tables(now)
             }
-            return;
-        }
-        // A size RocksDB refused leaves the old one, which works: not worth
-        // failing a committed batch for, nor trying again every batch.
-        if let Err(e) = self.checkpoint.set_table_memtables(fitted) {
+            _ => {
+                self.table_memtable_bytes = Some(fitted);
+                self.checkpoint.set_table_memtables(fitted)
+            }
+        };
+        if let Err(e) = result {
             tracing::warn!("{e}");
         }
-        self.table_memtable_bytes = Some(fitted);
     }
 
     /// Phase 1, plan: the batch a crash left planned but uncommitted (over
