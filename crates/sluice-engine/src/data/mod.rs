@@ -49,10 +49,6 @@ pub trait Data: Send + Sync + Clone + Debug + Default + 'static {
 
     /// Number of Arrow columns.
     const WIDTH: usize;
-    /// Whether [`Data::to_owned_value`] is a plain copy (numbers, and
-    /// tuples of them): an aggregation may then hold a value past its row
-    /// at no cost.
-    const OWNED_IS_COPY: bool = false;
     /// Stable name recorded in the checkpoint, e.g. `string` or `(string,u64)`.
     fn type_name() -> String;
     /// Appends this type's fields, named after `name`.
@@ -252,7 +248,6 @@ macro_rules! int_data {
             type Reader<'a> = &'a [$t];
             type Builder = $builder;
             const WIDTH: usize = 1;
-            const OWNED_IS_COPY: bool = true;
             fn type_name() -> String {
                 $name.into()
             }
@@ -345,7 +340,6 @@ impl Data for f64 {
     type Reader<'a> = &'a [f64];
     type Builder = Float64Builder;
     const WIDTH: usize = 1;
-    const OWNED_IS_COPY: bool = true;
     fn type_name() -> String {
         "f64".into()
     }
@@ -422,7 +416,6 @@ impl Data for bool {
     type Reader<'a> = &'a BooleanArray;
     type Builder = BooleanBuilder;
     const WIDTH: usize = 1;
-    const OWNED_IS_COPY: bool = true;
     fn type_name() -> String {
         "bool".into()
     }
@@ -735,7 +728,6 @@ impl<A: Data, B: Data> Data for (A, B) {
     type Reader<'a> = (A::Reader<'a>, B::Reader<'a>);
     type Builder = (A::Builder, B::Builder);
     const WIDTH: usize = A::WIDTH + B::WIDTH;
-    const OWNED_IS_COPY: bool = A::OWNED_IS_COPY && B::OWNED_IS_COPY;
     fn type_name() -> String {
         format!("({},{})", A::type_name(), B::type_name())
     }

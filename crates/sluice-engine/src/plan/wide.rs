@@ -301,16 +301,7 @@ struct Combine<K: Key, V: Data> {
     passed: Option<Vec<Vec<RecordBatch>>>,
     /// The same for rows that came one by one (from a fused `flat_map`).
     passed_rows: Option<Vec<Emitter<'static, (K, V)>>>,
-    /// Short keys from a fused operator waiting for the table, when their
-    /// values are plain copies ([`Data::OWNED_IS_COPY`]). Looked up
-    /// [`PENDING_ROWS`] at a time in a loop of their own, so the lookups'
-    /// cache misses overlap; one at a time, between the cuts of a split,
-    /// the table's entry loads were a quarter of a word count's CPU.
-    pending: Vec<(u128, V)>,
 }
-
-/// Rows a map-side combine gathers before looking them up.
-const PENDING_ROWS: usize = 256;
 
 impl<K: Key, V: Data> Combine<K, V> {
     fn new(buckets: usize, hint: &TableSizes) -> Self {
@@ -320,14 +311,6 @@ impl<K: Key, V: Data> Combine<K, V> {
             seen: 0,
             passed: None,
             passed_rows: None,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Adds the gathered short keys to the table.
-    fn add_pending(&mut self, f: &impl for<'a, 'b> Fn(V::View<'a>, V::View<'b>) -> V) {
-        for (inline, value) in self.pending.drain(..) {
-            self.agg.add_short(inline, value.view(), f);
         }
     }
 
@@ -350,29 +333,16 @@ impl<K: Key, V: Data> Combine<K, V> {
             return;
         }
         match K::inline_of(key) {
-            Some(inline) if V::OWNED_IS_COPY => {
-                if self.pending.capacity() == 0 {
-                    self.pending.reserve_exact(PENDING_ROWS);
-                }
-                self.pending.push((inline, V::to_owned_value(value)));
-                if self.pending.len() == PENDING_ROWS {
-                    self.add_pending(f);
-                }
-            }
             Some(inline) => self.agg.add_short(inline, value, f),
             None => self.agg.add(key, value, f),
         }
         self.seen += 1;
-        if self.seen.is_multiple_of(4096) {
-            // The judgement needs every row so far in the table.
-            self.add_pending(f);
-            if self.nearly_all_distinct() {
-                self.passed_rows = Some(
-                    (0..self.buckets)
-                        .map(|_| Emitter::with_capacity(4096))
-                        .collect(),
-                );
-            }
+        if self.seen.is_multiple_of(4096) && self.nearly_all_distinct() {
+            self.passed_rows = Some(
+                (0..self.buckets)
+                    .map(|_| Emitter::with_capacity(4096))
+                    .collect(),
+            );
         }
     }
 
@@ -400,7 +370,6 @@ impl<K: Key, V: Data> Combine<K, V> {
         schema: &SchemaRef,
         sizes: &TableSizes,
     ) -> Result<Vec<Option<RecordBatch>>> {
-        debug_assert!(self.pending.is_empty(), "rows left out of the combine");
         sizes.remember(self.agg.short.len(), self.agg.table.len());
         let combined = self.agg.into_buckets(self.buckets, schema)?;
         if self.passed.is_none() && self.passed_rows.is_none() {
@@ -691,9 +660,7 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
                         let mut combine = Combine::<K, V>::new(buckets, &map_sizes);
                         run(&mut |chunk| {
                             rows.push(&chunk, &mut |(k, v)| combine.add_row(k, v, &f))
-                                .map_err(|e| super::exec::operator_error(parent.info(), e))?;
-                            combine.add_pending(&f);
-                            Ok(())
+                                .map_err(|e| super::exec::operator_error(parent.info(), e))
                         })?;
                         combine.into_buckets(&info.schema, &map_sizes)
                     })?,
@@ -959,57 +926,4 @@ pub(crate) fn left_outer_join<K: Key, V: Data, W: Data>(
             out.push_view((k, (v, w)));
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use arrow::datatypes::Schema;
-
-    use super::*;
-
-    /// Rows that wait in the combine's pending list (short keys, `u64`
-    /// values) and rows that go straight to the table (long keys) count
-    /// alike, whether the rows end on a full pending list or not.
-    #[test]
-    fn pending_rows_count_like_rows_added_at_once() {
-        let schema: SchemaRef = Arc::new(Schema::new({
-            let mut fields = Vec::new();
-            <(String, u64)>::fields("", &mut fields);
-            fields
-        }));
-        for rows in [1usize, 255, 256, 257, 4096, 10_001] {
-            let words: Vec<String> = (0..rows)
-                .map(|i| match i % 7 {
-                    0 => format!("a-word-longer-than-twelve-{}", i % 5),
-                    _ => format!("w{}", i % 300),
-                })
-                .collect();
-            let mut combine = Combine::<String, u64>::new(2, &TableSizes::default());
-            let add = |a: u64, b: u64| a + b;
-            for (i, w) in words.iter().enumerate() {
-                combine.add_row(w.as_str(), i as u64 % 3 + 1, &add);
-            }
-            combine.add_pending(&add);
-            let mut got: BTreeMap<String, u64> = BTreeMap::new();
-            for chunk in combine
-                .into_buckets(&schema, &TableSizes::default())
-                .unwrap()
-                .into_iter()
-                .flatten()
-            {
-                let reader = <(String, u64)>::reader(chunk.columns()).unwrap();
-                for i in 0..chunk.num_rows() {
-                    let (w, n) = <(String, u64)>::get(&reader, i);
-                    assert!(got.insert(w.to_owned(), n).is_none(), "{w} twice");
-                }
-            }
-            let mut want: BTreeMap<String, u64> = BTreeMap::new();
-            for (i, w) in words.iter().enumerate() {
-                *want.entry(w.clone()).or_default() += i as u64 % 3 + 1;
-            }
-            assert_eq!(got, want, "{rows} rows");
-        }
-    }
 }
