@@ -313,10 +313,18 @@ impl Checkpoint {
         names.retain(|n| n != "default");
         // Each column family gets the budget's options too (`open_cf`
         // would give them RocksDB's defaults: no filters, 64 MiB memtables
-        // and a block cache of their own).
+        // and a block cache of their own), `default` (the batch records)
+        // included: rust-rocksdb adds it with the defaults when it is not
+        // named.
         let opts = db_options(memory);
-        let db = DB::open_cf_with_opts(&opts, path, names.iter().map(|n| (n, opts.clone())))
-            .map_err(rocks("cannot open"))?;
+        let db = DB::open_cf_with_opts(
+            &opts,
+            path,
+            std::iter::once("default")
+                .chain(names.iter().map(String::as_str))
+                .map(|n| (n, opts.clone())),
+        )
+        .map_err(rocks("cannot open"))?;
         let checkpoint = Checkpoint {
             db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
@@ -902,6 +910,28 @@ mod tests {
             level0() > 0
         });
         assert!(flushed, "a memtable past 3.5 MiB of 4 was not flushed");
+    }
+
+    /// Every column family, `default` (the batch records) included, reads
+    /// through the budget's one block cache: none has a cache of its own.
+    #[test]
+    fn every_column_family_draws_on_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = StateMemory::new(64 << 20);
+        let cfs = vec!["state.counts".to_string(), "table.words".to_string()];
+        let cp = Checkpoint::open_within(dir.path(), "job", &cfs, &memory).unwrap();
+        let capacity = |name: &str| {
+            let cf = cp.db().cf_handle(name).unwrap();
+            cp.db()
+                .property_int_value_cf(&cf, "rocksdb.block-cache-capacity")
+                .unwrap()
+                .unwrap()
+        };
+        let shared = capacity("state.counts");
+        assert_eq!(shared, memory.bytes() / 4 * 3, "the budget's cache");
+        for name in ["default", "table.words"] {
+            assert_eq!(capacity(name), shared, "column family {name}");
+        }
     }
 
     #[test]
