@@ -562,6 +562,12 @@ impl Checkpoint {
     /// and on two cores the flush then took one of them for most of that
     /// batch's compute (the demo's tasks shared the other).
     pub fn flush_filled_tables(&self, memtable_bytes: usize) -> Result<()> {
+        self.flush_tables_holding(memtable_bytes - memtable_bytes / 8)
+    }
+
+    /// Starts, without waiting, the flush of every result table whose
+    /// active memtable holds at least `bytes`.
+    pub fn flush_tables_holding(&self, bytes: usize) -> Result<()> {
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(false);
         for cf in self.table_cfs() {
@@ -571,7 +577,7 @@ impl Checkpoint {
                 .property_int_value_cf(&cf, "rocksdb.cur-size-active-mem-table")
                 .map_err(self.rocks("cannot read a memtable's size"))?
                 .unwrap_or(0);
-            if active as usize >= memtable_bytes - memtable_bytes / 8 {
+            if active as usize >= bytes.max(1) {
                 self.db
                     .flush_cf_opt(&cf, &opts)
                     .map_err(self.rocks("cannot start a memtable flush"))?;
@@ -910,6 +916,27 @@ mod tests {
             level0() > 0
         });
         assert!(flushed, "a memtable past 3.5 MiB of 4 was not flushed");
+        // Between batches: whatever holds at least the amount asked about
+        // (as RocksDB counts it: the memtable's arena blocks).
+        let files = level0();
+        write(0, 256);
+        let active = cp
+            .db
+            .property_int_value_cf(cf, "rocksdb.cur-size-active-mem-table")
+            .unwrap()
+            .unwrap() as usize;
+        cp.flush_tables_holding(active + 1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(level0(), files, "flushed below the amount asked for");
+        cp.flush_tables_holding(active).unwrap();
+        let flushed = (0..300).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            level0() > files
+        });
+        assert!(
+            flushed,
+            "a memtable holding the amount asked for was not flushed"
+        );
     }
 
     /// Every column family, `default` (the batch records) included, reads
