@@ -7,7 +7,10 @@
 //! partition on a dedicated thread pool → commit results, state and the
 //! next offsets in one synced RocksDB write → report progress. After a
 //! crash, a planned but uncommitted batch is re-run with the same ranges
-//! and batch time ([`crate::checkpoint::decide_resume`]).
+//! and batch time ([`crate::checkpoint::decide_resume`]). When the next
+//! batch starts right after a commit, its pure operators (reading,
+//! parsing, shuffling: nothing that reads state) run during that commit;
+//! it is written ahead only once the commit is done.
 //!
 //! The driver owns offsets and time; it never looks inside records.
 
@@ -34,7 +37,7 @@ use crate::checkpoint::{
     Checkpoint, CheckpointError, CommittedBatch, OperatorMeta, PlannedBatch, Range, Resume,
     STATE_CF_PREFIX, TABLE_CF_PREFIX,
 };
-use crate::plan::{BatchCx, DStream, Graph, PlanError, SharedGraph};
+use crate::plan::{BatchCx, ComputedAhead, DStream, Graph, PlanError, SharedGraph};
 use crate::source::{PartitionInfo, Record, Source, SourceError, StartingPosition};
 use progress::{BatchProgress, PartitionProgress, Phases, ProgressSink, WatermarkProgress};
 use rate::RateLimiter;
@@ -179,6 +182,8 @@ pub struct RunSummary {
     pub records: u64,
     pub elapsed: Duration,
     pub last_batch_id: u64,
+    /// Batches whose pure operators ran while the batch before committed.
+    pub computed_ahead: u64,
 }
 
 /// Builds a job: sources and the DStreams derived from them.
@@ -281,6 +286,49 @@ struct Driver {
     /// The result tables' memtable size as last set (RocksDB's own until
     /// the first batch).
     table_memtable_bytes: Option<usize>,
+    /// The next batch, planned while the last one committed and not yet
+    /// written ahead, with its pure nodes' outputs.
+    ahead: Option<Ahead>,
+    /// The nodes computed for the next batch while a batch commits, in
+    /// the order they were built (parents first).
+    computed_ahead: Vec<Arc<dyn crate::plan::Node>>,
+}
+
+/// The batch to run next.
+struct NextBatch {
+    planned: PlannedBatch,
+    parts: Vec<PartitionProgress>,
+    /// A batch a crash left planned, run again over the same ranges.
+    replayed: bool,
+    /// What was computed for it while the batch before committed.
+    computed: ComputedAhead,
+    /// How long the batch before waited for that after its commit.
+    computing_ahead: Duration,
+}
+
+/// A batch planned and partly computed while the batch before it
+/// committed ([`Driver::commit_computing_ahead`]).
+struct Ahead {
+    planned: PlannedBatch,
+    parts: Vec<PartitionProgress>,
+    computed: ComputedAhead,
+    /// The wait for `computed` after the commit: work of this batch.
+    waited: Duration,
+}
+
+/// When a batch's commit returned.
+struct CommitDone {
+    at: Instant,
+    at_ms: i64,
+}
+
+impl CommitDone {
+    fn now() -> Self {
+        CommitDone {
+            at: Instant::now(),
+            at_ms: sluice_log::common::now_ms(),
+        }
+    }
 }
 
 impl Driver {
@@ -337,6 +385,12 @@ impl Driver {
         } else {
             None
         };
+        let computed_ahead = sluice_log::common::mutex(&graph)
+            .nodes
+            .iter()
+            .filter(|n| n.computes_ahead())
+            .cloned()
+            .collect();
         Ok(Driver {
             config,
             graph,
@@ -353,6 +407,8 @@ impl Driver {
             transactions: crate::sink::Transactions::default(),
             last_write_bytes: 0,
             table_memtable_bytes: None,
+            ahead: None,
+            computed_ahead,
         })
     }
 
@@ -557,21 +613,41 @@ impl Driver {
         progress: &mut progress::Progress,
         summary: &mut RunSummary,
     ) -> Result<(), DriverError> {
+        // A batch computed ahead started when the one before committed.
+        let mut started_at_commit = None;
         while !self.finished(summary) {
-            let batch_started = Instant::now();
-            let (planned, parts, replayed) = self.next_batch()?;
+            let planning = Instant::now();
+            let batch_started = started_at_commit.take().unwrap_or(planning);
+            let NextBatch {
+                planned,
+                parts,
+                replayed,
+                computed,
+                computing_ahead,
+            } = self.next_batch()?;
+            summary.computed_ahead += u64::from(!computed.is_empty());
             fail::fail_point!("driver::after_plan", |_| Err(DriverError::Other(
                 "failpoint".into()
             )));
-            let plan_ms = ms(batch_started.elapsed());
-            let executed = self.execute_and_commit(&planned, outputs)?;
+            let plan_ms = ms(planning.elapsed());
+            let another = !self.stopping()
+                && self
+                    .config
+                    .max_batches
+                    .is_none_or(|m| summary.batches + 1 < m);
+            let next_due = run.scheduled + self.config.batch_interval;
+            let executed =
+                self.execute_and_commit(&planned, computed, outputs, another.then_some(next_due))?;
             if let Some(monitor) = &progress.monitor {
                 monitor.committed(self.checkpoint.path(), &executed.committed);
                 if !executed.printed.is_empty() {
                     monitor.printed(planned.batch_id, &executed.printed);
                 }
             }
-            let timing = run.batch_done(batch_started);
+            let timing = run.batch_done(batch_started, executed.committed_at);
+            if self.ahead.is_some() {
+                started_at_commit = Some(executed.committed_at);
+            }
             let records = planned_records(&planned.ranges);
             self.rate.on_batch_completed(
                 timing.since_start_ms,
@@ -581,6 +657,7 @@ impl Driver {
             );
             let phases = Phases {
                 plan_ms,
+                compute_ms: executed.phases.compute_ms + ms(computing_ahead),
                 ..executed.phases
             };
             self.report(
@@ -649,7 +726,19 @@ impl Driver {
 
     /// Phase 1, plan: the batch a crash left planned but uncommitted (over
     /// exactly its ranges), or a new one, written ahead to the checkpoint.
-    fn next_batch(&mut self) -> Result<(PlannedBatch, Vec<PartitionProgress>, bool), DriverError> {
+    fn next_batch(&mut self) -> Result<NextBatch, DriverError> {
+        if let Some(ahead) = self.ahead.take() {
+            // Written ahead only now: the last batch's commit is durable,
+            // and nothing of this one has left the process yet.
+            self.checkpoint.write_planned(&ahead.planned)?;
+            return Ok(NextBatch {
+                planned: ahead.planned,
+                parts: ahead.parts,
+                replayed: false,
+                computed: ahead.computed,
+                computing_ahead: ahead.waited,
+            });
+        }
         if let Some(p) = self.replay.take() {
             // Lag is only known from a fresh look at the partitions.
             let parts = p
@@ -666,11 +755,23 @@ impl Driver {
                     })
                 })
                 .collect();
-            return Ok((p, parts, true));
+            return Ok(NextBatch {
+                planned: p,
+                parts,
+                replayed: true,
+                computed: ComputedAhead::default(),
+                computing_ahead: Duration::ZERO,
+            });
         }
         let (p, parts) = self.plan(self.next_batch_id)?;
         self.checkpoint.write_planned(&p)?;
-        Ok((p, parts, false))
+        Ok(NextBatch {
+            planned: p,
+            parts,
+            replayed: false,
+            computed: ComputedAhead::default(),
+            computing_ahead: Duration::ZERO,
+        })
     }
 
     /// Phases 2 and 3, execute and commit: every output runs over the
@@ -680,7 +781,9 @@ impl Driver {
     fn execute_and_commit(
         &mut self,
         planned: &PlannedBatch,
+        computed: ComputedAhead,
         outputs: &[Arc<crate::plan::Output>],
+        next_due: Option<Instant>,
     ) -> Result<Executed, DriverError> {
         let started = Instant::now();
         let cx = BatchCx::new(
@@ -690,7 +793,8 @@ impl Driver {
             self.interval_ms(),
             self.config.parallelism,
         )
-        .with_write_capacity(self.last_write_bytes);
+        .with_write_capacity(self.last_write_bytes)
+        .with_computed_ahead(computed);
         let result: Result<(), PlanError> = self.pool.install(|| {
             for output in outputs {
                 (output.run)(&cx).map_err(|e| match e {
@@ -740,10 +844,9 @@ impl Driver {
         );
         self.last_write_bytes = outcome.writes.size_in_bytes();
         let before_commit = Instant::now();
-        self.checkpoint.commit(outcome.writes, &committed)?;
-        let commit_ms = ms(before_commit.elapsed());
+        let done = self.commit_computing_ahead(outcome.writes, &committed, next_due)?;
+        let commit_ms = ms(done.at - before_commit);
         self.fit_table_memtables();
-        let committed_at_ms = sluice_log::common::now_ms();
         self.next_batch_id = planned.batch_id + 1;
         for s in &self.sources {
             if let Some(o) = self.offsets.get(s.name()) {
@@ -757,7 +860,8 @@ impl Driver {
             watermarks: outcome.watermarks,
             printed: outcome.printed,
             committed,
-            committed_at_ms,
+            committed_at_ms: done.at_ms,
+            committed_at: done.at,
             phases: Phases {
                 plan_ms: 0.0,
                 compute_ms: ms(computed.saturating_sub(outcome.sink_time)),
@@ -765,6 +869,58 @@ impl Driver {
                 commit_ms,
             },
         })
+    }
+
+    /// Commits a batch; when the next batch runs right after it (a job
+    /// catching up, or behind its schedule), plans that batch and computes
+    /// its pure nodes (reading, parsing and shuffling its records) on the
+    /// task threads meanwhile, instead of leaving them idle through the
+    /// synced write. The next batch is written ahead only when it starts
+    /// ([`Driver::next_batch`]), after this commit, as the protocol wants;
+    /// until then nothing of it is visible, and a stop or a crash throws
+    /// it away.
+    fn commit_computing_ahead(
+        &mut self,
+        writes: rocksdb::WriteBatch,
+        committed: &CommittedBatch,
+        next_due: Option<Instant>,
+    ) -> Result<CommitDone, DriverError> {
+        let next = next_due
+            .filter(|due| self.targets.is_some() || Instant::now() >= *due)
+            .filter(|_| self.replay.is_none() && !self.caught_up())
+            .filter(|_| !self.computed_ahead.is_empty())
+            // A plan that fails now is made again, and fails there.
+            .and_then(|_| self.plan(committed.batch_id + 1).ok());
+        let Some((planned, parts)) = next else {
+            self.checkpoint.commit(writes, committed)?;
+            return Ok(CommitDone::now());
+        };
+        let cx = BatchCx::new(
+            &planned,
+            &self.checkpoint,
+            &self.transactions,
+            self.interval_ms(),
+            self.config.parallelism,
+        );
+        let result = self.pool.in_place_scope(|scope| {
+            scope.spawn(|_| {
+                for node in &self.computed_ahead {
+                    node.compute_ahead(&cx);
+                }
+            });
+            self.checkpoint
+                .commit(writes, committed)
+                .map(|()| CommitDone::now())
+        });
+        let computed = cx.into_computed_ahead();
+        let done = result?;
+        self.ahead = Some(Ahead {
+            planned,
+            parts,
+            computed,
+            waited: done.at.elapsed(),
+        });
+        Ok(done)
     }
 
     /// Phase 4, report: one progress record for the committed batch.
@@ -859,6 +1015,7 @@ struct Executed {
     printed: String,
     committed: CommittedBatch,
     committed_at_ms: i64,
+    committed_at: Instant,
     /// All but planning, which happens before.
     phases: Phases,
 }
@@ -913,10 +1070,12 @@ impl RunClock {
         }
     }
 
-    fn batch_done(&mut self, batch_started: Instant) -> BatchTiming {
+    /// The timing of a batch that started at `batch_started` and whose
+    /// commit returned at `committed_at`.
+    fn batch_done(&mut self, batch_started: Instant, committed_at: Instant) -> BatchTiming {
         self.scheduled = self.next_start;
         BatchTiming {
-            processing: batch_started.elapsed(),
+            processing: committed_at.saturating_duration_since(batch_started),
             scheduling_delay: batch_started.saturating_duration_since(self.scheduled),
             since_start_ms: self.started.elapsed().as_secs_f64() * 1000.0,
         }

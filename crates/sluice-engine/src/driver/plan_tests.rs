@@ -1717,3 +1717,126 @@ fn short_runs_leave_the_state_compacted() {
         assert_eq!(total, run * PER_RUN, "after run {run}");
     }
 }
+
+/// A job catching up computes each next batch's pure operators (source,
+/// maps, shuffles, per-batch reduces) while the batch before commits, and
+/// only those: a shuffle below a stateful operator waits for the state the
+/// commit writes. Every batch's outputs are still exactly the reference's.
+#[test]
+fn pure_operators_run_ahead_while_the_batch_before_commits() {
+    let parts: Parts = (0..3)
+        .map(|p| {
+            (0..40)
+                .map(|i| (Some(format!("k{}", (i * 7 + p) % 6)), "x".repeat(1 + i % 4)))
+                .collect()
+        })
+        .collect();
+    let k = 5;
+    let mut sinks = None;
+    let summary = run_ok(&parts, k, |_, src| {
+        let nums = src.map(|r| (r.key_str().map(str::to_owned), r.value_str().len() as u64));
+        let sums = nums.reduce_by_key(|a, b| a + b);
+        // Below the state: totals per key, then a shuffle of their parity.
+        let totals = sums
+            .map(|(k, v)| ((k.map(str::to_owned), false), v))
+            .update_state_by_key(update_fn);
+        let parity = totals
+            .map(|((_, _), (total, _))| (total % 2, 1u64))
+            .reduce_by_key(|a, b| a + b);
+        sinks = Some((collect(&sums), collect(&totals), collect(&parity)));
+    });
+    let (sums, totals, parity) = sinks.unwrap();
+    let input = batches(&parts, k);
+    assert_eq!(summary.batches, input.len() as u64);
+    assert_eq!(
+        summary.computed_ahead,
+        summary.batches - 1,
+        "every batch after the first was computed ahead"
+    );
+    assert_eq!(
+        sums.by_batch(),
+        per_batch(&input, |_, b| reduce_values(
+            b.iter().map(|i| (i.key.clone(), i.len())),
+            |a, b| a + b
+        ))
+    );
+    let mut state: BTreeMap<UsKey, (u64, u64)> = BTreeMap::new();
+    let mut want_parity = BTreeMap::new();
+    let want_totals = per_batch(&input, |id, b| {
+        let mut values: BTreeMap<UsKey, Vec<u64>> = BTreeMap::new();
+        for (key, sum) in reduce_values(b.iter().map(|i| (i.key.clone(), i.len())), |a, b| a + b) {
+            values.entry((key, false)).or_default().push(sum);
+        }
+        let keys: BTreeSet<UsKey> = values.keys().chain(state.keys()).cloned().collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let new = update_fn(
+                values.get(&key).map_or(&[][..], |v| v.as_slice()),
+                state.remove(&key),
+            );
+            if let Some(s) = new {
+                state.insert(key.clone(), s);
+                out.push((key, s));
+            }
+        }
+        let counts = count_values(out.iter().map(|(_, (total, _))| total % 2));
+        if !counts.is_empty() {
+            want_parity.insert(id, counts);
+        }
+        out
+    });
+    assert_eq!(totals.by_batch(), want_totals);
+    assert_eq!(parity.by_batch(), want_parity);
+}
+
+/// A source that cannot replay a range (a socket) is read when its batch
+/// runs, never ahead of it.
+#[test]
+fn a_source_that_cannot_replay_is_not_read_ahead() {
+    struct Once(VecSource);
+    impl Source for Once {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn replayable(&self) -> bool {
+            false
+        }
+        fn partitions(&self) -> Result<Vec<PartitionInfo>, SourceError> {
+            self.0.partitions()
+        }
+        fn offset_for_time(&self, p: i32, t: i64) -> Result<i64, SourceError> {
+            self.0.offset_for_time(p, t)
+        }
+        fn read(
+            &self,
+            partition: i32,
+            from: i64,
+            until: i64,
+            out: &mut ChunkSink<'_>,
+        ) -> Result<(), SourceError> {
+            self.0.read(partition, from, until, out)
+        }
+    }
+    let parts: Parts = vec![
+        (0..30)
+            .map(|i| (Some(format!("k{}", i % 4)), "v".into()))
+            .collect(),
+    ];
+    let mut config = JobConfig::new("t", Duration::from_millis(1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    config.checkpoint_dir = Some(dir.path().to_path_buf());
+    config.until_caught_up = true;
+    config.max_records_per_batch = Some(10);
+    config.progress.lines = false;
+    let ctx = StreamingContext::new(config);
+    let counts = ctx
+        .source(Once(VecSource::new(SOURCE, &parts)))
+        .map(|r| (r.key_str().unwrap_or("-").to_owned(), 1u64))
+        .reduce_by_key(|a, b| a + b);
+    let sink = collect(&counts);
+    let summary = ctx.run().unwrap_or_else(|e| panic!("job failed: {e}"));
+    assert_eq!(summary.batches, 3);
+    assert_eq!(summary.computed_ahead, 0);
+    let total: u64 = sink.by_batch().values().flatten().map(|(_, n)| n).sum();
+    assert_eq!(total, 30);
+}

@@ -128,6 +128,24 @@ pub trait Node: Send + Sync {
     fn state_meta(&self) -> Option<OperatorMeta> {
         None
     }
+    /// Whether this node's output in a batch is a function of the batch's
+    /// planned ranges alone: it reads no state, no table and no clock,
+    /// reports nothing to the batch and has no effect outside it. Such a
+    /// node may be computed before its batch is written ahead (while the
+    /// batch before commits), or computed and thrown away.
+    fn pure(&self) -> bool {
+        false
+    }
+    /// Whether [`Node::compute_ahead`] does anything: a pure node whose
+    /// output is computed whole, once per batch (a shuffle and what it
+    /// reduces), not one computed chunk by chunk inside its consumer's
+    /// task.
+    fn computes_ahead(&self) -> bool {
+        false
+    }
+    /// Computes this node's whole output for `cx`'s batch now, if
+    /// [`Node::computes_ahead`].
+    fn compute_ahead(&self, _cx: &BatchCx) {}
 }
 
 /// An output operation, run once per batch before the commit.
@@ -152,6 +170,21 @@ pub struct BatchInfo {
 
 type Memo = Arc<OnceLock<std::result::Result<Arc<Vec<RecordBatch>>, String>>>;
 type WideMemo = Arc<OnceLock<std::result::Result<Arc<Vec<Vec<RecordBatch>>>, String>>>;
+
+/// Outputs of pure nodes computed for a batch before it ran
+/// ([`Node::compute_ahead`]), by node id.
+#[derive(Default)]
+pub struct ComputedAhead(HashMap<usize, WideMemo>);
+
+impl ComputedAhead {
+    /// How many nodes' outputs are held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The most room a batch's writes start with: a larger batch grows its
 /// buffer as before.
@@ -337,6 +370,25 @@ impl<'a> BatchCx<'a> {
                 WriteBatch::with_capacity_bytes(bytes.min(WRITE_CAPACITY_MAX));
         }
         self
+    }
+
+    /// Starts the batch with the outputs [`Node::compute_ahead`] computed
+    /// for it (under a context over the same planned batch).
+    pub fn with_computed_ahead(self, ahead: ComputedAhead) -> Self {
+        *sluice_log::common::mutex(&self.wide) = ahead.0;
+        self
+    }
+
+    /// The pure nodes' outputs this context computed; a node that failed
+    /// is left out, to be computed again (and its error reported) when
+    /// the batch runs.
+    pub fn into_computed_ahead(self) -> ComputedAhead {
+        let wide = self.wide.into_inner().unwrap_or_else(|p| p.into_inner());
+        ComputedAhead(
+            wide.into_iter()
+                .filter(|(_, memo)| matches!(memo.get(), Some(Ok(_))))
+                .collect(),
+        )
     }
 
     /// Runs this batch as one task of a job cut at its shuffles.
@@ -581,6 +633,9 @@ where
     fn partitions(&self, cx: &BatchCx) -> Result<usize> {
         self.parent.partitions(cx)
     }
+    fn pure(&self) -> bool {
+        self.parent.pure()
+    }
     fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
         cx.run_node(&self.parent, p, &mut |chunk| {
             let mapped = (self.f)(&chunk).map_err(|e| operator_error(&self.info, e))?;
@@ -625,6 +680,9 @@ impl Node for Union {
     fn partitions(&self, cx: &BatchCx) -> Result<usize> {
         self.parents.iter().map(|p| p.partitions(cx)).sum()
     }
+    fn pure(&self) -> bool {
+        self.parents.iter().all(|p| p.pure())
+    }
     fn run(&self, cx: &BatchCx, mut p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
         for parent in &self.parents {
             let n = parent.partitions(cx)?;
@@ -656,6 +714,11 @@ impl Node for SourceNode {
             .ranges
             .get(self.source.name())
             .map_or(0, Vec::len))
+    }
+    /// A replayable source reads the same records for a range every time;
+    /// one that is not (a socket) consumes them.
+    fn pure(&self) -> bool {
+        self.source.replayable()
     }
     fn run(&self, cx: &BatchCx, p: usize, out: &mut ChunkSink<'_>) -> Result<()> {
         let Some(range) = cx
@@ -697,6 +760,9 @@ pub struct Wide<F> {
     pub info: NodeInfo,
     pub compute: F,
     pub state: Option<OperatorMeta>,
+    /// See [`Node::pure`]: `compute` reads nothing but its parents, and
+    /// they are pure.
+    pub pure: bool,
 }
 
 impl<F> Node for Wide<F>
@@ -719,6 +785,19 @@ where
             }
         }
         Ok(())
+    }
+    fn pure(&self) -> bool {
+        self.pure
+    }
+    fn computes_ahead(&self) -> bool {
+        self.pure
+    }
+    fn compute_ahead(&self, cx: &BatchCx) {
+        if self.pure {
+            // A failure is kept out of what is handed on and met again
+            // when the batch runs.
+            let _ = cx.wide_output(&self.info, || (self.compute)(cx, &self.info));
+        }
     }
     fn state_meta(&self) -> Option<OperatorMeta> {
         self.state.clone().map(|mut m| {

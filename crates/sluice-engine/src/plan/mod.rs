@@ -43,7 +43,7 @@ use arrow::error::ArrowError;
 
 pub use crate::checkpoint::sums::Summable;
 pub use crate::data::{Data, Emit, Emitter, Key};
-pub use exec::{BatchCx, BatchInfo, BatchOutcome, ChunkSink, StageRole, read_range};
+pub use exec::{BatchCx, BatchInfo, BatchOutcome, ChunkSink, ComputedAhead, StageRole, read_range};
 pub(crate) use exec::{Node, NodeInfo, Output};
 pub use stateful::State;
 pub use wide::{exchange, exchange_at};

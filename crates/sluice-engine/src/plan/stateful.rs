@@ -167,6 +167,7 @@ pub(crate) fn map_with_state<K: Key, V: Data, S: Data, M: Data>(
     let timeout_ms = timeout.map(|t| t.as_millis() as i64);
     stream.derive("map_with_state", move |info| {
         Arc::new(Wide {
+            pure: false,
             state: Some(keyed_state::<K, S>("map_with_state")),
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {
@@ -283,6 +284,7 @@ pub(crate) fn update_state_by_key<K: Key, V: Data, S: Data>(
     let parent = stream.node.clone();
     stream.derive("update_state_by_key", move |info| {
         Arc::new(Wide {
+            pure: false,
             state: Some(keyed_state::<K, S>("update_state_by_key")),
             info,
             compute: move |cx: &BatchCx, info: &NodeInfo| {

@@ -510,6 +510,7 @@ pub(crate) fn moved_to<T: Data>(stream: &DStream<T>, level: usize) -> DStream<T>
         Arc::new(Wide {
             info: info.placed(level, false, vec![("", level)]),
             state: None,
+            pure: parent.pure(),
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 if !cx.on_workers() {
                     return cx.for_each_partition(&parent, |_, run| {
@@ -649,6 +650,7 @@ pub(crate) fn reduce_by_key<K: Key, V: Data>(
         Arc::new(Wide {
             info,
             state: None,
+            pure: parent.pure(),
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let buckets = cx.parallelism;
                 let (op, cut) = (info.name(), info.cut_level(""));
@@ -727,6 +729,7 @@ pub(crate) fn count<T: Data>(stream: &DStream<T>) -> DStream<u64> {
         Arc::new(Wide {
             info,
             state: None,
+            pure: parent.pure(),
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let schema = info.schema.clone();
                 let partials =
@@ -772,6 +775,7 @@ pub(crate) fn reduce<T: Data>(
         Arc::new(Wide {
             info,
             state: None,
+            pure: parent.pure(),
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let schema = info.schema.clone();
                 let partials =
@@ -845,6 +849,7 @@ fn join_impl<K: Key, V: Data, W: Data, O: Data>(
         Arc::new(Wide {
             info: info.placed(level, true, cuts),
             state: None,
+            pure: lp.pure() && rp.pure(),
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 let name = info.name();
                 let l = partition_by_key::<K>(

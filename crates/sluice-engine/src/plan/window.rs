@@ -166,6 +166,7 @@ pub(crate) fn window<T: Data>(
     let parent = stream.node.clone();
     stream.derive("window", move |info| {
         Arc::new(Wide {
+            pure: false,
             state: Some(OperatorMeta {
                 name: String::new(),
                 kind: format!("window({len_b},{slide_b})"),
@@ -302,6 +303,7 @@ pub(crate) fn reduce_by_key_and_window<K: Key, V: Data>(
     let parent = partial.node.clone();
     partial.derive("reduce_by_key_and_window", move |info| {
         Arc::new(Wide {
+            pure: false,
             state: Some(OperatorMeta {
                 name: String::new(),
                 kind: format!("reduce_by_key_and_window({len_b},{slide_b})"),
