@@ -635,7 +635,8 @@ impl Driver {
                     .config
                     .max_batches
                     .is_none_or(|m| summary.batches + 1 < m);
-            let next_due = run.scheduled + self.config.batch_interval;
+            // `next_start` is this batch's start time until `pace`.
+            let next_due = run.next_start + self.config.batch_interval;
             let executed =
                 self.execute_and_commit(&planned, computed, outputs, another.then_some(next_due))?;
             if let Some(monitor) = &progress.monitor {
@@ -971,9 +972,15 @@ impl Driver {
 
     /// Phase 5, pace: wait for the next batch time (a job catching up does
     /// not wait), and when far behind, schedule from now rather than burst.
-    fn pace(&self, run: &mut RunClock) {
+    fn pace(&mut self, run: &mut RunClock) {
         let interval = self.config.batch_interval;
         run.next_start = run.scheduled + interval;
+        if self.targets.is_none() && Instant::now() < run.next_start {
+            // Planned before a wait, the next batch would miss what
+            // arrives meanwhile (computing ahead is for a job that starts
+            // its next batch at once; this one did not keep up its end).
+            self.ahead = None;
+        }
         if self.targets.is_none() {
             if run.next_start.saturating_duration_since(Instant::now()) >= IDLE_FLUSH_MIN_WAIT {
                 // Each commit inserts its keys into the result tables'
