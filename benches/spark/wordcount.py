@@ -180,6 +180,8 @@ def main():
                 "words_per_s": round(words / seconds),
                 "mb_per_s": round(nbytes / seconds / 1e6, 2),
                 "micro_batches": len(batches),
+                # Each batch with input: Spark's own triggerExecution time.
+                "batch_seconds": [round(b["durationMs"]["triggerExecution"] / 1000, 3) for b in batches],
                 "startup_seconds": round(startup_s, 3),
                 "jvm_peak_rss_kb": jvm_hwm,
                 "python_peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
