@@ -1817,28 +1817,38 @@ fn a_source_that_cannot_replay_is_not_read_ahead() {
             self.0.read(partition, from, until, out)
         }
     }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = JobConfig::new("t", Duration::from_millis(1));
+    config.checkpoint_dir = Some(dir.path().to_path_buf());
+    config.until_caught_up = true;
+    let summary = count_30_keys_in_3_batches(config, |parts| Once(VecSource::new(SOURCE, parts)));
+    assert_eq!(summary.computed_ahead, 0);
+}
+
+/// A key count over 30 records, 10 per batch, from the source `source`
+/// makes of them: three batches, every record counted once.
+fn count_30_keys_in_3_batches<S: Source + 'static>(
+    mut config: JobConfig,
+    source: impl FnOnce(&Parts) -> S,
+) -> RunSummary {
     let parts: Parts = vec![
         (0..30)
             .map(|i| (Some(format!("k{}", i % 4)), "v".into()))
             .collect(),
     ];
-    let mut config = JobConfig::new("t", Duration::from_millis(1));
-    let dir = tempfile::tempdir().expect("tempdir");
-    config.checkpoint_dir = Some(dir.path().to_path_buf());
-    config.until_caught_up = true;
     config.max_records_per_batch = Some(10);
     config.progress.lines = false;
     let ctx = StreamingContext::new(config);
     let counts = ctx
-        .source(Once(VecSource::new(SOURCE, &parts)))
+        .source(source(&parts))
         .map(|r| (r.key_str().unwrap_or("-").to_owned(), 1u64))
         .reduce_by_key(|a, b| a + b);
     let sink = collect(&counts);
     let summary = ctx.run().unwrap_or_else(|e| panic!("job failed: {e}"));
     assert_eq!(summary.batches, 3);
-    assert_eq!(summary.computed_ahead, 0);
     let total: u64 = sink.by_batch().values().flatten().map(|(_, n)| n).sum();
     assert_eq!(total, 30);
+    summary
 }
 
 /// A job that keeps up with its batch interval plans each batch at its
@@ -1846,26 +1856,10 @@ fn a_source_that_cannot_replay_is_not_read_ahead() {
 /// what arrives during the wait.
 #[test]
 fn a_job_keeping_up_plans_each_batch_at_its_time() {
-    let parts: Parts = vec![
-        (0..30)
-            .map(|i| (Some(format!("k{}", i % 4)), "v".into()))
-            .collect(),
-    ];
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = JobConfig::new("t", Duration::from_millis(150));
     config.checkpoint_dir = Some(dir.path().to_path_buf());
-    config.max_records_per_batch = Some(10);
     config.max_batches = Some(3);
-    config.progress.lines = false;
-    let ctx = StreamingContext::new(config);
-    let counts = ctx
-        .source(VecSource::new(SOURCE, &parts))
-        .map(|r| (r.key_str().unwrap_or("-").to_owned(), 1u64))
-        .reduce_by_key(|a, b| a + b);
-    let sink = collect(&counts);
-    let summary = ctx.run().unwrap_or_else(|e| panic!("job failed: {e}"));
-    assert_eq!(summary.batches, 3);
+    let summary = count_30_keys_in_3_batches(config, |parts| VecSource::new(SOURCE, parts));
     assert_eq!(summary.computed_ahead, 0);
-    let total: u64 = sink.by_batch().values().flatten().map(|(_, n)| n).sum();
-    assert_eq!(total, 30);
 }

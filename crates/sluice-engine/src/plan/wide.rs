@@ -513,20 +513,25 @@ pub(crate) fn moved_to<T: Data>(stream: &DStream<T>, level: usize) -> DStream<T>
             pure: parent.pure(),
             compute: move |cx: &BatchCx, info: &NodeInfo| {
                 if !cx.on_workers() {
-                    return cx.for_each_partition(&parent, |_, run| {
-                        let mut chunks = Vec::new();
-                        run(&mut |c| {
-                            chunks.push(c);
-                            Ok(())
-                        })?;
-                        Ok(chunks)
-                    });
+                    return chunks_by_partition(cx, &parent);
                 }
                 Ok(vec![spread(cx, &info.name(), level, &parent)?])
             },
         })
     });
     moved
+}
+
+/// `node`'s chunks in this batch, partition by partition.
+fn chunks_by_partition(cx: &BatchCx, node: &Arc<dyn Node>) -> Result<Vec<Vec<RecordBatch>>> {
+    cx.for_each_partition(node, |_, run| {
+        let mut chunks = Vec::new();
+        run(&mut |chunk| {
+            chunks.push(chunk);
+            Ok(())
+        })?;
+        Ok(chunks)
+    })
 }
 
 /// The rows of `batch` split into `buckets` by `hash_of(row)`: one piece
@@ -624,14 +629,7 @@ pub(crate) fn partition_by_key<K: Key>(
         && parent.info().keyed()
         && parent.partitions(cx)? == buckets
     {
-        return cx.for_each_partition(parent, |_, run| {
-            let mut chunks = Vec::new();
-            run(&mut |chunk| {
-                chunks.push(chunk);
-                Ok(())
-            })?;
-            Ok(chunks)
-        });
+        return chunks_by_partition(cx, parent);
     }
     shuffle(cx, op, cut, parent, |run| {
         let pieces: Mutex<Vec<Vec<RecordBatch>>> = Mutex::new(vec![Vec::new(); buckets]);
