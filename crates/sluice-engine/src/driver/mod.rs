@@ -287,8 +287,9 @@ struct Driver {
     /// the first batch).
     table_memtable_bytes: Option<usize>,
     /// The next batch, planned while the last one committed and not yet
-    /// written ahead, with its pure nodes' outputs.
-    ahead: Option<Ahead>,
+    /// written ahead, with its pure nodes' outputs
+    /// ([`Driver::commit_computing_ahead`]).
+    ahead: Option<NextBatch>,
     /// The nodes computed for the next batch while a batch commits, in
     /// the order they were built (parents first).
     computed_ahead: Vec<Arc<dyn crate::plan::Node>>,
@@ -302,18 +303,9 @@ struct NextBatch {
     replayed: bool,
     /// What was computed for it while the batch before committed.
     computed: ComputedAhead,
-    /// How long the batch before waited for that after its commit.
+    /// How long the batch before waited for that after its commit: work
+    /// of this batch.
     computing_ahead: Duration,
-}
-
-/// A batch planned and partly computed while the batch before it
-/// committed ([`Driver::commit_computing_ahead`]).
-struct Ahead {
-    planned: PlannedBatch,
-    parts: Vec<PartitionProgress>,
-    computed: ComputedAhead,
-    /// The wait for `computed` after the commit: work of this batch.
-    waited: Duration,
 }
 
 /// When a batch's commit returned.
@@ -732,13 +724,7 @@ impl Driver {
             // Written ahead only now: the last batch's commit is durable,
             // and nothing of this one has left the process yet.
             self.checkpoint.write_planned(&ahead.planned)?;
-            return Ok(NextBatch {
-                planned: ahead.planned,
-                parts: ahead.parts,
-                replayed: false,
-                computed: ahead.computed,
-                computing_ahead: ahead.waited,
-            });
+            return Ok(ahead);
         }
         if let Some(p) = self.replay.take() {
             // Lag is only known from a fresh look at the partitions.
@@ -915,11 +901,12 @@ impl Driver {
         });
         let computed = cx.into_computed_ahead();
         let done = result?;
-        self.ahead = Some(Ahead {
+        self.ahead = Some(NextBatch {
             planned,
             parts,
+            replayed: false,
             computed,
-            waited: done.at.elapsed(),
+            computing_ahead: done.at.elapsed(),
         });
         Ok(done)
     }
@@ -975,13 +962,13 @@ impl Driver {
     fn pace(&mut self, run: &mut RunClock) {
         let interval = self.config.batch_interval;
         run.next_start = run.scheduled + interval;
-        if self.targets.is_none() && Instant::now() < run.next_start {
-            // Planned before a wait, the next batch would miss what
-            // arrives meanwhile (computing ahead is for a job that starts
-            // its next batch at once; this one did not keep up its end).
-            self.ahead = None;
-        }
         if self.targets.is_none() {
+            if Instant::now() < run.next_start {
+                // Planned before a wait, the next batch would miss what
+                // arrives meanwhile (computing ahead is for a job that
+                // starts its next batch at once).
+                self.ahead = None;
+            }
             if run.next_start.saturating_duration_since(Instant::now()) >= IDLE_FLUSH_MIN_WAIT {
                 // Each commit inserts its keys into the result tables'
                 // memtables, and an insert walks past the versions earlier

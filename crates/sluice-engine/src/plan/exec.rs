@@ -177,10 +177,6 @@ type WideMemo = Arc<OnceLock<std::result::Result<Arc<Vec<Vec<RecordBatch>>>, Str
 pub struct ComputedAhead(HashMap<usize, WideMemo>);
 
 impl ComputedAhead {
-    /// How many nodes' outputs are held.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
