@@ -101,10 +101,17 @@ impl<'a> RecordRef<'a> {
         simdutf8::basic::from_utf8(self.value.unwrap_or_default()).unwrap_or_default()
     }
 
-    /// The words of [`RecordRef::value_str`], split on ASCII whitespace.
+    /// The value's words, split on ASCII whitespace, each valid UTF-8: a
+    /// word with a byte that is not (a corrupt or binary record) is
+    /// skipped, and the record's other words still count. For a value
+    /// that is valid text, the words of [`RecordRef::value_str`].
     #[inline]
     pub fn value_words(&self) -> AsciiWords<'a> {
-        ascii_words(self.value_str())
+        AsciiWords {
+            bytes: self.value.unwrap_or_default(),
+            pos: 0,
+            known_text: false,
+        }
     }
 
     pub fn key_str(&self) -> Option<&'a str> {
@@ -255,14 +262,20 @@ impl RecordColumns {
 /// one (std's byte loop was a tenth of a word count's CPU).
 #[inline]
 pub fn ascii_words(text: &str) -> AsciiWords<'_> {
-    AsciiWords { text, pos: 0 }
+    AsciiWords {
+        bytes: text.as_bytes(),
+        pos: 0,
+        known_text: true,
+    }
 }
 
-/// Iterator of [`ascii_words`].
+/// Iterator of [`ascii_words`] and [`RecordRef::value_words`].
 #[derive(Clone, Debug)]
 pub struct AsciiWords<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     pos: usize,
+    /// The bytes are a `&str`: no word needs checking.
+    known_text: bool,
 }
 
 const EACH_BYTE: u64 = 0x0101_0101_0101_0101;
@@ -276,12 +289,21 @@ fn control_or_space(w: u64) -> u64 {
     w.wrapping_sub(EACH_BYTE * 0x21) & !w & HIGH_BITS
 }
 
-impl<'a> Iterator for AsciiWords<'a> {
-    type Item = &'a str;
+/// The low `n` bytes of a word (`n` < 8).
+#[inline]
+fn low_bytes(n: usize) -> u64 {
+    (1u64 << (8 * n)) - 1
+}
 
+impl<'a> AsciiWords<'a> {
+    /// The next word's range and whether all its bytes are ASCII. The
+    /// bytes are OR-ed as they are scanned for the word's end, so an
+    /// ASCII word (nearly every word of most text) needs no UTF-8
+    /// validation pass of its own: validating each value with simdutf8
+    /// before cutting it was 6-7 % of a word count's CPU.
     #[inline]
-    fn next(&mut self) -> Option<&'a str> {
-        let bytes = self.text.as_bytes();
+    fn next_range(&mut self) -> Option<(usize, usize, bool)> {
+        let bytes = self.bytes;
         let mut i = self.pos;
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
@@ -291,14 +313,20 @@ impl<'a> Iterator for AsciiWords<'a> {
             return None;
         }
         let start = i;
+        let mut seen = 0u64;
         let end = 'found: {
             while let Some(chunk) = bytes[i..].first_chunk::<8>() {
-                let flagged = control_or_space(u64::from_le_bytes(*chunk));
+                let w = u64::from_le_bytes(*chunk);
+                let flagged = control_or_space(w);
                 if flagged == 0 {
+                    seen |= w;
                     i += 8;
                     continue;
                 }
-                let at = i + (flagged.trailing_zeros() / 8) as usize;
+                let n = (flagged.trailing_zeros() / 8) as usize;
+                // The bytes before the flagged one (it is ASCII itself).
+                seen |= w & low_bytes(n);
+                let at = i + n;
                 if bytes[at].is_ascii_whitespace() {
                     break 'found at;
                 }
@@ -306,14 +334,34 @@ impl<'a> Iterator for AsciiWords<'a> {
                 i = at + 1;
             }
             while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                seen |= u64::from(bytes[i]);
                 i += 1;
             }
             i
         };
         self.pos = end;
-        // SAFETY: `start` and `end` are the text's ends or positions of
-        // ASCII bytes, so both are char boundaries.
-        Some(unsafe { self.text.get_unchecked(start..end) })
+        Some((start, end, seen & HIGH_BITS == 0))
+    }
+}
+
+impl<'a> Iterator for AsciiWords<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            let (start, end, ascii) = self.next_range()?;
+            let word = &self.bytes[start..end];
+            if ascii || self.known_text {
+                // SAFETY: ASCII bytes are UTF-8; and in a `&str`, `start`
+                // and `end` are its ends or positions of ASCII bytes, so
+                // char boundaries.
+                return Some(unsafe { std::str::from_utf8_unchecked(word) });
+            }
+            if let Ok(word) = simdutf8::basic::from_utf8(word) {
+                return Some(word);
+            }
+        }
     }
 }
 
@@ -325,6 +373,33 @@ mod tests {
         let ours: Vec<&str> = ascii_words(text).collect();
         let std: Vec<&str> = text.split_ascii_whitespace().collect();
         assert_eq!(ours, std, "{text:?}");
+        assert_eq!(value_words(text.as_bytes()), std, "{text:?} as bytes");
+    }
+
+    fn value_words(bytes: &[u8]) -> Vec<&str> {
+        let value = RecordRef {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            timestamp: 0,
+            key: None,
+            value: Some(bytes),
+            headers: HeadersRef::Owned(&[]),
+        };
+        value.value_words().collect()
+    }
+
+    #[test]
+    fn a_word_that_is_not_utf8_is_skipped_and_the_others_count() {
+        // A lone continuation byte, a truncated two-byte character, an
+        // overlong encoding: at the start, inside and past eight bytes.
+        assert_eq!(value_words(b"ok \x80bad fine"), ["ok", "fine"]);
+        assert_eq!(value_words(b"caf\xc3 caf\xc3\xa9"), ["café"]);
+        assert_eq!(value_words(b"\xc0\xafslash eightbyt\xffe tail"), ["tail"]);
+        assert_eq!(value_words(b"\xff"), Vec::<&str>::new());
+        assert_eq!(value_words(b"longer-than-eight-bytes\xfe x"), ["x"]);
+        // Bytes of an invalid word never leak into the next one.
+        assert_eq!(value_words(b"\xe2\x82 \xac"), Vec::<&str>::new());
     }
 
     #[test]
