@@ -152,6 +152,7 @@ fn decode_records(
 ) -> Result<(), String> {
     let log_append_time = header.is_log_append_time();
     let mut pos = 0usize;
+    out.enter_topic(topic);
     for _ in 0..header.records_count.max(0) {
         let length = varint(buf, &mut pos)?;
         if length < 0 || (buf.len() - pos) < length as usize {
@@ -177,7 +178,7 @@ fn decode_records(
         };
         let key = field(record, &mut pos)?;
         let value = field(record, &mut pos)?;
-        out.begin_row(topic, partition, offset, timestamp);
+        out.begin_row_in_topic(partition, offset, timestamp);
         // SAFETY: `field` checked each range lies inside `buf`, which is the
         // block registered as `*_block` starting at `block_base`.
         unsafe {
