@@ -216,15 +216,17 @@ impl RecordColumns {
     /// `topic`'s: a decoder of a stored batch compares the topic once,
     /// not once per record.
     #[inline]
-    pub fn enter_topic(&mut self, topic: &str) {
+    pub(crate) fn enter_topic(&mut self, topic: &str) {
         if self.topics.last().is_none_or(|(run, _)| run != topic) {
             self.topics.push((topic.to_owned(), 0));
         }
     }
 
-    /// [`RecordColumns::begin_row`] in the topic last entered.
+    /// [`RecordColumns::begin_row`] in the topic last entered (there is
+    /// one: a row without its topic would leave the columns uneven).
     #[inline]
-    pub fn begin_row_in_topic(&mut self, partition: i32, offset: i64, timestamp: i64) {
+    pub(crate) fn begin_row_in_topic(&mut self, partition: i32, offset: i64, timestamp: i64) {
+        debug_assert!(!self.topics.is_empty(), "a row begun before its topic");
         if let Some((_, rows)) = self.topics.last_mut() {
             *rows += 1;
         }
