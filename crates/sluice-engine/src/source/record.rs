@@ -110,7 +110,6 @@ impl<'a> RecordRef<'a> {
         AsciiWords {
             bytes: self.value.unwrap_or_default(),
             pos: 0,
-            known_text: false,
         }
     }
 
@@ -371,7 +370,6 @@ pub fn ascii_words(text: &str) -> AsciiWords<'_> {
     AsciiWords {
         bytes: text.as_bytes(),
         pos: 0,
-        known_text: true,
     }
 }
 
@@ -380,8 +378,6 @@ pub fn ascii_words(text: &str) -> AsciiWords<'_> {
 pub struct AsciiWords<'a> {
     bytes: &'a [u8],
     pos: usize,
-    /// The bytes are a `&str`: no word needs checking.
-    known_text: bool,
 }
 
 const EACH_BYTE: u64 = 0x0101_0101_0101_0101;
@@ -458,10 +454,8 @@ impl<'a> Iterator for AsciiWords<'a> {
         loop {
             let (start, end, ascii) = self.next_range()?;
             let word = &self.bytes[start..end];
-            if ascii || self.known_text {
-                // SAFETY: ASCII bytes are UTF-8; and in a `&str`, `start`
-                // and `end` are its ends or positions of ASCII bytes, so
-                // char boundaries.
+            if ascii {
+                // SAFETY: ASCII bytes are UTF-8.
                 return Some(unsafe { std::str::from_utf8_unchecked(word) });
             }
             if let Ok(word) = simdutf8::basic::from_utf8(word) {
